@@ -1,0 +1,83 @@
+"""Random-weight checkpoints and vocabularies in the real file layouts.
+
+Used by the offline demo mode, the tests and the benchmark: the Hub is not always
+reachable, and a checkpoint written here goes through exactly the same loader as the real
+one. The weights are random, so the tags such a model predicts mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from tagger.model import TaggerConfig
+from tagger.vocab import CATEGORIES
+from tagger.weights import backbone_shapes, head_shapes
+
+
+def random_state_dict(
+    config: TaggerConfig,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    layout: str = "layer",
+    head_names: tuple[str, ...] = ("head", "head_up"),
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Tensors keyed as in a real checkpoint. ``layout`` is ``"layer"`` or ``"model.layer"``."""
+    if layout not in ("layer", "model.layer"):
+        raise ValueError(f"layout must be 'layer' or 'model.layer', not {layout!r}")
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    shapes = {"backbone." + k: v for k, v in backbone_shapes(config).items()}
+    shapes.update(head_shapes(config, head_names))
+    for key, shape in shapes.items():
+        if key.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
+            tensor = torch.ones(shape)
+        elif key.endswith("lambda1"):
+            tensor = torch.full(shape, 0.1)  # DINOv3-like layer scale keeps the residual stream stable
+        elif key.endswith("bias"):
+            tensor = torch.randn(shape, generator=generator) * 0.01
+        else:
+            tensor = torch.randn(shape, generator=generator) * 0.02
+        if layout == "model.layer":
+            key = key.replace("backbone.layer.", "backbone.model.layer.")
+        state[key] = tensor.to(dtype)
+    return state
+
+
+def write_random_checkpoint(path: str | os.PathLike, config: TaggerConfig, **kwargs: object) -> Path:
+    """Write a random checkpoint with the real key layout (see ``random_state_dict``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(random_state_dict(config, **kwargs), str(path))  # type: ignore[arg-type]
+    return path
+
+
+def random_vocabulary_data(num_tags: int, with_categories: bool = True, seed: int = 0) -> dict:
+    """A vocabulary JSON object: readable fake tags spread over every category."""
+    generator = torch.Generator().manual_seed(seed)
+    names = [c.name for c in CATEGORIES]
+    tags: list[str] = []
+    tag2category: dict[str, int] = {}
+    for i in range(num_tags):
+        category = CATEGORIES[i % len(CATEGORIES)]
+        word = names[int(torch.randint(len(names), (1,), generator=generator))]
+        tag = f"by artist {i}" if category.name == "artist" else f"{category.name} tag {i} ({word})"
+        tags.append(tag)
+        if category.id != 0:  # unassigned tags are simply absent from the map
+            tag2category[tag] = category.id - 1  # files store e621 ids, unshifted
+    data: dict = {"idx2tag": tags}
+    if with_categories:
+        data["tag2category"] = tag2category
+    return data
+
+
+def write_random_vocabulary(path: str | os.PathLike, num_tags: int, **kwargs: object) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(random_vocabulary_data(num_tags, **kwargs)), encoding="utf-8")  # type: ignore[arg-type]
+    return path

@@ -1,0 +1,385 @@
+"""Strict, low-memory loading of tagger checkpoints (safetensors).
+
+The module is built on the meta device (no random weights are allocated) and each
+tensor is read from the file straight into its final buffer: when the file's dtype is the
+target dtype the bytes land in place with ``readinto``; otherwise one tensor at a time goes
+through a temporary. Peak host memory is therefore about one copy of the weights and
+load time is close to the time needed to read the file.
+
+Checkpoint layout (see ``shared/REFERENCE.md``): backbone keys under ``backbone.`` named as
+in transformers' DINOv3ViTModel, blocks under ``backbone.layer.N`` or
+``backbone.model.layer.N``; ``rope_embeddings.*`` buffers ignored; every other key belongs
+to the head, a dense Linear or a low-rank pair under any name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tagger.model import TaggerConfig, TaggerModel
+
+
+class CheckpointError(ValueError):
+    """The checkpoint file is missing, not safetensors, truncated or not a tagger checkpoint."""
+
+
+_DTYPES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_BACKBONE = "backbone."
+_IGNORED_PREFIXES = ("rope_embeddings.",)
+_OPTIONAL_KEYS = ("embeddings.mask_token",)  # present in real checkpoints, unused at inference
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+
+
+def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
+    """Parse and validate a safetensors header without reading any tensor data."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes).")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > min(_MAX_HEADER_BYTES, size - 8):
+                raise CheckpointError(f"{path}: not a safetensors file (its header length makes no sense).")
+            raw = f.read(header_len)
+    except FileNotFoundError:
+        raise CheckpointError(f"Checkpoint file not found: {path}.") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"Checkpoint path is a directory, not a file: {path}.") from None
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not JSON).") from None
+
+    data_start = 8 + header_len
+    tensors: dict[str, TensorInfo] = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype_name, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(f"{path}: malformed header entry for {key!r}.") from None
+        if dtype_name not in _DTYPES:
+            raise CheckpointError(f"{path}: tensor {key!r} has dtype {dtype_name}; only float tensors are supported.")
+        dtype = _DTYPES[dtype_name]
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        nbytes = numel * dtype.itemsize
+        if end - begin != nbytes:
+            raise CheckpointError(f"{path}: tensor {key!r} spans {end - begin} bytes, expected {nbytes}.")
+        if data_start + end > size:
+            raise CheckpointError(
+                f"{path}: file is truncated ({size} bytes; tensor {key!r} ends at byte {data_start + end})."
+            )
+        tensors[key] = TensorInfo(dtype, shape, data_start + begin, nbytes)
+    return tensors
+
+
+def _canonical_backbone_key(key: str) -> str:
+    key = key[len(_BACKBONE) :]
+    return "layer." + key[len("model.layer.") :] if key.startswith("model.layer.") else key
+
+
+def backbone_shapes(config: TaggerConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical backbone keys (without ``backbone.``, blocks as ``layer.N``) and their shapes."""
+    c, i, p, r = config.hidden_size, config.intermediate_size, config.patch_size, config.num_registers
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.cls_token": (1, 1, c),
+        "embeddings.mask_token": (1, 1, c),
+        "embeddings.register_tokens": (1, r, c),
+        "embeddings.patch_embeddings.weight": (c, 3, p, p),
+        "embeddings.patch_embeddings.bias": (c,),
+    }
+    for n in range(config.num_layers):
+        block = {
+            "norm1.weight": (c,),
+            "norm1.bias": (c,),
+            "attention.q_proj.weight": (c, c),
+            "attention.q_proj.bias": (c,),
+            "attention.k_proj.weight": (c, c),
+            "attention.v_proj.weight": (c, c),
+            "attention.v_proj.bias": (c,),
+            "attention.o_proj.weight": (c, c),
+            "attention.o_proj.bias": (c,),
+            "layer_scale1.lambda1": (c,),
+            "norm2.weight": (c,),
+            "norm2.bias": (c,),
+            "mlp.gate_proj.weight": (i, c),
+            "mlp.gate_proj.bias": (i,),
+            "mlp.up_proj.weight": (i, c),
+            "mlp.up_proj.bias": (i,),
+            "mlp.down_proj.weight": (c, i),
+            "mlp.down_proj.bias": (c,),
+            "layer_scale2.lambda1": (c,),
+        }
+        shapes.update({f"layer.{n}.{k}": v for k, v in block.items()})
+    shapes["norm.weight"] = (c,)
+    shapes["norm.bias"] = (c,)
+    return shapes
+
+
+def head_shapes(config: TaggerConfig, names: tuple[str, ...] = ("head", "head_up")) -> dict[str, tuple[int, ...]]:
+    """Head keys and shapes, one ``NAME.weight`` (+ ``NAME.bias``) per head Linear."""
+    if config.head_rank is None:
+        dims = [(config.num_tags, config.descriptor_dim)]
+    else:
+        dims = [(config.head_rank, config.descriptor_dim), (config.num_tags, config.head_rank)]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, (out_dim, in_dim), has_bias in zip(names, dims, config.head_bias, strict=False):
+        shapes[f"{name}.weight"] = (out_dim, in_dim)
+        if has_bias:
+            shapes[f"{name}.bias"] = (out_dim,)
+    return shapes
+
+
+def _param_sources(config: TaggerConfig) -> dict[str, list[str | None]]:
+    """Our parameter name → the canonical checkpoint keys stacked along dim 0 to build it.
+
+    ``None`` stands for a zero block (k has no bias in the fused qkv bias).
+    """
+    sources: dict[str, list[str | None]] = {
+        "cls_token": ["embeddings.cls_token"],
+        "register_tokens": ["embeddings.register_tokens"],
+        "patch_embed.weight": ["embeddings.patch_embeddings.weight"],
+        "patch_embed.bias": ["embeddings.patch_embeddings.bias"],
+        "norm.weight": ["norm.weight"],
+        "norm.bias": ["norm.bias"],
+    }
+    for n in range(config.num_layers):
+        src, dst = f"layer.{n}.", f"blocks.{n}."
+        attn = src + "attention."
+        sources.update(
+            {
+                dst + "norm1.weight": [src + "norm1.weight"],
+                dst + "norm1.bias": [src + "norm1.bias"],
+                dst + "attn.qkv.weight": [attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"],
+                dst + "attn.qkv.bias": [attn + "q_proj.bias", None, attn + "v_proj.bias"],
+                dst + "attn.proj.weight": [attn + "o_proj.weight"],
+                dst + "attn.proj.bias": [attn + "o_proj.bias"],
+                dst + "ls1": [src + "layer_scale1.lambda1"],
+                dst + "norm2.weight": [src + "norm2.weight"],
+                dst + "norm2.bias": [src + "norm2.bias"],
+                dst + "mlp.gate_up.weight": [src + "mlp.gate_proj.weight", src + "mlp.up_proj.weight"],
+                dst + "mlp.gate_up.bias": [src + "mlp.gate_proj.bias", src + "mlp.up_proj.bias"],
+                dst + "mlp.down.weight": [src + "mlp.down_proj.weight"],
+                dst + "mlp.down.bias": [src + "mlp.down_proj.bias"],
+                dst + "ls2": [src + "layer_scale2.lambda1"],
+            }
+        )
+    return sources
+
+
+def _require(tensors: dict[str, TensorInfo], key: str, ndim: int, path: Path) -> tuple[int, ...]:
+    info = tensors.get(key)
+    if info is None:
+        raise CheckpointError(f"{path}: missing tensor backbone.{key}; this is not a DINOv3 tagger checkpoint.")
+    if len(info.shape) != ndim:
+        raise CheckpointError(f"{path}: backbone.{key} has shape {list(info.shape)}, expected {ndim} dimensions.")
+    return info.shape
+
+
+def _split_head(head: dict[str, TensorInfo], descriptor_dim: int, path: Path) -> list[tuple[str, str | None]]:
+    """Order the head's Linear(s) input → output; returns ``[(weight_key, bias_key | None)]``."""
+    groups: dict[str, dict[str, str]] = {}
+    for key, info in head.items():
+        module, _, leaf = key.rpartition(".")
+        if leaf not in ("weight", "bias"):
+            raise CheckpointError(f"{path}: unexpected tensor {key!r} (shape {list(info.shape)}).")
+        groups.setdefault(module, {})[leaf] = key
+    linears = []
+    for leaves in groups.values():
+        if "weight" not in leaves:
+            raise CheckpointError(f"{path}: head tensor {leaves['bias']!r} has no matching weight.")
+        weight = head[leaves["weight"]].shape
+        if len(weight) != 2:
+            raise CheckpointError(f"{path}: head weight {leaves['weight']!r} has shape {list(weight)}; expected 2-D.")
+        bias_key = leaves.get("bias")
+        if bias_key is not None and head[bias_key].shape != (weight[0],):
+            raise CheckpointError(
+                f"{path}: head bias {bias_key!r} has shape {list(head[bias_key].shape)}, expected [{weight[0]}]."
+            )
+        linears.append((leaves["weight"], bias_key, weight))
+
+    if not linears:
+        raise CheckpointError(f"{path}: no head tensors found (only backbone weights).")
+    first = [lin for lin in linears if lin[2][1] == descriptor_dim]
+    if len(linears) == 1 and first:
+        return [(first[0][0], first[0][1])]
+    if len(linears) == 2 and len(first) == 1:
+        second = next(lin for lin in linears if lin is not first[0])
+        if second[2][1] == first[0][2][0]:
+            return [(first[0][0], first[0][1]), (second[0], second[1])]
+    shapes = ", ".join(f"{w} {list(s)}" for w, _, s in linears)
+    raise CheckpointError(
+        f"{path}: the head must be one Linear [num_tags, {descriptor_dim}] or a low-rank pair "
+        f"[rank, {descriptor_dim}] → [num_tags, rank]; found {shapes}."
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """What a checkpoint holds, validated: the model config and where each tensor lives."""
+
+    path: Path
+    config: TaggerConfig
+    tensors: dict[str, TensorInfo]  # canonical backbone keys and original head keys
+    head_keys: list[tuple[str, str | None]]
+
+
+def inspect_checkpoint(path: str | os.PathLike, head_dim: int = 64, rope_coord_scale: float = 2.0) -> CheckpointPlan:
+    """Read a checkpoint's header, infer the model sizes and check every tensor strictly."""
+    path = Path(path)
+    raw = read_header(path)
+    tensors: dict[str, TensorInfo] = {}
+    head: dict[str, TensorInfo] = {}
+    for key, info in raw.items():
+        if not key.startswith(_BACKBONE):
+            head[key] = info
+            continue
+        canonical = _canonical_backbone_key(key)
+        if canonical.startswith(_IGNORED_PREFIXES):
+            continue
+        if canonical in tensors:
+            raise CheckpointError(f"{path}: tensor {key!r} appears under both block layouts.")
+        tensors[canonical] = info
+
+    hidden = _require(tensors, "embeddings.cls_token", 3, path)[-1]
+    registers = _require(tensors, "embeddings.register_tokens", 3, path)[1]
+    patch = _require(tensors, "embeddings.patch_embeddings.weight", 4, path)[-1]
+    intermediate = _require(tensors, "layer.0.mlp.gate_proj.weight", 2, path)[0]
+    layer_ids = {int(m.group(1)) for k in tensors if (m := re.match(r"layer\.(\d+)\.", k))}
+    if hidden % head_dim:
+        raise CheckpointError(f"{path}: hidden size {hidden} is not a multiple of the head dim {head_dim}.")
+
+    head_keys = _split_head(head, hidden * (1 + registers), path)
+    head_weights = [raw[w].shape for w, _ in head_keys]
+    try:
+        config = TaggerConfig(
+            hidden_size=hidden,
+            num_layers=max(layer_ids) + 1,
+            num_heads=hidden // head_dim,
+            intermediate_size=intermediate,
+            num_registers=registers,
+            patch_size=patch,
+            rope_coord_scale=rope_coord_scale,
+            num_tags=head_weights[-1][0],
+            head_rank=head_weights[0][0] if len(head_keys) == 2 else None,
+            head_bias=tuple(b is not None for _, b in head_keys),
+        )
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+    expected = backbone_shapes(config)
+    for key, shape in expected.items():
+        info = tensors.get(key)
+        if info is None:
+            if key not in _OPTIONAL_KEYS:
+                raise CheckpointError(f"{path}: missing tensor backbone.{key} (expected shape {list(shape)}).")
+        elif info.shape != shape:
+            raise CheckpointError(f"{path}: backbone.{key} has shape {list(info.shape)}, expected {list(shape)}.")
+    for key in tensors:
+        if key not in expected:
+            raise CheckpointError(f"{path}: unexpected tensor backbone.{key} {list(tensors[key].shape)}.")
+    tensors.update({k: head[k] for pair in head_keys for k in pair if k is not None})
+    return CheckpointPlan(path, config, tensors, head_keys)
+
+
+def _read_into(f, info: TensorInfo, out: torch.Tensor) -> None:
+    """Fill ``out`` (contiguous, CPU, same dtype as the file) with the tensor's bytes."""
+    buffer = memoryview(out.view(-1).view(torch.uint8).numpy())
+    f.seek(info.offset)
+    done = 0
+    while done < info.nbytes:
+        n = f.readinto(buffer[done:])
+        if not n:
+            raise CheckpointError(f"{f.name}: file ended while reading tensor data.")
+        done += n
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    head_dtype: torch.dtype = torch.float32,
+    expected_num_tags: int | None = None,
+    head_dim: int = 64,
+    rope_coord_scale: float = 2.0,
+) -> TaggerModel:
+    """Load a checkpoint into a ready ``TaggerModel`` in eval mode on ``device``.
+
+    The backbone is stored in ``dtype``, the head in ``head_dtype`` (it always computes in
+    float32). ``expected_num_tags`` is the vocabulary length, checked against the head.
+    """
+    plan = inspect_checkpoint(path, head_dim=head_dim, rope_coord_scale=rope_coord_scale)
+    config = plan.config
+    if expected_num_tags is not None and config.num_tags != expected_num_tags:
+        raise CheckpointError(
+            f"{plan.path}: the head predicts {config.num_tags} tags but the vocabulary has "
+            f"{expected_num_tags}; checkpoint and vocabulary do not belong together."
+        )
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = TaggerModel(config)
+    meta_params = dict(model.named_parameters())
+
+    sources: dict[str, list[str | None]] = _param_sources(config)
+    for n, (weight_key, bias_key) in enumerate(plan.head_keys):
+        sources[f"head.layers.{n}.weight"] = [weight_key]
+        if bias_key is not None:
+            sources[f"head.layers.{n}.bias"] = [bias_key]
+
+    state: dict[str, torch.Tensor] = {}
+    with open(plan.path, "rb") as f:
+        # Read in file order so that a cold file is read sequentially.
+        order = sorted(sources, key=lambda name: min(plan.tensors[k].offset for k in sources[name] if k))
+        for name in order:
+            target_dtype = head_dtype if name.startswith("head.") else dtype
+            out = torch.empty(meta_params[name].shape, dtype=target_dtype, device=device)
+            rows = out.view(out.shape[0], -1) if out.ndim > 1 else out.view(-1, 1)
+            start = 0
+            for key in sources[name]:
+                if key is None:  # zero block standing for an absent bias
+                    block_rows = config.hidden_size
+                    rows[start : start + block_rows].zero_()
+                else:
+                    info = plan.tensors[key]
+                    block_rows = info.shape[0] if len(sources[name]) > 1 else rows.shape[0]
+                    block = rows[start : start + block_rows]
+                    if info.dtype == target_dtype and device.type == "cpu":
+                        _read_into(f, info, block)
+                    else:
+                        staging = torch.empty(info.shape, dtype=info.dtype)
+                        _read_into(f, info, staging)
+                        block.copy_(staging.view(block.shape))
+                        del staging
+                start += block_rows
+            state[name] = out
+    model.load_state_dict(state, strict=True, assign=True)
+    model.requires_grad_(False)
+    return model.eval()
