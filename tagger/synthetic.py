@@ -60,13 +60,16 @@ def write_random_checkpoint(path: str | os.PathLike, config: TaggerConfig, **kwa
 def random_vocabulary_data(num_tags: int, with_categories: bool = True, seed: int = 0) -> dict:
     """A vocabulary JSON object: readable fake tags spread over every category."""
     generator = torch.Generator().manual_seed(seed)
-    names = [c.name for c in CATEGORIES]
     tags: list[str] = []
     tag2category: dict[str, int] = {}
     for i in range(num_tags):
         category = CATEGORIES[i % len(CATEGORIES)]
-        word = names[int(torch.randint(len(names), (1,), generator=generator))]
-        tag = f"by artist {i}" if category.name == "artist" else f"{category.name} tag {i} ({word})"
+        if category.name == "artist":
+            tag = f"by artist {i}"
+        elif int(torch.randint(4, (1,), generator=generator)) == 0:  # real tags often carry a qualifier
+            tag = f"{category.name} {i} (series)"
+        else:
+            tag = f"{category.name} {i}"
         tags.append(tag)
         if category.id != 0:  # unassigned tags are simply absent from the map
             tag2category[tag] = category.id - 1  # files store e621 ids, unshifted
@@ -81,3 +84,19 @@ def write_random_vocabulary(path: str | os.PathLike, num_tags: int, **kwargs: ob
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(random_vocabulary_data(num_tags, **kwargs)), encoding="utf-8")  # type: ignore[arg-type]
     return path
+
+
+def write_demo_files(directory: str | os.PathLike, num_tags: int = 600) -> tuple[Path, Path]:
+    """A tiny random model and vocabulary for the offline demo mode: (checkpoint, vocab)."""
+    directory = Path(directory)
+    config = TaggerConfig.tiny(num_tags=num_tags)
+    state = random_state_dict(config, dtype=torch.float32)
+    # Negative head biases spread over a range so that, like the real model, only a few
+    # dozen tags clear the default thresholds instead of half the vocabulary.
+    generator = torch.Generator().manual_seed(1)
+    state["head.bias"] = torch.linspace(0.0, -12.0, num_tags)[torch.randperm(num_tags, generator=generator)]
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpoint = directory / "demo_tagger.safetensors"
+    save_file(state, str(checkpoint))
+    vocab = write_random_vocabulary(directory / "demo_vocab.json", num_tags)
+    return checkpoint, vocab

@@ -77,6 +77,11 @@ def category_by_name(name: str) -> Category:
         raise ValueError(f"Unknown category {name!r}; choose from: {choices}.") from None
 
 
+def normalize_tag(tag: str) -> str:
+    """Comparison form of a tag: users type underscores, escaped parentheses and any case."""
+    return tag.replace("\\(", "(").replace("\\)", ")").replace("_", " ").strip().lower()
+
+
 class Vocabulary:
     """Tags in model output order and the (shifted) category of each tag."""
 
@@ -99,6 +104,18 @@ class Vocabulary:
         for i, tag in enumerate(self.tags):
             index.setdefault(tag, i)
         return index
+
+    @cached_property
+    def normalized_index(self) -> dict[str, list[int]]:
+        """``normalize_tag(tag)`` → output indices, for lookups typed by people."""
+        index: dict[str, list[int]] = {}
+        for i, tag in enumerate(self.tags):
+            index.setdefault(normalize_tag(tag), []).append(i)
+        return index
+
+    def find(self, tag: str) -> list[int]:
+        """Indices of a tag typed by a person (any case, ``_`` or space, escaped or not)."""
+        return self.normalized_index.get(normalize_tag(tag), [])
 
     def category_of(self, i: int) -> Category:
         return CATEGORY_BY_ID.get(int(self.category_ids[i]), UNASSIGNED)
@@ -123,6 +140,9 @@ class Vocabulary:
             if raw is None:
                 continue
             try:
+                # int() would silently truncate 2.5 and read true as 1: both are corrupt ids.
+                if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                    raise ValueError(raw)
                 shifted = int(raw) + 1
             except (TypeError, ValueError):
                 raise VocabularyError(f"{source}: category of tag {tag!r} is {raw!r}, not an integer.") from None

@@ -326,15 +326,15 @@ def load_model(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-    head_dtype: torch.dtype = torch.float32,
+    head_dtype: torch.dtype | None = torch.float32,
     expected_num_tags: int | None = None,
     head_dim: int = 64,
     rope_coord_scale: float = 2.0,
 ) -> TaggerModel:
     """Load a checkpoint into a ready ``TaggerModel`` in eval mode on ``device``.
 
-    The backbone is stored in ``dtype``, the head in ``head_dtype`` (it always computes in
-    float32). ``expected_num_tags`` is the vocabulary length, checked against the head.
+    The backbone is stored in ``dtype``, the head in ``head_dtype`` (``None``: as in the file;
+    it always computes in float32). ``expected_num_tags`` is the vocabulary length, checked against the head.
     """
     plan = inspect_checkpoint(path, head_dim=head_dim, rope_coord_scale=rope_coord_scale)
     config = plan.config
@@ -359,7 +359,12 @@ def load_model(
         # Read in file order so that a cold file is read sequentially.
         order = sorted(sources, key=lambda name: min(plan.tensors[k].offset for k in sources[name] if k))
         for name in order:
-            target_dtype = head_dtype if name.startswith("head.") else dtype
+            if name.startswith("head."):
+                # A bias follows its weight's file dtype: F.linear needs both in one dtype.
+                weight_key = sources[name.rpartition(".")[0] + ".weight"][0]
+                target_dtype = head_dtype or plan.tensors[weight_key].dtype  # type: ignore[index]
+            else:
+                target_dtype = dtype
             out = torch.empty(meta_params[name].shape, dtype=target_dtype, device=device)
             rows = out.view(out.shape[0], -1) if out.ndim > 1 else out.view(-1, 1)
             start = 0

@@ -1,0 +1,88 @@
+"""Command line: ``python -m tagger --images a.jpg b.png [--topk N | --threshold T]``.
+
+Output shapes follow the authors' CLI: ``pretty`` (rank, score, bar, tag), ``tags`` (one
+comma-separated line per image) and ``json`` (``[{"file", "tags": [{"tag", "score"}]}]``).
+An image that cannot be read is reported on stderr, the others still run, and the exit
+status is 1 at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from tagger.hub import ResolutionError, resolve_model_files
+from tagger.predict import Tagger
+from tagger.preprocess import ImageError
+from tagger.results import SelectionError, authors_json_entry, pretty_text, tag_string
+from tagger.vocab import VocabularyError
+from tagger.weights import CheckpointError
+
+CHUNK = 32  # images decoded ahead of the model; bounds memory on long lists
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tagger", description="Tag images with the DINOv3 booru tagger.")
+    parser.add_argument("--images", nargs="+", required=True, metavar="IMAGE", help="image files to tag")
+    parser.add_argument("--checkpoint", help="local .safetensors checkpoint (default: download from the Hub)")
+    parser.add_argument("--vocab", help="local vocabulary JSON (default: download from the Hub)")
+    parser.add_argument("--repo", help="Hub model repo (default: $TAGGER_REPO or lodestones/tagger-experiment)")
+    parser.add_argument("--revision", help="Hub revision: branch, tag or commit (default: $TAGGER_REVISION or main)")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--topk", type=int, default=None, help="keep the N best tags (default 30)")
+    choice.add_argument("--threshold", type=float, default=None, help="keep tags scoring at least T")
+    parser.add_argument("--format", choices=["pretty", "tags", "json"], default="pretty")
+    parser.add_argument("--underscores", action="store_true", help="tags format: underscores instead of spaces")
+    parser.add_argument("--escape-parentheses", action="store_true", help=r"tags format: write \( and \)")
+    parser.add_argument("--max-size", type=int, default=1024, help="long-edge cap in pixels (default 1024)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--dtype", default=None, help="bf16 or fp32 (default: bf16 where the hardware has it)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.topk is not None and args.topk < 1:
+        print("error: --topk must be at least 1", file=sys.stderr)
+        return 2
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        print("error: --threshold must be between 0 and 1", file=sys.stderr)
+        return 2
+    try:
+        files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
+        tagger = Tagger(files.checkpoint, files.vocab, device=args.device, dtype=args.dtype, max_size=args.max_size)
+    except (ResolutionError, CheckpointError, VocabularyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    failures = 0
+    json_entries: list[dict] = []
+    for start in range(0, len(args.images), CHUNK):
+        names, pixels = [], []
+        for name in args.images[start : start + CHUNK]:
+            try:
+                pixels.append(tagger.prepare(name))
+                names.append(name)
+            except ImageError as e:
+                print(f"error: {e}", file=sys.stderr)
+                failures += 1
+        for name, scores in zip(names, tagger.run(pixels), strict=True):
+            try:
+                tags = tagger.select(scores, topk=args.topk, threshold=args.threshold)
+            except SelectionError as e:  # pragma: no cover - arguments were checked above
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            if args.format == "json":
+                json_entries.append(authors_json_entry(name, tags))
+            elif args.format == "tags":
+                print(tag_string(tags, underscores=args.underscores, escape_parentheses=args.escape_parentheses))
+            else:
+                print(f"== {name} ({len(tags)} tags)")
+                print(pretty_text(tags))
+    if args.format == "json":
+        print(json.dumps(json_entries, ensure_ascii=False, indent=2))
+    return 1 if failures else 0

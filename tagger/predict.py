@@ -1,0 +1,204 @@
+"""The prediction API: load once, then decode → preprocess → model → scores.
+
+``Tagger.prepare`` (CPU: decoding and resizing) and ``Tagger.run`` (the model) are separate
+so that a Space can keep everything but the model call outside its GPU function.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tagger.model import TaggerModel
+from tagger.preprocess import ImageSource, image_to_pixels
+from tagger.results import Selection, TagScore, select_tags
+from tagger.vocab import Vocabulary
+from tagger.weights import load_model
+
+log = logging.getLogger("tagger")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available, else the CPU; anything else is checked."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {device!r}; use auto, cpu, cuda or cuda:N.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but no CUDA GPU is available; use --device cpu.")
+    return resolved
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    for name in probes:
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except RuntimeError:
+            continue
+    return False
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware runs it natively (as the authors run on GPU), else fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.float32
+
+
+_DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+_DTYPE_NAMES |= {"fp16": torch.float16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPE_NAMES[dtype.lower()]
+    except KeyError:
+        raise ValueError(f"Unknown dtype {dtype!r}; use bf16, fp16 or fp32.") from None
+
+
+@dataclass
+class RunStats:
+    """Counters a caller can read to see what the model did (tests count forward passes)."""
+
+    forward_passes: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, passes: int, images: int, seconds: float) -> None:
+        with self.lock:
+            self.forward_passes += passes
+            self.images += images
+            self.seconds += seconds
+
+
+class Tagger:
+    """DINOv3 tagger: ``Tagger(checkpoint, vocab).predict("image.jpg", topk=30)``.
+
+    Loads the checkpoint once onto ``device`` ("auto": CUDA when available). ``dtype``
+    defaults to bf16 on CUDA and on CPUs with native bf16, else fp32; the head always
+    computes in fp32 (stored in fp32 on GPU, in the file's dtype on CPU to save memory,
+    which is exact because widening bf16 to fp32 loses nothing).
+    """
+
+    def __init__(
+        self,
+        checkpoint_path: str | os.PathLike,
+        vocab_path: str | os.PathLike | Vocabulary,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype | None = None,
+        max_size: int = 1024,
+        max_batch_size: int | None = None,
+        rope_coord_scale: float = 2.0,
+    ):
+        started = time.perf_counter()
+        self.vocab = vocab_path if isinstance(vocab_path, Vocabulary) else Vocabulary.load(vocab_path)
+        self.device = resolve_device(device)
+        self.dtype = parse_dtype(dtype) or default_dtype(self.device)
+        if max_size < 16:
+            raise ValueError(f"max_size must be at least 16 pixels, not {max_size}.")
+        self.max_size = max_size
+        self.max_batch_size = max_batch_size or (16 if self.device.type == "cuda" else 4)
+        self.checkpoint_path = Path(checkpoint_path)
+        self.model: TaggerModel = load_model(
+            checkpoint_path,
+            device=self.device,
+            dtype=self.dtype,
+            head_dtype=torch.float32 if self.device.type != "cpu" else None,
+            expected_num_tags=len(self.vocab),
+            rope_coord_scale=rope_coord_scale,
+        )
+        self.stats = RunStats()
+        self.load_seconds = time.perf_counter() - started
+        log.info(
+            "Loaded %s (%d tags) on %s in %s in %.1f s",
+            self.checkpoint_path.name,
+            len(self.vocab),
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            self.load_seconds,
+        )
+
+    # -- stages -------------------------------------------------------------------------
+    def prepare(self, image: ImageSource) -> torch.Tensor:
+        """Decode and preprocess one image on the CPU → ``[3, H, W]`` float32."""
+        return image_to_pixels(image, max_size=self.max_size, patch=self.model.config.patch_size)
+
+    def _batches(self, pixels: Sequence[torch.Tensor]) -> list[list[int]]:
+        """Indices grouped by image size, each group cut to ``max_batch_size``."""
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(pixels):
+            by_size.setdefault(tuple(p.shape), []).append(i)
+        step = self.max_batch_size
+        return [idx[s : s + step] for idx in by_size.values() for s in range(0, len(idx), step)]
+
+    def _forward(self, pixels: Sequence[torch.Tensor], compute) -> np.ndarray:
+        started = time.perf_counter()
+        results: list[np.ndarray | None] = [None] * len(pixels)
+        batches = self._batches(pixels)
+        with torch.inference_mode():
+            for idx in batches:
+                batch = torch.stack([pixels[i] for i in idx]).to(self.device, non_blocking=True)
+                out = compute(batch).float().cpu().numpy()
+                for row, i in zip(out, idx, strict=True):
+                    results[i] = row
+        self.stats.add(len(batches), len(pixels), time.perf_counter() - started)
+        if not results:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack(results)  # type: ignore[arg-type]
+
+    def run(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+        """Probabilities ``[B, num_tags]`` (float32) for preprocessed images, same-size ones batched."""
+        if not pixels:
+            return np.zeros((0, len(self.vocab)), dtype=np.float32)
+        return self._forward(pixels, lambda batch: torch.sigmoid(self.model(batch)))
+
+    def run_descriptors(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+        """Descriptors ``[B, descriptor_dim]`` (CLS + registers after the final norm, float32)."""
+        if not pixels:
+            return np.zeros((0, self.model.config.descriptor_dim), dtype=np.float32)
+        return self._forward(pixels, self.model.descriptor)
+
+    # -- convenience ----------------------------------------------------------------------
+    def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
+        """Float32 probability matrix ``[B, num_tags]`` for the images, in input order."""
+        return self.run([self.prepare(image) for image in images])
+
+    def descriptors(self, images: Sequence[ImageSource]) -> np.ndarray:
+        return self.run_descriptors([self.prepare(image) for image in images])
+
+    def select(self, scores: np.ndarray, topk: int | None = None, threshold: float | None = None) -> list[TagScore]:
+        if threshold is None and topk is None:
+            topk = 30
+        return select_tags(scores, self.vocab, Selection(threshold=threshold or 0.0, topk=topk))
+
+    def predict(
+        self, image: ImageSource, topk: int | None = None, threshold: float | None = None
+    ) -> list[tuple[str, float]]:
+        """``[(tag, score)]`` best first: top 30 by default, or ``topk=N``, or ``threshold=T``
+        (both together: at most ``topk`` tags at or above ``threshold``)."""
+        return self.predict_batch([image], topk=topk, threshold=threshold)[0]
+
+    def predict_batch(
+        self, images: Sequence[ImageSource], topk: int | None = None, threshold: float | None = None
+    ) -> list[list[tuple[str, float]]]:
+        probs = self.probabilities(images)
+        return [[(t.tag, t.score) for t in self.select(row, topk, threshold)] for row in probs]

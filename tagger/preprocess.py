@@ -1,0 +1,358 @@
+"""Decode any image input to RGB, then resize and normalise it the way the authors' model expects.
+
+Two stages, kept apart so that callers can show or cache the decoded image:
+
+* ``load_image`` turns a path, bytes, a PIL image or a numpy array into a fully decoded RGB
+  PIL image (EXIF orientation applied, first frame, transparency composited onto white,
+  high-bit-depth grey scaled rather than clipped). Every failure is an ``ImageError`` whose
+  message a person can act on; no raw Pillow/OS exception escapes.
+* ``preprocess`` applies the reference size rule (long edge capped at ``max_size``, both sides
+  multiples of the patch size, never upscaled), Lanczos resampling and ImageNet normalisation,
+  bit-identical with torchvision's ``ToTensor`` + ``Normalize``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypeAlias
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MAX_IMAGE_PIXELS",
+    "ImageError",
+    "ImageSource",
+    "image_to_pixels",
+    "load_image",
+    "preprocess",
+    "target_size",
+]
+
+
+class ImageError(ValueError):
+    """An input that cannot be decoded as an image; message is a sentence a person understands."""
+
+
+ImageSource: TypeAlias = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+# Refuse larger images: a small compressed file can declare a huge canvas (decompression bomb).
+MAX_IMAGE_PIXELS: int = 100_000_000
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# Built once: torchvision's Normalize turns the tuples into float32 tensors the same way.
+_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
+_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
+
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation → the transpose that makes the image upright (same table as ImageOps.exif_transpose).
+_ORIENTATION_FIX = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_BOMB_NUMBERS = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode ``source`` to a new, fully loaded RGB image.
+
+    ``source`` is a file path, the encoded bytes of a file, a PIL image (its current frame is
+    used; the caller's object is not modified) or a numpy array (HxW grey, HxWx3 RGB or HxWx4
+    RGBA; uint8, or float in [0, 1]). Images with more than ``max_pixels`` pixels are refused
+    from their header, before any pixel is decoded. Raises ``ImageError`` for every input
+    that cannot be turned into an image.
+    """
+    if isinstance(source, Image.Image):
+        return _finish(source, "the given PIL image", max_pixels)
+    if isinstance(source, np.ndarray):
+        return _from_array(source, max_pixels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise ImageError("Could not read the given data: it is empty (0 bytes), so it holds no image.")
+        return _decode(io.BytesIO(data), "the given data", max_pixels)
+    if isinstance(source, (str, os.PathLike)):
+        return _load_path(source, max_pixels)
+    raise ImageError(
+        f"Cannot read an image from an object of type {type(source).__name__}; "
+        "pass a file path, bytes, a PIL image or a numpy array."
+    )
+
+
+def _load_path(source: str | os.PathLike, max_pixels: int) -> Image.Image:
+    shown = os.fsdecode(os.fspath(source))
+    name = f"the file '{shown}'"
+    # Open the file ourselves: OS errors get their own messages, and the handle is always closed.
+    try:
+        fp = open(source, "rb")  # noqa: SIM115 - closed by the with-block below
+    except FileNotFoundError:
+        raise ImageError(f"Image file not found: '{shown}'.") from None
+    except IsADirectoryError:
+        raise ImageError(f"'{shown}' is a directory, not an image file.") from None
+    except PermissionError:
+        raise ImageError(f"Cannot read '{shown}': permission denied.") from None
+    except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL character in the path
+        raise ImageError(f"Cannot open '{shown}': {exc}.") from None
+    with fp:
+        if _is_empty_file(fp):
+            raise ImageError(f"The file '{shown}' is empty (0 bytes), so it holds no image.")
+        return _decode(fp, name, max_pixels)
+
+
+def _is_empty_file(fp: io.BufferedReader) -> bool:
+    try:
+        return os.fstat(fp.fileno()).st_size == 0 and fp.peek(1) == b""
+    except OSError:
+        return False  # let the decoder report whatever is wrong
+
+
+def _decode(fp: io.IOBase, name: str, max_pixels: int) -> Image.Image:
+    with _decoding_errors(name, max_pixels), Image.open(fp) as image:
+        # Image.open reads only the header (and the first frame's position), so the size
+        # checks inside _finish run before any pixel data is decompressed.
+        return _finish(image, name, max_pixels)
+
+
+def _finish(image: Image.Image, name: str, max_pixels: int) -> Image.Image:
+    """Size checks, decode, RGB conversion, orientation. Always returns a new image."""
+    _check_size(image.size, name, max_pixels)
+    with _decoding_errors(name, max_pixels):
+        image.load()
+        orientation = _exif_orientation(image)
+        rgb = _to_rgb(image, name)
+    fix = _ORIENTATION_FIX.get(orientation)
+    return rgb.transpose(fix) if fix is not None else rgb
+
+
+def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"Could not read {name}: the image has zero size ({width}x{height}).")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"Could not read {name}: the image is {width}x{height} ({width * height:,} pixels), more than "
+            f"the limit of {max_pixels:,} pixels (a guard against decompression bombs)."
+        )
+
+
+@contextmanager
+def _decoding_errors(name: str, max_pixels: int) -> Iterator[None]:
+    """Turn whatever Pillow raises while decoding into an ImageError with a readable sentence."""
+    try:
+        # Our own max_pixels check replaces Pillow's DecompressionBombWarning (issued above ~89.5 M
+        # pixels, below our default limit), so silence it here. Before Python 3.14 catch_warnings
+        # swaps the process-wide filter list, so threads decoding at once may restore each other's
+        # lists and leave this "ignore" in place longer; harmless for this one warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own bomb guard fires in Image.open when the header declares more than
+        # 2 x Image.MAX_IMAGE_PIXELS (the warning too, if warnings are turned into errors).
+        raise ImageError(_bomb_message(name, exc, max_pixels)) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"Could not read {name}: it is not an image, or its format is not supported.") from None
+    except MemoryError:
+        raise ImageError(f"Could not read {name}: there is not enough memory to decode it.") from None
+    except Exception as exc:
+        # Pillow signals broken data with OSError, SyntaxError, ValueError, EOFError, struct.error...
+        detail = str(exc) or type(exc).__name__
+        raise ImageError(f"Could not read {name}: the image data is truncated or corrupt ({detail}).") from None
+
+
+def _bomb_message(name: str, exc: BaseException, max_pixels: int) -> str:
+    found = _BOMB_NUMBERS.search(str(exc))
+    if found is None:
+        return f"Could not read {name}: Pillow refused it as a possible decompression bomb ({exc})."
+    pixels, pillow_limit = int(found.group(1)), int(found.group(2))
+    if pixels > max_pixels:
+        limit = f"the limit of {max_pixels:,} pixels"
+    else:  # allowed by us, but above Pillow's process-wide limit
+        limit = f"Pillow's limit of {pillow_limit:,} pixels (raise PIL.Image.MAX_IMAGE_PIXELS to allow it)"
+    return f"Could not read {name}: the image has {pixels:,} pixels, more than {limit}; it may be a decompression bomb."
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    # Broken EXIF must not make an otherwise good image unreadable: treat it as upright.
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+        return int(value)
+    except Exception:
+        return 1
+
+
+def _to_rgb(image: Image.Image, name: str = "the image") -> Image.Image:
+    """A new RGB image; transparency is composited onto white, wide grey scaled to 8 bit."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image.copy()
+    if mode in _WIDE_GREY_MODES:
+        return _wide_grey_to_rgb(image)
+    try:
+        if mode == "La":  # Pillow converts premultiplied La only to LA
+            image = image.convert("LA")
+            mode = "LA"
+        # Palette images go through RGBA too: their alpha may sit in the palette, not in info.
+        if mode in _ALPHA_MODES or mode == "P" or "transparency" in image.info:
+            return Image.fromarray(_composite_on_white(np.asarray(image.convert("RGBA"))))
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise ImageError(
+            f"Could not read {name}: its colour mode {mode!r} cannot be converted to RGB ({exc})."
+        ) from None
+
+
+def _wide_grey_to_rgb(image: Image.Image) -> Image.Image:
+    # Pillow's own convert() clips these modes at 255, turning most 16-bit images white.
+    values = np.asarray(image)
+    grey = _scale_to_uint8(values, image.mode)
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, (int, float)):  # PNG tRNS for grey: one sample value is see-through
+        alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+        return Image.fromarray(_composite_on_white(np.dstack([grey, grey, grey, alpha])))
+    return Image.fromarray(np.dstack([grey, grey, grey]))
+
+
+def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    if mode.startswith("I;16"):  # the bit depth is known: 0..65535
+        return np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
+    if mode == "F":
+        # Float images carry no nominal range: [0, 1] when the data fits it, else 0..255 like Pillow.
+        data = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if data.size and data.min() >= 0.0 and data.max() <= 1.0:
+            data = data * 255.0
+        return np.rint(np.clip(data, 0.0, 255.0)).astype(np.uint8)
+    # Mode "I" (32-bit signed) has no nominal range either: 8-bit data stays as is, 16-bit data
+    # (older Pillow opened 16-bit PNGs as "I") is scaled, anything wider is stretched to its range.
+    data = values.astype(np.float64)
+    low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    if low >= 0 and high <= 255:
+        return data.astype(np.uint8)
+    if low >= 0 and high <= 65535:
+        return np.rint(data / 257.0).astype(np.uint8)
+    return np.rint((data - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Blend straight-alpha RGBA onto white, exactly rounded: c·a/255 + 255·(1 − a/255)."""
+    colour = rgba[..., :3].astype(np.uint16)
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    # Fits uint16: c·a + 255·(255 − a) ≤ 255² and +127 rounds to nearest.
+    blended = (colour * alpha + 255 * (255 - alpha) + 127) // 255
+    return np.ascontiguousarray(blended, dtype=np.uint8)
+
+
+def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
+    name = "the given array"
+    shape = array.shape
+    if not (array.ndim == 2 or (array.ndim == 3 and shape[2] in (1, 3, 4))):
+        raise ImageError(
+            f"Could not read {name}: shape {shape} is not an image; expected HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA)."
+        )
+    _check_size((shape[1], shape[0]), name, max_pixels)
+    if array.dtype == np.uint8:
+        pixels = array
+    elif np.issubdtype(array.dtype, np.floating):
+        pixels = _float_to_uint8(array, name)
+    else:
+        raise ImageError(
+            f"Could not read {name}: dtype {array.dtype} is not supported; use uint8 (0-255) or float (0-1)."
+        )
+    if pixels.ndim == 2 or pixels.shape[2] == 1:
+        pixels = np.repeat(pixels.reshape(shape[0], shape[1], 1), 3, axis=2)
+    elif pixels.shape[2] == 4:
+        pixels = _composite_on_white(pixels)
+    # A private C-ordered copy: the image must not share memory with the caller's array.
+    return Image.fromarray(np.array(pixels, dtype=np.uint8, order="C", copy=True))
+
+
+def _float_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    data = array.astype(np.float64)
+    if not np.isfinite(data).all():
+        raise ImageError(f"Could not read {name}: it contains NaN or infinite values.")
+    low, high = float(data.min()), float(data.max())
+    tolerance = 1.0 / 512  # under half an 8-bit step: absorbs float rounding, not wrong scales
+    if low < -tolerance or high > 1.0 + tolerance:
+        raise ImageError(
+            f"Could not read {name}: float pixels must lie in [0, 1], but they range from {low:g} to {high:g}."
+        )
+    return np.rint(np.clip(data, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resizing and normalisation
+
+
+def _check_sizes(max_size: int, patch: int) -> None:
+    if patch < 1:
+        raise ValueError(f"patch must be at least 1, got {patch}")
+    if max_size < patch:
+        raise ValueError(f"max_size must be at least the patch size ({patch}), got {max_size}")
+
+
+def target_size(width: int, height: int, max_size: int = 1024, patch: int = 16) -> tuple[int, int]:
+    """The (width, height) the model sees, by the authors' rule.
+
+    Target long edge = ``min(long_edge, max_size)`` floored to a multiple of ``patch`` (at least
+    one patch); scale = target / long_edge; each side = ``max(patch, round(side · scale))``
+    floored to a multiple of ``patch``. Never larger than the input, except that a side shorter
+    than one patch becomes one patch.
+    """
+    _check_sizes(max_size, patch)
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    long_edge = max(width, height)
+    target = max(patch, min(long_edge, max_size) // patch * patch)
+    scale = target / long_edge
+
+    def side(length: int) -> int:
+        # Python's round (half to even), as in the authors' script.
+        return max(patch, round(length * scale)) // patch * patch
+
+    return side(width), side(height)
+
+
+def preprocess(image: Image.Image, max_size: int = 1024, patch: int = 16) -> torch.Tensor:
+    """Resize (Lanczos) to ``target_size`` and normalise → contiguous float32 ``[3, H, W]``.
+
+    The image should come from ``load_image``; other modes are converted to RGB the same way.
+    """
+    if image.mode != "RGB" or "transparency" in image.info:
+        image = _to_rgb(image)
+    size = target_size(image.width, image.height, max_size, patch)
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    # Same operations, in the same order and dtype, as torchvision's ToTensor + Normalize, so the
+    # result is bit-identical with the authors' pipeline. np.array copies: torch wants it writable.
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+    return pixels.sub(_MEAN).div(_STD).contiguous()
+
+
+def image_to_pixels(source: ImageSource, max_size: int = 1024, patch: int = 16) -> torch.Tensor:
+    """``load_image`` then ``preprocess``: any supported input → float32 ``[3, H, W]``."""
+    _check_sizes(max_size, patch)  # fail on bad settings before decoding anything
+    return preprocess(load_image(source), max_size, patch)

@@ -1,0 +1,35 @@
+"""The Gradio Blocks app: one tab per job, all reading the same loaded model."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from tagger.ui.api_tab import build_api_tab, fill_address
+from tagger.ui.context import AppContext
+from tagger.ui.tag_tab import build_tag_tab
+
+TITLE = "DINOv3 ViT-H/16+ booru tagger"
+CSS = """
+#summary p { margin: 0; }
+.gradio-container { max-width: 1400px !important; }
+"""
+
+
+def build_demo(ctx: AppContext) -> gr.Blocks:
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(
+            f"# {TITLE}\n"
+            f"{len(ctx.vocab):,} e621 + Danbooru tags · running on **{ctx.tagger.device.type}** "
+            f"({str(ctx.tagger.dtype).removeprefix('torch.')}) · model `lodestones/tagger-experiment`"
+        )
+        with gr.Tabs():
+            with gr.Tab("Tag", id="tag"):
+                build_tag_tab(ctx)
+            with gr.Tab("API", id="api"):
+                examples = build_api_tab(ctx)
+
+        def on_load(request: gr.Request) -> str:
+            return fill_address(ctx, request)
+
+        demo.load(on_load, outputs=examples, api_visibility="private", queue=False)
+    return demo

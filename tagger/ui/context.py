@@ -1,0 +1,69 @@
+"""What every tab needs: the loaded tagger, the device runner, and error translation."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import gradio as gr
+import numpy as np
+
+from tagger.predict import Tagger
+from tagger.preprocess import ImageError
+from tagger.results import SelectionError
+from tagger.runtime import ModelRunError, ModelRunner
+
+log = logging.getLogger("tagger")
+
+# Errors whose message is written for people: shown as is.
+USER_ERRORS: tuple[type[Exception], ...] = (ImageError, SelectionError, ModelRunError)
+
+F = TypeVar("F", bound=Callable)
+
+
+def user_errors(fn: F) -> F:
+    """Turn our documented errors into ``gr.Error`` with their sentence; anything else is
+    logged with its traceback and reported briefly, and the server keeps serving."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except USER_ERRORS as e:
+            raise gr.Error(str(e)) from None
+        except Exception:
+            log.exception("Unexpected error in %s", fn.__name__)
+            raise gr.Error("Something went wrong while processing this request; please try another image.") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass
+class AppContext:
+    tagger: Tagger
+    runner: ModelRunner
+    demo_mode: bool = False
+    examples: list[str] = field(default_factory=list)
+    space_id: str | None = field(default_factory=lambda: os.environ.get("SPACE_ID"))
+
+    @property
+    def vocab(self):
+        return self.tagger.vocab
+
+    def scores_for(self, image: object) -> np.ndarray:
+        """Probabilities ``[num_tags]`` for one image: decode on the CPU, model on its device."""
+        if image is None:
+            raise ImageError("Please upload an image first.")
+        try:
+            pixels = self.tagger.prepare(image)  # type: ignore[arg-type]
+        except ImageError as e:
+            if isinstance(image, (str, os.PathLike)):  # show the upload's name, not the server's temp path
+                raise ImageError(str(e).replace(str(image), os.path.basename(image))) from None
+            raise
+        return self.runner.probabilities([pixels])[0]

@@ -1,0 +1,338 @@
+"""The Tag tab and the ``/tag`` API endpoint.
+
+The model runs once per image; its scores live in a ``gr.State``. Every threshold, filter
+or format change re-renders from those scores with the pure functions in
+``tagger.results`` / ``tagger.options`` and never calls the model again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+import numpy as np
+
+from tagger.options import MODES, ORDERS, TagOptions
+from tagger.results import TagScore, api_response, group_by_category, label_values, select_tags
+from tagger.ui.context import AppContext, user_errors
+from tagger.vocab import CATEGORIES, Category, Vocabulary, normalize_tag
+
+MAX_BARS = 40  # label bars drawn per category; the tag strings always hold every selected tag
+LOOKUP_ROWS = 12
+MODE_CHOICES = [("Threshold", "threshold"), ("Top-k per category", "topk"), ("MCut (automatic)", "mcut")]
+ORDER_CHOICES = [("By score", "score"), ("By category", "category")]
+DEFAULTS = TagOptions()
+
+
+@dataclass
+class CategoryView:
+    category: Category
+    column: gr.Column
+    label: gr.Label
+    text: gr.Textbox
+
+
+def present_categories(vocab: Vocabulary) -> list[Category]:
+    """Categories that have at least one tag in this vocabulary, in display order."""
+    ids = set(np.unique(vocab.category_ids).tolist())
+    return [c for c in CATEGORIES if c.id in ids]
+
+
+def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit: int = LOOKUP_ROWS) -> list[list]:
+    """Tags matching ``query`` (exact, then prefix, then substring), with this image's score."""
+    needle = normalize_tag(query or "")
+    if not needle:
+        return []
+    exact = vocab.find(needle)
+    prefix: list[int] = []
+    contains: list[int] = []
+    for key, indices in vocab.normalized_index.items():
+        if key == needle:
+            continue
+        if key.startswith(needle):
+            prefix.extend(indices)
+        elif needle in key and len(contains) < limit:
+            contains.extend(indices)
+        if len(prefix) >= limit:
+            break
+    rows = []
+    for i in [*exact, *prefix, *contains][:limit]:
+        score = "—" if scores is None else f"{float(scores[i]):.4f}"
+        rows.append([vocab.tags[i], vocab.category_of(i).name, score])
+    return rows
+
+
+def build_tag_tab(ctx: AppContext) -> None:
+    vocab = ctx.vocab
+    categories = present_categories(vocab)
+    scores_state = gr.State(None)
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            image = gr.Image(
+                type="filepath",
+                image_mode=None,  # keep alpha: we composite onto white ourselves
+                label="Image (upload, paste or drop)",
+                sources=["upload", "clipboard"],
+                height=380,
+                elem_id="tag-image",
+            )
+            if ctx.examples:
+                gr.Examples(ctx.examples, inputs=image, label="Examples")
+            with gr.Accordion("Selection", open=True):
+                mode = gr.Radio(MODE_CHOICES, value=DEFAULTS.mode, label="Mode", elem_id="mode")
+                threshold = gr.Slider(0, 1, DEFAULTS.threshold, step=0.01, label="Threshold", elem_id="threshold")
+                character_threshold = gr.Slider(
+                    0, 1, DEFAULTS.character_threshold, step=0.01, label="Character threshold"
+                )
+                topk = gr.Slider(1, 200, DEFAULTS.topk_per_category, step=1, label="Top-k per category")
+                floor = gr.Slider(0, 1, DEFAULTS.floor, step=0.01, label="Never show tags below")
+                category_thresholds = gr.Textbox(
+                    label="Per-category thresholds",
+                    placeholder="artist=0.6, copyright=0.7",
+                    info="Threshold mode: overrides for single categories.",
+                )
+                category_filter = gr.CheckboxGroup(
+                    [c.name for c in categories],
+                    value=[c.name for c in categories],
+                    label="Categories",
+                    elem_id="category-filter",
+                )
+            with gr.Accordion("Tag string", open=False):
+                with gr.Row():
+                    underscores = gr.Checkbox(label="Underscores", value=False, elem_id="underscores")
+                    escape = gr.Checkbox(label=r"Escape ( ) for prompts", value=False)
+                order = gr.Radio(ORDER_CHOICES, value="score", label="Order")
+                exclude = gr.Textbox(label="Exclude tags", placeholder="comma-separated, e.g. simple background")
+                prepend = gr.Textbox(label="Prepend tags", placeholder="comma-separated, e.g. masterpiece")
+
+        with gr.Column(scale=7, min_width=320):
+            if ctx.demo_mode:
+                gr.Markdown(
+                    "⚠️ **Demo mode**: a tiny random-weight model and a made-up vocabulary. "
+                    "The tags below are meaningless; start without `--demo` for the real model.",
+                    elem_id="demo-warning",
+                )
+            summary = gr.Markdown("Upload an image to see its tags.", elem_id="summary")
+            all_tags = gr.Textbox(
+                label="Tags (all selected categories)",
+                lines=3,
+                max_lines=12,
+                interactive=False,
+                buttons=["copy"],
+                elem_id="tag-string",
+            )
+            views: list[CategoryView] = []
+            with gr.Row():
+                for category in categories:
+                    with gr.Column(visible=False, min_width=260) as column:
+                        label = gr.Label(
+                            label=category.name,
+                            num_top_classes=MAX_BARS,
+                            color=category.color,
+                            show_heading=False,
+                            elem_id=f"label-{category.name}",
+                        )
+                        text = gr.Textbox(
+                            show_label=False,
+                            lines=1,
+                            max_lines=6,
+                            interactive=False,
+                            buttons=["copy"],
+                            elem_id=f"tags-{category.name}",
+                        )
+                    views.append(CategoryView(category, column, label, text))
+            with gr.Accordion("Look up any tag", open=False):
+                lookup = gr.Textbox(
+                    label="Search the vocabulary",
+                    placeholder=f"any of the {len(vocab):,} tags",
+                    elem_id="lookup",
+                )
+                lookup_table = gr.Dataframe(
+                    headers=["tag", "category", "score"],
+                    datatype=["str", "str", "str"],
+                    interactive=False,
+                    elem_id="lookup-table",
+                )
+
+    controls = [
+        mode,
+        threshold,
+        character_threshold,
+        topk,
+        floor,
+        category_filter,
+        category_thresholds,
+        exclude,
+        prepend,
+        underscores,
+        escape,
+        order,
+    ]
+    view_outputs = [summary, all_tags]
+    for view in views:
+        view_outputs += [view.column, view.label, view.text]
+
+    def options_from(values: tuple) -> TagOptions:
+        (mode_, thr, char_thr, k, floor_, cats, per_cat, excl, prep, under, esc, order_) = values
+        return TagOptions(
+            mode=mode_,
+            threshold=thr,
+            character_threshold=char_thr,
+            topk_per_category=int(k),
+            floor=floor_,
+            categories=list(cats or []),  # render() shows nothing when no box is ticked
+            category_thresholds=per_cat,
+            exclude=excl,
+            prepend=prep,
+            underscores=under,
+            escape_parentheses=esc,
+            order=order_,
+        )
+
+    def render(scores: np.ndarray | None, seconds: float | None, values: tuple) -> list:
+        if scores is None:
+            hidden = [gr.Column(visible=False), None, ""] * len(views)
+            return ["Upload an image to see its tags.", "", *hidden]
+        options = options_from(values)
+        selected_names = set(values[5] or [])
+        tags = [] if not selected_names else select_tags(scores, vocab, options.selection)
+        groups = dict((c.id, g) for c, g in group_by_category(tags))
+        info = f"**{len(tags)} tags**"
+        if seconds is not None:
+            info += f" · model {seconds:.2f} s on {ctx.tagger.device.type}"
+        out: list = [info, options.tag_string(tags)]
+        for view in views:
+            group: list[TagScore] = groups.get(view.category.id, [])
+            out += [
+                gr.Column(visible=bool(group)),
+                gr.Label(value=label_values(group[:MAX_BARS]), label=f"{view.category.name} · {len(group)}"),
+                options.tag_string(group),
+            ]
+        return out
+
+    @user_errors
+    def tag_image(path: str | None, *values):
+        if path is None:
+            return [None, *render(None, None, values)]
+        started = time.perf_counter()
+        scores = ctx.scores_for(path)
+        return [scores, *render(scores, time.perf_counter() - started, values)]
+
+    @user_errors
+    def rerender(scores: np.ndarray | None, *values):
+        return render(scores, None, values)
+
+    image.change(
+        tag_image,
+        inputs=[image, *controls],
+        outputs=[scores_state, *view_outputs],
+        api_visibility="private",
+        concurrency_id="model",
+    )
+    gr.on(
+        [c.change for c in controls],
+        rerender,
+        inputs=[scores_state, *controls],
+        outputs=view_outputs,
+        api_visibility="private",
+        trigger_mode="always_last",
+        queue=False,
+        show_progress="hidden",
+    )
+
+    def run_lookup(query: str, scores: np.ndarray | None) -> list[list]:
+        return lookup_rows(query, scores, vocab)
+
+    gr.on(
+        [lookup.change, scores_state.change],
+        run_lookup,
+        inputs=[lookup, scores_state],
+        outputs=lookup_table,
+        api_visibility="private",
+        trigger_mode="always_last",
+        queue=False,
+        show_progress="hidden",
+    )
+
+    build_tag_api(ctx)
+
+
+def build_tag_api(ctx: AppContext) -> None:
+    """``/tag``: image in, JSON out. Hidden components give every parameter a type and the
+    UI's default, so only the image is required."""
+    with gr.Column(visible=False):
+        image_in = gr.File(label="image", file_types=None, type="filepath")
+        mode_in = gr.Dropdown(list(MODES), value=DEFAULTS.mode, label="mode")
+        threshold_in = gr.Slider(0, 1, DEFAULTS.threshold, label="threshold")
+        character_threshold_in = gr.Slider(0, 1, DEFAULTS.character_threshold, label="character_threshold")
+        topk_in = gr.Number(DEFAULTS.topk_per_category, precision=0, minimum=1, label="topk_per_category")
+        floor_in = gr.Slider(0, 1, DEFAULTS.floor, label="floor")
+        categories_in = gr.Textbox("", label="categories")
+        category_thresholds_in = gr.Textbox("", label="category_thresholds")
+        exclude_in = gr.Textbox("", label="exclude")
+        prepend_in = gr.Textbox("", label="prepend")
+        underscores_in = gr.Checkbox(False, label="underscores")
+        escape_in = gr.Checkbox(False, label="escape_parentheses")
+        order_in = gr.Dropdown(list(ORDERS), value=DEFAULTS.order, label="order")
+        result = gr.JSON(label="result")
+        trigger = gr.Button(visible=False)
+
+    @user_errors
+    def tag(
+        image: str | None,
+        mode: str = DEFAULTS.mode,
+        threshold: float = DEFAULTS.threshold,
+        character_threshold: float = DEFAULTS.character_threshold,
+        topk_per_category: float = DEFAULTS.topk_per_category,
+        floor: float = DEFAULTS.floor,
+        categories: str = "",
+        category_thresholds: str = "",
+        exclude: str = "",
+        prepend: str = "",
+        underscores: bool = False,
+        escape_parentheses: bool = False,
+        order: str = DEFAULTS.order,
+    ) -> dict:
+        # Parameter names are the API's keyword names (gradio_client uses them).
+        options = TagOptions(
+            mode=mode,
+            threshold=threshold,
+            character_threshold=character_threshold,
+            topk_per_category=int(topk_per_category),
+            floor=floor,
+            categories=categories,
+            category_thresholds=category_thresholds,
+            exclude=exclude,
+            prepend=prepend,
+            underscores=underscores,
+            escape_parentheses=escape_parentheses,
+            order=order,
+        )
+        scores = ctx.scores_for(image)
+        tags = select_tags(scores, ctx.vocab, options.selection)
+        return api_response(tags, options.tag_string(tags))
+
+    trigger.click(
+        tag,
+        inputs=[
+            image_in,
+            mode_in,
+            threshold_in,
+            character_threshold_in,
+            topk_in,
+            floor_in,
+            categories_in,
+            category_thresholds_in,
+            exclude_in,
+            prepend_in,
+            underscores_in,
+            escape_in,
+            order_in,
+        ],
+        outputs=result,
+        api_name="tag",
+        api_description="Tag one image. Only `image` is required; every other parameter has the UI's default.",
+        concurrency_id="model",
+    )
