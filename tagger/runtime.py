@@ -34,13 +34,16 @@ def gpu_seconds(pixels: Sequence[torch.Tensor], seconds_per_megapixel: float = 0
     return int(min(300, base + seconds_per_megapixel * megapixels * 4))
 
 
-def _duration(method: str, pixels: Sequence[torch.Tensor], *args: object) -> int:
-    factor = 3.0 if method == "relevance" else 1.0  # a backward pass costs about twice a forward
-    return int(gpu_seconds(pixels) * factor)
+def _duration(fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
+    # A function may declare its cost relative to a forward pass (a backward pass costs ~2x).
+    return int(gpu_seconds(pixels) * getattr(fn, "gpu_cost", 1.0))
 
 
 class ModelRunner:
-    """Runs ``Tagger`` methods on pre-processed pixels inside one GPU call per request."""
+    """Runs model work on pre-processed pixels inside one GPU call per request.
+
+    Work is a function ``fn(tagger, pixels, *args)``; ``Tagger.run`` is the usual one.
+    """
 
     def __init__(self, tagger: Tagger):
         self.tagger = tagger
@@ -48,23 +51,23 @@ class ModelRunner:
         if spaces is not None:
             self._gpu_call = spaces.GPU(duration=_duration)(self._call)
 
-    def _call(self, method: str, pixels: Sequence[torch.Tensor], *args: object) -> object:
-        return getattr(self.tagger, method)(pixels, *args)
+    def _call(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> object:
+        return fn(self.tagger, pixels, *args)
 
-    def call(self, method: str, pixels: Sequence[torch.Tensor], *args: object) -> object:
-        """``tagger.<method>(pixels, *args)`` on the model's device; out-of-memory becomes a
+    def call(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> object:
+        """``fn(tagger, pixels, *args)`` on the model's device; out-of-memory becomes a
         ``ModelRunError`` after the memory is released, so the next request works."""
         try:
-            return self._gpu_call(method, list(pixels), *args)
+            return self._gpu_call(fn, list(pixels), *args)
         except (torch.cuda.OutOfMemoryError, MemoryError):
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            log.warning("Out of memory while running %s on %d image(s)", method, len(pixels))
+            log.warning("Out of memory in %s on %d image(s)", getattr(fn, "__name__", fn), len(pixels))
             raise ModelRunError("The model ran out of memory on this request; try fewer or smaller images.") from None
 
     def probabilities(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
-        return self.call("run", pixels)  # type: ignore[return-value]
+        return self.call(Tagger.run, pixels)  # type: ignore[return-value]
 
     def descriptors(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
-        return self.call("run_descriptors", pixels)  # type: ignore[return-value]
+        return self.call(Tagger.run_descriptors, pixels)  # type: ignore[return-value]
