@@ -73,9 +73,10 @@ def create_app(argv: Sequence[str] | None = None) -> tuple[gr.Blocks, AppContext
     return demo, context
 
 
-def launch(demo: gr.Blocks, **kwargs: object) -> None:
-    """Launch with host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio reads them)."""
-    demo.launch(
+def launch(demo: gr.Blocks, **kwargs: object) -> tuple:
+    """Launch with host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio reads
+    them); ``kwargs`` go to ``Blocks.launch``. Returns what it returns (app, local URL, share URL)."""
+    return demo.launch(
         max_file_size=MAX_FILE_SIZE,
         show_error=True,
         css=CSS,
