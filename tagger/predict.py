@@ -52,9 +52,16 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def on_zero_gpu() -> bool:
+    """True on a Hugging Face ZeroGPU Space, where CUDA is emulated until a GPU call runs."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the hardware runs it natively (as the authors run on GPU), else fp32."""
     if device.type == "cuda":
+        if on_zero_gpu():  # ZeroGPU hands out H200 slices; don't query emulated CUDA
+            return torch.bfloat16
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
@@ -118,14 +125,17 @@ class Tagger:
         self.max_size = max_size
         self.max_batch_size = max_batch_size or (16 if self.device.type == "cuda" else 4)
         self.checkpoint_path = Path(checkpoint_path)
+        # ZeroGPU documents module-level `.to("cuda")` on a CPU model (the transfer is
+        # deferred); elsewhere tensors go straight to their device while loading.
+        load_device = torch.device("cpu") if on_zero_gpu() else self.device
         self.model: TaggerModel = load_model(
             checkpoint_path,
-            device=self.device,
+            device=load_device,
             dtype=self.dtype,
             head_dtype=torch.float32 if self.device.type != "cpu" else None,
             expected_num_tags=len(self.vocab),
             rope_coord_scale=rope_coord_scale,
-        )
+        ).to(self.device)
         self.stats = RunStats()
         self.load_seconds = time.perf_counter() - started
         log.info(

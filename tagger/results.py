@@ -41,7 +41,7 @@ def _check_probability(name: str, value: float) -> float:
 def _check_count(name: str, value: int | None) -> int | None:
     if value is None:
         return None
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, np.integer) or (isinstance(value, float) and value.is_integer()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise SelectionError(f"{name} must be a whole number of 0 or more, not {value!r}.")

@@ -61,7 +61,10 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
                 raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes).")
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > min(_MAX_HEADER_BYTES, size - 8):
-                raise CheckpointError(f"{path}: not a safetensors file (its header length makes no sense).")
+                raise CheckpointError(
+                    f"{path}: not a safetensors file, or truncated (its header length is {header_len:,} bytes, "
+                    f"the file {size:,})."
+                )
             raw = f.read(header_len)
     except FileNotFoundError:
         raise CheckpointError(f"Checkpoint file not found: {path}.") from None

@@ -1,0 +1,204 @@
+"""The prediction API (``tagger.predict.Tagger``) on the tiny random checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tagger.predict import Tagger, parse_dtype, resolve_device
+from tagger.preprocess import ImageError
+from tagger.synthetic import write_random_vocabulary
+from tagger.vocab import Vocabulary
+from tagger.weights import CheckpointError
+
+
+@pytest.fixture
+def fresh_tagger(tiny_files):
+    """A Tagger of its own (fresh ``stats``) that batches up to 8 images per forward pass."""
+    checkpoint, vocab = tiny_files
+    return Tagger(checkpoint, vocab, device="cpu", dtype="fp32", max_batch_size=8)
+
+
+def test_predict_defaults_to_the_30_best_tags(tiny_tagger, image_files):
+    result = tiny_tagger.predict(image_files[0])
+    assert len(result) == 30
+    assert len(tiny_tagger.vocab) > 30
+    tags = [tag for tag, _ in result]
+    scores = [score for _, score in result]
+    assert scores == sorted(scores, reverse=True)
+    assert len(set(tags)) == 30
+    assert all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in scores)
+
+    probs = tiny_tagger.probabilities([image_files[0]])[0]
+    best = np.argsort(-probs, kind="stable")[:30]
+    assert tags == [tiny_tagger.vocab.tags[i] for i in best]
+    np.testing.assert_allclose(scores, probs[best], rtol=0, atol=1e-6)
+
+
+def test_predict_topk_and_threshold(tiny_tagger, image_files):
+    image = image_files[0]
+    default = tiny_tagger.predict(image)
+    assert tiny_tagger.predict(image, topk=5) == default[:5]
+    assert tiny_tagger.predict(image, topk=0) == []
+
+    probs = tiny_tagger.probabilities([image])[0]
+    threshold = float(np.median(probs))
+    above = tiny_tagger.predict(image, threshold=threshold)
+    expected = {tiny_tagger.vocab.tags[i] for i in np.flatnonzero(probs >= np.float32(threshold))}
+    assert {tag for tag, _ in above} == expected
+    assert 0 < len(above) < len(tiny_tagger.vocab)
+    assert all(score >= np.float32(threshold) for _, score in above)
+    # A threshold alone has no top-30 cap; both together give at most topk tags above it.
+    assert len(tiny_tagger.predict(image, threshold=0.0)) == len(tiny_tagger.vocab)
+    assert tiny_tagger.predict(image, topk=3, threshold=threshold) == above[:3]
+
+
+def test_predict_batch_equals_single_predictions(tiny_tagger, image_files):
+    # Sizes interleaved (a, b, a, b): results must come back in input order.
+    images = [image_files[0], image_files[2], image_files[1], image_files[2]]
+    batch = tiny_tagger.predict_batch(images, topk=10)
+    assert len(batch) == 4
+    for image, got in zip(images, batch, strict=True):
+        single = tiny_tagger.predict(image, topk=10)
+        assert [tag for tag, _ in got] == [tag for tag, _ in single]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in single], rtol=0, atol=1e-5)
+
+    probs = tiny_tagger.probabilities(images)
+    for row, image in zip(probs, images, strict=True):
+        np.testing.assert_allclose(row, tiny_tagger.probabilities([image])[0], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(probs[1], probs[3])  # same file, same batch
+    assert not np.allclose(probs[0], probs[2])  # different images give different scores
+    assert tiny_tagger.predict_batch([]) == []
+
+
+def test_same_size_images_share_one_forward_pass(fresh_tagger, make_image):
+    images = [make_image(64, 48, seed=i) for i in range(5)]
+    fresh_tagger.probabilities(images)
+    assert fresh_tagger.stats.forward_passes == 1
+    assert fresh_tagger.stats.images == 5
+
+
+def test_two_sizes_take_two_forward_passes(fresh_tagger, make_image):
+    images = [make_image(64, 48, seed=0), make_image(40, 72, seed=1), make_image(64, 48, seed=2)]
+    fresh_tagger.predict_batch(images)
+    assert fresh_tagger.stats.forward_passes == 2
+    assert fresh_tagger.stats.images == 3
+
+
+def test_max_batch_size_splits_large_groups(tiny_files, make_image):
+    checkpoint, vocab = tiny_files
+    tagger = Tagger(checkpoint, vocab, device="cpu", dtype="fp32", max_batch_size=2)
+    probs = tagger.probabilities([make_image(32, 32, seed=i) for i in range(5)])
+    assert probs.shape[0] == 5
+    assert tagger.stats.forward_passes == 3
+
+
+def test_probabilities_and_descriptors_shapes(tiny_tagger, tiny_config, image_files):
+    probs = tiny_tagger.probabilities(image_files)
+    assert probs.shape == (3, tiny_config.num_tags)
+    assert probs.dtype == np.float32
+    assert np.all((probs >= 0) & (probs <= 1))
+
+    descriptors = tiny_tagger.descriptors(image_files)
+    assert descriptors.shape == (3, tiny_config.descriptor_dim)
+    assert descriptors.dtype == np.float32
+    assert np.isfinite(descriptors).all()
+    # They are the CLS + register tokens the head sees.
+    pixels = tiny_tagger.prepare(image_files[2])
+    with torch.inference_mode():
+        expected = tiny_tagger.model.descriptor(pixels[None]).float().numpy()[0]
+        logits = tiny_tagger.model.head(torch.from_numpy(descriptors[2:3]))
+    np.testing.assert_allclose(descriptors[2], expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(probs[2], torch.sigmoid(logits).numpy()[0], rtol=0, atol=1e-5)
+
+    assert tiny_tagger.probabilities([]).shape == (0, tiny_config.num_tags)
+    assert tiny_tagger.descriptors([]).shape == (0, tiny_config.descriptor_dim)
+
+
+def test_every_input_kind_gives_the_same_scores(tiny_tagger, image_files):
+    from PIL import Image
+
+    path = image_files[0]
+    with Image.open(path) as opened:
+        pil = opened.convert("RGB")
+    inputs = {
+        "str": str(path),
+        "path": path,
+        "pil": pil,
+        "bytes": path.read_bytes(),
+        "numpy": np.asarray(pil),
+    }
+    expected = tiny_tagger.probabilities([path])[0]
+    for name, source in inputs.items():
+        np.testing.assert_allclose(tiny_tagger.probabilities([source])[0], expected, rtol=0, atol=1e-6, err_msg=name)
+    assert tiny_tagger.predict(pil, topk=5) == tiny_tagger.predict(path, topk=5)
+
+
+def test_prepare_respects_max_size(tiny_files, make_image):
+    checkpoint, vocab = tiny_files
+    tagger = Tagger(checkpoint, vocab, device="cpu", dtype="fp32", max_size=32)
+    pixels = tagger.prepare(make_image(100, 50))
+    assert pixels.shape == (3, 16, 32)
+    assert pixels.dtype == torch.float32
+    with pytest.raises(ValueError, match="max_size"):
+        Tagger(checkpoint, vocab, device="cpu", dtype="fp32", max_size=8)
+
+
+def test_unreadable_image_raises_image_error(tiny_tagger, tmp_path):
+    bad = tmp_path / "not_an_image.png"
+    bad.write_text("hello")
+    with pytest.raises(ImageError):
+        tiny_tagger.predict(bad)
+    with pytest.raises(ImageError):
+        tiny_tagger.predict(tmp_path / "missing.png")
+
+
+def test_vocabulary_length_must_match_the_checkpoint(tiny_files, tiny_config, tmp_path):
+    checkpoint, _ = tiny_files
+    n = tiny_config.num_tags
+    vocab = write_random_vocabulary(tmp_path / "other_vocab.json", n - 3)
+    with pytest.raises(CheckpointError) as info:
+        Tagger(checkpoint, vocab, device="cpu", dtype="fp32")
+    assert str(n) in str(info.value) and str(n - 3) in str(info.value)
+
+
+def test_a_vocabulary_object_is_accepted(tiny_files, tiny_config):
+    checkpoint, vocab_path = tiny_files
+    vocab = Vocabulary.load(vocab_path)
+    tagger = Tagger(checkpoint, vocab, device="cpu", dtype="fp32")
+    assert tagger.vocab is vocab
+    assert len(tagger.vocab) == tiny_config.num_tags
+
+
+def test_bf16_tagger_agrees_roughly_with_fp32(tiny_files, tiny_tagger, image_files):
+    checkpoint, vocab = tiny_files
+    bf16 = Tagger(checkpoint, vocab, device="cpu", dtype="bf16")
+    assert bf16.model.dtype == torch.bfloat16
+    probs = bf16.probabilities(image_files[:1])
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs, tiny_tagger.probabilities(image_files[:1]), rtol=0, atol=0.05)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_resolve_device_without_cuda():
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="CUDA"):
+        resolve_device("cuda:1")
+
+
+def test_resolve_device_rejects_nonsense():
+    with pytest.raises(ValueError, match="banana"):
+        resolve_device("banana")
+
+
+def test_parse_dtype():
+    assert parse_dtype("bf16") == torch.bfloat16
+    assert parse_dtype("FP32") == torch.float32
+    assert parse_dtype(None) is None
+    assert parse_dtype(torch.float16) == torch.float16
+    with pytest.raises(ValueError, match="int8"):
+        parse_dtype("int8")
