@@ -12,6 +12,7 @@ from typing import TypeVar
 import gradio as gr
 import numpy as np
 
+from tagger.batch import BatchError
 from tagger.predict import Tagger
 from tagger.preprocess import ImageError
 from tagger.results import SelectionError
@@ -20,7 +21,7 @@ from tagger.runtime import ModelRunError, ModelRunner
 log = logging.getLogger("tagger")
 
 # Errors whose message is written for people: shown as is.
-USER_ERRORS: tuple[type[Exception], ...] = (ImageError, SelectionError, ModelRunError)
+USER_ERRORS: tuple[type[Exception], ...] = (ImageError, SelectionError, ModelRunError, BatchError)
 
 F = TypeVar("F", bound=Callable)
 

@@ -1,0 +1,185 @@
+"""The Batch tab and the ``/tag_batch`` API endpoint: many images or zips in, captions out.
+
+The work itself is ``tagger.batch.run_batch``; this module only lays out the controls (the
+same selection and tag-string controls as the Tag tab, with the same defaults) and turns
+the result into table rows, two downloads and a summary line.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from tagger.batch import TABLE_HEADERS, BatchLimits, run_batch
+from tagger.options import TagOptions
+from tagger.results import SelectionError
+from tagger.ui.context import AppContext, user_errors
+from tagger.ui.tag_tab import DEFAULTS, MODE_CHOICES, ORDER_CHOICES, present_categories
+
+LIMITS = BatchLimits()
+CHUNK_SIZE = 32  # images per model (GPU) call; see tagger.batch for why
+
+API_DESCRIPTION = (
+    "Tag many images at once. `files`: image files and/or zip archives (sub-folders of a zip are "
+    "recorded as the concept). Every other parameter is optional, with the UI's defaults, and means "
+    "what it means for `/tag`. Returns the results table, a zip of kohya-style `.txt` captions (same "
+    "folders and stems as the images), a JSONL file (one line per image: sha256, filename, concept, "
+    "tags or error) and a summary line. "
+    f"Limits: {LIMITS.max_files} images, {LIMITS.max_upload_bytes // 2**20} MiB uploaded, "
+    f"{LIMITS.max_total_bytes // 2**20} MiB unpacked per request."
+)
+
+
+def build_batch_tab(ctx: AppContext) -> None:
+    categories = present_categories(ctx.vocab)
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            files = gr.File(
+                file_count="multiple",
+                # No file_types: Gradio would refuse the whole upload for one stray file (a
+                # caption .txt dragged in with its images); the engine skips and counts those.
+                type="filepath",
+                label="Images and/or zip files (sub-folders of a zip become concepts)",
+                elem_id="batch-files",
+            )
+            run_button = gr.Button("Tag all", variant="primary", elem_id="batch-run")
+            gr.Markdown(
+                f"Up to {LIMITS.max_files:,} images per run. Captions follow the kohya/sd-scripts "
+                "convention: `folder/image.txt` next to `folder/image.png`.",
+                elem_id="batch-help",
+            )
+            # The Tag tab's controls, same choices and defaults (constants imported from it).
+            with gr.Accordion("Selection", open=True):
+                mode = gr.Radio(MODE_CHOICES, value=DEFAULTS.mode, label="Mode")
+                threshold = gr.Slider(0, 1, DEFAULTS.threshold, step=0.01, label="Threshold")
+                character_threshold = gr.Slider(
+                    0, 1, DEFAULTS.character_threshold, step=0.01, label="Character threshold"
+                )
+                topk = gr.Slider(1, 200, DEFAULTS.topk_per_category, step=1, label="Top-k per category")
+                floor = gr.Slider(0, 1, DEFAULTS.floor, step=0.01, label="Never show tags below")
+                category_thresholds = gr.Textbox(
+                    "",  # a value gives the API parameter a default
+                    label="Per-category thresholds",
+                    placeholder="artist=0.6, copyright=0.7",
+                    info="Threshold mode: overrides for single categories.",
+                )
+                category_filter = gr.CheckboxGroup(
+                    [c.name for c in categories], value=[c.name for c in categories], label="Categories"
+                )
+            with gr.Accordion("Caption format", open=True):
+                with gr.Row():
+                    underscores = gr.Checkbox(label="Underscores", value=DEFAULTS.underscores)
+                    escape = gr.Checkbox(label=r"Escape ( ) for prompts", value=DEFAULTS.escape_parentheses)
+                order = gr.Radio(ORDER_CHOICES, value=DEFAULTS.order, label="Order")
+                exclude = gr.Textbox("", label="Exclude tags", placeholder="comma-separated, e.g. simple background")
+                prepend = gr.Textbox(
+                    "", label="Prepend tags", placeholder="comma-separated, e.g. trigger word, masterpiece"
+                )
+
+        with gr.Column(scale=7, min_width=320):
+            summary = gr.Markdown(
+                "Upload images or a zip, then press **Tag all**.", label="Summary", elem_id="batch-summary"
+            )
+            with gr.Row():
+                captions_file = gr.DownloadButton(
+                    "Captions (.zip)", value=None, interactive=False, elem_id="batch-captions"
+                )
+                jsonl_file = gr.DownloadButton("Tags (.jsonl)", value=None, interactive=False, elem_id="batch-jsonl")
+            table = gr.Dataframe(
+                label="Results",
+                headers=TABLE_HEADERS,
+                datatype=["str", "str", "number", "str"],
+                interactive=False,
+                wrap=True,
+                column_widths=["30%", "14%", "8%", "48%"],
+                max_height=600,
+                elem_id="batch-table",
+            )
+
+    @user_errors
+    def tag_batch(
+        files: list[str] | None,
+        mode: str = DEFAULTS.mode,
+        threshold: float = DEFAULTS.threshold,
+        character_threshold: float = DEFAULTS.character_threshold,
+        topk_per_category: float = DEFAULTS.topk_per_category,
+        floor: float = DEFAULTS.floor,
+        categories: list[str] | None = None,
+        category_thresholds: str = "",
+        exclude: str = "",
+        prepend: str = "",
+        underscores: bool = False,
+        escape_parentheses: bool = False,
+        order: str = DEFAULTS.order,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's documented idiom
+    ):
+        # Parameter names are the API's keyword names, the same as /tag's.
+        if categories is not None and not categories:
+            # In the Tag tab no ticked box shows nothing; for a batch that would be empty captions.
+            raise SelectionError("Tick at least one category.")
+        options = TagOptions(
+            mode=mode,
+            threshold=threshold,
+            character_threshold=character_threshold,
+            topk_per_category=int(topk_per_category),
+            floor=floor,
+            categories=categories,
+            category_thresholds=category_thresholds,
+            exclude=exclude,
+            prepend=prepend,
+            underscores=underscores,
+            escape_parentheses=escape_parentheses,
+            order=order,
+        )
+        paths = [getattr(f, "name", f) for f in files or []]
+
+        def advance(done: int, total: int, name: str) -> None:
+            progress((done, total), desc=f"Tagged {name}", unit="images")
+
+        progress((0, None), desc="Reading the upload")
+        output = run_batch(
+            paths,
+            prepare=ctx.tagger.prepare,
+            run=ctx.runner.probabilities,  # one GPU call per chunk of CHUNK_SIZE images
+            vocab=ctx.vocab,
+            options=options,
+            limits=LIMITS,
+            chunk_size=CHUNK_SIZE,
+            progress=advance,
+        )
+        # Plain paths (not component updates), so that API clients receive the files themselves.
+        return output.rows, str(output.captions_zip), str(output.jsonl), output.summary()
+
+    event = run_button.click(
+        tag_batch,
+        inputs=[
+            files,
+            mode,
+            threshold,
+            character_threshold,
+            topk,
+            floor,
+            category_filter,
+            category_thresholds,
+            exclude,
+            prepend,
+            underscores,
+            escape,
+            order,
+        ],
+        outputs=[table, captions_file, jsonl_file, summary],
+        api_name="tag_batch",
+        api_description=API_DESCRIPTION,
+        concurrency_id="model",
+    )
+
+    def enable_downloads() -> tuple:
+        return gr.DownloadButton(interactive=True), gr.DownloadButton(interactive=True)
+
+    event.success(
+        enable_downloads,
+        outputs=[captions_file, jsonl_file],
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
+    )
