@@ -128,8 +128,16 @@ def _is_empty_file(fp: io.BufferedReader) -> bool:
         return False  # let the decoder report whatever is wrong
 
 
+# Raster formats people tag (JPEG covers the MPO files phones write). Anything else (EPS/PS
+# would run Ghostscript if installed, WMF, scientific containers) is refused as unidentified.
+DECODABLE_FORMATS: tuple[str, ...] = (
+    "PNG", "JPEG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "AVIF", "QOI", "TGA", "PPM",
+    "ICO", "ICNS", "JPEG2000", "PCX", "SGI", "DDS", "PSD", "IM", "XBM",
+)  # fmt: skip
+
+
 def _decode(fp: io.IOBase, name: str, max_pixels: int) -> Image.Image:
-    with _decoding_errors(name, max_pixels), Image.open(fp) as image:
+    with _decoding_errors(name, max_pixels), Image.open(fp, formats=DECODABLE_FORMATS) as image:
         # Image.open reads only the header (and the first frame's position), so the size
         # checks inside _finish run before any pixel data is decompressed.
         return _finish(image, name, max_pixels)

@@ -27,6 +27,10 @@ from tagger.weights import CheckpointError
 log = logging.getLogger("tagger")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 MAX_FILE_SIZE = "25mb"  # per upload; larger files are refused by Gradio before they reach us
+# Uploads and URL downloads stay in Gradio's cache for the life of the process unless cleaned:
+# every hour, remove those older than a day (batch results are kept as long, see tagger.batch).
+CACHE_CLEANUP: tuple[int, int] = (3600, 24 * 3600)
+QUEUE_MAX_SIZE = 64  # waiting requests beyond this are refused with "queue is full"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -69,7 +73,9 @@ def create_app(argv: Sequence[str] | None = None) -> tuple[gr.Blocks, AppContext
     demo = build_demo(context)
     # The model is the scarce resource: on CPU one request at a time, on a GPU a few.
     concurrency = 1 if context.tagger.device.type == "cpu" else 4
-    demo.queue(max_size=64, default_concurrency_limit=concurrency)
+    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=concurrency)
+    if demo.delete_cache is None:  # read by Gradio when the server starts
+        demo.delete_cache = CACHE_CLEANUP
     return demo, context
 
 

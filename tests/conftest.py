@@ -7,12 +7,15 @@ code as the real one in a fraction of a second.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
 from PIL import Image
 
 from tagger.model import TaggerConfig

@@ -71,11 +71,12 @@ console.log(result.data[0].tag_string);
 ### curl
 ```bash
 # 1. upload the file, 2. start the call, 3. read the result (server-sent events)
+# call/v2 takes parameters by name and fills in the defaults of the ones left out.
 BASE={base}
 FILE=$(curl -s -F "files=@image.jpg" $BASE/gradio_api/upload \\
   | python3 -c "import sys, json; print(json.load(sys.stdin)[0])")
-BODY='{{"data": [{{"path": "'$FILE'", "meta": {{"_type": "gradio.FileData"}}}}]}}'
-EVENT=$(curl -s -H "Content-Type: application/json" -d "$BODY" $BASE/gradio_api/call/tag \\
+BODY='{{"image": {{"path": "'$FILE'", "meta": {{"_type": "gradio.FileData"}}}}}}'
+EVENT=$(curl -s -H "Content-Type: application/json" -d "$BODY" $BASE/gradio_api/call/v2/tag \\
   | python3 -c "import sys, json; print(json.load(sys.stdin)['event_id'])")
 curl -sN $BASE/gradio_api/call/tag/$EVENT
 ```
@@ -89,7 +90,8 @@ def parameters_table() -> str:
 
 def space_address(space_id: str) -> str:
     owner, _, name = space_id.partition("/")
-    return f"https://{owner}-{name}.hf.space/".lower().replace("_", "-").replace(".", "-")
+    subdomain = f"{owner}-{name}".lower().replace("_", "-").replace(".", "-")
+    return f"https://{subdomain}.hf.space/"
 
 
 def build_api_tab(ctx: AppContext) -> gr.Markdown:

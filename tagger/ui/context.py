@@ -13,6 +13,7 @@ import gradio as gr
 import numpy as np
 
 from tagger.batch import BatchError
+from tagger.fetch import FetchError
 from tagger.predict import Tagger
 from tagger.preprocess import ImageError
 from tagger.results import SelectionError
@@ -21,7 +22,7 @@ from tagger.runtime import ModelRunError, ModelRunner
 log = logging.getLogger("tagger")
 
 # Errors whose message is written for people: shown as is.
-USER_ERRORS: tuple[type[Exception], ...] = (ImageError, SelectionError, ModelRunError, BatchError)
+USER_ERRORS: tuple[type[Exception], ...] = (ImageError, SelectionError, ModelRunError, BatchError, FetchError)
 
 F = TypeVar("F", bound=Callable)
 

@@ -16,6 +16,7 @@ import numpy as np
 from tagger.options import MODES, ORDERS, TagOptions
 from tagger.results import TagScore, api_response, group_by_category, label_values, select_tags
 from tagger.ui.context import AppContext, user_errors
+from tagger.ui.inputs import SafeFile, SafeImage
 from tagger.vocab import CATEGORIES, Category, Vocabulary, normalize_tag
 
 MAX_BARS = 40  # label bars drawn per category; the tag strings always hold every selected tag
@@ -23,6 +24,8 @@ LOOKUP_ROWS = 12
 MODE_CHOICES = [("Threshold", "threshold"), ("Top-k per category", "topk"), ("MCut (automatic)", "mcut")]
 ORDER_CHOICES = [("By score", "score"), ("By category", "category")]
 DEFAULTS = TagOptions()
+# gr.Label's ``color`` only tints its heading (hidden here); the bars take this CSS variable.
+LABEL_CSS = "\n".join(f"#label-{c.name} {{ --stat-background-fill: {c.color}; }}" for c in CATEGORIES)
 
 
 @dataclass
@@ -70,7 +73,7 @@ def build_tag_tab(ctx: AppContext) -> None:
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
-            image = gr.Image(
+            image = SafeImage(
                 type="filepath",
                 image_mode=None,  # keep alpha: we composite onto white ourselves
                 label="Image (upload, paste or drop)",
@@ -263,7 +266,7 @@ def build_tag_api(ctx: AppContext) -> None:
     """``/tag``: image in, JSON out. Hidden components give every parameter a type and the
     UI's default, so only the image is required."""
     with gr.Column(visible=False):
-        image_in = gr.File(label="image", file_types=None, type="filepath")
+        image_in = SafeFile(label="image", file_types=None, type="filepath")
         mode_in = gr.Dropdown(list(MODES), value=DEFAULTS.mode, label="mode")
         threshold_in = gr.Slider(0, 1, DEFAULTS.threshold, label="threshold")
         character_threshold_in = gr.Slider(0, 1, DEFAULTS.character_threshold, label="character_threshold")
@@ -300,7 +303,8 @@ def build_tag_api(ctx: AppContext) -> None:
             mode=mode,
             threshold=threshold,
             character_threshold=character_threshold,
-            topk_per_category=int(topk_per_category),
+            # Raw REST calls may send null for an optional number: null means the default.
+            topk_per_category=DEFAULTS.topk_per_category if topk_per_category is None else int(topk_per_category),
             floor=floor,
             categories=categories,
             category_thresholds=category_thresholds,

@@ -1,0 +1,137 @@
+"""Image and file inputs that are safe to expose to anyone.
+
+Gradio downloads an http(s) URL sent as a file payload (``{"path": "https://..."}``, what
+``gradio_client.handle_file(url)`` sends) itself: with a public-address check, but without a
+size or time limit. ``SafeImage`` and ``SafeFile`` send those URLs through
+``tagger.fetch.fetch_url`` instead (public addresses only, checked again after each redirect,
+byte cap, total time limit), and leave decoding to ``tagger.preprocess`` with its pixel limit
+and readable errors.
+
+The browser sees the stock ``image`` and ``file`` components: only server-side methods change.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import gradio as gr
+import gradio.component_meta
+from gradio.data_classes import FileData
+from gradio.utils import NamedString
+
+from tagger.fetch import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES, FetchError, fetch_url, format_size, is_url
+
+__all__ = ["SafeFile", "SafeImage"]
+
+
+class _SafeDownloads:
+    """Mixin for Gradio components: URLs go through ``fetch_url``; everything else as in Gradio."""
+
+    max_download_bytes: int = MAX_DOWNLOAD_BYTES
+    download_timeout: float = DOWNLOAD_TIMEOUT_S
+    GRADIO_CACHE: str
+    temp_files: set[str]
+
+    def _fetch(self, url: str) -> str:
+        try:
+            path = fetch_url(
+                url,
+                Path(self.GRADIO_CACHE) / "fetched",
+                max_bytes=self.max_download_bytes,
+                timeout=self.download_timeout,
+            )
+        except FetchError as e:
+            raise gr.Error(str(e)) from None
+        # Registered like Gradio's own downloads, so cache clean-up (delete_cache, close) removes it.
+        self.temp_files.add(str(path))
+        return str(path)
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
+        if is_url(url_or_file_path):
+            # Blocking sockets and DNS: keep them off the event loop.
+            return await anyio.to_thread.run_sync(self._fetch, url_or_file_path)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)  # type: ignore[misc]
+
+    def move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
+        if is_url(url_or_file_path):
+            return self._fetch(url_or_file_path)  # type: ignore[arg-type]
+        return super().move_resource_to_block_cache(url_or_file_path)  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def _no_stub_files() -> Iterator[None]:
+    # Gradio writes a .pyi next to the source of every Component subclass it sees defined
+    # (meant for custom-component packages); here it would only litter the source tree.
+    generate = gradio.component_meta.create_or_modify_pyi
+    gradio.component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        gradio.component_meta.create_or_modify_pyi = generate
+
+
+with _no_stub_files():
+
+    class SafeImage(_SafeDownloads, gr.Image):
+        """``gr.Image`` whose URL downloads are limited and which, as a file path input, hands the
+        file to our decoder untouched (Gradio would open it with Pillow first, without our limits
+        and with a developer-facing error for anything that is not an image)."""
+
+        def get_block_name(self) -> str:
+            return "image"  # the frontend component to render: the stock one
+
+        def get_block_class(self) -> str:
+            return "image"
+
+        def preprocess(self, payload: Any) -> Any:
+            if payload is None or self.type != "filepath" or self.image_mode is not None:
+                return super().preprocess(payload)
+            url = getattr(payload, "url", None)
+            if isinstance(url, str) and url.startswith("data:"):
+                return self._save_data_url(url)
+            if payload.path is None:
+                raise gr.Error("No image was received; please upload the image again.")
+            return str(payload.path)
+
+        def _save_data_url(self, url: str) -> str:
+            # Gradio would decode (and fully decompress) a base64 image before any limit applies.
+            encoded = url.partition(",")[2]
+            if len(encoded) > (self.max_download_bytes * 4) // 3 + 4:
+                raise gr.Error(f"The image data is larger than the limit of {format_size(self.max_download_bytes)}.")
+            try:
+                data = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise gr.Error("The image data URL is not valid base64.") from None
+            folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=Path(self.GRADIO_CACHE)))
+            path = folder / "image"
+            path.write_bytes(data)
+            self.temp_files.add(str(path))
+            return str(path)
+
+    class SafeFile(_SafeDownloads, gr.File):
+        """``gr.File`` whose URL downloads are limited."""
+
+        def get_block_name(self) -> str:
+            return "file"  # the frontend component to render: the stock one
+
+        def get_block_class(self) -> str:
+            return "file"
+
+        def preprocess(self, payload: Any) -> Any:
+            # Gradio's File.preprocess creates an empty NamedTemporaryFile in the cache for every
+            # single file path it returns and never removes it: one leaked file per request.
+            if (
+                self.type == "filepath"
+                and self.file_count == "single"
+                and not self.file_types
+                and isinstance(payload, FileData)
+            ):
+                return NamedString(payload.path)
+            return super().preprocess(payload)
