@@ -5,14 +5,17 @@ from __future__ import annotations
 import gradio as gr
 
 from tagger.ui.api_tab import build_api_tab, fill_address
+from tagger.ui.batch_tab import build_batch_tab
 from tagger.ui.context import AppContext
-from tagger.ui.tag_tab import build_tag_tab
+from tagger.ui.features_tab import build_features_tab, build_similarity_tab
+from tagger.ui.tag_tab import LABEL_CSS, build_tag_tab
 
 TITLE = "DINOv3 ViT-H/16+ booru tagger"
 CSS = """
 #summary p { margin: 0; }
 .gradio-container { max-width: 1400px !important; }
 """
+CSS += LABEL_CSS
 
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
@@ -25,6 +28,12 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Tag", id="tag"):
                 build_tag_tab(ctx)
+            with gr.Tab("Batch", id="batch"):
+                build_batch_tab(ctx)
+            with gr.Tab("Features", id="features"):
+                build_features_tab(ctx)
+            with gr.Tab("Similarity", id="similarity"):
+                build_similarity_tab(ctx)
             with gr.Tab("API", id="api"):
                 examples = build_api_tab(ctx)
 

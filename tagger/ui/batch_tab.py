@@ -13,6 +13,7 @@ from tagger.batch import TABLE_HEADERS, BatchLimits, run_batch
 from tagger.options import TagOptions
 from tagger.results import SelectionError
 from tagger.ui.context import AppContext, user_errors
+from tagger.ui.inputs import SafeFile
 from tagger.ui.tag_tab import DEFAULTS, MODE_CHOICES, ORDER_CHOICES, present_categories
 
 LIMITS = BatchLimits()
@@ -34,7 +35,7 @@ def build_batch_tab(ctx: AppContext) -> None:
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
-            files = gr.File(
+            files = SafeFile(
                 file_count="multiple",
                 # No file_types: Gradio would refuse the whole upload for one stray file (a
                 # caption .txt dragged in with its images); the engine skips and counts those.

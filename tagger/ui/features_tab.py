@@ -1,0 +1,456 @@
+"""The Features tab (PCA false colour, per-tag heatmaps) and the Similarity tab (two images, or
+a zip of pairs), with their API endpoints ``/pca``, ``/heatmap``, ``/similarity`` and
+``/similarity_batch``.
+
+Decoding and preprocessing happen here, outside the GPU call; each request makes exactly one
+``ctx.runner.call`` (the batch endpoint: one per ``PAIRS_PER_CALL`` pairs). Colour and opacity
+changes re-render from the stored analysis and never call the model again.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import gradio as gr
+import numpy as np
+import torch
+
+from tagger.features import (
+    DEFAULT_COLOURS,
+    DEFAULT_LAYERS_FROM_END,
+    PAIRS_PER_CALL,
+    BatchSimilarity,
+    FeatureError,
+    FeatureMaps,
+    Relevance,
+    analyse,
+    batch_similarity,
+    cosine_similarity,
+    heatmap_images,
+    pca_images,
+    pixels_to_image,
+    relevance,
+    resolve_tag,
+    tap_block,
+)
+from tagger.preprocess import ImageError
+from tagger.results import top_tags
+from tagger.ui.context import AppContext, user_errors
+from tagger.ui.inputs import SafeFile, SafeImage
+
+F = TypeVar("F", bound=Callable)
+
+TOP_TAGS = 25  # choices offered in the heatmap's tag dropdown
+UPSCALE_CHOICES = [("Patches (nearest)", "nearest"), ("Smooth (bilinear)", "bilinear")]
+
+
+def feature_errors(fn: F) -> F:
+    """``user_errors`` that also shows our ``FeatureError`` sentences as they are."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FeatureError as e:
+            raise gr.Error(str(e)) from None
+
+    return user_errors(wrapper)  # type: ignore[return-value]
+
+
+def prepare_image(ctx: AppContext, image: str | None, what: str = "an image") -> torch.Tensor:
+    """Decode and preprocess one upload on the CPU; errors name the upload, not the temp path."""
+    if image is None:
+        raise ImageError(f"Please upload {what} first.")
+    try:
+        return ctx.tagger.prepare(image)
+    except ImageError as e:
+        if isinstance(image, (str, os.PathLike)):
+            raise ImageError(str(e).replace(str(image), os.path.basename(image))) from None
+        raise
+
+
+def run_pca(ctx: AppContext, image: str | None) -> FeatureMaps:
+    return ctx.runner.call(analyse, [prepare_image(ctx, image)])[0]  # type: ignore[index]
+
+
+def run_heatmap(ctx: AppContext, image: str | None, tag: str | None, layers_from_end: float) -> tuple:
+    """(preprocessed uint8 image, tag index, relevance) for one upload: one GPU call."""
+    tap_block(ctx.tagger.model.config.num_layers, layers_from_end)  # arguments first: fail fast
+    index = resolve_tag(ctx.vocab, tag)
+    pixels = prepare_image(ctx, image)
+    result: Relevance = ctx.runner.call(relevance, [pixels], index, layers_from_end)[0]  # type: ignore[index]
+    return pixels_to_image(pixels), index, result
+
+
+def heatmap_info(ctx: AppContext, index: int, result: Relevance, layers_from_end: int) -> dict:
+    num_layers = ctx.tagger.model.config.num_layers
+    h, w = result.map.shape
+    return {
+        "tag": ctx.vocab.tags[index],
+        "index": index,
+        "category": ctx.vocab.category_of(index).name,
+        "probability": round(result.probability, 6),
+        "block": num_layers - layers_from_end,  # relevance taken at this block's input (0-based)
+        "layers_from_end": layers_from_end,
+        "grid": [h, w],
+        "positive": bool(result.map.max() > 0),
+        "relevance": np.round(result.map, 4).tolist(),
+    }
+
+
+def heatmap_markdown(info: dict) -> str:
+    text = (
+        f"**{info['tag']}** ({info['category']}) · probability **{info['probability']:.3f}** · "
+        f"gradient × activation at the input of block {info['block']} "
+        f"({info['layers_from_end']} from the end)"
+    )
+    if not info["positive"]:
+        text += "\n\nNo patch raises this tag's score at this depth: every contribution is negative."
+    return text
+
+
+def _image_output(label: str, **kwargs: object) -> gr.Image:
+    # PNG: the maps are flat colour fields that lossy WebP (Gradio's default) would smear.
+    return gr.Image(label=label, type="numpy", format="png", interactive=False, **kwargs)  # type: ignore[arg-type]
+
+
+def build_features_tab(ctx: AppContext) -> None:
+    num_layers = ctx.tagger.model.config.num_layers
+    low_depth = min(2, num_layers)
+    maps_state = gr.State(None)
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=300):
+            image = SafeImage(
+                type="filepath",
+                image_mode=None,
+                label="Image (upload, paste or drop)",
+                sources=["upload", "clipboard"],
+                height=320,
+                elem_id="features-image",
+            )
+            if ctx.examples:
+                gr.Examples(ctx.examples, inputs=image, label="Examples")
+            with gr.Accordion("Colours and overlay", open=True):
+                with gr.Row():
+                    colours = [
+                        gr.ColorPicker(colour, label=f"Component {i + 1}", elem_id=f"pca-colour-{i + 1}")
+                        for i, colour in enumerate(DEFAULT_COLOURS)
+                    ]
+                alpha = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay opacity", elem_id="features-alpha")
+                upscale = gr.Radio(UPSCALE_CHOICES, value="nearest", label="PCA upscaling")
+        with gr.Column(scale=8, min_width=320):
+            if ctx.demo_mode:
+                gr.Markdown("⚠️ **Demo mode**: random weights, so these maps show structure but no meaning.")
+            summary = gr.Markdown(
+                "Upload an image to see its patch features: the first three principal components "
+                "of the final patch tokens as red, green and blue.",
+                elem_id="features-summary",
+            )
+            with gr.Row():
+                seen = _image_output("What the model sees", elem_id="features-seen")
+                pca = _image_output("PCA: components 1-3 → RGB", elem_id="features-pca")
+            with gr.Row():
+                overlay = _image_output("PCA over the image", elem_id="features-overlay")
+                blend = _image_output("Your colours, weighted by components 1-3", elem_id="features-blend")
+
+            gr.Markdown("### Where does a tag come from?")
+            with gr.Row(equal_height=True):
+                tag = gr.Dropdown(
+                    choices=[],
+                    value=None,
+                    allow_custom_value=True,
+                    label="Tag",
+                    info="This image's top tags, or type any tag of the vocabulary",
+                    scale=3,
+                    elem_id="heatmap-tag",
+                )
+                depth_default = min(DEFAULT_LAYERS_FROM_END, num_layers)
+                if num_layers > low_depth:
+                    depth = gr.Slider(
+                        low_depth,
+                        num_layers,
+                        depth_default,
+                        step=1,
+                        label="Blocks from the end",
+                        info="Relevance is taken at the input of this block, counted from the end",
+                        scale=2,
+                    )
+                else:  # a one- or two-block model (the demo) has a single usable depth
+                    depth = gr.Number(depth_default, precision=0, visible=False)
+                show = gr.Button("Show heatmap", variant="primary", scale=1, elem_id="heatmap-button")
+            heat_summary = gr.Markdown(elem_id="heatmap-summary")
+            with gr.Row():
+                heat_overlay = _image_output("Heatmap over the image", elem_id="heatmap-overlay")
+                heat = _image_output("Relevance (inferno: dark = none, yellow = most)", elem_id="heatmap")
+
+    style = [*colours, alpha, upscale]
+
+    @feature_errors
+    def on_image(path: str | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> list:
+        cleared = [None, None, ""]
+        if path is None:
+            return [None, None, None, None, None, gr.Dropdown(choices=[], value=None), "Upload an image.", *cleared]
+        maps = run_pca(ctx, path)
+        top = top_tags(maps.probabilities, ctx.vocab, TOP_TAGS)
+        choices = [(f"{t.tag} · {t.score:.2f}", t.tag) for t in top]
+        height, width = maps.image.shape[:2]
+        info = f"**{width}×{height}** as the model sees it · {maps.pca.shape[1]}×{maps.pca.shape[0]} patches"
+        if top:
+            info += f" · top tag **{top[0].tag}** ({top[0].score:.2f})"
+        return [
+            maps,
+            maps.image,
+            *pca_images(maps, (c1, c2, c3), opacity, resample),
+            gr.Dropdown(choices=choices, value=top[0].tag if top else None),
+            info,
+            *cleared,
+        ]
+
+    @feature_errors
+    def restyle(maps: FeatureMaps | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> list:
+        if maps is None:
+            return [None, None, None]
+        return list(pca_images(maps, (c1, c2, c3), opacity, resample))
+
+    @feature_errors
+    def on_heatmap(path: str | None, name: str | None, layers: float, opacity: float) -> list:
+        layers_from_end = int(layers)
+        seen_image, index, result = run_heatmap(ctx, path, name, layers_from_end)
+        over, heat_image = heatmap_images(seen_image, result.map, opacity, "bilinear")
+        return [over, heat_image, heatmap_markdown(heatmap_info(ctx, index, result, layers_from_end))]
+
+    image.change(
+        on_image,
+        inputs=[image, *style],
+        outputs=[maps_state, seen, pca, overlay, blend, tag, summary, heat_overlay, heat, heat_summary],
+        api_visibility="private",
+        concurrency_id="model",
+    )
+    gr.on(
+        [c.change for c in style],
+        restyle,
+        inputs=[maps_state, *style],
+        outputs=[pca, overlay, blend],
+        api_visibility="private",
+        trigger_mode="always_last",
+        queue=False,
+        show_progress="hidden",
+    )
+    gr.on(
+        [show.click, tag.select],
+        on_heatmap,
+        inputs=[image, tag, depth, alpha],
+        outputs=[heat_overlay, heat, heat_summary],
+        api_visibility="private",
+        concurrency_id="model",
+    )
+
+    build_features_api(ctx)
+
+
+def build_features_api(ctx: AppContext) -> None:
+    """``/pca`` and ``/heatmap``: hidden components give every parameter a type and a default."""
+    num_layers = ctx.tagger.model.config.num_layers
+    with gr.Column(visible=False):
+        image_in = SafeFile(label="image", type="filepath")
+        colour_ins = [gr.Textbox(c, label=f"color_{i + 1}") for i, c in enumerate(DEFAULT_COLOURS)]
+        alpha_in = gr.Slider(0, 1, 0.5, label="alpha")
+        pca_upscale_in = gr.Dropdown(["nearest", "bilinear"], value="nearest", label="upscale")
+        pca_out = _image_output("pca")
+        overlay_out = _image_output("overlay")
+        blend_out = _image_output("color_blend")
+        pca_trigger = gr.Button(visible=False)
+
+        tag_in = gr.Textbox("", label="tag")
+        depth_in = gr.Number(min(DEFAULT_LAYERS_FROM_END, num_layers), precision=0, label="layers_from_end")
+        heat_upscale_in = gr.Dropdown(["nearest", "bilinear"], value="bilinear", label="upscale")
+        heat_overlay_out = _image_output("overlay")
+        heat_out = _image_output("heatmap")
+        heat_info_out = gr.JSON(label="info")
+        heat_trigger = gr.Button(visible=False)
+
+    @feature_errors
+    def pca(
+        image: str | None,
+        color_1: str = DEFAULT_COLOURS[0],
+        color_2: str = DEFAULT_COLOURS[1],
+        color_3: str = DEFAULT_COLOURS[2],
+        alpha: float = 0.5,
+        upscale: str = "nearest",
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        maps = run_pca(ctx, image)
+        return pca_images(maps, (color_1, color_2, color_3), alpha, upscale)
+
+    @feature_errors
+    def heatmap(
+        image: str | None,
+        tag: str = "",
+        layers_from_end: float = DEFAULT_LAYERS_FROM_END,
+        alpha: float = 0.5,
+        upscale: str = "bilinear",
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
+        layers = int(layers_from_end) if layers_from_end is not None else min(DEFAULT_LAYERS_FROM_END, num_layers)
+        seen_image, index, result = run_heatmap(ctx, image, tag, layers)
+        over, heat_image = heatmap_images(seen_image, result.map, alpha, upscale)
+        return over, heat_image, heatmap_info(ctx, index, result, layers)
+
+    pca_trigger.click(
+        pca,
+        inputs=[image_in, *colour_ins, alpha_in, pca_upscale_in],
+        outputs=[pca_out, overlay_out, blend_out],
+        api_name="pca",
+        api_description=(
+            "False colour of the final patch features: the first three principal components → RGB, at the "
+            "preprocessed image's size (multiples of 16). Returns (pca, pca over the image with opacity `alpha`, "
+            "blend of `color_1..3` weighted by components 1-3). `upscale`: nearest (patches) or bilinear."
+        ),
+        concurrency_id="model",
+    )
+    heat_trigger.click(
+        heatmap,
+        inputs=[image_in, tag_in, depth_in, alpha_in, heat_upscale_in],
+        outputs=[heat_overlay_out, heat_out, heat_info_out],
+        api_name="heatmap",
+        api_description=(
+            "Where a tag's evidence sits: gradient × activation of the tag's logit on the patch tokens at the "
+            f"input of block (layers - layers_from_end), layers_from_end 2..{num_layers}, default "
+            f"{min(DEFAULT_LAYERS_FROM_END, num_layers)}. `tag`: any vocabulary tag (case, `_` and escapes "
+            "ignored). Returns (heatmap over the image, heatmap, info JSON with the tag's probability and the "
+            "[h, w] relevance grid in [0, 1])."
+        ),
+        concurrency_id="model",
+    )
+
+
+def build_similarity_tab(ctx: AppContext) -> None:
+    gr.Markdown(
+        "Cosine similarity of the images' descriptors (CLS + register tokens after the final norm, "
+        "L2-normalised): 1 for the same image, lower the more they differ."
+    )
+    with gr.Row():
+        image_a, image_b = (
+            SafeImage(
+                type="filepath",
+                image_mode=None,
+                label=f"Image {name}",
+                sources=["upload", "clipboard"],
+                height=300,
+                elem_id=f"similarity-{name.lower()}",
+            )
+            for name in "AB"
+        )
+    result = gr.Markdown("Upload two images to compare them.", elem_id="similarity-result")
+
+    gr.Markdown(
+        "### Many pairs\nA zip with two top-level folders; files with the same name (without extension, "
+        "e.g. `a/cat.png` and `b/cat.jpg`) are paired. `__MACOSX` and hidden files are skipped."
+    )
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=280):
+            archive = SafeFile(
+                label="Zip of two folders", file_types=[".zip"], type="filepath", elem_id="similarity-zip"
+            )
+            run = gr.Button("Score pairs", variant="primary", elem_id="similarity-batch-button")
+        with gr.Column(scale=8, min_width=320):
+            batch_summary = gr.Markdown(elem_id="similarity-batch-summary")
+            table = gr.Dataframe(
+                headers=["stem", "file A", "file B", "similarity"],
+                datatype=["str", "str", "str", "number"],
+                interactive=False,
+                buttons=["copy", "fullscreen"],
+                elem_id="similarity-batch-table",
+            )
+
+    @feature_errors
+    def on_pair(path_a: str | None, path_b: str | None) -> str:
+        if path_a is None or path_b is None:
+            return "Upload two images to compare them."
+        value = compare(ctx, path_a, path_b)
+        return f"Similarity **{value:.4f}** (cosine of the L2-normalised descriptors)"
+
+    @feature_errors
+    def on_batch(path: str | None, progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
+        if path is None:
+            raise gr.Error("Please upload a zip first.")
+        outcome = score_zip(ctx, path, lambda done, total: progress((done, total), desc="Scoring pairs"))
+        rows = [[s, a, b, round(v, 4)] for s, a, b, v in outcome.rows]
+        return [outcome.summary_markdown(), rows]
+
+    gr.on(
+        [image_a.change, image_b.change],
+        on_pair,
+        inputs=[image_a, image_b],
+        outputs=result,
+        api_visibility="private",
+        trigger_mode="always_last",
+        concurrency_id="model",
+    )
+    run.click(
+        on_batch,
+        inputs=archive,
+        outputs=[batch_summary, table],
+        api_visibility="private",
+        concurrency_id="model",
+    )
+
+    build_similarity_api(ctx)
+
+
+def compare(ctx: AppContext, image_a: str | None, image_b: str | None) -> float:
+    """Cosine similarity of two uploads: both decoded here, one GPU call for the pair."""
+    pixels = [prepare_image(ctx, image_a, "image A"), prepare_image(ctx, image_b, "image B")]
+    vectors = ctx.runner.descriptors(pixels)
+    return cosine_similarity(vectors[0], vectors[1])
+
+
+def score_zip(ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None) -> BatchSimilarity:
+    return batch_similarity(path, ctx.tagger.prepare, ctx.runner.descriptors, progress=progress)
+
+
+def build_similarity_api(ctx: AppContext) -> None:
+    with gr.Column(visible=False):
+        a_in = SafeFile(label="image_a", type="filepath")
+        b_in = SafeFile(label="image_b", type="filepath")
+        value_out = gr.Number(label="similarity")
+        pair_trigger = gr.Button(visible=False)
+        zip_in = SafeFile(label="archive", type="filepath")
+        batch_out = gr.JSON(label="result")
+        batch_trigger = gr.Button(visible=False)
+
+    @feature_errors
+    def similarity(image_a: str | None, image_b: str | None) -> float:
+        return compare(ctx, image_a, image_b)
+
+    @feature_errors
+    def similarity_batch(archive: str | None) -> dict:
+        if archive is None:
+            raise gr.Error("Please upload a zip first.")
+        return score_zip(ctx, archive).to_json()
+
+    pair_trigger.click(
+        similarity,
+        inputs=[a_in, b_in],
+        outputs=value_out,
+        api_name="similarity",
+        api_description=(
+            "Cosine similarity of two images' L2-normalised descriptors (CLS + 4 registers after the final norm, "
+            "6400 values for the real model): 1.0 for the same image."
+        ),
+        concurrency_id="model",
+    )
+    batch_trigger.click(
+        similarity_batch,
+        inputs=zip_in,
+        outputs=batch_out,
+        api_name="similarity_batch",
+        api_description=(
+            "A zip with two top-level folders, files paired by name without extension. Returns JSON: `pairs` "
+            "[{stem, a, b, similarity}], `summary` {pairs, mean, min, max}, `unmatched`, `ignored`, `errors` "
+            f"[{{file, error}}]. The model runs once per {PAIRS_PER_CALL} pairs."
+        ),
+        concurrency_id="model",
+    )
