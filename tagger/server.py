@@ -26,7 +26,7 @@ from tagger.weights import CheckpointError
 
 log = logging.getLogger("tagger")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
-MAX_FILE_SIZE = "25mb"  # per upload; larger files are refused by Gradio before they reach us
+MAX_FILE_SIZE = "200mb"  # per upload (dataset zips for the Batch tab); Gradio refuses larger ones before we see them
 # Uploads and URL downloads stay in Gradio's cache for the life of the process unless cleaned:
 # every hour, remove those older than a day (batch results are kept as long, see tagger.batch).
 CACHE_CLEANUP: tuple[int, int] = (3600, 24 * 3600)

@@ -28,7 +28,7 @@ TAG_PARAMETERS: list[tuple[str, str, str, str]] = [
 ]
 
 RESPONSE_DOC = """\
-```json
+```
 {
   "tags": [{"tag": "solo", "score": 0.98, "category": "general"}, ...],   // best first
   "categories": [{"id": 5, "name": "character", "color": "#60a5fa",
@@ -39,6 +39,18 @@ RESPONSE_DOC = """\
 ```
 Errors (an unreadable image, a bad argument) come back as a Gradio error whose message says
 what is wrong; `gradio_client` raises it as `AppError`."""
+
+
+OTHER_ENDPOINTS = """\
+| endpoint | takes | returns |
+|---|---|---|
+| `/tag_batch` | `files` (a list of images and/or zips), then the same options as `/tag` (`categories` as a list) | results table, captions zip (kohya `.txt` per image), JSONL (authors' schema), summary |
+| `/pca` | `image`, `color_1`–`color_3`, `alpha`, `upscale` | PCA map, PCA over the image, three-colour blend (PNG) |
+| `/heatmap` | `image`, `tag`, `layers_from_end`, `alpha`, `upscale` | relevance over the image, relevance alone (PNG), details (JSON) |
+| `/similarity` | `image_a`, `image_b` | cosine similarity of the descriptors |
+| `/similarity_batch` | `archive`: a zip with two folders, files paired by name | pairs, summary (mean, min, max), unmatched files (JSON) |
+
+Each endpoint's parameters, types and defaults: *Use via API* at the bottom of the page."""
 
 
 def client_examples(address: str, space_id: str | None) -> str:
@@ -102,6 +114,7 @@ def build_api_tab(ctx: AppContext) -> gr.Markdown:
     examples = gr.Markdown(client_examples("http://127.0.0.1:7860/", ctx.space_id), elem_id="api-examples")
     gr.Markdown("### `/tag` parameters\n" + parameters_table())
     gr.Markdown("### Response\n" + RESPONSE_DOC)
+    gr.Markdown("### Other endpoints\n" + OTHER_ENDPOINTS)
     return examples
 
 

@@ -70,6 +70,7 @@ def build_tag_tab(ctx: AppContext) -> None:
     vocab = ctx.vocab
     categories = present_categories(vocab)
     scores_state = gr.State(None)
+    seconds_state = gr.State(None)  # the last model run's time, kept in the summary across re-renders
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
@@ -218,26 +219,27 @@ def build_tag_tab(ctx: AppContext) -> None:
     @user_errors
     def tag_image(path: str | None, *values):
         if path is None:
-            return [None, *render(None, None, values)]
+            return [None, None, *render(None, None, values)]
         started = time.perf_counter()
         scores = ctx.scores_for(path)
-        return [scores, *render(scores, time.perf_counter() - started, values)]
+        seconds = time.perf_counter() - started
+        return [scores, seconds, *render(scores, seconds, values)]
 
     @user_errors
-    def rerender(scores: np.ndarray | None, *values):
-        return render(scores, None, values)
+    def rerender(scores: np.ndarray | None, seconds: float | None, *values):
+        return render(scores, seconds, values)
 
     image.change(
         tag_image,
         inputs=[image, *controls],
-        outputs=[scores_state, *view_outputs],
+        outputs=[scores_state, seconds_state, *view_outputs],
         api_visibility="private",
         concurrency_id="model",
     )
     gr.on(
         [c.change for c in controls],
         rerender,
-        inputs=[scores_state, *controls],
+        inputs=[scores_state, seconds_state, *controls],
         outputs=view_outputs,
         api_visibility="private",
         trigger_mode="always_last",
