@@ -41,16 +41,31 @@ Errors (an unreadable image, a bad argument) come back as a Gradio error whose m
 what is wrong; `gradio_client` raises it as `AppError`."""
 
 
-OTHER_ENDPOINTS = """\
-| endpoint | takes | returns |
-|---|---|---|
-| `/tag_batch` | `files` (a list of images and/or zips), then the same options as `/tag` (`categories` as a list) | results table, captions zip (kohya `.txt` per image), JSONL (authors' schema), summary |
-| `/pca` | `image`, `color_1`–`color_3`, `alpha`, `upscale` | PCA map, PCA over the image, three-colour blend (PNG) |
-| `/heatmap` | `image`, `tag`, `layers_from_end`, `alpha`, `upscale` | relevance over the image, relevance alone (PNG), details (JSON) |
-| `/similarity` | `image_a`, `image_b` | cosine similarity of the descriptors |
-| `/similarity_batch` | `archive`: a zip with two folders, files paired by name | pairs, summary (mean, min, max), unmatched files (JSON) |
-
-Each endpoint's parameters, types and defaults: *Use via API* at the bottom of the page."""
+# (endpoint, takes, returns)
+_OTHER_ENDPOINTS = [
+    (
+        "/tag_batch",
+        "`files` (images and/or zips), then the options of `/tag` (`categories` as a list)",
+        "results table, captions zip (kohya `.txt` per image), JSONL (authors' schema), summary",
+    ),
+    ("/pca", "`image`, `color_1`–`color_3`, `alpha`, `upscale`", "PCA map, PCA over the image, colour blend (PNG)"),
+    (
+        "/heatmap",
+        "`image`, `tag`, `layers_from_end`, `alpha`, `upscale`",
+        "relevance over the image, relevance alone (PNG), details (JSON)",
+    ),
+    ("/similarity", "`image_a`, `image_b`", "cosine similarity of the descriptors"),
+    (
+        "/similarity_batch",
+        "`archive`: a zip with two folders, files paired by name",
+        "pairs, summary (mean, min, max), unmatched files (JSON)",
+    ),
+]
+OTHER_ENDPOINTS = (
+    "| endpoint | takes | returns |\n|---|---|---|\n"
+    + "\n".join(f"| `{name}` | {takes} | {returns} |" for name, takes, returns in _OTHER_ENDPOINTS)
+    + "\n\nEach endpoint's parameters, types and defaults: *Use via API* at the bottom of the page."
+)
 
 
 def client_examples(address: str, space_id: str | None) -> str:
