@@ -124,3 +124,28 @@ def test_rope_frequencies_follow_reference_formula():
     inv_freq = [1 / 100 ** (i * 4 / 64) for i in range(16)]
     expected = [2 * math.pi * 0.5 * f for f in inv_freq] + [2 * math.pi * (2 / 3) * f for f in inv_freq]
     torch.testing.assert_close(angles[5], torch.tensor(expected * 2), rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_cpu_fused_swiglu_matches_eager_path(tmp_path):
+    """The default CPU path (bf16, SwiGLU fused into oneDNN matmuls) agrees with plain PyTorch."""
+    import tagger.model as model_module
+
+    reference = _reference_model()
+    _write_checkpoint(reference, tmp_path / "ckpt.safetensors", "layer")
+    model = load_model(tmp_path / "ckpt.safetensors", dtype=torch.bfloat16)
+    pixels = torch.randn(1, 3, 64, 48)
+    saved = model_module._ONEDNN_SWIGLU[0]
+    try:
+        model_module._ONEDNN_SWIGLU[0] = None
+        with torch.inference_mode():
+            fused = model.tokens(pixels).float()
+        if not model_module._ONEDNN_SWIGLU[0]:
+            pytest.skip("this torch build has no oneDNN bf16 fused linear kernels")
+        model_module._ONEDNN_SWIGLU[0] = False
+        with torch.inference_mode():
+            eager = model.tokens(pixels).float()
+    finally:
+        model_module._ONEDNN_SWIGLU[0] = saved
+    # Same maths, one bf16 rounding fewer on the fused side.
+    torch.testing.assert_close(fused, eager, rtol=0.05, atol=0.05)
+    assert (fused - eager).abs().mean() < 0.01
