@@ -10,11 +10,11 @@ from __future__ import annotations
 import gradio as gr
 
 from tagger.batch import TABLE_HEADERS, BatchLimits, run_batch
-from tagger.options import TagOptions
 from tagger.results import SelectionError
 from tagger.ui.context import AppContext, user_errors
+from tagger.ui.controls import DEFAULTS, build_option_controls, tag_options
 from tagger.ui.inputs import SafeFile
-from tagger.ui.tag_tab import DEFAULTS, MODE_CHOICES, ORDER_CHOICES, present_categories
+from tagger.ui.tag_tab import present_categories
 
 LIMITS = BatchLimits()
 CHUNK_SIZE = 32  # images per model (GPU) call; see tagger.batch for why
@@ -49,33 +49,13 @@ def build_batch_tab(ctx: AppContext) -> None:
                 "convention: `folder/image.txt` next to `folder/image.png`.",
                 elem_id="batch-help",
             )
-            # The Tag tab's controls, same choices and defaults (constants imported from it).
-            with gr.Accordion("Selection", open=True):
-                mode = gr.Radio(MODE_CHOICES, value=DEFAULTS.mode, label="Mode")
-                threshold = gr.Slider(0, 1, DEFAULTS.threshold, step=0.01, label="Threshold")
-                character_threshold = gr.Slider(
-                    0, 1, DEFAULTS.character_threshold, step=0.01, label="Character threshold"
-                )
-                topk = gr.Slider(1, 200, DEFAULTS.topk_per_category, step=1, label="Top-k per category")
-                floor = gr.Slider(0, 1, DEFAULTS.floor, step=0.01, label="Never show tags below")
-                category_thresholds = gr.Textbox(
-                    "",  # a value gives the API parameter a default
-                    label="Per-category thresholds",
-                    placeholder="artist=0.6, copyright=0.7",
-                    info="Threshold mode: overrides for single categories.",
-                )
-                category_filter = gr.CheckboxGroup(
-                    [c.name for c in categories], value=[c.name for c in categories], label="Categories"
-                )
-            with gr.Accordion("Caption format", open=True):
-                with gr.Row():
-                    underscores = gr.Checkbox(label="Underscores", value=DEFAULTS.underscores)
-                    escape = gr.Checkbox(label=r"Escape ( ) for prompts", value=DEFAULTS.escape_parentheses)
-                order = gr.Radio(ORDER_CHOICES, value=DEFAULTS.order, label="Order")
-                exclude = gr.Textbox("", label="Exclude tags", placeholder="comma-separated, e.g. simple background")
-                prepend = gr.Textbox(
-                    "", label="Prepend tags", placeholder="comma-separated, e.g. trigger word, masterpiece"
-                )
+            option_controls = build_option_controls(
+                categories,
+                id_prefix="batch-",
+                format_title="Caption format",
+                format_open=True,
+                prepend_example="trigger word, masterpiece",
+            )
 
         with gr.Column(scale=7, min_width=320):
             summary = gr.Markdown(
@@ -118,19 +98,19 @@ def build_batch_tab(ctx: AppContext) -> None:
         if categories is not None and not categories:
             # In the Tag tab no ticked box shows nothing; for a batch that would be empty captions.
             raise SelectionError("Tick at least one category.")
-        options = TagOptions(
-            mode=mode,
-            threshold=threshold,
-            character_threshold=character_threshold,
-            topk_per_category=int(topk_per_category),
-            floor=floor,
-            categories=categories,
-            category_thresholds=category_thresholds,
-            exclude=exclude,
-            prepend=prepend,
-            underscores=underscores,
-            escape_parentheses=escape_parentheses,
-            order=order,
+        options = tag_options(
+            mode,
+            threshold,
+            character_threshold,
+            topk_per_category,
+            floor,
+            categories,
+            category_thresholds,
+            exclude,
+            prepend,
+            underscores,
+            escape_parentheses,
+            order,
         )
         paths = [getattr(f, "name", f) for f in files or []]
 
@@ -153,21 +133,7 @@ def build_batch_tab(ctx: AppContext) -> None:
 
     event = run_button.click(
         tag_batch,
-        inputs=[
-            files,
-            mode,
-            threshold,
-            character_threshold,
-            topk,
-            floor,
-            category_filter,
-            category_thresholds,
-            exclude,
-            prepend,
-            underscores,
-            escape,
-            order,
-        ],
+        inputs=[files, *option_controls.inputs()],
         outputs=[table, captions_file, jsonl_file, summary],
         api_name="tag_batch",
         api_description=API_DESCRIPTION,

@@ -13,17 +13,15 @@ from dataclasses import dataclass
 import gradio as gr
 import numpy as np
 
-from tagger.options import MODES, ORDERS, TagOptions
+from tagger.options import MODES, ORDERS
 from tagger.results import TagScore, api_response, group_by_category, label_values, select_tags
 from tagger.ui.context import AppContext, user_errors
+from tagger.ui.controls import DEFAULTS, build_option_controls, tag_options
 from tagger.ui.inputs import SafeFile, SafeImage
 from tagger.vocab import CATEGORIES, Category, Vocabulary, normalize_tag
 
 MAX_BARS = 40  # label bars drawn per category; the tag strings always hold every selected tag
 LOOKUP_ROWS = 12
-MODE_CHOICES = [("Threshold", "threshold"), ("Top-k per category", "topk"), ("MCut (automatic)", "mcut")]
-ORDER_CHOICES = [("By score", "score"), ("By category", "category")]
-DEFAULTS = TagOptions()
 # gr.Label's ``color`` only tints its heading (hidden here); the bars take this CSS variable.
 LABEL_CSS = "\n".join(f"#label-{c.name} {{ --stat-background-fill: {c.color}; }}" for c in CATEGORIES)
 
@@ -84,32 +82,7 @@ def build_tag_tab(ctx: AppContext) -> None:
             )
             if ctx.examples:
                 gr.Examples(ctx.examples, inputs=image, label="Examples")
-            with gr.Accordion("Selection", open=True):
-                mode = gr.Radio(MODE_CHOICES, value=DEFAULTS.mode, label="Mode", elem_id="mode")
-                threshold = gr.Slider(0, 1, DEFAULTS.threshold, step=0.01, label="Threshold", elem_id="threshold")
-                character_threshold = gr.Slider(
-                    0, 1, DEFAULTS.character_threshold, step=0.01, label="Character threshold"
-                )
-                topk = gr.Slider(1, 200, DEFAULTS.topk_per_category, step=1, label="Top-k per category")
-                floor = gr.Slider(0, 1, DEFAULTS.floor, step=0.01, label="Never show tags below")
-                category_thresholds = gr.Textbox(
-                    label="Per-category thresholds",
-                    placeholder="artist=0.6, copyright=0.7",
-                    info="Threshold mode: overrides for single categories.",
-                )
-                category_filter = gr.CheckboxGroup(
-                    [c.name for c in categories],
-                    value=[c.name for c in categories],
-                    label="Categories",
-                    elem_id="category-filter",
-                )
-            with gr.Accordion("Tag string", open=False):
-                with gr.Row():
-                    underscores = gr.Checkbox(label="Underscores", value=False, elem_id="underscores")
-                    escape = gr.Checkbox(label=r"Escape ( ) for prompts", value=False)
-                order = gr.Radio(ORDER_CHOICES, value="score", label="Order")
-                exclude = gr.Textbox(label="Exclude tags", placeholder="comma-separated, e.g. simple background")
-                prepend = gr.Textbox(label="Prepend tags", placeholder="comma-separated, e.g. masterpiece")
+            option_controls = build_option_controls(categories)
 
         with gr.Column(scale=7, min_width=320):
             if ctx.demo_mode:
@@ -160,47 +133,17 @@ def build_tag_tab(ctx: AppContext) -> None:
                     elem_id="lookup-table",
                 )
 
-    controls = [
-        mode,
-        threshold,
-        character_threshold,
-        topk,
-        floor,
-        category_filter,
-        category_thresholds,
-        exclude,
-        prepend,
-        underscores,
-        escape,
-        order,
-    ]
+    controls = option_controls.inputs()
     view_outputs = [summary, all_tags]
     for view in views:
         view_outputs += [view.column, view.label, view.text]
-
-    def options_from(values: tuple) -> TagOptions:
-        (mode_, thr, char_thr, k, floor_, cats, per_cat, excl, prep, under, esc, order_) = values
-        return TagOptions(
-            mode=mode_,
-            threshold=thr,
-            character_threshold=char_thr,
-            topk_per_category=int(k),
-            floor=floor_,
-            categories=list(cats or []),  # render() shows nothing when no box is ticked
-            category_thresholds=per_cat,
-            exclude=excl,
-            prepend=prep,
-            underscores=under,
-            escape_parentheses=esc,
-            order=order_,
-        )
 
     def render(scores: np.ndarray | None, seconds: float | None, values: tuple) -> list:
         if scores is None:
             hidden = [gr.Column(visible=False), None, ""] * len(views)
             return ["Upload an image to see its tags.", "", *hidden]
-        options = options_from(values)
-        selected_names = set(values[5] or [])
+        options = tag_options(*values)
+        selected_names = set(values[5] or [])  # no ticked box shows nothing (options would mean "all")
         tags = [] if not selected_names else select_tags(scores, vocab, options.selection)
         groups = dict((c.id, g) for c, g in group_by_category(tags))
         info = f"**{len(tags)} tags**"
@@ -301,20 +244,19 @@ def build_tag_api(ctx: AppContext) -> None:
         order: str = DEFAULTS.order,
     ) -> dict:
         # Parameter names are the API's keyword names (gradio_client uses them).
-        options = TagOptions(
-            mode=mode,
-            threshold=threshold,
-            character_threshold=character_threshold,
-            # Raw REST calls may send null for an optional number: null means the default.
-            topk_per_category=DEFAULTS.topk_per_category if topk_per_category is None else int(topk_per_category),
-            floor=floor,
-            categories=categories,
-            category_thresholds=category_thresholds,
-            exclude=exclude,
-            prepend=prepend,
-            underscores=underscores,
-            escape_parentheses=escape_parentheses,
-            order=order,
+        options = tag_options(
+            mode,
+            threshold,
+            character_threshold,
+            topk_per_category,
+            floor,
+            categories,
+            category_thresholds,
+            exclude,
+            prepend,
+            underscores,
+            escape_parentheses,
+            order,
         )
         scores = ctx.scores_for(image)
         tags = select_tags(scores, ctx.vocab, options.selection)
