@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
-from PIL import Image
+
+from gradio_client import Client
 
 from tagger.model import TaggerConfig
 from tagger.predict import Tagger
@@ -76,3 +78,18 @@ def image_files(tmp_path: Path, make_image: Callable[..., Image.Image]) -> list[
         make_image(width, height, seed=i).save(path)
         paths.append(path)
     return paths
+
+
+@pytest.fixture(scope="module")
+def app():
+    """The real app in demo mode (tiny random model), in this process, one per test module."""
+    from app_server import start_app
+
+    running = start_app(["--demo"])
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def client(app) -> Client:
+    return Client(app.url, verbose=False)

@@ -13,14 +13,13 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
 import httpx
 import numpy as np
 import pytest
-from app_server import RunningApp, start_app
+from app_server import RunningApp
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from starlette.requests import Request
@@ -45,18 +44,6 @@ DISPLAY_ORDER = [
 TAG_KEYS = {"tag", "score", "category"}
 CATEGORY_KEYS = {"id", "name", "color", "tags"}
 CATEGORY_TAG_KEYS = {"tag", "score"}
-
-
-@pytest.fixture(scope="module")
-def app() -> Iterator[RunningApp]:
-    running = start_app(["--demo"])
-    yield running
-    running.close()
-
-
-@pytest.fixture(scope="module")
-def client(app: RunningApp) -> Client:
-    return Client(app.url, verbose=False)
 
 
 @pytest.fixture(scope="module")

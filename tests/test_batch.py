@@ -370,22 +370,6 @@ def test_failed_request_leaves_no_output_dir(tiny_tagger: Tagger, tmp_path: Path
 # End to end: the real app (demo mode) over HTTP
 
 
-@pytest.fixture(scope="module")
-def app():
-    from tests.app_server import start_app
-
-    running = start_app()
-    yield running
-    running.close()
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    from gradio_client import Client
-
-    return Client(app.url, verbose=False)
-
-
 def test_endpoint_is_documented(client) -> None:
     info = client.view_api(return_format="dict", print_info=False)
     endpoint = info["named_endpoints"]["/tag_batch"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_server import RunningApp, start_app
+from app_server import RunningApp
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tagger.options import TagOptions
@@ -35,13 +35,6 @@ ARTIFACTS = ROOT / "test-artifacts"
 TIMEOUT_MS = 20_000
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"browser tests need Debian's chromium at {CHROMIUM}")
-
-
-@pytest.fixture(scope="module")
-def app() -> Iterator[RunningApp]:
-    running = start_app(["--demo"])
-    yield running
-    running.close()
 
 
 @pytest.fixture(scope="module")

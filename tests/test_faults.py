@@ -13,14 +13,13 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from app_server import RunningApp, free_port, start_app
+from app_server import RunningApp, free_port
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -196,18 +195,6 @@ def test_bad_model_files_in_process(name: str, bad_files: dict[str, BadFiles], m
 
 # ---------------------------------------------------------------------------------------------
 # Faults during a request
-
-
-@pytest.fixture(scope="module")
-def app() -> Iterator[RunningApp]:
-    running = start_app(["--demo"])
-    yield running
-    running.close()
-
-
-@pytest.fixture(scope="module")
-def client(app: RunningApp) -> Client:
-    return Client(app.url, verbose=False)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -391,22 +391,6 @@ def test_zip_bomb_is_refused(tiny_tagger: Tagger, tmp_path: Path, make_image: Ma
 
 # ---------------------------------------------------------------------------------------------
 # End to end: the real app (demo mode) over HTTP
-
-
-@pytest.fixture(scope="module")
-def app() -> Iterator:
-    from tests.app_server import start_app
-
-    running = start_app()
-    yield running
-    running.close()
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    from gradio_client import Client
-
-    return Client(app.url, verbose=False)
 
 
 @pytest.fixture

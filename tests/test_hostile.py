@@ -39,7 +39,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from app_server import RunningApp, start_app
+from app_server import RunningApp
 from gradio.data_classes import ImageData
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -206,18 +206,6 @@ def corpus_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def small_tagger(tiny_files: tuple[Path, Path]) -> Tagger:
     checkpoint, vocab = tiny_files
     return Tagger(checkpoint, vocab, device="cpu", dtype="fp32", max_size=64)
-
-
-@pytest.fixture(scope="module")
-def app() -> Iterator[RunningApp]:
-    running = start_app(["--demo"])
-    yield running
-    running.close()
-
-
-@pytest.fixture(scope="module")
-def client(app: RunningApp) -> Client:
-    return Client(app.url, verbose=False)
 
 
 @pytest.fixture(scope="module")

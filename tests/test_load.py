@@ -13,13 +13,13 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 import pytest
-from app_server import RunningApp, start_app
+from app_server import RunningApp
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -67,13 +67,6 @@ class InFlight:
         finally:
             with self.lock:
                 self.now -= 1
-
-
-@pytest.fixture(scope="module")
-def app() -> Iterator[RunningApp]:
-    running = start_app(["--demo"])
-    yield running
-    running.close()
 
 
 @pytest.fixture(scope="module")
