@@ -113,7 +113,7 @@ class BatchItem:
     """One image to tag. ``name`` is the sanitised relative path used in every output."""
 
     name: str
-    concept: str  # first folder of ``name``; "" for files at the root
+    concept: str  # first folder of ``name`` below a wrapping folder (see wrapper_depth); "" at the root
     source: str  # the uploaded file (the image itself, or the zip holding it)
     member: zipfile.ZipInfo | None = None  # the zip member, None for a loose file
     size: int = 0  # bytes (declared by the archive for members)
@@ -269,6 +269,7 @@ class BatchInputs:
         limits = self.limits
         if len(infos) > limits.max_archive_entries:
             raise BatchError(f"{shown} has {len(infos):,} entries; the limit is {limits.max_archive_entries:,}.")
+        found: list[tuple[str, zipfile.ZipInfo]] = []
         for info in infos:
             # Every entry is checked, skipped ones too: an archive with an escaping or linked
             # path is malformed or hostile, and refusing it whole is the clearest answer.
@@ -281,9 +282,24 @@ class BatchInputs:
                 self.skipped.append(name)
                 continue
             _check_declared(info, shown, limits)
-            parts = name.split("/")
+            found.append((name, info))
+        depth = wrapper_depth([name for name, _ in found])
+        for name, info in found:
+            parts = name.split("/")[depth:]
             concept = parts[0] if len(parts) > 1 else ""
             self.items.append(BatchItem(name=name, concept=concept, source=path, member=info, size=info.file_size))
+
+
+def wrapper_depth(names: list[str]) -> int:
+    """How many leading folders all ``names`` share while every file still sits in a sub-folder
+    below them: zipping ``dataset/`` (holding ``dataset/10_cat/a.png``) wraps the concept
+    folders in one more folder, which is looked through. Files directly inside a single folder
+    keep it (zipping ``10_cat/`` makes ``10_cat`` the concept)."""
+    paths = [PurePosixPath(n).parts for n in names]
+    depth = 0
+    while paths and all(len(p) > depth + 2 for p in paths) and len({p[depth] for p in paths}) == 1:
+        depth += 1
+    return depth
 
 
 def _check_declared(info: zipfile.ZipInfo, archive: str, limits: BatchLimits) -> None:
@@ -322,8 +338,9 @@ def collect_inputs(paths: Iterable[str | os.PathLike], limits: BatchLimits | Non
     """The images in ``paths`` (image files and ``.zip`` archives), in upload order.
 
     Zip members keep their folders; the first folder is the image's "concept" (files at the
-    root have concept ""). ``__MACOSX``, hidden files and non-images are skipped and listed in
-    ``skipped``; nested zips are not opened. Raises ``BatchError`` when a limit is passed,
+    root have concept ""), looking through one folder that wraps them all (``wrapper_depth``).
+    ``__MACOSX``, hidden files and non-images are skipped and listed in ``skipped``; nested
+    zips are not opened. Raises ``BatchError`` when a limit is passed,
     an archive is unreadable or unsafe, or there is no image at all.
     """
     limits = limits or BatchLimits()

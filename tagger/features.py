@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tagger.batch import BatchInputs, BatchItem, BatchLimits, collect_inputs
+from tagger.batch import BatchInputs, BatchItem, BatchLimits, collect_inputs, wrapper_depth
 from tagger.model import TaggerModel
 from tagger.predict import Tagger
 from tagger.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageError
@@ -484,9 +484,8 @@ def pair_inputs(inputs: BatchInputs) -> ZipPairs:
     unsafe paths, links and zip bombs, and skipped ``__MACOSX`` and dotfiles). A single
     wrapping folder (``pairs/a``, ``pairs/b``: a zip made from the parent folder) is looked
     through. ``FeatureError`` unless exactly two folders hold images."""
-    files = [(PurePosixPath(item.name), item) for item in inputs.items]
-    while files and all(len(p.parts) > 2 for p, _ in files) and len({p.parts[0] for p, _ in files}) == 1:
-        files = [(PurePosixPath(*p.parts[1:]), item) for p, item in files]
+    depth = wrapper_depth([item.name for item in inputs.items])
+    files = [(PurePosixPath(*PurePosixPath(item.name).parts[depth:]), item) for item in inputs.items]
     # collect_inputs lists resource forks and dotfiles among its skipped names; they are noise here.
     ignored = [n for n in inputs.skipped if not (n.startswith("__MACOSX/") or _is_hidden(n))]
     folders: dict[str, dict[str, list[BatchItem]]] = {}

@@ -26,6 +26,7 @@ from tagger.batch import (
     run_batch,
     sanitize_path,
     tag_items,
+    wrapper_depth,
 )
 from tagger.options import TagOptions
 from tagger.predict import Tagger
@@ -223,6 +224,31 @@ def test_symlink_entries_refused(make_image, tmp_path: Path) -> None:
         z.writestr(info, "/etc/passwd")
     with pytest.raises(BatchError, match="symbolic link"):
         collect_inputs([archive])
+
+
+def test_a_wrapping_folder_is_looked_through_for_concepts(make_image, tmp_path: Path) -> None:
+    """Zipping `dataset/` (kohya's `10_cat/`, `5_dog/` inside it) gives the inner folders as
+    concepts; zipping `10_cat/` itself keeps it as the concept."""
+    png = io.BytesIO()
+    make_image().save(png, format="PNG")
+    wrapped, single = tmp_path / "wrapped.zip", tmp_path / "single.zip"
+    with zipfile.ZipFile(wrapped, "w") as z:
+        for name in ("dataset/10_cat/a.png", "dataset/10_cat/b.png", "dataset/5_dog/c.png"):
+            z.writestr(name, png.getvalue())
+    with zipfile.ZipFile(single, "w") as z:
+        for name in ("10_cat/a.png", "10_cat/b.png"):
+            z.writestr(name, png.getvalue())
+    with collect_inputs([wrapped]) as inputs:
+        assert {i.name: i.concept for i in inputs.items} == {
+            "dataset/10_cat/a.png": "10_cat",
+            "dataset/10_cat/b.png": "10_cat",
+            "dataset/5_dog/c.png": "5_dog",
+        }
+    with collect_inputs([single]) as inputs:
+        assert {i.concept for i in inputs.items} == {"10_cat"}
+    assert wrapper_depth(["a/b/c/x.png", "a/b/c/y.png"]) == 2
+    assert wrapper_depth(["a/x.png", "b/y.png"]) == 0
+    assert wrapper_depth(["a/x.png", "a/b/y.png"]) == 0  # a file directly in `a`: `a` is a concept
 
 
 def test_sanitize_path() -> None:
