@@ -12,7 +12,6 @@ from __future__ import annotations
 import lzma
 import os
 import re
-import time
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -154,20 +153,13 @@ def alpha_blend(image: np.ndarray, overlay: np.ndarray, alpha: float) -> np.ndar
 
 def patch_features(tagger: Tagger, pixels: Sequence[torch.Tensor]) -> list[np.ndarray]:
     """Final-norm patch tokens of each image as float32 ``[h, w, C]`` (same-size images batched)."""
-    started = time.perf_counter()
-    batches = tagger._batches(pixels)
     out: list[np.ndarray] = [np.empty(0)] * len(pixels)
     with torch.inference_mode():
-        for idx in batches:
-            grid = tagger.model.patch_grid(_stack(tagger, pixels, idx)).float().cpu().numpy()
+        for idx, batch in tagger.batches(pixels):
+            grid = tagger.model.patch_grid(batch).float().cpu().numpy()
             for row, i in zip(grid, idx, strict=True):
                 out[i] = row
-    tagger.stats.add(len(batches), len(pixels), time.perf_counter() - started)
     return out
-
-
-def _stack(tagger: Tagger, pixels: Sequence[torch.Tensor], idx: list[int]) -> torch.Tensor:
-    return torch.stack([pixels[i] for i in idx]).to(tagger.device)
 
 
 def _top_right_vectors(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -257,19 +249,15 @@ def analyse(tagger: Tagger, pixels: Sequence[torch.Tensor]) -> list[FeatureMaps]
     model runs, so on a GPU the SVD costs milliseconds."""
     model = tagger.model
     prefix = model.config.num_prefix_tokens
-    started = time.perf_counter()
-    batches = tagger._batches(pixels)
     out: list[FeatureMaps | None] = [None] * len(pixels)
     with torch.inference_mode():
-        for idx in batches:
-            batch = _stack(tagger, pixels, idx)
+        for idx, batch in tagger.batches(pixels):
             tokens = model.tokens(batch)
             probabilities = torch.sigmoid(model.head(model.descriptor_from_tokens(tokens))).float().cpu().numpy()
             h, w = (s // model.config.patch_size for s in batch.shape[-2:])
             grids = tokens[:, prefix:].reshape(len(idx), h, w, -1)
             for row, i in enumerate(idx):
                 out[i] = FeatureMaps(pixels_to_image(pixels[i]), pca_rgb(grids[row]), probabilities[row])
-    tagger.stats.add(len(batches), len(pixels), time.perf_counter() - started)
     return out  # type: ignore[return-value]
 
 
@@ -339,13 +327,10 @@ def relevance(
         raise FeatureError(f"Tag index {tag_index} is out of range; the model has {config.num_tags} tags.")
     block = tap_block(config.num_layers, layers_from_end)
     prefix = config.num_prefix_tokens
-    started = time.perf_counter()
-    batches = tagger._batches(pixels)
     out: list[Relevance | None] = [None] * len(pixels)
     # The rest of the app runs under inference_mode, which forbids autograd: leave it here.
     with torch.inference_mode(False), torch.enable_grad():
-        for idx in batches:
-            batch = _stack(tagger, pixels, idx)
+        for idx, batch in tagger.batches(pixels):
             captured: list[torch.Tensor] = []
 
             def tap(x: torch.Tensor, captured: list[torch.Tensor] = captured) -> torch.Tensor:
@@ -367,7 +352,6 @@ def relevance(
             for row, probability, i in zip(scores.cpu().numpy(), probabilities, idx, strict=True):
                 out[i] = Relevance(row.astype(np.float32), float(probability))
             del tokens, logits, grad, activation, captured
-    tagger.stats.add(len(batches), len(pixels), time.perf_counter() - started)
     return out  # type: ignore[return-value]
 
 

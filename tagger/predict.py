@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,17 +160,24 @@ class Tagger:
         step = self.max_batch_size
         return [idx[s : s + step] for idx in by_size.values() for s in range(0, len(idx), step)]
 
-    def _forward(self, pixels: Sequence[torch.Tensor], compute) -> np.ndarray:
+    def batches(self, pixels: Sequence[torch.Tensor]) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """``(indices, batch)`` for each group of same-size images, stacked on the model's
+        device; the forward passes are counted in ``stats``. Callers choose the grad mode."""
         started = time.perf_counter()
+        groups = self._batches(pixels)
+        try:
+            for idx in groups:
+                yield idx, torch.stack([pixels[i] for i in idx]).to(self.device, non_blocking=True)
+        finally:
+            self.stats.add(len(groups), len(pixels), time.perf_counter() - started)
+
+    def _forward(self, pixels: Sequence[torch.Tensor], compute: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
         results: list[np.ndarray | None] = [None] * len(pixels)
-        batches = self._batches(pixels)
         with torch.inference_mode():
-            for idx in batches:
-                batch = torch.stack([pixels[i] for i in idx]).to(self.device, non_blocking=True)
+            for idx, batch in self.batches(pixels):
                 out = compute(batch).float().cpu().numpy()
                 for row, i in zip(out, idx, strict=True):
                     results[i] = row
-        self.stats.add(len(batches), len(pixels), time.perf_counter() - started)
         if not results:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack(results)  # type: ignore[arg-type]
