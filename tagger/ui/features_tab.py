@@ -39,7 +39,7 @@ from tagger.features import (
 from tagger.preprocess import ImageError
 from tagger.results import top_tags
 from tagger.ui.context import AppContext, user_errors
-from tagger.ui.inputs import SafeFile, SafeImage
+from tagger.ui.inputs import SafeFile, image_upload
 
 F = TypeVar("F", bound=Callable)
 
@@ -124,14 +124,7 @@ def build_features_tab(ctx: AppContext) -> None:
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300):
-            image = SafeImage(
-                type="filepath",
-                image_mode=None,
-                label="Image (upload, paste or drop)",
-                sources=["upload", "clipboard"],
-                height=320,
-                elem_id="features-image",
-            )
+            image = image_upload("features-image", height=320)
             if ctx.examples:
                 gr.Examples(ctx.examples, inputs=image, label="Examples")
             with gr.Accordion("Colours and overlay", open=True):
@@ -333,15 +326,7 @@ def build_similarity_tab(ctx: AppContext) -> None:
     )
     with gr.Row():
         image_a, image_b = (
-            SafeImage(
-                type="filepath",
-                image_mode=None,
-                label=f"Image {name}",
-                sources=["upload", "clipboard"],
-                height=300,
-                elem_id=f"similarity-{name.lower()}",
-            )
-            for name in "AB"
+            image_upload(f"similarity-{name.lower()}", label=f"Image {name}", height=300) for name in "AB"
         )
     result = gr.Markdown("Upload two images to compare them.", elem_id="similarity-result")
 

@@ -28,7 +28,7 @@ from gradio.utils import NamedString
 
 from tagger.fetch import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES, FetchError, fetch_url, format_size, is_url
 
-__all__ = ["SafeFile", "SafeImage"]
+__all__ = ["SafeFile", "SafeImage", "image_upload"]
 
 
 class _SafeDownloads:
@@ -135,3 +135,16 @@ with _no_stub_files():
             ):
                 return NamedString(payload.path)
             return super().preprocess(payload)
+
+
+def image_upload(elem_id: str, *, label: str = "Image (upload, paste or drop)", height: int = 380) -> SafeImage:
+    """The app's image input: upload or paste, handed to our decoder as a file path with its
+    alpha channel kept (we composite onto white ourselves)."""
+    return SafeImage(
+        type="filepath",
+        image_mode=None,
+        label=label,
+        sources=["upload", "clipboard"],
+        height=height,
+        elem_id=elem_id,
+    )

@@ -17,7 +17,7 @@ from tagger.options import MODES, ORDERS
 from tagger.results import TagScore, api_response, group_by_category, label_values, select_tags
 from tagger.ui.context import AppContext, user_errors
 from tagger.ui.controls import DEFAULTS, build_option_controls, tag_options
-from tagger.ui.inputs import SafeFile, SafeImage
+from tagger.ui.inputs import SafeFile, image_upload
 from tagger.vocab import CATEGORIES, Category, Vocabulary, normalize_tag
 
 MAX_BARS = 40  # label bars drawn per category; the tag strings always hold every selected tag
@@ -72,14 +72,7 @@ def build_tag_tab(ctx: AppContext) -> None:
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
-            image = SafeImage(
-                type="filepath",
-                image_mode=None,  # keep alpha: we composite onto white ourselves
-                label="Image (upload, paste or drop)",
-                sources=["upload", "clipboard"],
-                height=380,
-                elem_id="tag-image",
-            )
+            image = image_upload("tag-image")
             if ctx.examples:
                 gr.Examples(ctx.examples, inputs=image, label="Examples")
             option_controls = build_option_controls(categories)
