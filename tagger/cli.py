@@ -1,6 +1,7 @@
 """Command line: ``python -m tagger --images a.jpg b.png [--topk N | --threshold T]``.
 
-Output shapes follow the authors' CLI: ``pretty`` (rank, score, bar, tag), ``tags`` (one
+Images are paths or http(s) URLs (fetched with the app's limits: public addresses only,
+25 MB, 15 s). Output shapes follow the authors' CLI: ``pretty`` (rank, score, bar, tag), ``tags`` (one
 comma-separated line per image) and ``json`` (``[{"file", "tags": [{"tag", "score"}]}]``).
 An image that cannot be read is reported on stderr, the others still run, and the exit
 status is 1 at the end.
@@ -12,8 +13,10 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 
+from tagger.fetch import FetchError, fetch_url, is_url
 from tagger.hub import ResolutionError, resolve_model_files
 from tagger.predict import Tagger
 from tagger.preprocess import ImageError
@@ -26,7 +29,9 @@ CHUNK = 32  # images decoded ahead of the model; bounds memory on long lists
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tagger", description="Tag images with the DINOv3 booru tagger.")
-    parser.add_argument("--images", nargs="+", required=True, metavar="IMAGE", help="image files to tag")
+    parser.add_argument(
+        "--images", nargs="+", required=True, metavar="IMAGE", help="image files or http(s) URLs to tag"
+    )
     parser.add_argument("--checkpoint", help="local .safetensors checkpoint (default: download from the Hub)")
     parser.add_argument("--vocab", help="local vocabulary JSON (default: download from the Hub)")
     parser.add_argument("--repo", help="Hub model repo (default: $TAGGER_REPO or lodestones/tagger-experiment)")
@@ -61,13 +66,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     failures = 0
     json_entries: list[dict] = []
+    downloads = tempfile.TemporaryDirectory(prefix="tagger-cli-")
     for start in range(0, len(args.images), CHUNK):
         names, pixels = [], []
         for name in args.images[start : start + CHUNK]:
             try:
-                pixels.append(tagger.prepare(name))
+                # URLs as the authors' CLI takes them, through the same guarded fetcher as the app.
+                source = fetch_url(name, downloads.name) if is_url(name) else name
+                pixels.append(tagger.prepare(source))
                 names.append(name)
-            except ImageError as e:
+            except (ImageError, FetchError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 failures += 1
         for name, scores in zip(names, tagger.run(pixels), strict=True):
@@ -83,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"== {name} ({len(tags)} tags)")
                 print(pretty_text(tags))
+    downloads.cleanup()
     if args.format == "json":
         print(json.dumps(json_entries, ensure_ascii=False, indent=2))
     return 1 if failures else 0

@@ -283,3 +283,57 @@ def test_python_m_tagger_offline_without_checkpoint(tmp_path, image_files):
     errors = _error_lines(done.stderr)
     assert len(errors) == 1
     assert "TAGGER_CHECKPOINT" in errors[0]
+
+
+@pytest.fixture
+def image_server(image_files):
+    """A loopback HTTP server for the first image file; the fetch policy lets this one port through."""
+    import http.server
+    import ipaddress
+    import threading
+
+    from tagger import fetch
+
+    body = image_files[0].read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    policy = fetch._is_allowed_address
+    local = ipaddress.ip_address("127.0.0.1")
+    fetch._is_allowed_address = lambda ip, p: (ip == local and p == port) or policy(ip, p)
+    try:
+        yield f"http://127.0.0.1:{port}/picture.png", port
+    finally:
+        fetch._is_allowed_address = policy
+        server.shutdown()
+
+
+def test_url_images_are_fetched_and_tagged_like_files(capsys, model_args, image_files, image_server):
+    url, _ = image_server
+    code, out, _ = _run(capsys, *model_args, "--format", "json", "--images", url, str(image_files[0]))
+    assert code == 0
+    by_url, by_file = json.loads(out)
+    assert by_url["file"] == url
+    assert by_url["tags"] == by_file["tags"]
+
+
+def test_private_address_urls_are_refused_and_the_others_still_run(capsys, model_args, image_files, image_server):
+    _, port = image_server
+    refused = f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}/x.png"  # not the allowed port
+    code, out, err = _run(capsys, *model_args, "--format", "tags", "--images", refused, str(image_files[0]))
+    assert code == 1
+    assert len(out.splitlines()) == 1
+    (line,) = _error_lines(err)
+    assert "127.0.0.1" in line and "loopback" in line.lower()
