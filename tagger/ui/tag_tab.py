@@ -24,6 +24,8 @@ MAX_BARS = 40  # label bars drawn per category; the tag strings always hold ever
 LOOKUP_ROWS = 12
 # gr.Label's ``color`` only tints its heading (hidden here); the bars take this CSS variable.
 LABEL_CSS = "\n".join(f"#label-{c.name} {{ --stat-background-fill: {c.color}; }}" for c in CATEGORIES)
+# A hairline around each bar keeps the palest colours (meta's #e2e8f0) visible on a light theme.
+LABEL_CSS += "\n[id^='label-'] .bar { box-shadow: 0 0 0 1px rgba(100, 116, 139, 0.35); }"
 
 
 @dataclass
