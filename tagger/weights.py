@@ -20,6 +20,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -312,7 +313,7 @@ def inspect_checkpoint(path: str | os.PathLike, head_dim: int = 64, rope_coord_s
     return CheckpointPlan(path, config, tensors, head_keys)
 
 
-def _read_into(f, info: TensorInfo, out: torch.Tensor) -> None:
+def _read_into(f: BinaryIO, info: TensorInfo, out: torch.Tensor) -> None:
     """Fill ``out`` (contiguous, CPU, same dtype as the file) with the tensor's bytes."""
     buffer = memoryview(out.view(-1).view(torch.uint8).numpy())
     f.seek(info.offset)

@@ -18,6 +18,7 @@ from tagger.predict import Tagger
 from tagger.preprocess import ImageError
 from tagger.results import SelectionError
 from tagger.runtime import ModelRunError, ModelRunner
+from tagger.vocab import Vocabulary
 
 log = logging.getLogger("tagger")
 
@@ -55,7 +56,7 @@ class AppContext:
     space_id: str | None = field(default_factory=lambda: os.environ.get("SPACE_ID"))
 
     @property
-    def vocab(self):
+    def vocab(self) -> Vocabulary:
         return self.tagger.vocab
 
     def scores_for(self, image: object) -> np.ndarray:
