@@ -48,8 +48,6 @@ __all__ = [
     "pca_rgb",
     "pixels_to_image",
     "relevance",
-    "relevance_map",
-    "relevance_maps",
     "resolve_tag",
     "tag_logits",
     "tap_block",
@@ -355,26 +353,8 @@ def relevance(
     return out  # type: ignore[return-value]
 
 
-def relevance_maps(
-    tagger: Tagger,
-    pixels: Sequence[torch.Tensor],
-    tag_index: int,
-    layers_from_end: int = DEFAULT_LAYERS_FROM_END,
-) -> list[np.ndarray]:
-    """``relevance`` without the probabilities: float32 ``[h, w]`` maps in [0, 1]."""
-    return [r.map for r in relevance(tagger, pixels, tag_index, layers_from_end)]
-
-
 # A backward pass through the late blocks comes on top of the forward: ~3x a plain forward.
 relevance.gpu_cost = 3.0  # type: ignore[attr-defined]
-relevance_maps.gpu_cost = 3.0  # type: ignore[attr-defined]
-
-
-def relevance_map(
-    tagger: Tagger, pixels: torch.Tensor, tag_index: int, layers_from_end: int = DEFAULT_LAYERS_FROM_END
-) -> np.ndarray:
-    """``relevance_maps`` for one preprocessed image ``[3, H, W]`` → float32 ``[H/16, W/16]``."""
-    return relevance_maps(tagger, [pixels], tag_index, layers_from_end)[0]
 
 
 def resolve_tag(vocab: Vocabulary, name: str | None) -> int:

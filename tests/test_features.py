@@ -33,8 +33,6 @@ from tagger.features import (
     pca_images,
     pca_rgb,
     relevance,
-    relevance_map,
-    relevance_maps,
     resolve_tag,
     tap_block,
     upscale,
@@ -161,7 +159,7 @@ def test_parse_colour() -> None:
 
 def informative_maps(tagger: Tagger, pixels: torch.Tensor) -> dict[int, np.ndarray]:
     """Every tag's map; random weights give some tags no positive evidence at all."""
-    maps = {i: relevance_map(tagger, pixels, i) for i in range(tagger.model.config.num_tags)}
+    maps = {i: relevance(tagger, [pixels], i)[0].map for i in range(tagger.model.config.num_tags)}
     return {i: m for i, m in maps.items() if m.max() > m.min()}
 
 
@@ -186,16 +184,16 @@ def test_relevance_leaves_no_gradient_and_works_inside_inference_mode(
     assert all(p.grad is None and not p.requires_grad for p in deep_tagger.model.parameters())
     expected = torch.sigmoid(deep_tagger.model(pixels[None].clone()))[0, 5].item()
     assert result.probability == pytest.approx(expected, abs=1e-5)
-    assert np.array_equal(result.map, relevance_map(deep_tagger, pixels, 5))
+    assert np.array_equal(result.map, relevance(deep_tagger, [pixels], 5)[0].map)
 
 
 def test_relevance_of_a_batch_equals_one_image_at_a_time(deep_tagger: Tagger, make_image: MakeImage) -> None:
     images = [deep_tagger.prepare(make_image(w, h, seed=s)) for s, (w, h) in enumerate([(64, 48), (64, 48), (32, 64)])]
     passes = deep_tagger.stats.forward_passes
-    together = relevance_maps(deep_tagger, images, 7)
+    together = [r.map for r in relevance(deep_tagger, images, 7)]
     assert deep_tagger.stats.forward_passes == passes + 2  # one per size
     for image, m in zip(images, together, strict=True):
-        assert np.allclose(m, relevance_map(deep_tagger, image, 7), atol=1e-5)
+        assert np.allclose(m, relevance(deep_tagger, [image], 7)[0].map, atol=1e-5)
 
 
 def test_depth_choice() -> None:
