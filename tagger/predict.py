@@ -178,9 +178,7 @@ class Tagger:
                 out = compute(batch).float().cpu().numpy()
                 for row, i in zip(out, idx, strict=True):
                     results[i] = row
-        if not results:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.stack(results)  # type: ignore[arg-type]
+        return np.stack(results)  # type: ignore[arg-type]  # callers return early on no pixels
 
     def run(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
         """Probabilities ``[B, num_tags]`` (float32) for preprocessed images, same-size ones batched."""
