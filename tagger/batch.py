@@ -1,10 +1,6 @@
 """Batch tagging for dataset builders: many images and/or zip archives in, captions out.
 
-Three stages, none of which needs Gradio:
-
-* ``collect_inputs`` lists the images of an upload (loose files and zip members) and checks
-  every limit it can before any image is decoded: file count, upload size, the sizes the
-  archives declare, their compression ratios, and member paths that would escape a folder.
+* ``tagger.intake.collect_inputs`` lists the images of the upload and checks its limits.
 * ``tag_items`` streams over those images in chunks: read + decode + preprocess on the CPU,
   then ONE model call per chunk, then free the pixels. At most ``chunk_size`` decoded images
   are alive at any time, whatever the size of the batch. An unreadable image becomes an
@@ -12,111 +8,39 @@ Three stages, none of which needs Gradio:
 * ``BatchWriter`` writes the results as they come: a zip of kohya/sd-scripts captions (one
   ``.txt`` per image, same folder and stem) and a JSONL file in the authors' line schema.
 
-``run_batch`` chains the three and returns a ``BatchOutput`` (table rows, file paths, counts).
+``run_batch`` chains the three and returns a ``BatchOutput`` (results, file paths, counts).
 
 Why one model call per chunk: on ZeroGPU every ``spaces.GPU`` call queues for a GPU slice and
-its duration is estimated from the pixels it gets (``tagger.runtime.gpu_seconds``, capped at
-300 s). One call per image (what the authors' Space does) pays the queue and attach cost
-hundreds of times; one call for the whole request would need every decoded image in memory
-at once and a duration estimate past the cap. A chunk of 32 is one short, well-sized GPU
-call, and the tagger still batches same-size images inside it.
+its duration is estimated from the pixels it gets (``tagger.runtime``). One call per image
+(what the authors' Space does) pays the queue and attach cost hundreds of times; one call for
+the whole request would need every decoded image in memory at once and a long duration
+estimate. A chunk is one short, well-sized GPU call.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
-import re
 import shutil
-import stat
 import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image
 
+from tagger.errors import ImageError, UploadError
+from tagger.intake import BatchInputs, BatchItem, BatchLimits, collect_inputs
 from tagger.options import TagOptions
-from tagger.preprocess import ImageError
 from tagger.results import TagScore, select_tags, tags_as_dicts
 from tagger.vocab import Vocabulary
 
 log = logging.getLogger("tagger")
-
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "BatchError",
-    "BatchInputs",
-    "BatchItem",
-    "BatchLimits",
-    "BatchOutput",
-    "BatchWriter",
-    "CaptionNamer",
-    "ImageResult",
-    "collect_inputs",
-    "run_batch",
-    "sanitize_path",
-    "tag_items",
-]
-
-
-class BatchError(ValueError):
-    """The request as a whole is refused (too large, unsafe archive, nothing to tag); the
-    message says why and what the limit is."""
-
-
-def _supported_extensions() -> frozenset[str]:
-    # Raster formats people keep datasets in, limited to those this Pillow build opens (AVIF
-    # only with Pillow ≥ 11.3 or the plugin). PDF, EPS, video and the like are left out on purpose.
-    wanted = {
-        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib",
-        ".tif", ".tiff", ".avif", ".qoi", ".tga", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".j2k",
-    }  # fmt: skip
-    Image.init()
-    return frozenset(wanted & set(Image.registered_extensions()))
-
-
-IMAGE_EXTENSIONS: frozenset[str] = _supported_extensions()
-ZIP_EXTENSIONS: frozenset[str] = frozenset({".zip"})
-
-MiB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class BatchLimits:
-    """What one batch request may contain. Defaults suit a public Space.
-
-    ``max_compression_ratio`` applies to members larger than ``ratio_min_bytes`` (a tiny file
-    may compress 1000:1 harmlessly); images rarely compress better than 10:1, so a high
-    ratio on a large member is the signature of a zip bomb.
-    """
-
-    max_files: int = 1000  # images per request (and uploads per request)
-    max_upload_bytes: int = 1024 * MiB  # sum of the uploaded files as received
-    max_image_bytes: int = 64 * MiB  # one image, after decompression
-    max_total_bytes: int = 2048 * MiB  # all images, after decompression
-    max_archive_entries: int = 10_000  # entries in one zip, skipped ones included
-    max_compression_ratio: float = 200.0
-    ratio_min_bytes: int = 1 * MiB
-
-
-@dataclass(frozen=True)
-class BatchItem:
-    """One image to tag. ``name`` is the sanitised relative path used in every output."""
-
-    name: str
-    concept: str  # first folder of ``name`` below a wrapping folder (see wrapper_depth); "" at the root
-    source: str  # the uploaded file (the image itself, or the zip holding it)
-    member: zipfile.ZipInfo | None = None  # the zip member, None for a loose file
-    size: int = 0  # bytes (declared by the archive for members)
 
 
 @dataclass(frozen=True)
@@ -136,252 +60,6 @@ class ImageResult:
         else:
             line["tags"] = tags_as_dicts(self.tags)
         return line
-
-
-# ---------------------------------------------------------------------------------------------
-# Names
-
-
-_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
-_WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))]
-)
-
-
-def _safe_component(part: str) -> str:
-    # Characters Windows refuses or that break shells become "_"; Windows drops trailing dots
-    # and spaces, so strip them to keep names identical across systems.
-    part = _UNSAFE_CHARS.sub("_", part).strip().rstrip(". ")
-    if not part:
-        return "_"
-    if part.split(".")[0].upper() in _WINDOWS_RESERVED:
-        part = "_" + part
-    return part
-
-
-def sanitize_path(name: str) -> str:
-    """A safe relative POSIX path for ``name`` (a zip member name or a file name).
-
-    Raises ``BatchError`` for names that would escape the folder they are extracted to:
-    absolute paths, drive letters, ``..`` components. Backslashes count as separators (some
-    Windows tools write them into zips); empty and ``.`` components are dropped.
-    """
-    raw = name.replace("\\", "/")
-    if raw.startswith("/") or re.match(r"^[A-Za-z]:", raw):
-        raise BatchError(f"Refused the archive: the entry {name!r} has an absolute path.")
-    parts = [p for p in raw.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise BatchError(f"Refused the archive: the entry {name!r} points outside the archive ('..').")
-    if not parts:
-        raise BatchError(f"Refused the archive: the entry {name!r} has no file name.")
-    return "/".join(_safe_component(p) for p in parts)
-
-
-def _is_skipped(path: str) -> bool:
-    """macOS resource forks and hidden files (``.DS_Store``, ``._x.png``, ``.git/...``)."""
-    parts = path.split("/")
-    return parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts)
-
-
-def _is_symlink(info: zipfile.ZipInfo) -> bool:
-    return stat.S_ISLNK(info.external_attr >> 16)
-
-
-def _display_name(path: str | os.PathLike) -> str:
-    return os.path.basename(os.fsdecode(path))
-
-
-# ---------------------------------------------------------------------------------------------
-# Input collection
-
-
-class BatchInputs:
-    """The images of one request, and the open archives they are read from.
-
-    Use as a context manager (archives are closed on exit). ``read`` returns one image's
-    bytes, counting them against the per-image and total limits whatever the archive declared.
-    """
-
-    def __init__(self, limits: BatchLimits):
-        self.limits = limits
-        self.items: list[BatchItem] = []
-        self.skipped: list[str] = []  # names left out: not images, resource forks, hidden files
-        self.bytes_read = 0
-        self._archives: dict[str, zipfile.ZipFile] = {}
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __enter__(self) -> BatchInputs:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for archive in self._archives.values():
-            archive.close()
-        self._archives.clear()
-
-    def read(self, item: BatchItem) -> bytes:
-        """The image's bytes. ``ImageError`` for a member that cannot be read (the batch goes on);
-        ``BatchError`` when the decompressed data passes a limit (the request stops)."""
-        limit = min(self.limits.max_image_bytes, self.limits.max_total_bytes - self.bytes_read)
-        try:
-            if item.member is None:
-                with open(item.source, "rb") as fp:
-                    data = _read_capped(fp, limit, item.name, self.limits)
-            else:
-                if item.member.flag_bits & 0x1:
-                    raise ImageError(
-                        f"Could not read {item.name}: it is encrypted in the zip; zip it without a password."
-                    )
-                with self._archives[item.source].open(item.member) as fp:
-                    data = _read_capped(fp, limit, item.name, self.limits)
-        except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError) as e:
-            # Bad CRC, an unsupported compression method (deflate64...), a truncated archive.
-            raise ImageError(f"Could not read {item.name} from the upload: {e}.") from None
-        self.bytes_read += len(data)
-        return data
-
-    # -- building ----------------------------------------------------------------------------
-    def _add_file(self, path: str) -> None:
-        name = sanitize_path(_display_name(path))
-        if Path(name).suffix.lower() not in IMAGE_EXTENSIONS or _is_skipped(name):
-            self.skipped.append(name)
-            return
-        size = os.path.getsize(path)
-        if size > self.limits.max_image_bytes:
-            raise BatchError(
-                f"{name} is {size / MiB:,.1f} MiB, more than the limit of "
-                f"{self.limits.max_image_bytes / MiB:,.0f} MiB per image."
-            )
-        self.items.append(BatchItem(name=name, concept="", source=path, size=size))
-
-    def _add_zip(self, path: str) -> None:
-        shown = _display_name(path)
-        try:
-            archive = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as e:
-            raise BatchError(f"{shown} is not a readable zip archive ({e}).") from None
-        self._archives[path] = archive
-        infos = archive.infolist()
-        limits = self.limits
-        if len(infos) > limits.max_archive_entries:
-            raise BatchError(f"{shown} has {len(infos):,} entries; the limit is {limits.max_archive_entries:,}.")
-        found: list[tuple[str, zipfile.ZipInfo]] = []
-        for info in infos:
-            # Every entry is checked, skipped ones too: an archive with an escaping or linked
-            # path is malformed or hostile, and refusing it whole is the clearest answer.
-            name = sanitize_path(info.filename)
-            if _is_symlink(info):
-                raise BatchError(f"Refused {shown}: the entry {info.filename!r} is a symbolic link.")
-            if info.is_dir():
-                continue
-            if _is_skipped(name) or PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                self.skipped.append(name)
-                continue
-            _check_declared(info, shown, limits)
-            found.append((name, info))
-        depth = wrapper_depth([name for name, _ in found])
-        for name, info in found:
-            parts = name.split("/")[depth:]
-            concept = parts[0] if len(parts) > 1 else ""
-            self.items.append(BatchItem(name=name, concept=concept, source=path, member=info, size=info.file_size))
-
-
-def wrapper_depth(names: list[str]) -> int:
-    """How many leading folders all ``names`` share while every file still sits in a sub-folder
-    below them: zipping ``dataset/`` (holding ``dataset/10_cat/a.png``) wraps the concept
-    folders in one more folder, which is looked through. Files directly inside a single folder
-    keep it (zipping ``10_cat/`` makes ``10_cat`` the concept)."""
-    paths = [PurePosixPath(n).parts for n in names]
-    depth = 0
-    while paths and all(len(p) > depth + 2 for p in paths) and len({p[depth] for p in paths}) == 1:
-        depth += 1
-    return depth
-
-
-def _check_declared(info: zipfile.ZipInfo, archive: str, limits: BatchLimits) -> None:
-    if info.file_size > limits.max_image_bytes:
-        raise BatchError(
-            f"Refused {archive}: {info.filename} unpacks to {info.file_size / MiB:,.1f} MiB, more than the "
-            f"limit of {limits.max_image_bytes / MiB:,.0f} MiB per image."
-        )
-    if info.file_size > limits.ratio_min_bytes:
-        ratio = info.file_size / max(info.compress_size, 1)
-        if ratio > limits.max_compression_ratio:
-            raise BatchError(
-                f"Refused {archive}: {info.filename} is compressed {ratio:,.0f}:1, more than the limit of "
-                f"{limits.max_compression_ratio:,.0f}:1 (images do not compress like that; it may be a zip bomb)."
-            )
-
-
-def _read_capped(fp: BinaryIO, limit: int, name: str, limits: BatchLimits, block: int = MiB) -> bytes:
-    """Read at most ``limit`` bytes, counting as we go: a zip's declared sizes may lie."""
-    buffer = io.BytesIO()
-    while chunk := fp.read(block):
-        buffer.write(chunk)
-        if buffer.tell() > limit:
-            if limit < limits.max_image_bytes:
-                raise BatchError(
-                    f"The upload unpacks to more than the limit of {limits.max_total_bytes / MiB:,.0f} MiB "
-                    f"in all (reached at {name})."
-                )
-            raise BatchError(
-                f"{name} unpacks to more than the limit of {limits.max_image_bytes / MiB:,.0f} MiB per image."
-            )
-    return buffer.getvalue()
-
-
-def collect_inputs(paths: Iterable[str | os.PathLike], limits: BatchLimits | None = None) -> BatchInputs:
-    """The images in ``paths`` (image files and ``.zip`` archives), in upload order.
-
-    Zip members keep their folders; the first folder is the image's "concept" (files at the
-    root have concept ""), looking through one folder that wraps them all (``wrapper_depth``).
-    ``__MACOSX``, hidden files and non-images are skipped and listed in ``skipped``; nested
-    zips are not opened. Raises ``BatchError`` when a limit is passed,
-    an archive is unreadable or unsafe, or there is no image at all.
-    """
-    limits = limits or BatchLimits()
-    paths = [os.fspath(p) for p in paths if p]
-    if not paths:
-        raise BatchError("Please upload images or a zip of images first.")
-    if len(paths) > limits.max_files:
-        raise BatchError(f"{len(paths):,} files were uploaded; the limit is {limits.max_files:,} per request.")
-    total = 0
-    for path in paths:
-        try:
-            total += os.path.getsize(path)
-        except OSError:
-            raise BatchError(f"The uploaded file {_display_name(path)} cannot be found on the server.") from None
-    if total > limits.max_upload_bytes:
-        raise BatchError(
-            f"The upload is {total / MiB:,.1f} MiB; the limit is {limits.max_upload_bytes / MiB:,.0f} MiB per request."
-        )
-
-    inputs = BatchInputs(limits)
-    try:
-        for path in paths:
-            if Path(path).suffix.lower() in ZIP_EXTENSIONS:
-                inputs._add_zip(path)
-            else:
-                inputs._add_file(path)
-            if len(inputs.items) > limits.max_files:
-                raise BatchError(f"The upload holds more than {limits.max_files:,} images; the limit per request.")
-        declared = sum(item.size for item in inputs.items)
-        if declared > limits.max_total_bytes:
-            raise BatchError(
-                f"The images unpack to {declared / MiB:,.1f} MiB; the limit is "
-                f"{limits.max_total_bytes / MiB:,.0f} MiB per request."
-            )
-        if not inputs.items:
-            kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
-            raise BatchError(f"No images found in the upload (looked for {kinds}, also inside zip files).")
-    except BaseException:
-        inputs.close()
-        raise
-    return inputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,7 +120,7 @@ def _tag_chunk(
             digests.append(digest)
         except ImageError as e:
             results[i] = ImageResult(item.name, item.concept, digest, error=_error_text(e, item.name))
-        except BatchError:
+        except UploadError:
             raise
         except Exception as e:  # one odd file must not stop a batch of hundreds
             log.exception("Unexpected error reading %s", item.name)
@@ -541,15 +219,11 @@ class BatchWriter:
         self._jsonl.close()
 
 
-TOP_TAGS = 8
-TABLE_HEADERS = ["file", "concept", "tags", "top tags"]
-
-
 @dataclass
 class BatchOutput:
-    """What a batch request produced: table rows, the two files, and counts for a summary."""
+    """What a batch request produced: one result per image, the two files, and counts."""
 
-    rows: list[list] = field(default_factory=list)  # TABLE_HEADERS
+    results: list[ImageResult] = field(default_factory=list)  # in upload order
     captions_zip: Path | None = None
     jsonl: Path | None = None
     images: int = 0  # tagged
@@ -558,24 +232,6 @@ class BatchOutput:
     renamed: list[tuple[str, str]] = field(default_factory=list)
     model_calls: int = 0
     seconds: float = 0.0
-
-    def summary(self) -> str:
-        text = f"**{self.images} image{'s' if self.images != 1 else ''} tagged**"
-        text += f" · {self.errors} error{'s' if self.errors != 1 else ''}"
-        if self.skipped:
-            text += f" · {len(self.skipped)} skipped (not images)"
-        text += f" · {self.seconds:.1f} s"
-        if self.renamed:
-            shown = ", ".join(f"{image} → {caption}" for image, caption in self.renamed[:5])
-            more = f" and {len(self.renamed) - 5} more" if len(self.renamed) > 5 else ""
-            text += f"\n\nSame name in the same folder, so these captions were renamed: {shown}{more}."
-        return text
-
-
-def result_row(result: ImageResult) -> list:
-    if result.error is not None:
-        return [result.filename, result.concept, 0, f"⚠ {result.error}"]
-    return [result.filename, result.concept, len(result.tags), ", ".join(t.tag for t in result.tags[:TOP_TAGS])]
 
 
 OUTPUT_ROOT = Path(tempfile.gettempdir()) / "tagger-batch"
@@ -639,7 +295,7 @@ def run_batch(
             )
             for result in results:
                 writer.add(result)
-                output.rows.append(result_row(result))
+                output.results.append(result)
                 if result.error is None:
                     output.images += 1
                 else:

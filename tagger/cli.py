@@ -16,13 +16,11 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from tagger.fetch import FetchError, fetch_url, is_url
-from tagger.hub import ResolutionError, resolve_model_files
+from tagger.errors import CheckpointError, FetchError, ImageError, ResolutionError, SelectionError, VocabularyError
+from tagger.fetch import fetch_url, is_url
+from tagger.hub import resolve_model_files
 from tagger.predict import Tagger
-from tagger.preprocess import ImageError
-from tagger.results import SelectionError, authors_json_entry, pretty_text, tag_string
-from tagger.vocab import VocabularyError
-from tagger.weights import CheckpointError
+from tagger.results import authors_json_entry, pretty_text, tag_string
 
 CHUNK = 32  # images decoded ahead of the model; bounds memory on long lists
 

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import TypeAlias
 from urllib.parse import unquote, urljoin, urlsplit
 
+from tagger.errors import FetchError
+
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
     "MAX_DOWNLOAD_BYTES",
@@ -45,10 +47,6 @@ __all__ = [
     "format_size",
     "is_url",
 ]
-
-
-class FetchError(ValueError):
-    """A URL that may not or could not be downloaded; the message is a sentence a person understands."""
 
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -27,6 +27,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from tagger.errors import ResolutionError
+
 __all__ = [
     "CHECKPOINT_FILENAME",
     "DEFAULT_REPO",
@@ -49,10 +51,6 @@ ENV_REVISION = "TAGGER_REVISION"
 _LOCAL_HINT = f"set {ENV_CHECKPOINT} and {ENV_VOCAB} to local files"
 
 logger = logging.getLogger("tagger")
-
-
-class ResolutionError(RuntimeError):
-    """Files could not be obtained; message says in one sentence what to do."""
 
 
 @dataclass(frozen=True)

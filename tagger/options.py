@@ -10,7 +10,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from tagger.results import Selection, SelectionError, TagScore, parse_tag_list, resolve_category, tag_string
+from tagger.errors import SelectionError
+from tagger.results import Selection, TagScore, parse_tag_list, resolve_category, tag_string
 from tagger.vocab import CATEGORIES
 
 MODES = ("threshold", "topk", "mcut")

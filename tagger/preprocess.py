@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from tagger.errors import ImageError
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -36,10 +38,6 @@ __all__ = [
     "preprocess",
     "target_size",
 ]
-
-
-class ImageError(ValueError):
-    """An input that cannot be decoded as an image; message is a sentence a person understands."""
 
 
 ImageSource: TypeAlias = str | os.PathLike | bytes | Image.Image | np.ndarray

@@ -13,11 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tagger.errors import SelectionError
 from tagger.vocab import CATEGORIES, CATEGORY_BY_ID, Category, Vocabulary, category_by_name, normalize_tag
-
-
-class SelectionError(ValueError):
-    """A selection or format argument is out of range; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +32,10 @@ def _check_probability(name: str, value: float) -> float:
         raise SelectionError(f"{name} must be a number between 0 and 1, not {value!r}.") from None
     if not (0.0 <= value <= 1.0):  # also rejects NaN
         raise SelectionError(f"{name} must be between 0 and 1, not {value}.")
-    return value
+    # Scores are float32 and are compared in float32 (a score shown as 0.35 meets a threshold
+    # of 0.35): keep the limit as the float32 value it is compared as, so that what a
+    # Selection reports is exactly what it applies (1e-50 is 0 in float32).
+    return float(np.float32(value))
 
 
 def _check_count(name: str, value: int | None) -> int | None:

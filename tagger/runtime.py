@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from tagger.errors import ModelRunError
 from tagger.predict import Tagger
 
 try:  # `spaces` is only needed on Hugging Face Spaces; everything works without it.
@@ -22,10 +23,6 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
     spaces = None
 
 log = logging.getLogger("tagger")
-
-
-class ModelRunError(RuntimeError):
-    """The model could not run this request (out of memory); the message says what to try."""
 
 
 def gpu_seconds(pixels: Sequence[torch.Tensor], seconds_per_megapixel: float = 0.5, base: float = 5.0) -> int:

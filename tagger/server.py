@@ -15,14 +15,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from tagger.hub import ResolutionError, resolve_model_files
+from tagger.errors import CheckpointError, ResolutionError, VocabularyError
+from tagger.hub import resolve_model_files
 from tagger.predict import Tagger
 from tagger.runtime import ModelRunner
 from tagger.synthetic import write_demo_files
 from tagger.ui import CSS, build_demo
 from tagger.ui.context import AppContext
-from tagger.vocab import VocabularyError
-from tagger.weights import CheckpointError
 
 log = logging.getLogger("tagger")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class VocabularyError(ValueError):
-    """The vocabulary file is missing, malformed or does not match the checkpoint."""
+from tagger.errors import VocabularyError
 
 
 @dataclass(frozen=True)

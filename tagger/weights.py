@@ -24,12 +24,8 @@ from typing import BinaryIO
 
 import torch
 
+from tagger.errors import CheckpointError
 from tagger.model import TaggerConfig, TaggerModel
-
-
-class CheckpointError(ValueError):
-    """The checkpoint file is missing, not safetensors, truncated or not a tagger checkpoint."""
-
 
 _DTYPES = {
     "BF16": torch.bfloat16,

@@ -17,23 +17,23 @@ import pytest
 import torch
 from PIL import Image
 
-from tagger.batch import (
-    BatchError,
-    BatchLimits,
-    CaptionNamer,
-    _read_capped,
-    collect_inputs,
-    run_batch,
-    sanitize_path,
-    tag_items,
-    wrapper_depth,
-)
+from tagger.batch import CaptionNamer, run_batch, tag_items
+from tagger.errors import UploadError
+from tagger.intake import BatchLimits, _read_capped, collect_inputs, sanitize_path, wrapper_depth
 from tagger.options import TagOptions
 from tagger.predict import Tagger
 from tagger.results import select_tags
+from tagger.ui.batch_tab import result_row, summary_markdown
 from tagger.vocab import CATEGORIES
 
 MiB = 1024 * 1024
+
+
+def rows(output) -> list[list]:
+    """The Batch tab's results table for a run."""
+    return [result_row(r) for r in output.results]
+
+
 CATEGORY_NAMES = {c.name for c in CATEGORIES}
 
 
@@ -100,28 +100,28 @@ def test_several_files(tiny_tagger: Tagger, image_files: list[Path], tmp_path: P
     options = TagOptions(threshold=0.0, floor=0.0, mode="threshold", character_threshold=0.0)
     out = batch(tiny_tagger, image_files, options, out_dir=tmp_path / "out")
     assert (out.images, out.errors, out.skipped) == (3, 0, [])
-    assert [row[0] for row in out.rows] == [p.name for p in image_files]
-    assert all(row[1] == "" for row in out.rows)
-    assert all(row[2] == len(tiny_tagger.vocab) for row in out.rows)  # threshold 0 keeps every tag
-    assert all(len(row[3].split(", ")) == 8 for row in out.rows)  # first 8 tags only
+    assert [row[0] for row in rows(out)] == [p.name for p in image_files]
+    assert all(row[1] == "" for row in rows(out))
+    assert all(row[2] == len(tiny_tagger.vocab) for row in rows(out))  # threshold 0 keeps every tag
+    assert all(len(row[3].split(", ")) == 8 for row in rows(out))  # first 8 tags only
     assert out.captions_zip.parent == out.jsonl.parent == tmp_path / "out"
-    assert "**3 images tagged** · 0 errors" in out.summary()
+    assert "**3 images tagged** · 0 errors" in summary_markdown(out)
 
 
 def test_zip_concepts_skips_and_errors(tiny_tagger: Tagger, dataset_zip, tmp_path: Path) -> None:
     path, members = dataset_zip
     out = batch(tiny_tagger, [path], out_dir=tmp_path / "out")
     names = ["alice/01.png", "alice/02.png", "alice/broken.png", "bob/outfits/red.png", "root.png"]
-    assert [row[0] for row in out.rows] == names
-    assert [row[1] for row in out.rows] == ["alice", "alice", "alice", "bob", ""]
+    assert [row[0] for row in rows(out)] == names
+    assert [row[1] for row in rows(out)] == ["alice", "alice", "alice", "bob", ""]
     assert (out.images, out.errors) == (4, 1)
     assert sorted(out.skipped) == sorted(
         ["__MACOSX/alice/._01.png", "alice/.DS_Store", ".hidden/x.png", "notes.txt", "nested.zip"]
     )
-    broken = out.rows[2]
+    broken = rows(out)[2]
     assert broken[2] == 0 and "alice/broken.png" in broken[3] and "not an image" in broken[3]
     # The batch went on after the corrupt image.
-    assert out.rows[3][2] > 0 and out.rows[4][2] > 0
+    assert rows(out)[3][2] > 0 and rows(out)[4][2] > 0
     lines = read_jsonl(out.jsonl)
     assert lines[2] == {
         "sha256": hashlib.sha256(members["alice/broken.png"]).hexdigest(),
@@ -156,7 +156,7 @@ def test_jsonl_schema_line_by_line(tiny_tagger: Tagger, dataset_zip, image_files
     out = batch(tiny_tagger, [image_files[0], path], options, out_dir=tmp_path / "out")
     lines = read_jsonl(out.jsonl)
     sources = {image_files[0].name: image_files[0].read_bytes(), **members}
-    assert [line["filename"] for line in lines] == [row[0] for row in out.rows]
+    assert [line["filename"] for line in lines] == [row[0] for row in rows(out)]
     for line in lines:
         data = sources[line["filename"]]
         assert line["sha256"] == hashlib.sha256(data).hexdigest()
@@ -188,7 +188,7 @@ def test_duplicate_stems_do_not_overwrite(tiny_tagger: Tagger, make_image, tmp_p
     with zipfile.ZipFile(out.captions_zip) as captions:
         assert captions.namelist() == ["c/a.txt", "c/a.jpg.txt", "c/A.webp.txt", "d/a.txt"]
     assert out.renamed == [("c/a.jpg", "c/a.jpg.txt"), ("c/A.webp", "c/A.webp.txt")]
-    assert "renamed" in out.summary()
+    assert "renamed" in summary_markdown(out)
 
 
 def test_caption_namer_numbers_further_clashes() -> None:
@@ -211,7 +211,7 @@ def test_zip_slip_names_refused(tiny_tagger: Tagger, make_image, tmp_path: Path,
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("ok.png", png_bytes(make_image, 1))
         z.writestr(zipfile.ZipInfo(name), png_bytes(make_image, 2))  # ZipInfo keeps the name as given
-    with pytest.raises(BatchError, match=r"Refused the archive: the entry .*(absolute path|outside the archive)"):
+    with pytest.raises(UploadError, match=r"Refused the archive: the entry .*(absolute path|outside the archive)"):
         collect_inputs([archive])
 
 
@@ -222,7 +222,7 @@ def test_symlink_entries_refused(make_image, tmp_path: Path) -> None:
     info.external_attr = (stat.S_IFLNK | 0o777) << 16
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr(info, "/etc/passwd")
-    with pytest.raises(BatchError, match="symbolic link"):
+    with pytest.raises(UploadError, match="symbolic link"):
         collect_inputs([archive])
 
 
@@ -263,10 +263,10 @@ def test_sanitize_path() -> None:
 def test_zip_bomb_refused_from_declared_size(tmp_path: Path) -> None:
     archive = write_zip(tmp_path / "bomb.zip", {"big.png": b"\x00" * (8 * MiB)})
     assert archive.stat().st_size < 64 * 1024
-    with pytest.raises(BatchError, match=r"big.png unpacks to 8.0 MiB, more than the limit of 4 MiB per image"):
+    with pytest.raises(UploadError, match=r"big.png unpacks to 8.0 MiB, more than the limit of 4 MiB per image"):
         collect_inputs([archive], BatchLimits(max_image_bytes=4 * MiB))
     # Under the size limit, the compression ratio alone gives it away.
-    with pytest.raises(BatchError, match=r"compressed [\d,]+:1, more than the limit of 200:1 .*zip bomb"):
+    with pytest.raises(UploadError, match=r"compressed [\d,]+:1, more than the limit of 200:1 .*zip bomb"):
         collect_inputs([archive])
 
 
@@ -274,40 +274,40 @@ def test_total_unpacked_size_refused(make_image, tmp_path: Path) -> None:
     members = {f"c/{i}.png": png_bytes(make_image, i) for i in range(4)}
     archive = write_zip(tmp_path / "many.zip", members)
     limit = sum(len(v) for v in members.values()) - 1
-    with pytest.raises(BatchError, match=r"The images unpack to .* MiB; the limit is"):
+    with pytest.raises(UploadError, match=r"The images unpack to .* MiB; the limit is"):
         collect_inputs([archive], BatchLimits(max_total_bytes=limit))
 
 
 def test_reading_counts_bytes_whatever_was_declared() -> None:
     limits = BatchLimits(max_image_bytes=1000, max_total_bytes=5000)
     assert _read_capped(io.BytesIO(b"x" * 1000), 1000, "a.png", limits, block=64) == b"x" * 1000
-    with pytest.raises(BatchError, match=r"a.png unpacks to more than the limit of 0 MiB per image"):
+    with pytest.raises(UploadError, match=r"a.png unpacks to more than the limit of 0 MiB per image"):
         _read_capped(io.BytesIO(b"x" * 1001), 1000, "a.png", limits, block=64)
-    with pytest.raises(BatchError, match="more than the limit of 0 MiB in all"):
+    with pytest.raises(UploadError, match="more than the limit of 0 MiB in all"):
         _read_capped(io.BytesIO(b"x" * 600), 500, "b.png", limits, block=64)  # 500 left of the total
 
 
 def test_too_many_files_refused(image_files: list[Path], make_image, tmp_path: Path) -> None:
     limits = BatchLimits(max_files=2)
-    with pytest.raises(BatchError, match="3 files were uploaded; the limit is 2 per request"):
+    with pytest.raises(UploadError, match="3 files were uploaded; the limit is 2 per request"):
         collect_inputs(image_files, limits)
     archive = write_zip(tmp_path / "three.zip", {f"{i}.png": png_bytes(make_image, i) for i in range(3)})
-    with pytest.raises(BatchError, match="more than 2 images"):
+    with pytest.raises(UploadError, match="more than 2 images"):
         collect_inputs([archive], limits)
-    with pytest.raises(BatchError, match=r"The upload is .* MiB; the limit is 0 MiB"):
+    with pytest.raises(UploadError, match=r"The upload is .* MiB; the limit is 0 MiB"):
         collect_inputs(image_files, BatchLimits(max_upload_bytes=100))
 
 
 def test_requests_without_images_refused(tmp_path: Path) -> None:
-    with pytest.raises(BatchError, match="upload images"):
+    with pytest.raises(UploadError, match="upload images"):
         collect_inputs([])
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    with pytest.raises(BatchError, match="No images found in the upload"):
+    with pytest.raises(UploadError, match="No images found in the upload"):
         collect_inputs([text])
     fake = tmp_path / "fake.zip"
     fake.write_bytes(b"not a zip at all")
-    with pytest.raises(BatchError, match=r"fake.zip is not a readable zip archive"):
+    with pytest.raises(UploadError, match=r"fake.zip is not a readable zip archive"):
         collect_inputs([fake])
 
 
@@ -387,7 +387,7 @@ def test_failed_request_leaves_no_output_dir(tiny_tagger: Tagger, tmp_path: Path
 
     monkeypatch.setattr(batch_module, "OUTPUT_ROOT", tmp_path / "root")
     archive = write_zip(tmp_path / "bomb.zip", {"big.png": b"\x00" * (2 * MiB)})
-    with pytest.raises(BatchError):
+    with pytest.raises(UploadError):
         batch(tiny_tagger, [archive])
     assert not (tmp_path / "root").exists() or not any((tmp_path / "root").iterdir())
 

@@ -17,30 +17,16 @@ import pytest
 import torch
 from PIL import Image
 
-from tagger.batch import BatchError
-from tagger.features import (
-    DEFAULT_LAYERS_FROM_END,
-    FeatureError,
-    analyse,
-    batch_similarity,
-    color_blend,
-    colormap,
-    cosine_similarity,
-    heatmap_images,
-    parse_colour,
-    patch_features,
-    pca_components,
-    pca_images,
-    pca_rgb,
-    relevance,
-    resolve_tag,
-    tap_block,
-    upscale,
-)
+from tagger.errors import FeatureError, UploadError
 from tagger.model import TaggerConfig, TaggerModel
+from tagger.overlay import colormap, parse_colour, upscale
+from tagger.pca import analyse, color_blend, patch_features, pca_components, pca_images, pca_rgb
 from tagger.predict import Tagger
+from tagger.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images, relevance, resolve_tag, tap_block
 from tagger.runtime import _duration
+from tagger.similarity import batch_similarity, cosine_similarity
 from tagger.synthetic import write_random_checkpoint
+from tagger.ui.similarity_tab import summary_markdown
 
 MakeImage = Callable[..., Image.Image]
 
@@ -333,7 +319,7 @@ def test_batch_similarity_pairs_by_stem(tiny_tagger: Tagger, pairs_zip: Path) ->
     summary = result.to_json()["summary"]
     assert summary["pairs"] == 3
     assert summary["min"] <= summary["mean"] <= summary["max"] == pytest.approx(1.0, abs=1e-5)
-    text = result.summary_markdown()
+    text = summary_markdown(result)
     assert "3 pairs" in text and "Unmatched files (2)" in text and "after/lonely.png" in text
 
 
@@ -372,7 +358,7 @@ def test_zip_slip_is_refused(tiny_tagger: Tagger, tmp_path: Path, make_image: Ma
         z.writestr("b/x.png", image)
         z.writestr(zipfile.ZipInfo(name), image)  # ZipInfo keeps the name as given
     descriptors, calls = counting(tiny_tagger.run_descriptors)
-    with pytest.raises(BatchError, match="Refused the archive"):
+    with pytest.raises(UploadError, match="Refused the archive"):
         batch_similarity(archive, tiny_tagger.prepare, descriptors)
     assert calls == []
 
@@ -382,7 +368,7 @@ def test_zip_bomb_is_refused(tiny_tagger: Tagger, tmp_path: Path, make_image: Ma
     archive = write_zip(tmp_path / "bomb.zip", {"a/x.png": image, "b/x.png": b"\x00" * (8 << 20)})
     assert archive.stat().st_size < 64 << 10
     descriptors, calls = counting(tiny_tagger.run_descriptors)
-    with pytest.raises(BatchError, match="zip bomb"):
+    with pytest.raises(UploadError, match="zip bomb"):
         batch_similarity(archive, tiny_tagger.prepare, descriptors)
     assert calls == []
 

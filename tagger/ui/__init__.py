@@ -7,7 +7,8 @@ import gradio as gr
 from tagger.ui.api_tab import build_api_tab, fill_address
 from tagger.ui.batch_tab import build_batch_tab
 from tagger.ui.context import AppContext
-from tagger.ui.features_tab import build_features_tab, build_similarity_tab
+from tagger.ui.features_tab import build_features_tab
+from tagger.ui.similarity_tab import build_similarity_tab
 from tagger.ui.tag_tab import LABEL_CSS, build_tag_tab
 
 TITLE = "DINOv3 ViT-H/16+ booru tagger"

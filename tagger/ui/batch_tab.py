@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from tagger.batch import TABLE_HEADERS, BatchLimits, run_batch
-from tagger.results import SelectionError
+from tagger.batch import BatchOutput, ImageResult, run_batch
+from tagger.errors import SelectionError
+from tagger.intake import BatchLimits
 from tagger.ui.context import AppContext, user_errors
 from tagger.ui.controls import DEFAULTS, build_option_controls, tag_options
 from tagger.ui.inputs import SafeFile
@@ -18,6 +19,9 @@ from tagger.ui.tag_tab import present_categories
 
 LIMITS = BatchLimits()
 CHUNK_SIZE = 32  # images per model (GPU) call; see tagger.batch for why
+
+TOP_TAGS = 8  # tags shown per image in the results table
+TABLE_HEADERS = ["file", "concept", "tags", "top tags"]
 
 API_DESCRIPTION = (
     "Tag many images at once. `files`: image files and/or zip archives (sub-folders of a zip are "
@@ -28,6 +32,26 @@ API_DESCRIPTION = (
     f"Limits: {LIMITS.max_files} images, {LIMITS.max_upload_bytes // 2**20} MiB uploaded, "
     f"{LIMITS.max_total_bytes // 2**20} MiB unpacked per request."
 )
+
+
+def result_row(result: ImageResult) -> list:
+    """One results-table row (``TABLE_HEADERS``)."""
+    if result.error is not None:
+        return [result.filename, result.concept, 0, f"⚠ {result.error}"]
+    return [result.filename, result.concept, len(result.tags), ", ".join(t.tag for t in result.tags[:TOP_TAGS])]
+
+
+def summary_markdown(output: BatchOutput) -> str:
+    text = f"**{output.images} image{'s' if output.images != 1 else ''} tagged**"
+    text += f" · {output.errors} error{'s' if output.errors != 1 else ''}"
+    if output.skipped:
+        text += f" · {len(output.skipped)} skipped (not images)"
+    text += f" · {output.seconds:.1f} s"
+    if output.renamed:
+        shown = ", ".join(f"{image} → {caption}" for image, caption in output.renamed[:5])
+        more = f" and {len(output.renamed) - 5} more" if len(output.renamed) > 5 else ""
+        text += f"\n\nSame name in the same folder, so these captions were renamed: {shown}{more}."
+    return text
 
 
 def build_batch_tab(ctx: AppContext) -> None:
@@ -129,7 +153,8 @@ def build_batch_tab(ctx: AppContext) -> None:
             progress=advance,
         )
         # Plain paths (not component updates), so that API clients receive the files themselves.
-        return output.rows, str(output.captions_zip), str(output.jsonl), output.summary()
+        rows = [result_row(r) for r in output.results]
+        return rows, str(output.captions_zip), str(output.jsonl), summary_markdown(output)
 
     event = run_button.click(
         tag_batch,

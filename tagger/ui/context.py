@@ -11,19 +11,14 @@ from typing import TypeVar
 
 import gradio as gr
 import numpy as np
+import torch
 
-from tagger.batch import BatchError
-from tagger.fetch import FetchError
+from tagger.errors import USER_ERRORS, ImageError
 from tagger.predict import Tagger
-from tagger.preprocess import ImageError
-from tagger.results import SelectionError
-from tagger.runtime import ModelRunError, ModelRunner
+from tagger.runtime import ModelRunner
 from tagger.vocab import Vocabulary
 
 log = logging.getLogger("tagger")
-
-# Errors whose message is written for people: shown as is.
-USER_ERRORS: tuple[type[Exception], ...] = (ImageError, SelectionError, ModelRunError, BatchError, FetchError)
 
 F = TypeVar("F", bound=Callable)
 
@@ -59,14 +54,17 @@ class AppContext:
     def vocab(self) -> Vocabulary:
         return self.tagger.vocab
 
-    def scores_for(self, image: object) -> np.ndarray:
+    def scores_for(self, image: str | None) -> np.ndarray:
         """Probabilities ``[num_tags]`` for one image: decode on the CPU, model on its device."""
-        if image is None:
-            raise ImageError("Please upload an image first.")
-        try:
-            pixels = self.tagger.prepare(image)  # type: ignore[arg-type]
-        except ImageError as e:
-            if isinstance(image, (str, os.PathLike)):  # show the upload's name, not the server's temp path
-                raise ImageError(str(e).replace(str(image), os.path.basename(image))) from None
-            raise
-        return self.runner.probabilities([pixels])[0]
+        return self.runner.probabilities([prepare_image(self, image)])[0]
+
+
+def prepare_image(ctx: AppContext, image: str | None, what: str = "an image") -> torch.Tensor:
+    """Decode and preprocess one upload on the CPU; errors name the upload, not the temp path."""
+    if image is None:
+        raise ImageError(f"Please upload {what} first.")
+    try:
+        return ctx.tagger.prepare(image)
+    except ImageError as e:
+        # Show the upload's name, not the server's temp path.
+        raise ImageError(str(e).replace(str(image), os.path.basename(image))) from None

@@ -1,75 +1,25 @@
-"""The Features tab (PCA false colour, per-tag heatmaps) and the Similarity tab (two images, or
-a zip of pairs), with their API endpoints ``/pca``, ``/heatmap``, ``/similarity`` and
-``/similarity_batch``.
+"""The Features tab (PCA false colour, per-tag heatmaps) and its API endpoints ``/pca`` and
+``/heatmap``.
 
 Decoding and preprocessing happen here, outside the GPU call; each request makes exactly one
-``ctx.runner.call`` (the batch endpoint: one per ``PAIRS_PER_CALL`` pairs). Colour and opacity
-changes re-render from the stored analysis and never call the model again.
+``ctx.runner.call``. Colour and opacity changes re-render from the stored analysis and never
+call the model again.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable
-from typing import TypeVar
-
 import gradio as gr
 import numpy as np
-import torch
 
-from tagger.features import (
-    DEFAULT_COLOURS,
-    DEFAULT_LAYERS_FROM_END,
-    PAIRS_PER_CALL,
-    BatchSimilarity,
-    FeatureError,
-    FeatureMaps,
-    Relevance,
-    analyse,
-    batch_similarity,
-    cosine_similarity,
-    heatmap_images,
-    pca_images,
-    pixels_to_image,
-    relevance,
-    resolve_tag,
-    tap_block,
-)
-from tagger.preprocess import ImageError
+from tagger.overlay import pixels_to_image
+from tagger.pca import DEFAULT_COLOURS, FeatureMaps, analyse, pca_images
+from tagger.relevance import DEFAULT_LAYERS_FROM_END, Relevance, heatmap_images, relevance, resolve_tag, tap_block
 from tagger.results import top_tags
-from tagger.ui.context import AppContext, user_errors
+from tagger.ui.context import AppContext, prepare_image, user_errors
 from tagger.ui.inputs import SafeFile, image_upload
-
-F = TypeVar("F", bound=Callable)
 
 TOP_TAGS = 25  # choices offered in the heatmap's tag dropdown
 UPSCALE_CHOICES = [("Patches (nearest)", "nearest"), ("Smooth (bilinear)", "bilinear")]
-
-
-def feature_errors(fn: F) -> F:
-    """``user_errors`` that also shows our ``FeatureError`` sentences as they are."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FeatureError as e:
-            raise gr.Error(str(e)) from None
-
-    return user_errors(wrapper)  # type: ignore[return-value]
-
-
-def prepare_image(ctx: AppContext, image: str | None, what: str = "an image") -> torch.Tensor:
-    """Decode and preprocess one upload on the CPU; errors name the upload, not the temp path."""
-    if image is None:
-        raise ImageError(f"Please upload {what} first.")
-    try:
-        return ctx.tagger.prepare(image)
-    except ImageError as e:
-        if isinstance(image, (str, os.PathLike)):
-            raise ImageError(str(e).replace(str(image), os.path.basename(image))) from None
-        raise
 
 
 def run_pca(ctx: AppContext, image: str | None) -> FeatureMaps:
@@ -182,7 +132,7 @@ def build_features_tab(ctx: AppContext) -> None:
 
     style = [*colours, alpha, upscale]
 
-    @feature_errors
+    @user_errors
     def on_image(path: str | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> list:
         cleared = [None, None, ""]
         if path is None:
@@ -203,13 +153,13 @@ def build_features_tab(ctx: AppContext) -> None:
             *cleared,
         ]
 
-    @feature_errors
+    @user_errors
     def restyle(maps: FeatureMaps | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> list:
         if maps is None:
             return [None, None, None]
         return list(pca_images(maps, (c1, c2, c3), opacity, resample))
 
-    @feature_errors
+    @user_errors
     def on_heatmap(path: str | None, name: str | None, layers: float, opacity: float) -> list:
         layers_from_end = int(layers)
         seen_image, index, result = run_heatmap(ctx, path, name, layers_from_end)
@@ -266,7 +216,7 @@ def build_features_api(ctx: AppContext) -> None:
         heat_info_out = gr.JSON(label="info")
         heat_trigger = gr.Button(visible=False)
 
-    @feature_errors
+    @user_errors
     def pca(
         image: str | None,
         color_1: str = DEFAULT_COLOURS[0],
@@ -278,7 +228,7 @@ def build_features_api(ctx: AppContext) -> None:
         maps = run_pca(ctx, image)
         return pca_images(maps, (color_1, color_2, color_3), alpha, upscale)
 
-    @feature_errors
+    @user_errors
     def heatmap(
         image: str | None,
         tag: str = "",
@@ -314,128 +264,6 @@ def build_features_api(ctx: AppContext) -> None:
             f"{min(DEFAULT_LAYERS_FROM_END, num_layers)}. `tag`: any vocabulary tag (case, `_` and escapes "
             "ignored). Returns (heatmap over the image, heatmap, info JSON with the tag's probability and the "
             "[h, w] relevance grid in [0, 1])."
-        ),
-        concurrency_id="model",
-    )
-
-
-def build_similarity_tab(ctx: AppContext) -> None:
-    gr.Markdown(
-        "Cosine similarity of the images' descriptors (CLS + register tokens after the final norm, "
-        "L2-normalised): 1 for the same image, lower the more they differ."
-    )
-    with gr.Row():
-        image_a, image_b = (
-            image_upload(f"similarity-{name.lower()}", label=f"Image {name}", height=300) for name in "AB"
-        )
-    result = gr.Markdown("Upload two images to compare them.", elem_id="similarity-result")
-
-    gr.Markdown(
-        "### Many pairs\nA zip with two top-level folders; files with the same name (without extension, "
-        "e.g. `a/cat.png` and `b/cat.jpg`) are paired. `__MACOSX` and hidden files are skipped."
-    )
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=4, min_width=280):
-            archive = SafeFile(
-                label="Zip of two folders", file_types=[".zip"], type="filepath", elem_id="similarity-zip"
-            )
-            run = gr.Button("Score pairs", variant="primary", elem_id="similarity-batch-button")
-        with gr.Column(scale=8, min_width=320):
-            batch_summary = gr.Markdown(elem_id="similarity-batch-summary")
-            table = gr.Dataframe(
-                headers=["stem", "file A", "file B", "similarity"],
-                datatype=["str", "str", "str", "number"],
-                interactive=False,
-                buttons=["copy", "fullscreen"],
-                elem_id="similarity-batch-table",
-            )
-
-    @feature_errors
-    def on_pair(path_a: str | None, path_b: str | None) -> str:
-        if path_a is None or path_b is None:
-            return "Upload two images to compare them."
-        value = compare(ctx, path_a, path_b)
-        return f"Similarity **{value:.4f}** (cosine of the L2-normalised descriptors)"
-
-    @feature_errors
-    def on_batch(path: str | None, progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
-        if path is None:
-            raise gr.Error("Please upload a zip first.")
-        outcome = score_zip(ctx, path, lambda done, total: progress((done, total), desc="Scoring pairs"))
-        rows = [[s, a, b, round(v, 4)] for s, a, b, v in outcome.rows]
-        return [outcome.summary_markdown(), rows]
-
-    gr.on(
-        [image_a.change, image_b.change],
-        on_pair,
-        inputs=[image_a, image_b],
-        outputs=result,
-        api_visibility="private",
-        trigger_mode="always_last",
-        concurrency_id="model",
-    )
-    run.click(
-        on_batch,
-        inputs=archive,
-        outputs=[batch_summary, table],
-        api_visibility="private",
-        concurrency_id="model",
-    )
-
-    build_similarity_api(ctx)
-
-
-def compare(ctx: AppContext, image_a: str | None, image_b: str | None) -> float:
-    """Cosine similarity of two uploads: both decoded here, one GPU call for the pair."""
-    pixels = [prepare_image(ctx, image_a, "image A"), prepare_image(ctx, image_b, "image B")]
-    vectors = ctx.runner.descriptors(pixels)
-    return cosine_similarity(vectors[0], vectors[1])
-
-
-def score_zip(ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None) -> BatchSimilarity:
-    return batch_similarity(path, ctx.tagger.prepare, ctx.runner.descriptors, progress=progress)
-
-
-def build_similarity_api(ctx: AppContext) -> None:
-    with gr.Column(visible=False):
-        a_in = SafeFile(label="image_a", type="filepath")
-        b_in = SafeFile(label="image_b", type="filepath")
-        value_out = gr.Number(label="similarity")
-        pair_trigger = gr.Button(visible=False)
-        zip_in = SafeFile(label="archive", type="filepath")
-        batch_out = gr.JSON(label="result")
-        batch_trigger = gr.Button(visible=False)
-
-    @feature_errors
-    def similarity(image_a: str | None, image_b: str | None) -> float:
-        return compare(ctx, image_a, image_b)
-
-    @feature_errors
-    def similarity_batch(archive: str | None) -> dict:
-        if archive is None:
-            raise gr.Error("Please upload a zip first.")
-        return score_zip(ctx, archive).to_json()
-
-    pair_trigger.click(
-        similarity,
-        inputs=[a_in, b_in],
-        outputs=value_out,
-        api_name="similarity",
-        api_description=(
-            "Cosine similarity of two images' L2-normalised descriptors (CLS + 4 registers after the final norm, "
-            "6400 values for the real model): 1.0 for the same image."
-        ),
-        concurrency_id="model",
-    )
-    batch_trigger.click(
-        similarity_batch,
-        inputs=zip_in,
-        outputs=batch_out,
-        api_name="similarity_batch",
-        api_description=(
-            "A zip with two top-level folders, files paired by name without extension. Returns JSON: `pairs` "
-            "[{stem, a, b, similarity}], `summary` {pairs, mean, min, max}, `unmatched`, `ignored`, `errors` "
-            f"[{{file, error}}]. The model runs once per {PAIRS_PER_CALL} pairs."
         ),
         concurrency_id="model",
     )

@@ -26,7 +26,8 @@ import gradio.component_meta
 from gradio.data_classes import FileData
 from gradio.utils import NamedString
 
-from tagger.fetch import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES, FetchError, fetch_url, format_size, is_url
+from tagger.errors import FetchError
+from tagger.fetch import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES, fetch_url, format_size, is_url
 
 __all__ = ["SafeFile", "SafeImage", "image_upload"]
 

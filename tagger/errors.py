@@ -1,0 +1,61 @@
+"""Every error whose message is written for people, in one place.
+
+Each is raised with one sentence that says what is wrong and, where it helps, what to do.
+The app shows these messages as they are (``gr.Error``), the CLI prints them; any other
+exception is a bug and is reported generically.
+"""
+
+from __future__ import annotations
+
+
+class TaggerError(Exception):
+    """Base of the errors below: a problem the user can act on."""
+
+
+# Start-up: the model files.
+class ResolutionError(TaggerError, RuntimeError):
+    """The checkpoint or vocabulary could not be obtained (Hub, cache or local path)."""
+
+
+class CheckpointError(TaggerError, ValueError):
+    """The checkpoint file is missing, not safetensors, truncated or not a tagger checkpoint."""
+
+
+class VocabularyError(TaggerError, ValueError):
+    """The vocabulary file is missing, malformed or does not match the checkpoint."""
+
+
+# Requests.
+class ImageError(TaggerError, ValueError):
+    """An input that cannot be decoded as an image."""
+
+
+class FetchError(TaggerError, ValueError):
+    """A URL that may not or could not be downloaded."""
+
+
+class UploadError(TaggerError, ValueError):
+    """An upload refused as a whole: too large, an unsafe archive, nothing to tag."""
+
+
+class SelectionError(TaggerError, ValueError):
+    """A selection or format argument is out of range."""
+
+
+class FeatureError(TaggerError, ValueError):
+    """A request the feature views cannot serve: bad colour, unknown tag, zip without two folders."""
+
+
+class ModelRunError(TaggerError, RuntimeError):
+    """The model could not run this request (out of memory)."""
+
+
+# The errors a request handler shows as they are.
+USER_ERRORS: tuple[type[TaggerError], ...] = (
+    ImageError,
+    FetchError,
+    UploadError,
+    SelectionError,
+    FeatureError,
+    ModelRunError,
+)

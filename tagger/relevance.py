@@ -1,0 +1,134 @@
+"""Per-tag relevance: where in the image a tag's evidence sits (gradient × activation).
+
+``relevance`` is model work, a function of ``(tagger, pixels, ...)`` so that
+``ModelRunner.call`` runs it inside one GPU call; the heatmap colouring is numpy on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tagger.errors import FeatureError
+from tagger.model import TaggerModel
+from tagger.overlay import alpha_blend, colormap, upscale
+from tagger.predict import Tagger
+from tagger.vocab import Vocabulary
+
+# Relevance is taken at the input of this many blocks from the end (block 28 of 32 for the
+# real model). Not the last block: every path from the last block's input to the head goes
+# through that block's norm1 (the patch's own output is never read by the head), and
+# LayerNorm is invariant to scaling its input, so Σ_c grad_c · x_c there is exactly zero up
+# to eps. Four blocks back the tokens are already semantic and still tied to their patch,
+# and the prefix tokens have read from the patches in four attention layers.
+DEFAULT_LAYERS_FROM_END = 4
+
+
+def tap_block(num_layers: int, layers_from_end: int = DEFAULT_LAYERS_FROM_END) -> int:
+    """Index of the block whose input the relevance is taken at."""
+    if isinstance(layers_from_end, float) and layers_from_end.is_integer():
+        layers_from_end = int(layers_from_end)
+    if not isinstance(layers_from_end, int) or isinstance(layers_from_end, bool):
+        raise FeatureError(f"layers_from_end must be a whole number, not {layers_from_end!r}.")
+    low = min(2, num_layers)
+    if not low <= layers_from_end <= num_layers:
+        raise FeatureError(
+            f"layers_from_end must be between {low} and {num_layers} (the last block's input carries no "
+            f"relevance), not {layers_from_end}."
+        )
+    return num_layers - layers_from_end
+
+
+def tag_logits(model: TaggerModel, descriptor: torch.Tensor, tag_index: int) -> torch.Tensor:
+    """The head's logit ``[B]`` for one tag, in float32, without computing all 74,625 logits."""
+    x = descriptor.float()
+    layers = list(model.head.layers)
+    for layer in layers[:-1]:  # the low-rank head's first projection
+        bias = None if layer.bias is None else layer.bias.float()
+        x = torch.nn.functional.linear(x, layer.weight.float(), bias)
+    last = layers[-1]
+    logit = x @ last.weight[tag_index].float()
+    return logit if last.bias is None else logit + last.bias[tag_index].float()
+
+
+@dataclass
+class Relevance:
+    """One image's relevance map for a tag, and the tag's probability on that image."""
+
+    map: np.ndarray  # float32 [H/16, W/16] in [0, 1]
+    probability: float
+
+
+def relevance(
+    tagger: Tagger,
+    pixels: Sequence[torch.Tensor],
+    tag_index: int,
+    layers_from_end: int = DEFAULT_LAYERS_FROM_END,
+) -> list[Relevance]:
+    """Where each image's evidence for a tag sits, and the tag's probability.
+
+    Gradient × activation of the tag's logit on the patch tokens at the input of a late block
+    (see ``DEFAULT_LAYERS_FROM_END``), summed over channels, ReLU, divided by the maximum. The
+    tap detaches the activation and makes it the only tensor that needs a gradient, and
+    ``autograd.grad`` returns that gradient without touching any parameter's ``.grad``.
+    """
+    model = tagger.model
+    config = model.config
+    if not 0 <= int(tag_index) < config.num_tags:
+        raise FeatureError(f"Tag index {tag_index} is out of range; the model has {config.num_tags} tags.")
+    block = tap_block(config.num_layers, layers_from_end)
+    prefix = config.num_prefix_tokens
+    out: list[Relevance | None] = [None] * len(pixels)
+    # The rest of the app runs under inference_mode, which forbids autograd: leave it here.
+    with torch.inference_mode(False), torch.enable_grad():
+        for idx, batch in tagger.batches(pixels):
+            captured: list[torch.Tensor] = []
+
+            def tap(x: torch.Tensor, captured: list[torch.Tensor] = captured) -> torch.Tensor:
+                x = x.detach().requires_grad_(True)
+                captured.append(x)
+                return x
+
+            tokens = model.tokens(batch, tap_block=block, tap=tap)
+            logits = tag_logits(model, model.descriptor_from_tokens(tokens), int(tag_index))
+            # Images in a batch are independent, so the gradient of the sum is each image's own.
+            (grad,) = torch.autograd.grad(logits.sum(), captured[0])
+            activation = captured[0].detach()
+            scores = (grad[:, prefix:].float() * activation[:, prefix:].float()).sum(dim=-1).clamp_min(0)
+            h, w = (s // config.patch_size for s in batch.shape[-2:])
+            scores = scores.reshape(len(idx), h, w)
+            peak = scores.amax(dim=(1, 2), keepdim=True)
+            scores = torch.where(peak > 0, scores / peak.clamp_min(1e-30), torch.zeros_like(scores))
+            probabilities = torch.sigmoid(logits.detach()).cpu().tolist()
+            for row, probability, i in zip(scores.cpu().numpy(), probabilities, idx, strict=True):
+                out[i] = Relevance(row.astype(np.float32), float(probability))
+            del tokens, logits, grad, activation, captured
+    return out  # type: ignore[return-value]
+
+
+# A backward pass through the late blocks comes on top of the forward: ~3x a plain forward.
+relevance.gpu_cost = 3.0  # type: ignore[attr-defined]
+
+
+def resolve_tag(vocab: Vocabulary, name: str | None) -> int:
+    """The output index of a tag typed by a person (any case, ``_`` or space, escaped or not)."""
+    if name is None or not str(name).strip():
+        raise FeatureError("Choose a tag first: pick one of this image's top tags or type any tag.")
+    found = vocab.find(str(name))
+    if not found:
+        raise FeatureError(
+            f"Unknown tag {str(name).strip()!r}: it is not one of the model's {len(vocab):,} tags. "
+            "Check the spelling, or search for it under 'Look up any tag' in the Tag tab."
+        )
+    return found[0]
+
+
+def heatmap_images(
+    image: np.ndarray, relevance: np.ndarray, alpha: float = 0.5, resample: str = "bilinear"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(heatmap over the image, heatmap alone), uint8 at the image's size."""
+    heat = colormap(upscale(relevance, (image.shape[1], image.shape[0]), resample))
+    return alpha_blend(image, heat, alpha), heat

@@ -1,0 +1,159 @@
+"""The Similarity tab (two images, or a zip of pairs) and its API endpoints ``/similarity`` and
+``/similarity_batch``. Decoding happens here, outside the GPU call; each pair is one model call
+(the zip: one per ``PAIRS_PER_CALL`` pairs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gradio as gr
+
+from tagger.similarity import PAIRS_PER_CALL, BatchSimilarity, batch_similarity, cosine_similarity
+from tagger.ui.context import AppContext, prepare_image, user_errors
+from tagger.ui.inputs import SafeFile, image_upload
+
+
+def summary_markdown(result: BatchSimilarity, limit: int = 50) -> str:
+    s = result.stats()
+    a, b = result.folders
+    if s["pairs"]:
+        line = (
+            f"**{s['pairs']} pairs** (`{a}` ↔ `{b}`) · mean **{s['mean']:.4f}** · "
+            f"min {s['min']:.4f} · max {s['max']:.4f}"
+        )
+    else:
+        line = f"**No pair could be scored** (`{a}` ↔ `{b}`)."
+    parts = [line]
+    for title, items in (
+        ("Unmatched files", result.unmatched),
+        ("Errors", [f"{f}: {e}" for f, e in result.errors]),
+        ("Ignored (not images or outside the folders)", result.ignored),
+    ):
+        if items:
+            shown = "\n".join(f"- `{x}`" for x in items[:limit])
+            more = f"\n- … and {len(items) - limit} more" if len(items) > limit else ""
+            parts.append(f"{title} ({len(items)}):\n{shown}{more}")
+    return "\n\n".join(parts)
+
+
+def build_similarity_tab(ctx: AppContext) -> None:
+    gr.Markdown(
+        "Cosine similarity of the images' descriptors (CLS + register tokens after the final norm, "
+        "L2-normalised): 1 for the same image, lower the more they differ."
+    )
+    with gr.Row():
+        image_a, image_b = (
+            image_upload(f"similarity-{name.lower()}", label=f"Image {name}", height=300) for name in "AB"
+        )
+    result = gr.Markdown("Upload two images to compare them.", elem_id="similarity-result")
+
+    gr.Markdown(
+        "### Many pairs\nA zip with two top-level folders; files with the same name (without extension, "
+        "e.g. `a/cat.png` and `b/cat.jpg`) are paired. `__MACOSX` and hidden files are skipped."
+    )
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=280):
+            archive = SafeFile(
+                label="Zip of two folders", file_types=[".zip"], type="filepath", elem_id="similarity-zip"
+            )
+            run = gr.Button("Score pairs", variant="primary", elem_id="similarity-batch-button")
+        with gr.Column(scale=8, min_width=320):
+            batch_summary = gr.Markdown(elem_id="similarity-batch-summary")
+            table = gr.Dataframe(
+                headers=["stem", "file A", "file B", "similarity"],
+                datatype=["str", "str", "str", "number"],
+                interactive=False,
+                buttons=["copy", "fullscreen"],
+                elem_id="similarity-batch-table",
+            )
+
+    @user_errors
+    def on_pair(path_a: str | None, path_b: str | None) -> str:
+        if path_a is None or path_b is None:
+            return "Upload two images to compare them."
+        value = compare(ctx, path_a, path_b)
+        return f"Similarity **{value:.4f}** (cosine of the L2-normalised descriptors)"
+
+    @user_errors
+    def on_batch(path: str | None, progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
+        if path is None:
+            raise gr.Error("Please upload a zip first.")
+        outcome = score_zip(ctx, path, lambda done, total: progress((done, total), desc="Scoring pairs"))
+        rows = [[s, a, b, round(v, 4)] for s, a, b, v in outcome.rows]
+        return [summary_markdown(outcome), rows]
+
+    gr.on(
+        [image_a.change, image_b.change],
+        on_pair,
+        inputs=[image_a, image_b],
+        outputs=result,
+        api_visibility="private",
+        trigger_mode="always_last",
+        concurrency_id="model",
+    )
+    run.click(
+        on_batch,
+        inputs=archive,
+        outputs=[batch_summary, table],
+        api_visibility="private",
+        concurrency_id="model",
+    )
+
+    build_similarity_api(ctx)
+
+
+def compare(ctx: AppContext, image_a: str | None, image_b: str | None) -> float:
+    """Cosine similarity of two uploads: both decoded here, one GPU call for the pair."""
+    pixels = [prepare_image(ctx, image_a, "image A"), prepare_image(ctx, image_b, "image B")]
+    vectors = ctx.runner.descriptors(pixels)
+    return cosine_similarity(vectors[0], vectors[1])
+
+
+def score_zip(ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None) -> BatchSimilarity:
+    return batch_similarity(path, ctx.tagger.prepare, ctx.runner.descriptors, progress=progress)
+
+
+def build_similarity_api(ctx: AppContext) -> None:
+    with gr.Column(visible=False):
+        a_in = SafeFile(label="image_a", type="filepath")
+        b_in = SafeFile(label="image_b", type="filepath")
+        value_out = gr.Number(label="similarity")
+        pair_trigger = gr.Button(visible=False)
+        zip_in = SafeFile(label="archive", type="filepath")
+        batch_out = gr.JSON(label="result")
+        batch_trigger = gr.Button(visible=False)
+
+    @user_errors
+    def similarity(image_a: str | None, image_b: str | None) -> float:
+        return compare(ctx, image_a, image_b)
+
+    @user_errors
+    def similarity_batch(archive: str | None) -> dict:
+        if archive is None:
+            raise gr.Error("Please upload a zip first.")
+        return score_zip(ctx, archive).to_json()
+
+    pair_trigger.click(
+        similarity,
+        inputs=[a_in, b_in],
+        outputs=value_out,
+        api_name="similarity",
+        api_description=(
+            "Cosine similarity of two images' L2-normalised descriptors (CLS + 4 registers after the final norm, "
+            "6400 values for the real model): 1.0 for the same image."
+        ),
+        concurrency_id="model",
+    )
+    batch_trigger.click(
+        similarity_batch,
+        inputs=zip_in,
+        outputs=batch_out,
+        api_name="similarity_batch",
+        api_description=(
+            "A zip with two top-level folders, files paired by name without extension. Returns JSON: `pairs` "
+            "[{stem, a, b, similarity}], `summary` {pairs, mean, min, max}, `unmatched`, `ignored`, `errors` "
+            f"[{{file, error}}]. The model runs once per {PAIRS_PER_CALL} pairs."
+        ),
+        concurrency_id="model",
+    )
