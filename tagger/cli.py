@@ -19,10 +19,33 @@ from collections.abc import Sequence
 from tagger.errors import CheckpointError, FetchError, ImageError, ResolutionError, SelectionError, VocabularyError
 from tagger.fetch import fetch_url, is_url
 from tagger.hub import resolve_model_files
+from tagger.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
 from tagger.predict import Tagger
 from tagger.results import authors_json_entry, pretty_text, tag_string
 
 CHUNK = 32  # images decoded ahead of the model; bounds memory on long lists
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per declared tagging option (``--character-threshold 0.9``, ``--underscores``),
+    with its type, default and help from ``TagOptions``; read back with ``options_from_args``."""
+    group = parser.add_argument_group("tagging options (as in the app and /tag)")
+    for f in OPTION_FIELDS:
+        info = option_info(f)
+        flag = "--" + f.name.replace("_", "-")
+        kind = OPTION_TYPES[f.name]
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=info.help)
+            continue
+        choices = [value for _, value in info.choices] or None
+        convert = kind if kind in (int, float) else str
+        shown = f" (default {f.default})" if f.default != "" else ""
+        group.add_argument(flag, type=convert, default=f.default, choices=choices, help=info.help + shown)
+
+
+def options_from_args(args: argparse.Namespace) -> TagOptions:
+    """The ``TagOptions`` of flags added by ``add_option_arguments``; ``SelectionError`` if invalid."""
+    return TagOptions.from_values(**{name: getattr(args, name) for name in OPTION_NAMES})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,21 +1,22 @@
-"""The user-facing tagging options shared by the UI, the ``/tag`` API and batch captions.
+"""The user-facing tagging options, declared once and shared by every front end.
 
-One dataclass holds every control a person sets (with the UI's defaults), turns itself into
-a ``Selection`` and formats the tag string, so the three front ends cannot drift apart.
+``TagOptions`` declares each option (name, type, default, range, label, help) as a dataclass
+field; the UI, the API endpoints, the API reference, the MCP tools and the bulk CLI derive
+their widgets, signatures and flags from ``OPTION_FIELDS``. An instance validates the values,
+turns itself into a ``Selection`` and formats the tag string, so the front ends cannot drift
+apart.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, get_type_hints
 
 from tagger.errors import SelectionError
 from tagger.results import Selection, TagScore, parse_tag_list, resolve_category, tag_string
 from tagger.vocab import CATEGORIES
-
-MODES = ("threshold", "topk", "mcut")
-ORDERS = ("score", "category")
 
 
 def parse_category_values(text: str | dict | None) -> dict[str, float]:
@@ -44,28 +45,120 @@ def parse_category_values(text: str | dict | None) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class TagOptions:
-    """Every tagging control, with the UI's defaults.
+class OptionInfo:
+    """How a tagging option is presented: everything but its name, type and default."""
 
-    ``mode``: ``"threshold"`` (``threshold`` for all categories, ``character_threshold`` for
-    characters, ``category_thresholds`` overriding either), ``"topk"`` (the
-    ``topk_per_category`` best of each category) or ``"mcut"`` (automatic per-category
-    threshold). ``floor`` always applies; ``categories`` empty or None means all.
+    label: str  # the UI's label
+    help: str  # one sentence: API reference, MCP tool description, CLI --help
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple[tuple[str, str], ...] = ()  # (label, value)
+    group: str = "selection"  # "selection" or "format": which panel of the UI holds it
+
+
+def _option(default: object, **info: object) -> Any:
+    return field(default=default, metadata={"option": OptionInfo(**info)})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TagOptions:
+    """Every tagging control, declared once: name, type, default, range, label and help.
+
+    The UI's widgets, the ``/tag`` and ``/tag_batch`` signatures, the API reference, the MCP
+    tool descriptions and the bulk CLI's flags are all derived from these fields
+    (``OPTION_FIELDS``). ``mode`` picks the rule; ``floor`` always applies.
     """
 
-    mode: str = "threshold"
-    threshold: float = 0.35
-    character_threshold: float = 0.85
-    topk_per_category: int = 20
-    floor: float = 0.05
-    categories: Sequence[str] | str | None = None
-    category_thresholds: str | dict = ""
-    exclude: str | Iterable[str] = ""
-    prepend: str | Iterable[str] = ""
-    underscores: bool = False
-    escape_parentheses: bool = False
-    order: str = "score"
+    mode: str = _option(
+        "threshold",
+        label="Mode",
+        help="threshold: fixed thresholds; topk: the k best tags of each category; mcut: an automatic "
+        "threshold per category (MCut).",
+        choices=(("Threshold", "threshold"), ("Top-k per category", "topk"), ("MCut (automatic)", "mcut")),
+    )
+    threshold: float = _option(
+        0.35,
+        label="Threshold",
+        help="Threshold mode: the score a tag needs, for every category without its own threshold.",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.01,
+    )
+    character_threshold: float = _option(
+        0.85,
+        label="Character threshold",
+        help="Threshold mode: the score a character tag needs.",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.01,
+    )
+    topk_per_category: int = _option(
+        20,
+        label="Top-k per category",
+        help="Top-k mode: how many tags to keep from each category.",
+        minimum=1,
+        maximum=200,
+        step=1,
+    )
+    floor: float = _option(
+        0.05,
+        label="Never show tags below",
+        help="No tag scoring below this is returned, in any mode.",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.01,
+    )
+    categories: str | list[str] = _option(
+        "",
+        label="Categories",
+        help="Categories to keep, as a list or comma-separated (e.g. 'general, character'); empty keeps all.",
+    )
+    category_thresholds: str = _option(
+        "",
+        label="Per-category thresholds",
+        help="Threshold mode: overrides for single categories, e.g. 'artist=0.6, copyright=0.7'.",
+    )
+    exclude: str = _option(
+        "",
+        label="Exclude tags",
+        help="Comma-separated tags never returned (case, '_' for space and \\( escapes are ignored).",
+        group="format",
+    )
+    prepend: str = _option(
+        "",
+        label="Prepend tags",
+        help="Comma-separated tags put first in the tag string (e.g. a trigger word).",
+        group="format",
+    )
+    underscores: bool = _option(
+        False,
+        label="Underscores",
+        help="Write underscores instead of spaces in the tag string.",
+        group="format",
+    )
+    escape_parentheses: bool = _option(
+        False,
+        label="Escape ( ) for prompts",
+        help="Write \\( and \\) in the tag string, as prompt tools expect.",
+        group="format",
+    )
+    order: str = _option(
+        "score",
+        label="Order",
+        help="Tag string order: score (best first) or category (the display order of categories).",
+        choices=(("By score", "score"), ("By category", "category")),
+        group="format",
+    )
     selection: Selection = field(init=False, repr=False, compare=False)
+
+    @classmethod
+    def from_values(cls, **values: object) -> TagOptions:
+        """Options from UI or API values; ``None`` (what a raw REST call may send) means the default."""
+        unknown = set(values) - set(OPTION_NAMES)
+        if unknown:
+            raise SelectionError(f"Unknown option {sorted(unknown)[0]!r}; the options are {', '.join(OPTION_NAMES)}.")
+        return cls(**{name: value for name, value in values.items() if value is not None})  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -100,3 +193,25 @@ class TagOptions:
             order=self.order,
             prepend=self.prepend,
         )
+
+
+# The declared options, in order, with their resolved types: what every front end derives from.
+OPTION_FIELDS: tuple[Field, ...] = tuple(f for f in fields(TagOptions) if "option" in f.metadata)
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in OPTION_FIELDS)
+OPTION_TYPES: dict[str, object] = {
+    name: hint for name, hint in get_type_hints(TagOptions).items() if name in OPTION_NAMES
+}
+
+
+def option_info(f: Field) -> OptionInfo:
+    return f.metadata["option"]
+
+
+def choice_values(name: str) -> tuple[str, ...]:
+    """The allowed values of a choice option (``mode``, ``order``)."""
+    return tuple(value for _, value in option_info(_FIELD_BY_NAME[name]).choices)
+
+
+_FIELD_BY_NAME = {f.name: f for f in OPTION_FIELDS}
+MODES = choice_values("mode")
+ORDERS = choice_values("order")

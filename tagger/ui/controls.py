@@ -89,10 +89,6 @@ def build_option_controls(
     )
 
 
-def _or_default(value: object, default: object) -> object:
-    return default if value is None else value  # raw REST calls may send null for an optional value
-
-
 def tag_options(
     mode: str | None = None,
     threshold: float | None = None,
@@ -108,18 +104,4 @@ def tag_options(
     order: str | None = None,
 ) -> TagOptions:
     """Control or API values → ``TagOptions``; ``None`` means the default."""
-    d = DEFAULTS
-    return TagOptions(
-        mode=_or_default(mode, d.mode),  # type: ignore[arg-type]
-        threshold=_or_default(threshold, d.threshold),  # type: ignore[arg-type]
-        character_threshold=_or_default(character_threshold, d.character_threshold),  # type: ignore[arg-type]
-        topk_per_category=int(_or_default(topk_per_category, d.topk_per_category)),  # type: ignore[call-overload]
-        floor=_or_default(floor, d.floor),  # type: ignore[arg-type]
-        categories=categories,
-        category_thresholds=category_thresholds or "",
-        exclude=exclude or "",
-        prepend=prepend or "",
-        underscores=bool(underscores),
-        escape_parentheses=bool(escape_parentheses),
-        order=_or_default(order, d.order),  # type: ignore[arg-type]
-    )
+    return TagOptions.from_values(**{k: v for k, v in locals().items()})
