@@ -12,7 +12,7 @@ import gradio as gr
 from tagger.batch import BatchOutput, ImageResult, run_batch
 from tagger.errors import SelectionError
 from tagger.intake import BatchLimits
-from tagger.ui.context import AppContext, user_errors
+from tagger.ui.context import HEAVY_QUEUE, AppContext, user_errors
 from tagger.ui.controls import DEFAULTS, build_option_controls, tag_options
 from tagger.ui.inputs import SafeFile
 from tagger.ui.tag_tab import present_categories
@@ -162,7 +162,7 @@ def build_batch_tab(ctx: AppContext) -> None:
         outputs=[table, captions_file, jsonl_file, summary],
         api_name="tag_batch",
         api_description=API_DESCRIPTION,
-        concurrency_id="model",
+        concurrency_id=HEAVY_QUEUE,
     )
 
     def enable_downloads() -> tuple:

@@ -22,6 +22,11 @@ log = logging.getLogger("tagger")
 
 F = TypeVar("F", bound=Callable)
 
+# Concurrency groups of the model work (Gradio ``concurrency_id``): single-image tagging has
+# a group of its own, so a long batch or a heatmap never holds it up.
+TAG_QUEUE = "tag"  # one image: /tag and the Tag tab
+HEAVY_QUEUE = "heavy"  # batches, feature maps, similarity
+
 
 def user_errors(fn: F) -> F:
     """Turn our documented errors into ``gr.Error`` with their sentence; anything else is

@@ -15,7 +15,7 @@ from tagger.overlay import pixels_to_image
 from tagger.pca import DEFAULT_COLOURS, FeatureMaps, analyse, pca_images
 from tagger.relevance import DEFAULT_LAYERS_FROM_END, Relevance, heatmap_images, relevance, resolve_tag, tap_block
 from tagger.results import top_tags
-from tagger.ui.context import AppContext, prepare_image, user_errors
+from tagger.ui.context import HEAVY_QUEUE, AppContext, prepare_image, user_errors
 from tagger.ui.inputs import SafeFile, image_upload
 
 TOP_TAGS = 25  # choices offered in the heatmap's tag dropdown
@@ -171,7 +171,7 @@ def build_features_tab(ctx: AppContext) -> None:
         inputs=[image, *style],
         outputs=[maps_state, seen, pca, overlay, blend, tag, summary, heat_overlay, heat, heat_summary],
         api_visibility="private",
-        concurrency_id="model",
+        concurrency_id=HEAVY_QUEUE,
     )
     gr.on(
         [c.change for c in style],
@@ -189,7 +189,7 @@ def build_features_tab(ctx: AppContext) -> None:
         inputs=[image, tag, depth, alpha],
         outputs=[heat_overlay, heat, heat_summary],
         api_visibility="private",
-        concurrency_id="model",
+        concurrency_id=HEAVY_QUEUE,
     )
 
     build_features_api(ctx)
@@ -251,7 +251,7 @@ def build_features_api(ctx: AppContext) -> None:
             "preprocessed image's size (multiples of 16). Returns (pca, pca over the image with opacity `alpha`, "
             "blend of `color_1..3` weighted by components 1-3). `upscale`: nearest (patches) or bilinear."
         ),
-        concurrency_id="model",
+        concurrency_id=HEAVY_QUEUE,
     )
     heat_trigger.click(
         heatmap,
@@ -265,5 +265,5 @@ def build_features_api(ctx: AppContext) -> None:
             "ignored). Returns (heatmap over the image, heatmap, info JSON with the tag's probability and the "
             "[h, w] relevance grid in [0, 1])."
         ),
-        concurrency_id="model",
+        concurrency_id=HEAVY_QUEUE,
     )

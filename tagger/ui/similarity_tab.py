@@ -10,7 +10,7 @@ from collections.abc import Callable
 import gradio as gr
 
 from tagger.similarity import PAIRS_PER_CALL, BatchSimilarity, batch_similarity, cosine_similarity
-from tagger.ui.context import AppContext, prepare_image, user_errors
+from tagger.ui.context import HEAVY_QUEUE, AppContext, prepare_image, user_errors
 from tagger.ui.inputs import SafeFile, image_upload
 
 
@@ -90,14 +90,14 @@ def build_similarity_tab(ctx: AppContext) -> None:
         outputs=result,
         api_visibility="private",
         trigger_mode="always_last",
-        concurrency_id="model",
+        concurrency_id=HEAVY_QUEUE,
     )
     run.click(
         on_batch,
         inputs=archive,
         outputs=[batch_summary, table],
         api_visibility="private",
-        concurrency_id="model",
+        concurrency_id=HEAVY_QUEUE,
     )
 
     build_similarity_api(ctx)
@@ -143,7 +143,7 @@ def build_similarity_api(ctx: AppContext) -> None:
             "Cosine similarity of two images' L2-normalised descriptors (CLS + 4 registers after the final norm, "
             "6400 values for the real model): 1.0 for the same image."
         ),
-        concurrency_id="model",
+        concurrency_id=HEAVY_QUEUE,
     )
     batch_trigger.click(
         similarity_batch,
@@ -155,5 +155,5 @@ def build_similarity_api(ctx: AppContext) -> None:
             "[{stem, a, b, similarity}], `summary` {pairs, mean, min, max}, `unmatched`, `ignored`, `errors` "
             f"[{{file, error}}]. The model runs once per {PAIRS_PER_CALL} pairs."
         ),
-        concurrency_id="model",
+        concurrency_id=HEAVY_QUEUE,
     )

@@ -15,7 +15,7 @@ import numpy as np
 
 from tagger.options import MODES, ORDERS
 from tagger.results import TagScore, api_response, group_by_category, label_values, select_tags
-from tagger.ui.context import AppContext, user_errors
+from tagger.ui.context import TAG_QUEUE, AppContext, user_errors
 from tagger.ui.controls import DEFAULTS, build_option_controls, tag_options
 from tagger.ui.inputs import SafeFile, image_upload
 from tagger.vocab import CATEGORIES, Category, Vocabulary, normalize_tag
@@ -172,7 +172,7 @@ def build_tag_tab(ctx: AppContext) -> None:
         inputs=[image, *controls],
         outputs=[scores_state, seconds_state, *view_outputs],
         api_visibility="private",
-        concurrency_id="model",
+        concurrency_id=TAG_QUEUE,
     )
     gr.on(
         [c.change for c in controls],
@@ -277,5 +277,5 @@ def build_tag_api(ctx: AppContext) -> None:
         outputs=result,
         api_name="tag",
         api_description="Tag one image. Only `image` is required; every other parameter has the UI's default.",
-        concurrency_id="model",
+        concurrency_id=TAG_QUEUE,
     )
