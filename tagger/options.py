@@ -125,6 +125,12 @@ class TagOptions:
         help="Comma-separated tags never returned (case, '_' for space and \\( escapes are ignored).",
         group="format",
     )
+    include: str = _option(
+        "",
+        label="Only these tags",
+        help="Comma-separated tags: when not empty, no other tag is returned (the other rules still apply).",
+        group="format",
+    )
     prepend: str = _option(
         "",
         label="Prepend tags",
@@ -182,6 +188,7 @@ class TagOptions:
             category_topk=category_topk,
             categories=categories or None,
             exclude=self.exclude,
+            include=self.include,
         )
         object.__setattr__(self, "selection", selection)
 

@@ -100,6 +100,8 @@ class Selection:
     - ``floor``: nothing below it is ever returned (the authors' Space uses 0.05).
     - ``topk``: cap on the total, best first. ``categories``: None keeps all.
     - ``exclude``: tags never returned (matched ignoring case, ``_`` vs space, escapes).
+    - ``include``: when not empty, only these tags can be returned (matched the same way; the
+      other rules still apply to them).
     """
 
     threshold: float = 0.35
@@ -110,6 +112,7 @@ class Selection:
     floor: float = 0.0
     categories: Iterable[int | str] | None = None
     exclude: Iterable[str] = ()
+    include: Iterable[str] = ()
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalise arguments once, here
@@ -133,6 +136,7 @@ class Selection:
             categories = [self.categories] if isinstance(self.categories, (str, int)) else self.categories
             set_(self, "categories", frozenset(resolve_category(c).id for c in categories))
         set_(self, "exclude", frozenset(normalize_tag(t) for t in parse_tag_list(self.exclude)))
+        set_(self, "include", frozenset(normalize_tag(t) for t in parse_tag_list(self.include)))
 
 
 def select_tags(scores: np.ndarray, vocab: Vocabulary, selection: Selection | None = None) -> list[TagScore]:
@@ -142,6 +146,11 @@ def select_tags(scores: np.ndarray, vocab: Vocabulary, selection: Selection | No
     if scores.shape[0] != len(vocab):
         raise SelectionError(f"Got {scores.shape[0]} scores for a vocabulary of {len(vocab)} tags.")
     eligible = scores >= selection.floor
+    if selection.include:
+        allowed = np.zeros_like(eligible)
+        for tag in selection.include:
+            allowed[vocab.find(tag)] = True
+        eligible &= allowed
     for tag in selection.exclude:
         eligible[vocab.find(tag)] = False
 

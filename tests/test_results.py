@@ -119,6 +119,16 @@ def test_exclude_ignores_case_underscores_and_escapes(vocab):
     )
 
 
+def test_include_keeps_only_listed_tags_and_still_applies_thresholds(vocab):
+    everything = _tags(vocab, threshold=0.35)
+    assert _tags(vocab, threshold=0.35, include="SOLO, fate \\(series\\), mystery, not a tag") == [
+        t for t in everything if t in ("solo", "fate (series)", "mystery")
+    ]
+    assert "mystery" not in everything  # listed, but below the threshold: still left out
+    assert _tags(vocab, threshold=0.35, include="solo", exclude="solo") == []
+    assert _tags(vocab, threshold=0.35, include="") == everything
+
+
 def test_mcut_threshold_hand_computed():
     # Sorted: 0.9, 0.85, 0.3, 0.2; gaps 0.05, 0.55, 0.1 → cut in the middle of 0.85 and 0.3.
     assert mcut_threshold(np.array([0.3, 0.9, 0.2, 0.85])) == pytest.approx(0.575)
