@@ -109,10 +109,6 @@ def relevance(
     return out  # type: ignore[return-value]
 
 
-# A backward pass through the late blocks comes on top of the forward: ~3x a plain forward.
-relevance.gpu_cost = 3.0  # type: ignore[attr-defined]
-
-
 def resolve_tag(vocab: Vocabulary, name: str | None) -> int:
     """The output index of a tag typed by a person (any case, ``_`` or space, escaped or not)."""
     if name is None or not str(name).strip():

@@ -1,21 +1,33 @@
 """Where model work runs: ZeroGPU (``spaces.GPU``), a local CUDA GPU, or the CPU.
 
-Only the model call goes through the GPU function; decoding, filtering and formatting stay
-outside it so that a ZeroGPU slice is held for as short a time as possible. Off ZeroGPU the
+Only the model call goes through the GPU function; decoding, resizing, selection and
+formatting stay outside it so that a ZeroGPU slice is held for as short a time as possible.
+What crosses into the GPU function is exactly what ``Tagger.prepare`` returned (on ZeroGPU by
+shared memory, into a forked worker); this module converts nothing. Off ZeroGPU the
 ``spaces`` decorator does nothing and the call runs wherever the model lives.
+
+On ZeroGPU an exception raised inside the GPU function reaches the caller only as a generic
+``gr.Error`` ("ZeroGPU worker error") and costs the worker (the next call starts a new one and
+copies the weights again). So out-of-memory and our own user-facing errors are caught inside
+the GPU function and returned as a ``Failure`` value, which ``ModelRunner.call`` raises again
+in the calling process: the same sentence on ZeroGPU, a local GPU and the CPU.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from tagger.errors import ModelRunError
+from tagger.errors import ModelRunError, TaggerError
+from tagger.pca import analyse
 from tagger.predict import Tagger
+from tagger.relevance import relevance
 
 try:  # `spaces` is only needed on Hugging Face Spaces; everything works without it.
     import spaces
@@ -24,16 +36,84 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
 
 log = logging.getLogger("tagger")
 
+OUT_OF_MEMORY = "The model ran out of memory on this request; try fewer or smaller images."
 
-def gpu_seconds(pixels: Sequence[torch.Tensor], seconds_per_megapixel: float = 0.5, base: float = 5.0) -> int:
-    """A ZeroGPU duration sized from the work: shorter requests get better queue priority."""
+# -- ZeroGPU durations ----------------------------------------------------------------------
+# ZeroGPU refuses a call whose requested duration exceeds the visitor's remaining quota, gives
+# shorter requests priority in its queue and may abort a call that runs past its duration;
+# the quota is charged with the time actually used. So ask for what the work needs plus a
+# margin: a base for the call itself plus a rate per megapixel times the work's cost factor.
+#
+# Measured cost (issue 12, bf16; we had no GPU to measure ourselves): one 512 px image
+# (0.26 MP) takes ~10-15 ms on an H200 ZeroGPU slice, i.e. 40-60 ms per megapixel; a chunk of
+# 32 images at 1024 px (34 MP) takes ~1-2 s, i.e. 30-60 ms per megapixel.
+#
+# - GPU_SECONDS_PER_MEGAPIXEL, 0.15: 2.5x the worst measured 60 ms/MP, which covers the
+#   quadratic attention share at 1024 px, odd-sized images running one at a time, and a slice
+#   slower than the one measured.
+# - GPU_BASE_SECONDS, 2: the call itself. A warm worker adds tens of ms (inputs by shared
+#   memory, the result pickled back). A fresh one (the first call, or after the previous
+#   worker went away) also creates its CUDA context (~0.5 s) and copies the weights (~3.6 GB:
+#   bf16 backbone, fp32 head) from ZeroGPU's packed file to the GPU (~1 s at disk speed).
+#   Estimates, not measurements.
+# - GPU_COST: a work function's cost relative to a forward pass over the same pixels.
+# - spaces reads whole seconds (``timedelta.seconds``), so the sum is rounded up.
+#
+# What that asks for (before: 5 s, 72 s and 21 s for the first three):
+#   one 512 px image 3 s · a batch chunk of 16 images at 1024 px 5 s · a 1024 px heatmap 3 s ·
+#   PCA of a 1024 px image 3 s · a similarity pair at 1024 px 3 s.
+GPU_BASE_SECONDS = 2.0
+GPU_SECONDS_PER_MEGAPIXEL = 0.15
+GPU_MAX_SECONDS = 300  # ZeroGPU refuses longer requests outright ("illegal duration")
+GPU_COST: dict[Callable[..., object], float] = {
+    Tagger.run: 1.0,  # tags: one forward pass
+    Tagger.run_descriptors: 1.0,  # similarity: one forward pass without the head's 74k outputs
+    analyse: 1.5,  # PCA: one forward pass, plus an SVD of at most 4096 x 1280 patch features
+    relevance: 3.0,  # heatmap: forward keeping activations, then backward (up to every block: ~2x)
+}
+
+# Images per model call for batches: at most 16 x ~1 MP (the 1024 px cap) is ~0.5-1 s of GPU
+# work and asks for 5 s, where 32 asked for 8 s; a smaller request keeps its place in the
+# queue, and a visitor low on quota is refused later in a batch, if at all. 16 is also the
+# Tagger's GPU batch, so a chunk of same-size images is one forward pass. Smaller chunks
+# would spend a larger share of each call on scheduling.
+IMAGES_PER_GPU_CALL = 16
+
+
+def gpu_seconds(pixels: Sequence[torch.Tensor], cost: float = 1.0) -> int:
+    """Whole seconds to ask ZeroGPU for work of relative ``cost`` on ``pixels`` (``[3, H, W]``
+    each; only their shapes are read)."""
     megapixels = sum(p.shape[-1] * p.shape[-2] for p in pixels) / 1e6
-    return int(min(300, base + seconds_per_megapixel * megapixels * 4))
+    seconds = GPU_BASE_SECONDS + GPU_SECONDS_PER_MEGAPIXEL * cost * megapixels
+    return min(GPU_MAX_SECONDS, math.ceil(seconds))
 
 
-def _duration(fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
-    # A function may declare its cost relative to a forward pass (a backward pass costs ~2x).
-    return int(gpu_seconds(pixels) * getattr(fn, "gpu_cost", 1.0))
+def gpu_duration(fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
+    """The ``spaces.GPU`` duration of ``ModelRunner``'s GPU function: it receives the same
+    arguments. Work not listed in ``GPU_COST`` costs a forward pass."""
+    return gpu_seconds(pixels, GPU_COST.get(fn, 1.0))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What the GPU function returns instead of raising a user-facing error (see module doc)."""
+
+    error: TaggerError
+    cause: str  # the original exception's type, for the log
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    # cuBLAS/cuDNN workspace allocations can fail as a plain RuntimeError.
+    return isinstance(error, RuntimeError) and "out of memory" in str(error)
+
+
+def release_memory() -> None:
+    """Free what a failed model call left behind (its activations, the allocator's cache)."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 class ModelRunner:
@@ -44,24 +124,36 @@ class ModelRunner:
 
     def __init__(self, tagger: Tagger):
         self.tagger = tagger
-        self._gpu_call: Callable[..., object] = self._call
+        self._gpu_call: Callable[..., object] = self._run
         if spaces is not None:
-            self._gpu_call = spaces.GPU(duration=_duration)(self._call)
+            self._gpu_call = spaces.GPU(duration=gpu_duration)(self._run)
 
-    def _call(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> object:
-        return fn(self.tagger, pixels, *args)
+    def _run(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> object:
+        """The GPU function: on ZeroGPU it runs in the worker process."""
+        try:
+            return fn(self.tagger, pixels, *args)
+        except TaggerError as e:
+            return Failure(e, type(e).__name__)
+        except (RuntimeError, MemoryError) as e:
+            if not _is_out_of_memory(e):
+                raise
+            cause = type(e).__name__
+        # Outside the except block: the exception's traceback no longer holds the frames (and
+        # their tensors) alive, so collecting here frees them.
+        release_memory()
+        return Failure(ModelRunError(OUT_OF_MEMORY), cause)
 
     def call(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> object:
-        """``fn(tagger, pixels, *args)`` on the model's device; out-of-memory becomes a
-        ``ModelRunError`` after the memory is released, so the next request works."""
-        try:
-            return self._gpu_call(fn, list(pixels), *args)
-        except (torch.cuda.OutOfMemoryError, MemoryError):
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            log.warning("Out of memory in %s on %d image(s)", getattr(fn, "__name__", fn), len(pixels))
-            raise ModelRunError("The model ran out of memory on this request; try fewer or smaller images.") from None
+        """``fn(tagger, pixels, *args)`` on the model's device, one GPU call. ``pixels`` go as
+        they are (what ``Tagger.prepare`` returns). Out-of-memory becomes a ``ModelRunError``
+        after the memory is released, so the next request works."""
+        result = self._gpu_call(fn, list(pixels), *args)
+        if isinstance(result, Failure):
+            if isinstance(result.error, ModelRunError):
+                name = getattr(fn, "__qualname__", fn)
+                log.warning("Out of memory (%s) in %s on %d image(s)", result.cause, name, len(pixels))
+            raise result.error
+        return result
 
     def probabilities(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
         return self.call(Tagger.run, pixels)  # type: ignore[return-value]

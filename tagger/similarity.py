@@ -19,6 +19,7 @@ import torch
 
 from tagger.errors import FeatureError, ImageError
 from tagger.intake import BatchInputs, BatchItem, BatchLimits, collect_inputs, wrapper_depth
+from tagger.runtime import IMAGES_PER_GPU_CALL
 
 
 def cosine_similarity(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
@@ -115,7 +116,9 @@ class BatchSimilarity:
         }
 
 
-PAIRS_PER_CALL = 16  # pairs decoded and sent to the model together: bounds memory per GPU call
+# Pairs decoded and sent to the model together (two images each): bounds memory and the
+# duration of each GPU call, like a batch chunk.
+PAIRS_PER_CALL = IMAGES_PER_GPU_CALL // 2
 
 
 def batch_similarity(

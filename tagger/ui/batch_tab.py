@@ -12,13 +12,14 @@ import gradio as gr
 from tagger.batch import BatchOutput, ImageResult, run_batch
 from tagger.errors import SelectionError
 from tagger.intake import BatchLimits
+from tagger.runtime import IMAGES_PER_GPU_CALL
 from tagger.ui.context import HEAVY_QUEUE, AppContext, user_errors
 from tagger.ui.controls import DEFAULTS, build_option_controls, tag_options
 from tagger.ui.inputs import SafeFile
 from tagger.ui.tag_tab import present_categories
 
 LIMITS = BatchLimits()
-CHUNK_SIZE = 32  # images per model (GPU) call; see tagger.batch for why
+CHUNK_SIZE = IMAGES_PER_GPU_CALL  # images per model (GPU) call; see tagger.batch and tagger.runtime
 
 TOP_TAGS = 8  # tags shown per image in the results table
 TABLE_HEADERS = ["file", "concept", "tags", "top tags"]
