@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a full test run: virtualenv, CPU-only test dependencies,
-# Debian's chromium for the browser test, lint, then pytest. Exits non-zero on any failure,
-# including "no tests ran" (pytest exit code 5).
+# Debian's chromium for the browser test, @gradio/client for the API tab's JavaScript recipe,
+# lint, then pytest. Exits non-zero on any failure, including "no tests ran" (pytest exit code 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,11 @@ if [ ! -x /usr/bin/chromium ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
     || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }
+fi
+
+# The API tab's JavaScript recipe is run with Node in tests/test_app.py (skipped without node).
+if command -v npm >/dev/null 2>&1; then
+  npm ci --prefix tests/js --no-audit --no-fund --silent
 fi
 
 .venv/bin/ruff check .

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -78,9 +79,21 @@ def create_app(argv: Sequence[str] | None = None) -> tuple[gr.Blocks, AppContext
     return demo, context
 
 
+def mcp_server_wanted() -> bool:
+    """The MCP server is on unless GRADIO_MCP_SERVER=false, and needs the ``mcp`` package."""
+    if os.environ.get("GRADIO_MCP_SERVER", "true").lower() in ("0", "false", "no"):
+        return False
+    if importlib.util.find_spec("mcp") is None:
+        log.warning("MCP server off: the `mcp` package is not installed (pip install -r requirements.txt).")
+        return False
+    return True
+
+
 def launch(demo: gr.Blocks, **kwargs: object) -> tuple:
     """Launch with host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio reads
-    them); ``kwargs`` go to ``Blocks.launch``. Returns what it returns (app, local URL, share URL)."""
+    them) and the public endpoints also served as MCP tools at ``/gradio_api/mcp/``; ``kwargs``
+    go to ``Blocks.launch``. Returns what it returns (app, local URL, share URL)."""
+    kwargs.setdefault("mcp_server", mcp_server_wanted())
     return demo.launch(
         max_file_size=MAX_FILE_SIZE,
         show_error=True,

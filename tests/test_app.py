@@ -1,5 +1,7 @@
 """End-to-end tests of the Gradio app over HTTP: the ``/tag`` endpoint through ``gradio_client``,
-the API tab's curl recipe followed step by step, and the API tab's address filling.
+the public contract (``view_api`` and "Use via API"), the option widgets and the API reference
+derived from the options' declaration, the API tab's curl and JavaScript recipes run as
+written, and the API tab's address filling.
 
 One app (demo mode: tiny random model) runs in this process for the whole module, so the
 tests can compare what the server answers with what the engine computes directly, and
@@ -13,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import gradio as gr
@@ -24,11 +27,14 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from starlette.requests import Request
 
-from tagger.ui.api_tab import client_examples, fill_address, space_address
+from tagger.options import OPTION_FIELDS, OPTION_NAMES, option_info
+from tagger.ui.api_tab import client_examples, fill_address, markdown_text, parameters_table, space_address
+from tagger.ui.controls import present_categories
 from tagger.vocab import CATEGORIES
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CAT = EXAMPLES / "cat.jpg"
+JS_DIR = Path(__file__).resolve().parent / "js"  # package.json of the JavaScript recipe's client
 DISPLAY_ORDER = [
     "artist",
     "copyright",
@@ -293,6 +299,115 @@ def test_view_api_lists_tag_with_only_the_image_required(app, client):
     assert not info["unnamed_endpoints"]
 
 
+def test_tag_and_tag_batch_share_one_option_definition(client):
+    """Both endpoints take the declared options, in declaration order, with the same types and
+    defaults (one definition, not restated per endpoint)."""
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    tag_options, batch_options = (endpoints[name]["parameters"][1:] for name in ("/tag", "/tag_batch"))
+    assert [p["parameter_name"] for p in tag_options] == list(OPTION_NAMES)
+    keys = ("parameter_name", "parameter_has_default", "parameter_default", "python_type", "type")
+    assert [{k: p[k] for k in keys} for p in tag_options] == [{k: p[k] for k in keys} for p in batch_options]
+    by_name = {p["parameter_name"]: p for p in tag_options}
+    for field in OPTION_FIELDS:
+        assert by_name[field.name]["parameter_default"] == field.default, field.name
+    assert by_name["mode"]["python_type"]["type"] == "Literal['threshold', 'topk', 'mcut']"
+    assert by_name["categories"]["python_type"]["type"] == "str | list[str]"
+
+
+def test_categories_as_a_list_or_a_string(client, tmp_path):
+    as_text = tag(client, categories="general, Character")
+    as_list = tag(client, categories=["general", "Character"])
+    assert as_list == as_text and {t["category"] for t in as_list["tags"]} <= {"general", "character"}
+    # /tag_batch takes the same two forms.
+    shutil.copy(CAT, tmp_path / "cat.jpg")
+    tables = [
+        client.predict([handle_file(str(tmp_path / "cat.jpg"))], categories=value, api_name="/tag_batch")[0]
+        for value in ("general, character", ["general", "character"])
+    ]
+    assert tables[0]["data"] == tables[1]["data"]
+    assert tables[0]["data"][0][3] == ", ".join(names(as_text)[:8])  # the top tags, in the same order
+
+
+def snippets(app: RunningApp) -> dict[str, dict]:
+    """What Gradio's "Use via API" page shows: /info's parameters and code snippets per endpoint."""
+    return httpx.get(app.url + "gradio_api/info", timeout=30).json()["named_endpoints"]
+
+
+def test_use_via_api_suggests_a_real_image_and_a_real_tag(app):
+    info = snippets(app)
+    for name in ("/tag", "/tag_batch", "/pca", "/heatmap", "/similarity"):
+        code = json.dumps(info[name]["code_snippets"])
+        assert "sample_file.pdf" not in code and "Hello!!" not in code, name
+        assert "scikit-image/main/skimage/data/chelsea.png" in info[name]["code_snippets"]["python"], name
+        images = [p for p in info[name]["parameters"] if p["python_type"]["type"] in ("filepath", "list[filepath]")]
+        assert images and all(p["python_type"]["description"] for p in images), name
+    # Images are typed as images (Gradio's ImageData), not as any file.
+    assert info["/tag"]["parameters"][0]["type"]["title"] == "ImageData"
+    heatmap_tag = info["/heatmap"]["parameters"][1]
+    assert not heatmap_tag["parameter_has_default"]  # an empty tag was never a valid call
+    assert heatmap_tag["example_input"] in app.context.vocab.tags
+    assert f'tag="{heatmap_tag["example_input"]}"' in info["/heatmap"]["code_snippets"]["python"]
+
+
+def test_option_widgets_follow_the_declaration(app):
+    """Every option has a widget with the declared label, default, range, choices and help;
+    the categories box lists the categories this vocabulary has."""
+    config = {c["props"].get("elem_id"): c for c in app.demo.config["components"] if c["props"].get("elem_id")}
+    present = [c.name for c in present_categories(app.context.vocab)]
+    for prefix in ("", "batch-"):
+        for field in OPTION_FIELDS:
+            info = option_info(field)
+            elem_id = prefix + ("category-filter" if field.name == "categories" else field.name.replace("_", "-"))
+            props = config[elem_id]["props"]
+            assert (props["label"], props["info"]) == (info.label, info.help), elem_id
+            if field.name == "categories":
+                assert [c[1] for c in props["choices"]] == present and props["value"] == present
+                continue
+            assert props["value"] == field.default, elem_id
+            if info.choices:
+                assert [tuple(c) for c in props["choices"]] == list(info.choices), elem_id
+            if info.minimum is not None:
+                assert (props["minimum"], props["maximum"], props["step"]) == (info.minimum, info.maximum, info.step)
+
+
+def test_the_api_tab_reference_lists_every_option_with_its_help(app):
+    tag_endpoint = next(fn.fn for fn in app.demo.fns.values() if fn.api_name == "tag")
+    table = parameters_table(tag_endpoint)
+    rows = table.splitlines()[2:]
+    assert [re.match(r"\| `(\w+)`", row).group(1) for row in rows] == ["image", *OPTION_NAMES]
+    assert "| required |" in rows[0]
+    for field, row in zip(OPTION_FIELDS, rows[1:], strict=True):
+        assert markdown_text(option_info(field).help) in row and f"`{field.default!r}`" in row
+    config = httpx.get(app.url + "config", timeout=30).json()
+    assert any(table in str(c["props"].get("value")) for c in config["components"])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"path": "/etc/passwd"},  # no meta: Gradio passes it on untouched
+        {"path": str(CAT)},  # a real image, but not an upload
+        "/etc/passwd",
+        {"path": "https://example.com/image.png"},  # not fetched by anyone: refused before any connection
+    ],
+    ids=["dict-without-meta", "file-outside-uploads", "bare-path", "url-without-meta"],
+)
+def test_a_file_parameter_reads_only_uploads(app, client, payload):
+    passes = app.context.tagger.stats.forward_passes
+    for endpoint, arguments in (
+        ("tag", {"image": payload}),
+        ("tag_batch", {"files": [payload]}),
+        ("similarity_batch", {"archive": payload}),
+    ):
+        with httpx.Client(base_url=app.url, timeout=30) as http:
+            started = http.post(f"gradio_api/call/v2/{endpoint}", json=arguments).json()["event_id"]
+            stream = http.get(f"gradio_api/call/{endpoint}/{started}").text
+        assert "event: error" in stream, (endpoint, stream[:300])
+        assert "Send files as uploads" in stream and "root:" not in stream, (endpoint, stream[:300])
+    assert app.context.tagger.stats.forward_passes == passes
+    check_still_serving(client)
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 
@@ -355,13 +470,13 @@ def test_each_tag_call_is_exactly_one_forward_pass(app, client):
 # -- the API tab --------------------------------------------------------------------------------
 
 
-def curl_block(markdown: str) -> str:
-    return markdown.split("```bash\n", 1)[1].split("```", 1)[0]
+def recipe_block(markdown: str, language: str) -> str:
+    return markdown.split(f"```{language}\n", 1)[1].split("```", 1)[0]
 
 
 def test_the_curl_recipe_works_step_by_step(app):
     """Follow the API tab's three curl steps with httpx: upload, call, read the events."""
-    recipe = curl_block(client_examples(app.url, None))
+    recipe = recipe_block(client_examples(app.url, None), "bash")
     base = re.search(r"^BASE=(\S+)$", recipe, re.M).group(1)
     assert base == app.url.rstrip("/")
     upload_url, call_url = re.findall(r"\$BASE(/\S+)", recipe)[:2]
@@ -391,12 +506,47 @@ def test_the_curl_recipe_works_step_by_step(app):
 @pytest.mark.skipif(shutil.which("curl") is None or shutil.which("python3") is None, reason="needs curl and python3")
 def test_the_curl_recipe_runs_as_written(app, tmp_path):
     shutil.copy(CAT, tmp_path / "image.jpg")
-    recipe = curl_block(client_examples(app.url, None))
+    recipe = recipe_block(client_examples(app.url, None), "bash")
     run = subprocess.run(["bash", "-c", recipe], cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, run.stderr
     assert "event: complete" in run.stdout, run.stdout[:500]
     (result,) = json.loads(run.stdout.split("event: complete\ndata: ", 1)[1].splitlines()[0])
     check_schema(result)
+
+
+@pytest.fixture(scope="module")
+def node_modules() -> Path:
+    """``tests/js/node_modules`` with ``@gradio/client`` (``scripts/test.sh`` installs it; else here)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("the JavaScript recipe test needs node and npm")
+    modules = JS_DIR / "node_modules"
+    if not (modules / "@gradio" / "client" / "package.json").exists():
+        run = subprocess.run(
+            [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"], capture_output=True, text=True, timeout=300
+        )
+        assert run.returncode == 0, run.stderr
+    return modules
+
+
+def test_the_javascript_recipe_runs_and_exits(app, client, node_modules, tmp_path):
+    """The API tab's JavaScript, as written, under Node with @gradio/client: it prints the tag
+    string and exits (a client left connected would keep Node running)."""
+    shutil.copy(CAT, tmp_path / "image.jpg")
+    (tmp_path / "recipe.mjs").write_text(recipe_block(client_examples(app.url, None), "js"))
+    (tmp_path / "node_modules").symlink_to(node_modules)
+    run = subprocess.run(["node", "recipe.mjs"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == tag(client, threshold=0.4)["tag_string"]
+
+
+def test_the_python_recipe_runs_as_written(app, tmp_path):
+    shutil.copy(CAT, tmp_path / "image.jpg")
+    recipe = recipe_block(client_examples(app.url, None), "python") + "print(result['count'])\n"
+    run = subprocess.run([sys.executable, "-c", recipe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    first, second = run.stdout.splitlines()[-2:]
+    assert int(second) > 0 and first  # the tag string, then the count of the second call
 
 
 def fake_request(headers: dict[str, str], scheme: str = "http") -> gr.Request:

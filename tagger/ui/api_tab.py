@@ -1,31 +1,17 @@
-"""The API tab: ready-to-copy client code filled with this app's address, and the reference
-of every ``/tag`` parameter and of the response."""
+"""The API tab: ready-to-copy client code filled with this app's address, and the reference of
+the endpoints, read from the endpoint functions themselves (``tagger.ui.endpoints``)."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import gradio as gr
+from gradio.utils import get_function_description
 
-from tagger.options import MODES, ORDERS, TagOptions
 from tagger.ui.context import AppContext
-
-_D = TagOptions()
-
-# (name, type, default, meaning) in the endpoint's parameter order.
-TAG_PARAMETERS: list[tuple[str, str, str, str]] = [
-    ("image", "file", "required", "The image: any format Pillow reads (PNG, JPEG, WebP, GIF first frame, …)."),
-    ("mode", "str", repr(_D.mode), f"One of {', '.join(MODES)}: fixed thresholds, k best per category, or MCut."),
-    ("threshold", "float", str(_D.threshold), "Threshold for every category without its own (mode threshold)."),
-    ("character_threshold", "float", str(_D.character_threshold), "Threshold for character tags (mode threshold)."),
-    ("topk_per_category", "int", str(_D.topk_per_category), "Tags kept per category (mode topk)."),
-    ("floor", "float", str(_D.floor), "No tag below this score is returned, in any mode."),
-    ("categories", "str", '""', "Comma-separated category names to keep, e.g. `general, character`; empty: all."),
-    ("category_thresholds", "str", '""', "Per-category overrides (mode threshold), e.g. `artist=0.6, copyright=0.7`."),
-    ("exclude", "str", '""', "Comma-separated tags never returned (case, `_` and `\\(` escapes ignored)."),
-    ("prepend", "str", '""', "Comma-separated tags put first in `tag_string`."),
-    ("underscores", "bool", "False", "`tag_string` uses underscores instead of spaces."),
-    ("escape_parentheses", "bool", "False", "`tag_string` writes `\\(` and `\\)` as prompt tools expect."),
-    ("order", "str", repr(_D.order), f"`tag_string` order: {' or '.join(ORDERS)} (display order of categories)."),
-]
+from tagger.ui.endpoints import Endpoint, type_name
 
 RESPONSE_DOC = """\
 ```
@@ -41,35 +27,8 @@ Errors (an unreadable image, a bad argument) come back as a Gradio error whose m
 what is wrong; `gradio_client` raises it as `AppError`."""
 
 
-# (endpoint, takes, returns)
-_OTHER_ENDPOINTS = [
-    (
-        "/tag_batch",
-        "`files` (images and/or zips), then the options of `/tag` (`categories` as a list)",
-        "results table, captions zip (kohya `.txt` per image), JSONL (authors' schema), summary",
-    ),
-    ("/pca", "`image`, `color_1`–`color_3`, `alpha`, `upscale`", "PCA map, PCA over the image, colour blend (PNG)"),
-    (
-        "/heatmap",
-        "`image`, `tag`, `layers_from_end`, `alpha`, `upscale`",
-        "relevance over the image, relevance alone (PNG), details (JSON)",
-    ),
-    ("/similarity", "`image_a`, `image_b`", "cosine similarity of the descriptors"),
-    (
-        "/similarity_batch",
-        "`archive`: a zip with two folders, files paired by name",
-        "pairs, summary (mean, min, max), unmatched files (JSON)",
-    ),
-]
-OTHER_ENDPOINTS = (
-    "| endpoint | takes | returns |\n|---|---|---|\n"
-    + "\n".join(f"| `{name}` | {takes} | {returns} |" for name, takes, returns in _OTHER_ENDPOINTS)
-    + "\n\nEach endpoint's parameters, types and defaults: *Use via API* at the bottom of the page."
-)
-
-
 def client_examples(address: str, space_id: str | None) -> str:
-    """Markdown with Python, JavaScript and curl examples for ``/tag``."""
+    """Markdown with Python, JavaScript and curl examples for ``/tag``, and the MCP address."""
     target = space_id or address
     base = address.rstrip("/")
     return f"""\
@@ -85,14 +44,16 @@ result = client.predict(handle_file("image.jpg"), mode="topk", topk_per_category
                         underscores=True, api_name="/tag")
 ```
 
-### JavaScript (`npm install @gradio/client`)
+### JavaScript (Node 20+, `npm install @gradio/client`)
 ```js
 import {{ Client, handle_file }} from "@gradio/client";
+import {{ readFile }} from "node:fs/promises";
 
 const client = await Client.connect("{target}");
-const image = await (await fetch("https://example.com/image.jpg")).blob();
+const image = new Blob([await readFile("image.jpg")]);
 const result = await client.predict("/tag", {{ image: handle_file(image), threshold: 0.4 }});
 console.log(result.data[0].tag_string);
+process.exit(0);  // the client keeps a heartbeat connection open to apps with session state
 ```
 
 ### curl
@@ -107,12 +68,42 @@ EVENT=$(curl -s -H "Content-Type: application/json" -d "$BODY" $BASE/gradio_api/
   | python3 -c "import sys, json; print(json.load(sys.stdin)['event_id'])")
 curl -sN $BASE/gradio_api/call/tag/$EVENT
 ```
+
+### MCP (agents: Claude, Cursor, VS Code, ...)
+Every endpoint is also an MCP tool (`tag`, `tag_batch`, `pca`, `heatmap`, `similarity`,
+`similarity_batch`); give images as http(s) or `data:` URLs.
+```json
+{{"mcpServers": {{"tagger": {{"url": "{base}/gradio_api/mcp/"}}}}}}
+```
 """
 
 
-def parameters_table() -> str:
-    rows = "\n".join(f"| `{n}` | {t} | `{d}` | {m} |" for n, t, d, m in TAG_PARAMETERS)
-    return "| parameter | type | default | meaning |\n|---|---|---|---|\n" + rows
+def markdown_text(text: str) -> str:
+    """Text shown as written in Markdown, backslashes included (help texts mention ``\\(``)."""
+    return text.replace("\\", "\\\\")
+
+
+def parameters_table(fn: Callable[..., Any]) -> str:
+    """Every parameter of an endpoint: name, type, default and the docstring's description."""
+    _, meanings, _ = get_function_description(fn)
+    rows = [
+        f"| `{p.name}` | {type_name(p.annotation)} | "
+        f"{'required' if p.default is p.empty else f'`{p.default!r}`'} | {markdown_text(meanings[p.name])} |"
+        for p in inspect.signature(fn).parameters.values()
+    ]
+    return "| parameter | type | default | meaning |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
+def endpoints_table(endpoints: Sequence[Endpoint]) -> str:
+    """Each endpoint's parameters (the required ones in bold) and results."""
+    rows = []
+    for endpoint in endpoints:
+        _, _, returns = get_function_description(endpoint.fn)
+        takes = ", ".join(
+            f"**`{p.name}`**" if p.default is p.empty else f"`{p.name}`" for p in endpoint.signature.parameters.values()
+        )
+        rows.append(f"| `/{endpoint.name}` | {takes} | {'; '.join(returns)} |")
+    return "| endpoint | takes | returns |\n|---|---|---|\n" + "\n".join(rows)
 
 
 def space_address(space_id: str) -> str:
@@ -121,15 +112,20 @@ def space_address(space_id: str) -> str:
     return f"https://{subdomain}.hf.space/"
 
 
-def build_api_tab(ctx: AppContext) -> gr.Markdown:
+def build_api_tab(ctx: AppContext, endpoints: Sequence[Endpoint]) -> gr.Markdown:
     gr.Markdown(
         "Call this app from code. `/tag` takes the image as its only required argument and "
         "returns JSON; the other tabs have endpoints too (see *Use via API* at the bottom of the page)."
     )
     examples = gr.Markdown(client_examples("http://127.0.0.1:7860/", ctx.space_id), elem_id="api-examples")
-    gr.Markdown("### `/tag` parameters\n" + parameters_table())
+    tag = next(e for e in endpoints if e.name == "tag")
+    gr.Markdown("### `/tag` parameters\n" + parameters_table(tag.fn))
     gr.Markdown("### Response\n" + RESPONSE_DOC)
-    gr.Markdown("### Other endpoints\n" + OTHER_ENDPOINTS)
+    gr.Markdown(
+        "### Other endpoints\n"
+        + endpoints_table([e for e in endpoints if e is not tag])
+        + "\n\nEach endpoint's parameters, types and defaults: *Use via API* at the bottom of the page."
+    )
     return examples
 
 

@@ -1,4 +1,4 @@
-"""The Batch tab and the ``/tag_batch`` API endpoint: many images or zips in, captions out.
+"""The Batch tab: many images or zips in, captions out (``/tag_batch`` serves the same work).
 
 The work itself is ``tagger.batch.run_batch``; this module only lays out the controls (the
 same selection and tag-string controls as the Tag tab, with the same defaults) and turns
@@ -7,32 +7,24 @@ the result into table rows, two downloads and a summary line.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import gradio as gr
 
 from tagger.batch import BatchOutput, ImageResult, run_batch
 from tagger.errors import SelectionError
 from tagger.intake import BatchLimits
+from tagger.options import TagOptions
 from tagger.runtime import IMAGES_PER_GPU_CALL
 from tagger.ui.context import HEAVY_QUEUE, AppContext, user_errors
-from tagger.ui.controls import DEFAULTS, build_option_controls, tag_options
+from tagger.ui.controls import build_option_controls
 from tagger.ui.inputs import SafeFile
-from tagger.ui.tag_tab import present_categories
 
 LIMITS = BatchLimits()
 CHUNK_SIZE = IMAGES_PER_GPU_CALL  # images per model (GPU) call; see tagger.batch and tagger.runtime
 
 TOP_TAGS = 8  # tags shown per image in the results table
 TABLE_HEADERS = ["file", "concept", "tags", "top tags"]
-
-API_DESCRIPTION = (
-    "Tag many images at once. `files`: image files and/or zip archives (sub-folders of a zip are "
-    "recorded as the concept). Every other parameter is optional, with the UI's defaults, and means "
-    "what it means for `/tag`. Returns the results table, a zip of kohya-style `.txt` captions (same "
-    "folders and stems as the images), a JSONL file (one line per image: sha256, filename, concept, "
-    "tags or error) and a summary line. "
-    f"Limits: {LIMITS.max_files} images, {LIMITS.max_upload_bytes // 2**20} MiB uploaded, "
-    f"{LIMITS.max_total_bytes // 2**20} MiB unpacked per request."
-)
 
 
 def result_row(result: ImageResult) -> list:
@@ -56,8 +48,6 @@ def summary_markdown(output: BatchOutput) -> str:
 
 
 def build_batch_tab(ctx: AppContext) -> None:
-    categories = present_categories(ctx.vocab)
-
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             files = SafeFile(
@@ -75,11 +65,7 @@ def build_batch_tab(ctx: AppContext) -> None:
                 elem_id="batch-help",
             )
             option_controls = build_option_controls(
-                categories,
-                id_prefix="batch-",
-                format_title="Caption format",
-                format_open=True,
-                prepend_example="trigger word, masterpiece",
+                ctx.vocab, id_prefix="batch-", format_title="Caption format", format_open=True
             )
 
         with gr.Column(scale=7, min_width=320):
@@ -103,76 +89,42 @@ def build_batch_tab(ctx: AppContext) -> None:
             )
 
     @user_errors
-    def tag_batch(
-        files: list[str] | None,
-        mode: str = DEFAULTS.mode,
-        threshold: float = DEFAULTS.threshold,
-        character_threshold: float = DEFAULTS.character_threshold,
-        topk_per_category: float = DEFAULTS.topk_per_category,
-        floor: float = DEFAULTS.floor,
-        categories: list[str] | None = None,
-        category_thresholds: str = "",
-        exclude: str = "",
-        prepend: str = "",
-        underscores: bool = False,
-        escape_parentheses: bool = False,
-        order: str = DEFAULTS.order,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's documented idiom
-    ):
-        # Parameter names are the API's keyword names, the same as /tag's.
-        if categories is not None and not categories:
+    def on_run(values: dict, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 - Gradio's idiom
+        if not values[option_controls.widgets["categories"]]:
             # In the Tag tab no ticked box shows nothing; for a batch that would be empty captions.
             raise SelectionError("Tick at least one category.")
-        options = tag_options(
-            mode,
-            threshold,
-            character_threshold,
-            topk_per_category,
-            floor,
-            categories,
-            category_thresholds,
-            exclude,
-            prepend,
-            underscores,
-            escape_parentheses,
-            order,
-        )
-        paths = [getattr(f, "name", f) for f in files or []]
+        paths = [getattr(f, "name", f) for f in values[files] or []]
+        output = tag_files(ctx, paths, option_controls.options(values), progress)
+        return {
+            table: [result_row(r) for r in output.results],
+            captions_file: gr.DownloadButton(value=str(output.captions_zip), interactive=True),
+            jsonl_file: gr.DownloadButton(value=str(output.jsonl), interactive=True),
+            summary: summary_markdown(output),
+        }
 
-        def advance(done: int, total: int, name: str) -> None:
-            progress((done, total), desc=f"Tagged {name}", unit="images")
-
-        progress((0, None), desc="Reading the upload")
-        output = run_batch(
-            paths,
-            prepare=ctx.tagger.prepare,
-            run=ctx.runner.probabilities,  # one GPU call per chunk of CHUNK_SIZE images
-            vocab=ctx.vocab,
-            options=options,
-            limits=LIMITS,
-            chunk_size=CHUNK_SIZE,
-            progress=advance,
-        )
-        # Plain paths (not component updates), so that API clients receive the files themselves.
-        rows = [result_row(r) for r in output.results]
-        return rows, str(output.captions_zip), str(output.jsonl), summary_markdown(output)
-
-    event = run_button.click(
-        tag_batch,
-        inputs=[files, *option_controls.inputs()],
+    run_button.click(
+        on_run,
+        inputs={files, *option_controls.inputs()},
         outputs=[table, captions_file, jsonl_file, summary],
-        api_name="tag_batch",
-        api_description=API_DESCRIPTION,
+        api_visibility="private",
         concurrency_id=HEAVY_QUEUE,
     )
 
-    def enable_downloads() -> tuple:
-        return gr.DownloadButton(interactive=True), gr.DownloadButton(interactive=True)
 
-    event.success(
-        enable_downloads,
-        outputs=[captions_file, jsonl_file],
-        api_visibility="private",
-        queue=False,
-        show_progress="hidden",
+def tag_files(ctx: AppContext, paths: Sequence[str], options: TagOptions, progress: gr.Progress) -> BatchOutput:
+    """Tag the images and zips at ``paths``: one model call per ``CHUNK_SIZE`` images."""
+
+    def advance(done: int, total: int, name: str) -> None:
+        progress((done, total), desc=f"Tagged {name}", unit="images")
+
+    progress((0, None), desc="Reading the upload")
+    return run_batch(
+        paths,
+        prepare=ctx.tagger.prepare,
+        run=ctx.runner.probabilities,
+        vocab=ctx.vocab,
+        options=options,
+        limits=LIMITS,
+        chunk_size=CHUNK_SIZE,
+        progress=advance,
     )

@@ -1,107 +1,80 @@
-"""The tagging controls shared by the Tag and Batch tabs: same choices, defaults and meaning.
+"""The tagging controls of the Tag and Batch tabs, built from the options' declaration.
 
-``OptionControls.inputs()`` lists the components in the order of ``tag_options``'s
-parameters, which is also the order (and naming) of the ``/tag`` and ``/tag_batch`` API
-parameters after the image(s).
+One widget per ``TagOptions`` field, in declaration order, with its label, range, default,
+choices and help: a choice is a radio, a bounded number a slider, a flag a checkbox, text a
+textbox, and ``categories`` a checkbox group of the categories this vocabulary has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import Field, dataclass
+from typing import Any
 
 import gradio as gr
+import numpy as np
+from gradio.components import Component
 
-from tagger.options import TagOptions
-from tagger.vocab import Category
+from tagger.options import OPTION_FIELDS, OPTION_TYPES, TagOptions, option_info
+from tagger.vocab import CATEGORIES, Category, Vocabulary
 
-MODE_CHOICES = [("Threshold", "threshold"), ("Top-k per category", "topk"), ("MCut (automatic)", "mcut")]
-ORDER_CHOICES = [("By score", "score"), ("By category", "category")]
-DEFAULTS = TagOptions()
+GROUPS = ("selection", "format")  # one accordion each, in this order
+ELEM_IDS = {"categories": "category-filter"}  # elem_id if not the option's name with dashes
+
+
+def present_categories(vocab: Vocabulary) -> list[Category]:
+    """Categories that have at least one tag in this vocabulary, in display order."""
+    ids = set(np.unique(vocab.category_ids).tolist())
+    return [c for c in CATEGORIES if c.id in ids]
 
 
 @dataclass
 class OptionControls:
-    mode: gr.Radio
-    threshold: gr.Slider
-    character_threshold: gr.Slider
-    topk: gr.Slider
-    floor: gr.Slider
-    categories: gr.CheckboxGroup
-    category_thresholds: gr.Textbox
-    exclude: gr.Textbox
-    prepend: gr.Textbox
-    underscores: gr.Checkbox
-    escape: gr.Checkbox
-    order: gr.Radio
+    """The widgets by option name, in declaration order."""
 
-    def inputs(self) -> list[gr.components.Component]:
-        return [getattr(self, f.name) for f in fields(self)]
+    widgets: dict[str, Component]
+
+    def inputs(self) -> list[Component]:
+        return list(self.widgets.values())
+
+    def values(self, values: Sequence | Mapping[Component, object]) -> dict[str, object]:
+        """Option values by name, from the widgets' values in ``inputs()`` order or by widget."""
+        if isinstance(values, Mapping):
+            return {name: values[widget] for name, widget in self.widgets.items()}
+        return dict(zip(self.widgets, values, strict=True))
+
+    def options(self, values: Sequence | Mapping[Component, object]) -> TagOptions:
+        return TagOptions.from_values(**self.values(values))
+
+
+def option_widget(field: Field, category_names: list[str], elem_id: str) -> Component:
+    info = option_info(field)
+    label, help_text = info.label, info.help
+    default: Any = field.default
+    if field.name == "categories":
+        return gr.CheckboxGroup(category_names, value=category_names, label=label, info=help_text, elem_id=elem_id)
+    if info.choices:
+        return gr.Radio(list(info.choices), value=default, label=label, info=help_text, elem_id=elem_id)
+    if OPTION_TYPES[field.name] is bool:
+        return gr.Checkbox(value=default, label=label, info=help_text, elem_id=elem_id)
+    if info.minimum is not None and info.maximum is not None:
+        return gr.Slider(
+            info.minimum, info.maximum, default, step=info.step, label=label, info=help_text, elem_id=elem_id
+        )
+    return gr.Textbox(default, label=label, info=help_text, elem_id=elem_id)
 
 
 def build_option_controls(
-    categories: Sequence[Category],
-    *,
-    id_prefix: str = "",
-    format_title: str = "Tag string",
-    format_open: bool = False,
-    prepend_example: str = "masterpiece",
+    vocab: Vocabulary, *, id_prefix: str = "", format_title: str = "Tag string", format_open: bool = False
 ) -> OptionControls:
-    """Selection and format controls in two accordions, with the defaults of ``TagOptions``."""
-    names = [c.name for c in categories]
-    with gr.Accordion("Selection", open=True):
-        mode = gr.Radio(MODE_CHOICES, value=DEFAULTS.mode, label="Mode", elem_id=f"{id_prefix}mode")
-        threshold = gr.Slider(0, 1, DEFAULTS.threshold, step=0.01, label="Threshold", elem_id=f"{id_prefix}threshold")
-        character_threshold = gr.Slider(0, 1, DEFAULTS.character_threshold, step=0.01, label="Character threshold")
-        topk = gr.Slider(1, 200, DEFAULTS.topk_per_category, step=1, label="Top-k per category")
-        floor = gr.Slider(0, 1, DEFAULTS.floor, step=0.01, label="Never show tags below")
-        category_thresholds = gr.Textbox(
-            "",  # a value gives the API parameter a default
-            label="Per-category thresholds",
-            placeholder="artist=0.6, copyright=0.7",
-            info="Threshold mode: overrides for single categories.",
-        )
-        category_filter = gr.CheckboxGroup(
-            names, value=names, label="Categories", elem_id=f"{id_prefix}category-filter"
-        )
-    with gr.Accordion(format_title, open=format_open):
-        with gr.Row():
-            underscores = gr.Checkbox(
-                label="Underscores", value=DEFAULTS.underscores, elem_id=f"{id_prefix}underscores"
-            )
-            escape = gr.Checkbox(label=r"Escape ( ) for prompts", value=DEFAULTS.escape_parentheses)
-        order = gr.Radio(ORDER_CHOICES, value=DEFAULTS.order, label="Order")
-        exclude = gr.Textbox("", label="Exclude tags", placeholder="comma-separated, e.g. simple background")
-        prepend = gr.Textbox("", label="Prepend tags", placeholder=f"comma-separated, e.g. {prepend_example}")
-    return OptionControls(
-        mode=mode,
-        threshold=threshold,
-        character_threshold=character_threshold,
-        topk=topk,
-        floor=floor,
-        categories=category_filter,
-        category_thresholds=category_thresholds,
-        exclude=exclude,
-        prepend=prepend,
-        underscores=underscores,
-        escape=escape,
-        order=order,
-    )
-
-
-def tag_options(
-    mode: str | None = None,
-    threshold: float | None = None,
-    character_threshold: float | None = None,
-    topk_per_category: float | None = None,
-    floor: float | None = None,
-    categories: Sequence[str] | str | None = None,
-    category_thresholds: str | None = None,
-    exclude: str | None = None,
-    prepend: str | None = None,
-    underscores: bool | None = None,
-    escape_parentheses: bool | None = None,
-    order: str | None = None,
-) -> TagOptions:
-    """Control or API values → ``TagOptions``; ``None`` means the default."""
-    return TagOptions.from_values(**{k: v for k, v in locals().items()})
+    """The options in two accordions, "Selection" and ``format_title``, with their defaults."""
+    category_names = [c.name for c in present_categories(vocab)]
+    widgets: dict[str, Component] = {}
+    for group in GROUPS:
+        title, is_open = ("Selection", True) if group == "selection" else (format_title, format_open)
+        with gr.Accordion(title, open=is_open):
+            for field in OPTION_FIELDS:
+                if option_info(field).group == group:
+                    elem_id = id_prefix + ELEM_IDS.get(field.name, field.name.replace("_", "-"))
+                    widgets[field.name] = option_widget(field, category_names, elem_id)
+    return OptionControls({f.name: widgets[f.name] for f in OPTION_FIELDS})

@@ -1,5 +1,5 @@
-"""The Features tab (PCA false colour, per-tag heatmaps) and its API endpoints ``/pca`` and
-``/heatmap``.
+"""The Features tab (PCA false colour, per-tag heatmaps); ``/pca`` and ``/heatmap`` serve the
+same work.
 
 Decoding and preprocessing happen here, outside the GPU call; each request makes exactly one
 ``ctx.runner.call``. Colour and opacity changes re-render from the stored analysis and never
@@ -16,7 +16,7 @@ from tagger.pca import DEFAULT_COLOURS, FeatureMaps, analyse, pca_images
 from tagger.relevance import DEFAULT_LAYERS_FROM_END, Relevance, heatmap_images, relevance, resolve_tag, tap_block
 from tagger.results import top_tags
 from tagger.ui.context import HEAVY_QUEUE, AppContext, prepare_image, user_errors
-from tagger.ui.inputs import SafeFile, image_upload
+from tagger.ui.inputs import image_upload
 
 TOP_TAGS = 25  # choices offered in the heatmap's tag dropdown
 UPSCALE_CHOICES = [("Patches (nearest)", "nearest"), ("Smooth (bilinear)", "bilinear")]
@@ -189,81 +189,5 @@ def build_features_tab(ctx: AppContext) -> None:
         inputs=[image, tag, depth, alpha],
         outputs=[heat_overlay, heat, heat_summary],
         api_visibility="private",
-        concurrency_id=HEAVY_QUEUE,
-    )
-
-    build_features_api(ctx)
-
-
-def build_features_api(ctx: AppContext) -> None:
-    """``/pca`` and ``/heatmap``: hidden components give every parameter a type and a default."""
-    num_layers = ctx.tagger.model.config.num_layers
-    with gr.Column(visible=False):
-        image_in = SafeFile(label="image", type="filepath")
-        colour_ins = [gr.Textbox(c, label=f"color_{i + 1}") for i, c in enumerate(DEFAULT_COLOURS)]
-        alpha_in = gr.Slider(0, 1, 0.5, label="alpha")
-        pca_upscale_in = gr.Dropdown(["nearest", "bilinear"], value="nearest", label="upscale")
-        pca_out = _image_output("pca")
-        overlay_out = _image_output("overlay")
-        blend_out = _image_output("color_blend")
-        pca_trigger = gr.Button(visible=False)
-
-        tag_in = gr.Textbox("", label="tag")
-        depth_in = gr.Number(min(DEFAULT_LAYERS_FROM_END, num_layers), precision=0, label="layers_from_end")
-        heat_upscale_in = gr.Dropdown(["nearest", "bilinear"], value="bilinear", label="upscale")
-        heat_overlay_out = _image_output("overlay")
-        heat_out = _image_output("heatmap")
-        heat_info_out = gr.JSON(label="info")
-        heat_trigger = gr.Button(visible=False)
-
-    @user_errors
-    def pca(
-        image: str | None,
-        color_1: str = DEFAULT_COLOURS[0],
-        color_2: str = DEFAULT_COLOURS[1],
-        color_3: str = DEFAULT_COLOURS[2],
-        alpha: float = 0.5,
-        upscale: str = "nearest",
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        maps = run_pca(ctx, image)
-        return pca_images(maps, (color_1, color_2, color_3), alpha, upscale)
-
-    @user_errors
-    def heatmap(
-        image: str | None,
-        tag: str = "",
-        layers_from_end: float = DEFAULT_LAYERS_FROM_END,
-        alpha: float = 0.5,
-        upscale: str = "bilinear",
-    ) -> tuple[np.ndarray, np.ndarray, dict]:
-        layers = int(layers_from_end) if layers_from_end is not None else min(DEFAULT_LAYERS_FROM_END, num_layers)
-        seen_image, index, result = run_heatmap(ctx, image, tag, layers)
-        over, heat_image = heatmap_images(seen_image, result.map, alpha, upscale)
-        return over, heat_image, heatmap_info(ctx, index, result, layers)
-
-    pca_trigger.click(
-        pca,
-        inputs=[image_in, *colour_ins, alpha_in, pca_upscale_in],
-        outputs=[pca_out, overlay_out, blend_out],
-        api_name="pca",
-        api_description=(
-            "False colour of the final patch features: the first three principal components → RGB, at the "
-            "preprocessed image's size (multiples of 16). Returns (pca, pca over the image with opacity `alpha`, "
-            "blend of `color_1..3` weighted by components 1-3). `upscale`: nearest (patches) or bilinear."
-        ),
-        concurrency_id=HEAVY_QUEUE,
-    )
-    heat_trigger.click(
-        heatmap,
-        inputs=[image_in, tag_in, depth_in, alpha_in, heat_upscale_in],
-        outputs=[heat_overlay_out, heat_out, heat_info_out],
-        api_name="heatmap",
-        api_description=(
-            "Where a tag's evidence sits: gradient × activation of the tag's logit on the patch tokens at the "
-            f"input of block (layers - layers_from_end), layers_from_end 2..{num_layers}, default "
-            f"{min(DEFAULT_LAYERS_FROM_END, num_layers)}. `tag`: any vocabulary tag (case, `_` and escapes "
-            "ignored). Returns (heatmap over the image, heatmap, info JSON with the tag's probability and the "
-            "[h, w] relevance grid in [0, 1])."
-        ),
         concurrency_id=HEAVY_QUEUE,
     )

@@ -8,6 +8,12 @@ byte cap, total time limit), and leave decoding to ``tagger.preprocess`` with it
 and readable errors.
 
 The browser sees the stock ``image`` and ``file`` components: only server-side methods change.
+
+The public endpoints are ``gr.api`` functions (``tagger.ui.endpoints``): Gradio hands their
+parameters over as they were sent, after moving file payloads into its cache with the
+parameter's component. ``safe_api_components`` makes those components ``SafeApi`` (URLs through
+``fetch_url``, like ``SafeFile``), and ``received_path`` accepts only files Gradio has received
+that way, inside its upload cache.
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ from typing import Any
 import anyio
 import gradio as gr
 import gradio.component_meta
+import gradio.components.api_component
+from gradio.components.api_component import Api
 from gradio.data_classes import FileData
-from gradio.utils import NamedString
+from gradio.utils import NamedString, get_upload_folder
 
-from tagger.errors import FetchError
+from tagger.errors import FetchError, UploadError
 from tagger.fetch import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES, fetch_url, format_size, is_url
 
-__all__ = ["SafeFile", "SafeImage", "image_upload"]
+__all__ = ["SafeApi", "SafeFile", "SafeImage", "image_upload", "received_path", "safe_api_components"]
 
 
 class _SafeDownloads:
@@ -40,14 +48,14 @@ class _SafeDownloads:
     GRADIO_CACHE: str
     temp_files: set[str]
 
+    def _limits(self) -> tuple[int, float]:
+        """(bytes, seconds) for one download."""
+        return self.max_download_bytes, self.download_timeout
+
     def _fetch(self, url: str) -> str:
+        max_bytes, timeout = self._limits()
         try:
-            path = fetch_url(
-                url,
-                Path(self.GRADIO_CACHE) / "fetched",
-                max_bytes=self.max_download_bytes,
-                timeout=self.download_timeout,
-            )
+            path = fetch_url(url, Path(self.GRADIO_CACHE) / "fetched", max_bytes=max_bytes, timeout=timeout)
         except FetchError as e:
             raise gr.Error(str(e)) from None
         # Registered like Gradio's own downloads, so cache clean-up (delete_cache, close) removes it.
@@ -136,6 +144,56 @@ with _no_stub_files():
             ):
                 return NamedString(payload.path)
             return super().preprocess(payload)
+
+    class SafeApi(_SafeDownloads, Api):
+        """The component ``gr.api`` makes for each parameter and result, with URL downloads
+        through ``fetch_url`` and the limits of ``SafeFile`` (one setting for every file input)."""
+
+        example: Any = None  # what "Use via API" suggests for this parameter (Gradio: "...")
+
+        def _limits(self) -> tuple[int, float]:
+            return SafeFile.max_download_bytes, SafeFile.download_timeout
+
+        def get_block_name(self) -> str:
+            return "api"  # the frontend component to render: the stock one
+
+        def get_block_class(self) -> str:
+            return "api"
+
+        def example_payload(self) -> Any:
+            return self.example if self.example is not None else super().example_payload()
+
+
+@contextlib.contextmanager
+def safe_api_components() -> Iterator[None]:
+    """Within it, ``gr.api`` builds its parameters and results as ``SafeApi`` components."""
+    module = gradio.components.api_component
+    original = module.Api
+    module.Api = SafeApi  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        module.Api = original  # type: ignore[misc]
+
+
+def received_path(payload: object) -> str | None:
+    """The server path of a file parameter of a ``gr.api`` endpoint, or None when none was sent.
+
+    Gradio has moved what came as a file (``{"path": ..., "meta": {"_type": "gradio.FileData"}}``,
+    what ``handle_file`` sends) into its upload cache: an upload stays where it is (only uploads
+    are accepted), a URL is fetched by ``SafeApi``. Anything else reaches the endpoint untouched
+    (a bare string, a dict without ``meta``): only a path inside the upload cache is accepted,
+    so that no request can name a file elsewhere on the server.
+    """
+    if payload is None:
+        return None
+    path = payload.get("path") if isinstance(payload, dict) else None
+    if isinstance(path, str) and Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve()):
+        return path
+    raise UploadError(
+        "Send files as uploads: gradio_client's handle_file(path or URL), or "
+        '{"path": ..., "meta": {"_type": "gradio.FileData"}} with a path from /gradio_api/upload.'
+    )
 
 
 def image_upload(elem_id: str, *, label: str = "Image (upload, paste or drop)", height: int = 380) -> SafeImage:

@@ -1,5 +1,5 @@
-"""The Similarity tab (two images, or a zip of pairs) and its API endpoints ``/similarity`` and
-``/similarity_batch``. Decoding happens here, outside the GPU call; each pair is one model call
+"""The Similarity tab (two images, or a zip of pairs); ``/similarity`` and ``/similarity_batch``
+serve the same work. Decoding happens here, outside the GPU call; each pair is one model call
 (the zip: one per ``PAIRS_PER_CALL`` pairs).
 """
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import gradio as gr
 
-from tagger.similarity import PAIRS_PER_CALL, BatchSimilarity, batch_similarity, cosine_similarity
+from tagger.similarity import BatchSimilarity, batch_similarity, cosine_similarity
 from tagger.ui.context import HEAVY_QUEUE, AppContext, prepare_image, user_errors
 from tagger.ui.inputs import SafeFile, image_upload
 
@@ -100,8 +100,6 @@ def build_similarity_tab(ctx: AppContext) -> None:
         concurrency_id=HEAVY_QUEUE,
     )
 
-    build_similarity_api(ctx)
-
 
 def compare(ctx: AppContext, image_a: str | None, image_b: str | None) -> float:
     """Cosine similarity of two uploads: both decoded here, one GPU call for the pair."""
@@ -112,48 +110,3 @@ def compare(ctx: AppContext, image_a: str | None, image_b: str | None) -> float:
 
 def score_zip(ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None) -> BatchSimilarity:
     return batch_similarity(path, ctx.tagger.prepare, ctx.runner.descriptors, progress=progress)
-
-
-def build_similarity_api(ctx: AppContext) -> None:
-    with gr.Column(visible=False):
-        a_in = SafeFile(label="image_a", type="filepath")
-        b_in = SafeFile(label="image_b", type="filepath")
-        value_out = gr.Number(label="similarity")
-        pair_trigger = gr.Button(visible=False)
-        zip_in = SafeFile(label="archive", type="filepath")
-        batch_out = gr.JSON(label="result")
-        batch_trigger = gr.Button(visible=False)
-
-    @user_errors
-    def similarity(image_a: str | None, image_b: str | None) -> float:
-        return compare(ctx, image_a, image_b)
-
-    @user_errors
-    def similarity_batch(archive: str | None) -> dict:
-        if archive is None:
-            raise gr.Error("Please upload a zip first.")
-        return score_zip(ctx, archive).to_json()
-
-    pair_trigger.click(
-        similarity,
-        inputs=[a_in, b_in],
-        outputs=value_out,
-        api_name="similarity",
-        api_description=(
-            "Cosine similarity of two images' L2-normalised descriptors (CLS + 4 registers after the final norm, "
-            "6400 values for the real model): 1.0 for the same image."
-        ),
-        concurrency_id=HEAVY_QUEUE,
-    )
-    batch_trigger.click(
-        similarity_batch,
-        inputs=zip_in,
-        outputs=batch_out,
-        api_name="similarity_batch",
-        api_description=(
-            "A zip with two top-level folders, files paired by name without extension. Returns JSON: `pairs` "
-            "[{stem, a, b, similarity}], `summary` {pairs, mean, min, max}, `unmatched`, `ignored`, `errors` "
-            f"[{{file, error}}]. The model runs once per {PAIRS_PER_CALL} pairs."
-        ),
-        concurrency_id=HEAVY_QUEUE,
-    )

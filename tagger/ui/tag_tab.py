@@ -1,4 +1,4 @@
-"""The Tag tab and the ``/tag`` API endpoint.
+"""The Tag tab.
 
 The model runs once per image; its scores live in a ``gr.State``. Every threshold, filter
 or format change re-renders from those scores with the pure functions in
@@ -13,11 +13,10 @@ from dataclasses import dataclass
 import gradio as gr
 import numpy as np
 
-from tagger.options import MODES, ORDERS
-from tagger.results import TagScore, api_response, group_by_category, label_values, select_tags
+from tagger.results import TagScore, group_by_category, label_values, select_tags
 from tagger.ui.context import TAG_QUEUE, AppContext, user_errors
-from tagger.ui.controls import DEFAULTS, build_option_controls, tag_options
-from tagger.ui.inputs import SafeFile, image_upload
+from tagger.ui.controls import build_option_controls, present_categories
+from tagger.ui.inputs import image_upload
 from tagger.vocab import CATEGORIES, Category, Vocabulary, normalize_tag
 
 MAX_BARS = 40  # label bars drawn per category; the tag strings always hold every selected tag
@@ -34,12 +33,6 @@ class CategoryView:
     column: gr.Column
     label: gr.Label
     text: gr.Textbox
-
-
-def present_categories(vocab: Vocabulary) -> list[Category]:
-    """Categories that have at least one tag in this vocabulary, in display order."""
-    ids = set(np.unique(vocab.category_ids).tolist())
-    return [c for c in CATEGORIES if c.id in ids]
 
 
 def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit: int = LOOKUP_ROWS) -> list[list]:
@@ -77,7 +70,7 @@ def build_tag_tab(ctx: AppContext) -> None:
             image = image_upload("tag-image")
             if ctx.examples:
                 gr.Examples(ctx.examples, inputs=image, label="Examples")
-            option_controls = build_option_controls(categories)
+            option_controls = build_option_controls(vocab)
 
         with gr.Column(scale=7, min_width=320):
             if ctx.demo_mode:
@@ -137,9 +130,10 @@ def build_tag_tab(ctx: AppContext) -> None:
         if scores is None:
             hidden = [gr.Column(visible=False), None, ""] * len(views)
             return ["Upload an image to see its tags.", "", *hidden]
-        options = tag_options(*values)
-        selected_names = set(values[5] or [])  # no ticked box shows nothing (options would mean "all")
-        tags = [] if not selected_names else select_tags(scores, vocab, options.selection)
+        options = option_controls.options(values)
+        # No ticked box shows nothing (for the options an empty list means "all").
+        ticked = option_controls.values(values)["categories"]
+        tags = select_tags(scores, vocab, options.selection) if ticked else []
         groups = dict((c.id, g) for c, g in group_by_category(tags))
         info = f"**{len(tags)} tags**"
         if seconds is not None:
@@ -197,85 +191,4 @@ def build_tag_tab(ctx: AppContext) -> None:
         trigger_mode="always_last",
         queue=False,
         show_progress="hidden",
-    )
-
-    build_tag_api(ctx)
-
-
-def build_tag_api(ctx: AppContext) -> None:
-    """``/tag``: image in, JSON out. Hidden components give every parameter a type and the
-    UI's default, so only the image is required."""
-    with gr.Column(visible=False):
-        image_in = SafeFile(label="image", file_types=None, type="filepath")
-        mode_in = gr.Dropdown(list(MODES), value=DEFAULTS.mode, label="mode")
-        threshold_in = gr.Slider(0, 1, DEFAULTS.threshold, label="threshold")
-        character_threshold_in = gr.Slider(0, 1, DEFAULTS.character_threshold, label="character_threshold")
-        topk_in = gr.Number(DEFAULTS.topk_per_category, precision=0, minimum=1, label="topk_per_category")
-        floor_in = gr.Slider(0, 1, DEFAULTS.floor, label="floor")
-        categories_in = gr.Textbox("", label="categories")
-        category_thresholds_in = gr.Textbox("", label="category_thresholds")
-        exclude_in = gr.Textbox("", label="exclude")
-        prepend_in = gr.Textbox("", label="prepend")
-        underscores_in = gr.Checkbox(False, label="underscores")
-        escape_in = gr.Checkbox(False, label="escape_parentheses")
-        order_in = gr.Dropdown(list(ORDERS), value=DEFAULTS.order, label="order")
-        result = gr.JSON(label="result")
-        trigger = gr.Button(visible=False)
-
-    @user_errors
-    def tag(
-        image: str | None,
-        mode: str = DEFAULTS.mode,
-        threshold: float = DEFAULTS.threshold,
-        character_threshold: float = DEFAULTS.character_threshold,
-        topk_per_category: float = DEFAULTS.topk_per_category,
-        floor: float = DEFAULTS.floor,
-        categories: str = "",
-        category_thresholds: str = "",
-        exclude: str = "",
-        prepend: str = "",
-        underscores: bool = False,
-        escape_parentheses: bool = False,
-        order: str = DEFAULTS.order,
-    ) -> dict:
-        # Parameter names are the API's keyword names (gradio_client uses them).
-        options = tag_options(
-            mode,
-            threshold,
-            character_threshold,
-            topk_per_category,
-            floor,
-            categories,
-            category_thresholds,
-            exclude,
-            prepend,
-            underscores,
-            escape_parentheses,
-            order,
-        )
-        scores = ctx.scores_for(image)
-        tags = select_tags(scores, ctx.vocab, options.selection)
-        return api_response(tags, options.tag_string(tags))
-
-    trigger.click(
-        tag,
-        inputs=[
-            image_in,
-            mode_in,
-            threshold_in,
-            character_threshold_in,
-            topk_in,
-            floor_in,
-            categories_in,
-            category_thresholds_in,
-            exclude_in,
-            prepend_in,
-            underscores_in,
-            escape_in,
-            order_in,
-        ],
-        outputs=result,
-        api_name="tag",
-        api_description="Tag one image. Only `image` is required; every other parameter has the UI's default.",
-        concurrency_id=TAG_QUEUE,
     )
