@@ -285,6 +285,7 @@ def test_view_api_lists_tag_with_only_the_image_required(app, client):
         "categories",
         "category_thresholds",
         "exclude",
+        "include",
         "prepend",
         "underscores",
         "escape_parentheses",
