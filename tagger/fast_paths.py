@@ -1,0 +1,61 @@
+"""Hardware-specific fast paths, chosen once when a model is loaded (``apply``).
+
+``tagger.model`` is the plain reference. A path lives here only while
+``benchmarks/bench_model_paths.py`` shows it beats the plain path on the machine it is for,
+measured in the same run (numbers in docs/MODEL.md). Today there is one:
+
+* **A head stored in bf16, computed in float32** (CPU). The plain alternatives are a float32
+  copy of the head (twice the memory: 1.9 GB instead of 0.96 GB for 74,625 tags) or widening
+  the whole bf16 weight on every call (a 1.9 GB temporary, and slower). Widening one slab of
+  rows at a time into a small reused buffer is exact (bf16 → fp32 loses nothing), keeps one
+  copy of the weights, and the slab stays in cache between being widened and multiplied.
+
+Removed: oneDNN's fused bf16 SwiGLU epilogue. It needs AVX512-BF16 or AMX, which the CPU
+we measure on (AMD EPYC, AVX2) lacks, so it could not be shown to pay.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tagger.model import TaggerModel
+
+
+class WidenedLinear(nn.Module):
+    """``Linear`` whose weight is stored narrower than float32 and computed in float32."""
+
+    rows_per_slab = 512
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None):
+        super().__init__()
+        self.weight = weight
+        self.bias = bias
+        self.out_features, self.in_features = weight.shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:  # ``out=`` kernels record no gradient
+            return F.linear(x, self.weight.float(), None if self.bias is None else self.bias.float())
+        x2 = x.reshape(-1, self.in_features)
+        out = x2.new_empty(x2.shape[0], self.out_features)
+        rows = min(self.rows_per_slab, self.out_features)
+        weight = x2.new_empty(rows, self.in_features)
+        bias = None if self.bias is None else x2.new_empty(rows)
+        for start in range(0, self.out_features, rows):
+            stop = min(start + rows, self.out_features)
+            w = weight[: stop - start].copy_(self.weight[start:stop])
+            if bias is None or self.bias is None:
+                torch.mm(x2, w.t(), out=out[:, start:stop])
+            else:
+                torch.addmm(bias[: stop - start].copy_(self.bias[start:stop]), x2, w.t(), out=out[:, start:stop])
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def apply(model: TaggerModel) -> TaggerModel:
+    """Install the fast paths that fit how ``model`` was loaded; returns it."""
+    layers = model.head.layers
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.Linear) and layer.weight.dtype != torch.float32:
+            layers[i] = WidenedLinear(layer.weight, layer.bias)
+    return model
