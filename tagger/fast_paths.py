@@ -1,14 +1,15 @@
 """Hardware-specific fast paths, chosen once when a model is loaded (``apply``).
 
 ``tagger.model`` is the plain reference. A path lives here only while
-``benchmarks/bench_model_paths.py`` shows it beats the plain path on the machine it is for,
-measured in the same run (numbers in docs/MODEL.md). Today there is one:
+``benchmarks/bench_model_paths.py`` shows that it pays against the plain path on the machine
+it is for, measured in the same run (numbers and decisions in docs/MODEL.md). Today one does:
 
-* **A head stored in bf16, computed in float32** (CPU). The plain alternatives are a float32
-  copy of the head (twice the memory: 1.9 GB instead of 0.96 GB for 74,625 tags) or widening
-  the whole bf16 weight on every call (a 1.9 GB temporary, and slower). Widening one slab of
-  rows at a time into a small reused buffer is exact (bf16 → fp32 loses nothing), keeps one
-  copy of the weights, and the slab stays in cache between being widened and multiplied.
+* **A head stored in bf16, computed in float32** (the CPU default). The plain alternatives are
+  a float32 copy of the head (twice the memory: 1.8 GiB instead of 0.9 GiB for 74,625 tags)
+  or widening the whole bf16 weight on every call (slower still, and a 1.7 GiB temporary).
+  Widening a slab of rows at a time into one small reused buffer is exact (bf16 → float32
+  loses nothing) and keeps one copy of the weights. On an AVX2-only CPU it is slower per
+  call than the float32 copy (about 1.5 % of a forward); the memory is worth it.
 
 Removed: oneDNN's fused bf16 SwiGLU epilogue. It needs AVX512-BF16 or AMX, which the CPU
 we measure on (AMD EPYC, AVX2) lacks, so it could not be shown to pay.

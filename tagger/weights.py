@@ -35,6 +35,7 @@ _DTYPES = {
     "F64": torch.float64,
 }
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+_STAGING_BYTES = 64 * 1024 * 1024  # converting reads go through at most this much extra memory
 _BACKBONE = "backbone."
 _IGNORED_PREFIXES = ("rope_embeddings.",)
 
@@ -294,16 +295,31 @@ def inspect_checkpoint(
     return CheckpointPlan(path, config, tensors, head_keys)
 
 
-def _read_into(f: BinaryIO, info: TensorInfo, out: torch.Tensor) -> None:
-    """Fill ``out`` (contiguous, CPU, same dtype as the file) with the tensor's bytes."""
+def _read_into(f: BinaryIO, offset: int, out: torch.Tensor) -> None:
+    """Fill ``out`` (contiguous, CPU) with the file's bytes from ``offset`` on."""
     buffer = memoryview(out.view(-1).view(torch.uint8).numpy())
-    f.seek(info.offset)
+    f.seek(offset)
     done = 0
-    while done < info.nbytes:
+    while done < len(buffer):
         n = f.readinto(buffer[done:])
         if not n:
             raise CheckpointError(f"{f.name}: file ended while reading tensor data.")
         done += n
+
+
+def _read_tensor(f: BinaryIO, info: TensorInfo, out: torch.Tensor) -> None:
+    """Fill ``out`` (contiguous, any dtype and device) with one tensor of the file: in place when
+    the dtype matches on the CPU, else through a small staging buffer, a slice at a time (a bf16
+    head widened to float32 never has a second full-size copy in flight)."""
+    if info.dtype == out.dtype and out.device.type == "cpu":
+        _read_into(f, info.offset, out)
+        return
+    flat, step = out.view(-1), max(1, _STAGING_BYTES // info.dtype.itemsize)
+    staging = torch.empty(min(step, flat.numel()), dtype=info.dtype)
+    for start in range(0, flat.numel(), step):
+        chunk = staging[: min(step, flat.numel() - start)]
+        _read_into(f, info.offset + start * info.dtype.itemsize, chunk)
+        flat[start : start + len(chunk)].copy_(chunk)
 
 
 def load_model(
@@ -350,14 +366,7 @@ def load_model(
             out = torch.empty(shapes[name], dtype=target_dtypes[name], device=device)
             rows = out.view(len(sources[name]), -1)  # one row block per source tensor
             for key, block in zip(sources[name], rows, strict=True):
-                info = plan.tensors[key]
-                if info.dtype == out.dtype and device.type == "cpu":
-                    _read_into(f, info, block)  # straight into the final buffer
-                else:
-                    staging = torch.empty(info.shape, dtype=info.dtype)
-                    _read_into(f, info, staging)
-                    block.copy_(staging.view(-1))
-                    del staging
+                _read_tensor(f, plan.tensors[key], block)
             state[name] = out
     model.load_state_dict(state, strict=True, assign=True)
     model.init_buffers()

@@ -517,3 +517,17 @@ def test_key_layout_covers_the_model_state_dict_once(tiny_config):
     assert set(backbone_shapes(tiny_config)) == {*sources, "embeddings.mask_token"}
     templates = {n if not n.startswith("blocks.") else "blocks.{n}." + n.split(".", 2)[2] for n in names}
     assert templates == set(CHECKPOINT_KEYS)
+
+
+def test_converting_reads_go_slice_by_slice_through_a_small_buffer(tmp_path, monkeypatch):
+    import tagger.weights as weights
+
+    monkeypatch.setattr(weights, "_STAGING_BYTES", 1000)  # slices end mid-row and mid-tensor
+    config = TaggerConfig.tiny(num_tags=NUM_TAGS)
+    path = write_random_checkpoint(tmp_path / "c.safetensors", config, dtype=torch.bfloat16)
+    file = load_file(str(path))
+    model = load_model(path, dtype=torch.float32, head_dtype=torch.float32)
+    assert torch.equal(model.head.layers[0].weight, file["head.weight"].float())
+    assert torch.equal(model.blocks[1].mlp.down.weight, file["backbone.layer.1.mlp.down_proj.weight"].float())
+    gate_up = model.blocks[0].mlp.gate_up.weight
+    assert torch.equal(gate_up[config.intermediate_size :], file["backbone.layer.0.mlp.up_proj.weight"].float())
