@@ -36,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 ROOT = Path(os.path.abspath(__file__)).parents[1]
@@ -58,7 +58,7 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _timed(variants: dict[str, Callable[[], object]], runs: int, sync: Callable[[], None]) -> dict[str, list[float]]:
+def _timed(variants: Mapping[str, Callable[[], object]], runs: int, sync: Callable[[], None]) -> dict[str, list[float]]:
     """Each variant once to warm up, then ``runs`` rounds timing every variant in turn."""
     for fn in variants.values():
         fn()
@@ -117,7 +117,7 @@ def _worker_head(args: argparse.Namespace) -> list[dict]:
         def call(x: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.linear(x, weight.float(), bias.float())
     else:
-        slab = WidenedLinear(torch.nn.Parameter(weight, requires_grad=False), torch.nn.Parameter(bias, False))
+        slab = WidenedLinear(weight, bias)
 
         def call(x: torch.Tensor) -> torch.Tensor:
             return slab(x)
@@ -172,15 +172,16 @@ def _worker_sdpa(args: argparse.Namespace) -> list[dict]:
     batch, tokens, channels, heads, dim = 1, 1029, 1280, 20, 64
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
-    def qkv_views() -> tuple:
+    def qkv_views() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         qkv = attn.qkv(x) + torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
         q, k, v = qkv.view(batch, tokens, 3, heads, dim).permute(2, 0, 3, 1, 4)
         return apply_rope(q, *rope), apply_rope(k, *rope), v
 
-    def qkv_contiguous() -> tuple:
-        return tuple(t.contiguous() for t in qkv_views())
+    def qkv_contiguous() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = qkv_views()
+        return q.contiguous(), k.contiguous(), v.contiguous()
 
-    def qkv_heads_first() -> tuple:
+    def qkv_heads_first() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         qkv = attn.qkv(x) + torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
         q, k, v = qkv.view(batch, tokens, 3, heads, dim).permute(2, 0, 3, 1, 4).contiguous()
         return apply_rope(q, *rope), apply_rope(k, *rope), v
@@ -195,7 +196,7 @@ def _worker_sdpa(args: argparse.Namespace) -> list[dict]:
         }
         sdpa = {name: (lambda t=t: F.scaled_dot_product_attention(*t, scale=dim**-0.5)) for name, t in made.items()}
 
-        def attention(make: Callable[[], tuple]) -> torch.Tensor:
+        def attention(make: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
             out = F.scaled_dot_product_attention(*make(), scale=dim**-0.5)
             return attn.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
 

@@ -29,10 +29,10 @@ class WidenedLinear(nn.Module):
 
     rows_per_slab = 512
 
-    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None):
-        super().__init__()
-        self.weight = weight
-        self.bias = bias
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()  # the same tensors under the same names: the state dict is unchanged
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.out_features, self.in_features = weight.shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

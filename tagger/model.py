@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,7 @@ class TaggerConfig:
         return self.hidden_size * self.num_prefix_tokens
 
     @classmethod
-    def tiny(cls, num_tags: int = 64, **overrides: object) -> TaggerConfig:
+    def tiny(cls, num_tags: int = 64, **overrides: Any) -> TaggerConfig:
         """A small model with the real layout, for tests and the offline demo."""
         base = cls(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256, num_tags=num_tags)
         return replace(base, **overrides)
@@ -181,8 +182,10 @@ class TaggerModel(nn.Module):
         self.head = TagHead(config)
 
     def init_buffers(self) -> None:
-        for block in self.blocks:
-            block.attn.init_buffers()
+        """Materialise the non-persistent buffers of a model built on the meta device."""
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.init_buffers()
 
     @property
     def dtype(self) -> torch.dtype:
