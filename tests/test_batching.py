@@ -70,6 +70,8 @@ def test_bf16_mixed_batch_is_within_bf16_tolerance(tiny_files, single, images):
     assert np.abs(alone - exact).max() <= 0.05
     assert np.abs(batched - exact).max() <= 0.05
     assert np.abs(batched - alone).max() <= 0.05
+    # Padding changes a bf16 result by less than bf16 itself does (measured: 4e-4 against 2e-3).
+    assert np.abs(batched - alone).max() <= np.abs(alone - exact).max()
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
