@@ -9,7 +9,7 @@ it is for, measured in the same run (numbers and decisions in docs/MODEL.md). To
   or widening the whole bf16 weight on every call (slower still, and a 1.7 GiB temporary).
   Widening a slab of rows at a time into one small reused buffer is exact (bf16 → float32
   loses nothing) and keeps one copy of the weights. On an AVX2-only CPU it is slower per
-  call than the float32 copy (about 1.5 % of a forward); the memory is worth it.
+  call than the float32 copy (1.5–3 % of a forward); the memory is worth it.
 
 Removed: oneDNN's fused bf16 SwiGLU epilogue. It needs AVX512-BF16 or AMX, which the CPU
 we measure on (AMD EPYC, AVX2) lacks, so it could not be shown to pay.

@@ -100,7 +100,8 @@ class RunStats:
 # Padding allowed per real token when images of different sizes share a forward pass. On a
 # CPU the time of a pass grows with the tokens it computes and batching gains little, so only
 # images with the same token count share one (benchmarks/bench_model_paths.py, docs/MODEL.md).
-# On a GPU, fewer and larger passes keep it busy; a quarter of extra work is the bound.
+# On a GPU, fewer and larger passes keep it busy; a quarter of extra work is the bound (not yet
+# measured on a GPU).
 DEFAULT_MAX_PADDING = {"cpu": 0.0, "cuda": 0.25}
 
 
