@@ -1,24 +1,33 @@
-"""DINOv3 ViT backbone with a multi-label tag head, in plain PyTorch.
+"""DINOv3 ViT backbone with a multi-label tag head, in plain PyTorch (see docs/MODEL.md).
 
-Numerics follow the authors' inference (see ``shared/REFERENCE.md``): pre-norm blocks with
-per-channel layer scale, SwiGLU MLP, RoPE on patch tokens only, CLS + register tokens
-after the final norm feeding a float32 head. Two deliberate layout choices for speed:
-q/k/v live in one ``[3C, C]`` projection (k's bias slot is zero) and the SwiGLU gate and
-up projections in one ``[2I, C]`` projection, so each block runs three large matrix
-multiplies instead of six. The loader (``tagger.weights``) fills these from the
-checkpoint's separate tensors.
+Pre-norm blocks with per-channel layer scale, SwiGLU MLP, 2-D RoPE on patch tokens only,
+CLS + register tokens after the final norm feeding a float32 head. The q/k/v projections
+share one ``[3C, C]`` Linear (k's bias is a zero buffer, as in timm's ``EvaAttention``) and
+the SwiGLU gate and up projections one ``[2I, C]`` Linear, so each block runs three large
+matrix multiplies instead of six; ``tagger.weights`` fills them from the checkpoint's
+separate tensors.
+
+A batch is either one ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images of any sizes.
+Images of different sizes are padded to the longest token sequence, each keeps the RoPE
+coordinates of its own patch grid, and padded keys are masked out of attention, so every
+image's tokens are what it would get alone (up to float rounding).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+Pixels = torch.Tensor | Sequence[torch.Tensor]  # [B, 3, H, W], or [3, H_i, W_i] per image
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [B or 1, 1, N, head_dim]
 
 
 @dataclass(frozen=True)
@@ -62,72 +71,56 @@ class TaggerConfig:
         return self.hidden_size * self.num_prefix_tokens
 
     @classmethod
-    def tiny(cls, num_tags: int = 64, **overrides: object) -> TaggerConfig:
+    def tiny(cls, num_tags: int = 64, **overrides: Any) -> TaggerConfig:
         """A small model with the real layout, for tests and the offline demo."""
         base = cls(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256, num_tags=num_tags)
         return replace(base, **overrides)
 
 
-@lru_cache(maxsize=16)
-def _rope_angles(grid_h: int, grid_w: int, head_dim: int, theta: float, coord_scale: float) -> torch.Tensor:
-    """RoPE angles ``[grid_h * grid_w, head_dim]`` in float32 on the CPU (cached per grid)."""
+@lru_cache(maxsize=64)
+def rope_angles(grid_h: int, grid_w: int, head_dim: int, theta: float, coord_scale: float) -> torch.Tensor:
+    """RoPE angles ``[grid_h * grid_w, head_dim]`` of the patches, row-major, float32 on the CPU."""
     coords_y = (torch.arange(grid_h, dtype=torch.float32) + 0.5) / grid_h
     coords_x = (torch.arange(grid_w, dtype=torch.float32) + 0.5) / grid_w
     coords = torch.stack(torch.meshgrid(coords_y, coords_x, indexing="ij"), dim=-1).flatten(0, 1)
-    coords = (2.0 * coords - 1.0) * coord_scale  # [-1, 1] per axis, y then x
+    coords = (2.0 * coords - 1.0) * coord_scale  # [-1, 1] per axis (y, x), then scaled
     inv_freq = 1.0 / theta ** torch.arange(0, 1, 4 / head_dim, dtype=torch.float32)
-    angles = 2 * math.pi * coords[:, :, None] * inv_freq[None, None, :]  # [N, 2, head_dim / 4]
-    return angles.flatten(1, 2).tile(2)
+    angles = 2 * math.pi * coords[:, :, None] * inv_freq  # [N, 2, head_dim / 4]
+    return angles.flatten(1, 2).tile(2)  # y freqs then x freqs, twice
 
 
-def rope_cos_sin(
-    grid_h: int, grid_w: int, config: TaggerConfig, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for all tokens, prefix tokens included as the identity rotation.
-
-    Giving CLS and registers cos=1, sin=0 leaves them exactly unchanged and lets the rotation
-    run over the whole sequence without splitting and re-concatenating q and k.
-    """
-    angles = _rope_angles(grid_h, grid_w, config.head_dim, config.rope_theta, config.rope_coord_scale)
-    prefix = torch.zeros(config.num_prefix_tokens, config.head_dim)
-    angles = torch.cat([prefix, angles]).to(device)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE, ``x·cos + rotate_half(x)·sin``, on ``x`` of shape ``[B, N, ..., head_dim]``.
-
-    ``cos`` and ``sin`` are ``[N, head_dim]`` (from ``rope_cos_sin``) and broadcast over the
-    middle dimensions, so q and k can be rotated together as one ``[B, N, 2, heads, head_dim]``
-    view of the fused qkv output. ``rotate_half`` is never materialised: each half of the
-    product is accumulated in place with one multiply-add, three passes over the data instead
-    of five concatenations, negations and products per tensor.
-    """
-    half = x.shape[-1] // 2
-    shape = (cos.shape[0],) + (1,) * (x.ndim - 3) + (cos.shape[-1],)
-    cos, sin = cos.view(shape), sin.view(shape)
-    out = x * cos
-    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
-    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
-    return out
+    return x * cos + rotate_half(x) * sin
 
 
 class Attention(nn.Module):
     def __init__(self, config: TaggerConfig):
         super().__init__()
+        c = config.hidden_size
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.qkv = nn.Linear(c, 3 * c, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(c))
+        self.register_buffer("k_bias", torch.zeros(c), persistent=False)  # DINOv3's k has no bias
+        self.v_bias = nn.Parameter(torch.zeros(c))
+        self.proj = nn.Linear(c, c)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def init_buffers(self) -> None:
+        """Materialise ``k_bias`` after the parameters were loaded into a meta-built model."""
+        self.k_bias = torch.zeros_like(self.q_bias)
+
+    def forward(self, x: torch.Tensor, rope: Rope, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, tokens, channels = x.shape
-        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim)
-        # q and k rotated in one pass; SDPA takes the strided [B, heads, N, head_dim] views as they are.
-        q, k = apply_rope(qkv[:, :, :2], cos, sin).permute(2, 0, 3, 1, 4).unbind(0)
-        v = qkv[:, :, 2].transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
+        qkv = self.qkv(x) + torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        q, k, v = qkv.view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=self.head_dim**-0.5)
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, channels))
 
 
 class SwiGLU(nn.Module):
@@ -137,46 +130,8 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_onednn_swiglu(x):
-            try:
-                return self.down(self._onednn_gated(x))
-            except RuntimeError:  # an op this torch build lacks after all: stay on the eager path
-                _ONEDNN_SWIGLU[0] = False
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
-
-    def _onednn_gated(self, x: torch.Tensor) -> torch.Tensor:
-        """``silu(gate) * up`` with both elementwise steps fused into the oneDNN matmul epilogues.
-
-        Saves two passes over the ``[N, intermediate]`` activations (about 4 ms of 28 ms per
-        block for a 512 px image on two cores). The epilogues work on the float32 accumulator,
-        so bf16 results differ from the eager path by rounding only (one rounding fewer).
-        """
-        size = self.down.in_features
-        weight, bias = self.gate_up.weight, self.gate_up.bias
-        linear = torch.ops.mkldnn._linear_pointwise
-        gate = linear(x, weight[:size], bias[:size], "swish", [], "")
-        return linear.binary(x, gate, weight[size:], bias[size:], "mul")
-
-
-# Whether oneDNN's fused linear kernels can serve the bf16 SwiGLU on CPU (decided on first use).
-_ONEDNN_SWIGLU: list[bool | None] = [None]
-
-
-def _use_onednn_swiglu(x: torch.Tensor) -> bool:
-    """Fused path: bf16 CPU inference only (the fused kernels record no gradients)."""
-    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or torch.is_grad_enabled():
-        return False
-    if _ONEDNN_SWIGLU[0] is None:
-        try:
-            _ONEDNN_SWIGLU[0] = bool(
-                torch.backends.mkldnn.is_available()
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-                and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            )
-        except (AttributeError, RuntimeError):
-            _ONEDNN_SWIGLU[0] = False
-    return bool(_ONEDNN_SWIGLU[0])
 
 
 class Block(nn.Module):
@@ -189,77 +144,31 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config)
         self.ls2 = nn.Parameter(torch.ones(config.hidden_size))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # Residual and layer scale in one pass each (x + branch · ls).
-        x = torch.addcmul(x, self.attn(self.norm1(x), cos, sin), self.ls1)
-        return torch.addcmul(x, self.mlp(self.norm2(x)), self.ls2)
+    def forward(self, x: torch.Tensor, rope: Rope, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.ls1 * self.attn(self.norm1(x), rope, key_mask)
+        return x + self.ls2 * self.mlp(self.norm2(x))
 
 
 class TagHead(nn.Module):
-    """Dense ``Linear(descriptor_dim → num_tags)`` or a low-rank pair, always computed in float32.
-
-    The weights may be stored in a narrower dtype to save memory (bf16 on CPU); they are
-    widened to float32 one slab of rows at a time, which is exact for bf16. The slab is small
-    enough to stay in cache between being widened and being multiplied, so the head costs
-    little more than one read of its bf16 weights (a 74,625-row head: about 0.13 s on two
-    cores, against 0.5 s with slabs too large for the cache).
-    """
-
-    _rows_per_slab = 512
+    """Dense ``Linear(descriptor_dim → num_tags)`` or a low-rank pair, computed in float32."""
 
     def __init__(self, config: TaggerConfig):
         super().__init__()
-        if config.head_rank is None:
-            self.layers = nn.ModuleList([nn.Linear(config.descriptor_dim, config.num_tags, bias=config.head_bias[0])])
-        else:
-            self.layers = nn.ModuleList(
-                [
-                    nn.Linear(config.descriptor_dim, config.head_rank, bias=config.head_bias[0]),
-                    nn.Linear(config.head_rank, config.num_tags, bias=config.head_bias[1]),
-                ]
-            )
+        dims = [config.descriptor_dim, config.num_tags]
+        if config.head_rank is not None:
+            dims.insert(1, config.head_rank)
+        shapes = zip(dims, dims[1:], config.head_bias, strict=False)
+        self.layers = nn.ModuleList(nn.Linear(n_in, n_out, bias=bias) for n_in, n_out, bias in shapes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = features.float()
         for layer in self.layers:
-            x = _linear_fp32(x, layer.weight, layer.bias, self._rows_per_slab)
+            x = layer(x)
         return x
 
 
-def _linear_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> torch.Tensor:
-    """``F.linear`` in float32 for a float32 ``x`` and a weight stored in float32 or narrower."""
-    if weight.dtype == torch.float32:
-        return F.linear(x, weight, bias)
-    num_out = weight.shape[0]
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        # Autograd path (relevance maps): ``out=`` kernels do not record gradients.
-        out = x.new_empty(*x.shape[:-1], num_out)
-        for start in range(0, num_out, rows):
-            stop = start + rows
-            b = None if bias is None else bias[start:stop].float()
-            out[..., start:stop] = F.linear(x, weight[start:stop].float(), b)
-        return out
-    # Inference: widen each slab into one reused buffer and multiply straight into the output.
-    x2 = x.reshape(-1, x.shape[-1])
-    out = x2.new_empty(x2.shape[0], num_out)
-    rows = min(rows, num_out)
-    w_buf = x2.new_empty(rows, weight.shape[1])
-    b_buf = None if bias is None else x2.new_empty(rows)
-    for start in range(0, num_out, rows):
-        stop = min(start + rows, num_out)
-        w = w_buf[: stop - start]
-        w.copy_(weight[start:stop])
-        if b_buf is None:
-            torch.mm(x2, w.t(), out=out[:, start:stop])
-        else:
-            b = b_buf[: stop - start]
-            b.copy_(bias[start:stop])
-            torch.addmm(b, x2, w.t(), out=out[:, start:stop])
-    return out.view(*x.shape[:-1], num_out)
-
-
 class TaggerModel(nn.Module):
-    """Backbone + head. Input: normalised pixels ``[B, 3, H, W]`` with H, W multiples of the patch."""
+    """Backbone + head. Input: normalised float pixels (see ``Pixels``), sides multiples of the patch."""
 
     def __init__(self, config: TaggerConfig):
         super().__init__()
@@ -272,6 +181,12 @@ class TaggerModel(nn.Module):
         self.norm = nn.LayerNorm(c, eps=config.layer_norm_eps)
         self.head = TagHead(config)
 
+    def init_buffers(self) -> None:
+        """Materialise the non-persistent buffers of a model built on the meta device."""
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.init_buffers()
+
     @property
     def dtype(self) -> torch.dtype:
         return self.patch_embed.weight.dtype
@@ -280,46 +195,68 @@ class TaggerModel(nn.Module):
     def device(self) -> torch.device:
         return self.patch_embed.weight.device
 
-    def tokens(
-        self,
-        pixels: torch.Tensor,
-        tap_block: int | None = None,
-        tap: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Token states ``[B, prefix + patches, C]`` after the final norm.
-
-        ``tap`` (with ``tap_block=n``) sees, and may replace, the input of block ``n``; the
-        relevance maps use it to take gradients with respect to intermediate activations.
-        """
+    def grids(self, pixels: Pixels) -> list[tuple[int, int]]:
+        """Each image's patch grid ``(rows, columns)``, checking that the input is model input."""
         p = self.config.patch_size
-        if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[2] % p or pixels.shape[3] % p:
-            raise ValueError(f"pixels must be [B, 3, H, W] with H and W multiples of {p}; got {tuple(pixels.shape)}.")
-        grid_h, grid_w = pixels.shape[2] // p, pixels.shape[3] // p
-        patches = self.patch_embed(pixels.to(self.dtype)).flatten(2).transpose(1, 2)
-        batch = patches.shape[0]
-        x = torch.cat(
-            [self.cls_token.expand(batch, -1, -1), self.register_tokens.expand(batch, -1, -1), patches], dim=1
-        )
-        cos, sin = rope_cos_sin(grid_h, grid_w, self.config, x.device, x.dtype)
-        for i, block in enumerate(self.blocks):
-            if tap is not None and i == tap_block:
-                x = tap(x)
-            x = block(x, cos, sin)
+        if isinstance(pixels, torch.Tensor) and pixels.ndim != 4:
+            raise ValueError(f"pixels must be [B, 3, H, W] or a list of [3, H, W]; got {tuple(pixels.shape)}.")
+        grids = []
+        for image in pixels:  # a [B, 3, H, W] tensor iterates as views
+            shape = tuple(image.shape)
+            if len(shape) != 3 or shape[0] != 3 or 0 in shape or shape[1] % p or shape[2] % p:
+                raise ValueError(f"images must be [3, H, W] with H and W multiples of {p}; got {shape}.")
+            if not image.is_floating_point():
+                raise ValueError("pixels must be normalised floats (tagger.preprocess.normalise), not raw uint8.")
+            grids.append((shape[1] // p, shape[2] // p))
+        if not grids:
+            raise ValueError("pixels hold no image.")
+        return grids
+
+    def embed(self, pixels: Pixels) -> tuple[torch.Tensor, Rope, torch.Tensor | None]:
+        """Tokens ``[B, N, C]`` (CLS, registers, patches row-major, then padding), their RoPE
+        cos/sin, and the attention mask of real keys (None when no image is padded)."""
+        grids = self.grids(pixels)
+        cfg = self.config
+        if isinstance(pixels, torch.Tensor):  # one size: batched patch embedding, one RoPE table
+            patches = self.patch_embed(pixels.to(self.dtype)).flatten(2).transpose(1, 2)
+            angles = rope_angles(*grids[0], cfg.head_dim, cfg.rope_theta, cfg.rope_coord_scale)[None]
+        else:
+            embedded = [self.patch_embed(image[None].to(self.dtype)).flatten(2).transpose(1, 2)[0] for image in pixels]
+            patches = pad_sequence(embedded, batch_first=True)  # zeros after each image's own patches
+            tables = [rope_angles(h, w, cfg.head_dim, cfg.rope_theta, cfg.rope_coord_scale) for h, w in grids]
+            angles = pad_sequence(tables, batch_first=True)
+        batch, prefix = patches.shape[0], cfg.num_prefix_tokens
+        x = torch.cat([self.cls_token.expand(batch, -1, -1), self.register_tokens.expand(batch, -1, -1), patches], 1)
+        # CLS and registers get angle 0 (cos 1, sin 0): RoPE leaves them exactly as they are.
+        angles = F.pad(angles, (0, 0, prefix, 0)).to(x.device)[:, None]
+        rope = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        lengths = [prefix + h * w for h, w in grids]
+        key_mask = None
+        if min(lengths) < x.shape[1]:  # [B, 1, 1, N]: True for each image's own keys
+            real = torch.arange(x.shape[1], device=x.device) < torch.tensor(lengths, device=x.device)[:, None]
+            key_mask = real[:, None, None]
+        return x, rope, key_mask
+
+    def tokens(self, pixels: Pixels) -> torch.Tensor:
+        """Token states ``[B, N, C]`` after the final norm (padding included, see ``embed``)."""
+        x, rope, key_mask = self.embed(pixels)
+        for block in self.blocks:
+            x = block(x, rope, key_mask)
         return self.norm(x)
 
     def descriptor_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens[:, : self.config.num_prefix_tokens].flatten(1)
 
-    def descriptor(self, pixels: torch.Tensor) -> torch.Tensor:
+    def patch_grids(self, tokens: torch.Tensor, pixels: Pixels) -> list[torch.Tensor]:
+        """Each image's own patch tokens from ``tokens(pixels)`` as a grid ``[h, w, C]``."""
+        prefix = self.config.num_prefix_tokens
+        grids = self.grids(pixels)
+        return [row[prefix : prefix + h * w].view(h, w, -1) for row, (h, w) in zip(tokens, grids, strict=True)]
+
+    def descriptor(self, pixels: Pixels) -> torch.Tensor:
         """CLS + register tokens after the final norm, ``[B, descriptor_dim]`` (model dtype)."""
         return self.descriptor_from_tokens(self.tokens(pixels))
 
-    def patch_grid(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Patch tokens after the final norm as a grid ``[B, H/p, W/p, C]``."""
-        p = self.config.patch_size
-        tokens = self.tokens(pixels)[:, self.config.num_prefix_tokens :]
-        return tokens.reshape(tokens.shape[0], pixels.shape[2] // p, pixels.shape[3] // p, -1)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: Pixels) -> torch.Tensor:
         """Logits ``[B, num_tags]`` in float32."""
         return self.head(self.descriptor(pixels))

@@ -13,19 +13,15 @@ import torch
 from PIL import Image
 
 from tagger.errors import FeatureError
-from tagger.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR}
 
-_MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-_STD = np.asarray(IMAGENET_STD, dtype=np.float32)
-
 
 def pixels_to_image(pixels: torch.Tensor) -> np.ndarray:
-    """Normalised ``[3, H, W]`` pixels back to the uint8 RGB image the model saw ``[H, W, 3]``."""
-    array = pixels.detach().float().cpu().numpy().transpose(1, 2, 0)
-    # Inverse of (x / 255 - mean) / std; rounding recovers the resized uint8 image exactly.
-    return np.clip(np.rint((array * _STD + _MEAN) * 255.0), 0, 255).astype(np.uint8)
+    """Prepared uint8 ``[3, H, W]`` pixels (``Tagger.prepare``) as the RGB image the model saw ``[H, W, 3]``."""
+    if pixels.dtype != torch.uint8:
+        raise ValueError(f"pixels_to_image expects the uint8 pixels of Tagger.prepare, not {pixels.dtype}.")
+    return np.ascontiguousarray(pixels.cpu().numpy().transpose(1, 2, 0))
 
 
 def to_uint8(values: np.ndarray) -> np.ndarray:

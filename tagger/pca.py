@@ -1,7 +1,8 @@
 """PCA false colour of the final patch features: what the backbone sees.
 
 ``analyse`` is model work, a function of ``(tagger, pixels)`` so that ``ModelRunner.call`` runs
-it inside one GPU call; colouring and overlays are numpy on the CPU.
+it inside one GPU call; the image shown beside it (``FeatureMaps.of``), colouring and overlays
+are numpy on the CPU.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ DEFAULT_COLOURS: tuple[str, str, str] = ("#ff4d4d", "#4dff88", "#4d79ff")
 
 
 def patch_features(tagger: Tagger, pixels: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    """Final-norm patch tokens of each image as float32 ``[h, w, C]`` (same-size images batched)."""
+    """Final-norm patch tokens of each image as float32 ``[h, w, C]`` (batched as ``Tagger.run``)."""
     out: list[np.ndarray] = [np.empty(0)] * len(pixels)
     with torch.inference_mode():
-        for idx, batch in tagger.batches(pixels):
-            grid = tagger.model.patch_grid(batch).float().cpu().numpy()
-            for row, i in zip(grid, idx, strict=True):
-                out[i] = row
+        for idx, images in tagger.batches(pixels):
+            grids = tagger.model.patch_grids(tagger.model.tokens(images), images)
+            for grid, i in zip(grids, idx, strict=True):
+                out[i] = grid.float().cpu().numpy()
     return out
 
 
@@ -103,29 +104,37 @@ def color_blend(components: np.ndarray, colours: Sequence[str | Sequence[float]]
 
 
 @dataclass
-class FeatureMaps:
-    """One image's analysis: what the model saw, its PCA colours and its tag probabilities."""
+class PatchAnalysis:
+    """What the model work of one image returns: its PCA colours and tag probabilities."""
 
-    image: np.ndarray  # uint8 [H, W, 3], the preprocessed image
     pca: np.ndarray  # float32 [H/16, W/16, 3] in [0, 1]
     probabilities: np.ndarray  # float32 [num_tags]
 
 
-def analyse(tagger: Tagger, pixels: Sequence[torch.Tensor]) -> list[FeatureMaps]:
-    """PCA colours and tag probabilities from ONE forward pass per size group: both come from
-    the same final-norm tokens (patches → PCA, CLS + registers → head). The PCA runs where the
-    model runs, so on a GPU the SVD costs milliseconds."""
+@dataclass
+class FeatureMaps(PatchAnalysis):
+    """One image's analysis together with the image the model saw."""
+
+    image: np.ndarray  # uint8 [H, W, 3], the resized image
+
+    @classmethod
+    def of(cls, pixels: torch.Tensor, analysis: PatchAnalysis) -> FeatureMaps:
+        """Join ``analyse``'s result with the image from the uint8 pixels (on the CPU, outside the GPU call)."""
+        return cls(analysis.pca, analysis.probabilities, pixels_to_image(pixels))
+
+
+def analyse(tagger: Tagger, pixels: Sequence[torch.Tensor]) -> list[PatchAnalysis]:
+    """PCA colours and tag probabilities from ONE forward pass per batch: both come from the
+    same final-norm tokens (each image's own patch grid → PCA, CLS + registers → head). The
+    PCA runs where the model runs, so on a GPU the SVD costs milliseconds."""
     model = tagger.model
-    prefix = model.config.num_prefix_tokens
-    out: list[FeatureMaps | None] = [None] * len(pixels)
+    out: list[PatchAnalysis | None] = [None] * len(pixels)
     with torch.inference_mode():
-        for idx, batch in tagger.batches(pixels):
-            tokens = model.tokens(batch)
+        for idx, images in tagger.batches(pixels):
+            tokens = model.tokens(images)
             probabilities = torch.sigmoid(model.head(model.descriptor_from_tokens(tokens))).float().cpu().numpy()
-            h, w = (s // model.config.patch_size for s in batch.shape[-2:])
-            grids = tokens[:, prefix:].reshape(len(idx), h, w, -1)
-            for row, i in enumerate(idx):
-                out[i] = FeatureMaps(pixels_to_image(pixels[i]), pca_rgb(grids[row]), probabilities[row])
+            for i, grid, row in zip(idx, model.patch_grids(tokens, images), probabilities, strict=True):
+                out[i] = PatchAnalysis(pca_rgb(grid), row)
     return out  # type: ignore[return-value]
 
 

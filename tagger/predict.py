@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tagger.model import TaggerModel
-from tagger.preprocess import ImageSource, image_to_pixels
+from tagger.model import Pixels, TaggerModel
+from tagger.preprocess import ImageSource, image_to_pixels, normalise
 from tagger.results import Selection, TagScore, select_tags
 from tagger.vocab import Vocabulary
 from tagger.weights import load_model
@@ -97,6 +97,41 @@ class RunStats:
             self.seconds += seconds
 
 
+# Padding allowed per real token when images of different sizes share a forward pass. On a
+# CPU the time of a pass grows with the tokens it computes and batching gains little, so only
+# images with the same token count share one (benchmarks/bench_model_paths.py, docs/MODEL.md).
+# On a GPU, fewer and larger passes keep it busy; a quarter of extra work is the bound (not yet
+# measured on a GPU).
+DEFAULT_MAX_PADDING = {"cpu": 0.0, "cuda": 0.25}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One forward pass: its images (input indices) and the token positions it computes."""
+
+    indices: list[int]
+    tokens: int  # real tokens (prefix + patches) of its images
+    padded_tokens: int  # images × the longest sequence: what the model computes
+
+
+def plan_batches(lengths: Sequence[int], max_batch_size: int, max_padding: float) -> list[Batch]:
+    """Group images with token counts ``lengths`` into forward passes.
+
+    Images are taken shortest first; a batch grows while it holds at most ``max_batch_size``
+    images and computes at most ``(1 + max_padding)`` times its real tokens. The padding
+    waste of a run is ``sum(padded_tokens) / sum(tokens) - 1``.
+    """
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        group = groups[-1] if groups else []
+        real = sum(lengths[j] for j in group) + lengths[i]
+        if group and len(group) < max_batch_size and (len(group) + 1) * lengths[i] <= (1 + max_padding) * real:
+            group.append(i)
+        else:
+            groups.append([i])
+    return [Batch(g, sum(lengths[j] for j in g), len(g) * lengths[g[-1]]) for g in groups]
+
+
 class Tagger:
     """DINOv3 tagger: ``Tagger(checkpoint, vocab).predict("image.jpg", topk=30)``.
 
@@ -104,6 +139,10 @@ class Tagger:
     defaults to bf16 on CUDA and on CPUs with native bf16, else fp32; the head always
     computes in fp32 (stored in fp32 on GPU, in the file's dtype on CPU to save memory,
     which is exact because widening bf16 to fp32 loses nothing).
+
+    ``run`` batches images of any sizes (``plan``): up to ``max_batch_size`` per forward pass,
+    padded to the longest with at most ``max_padding`` extra token positions per real one
+    (see ``DEFAULT_MAX_PADDING``). A padded image's scores equal its scores alone.
     """
 
     def __init__(
@@ -114,7 +153,8 @@ class Tagger:
         dtype: str | torch.dtype | None = None,
         max_size: int = 1024,
         max_batch_size: int | None = None,
-        rope_coord_scale: float = 2.0,
+        rope_coord_scale: float | None = None,
+        max_padding: float | None = None,
     ):
         started = time.perf_counter()
         self.vocab = vocab_path if isinstance(vocab_path, Vocabulary) else Vocabulary.load(vocab_path)
@@ -124,6 +164,7 @@ class Tagger:
             raise ValueError(f"max_size must be at least 16 pixels, not {max_size}.")
         self.max_size = max_size
         self.max_batch_size = max_batch_size or (16 if self.device.type == "cuda" else 4)
+        self.max_padding = DEFAULT_MAX_PADDING.get(self.device.type, 0.0) if max_padding is None else max_padding
         self.checkpoint_path = Path(checkpoint_path)
         # ZeroGPU documents module-level `.to("cuda")` on a CPU model (the transfer is
         # deferred); elsewhere tensors go straight to their device while loading.
@@ -149,48 +190,47 @@ class Tagger:
 
     # -- stages -------------------------------------------------------------------------
     def prepare(self, image: ImageSource) -> torch.Tensor:
-        """Decode and preprocess one image on the CPU → ``[3, H, W]`` float32."""
+        """Decode and resize one image on the CPU → uint8 ``[3, H, W]`` (normalised in ``run``)."""
         return image_to_pixels(image, max_size=self.max_size, patch=self.model.config.patch_size)
 
-    def _batches(self, pixels: Sequence[torch.Tensor]) -> list[list[int]]:
-        """Indices grouped by image size, each group cut to ``max_batch_size``."""
-        by_size: dict[tuple[int, ...], list[int]] = {}
-        for i, p in enumerate(pixels):
-            by_size.setdefault(tuple(p.shape), []).append(i)
-        step = self.max_batch_size
-        return [idx[s : s + step] for idx in by_size.values() for s in range(0, len(idx), step)]
+    def plan(self, pixels: Sequence[torch.Tensor]) -> list[Batch]:
+        """The forward passes ``run`` makes for these images (see ``plan_batches``)."""
+        prefix, p = self.model.config.num_prefix_tokens, self.model.config.patch_size
+        lengths = [prefix + (image.shape[-2] // p) * (image.shape[-1] // p) for image in pixels]
+        return plan_batches(lengths, self.max_batch_size, self.max_padding)
 
-    def batches(self, pixels: Sequence[torch.Tensor]) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """``(indices, batch)`` for each group of same-size images, stacked on the model's
-        device; the forward passes are counted in ``stats``. Callers choose the grad mode."""
+    def batches(self, pixels: Sequence[torch.Tensor]) -> Iterator[tuple[list[int], Pixels]]:
+        """``(indices, images)`` per forward pass of ``plan``: the uint8 pixels moved to the model's
+        device and normalised there, stacked when they share a size (else a list for the model to
+        pad). The passes are counted in ``stats``. Callers choose the grad mode."""
         started = time.perf_counter()
-        groups = self._batches(pixels)
+        plan = self.plan(pixels)
         try:
-            for idx in groups:
-                yield idx, torch.stack([pixels[i] for i in idx]).to(self.device, non_blocking=True)
+            for batch in plan:
+                images = [pixels[i] for i in batch.indices]
+                if len({image.shape for image in images}) == 1:
+                    yield batch.indices, normalise(torch.stack(images).to(self.device, non_blocking=True))
+                else:
+                    yield batch.indices, [normalise(image.to(self.device, non_blocking=True)) for image in images]
         finally:
-            self.stats.add(len(groups), len(pixels), time.perf_counter() - started)
+            self.stats.add(len(plan), len(pixels), time.perf_counter() - started)
 
-    def _forward(self, pixels: Sequence[torch.Tensor], compute: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
-        results: list[np.ndarray | None] = [None] * len(pixels)
+    def _forward(
+        self, pixels: Sequence[torch.Tensor], compute: Callable[[Pixels], torch.Tensor], width: int
+    ) -> np.ndarray:
+        out = np.zeros((len(pixels), width), dtype=np.float32)
         with torch.inference_mode():
-            for idx, batch in self.batches(pixels):
-                out = compute(batch).float().cpu().numpy()
-                for row, i in zip(out, idx, strict=True):
-                    results[i] = row
-        return np.stack(results)  # type: ignore[arg-type]  # callers return early on no pixels
+            for idx, images in self.batches(pixels):
+                out[idx] = compute(images).float().cpu().numpy()
+        return out
 
     def run(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
-        """Probabilities ``[B, num_tags]`` (float32) for preprocessed images, same-size ones batched."""
-        if not pixels:
-            return np.zeros((0, len(self.vocab)), dtype=np.float32)
-        return self._forward(pixels, lambda batch: torch.sigmoid(self.model(batch)))
+        """Probabilities ``[B, num_tags]`` (float32) for prepared images, batched by ``plan``."""
+        return self._forward(pixels, lambda images: torch.sigmoid(self.model(images)), len(self.vocab))
 
     def run_descriptors(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
         """Descriptors ``[B, descriptor_dim]`` (CLS + registers after the final norm, float32)."""
-        if not pixels:
-            return np.zeros((0, self.model.config.descriptor_dim), dtype=np.float32)
-        return self._forward(pixels, self.model.descriptor)
+        return self._forward(pixels, self.model.descriptor, self.model.config.descriptor_dim)
 
     # -- convenience ----------------------------------------------------------------------
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:

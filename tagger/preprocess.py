@@ -6,9 +6,10 @@ Two stages, kept apart so that callers can show or cache the decoded image:
   PIL image (EXIF orientation applied, first frame, transparency composited onto white,
   high-bit-depth grey scaled rather than clipped). Every failure is an ``ImageError`` whose
   message a person can act on; no raw Pillow/OS exception escapes.
-* ``preprocess`` applies the reference size rule (long edge capped at ``max_size``, both sides
-  multiples of the patch size, never upscaled), Lanczos resampling and ImageNet normalisation,
-  bit-identical with torchvision's ``ToTensor`` + ``Normalize``.
+* ``resize`` applies the reference size rule (long edge capped at ``max_size``, both sides
+  multiples of the patch size, never upscaled) with Lanczos resampling → uint8 ``[3, H, W]``;
+  ``normalise`` (ImageNet mean/std, bit-identical with torchvision's ``ToTensor`` +
+  ``Normalize``) runs later, on the model's device. ``preprocess`` is both, on the CPU.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ __all__ = [
     "ImageSource",
     "image_to_pixels",
     "load_image",
+    "normalise",
     "preprocess",
+    "resize",
     "target_size",
 ]
 
@@ -342,8 +345,8 @@ def target_size(width: int, height: int, max_size: int = 1024, patch: int = 16) 
     return side(width), side(height)
 
 
-def preprocess(image: Image.Image, max_size: int = 1024, patch: int = 16) -> torch.Tensor:
-    """Resize (Lanczos) to ``target_size`` and normalise → contiguous float32 ``[3, H, W]``.
+def resize(image: Image.Image, max_size: int = 1024, patch: int = 16) -> torch.Tensor:
+    """Resize (Lanczos) to ``target_size`` → contiguous uint8 ``[3, H, W]``, not yet normalised.
 
     The image should come from ``load_image``; other modes are converted to RGB the same way.
     """
@@ -352,13 +355,29 @@ def preprocess(image: Image.Image, max_size: int = 1024, patch: int = 16) -> tor
     size = target_size(image.width, image.height, max_size, patch)
     if size != image.size:
         image = image.resize(size, Image.Resampling.LANCZOS)
-    # Same operations, in the same order and dtype, as torchvision's ToTensor + Normalize, so the
-    # result is bit-identical with the authors' pipeline. np.array copies: torch wants it writable.
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
-    return pixels.sub(_MEAN).div(_STD).contiguous()
+    # np.array copies: torch wants a writable array.
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` → ImageNet-normalised float32, computed on the pixels' device.
+
+    The same operations, in the same order and dtype, as torchvision's ``ToTensor`` +
+    ``Normalize``, so the result is bit-identical with the authors' pipeline on any device
+    (each step is one correctly rounded float32 operation).
+    """
+    if pixels.dtype != torch.uint8:
+        raise ValueError(f"normalise expects uint8 pixels (from Tagger.prepare), not {pixels.dtype}.")
+    mean, std = _MEAN.to(pixels.device, non_blocking=True), _STD.to(pixels.device, non_blocking=True)
+    return pixels.float().div(255).sub(mean).div(std)
+
+
+def preprocess(image: Image.Image, max_size: int = 1024, patch: int = 16) -> torch.Tensor:
+    """``resize`` then ``normalise`` on the CPU → contiguous float32 ``[3, H, W]``."""
+    return normalise(resize(image, max_size, patch))
 
 
 def image_to_pixels(source: ImageSource, max_size: int = 1024, patch: int = 16) -> torch.Tensor:
-    """``load_image`` then ``preprocess``: any supported input → float32 ``[3, H, W]``."""
+    """``load_image`` then ``resize``: any supported input → uint8 ``[3, H, W]`` for ``normalise``."""
     _check_sizes(max_size, patch)  # fail on bad settings before decoding anything
-    return preprocess(load_image(source), max_size, patch)
+    return resize(load_image(source), max_size, patch)

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +56,28 @@ def tag_logits(model: TaggerModel, descriptor: torch.Tensor, tag_index: int) -> 
     return logit if last.bias is None else logit + last.bias[tag_index].float()
 
 
+@contextmanager
+def capture_block_input(model: TaggerModel, block: int) -> Iterator[list[torch.Tensor]]:
+    """While active, the input of ``model.blocks[block]`` is detached, made the one tensor that
+    needs a gradient and appended to the yielded list (a forward pre-hook). The model is shared
+    by request threads, so the hook acts only in the thread that installed it."""
+    captured: list[torch.Tensor] = []
+    owner = threading.get_ident()
+
+    def hook(module: torch.nn.Module, args: tuple) -> tuple | None:
+        if threading.get_ident() != owner:
+            return None
+        x = args[0].detach().requires_grad_(True)
+        captured.append(x)
+        return (x, *args[1:])
+
+    handle = model.blocks[block].register_forward_pre_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 @dataclass
 class Relevance:
     """One image's relevance map for a tag, and the tag's probability on that image."""
@@ -71,9 +95,9 @@ def relevance(
     """Where each image's evidence for a tag sits, and the tag's probability.
 
     Gradient × activation of the tag's logit on the patch tokens at the input of a late block
-    (see ``DEFAULT_LAYERS_FROM_END``), summed over channels, ReLU, divided by the maximum. The
-    tap detaches the activation and makes it the only tensor that needs a gradient, and
-    ``autograd.grad`` returns that gradient without touching any parameter's ``.grad``.
+    (see ``DEFAULT_LAYERS_FROM_END``), summed over channels, ReLU, divided by the maximum.
+    ``autograd.grad`` takes the gradient with respect to the captured block input only, so no
+    parameter's ``.grad`` is touched.
     """
     model = tagger.model
     config = model.config
@@ -83,29 +107,20 @@ def relevance(
     prefix = config.num_prefix_tokens
     out: list[Relevance | None] = [None] * len(pixels)
     # The rest of the app runs under inference_mode, which forbids autograd: leave it here.
-    with torch.inference_mode(False), torch.enable_grad():
-        for idx, batch in tagger.batches(pixels):
-            captured: list[torch.Tensor] = []
-
-            def tap(x: torch.Tensor, captured: list[torch.Tensor] = captured) -> torch.Tensor:
-                x = x.detach().requires_grad_(True)
-                captured.append(x)
-                return x
-
-            tokens = model.tokens(batch, tap_block=block, tap=tap)
-            logits = tag_logits(model, model.descriptor_from_tokens(tokens), int(tag_index))
+    with torch.inference_mode(False), torch.enable_grad(), capture_block_input(model, block) as captured:
+        for idx, images in tagger.batches(pixels):
+            captured.clear()
+            logits = tag_logits(model, model.descriptor(images), int(tag_index))
             # Images in a batch are independent, so the gradient of the sum is each image's own.
             (grad,) = torch.autograd.grad(logits.sum(), captured[0])
-            activation = captured[0].detach()
-            scores = (grad[:, prefix:].float() * activation[:, prefix:].float()).sum(dim=-1).clamp_min(0)
-            h, w = (s // config.patch_size for s in batch.shape[-2:])
-            scores = scores.reshape(len(idx), h, w)
-            peak = scores.amax(dim=(1, 2), keepdim=True)
-            scores = torch.where(peak > 0, scores / peak.clamp_min(1e-30), torch.zeros_like(scores))
+            contribution = (grad.float() * captured[0].detach().float()).sum(dim=-1).clamp_min(0)
             probabilities = torch.sigmoid(logits.detach()).cpu().tolist()
-            for row, probability, i in zip(scores.cpu().numpy(), probabilities, idx, strict=True):
-                out[i] = Relevance(row.astype(np.float32), float(probability))
-            del tokens, logits, grad, activation, captured
+            for row, (h, w), i, probability in zip(contribution, model.grids(images), idx, probabilities, strict=True):
+                scores = row[prefix : prefix + h * w].view(h, w)
+                peak = scores.max()
+                scores = torch.where(peak > 0, scores / peak.clamp_min(1e-30), torch.zeros_like(scores))
+                out[i] = Relevance(scores.cpu().numpy().astype(np.float32), float(probability))
+            del logits, grad, contribution
     return out  # type: ignore[return-value]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 
 import torch
@@ -27,14 +28,17 @@ def random_state_dict(
     head_names: tuple[str, ...] = ("head", "head_up"),
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Tensors keyed as in a real checkpoint. ``layout`` is ``"layer"`` or ``"model.layer"``."""
+    """Tensors keyed as in a real checkpoint. ``layout`` is ``"layer"`` or ``"model.layer"``.
+
+    Each tensor's values depend only on ``seed`` and its key, not on the order of the keys.
+    """
     if layout not in ("layer", "model.layer"):
         raise ValueError(f"layout must be 'layer' or 'model.layer', not {layout!r}")
-    generator = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
     shapes = {"backbone." + k: v for k, v in backbone_shapes(config).items()}
     shapes.update(head_shapes(config, head_names))
     for key, shape in shapes.items():
+        generator = torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(key.encode()))
         if key.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
             tensor = torch.ones(shape)
         elif key.endswith("lambda1"):

@@ -6,10 +6,10 @@ target dtype the bytes land in place with ``readinto``; otherwise one tensor at 
 through a temporary. Peak host memory is therefore about one copy of the weights and
 load time is close to the time needed to read the file.
 
-Checkpoint layout (see ``shared/REFERENCE.md``): backbone keys under ``backbone.`` named as
-in transformers' DINOv3ViTModel, blocks under ``backbone.layer.N`` or
-``backbone.model.layer.N``; ``rope_embeddings.*`` buffers ignored; every other key belongs
-to the head, a dense Linear or a low-rank pair under any name.
+Checkpoint layout (docs/MODEL.md): backbone keys under ``backbone.`` named as in
+transformers' DINOv3ViTModel, blocks under ``backbone.layer.N`` or ``backbone.model.layer.N``;
+``rope_embeddings.*`` buffers ignored; every other key belongs to the head, a dense Linear or
+a low-rank pair under any name. ``CHECKPOINT_KEYS`` maps the model's own state dict onto it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 import torch
 
+from tagger import fast_paths
 from tagger.errors import CheckpointError
 from tagger.model import TaggerConfig, TaggerModel
 
@@ -34,9 +35,9 @@ _DTYPES = {
     "F64": torch.float64,
 }
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+_STAGING_BYTES = 64 * 1024 * 1024  # converting reads go through at most this much extra memory
 _BACKBONE = "backbone."
 _IGNORED_PREFIXES = ("rope_embeddings.",)
-_OPTIONAL_KEYS = ("embeddings.mask_token",)  # present in real checkpoints, unused at inference
 
 
 @dataclass(frozen=True)
@@ -100,98 +101,75 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
     return tensors
 
 
+# The checkpoint key layout, written once (docs/MODEL.md): each entry of the model's own
+# state dict and the checkpoint tensors it is read from, relative to "backbone." with blocks
+# as "layer.{n}.". Several tensors are concatenated along dim 0 in the order given (the fused
+# q/k/v and gate/up projections). Everything else in the file belongs to the head.
+CHECKPOINT_KEYS: dict[str, tuple[str, ...]] = {
+    "cls_token": ("embeddings.cls_token",),
+    "register_tokens": ("embeddings.register_tokens",),
+    "patch_embed.weight": ("embeddings.patch_embeddings.weight",),
+    "patch_embed.bias": ("embeddings.patch_embeddings.bias",),
+    "blocks.{n}.norm1.weight": ("layer.{n}.norm1.weight",),
+    "blocks.{n}.norm1.bias": ("layer.{n}.norm1.bias",),
+    "blocks.{n}.attn.qkv.weight": tuple(f"layer.{{n}}.attention.{x}_proj.weight" for x in "qkv"),
+    "blocks.{n}.attn.q_bias": ("layer.{n}.attention.q_proj.bias",),
+    "blocks.{n}.attn.v_bias": ("layer.{n}.attention.v_proj.bias",),
+    "blocks.{n}.attn.proj.weight": ("layer.{n}.attention.o_proj.weight",),
+    "blocks.{n}.attn.proj.bias": ("layer.{n}.attention.o_proj.bias",),
+    "blocks.{n}.ls1": ("layer.{n}.layer_scale1.lambda1",),
+    "blocks.{n}.norm2.weight": ("layer.{n}.norm2.weight",),
+    "blocks.{n}.norm2.bias": ("layer.{n}.norm2.bias",),
+    "blocks.{n}.mlp.gate_up.weight": ("layer.{n}.mlp.gate_proj.weight", "layer.{n}.mlp.up_proj.weight"),
+    "blocks.{n}.mlp.gate_up.bias": ("layer.{n}.mlp.gate_proj.bias", "layer.{n}.mlp.up_proj.bias"),
+    "blocks.{n}.mlp.down.weight": ("layer.{n}.mlp.down_proj.weight",),
+    "blocks.{n}.mlp.down.bias": ("layer.{n}.mlp.down_proj.bias",),
+    "blocks.{n}.ls2": ("layer.{n}.layer_scale2.lambda1",),
+    "norm.weight": ("norm.weight",),
+    "norm.bias": ("norm.bias",),
+}
+_UNUSED_KEYS = {"embeddings.mask_token": "embeddings.cls_token"}  # optional; same shape as the value
+
+
+def checkpoint_keys(name: str) -> tuple[str, ...]:
+    """The checkpoint tensors (canonical backbone keys) that fill the model's state-dict entry ``name``."""
+    block = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+    template = f"blocks.{{n}}.{block[2]}" if block else name
+    return tuple(key.format(n=block[1]) if block else key for key in CHECKPOINT_KEYS[template])
+
+
 def _canonical_backbone_key(key: str) -> str:
     key = key[len(_BACKBONE) :]
     return "layer." + key[len("model.layer.") :] if key.startswith("model.layer.") else key
 
 
+def _meta_model(config: TaggerConfig) -> TaggerModel:
+    with torch.device("meta"):
+        return TaggerModel(config)
+
+
+def _backbone_sources(model: TaggerModel) -> dict[str, tuple[str, ...]]:
+    return {name: checkpoint_keys(name) for name in model.state_dict() if not name.startswith("head.")}
+
+
 def backbone_shapes(config: TaggerConfig) -> dict[str, tuple[int, ...]]:
     """Canonical backbone keys (without ``backbone.``, blocks as ``layer.N``) and their shapes."""
-    c, i, p, r = config.hidden_size, config.intermediate_size, config.patch_size, config.num_registers
-    shapes: dict[str, tuple[int, ...]] = {
-        "embeddings.cls_token": (1, 1, c),
-        "embeddings.mask_token": (1, 1, c),
-        "embeddings.register_tokens": (1, r, c),
-        "embeddings.patch_embeddings.weight": (c, 3, p, p),
-        "embeddings.patch_embeddings.bias": (c,),
-    }
-    for n in range(config.num_layers):
-        block = {
-            "norm1.weight": (c,),
-            "norm1.bias": (c,),
-            "attention.q_proj.weight": (c, c),
-            "attention.q_proj.bias": (c,),
-            "attention.k_proj.weight": (c, c),
-            "attention.v_proj.weight": (c, c),
-            "attention.v_proj.bias": (c,),
-            "attention.o_proj.weight": (c, c),
-            "attention.o_proj.bias": (c,),
-            "layer_scale1.lambda1": (c,),
-            "norm2.weight": (c,),
-            "norm2.bias": (c,),
-            "mlp.gate_proj.weight": (i, c),
-            "mlp.gate_proj.bias": (i,),
-            "mlp.up_proj.weight": (i, c),
-            "mlp.up_proj.bias": (i,),
-            "mlp.down_proj.weight": (c, i),
-            "mlp.down_proj.bias": (c,),
-            "layer_scale2.lambda1": (c,),
-        }
-        shapes.update({f"layer.{n}.{k}": v for k, v in block.items()})
-    shapes["norm.weight"] = (c,)
-    shapes["norm.bias"] = (c,)
+    model = _meta_model(config)
+    state = model.state_dict()
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, keys in _backbone_sources(model).items():
+        rows, *rest = state[name].shape
+        shapes.update({key: (rows // len(keys), *rest) for key in keys})
+    shapes.update({key: shapes[like] for key, like in _UNUSED_KEYS.items()})
     return shapes
 
 
 def head_shapes(config: TaggerConfig, names: tuple[str, ...] = ("head", "head_up")) -> dict[str, tuple[int, ...]]:
     """Head keys and shapes, one ``NAME.weight`` (+ ``NAME.bias``) per head Linear."""
-    if config.head_rank is None:
-        dims = [(config.num_tags, config.descriptor_dim)]
-    else:
-        dims = [(config.head_rank, config.descriptor_dim), (config.num_tags, config.head_rank)]
     shapes: dict[str, tuple[int, ...]] = {}
-    for name, (out_dim, in_dim), has_bias in zip(names, dims, config.head_bias, strict=False):
-        shapes[f"{name}.weight"] = (out_dim, in_dim)
-        if has_bias:
-            shapes[f"{name}.bias"] = (out_dim,)
+    for name, layer in zip(names, _meta_model(config).head.layers, strict=False):
+        shapes.update({f"{name}.{leaf}": tuple(t.shape) for leaf, t in layer.named_parameters()})
     return shapes
-
-
-def _param_sources(config: TaggerConfig) -> dict[str, list[str | None]]:
-    """Our parameter name → the canonical checkpoint keys stacked along dim 0 to build it.
-
-    ``None`` stands for a zero block (k has no bias in the fused qkv bias).
-    """
-    sources: dict[str, list[str | None]] = {
-        "cls_token": ["embeddings.cls_token"],
-        "register_tokens": ["embeddings.register_tokens"],
-        "patch_embed.weight": ["embeddings.patch_embeddings.weight"],
-        "patch_embed.bias": ["embeddings.patch_embeddings.bias"],
-        "norm.weight": ["norm.weight"],
-        "norm.bias": ["norm.bias"],
-    }
-    for n in range(config.num_layers):
-        src, dst = f"layer.{n}.", f"blocks.{n}."
-        attn = src + "attention."
-        sources.update(
-            {
-                dst + "norm1.weight": [src + "norm1.weight"],
-                dst + "norm1.bias": [src + "norm1.bias"],
-                dst + "attn.qkv.weight": [attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"],
-                dst + "attn.qkv.bias": [attn + "q_proj.bias", None, attn + "v_proj.bias"],
-                dst + "attn.proj.weight": [attn + "o_proj.weight"],
-                dst + "attn.proj.bias": [attn + "o_proj.bias"],
-                dst + "ls1": [src + "layer_scale1.lambda1"],
-                dst + "norm2.weight": [src + "norm2.weight"],
-                dst + "norm2.bias": [src + "norm2.bias"],
-                dst + "mlp.gate_up.weight": [src + "mlp.gate_proj.weight", src + "mlp.up_proj.weight"],
-                dst + "mlp.gate_up.bias": [src + "mlp.gate_proj.bias", src + "mlp.up_proj.bias"],
-                dst + "mlp.down.weight": [src + "mlp.down_proj.weight"],
-                dst + "mlp.down.bias": [src + "mlp.down_proj.bias"],
-                dst + "ls2": [src + "layer_scale2.lambda1"],
-            }
-        )
-    return sources
 
 
 def _require(tensors: dict[str, TensorInfo], key: str, ndim: int, path: Path) -> tuple[int, ...]:
@@ -251,9 +229,17 @@ class CheckpointPlan:
     head_keys: list[tuple[str, str | None]]
 
 
-def inspect_checkpoint(path: str | os.PathLike, head_dim: int = 64, rope_coord_scale: float = 2.0) -> CheckpointPlan:
-    """Read a checkpoint's header, infer the model sizes and check every tensor strictly."""
+def inspect_checkpoint(
+    path: str | os.PathLike, head_dim: int | None = None, rope_coord_scale: float | None = None
+) -> CheckpointPlan:
+    """Read a checkpoint's header, infer the model sizes and check every tensor strictly.
+
+    The file does not record ``head_dim`` or ``rope_coord_scale``; both default to ``TaggerConfig``'s.
+    """
     path = Path(path)
+    head_dim = head_dim or TaggerConfig().head_dim
+    if rope_coord_scale is None:
+        rope_coord_scale = TaggerConfig.rope_coord_scale
     raw = read_header(path)
     tensors: dict[str, TensorInfo] = {}
     head: dict[str, TensorInfo] = {}
@@ -298,7 +284,7 @@ def inspect_checkpoint(path: str | os.PathLike, head_dim: int = 64, rope_coord_s
     for key, shape in expected.items():
         info = tensors.get(key)
         if info is None:
-            if key not in _OPTIONAL_KEYS:
+            if key not in _UNUSED_KEYS:
                 raise CheckpointError(f"{path}: missing tensor backbone.{key} (expected shape {list(shape)}).")
         elif info.shape != shape:
             raise CheckpointError(f"{path}: backbone.{key} has shape {list(info.shape)}, expected {list(shape)}.")
@@ -309,16 +295,31 @@ def inspect_checkpoint(path: str | os.PathLike, head_dim: int = 64, rope_coord_s
     return CheckpointPlan(path, config, tensors, head_keys)
 
 
-def _read_into(f: BinaryIO, info: TensorInfo, out: torch.Tensor) -> None:
-    """Fill ``out`` (contiguous, CPU, same dtype as the file) with the tensor's bytes."""
+def _read_into(f: BinaryIO, offset: int, out: torch.Tensor) -> None:
+    """Fill ``out`` (contiguous, CPU) with the file's bytes from ``offset`` on."""
     buffer = memoryview(out.view(-1).view(torch.uint8).numpy())
-    f.seek(info.offset)
+    f.seek(offset)
     done = 0
-    while done < info.nbytes:
+    while done < len(buffer):
         n = f.readinto(buffer[done:])
         if not n:
             raise CheckpointError(f"{f.name}: file ended while reading tensor data.")
         done += n
+
+
+def _read_tensor(f: BinaryIO, info: TensorInfo, out: torch.Tensor) -> None:
+    """Fill ``out`` (contiguous, any dtype and device) with one tensor of the file: in place when
+    the dtype matches on the CPU, else through a small staging buffer, a slice at a time (a bf16
+    head widened to float32 never has a second full-size copy in flight)."""
+    if info.dtype == out.dtype and out.device.type == "cpu":
+        _read_into(f, info.offset, out)
+        return
+    flat, step = out.view(-1), max(1, _STAGING_BYTES // info.dtype.itemsize)
+    staging = torch.empty(min(step, flat.numel()), dtype=info.dtype)
+    for start in range(0, flat.numel(), step):
+        chunk = staging[: min(step, flat.numel() - start)]
+        _read_into(f, info.offset + start * info.dtype.itemsize, chunk)
+        flat[start : start + len(chunk)].copy_(chunk)
 
 
 def load_model(
@@ -328,13 +329,14 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     head_dtype: torch.dtype | None = torch.float32,
     expected_num_tags: int | None = None,
-    head_dim: int = 64,
-    rope_coord_scale: float = 2.0,
+    head_dim: int | None = None,
+    rope_coord_scale: float | None = None,
 ) -> TaggerModel:
     """Load a checkpoint into a ready ``TaggerModel`` in eval mode on ``device``.
 
     The backbone is stored in ``dtype``, the head in ``head_dtype`` (``None``: as in the file;
-    it always computes in float32). ``expected_num_tags`` is the vocabulary length, checked against the head.
+    it always computes in float32). ``expected_num_tags`` is the vocabulary length, checked
+    against the head. ``head_dim`` and ``rope_coord_scale`` default to ``TaggerConfig``'s.
     """
     plan = inspect_checkpoint(path, head_dim=head_dim, rope_coord_scale=rope_coord_scale)
     config = plan.config
@@ -344,47 +346,29 @@ def load_model(
             f"{expected_num_tags}; checkpoint and vocabulary do not belong together."
         )
     device = torch.device(device)
-    with torch.device("meta"):
-        model = TaggerModel(config)
-    meta_params = dict(model.named_parameters())
-
-    sources: dict[str, list[str | None]] = _param_sources(config)
+    model = _meta_model(config)  # no weight is allocated, let alone randomly initialised
+    sources = _backbone_sources(model)
+    target_dtypes = dict.fromkeys(sources, dtype)
     for n, (weight_key, bias_key) in enumerate(plan.head_keys):
-        sources[f"head.layers.{n}.weight"] = [weight_key]
+        # A bias follows its weight's dtype: F.linear needs both in one dtype.
+        head = head_dtype or plan.tensors[weight_key].dtype
+        sources[f"head.layers.{n}.weight"] = (weight_key,)
+        target_dtypes[f"head.layers.{n}.weight"] = head
         if bias_key is not None:
-            sources[f"head.layers.{n}.bias"] = [bias_key]
+            sources[f"head.layers.{n}.bias"] = (bias_key,)
+            target_dtypes[f"head.layers.{n}.bias"] = head
 
+    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}
     with open(plan.path, "rb") as f:
         # Read in file order so that a cold file is read sequentially.
-        order = sorted(sources, key=lambda name: min(plan.tensors[k].offset for k in sources[name] if k))
-        for name in order:
-            if name.startswith("head."):
-                # A bias follows its weight's file dtype: F.linear needs both in one dtype.
-                weight_key = sources[name.rpartition(".")[0] + ".weight"][0]
-                target_dtype = head_dtype or plan.tensors[weight_key].dtype  # type: ignore[index]
-            else:
-                target_dtype = dtype
-            out = torch.empty(meta_params[name].shape, dtype=target_dtype, device=device)
-            rows = out.view(out.shape[0], -1) if out.ndim > 1 else out.view(-1, 1)
-            start = 0
-            for key in sources[name]:
-                if key is None:  # zero block standing for an absent bias
-                    block_rows = config.hidden_size
-                    rows[start : start + block_rows].zero_()
-                else:
-                    info = plan.tensors[key]
-                    block_rows = info.shape[0] if len(sources[name]) > 1 else rows.shape[0]
-                    block = rows[start : start + block_rows]
-                    if info.dtype == target_dtype and device.type == "cpu":
-                        _read_into(f, info, block)
-                    else:
-                        staging = torch.empty(info.shape, dtype=info.dtype)
-                        _read_into(f, info, staging)
-                        block.copy_(staging.view(block.shape))
-                        del staging
-                start += block_rows
+        for name in sorted(sources, key=lambda name: min(plan.tensors[k].offset for k in sources[name])):
+            out = torch.empty(shapes[name], dtype=target_dtypes[name], device=device)
+            rows = out.view(len(sources[name]), -1)  # one row block per source tensor
+            for key, block in zip(sources[name], rows, strict=True):
+                _read_tensor(f, plan.tensors[key], block)
             state[name] = out
     model.load_state_dict(state, strict=True, assign=True)
+    model.init_buffers()
     model.requires_grad_(False)
-    return model.eval()
+    return fast_paths.apply(model.eval())

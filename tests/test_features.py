@@ -20,9 +20,17 @@ from PIL import Image
 from tagger.errors import FeatureError, UploadError
 from tagger.model import TaggerConfig, TaggerModel
 from tagger.overlay import colormap, parse_colour, upscale
-from tagger.pca import analyse, color_blend, patch_features, pca_components, pca_images, pca_rgb
+from tagger.pca import FeatureMaps, analyse, color_blend, patch_features, pca_components, pca_images, pca_rgb
 from tagger.predict import Tagger
-from tagger.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images, relevance, resolve_tag, tap_block
+from tagger.preprocess import normalise
+from tagger.relevance import (
+    DEFAULT_LAYERS_FROM_END,
+    capture_block_input,
+    heatmap_images,
+    relevance,
+    resolve_tag,
+    tap_block,
+)
 from tagger.similarity import batch_similarity, cosine_similarity
 from tagger.synthetic import write_random_checkpoint
 from tagger.ui.similarity_tab import summary_markdown
@@ -54,8 +62,11 @@ def pixels(tiny_tagger: Tagger, make_image: MakeImage) -> torch.Tensor:
 
 
 def test_pca_image_has_the_preprocessed_size_and_is_deterministic(tiny_tagger: Tagger, pixels: torch.Tensor) -> None:
-    (maps,) = analyse(tiny_tagger, [pixels])
+    (analysis,) = analyse(tiny_tagger, [pixels])
+    assert not hasattr(analysis, "image")  # the GPU work returns no image: it is the uint8 pixels
+    maps = FeatureMaps.of(pixels, analysis)
     assert maps.image.shape == (48, 80, 3) and maps.image.dtype == np.uint8
+    assert np.array_equal(maps.image, pixels.permute(1, 2, 0).numpy())
     assert maps.pca.shape == (3, 5, 3)
     # Each component is min-max scaled over the image.
     assert np.allclose(maps.pca.min(axis=(0, 1)), 0) and np.allclose(maps.pca.max(axis=(0, 1)), 1)
@@ -63,7 +74,7 @@ def test_pca_image_has_the_preprocessed_size_and_is_deterministic(tiny_tagger: T
     for image in (pca, overlay, blend):
         assert image.shape == (48, 80, 3) and image.dtype == np.uint8
         assert image.std() > 1  # not constant
-    (again,) = analyse(tiny_tagger, [pixels])
+    again = FeatureMaps.of(pixels, analyse(tiny_tagger, [pixels])[0])
     assert np.array_equal(again.pca, maps.pca)
     assert all(np.array_equal(a, b) for a, b in zip(pca_images(again), (pca, overlay, blend), strict=True))
 
@@ -167,7 +178,7 @@ def test_relevance_leaves_no_gradient_and_works_inside_inference_mode(
         (result,) = relevance(deep_tagger, [pixels], 5)
         assert torch.is_inference_mode_enabled()  # the caller's mode is restored
     assert all(p.grad is None and not p.requires_grad for p in deep_tagger.model.parameters())
-    expected = torch.sigmoid(deep_tagger.model(pixels[None].clone()))[0, 5].item()
+    expected = torch.sigmoid(deep_tagger.model(normalise(pixels)[None]))[0, 5].item()
     assert result.probability == pytest.approx(expected, abs=1e-5)
     assert np.array_equal(result.map, relevance(deep_tagger, [pixels], 5)[0].map)
 
@@ -197,14 +208,8 @@ def test_last_block_input_carries_no_relevance(pixels: torch.Tensor) -> None:
     prefix = model.config.num_prefix_tokens
 
     def grad_times_input(block: int) -> float:
-        captured = []
-
-        def tap(x: torch.Tensor) -> torch.Tensor:
-            captured.append(x.detach().requires_grad_(True))
-            return captured[0]
-
-        with torch.enable_grad():
-            tokens = model.tokens(pixels[None], tap_block=block, tap=tap)
+        with torch.enable_grad(), capture_block_input(model, block) as captured:
+            tokens = model.tokens(normalise(pixels)[None])
             logit = model.head(model.descriptor_from_tokens(tokens))[0, 5]
             (grad,) = torch.autograd.grad(logit, captured[0])
         g, x = grad[0, prefix:].double(), captured[0].detach()[0, prefix:].double()

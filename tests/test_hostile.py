@@ -246,7 +246,7 @@ def test_corpus_through_engine(case: Case, corpus_files: dict[str, Path], small_
             assert OUR_SENTENCE.match(str(e)), str(e)
             continue
         assert case.expect != "error", f"{case.name} was accepted"
-        assert pixels.dtype == torch.float32 and pixels.ndim == 3 and pixels.shape[0] == 3
+        assert pixels.dtype == torch.uint8 and pixels.ndim == 3 and pixels.shape[0] == 3
         assert pixels.shape[1] % 16 == 0 and pixels.shape[2] % 16 == 0
         assert max(pixels.shape[1:]) <= 64
         assert torch.isfinite(pixels).all()

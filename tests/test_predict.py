@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tagger.predict import Tagger, parse_dtype, resolve_device
-from tagger.preprocess import ImageError
+from tagger.preprocess import ImageError, load_image, normalise, preprocess
 from tagger.synthetic import write_random_vocabulary
 from tagger.vocab import Vocabulary
 from tagger.weights import CheckpointError
@@ -79,11 +79,20 @@ def test_same_size_images_share_one_forward_pass(fresh_tagger, make_image):
     assert fresh_tagger.stats.images == 5
 
 
-def test_two_sizes_take_two_forward_passes(fresh_tagger, make_image):
+def test_two_token_counts_take_two_forward_passes_on_cpu(fresh_tagger, make_image):
+    # 4 × 3 patches and 2 × 4: the CPU default allows no padding.
     images = [make_image(64, 48, seed=0), make_image(40, 72, seed=1), make_image(64, 48, seed=2)]
     fresh_tagger.predict_batch(images)
     assert fresh_tagger.stats.forward_passes == 2
     assert fresh_tagger.stats.images == 3
+
+
+def test_same_token_count_in_other_shapes_shares_one_forward_pass(fresh_tagger, make_image):
+    images = [make_image(64, 48, seed=0), make_image(48, 64, seed=1), make_image(192, 16, seed=2)]  # 12 patches each
+    probs = fresh_tagger.probabilities(images)
+    assert fresh_tagger.stats.forward_passes == 1
+    for image, row in zip(images, probs, strict=True):
+        np.testing.assert_allclose(row, fresh_tagger.probabilities([image])[0], rtol=0, atol=1e-5)
 
 
 def test_max_batch_size_splits_large_groups(tiny_files, make_image):
@@ -105,7 +114,7 @@ def test_probabilities_and_descriptors_shapes(tiny_tagger, tiny_config, image_fi
     assert descriptors.dtype == np.float32
     assert np.isfinite(descriptors).all()
     # They are the CLS + register tokens the head sees.
-    pixels = tiny_tagger.prepare(image_files[2])
+    pixels = normalise(tiny_tagger.prepare(image_files[2]))
     with torch.inference_mode():
         expected = tiny_tagger.model.descriptor(pixels[None]).float().numpy()[0]
         logits = tiny_tagger.model.head(torch.from_numpy(descriptors[2:3]))
@@ -140,7 +149,7 @@ def test_prepare_respects_max_size(tiny_files, make_image):
     tagger = Tagger(checkpoint, vocab, device="cpu", dtype="fp32", max_size=32)
     pixels = tagger.prepare(make_image(100, 50))
     assert pixels.shape == (3, 16, 32)
-    assert pixels.dtype == torch.float32
+    assert pixels.dtype == torch.uint8  # normalised later, on the model's device
     with pytest.raises(ValueError, match="max_size"):
         Tagger(checkpoint, vocab, device="cpu", dtype="fp32", max_size=8)
 
@@ -202,3 +211,17 @@ def test_parse_dtype():
     assert parse_dtype(torch.float16) == torch.float16
     with pytest.raises(ValueError, match="int8"):
         parse_dtype("int8")
+
+
+def test_run_normalises_on_the_device_exactly_like_the_float_pipeline(tiny_tagger, make_image):
+    """prepare → uint8, run normalises: the same fp32 model input as the old CPU float pipeline."""
+    image = make_image(100, 70, seed=4)
+    prepared = tiny_tagger.prepare(image)
+    reference = preprocess(load_image(image))  # resize + ToTensor/Normalize arithmetic, on the CPU
+    (idx, batch), *_ = list(tiny_tagger.batches([prepared]))
+    assert idx == [0] and torch.equal(batch[0].cpu(), reference)
+    with torch.inference_mode():
+        expected = torch.sigmoid(tiny_tagger.model(reference[None])).numpy()
+    np.testing.assert_array_equal(tiny_tagger.run([prepared]), expected)
+    with pytest.raises(ValueError, match="uint8"):
+        tiny_tagger.run([reference])  # already-normalised floats are refused, not normalised twice

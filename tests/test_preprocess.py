@@ -25,7 +25,9 @@ from tagger.preprocess import (
     ImageError,
     image_to_pixels,
     load_image,
+    normalise,
     preprocess,
+    resize,
     target_size,
 )
 
@@ -130,6 +132,21 @@ def test_normalisation_is_bit_identical_to_numpy_reference() -> None:
     rgb = noise(48, 32)  # multiples of 16: no resize, so every value is checkable
     tensor = preprocess(Image.fromarray(rgb))
     np.testing.assert_array_equal(tensor.numpy(), numpy_normalise(rgb))
+
+
+def test_resize_gives_uint8_and_normalise_gives_the_float_pipeline_bit_for_bit() -> None:
+    rgb = noise(100, 50, seed=3)
+    resized = resize(Image.fromarray(rgb))
+    assert resized.dtype == torch.uint8 and resized.shape == (3, 48, 96) and resized.is_contiguous()
+    expected = np.asarray(Image.fromarray(rgb).resize((96, 48), Image.Resampling.LANCZOS))
+    np.testing.assert_array_equal(resized.permute(1, 2, 0).numpy(), expected)
+    np.testing.assert_array_equal(normalise(resized).numpy(), numpy_normalise(expected))
+    assert torch.equal(normalise(resized), preprocess(Image.fromarray(rgb)))
+    # A stacked batch normalises the same as each image alone.
+    batch = normalise(torch.stack([resized, resized.flip(-1)]))
+    assert torch.equal(batch[0], normalise(resized)) and torch.equal(batch[1], normalise(resized.flip(-1)))
+    with pytest.raises(ValueError, match="uint8"):
+        normalise(normalise(resized))  # normalising twice is refused
 
 
 def test_preprocess_resizes_with_lanczos_to_target_size() -> None:

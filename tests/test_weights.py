@@ -187,13 +187,14 @@ def test_loaded_parameters_are_exactly_the_file_tensors(tmp_path, layout):
     assert torch.equal(params["norm.bias"], file["backbone.norm.bias"])
     for n in range(config.num_layers):
         src, dst = f"backbone.layer.{n}.", f"blocks.{n}."
-        qkv_w, qkv_b = params[dst + "attn.qkv.weight"], params[dst + "attn.qkv.bias"]
+        qkv_w = params[dst + "attn.qkv.weight"]
         assert torch.equal(qkv_w[:c], file[src + "attention.q_proj.weight"])
         assert torch.equal(qkv_w[c : 2 * c], file[src + "attention.k_proj.weight"])
         assert torch.equal(qkv_w[2 * c :], file[src + "attention.v_proj.weight"])
-        assert torch.equal(qkv_b[:c], file[src + "attention.q_proj.bias"])
-        assert torch.equal(qkv_b[c : 2 * c], torch.zeros(c))  # k has no bias
-        assert torch.equal(qkv_b[2 * c :], file[src + "attention.v_proj.bias"])
+        assert model.blocks[n].attn.qkv.bias is None  # the biases are explicit, k's a zero buffer
+        assert torch.equal(params[dst + "attn.q_bias"], file[src + "attention.q_proj.bias"])
+        assert torch.equal(model.get_buffer(dst + "attn.k_bias"), torch.zeros(c))  # DINOv3's k has no bias
+        assert torch.equal(params[dst + "attn.v_bias"], file[src + "attention.v_proj.bias"])
         assert torch.equal(params[dst + "attn.proj.weight"], file[src + "attention.o_proj.weight"])
         assert torch.equal(params[dst + "attn.proj.bias"], file[src + "attention.o_proj.bias"])
         gate_up_w, gate_up_b = params[dst + "mlp.gate_up.weight"], params[dst + "mlp.gate_up.bias"]
@@ -473,3 +474,60 @@ def test_head_with_mixed_file_dtypes_runs_when_kept_as_stored(tmp_path, state, w
         logits = model(pixels)
     expected = descriptor @ state["head.weight"].float().T + state["head.bias"].to(weight_dtype).float()
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+# -- what other code may rely on ---------------------------------------------------------------
+
+
+def test_every_projection_is_an_nn_linear_the_forward_calls(tiny_files):
+    """A generic swap of ``nn.Linear`` modules (e.g. dynamic int8) reaches every projection:
+    replaced by modules holding their own copy of the weights, the model computes the same."""
+
+    class Swapped(torch.nn.Module):
+        def __init__(self, linear: torch.nn.Linear):
+            super().__init__()
+            self.weight, self.bias = linear.weight.clone(), None if linear.bias is None else linear.bias.clone()
+            linear.weight.fill_(float("nan"))  # any path reading the original weight now shows
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+
+    checkpoint, _ = tiny_files
+    model = load_model(checkpoint, dtype=torch.float32)
+    pixels = _pixels()
+    expected = _logits(model, pixels)
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 4 * model.config.num_layers + len(model.head.layers)  # qkv, proj, gate_up, down
+    for name, linear in linears:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, Swapped(linear))
+    torch.testing.assert_close(_logits(model, pixels), expected, rtol=0, atol=0)
+
+
+def test_key_layout_covers_the_model_state_dict_once(tiny_config):
+    """``CHECKPOINT_KEYS`` maps every backbone entry of the model's state dict, and every
+    checkpoint key (``backbone_shapes``, used by the loader and ``tagger.synthetic``) fills one."""
+    from tagger.weights import CHECKPOINT_KEYS, backbone_shapes, checkpoint_keys
+
+    model = TaggerModel(tiny_config)
+    names = [n for n in model.state_dict() if not n.startswith("head.")]
+    assert "blocks.0.attn.k_bias" not in names  # a non-persistent zero buffer, not a checkpoint tensor
+    sources = [key for name in names for key in checkpoint_keys(name)]
+    assert len(sources) == len(set(sources))
+    assert set(backbone_shapes(tiny_config)) == {*sources, "embeddings.mask_token"}
+    templates = {n if not n.startswith("blocks.") else "blocks.{n}." + n.split(".", 2)[2] for n in names}
+    assert templates == set(CHECKPOINT_KEYS)
+
+
+def test_converting_reads_go_slice_by_slice_through_a_small_buffer(tmp_path, monkeypatch):
+    import tagger.weights as weights
+
+    monkeypatch.setattr(weights, "_STAGING_BYTES", 1000)  # slices end mid-row and mid-tensor
+    config = TaggerConfig.tiny(num_tags=NUM_TAGS)
+    path = write_random_checkpoint(tmp_path / "c.safetensors", config, dtype=torch.bfloat16)
+    file = load_file(str(path))
+    model = load_model(path, dtype=torch.float32, head_dtype=torch.float32)
+    assert torch.equal(model.head.layers[0].weight, file["head.weight"].float())
+    assert torch.equal(model.blocks[1].mlp.down.weight, file["backbone.layer.1.mlp.down_proj.weight"].float())
+    gate_up = model.blocks[0].mlp.gate_up.weight
+    assert torch.equal(gate_up[config.intermediate_size :], file["backbone.layer.0.mlp.up_proj.weight"].float())

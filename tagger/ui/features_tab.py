@@ -23,7 +23,8 @@ UPSCALE_CHOICES = [("Patches (nearest)", "nearest"), ("Smooth (bilinear)", "bili
 
 
 def run_pca(ctx: AppContext, image: str | None) -> FeatureMaps:
-    return ctx.runner.call(analyse, [prepare_image(ctx, image)])[0]  # type: ignore[index]
+    pixels = prepare_image(ctx, image)
+    return FeatureMaps.of(pixels, ctx.runner.call(analyse, [pixels])[0])  # type: ignore[index]
 
 
 def run_heatmap(ctx: AppContext, image: str | None, tag: str | None, layers_from_end: float) -> tuple:
