@@ -182,8 +182,17 @@ def main(checkpoint: str, vocab: str, out_path: str) -> None:
     pixels = [tagger.prepare(image) for image in images]
     facts["prepared"] = [{"dtype": str(p.dtype), "shape": list(p.shape)} for p in pixels]
 
-    # Requests in the worker, compared with the same model on the CPU in this process.
-    reference = Tagger(checkpoint, vocab, device="cpu", dtype=tagger.dtype)
+    # Requests in the worker, compared with the same model on the CPU in this process, batched
+    # the same way (a GPU batches mixed sizes with padding; bf16 rounds a padded batch a little
+    # differently from one image at a time).
+    reference = Tagger(
+        checkpoint,
+        vocab,
+        device="cpu",
+        dtype=tagger.dtype,
+        max_batch_size=tagger.max_batch_size,
+        max_padding=tagger.max_padding,
+    )
     probabilities = runner.probabilities(pixels)
     descriptors = runner.descriptors(pixels)
     maps = runner.call(analyse, pixels[:1])[0]
