@@ -55,7 +55,7 @@ from tagger.predict import Tagger
 from tagger.preprocess import ImageError, load_image
 from tagger.results import Selection, SelectionError, select_tags, tag_string
 from tagger.server import MAX_FILE_SIZE
-from tagger.ui.inputs import SafeFile, SafeImage
+from tagger.ui.inputs import SafeFile, SafeImage, _SafeDownloads
 from tagger.vocab import CATEGORIES, Vocabulary
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
@@ -563,6 +563,30 @@ def test_address_policy(address: str, allowed: bool) -> None:
     assert (problem is None) == allowed, problem
 
 
+@pytest.mark.parametrize(
+    ("address", "local_ok"),
+    [
+        ("127.0.0.1", True),  # a server on the user's own machine
+        ("192.168.1.20", True),  # a NAS
+        ("10.0.0.5", True),
+        ("::1", True),
+        ("fe80::1", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("224.0.0.1", False),
+        ("255.255.255.255", False),
+        ("8.8.8.8", True),
+    ],
+)
+def test_cli_policy_allows_the_users_own_network(address: str, local_ok: bool) -> None:
+    """The CLI's user owns the machine (``local_network_too``); the web app stays public-only."""
+    ip = ipaddress.ip_address(address)
+    assert (fetch.local_network_too(ip, 80) is None) == local_ok
+    if ip.is_private or ip.is_loopback:
+        assert fetch.public_only(ip, 80) is not None
+    assert SafeFile.address_policy is fetch.public_only and SafeImage.address_policy is fetch.public_only
+
+
 REFUSED_URLS = [
     ("http://127.0.0.1:{port}/image.png", "loopback"),
     ("http://localhost:{port}/image.png", "loopback"),
@@ -603,6 +627,7 @@ class LocalServer:
         self.image = image
         self.requests: list[tuple[str, str]] = []  # (path, Host header)
         self.sni: list[str | None] = []
+        self.policy: fetch.AddressPolicy = fetch.public_only  # set by the allow_server fixture
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -717,29 +742,36 @@ def local_server(image_bytes: bytes) -> Iterator[LocalServer]:
     server.close()
 
 
+def allowing(port: int) -> fetch.AddressPolicy:
+    """The public-only policy, except that ``port`` on 127.0.0.1 (a test server) counts as public."""
+    local = ipaddress.ip_address("127.0.0.1")
+    return lambda ip, p: None if (ip == local and p == port) else fetch.public_only(ip, p)
+
+
 @pytest.fixture
 def allow_server(monkeypatch: pytest.MonkeyPatch, local_server: LocalServer) -> LocalServer:
-    """The address policy, except that the local server's own port on 127.0.0.1 counts as public."""
-    local = ipaddress.ip_address("127.0.0.1")
-    policy = fetch._is_allowed_address
-    monkeypatch.setattr(
-        fetch, "_is_allowed_address", lambda ip, port: (ip == local and port == local_server.port) or policy(ip, port)
-    )
+    """The app's inputs fetch with a policy that lets the local server's own port through;
+    direct ``fetch_url`` calls pass ``policy=allow_server.policy``."""
+    local_server.policy = allowing(local_server.port)
+    monkeypatch.setattr(_SafeDownloads, "address_policy", staticmethod(local_server.policy))
     local_server.requests.clear()
     return local_server
 
 
 def test_fetch_downloads(allow_server: LocalServer, tmp_path: Path, image_bytes: bytes) -> None:
-    path = fetch_url(allow_server.url("/image.png?size=large"), tmp_path)
+    path = fetch_url(allow_server.url("/image.png?size=large"), tmp_path, policy=allow_server.policy)
     assert path.read_bytes() == image_bytes and path.name == "image.png"
     assert path.parent.parent == tmp_path
     assert allow_server.requests == [("/image.png?size=large", f"127.0.0.1:{allow_server.port}")]
-    assert fetch_url(allow_server.url("/noname"), tmp_path).suffix == ".png"
+    assert fetch_url(allow_server.url("/noname"), tmp_path, policy=allow_server.policy).suffix == ".png"
 
 
 def test_fetch_follows_allowed_redirects(allow_server: LocalServer, tmp_path: Path, image_bytes: bytes) -> None:
-    assert fetch_url(allow_server.url("/redirect-ok"), tmp_path).read_bytes() == image_bytes
-    assert fetch_url(allow_server.url("/redirect-chain/2"), tmp_path).read_bytes() == image_bytes  # 3 redirects
+    assert fetch_url(allow_server.url("/redirect-ok"), tmp_path, policy=allow_server.policy).read_bytes() == image_bytes
+    assert (
+        fetch_url(allow_server.url("/redirect-chain/2"), tmp_path, policy=allow_server.policy).read_bytes()
+        == image_bytes
+    )  # 3 redirects
 
 
 @pytest.mark.parametrize(
@@ -761,7 +793,7 @@ def test_fetch_follows_allowed_redirects(allow_server: LocalServer, tmp_path: Pa
 )
 def test_fetch_refuses(allow_server: LocalServer, tmp_path: Path, path: str, reason: str) -> None:
     with pytest.raises(FetchError) as info:
-        fetch_url(allow_server.url(path), tmp_path, max_bytes=1024 * 1024)
+        fetch_url(allow_server.url(path), tmp_path, max_bytes=1024 * 1024, policy=allow_server.policy)
     assert reason in str(info.value)
     assert_sentence(str(info.value))
     assert not any(tmp_path.iterdir()), "a failed fetch left files behind"
@@ -771,7 +803,7 @@ def test_fetch_refuses(allow_server: LocalServer, tmp_path: Path, path: str, rea
 def test_fetch_total_time_limit(allow_server: LocalServer, tmp_path: Path, path: str) -> None:
     started = time.monotonic()
     with pytest.raises(FetchError, match=r"took longer than 0\.8 s"):
-        fetch_url(allow_server.url(path), tmp_path, timeout=0.8)
+        fetch_url(allow_server.url(path), tmp_path, timeout=0.8, policy=allow_server.policy)
     assert time.monotonic() - started < 3.0
 
 
@@ -803,11 +835,11 @@ def test_fetch_connects_to_the_checked_address(
     Host header the name. A later answer pointing inside is refused without naming it."""
     dns = FakeDNS({"tagger-test.invalid": [["127.0.0.1"], ["10.9.8.7"]]})
     monkeypatch.setattr(socket, "getaddrinfo", dns)
-    fetch_url(allow_server.url("/image.png", host="tagger-test.invalid"), tmp_path)
+    fetch_url(allow_server.url("/image.png", host="tagger-test.invalid"), tmp_path, policy=allow_server.policy)
     assert dns.lookups == ["tagger-test.invalid"]
     assert allow_server.requests == [("/image.png", f"tagger-test.invalid:{allow_server.port}")]
     with pytest.raises(FetchError) as info:
-        fetch_url(allow_server.url("/image.png", host="tagger-test.invalid"), tmp_path)
+        fetch_url(allow_server.url("/image.png", host="tagger-test.invalid"), tmp_path, policy=allow_server.policy)
     assert "the host tagger-test.invalid is not a public internet address (private network)" in str(info.value)
     assert "10.9.8.7" not in str(info.value)
     assert len(allow_server.requests) == 1
@@ -818,7 +850,7 @@ def test_fetch_refuses_mixed_answers(
 ) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", FakeDNS({"mixed.invalid": [["127.0.0.1", "192.168.0.7"]]}))
     with pytest.raises(FetchError, match="private network"):
-        fetch_url(allow_server.url("/image.png", host="mixed.invalid"), tmp_path)
+        fetch_url(allow_server.url("/image.png", host="mixed.invalid"), tmp_path, policy=allow_server.policy)
     assert allow_server.requests == []
 
 
@@ -855,17 +887,16 @@ def test_fetch_https_keeps_sni_and_verifies(
     server_tls.load_cert_chain(cert, key)
     server = LocalServer(image_bytes, tls=server_tls)
     try:
-        local = ipaddress.ip_address("127.0.0.1")
-        monkeypatch.setattr(fetch, "_is_allowed_address", lambda ip, port: ip == local and port == server.port)
+        policy = allowing(server.port)
         monkeypatch.setattr(socket, "getaddrinfo", FakeDNS({"tagger-test.invalid": [["127.0.0.1"]]}))
         trust = ssl.create_default_context(cafile=str(cert))
         url = server.url("/image.png", host="tagger-test.invalid", scheme="https")
-        assert fetch_url(url, tmp_path, context=trust).read_bytes() == image_bytes
+        assert fetch_url(url, tmp_path, context=trust, policy=policy).read_bytes() == image_bytes
         assert server.sni == ["tagger-test.invalid"]
         assert server.requests == [("/image.png", f"tagger-test.invalid:{server.port}")]
         # The same server by its address: the certificate does not name it, so no download.
         with pytest.raises(FetchError, match="certificate could not be verified"):
-            fetch_url(server.url("/image.png", scheme="https"), tmp_path, context=trust)
+            fetch_url(server.url("/image.png", scheme="https"), tmp_path, context=trust, policy=policy)
     finally:
         server.close()
 

@@ -27,7 +27,15 @@ from gradio.data_classes import FileData
 from gradio.utils import NamedString
 
 from tagger.errors import FetchError
-from tagger.fetch import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES, fetch_url, format_size, is_url
+from tagger.fetch import (
+    DOWNLOAD_TIMEOUT_S,
+    MAX_DOWNLOAD_BYTES,
+    AddressPolicy,
+    fetch_url,
+    format_size,
+    is_url,
+    public_only,
+)
 
 __all__ = ["SafeFile", "SafeImage", "image_upload"]
 
@@ -37,6 +45,8 @@ class _SafeDownloads:
 
     max_download_bytes: int = MAX_DOWNLOAD_BYTES
     download_timeout: float = DOWNLOAD_TIMEOUT_S
+    # A public server: other people's URLs may only reach public addresses (tests widen it).
+    address_policy: AddressPolicy = staticmethod(public_only)  # type: ignore[assignment]
     GRADIO_CACHE: str
     temp_files: set[str]
 
@@ -47,6 +57,7 @@ class _SafeDownloads:
                 Path(self.GRADIO_CACHE) / "fetched",
                 max_bytes=self.max_download_bytes,
                 timeout=self.download_timeout,
+                policy=self.address_policy,
             )
         except FetchError as e:
             raise gr.Error(str(e)) from None
