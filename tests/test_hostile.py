@@ -29,6 +29,7 @@ import struct
 import subprocess
 import threading
 import time
+import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image, features
 
 import tagger.fetch as fetch
+from tagger.errors import UploadError
 from tagger.fetch import FetchError, address_problem, fetch_url
+from tagger.intake import BatchLimits, collect_inputs, read_zip_directory
 from tagger.options import MODES, ORDERS, TagOptions
 from tagger.predict import Tagger
 from tagger.preprocess import ImageError, load_image
@@ -1046,3 +1049,138 @@ def test_fetch_limits_match_the_app() -> None:
     assert gr.utils._parse_file_size(MAX_FILE_SIZE) >= fetch.MAX_DOWNLOAD_BYTES
     assert 0 < fetch.DOWNLOAD_TIMEOUT_S <= 30 and fetch.MAX_REDIRECTS == 3
     assert math.isfinite(SafeImage.download_timeout) and SafeFile.max_download_bytes == fetch.MAX_DOWNLOAD_BYTES
+
+
+# ---------------------------------------------------------------------------------------------
+# Zips refused from their directory, before zipfile builds an object per entry
+
+
+def zip_end_records(entries: int, directory_size: int, directory_offset: int, zip64: bool) -> bytes:
+    """End-of-central-directory records declaring ``entries`` in ``directory_size`` bytes."""
+    if not zip64:
+        return struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, directory_size, directory_offset, 0)
+    record = struct.pack(
+        "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, directory_size, directory_offset
+    )
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, directory_offset + directory_size, 1)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return record + locator + end
+
+
+def zip_with_names(path: Path, names: list[str]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in names:
+            archive.writestr(name, b"x")
+    return path
+
+
+def with_end_records(path: Path, zip64: bool) -> Path:
+    """Rewrite a zip's end record as ``zip_end_records`` writes it (zip64 or not)."""
+    data = path.read_bytes()
+    end = data.rindex(b"PK\x05\x06")
+    _, _, _, _, entries, size, offset, _ = struct.unpack_from("<4s4H2LH", data, end)
+    path.write_bytes(data[:end] + zip_end_records(entries, size, offset, zip64))
+    return path
+
+
+def many_entry_zip(path: Path, count: int, declared: int | None = None) -> Path:
+    """``count`` empty stored entries; the end record may declare another number."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(count):
+            archive.writestr(zipfile.ZipInfo(f"{i:x}"), b"")
+    if declared is not None:
+        data = bytearray(path.read_bytes())
+        end = data.rindex(b"PK\x05\x06")
+        struct.pack_into("<2H", data, end + 8, declared, declared)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def refusal(paths: list[Path]) -> tuple[str, float]:
+    """``collect_inputs``'s refusal of ``paths`` and the seconds it took."""
+    started = time.perf_counter()
+    with pytest.raises(UploadError) as info:
+        collect_inputs([str(p) for p in paths], BatchLimits())
+    return str(info.value), time.perf_counter() - started
+
+
+ZIP_REFUSAL_S = 1.0  # issue 11: any refusal within a second
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_zip_refused_from_its_end_record(tmp_path: Path, zip64: bool) -> None:
+    """3.9 M declared entries in a 199 MB directory: refused from the last bytes of the file."""
+    entries = 3_900_000 if zip64 else 60_000
+    path = tmp_path / "huge_directory.zip"
+    path.write_bytes(b"PK\x03\x04" + bytes(100) + zip_end_records(entries, 199_000_000, 104, zip64))
+    message, seconds = refusal([path])
+    assert f"has {entries:,} entries; the limit is 10,000" in message
+    assert_sentence(message)
+    assert seconds < ZIP_REFUSAL_S
+
+
+def test_zip_directory_size_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big_directory.zip"
+    path.write_bytes(b"PK\x03\x04" + bytes(100) + zip_end_records(9_000, 30 * 1024 * 1024, 104, zip64=True))
+    message, seconds = refusal([path])
+    assert "lists its entries in 30.0 MiB; the limit is 8 MiB" in message
+    assert seconds < ZIP_REFUSAL_S
+
+
+@pytest.mark.parametrize("declared", [None, 5])
+def test_zip_entry_count_is_walked_not_trusted(tmp_path: Path, declared: int | None) -> None:
+    """12,000 real entries, declared truthfully or as 5: refused either way, fast."""
+    path = many_entry_zip(tmp_path / "many.zip", 12_000, declared)
+    message, seconds = refusal([path])
+    assert "12,000 entries; the limit is 10,000" in message or "more than 10,000 entries" in message
+    assert seconds < ZIP_REFUSAL_S
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["a.png", "b" * 30_000 + ".png"], "entry 2 has a name of 30,004 bytes; the limit is 1,024"),
+        (["d/" * 40 + "deep.png"], "entry 1 lies more than 32 folders deep"),
+    ],
+)
+def test_zip_names_capped(tmp_path: Path, names: list[str], expected: str) -> None:
+    message, seconds = refusal([zip_with_names(tmp_path / "names.zip", names)])
+    assert expected in message, message
+    assert_sentence(message)
+    assert seconds < ZIP_REFUSAL_S
+
+
+def test_thousand_long_names_refused_fast(tmp_path: Path) -> None:
+    """1,000 members with 30 KB names (a 30 MB directory): refused from the end record."""
+    path = zip_with_names(tmp_path / "long.zip", [f"{i:04d}" + "n" * 30_000 + ".png" for i in range(1_000)])
+    message, seconds = refusal([path])
+    assert "lists its entries in" in message
+    assert seconds < ZIP_REFUSAL_S
+
+
+def test_zip_member_name_not_utf8(tmp_path: Path) -> None:
+    """A name flagged as UTF-8 that is not (zipfile raises UnicodeDecodeError): a sentence."""
+    path = zip_with_names(tmp_path / "latin1.zip", ["caf\u00e9.png"])  # written as UTF-8, flagged
+    path.write_bytes(path.read_bytes().replace("caf\u00e9".encode(), b"caf\xe9!"))  # same length, not UTF-8
+    message, _ = refusal([path])
+    assert "is marked as UTF-8 but is not valid UTF-8" in message and "caf" in message
+    assert_sentence(message)
+
+
+def test_zip_directory_reader_agrees_with_zipfile(tmp_path: Path, make_image) -> None:
+    image = _encode(make_image(8, 8), "PNG")
+    plain, forced64 = tmp_path / "plain.zip", tmp_path / "zip64.zip"
+    for path in (plain, forced64):
+        with zipfile.ZipFile(path, "w") as archive:
+            for i in range(3):
+                archive.writestr(f"x/{i}.png", image)
+            archive.comment = b"a comment after the end record"
+    with_end_records(forced64, zip64=True)
+    for path in (plain, forced64):
+        with open(path, "rb") as fp:
+            directory = read_zip_directory(fp)
+        with zipfile.ZipFile(path) as archive:
+            assert directory is not None and directory.entries == len(archive.infolist()) == 3
+            assert directory.start == archive.start_dir
+    with collect_inputs([str(plain), str(forced64)], BatchLimits()) as inputs:
+        assert len(inputs) == 6
