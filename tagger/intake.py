@@ -9,20 +9,24 @@ Batch tagging (``tagger.batch``) and zip similarity (``tagger.similarity``) both
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import os
 import re
 import stat
 import struct
+import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from PIL import Image
 
-from tagger.errors import ImageError, UploadError
+from tagger.errors import ImageError, TimeBudgetError, UploadError
+from tagger.preprocess import WEB_MAX_IMAGE_PIXELS, image_size
 
 
 def _supported_extensions() -> frozenset[str]:
@@ -61,6 +65,8 @@ class BatchLimits:
     max_name_depth: int = 32  # folders in one entry's path
     max_compression_ratio: float = 200.0
     ratio_min_bytes: int = 1 * MiB
+    max_image_pixels: int = WEB_MAX_IMAGE_PIXELS  # one image, from its header (local tools may allow more)
+    max_total_pixels: int = 2_000_000_000  # all images of the request, from their headers
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,32 @@ class BatchItem:
     source: str  # the uploaded file (the image itself, or the zip holding it)
     member: zipfile.ZipInfo | None = None  # the zip member, None for a loose file
     size: int = 0  # bytes (declared by the archive for members)
+
+
+# ---------------------------------------------------------------------------------------------
+# The time budget of the current request
+
+_DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar("tagger_deadline", default=None)
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float) -> Iterator[None]:
+    """Within this block, ``BatchInputs.read`` refuses images once ``seconds`` have passed (the
+    web app wraps every event in one; see ``tagger.fairshare``)."""
+    token = _DEADLINE.set((time.monotonic() + seconds, seconds))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _check_time_budget(name: str) -> None:
+    budget = _DEADLINE.get()
+    if budget is not None and time.monotonic() > budget[0]:
+        raise TimeBudgetError(
+            f"Not read {name}: this request used its time budget of {budget[1]:g} s; send the remaining "
+            "images in another request."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,6 +291,7 @@ class BatchInputs:
         self.items: list[BatchItem] = []
         self.skipped: list[str] = []  # names left out: not images, resource forks, hidden files
         self.bytes_read = 0
+        self.pixels_read = 0
         self._archives: dict[str, zipfile.ZipFile] = {}
 
     def __len__(self) -> int:
@@ -278,6 +311,7 @@ class BatchInputs:
     def read(self, item: BatchItem) -> bytes:
         """The image's bytes. ``ImageError`` for a member that cannot be read (the batch goes on);
         ``UploadError`` when the decompressed data passes a limit (the request stops)."""
+        _check_time_budget(item.name)
         limit = min(self.limits.max_image_bytes, self.limits.max_total_bytes - self.bytes_read)
         try:
             if item.member is None:
@@ -294,7 +328,27 @@ class BatchInputs:
             # Bad CRC, an unsupported compression method (deflate64...), a truncated archive.
             raise ImageError(f"Could not read {item.name} from the upload: {e}.") from None
         self.bytes_read += len(data)
+        self._count_pixels(item, data)
         return data
+
+    def _count_pixels(self, item: BatchItem, data: bytes) -> None:
+        """The pixel caps, from the image's header: one image, and the request's budget."""
+        size = image_size(data)
+        if size is None:
+            return  # not an image: the decoder says so in its own words
+        pixels = size[0] * size[1]
+        limits = self.limits
+        if pixels > limits.max_image_pixels:
+            raise ImageError(
+                f"Could not read {item.name}: the image has {pixels:,} pixels, more than the limit of "
+                f"{limits.max_image_pixels:,} per image."
+            )
+        if self.pixels_read + pixels > limits.max_total_pixels:
+            raise TimeBudgetError(
+                f"Not read {item.name}: the images of this request add up to more than "
+                f"{limits.max_total_pixels:,} pixels, the limit per request; send the rest in another request."
+            )
+        self.pixels_read += pixels
 
     # -- building ----------------------------------------------------------------------------
     def _add_file(self, path: str) -> None:

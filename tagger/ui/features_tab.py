@@ -13,7 +13,15 @@ import numpy as np
 
 from tagger.overlay import pixels_to_image
 from tagger.pca import DEFAULT_COLOURS, FeatureMaps, analyse, pca_images
-from tagger.relevance import DEFAULT_LAYERS_FROM_END, Relevance, heatmap_images, relevance, resolve_tag, tap_block
+from tagger.relevance import (
+    DEFAULT_LAYERS_FROM_END,
+    MAX_LAYERS_FROM_END,
+    Relevance,
+    heatmap_images,
+    relevance,
+    resolve_tag,
+    tap_block,
+)
 from tagger.results import top_tags
 from tagger.ui.context import HEAVY_QUEUE, AppContext, prepare_image, user_errors
 from tagger.ui.inputs import SafeFile, image_upload
@@ -115,7 +123,7 @@ def build_features_tab(ctx: AppContext) -> None:
                 if num_layers > low_depth:
                     depth = gr.Slider(
                         low_depth,
-                        num_layers,
+                        min(num_layers, MAX_LAYERS_FROM_END),
                         depth_default,
                         step=1,
                         label="Blocks from the end",
@@ -260,7 +268,8 @@ def build_features_api(ctx: AppContext) -> None:
         api_name="heatmap",
         api_description=(
             "Where a tag's evidence sits: gradient × activation of the tag's logit on the patch tokens at the "
-            f"input of block (layers - layers_from_end), layers_from_end 2..{num_layers}, default "
+            f"input of block (layers - layers_from_end), layers_from_end 2..{min(num_layers, MAX_LAYERS_FROM_END)}, "
+            "default "
             f"{min(DEFAULT_LAYERS_FROM_END, num_layers)}. `tag`: any vocabulary tag (case, `_` and escapes "
             "ignored). Returns (heatmap over the image, heatmap, info JSON with the tag's probability and the "
             "[h, w] relevance grid in [0, 1])."

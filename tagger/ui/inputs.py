@@ -36,6 +36,7 @@ from tagger.fetch import (
     is_url,
     public_only,
 )
+from tagger.preprocess import WEB_MAX_IMAGE_PIXELS, image_size
 
 __all__ = ["SafeFile", "SafeImage", "image_upload"]
 
@@ -47,6 +48,22 @@ class _SafeDownloads:
     download_timeout: float = DOWNLOAD_TIMEOUT_S
     # A public server: other people's URLs may only reach public addresses (tests widen it).
     address_policy: AddressPolicy = staticmethod(public_only)  # type: ignore[assignment]
+    # The web app's pixel cap, checked from the file's header before anything is decoded.
+    max_pixels: int = WEB_MAX_IMAGE_PIXELS
+
+    def _check_pixels(self, path: str, shown: str | None) -> str:
+        size = image_size(path)
+        if size is not None and size[0] * size[1] > self.max_pixels:
+            width, height = size
+            dimensions = f"{width}x{height} ({width * height:,} pixels)" if height > 1 else f"{width:,} pixels"
+            raise gr.Error(
+                f"Could not read '{shown or 'the image'}': the image is {dimensions}, more than this Space's "
+                f"limit of {self.max_pixels:,} pixels; make it smaller, or run the tagger on your own "
+                "machine (python -m tagger) for bigger images.",
+                print_exception=False,
+            )
+        return path
+
     GRADIO_CACHE: str
     temp_files: set[str]
 
@@ -107,10 +124,10 @@ with _no_stub_files():
                 return super().preprocess(payload)
             url = getattr(payload, "url", None)
             if isinstance(url, str) and url.startswith("data:"):
-                return self._save_data_url(url)
+                return self._check_pixels(self._save_data_url(url), "the image data")
             if payload.path is None:
                 raise gr.Error("No image was received; please upload the image again.")
-            return str(payload.path)
+            return self._check_pixels(str(payload.path), getattr(payload, "orig_name", None))
 
         def _save_data_url(self, url: str) -> str:
             # Gradio would decode (and fully decompress) a base64 image before any limit applies.
@@ -139,13 +156,10 @@ with _no_stub_files():
         def preprocess(self, payload: Any) -> Any:
             # Gradio's File.preprocess creates an empty NamedTemporaryFile in the cache for every
             # single file path it returns and never removes it: one leaked file per request.
-            if (
-                self.type == "filepath"
-                and self.file_count == "single"
-                and not self.file_types
-                and isinstance(payload, FileData)
-            ):
-                return NamedString(payload.path)
+            if self.file_count == "single" and isinstance(payload, FileData):
+                self._check_pixels(payload.path, payload.orig_name)  # zips and non-images pass
+                if self.type == "filepath" and not self.file_types:
+                    return NamedString(payload.path)
             return super().preprocess(payload)
 
 
