@@ -320,7 +320,11 @@ def _is_remote_file_route(path: str) -> bool:
 
 
 def format_bytes(n: int) -> str:
-    return f"{n / GiB:g} GiB" if n >= GiB else f"{n / MiB:g} MiB" if n >= MiB else f"{n:,} bytes"
+    """``1.07 MiB``, ``512 MiB``, ``16 GiB``: three significant figures at most."""
+    if n < MiB:
+        return f"{n:,} bytes"
+    value, unit = (n / GiB, "GiB") if n >= GiB else (n / MiB, "MiB")
+    return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
 
 
 class RequestGuard:

@@ -26,7 +26,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from tagger.errors import ImageError, TimeBudgetError, UploadError
-from tagger.preprocess import WEB_MAX_IMAGE_PIXELS, image_size
+from tagger.preprocess import WEB_MAX_IMAGE_PIXELS, image_header
 
 
 def _supported_extensions() -> frozenset[str]:
@@ -333,15 +333,14 @@ class BatchInputs:
 
     def _count_pixels(self, item: BatchItem, data: bytes) -> None:
         """The pixel caps, from the image's header: one image, and the request's budget."""
-        size = image_size(data)
-        if size is None:
+        header = image_header(data)
+        if header is None:
             return  # not an image: the decoder says so in its own words
-        pixels = size[0] * size[1]
-        limits = self.limits
-        if pixels > limits.max_image_pixels:
+        pixels, limits = header.pixels, self.limits
+        limit = header.web_limit(limits.max_image_pixels)
+        if pixels > limit:
             raise ImageError(
-                f"Could not read {item.name}: the image has {pixels:,} pixels, more than the limit of "
-                f"{limits.max_image_pixels:,} per image."
+                f"Could not read {item.name}: {header.describe()}, more than the limit of {limit:,} per image."
             )
         if self.pixels_read + pixels > limits.max_total_pixels:
             raise TimeBudgetError(

@@ -19,6 +19,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeAlias
 
 import numpy as np
@@ -34,8 +35,9 @@ __all__ = [
     "WEB_MAX_IMAGE_PIXELS",
     "Fit",
     "ImageError",
+    "ImageHeader",
     "ImageSource",
-    "image_size",
+    "image_header",
     "image_to_pixels",
     "load_image",
     "preprocess",
@@ -50,6 +52,9 @@ MAX_IMAGE_PIXELS: int = 100_000_000  # the library's and the CLI's default
 # What a shared web app accepts: the model sees at most 1024 px a side, and decoding costs grow
 # with the pixels (see SECURITY.md). The app passes it; local tools keep the larger default.
 WEB_MAX_IMAGE_PIXELS: int = 40_000_000
+# Decoders that hold several copies of the image at once (libwebp, libavif: ~15 bytes a pixel at
+# peak, measured in benchmarks/bench_decode.py) get a lower web cap: one upload under ~300 MiB.
+WEB_FORMAT_MAX_PIXELS: dict[str, int] = {"WEBP": 16_000_000, "AVIF": 16_000_000}
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -128,21 +133,42 @@ def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, *, fit: 
     )
 
 
-def image_size(source: str | os.PathLike | bytes) -> tuple[int, int] | None:
-    """(width, height) as the file's header declares it, or None when it is not an image we
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header declares, read without decoding any pixel."""
+
+    width: int
+    height: int  # 1 when only the pixel count is known (Pillow's own bomb guard fired)
+    format: str
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def web_limit(self, max_pixels: int = WEB_MAX_IMAGE_PIXELS) -> int:
+        """The web cap for this format: some decoders need a lower one (``WEB_FORMAT_MAX_PIXELS``)."""
+        return min(max_pixels, WEB_FORMAT_MAX_PIXELS.get(self.format, max_pixels))
+
+    def describe(self) -> str:
+        shown = f"{self.width}x{self.height} ({self.pixels:,} pixels)" if self.height > 1 else f"{self.pixels:,} pixels"
+        return f"the image is {shown}"
+
+
+def image_header(source: str | os.PathLike | bytes) -> ImageHeader | None:
+    """The size and format a file's header declares, or None when it is not an image we
     decode. Reads the header only: cheap enough to check limits before any decoding."""
     try:
         fp: io.IOBase = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         return None
     with fp, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(fp, formats=DECODABLE_FORMATS) as image:
-                return image.size
+                return ImageHeader(image.width, image.height, image.format or "")
         except Image.DecompressionBombError as exc:
             found = _BOMB_NUMBERS.search(str(exc))
-            return (int(found.group(1)), 1) if found else None  # only the pixel count is known
+            return ImageHeader(int(found.group(1)), 1, "") if found else None
         except Exception:
             return None
 

@@ -1487,6 +1487,15 @@ def test_web_pixel_cap_from_the_header(client: Client, tmp_path: Path) -> None:
     assert_sentence(info.value.message)
 
 
+def test_webp_has_a_lower_web_cap(client: Client, tmp_path: Path) -> None:
+    """libwebp holds several copies while decoding (+612 MiB at 40 Mpx): 16 Mpx for WebP."""
+    path = tmp_path / "flat.webp"
+    Image.new("RGB", (5000, 4000), "red").save(path, lossless=True, quality=0, method=0)
+    with pytest.raises(AppError) as info:
+        call_tag(client, handle_file(str(path)))
+    assert "more than this Space's limit of 16,000,000 pixels for WebP images" in info.value.message
+
+
 def _zip_of(path: Path, members: dict[str, bytes]) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
         for name, data in members.items():
@@ -1526,3 +1535,46 @@ def test_time_budget_stops_reading_and_keeps_the_rest(tmp_path: Path, good_image
         f"Not read {i}.png: this request used its time budget of 0 s; send the remaining images in another request."
         for i in range(3)
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads per request and per client (an app with small limits, behind one proxy like a Space)
+
+
+@pytest.fixture(scope="module")
+def tight_app() -> Iterator[RunningApp]:
+    from app_server import start_app
+
+    from tagger.fairshare import FairShareLimits
+
+    limits = FairShareLimits(
+        max_upload_request_bytes=1024 * 1024, upload_bytes_per_client=3 * 1024 * 1024, proxy_hops=1
+    )
+    running = start_app(["--demo"], limits=limits)
+    yield running
+    running.close()
+
+
+def test_upload_caps(tight_app: RunningApp) -> None:
+    def upload(address: str, size: int, chunked: bool = False) -> httpx.Response:
+        data = b"x" * size
+        with httpx.Client(base_url=tight_app.url, timeout=REQUEST_TIMEOUT_S) as http:
+            headers = {"X-Forwarded-For": address}
+            if not chunked:
+                return http.post("gradio_api/upload", files={"files": ("a.png", data)}, headers=headers)
+            body = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + data
+            body += b"\r\n--b--\r\n"
+            headers["Content-Type"] = "multipart/form-data; boundary=b"
+            return http.post("gradio_api/upload", content=iter([body[:1000], body[1000:]]), headers=headers)
+
+    too_big = upload("203.0.113.10", 1100 * 1024)
+    assert too_big.status_code == 413 and too_big.json()["detail"] == "The upload is 1.07 MiB; the limit is 1 MiB."
+    streamed = upload("203.0.113.10", 1100 * 1024, chunked=True)
+    assert streamed.status_code == 413 and "larger than the limit of 1 MiB" in streamed.json()["detail"]
+    for _ in range(3):  # 0.9 MiB each, within the client's 3 MiB an hour
+        assert upload("203.0.113.11", 900 * 1024).status_code == 200
+    over = upload("203.0.113.11", 900 * 1024)
+    assert over.status_code == 429
+    assert over.json()["detail"].startswith("Your address uploaded 2.64 MiB")
+    assert "in the last hour; the limit is 3 MiB" in over.json()["detail"]
+    assert upload("203.0.113.12", 900 * 1024).status_code == 200  # another client is not affected

@@ -36,7 +36,7 @@ from tagger.fetch import (
     is_url,
     public_only,
 )
-from tagger.preprocess import WEB_MAX_IMAGE_PIXELS, image_size
+from tagger.preprocess import WEB_FORMAT_MAX_PIXELS, WEB_MAX_IMAGE_PIXELS, image_header
 
 __all__ = ["SafeFile", "SafeImage", "image_upload"]
 
@@ -52,14 +52,12 @@ class _SafeDownloads:
     max_pixels: int = WEB_MAX_IMAGE_PIXELS
 
     def _check_pixels(self, path: str, shown: str | None) -> str:
-        size = image_size(path)
-        if size is not None and size[0] * size[1] > self.max_pixels:
-            width, height = size
-            dimensions = f"{width}x{height} ({width * height:,} pixels)" if height > 1 else f"{width:,} pixels"
+        header = image_header(path)
+        if header is not None and header.pixels > header.web_limit(self.max_pixels):
             raise gr.Error(
-                f"Could not read '{shown or 'the image'}': the image is {dimensions}, more than this Space's "
-                f"limit of {self.max_pixels:,} pixels; make it smaller, or run the tagger on your own "
-                "machine (python -m tagger) for bigger images.",
+                f"Could not read '{shown or 'the image'}': {header.describe()}, more than this Space's limit of "
+                f"{header.web_limit(self.max_pixels):,} pixels{_for_format(header.format)}; make it smaller, or "
+                "run the tagger on your own machine (python -m tagger) for bigger images.",
                 print_exception=False,
             )
         return path
@@ -92,6 +90,10 @@ class _SafeDownloads:
         if is_url(url_or_file_path):
             return self._fetch(url_or_file_path)  # type: ignore[arg-type]
         return super().move_resource_to_block_cache(url_or_file_path)  # type: ignore[misc]
+
+
+def _for_format(name: str) -> str:
+    return f" for {name.title() if name != 'WEBP' else 'WebP'} images" if name in WEB_FORMAT_MAX_PIXELS else ""
 
 
 @contextlib.contextmanager
