@@ -367,19 +367,21 @@ class RequestGuard:
         except _TooLarge as refusal:
             await _answer(send, refusal.status, refusal.message)
 
-    async def _capped(self, scope: Scope, receive: Receive, send: Send, limit: int, what: str) -> None:
+    async def _capped(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, what: str, received: list[int] | None = None
+    ) -> None:
+        """Run the app with the request body capped at ``limit``; ``received[0]`` counts the bytes."""
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             raise _TooLarge(413, f"{what} is {format_bytes(declared)}; the limit is {format_bytes(limit)}.")
         started = False
-        received = 0
+        count = received if received is not None else [0]
 
         async def counted_receive() -> Message:
-            nonlocal received
             message = await receive()
             if message.get("type") == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
+                count[0] += len(message.get("body", b""))
+                if count[0] > limit:
                     raise _TooLarge(413, f"{what} is larger than the limit of {format_bytes(limit)}.")
             return message
 
@@ -403,6 +405,9 @@ class RequestGuard:
     async def _upload(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
         limits = self.limits
         declared = _content_length(scope) or 0
+        cap = limits.max_upload_request_bytes
+        if declared > cap:  # refused before anything is stored or counted
+            raise _TooLarge(413, f"The upload is {format_bytes(declared)}; the limit is {format_bytes(cap)}.")
         mine, everyone = self.uploads.total(client), self.uploads.total("")
         if mine + declared > limits.upload_bytes_per_client:
             raise _TooLarge(
@@ -412,9 +417,14 @@ class RequestGuard:
             )
         if everyone + declared > limits.upload_bytes_all:
             raise _TooLarge(503, "This Space has received too many uploads in the last hour; try again later.")
-        self.uploads.add(client, declared)
-        self.uploads.add("", declared)
-        await self._capped(scope, receive, send, limits.max_upload_request_bytes, what="The upload")
+        received = [0]
+        try:
+            await self._capped(scope, receive, send, cap, what="The upload", received=received)
+        finally:
+            # What arrived counts (a streamed body declares no length), refused or not.
+            counted = max(received[0], declared)
+            self.uploads.add(client, counted)
+            self.uploads.add("", counted)
 
     async def _unqueued(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
         limits = self.limits

@@ -1590,3 +1590,5 @@ def test_upload_caps(tight_app: RunningApp) -> None:
     assert over.json()["detail"].startswith("Your address uploaded 2.64 MiB")
     assert "in the last hour; the limit is 3 MiB" in over.json()["detail"]
     assert upload("203.0.113.12", 900 * 1024).status_code == 200  # another client is not affected
+    # Streamed bodies declare no length: what arrived is counted (the refused 1.07 MiB above too).
+    assert [upload("203.0.113.10", 900 * 1024, chunked=True).status_code for _ in range(4)] == [200, 200, 200, 429]
