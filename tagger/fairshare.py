@@ -245,13 +245,14 @@ class FairQueue:
         return result
 
     def _fair_order(self) -> None:
-        """Round-robin: each waiting request is ranked by how many requests its client has ahead
-        of it (running ones included); ties keep their arrival order."""
-        running = Counter(self.key(e) for job in self.queue.active_jobs if job for e in job)
-        for event_queue in self.queue.event_queue_per_concurrency_id.values():
+        """Round-robin within each concurrency group: a waiting request is ranked by how many
+        requests of its client are ahead of it in that group (running ones included); ties keep
+        their arrival order."""
+        running = Counter((self.key(e), e.concurrency_id) for job in self.queue.active_jobs if job for e in job)
+        for group, event_queue in self.queue.event_queue_per_concurrency_id.items():
             if len(event_queue.queue) < 2:
                 continue
-            seen = Counter(running)
+            seen = Counter({key: n for (key, of_group), n in running.items() if of_group == group})
             ranked = []
             for position, event in enumerate(event_queue.queue):
                 key = self.key(event)
