@@ -236,7 +236,10 @@ class FairQueue:
         client = client_key(request.scope, self.limits.proxy_hops)
         block_fn = getattr(self.queue.blocks, "fns", {}).get(body.fn_index)
         group = getattr(block_fn, "concurrency_id", None)
-        refusal = self._refusal(client, body.session_hash, group)
+        # Gradio's MCP server calls the app through one gradio_client session for all its users
+        # (forwarding each caller's headers): only the per-address limits apply to those.
+        session = None if _header(request.scope, b"x-gradio-user") == ["mcp"] else body.session_hash
+        refusal = self._refusal(client, session, group)
         if refusal is not None:
             log.info("Refused a request from %s: %s", client, refusal)
             raise HTTPException(status_code=429, detail=refusal, headers={"Retry-After": "5"})

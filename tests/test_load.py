@@ -376,3 +376,48 @@ def test_memory_is_returned_after_growth(monkeypatch) -> None:
     assert trims == [0] and release.baseline == 520 * mib
     release()  # +10 MiB: left alone
     assert trims == [0]
+
+
+def test_mcp_calls_share_only_the_address_limits() -> None:
+    """Gradio's MCP server calls the app through one session for all its users (forwarding
+    each caller's headers): the session limit does not apply to it, the address limits do."""
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+
+    from tagger.fairshare import FairQueue
+
+    def request(address: str, mcp: bool) -> SimpleNamespace:
+        headers = [(b"x-forwarded-for", address.encode())] + ([(b"x-gradio-user", b"mcp")] if mcp else [])
+        return SimpleNamespace(scope={"client": ("127.0.0.1", 1), "headers": headers})
+
+    waiting: list = []
+    event_queue = SimpleNamespace(queue=waiting)
+
+    async def push(body, request, username):
+        waiting.append(SimpleNamespace(session_hash=body.session_hash, request=request, concurrency_id="tag"))
+        return True, "id", "success"
+
+    queue = SimpleNamespace(
+        push=push,
+        event_queue_per_concurrency_id={"tag": event_queue},
+        active_jobs=[None],
+        blocks=SimpleNamespace(fns={0: SimpleNamespace(concurrency_id="tag")}),
+    )
+    fair = FairQueue(queue, FairShareLimits(events_per_session=2, events_per_client=3, proxy_hops=1), "heavy")
+    body = SimpleNamespace(session_hash="mcp-session", fn_index=0)
+
+    async def flood() -> list[str]:
+        outcomes = []
+        for address in ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.1", "203.0.113.1", "203.0.113.1"]:
+            try:
+                await queue.push(body=body, request=request(address, mcp=True), username=None)
+                outcomes.append("ok")
+            except HTTPException as e:
+                outcomes.append(str(e.detail))
+        return outcomes
+
+    outcomes = asyncio.run(flood())
+    assert outcomes[:5] == ["ok"] * 5  # one session, five requests from three addresses
+    assert outcomes[5].startswith("Your address already has 3 requests")
+    assert fair.key(waiting[0]) == "203.0.113.1"

@@ -38,7 +38,7 @@ from tagger.fetch import (
 )
 from tagger.preprocess import WEB_FORMAT_MAX_PIXELS, WEB_MAX_IMAGE_PIXELS, image_header
 
-__all__ = ["SafeFile", "SafeImage", "image_upload"]
+__all__ = ["SafeFile", "SafeImage", "check_web_pixels", "image_upload"]
 
 
 class _SafeDownloads:
@@ -52,15 +52,7 @@ class _SafeDownloads:
     max_pixels: int = WEB_MAX_IMAGE_PIXELS
 
     def _check_pixels(self, path: str, shown: str | None) -> str:
-        header = image_header(path)
-        if header is not None and header.pixels > header.web_limit(self.max_pixels):
-            raise gr.Error(
-                f"Could not read '{shown or 'the image'}': {header.describe()}, more than this Space's limit of "
-                f"{header.web_limit(self.max_pixels):,} pixels{_for_format(header.format)}; make it smaller, or "
-                "run the tagger on your own machine (python -m tagger) for bigger images.",
-                print_exception=False,
-            )
-        return path
+        return check_web_pixels(path, shown, self.max_pixels)
 
     GRADIO_CACHE: str
     temp_files: set[str]
@@ -90,6 +82,21 @@ class _SafeDownloads:
         if is_url(url_or_file_path):
             return self._fetch(url_or_file_path)  # type: ignore[arg-type]
         return super().move_resource_to_block_cache(url_or_file_path)  # type: ignore[misc]
+
+
+def check_web_pixels(path: str, shown: str | None = None, max_pixels: int = WEB_MAX_IMAGE_PIXELS) -> str:
+    """``path`` if the image it holds is within the web app's pixel cap (read from its header;
+    files that are not images pass), else ``gr.Error`` with a sentence naming ``shown``."""
+    header = image_header(path)
+    limit = header.web_limit(max_pixels) if header is not None else max_pixels
+    if header is not None and header.pixels > limit:
+        raise gr.Error(
+            f"Could not read '{shown or 'the image'}': {header.describe()}, more than this Space's limit of "
+            f"{limit:,} pixels{_for_format(header.format)}; make it smaller, or run the tagger on your own "
+            "machine (python -m tagger) for bigger images.",
+            print_exception=False,
+        )
+    return path
 
 
 def _for_format(name: str) -> str:
