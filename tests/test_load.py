@@ -248,6 +248,7 @@ def test_one_client_cannot_take_the_queue(fair_app: RunningApp, images: list[Pat
     alone = time.perf_counter() - started
     a_clients = [as_client(fair_app, "203.0.113.1") for _ in range(3)]
     batch = a_clients[0].submit([image], api_name="/tag_batch")  # the heavy group: never blocks /tag
+    wait_until(lambda: batch.status().code.name not in ("STARTING", "JOINING_QUEUE"), 20)
     floods = []
     for n in range(70):
         try:
