@@ -1,7 +1,8 @@
 """Command line: ``python -m tagger --images a.jpg b.png [--topk N | --threshold T]``.
 
-Images are paths or http(s) URLs (fetched with the app's limits: public addresses only,
-25 MB, 15 s). Output shapes follow the authors' CLI: ``pretty`` (rank, score, bar, tag), ``tags`` (one
+Images are paths or http(s) URLs, fetched with the app's size and time limits (25 MB,
+15 s); unlike the web app, hosts on your own machine and network (a NAS) are allowed. Output
+shapes follow the authors' CLI: ``pretty`` (rank, score, bar, tag), ``tags`` (one
 comma-separated line per image) and ``json`` (``[{"file", "tags": [{"tag", "score"}]}]``).
 An image that cannot be read is reported on stderr, the others still run, and the exit
 status is 1 at the end.
@@ -17,7 +18,7 @@ import tempfile
 from collections.abc import Sequence
 
 from tagger.errors import CheckpointError, FetchError, ImageError, ResolutionError, SelectionError, VocabularyError
-from tagger.fetch import fetch_url, is_url
+from tagger.fetch import fetch_url, is_url, local_network_too
 from tagger.hub import resolve_model_files
 from tagger.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
 from tagger.predict import Tagger
@@ -92,8 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         names, pixels = [], []
         for name in args.images[start : start + CHUNK]:
             try:
-                # URLs as the authors' CLI takes them, through the same guarded fetcher as the app.
-                source = fetch_url(name, downloads.name) if is_url(name) else name
+                # URLs as the authors' CLI takes them, through the app's fetcher; the user owns this
+                # machine, so its own network is allowed (the web app allows public addresses only).
+                source = fetch_url(name, downloads.name, policy=local_network_too) if is_url(name) else name
                 pixels.append(tagger.prepare(source))
                 names.append(name)
             except (ImageError, FetchError) as e:

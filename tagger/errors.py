@@ -38,6 +38,10 @@ class UploadError(TaggerError, ValueError):
     """An upload refused as a whole: too large, an unsafe archive, nothing to tag."""
 
 
+class TimeBudgetError(ImageError):
+    """An image left unread because its request spent its time or pixel budget (the others stay)."""
+
+
 class SelectionError(TaggerError, ValueError):
     """A selection or format argument is out of range."""
 
@@ -48,6 +52,12 @@ class FeatureError(TaggerError, ValueError):
 
 class ModelRunError(TaggerError, RuntimeError):
     """The model could not run this request (out of memory)."""
+
+
+def shorten(text: str, limit: int = 500) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis: a message echoing what a client
+    sent (a 10 MB tag list) stays readable, and so does the log that records it."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # The errors a request handler shows as they are.

@@ -4,10 +4,12 @@ Gradio downloads URLs given as file inputs itself, with a public-address check b
 time limit. The app's inputs (``tagger.ui.inputs``) send them here instead:
 
 * only ``http`` and ``https``, no ``user:password@``, at most ``MAX_REDIRECTS`` redirects;
-* the host is resolved and every address it resolves to must be public: loopback, private,
-  link-local (cloud metadata at 169.254.169.254 included), multicast, reserved, unspecified,
-  carrier-grade NAT (100.64.0.0/10) and IPv6 forms that embed such an IPv4 address are refused,
-  again after every redirect;
+* the host is resolved and every address it resolves to must pass the address policy, again
+  after every redirect. The web app uses ``public_only``: loopback, private, link-local (cloud
+  metadata at 169.254.169.254 included), multicast, reserved, unspecified, carrier-grade NAT
+  (100.64.0.0/10) and IPv6 forms that embed such an IPv4 address are refused. The local CLI,
+  whose user owns the machine, uses ``local_network_too``: a NAS or a server on the user's own
+  network or machine is fine, only addresses no download can come from are refused;
 * the connection goes to the checked address, so a second DNS answer cannot swap in an
   internal one (DNS rebinding), while the Host header, TLS SNI and certificate check use the
   name from the URL;
@@ -30,6 +32,7 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
@@ -41,15 +44,20 @@ __all__ = [
     "DOWNLOAD_TIMEOUT_S",
     "MAX_DOWNLOAD_BYTES",
     "MAX_REDIRECTS",
+    "AddressPolicy",
     "FetchError",
     "address_problem",
     "fetch_url",
     "format_size",
     "is_url",
+    "local_network_too",
+    "public_only",
 ]
 
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Why a download from (address, port) is refused, or None when it is allowed.
+AddressPolicy: TypeAlias = Callable[[IPAddress, int], str | None]
 
 MAX_DOWNLOAD_BYTES = 25 * 1024 * 1024  # one image by URL; uploads may be larger (server.MAX_FILE_SIZE, zips)
 DOWNLOAD_TIMEOUT_S = 15.0  # the whole fetch, redirects included; it holds a queue slot meanwhile
@@ -110,9 +118,24 @@ def address_problem(ip: IPAddress) -> str | None:
     return None
 
 
-def _is_allowed_address(ip: IPAddress, port: int) -> bool:
-    """The address policy; tests replace it to let a fetch reach their own loopback server."""
-    return address_problem(ip) is None
+def public_only(ip: IPAddress, port: int) -> str | None:
+    """The web app's policy: public internet addresses only (``address_problem``)."""
+    return address_problem(ip)
+
+
+def local_network_too(ip: IPAddress, port: int) -> str | None:
+    """The local CLI's policy: its user owns the machine, so loopback, the private network (a NAS,
+    a local server) and link-local hosts are fine; only addresses no download can come from
+    (unspecified, multicast, broadcast) are refused."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_multicast:
+        return "multicast"
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "broadcast"
+    return None
 
 
 @dataclass
@@ -267,14 +290,15 @@ def _resolve(target: _Target, deadline: _Deadline, shown: str) -> list[IPAddress
     return addresses
 
 
-def _check_addresses(target: _Target, addresses: list[IPAddress], shown: str, via: str) -> None:
-    # All of them, not just the first: a host must not mix public and internal answers.
+def _check_addresses(target: _Target, addresses: list[IPAddress], shown: str, via: str, policy: AddressPolicy) -> None:
+    # All of them, not just the first: a host must not mix allowed and refused answers.
     for ip in addresses:
-        if not _is_allowed_address(ip, target.port):
-            problem = address_problem(ip) or "not allowed by the address policy"
+        problem = policy(ip, target.port)
+        if problem is not None:
             # Name the address only when the URL gave it: never reveal what internal names resolve to.
             what = target.host if _is_literal(target.host) else f"the host {target.host}"
-            raise FetchError(f"Refused to download {shown}{via}: {what} is not a public internet address ({problem}).")
+            kind = "a public internet address" if address_problem(ip) else "an address images can be fetched from"
+            raise FetchError(f"Refused to download {shown}{via}: {what} is not {kind} ({problem}).")
 
 
 def _is_literal(host: str) -> bool:
@@ -361,6 +385,7 @@ def fetch_url(
     *,
     max_redirects: int = MAX_REDIRECTS,
     context: ssl.SSLContext | None = None,
+    policy: AddressPolicy = public_only,
 ) -> Path:
     """Download ``url`` into a new folder under ``dest_dir`` and return the file's path.
 
@@ -368,6 +393,9 @@ def fetch_url(
     than ``max_redirects`` redirects, an answer other than 200, a web page instead of a file,
     an empty or oversized body, or a fetch that takes longer than ``timeout`` seconds in all.
     ``context`` is the TLS context for https (default: the system's verified context).
+    ``policy`` says which addresses may be fetched from: ``public_only`` (the default, for
+    anything that serves other people) or ``local_network_too`` (a tool run by the machine's
+    own user).
     """
     original = _shown(str(url))
     if not isinstance(url, str):
@@ -385,7 +413,7 @@ def fetch_url(
                 where = "" if hop == 0 else f": it redirects to {_shown(current)}, and"
                 raise FetchError(f"Refused to download {original}{where or ':'} {refused}.") from None
             addresses = _resolve(target, deadline, original)
-            _check_addresses(target, addresses, original, via)
+            _check_addresses(target, addresses, original, via, policy)
             conn = _open(target, addresses, deadline, context)
             try:
                 conn.request(

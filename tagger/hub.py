@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,24 +61,16 @@ class ModelFiles:
     source: str  # human-readable, e.g. "lodestones/tagger-experiment@main" or "local files"
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "the Hub could not be reached" for the installed HTTP stack.
+class _HubUnreachable(LocalEntryNotFoundError):
+    """The transfer failed (connection, timeout, whatever HTTP client the library uses) and the
+    file is not in the cache: raised by ``_download`` in the shape of the library's own
+    "not cached and the Hub is unreachable" error, so that callers treat the two alike."""
 
-    huggingface_hub switched HTTP clients across versions (requests, httpx, httpx2); only the ones
-    it has already imported matter, so nothing is imported here just to name an exception.
-    """
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]  # includes OfflineModeIsEnabled
-    for module_name, names in (
-        ("httpx2", ("TransportError",)),
-        ("httpx", ("TransportError",)),
-        ("requests.exceptions", ("ConnectionError", "Timeout")),
-    ):
-        module = sys.modules.get(module_name)
-        for name in names:
-            error = getattr(module, name, None) if module is not None else None
-            if isinstance(error, type) and issubclass(error, BaseException):
-                errors.append(error)
-    return tuple(errors)
+
+# The Hub answered (the repo, revision or file does not exist, access denied, a bad id): a
+# cached copy is no answer to these. Any other exception from hf_hub_download means the
+# transfer itself failed.
+_HUB_ANSWERS: tuple[type[BaseException], ...] = (HfHubHTTPError, EntryNotFoundError, HFValidationError)
 
 
 def _is_offline() -> bool:
@@ -113,9 +104,9 @@ def _explain(
     """Turn a huggingface_hub failure into one sentence saying what happened and what to do."""
     where = f"{repo}@{revision or 'main'}"
     cause = error.__cause__ or error.__context__
-    # A real network error as the cause means the Hub was tried, so offline mode is not the reason.
+    # A failed transfer means the Hub was tried, so offline mode is not the reason.
     offline = isinstance(error, OfflineModeIsEnabled) or isinstance(cause, OfflineModeIsEnabled)
-    offline = offline or (_is_offline() and not isinstance(cause, _network_errors()))
+    offline = offline or (_is_offline() and not isinstance(error, _HubUnreachable))
     # Subclasses first: GatedRepoError is a RepositoryNotFoundError, both are HfHubHTTPError.
     if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled)) and offline:
         cache = cache_dir or getattr(constants, "HF_HUB_CACHE", "the HF cache")
@@ -123,7 +114,7 @@ def _explain(
             f"HF_HUB_OFFLINE is set and {filename} from {where} is not in the Hugging Face cache ({cache}); "
             f"unset HF_HUB_OFFLINE to download it, or {_LOCAL_HINT}."
         )
-    if isinstance(error, (LocalEntryNotFoundError, *_network_errors())):
+    if isinstance(error, LocalEntryNotFoundError):
         return (
             f"Could not reach the Hugging Face Hub to download {filename} from {repo}; check the network, "
             f"or {_LOCAL_HINT} (or HF_HUB_OFFLINE=1 with a filled cache)."
@@ -183,17 +174,27 @@ def _download(filename: str, repo: str, revision: str | None, cache_dir: str | N
     try:
         path = hf_hub_download(repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir)
         return Path(path), "Hub cache"
-    except _network_errors() as error:
-        # The library already falls back to the cache when its metadata request fails, but a
-        # connection lost later (or another client version) surfaces here: a cached copy still
-        # lets the user work, so look for one before giving up.
-        cached = _cached_only(filename, repo, revision, cache_dir)
-        if cached is None:
-            # Same shape as the library's own "unreachable and not cached" error, so that callers
-            # treat it alike (the vocabulary may still find its other name in the cache).
-            raise LocalEntryNotFoundError(f"{filename} is not cached and the Hub is unreachable") from error
-        logger.warning("Hub unreachable (%s); using the cached copy of %s", type(error).__name__, filename)
-        return cached, "cached copy, Hub unreachable"
+    except _HUB_ANSWERS:
+        raise
+    except OSError as error:
+        if not isinstance(error, (ConnectionError, TimeoutError)):
+            raise  # the disk: the cache folder is not writable or full
+        return _fall_back_to_cache(error, filename, repo, revision, cache_dir)
+    except Exception as error:
+        return _fall_back_to_cache(error, filename, repo, revision, cache_dir)
+
+
+def _fall_back_to_cache(
+    error: Exception, filename: str, repo: str, revision: str | None, cache_dir: str | None
+) -> tuple[Path, str]:
+    # The library already falls back to the cache when its metadata request fails, but a
+    # connection lost during the download surfaces here: a cached copy still lets the user
+    # work, so look for one before giving up.
+    cached = _cached_only(filename, repo, revision, cache_dir)
+    if cached is None:
+        raise _HubUnreachable(f"{filename} is not cached and the Hub is unreachable") from error
+    logger.warning("Hub unreachable (%s); using the cached copy of %s", type(error).__name__, filename)
+    return cached, "cached copy, Hub unreachable"
 
 
 def _cached_only(filename: str, repo: str, revision: str | None, cache_dir: str | None) -> Path | None:
@@ -222,7 +223,7 @@ def _resolve_hub_file(
                 first_error = error  # "could not look" explains more than "not there"
             logger.debug("%s not available from %s (%s)", filename, where, type(error).__name__)
             continue
-        except (HfHubHTTPError, HFValidationError, OSError, *_network_errors()) as error:
+        except (HfHubHTTPError, HFValidationError, OSError) as error:
             raise ResolutionError(_explain(error, filename, repo, revision, local_var, cache_dir)) from error
         logger.info("%s: %s from %s (%s) -> %s", what, filename, where, how, path)
         return path

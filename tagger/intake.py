@@ -9,19 +9,24 @@ Batch tagging (``tagger.batch``) and zip similarity (``tagger.similarity``) both
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import os
 import re
 import stat
+import struct
+import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from PIL import Image
 
-from tagger.errors import ImageError, UploadError
+from tagger.errors import ImageError, TimeBudgetError, UploadError
+from tagger.preprocess import WEB_MAX_IMAGE_PIXELS, image_header
 
 
 def _supported_extensions() -> frozenset[str]:
@@ -55,8 +60,13 @@ class BatchLimits:
     max_image_bytes: int = 64 * MiB  # one image, after decompression
     max_total_bytes: int = 2048 * MiB  # all images, after decompression
     max_archive_entries: int = 10_000  # entries in one zip, skipped ones included
+    max_directory_bytes: int = 8 * MiB  # a zip's central directory (its list of entries)
+    max_name_bytes: int = 1024  # one entry's path inside a zip
+    max_name_depth: int = 32  # folders in one entry's path
     max_compression_ratio: float = 200.0
     ratio_min_bytes: int = 1 * MiB
+    max_image_pixels: int = WEB_MAX_IMAGE_PIXELS  # one image, from its header (local tools may allow more)
+    max_total_pixels: int = 2_000_000_000  # all images of the request, from their headers
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,32 @@ class BatchItem:
     source: str  # the uploaded file (the image itself, or the zip holding it)
     member: zipfile.ZipInfo | None = None  # the zip member, None for a loose file
     size: int = 0  # bytes (declared by the archive for members)
+
+
+# ---------------------------------------------------------------------------------------------
+# The time budget of the current request
+
+_DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar("tagger_deadline", default=None)
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float) -> Iterator[None]:
+    """Within this block, ``BatchInputs.read`` refuses images once ``seconds`` have passed (the
+    web app wraps every event in one; see ``tagger.fairshare``)."""
+    token = _DEADLINE.set((time.monotonic() + seconds, seconds))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _check_time_budget(name: str) -> None:
+    budget = _DEADLINE.get()
+    if budget is not None and time.monotonic() > budget[0]:
+        raise TimeBudgetError(
+            f"Not read {name}: this request used its time budget of {budget[1]:g} s; send the remaining "
+            "images in another request."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +159,122 @@ def _display_name(path: str | os.PathLike) -> str:
     return os.path.basename(os.fsdecode(path))
 
 
+def _short(error: BaseException, limit: int = 200) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Zip directory, read before the archive is opened
+
+# The records at the end of a zip (APPNOTE 4.3.14-4.3.16), as Python's zipfile reads them.
+_EOCD = struct.Struct("<4s4H2LH")  # signature, disks (2), entries here, entries, size, offset, comment length
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")  # signature, disk of the zip64 record, its offset, disks
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")  # signature, size, versions, disks, entries here, entries, size, offset
+_ENTRY = struct.Struct("<4s4B4HL2L5H2L")  # a central directory header, before its name, extra and comment
+_ENTRY_SIGNATURE = b"PK\x01\x02"
+_UTF8_FLAG = 0x800
+
+
+@dataclass(frozen=True)
+class ZipDirectory:
+    """What the end-of-central-directory record (zip64 too) says about a zip: the number of
+    entries and where their list lies."""
+
+    entries: int
+    size: int  # bytes of the central directory
+    start: int  # file offset where zipfile will read it
+
+
+def read_zip_directory(fp: BinaryIO) -> ZipDirectory | None:
+    """The end records of a zip, found the way ``zipfile`` finds them (the record without a
+    comment at the very end, else the last signature in the final 64 KiB), or None when
+    there are none. Reads at most 64 KiB + 98 bytes, whatever the archive claims."""
+    fp.seek(0, os.SEEK_END)
+    file_size = fp.tell()
+    if file_size < _EOCD.size:
+        return None
+    fp.seek(file_size - _EOCD.size)
+    tail = fp.read(_EOCD.size)
+    if tail[:4] == b"PK\x05\x06" and tail[-2:] == b"\0\0":
+        location = file_size - _EOCD.size
+    else:
+        search_from = max(file_size - (1 << 16) - _EOCD.size, 0)
+        fp.seek(search_from)
+        data = fp.read()
+        found = data.rfind(b"PK\x05\x06")
+        if found < 0 or len(data) - found < _EOCD.size:
+            return None
+        tail = data[found : found + _EOCD.size]
+        location = search_from + found
+    _, _, _, _, entries, size, _, _ = _EOCD.unpack(tail)
+    start = location - size  # zipfile allows data before the archive (self-extractors)
+    if location >= _EOCD64_LOCATOR.size + _EOCD64.size:
+        fp.seek(location - _EOCD64_LOCATOR.size)
+        signature, *_ = _EOCD64_LOCATOR.unpack(fp.read(_EOCD64_LOCATOR.size))
+        if signature == b"PK\x06\x07":
+            fp.seek(location - _EOCD64_LOCATOR.size - _EOCD64.size)
+            record = _EOCD64.unpack(fp.read(_EOCD64.size))
+            if record[0] == b"PK\x06\x06":
+                entries, size = record[7], record[8]
+                start = location - _EOCD64_LOCATOR.size - _EOCD64.size - size
+    return ZipDirectory(entries=entries, size=size, start=start)
+
+
+def _check_zip_directory(fp: BinaryIO, shown: str, limits: BatchLimits) -> None:
+    """Refuse a zip from its directory alone, before ``zipfile`` builds an object per entry:
+    the counts its end record declares, then each entry's header (count, name length, name
+    depth, name encoding), walked the way ``zipfile`` will walk it."""
+    directory = read_zip_directory(fp)
+    if directory is None:
+        raise UploadError(f"{shown} is not a readable zip archive (no end-of-archive record).")
+    if directory.entries > limits.max_archive_entries:
+        raise UploadError(f"{shown} has {directory.entries:,} entries; the limit is {limits.max_archive_entries:,}.")
+    if directory.size > limits.max_directory_bytes:
+        raise UploadError(
+            f"{shown} lists its entries in {directory.size / MiB:,.1f} MiB; the limit is "
+            f"{limits.max_directory_bytes / MiB:,.0f} MiB (about {limits.max_archive_entries:,} entries)."
+        )
+    if directory.start < 0:
+        raise UploadError(f"{shown} is not a readable zip archive (its directory lies outside the file).")
+    fp.seek(directory.start)
+    data = fp.read(directory.size)
+    position = count = 0
+    while position < len(data):
+        if len(data) - position < _ENTRY.size or data[position : position + 4] != _ENTRY_SIGNATURE:
+            return  # zipfile reports a damaged directory in its own words
+        header = _ENTRY.unpack_from(data, position)
+        flags, name_length, extra_length, comment_length = header[5], header[12], header[13], header[14]
+        count += 1
+        if count > limits.max_archive_entries:
+            raise UploadError(f"{shown} has more than {limits.max_archive_entries:,} entries; that is the limit.")
+        name = data[position + _ENTRY.size : position + _ENTRY.size + name_length]
+        if name_length > limits.max_name_bytes:
+            raise UploadError(
+                f"Refused {shown}: entry {count:,} has a name of {name_length:,} bytes; the limit is "
+                f"{limits.max_name_bytes:,}."
+            )
+        if name.replace(b"\\", b"/").count(b"/") > limits.max_name_depth:
+            raise UploadError(
+                f"Refused {shown}: entry {count:,} lies more than {limits.max_name_depth} folders deep; "
+                "that is the limit."
+            )
+        if flags & _UTF8_FLAG:
+            try:
+                name.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UploadError(
+                    f"Refused {shown}: the name of entry {count:,} is marked as UTF-8 but is not valid UTF-8 "
+                    f"({_shown_bytes(name)}); re-create the zip with a current zip tool."
+                ) from None
+        position += _ENTRY.size + name_length + extra_length + comment_length
+
+
+def _shown_bytes(name: bytes, limit: int = 60) -> str:
+    text = name.decode("utf-8", "replace")
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
 # ---------------------------------------------------------------------------------------------
 # Input collection
 
@@ -139,6 +291,7 @@ class BatchInputs:
         self.items: list[BatchItem] = []
         self.skipped: list[str] = []  # names left out: not images, resource forks, hidden files
         self.bytes_read = 0
+        self.pixels_read = 0
         self._archives: dict[str, zipfile.ZipFile] = {}
 
     def __len__(self) -> int:
@@ -158,6 +311,7 @@ class BatchInputs:
     def read(self, item: BatchItem) -> bytes:
         """The image's bytes. ``ImageError`` for a member that cannot be read (the batch goes on);
         ``UploadError`` when the decompressed data passes a limit (the request stops)."""
+        _check_time_budget(item.name)
         limit = min(self.limits.max_image_bytes, self.limits.max_total_bytes - self.bytes_read)
         try:
             if item.member is None:
@@ -174,7 +328,26 @@ class BatchInputs:
             # Bad CRC, an unsupported compression method (deflate64...), a truncated archive.
             raise ImageError(f"Could not read {item.name} from the upload: {e}.") from None
         self.bytes_read += len(data)
+        self._count_pixels(item, data)
         return data
+
+    def _count_pixels(self, item: BatchItem, data: bytes) -> None:
+        """The pixel caps, from the image's header: one image, and the request's budget."""
+        header = image_header(data)
+        if header is None:
+            return  # not an image: the decoder says so in its own words
+        pixels, limits = header.pixels, self.limits
+        limit = header.web_limit(limits.max_image_pixels)
+        if pixels > limit:
+            raise ImageError(
+                f"Could not read {item.name}: {header.describe()}, more than the limit of {limit:,} per image."
+            )
+        if self.pixels_read + pixels > limits.max_total_pixels:
+            raise TimeBudgetError(
+                f"Not read {item.name}: the images of this request add up to more than "
+                f"{limits.max_total_pixels:,} pixels, the limit per request; send the rest in another request."
+            )
+        self.pixels_read += pixels
 
     # -- building ----------------------------------------------------------------------------
     def _add_file(self, path: str) -> None:
@@ -193,9 +366,11 @@ class BatchInputs:
     def _add_zip(self, path: str) -> None:
         shown = _display_name(path)
         try:
+            with open(path, "rb") as fp:
+                _check_zip_directory(fp, shown, self.limits)
             archive = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as e:
-            raise UploadError(f"{shown} is not a readable zip archive ({e}).") from None
+        except (zipfile.BadZipFile, OSError, UnicodeDecodeError, struct.error) as e:
+            raise UploadError(f"{shown} is not a readable zip archive ({_short(e)}).") from None
         self._archives[path] = archive
         infos = archive.infolist()
         limits = self.limits

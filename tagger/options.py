@@ -15,7 +15,7 @@ from dataclasses import Field, dataclass, field, fields
 from typing import Any, get_type_hints
 
 from tagger.errors import SelectionError
-from tagger.results import Selection, TagScore, parse_tag_list, resolve_category, tag_string
+from tagger.results import Selection, TagScore, _check_count, parse_tag_list, resolve_category, tag_string
 from tagger.vocab import CATEGORIES
 
 
@@ -179,7 +179,8 @@ class TagOptions:
         if self.mode == "threshold":
             per_category = {"character": self.character_threshold, **parse_category_values(self.category_thresholds)}
         elif self.mode == "topk":
-            category_topk = {c.id: self.topk_per_category for c in CATEGORIES}
+            # Checked here so the sentence names the option (not each category it is copied to).
+            category_topk = {c.id: _check_count("topk_per_category", self.topk_per_category) for c in CATEGORIES}
         selection = Selection(
             threshold=self.threshold,
             floor=self.floor,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tagger.errors import FeatureError
+from tagger.errors import FeatureError, shorten
 
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR}
 
@@ -63,9 +63,14 @@ def parse_colour(value: str | Sequence[float]) -> np.ndarray:
         elif match := _RGB_COLOUR.fullmatch(text):
             rgb = [float(g) for g in match.groups()]
         else:
-            raise FeatureError(f"{value!r} is not a colour; use #rrggbb (e.g. #ff8800) or rgb(255, 136, 0).")
+            raise FeatureError(
+                f"{shorten(repr(value), 80)} is not a colour; use #rrggbb (e.g. #ff8800) or rgb(255, 136, 0)."
+            )
     else:
-        rgb = [float(v) for v in value]
+        try:
+            rgb = [float(v) for v in value]
+        except (TypeError, ValueError):  # None from a raw API call, a number, a list of words
+            raise FeatureError(f"{shorten(repr(value), 80)} is not a colour; use #rrggbb (e.g. #ff8800).") from None
         if len(rgb) != 3:
             raise FeatureError(f"A colour needs three values (red, green, blue), not {len(rgb)}.")
     array = np.asarray(rgb, dtype=np.float32)

@@ -18,8 +18,9 @@ import io
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeAlias
 
 import numpy as np
@@ -32,8 +33,12 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MAX_IMAGE_PIXELS",
+    "WEB_MAX_IMAGE_PIXELS",
+    "Fit",
     "ImageError",
+    "ImageHeader",
     "ImageSource",
+    "image_header",
     "image_to_pixels",
     "load_image",
     "normalise",
@@ -46,7 +51,13 @@ __all__ = [
 ImageSource: TypeAlias = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 # Refuse larger images: a small compressed file can declare a huge canvas (decompression bomb).
-MAX_IMAGE_PIXELS: int = 100_000_000
+MAX_IMAGE_PIXELS: int = 100_000_000  # the library's and the CLI's default
+# What a shared web app accepts: the model sees at most 1024 px a side, and decoding costs grow
+# with the pixels (see SECURITY.md). The app passes it; local tools keep the larger default.
+WEB_MAX_IMAGE_PIXELS: int = 40_000_000
+# Decoders that hold several copies of the image at once (libwebp, libavif: ~15 bytes a pixel at
+# peak, measured in benchmarks/bench_decode.py) get a lower web cap: one upload under ~300 MiB.
+WEB_FORMAT_MAX_PIXELS: dict[str, int] = {"WEBP": 16_000_000, "AVIF": 16_000_000}
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -75,8 +86,25 @@ _BOMB_NUMBERS = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
 # ---------------------------------------------------------------------------------------------
 # Decoding
 
+# (width, height) of the upright image -> the (width, height) to return: ``target_size`` with
+# the model's settings, so that reduced decoding can skip pixels the model never sees.
+Fit: TypeAlias = Callable[[int, int], tuple[int, int]]
 
-def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+# Decode at a reduced scale (JPEG DCT scaling, JPEG 2000 resolution levels) only while the
+# reduced image keeps at least this many pixels per output pixel along each side; Lanczos
+# then works from that. The effect on what the model sees is measured in
+# benchmarks/bench_decode.py and bounded in tests/test_hostile.py.
+REDUCED_DECODE_MARGIN = 3
+# Modes are converted to RGB in bands of about this many pixels, so a big palette, alpha or
+# 16-bit image never has a second full-size copy in another mode.
+BAND_PIXELS = 1 << 20
+
+_REDUCIBLE_FORMATS = frozenset({"JPEG", "JPEG2000"})
+_SWAPS_AXES = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
+                         Image.Transpose.ROTATE_90})  # fmt: skip
+
+
+def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, *, fit: Fit | None = None) -> Image.Image:
     """Decode ``source`` to a new, fully loaded RGB image.
 
     ``source`` is a file path, the encoded bytes of a file, a PIL image (its current frame is
@@ -84,25 +112,71 @@ def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image
     RGBA; uint8, or float in [0, 1]). Images with more than ``max_pixels`` pixels are refused
     from their header, before any pixel is decoded. Raises ``ImageError`` for every input
     that cannot be turned into an image.
+
+    ``fit`` maps the upright image's (width, height) to the size to return, resized with
+    Lanczos exactly as ``preprocess`` resizes the full image (pass ``target_size`` with the
+    model's settings). Only the pixels that size needs are kept while decoding, and files
+    opened here may be decoded at a reduced scale (``REDUCED_DECODE_MARGIN``).
     """
     if isinstance(source, Image.Image):
-        return _finish(source, "the given PIL image", max_pixels)
+        return _finish(source, "the given PIL image", max_pixels, fit, own=False)
     if isinstance(source, np.ndarray):
-        return _from_array(source, max_pixels)
+        image = _from_array(source, max_pixels)
+        return _finish(image, "the given array", max_pixels, fit, own=True) if fit is not None else image
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
             raise ImageError("Could not read the given data: it is empty (0 bytes), so it holds no image.")
-        return _decode(io.BytesIO(data), "the given data", max_pixels)
+        return _decode(io.BytesIO(data), "the given data", max_pixels, fit)
     if isinstance(source, (str, os.PathLike)):
-        return _load_path(source, max_pixels)
+        return _load_path(source, max_pixels, fit)
     raise ImageError(
         f"Cannot read an image from an object of type {type(source).__name__}; "
         "pass a file path, bytes, a PIL image or a numpy array."
     )
 
 
-def _load_path(source: str | os.PathLike, max_pixels: int) -> Image.Image:
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header declares, read without decoding any pixel."""
+
+    width: int
+    height: int  # 1 when only the pixel count is known (Pillow's own bomb guard fired)
+    format: str
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def web_limit(self, max_pixels: int = WEB_MAX_IMAGE_PIXELS) -> int:
+        """The web cap for this format: some decoders need a lower one (``WEB_FORMAT_MAX_PIXELS``)."""
+        return min(max_pixels, WEB_FORMAT_MAX_PIXELS.get(self.format, max_pixels))
+
+    def describe(self) -> str:
+        shown = f"{self.width}x{self.height} ({self.pixels:,} pixels)" if self.height > 1 else f"{self.pixels:,} pixels"
+        return f"the image is {shown}"
+
+
+def image_header(source: str | os.PathLike | bytes) -> ImageHeader | None:
+    """The size and format a file's header declares, or None when it is not an image we
+    decode. Reads the header only: cheap enough to check limits before any decoding."""
+    try:
+        fp: io.IOBase = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    except (OSError, ValueError, TypeError):
+        return None
+    with fp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fp, formats=DECODABLE_FORMATS) as image:
+                return ImageHeader(image.width, image.height, image.format or "")
+        except Image.DecompressionBombError as exc:
+            found = _BOMB_NUMBERS.search(str(exc))
+            return ImageHeader(int(found.group(1)), 1, "") if found else None
+        except Exception:
+            return None
+
+
+def _load_path(source: str | os.PathLike, max_pixels: int, fit: Fit | None) -> Image.Image:
     shown = os.fsdecode(os.fspath(source))
     name = f"the file '{shown}'"
     # Open the file ourselves: OS errors get their own messages, and the handle is always closed.
@@ -119,7 +193,7 @@ def _load_path(source: str | os.PathLike, max_pixels: int) -> Image.Image:
     with fp:
         if _is_empty_file(fp):
             raise ImageError(f"The file '{shown}' is empty (0 bytes), so it holds no image.")
-        return _decode(fp, name, max_pixels)
+        return _decode(fp, name, max_pixels, fit)
 
 
 def _is_empty_file(fp: io.BufferedReader) -> bool:
@@ -137,22 +211,150 @@ DECODABLE_FORMATS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _decode(fp: io.IOBase, name: str, max_pixels: int) -> Image.Image:
+def _decode(fp: io.IOBase, name: str, max_pixels: int, fit: Fit | None) -> Image.Image:
     with _decoding_errors(name, max_pixels), Image.open(fp, formats=DECODABLE_FORMATS) as image:
         # Image.open reads only the header (and the first frame's position), so the size
         # checks inside _finish run before any pixel data is decompressed.
-        return _finish(image, name, max_pixels)
+        return _finish(image, name, max_pixels, fit, own=True)
 
 
-def _finish(image: Image.Image, name: str, max_pixels: int) -> Image.Image:
-    """Size checks, decode, RGB conversion, orientation. Always returns a new image."""
+def _finish(image: Image.Image, name: str, max_pixels: int, fit: Fit | None, own: bool) -> Image.Image:
+    """Size checks, decode, RGB conversion, orientation, and the ``fit`` resize. Always returns
+    a new image. ``own``: the image was opened here, so its decoder may be told to reduce."""
     _check_size(image.size, name, max_pixels)
     with _decoding_errors(name, max_pixels):
+        box = target = None
+        if own and fit is not None and image.format in _REDUCIBLE_FORMATS:
+            # These keep EXIF in their header: the orientation (hence the target) is known
+            # before the decoder is told how far it may reduce.
+            fix = _ORIENTATION_FIX.get(_exif_orientation(image))
+            upright = _upright_size(image.size, fix)
+            target = _checked_fit(fit, upright)
+            box = _reduce_while_decoding(image, fix, upright, target)
         image.load()
-        orientation = _exif_orientation(image)
-        rgb = _to_rgb(image, name)
-    fix = _ORIENTATION_FIX.get(orientation)
-    return rgb.transpose(fix) if fix is not None else rgb
+        if target is None:  # other formats may keep EXIF anywhere: read it from the loaded image
+            fix = _ORIENTATION_FIX.get(_exif_orientation(image))
+            upright = _upright_size(image.size, fix)
+            target = upright if fit is None else _checked_fit(fit, upright)
+        if fit is None and image.mode == "RGB" and "transparency" not in image.info:
+            rgb = image.copy()  # nothing to convert: one copy, as small as it gets
+            return rgb.transpose(fix) if fix is not None else rgb
+        return _rgb_in_bands(image, fix, target, box, name)
+
+
+def _upright_size(size: tuple[int, int], fix: Image.Transpose | None) -> tuple[int, int]:
+    return (size[1], size[0]) if fix in _SWAPS_AXES else size
+
+
+def _checked_fit(fit: Fit, upright: tuple[int, int]) -> tuple[int, int]:
+    width, height = (int(v) for v in fit(*upright))
+    if width < 1 or height < 1:
+        raise ValueError(f"fit returned {width}x{height} for a {upright[0]}x{upright[1]} image")
+    return width, height
+
+
+def _reduce_while_decoding(
+    image: Image.Image, fix: Image.Transpose | None, upright: tuple[int, int], target: tuple[int, int]
+) -> tuple[float, float, float, float] | None:
+    """Ask the decoder for a smaller image where the format can (JPEG DCT scaling, JPEG 2000
+    resolution levels), keeping ``REDUCED_DECODE_MARGIN`` pixels per output pixel. Returns the
+    region of the reduced (upright) image that covers the original, or None if nothing changed."""
+    factor = min(upright[0] / target[0], upright[1] / target[1]) / REDUCED_DECODE_MARGIN
+    if factor < 2 or len(getattr(image, "tile", ())) != 1:
+        return None
+    width, height = image.size
+    if image.format == "JPEG" and hasattr(image, "draft"):
+        stored_target = (target[1], target[0]) if fix in _SWAPS_AXES else target
+        request = (stored_target[0] * REDUCED_DECODE_MARGIN, stored_target[1] * REDUCED_DECODE_MARGIN)
+        if image.draft(None, request) is None:
+            return None
+        scale = width / image.size[0] if image.size[0] else 1
+        scale = 2 ** round(np.log2(max(scale, 1)))  # 1, 2, 4 or 8
+    elif image.format == "JPEG2000":
+        levels = min(int(np.log2(factor)), 5)  # codestreams have 5 decomposition levels by default
+        if levels < 1:
+            return None
+        image.reduce = levels  # type: ignore[method-assign,assignment]  # Jpeg2KImageFile's setting
+        scale = 2**levels
+    else:
+        return None
+    return _covering_box(fix, (width / scale, height / scale), _reduced_size(image, width, height, scale))
+
+
+def _reduced_size(image: Image.Image, width: int, height: int, scale: int) -> tuple[int, int]:
+    if image.format == "JPEG2000":  # Pillow rounds the reduced size half up
+        return int((width + scale // 2) / scale), int((height + scale // 2) / scale)
+    return image.size
+
+
+def _covering_box(
+    fix: Image.Transpose | None, covered: tuple[float, float], size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """The region (upright coordinates) of a reduced image that covers the original: the
+    decoders round the reduced size up, so the last column and row are partly outside."""
+    bw, bh = min(covered[0], size[0]), min(covered[1], size[1])
+    dw, dh = size
+    boxes = {
+        None: (0, 0, bw, bh),
+        Image.Transpose.FLIP_LEFT_RIGHT: (dw - bw, 0, dw, bh),
+        Image.Transpose.ROTATE_180: (dw - bw, dh - bh, dw, dh),
+        Image.Transpose.FLIP_TOP_BOTTOM: (0, dh - bh, bw, dh),
+        Image.Transpose.TRANSPOSE: (0, 0, bh, bw),
+        Image.Transpose.ROTATE_270: (dh - bh, 0, dh, bw),
+        Image.Transpose.TRANSVERSE: (dh - bh, dw - bw, dh, dw),
+        Image.Transpose.ROTATE_90: (0, dw - bw, bh, dw),
+    }
+    return boxes[fix]
+
+
+def _band_source(fix: Image.Transpose | None, size: tuple[int, int], top: int, bottom: int) -> tuple[int, ...]:
+    """The region of the stored image that becomes rows [top, bottom) of the upright one."""
+    width, height = size
+    if fix in (None, Image.Transpose.FLIP_LEFT_RIGHT):
+        return (0, top, width, bottom)
+    if fix in (Image.Transpose.ROTATE_180, Image.Transpose.FLIP_TOP_BOTTOM):
+        return (0, height - bottom, width, height - top)
+    if fix in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270):
+        return (top, 0, bottom, height)
+    return (width - bottom, 0, width - top, height)  # TRANSVERSE, ROTATE_90
+
+
+def _rgb_in_bands(
+    image: Image.Image,
+    fix: Image.Transpose | None,
+    target: tuple[int, int],
+    box: tuple[float, float, float, float] | None,
+    name: str,
+) -> Image.Image:
+    """RGB at ``target`` size, converted and resized band by band.
+
+    Pillow's Lanczos resize is two passes, horizontal then vertical, with an 8-bit image in
+    between; each row of the horizontal pass depends on that row only. So converting a band
+    of rows, resizing it horizontally and stacking the bands gives exactly the intermediate
+    of one full resize, and the vertical pass finishes it: the same pixels as converting the
+    whole image and resizing it, without a full-size copy in another mode.
+    """
+    stored = image.size
+    width, height = (stored[1], stored[0]) if fix in _SWAPS_AXES else stored
+    left, top, right, bottom = box if box is not None else (0, 0, width, height)
+    out_width, out_height = target
+    horizontal = (out_width, left, right) != (width, 0, width)
+    vertical = (out_height, top, bottom) != (height, 0, height)
+    stats = _grey_stats(image, name)
+    rows = max(1, BAND_PIXELS // max(width, 1))
+    stacked = Image.new("RGB", (out_width if horizontal else width, height))
+    for y in range(0, height, rows):
+        band = image.crop(_band_source(fix, stored, y, min(y + rows, height)))
+        if fix is not None:
+            band = band.transpose(fix)
+        rgb = _to_rgb(band, name, stats)
+        if horizontal:
+            rgb = rgb.resize((out_width, rgb.height), Image.Resampling.LANCZOS, box=(left, 0, right, rgb.height))
+        stacked.paste(rgb, (0, y))
+        del band, rgb
+    if not vertical:
+        return stacked
+    return stacked.resize((out_width, out_height), Image.Resampling.LANCZOS, box=(0, top, stacked.width, bottom))
 
 
 def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:
@@ -214,20 +416,21 @@ def _exif_orientation(image: Image.Image) -> int:
         return 1
 
 
-def _to_rgb(image: Image.Image, name: str = "the image") -> Image.Image:
-    """A new RGB image; transparency is composited onto white, wide grey scaled to 8 bit."""
+def _to_rgb(image: Image.Image, name: str = "the image", stats: tuple[float, float] | None = None) -> Image.Image:
+    """A new RGB image; transparency is composited onto white, wide grey scaled to 8 bit.
+    ``stats``: the whole image's (min, max) for modes I and F when ``image`` is one band of it."""
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image.copy()
     if mode in _WIDE_GREY_MODES:
-        return _wide_grey_to_rgb(image)
+        return _wide_grey_to_rgb(image, stats)
     try:
         if mode == "La":  # Pillow converts premultiplied La only to LA
             image = image.convert("LA")
             mode = "LA"
         # Palette images go through RGBA too: their alpha may sit in the palette, not in info.
         if mode in _ALPHA_MODES or mode == "P" or "transparency" in image.info:
-            return Image.fromarray(_composite_on_white(np.asarray(image.convert("RGBA"))))
+            return _on_white(image if mode == "RGBA" else image.convert("RGBA"))
         return image.convert("RGB")
     except ValueError as exc:
         raise ImageError(
@@ -235,10 +438,25 @@ def _to_rgb(image: Image.Image, name: str = "the image") -> Image.Image:
         ) from None
 
 
-def _wide_grey_to_rgb(image: Image.Image) -> Image.Image:
+def _grey_stats(image: Image.Image, name: str) -> tuple[float, float] | None:
+    """(min, max) of a mode I or F image as ``_scale_to_uint8`` sees it, read band by band."""
+    if image.mode not in ("I", "F"):
+        return None
+    low, high = np.inf, -np.inf
+    rows = max(1, BAND_PIXELS // max(image.width, 1))
+    for y in range(0, image.height, rows):
+        values = np.asarray(image.crop((0, y, image.width, min(y + rows, image.height))))
+        if image.mode == "F":
+            values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if values.size:
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
+    return (low, high) if low <= high else (0.0, 0.0)
+
+
+def _wide_grey_to_rgb(image: Image.Image, stats: tuple[float, float] | None = None) -> Image.Image:
     # Pillow's own convert() clips these modes at 255, turning most 16-bit images white.
     values = np.asarray(image)
-    grey = _scale_to_uint8(values, image.mode)
+    grey = _scale_to_uint8(values, image.mode, stats)
     transparent = image.info.get("transparency")
     if isinstance(transparent, (int, float)):  # PNG tRNS for grey: one sample value is see-through
         alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
@@ -246,24 +464,38 @@ def _wide_grey_to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.dstack([grey, grey, grey]))
 
 
-def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+def _scale_to_uint8(values: np.ndarray, mode: str, stats: tuple[float, float] | None = None) -> np.ndarray:
     if mode.startswith("I;16"):  # the bit depth is known: 0..65535
         return np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
     if mode == "F":
         # Float images carry no nominal range: [0, 1] when the data fits it, else 0..255 like Pillow.
         data = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        if data.size and data.min() >= 0.0 and data.max() <= 1.0:
+        low, high = stats if stats is not None else _range(data)
+        if data.size and low >= 0.0 and high <= 1.0:
             data = data * 255.0
         return np.rint(np.clip(data, 0.0, 255.0)).astype(np.uint8)
     # Mode "I" (32-bit signed) has no nominal range either: 8-bit data stays as is, 16-bit data
     # (older Pillow opened 16-bit PNGs as "I") is scaled, anything wider is stretched to its range.
     data = values.astype(np.float64)
-    low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    low, high = stats if stats is not None else _range(data)
     if low >= 0 and high <= 255:
         return data.astype(np.uint8)
     if low >= 0 and high <= 65535:
         return np.rint(data / 257.0).astype(np.uint8)
-    return np.rint((data - low) * (255.0 / (high - low))).astype(np.uint8)
+    scale = 255.0 / (high - low) if high > low else 0.0  # one negative or huge value everywhere: black
+    return np.rint((data - low) * scale).astype(np.uint8)
+
+
+def _range(data: np.ndarray) -> tuple[float, float]:
+    return (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+
+
+def _on_white(rgba: Image.Image) -> Image.Image:
+    """``_composite_on_white`` in Pillow's C code: pasting with an alpha mask blends as
+    (c·a + 255·(255 − a)) / 255 rounded to nearest, the same integers (checked for every c, a)."""
+    out = Image.new("RGB", rgba.size, (255, 255, 255))
+    out.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+    return out
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:

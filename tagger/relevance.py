@@ -27,6 +27,9 @@ from tagger.vocab import Vocabulary
 # to eps. Four blocks back the tokens are already semantic and still tied to their patch,
 # and the prefix tokens have read from the patches in four attention layers.
 DEFAULT_LAYERS_FROM_END = 4
+# Deepest tap a request may ask for: memory grows with every block the gradient goes back
+# through (~390 MiB per block at 1024 px on CPU), and the early blocks carry little tag meaning.
+MAX_LAYERS_FROM_END = 8
 
 
 def tap_block(num_layers: int, layers_from_end: int = DEFAULT_LAYERS_FROM_END) -> int:
@@ -35,11 +38,11 @@ def tap_block(num_layers: int, layers_from_end: int = DEFAULT_LAYERS_FROM_END) -
         layers_from_end = int(layers_from_end)
     if not isinstance(layers_from_end, int) or isinstance(layers_from_end, bool):
         raise FeatureError(f"layers_from_end must be a whole number, not {layers_from_end!r}.")
-    low = min(2, num_layers)
-    if not low <= layers_from_end <= num_layers:
+    low, high = min(2, num_layers), min(num_layers, MAX_LAYERS_FROM_END)
+    if not low <= layers_from_end <= high:
         raise FeatureError(
-            f"layers_from_end must be between {low} and {num_layers} (the last block's input carries no "
-            f"relevance), not {layers_from_end}."
+            f"layers_from_end must be between {low} and {high} (the last block's input carries no "
+            f"relevance; deeper taps cost too much memory), not {layers_from_end}."
         )
     return num_layers - layers_from_end
 

@@ -6,31 +6,43 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import logging
 import os
+import re
 import sys
 import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
+from gradio.exceptions import InvalidPathError
+from pydantic import ValidationError
+from starlette.middleware import Middleware
 
-from tagger.errors import CheckpointError, ResolutionError, VocabularyError
+from tagger import fairshare
+from tagger.errors import CheckpointError, ResolutionError, VocabularyError, shorten
 from tagger.hub import resolve_model_files
 from tagger.predict import Tagger
 from tagger.runtime import ModelRunner
 from tagger.synthetic import write_demo_files
 from tagger.ui import CSS, build_demo
-from tagger.ui.context import AppContext
+from tagger.ui.context import HEAVY_QUEUE, AppContext
 
 log = logging.getLogger("tagger")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 MAX_FILE_SIZE = "200mb"  # per upload (dataset zips for the Batch tab); Gradio refuses larger ones before we see them
-# Uploads and URL downloads stay in Gradio's cache for the life of the process unless cleaned:
-# every hour, remove those older than a day (batch results are kept as long, see tagger.batch).
-CACHE_CLEANUP: tuple[int, int] = (3600, 24 * 3600)
+# Uploads, URL downloads and results (feature images, caption zips) stay in Gradio's cache for
+# the life of the process unless cleaned: every 10 minutes, remove those older than an hour.
+CACHE_CLEANUP: tuple[int, int] = (600, 3600)
 QUEUE_MAX_SIZE = 64  # waiting requests beyond this are refused with "queue is full"
+# One text argument (exclude, prepend, categories, a tag, a colour): a long tag list fits.
+MAX_TEXT_CHARS = 10_000
+# The per-client limits each app was created with (read again by launch for the middleware).
+_LIMITS: weakref.WeakKeyDictionary[gr.Blocks, fairshare.FairShareLimits] = weakref.WeakKeyDictionary()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -67,7 +79,10 @@ def load_context(args: argparse.Namespace) -> AppContext:
     return AppContext(tagger=tagger, runner=ModelRunner(tagger), demo_mode=args.demo, examples=examples)
 
 
-def create_app(argv: Sequence[str] | None = None) -> tuple[gr.Blocks, AppContext]:
+def create_app(
+    argv: Sequence[str] | None = None, limits: fairshare.FairShareLimits | None = None
+) -> tuple[gr.Blocks, AppContext]:
+    """The app and its context; ``limits``: the per-client limits (default ``FairShareLimits()``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     context = load_context(parse_args(argv))
     demo = build_demo(context)
@@ -76,6 +91,10 @@ def create_app(argv: Sequence[str] | None = None) -> tuple[gr.Blocks, AppContext
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=concurrency)
     if demo.delete_cache is None:  # read by Gradio when the server starts
         demo.delete_cache = CACHE_CLEANUP
+    limits = limits or fairshare.FairShareLimits()
+    fairshare.install(demo, limits, heavy_group=HEAVY_QUEUE)
+    _readable_request_errors(demo)
+    _LIMITS[demo] = limits
     return demo, context
 
 
@@ -89,16 +108,94 @@ def mcp_server_wanted() -> bool:
     return True
 
 
-def launch(demo: gr.Blocks, **kwargs: object) -> tuple:
+def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
     """Launch with host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio reads
     them) and the public endpoints also served as MCP tools at ``/gradio_api/mcp/``; ``kwargs``
-    go to ``Blocks.launch``. Returns what it returns (app, local URL, share URL)."""
+    go to ``Blocks.launch``. Returns what it returns (app, local URL, share URL).
+    The request guard (``tagger.fairshare.RequestGuard``) goes in front of Gradio's routes."""
     kwargs.setdefault("mcp_server", mcp_server_wanted())
+    app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+    guard = Middleware(fairshare.RequestGuard, limits=_LIMITS.get(demo) or fairshare.FairShareLimits())
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), guard]
     return demo.launch(
         max_file_size=MAX_FILE_SIZE,
         show_error=True,
         css=CSS,
         allowed_paths=[str(EXAMPLES_DIR)],
         ssr_mode=False,
-        **kwargs,  # type: ignore[arg-type]
+        app_kwargs=app_kwargs,
+        **kwargs,
     )
+
+
+def _readable_request_errors(demo: gr.Blocks) -> None:
+    """Gradio's own messages for malformed raw API calls are written for developers (component
+    reprs with memory addresses, pydantic dumps, server paths); give each a sentence instead."""
+    validate, preprocess, postprocess = demo.validate_inputs, demo.preprocess_data, demo.postprocess_data
+
+    def names(block_fn: Any) -> str:
+        return ", ".join(str(getattr(b, "label", None) or type(b).__name__) for b in block_fn.inputs)
+
+    @functools.wraps(validate)
+    def validate_inputs(block_fn: Any, inputs: list[Any]) -> None:
+        if len(inputs) < len(block_fn.inputs):
+            raise gr.Error(
+                f"This endpoint takes {len(block_fn.inputs)} values ({shorten(names(block_fn), 300)}); "
+                f"{len(inputs)} were sent.",
+                print_exception=False,
+            )
+        for block, value in zip(block_fn.inputs, inputs, strict=False):
+            if isinstance(block, (gr.File, gr.Image)):
+                continue  # file payloads and data URLs have their own limits
+            texts = value if isinstance(value, list) else [value]
+            length = sum(len(t) for t in texts if isinstance(t, str))
+            if length > MAX_TEXT_CHARS:
+                label = getattr(block, "label", None) or type(block).__name__
+                raise gr.Error(
+                    f"The value sent for '{label}' is {length:,} characters long; the limit is {MAX_TEXT_CHARS:,}.",
+                    print_exception=False,
+                )
+        validate(block_fn, inputs)
+
+    @functools.wraps(preprocess)
+    async def preprocess_data(block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await preprocess(block_fn, inputs, *args, **kwargs)
+        except gr.Error:
+            raise
+        except InvalidPathError:
+            raise gr.Error(
+                "A file in this request was not uploaded to this Space; upload it first "
+                "(gradio_client's handle_file does this).",
+                print_exception=False,
+            ) from None
+        except ValidationError:
+            raise gr.Error(
+                'A file value in this request is malformed; send files as {"path": ..., "meta": '
+                '{"_type": "gradio.FileData"}} after uploading them (gradio_client\'s handle_file does this).',
+                print_exception=False,
+            ) from None
+        except Exception as e:
+            log.info("Refused malformed input: %s", shorten(str(e), 300))
+            found = re.search(r"component at index (\d+)", str(e))
+            index = int(found.group(1)) if found else -1
+            if 0 <= index < len(block_fn.inputs):
+                label = getattr(block_fn.inputs[index], "label", None) or f"value {index + 1}"
+                message = f"The value sent for '{label}' is not valid for this endpoint."
+            else:
+                message = f"A value in this request is not valid for this endpoint (it takes: {names(block_fn)})."
+            raise gr.Error(shorten(message), print_exception=False) from None
+
+    @functools.wraps(postprocess)
+    async def postprocess_data(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await postprocess(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception:
+            log.exception("Could not prepare an answer")
+            raise gr.Error("Something went wrong while preparing the answer; please try again.") from None
+
+    demo.validate_inputs = validate_inputs  # type: ignore[method-assign]
+    demo.preprocess_data = preprocess_data  # type: ignore[method-assign]
+    demo.postprocess_data = postprocess_data  # type: ignore[method-assign]

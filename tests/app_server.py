@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
@@ -31,7 +32,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(argv: list[str] | None = None) -> RunningApp:
-    demo, context = create_app(argv if argv is not None else ["--demo"])
+def start_app(argv: list[str] | None = None, **create: Any) -> RunningApp:
+    """``create``: more keyword arguments for ``create_app`` (``limits=FairShareLimits(...)``)."""
+    demo, context = create_app(argv if argv is not None else ["--demo"], **create)
     _, url, _ = launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     return RunningApp(demo, context, url)

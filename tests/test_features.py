@@ -194,8 +194,8 @@ def test_relevance_of_a_batch_equals_one_image_at_a_time(deep_tagger: Tagger, ma
 
 def test_depth_choice() -> None:
     assert DEFAULT_LAYERS_FROM_END == 4
-    assert tap_block(32) == 28 and tap_block(32, 2) == 30 and tap_block(32, 32) == 0 and tap_block(2, 2.0) == 0
-    for bad in (1, 33, 0, 2.5, "x"):
+    assert tap_block(32) == 28 and tap_block(32, 2) == 30 and tap_block(32, 8) == 24 and tap_block(2, 2.0) == 0
+    for bad in (1, 9, 32, 33, 0, 2.5, "x"):  # deeper than MAX_LAYERS_FROM_END (8) costs too much memory
         with pytest.raises(FeatureError, match="layers_from_end"):
             tap_block(32, bad)  # type: ignore[arg-type]
 

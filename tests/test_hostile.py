@@ -27,8 +27,10 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
+import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,13 +51,15 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image, features
 
 import tagger.fetch as fetch
+from tagger.errors import TimeBudgetError, UploadError
 from tagger.fetch import FetchError, address_problem, fetch_url
+from tagger.intake import BatchLimits, collect_inputs, read_zip_directory
 from tagger.options import MODES, ORDERS, TagOptions
 from tagger.predict import Tagger
 from tagger.preprocess import ImageError, load_image
 from tagger.results import Selection, SelectionError, select_tags, tag_string
 from tagger.server import MAX_FILE_SIZE
-from tagger.ui.inputs import SafeFile, SafeImage
+from tagger.ui.inputs import SafeFile, SafeImage, _SafeDownloads
 from tagger.vocab import CATEGORIES, Vocabulary
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
@@ -310,11 +314,8 @@ def test_raw_payloads_refused(name: str, app: RunningApp, client: Client, good_i
     for index, value in overrides.items():
         data[index] = value
     event, message = raw_call(app, data)
-    if name == "exclude_huge":  # odd but valid: tagged
-        assert event == "complete", message
-    else:
-        assert event == "error", message
-        assert isinstance(message, str) and message and "Traceback" not in message, message
+    assert event == "error", message
+    assert isinstance(message, str) and message and "Traceback" not in message, message
     assert_serves(client, good_image)
 
 
@@ -563,6 +564,30 @@ def test_address_policy(address: str, allowed: bool) -> None:
     assert (problem is None) == allowed, problem
 
 
+@pytest.mark.parametrize(
+    ("address", "local_ok"),
+    [
+        ("127.0.0.1", True),  # a server on the user's own machine
+        ("192.168.1.20", True),  # a NAS
+        ("10.0.0.5", True),
+        ("::1", True),
+        ("fe80::1", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("224.0.0.1", False),
+        ("255.255.255.255", False),
+        ("8.8.8.8", True),
+    ],
+)
+def test_cli_policy_allows_the_users_own_network(address: str, local_ok: bool) -> None:
+    """The CLI's user owns the machine (``local_network_too``); the web app stays public-only."""
+    ip = ipaddress.ip_address(address)
+    assert (fetch.local_network_too(ip, 80) is None) == local_ok
+    if ip.is_private or ip.is_loopback:
+        assert fetch.public_only(ip, 80) is not None
+    assert SafeFile.address_policy is fetch.public_only and SafeImage.address_policy is fetch.public_only
+
+
 REFUSED_URLS = [
     ("http://127.0.0.1:{port}/image.png", "loopback"),
     ("http://localhost:{port}/image.png", "loopback"),
@@ -603,6 +628,7 @@ class LocalServer:
         self.image = image
         self.requests: list[tuple[str, str]] = []  # (path, Host header)
         self.sni: list[str | None] = []
+        self.policy: fetch.AddressPolicy = fetch.public_only  # set by the allow_server fixture
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -717,29 +743,36 @@ def local_server(image_bytes: bytes) -> Iterator[LocalServer]:
     server.close()
 
 
+def allowing(port: int) -> fetch.AddressPolicy:
+    """The public-only policy, except that ``port`` on 127.0.0.1 (a test server) counts as public."""
+    local = ipaddress.ip_address("127.0.0.1")
+    return lambda ip, p: None if (ip == local and p == port) else fetch.public_only(ip, p)
+
+
 @pytest.fixture
 def allow_server(monkeypatch: pytest.MonkeyPatch, local_server: LocalServer) -> LocalServer:
-    """The address policy, except that the local server's own port on 127.0.0.1 counts as public."""
-    local = ipaddress.ip_address("127.0.0.1")
-    policy = fetch._is_allowed_address
-    monkeypatch.setattr(
-        fetch, "_is_allowed_address", lambda ip, port: (ip == local and port == local_server.port) or policy(ip, port)
-    )
+    """The app's inputs fetch with a policy that lets the local server's own port through;
+    direct ``fetch_url`` calls pass ``policy=allow_server.policy``."""
+    local_server.policy = allowing(local_server.port)
+    monkeypatch.setattr(_SafeDownloads, "address_policy", staticmethod(local_server.policy))
     local_server.requests.clear()
     return local_server
 
 
 def test_fetch_downloads(allow_server: LocalServer, tmp_path: Path, image_bytes: bytes) -> None:
-    path = fetch_url(allow_server.url("/image.png?size=large"), tmp_path)
+    path = fetch_url(allow_server.url("/image.png?size=large"), tmp_path, policy=allow_server.policy)
     assert path.read_bytes() == image_bytes and path.name == "image.png"
     assert path.parent.parent == tmp_path
     assert allow_server.requests == [("/image.png?size=large", f"127.0.0.1:{allow_server.port}")]
-    assert fetch_url(allow_server.url("/noname"), tmp_path).suffix == ".png"
+    assert fetch_url(allow_server.url("/noname"), tmp_path, policy=allow_server.policy).suffix == ".png"
 
 
 def test_fetch_follows_allowed_redirects(allow_server: LocalServer, tmp_path: Path, image_bytes: bytes) -> None:
-    assert fetch_url(allow_server.url("/redirect-ok"), tmp_path).read_bytes() == image_bytes
-    assert fetch_url(allow_server.url("/redirect-chain/2"), tmp_path).read_bytes() == image_bytes  # 3 redirects
+    assert fetch_url(allow_server.url("/redirect-ok"), tmp_path, policy=allow_server.policy).read_bytes() == image_bytes
+    assert (
+        fetch_url(allow_server.url("/redirect-chain/2"), tmp_path, policy=allow_server.policy).read_bytes()
+        == image_bytes
+    )  # 3 redirects
 
 
 @pytest.mark.parametrize(
@@ -761,7 +794,7 @@ def test_fetch_follows_allowed_redirects(allow_server: LocalServer, tmp_path: Pa
 )
 def test_fetch_refuses(allow_server: LocalServer, tmp_path: Path, path: str, reason: str) -> None:
     with pytest.raises(FetchError) as info:
-        fetch_url(allow_server.url(path), tmp_path, max_bytes=1024 * 1024)
+        fetch_url(allow_server.url(path), tmp_path, max_bytes=1024 * 1024, policy=allow_server.policy)
     assert reason in str(info.value)
     assert_sentence(str(info.value))
     assert not any(tmp_path.iterdir()), "a failed fetch left files behind"
@@ -771,7 +804,7 @@ def test_fetch_refuses(allow_server: LocalServer, tmp_path: Path, path: str, rea
 def test_fetch_total_time_limit(allow_server: LocalServer, tmp_path: Path, path: str) -> None:
     started = time.monotonic()
     with pytest.raises(FetchError, match=r"took longer than 0\.8 s"):
-        fetch_url(allow_server.url(path), tmp_path, timeout=0.8)
+        fetch_url(allow_server.url(path), tmp_path, timeout=0.8, policy=allow_server.policy)
     assert time.monotonic() - started < 3.0
 
 
@@ -803,11 +836,11 @@ def test_fetch_connects_to_the_checked_address(
     Host header the name. A later answer pointing inside is refused without naming it."""
     dns = FakeDNS({"tagger-test.invalid": [["127.0.0.1"], ["10.9.8.7"]]})
     monkeypatch.setattr(socket, "getaddrinfo", dns)
-    fetch_url(allow_server.url("/image.png", host="tagger-test.invalid"), tmp_path)
+    fetch_url(allow_server.url("/image.png", host="tagger-test.invalid"), tmp_path, policy=allow_server.policy)
     assert dns.lookups == ["tagger-test.invalid"]
     assert allow_server.requests == [("/image.png", f"tagger-test.invalid:{allow_server.port}")]
     with pytest.raises(FetchError) as info:
-        fetch_url(allow_server.url("/image.png", host="tagger-test.invalid"), tmp_path)
+        fetch_url(allow_server.url("/image.png", host="tagger-test.invalid"), tmp_path, policy=allow_server.policy)
     assert "the host tagger-test.invalid is not a public internet address (private network)" in str(info.value)
     assert "10.9.8.7" not in str(info.value)
     assert len(allow_server.requests) == 1
@@ -818,7 +851,7 @@ def test_fetch_refuses_mixed_answers(
 ) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", FakeDNS({"mixed.invalid": [["127.0.0.1", "192.168.0.7"]]}))
     with pytest.raises(FetchError, match="private network"):
-        fetch_url(allow_server.url("/image.png", host="mixed.invalid"), tmp_path)
+        fetch_url(allow_server.url("/image.png", host="mixed.invalid"), tmp_path, policy=allow_server.policy)
     assert allow_server.requests == []
 
 
@@ -855,17 +888,16 @@ def test_fetch_https_keeps_sni_and_verifies(
     server_tls.load_cert_chain(cert, key)
     server = LocalServer(image_bytes, tls=server_tls)
     try:
-        local = ipaddress.ip_address("127.0.0.1")
-        monkeypatch.setattr(fetch, "_is_allowed_address", lambda ip, port: ip == local and port == server.port)
+        policy = allowing(server.port)
         monkeypatch.setattr(socket, "getaddrinfo", FakeDNS({"tagger-test.invalid": [["127.0.0.1"]]}))
         trust = ssl.create_default_context(cafile=str(cert))
         url = server.url("/image.png", host="tagger-test.invalid", scheme="https")
-        assert fetch_url(url, tmp_path, context=trust).read_bytes() == image_bytes
+        assert fetch_url(url, tmp_path, context=trust, policy=policy).read_bytes() == image_bytes
         assert server.sni == ["tagger-test.invalid"]
         assert server.requests == [("/image.png", f"tagger-test.invalid:{server.port}")]
         # The same server by its address: the certificate does not name it, so no download.
         with pytest.raises(FetchError, match="certificate could not be verified"):
-            fetch_url(server.url("/image.png", scheme="https"), tmp_path, context=trust)
+            fetch_url(server.url("/image.png", scheme="https"), tmp_path, context=trust, policy=policy)
     finally:
         server.close()
 
@@ -949,7 +981,7 @@ def test_upload_size_limit(app: RunningApp, client: Client, good_image: Path, tm
 def test_pixel_limit_message(client: Client, corpus_files: dict[str, Path]) -> None:
     with pytest.raises(AppError) as info:
         call_tag(client, handle_file(str(corpus_files["bomb_120mp.png"])))
-    assert "more than the limit of 100,000,000 pixels" in info.value.message
+    assert "more than this Space's limit of 40,000,000 pixels" in info.value.message
     assert "'bomb_120mp.png'" in info.value.message
 
 
@@ -988,9 +1020,12 @@ def test_image_input_data_urls(small_tagger: Tagger, monkeypatch: pytest.MonkeyP
     image = SafeImage(type="filepath", image_mode=None, render=False)
     monkeypatch.setattr(SafeImage, "max_download_bytes", 4096)
     bomb = "data:image/png;base64," + base64.b64encode(png_declaring(30_000, 30_000)).decode()
-    saved = image.preprocess(ImageData(url=bomb))
-    assert Path(saved).read_bytes() == png_declaring(30_000, 30_000)  # stored, not decoded
-    with pytest.raises(ImageError, match="decompression bomb"):
+    with pytest.raises(gr.Error, match="900,000,000 pixels, more than this Space's limit"):  # from the header
+        image.preprocess(ImageData(url=bomb))
+    small = "data:image/png;base64," + base64.b64encode(png_declaring(64, 48)).decode()
+    saved = image.preprocess(ImageData(url=small))
+    assert Path(saved).read_bytes() == png_declaring(64, 48)  # stored, not decoded here
+    with pytest.raises(ImageError, match="truncated or corrupt"):
         small_tagger.prepare(saved)
     with pytest.raises(gr.Error, match="not valid base64"):
         image.preprocess(ImageData(url="data:image/png;base64,***"))
@@ -1015,3 +1050,545 @@ def test_fetch_limits_match_the_app() -> None:
     assert gr.utils._parse_file_size(MAX_FILE_SIZE) >= fetch.MAX_DOWNLOAD_BYTES
     assert 0 < fetch.DOWNLOAD_TIMEOUT_S <= 30 and fetch.MAX_REDIRECTS == 3
     assert math.isfinite(SafeImage.download_timeout) and SafeFile.max_download_bytes == fetch.MAX_DOWNLOAD_BYTES
+
+
+# ---------------------------------------------------------------------------------------------
+# Zips refused from their directory, before zipfile builds an object per entry
+
+
+def zip_end_records(entries: int, directory_size: int, directory_offset: int, zip64: bool) -> bytes:
+    """End-of-central-directory records declaring ``entries`` in ``directory_size`` bytes."""
+    if not zip64:
+        return struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, directory_size, directory_offset, 0)
+    record = struct.pack(
+        "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, directory_size, directory_offset
+    )
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, directory_offset + directory_size, 1)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return record + locator + end
+
+
+def zip_with_names(path: Path, names: list[str]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in names:
+            archive.writestr(name, b"x")
+    return path
+
+
+def with_end_records(path: Path, zip64: bool) -> Path:
+    """Rewrite a zip's end record as ``zip_end_records`` writes it (zip64 or not)."""
+    data = path.read_bytes()
+    end = data.rindex(b"PK\x05\x06")
+    _, _, _, _, entries, size, offset, _ = struct.unpack_from("<4s4H2LH", data, end)
+    path.write_bytes(data[:end] + zip_end_records(entries, size, offset, zip64))
+    return path
+
+
+def many_entry_zip(path: Path, count: int, declared: int | None = None) -> Path:
+    """``count`` empty stored entries; the end record may declare another number."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(count):
+            archive.writestr(zipfile.ZipInfo(f"{i:x}"), b"")
+    if declared is not None:
+        data = bytearray(path.read_bytes())
+        end = data.rindex(b"PK\x05\x06")
+        struct.pack_into("<2H", data, end + 8, declared, declared)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def refusal(paths: list[Path]) -> tuple[str, float]:
+    """``collect_inputs``'s refusal of ``paths`` and the seconds it took."""
+    started = time.perf_counter()
+    with pytest.raises(UploadError) as info:
+        collect_inputs([str(p) for p in paths], BatchLimits())
+    return str(info.value), time.perf_counter() - started
+
+
+ZIP_REFUSAL_S = 1.0  # issue 11: any refusal within a second
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_zip_refused_from_its_end_record(tmp_path: Path, zip64: bool) -> None:
+    """3.9 M declared entries in a 199 MB directory: refused from the last bytes of the file."""
+    entries = 3_900_000 if zip64 else 60_000
+    path = tmp_path / "huge_directory.zip"
+    path.write_bytes(b"PK\x03\x04" + bytes(100) + zip_end_records(entries, 199_000_000, 104, zip64))
+    message, seconds = refusal([path])
+    assert f"has {entries:,} entries; the limit is 10,000" in message
+    assert_sentence(message)
+    assert seconds < ZIP_REFUSAL_S
+
+
+def test_zip_directory_size_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big_directory.zip"
+    path.write_bytes(b"PK\x03\x04" + bytes(100) + zip_end_records(9_000, 30 * 1024 * 1024, 104, zip64=True))
+    message, seconds = refusal([path])
+    assert "lists its entries in 30.0 MiB; the limit is 8 MiB" in message
+    assert seconds < ZIP_REFUSAL_S
+
+
+@pytest.mark.parametrize("declared", [None, 5])
+def test_zip_entry_count_is_walked_not_trusted(tmp_path: Path, declared: int | None) -> None:
+    """12,000 real entries, declared truthfully or as 5: refused either way, fast."""
+    path = many_entry_zip(tmp_path / "many.zip", 12_000, declared)
+    message, seconds = refusal([path])
+    assert "12,000 entries; the limit is 10,000" in message or "more than 10,000 entries" in message
+    assert seconds < ZIP_REFUSAL_S
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["a.png", "b" * 30_000 + ".png"], "entry 2 has a name of 30,004 bytes; the limit is 1,024"),
+        (["d/" * 40 + "deep.png"], "entry 1 lies more than 32 folders deep"),
+    ],
+)
+def test_zip_names_capped(tmp_path: Path, names: list[str], expected: str) -> None:
+    message, seconds = refusal([zip_with_names(tmp_path / "names.zip", names)])
+    assert expected in message, message
+    assert_sentence(message)
+    assert seconds < ZIP_REFUSAL_S
+
+
+def test_thousand_long_names_refused_fast(tmp_path: Path) -> None:
+    """1,000 members with 30 KB names (a 30 MB directory): refused from the end record."""
+    path = zip_with_names(tmp_path / "long.zip", [f"{i:04d}" + "n" * 30_000 + ".png" for i in range(1_000)])
+    message, seconds = refusal([path])
+    assert "lists its entries in" in message
+    assert seconds < ZIP_REFUSAL_S
+
+
+def test_zip_member_name_not_utf8(tmp_path: Path) -> None:
+    """A name flagged as UTF-8 that is not (zipfile raises UnicodeDecodeError): a sentence."""
+    path = zip_with_names(tmp_path / "latin1.zip", ["caf\u00e9.png"])  # written as UTF-8, flagged
+    path.write_bytes(path.read_bytes().replace("caf\u00e9".encode(), b"caf\xe9!"))  # same length, not UTF-8
+    message, _ = refusal([path])
+    assert "is marked as UTF-8 but is not valid UTF-8" in message and "caf" in message
+    assert_sentence(message)
+
+
+def test_zip_directory_reader_agrees_with_zipfile(tmp_path: Path, make_image) -> None:
+    image = _encode(make_image(8, 8), "PNG")
+    plain, forced64 = tmp_path / "plain.zip", tmp_path / "zip64.zip"
+    for path in (plain, forced64):
+        with zipfile.ZipFile(path, "w") as archive:
+            for i in range(3):
+                archive.writestr(f"x/{i}.png", image)
+            archive.comment = b"a comment after the end record"
+    with_end_records(forced64, zip64=True)
+    for path in (plain, forced64):
+        with open(path, "rb") as fp:
+            directory = read_zip_directory(fp)
+        with zipfile.ZipFile(path) as archive:
+            assert directory is not None and directory.entries == len(archive.infolist()) == 3
+            assert directory.start == archive.start_dir
+    with collect_inputs([str(plain), str(forced64)], BatchLimits()) as inputs:
+        assert len(inputs) == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradio's /file= route never downloads for anyone
+
+
+@pytest.fixture
+def no_gradio_downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Gradio's own URL streamer, replaced so that a regression shows as a call, never as
+    traffic (it resolves names through a public DNS-over-HTTPS service)."""
+    import gradio.routes
+
+    calls: list[str] = []
+
+    async def fake(url: str, *args: object, **kwargs: object) -> object:
+        calls.append(url)
+        from fastapi.responses import PlainTextResponse
+
+        return PlainTextResponse("fetched")
+
+    monkeypatch.setattr(gradio.routes, "secure_url_stream_response", fake)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://{host}/image.png",
+        "HTTPS://{host}/image.png",
+        "//{host}/image.png",
+        "http%3A%2F%2F{host}%2Fimage.png",
+        "http:%2F%2F100.64.0.1/latest/meta-data",
+        "file:///etc/passwd",
+    ],
+)
+def test_file_route_refuses_remote_urls(
+    target: str, app: RunningApp, local_server: LocalServer, no_gradio_downloads: list[str]
+) -> None:
+    local_server.requests.clear()
+    address = target.format(host=f"127.0.0.1:{local_server.port}")
+    with httpx.Client(base_url=app.url, timeout=REQUEST_TIMEOUT_S) as http:
+        for method in ("GET", "HEAD"):
+            response = http.request(method, f"gradio_api/file={address}")
+            assert response.status_code == 403, (method, response.text)
+        assert "serves only its own files" in http.get(f"gradio_api/file={address}").json()["detail"]
+        assert http.get(f"gradio_api/proxy=http://127.0.0.1:{local_server.port}/x").status_code == 403
+    assert local_server.requests == [] and no_gradio_downloads == []
+
+
+def test_file_route_still_serves_local_files(app: RunningApp) -> None:
+    example = sorted(Path(app.context.examples[0]).parent.glob("*.jpg"))[0] if app.context.examples else None
+    if example is None:
+        pytest.skip("no example images")
+    with httpx.Client(base_url=app.url, timeout=REQUEST_TIMEOUT_S) as http:
+        response = http.get(f"gradio_api/file={example}")
+    assert response.status_code == 200 and response.content == example.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bodies, uploads and arguments
+
+
+def test_json_body_cap(app: RunningApp, client: Client, good_image: Path) -> None:
+    big = b'{"data": ["' + b"x" * (2 * 1024 * 1024) + b'"]}'
+    with httpx.Client(base_url=app.url, timeout=REQUEST_TIMEOUT_S) as http:
+        declared = http.post("gradio_api/call/tag", content=big, headers={"Content-Type": "application/json"})
+        streamed = http.post(
+            "gradio_api/call/tag",
+            content=(big[i : i + 65536] for i in range(0, len(big), 65536)),  # chunked: no Content-Length
+            headers={"Content-Type": "application/json"},
+        )
+    assert declared.status_code == 413 and "the limit is 1 MiB" in declared.json()["detail"]
+    assert streamed.status_code == 413 and "larger than the limit of 1 MiB" in streamed.json()["detail"]
+    assert_serves(client, good_image)
+
+
+def test_upload_with_empty_filename(app: RunningApp, client: Client, good_image: Path) -> None:
+    with httpx.Client(base_url=app.url, timeout=REQUEST_TIMEOUT_S) as http:
+        response = http.post("gradio_api/upload", files={"files": ("", good_image.read_bytes())})
+    assert response.status_code == 400
+    assert_sentence(response.json()["detail"])
+    assert_serves(client, good_image)
+
+
+def uploaded(app: RunningApp, path: Path) -> dict:
+    with httpx.Client(base_url=app.url, timeout=REQUEST_TIMEOUT_S) as http, open(path, "rb") as f:
+        name = http.post("gradio_api/upload", files={"files": (path.name, f)}).json()[0]
+    # Gradio moves the upload into place after answering; on a busy machine, wait for it.
+    wait_for(lambda: Path(name).exists(), 10)
+    return {"path": name, "meta": {"_type": "gradio.FileData"}}
+
+
+def wait_for(condition: object, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+TAG_DEFAULTS = ["threshold", 0.35, 0.85, 20, 0.05, "", "", "", "", False, False, "score"]
+BATCH_DEFAULTS = ["threshold", 0.35, 0.85, 20, 0.05, ["general"], "", "", "", False, False, "score"]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing_parameters", "This endpoint takes 13 values"),
+        ("file_not_a_dict", "A file value in this request is malformed"),
+        ("relative_path", "was not uploaded to this Space"),
+        ("batch_topk_nan", "topk_per_category must be a whole number of 0 or more, not nan"),
+        ("pca_null_colour", "None is not a colour"),
+        ("exclude_huge", "'exclude' is 400,000 characters long; the limit is 10,000"),
+        ("tag_string_huge", "'Exclude tags' is 400,000 characters long"),
+    ],
+)
+def test_raw_calls_get_sentences(case: str, expected: str, app: RunningApp, client: Client, good_image: Path) -> None:
+    """Malformed raw API calls: a sentence each, never a repr with an address, a pydantic dump,
+    a server path or a 10 MB echo."""
+    image = uploaded(app, good_image)
+    api, data = {
+        "missing_parameters": ("tag", []),
+        "file_not_a_dict": ("tag", [{"path": 5, "meta": {"_type": "gradio.FileData"}}, *TAG_DEFAULTS]),
+        "relative_path": ("tag", [{"path": "x/../x.png", "meta": {"_type": "gradio.FileData"}}, *TAG_DEFAULTS]),
+        "batch_topk_nan": ("tag_batch", [[image], "topk", 0.35, 0.85, float("nan"), *BATCH_DEFAULTS[4:]]),
+        "pca_null_colour": ("pca", [image, None, "#00ff00", "#0000ff", 0.5, "nearest"]),
+        "exclude_huge": ("tag", [image, *TAG_DEFAULTS[:7], "x," * 200_000, *TAG_DEFAULTS[8:]]),
+        "tag_string_huge": ("tag_batch", [[image], *BATCH_DEFAULTS[:7], "x," * 200_000, *BATCH_DEFAULTS[8:]]),
+    }[case]
+    body = json.dumps({"data": data}, allow_nan=True)
+    with httpx.Client(base_url=app.url, timeout=REQUEST_TIMEOUT_S) as http:
+        started = http.post(f"gradio_api/call/{api}", content=body, headers={"Content-Type": "application/json"})
+        assert started.status_code == 200, started.text
+        stream = http.get(f"gradio_api/call/{api}/{started.json()['event_id']}").text
+    assert re.findall(r"^event: (\w+)$", stream, re.M)[-1] == "error"
+    message = json.loads(re.findall(r"^data: (.*)$", stream, re.M)[-1])["error"]
+    assert expected in message, message
+    assert_sentence(message, gr.utils.get_upload_folder())
+    assert " at 0x" not in message and "validation error" not in message.lower()
+    assert os.getcwd() not in message
+    assert_serves(client, good_image)
+
+
+def test_echoed_values_are_shortened() -> None:
+    from tagger.errors import shorten
+    from tagger.options import parse_category_values
+
+    with pytest.raises(SelectionError) as info:
+        parse_category_values("artist 0.5" + "x" * 9_000)
+    assert len(shorten(str(info.value))) <= 500 and shorten(str(info.value)).endswith("…")
+
+
+def test_heatmap_depth_is_capped() -> None:
+    from tagger.relevance import MAX_LAYERS_FROM_END, tap_block
+
+    assert MAX_LAYERS_FROM_END == 8
+    assert tap_block(32, 8) == 24
+    with pytest.raises(Exception, match=r"between 2 and 8 .*deeper taps cost too much memory"):
+        tap_block(32, 9)
+
+
+def test_cache_is_cleaned_within_the_hour(app: RunningApp) -> None:
+    from tagger.server import CACHE_CLEANUP
+
+    every, older_than = CACHE_CLEANUP
+    assert app.demo.delete_cache == CACHE_CLEANUP
+    assert every <= 600 and older_than <= 3600
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding cost: fitted decoding is the reference resize, in bounded memory
+
+
+def _reference(data: bytes, fit: object = None) -> np.ndarray:
+    """The reference rule, whole-image: decode, RGB, upright, then one Lanczos resize."""
+    from tagger.preprocess import _ORIENTATION_FIX, _to_rgb
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        orientation = image.getexif().get(0x0112, 1)
+        rgb = _to_rgb(image)
+    fix = _ORIENTATION_FIX.get(orientation)
+    if fix is not None:
+        rgb = rgb.transpose(fix)
+    if fit is not None:
+        rgb = rgb.resize(fit(*rgb.size), Image.Resampling.LANCZOS)  # type: ignore[operator]
+    return np.asarray(rgb)
+
+
+def _mode_image(mode: str, width: int, height: int, rng: np.random.Generator) -> tuple[Image.Image, str, dict]:
+    rgba = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    if mode == "RGBA":
+        return Image.fromarray(rgba, "RGBA"), "PNG", {}
+    if mode == "P+alpha":
+        return Image.fromarray(rgba[..., :3]).convert("P", colors=50), "PNG", {"transparency": 3}
+    if mode == "LA":
+        return Image.fromarray(rgba, "RGBA").convert("LA"), "PNG", {}
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 65536, (height, width)).astype(np.uint16)), "PNG", {}
+    if mode == "I":
+        return Image.fromarray(rng.integers(-70_000, 70_000, (height, width)).astype(np.int32)), "TIFF", {}
+    if mode == "F":
+        return Image.fromarray(rng.random((height, width)).astype(np.float32)), "TIFF", {}
+    if mode == "CMYK":
+        return Image.fromarray(rgba[..., :3]).convert("CMYK"), "TIFF", {}
+    return Image.fromarray(rgba[..., :3]), "PNG", {}
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P+alpha", "LA", "I;16", "I", "F", "CMYK"])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8, 5])
+def test_fitted_decoding_is_the_reference_resize(mode: str, orientation: int, monkeypatch: pytest.MonkeyPatch):
+    """Converting and shrinking band by band gives exactly the pixels of converting the whole
+    image and resizing it once, in every orientation (bands forced small here)."""
+    import tagger.preprocess as pp
+    from tagger.preprocess import target_size
+
+    monkeypatch.setattr(pp, "BAND_PIXELS", 997)
+    rng = np.random.default_rng(orientation)
+    for width, height in [(97, 61), (300, 41), (16, 700)]:
+        image, fmt, options = _mode_image(mode, width, height, rng)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        data = _encode(image, fmt, exif=exif.tobytes(), **options)
+        for max_size in (64, 1024):
+            fit = lambda w, h, m=max_size: target_size(w, h, m, 16)  # noqa: E731
+            assert np.array_equal(np.asarray(load_image(data, fit=fit)), _reference(data, fit))
+        assert np.array_equal(np.asarray(load_image(data)), _reference(data))
+
+
+DECODE_CHILD = r"""
+import os, sys, threading
+sys.path.insert(0, sys.argv[1])
+from tagger.preprocess import load_image, target_size
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+base = peak = rss()
+done = threading.Event()
+
+def sample():
+    global peak
+    while not done.wait(0.002):
+        peak = max(peak, rss())
+
+threading.Thread(target=sample, daemon=True).start()
+image = load_image(sys.argv[2], fit=lambda w, h: target_size(w, h, 1024, 16))
+done.set()
+print((max(peak, rss()) - base) / 2**20, image.size)
+"""
+
+
+@pytest.mark.parametrize("name", ["palette_alpha.png", "rgba.png", "grey16.png"])
+def test_decoding_memory_is_bounded(name: str, tmp_path: Path) -> None:
+    """16 Mpx in files of a few hundred KB: the old decoder converted whole images through
+    numpy (palette: +410 MiB, RGBA: +460 MiB at this size); now the source stays in its own
+    mode and only bands are converted. Measured in a fresh process."""
+    side = 4000
+    small = np.random.default_rng(0).integers(0, 256, (9, 9, 4), dtype=np.uint8)
+    rgba = np.kron(small, np.ones((side // 8, side // 8, 1), dtype=np.uint8))[:side, :side]
+    path = tmp_path / name
+    if name == "palette_alpha.png":
+        palette = Image.fromarray(np.ascontiguousarray(rgba[..., :3])).quantize(32, dither=Image.Dither.NONE)
+        palette.save(path, transparency=0, compress_level=1)
+    elif name == "rgba.png":
+        Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(path, compress_level=1)
+    else:
+        Image.fromarray(rgba[..., 0].astype(np.uint16) * 257).save(path, compress_level=1)
+    assert path.stat().st_size < 1024 * 1024
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", DECODE_CHILD, str(root), str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    grown_mib = float(done.stdout.split()[0])
+    source_mib = side * side * {"palette_alpha.png": 1, "rgba.png": 4, "grey16.png": 2}[name] / 2**20
+    assert grown_mib < source_mib + 40, f"{name}: +{grown_mib:.0f} MiB for a {source_mib:.0f} MiB source"
+
+
+def test_reduced_jpeg_decoding_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JPEG at least REDUCED_DECODE_MARGIN x 2 times the model's size is decoded at a DCT
+    scale; the 1024 px image it gives differs from the exact one by a few levels at most."""
+    import tagger.preprocess as pp
+    from tagger.preprocess import target_size
+
+    photo = Image.open(Path(__file__).resolve().parent.parent / "examples" / "astronaut.jpg").convert("RGB")
+    data = _encode(photo.resize((6200, 4000), Image.Resampling.BICUBIC), "JPEG", quality=90)
+    fit = lambda w, h: target_size(w, h, 1024, 16)  # noqa: E731
+    monkeypatch.setattr(pp, "REDUCED_DECODE_MARGIN", 10**9)  # never reduce: the exact path
+    exact = np.asarray(load_image(data, fit=fit), dtype=np.int16)
+    monkeypatch.setattr(pp, "REDUCED_DECODE_MARGIN", 3)
+    reduced = np.asarray(load_image(data, fit=fit), dtype=np.int16)
+    assert reduced.shape == exact.shape == (656, 1024, 3)
+    diff = np.abs(reduced - exact)
+    assert 0 < diff.max() <= 4 and diff.mean() < 0.3, (diff.max(), diff.mean())  # 0 would mean no reduction
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel caps and budgets of web requests
+
+
+def test_web_pixel_cap_from_the_header(client: Client, tmp_path: Path) -> None:
+    """The web app refuses more than 40 Mpx from the header (the CLI keeps 100 Mpx)."""
+    from tagger.preprocess import MAX_IMAGE_PIXELS, WEB_MAX_IMAGE_PIXELS
+
+    assert WEB_MAX_IMAGE_PIXELS == 40_000_000 < MAX_IMAGE_PIXELS
+    path = tmp_path / "big.png"
+    path.write_bytes(png_declaring(8000, 5001))
+    with pytest.raises(AppError) as info:
+        call_tag(client, handle_file(str(path)))
+    assert "'big.png': the image is 8000x5001 (40,008,000 pixels), more than this Space's limit" in info.value.message
+    assert_sentence(info.value.message)
+
+
+def test_webp_has_a_lower_web_cap(client: Client, tmp_path: Path) -> None:
+    """libwebp holds several copies while decoding (+612 MiB at 40 Mpx): 16 Mpx for WebP."""
+    path = tmp_path / "flat.webp"
+    Image.new("RGB", (5000, 4000), "red").save(path, lossless=True, quality=0, method=0)
+    with pytest.raises(AppError) as info:
+        call_tag(client, handle_file(str(path)))
+    assert "more than this Space's limit of 16,000,000 pixels for WebP images" in info.value.message
+
+
+def _zip_of(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_batch_pixel_caps(tmp_path: Path, good_image: Path) -> None:
+    small = good_image.read_bytes()  # 56 x 40 = 2,240 pixels
+    archive = _zip_of(tmp_path / "a.zip", {"a.png": small, "big.png": png_declaring(8000, 5001), "b.png": small})
+    with collect_inputs([str(archive)], BatchLimits()) as inputs:
+        names = [item.name for item in inputs.items]
+        assert inputs.read(inputs.items[names.index("a.png")]) == small
+        with pytest.raises(ImageError, match="more than the limit of 40,000,000 per image"):
+            inputs.read(inputs.items[names.index("big.png")])
+    with collect_inputs([str(archive)], BatchLimits(max_total_pixels=3_000)) as inputs:
+        by_name = {item.name: item for item in inputs.items}
+        inputs.read(by_name["a.png"])
+        with pytest.raises(TimeBudgetError, match="add up to more than 3,000 pixels, the limit per request"):
+            inputs.read(by_name["b.png"])
+
+
+def test_time_budget_stops_reading_and_keeps_the_rest(tmp_path: Path, good_image: Path, small_tagger: Tagger):
+    from tagger.batch import run_batch
+    from tagger.intake import time_budget
+
+    archive = _zip_of(tmp_path / "a.zip", {f"{i}.png": good_image.read_bytes() for i in range(3)})
+    with time_budget(60):
+        done = run_batch([str(archive)], prepare=small_tagger.prepare, run=small_tagger.run,
+                         vocab=small_tagger.vocab, options=TagOptions())  # fmt: skip
+    assert all(r.error is None for r in done.results)
+    with time_budget(0):
+        time.sleep(0.01)
+        spent = run_batch([str(archive)], prepare=small_tagger.prepare, run=small_tagger.run,
+                          vocab=small_tagger.vocab, options=TagOptions())  # fmt: skip
+    assert [r.error for r in spent.results] == [
+        f"Not read {i}.png: this request used its time budget of 0 s; send the remaining images in another request."
+        for i in range(3)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads per request and per client (an app with small limits, behind one proxy like a Space)
+
+
+@pytest.fixture(scope="module")
+def tight_app() -> Iterator[RunningApp]:
+    from app_server import start_app
+
+    from tagger.fairshare import FairShareLimits
+
+    limits = FairShareLimits(
+        max_upload_request_bytes=1024 * 1024, upload_bytes_per_client=3 * 1024 * 1024, proxy_hops=1
+    )
+    running = start_app(["--demo"], limits=limits)
+    yield running
+    running.close()
+
+
+def test_upload_caps(tight_app: RunningApp) -> None:
+    def upload(address: str, size: int, chunked: bool = False) -> httpx.Response:
+        data = b"x" * size
+        with httpx.Client(base_url=tight_app.url, timeout=REQUEST_TIMEOUT_S) as http:
+            headers = {"X-Forwarded-For": address}
+            if not chunked:
+                return http.post("gradio_api/upload", files={"files": ("a.png", data)}, headers=headers)
+            body = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + data
+            body += b"\r\n--b--\r\n"
+            headers["Content-Type"] = "multipart/form-data; boundary=b"
+            return http.post("gradio_api/upload", content=iter([body[:1000], body[1000:]]), headers=headers)
+
+    too_big = upload("203.0.113.10", 1100 * 1024)
+    assert too_big.status_code == 413 and too_big.json()["detail"] == "The upload is 1.07 MiB; the limit is 1 MiB."
+    streamed = upload("203.0.113.10", 1100 * 1024, chunked=True)
+    assert streamed.status_code == 413 and "larger than the limit of 1 MiB" in streamed.json()["detail"]
+    for _ in range(3):  # 0.9 MiB each, within the client's 3 MiB an hour
+        assert upload("203.0.113.11", 900 * 1024).status_code == 200
+    over = upload("203.0.113.11", 900 * 1024)
+    assert over.status_code == 429
+    assert over.json()["detail"].startswith("Your address uploaded 2.64 MiB")
+    assert "in the last hour; the limit is 3 MiB" in over.json()["detail"]
+    assert upload("203.0.113.12", 900 * 1024).status_code == 200  # another client is not affected
+    # Streamed bodies declare no length: what arrived is counted (the refused 1.07 MiB above too).
+    assert [upload("203.0.113.10", 900 * 1024, chunked=True).status_code for _ in range(4)] == [200, 200, 200, 429]

@@ -345,3 +345,35 @@ def test_other_errors_on_first_vocab_name_are_reported_not_skipped(
     with pytest.raises(ResolutionError, match="HF_TOKEN"):
         resolve_model_files(checkpoint=checkpoint, env={})
     assert tried == [CATEGORIES]
+
+
+class TransportTrouble(Exception):
+    """A failure of an HTTP client the tagger has never heard of."""
+
+
+def test_any_transfer_failure_falls_back_to_the_cache(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What counts as "the Hub is unreachable" does not depend on which HTTP library is loaded:
+    anything but the Hub's own answers sends us to the cache."""
+    snapshot = fill_cache(offline, {CHECKPOINT_FILENAME: b"w", PLAIN: b"{}"})
+
+    def flaky(repo_id: str, filename: str, **kwargs: Any) -> str:
+        if not kwargs.get("local_files_only", False):
+            raise TransportTrouble("connection reset")
+        return real_hf_hub_download(repo_id=repo_id, filename=filename, **kwargs)
+
+    monkeypatch.setattr(hub, "hf_hub_download", flaky)
+    assert resolve_model_files(env={}, cache_dir=offline).checkpoint == snapshot / CHECKPOINT_FILENAME
+    fill_cache(offline, {}, commit=COMMIT_B, ref="main")  # the cache now points at an empty snapshot
+    with pytest.raises(ResolutionError, match="Could not reach the Hugging Face Hub"):
+        resolve_model_files(env={}, cache_dir=offline)
+
+
+def test_disk_errors_are_not_mistaken_for_the_network(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_disk(repo_id: str, filename: str, **kwargs: Any) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hub, "hf_hub_download", full_disk)
+    with pytest.raises(ResolutionError) as info:
+        resolve_model_files(env={}, cache_dir=offline)
+    assert "Could not store tagger_proto.safetensors" in str(info.value)
+    assert_one_sentence(str(info.value))

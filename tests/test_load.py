@@ -8,21 +8,24 @@ The numbers (requests, errors, p50/p99 latency, RSS) are printed and written to
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from app_server import RunningApp
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from tagger.fairshare import FairShareLimits, RequestGuard, client_key
 from tagger.runtime import ModelRunner
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
@@ -203,3 +206,219 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached in time")
         time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fair share: one client floods, another is still served
+
+
+@pytest.fixture(scope="module")
+def fair_app() -> Iterator[RunningApp]:
+    """The app as a Space runs it: behind one proxy, so clients are told apart by the
+    X-Forwarded-For entry the proxy appends (set here by each test client)."""
+    from app_server import start_app
+
+    running = start_app(["--demo"], limits=FairShareLimits(proxy_hops=1))
+    yield running
+    running.close()
+
+
+def as_client(app: RunningApp, address: str) -> Client:
+    return Client(app.url, verbose=False, headers={"X-Forwarded-For": f"198.51.100.99, {address}"})
+
+
+HOLD_S = 0.5  # each model call held this long, so that waiting shows
+# B's /tag during the flood takes at most its time alone plus the one call of A's that is
+# running when it arrives, and the server's extra work for A's open requests: 3 x HOLD_S
+# more. In arrival order (no round-robin) it would wait for A's other seven too (>= 7 x
+# HOLD_S more); without per-client limits, for up to 64.
+FAIR_EXTRA_S = 3 * HOLD_S
+
+
+def test_one_client_cannot_take_the_queue(fair_app: RunningApp, images: list[Path], monkeypatch) -> None:
+    """Client A floods (a batch, then 70 /tag calls from three sessions); client B's single
+    /tag takes at most FAIR_EXTRA_S longer than alone: A may hold at most 8 requests (the rest
+    get HTTP 429 with a sentence), and waiting requests are served round-robin, so B's goes next."""
+    counter = InFlight(fair_app.context.runner, hold_s=HOLD_S)
+    monkeypatch.setattr(fair_app.context.runner, "call", counter)
+    image = handle_file(str(images[0]))
+    b = as_client(fair_app, "203.0.113.2")
+    started = time.perf_counter()
+    b.submit(image, api_name="/tag").result(timeout=REQUEST_TIMEOUT_S)
+    alone = time.perf_counter() - started
+    a_clients = [as_client(fair_app, "203.0.113.1") for _ in range(3)]
+    batch = a_clients[0].submit([image], api_name="/tag_batch")  # the heavy group: never blocks /tag
+    wait_until(lambda: batch.status().code.name not in ("STARTING", "JOINING_QUEUE"), 20)
+    floods = []
+    for n in range(70):
+        try:
+            floods.append(a_clients[n % 3].submit(image, api_name="/tag"))
+        except Exception as e:  # pragma: no cover - submit itself does not raise
+            floods.append(e)
+    refused = []
+    for job in floods:
+        wait_until(lambda job=job: job.status().code.name not in ("STARTING", "JOINING_QUEUE"), 20)
+    for job in floods:
+        if job.done() and job.exception(timeout=0) is not None:
+            refused.append(str(job.exception(timeout=0)))
+    accepted = [job for job in floods if not (job.done() and job.exception(timeout=0) is not None)]
+    started = time.perf_counter()
+    answer = b.submit(image, api_name="/tag").result(timeout=REQUEST_TIMEOUT_S)
+    waited = time.perf_counter() - started
+    assert answer["count"] >= 0
+    assert waited < alone + FAIR_EXTRA_S, f"B took {waited:.1f} s during A's flood, {alone:.1f} s alone"
+    # The rest were refused (a loaded machine may also time some of A's joins out client-side).
+    too_many = [r for r in refused if "429 Too Many Requests" in r]
+    assert 1 <= len(accepted) <= 8 and len(too_many) >= 20, (len(accepted), refused[:3])
+    assert all(r in too_many or "timed out" in r for r in refused), refused[:3]
+    for job in accepted:
+        assert job.result(timeout=REQUEST_TIMEOUT_S)["count"] >= 0
+    batch.result(timeout=REQUEST_TIMEOUT_S)
+    print(f"\nfairness: B {waited:.2f} s in the flood, {alone:.2f} s alone; A held {len(accepted)} of 70")
+
+
+def test_refusal_says_why(fair_app: RunningApp, images: list[Path], monkeypatch) -> None:
+    """A session's fifth request while four are held: HTTP 429 with a sentence (the browser
+    shows it); the four are served once the model is free."""
+    gate = threading.Event()
+    counter = InFlight(fair_app.context.runner, gate=gate)
+    monkeypatch.setattr(fair_app.context.runner, "call", counter)
+    a = as_client(fair_app, "203.0.113.3")
+    tag_fn = next(i for i, fn in fair_app.demo.fns.items() if fn.api_name == "tag")
+    try:
+        held = [a.submit(handle_file(str(images[0])), api_name="/tag") for _ in range(4)]
+        wait_until(lambda: counter.now == 1, 20)
+        wait_until(lambda: all(j.status().code.name not in ("STARTING", "JOINING_QUEUE") for j in held), 20)
+        with httpx.Client(base_url=fair_app.url, timeout=REQUEST_TIMEOUT_S) as http:
+            response = http.post(
+                "gradio_api/queue/join",
+                json={"data": [None], "fn_index": tag_fn, "session_hash": a.session_hash},
+                headers={"X-Forwarded-For": "198.51.100.99, 203.0.113.3"},
+            )
+        assert response.status_code == 429, response.text
+        assert response.json()["detail"] == (
+            "You already have 4 requests waiting or running; wait for one to finish before sending another."
+        )
+    finally:
+        gate.set()
+    for job in held:
+        assert job.result(timeout=REQUEST_TIMEOUT_S)["count"] >= 0
+
+
+def test_client_key_follows_the_proxy() -> None:
+    def scope(peer: str, *forwarded: str) -> dict:
+        headers = [(b"x-forwarded-for", value.encode()) for value in forwarded]
+        return {"client": (peer, 1234), "headers": headers}
+
+    assert client_key(scope("10.0.0.5"), 0) == "10.0.0.5"
+    assert client_key(scope("10.0.0.5", "203.0.113.7"), 0) == "10.0.0.5"  # no proxy: the header is ignored
+    assert client_key(scope("10.0.0.5", "6.6.6.6, 203.0.113.7"), 1) == "203.0.113.7"  # a forged first entry
+    assert client_key(scope("10.0.0.5", "6.6.6.6", "203.0.113.7"), 1) == "203.0.113.7"  # two headers
+    assert client_key(scope("10.0.0.5", "203.0.113.7, 10.1.1.1"), 2) == "203.0.113.7"
+    assert client_key(scope("10.0.0.5", "garbage"), 1) == "10.0.0.5"
+    assert client_key(scope("10.0.0.5", "[2001:db8:1:2::5]:443"), 1) == "2001:db8:1:2::/64"
+    assert client_key(scope("10.0.0.5", "2001:db8:1:2:aaaa::9"), 1) == "2001:db8:1:2::/64"
+    assert client_key(scope("::ffff:192.0.2.4"), 0) == "192.0.2.4"
+
+
+def test_unqueued_events_are_limited() -> None:
+    """Events that skip the queue: one at a time per client here, two in the whole app; more
+    wait (up to the limit) or are refused with a sentence."""
+    limits = FairShareLimits(unqueued_per_client=1, unqueued_at_once=2, unqueued_wait_s=0.3, proxy_hops=1)
+    running = 0
+    peak = 0
+
+    async def slow_app(scope, receive, send) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.2)
+        running -= 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = RequestGuard(slow_app, limits)
+
+    async def call(address: str) -> tuple[int, str]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/gradio_api/run/predict", "client": ("10.0.0.1", 1),
+                 "headers": [(b"x-forwarded-for", address.encode())]}  # fmt: skip
+        await guard(scope, receive, send)
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return sent[0]["status"], body.decode()
+
+    async def scenario() -> list[tuple[int, str]]:
+        return await asyncio.gather(*(call(a) for a in ["1.1.1.1", "1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4"]))
+
+    results = asyncio.run(scenario())
+    statuses = [s for s, _ in results]
+    assert peak <= 2
+    assert statuses[1] == 429 and "Too many updates at once from your address" in results[1][1]
+    assert statuses.count(200) >= 2 and set(statuses) <= {200, 429}
+
+
+def test_memory_is_returned_after_growth(monkeypatch) -> None:
+    import tagger.fairshare as fairshare
+
+    mib = 2**20
+    readings = iter([500 * mib, 600 * mib, 520 * mib, 530 * mib])  # baseline, grown, after trim, small growth
+    monkeypatch.setattr(fairshare, "rss_bytes", lambda: next(readings))
+    release = fairshare._MemoryRelease(64 * mib)
+    trims: list[int] = []
+    release.trim = lambda pad: trims.append(pad) or 1
+    release()  # +100 MiB: trimmed, and the new baseline read
+    assert trims == [0] and release.baseline == 520 * mib
+    release()  # +10 MiB: left alone
+    assert trims == [0]
+
+
+def test_mcp_calls_share_only_the_address_limits() -> None:
+    """Gradio's MCP server calls the app through one session for all its users (forwarding
+    each caller's headers): the session limit does not apply to it, the address limits do."""
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+
+    from tagger.fairshare import FairQueue
+
+    def request(address: str, mcp: bool) -> SimpleNamespace:
+        headers = [(b"x-forwarded-for", address.encode())] + ([(b"x-gradio-user", b"mcp")] if mcp else [])
+        return SimpleNamespace(scope={"client": ("127.0.0.1", 1), "headers": headers})
+
+    waiting: list = []
+    event_queue = SimpleNamespace(queue=waiting)
+
+    async def push(body, request, username):
+        waiting.append(SimpleNamespace(session_hash=body.session_hash, request=request, concurrency_id="tag"))
+        return True, "id", "success"
+
+    queue = SimpleNamespace(
+        push=push,
+        event_queue_per_concurrency_id={"tag": event_queue},
+        active_jobs=[None],
+        blocks=SimpleNamespace(fns={0: SimpleNamespace(concurrency_id="tag")}),
+    )
+    fair = FairQueue(queue, FairShareLimits(events_per_session=2, events_per_client=3, proxy_hops=1), "heavy")
+    body = SimpleNamespace(session_hash="mcp-session", fn_index=0)
+
+    async def flood() -> list[str]:
+        outcomes = []
+        for address in ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.1", "203.0.113.1", "203.0.113.1"]:
+            try:
+                await queue.push(body=body, request=request(address, mcp=True), username=None)
+                outcomes.append("ok")
+            except HTTPException as e:
+                outcomes.append(str(e.detail))
+        return outcomes
+
+    outcomes = asyncio.run(flood())
+    assert outcomes[:5] == ["ok"] * 5  # one session, five requests from three addresses
+    assert outcomes[5].startswith("Your address already has 3 requests")
+    assert fair.key(waiting[0]) == "203.0.113.1"

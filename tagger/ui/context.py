@@ -13,7 +13,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from tagger.errors import USER_ERRORS, ImageError
+from tagger.errors import USER_ERRORS, ImageError, shorten
 from tagger.predict import Tagger
 from tagger.runtime import ModelRunner
 from tagger.vocab import Vocabulary
@@ -39,7 +39,8 @@ def user_errors(fn: F) -> F:
         except gr.Error:
             raise
         except USER_ERRORS as e:
-            raise gr.Error(str(e)) from None
+            # Expected, so no traceback in the log; shortened, as it may echo what the client sent.
+            raise gr.Error(shorten(str(e)), print_exception=False) from None
         except Exception:
             log.exception("Unexpected error in %s", fn.__name__)
             raise gr.Error("Something went wrong while processing this request; please try another image.") from None

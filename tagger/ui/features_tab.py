@@ -13,7 +13,15 @@ import numpy as np
 
 from tagger.overlay import pixels_to_image
 from tagger.pca import DEFAULT_COLOURS, FeatureMaps, analyse, pca_images
-from tagger.relevance import DEFAULT_LAYERS_FROM_END, Relevance, heatmap_images, relevance, resolve_tag, tap_block
+from tagger.relevance import (
+    DEFAULT_LAYERS_FROM_END,
+    MAX_LAYERS_FROM_END,
+    Relevance,
+    heatmap_images,
+    relevance,
+    resolve_tag,
+    tap_block,
+)
 from tagger.results import top_tags
 from tagger.ui.context import HEAVY_QUEUE, AppContext, prepare_image, user_errors
 from tagger.ui.inputs import image_upload
@@ -116,7 +124,7 @@ def build_features_tab(ctx: AppContext) -> None:
                 if num_layers > low_depth:
                     depth = gr.Slider(
                         low_depth,
-                        num_layers,
+                        min(num_layers, MAX_LAYERS_FROM_END),
                         depth_default,
                         step=1,
                         label="Blocks from the end",

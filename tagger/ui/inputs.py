@@ -35,9 +35,26 @@ from gradio.data_classes import FileData
 from gradio.utils import NamedString, get_upload_folder
 
 from tagger.errors import FetchError, UploadError
-from tagger.fetch import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES, fetch_url, format_size, is_url
+from tagger.fetch import (
+    DOWNLOAD_TIMEOUT_S,
+    MAX_DOWNLOAD_BYTES,
+    AddressPolicy,
+    fetch_url,
+    format_size,
+    is_url,
+    public_only,
+)
+from tagger.preprocess import WEB_FORMAT_MAX_PIXELS, WEB_MAX_IMAGE_PIXELS, image_header
 
-__all__ = ["SafeApi", "SafeFile", "SafeImage", "image_upload", "received_path", "safe_api_components"]
+__all__ = [
+    "SafeApi",
+    "SafeFile",
+    "SafeImage",
+    "check_web_pixels",
+    "image_upload",
+    "received_path",
+    "safe_api_components",
+]
 
 
 class _SafeDownloads:
@@ -45,6 +62,14 @@ class _SafeDownloads:
 
     max_download_bytes: int = MAX_DOWNLOAD_BYTES
     download_timeout: float = DOWNLOAD_TIMEOUT_S
+    # A public server: other people's URLs may only reach public addresses (tests widen it).
+    address_policy: AddressPolicy = staticmethod(public_only)  # type: ignore[assignment]
+    # The web app's pixel cap, checked from the file's header before anything is decoded.
+    max_pixels: int = WEB_MAX_IMAGE_PIXELS
+
+    def _check_pixels(self, path: str, shown: str | None) -> str:
+        return check_web_pixels(path, shown, self.max_pixels)
+
     GRADIO_CACHE: str
     temp_files: set[str]
 
@@ -55,7 +80,13 @@ class _SafeDownloads:
     def _fetch(self, url: str) -> str:
         max_bytes, timeout = self._limits()
         try:
-            path = fetch_url(url, Path(self.GRADIO_CACHE) / "fetched", max_bytes=max_bytes, timeout=timeout)
+            path = fetch_url(
+                url,
+                Path(self.GRADIO_CACHE) / "fetched",
+                max_bytes=max_bytes,
+                timeout=timeout,
+                policy=self.address_policy,
+            )
         except FetchError as e:
             raise gr.Error(str(e)) from None
         # Registered like Gradio's own downloads, so cache clean-up (delete_cache, close) removes it.
@@ -72,6 +103,25 @@ class _SafeDownloads:
         if is_url(url_or_file_path):
             return self._fetch(url_or_file_path)  # type: ignore[arg-type]
         return super().move_resource_to_block_cache(url_or_file_path)  # type: ignore[misc]
+
+
+def check_web_pixels(path: str, shown: str | None = None, max_pixels: int = WEB_MAX_IMAGE_PIXELS) -> str:
+    """``path`` if the image it holds is within the web app's pixel cap (read from its header;
+    files that are not images pass), else ``gr.Error`` with a sentence naming ``shown``."""
+    header = image_header(path)
+    limit = header.web_limit(max_pixels) if header is not None else max_pixels
+    if header is not None and header.pixels > limit:
+        raise gr.Error(
+            f"Could not read '{shown or 'the image'}': {header.describe()}, more than this Space's limit of "
+            f"{limit:,} pixels{_for_format(header.format)}; make it smaller, or run the tagger on your own "
+            "machine (python -m tagger) for bigger images.",
+            print_exception=False,
+        )
+    return path
+
+
+def _for_format(name: str) -> str:
+    return f" for {name.title() if name != 'WEBP' else 'WebP'} images" if name in WEB_FORMAT_MAX_PIXELS else ""
 
 
 @contextlib.contextmanager
@@ -104,10 +154,10 @@ with _no_stub_files():
                 return super().preprocess(payload)
             url = getattr(payload, "url", None)
             if isinstance(url, str) and url.startswith("data:"):
-                return self._save_data_url(url)
+                return self._check_pixels(self._save_data_url(url), "the image data")
             if payload.path is None:
                 raise gr.Error("No image was received; please upload the image again.")
-            return str(payload.path)
+            return self._check_pixels(str(payload.path), getattr(payload, "orig_name", None))
 
         def _save_data_url(self, url: str) -> str:
             # Gradio would decode (and fully decompress) a base64 image before any limit applies.
@@ -136,13 +186,10 @@ with _no_stub_files():
         def preprocess(self, payload: Any) -> Any:
             # Gradio's File.preprocess creates an empty NamedTemporaryFile in the cache for every
             # single file path it returns and never removes it: one leaked file per request.
-            if (
-                self.type == "filepath"
-                and self.file_count == "single"
-                and not self.file_types
-                and isinstance(payload, FileData)
-            ):
-                return NamedString(payload.path)
+            if self.file_count == "single" and isinstance(payload, FileData):
+                self._check_pixels(payload.path, payload.orig_name)  # zips and non-images pass
+                if self.type == "filepath" and not self.file_types:
+                    return NamedString(payload.path)
             return super().preprocess(payload)
 
     class SafeApi(_SafeDownloads, Api):
@@ -189,7 +236,8 @@ def received_path(payload: object) -> str | None:
         return None
     path = payload.get("path") if isinstance(payload, dict) else None
     if isinstance(path, str) and Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve()):
-        return path
+        shown = payload.get("orig_name") if isinstance(payload, dict) else None
+        return check_web_pixels(path, shown if isinstance(shown, str) else None)
     raise UploadError(
         "Send files as uploads: gradio_client's handle_file(path or URL), or "
         '{"path": ..., "meta": {"_type": "gradio.FileData"}} with a path from /gradio_api/upload.'

@@ -1,0 +1,189 @@
+"""Decode cost of small hostile uploads, and what reduced decoding changes.
+
+A script, not a test: ``.venv/bin/python benchmarks/bench_decode.py [--quick]``.
+
+1. Cost: files of at most ~1 MiB that declare up to the web pixel cap (40 Mpx): palette
+   GIF and PNG, RGBA PNG and WebP, float TIFF, 16-bit PNG, JPEG, JPEG 2000. Each is decoded to
+   what the model sees (1024 px long edge) in a fresh subprocess, twice: the full decode then
+   resize (``load_image`` then ``preprocess``, as before) and the fitted decode
+   (``load_image(fit=target_size)``). Seconds and peak RSS growth per file.
+2. Reduced decoding (JPEG DCT scaling, JPEG 2000 resolution levels): max and mean |Δ| of the
+   1024 px uint8 image against the exact path, and the max |Δ| of the tiny random model's
+   probabilities (``TaggerConfig.tiny``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import tagger.preprocess as pp  # noqa: E402
+from tagger.preprocess import load_image, preprocess, target_size  # noqa: E402
+
+CHILD = r"""
+import json, os, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from tagger.preprocess import load_image, preprocess, target_size
+path, how = sys.argv[2], sys.argv[3]
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+base = peak = rss()
+done = threading.Event()
+
+def sample():
+    global peak
+    while not done.wait(0.002):
+        peak = max(peak, rss())
+
+threading.Thread(target=sample, daemon=True).start()
+started, cpu = time.perf_counter(), time.process_time()
+if how == "full":
+    pixels = preprocess(load_image(path), 1024, 16)
+else:
+    pixels = preprocess(load_image(path, fit=lambda w, h: target_size(w, h, 1024, 16)), 1024, 16)
+seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+done.set()
+peak = max(peak, rss())
+print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": (peak - base) / 2**20, "shape": list(pixels.shape)}))
+"""
+
+
+def blocks(width: int, height: int, block: int = 500, seed: int = 0) -> np.ndarray:
+    """Flat RGBA blocks: compresses to almost nothing, decodes to width x height x 4 bytes."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // block + 1, width // block + 1, 4), dtype=np.uint8)
+    return np.kron(small, np.ones((block, block, 1), dtype=np.uint8))[:height, :width]
+
+
+def hostile_files(folder: Path, width: int, height: int) -> dict[str, Path]:
+    rgba = blocks(width, height)
+    rgb = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
+    palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    files = {
+        "palette.gif": lambda p: palette.save(p),
+        "palette_alpha.png": lambda p: palette.save(p, transparency=0, compress_level=1),
+        "rgba.png": lambda p: Image.fromarray(rgba, "RGBA").save(p, compress_level=1),
+        "rgba.webp": lambda p: Image.fromarray(rgba, "RGBA").save(p, lossless=True, quality=0),
+        "float.tif": lambda p: Image.fromarray(rgba[..., 0].astype(np.float32) / 255).save(
+            p, compression="tiff_adobe_deflate"
+        ),
+        "grey16.png": lambda p: Image.fromarray(rgba[..., 0].astype(np.uint16) * 257).save(p, compress_level=1),
+        "photo.jpg": lambda p: rgb.filter(ImageFilter.GaussianBlur(2)).save(p, quality=30),
+        "photo.jp2": lambda p: rgb.save(p, quality_mode="rates", quality_layers=[400]),
+    }
+    paths = {}
+    for name, write in files.items():
+        path = folder / name
+        write(path)
+        paths[name] = path
+    return paths
+
+
+def measure(path: Path, how: str, root: Path = ROOT) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(root), str(path), how], capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout)
+
+
+def cost_table(folder: Path, width: int, height: int, before: Path | None) -> None:
+    print(f"## Cost: {width}x{height} ({width * height / 1e6:.0f} Mpx), 1024 px out, fresh process each\n")
+    print("CPU seconds (wall seconds), peak RSS growth during the decode\n")
+    head = "| file | size |" + (f" before ({before}) |" if before else "") + " full decode + resize | fitted decode |"
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for name, path in hostile_files(folder, width, height).items():
+        full, fitted = measure(path, "full"), measure(path, "fit")
+        assert full["shape"] == fitted["shape"]
+        old = f" {_cost(measure(path, 'full', before))} |" if before else ""
+        print(f"| {name} | {path.stat().st_size / 2**20:.2f} MiB |{old} {_cost(full)} | {_cost(fitted)} |")
+
+
+def _cost(run: dict) -> str:
+    return f"{run['cpu']:.2f} s ({run['seconds']:.2f} s), +{run['peak_mib']:.0f} MiB"
+
+
+def reduced_sources(quick: bool) -> dict[str, tuple[Image.Image, str]]:
+    photo = Image.open(ROOT / "examples" / "astronaut.jpg").convert("RGB")
+    sources: dict[str, tuple[Image.Image, str]] = {}
+    sizes = [(6200, 4000), (8000, 5000)] if not quick else [(6200, 4000)]
+    for width, height in sizes:
+        sharp = photo.resize((width, height), Image.Resampling.BICUBIC).filter(ImageFilter.UnsharpMask(4, 300, 0))
+        sources[f"photo {width}x{height}"] = (sharp, "JPEG")
+        for step in ((7, 5), (3, 2)):
+            grid = np.full((height, width, 3), 255, np.uint8)
+            grid[:: step[0], :] = 0
+            grid[:, :: step[1]] = 40
+            sources[f"line grid {step[0]}x{step[1]} px, {width}x{height}"] = (Image.fromarray(grid), "JPEG")
+        noise = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        sources[f"noise {width}x{height}"] = (Image.fromarray(noise), "JPEG")
+    sources["photo 8000x5000 (JPEG 2000)"] = (photo.resize((8000, 5000), Image.Resampling.BICUBIC), "JPEG2000")
+    return sources
+
+
+def reduced_table(quick: bool) -> None:
+    from tagger.model import TaggerConfig
+    from tagger.predict import Tagger
+    from tagger.synthetic import write_random_checkpoint, write_random_vocabulary
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-decode-"))
+    config = TaggerConfig.tiny(num_tags=48)
+    tagger = Tagger(
+        write_random_checkpoint(folder / "tiny.safetensors", config),
+        write_random_vocabulary(folder / "vocab.json", config.num_tags),
+        device="cpu",
+        dtype="fp32",
+    )
+    fit = lambda w, h: target_size(w, h, 1024, 16)  # noqa: E731
+    margin = pp.REDUCED_DECODE_MARGIN
+    print(f"\n## Reduced decoding (REDUCED_DECODE_MARGIN = {margin}) against the exact path, 1024 px out\n")
+    print("| source | max abs diff (uint8) | mean abs diff | max abs diff of probabilities (tiny model) |")
+    print("|---|---|---|---|")
+    for name, (image, fmt) in reduced_sources(quick).items():
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        data = buffer.getvalue()
+        try:
+            pp.REDUCED_DECODE_MARGIN = 10**9  # never reduce: the reference
+            exact = load_image(data, fit=fit)
+            pp.REDUCED_DECODE_MARGIN = margin
+            reduced = load_image(data, fit=fit)
+        finally:
+            pp.REDUCED_DECODE_MARGIN = margin
+        diff = np.abs(np.asarray(reduced, dtype=np.int16) - np.asarray(exact, dtype=np.int16))
+        probs = tagger.run([preprocess(exact), preprocess(reduced)])
+        print(f"| {name} | {diff.max()} | {diff.mean():.3f} | {np.abs(probs[0] - probs[1]).max():.2e} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer sources, 16 Mpx cost files")
+    parser.add_argument("--cost-only", action="store_true", help="skip the reduced-decoding comparison")
+    parser.add_argument("--before", type=Path, help="a checkout of the previous code, measured alongside")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at start\n")
+    with tempfile.TemporaryDirectory(prefix="bench-decode-") as folder:
+        width, height = (4000, 4000) if args.quick else (8000, 5000)
+        cost_table(Path(folder), width, height, args.before)
+    if not args.cost_only:
+        reduced_table(args.quick)
+
+
+if __name__ == "__main__":
+    main()
