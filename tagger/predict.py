@@ -155,6 +155,7 @@ class Tagger:
         max_batch_size: int | None = None,
         rope_coord_scale: float | None = None,
         max_padding: float | None = None,
+        reduced_decode: bool = False,
     ):
         started = time.perf_counter()
         self.vocab = vocab_path if isinstance(vocab_path, Vocabulary) else Vocabulary.load(vocab_path)
@@ -163,6 +164,8 @@ class Tagger:
         if max_size < 16:
             raise ValueError(f"max_size must be at least 16 pixels, not {max_size}.")
         self.max_size = max_size
+        # Huge JPEGs decoded at a reduced scale: cheaper, not bit-identical (``load_image``).
+        self.reduced_decode = reduced_decode
         self.max_batch_size = max_batch_size or (16 if self.device.type == "cuda" else 4)
         self.max_padding = DEFAULT_MAX_PADDING.get(self.device.type, 0.0) if max_padding is None else max_padding
         self.checkpoint_path = Path(checkpoint_path)
@@ -191,7 +194,7 @@ class Tagger:
     # -- stages -------------------------------------------------------------------------
     def prepare(self, image: ImageSource) -> torch.Tensor:
         """Decode and resize one image on the CPU → uint8 ``[3, H, W]`` (normalised in ``run``)."""
-        return image_to_pixels(image, max_size=self.max_size, patch=self.model.config.patch_size)
+        return image_to_pixels(image, self.max_size, self.model.config.patch_size, reduced_decode=self.reduced_decode)
 
     def plan(self, pixels: Sequence[torch.Tensor]) -> list[Batch]:
         """The forward passes ``run`` makes for these images (see ``plan_batches``)."""

@@ -104,7 +104,9 @@ _SWAPS_AXES = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, 
                          Image.Transpose.ROTATE_90})  # fmt: skip
 
 
-def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, *, fit: Fit | None = None) -> Image.Image:
+def load_image(
+    source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, *, fit: Fit | None = None, reduced_decode: bool = False
+) -> Image.Image:
     """Decode ``source`` to a new, fully loaded RGB image.
 
     ``source`` is a file path, the encoded bytes of a file, a PIL image (its current frame is
@@ -115,8 +117,10 @@ def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, *, fit: 
 
     ``fit`` maps the upright image's (width, height) to the size to return, resized with
     Lanczos exactly as ``preprocess`` resizes the full image (pass ``target_size`` with the
-    model's settings). Only the pixels that size needs are kept while decoding, and files
-    opened here may be decoded at a reduced scale (``REDUCED_DECODE_MARGIN``).
+    model's settings); only the pixels that size needs are kept while decoding, and the result
+    is the same as resizing the fully decoded image. With ``reduced_decode`` files opened here
+    may also be decoded at a reduced scale (``REDUCED_DECODE_MARGIN``): much cheaper for huge
+    JPEGs, not bit-identical (the web app uses it; the library and CLI stay exact by default).
     """
     if isinstance(source, Image.Image):
         return _finish(source, "the given PIL image", max_pixels, fit, own=False)
@@ -127,9 +131,9 @@ def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, *, fit: 
         data = bytes(source)
         if not data:
             raise ImageError("Could not read the given data: it is empty (0 bytes), so it holds no image.")
-        return _decode(io.BytesIO(data), "the given data", max_pixels, fit)
+        return _decode(io.BytesIO(data), "the given data", max_pixels, fit, reduced_decode)
     if isinstance(source, (str, os.PathLike)):
-        return _load_path(source, max_pixels, fit)
+        return _load_path(source, max_pixels, fit, reduced_decode)
     raise ImageError(
         f"Cannot read an image from an object of type {type(source).__name__}; "
         "pass a file path, bytes, a PIL image or a numpy array."
@@ -176,7 +180,7 @@ def image_header(source: str | os.PathLike | bytes) -> ImageHeader | None:
             return None
 
 
-def _load_path(source: str | os.PathLike, max_pixels: int, fit: Fit | None) -> Image.Image:
+def _load_path(source: str | os.PathLike, max_pixels: int, fit: Fit | None, reduced_decode: bool) -> Image.Image:
     shown = os.fsdecode(os.fspath(source))
     name = f"the file '{shown}'"
     # Open the file ourselves: OS errors get their own messages, and the handle is always closed.
@@ -193,7 +197,7 @@ def _load_path(source: str | os.PathLike, max_pixels: int, fit: Fit | None) -> I
     with fp:
         if _is_empty_file(fp):
             raise ImageError(f"The file '{shown}' is empty (0 bytes), so it holds no image.")
-        return _decode(fp, name, max_pixels, fit)
+        return _decode(fp, name, max_pixels, fit, reduced_decode)
 
 
 def _is_empty_file(fp: io.BufferedReader) -> bool:
@@ -211,16 +215,16 @@ DECODABLE_FORMATS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _decode(fp: io.IOBase, name: str, max_pixels: int, fit: Fit | None) -> Image.Image:
+def _decode(fp: io.IOBase, name: str, max_pixels: int, fit: Fit | None, reduced_decode: bool) -> Image.Image:
     with _decoding_errors(name, max_pixels), Image.open(fp, formats=DECODABLE_FORMATS) as image:
         # Image.open reads only the header (and the first frame's position), so the size
         # checks inside _finish run before any pixel data is decompressed.
-        return _finish(image, name, max_pixels, fit, own=True)
+        return _finish(image, name, max_pixels, fit, own=reduced_decode)
 
 
 def _finish(image: Image.Image, name: str, max_pixels: int, fit: Fit | None, own: bool) -> Image.Image:
     """Size checks, decode, RGB conversion, orientation, and the ``fit`` resize. Always returns
-    a new image. ``own``: the image was opened here, so its decoder may be told to reduce."""
+    a new image. ``own``: the image was opened here and its decoder may be told to reduce."""
     _check_size(image.size, name, max_pixels)
     with _decoding_errors(name, max_pixels):
         box = target = None
@@ -609,7 +613,23 @@ def preprocess(image: Image.Image, max_size: int = 1024, patch: int = 16) -> tor
     return normalise(resize(image, max_size, patch))
 
 
-def image_to_pixels(source: ImageSource, max_size: int = 1024, patch: int = 16) -> torch.Tensor:
-    """``load_image`` then ``resize``: any supported input → uint8 ``[3, H, W]`` for ``normalise``."""
+def image_to_pixels(
+    source: ImageSource,
+    max_size: int = 1024,
+    patch: int = 16,
+    *,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    reduced_decode: bool = False,
+) -> torch.Tensor:
+    """``load_image`` then ``resize``: any supported input → uint8 ``[3, H, W]`` for ``normalise``.
+
+    The image is brought to the model's size while it is converted (``load_image``'s ``fit``),
+    which gives the same pixels as resizing the full image, without a second full-size copy."""
     _check_sizes(max_size, patch)  # fail on bad settings before decoding anything
-    return resize(load_image(source), max_size, patch)
+    image = load_image(
+        source,
+        max_pixels,
+        fit=lambda width, height: target_size(width, height, max_size, patch),
+        reduced_decode=reduced_decode,
+    )
+    return resize(image, max_size, patch)

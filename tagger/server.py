@@ -72,7 +72,8 @@ def load_context(args: argparse.Namespace) -> AppContext:
         else:
             files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
             checkpoint, vocab = files.checkpoint, files.vocab
-        tagger = Tagger(checkpoint, vocab, device=args.device, max_size=args.max_size)
+        # A public Space decodes huge JPEGs at a reduced scale (issue: decode cost per request).
+        tagger = Tagger(checkpoint, vocab, device=args.device, max_size=args.max_size, reduced_decode=True)
     except (ResolutionError, CheckpointError, VocabularyError, ValueError) as e:
         raise SystemExit(f"Cannot start the tagger: {e}") from None
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in {".jpg", ".png", ".webp"})

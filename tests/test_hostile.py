@@ -54,7 +54,7 @@ import tagger.fetch as fetch
 from tagger.errors import TimeBudgetError, UploadError
 from tagger.fetch import FetchError, address_problem, fetch_url
 from tagger.intake import BatchLimits, collect_inputs, read_zip_directory
-from tagger.options import MODES, ORDERS, TagOptions
+from tagger.options import MODES, OPTION_FIELDS, OPTION_NAMES, ORDERS, TagOptions
 from tagger.predict import Tagger
 from tagger.preprocess import ImageError, load_image
 from tagger.results import Selection, SelectionError, select_tags, tag_string
@@ -1284,20 +1284,22 @@ def wait_for(condition: object, timeout_s: float) -> None:
         time.sleep(0.02)
 
 
-TAG_DEFAULTS = ["threshold", 0.35, 0.85, 20, 0.05, "", "", "", "", False, False, "score"]
-BATCH_DEFAULTS = ["threshold", 0.35, 0.85, 20, 0.05, ["general"], "", "", "", False, False, "score"]
+# The option values after the file(s), in declaration order; index 7 is `exclude`.
+TAG_DEFAULTS = [f.default for f in OPTION_FIELDS]
+BATCH_DEFAULTS = [["general"] if f.name == "categories" else f.default for f in OPTION_FIELDS]
+assert OPTION_NAMES[7] == "exclude"
 
 
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("missing_parameters", "This endpoint takes 13 values"),
-        ("file_not_a_dict", "A file value in this request is malformed"),
+        ("missing_parameters", f"This endpoint takes {1 + len(OPTION_FIELDS)} values"),
+        ("file_not_a_dict", "Send files as uploads"),
         ("relative_path", "was not uploaded to this Space"),
         ("batch_topk_nan", "topk_per_category must be a whole number of 0 or more, not nan"),
         ("pca_null_colour", "None is not a colour"),
         ("exclude_huge", "'exclude' is 400,000 characters long; the limit is 10,000"),
-        ("tag_string_huge", "'Exclude tags' is 400,000 characters long"),
+        ("tag_string_huge", "'exclude' is 400,000 characters long"),
     ],
 )
 def test_raw_calls_get_sentences(case: str, expected: str, app: RunningApp, client: Client, good_image: Path) -> None:
@@ -1474,9 +1476,10 @@ def test_reduced_jpeg_decoding_is_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     data = _encode(photo.resize((6200, 4000), Image.Resampling.BICUBIC), "JPEG", quality=90)
     fit = lambda w, h: target_size(w, h, 1024, 16)  # noqa: E731
     monkeypatch.setattr(pp, "REDUCED_DECODE_MARGIN", 10**9)  # never reduce: the exact path
-    exact = np.asarray(load_image(data, fit=fit), dtype=np.int16)
+    exact = np.asarray(load_image(data, fit=fit, reduced_decode=True), dtype=np.int16)
     monkeypatch.setattr(pp, "REDUCED_DECODE_MARGIN", 3)
-    reduced = np.asarray(load_image(data, fit=fit), dtype=np.int16)
+    reduced = np.asarray(load_image(data, fit=fit, reduced_decode=True), dtype=np.int16)
+    assert np.array_equal(np.asarray(load_image(data, fit=fit), dtype=np.int16), exact)  # off by default
     assert reduced.shape == exact.shape == (656, 1024, 3)
     diff = np.abs(reduced - exact)
     assert 0 < diff.max() <= 4 and diff.mean() < 0.3, (diff.max(), diff.mean())  # 0 would mean no reduction

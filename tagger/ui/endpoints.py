@@ -129,15 +129,15 @@ def api_endpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def is_instance(value: object, annotation: object) -> bool:
-    """Whether a JSON value fits a parameter's type (a whole float fits ``int``). Files and
+    """Whether a JSON value fits a parameter's type (any number fits ``int``: see below). Files and
     Literal values are left to the endpoint (``received_path``, ``TagOptions``)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer()
-        )
+        # Any number passes here: whether it is whole (and not NaN) is checked where it is used,
+        # by the option's or the endpoint's own validation, with a sentence naming the rule.
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is str:
