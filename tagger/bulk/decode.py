@@ -183,7 +183,7 @@ class DecodePool:
 
     def _start(self) -> None:
         # fork where the platform has it: workers start in milliseconds and share the parent's
-        # imports. The pool starts before the model loads and before any other thread exists.
+        # imports (as torch's DataLoader does; the workers never touch CUDA).
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self._executor = ProcessPoolExecutor(

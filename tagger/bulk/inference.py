@@ -120,13 +120,28 @@ def result_row(
     )
 
 
-def tag_batch(tagger: Tagger, batch: Sequence[Decoded], options: TagOptions, descriptors: bool) -> list[TagRow]:
-    """Run the model once over ``batch`` (decoded images, none with an error) → one row each."""
-    if not batch:
-        return []
-    pixels = [item.pixels for item in batch]
-    probabilities, features = probabilities_and_descriptors(tagger, pixels, descriptors)  # type: ignore[arg-type]
+def score_batch(tagger: Tagger, batch: Sequence[Decoded], descriptors: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model, once over ``batch`` (decoded images without errors): probabilities, descriptors."""
+    return probabilities_and_descriptors(tagger, [item.pixels for item in batch], descriptors)  # type: ignore[misc]
+
+
+def batch_rows(
+    tagger: Tagger,
+    batch: Sequence[Decoded],
+    probabilities: np.ndarray,
+    features: np.ndarray | None,
+    options: TagOptions,
+) -> list[TagRow]:
+    """One row per image from its scores: selection, caption, JSONL line, sparse scores."""
     return [
         result_row(item, probabilities[i], tagger, options, None if features is None else features[i])
         for i, item in enumerate(batch)
     ]
+
+
+def tag_batch(tagger: Tagger, batch: Sequence[Decoded], options: TagOptions, descriptors: bool) -> list[TagRow]:
+    """``score_batch`` then ``batch_rows``."""
+    if not batch:
+        return []
+    probabilities, features = score_batch(tagger, batch, descriptors)
+    return batch_rows(tagger, batch, probabilities, features, options)
