@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tagger.bulk.decode import default_workers
+from tagger.bulk.decode import default_workers, share_cores_with_decoders
 from tagger.bulk.errors import BulkError
 from tagger.bulk.local import run_local
 from tagger.bulk.outputs import FORMATS, ON_EXISTING, Layout, OutputWriter, RunInfo
@@ -109,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     speed = parser.add_argument_group("speed")
     speed.add_argument("--batch-size", type=_positive, help="images per model call (default 32 on a GPU, 8 on CPU)")
     speed.add_argument(
-        "--workers", type=_not_negative, help="decoding processes (default: cores - 1, at most 16; 0 decodes inline)"
+        "--workers",
+        type=_not_negative,
+        help="decoding processes (default: cores - 1 up to 16 with a GPU, a quarter of the cores on CPU; "
+        "0 decodes inline)",
     )
     split = parser.add_argument_group("splitting and resuming")
     split.add_argument("--shard", help="i/N: tag only this process's share of the shards (one process per GPU/node)")
@@ -127,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         help="local (default) or ray: the same pipeline on Ray Data (pip install -r requirements-bulk.txt)",
     )
-    engine.add_argument("--ray-address", help="Ray cluster address (default: the running cluster, else a local one)")
+    engine.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, as `ray job submit` sets it, else a new local instance)")
     engine.add_argument("--ray-actors", type=_positive, help="model actors (default: one per GPU, or 1 without GPUs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar: errors and the summary line only")
     parser.add_argument("--progress-label", help=argparse.SUPPRESS)
@@ -246,6 +249,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             run_ray(plan, writer, args=args, files=files, options=options, summary=summary, progress=progress)
         else:
             tagger, batch_size = _load_tagger(args, files)
+            workers = default_workers(tagger.device) if args.workers is None else args.workers
+            share_cores_with_decoders(tagger.device, workers)
             progress = start_progress()
             run_local(
                 plan,
@@ -253,7 +258,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                 writer,
                 options=options,
                 batch_size=batch_size,
-                workers=default_workers() if args.workers is None else args.workers,
+                workers=workers,
                 descriptors=args.descriptors,
                 summary=summary,
                 progress=progress,

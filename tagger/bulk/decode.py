@@ -159,9 +159,20 @@ def _ready() -> int:
     return os.getpid()
 
 
-def default_workers() -> int:
-    """One decoder per core but one (the model's thread needs a core), at most 16."""
-    return max(1, min(16, (os.cpu_count() or 2) - 1))
+def default_workers(device: torch.device) -> int:
+    """Decoding processes: with a GPU, one per core but one (the thread feeding the GPU), at
+    most 16; on the CPU the model needs the cores more, so a quarter of them (at least one)."""
+    cores = os.cpu_count() or 2
+    if device.type == "cuda":
+        return max(1, min(16, cores - 1))
+    return max(1, cores // 4)
+
+
+def share_cores_with_decoders(device: torch.device, workers: int) -> None:
+    """On the CPU, give the model the cores the decoders leave (unless OMP_NUM_THREADS says
+    otherwise): model threads and decoders contending for the same cores slow both down."""
+    if device.type == "cpu" and workers > 0 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
 
 
 class DecodePool:

@@ -241,9 +241,10 @@ def _start_ray(address: str | None, quiet: bool) -> Any:
     except ImportError:
         raise BulkError("--engine ray needs Ray Data: pip install -r requirements-bulk.txt") from None
     if not ray.is_initialized():
-        # A local cluster started here gets this package on its workers' path; a real cluster's
-        # nodes must have it installed (see the README's recipe).
-        runtime_env = None if address else {"env_vars": {"PYTHONPATH": PACKAGE_ROOT}}
+        # A new local instance gets this package on its workers' path. A cluster (--ray-address,
+        # or RAY_ADDRESS as `ray job submit` sets it) brings its own: the job's working_dir.
+        joining = bool(address or os.environ.get("RAY_ADDRESS"))
+        runtime_env = None if joining else {"env_vars": {"PYTHONPATH": PACKAGE_ROOT}}
         ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=not quiet)
     ray.data.DataContext.get_current().enable_progress_bars = not quiet
     return ray
