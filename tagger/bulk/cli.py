@@ -130,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         help="local (default) or ray: the same pipeline on Ray Data (pip install -r requirements-bulk.txt)",
     )
-    engine.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, as `ray job submit` sets it, else a new local instance)")
+    engine.add_argument(
+        "--ray-address",
+        help="Ray cluster address (default: $RAY_ADDRESS, as `ray job submit` sets it, else a new local instance)",
+    )
     engine.add_argument("--ray-actors", type=_positive, help="model actors (default: one per GPU, or 1 without GPUs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar: errors and the summary line only")
     parser.add_argument("--progress-label", help=argparse.SUPPRESS)
