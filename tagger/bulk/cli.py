@@ -2,8 +2,8 @@
 
 Exit status: 0 when every image was handled (unreadable images are reported, counted and
 written as error rows: they do not fail the run), 2 for a bad flag, input or model file, or
-an output folder that cannot be resumed with these settings, 130 when interrupted (run the
-same command again to resume).
+an output folder that cannot be resumed with these settings, 1 when the GPU runs out of
+memory and 130 when interrupted (in both cases run the same command again to resume).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 from tagger.bulk.decode import default_workers, share_cores_with_decoders
 from tagger.bulk.errors import BulkError
@@ -189,14 +191,14 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.max_size < 16:
         raise BulkError(f"--max-size must be at least 16 pixels, not {args.max_size}.")
     if args.gpus:
-        workers = gpu_workers(args.gpus)
-        if not workers:
+        per_gpu = gpu_workers(args.gpus)
+        if not per_gpu:
             print("--gpus: no CUDA GPU is visible; running one process on the CPU.", file=sys.stderr)
             args.device = "cpu"
         elif args.engine == "ray":
             raise BulkError("--gpus starts local processes; with --engine ray, Ray places one actor per GPU itself.")
         else:
-            return launch_workers(_without(argv, {"--gpus", "--shard", "--device"}), workers, shard)
+            return launch_workers(_without(argv, {"--gpus", "--shard", "--device"}), per_gpu, shard)
 
     inputs = Inputs.open(args.inputs, InputSettings(args.recursive, args.split, args.image_column, args.key_column))
     files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
@@ -267,14 +269,27 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                 progress=progress,
             )
     except KeyboardInterrupt:
-        if progress is not None:
-            progress.close()
-        print(summary.line(), flush=True)
-        print("Interrupted: run the same command again to resume.", file=sys.stderr)
+        _stop(progress, summary, "Interrupted: run the same command again to resume.")
         return 130
-    progress.close()
-    print(summary.line(), flush=True)
+    except torch.cuda.OutOfMemoryError:
+        _stop(
+            progress,
+            summary,
+            f"error: the GPU ran out of memory with batches of {args.batch_size or 'the default size'}; run the "
+            "same command with a smaller --batch-size (or --max-size) to resume.",
+        )
+        return 1
+    _stop(progress, summary)
     return 0
+
+
+def _stop(progress: Progress | None, summary: Summary, message: str | None = None) -> None:
+    """Close the bar, print the summary line, and why the run stopped early if it did."""
+    if progress is not None:
+        progress.close()
+    print(summary.line(), flush=True)
+    if message:
+        print(message, file=sys.stderr)
 
 
 def _load_tagger(args: argparse.Namespace, files: ModelFiles) -> tuple[Tagger, int]:

@@ -246,7 +246,7 @@ class TarSource(Source):
             raise BulkError(f"{self.spec} is not a readable tar file ({e}).") from None
 
 
-def _pick_table_column(names: Sequence[str], kinds: dict[str, str], wanted: str | None, where: str) -> str:
+def _pick_table_column(names: Sequence[str], kinds: dict[str, str | None], wanted: str | None, where: str) -> str:
     """The image column of a table: ``wanted``, else the first image/bytes column, else a path column."""
     if wanted:
         if wanted not in names:
@@ -616,15 +616,15 @@ def read_bytes(locator: Locator) -> bytes:
             cache.groups[(file, group, column)] = values
             while len(cache.groups) > 2:
                 cache.groups.popitem(last=False)
-        data, path = _image_value(values[row].as_py())
-        return _bytes_or_file(data, path, os.path.dirname(file))
+        cell, path = _image_value(values[row].as_py())
+        return _bytes_or_file(cell, path, os.path.dirname(file))
     if kind == "dataset":
         _, folder, split, row, column = locator
         dataset = cache.datasets.get((folder, split, column))
         if dataset is None:
             dataset = cache.datasets[(folder, split, column)] = _open_saved_column(folder, split, column)
-        data, path = _image_value(dataset[row][column])
-        return _bytes_or_file(data, path, folder)
+        cell, path = _image_value(dataset[row][column])
+        return _bytes_or_file(cell, path, folder)
     raise ValueError(f"unknown locator kind {kind!r}")
 
 
