@@ -248,3 +248,31 @@ def test_manifest_records_what_the_run_means(folder: Path, tmp_path: Path, tiny_
     assert manifest["options"]["exclude"] == "meta 6"
     assert manifest["inputs"][0]["images"] == 5 and manifest["inputs"][0]["kind"] == "folder"
     assert manifest["checkpoint"].startswith(tiny_files[0].name)
+
+
+def test_batches_group_images_by_token_count_and_padding_is_counted(tiny_tagger) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from tagger.bulk.decode import Decoded
+    from tagger.bulk.inference import batches_by_tokens, count_tokens, padding_source
+    from tagger.bulk.sources import Record
+
+    def item(index: int, height: int, width: int) -> Decoded:
+        record = Record(index, f"k/{index}", f"p/{index}", "", ("bytes", b""))
+        return Decoded(record, torch.zeros(3, height, width, dtype=torch.uint8))
+
+    window = [item(0, 48, 48), item(1, 16, 32), item(2, 32, 32), item(3, 32, 16), item(4, 16, 16)]
+    window.append(Decoded(Record(5, "k/5", "p/5", "", ("bytes", b"")), None, error="unreadable"))
+    batches = batches_by_tokens(window, 2, patch=16)
+    # Sorted by patches (1, 2, 2, 4, 9), then shape, cut in twos; the error is left out.
+    assert [[i.record.index for i in b] for b in batches] == [[4, 1], [3, 2], [0]]
+    # Without an engine plan: each batch padded to its longest (5 prefix tokens + patches).
+    assert count_tokens(tiny_tagger, batches[1]) == (7 + 9, 9 * 2)
+    planned = SimpleNamespace(
+        model=tiny_tagger.model,
+        plan=lambda pixels: [SimpleNamespace(tokens=7, padded_tokens=7), SimpleNamespace(tokens=9, padded_tokens=9)],
+    )
+    assert count_tokens(planned, batches[1]) == (16, 16)  # the engine's own plan wins
+    assert padding_source(planned) == "from the engine's batch plan"

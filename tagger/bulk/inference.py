@@ -35,23 +35,40 @@ EMPTY_SCORES = np.zeros(0, dtype=np.float32)
 
 @dataclass
 class TokenCounts:
-    """Tokens the model computed on, and how many of them padding to a batch's largest would add."""
+    """Token positions the model computed on: the images' own, and with the padding that lets
+    images of different sizes share a forward pass. ``waste`` is the extra computed per real
+    token (the engine's definition: ``padded / real - 1``)."""
 
     tokens: int = 0
     padded: int = 0
 
-    def add(self, tokens: Sequence[int]) -> None:
-        if tokens:
-            self.tokens += sum(tokens)
-            self.padded += max(tokens) * len(tokens)
-
-    def merge(self, other: TokenCounts) -> None:
-        self.tokens += other.tokens
-        self.padded += other.padded
+    def add(self, tokens: int, padded: int) -> None:
+        self.tokens += tokens
+        self.padded += padded
 
     @property
     def waste(self) -> float:
-        return 1.0 - self.tokens / self.padded if self.padded else 0.0
+        return self.padded / self.tokens - 1.0 if self.tokens else 0.0
+
+
+def count_tokens(tagger: Tagger, batch: Sequence[Decoded]) -> tuple[int, int]:
+    """(real, padded) token positions of one model call over ``batch``: from the engine's own
+    plan of forward passes (``Tagger.plan``) where it has one, else assuming the call pads
+    every image to the batch's longest (see ``padding_source``)."""
+    plan = getattr(tagger, "plan", None)
+    if callable(plan):
+        passes = plan([item.pixels for item in batch])
+        return sum(p.tokens for p in passes), sum(p.padded_tokens for p in passes)
+    config = tagger.model.config
+    lengths = [config.num_prefix_tokens + item.tokens(config.patch_size) for item in batch]
+    return sum(lengths), max(lengths, default=0) * len(lengths)
+
+
+def padding_source(tagger: Tagger | type[Tagger]) -> str:
+    """How ``count_tokens`` knows the padding, for the summary line."""
+    if callable(getattr(tagger, "plan", None)):
+        return "from the engine's batch plan"
+    return "estimated: each batch padded to its longest image"
 
 
 def batches_by_tokens(items: Sequence[Decoded], batch_size: int, patch: int) -> list[list[Decoded]]:

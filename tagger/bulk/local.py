@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any
 
 from tagger.bulk.decode import Decoded, DecodePool, ModelFreePrepare
-from tagger.bulk.inference import batch_rows, batches_by_tokens, error_row, score_batch
+from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, error_row, padding_source, score_batch
 from tagger.bulk.outputs import OutputWriter, TagRow
 from tagger.bulk.plan import Kept, Plan, ShardEnd
 from tagger.bulk.progress import Progress, Summary
@@ -107,6 +107,7 @@ def run_local(
     """Tag everything ``plan`` yields; counts go into ``summary`` (also on an interrupt)."""
     patch = tagger.model.config.patch_size
     prepare = prepare or ModelFreePrepare.of(tagger)
+    summary.padding_source = padding_source(tagger)
     started = time.perf_counter()
     output = BackgroundWriter(writer, summary, progress)
     window: list[Decoded] = []
@@ -116,7 +117,7 @@ def run_local(
         if errors:
             output.write(shard, lambda: errors)
         for batch in batches_by_tokens(window, batch_size, patch):
-            summary.tokens.add([item.tokens(patch) for item in batch])
+            summary.tokens.add(*count_tokens(tagger, batch))
             probabilities, features = score_batch(tagger, batch, descriptors)
             output.write(shard, partial(batch_rows, tagger, batch, probabilities, features, options))
         window.clear()

@@ -24,7 +24,7 @@ class Summary:
     tokens: TokenCounts = field(default_factory=TokenCounts)
     seconds: float = 0.0
     out: str = ""
-    padding_source: str = "estimated from the batches' shapes"
+    padding_source: str = ""
 
     @property
     def rate(self) -> float:
@@ -40,7 +40,11 @@ class Summary:
         if merged:
             parts.append(f"{merged:,} captions merged")
         speed = f"{self.rate:.1f} images/s over {self.seconds:.1f} s"
-        waste = f"padding waste {self.tokens.waste:.1%} ({self.padding_source})" if self.tokens.padded else ""
+        waste = ""
+        if self.tokens.tokens:
+            waste = f"padding waste {self.tokens.waste:.1%}" + (
+                f" ({self.padding_source})" if self.padding_source else ""
+            )
         shards = f"{self.shards_finished:,} shard{'s' if self.shards_finished != 1 else ''} completed"
         return "; ".join(p for p in [", ".join(parts), speed, waste, shards, f"outputs in {self.out}"] if p) + "."
 

@@ -31,7 +31,7 @@ import torch
 
 from tagger.bulk.decode import Decoded, ModelFreePrepare, decode_locator
 from tagger.bulk.errors import BulkError
-from tagger.bulk.inference import batches_by_tokens, error_row, tag_batch
+from tagger.bulk.inference import batches_by_tokens, count_tokens, error_row, padding_source, tag_batch
 from tagger.bulk.local import WINDOW_BATCHES
 from tagger.bulk.outputs import OutputWriter, TagRow
 from tagger.bulk.plan import Kept, Plan, ShardEnd
@@ -119,7 +119,7 @@ def _decoded(item: dict[str, Any]) -> Decoded:
     return Decoded(_item_record(item), pixels, item["sha256"], item["width"], item["height"], item["error"])
 
 
-def _rows_table(rows: list[TagRow], tokens: list[int], batch_tokens: list[int], descriptors: bool) -> Any:
+def _rows_table(rows: list[TagRow], tokens: list[int], padded: list[int], descriptors: bool) -> Any:
     import pyarrow as pa
 
     columns: dict[str, Any] = {
@@ -137,7 +137,7 @@ def _rows_table(rows: list[TagRow], tokens: list[int], batch_tokens: list[int], 
         "caption_file": pa.array([r.caption_file for r in rows], pa.string()),
         "caption": pa.array([r.caption for r in rows], pa.string()),
         "tokens": pa.array(tokens, pa.int64()),
-        "batch_tokens": pa.array(batch_tokens, pa.int64()),
+        "padded": pa.array(padded, pa.int64()),
     }
     if descriptors:
         columns["descriptor"] = pa.array([r.descriptor for r in rows], pa.list_(pa.float32()))
@@ -193,14 +193,15 @@ class TagActor:
         patch = self.tagger.model.config.patch_size
         window = [_decoded(item) for item in table.to_pylist()]
         rows = [error_row(item) for item in window if item.pixels is None]
+        # Each batch's token counts ride on its first row (the write stage sums them).
         tokens = [0] * len(rows)
-        batch_tokens = [0] * len(rows)
+        padded = [0] * len(rows)
         for batch in batches_by_tokens(window, self.batch_size, patch):
-            counts = [item.tokens(patch) for item in batch]
+            real, computed = count_tokens(self.tagger, batch)
             rows += tag_batch(self.tagger, batch, self.options, self.descriptors)
-            tokens += counts
-            batch_tokens += [max(counts)] * len(counts)
-        return _rows_table(rows, tokens, batch_tokens, self.descriptors)
+            tokens += [real] + [0] * (len(batch) - 1)
+            padded += [computed] + [0] * (len(batch) - 1)
+        return _rows_table(rows, tokens, padded, self.descriptors)
 
 
 class BulkDatasink(Datasink):  # type: ignore[misc,valid-type]
@@ -216,7 +217,7 @@ class BulkDatasink(Datasink):  # type: ignore[misc,valid-type]
             if block.num_rows == 0:
                 continue
             result["tokens"] += sum(block.column("tokens").to_pylist())
-            result["padded"] += sum(block.column("batch_tokens").to_pylist())
+            result["padded"] += sum(block.column("padded").to_pylist())
             by_shard: dict[int, list[TagRow]] = {}
             for row in _table_rows(block):
                 by_shard.setdefault(row.shard, []).append(row)
@@ -272,7 +273,10 @@ def run_ray(
             f"--engine ray reads inputs from a shared file system and cannot stream {streamed[0]}; "
             "save the dataset to disk (datasets' save_to_disk) or use uncompressed .tar shards."
         )
+    from tagger.predict import Tagger
+
     started = time.perf_counter()
+    summary.padding_source = padding_source(Tagger)
     items: list[dict[str, Any]] = []
     finished: list[int] = []
     for item in plan.items():
@@ -330,8 +334,7 @@ def run_ray(
         for result in sink.results:
             summary.tagged += result["images"]
             summary.errors += result["errors"]
-            summary.tokens.tokens += result["tokens"]
-            summary.tokens.padded += result["padded"]
+            summary.tokens.add(result["tokens"], result["padded"])
             for outcome, n in result["captions"].items():
                 summary.captions[outcome] = summary.captions.get(outcome, 0) + n
             for message in result["messages"]:
