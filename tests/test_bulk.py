@@ -269,7 +269,9 @@ def test_batches_group_images_by_token_count_and_padding_is_counted(tiny_tagger)
     # Sorted by patches (1, 2, 2, 4, 9), then shape, cut in twos; the error is left out.
     assert [[i.record.index for i in b] for b in batches] == [[4, 1], [3, 2], [0]]
     # Without an engine plan: each batch padded to its longest (5 prefix tokens + patches).
-    assert count_tokens(tiny_tagger, batches[1]) == (7 + 9, 9 * 2)
+    unplanned = SimpleNamespace(model=tiny_tagger.model)
+    assert count_tokens(unplanned, batches[1]) == (7 + 9, 9 * 2)
+    assert padding_source(unplanned).startswith("estimated")
     planned = SimpleNamespace(
         model=tiny_tagger.model,
         plan=lambda pixels: [SimpleNamespace(tokens=7, padded_tokens=7), SimpleNamespace(tokens=9, padded_tokens=9)],
