@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"Command: {' '.join([Path(sys.executable).name, 'benchmarks/bench_bulk.py', *(argv or sys.argv[1:])])}")
     print()
-    print("| model | device | naive predict loop | bulk | speed-up | padding waste | GPU busy |")
+    threads = f", OMP_NUM_THREADS={args.threads}" if args.threads else ""
+    print(f"| model | device{threads} | naive predict loop | bulk | speed-up | padding waste | GPU busy |")
     print("|---|---|---|---|---|---|---|")
     for name in models:
         checkpoint, vocab = ensure_model(name)
@@ -297,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = [
             name,
             f"{args.device} ({naive['dtype']})" if naive else args.device,
-            f"{naive_rate:.1f} img/s" if naive_rate else "-",
-            f"{bulk['rate']:.1f} img/s",
+            f"{naive_rate:.3g} img/s" if naive_rate else "-",
+            f"{bulk['rate']:.3g} img/s",
             f"{bulk['rate'] / naive_rate:.2f}x" if naive_rate else "-",
             f"{bulk['waste']:.1f} %",
             f"{bulk['gpu']:.0f} %" if bulk["gpu"] is not None else "-",

@@ -168,3 +168,10 @@ def tiny_tagger_size(path: Path) -> tuple[int, int]:
 
     with Image.open(path) as image:
         return image.size
+
+
+def test_a_hub_dataset_that_cannot_be_opened_is_reported_before_anything_is_written(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    inputs = Inputs.open([f"hf:{tmp_path / 'empty'}"])
+    with pytest.raises(BulkError, match="Could not open the dataset"):
+        inputs.survey()

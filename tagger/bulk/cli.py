@@ -29,6 +29,7 @@ from tagger.bulk.sources import Inputs, InputSettings
 from tagger.cli import add_option_arguments, options_from_args
 from tagger.errors import CheckpointError, ResolutionError, SelectionError, VocabularyError
 from tagger.hub import DEFAULT_REPO, ModelFiles, resolve_model_files
+from tagger.options import TagOptions
 from tagger.predict import Tagger, resolve_device
 
 log = logging.getLogger("tagger")
@@ -200,47 +201,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         else:
             return launch_workers(_without(argv, {"--gpus", "--shard", "--device"}), per_gpu, shard)
 
-    inputs = Inputs.open(args.inputs, InputSettings(args.recursive, args.split, args.image_column, args.key_column))
-    files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
-    repo, revision, checkpoint = model_identity(files)
-    survey = inputs.survey()
-    counts = [s.get("images") for s in survey]
-    if all(c == 0 for c in counts):
-        raise BulkError(f"No images found in {' '.join(args.inputs)}.")
-    layout = Layout(Path(args.out).expanduser().resolve())
-    manifest = new_manifest(
-        options=options,
-        inputs=survey,
-        repo=repo,
-        revision=revision,
-        checkpoint=checkpoint,
-        max_size=args.max_size,
-        format=list(args.format),
-        on_existing=args.on_existing,
-        txt_location=args.txt_location,
-        descriptors=args.descriptors,
-        shard_size=args.shard_size,
-    )
-    resumed = check_manifest(layout, manifest)
-    state = ResumeState.load(layout)
-    txt = "txt" in args.format
-    plan = Plan(
-        inputs,
-        layout=layout,
-        shard=shard,
-        shard_size=args.shard_size,
-        state=state,
-        txt=txt,
-        beside=args.txt_location == "beside",
-        keep_existing_only=args.format == ("txt",) and args.on_existing == "skip",
-        counts=counts,
-    )
-    if resumed:
-        log.info("Resuming in %s: %d shards finished before", layout.root, len(state.finished))
-    writer = OutputWriter(
-        layout.root, args.format, args.on_existing, RunInfo(repo, revision, options_hash(options), args.descriptors)
-    )
-    summary = Summary(out=str(layout.root))
+    plan, writer, files = _plan(args, options, shard)
+    summary = Summary(out=str(writer.layout.root))
 
     def start_progress() -> Progress:
         return Progress(plan.total, args.quiet, args.progress_label, args.progress_position)
@@ -281,6 +243,52 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         return 1
     _stop(progress, summary)
     return 0
+
+
+def _plan(args: argparse.Namespace, options: TagOptions, shard: ShardSpec) -> tuple[Plan, OutputWriter, ModelFiles]:
+    """Inputs, model files and output folder checked (manifest written or compared), and what
+    this run will tag."""
+    inputs = Inputs.open(args.inputs, InputSettings(args.recursive, args.split, args.image_column, args.key_column))
+    files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
+    repo, revision, checkpoint = model_identity(files)
+    survey = inputs.survey()
+    counts = [s.get("images") for s in survey]
+    if all(c == 0 for c in counts):
+        raise BulkError(f"No images found in {' '.join(args.inputs)}.")
+    layout = Layout(Path(args.out).expanduser().resolve())
+    manifest = new_manifest(
+        options=options,
+        inputs=survey,
+        repo=repo,
+        revision=revision,
+        checkpoint=checkpoint,
+        max_size=args.max_size,
+        format=list(args.format),
+        on_existing=args.on_existing,
+        txt_location=args.txt_location,
+        descriptors=args.descriptors,
+        shard_size=args.shard_size,
+    )
+    resumed = check_manifest(layout, manifest)
+    state = ResumeState.load(layout)
+    txt = "txt" in args.format
+    plan = Plan(
+        inputs,
+        layout=layout,
+        shard=shard,
+        shard_size=args.shard_size,
+        state=state,
+        txt=txt,
+        beside=args.txt_location == "beside",
+        keep_existing_only=args.format == ("txt",) and args.on_existing == "skip",
+        counts=counts,
+    )
+    if resumed:
+        log.info("Resuming in %s: %d shards finished before", layout.root, len(state.finished))
+    writer = OutputWriter(
+        layout.root, args.format, args.on_existing, RunInfo(repo, revision, options_hash(options), args.descriptors)
+    )
+    return plan, writer, files
 
 
 def _stop(progress: Progress | None, summary: Summary, message: str | None = None) -> None:

@@ -39,7 +39,8 @@ class Summary:
         merged = self.captions.get("merged", 0)
         if merged:
             parts.append(f"{merged:,} captions merged")
-        speed = f"{self.rate:.1f} images/s over {self.seconds:.1f} s"
+        rate = f"{self.rate:.1f}" if self.rate >= 10 else f"{self.rate:.2f}"
+        speed = f"{rate} images/s over {self.seconds:.1f} s"
         waste = ""
         if self.tokens.tokens:
             waste = f"padding waste {self.tokens.waste:.1%}" + (

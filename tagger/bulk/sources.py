@@ -102,8 +102,6 @@ class Source:
 
     def survey(self) -> dict[str, Any]:
         """What the manifest records to notice a changed input: count and a hash of the names."""
-        if self.streamed and self.kind == "hub":
-            return {"input": self.spec, "kind": self.kind, "images": None}
         digest = hashlib.sha256()
         count = 0
         for entry in self.entries():
@@ -415,7 +413,6 @@ class HubSource(Source):
         self.split = split or "train"
         self.image_column = image_column
         self.key_column = key_column
-        self.expected: int | None = None
 
     @property
     def default_label(self) -> str:
@@ -444,10 +441,13 @@ class HubSource(Source):
         column = _pick_table_column(names, kinds, self.image_column, f"the dataset {self.name}")
         if features is not None and isinstance(features[column], datasets.Image):
             stream = stream.cast_column(column, datasets.Image(decode=False))
-        splits = getattr(stream.info, "splits", None) or {}
-        info = splits.get(self.split) if hasattr(splits, "get") else None
-        self.expected = getattr(info, "num_examples", None) or None
         return stream, column
+
+    def survey(self) -> dict[str, Any]:
+        """Opens the stream (so a wrong name or column is reported before anything is written)
+        but cannot count it without reading it all: a streamed input is not counted."""
+        self._open()
+        return {"input": self.spec, "kind": self.kind, "split": self.split, "images": None}
 
     def entries(self) -> Iterator[Entry]:
         stream, column = self._open()
