@@ -278,3 +278,13 @@ def test_batches_group_images_by_token_count_and_padding_is_counted(tiny_tagger)
     )
     assert count_tokens(planned, batches[1]) == (16, 16)  # the engine's own plan wins
     assert padding_source(planned) == "from the engine's batch plan"
+
+
+def test_an_output_that_cannot_be_written_stops_with_a_sentence(folder: Path, tmp_path: Path, tiny_files, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "txt").write_text("a file where the captions folder should be")
+    result = run_bulk(capsys, tiny_files, str(folder), "--out", str(out), "--txt-location", "out")
+    assert result.code == 1
+    assert "could not write the outputs" in result.err and "run again" in result.err
+    assert "Traceback" not in result.err

@@ -3,7 +3,8 @@
 Exit status: 0 when every image was handled (unreadable images are reported, counted and
 written as error rows: they do not fail the run), 2 for a bad flag, input or model file, or
 an output folder that cannot be resumed with these settings, 1 when the GPU runs out of
-memory and 130 when interrupted (in both cases run the same command again to resume).
+memory or an output cannot be written, and 130 when interrupted (run the same command again
+to resume).
 """
 
 from __future__ import annotations
@@ -240,6 +241,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             f"error: the GPU ran out of memory with batches of {args.batch_size or 'the default size'}; run the "
             "same command with a smaller --batch-size (or --max-size) to resume.",
         )
+        return 1
+    except OSError as e:  # the output folder or a caption's folder: full, read-only, gone
+        where = f" ({e.filename})" if e.filename else ""
+        reason = e.strerror or str(e)
+        _stop(progress, summary, f"error: could not write the outputs{where}: {reason}; fix that and run again.")
         return 1
     _stop(progress, summary)
     return 0
