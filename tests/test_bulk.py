@@ -232,7 +232,7 @@ def test_gpus_all_on_a_cpu_only_machine_says_so_and_runs(folder: Path, tmp_path:
         (["--shard", "half"], "--shard takes i/N"),
         (["--max-size", "8"], "--max-size must be at least 16"),
         (["--threshold", "2"], "threshold must be between 0 and 1"),
-        (["--mode", "topk", "--topk-per-category", "-1"], "top-k"),
+        (["--mode", "topk", "--topk-per-category", "-1"], "must be a whole number"),
     ],
 )
 def test_bad_flags_get_a_sentence(folder: Path, tmp_path: Path, tiny_files, capsys, flags, message) -> None:
