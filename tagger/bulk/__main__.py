@@ -1,0 +1,5 @@
+import sys
+
+from tagger.bulk.cli import main
+
+sys.exit(main())

@@ -1,0 +1,326 @@
+"""``python -m tagger.bulk INPUT... --out DIR``: tag a dataset, resumably.
+
+Exit status: 0 when every image was handled (unreadable images are reported, counted and
+written as error rows: they do not fail the run), 2 for a bad flag, input or model file, or
+an output folder that cannot be resumed with these settings, 1 when the GPU runs out of
+memory or an output cannot be written, and 130 when interrupted (run the same command again
+to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from tagger.bulk.decode import default_workers, share_cores_with_decoders
+from tagger.bulk.errors import BulkError
+from tagger.bulk.local import run_local
+from tagger.bulk.outputs import FORMATS, ON_EXISTING, Layout, OutputWriter, RunInfo
+from tagger.bulk.plan import Plan
+from tagger.bulk.progress import Progress, Summary
+from tagger.bulk.resume import ResumeState, check_manifest, new_manifest, options_hash
+from tagger.bulk.sharding import ShardSpec, gpu_workers, launch_workers
+from tagger.bulk.sources import Inputs, InputSettings
+from tagger.cli import add_option_arguments, options_from_args
+from tagger.errors import CheckpointError, ResolutionError, SelectionError, VocabularyError
+from tagger.hub import DEFAULT_REPO, ModelFiles, resolve_model_files
+from tagger.options import TagOptions
+from tagger.predict import Tagger, resolve_device
+
+log = logging.getLogger("tagger")
+
+DEFAULT_SHARD_SIZE = 1000
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    unknown = [f for f in chosen if f not in FORMATS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"choose one or more of {', '.join(FORMATS)} (comma-separated)")
+    return chosen
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tagger.bulk",
+        description="Tag a dataset: folders, zips, tar/webdataset shards, Parquet or datasets in; "
+        "captions, JSONL and Parquet out; resumable.",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a folder (recursive), an image, a .zip, a .tar webdataset shard, a .parquet, a dataset folder "
+        "written by save_to_disk, or hf:owner/name[@revision] (a Hub dataset, streamed)",
+    )
+    parser.add_argument("--out", required=True, help="output folder: manifest, outputs and resume state")
+    out = parser.add_argument_group("outputs")
+    out.add_argument(
+        "--format",
+        type=_formats,
+        default=("txt",),
+        help="any of txt, jsonl, parquet, comma-separated (default txt)",
+    )
+    out.add_argument(
+        "--on-existing",
+        choices=ON_EXISTING,
+        default="skip",
+        help="when a caption file exists: keep it (skip, the default: with only txt output the image is not "
+        "tagged at all), overwrite it, or append/prepend the tags it does not have yet",
+    )
+    out.add_argument(
+        "--txt-location",
+        choices=("beside", "out"),
+        default="beside",
+        help="captions beside each image file (default; images inside archives and datasets always go to "
+        "OUT/txt/) or under OUT/txt/ mirroring the inputs",
+    )
+    out.add_argument("--descriptors", action="store_true", help="parquet: add each image's 6400-d descriptor")
+    source = parser.add_argument_group("inputs")
+    source.add_argument("--no-recursive", dest="recursive", action="store_false", help="folders: top level only")
+    source.add_argument("--split", help="datasets: the split (default train, or the only one)")
+    source.add_argument("--image-column", help="Parquet/datasets: the image column (default: found by type)")
+    source.add_argument("--key-column", help="Parquet/datasets: a column of unique ids for keys (default: row number)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--checkpoint", help="local .safetensors checkpoint (default: download from the Hub)")
+    model.add_argument("--vocab", help="local vocabulary JSON (default: download from the Hub)")
+    model.add_argument("--repo", help=f"Hub model repo (default: $TAGGER_REPO or {DEFAULT_REPO})")
+    model.add_argument("--revision", help="Hub revision: branch, tag or commit (default: $TAGGER_REVISION or main)")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    model.add_argument("--dtype", default=None, help="bf16 or fp32 (default: bf16 where the hardware has it)")
+    model.add_argument("--max-size", type=int, default=1024, help="long-edge cap in pixels (default 1024)")
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--batch-size", type=_positive, help="images per model call (default 32 on a GPU, 8 on CPU)")
+    speed.add_argument(
+        "--workers",
+        type=_not_negative,
+        help="decoding processes (default: cores - 1 up to 16 with a GPU, a quarter of the cores on CPU; "
+        "0 decodes inline)",
+    )
+    split = parser.add_argument_group("splitting and resuming")
+    split.add_argument("--shard", help="i/N: tag only this process's share of the shards (one process per GPU/node)")
+    split.add_argument(
+        "--shard-size",
+        type=_positive,
+        default=DEFAULT_SHARD_SIZE,
+        help=f"images per shard: the unit of resume and of the jsonl/parquet files (default {DEFAULT_SHARD_SIZE})",
+    )
+    split.add_argument("--gpus", help="all, or GPU ids such as 0,2: one worker process per GPU, sharing the work")
+    engine = parser.add_argument_group("engine")
+    engine.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default) or ray: the same pipeline on Ray Data (pip install -r requirements-bulk.txt)",
+    )
+    engine.add_argument(
+        "--ray-address",
+        help="Ray cluster address (default: $RAY_ADDRESS, as `ray job submit` sets it, else a new local instance)",
+    )
+    engine.add_argument("--ray-actors", type=_positive, help="model actors (default: one per GPU, or 1 without GPUs)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar: errors and the summary line only")
+    parser.add_argument("--progress-label", help=argparse.SUPPRESS)
+    parser.add_argument("--progress-position", type=int, help=argparse.SUPPRESS)
+    add_option_arguments(parser)
+    return parser
+
+
+def _without(argv: Sequence[str], flags: set[str]) -> list[str]:
+    """``argv`` without the given flags and their values (``--flag v`` and ``--flag=v``)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in flags:
+            skip = "=" not in arg
+            continue
+        kept.append(arg)
+    return kept
+
+
+def model_identity(files: ModelFiles) -> tuple[str, str, str]:
+    """(repo, revision, checkpoint) as recorded in the manifest and the Parquet output.
+
+    A Hub download is pinned to the commit it came from (read from the cache path), so a
+    branch that moves on is noticed when resuming.
+    """
+    checkpoint = f"{files.checkpoint.name} ({files.checkpoint.stat().st_size:,} bytes)"
+    if files.source == "local files":
+        return "local", files.checkpoint.name, checkpoint
+    repo, _, revision = files.source.split(" ", 1)[0].rpartition("@")
+    commit = files.checkpoint.parent.name
+    return repo, commit if _COMMIT.fullmatch(commit) else revision, checkpoint
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return _run(args, argv)
+    except (BulkError, SelectionError, ResolutionError, CheckpointError, VocabularyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    options = options_from_args(args)
+    shard = ShardSpec.parse(args.shard)
+    if args.max_size < 16:
+        raise BulkError(f"--max-size must be at least 16 pixels, not {args.max_size}.")
+    if args.gpus:
+        per_gpu = gpu_workers(args.gpus)
+        if not per_gpu:
+            print("--gpus: no CUDA GPU is visible; running one process on the CPU.", file=sys.stderr)
+            args.device = "cpu"
+        elif args.engine == "ray":
+            raise BulkError("--gpus starts local processes; with --engine ray, Ray places one actor per GPU itself.")
+        else:
+            return launch_workers(_without(argv, {"--gpus", "--shard", "--device"}), per_gpu, shard)
+
+    plan, writer, files = _plan(args, options, shard)
+    summary = Summary(out=str(writer.layout.root))
+
+    def start_progress() -> Progress:
+        return Progress(plan.total, args.quiet, args.progress_label, args.progress_position)
+
+    progress: Progress | None = None
+    try:
+        if args.engine == "ray":
+            from tagger.bulk.ray_engine import run_ray
+
+            progress = start_progress()
+            run_ray(plan, writer, args=args, files=files, options=options, summary=summary, progress=progress)
+        else:
+            tagger, batch_size = _load_tagger(args, files)
+            workers = default_workers(tagger.device) if args.workers is None else args.workers
+            share_cores_with_decoders(tagger.device, workers)
+            progress = start_progress()
+            run_local(
+                plan,
+                tagger,
+                writer,
+                options=options,
+                batch_size=batch_size,
+                workers=workers,
+                descriptors=args.descriptors,
+                summary=summary,
+                progress=progress,
+            )
+    except KeyboardInterrupt:
+        _stop(progress, summary, "Interrupted: run the same command again to resume.")
+        return 130
+    except torch.cuda.OutOfMemoryError:
+        _stop(
+            progress,
+            summary,
+            f"error: the GPU ran out of memory with batches of {args.batch_size or 'the default size'}; run the "
+            "same command with a smaller --batch-size (or --max-size) to resume.",
+        )
+        return 1
+    except OSError as e:  # the output folder or a caption's folder: full, read-only, gone
+        where = f" ({e.filename})" if e.filename else ""
+        reason = e.strerror or str(e)
+        _stop(progress, summary, f"error: could not write the outputs{where}: {reason}; fix that and run again.")
+        return 1
+    _stop(progress, summary)
+    return 0
+
+
+def _plan(args: argparse.Namespace, options: TagOptions, shard: ShardSpec) -> tuple[Plan, OutputWriter, ModelFiles]:
+    """Inputs, model files and output folder checked (manifest written or compared), and what
+    this run will tag."""
+    inputs = Inputs.open(args.inputs, InputSettings(args.recursive, args.split, args.image_column, args.key_column))
+    files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
+    repo, revision, checkpoint = model_identity(files)
+    survey = inputs.survey()
+    counts = [s.get("images") for s in survey]
+    if all(c == 0 for c in counts):
+        raise BulkError(f"No images found in {' '.join(args.inputs)}.")
+    layout = Layout(Path(args.out).expanduser().resolve())
+    manifest = new_manifest(
+        options=options,
+        inputs=survey,
+        repo=repo,
+        revision=revision,
+        checkpoint=checkpoint,
+        max_size=args.max_size,
+        format=list(args.format),
+        on_existing=args.on_existing,
+        txt_location=args.txt_location,
+        descriptors=args.descriptors,
+        shard_size=args.shard_size,
+    )
+    resumed = check_manifest(layout, manifest)
+    state = ResumeState.load(layout)
+    txt = "txt" in args.format
+    plan = Plan(
+        inputs,
+        layout=layout,
+        shard=shard,
+        shard_size=args.shard_size,
+        state=state,
+        txt=txt,
+        beside=args.txt_location == "beside",
+        keep_existing_only=args.format == ("txt",) and args.on_existing == "skip",
+        counts=counts,
+    )
+    if resumed:
+        log.info("Resuming in %s: %d shards finished before", layout.root, len(state.finished))
+    writer = OutputWriter(
+        layout.root, args.format, args.on_existing, RunInfo(repo, revision, options_hash(options), args.descriptors)
+    )
+    return plan, writer, files
+
+
+def _stop(progress: Progress | None, summary: Summary, message: str | None = None) -> None:
+    """Close the bar, print the summary line, and why the run stopped early if it did."""
+    if progress is not None:
+        progress.close()
+    print(summary.line(), flush=True)
+    if message:
+        print(message, file=sys.stderr)
+
+
+def _load_tagger(args: argparse.Namespace, files: ModelFiles) -> tuple[Tagger, int]:
+    """The model, loaded once, and the batch size for its device."""
+    try:
+        device = resolve_device(args.device)
+        batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
+        tagger = Tagger(
+            files.checkpoint,
+            files.vocab,
+            device=device,
+            dtype=args.dtype,
+            max_size=args.max_size,
+            max_batch_size=batch_size,
+        )
+    except (CheckpointError, VocabularyError):
+        raise
+    except ValueError as e:  # unknown device or dtype
+        raise BulkError(str(e)) from None
+    return tagger, batch_size

@@ -1,0 +1,267 @@
+"""Decoding in parallel worker processes, so that the model never waits for Pillow.
+
+Each worker reads an image's bytes from its locator (``tagger.bulk.sources.read_bytes``),
+hashes them, reads the image's size and runs ``Tagger.prepare``'s own code on them, without
+the model (``ModelFreePrepare``). ``DecodePool.map`` keeps a bounded number of images in
+flight and hands results back in input order; an image that cannot be read becomes a result
+with an ``error`` sentence, never an exception.
+
+Why processes rather than threads: Pillow releases the GIL while it decodes and resizes, but
+the Python around it (EXIF, mode conversion, hashing small files) does not, and a GPU host
+feeding one H100 needs 8-16 decoders running at once. Prepared pixels come back as numpy
+arrays, copied through a pipe: measured faster than torch's per-tensor shared memory for
+images this size, which creates and maps a shared segment for every image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import multiprocessing
+import os
+import signal
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from PIL import Image
+
+from tagger.bulk.sources import Locator, Record, read_bytes
+from tagger.errors import ImageError
+from tagger.predict import Tagger
+from tagger.preprocess import ImageSource
+
+log = logging.getLogger("tagger")
+
+_EXIF_ORIENTATION = 0x0112
+
+
+class ModelFreePrepare:
+    """``Tagger.prepare`` without the model: it carries only the settings ``prepare`` reads
+    (``max_size`` and the patch size), so it can be sent to decoding processes and Ray tasks.
+
+    It runs ``Tagger.prepare``'s own code rather than a copy of it, so that decoding here
+    follows any change to the engine's preprocessing; a test checks both give the same pixels.
+    """
+
+    def __init__(self, max_size: int, patch_size: int):
+        self.max_size = max_size
+        self.model = SimpleNamespace(config=SimpleNamespace(patch_size=patch_size))
+
+    @classmethod
+    def of(cls, tagger: Tagger) -> ModelFreePrepare:
+        return cls(tagger.max_size, tagger.model.config.patch_size)
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.config.patch_size
+
+    def __call__(self, image: ImageSource) -> torch.Tensor:
+        return Tagger.prepare(self, image)  # type: ignore[arg-type]  # duck-typed: see the class docstring
+
+
+@dataclass
+class Decoded:
+    """A record after decoding: its prepared pixels, or the sentence saying why there are none."""
+
+    record: Record
+    pixels: torch.Tensor | None
+    sha256: str | None = None
+    width: int | None = None  # the image's own size, upright (EXIF orientation applied)
+    height: int | None = None
+    error: str | None = None
+
+    def tokens(self, patch: int) -> int:
+        """Patch tokens the model will see (0 for an error): what batches are grouped by."""
+        if self.pixels is None:
+            return 0
+        return (self.pixels.shape[-2] // patch) * (self.pixels.shape[-1] // patch)
+
+
+# What a worker sends back: (pixels as numpy or tensor, sha256, width, height, error).
+DecodeResult = tuple[Any, str | None, int | None, int | None, str | None]
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header, swapped when the EXIF orientation turns the image."""
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        try:
+            orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+        except Exception:  # broken EXIF: prepare treats the image as upright too
+            orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def decode_locator(locator: Locator, shown: str, prepare: Callable[[bytes], torch.Tensor]) -> DecodeResult:
+    """Read, hash, measure and prepare one image; every failure becomes an error sentence."""
+    try:
+        data = read_bytes(locator)
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        return None, None, None, None, f"Could not read {shown}: {reason}."
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        pixels = prepare(data)
+        width, height = upright_size(data)
+    except ImageError as e:
+        # Decoding bytes reports "the given data"; say which image it was.
+        return None, digest, None, None, str(e).replace("the given data", shown, 1)
+    except Exception as e:  # one odd file must not stop a run over millions
+        return None, digest, None, None, f"Could not read {shown} ({type(e).__name__}: {e})."
+    return _to_wire(pixels), digest, width, height, None
+
+
+def _to_wire(pixels: torch.Tensor) -> Any:
+    # numpy arrays pickle by value (one copy through the pipe); dtypes numpy lacks go as tensors.
+    try:
+        return pixels.numpy()
+    except TypeError:
+        return pixels
+
+
+def _from_wire(pixels: Any) -> torch.Tensor | None:
+    if pixels is None or isinstance(pixels, torch.Tensor):
+        return pixels
+    return torch.from_numpy(pixels)
+
+
+def decoded_from(record: Record, result: DecodeResult) -> Decoded:
+    pixels, digest, width, height, error = result
+    return Decoded(record, _from_wire(pixels), digest, width, height, error)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pool
+
+_worker_prepare: Callable[[bytes], torch.Tensor] | None = None
+
+
+def _init_worker(prepare: Callable[[bytes], torch.Tensor]) -> None:
+    global _worker_prepare
+    _worker_prepare = prepare
+    torch.set_num_threads(1)  # one image per worker; threads would only contend
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _decode_in_worker(locator: Locator, shown: str) -> DecodeResult:
+    assert _worker_prepare is not None
+    return decode_locator(locator, shown, _worker_prepare)
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding processes: with a GPU, one per core but one (the thread feeding the GPU), at
+    most 16; on the CPU the model needs the cores more, so a quarter of them (at least one)."""
+    cores = os.cpu_count() or 2
+    if device.type == "cuda":
+        return max(1, min(16, cores - 1))
+    return max(1, cores // 4)
+
+
+def share_cores_with_decoders(device: torch.device, workers: int) -> None:
+    """On the CPU, give the model the cores the decoders leave (unless OMP_NUM_THREADS says
+    otherwise): model threads and decoders contending for the same cores slow both down."""
+    if device.type == "cpu" and workers > 0 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
+
+
+class DecodePool:
+    """Ordered, bounded parallel decoding: ``map(items)`` yields one result per item, in order.
+
+    Items are ``Record`` (decoded) or any other object (passed through in place: the local
+    engine sends shard-end markers along with the records). At most ``workers * prefetch``
+    images are decoded ahead of the consumer. ``workers=0`` decodes in the calling thread.
+    """
+
+    def __init__(self, prepare: Callable[[bytes], torch.Tensor], workers: int, prefetch: int = 4):
+        self.prepare = prepare
+        self.workers = workers
+        self.limit = max(2, workers * prefetch)
+        self._executor: ProcessPoolExecutor | None = None
+        self._generation = 0
+        if workers > 0:
+            self._start()
+
+    def _start(self) -> None:
+        # fork where the platform has it: workers start in milliseconds and share the parent's
+        # imports (as torch's DataLoader does; the workers never touch CUDA).
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self._executor = ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_init_worker, initargs=(self.prepare,)
+        )
+        for future in [self._executor.submit(_ready) for _ in range(self.workers)]:
+            future.result()
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def _submit(self, record: Record) -> Future | DecodeResult:
+        if record.error is not None:
+            return None, None, None, None, record.error
+        if self._executor is None:
+            return decode_locator(record.locator, record.path, self.prepare)
+        return self._executor.submit(_decode_in_worker, record.locator, record.path)
+
+    def _restart(self) -> None:
+        self.close()
+        self._start()
+        self._generation += 1
+
+    def _result(self, record: Record, work: Future | DecodeResult, generation: int) -> Decoded:
+        if not isinstance(work, Future):
+            return decoded_from(record, work)
+        if generation != self._generation:  # submitted to a pool that has died since
+            work = self._submit(record)
+        try:
+            return decoded_from(record, work.result())  # type: ignore[union-attr]
+        except BrokenProcessPool:
+            pass
+        # A worker died (a decoder crash on a hostile file, or the OOM killer), and the images
+        # in flight with it. Restart the pool and decode this image alone; if it kills the
+        # fresh pool too, it is the culprit and is reported as unreadable.
+        log.warning("A decoding worker died; restarting the decoders (at %s)", record.path)
+        self._restart()
+        try:
+            return decoded_from(record, self._submit(record).result())  # type: ignore[union-attr]
+        except BrokenProcessPool:
+            self._restart()
+            return Decoded(record, None, error=f"Could not read {record.path}: decoding it crashed the decoder.")
+
+    def map(self, items: Iterable[Any]) -> Iterator[Any]:
+        pending: deque[tuple[Any, Future | DecodeResult | None, int]] = deque()
+        source = iter(items)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < self.limit:
+                item = next(source, _END)
+                if item is _END:
+                    exhausted = True
+                    break
+                work = self._submit(item) if isinstance(item, Record) else None
+                pending.append((item, work, self._generation))
+            if not pending:
+                return
+            item, work, generation = pending.popleft()
+            yield self._result(item, work, generation) if isinstance(item, Record) else item  # type: ignore[arg-type]
+
+
+_END = object()

@@ -1,0 +1,164 @@
+"""The model step, shared by the local and the Ray engine: decoded images in, result rows out.
+
+Images are batched by token count: a window of decoded images is sorted by the number of
+patches each will be (then by shape, so equal shapes sit together) and cut into batches of
+``batch_size``. Images in one batch then have nearly the same size, so a batch padded to
+its largest image wastes little, and same-shape runs stay together for an engine that
+batches only equal shapes. ``padding_waste`` is what padding each batch to its largest image
+would cost, computed from the shapes batched here.
+
+Each image's scores are used once, right here: its selected tags (the caption and the
+Batch tab's JSONL line) and its sparse scores above the floor (Parquet) are all computed
+from the same row, and with ``--descriptors`` the head runs on the descriptors that the
+backbone already computed, not a second forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tagger.batch import ImageResult
+from tagger.bulk.decode import Decoded
+from tagger.bulk.outputs import TagRow
+from tagger.options import TagOptions
+from tagger.predict import Tagger
+from tagger.results import select_tags
+
+EMPTY_IDS = np.zeros(0, dtype=np.int32)
+EMPTY_SCORES = np.zeros(0, dtype=np.float32)
+
+
+@dataclass
+class TokenCounts:
+    """Token positions the model computed on: the images' own, and with the padding that lets
+    images of different sizes share a forward pass. ``waste`` is the extra computed per real
+    token (the engine's definition: ``padded / real - 1``)."""
+
+    tokens: int = 0
+    padded: int = 0
+
+    def add(self, tokens: int, padded: int) -> None:
+        self.tokens += tokens
+        self.padded += padded
+
+    @property
+    def waste(self) -> float:
+        return self.padded / self.tokens - 1.0 if self.tokens else 0.0
+
+
+def count_tokens(tagger: Tagger, batch: Sequence[Decoded]) -> tuple[int, int]:
+    """(real, padded) token positions of one model call over ``batch``: from the engine's own
+    plan of forward passes (``Tagger.plan``) where it has one, else assuming the call pads
+    every image to the batch's longest (see ``padding_source``)."""
+    plan = getattr(tagger, "plan", None)
+    if callable(plan):
+        passes = plan([item.pixels for item in batch])
+        return sum(p.tokens for p in passes), sum(p.padded_tokens for p in passes)
+    config = tagger.model.config
+    lengths = [config.num_prefix_tokens + item.tokens(config.patch_size) for item in batch]
+    return sum(lengths), max(lengths, default=0) * len(lengths)
+
+
+def padding_source(tagger: Tagger | type[Tagger]) -> str:
+    """How ``count_tokens`` knows the padding, for the summary line."""
+    if callable(getattr(tagger, "plan", None)):
+        return "from the engine's batch plan"
+    return "estimated: each batch padded to its longest image"
+
+
+def batches_by_tokens(items: Sequence[Decoded], batch_size: int, patch: int) -> list[list[Decoded]]:
+    """Decoded images (errors left out) sorted by token count and shape, cut into batches."""
+    good = [d for d in items if d.pixels is not None]
+    good.sort(key=lambda d: (d.tokens(patch), tuple(d.pixels.shape), d.record.index))  # type: ignore[union-attr]
+    return [good[i : i + batch_size] for i in range(0, len(good), batch_size)]
+
+
+def probabilities_and_descriptors(
+    tagger: Tagger, pixels: list[torch.Tensor], descriptors: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities ``[B, num_tags]``, and descriptors ``[B, D]`` from the same forward pass."""
+    if not descriptors:
+        return tagger.run(pixels), None
+    features = tagger.run_descriptors(pixels)
+    # The model's forward is head(descriptor(x)) with the head computing in float32 from the
+    # descriptor widened to float32, which is what run_descriptors returns: the same numbers.
+    with torch.inference_mode():
+        logits = tagger.model.head(torch.from_numpy(features).to(tagger.device))
+        probabilities = torch.sigmoid(logits).float().cpu().numpy()
+    return probabilities, features
+
+
+def error_row(item: Decoded) -> TagRow:
+    record = item.record
+    result = ImageResult(record.key, record.concept, item.sha256, error=item.error)
+    return TagRow(
+        record.index,
+        record.shard,
+        record.key,
+        record.path,
+        item.sha256,
+        None,
+        None,
+        item.error,
+        EMPTY_IDS,
+        EMPTY_SCORES,
+        json.dumps(result.json_line(), ensure_ascii=False),
+        record.caption_file,
+    )
+
+
+def result_row(
+    item: Decoded, scores: np.ndarray, tagger: Tagger, options: TagOptions, descriptor: np.ndarray | None
+) -> TagRow:
+    record = item.record
+    tags = select_tags(scores, tagger.vocab, options.selection)
+    result = ImageResult(record.key, record.concept, item.sha256, tuple(tags))
+    kept = np.flatnonzero(scores >= np.float32(options.selection.floor)).astype(np.int32)
+    return TagRow(
+        record.index,
+        record.shard,
+        record.key,
+        record.path,
+        item.sha256,
+        item.width,
+        item.height,
+        None,
+        kept,
+        scores[kept].astype(np.float32),
+        json.dumps(result.json_line(), ensure_ascii=False),
+        record.caption_file,
+        options.tag_string(tags),
+        descriptor,
+    )
+
+
+def score_batch(tagger: Tagger, batch: Sequence[Decoded], descriptors: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model, once over ``batch`` (decoded images without errors): probabilities, descriptors."""
+    return probabilities_and_descriptors(tagger, [item.pixels for item in batch], descriptors)  # type: ignore[misc]
+
+
+def batch_rows(
+    tagger: Tagger,
+    batch: Sequence[Decoded],
+    probabilities: np.ndarray,
+    features: np.ndarray | None,
+    options: TagOptions,
+) -> list[TagRow]:
+    """One row per image from its scores: selection, caption, JSONL line, sparse scores."""
+    return [
+        result_row(item, probabilities[i], tagger, options, None if features is None else features[i])
+        for i, item in enumerate(batch)
+    ]
+
+
+def tag_batch(tagger: Tagger, batch: Sequence[Decoded], options: TagOptions, descriptors: bool) -> list[TagRow]:
+    """``score_batch`` then ``batch_rows``."""
+    if not batch:
+        return []
+    probabilities, features = score_batch(tagger, batch, descriptors)
+    return batch_rows(tagger, batch, probabilities, features, options)

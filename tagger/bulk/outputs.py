@@ -1,0 +1,339 @@
+"""What a bulk run writes, and how it writes it so that a kill never leaves a corrupt file.
+
+Layout under ``--out``::
+
+    bulk.json                      the run's manifest (tagger.bulk.resume)
+    txt/<key>.txt                  captions, when they are not written beside the images
+    jsonl/shard-000003.jsonl       the Batch tab's JSONL lines, one file per shard
+    parquet/shard-000003.parquet   key, path, sha256, size, model, options hash, sparse scores
+    .bulk/parts/shard-000003/      the results of each finished model batch of an unfinished shard
+    .bulk/done/shard-000003.json   written last: the shard is complete
+
+Every file is written under a temporary name and renamed into place, so a file either is
+complete or does not exist. Each model batch's results are committed as one *part* (a small
+Parquet file); when a shard's last batch is in, its parts are merged into the shard's JSONL
+and Parquet files, its done marker is written, and only then are the parts removed. Captions
+are written per image as the batch completes (before its part), and writing one again is
+harmless: ``overwrite`` writes the same text, ``append``/``prepend`` add only tags the file
+does not have yet, ``skip`` keeps the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tagger.results import parse_tag_list
+from tagger.vocab import normalize_tag
+
+FORMATS = ("txt", "jsonl", "parquet")
+ON_EXISTING = ("skip", "overwrite", "append", "prepend")
+CAPTION_SEPARATOR = ", "
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:06d}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one output folder."""
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "bulk.json"
+
+    @property
+    def txt(self) -> Path:
+        return self.root / "txt"
+
+    @property
+    def state(self) -> Path:
+        return self.root / ".bulk"
+
+    def parts(self, shard: int) -> Path:
+        return self.state / "parts" / shard_name(shard)
+
+    def done(self, shard: int) -> Path:
+        return self.state / "done" / f"{shard_name(shard)}.json"
+
+    def parquet(self, shard: int) -> Path:
+        return self.root / "parquet" / f"{shard_name(shard)}.parquet"
+
+    def jsonl(self, shard: int) -> Path:
+        return self.root / "jsonl" / f"{shard_name(shard)}.jsonl"
+
+    def caption(self, caption_file: str) -> Path:
+        """A caption's path: absolute when beside its image, else under ``txt/``."""
+        path = Path(caption_file)
+        return path if path.is_absolute() else self.txt / path
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden name beside ``path``, unique to this process (never mistaken for an output)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary name and a rename: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_name(path)
+    try:
+        with open(temporary, "wb") as fp:
+            fp.write(data)
+            if durable:
+                fp.flush()
+                os.fsync(fp.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Temporary files a killed run left behind (under our own state and output folders)."""
+    if folder.is_dir():
+        for stray in folder.rglob(".*.tmp"):
+            stray.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Captions
+
+
+def merge_caption(existing: str, ours: str, mode: str) -> str:
+    """The caption to write when ``existing`` is already in the file.
+
+    ``overwrite`` → ours; ``skip`` → existing; ``append``/``prepend`` → the existing text
+    unchanged, with those of our tags it does not have yet (compared ignoring case, ``_`` vs
+    space and ``\\(`` escapes) added after or before it. Merging twice adds nothing the
+    second time.
+    """
+    if mode == "overwrite":
+        return ours
+    if mode == "skip":
+        return existing
+    present = {normalize_tag(tag) for tag in parse_tag_list(existing)}
+    new = [tag for tag in ours.split(CAPTION_SEPARATOR) if tag.strip() and normalize_tag(tag) not in present]
+    kept = existing.strip()
+    if not new:
+        return existing
+    if not kept:
+        return CAPTION_SEPARATOR.join(new)
+    addition = CAPTION_SEPARATOR.join(new)
+    if mode == "append":
+        return kept.rstrip(",") + CAPTION_SEPARATOR + addition
+    if mode == "prepend":
+        return addition + CAPTION_SEPARATOR + kept.lstrip(",").lstrip()
+    raise ValueError(f"on-existing mode must be one of {', '.join(ON_EXISTING)}, not {mode!r}")
+
+
+def write_caption(path: Path, caption: str, mode: str) -> str:
+    """Write one caption file; returns what happened: ``new``, ``kept``, ``merged`` or ``same``."""
+    try:
+        existing = path.read_text(encoding="utf-8-sig", errors="replace")
+    except FileNotFoundError:
+        existing = None
+    if existing is None:
+        write_atomic(path, caption.encode("utf-8"))
+        return "new"
+    if mode == "skip":
+        return "kept"
+    merged = merge_caption(existing, caption, mode)
+    if merged == existing:
+        return "same"
+    write_atomic(path, merged.encode("utf-8"))
+    return "merged"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows and shards
+
+
+@dataclass
+class TagRow:
+    """One image's results: everything any output needs, computed once from its scores."""
+
+    index: int
+    shard: int
+    key: str
+    path: str
+    sha256: str | None
+    width: int | None
+    height: int | None
+    error: str | None
+    tag_ids: np.ndarray  # int32: every tag scoring at least the floor, by id
+    scores: np.ndarray  # float32, aligned with tag_ids
+    json_line: str  # the Batch tab's JSONL line
+    caption_file: str | None = None  # where the caption goes (None: no txt output for it)
+    caption: str | None = None  # the tag string, as every option formats it
+    descriptor: np.ndarray | None = None  # float32 [descriptor_dim] with --descriptors
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Constant columns of the Parquet output."""
+
+    model_repo: str
+    model_revision: str
+    options_hash: str
+    descriptors: bool = False
+
+
+@dataclass
+class WriteCounts:
+    images: int = 0
+    errors: int = 0
+    captions: dict[str, int] = field(default_factory=dict)  # new / kept / merged / same
+
+    def add(self, other: WriteCounts) -> None:
+        self.images += other.images
+        self.errors += other.errors
+        for k, v in other.captions.items():
+            self.captions[k] = self.captions.get(k, 0) + v
+
+
+def _part_schema(descriptors: bool) -> Any:
+    import pyarrow as pa
+
+    fields = [
+        ("index", pa.int64()),
+        ("key", pa.string()),
+        ("path", pa.string()),
+        ("sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("error", pa.string()),
+        ("tag_ids", pa.list_(pa.int32())),
+        ("scores", pa.list_(pa.float32())),
+        ("json", pa.string()),
+    ]
+    if descriptors:
+        fields.append(("descriptor", pa.list_(pa.float32())))
+    return pa.schema(fields)
+
+
+def _rows_table(rows: Sequence[TagRow], descriptors: bool) -> Any:
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {
+        "index": [r.index for r in rows],
+        "key": [r.key for r in rows],
+        "path": [r.path for r in rows],
+        "sha256": [r.sha256 for r in rows],
+        "width": [r.width for r in rows],
+        "height": [r.height for r in rows],
+        "error": [r.error for r in rows],
+        "tag_ids": [r.tag_ids for r in rows],
+        "scores": [r.scores for r in rows],
+        "json": [r.json_line for r in rows],
+    }
+    if descriptors:
+        columns["descriptor"] = [r.descriptor for r in rows]
+    return pa.Table.from_pydict(columns, schema=_part_schema(descriptors))
+
+
+class OutputWriter:
+    """Writes captions and parts as batches complete, and a shard's files when it is complete.
+
+    Used by the local engine (in a background thread) and by the Ray engine's datasink (on
+    the workers, with ``finish_shard`` on the driver).
+    """
+
+    def __init__(self, root: str | os.PathLike, formats: Sequence[str], on_existing: str, info: RunInfo):
+        self.layout = Layout(Path(root))
+        self.formats = tuple(formats)
+        self.on_existing = on_existing
+        self.info = info
+
+    def write_batch(self, shard: int, rows: Sequence[TagRow]) -> WriteCounts:
+        """Captions first, then the part that records the batch as done."""
+        import pyarrow.parquet as pq
+
+        counts = WriteCounts()
+        if not rows:
+            return counts
+        for row in rows:
+            if row.error is not None:
+                counts.errors += 1
+                continue
+            counts.images += 1
+            if "txt" in self.formats and row.caption_file is not None and row.caption is not None:
+                outcome = write_caption(self.layout.caption(row.caption_file), row.caption, self.on_existing)
+                counts.captions[outcome] = counts.captions.get(outcome, 0) + 1
+        folder = self.layout.parts(shard)
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / f"part-{min(r.index for r in rows):012d}.parquet"
+        temporary = temporary_name(part)
+        try:
+            pq.write_table(_rows_table(rows, self.info.descriptors), temporary)
+            with open(temporary, "rb+") as fp:
+                os.fsync(fp.fileno())
+            os.replace(temporary, part)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return counts
+
+    def finish_shard(self, shard: int) -> dict[str, int]:
+        """Merge the shard's parts into its output files, mark it done, remove the parts."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        folder = self.layout.parts(shard)
+        parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+        schema = _part_schema(self.info.descriptors)
+        table = pa.concat_tables([pq.read_table(p, schema=schema) for p in parts]) if parts else schema.empty_table()
+        table = table.take(pc.sort_indices(table, [("index", "ascending")]))
+        if "jsonl" in self.formats:
+            lines = table.column("json").to_pylist()
+            write_atomic(self.layout.jsonl(shard), "".join(line + "\n" for line in lines).encode("utf-8"), durable=True)
+        if "parquet" in self.formats:
+            self._write_parquet(shard, table)
+        errors = sum(1 for e in table.column("error").to_pylist() if e is not None)
+        marker = {"shard": shard, "images": table.num_rows - errors, "errors": errors}
+        write_atomic(self.layout.done(shard), json.dumps(marker).encode("utf-8"), durable=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        return marker
+
+    def _write_parquet(self, shard: int, table: Any) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = table.num_rows
+        columns = {
+            "key": table.column("key"),
+            "path": table.column("path"),
+            "sha256": table.column("sha256"),
+            "width": table.column("width"),
+            "height": table.column("height"),
+            "model_repo": pa.array([self.info.model_repo] * rows, pa.string()),
+            "model_revision": pa.array([self.info.model_revision] * rows, pa.string()),
+            "options_hash": pa.array([self.info.options_hash] * rows, pa.string()),
+            "tag_ids": table.column("tag_ids"),
+            "scores": table.column("scores"),
+        }
+        if self.info.descriptors:
+            columns["descriptor"] = table.column("descriptor")
+        columns["error"] = table.column("error")
+        path = self.layout.parquet(shard)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = temporary_name(path)
+        try:
+            pq.write_table(pa.table(columns), temporary, compression="zstd")
+            with open(temporary, "rb+") as fp:
+                os.fsync(fp.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise

@@ -1,0 +1,127 @@
+"""What this run tags: the records of this process's unfinished shards not yet written.
+
+``Plan.items()`` walks every record of the inputs in their fixed order and yields:
+
+* a ``Record`` (with its shard and caption path filled in) for each image to tag;
+* ``Kept`` for an image whose caption exists and is kept (``--on-existing skip`` with only
+  ``txt`` output): nothing to compute, but it counts towards the progress;
+* ``ShardEnd(k)`` after the last record of each shard of this process, once its images are all
+  written or passed over, so the shard can be completed.
+
+Records of other processes' shards and of finished shards are passed over silently, and
+images a half-done shard already committed are counted in ``already_done``. Caption paths
+are assigned to every record, in order, whoever tags it: processes sharing an output folder
+therefore agree on every caption's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tagger.batch import CaptionNamer
+from tagger.bulk.outputs import Layout
+from tagger.bulk.resume import ResumeState
+from tagger.bulk.sharding import ShardSpec, shard_of, shard_sizes
+from tagger.bulk.sources import Inputs, Record
+from tagger.errors import UploadError
+from tagger.intake import sanitize_path
+
+
+@dataclass(frozen=True)
+class ShardEnd:
+    shard: int
+
+
+@dataclass(frozen=True)
+class Kept:
+    record: Record
+
+
+class CaptionPlacer:
+    """Where each record's caption goes: beside its image file, or under the output's ``txt/``.
+
+    Two images of one folder with the same stem (``a.png``, ``a.jpg``) cannot both own
+    ``a.txt``: the Batch tab's rule applies (the first gets ``a.txt``, the next ``a.jpg.txt``).
+    """
+
+    def __init__(self, beside: bool):
+        self.beside = beside
+        self._beside_names = CaptionNamer()
+        self._out_names = CaptionNamer()
+
+    def place(self, record: Record) -> str:
+        if self.beside and record.file is not None:
+            return self._beside_names.name_for(Path(record.file).as_posix())
+        try:
+            name = sanitize_path(record.key)
+        except UploadError:  # a key column value such as "../x": keep the file inside txt/
+            name = f"{record.key.split('/', 1)[0]}/row-{record.index:09d}"
+        return self._out_names.name_for(name)
+
+
+class Plan:
+    def __init__(
+        self,
+        inputs: Inputs,
+        *,
+        layout: Layout,
+        shard: ShardSpec,
+        shard_size: int,
+        state: ResumeState,
+        txt: bool,
+        beside: bool,
+        keep_existing_only: bool,
+        counts: list[int | None] | None = None,
+    ):
+        """``keep_existing_only``: ``--on-existing skip`` with ``txt`` the only output, so an
+        image whose caption exists needs no tagging at all. ``counts``: images per input, when
+        known, for the progress bar's total."""
+        self.inputs = inputs
+        self.layout = layout
+        self.shard = shard
+        self.shard_size = shard_size
+        self.state = state
+        self.txt = txt
+        self.placer = CaptionPlacer(beside)
+        self.keep_existing_only = keep_existing_only
+        self.counts = counts
+        self.already_done = 0  # images of this process's shards written by an earlier run
+
+    @property
+    def total(self) -> int | None:
+        """Images this run will tag or pass over (None when an input cannot be counted ahead)."""
+        if self.counts is None or any(c is None for c in self.counts):
+            return None
+        sizes = shard_sizes(sum(self.counts), self.shard_size)  # type: ignore[arg-type]
+        total = 0
+        for shard, size in enumerate(sizes):
+            if self.shard.owns(shard) and shard not in self.state.finished:
+                total += size - len(self.state.done_keys.get(shard, ()))
+        return total
+
+    def items(self) -> Iterator[Record | Kept | ShardEnd]:
+        current: int | None = None
+        for record in self.inputs.records():
+            shard = shard_of(record.index, self.shard_size)
+            caption = self.placer.place(record) if self.txt else None
+            if shard != current and current is not None:
+                yield ShardEnd(current)
+                current = None
+            if not self.shard.owns(shard):
+                continue
+            if shard in self.state.finished:
+                self.already_done += 1
+                continue
+            current = shard
+            if record.key in self.state.done_keys.get(shard, ()):
+                self.already_done += 1
+                continue
+            record = replace(record, shard=shard, caption_file=caption)
+            if self.keep_existing_only and caption is not None and self.layout.caption(caption).exists():
+                yield Kept(record)
+                continue
+            yield record
+        if current is not None:
+            yield ShardEnd(current)

@@ -1,0 +1,347 @@
+"""``--engine ray``: the same pipeline on Ray Data, for a cluster (an optional extra).
+
+    from_items(records) → map_batches(decode_batch)         CPU tasks, as many as Ray schedules
+                        → map_batches(TagActor, num_gpus=1)  one model per actor, loaded once
+                        → write_datasink(BulkDatasink)       captions and parts, on the workers
+
+The driver makes the same plan as the local engine (shards, resume, captions kept) and
+sends the records to tag; the decode stage and the model step run the local engine's own
+functions (``decode_locator``, ``batches_by_tokens``, ``tag_batch``), and the datasink the
+same ``OutputWriter``, so both engines write the same rows. When the write finishes, the
+driver completes the shards. Killed midway, a Ray run leaves committed parts like a local
+run, and the next run, with either engine, resumes after them.
+
+Inputs must be readable from every node (a shared file system) and cannot be streamed:
+compressed tars and ``hf:`` datasets are refused (save the dataset to disk, or use
+uncompressed webdataset shards). Every node needs this package and the model files (or
+Hub access: each actor resolves them like the local engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tagger.bulk.decode import Decoded, ModelFreePrepare, decode_locator
+from tagger.bulk.errors import BulkError
+from tagger.bulk.inference import batches_by_tokens, count_tokens, error_row, padding_source, tag_batch
+from tagger.bulk.local import WINDOW_BATCHES
+from tagger.bulk.outputs import OutputWriter, TagRow
+from tagger.bulk.plan import Kept, Plan, ShardEnd
+from tagger.bulk.progress import Progress, Summary
+from tagger.bulk.sources import Record
+from tagger.hub import ModelFiles
+from tagger.options import TagOptions
+
+try:
+    from ray.data import Datasink
+except ImportError:  # the extra is not installed: run_ray says how to get it
+    Datasink = object  # type: ignore[assignment,misc]
+
+DECODE_BATCH = 16
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _record_item(record: Record) -> dict[str, Any]:
+    return {
+        "index": record.index,
+        "shard": record.shard,
+        "key": record.key,
+        "path": record.path,
+        "concept": record.concept,
+        "locator": json.dumps(list(record.locator)),
+        "caption_file": record.caption_file,
+        "error": record.error,
+    }
+
+
+def _item_record(item: dict[str, Any]) -> Record:
+    return Record(
+        item["index"],
+        item["key"],
+        item["path"],
+        item["concept"],
+        tuple(json.loads(item["locator"])),
+        error=item["error"],
+        shard=item["shard"],
+        caption_file=item["caption_file"],
+    )
+
+
+def decode_batch(table: Any, prepare: ModelFreePrepare) -> Any:
+    """The CPU stage: read, hash, measure and prepare each image (pixels as raw bytes + shape)."""
+    import pyarrow as pa
+
+    out: dict[str, list[Any]] = {k: [] for k in ("sha256", "width", "height", "pixels", "shape", "dtype")}
+    errors = []
+    for item in table.to_pylist():
+        error = item["error"]
+        pixels = digest = width = height = None
+        if error is None:
+            pixels, digest, width, height, error = decode_locator(
+                tuple(json.loads(item["locator"])), item["path"], prepare
+            )
+        array = None if pixels is None else np.ascontiguousarray(np.asarray(pixels))
+        out["sha256"].append(digest)
+        out["width"].append(width)
+        out["height"].append(height)
+        out["pixels"].append(None if array is None else array.tobytes())
+        out["shape"].append(None if array is None else list(array.shape))
+        out["dtype"].append(None if array is None else str(array.dtype))
+        errors.append(error)
+    columns = {
+        name: table.column(name) for name in ("index", "shard", "key", "path", "concept", "locator", "caption_file")
+    }
+    columns |= {
+        "error": pa.array(errors, pa.string()),
+        "sha256": pa.array(out["sha256"], pa.string()),
+        "width": pa.array(out["width"], pa.int32()),
+        "height": pa.array(out["height"], pa.int32()),
+        "pixels": pa.array(out["pixels"], pa.large_binary()),
+        "shape": pa.array(out["shape"], pa.list_(pa.int64())),
+        "dtype": pa.array(out["dtype"], pa.string()),
+    }
+    return pa.table(columns)
+
+
+def _decoded(item: dict[str, Any]) -> Decoded:
+    pixels = None
+    if item["pixels"] is not None:
+        array = np.frombuffer(item["pixels"], dtype=np.dtype(item["dtype"])).reshape(item["shape"])
+        pixels = torch.from_numpy(array.copy())
+    return Decoded(_item_record(item), pixels, item["sha256"], item["width"], item["height"], item["error"])
+
+
+def _rows_table(rows: list[TagRow], tokens: list[int], padded: list[int], descriptors: bool) -> Any:
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {
+        "index": pa.array([r.index for r in rows], pa.int64()),
+        "shard": pa.array([r.shard for r in rows], pa.int64()),
+        "key": pa.array([r.key for r in rows], pa.string()),
+        "path": pa.array([r.path for r in rows], pa.string()),
+        "sha256": pa.array([r.sha256 for r in rows], pa.string()),
+        "width": pa.array([r.width for r in rows], pa.int32()),
+        "height": pa.array([r.height for r in rows], pa.int32()),
+        "error": pa.array([r.error for r in rows], pa.string()),
+        "tag_ids": pa.array([r.tag_ids for r in rows], pa.list_(pa.int32())),
+        "scores": pa.array([r.scores for r in rows], pa.list_(pa.float32())),
+        "json": pa.array([r.json_line for r in rows], pa.string()),
+        "caption_file": pa.array([r.caption_file for r in rows], pa.string()),
+        "caption": pa.array([r.caption for r in rows], pa.string()),
+        "tokens": pa.array(tokens, pa.int64()),
+        "padded": pa.array(padded, pa.int64()),
+    }
+    if descriptors:
+        columns["descriptor"] = pa.array([r.descriptor for r in rows], pa.list_(pa.float32()))
+    return pa.table(columns)
+
+
+def _table_rows(table: Any) -> list[TagRow]:
+    rows = []
+    for item in table.to_pylist():
+        descriptor = item.get("descriptor")
+        rows.append(
+            TagRow(
+                item["index"],
+                item["shard"],
+                item["key"],
+                item["path"],
+                item["sha256"],
+                item["width"],
+                item["height"],
+                item["error"],
+                np.asarray(item["tag_ids"], dtype=np.int32),
+                np.asarray(item["scores"], dtype=np.float32),
+                item["json"],
+                item["caption_file"],
+                item["caption"],
+                None if descriptor is None else np.asarray(descriptor, dtype=np.float32),
+            )
+        )
+    return rows
+
+
+class TagActor:
+    """The GPU stage: one model per actor, loaded once; each call tags one window of images."""
+
+    def __init__(self, model: dict[str, Any], options: dict[str, Any], batch_size: int, descriptors: bool):
+        from tagger.hub import resolve_model_files
+        from tagger.predict import Tagger
+
+        files = resolve_model_files(model["checkpoint"], model["vocab"], repo=model["repo"], revision=model["revision"])
+        self.tagger = Tagger(
+            files.checkpoint,
+            files.vocab,
+            device=model["device"],
+            dtype=model["dtype"],
+            max_size=model["max_size"],
+            max_batch_size=batch_size,
+        )
+        self.options = TagOptions.from_values(**options)
+        self.batch_size = batch_size
+        self.descriptors = descriptors
+
+    def __call__(self, table: Any) -> Any:
+        patch = self.tagger.model.config.patch_size
+        window = [_decoded(item) for item in table.to_pylist()]
+        rows = [error_row(item) for item in window if item.pixels is None]
+        # Each batch's token counts ride on its first row (the write stage sums them).
+        tokens = [0] * len(rows)
+        padded = [0] * len(rows)
+        for batch in batches_by_tokens(window, self.batch_size, patch):
+            real, computed = count_tokens(self.tagger, batch)
+            rows += tag_batch(self.tagger, batch, self.options, self.descriptors)
+            tokens += [real] + [0] * (len(batch) - 1)
+            padded += [computed] + [0] * (len(batch) - 1)
+        return _rows_table(rows, tokens, padded, self.descriptors)
+
+
+class BulkDatasink(Datasink):  # type: ignore[misc,valid-type]
+    """Writes each block's captions and parts with the local engine's ``OutputWriter``."""
+
+    def __init__(self, writer: OutputWriter):
+        self.writer = writer
+        self.results: list[dict[str, Any]] = []
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
+        result: dict[str, Any] = {"images": 0, "errors": 0, "captions": {}, "tokens": 0, "padded": 0, "messages": []}
+        for block in blocks:
+            if block.num_rows == 0:
+                continue
+            result["tokens"] += sum(block.column("tokens").to_pylist())
+            result["padded"] += sum(block.column("padded").to_pylist())
+            by_shard: dict[int, list[TagRow]] = {}
+            for row in _table_rows(block):
+                by_shard.setdefault(row.shard, []).append(row)
+                if row.error is not None:
+                    result["messages"].append(row.error)
+            for shard, rows in by_shard.items():
+                counts = self.writer.write_batch(shard, rows)
+                result["images"] += counts.images
+                result["errors"] += counts.errors
+                for outcome, n in counts.captions.items():
+                    result["captions"][outcome] = result["captions"].get(outcome, 0) + n
+        return result
+
+    def on_write_complete(self, write_result: Any) -> None:
+        self.results = list(write_result.write_returns)
+
+
+def _start_ray(address: str | None, quiet: bool) -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise BulkError("--engine ray needs Ray Data: pip install -r requirements-bulk.txt") from None
+    if not ray.is_initialized():
+        # A new local instance gets this package on its workers' path. A cluster (--ray-address,
+        # or RAY_ADDRESS as `ray job submit` sets it) brings its own: the job's working_dir.
+        joining = bool(address or os.environ.get("RAY_ADDRESS"))
+        runtime_env = None if joining else {"env_vars": {"PYTHONPATH": PACKAGE_ROOT}}
+        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=not quiet)
+    ray.data.DataContext.get_current().enable_progress_bars = not quiet
+    return ray
+
+
+def run_ray(
+    plan: Plan,
+    writer: OutputWriter,
+    *,
+    args: argparse.Namespace,
+    files: ModelFiles,
+    options: TagOptions,
+    summary: Summary,
+    progress: Progress,
+) -> Summary:
+    """Tag everything ``plan`` yields on Ray Data; counts go into ``summary``."""
+    import time
+
+    from tagger.bulk.resume import options_values
+    from tagger.weights import inspect_checkpoint
+
+    streamed = [s.spec for s in plan.inputs.sources if s.streamed]
+    if streamed:
+        raise BulkError(
+            f"--engine ray reads inputs from a shared file system and cannot stream {streamed[0]}; "
+            "save the dataset to disk (datasets' save_to_disk) or use uncompressed .tar shards."
+        )
+    from tagger.predict import Tagger
+
+    started = time.perf_counter()
+    summary.padding_source = padding_source(Tagger)
+    items: list[dict[str, Any]] = []
+    finished: list[int] = []
+    for item in plan.items():
+        if isinstance(item, ShardEnd):
+            finished.append(item.shard)
+        elif isinstance(item, Kept):
+            summary.kept += 1
+            progress.update(1)
+        else:
+            items.append(_record_item(item))
+    summary.already_done = plan.already_done
+    ray = _start_ray(args.ray_address, args.quiet)
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if args.device.startswith("cuda") and gpus == 0:
+        raise BulkError(f"--device {args.device}: the Ray cluster has no GPU; use --device cpu or auto.")
+    on_gpu = gpus > 0 and args.device != "cpu"
+    batch_size = args.batch_size or (32 if on_gpu else 8)
+    actors = args.ray_actors or (gpus if on_gpu else 1)
+    patch = inspect_checkpoint(files.checkpoint).config.patch_size
+    model = {
+        "checkpoint": os.fspath(files.checkpoint) if args.checkpoint else None,
+        "vocab": os.fspath(files.vocab) if args.vocab else None,
+        "repo": args.repo,
+        "revision": args.revision,
+        "device": "cuda" if on_gpu else "cpu",
+        "dtype": args.dtype,
+        "max_size": args.max_size,
+    }
+    if items:
+        dataset = ray.data.from_items(items)
+        dataset = dataset.map_batches(
+            decode_batch,
+            fn_kwargs={"prepare": ModelFreePrepare(args.max_size, patch)},
+            batch_size=DECODE_BATCH,
+            batch_format="pyarrow",
+            num_cpus=1,
+        )
+        dataset = dataset.map_batches(
+            TagActor,
+            fn_constructor_kwargs={
+                "model": model,
+                "options": options_values(options),
+                "batch_size": batch_size,
+                "descriptors": args.descriptors,
+            },
+            batch_size=batch_size * WINDOW_BATCHES,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=1 if on_gpu else 0,
+            num_cpus=0 if on_gpu else 1,
+        )
+        sink = BulkDatasink(writer)
+        dataset.write_datasink(sink)
+        for result in sink.results:
+            summary.tagged += result["images"]
+            summary.errors += result["errors"]
+            summary.tokens.add(result["tokens"], result["padded"])
+            for outcome, n in result["captions"].items():
+                summary.captions[outcome] = summary.captions.get(outcome, 0) + n
+            for message in result["messages"]:
+                progress.error(message)
+            progress.update(result["images"] + result["errors"], result["errors"])
+    for shard in finished:
+        writer.finish_shard(shard)
+        summary.shards_finished += 1
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,151 @@
+"""Resuming: the manifest that pins a run's settings, and what an output folder already holds.
+
+The first run in an output folder writes ``bulk.json``: the tagging options, the model, every
+setting that changes what is written, and each input's image count and a hash of its names.
+A later run in the same folder must match it: a difference is refused with a sentence that
+names each changed flag with its old and new values, because mixing two settings in one
+dataset would be silent corruption. Device, dtype, batch size and worker counts are not
+recorded: they change speed, not what a row means, and a run pre-empted on one machine may
+resume on another.
+
+``ResumeState`` reads what is done: finished shards (their done markers) and, for
+unfinished shards, the keys of every committed part, so that a half-done shard resumes
+after the images it already wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from tagger.bulk.errors import BulkError
+from tagger.bulk.outputs import Layout, remove_temporaries, write_atomic
+from tagger.options import OPTION_NAMES, TagOptions
+
+log = logging.getLogger("tagger")
+
+MANIFEST_VERSION = 1
+
+
+def options_values(options: TagOptions) -> dict[str, Any]:
+    return {name: getattr(options, name) for name in OPTION_NAMES}
+
+
+def options_hash(options: TagOptions) -> str:
+    """A short, stable hash of the tagging options (the Parquet output's ``options_hash``)."""
+    text = json.dumps(options_values(options), sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    if value is None or value == "":
+        return "(unset)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Sentences' parts naming each changed setting: '--threshold 0.35 then, 0.5 now'."""
+    changed = []
+    for name in new:
+        if name in ("options", "inputs", "version"):
+            continue
+        if old.get(name) != new[name]:
+            changed.append(f"{flag(name)} was {_shown(old.get(name))}, now {_shown(new[name])}")
+    old_options, new_options = old.get("options", {}), new.get("options", {})
+    for name in new_options:
+        if old_options.get(name) != new_options[name]:
+            changed.append(f"{flag(name)} was {_shown(old_options.get(name))}, now {_shown(new_options[name])}")
+    old_inputs, new_inputs = old.get("inputs", []), new.get("inputs", [])
+    if [i.get("input") for i in old_inputs] != [i.get("input") for i in new_inputs]:
+        before = " ".join(i.get("input", "?") for i in old_inputs)
+        after = " ".join(i.get("input", "?") for i in new_inputs)
+        changed.append(f"the inputs were {before}, now {after}")
+    else:
+        for before, after in zip(old_inputs, new_inputs, strict=True):
+            if before != after:
+                then, now = before.get("images"), after.get("images")
+                counts = f" ({then:,} images then, {now:,} now)" if then is not None and now is not None else ""
+                changed.append(f"the input {after.get('input')} changed since{counts}")
+    return changed
+
+
+def check_manifest(layout: Layout, manifest: dict[str, Any]) -> bool:
+    """Write the manifest in a new folder, or check it against the one there.
+
+    Returns True when the folder was already started (a resume). Raises ``BulkError`` naming
+    every difference.
+    """
+    path = layout.manifest
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise BulkError(f"{path} cannot be read ({e}); move it away to start this folder afresh.") from None
+        if old.get("version") != MANIFEST_VERSION:
+            raise BulkError(f"{path} was written by another version of the bulk command; use a new --out folder.")
+        changed = _differences(old, manifest)
+        if changed:
+            raise BulkError(
+                f"Cannot resume in {layout.root}: it was started with other settings ({'; '.join(changed)}). "
+                "Run again with the same settings, or give a new --out folder."
+            )
+        return True
+    write_atomic(path, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"), durable=True)
+    return False
+
+
+def new_manifest(*, options: TagOptions, inputs: list[dict[str, Any]], **settings: Any) -> dict[str, Any]:
+    """The manifest of a run: ``settings`` are named after their flags (``max_size``, ``format``)."""
+    return {"version": MANIFEST_VERSION, **settings, "options": options_values(options), "inputs": inputs}
+
+
+@dataclass
+class ResumeState:
+    """What an output folder already holds."""
+
+    finished: dict[int, dict[str, Any]] = field(default_factory=dict)  # shard → done marker
+    done_keys: dict[int, set[str]] = field(default_factory=dict)  # unfinished shard → committed keys
+
+    @classmethod
+    def load(cls, layout: Layout) -> ResumeState:
+        import pyarrow.parquet as pq
+
+        state = cls()
+        remove_temporaries(layout.state)  # writes a kill interrupted: never complete, never used
+        for folder in (layout.root / "parquet", layout.root / "jsonl"):
+            remove_temporaries(folder)
+        done_folder = layout.state / "done"
+        if done_folder.is_dir():
+            for marker in sorted(done_folder.glob("shard-*.json")):
+                data = json.loads(marker.read_text(encoding="utf-8"))
+                state.finished[int(data["shard"])] = data
+        parts_folder = layout.state / "parts"
+        if parts_folder.is_dir():
+            for folder in sorted(parts_folder.glob("shard-*")):
+                shard = int(folder.name.removeprefix("shard-"))
+                if shard in state.finished:  # killed between the marker and removing the parts
+                    continue
+                keys: set[str] = set()
+                for part in sorted(folder.glob("part-*.parquet")):
+                    keys.update(pq.read_table(part, columns=["key"]).column("key").to_pylist())
+                state.done_keys[shard] = keys
+        return state
+
+    def is_done(self, shard: int, key: str) -> bool:
+        return shard in self.finished or key in self.done_keys.get(shard, ())
+
+    @property
+    def images_done(self) -> int:
+        finished = sum(int(m.get("images", 0)) + int(m.get("errors", 0)) for m in self.finished.values())
+        return finished + sum(len(keys) for keys in self.done_keys.values())

@@ -1,0 +1,122 @@
+"""Splitting a run: fixed shards of the input, ``--shard i/N`` and one process per GPU.
+
+Shard ``k`` holds the images at positions ``k·size … (k+1)·size − 1`` of the inputs' fixed
+order (``tagger.bulk.sources``). ``--shard i/N`` takes every shard with ``k mod N = i``: N
+processes given ``0/N … N−1/N`` (by hand, by SLURM's array index, by torchrun's rank) cover
+every shard exactly once and can share one output folder, since every file they write
+belongs to one shard. ``--gpus all`` is the convenience for one host: it starts one such
+process per visible GPU, each pinned to its GPU with ``CUDA_VISIBLE_DEVICES``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tagger.bulk.errors import BulkError
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """This process's part of the shards: ``index`` of ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> ShardSpec:
+        if not text:
+            return cls()
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if match is None:
+            raise BulkError(f"--shard takes i/N, such as 0/4 (this process's number, then how many), not {text!r}.")
+        index, count = int(match.group(1)), int(match.group(2))
+        if count < 1 or index >= count:
+            raise BulkError(f"--shard {text}: i must be between 0 and N-1 (here 0 to {max(count - 1, 0)}).")
+        return cls(index, count)
+
+    def owns(self, shard: int) -> bool:
+        return shard % self.count == self.index
+
+    def split(self, parts: int, part: int) -> ShardSpec:
+        """Part ``part`` of ``parts`` of this process's shards (one GPU worker's share)."""
+        return ShardSpec(self.index + part * self.count, self.count * parts)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def shard_of(index: int, shard_size: int) -> int:
+    return index // shard_size
+
+
+def shard_sizes(total: int, shard_size: int) -> list[int]:
+    """How many images each shard holds for ``total`` images."""
+    full, rest = divmod(total, shard_size)
+    return [shard_size] * full + ([rest] if rest else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# One process per GPU
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as ``CUDA_VISIBLE_DEVICES`` values."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [i.strip() for i in listed.split(",") if i.strip()] if listed else []
+    count = torch.cuda.device_count()
+    return ids[:count] if ids else [str(i) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One child process: the device it is told to use and the environment it gets."""
+
+    label: str
+    device: str
+    env: dict[str, str]
+
+
+def gpu_workers(gpus: str) -> list[Worker]:
+    """Workers for ``--gpus all`` or ``--gpus 0,2``; empty when no GPU is visible."""
+    visible = visible_gpus()
+    if gpus != "all":
+        wanted = [g.strip() for g in gpus.split(",") if g.strip()]
+        missing = [g for g in wanted if g not in visible]
+        if missing:
+            shown = ", ".join(visible) if visible else "none"
+            raise BulkError(f"--gpus {gpus}: GPU {missing[0]} is not visible (visible: {shown}).")
+        visible = wanted
+    return [Worker(f"cuda:{gpu}", "cuda", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in visible]
+
+
+def launch_workers(argv: Sequence[str], workers: Sequence[Worker], shard: ShardSpec) -> int:
+    """Run ``python -m tagger.bulk argv`` once per worker, each on its share of ``shard``.
+
+    ``argv`` must not hold ``--gpus``, ``--shard`` or ``--device``: they are set per worker.
+    Returns the worst exit status (0 when all succeed). Ctrl-C reaches every child (same
+    process group); each stops after its batch in flight and can be resumed.
+    """
+    children = []
+    for number, worker in enumerate(workers):
+        share = shard.split(len(workers), number)
+        command = [sys.executable, "-m", "tagger.bulk", *argv, "--shard", str(share), "--device", worker.device]
+        command += ["--progress-label", worker.label, "--progress-position", str(number)]
+        children.append(subprocess.Popen(command, env={**os.environ, **worker.env}))
+    status = 0
+    try:
+        for child in children:
+            status = max(status, child.wait())
+    except KeyboardInterrupt:
+        for child in children:
+            child.wait()
+        raise
+    return status

@@ -1,0 +1,648 @@
+"""The inputs of a bulk run: every image of every input, in one fixed order, and how to read it.
+
+An input is a folder (recursive by default), an image file, a zip, a tar or webdataset shard,
+a Parquet file with an image-bytes or path column, a ``datasets`` dataset saved with
+``save_to_disk``, or ``hf:owner/name[@revision]``: a dataset on the Hub, streamed.
+
+Each image becomes an ``Entry`` carrying a *locator*: a small tuple that a decoding worker (a
+process of the local engine, or a Ray task) turns into the image's bytes with ``read_bytes``.
+Listing never reads image data, except for compressed tars and Hub streams, which can only be
+read front to back: their locators carry the bytes themselves.
+
+The order is fixed (folders sorted, archives in member order, tables in row order), so the
+position of an image, and with it its shard, is the same in every run over the same inputs.
+Keys are ``<input label>/<path in the input or row number>``: unique over all inputs and
+stable, they are what resume compares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import zipfile
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from tagger.bulk.errors import BulkError
+from tagger.errors import UploadError
+from tagger.intake import IMAGE_EXTENSIONS, sanitize_path, wrapper_depth
+
+HUB_PREFIX = "hf:"
+TAR_STREAM_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+PATH_COLUMN_NAMES = ("path", "file", "filename", "file_name", "image_path")
+
+# A locator: ("file", path) | ("zip", archive, member) | ("tar", archive, offset, size)
+# | ("parquet", file, row_group, row, column) | ("dataset", folder, split, row, column) | ("bytes", data)
+Locator = tuple
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image of one input, before it is given its position among all inputs."""
+
+    name: str  # path inside the input (folders, archives) or row number (tables): the key's second half
+    path: str  # where the image is, for people: a file path, "a.zip/x.png", "t.parquet#12"
+    concept: str  # first folder below the input ("" at its top), as the Batch tab records it
+    locator: Locator
+    file: str | None = None  # the image's own file: captions may be written beside it
+    error: str | None = None  # known to be unreadable before decoding
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image of the run: its position fixes its shard, its key is what resume compares.
+
+    ``shard`` and ``caption_file`` are filled in by the plan (``tagger.bulk.plan``)."""
+
+    index: int
+    key: str
+    path: str
+    concept: str
+    locator: Locator
+    file: str | None = None
+    error: str | None = None
+    shard: int = 0
+    caption_file: str | None = None  # relative: under the output's txt/ folder; absolute: beside the image
+
+
+def _is_hidden(name: str) -> bool:
+    """Hidden files and folders (``.git``, ``._a.png``) and macOS resource forks; ``..`` is not
+    hidden but escaping, and is reported as such."""
+    return (name.startswith(".") and name not in (".", "..")) or name == "__MACOSX"
+
+
+def _is_image_name(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _concepts(names: Sequence[str], errors: Sequence[str | None]) -> list[str]:
+    """The Batch tab's concept rule for archive members: first folder below a wrapping folder
+    (members refused for their names take no part and get no concept)."""
+    depth = wrapper_depth([name for name, error in zip(names, errors, strict=True) if error is None])
+    concepts = []
+    for name, error in zip(names, errors, strict=True):
+        parts = name.split("/")[depth:]
+        concepts.append(parts[0] if len(parts) > 1 and error is None else "")
+    return concepts
+
+
+class Source:
+    """One input. ``entries()`` lists its images in their fixed order."""
+
+    kind: str = ""
+    streamed: bool = False  # True: the images can only be read front to back, and not counted ahead
+    spec: str  # the input as resolved: an absolute path, or hf:name
+
+    def entries(self) -> Iterator[Entry]:
+        raise NotImplementedError
+
+    def survey(self) -> dict[str, Any]:
+        """What the manifest records to notice a changed input: count and a hash of the names."""
+        digest = hashlib.sha256()
+        count = 0
+        for entry in self.entries():
+            digest.update(entry.name.encode("utf-8", "surrogateescape") + b"\n")
+            count += 1
+        return {"input": self.spec, "kind": self.kind, "images": count, "names_sha256": digest.hexdigest()}
+
+    @property
+    def default_label(self) -> str:
+        return Path(self.spec).name or "input"
+
+
+class FolderSource(Source):
+    kind = "folder"
+
+    def __init__(self, path: Path, recursive: bool = True):
+        self.spec = str(path)
+        self.recursive = recursive
+
+    def entries(self) -> Iterator[Entry]:
+        root = self.spec
+        for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):
+            # Sorted in place so the walk itself is ordered; hidden folders (.git, .cache) skipped.
+            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d)) if self.recursive else []
+            for filename in sorted(filenames):
+                if _is_hidden(filename) or not _is_image_name(filename):
+                    continue
+                full = os.path.join(dirpath, filename)
+                name = Path(os.path.relpath(full, root)).as_posix()
+                parts = name.split("/")
+                yield Entry(name, full, parts[0] if len(parts) > 1 else "", ("file", full), file=full)
+
+
+def _walk_error(error: OSError) -> None:
+    raise BulkError(f"Could not list the folder {error.filename}: {error.strerror}.")
+
+
+class FileSource(Source):
+    kind = "file"
+
+    def __init__(self, path: Path):
+        self.spec = str(path)
+
+    def entries(self) -> Iterator[Entry]:
+        yield Entry(Path(self.spec).name, self.spec, "", ("file", self.spec), file=self.spec)
+
+
+class ZipSource(Source):
+    kind = "zip"
+
+    def __init__(self, path: Path):
+        self.spec = str(path)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                infos = archive.infolist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise BulkError(f"{path} is not a readable zip archive ({e}).") from None
+        self._members: list[tuple[str, str, str | None]] = []  # (name, member, error)
+        for info in infos:
+            if info.is_dir() or not _is_image_name(info.filename):
+                continue
+            if any(_is_hidden(p) for p in info.filename.replace("\\", "/").split("/")):
+                continue
+            error = None
+            try:
+                name = sanitize_path(info.filename)
+            except UploadError:
+                name = info.filename.replace("\\", "/").replace("../", "__/").lstrip("/")
+                error = f"Refused {path.name}/{info.filename}: the member's path points outside the archive."
+            if info.flag_bits & 0x1:
+                error = f"Could not read {path.name}/{name}: it is encrypted; zip it without a password."
+            self._members.append((name, info.filename, error))
+
+    def entries(self) -> Iterator[Entry]:
+        names = [name for name, _, _ in self._members]
+        errors = [error for _, _, error in self._members]
+        shown = Path(self.spec).name
+        for (name, member, error), concept in zip(self._members, _concepts(names, errors), strict=True):
+            yield Entry(name, f"{shown}/{name}", concept, ("zip", self.spec, member), error=error)
+
+
+class TarSource(Source):
+    """A tar file or webdataset shard. Uncompressed tars are read at each member's offset, so
+    decoding workers read them in parallel; compressed ones are streamed (bytes in the locator)."""
+
+    kind = "tar"
+
+    def __init__(self, path: Path):
+        self.spec = str(path)
+        self.streamed = path.name.lower().endswith(TAR_STREAM_SUFFIXES)
+        self._members: list[tuple[str, str | None, str, int, int]] = []  # (name, error, member, offset, size)
+        if not self.streamed:
+            try:
+                with tarfile.open(path, "r:") as archive:
+                    for info in archive:
+                        member = self._member(info)
+                        if member is not None:
+                            self._members.append((*member, info.name, info.offset_data, info.size))
+            except (tarfile.TarError, OSError) as e:
+                raise BulkError(f"{path} is not a readable (uncompressed) tar file ({e}).") from None
+
+    def _member(self, info: tarfile.TarInfo) -> tuple[str, str | None] | None:
+        """(name, error) for an image member, None for anything else."""
+        if not info.isfile() or not _is_image_name(info.name):
+            return None
+        if any(_is_hidden(p) for p in info.name.split("/")):
+            return None
+        try:
+            name, error = sanitize_path(info.name), None
+        except UploadError:
+            name = info.name.replace("../", "__/").lstrip("/")
+            error = f"Refused {Path(self.spec).name}/{info.name}: the member's path points outside the archive."
+        return name, error
+
+    def entries(self) -> Iterator[Entry]:
+        shown = Path(self.spec).name
+        if not self.streamed:
+            names = [m[0] for m in self._members]
+            concepts = _concepts(names, [m[1] for m in self._members])
+            for (name, error, _, offset, size), concept in zip(self._members, concepts, strict=True):
+                yield Entry(name, f"{shown}/{name}", concept, ("tar", self.spec, offset, size), error=error)
+            return
+        # Compressed: one pass front to back; a webdataset keeps a sample's files together, so
+        # the concept is simply the first folder of the member's path.
+        try:
+            with tarfile.open(self.spec, "r:*") as archive:
+                for info in archive:
+                    member = self._member(info)
+                    if member is None:
+                        continue
+                    name, error = member
+                    data = b""
+                    if error is None:
+                        handle = archive.extractfile(info)
+                        data = handle.read() if handle is not None else b""
+                    parts = name.split("/")
+                    concept = parts[0] if len(parts) > 1 else ""
+                    yield Entry(name, f"{shown}/{name}", concept, ("bytes", data), error=error)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise BulkError(f"{self.spec} is not a readable tar file ({e}).") from None
+
+
+def _pick_table_column(names: Sequence[str], kinds: dict[str, str | None], wanted: str | None, where: str) -> str:
+    """The image column of a table: ``wanted``, else the first image/bytes column, else a path column."""
+    if wanted:
+        if wanted not in names:
+            raise BulkError(f"{where} has no column {wanted!r}; its columns are {', '.join(names)}.")
+        if kinds.get(wanted) is None:
+            raise BulkError(f"The column {wanted!r} of {where} holds neither image bytes nor file paths.")
+        return wanted
+    for name in names:
+        if kinds.get(name) in ("image", "bytes"):
+            return name
+    for name in names:
+        if kinds.get(name) == "path" and name.lower() in PATH_COLUMN_NAMES:
+            return name
+    raise BulkError(
+        f"{where} has no image column (image bytes, or file paths named {', '.join(PATH_COLUMN_NAMES)}); "
+        f"its columns are {', '.join(names)}. Name it with --image-column."
+    )
+
+
+def _arrow_kind(data_type: Any) -> str | None:
+    import pyarrow as pa
+
+    if pa.types.is_binary(data_type) or pa.types.is_large_binary(data_type):
+        return "bytes"
+    if pa.types.is_struct(data_type) and data_type.get_field_index("bytes") >= 0:
+        return "image"  # datasets' Image feature: {bytes, path}
+    if pa.types.is_string(data_type) or pa.types.is_large_string(data_type):
+        return "path"
+    return None
+
+
+def _row_names(count: int) -> list[str]:
+    return [f"{row:09d}" for row in range(count)]
+
+
+def _key_names(values: Sequence[Any], where: str, column: str) -> list[str]:
+    names = [str(v) for v in values]
+    if len(set(names)) != len(names):
+        raise BulkError(f"The key column {column!r} of {where} has repeated values; keys must be unique.")
+    return names
+
+
+class ParquetSource(Source):
+    kind = "parquet"
+
+    def __init__(self, path: Path, image_column: str | None = None, key_column: str | None = None):
+        import pyarrow.parquet as pq
+
+        self.spec = str(path)
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as e:
+            raise BulkError(f"{path} is not a readable Parquet file ({e}).") from None
+        schema = parquet.schema_arrow
+        kinds = {field.name: _arrow_kind(field.type) for field in schema}
+        self.column = _pick_table_column(schema.names, kinds, image_column, str(path))
+        self.column_kind = kinds[self.column]
+        self.key_column = key_column
+        if key_column and key_column not in schema.names:
+            raise BulkError(f"{path} has no column {key_column!r}; its columns are {', '.join(schema.names)}.")
+        self._groups = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+        small = [c for c in (key_column, self.column if self.column_kind == "path" else None) if c]
+        self._small = parquet.read(columns=small).to_pydict() if small else {}
+        rows = sum(self._groups)
+        self._names = _key_names(self._small[key_column], str(path), key_column) if key_column else _row_names(rows)
+
+    def entries(self) -> Iterator[Entry]:
+        folder = os.path.dirname(self.spec)
+        shown = Path(self.spec).name
+        row = 0
+        for group, count in enumerate(self._groups):
+            for in_group in range(count):
+                name = self._names[row]
+                if self.column_kind == "path":
+                    value = self._small[self.column][row]
+                    if not value:
+                        yield Entry(name, f"{shown}#{row}", "", ("bytes", b""), error=f"{shown}#{row} has no path.")
+                    else:
+                        file = os.path.join(folder, value)
+                        yield Entry(name, value, "", ("file", file))
+                else:
+                    yield Entry(name, f"{shown}#{row}", "", ("parquet", self.spec, group, in_group, self.column))
+                row += 1
+
+
+def _dataset_kind(feature: Any) -> str | None:
+    import datasets
+
+    if isinstance(feature, datasets.Image):
+        return "image"
+    if isinstance(feature, dict) and "bytes" in feature:  # Parquet written without datasets' metadata
+        return "image"
+    if isinstance(feature, datasets.Value):
+        if feature.dtype in ("binary", "large_binary"):
+            return "bytes"
+        if feature.dtype in ("string", "large_string"):
+            return "path"
+    return None
+
+
+def _pick_split(loaded: Any, split: str | None, where: str) -> tuple[Any, str]:
+    import datasets
+
+    if isinstance(loaded, datasets.Dataset):
+        return loaded, ""
+    splits = list(loaded.keys())
+    if split is None:
+        if "train" in splits or len(splits) == 1:
+            split = "train" if "train" in splits else splits[0]
+        else:
+            raise BulkError(f"{where} has the splits {', '.join(splits)}; choose one with --split.")
+    if split not in splits:
+        raise BulkError(f"{where} has no split {split!r}; its splits are {', '.join(splits)}.")
+    return loaded[split], split
+
+
+class SavedDatasetSource(Source):
+    """A ``datasets`` dataset (or dataset dict) written by ``save_to_disk``: random access by row."""
+
+    kind = "dataset"
+
+    def __init__(self, path: Path, split: str | None, image_column: str | None, key_column: str | None):
+        import datasets
+
+        self.spec = str(path)
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as e:
+            raise BulkError(f"{path} looks like a saved dataset but could not be loaded ({e}).") from None
+        dataset, self.split = _pick_split(loaded, split, str(path))
+        kinds = {name: _dataset_kind(f) for name, f in dataset.features.items()}
+        self.column = _pick_table_column(list(dataset.column_names), kinds, image_column, str(path))
+        self.rows = len(dataset)
+        self.fingerprint = getattr(dataset, "_fingerprint", "")
+        if key_column:
+            if key_column not in dataset.column_names:
+                raise BulkError(
+                    f"{path} has no column {key_column!r}; its columns are {', '.join(dataset.column_names)}."
+                )
+            self._names = _key_names(dataset[key_column], str(path), key_column)
+        else:
+            self._names = _row_names(self.rows)
+
+    def entries(self) -> Iterator[Entry]:
+        shown = Path(self.spec).name + (f"[{self.split}]" if self.split else "")
+        for row, name in enumerate(self._names):
+            yield Entry(name, f"{shown}#{row}", "", ("dataset", self.spec, self.split, row, self.column))
+
+    def survey(self) -> dict[str, Any]:
+        survey = super().survey()
+        survey["fingerprint"] = self.fingerprint
+        return survey
+
+
+class HubSource(Source):
+    """``hf:owner/name[@revision]``: a Hub dataset, streamed with ``datasets`` (rows in order)."""
+
+    kind = "hub"
+    streamed = True
+
+    def __init__(self, spec: str, split: str | None, image_column: str | None, key_column: str | None):
+        self.spec = spec
+        name = spec[len(HUB_PREFIX) :]
+        self.name, _, revision = name.partition("@")
+        self.revision = revision or None
+        self.split = split or "train"
+        self.image_column = image_column
+        self.key_column = key_column
+
+    @property
+    def default_label(self) -> str:
+        return self.name.replace("/", "__").strip("._") or "hub"
+
+    def _open(self) -> tuple[Any, str]:
+        import datasets
+
+        try:
+            stream = datasets.load_dataset(self.name, split=self.split, streaming=True, revision=self.revision)
+        except Exception as e:
+            raise BulkError(
+                f"Could not open the dataset {self.name!r} (split {self.split!r}) from the Hub: {e}"
+            ) from None
+        features = stream.features
+        if features is None:  # some streamed datasets only know their columns after the first row
+            first = next(iter(stream), None)
+            names = list(first) if first else []
+            kinds = {
+                k: "bytes" if isinstance(v, bytes) else "image" if isinstance(v, dict) else None
+                for k, v in (first or {}).items()
+            }
+        else:
+            names = list(features)
+            kinds = {name: _dataset_kind(f) for name, f in features.items()}
+        column = _pick_table_column(names, kinds, self.image_column, f"the dataset {self.name}")
+        if features is not None and isinstance(features[column], datasets.Image):
+            stream = stream.cast_column(column, datasets.Image(decode=False))
+        return stream, column
+
+    def survey(self) -> dict[str, Any]:
+        """Opens the stream (so a wrong name or column is reported before anything is written)
+        but cannot count it without reading it all: a streamed input is not counted."""
+        self._open()
+        return {"input": self.spec, "kind": self.kind, "split": self.split, "images": None}
+
+    def entries(self) -> Iterator[Entry]:
+        stream, column = self._open()
+        for row, example in enumerate(stream):
+            name = str(example[self.key_column]) if self.key_column else f"{row:09d}"
+            shown = f"{self.spec}[{self.split}]#{row}"
+            data, file = _image_value(example.get(column))
+            if data is None and file is None:
+                yield Entry(name, shown, "", ("bytes", b""), error=f"{shown} has no image data.")
+            elif data is None:
+                yield Entry(name, shown, "", ("file", file))
+            else:
+                yield Entry(name, shown, "", ("bytes", data))
+
+
+def _image_value(value: Any) -> tuple[bytes | None, str | None]:
+    """(bytes, path) from a table cell: raw bytes, a path string, or a datasets Image dict."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value), None
+    if isinstance(value, str):
+        return None, value
+    if isinstance(value, dict):
+        data = value.get("bytes")
+        return (bytes(data) if data else None), (value.get("path") or None)
+    return None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening the inputs
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    recursive: bool = True
+    split: str | None = None
+    image_column: str | None = None
+    key_column: str | None = None
+
+
+def open_source(spec: str, settings: InputSettings) -> Source:
+    """The ``Source`` for one command-line input; ``BulkError`` when it cannot be read."""
+    if spec.startswith(HUB_PREFIX):
+        if not spec[len(HUB_PREFIX) :].strip("@"):
+            raise BulkError(f"{spec!r} names no dataset; write hf:owner/name (or hf:owner/name@revision).")
+        return HubSource(spec, settings.split, settings.image_column, settings.key_column)
+    path = Path(spec).expanduser().resolve()
+    if not path.exists():
+        raise BulkError(f"The input {spec} does not exist.")
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            return SavedDatasetSource(path, settings.split, settings.image_column, settings.key_column)
+        return FolderSource(path, settings.recursive)
+    lower = path.name.lower()
+    if lower.endswith(".zip"):
+        return ZipSource(path)
+    if lower.endswith(".tar") or lower.endswith(TAR_STREAM_SUFFIXES):
+        return TarSource(path)
+    if lower.endswith(".parquet"):
+        return ParquetSource(path, settings.image_column, settings.key_column)
+    if _is_image_name(lower):
+        return FileSource(path)
+    raise BulkError(
+        f"Don't know how to read {spec}: give a folder, an image, a .zip, a .tar (webdataset), a .parquet, "
+        "a dataset folder written by save_to_disk, or hf:owner/name."
+    )
+
+
+class Inputs:
+    """All inputs of a run, each with a unique label; ``records()`` numbers their images in order."""
+
+    def __init__(self, sources: Sequence[Source]):
+        if not sources:
+            raise BulkError("Give at least one input: a folder, an archive, a Parquet file or a dataset.")
+        self.sources = list(sources)
+        self.labels: list[str] = []
+        taken: set[str] = set()
+        for source in self.sources:
+            base = sanitize_path(source.default_label.replace("/", "_"))
+            label, number = base, 2
+            while label.casefold() in taken:
+                label, number = f"{base}~{number}", number + 1
+            taken.add(label.casefold())
+            self.labels.append(label)
+
+    @classmethod
+    def open(cls, specs: Sequence[str], settings: InputSettings | None = None) -> Inputs:
+        settings = settings or InputSettings()
+        return cls([open_source(spec, settings) for spec in specs])
+
+    @property
+    def streamed(self) -> bool:
+        return any(s.streamed for s in self.sources)
+
+    def survey(self) -> list[dict[str, Any]]:
+        """Per input: kind, image count and a hash of the names (a pass over the listing)."""
+        return [source.survey() for source in self.sources]
+
+    def records(self) -> Iterator[Record]:
+        index = 0
+        for source, label in zip(self.sources, self.labels, strict=True):
+            for entry in source.entries():
+                yield Record(
+                    index, f"{label}/{entry.name}", entry.path, entry.concept, entry.locator, entry.file, entry.error
+                )
+                index += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading one image's bytes (in a decoding worker)
+
+
+class _ReaderCache:
+    """Open archives and the last Parquet row groups of this process (reset after a fork)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.zips: dict[str, zipfile.ZipFile] = {}
+        self.groups: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
+        self.datasets: dict[tuple[str, str, str], Any] = {}
+
+
+_cache: _ReaderCache | None = None
+
+
+def _reader_cache() -> _ReaderCache:
+    global _cache
+    if _cache is None or _cache.pid != os.getpid():  # a forked child must not share the parent's handles
+        _cache = _ReaderCache()
+    return _cache
+
+
+def read_bytes(locator: Locator) -> bytes:
+    """The encoded bytes an image's locator points at. ``OSError`` (or a subclass) when they
+    cannot be read; the caller turns it into an error for that image only."""
+    kind = locator[0]
+    if kind == "bytes":
+        return locator[1]
+    if kind == "file":
+        with open(locator[1], "rb") as fp:
+            return fp.read()
+    if kind == "tar":
+        _, archive, offset, size = locator
+        with open(archive, "rb") as fp:
+            fp.seek(offset)
+            data = fp.read(size)
+        if len(data) != size:
+            raise OSError(f"the tar file ends {size - len(data)} bytes early")
+        return data
+    cache = _reader_cache()
+    if kind == "zip":
+        _, archive, member = locator
+        handle = cache.zips.get(archive)
+        if handle is None:
+            handle = cache.zips[archive] = zipfile.ZipFile(archive)
+        try:
+            return handle.read(member)
+        except (zipfile.BadZipFile, NotImplementedError, EOFError, KeyError) as e:
+            raise OSError(str(e)) from None
+    if kind == "parquet":
+        _, file, group, row, column = locator
+        values = cache.groups.get((file, group, column))
+        if values is None:
+            import pyarrow.parquet as pq
+
+            values = pq.ParquetFile(file).read_row_group(group, columns=[column]).column(0)
+            cache.groups[(file, group, column)] = values
+            while len(cache.groups) > 2:
+                cache.groups.popitem(last=False)
+        cell, path = _image_value(values[row].as_py())
+        return _bytes_or_file(cell, path, os.path.dirname(file))
+    if kind == "dataset":
+        _, folder, split, row, column = locator
+        dataset = cache.datasets.get((folder, split, column))
+        if dataset is None:
+            dataset = cache.datasets[(folder, split, column)] = _open_saved_column(folder, split, column)
+        cell, path = _image_value(dataset[row][column])
+        return _bytes_or_file(cell, path, folder)
+    raise ValueError(f"unknown locator kind {kind!r}")
+
+
+def _bytes_or_file(data: bytes | None, path: str | None, folder: str) -> bytes:
+    if data is not None:
+        return data
+    if path:
+        with open(os.path.join(folder, path), "rb") as fp:
+            return fp.read()
+    raise OSError("the row holds no image")
+
+
+def _open_saved_column(folder: str, split: str, column: str) -> Any:
+    import datasets
+
+    loaded = datasets.load_from_disk(folder)
+    dataset = loaded[split] if split else loaded
+    dataset = dataset.select_columns([column])
+    if isinstance(dataset.features[column], datasets.Image):
+        dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    return dataset
