@@ -131,16 +131,17 @@ def test_the_phone_batch_tab_shows_results_first_with_whole_numbers(app, browser
 # -- dark theme -----------------------------------------------------------------------------------
 
 
-def test_the_dark_theme_keeps_the_tags_readable(app, browser, pages):
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_the_tags_are_readable_in_both_themes(app, browser, pages, theme):
     page = new_page(browser, DESKTOP)
     pages.append(page)
-    open_tagged(page, app, "?__theme=dark")
-    assert page.evaluate("document.body.classList.contains('dark')") or page.evaluate(
-        "document.querySelector('.gradio-container').closest('.dark') !== null"
-    )
+    open_tagged(page, app, "?__theme=dark" if theme == "dark" else "?__theme=light")
+    dark = page.evaluate("document.querySelector('.dark') !== null")
+    assert dark == (theme == "dark")
     for selector in (".tv-label", ".tv-string", ".tv-name", "#summary"):
         assert contrast(page, f"#tag-view {selector}") >= 4.5, selector
-    page.screenshot(path=ARTIFACTS / "tag_tab_dark.png", full_page=True)
+    assert contrast(page, "#tag-view .tv-score") >= 3.0  # secondary text
+    page.screenshot(path=ARTIFACTS / f"tag_tab_{theme}_theme.png", full_page=True)
 
 
 # -- item 3: errors keep the last good output --------------------------------------------------

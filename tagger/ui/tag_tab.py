@@ -392,9 +392,10 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
     )
 
     def more_scores(scored: ScoredImage | None, evt: gr.EventData) -> dict:
-        if scored is None:
+        floor = getattr(evt, "_data", {}).get("floor")
+        if scored is None or not isinstance(floor, (int, float)):
             return gr.skip()
-        return page_payload(ctx, scored, float(evt.floor))
+        return page_payload(ctx, scored, floor)
 
     view.need_scores(more_scores, inputs=scored_state, outputs=payload, queue=False, api_visibility="private")
 
