@@ -90,11 +90,30 @@ def queue_calls(page: Page) -> list[str]:
     return calls
 
 
-def open_accordion(page: Page, title: str) -> None:
-    header = page.get_by_role("button", name=title, exact=False).filter(has_text=title).first
-    header.click()
-
-
 def error_pills(page: Page, selector: str) -> int:
     """Gradio's red "Error" status over a component (what a raised error puts on outputs)."""
     return page.locator(f"{selector} [data-testid='status-tracker']").get_by_text("Error", exact=True).count()
+
+
+def luminance(rgb: str) -> float:
+    values = [int(v) / 255 for v in rgb[rgb.index("(") + 1 : rgb.index(")")].split(",")[:3]]
+    linear = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in values]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(page: Page, selector: str) -> float:
+    """Contrast ratio of an element's text against the first opaque background behind it."""
+    colours = page.locator(selector).first.evaluate(
+        """e => {
+          const text = getComputedStyle(e).color;
+          let node = e, back = "rgba(0, 0, 0, 0)";
+          while (node && (back === "rgba(0, 0, 0, 0)" || back === "transparent")) {
+            back = getComputedStyle(node).backgroundColor;
+            node = node.parentElement;
+          }
+          if (back === "rgba(0, 0, 0, 0)") back = getComputedStyle(document.body).backgroundColor;
+          return [text, back];
+        }"""
+    )
+    a, b = sorted((luminance(c) for c in colours), reverse=True)
+    return (a + 0.05) / (b + 0.05)

@@ -24,6 +24,7 @@ from browser_support import (
     CHROMIUM_ARGS,
     DESKTOP,
     IMAGE,
+    contrast,
     expected_category_strings,
     expected_string,
     new_page,
@@ -131,6 +132,8 @@ def test_upload_shows_the_engines_tags(app, page, scores):
         shown = [float(s) for s in block.locator(".tv-score").all_text_contents()]
         assert shown == sorted(shown, reverse=True) and 0 < len(shown) <= 40
     expect(page.locator("#demo-warning")).to_contain_text("Demo mode")
+    for selector in (".tv-label", ".tv-string", ".tv-name", "#summary"):
+        assert contrast(page, f"#tag-view {selector}") >= 4.5, selector
     page.screenshot(path=ARTIFACTS / "tag_tab.png", full_page=True)
 
 
@@ -164,12 +167,27 @@ def test_filters_change_in_the_page_without_the_server_or_the_model(app, page, s
     check_view(app, page, scores, **values)
     assert "_" in tag_string(page).input_value()
 
+    # Item 6: only the sliders of the chosen mode are shown.
+    threshold_only = [page.locator(f"#{n}") for n in ("threshold", "character-threshold", "category-thresholds")]
+    topk = page.locator("#topk-per-category")
+    expect(topk).to_be_hidden()
     page.get_by_label("MCut (automatic)").check()
     check_view(app, page, scores, **{**values, "mode": "mcut"})
+    for hidden in [*threshold_only, topk]:
+        expect(hidden).to_be_hidden()
+    expect(page.locator("#floor")).to_be_visible()
     page.get_by_label("Top-k per category").check()
+    expect(topk).to_be_visible()
     set_number(page, "topk-per-category", 2)
     check_view(app, page, scores, **{**values, "mode": "topk", "topk_per_category": 2})
+    for hidden in threshold_only:
+        expect(hidden).to_be_hidden()
     page.screenshot(path=ARTIFACTS / "tag_tab_filtered.png", full_page=True)
+    page.get_by_label("Threshold", exact=True).check()
+    for shown in threshold_only:
+        expect(shown).to_be_visible()
+    expect(topk).to_be_hidden()
+    check_view(app, page, scores, **values)
 
     assert not calls, f"a filter change went to the server: {calls}"
     assert stats.forward_passes == passes, "re-rendering must not run the model"
@@ -183,14 +201,6 @@ def test_a_floor_under_the_sent_scores_fetches_more_scores_but_never_runs_the_mo
     check_view(app, page, scores, mode="topk", topk_per_category=200, floor=0.0)
     assert len(tag_string(page).input_value().split(", ")) == len(app.context.vocab)  # every tag
     assert app.context.tagger.stats.forward_passes == passes
-
-
-def test_include_only_list_keeps_only_those_tags(app, page, scores):
-    top = selected(app, scores)
-    include = f"{top[0].tag.upper()}, {top[2].tag.replace(' ', '_')}, not a tag"
-    type_into(page, "include", include)
-    check_view(app, page, scores, include=include)
-    assert tag_string(page).input_value() == ", ".join(t.tag for t in (top[0], top[2]))
 
 
 # -- item 2: a bad per-category threshold, next to its field --------------------------------------
@@ -229,28 +239,6 @@ def test_each_category_has_a_copy_button_and_prepend_stays_out_of_it(app, page, 
         assert page.evaluate("navigator.clipboard.readText()") == text
 
 
-# -- item 6: sliders of the chosen mode only ------------------------------------------------------
-
-
-def test_only_the_chosen_modes_controls_are_shown(page):
-    threshold_only = ["#threshold", "#character-threshold", "#category-thresholds"]
-    topk = page.locator("#topk-per-category")
-    for selector in threshold_only:
-        expect(page.locator(selector)).to_be_visible()
-    expect(topk).to_be_hidden()
-    page.get_by_label("Top-k per category").check()
-    expect(topk).to_be_visible()
-    for selector in threshold_only:
-        expect(page.locator(selector)).to_be_hidden()
-    page.get_by_label("MCut (automatic)").check()
-    for selector in [*threshold_only, "#topk-per-category"]:
-        expect(page.locator(selector)).to_be_hidden()
-    expect(page.locator("#floor")).to_be_visible()
-    page.get_by_label("Threshold", exact=True).check()
-    expect(page.locator("#threshold")).to_be_visible()
-    expect(topk).to_be_hidden()
-
-
 # -- items 9 and 10: clicks on tags, the look-up ----------------------------------------------------
 
 
@@ -272,7 +260,7 @@ def test_clicking_a_tag_shows_its_heatmap_over_the_image(app, page, scores, mode
     check_view(app, page, scores)  # the tags did not move
 
 
-def test_the_cross_of_a_tag_excludes_it(app, page, scores):
+def test_the_cross_of_a_tag_excludes_it_and_an_include_list_limits_the_tags(app, page, scores):
     row = page.locator("#tag-view .tv-row").first
     tag = row.get_attribute("data-tag")
     row.locator(".tv-x").click()
@@ -283,6 +271,13 @@ def test_the_cross_of_a_tag_excludes_it(app, page, scores):
     page.locator("#tag-view .tv-row").first.locator(".tv-x").click()
     expect(page.locator("#exclude textarea")).to_have_value(f"{tag}, {second}")
     check_view(app, page, scores, exclude=f"{tag}, {second}")
+
+    # The include-only list (item 10): only these tags, written any way, the other rules still apply.
+    top = selected(app, scores, exclude=f"{tag}, {second}")
+    include = f"{top[0].tag.upper()}, {top[2].tag.replace(' ', '_')}, not a tag, {tag}"
+    type_into(page, "include", include)
+    check_view(app, page, scores, exclude=f"{tag}, {second}", include=include)
+    assert tag_string(page).input_value() == ", ".join(t.tag for t in (top[0], top[2]))
 
 
 def test_lookup_is_sorted_by_score_and_a_row_shows_its_heatmap(app, page, scores):
@@ -359,7 +354,9 @@ def test_features_and_similarity_use_the_tag_tabs_image(app, page, model_calls):
 # -- the API tab ----------------------------------------------------------------------------------
 
 
-def test_api_tab_examples_hold_the_apps_address(app, page):
+def test_api_tab_examples_hold_the_apps_address(app, browser):
+    page = new_page(browser, DESKTOP)
+    page.goto(app.url)
     page.get_by_role("tab", name="API").click()
     examples = page.locator("#api-examples")
     expect(examples).to_be_visible()
@@ -369,3 +366,4 @@ def test_api_tab_examples_hold_the_apps_address(app, page):
     if not base.endswith(":7860"):
         expect(examples).not_to_contain_text("127.0.0.1:7860")
     page.screenshot(path=ARTIFACTS / "api_tab.png", full_page=True)
+    page.context.close()
