@@ -50,7 +50,7 @@ from PIL import Image, features
 
 import tagger.fetch as fetch
 from tagger.fetch import FetchError, address_problem, fetch_url
-from tagger.options import MODES, ORDERS, TagOptions
+from tagger.options import MODES, OPTION_FIELDS, ORDERS, TagOptions
 from tagger.predict import Tagger
 from tagger.preprocess import ImageError, load_image
 from tagger.results import Selection, SelectionError, select_tags, tag_string
@@ -65,7 +65,7 @@ REQUEST_TIMEOUT_S = 60
 OUR_SENTENCE = re.compile(
     r"^(Could not read|Cannot read|Image file not found|The file|Refused to download|Could not download)"
 )
-DEFAULT_ARGS = ["threshold", 0.35, 0.85, 20, 0.05, "", "", "", "", False, False, "score"]  # /tag after `image`
+DEFAULT_ARGS = [f.default for f in OPTION_FIELDS]  # /tag after `image`
 
 
 # ---------------------------------------------------------------------------------------------
