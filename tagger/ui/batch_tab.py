@@ -16,7 +16,7 @@ from tagger.errors import SelectionError
 from tagger.intake import BatchLimits
 from tagger.options import TagOptions
 from tagger.runtime import IMAGES_PER_GPU_CALL
-from tagger.ui.context import HEAVY_QUEUE, AppContext, user_errors
+from tagger.ui.context import HEAVY_QUEUE, AppContext, attempt, warning
 from tagger.ui.controls import build_option_controls
 from tagger.ui.inputs import SafeFile
 
@@ -107,11 +107,9 @@ def build_batch_tab(ctx: AppContext) -> None:
         return tag_files(ctx, paths, option_controls.options(values), progress)
 
     def on_run(values: dict, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 - Gradio's idiom
-        try:
-            output = user_errors(run)(values, progress)
-        except gr.Error as e:
-            # The last good results stay; the sentence goes under the button.
-            return {run_message: f"⚠️ {e.message}"}
+        output, error = attempt(run, values, progress)
+        if error is not None:
+            return {run_message: warning(error)}  # the last good results stay
         return {
             table: [result_row(r) for r in output.results],
             captions_file: gr.DownloadButton(value=str(output.captions_zip), interactive=True),

@@ -15,7 +15,7 @@ from tagger.overlay import pixels_to_image
 from tagger.pca import DEFAULT_COLOURS, FeatureMaps, analyse, pca_images
 from tagger.relevance import DEFAULT_LAYERS_FROM_END, Relevance, heatmap_images, relevance, resolve_tag, tap_block
 from tagger.results import top_tags
-from tagger.ui.context import HEAVY_QUEUE, AppContext, prepare_image, user_errors
+from tagger.ui.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, user_errors, warning
 from tagger.ui.inputs import image_upload
 
 TOP_TAGS = 25  # choices offered in the heatmap's tag dropdown
@@ -137,37 +137,40 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
     style = [*colours, alpha, upscale]
     analysis_outputs = [maps_state, seen, pca, overlay, blend, tag, summary, heat_overlay, heat, heat_summary]
 
-    def analysis(path: str | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> list:
-        cleared = [None, None, ""]
+    def maps_and_views(path: str, colours: tuple[str, str, str], opacity: float, resample: str) -> tuple:
+        maps = run_pca(ctx, path)
+        return maps, pca_images(maps, colours, opacity, resample)
+
+    def analysis(path: str | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> dict:
+        cleared = {heat_overlay: None, heat: None, heat_summary: ""}
         if path is None:
+            empty = {maps_state: None, seen: None, pca: None, overlay: None, blend: None}
             prompt = "Upload an image here or on the Tag tab."
-            return [None, None, None, None, None, gr.Dropdown(choices=[], value=None), prompt, *cleared]
-        try:
-            maps = user_errors(run_pca)(ctx, path)
-            views = user_errors(pca_images)(maps, (c1, c2, c3), opacity, resample)
-        except gr.Error as e:
-            # Keep the last good maps on the page; the sentence says why these did not come.
-            return [*(gr.skip() for _ in analysis_outputs[:6]), _problem(e), *(gr.skip() for _ in range(3))]
+            return {**empty, tag: gr.Dropdown(choices=[], value=None), summary: prompt, **cleared}
+        result, error = attempt(maps_and_views, path, (c1, c2, c3), opacity, resample)
+        if error is not None:
+            return {summary: warning(error)}  # the last good maps stay; the sentence says why
+        maps, (pca_map, pca_overlay, colour_blend) = result
         top = top_tags(maps.probabilities, ctx.vocab, TOP_TAGS)
         choices = [(f"{t.tag} · {t.score:.2f}", t.tag) for t in top]
         height, width = maps.image.shape[:2]
         info = f"**{width}×{height}** as the model sees it · {maps.pca.shape[1]}×{maps.pca.shape[0]} patches"
         if top:
             info += f" · top tag **{top[0].tag}** ({top[0].score:.2f})"
-        return [
-            (path, maps),
-            maps.image,
-            *views,
-            gr.Dropdown(choices=choices, value=top[0].tag if top else None),
-            info,
-            *cleared,
-        ]
+        return {
+            maps_state: (path, maps),
+            seen: maps.image,
+            pca: pca_map,
+            overlay: pca_overlay,
+            blend: colour_blend,
+            tag: gr.Dropdown(choices=choices, value=top[0].tag if top else None),
+            summary: info,
+            **cleared,
+        }
 
-    def on_open(path: str | None, shown: tuple | None, *style_values) -> list:
-        if shown is not None and path is not None and shown[0] == path:
-            return [gr.skip() for _ in analysis_outputs]  # this image is on the page already
-        if shown is None and path is None:
-            return [gr.skip() for _ in analysis_outputs]
+    def on_open(path: str | None, shown: tuple | None, *style_values) -> dict:
+        if (shown is None and path is None) or (shown is not None and shown[0] == path):
+            return gr.skip()  # nothing to show, or this image is on the page already
         return analysis(path, *style_values)
 
     @user_errors
@@ -176,14 +179,18 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
             return [None, None, None]
         return list(pca_images(shown[1], (c1, c2, c3), opacity, resample))
 
-    def on_heatmap(path: str | None, name: str | None, layers: float, opacity: float) -> list:
+    def on_heatmap(path: str | None, name: str | None, layers: float, opacity: float) -> dict:
         layers_from_end = int(layers)
-        try:
-            seen_image, index, result = user_errors(run_heatmap)(ctx, path, name, layers_from_end)
-        except gr.Error as e:
-            return [gr.skip(), gr.skip(), _problem(e)]  # the last good heatmap stays
+        found, error = attempt(run_heatmap, ctx, path, name, layers_from_end)
+        if error is not None:
+            return {heat_summary: warning(error)}  # the last good heatmap stays
+        seen_image, index, result = found
         over, heat_image = heatmap_images(seen_image, result.map, opacity, "bilinear")
-        return [over, heat_image, heatmap_markdown(heatmap_info(ctx, index, result, layers_from_end))]
+        return {
+            heat_overlay: over,
+            heat: heat_image,
+            heat_summary: heatmap_markdown(heatmap_info(ctx, index, result, layers_from_end)),
+        }
 
     if source is not None:
         # One upload, many views: the Tag tab's image is this tab's image too (in the page).
@@ -221,7 +228,3 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
         api_visibility="private",
         concurrency_id=HEAVY_QUEUE,
     )
-
-
-def _problem(error: gr.Error) -> str:
-    return f"⚠️ {error.message}"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import gradio as gr
 
 from tagger.similarity import BatchSimilarity, batch_similarity, cosine_similarity
-from tagger.ui.context import HEAVY_QUEUE, AppContext, prepare_image, user_errors
+from tagger.ui.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, warning
 from tagger.ui.inputs import SafeFile, image_upload
 
 
@@ -71,28 +71,29 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: g
                 elem_id="similarity-batch-table",
             )
 
-    def on_pair(path_a: str | None, path_b: str | None, shown: tuple | None) -> list:
+    def on_pair(path_a: str | None, path_b: str | None, shown: tuple | None) -> dict:
         if path_a is None or path_b is None:
-            return [None, "Upload two images to compare them (image A can come from the Tag tab)."]
+            return {scored_pair: None, result: "Upload two images to compare them (image A can come from the Tag tab)."}
         if shown == (path_a, path_b):
-            return [gr.skip(), gr.skip()]  # this pair is on the page already
-        try:
-            value = user_errors(compare)(ctx, path_a, path_b)
-        except gr.Error as e:
-            return [gr.skip(), f"⚠️ {e.message}"]
-        return [(path_a, path_b), f"Similarity **{value:.4f}** (cosine of the L2-normalised descriptors)"]
+            return gr.skip()  # this pair is on the page already
+        value, error = attempt(compare, ctx, path_a, path_b)
+        if error is not None:
+            return {result: warning(error)}
+        return {
+            scored_pair: (path_a, path_b),
+            result: f"Similarity **{value:.4f}** (cosine of the L2-normalised descriptors)",
+        }
 
-    def on_batch(path: str | None, progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
+    def on_batch(path: str | None, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008
         if path is None:
-            return [gr.skip(), "⚠️ Please upload a zip first."]
-        try:
-            outcome = user_errors(score_zip)(
-                ctx, path, lambda done, total: progress((done, total), desc="Scoring pairs")
-            )
-        except gr.Error as e:
-            return [gr.skip(), f"⚠️ {e.message}"]  # the last good table stays
+            return {batch_summary: warning("Please upload a zip first.")}
+        outcome, error = attempt(
+            score_zip, ctx, path, lambda done, total: progress((done, total), desc="Scoring pairs")
+        )
+        if error is not None:
+            return {batch_summary: warning(error)}  # the last good table stays
         rows = [[s, a, b, round(v, 4)] for s, a, b, v in outcome.rows]
-        return [rows, summary_markdown(outcome)]
+        return {table: rows, batch_summary: summary_markdown(outcome)}
 
     if source is not None:
         # One upload, many views: the Tag tab's image is image A (in the page, no model call).

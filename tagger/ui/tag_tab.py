@@ -18,7 +18,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -28,7 +27,7 @@ from tagger.fetch import fetch_url
 from tagger.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
 from tagger.results import add_to_tag_list, page_scores
-from tagger.ui.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, user_errors
+from tagger.ui.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, warning
 from tagger.ui.controls import build_option_controls
 from tagger.ui.features_tab import heatmap_info, heatmap_markdown, run_heatmap
 from tagger.ui.inputs import SafeImage, image_upload
@@ -145,19 +144,6 @@ def fetch_image(image: SafeImage, url: str) -> str:
     return str(path)
 
 
-def message(text: str) -> str:
-    return f"⚠️ {text}"
-
-
-def sentence(fn, *args) -> tuple[Any, str | None]:
-    """``(fn(*args), None)``, or ``(None, the error's sentence)``: for UI events that keep
-    their last good output and show the sentence instead of failing."""
-    try:
-        return user_errors(fn)(*args), None
-    except gr.Error as e:
-        return None, str(e.message)
-
-
 # -- the tab --------------------------------------------------------------------------------------
 
 
@@ -261,7 +247,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         if path is None:
             return {scored_state: None, scores_state: None, payload: None}
         started = time.perf_counter()
-        scores, error = sentence(ctx.scores_for, path)
+        scores, error = attempt(ctx.scores_for, path)
         if error is not None:
             return {payload: error_payload(error)}  # the last image's scores stay
         scored = ScoredImage(scores, time.perf_counter() - started, uuid.uuid4().hex)
@@ -307,9 +293,9 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
     heat_outputs = [image, heat_panel, heat_image, heat_caption]
 
     def show_heatmap(path: str | None, tag: str | None) -> dict:
-        result, error = sentence(heatmap_view, ctx, path, tag)
+        result, error = attempt(heatmap_view, ctx, path, tag)
         if error is not None:
-            return {heat_caption: message(error)}  # the last heatmap (or the image) stays
+            return {heat_caption: warning(error)}  # the last heatmap (or the image) stays
         overlay, caption = result
         return {
             image: gr.update(visible=False),
@@ -344,9 +330,9 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
     )
 
     def fetch(address: str) -> dict:
-        path, error = sentence(fetch_image, image, address)
+        path, error = attempt(fetch_image, image, address)
         if error is not None:
-            return {url_note: message(error)}
+            return {url_note: warning(error)}
         return {image: path, url_note: ""}
 
     url.submit(
