@@ -230,6 +230,47 @@ def tag_string(
     return separator.join(format_tag(name, underscores, escape_parentheses) for name in [*leading, *names])
 
 
+def category_tag_strings(
+    tags: Sequence[TagScore], *, underscores: bool = False, escape_parentheses: bool = False
+) -> list[tuple[Category, str]]:
+    """One tag string per category, in display order, as the Tag tab's per-category copy
+    buttons give them: the format options apply; prepended tags do not (they belong to the
+    string of all tags)."""
+    return [
+        (category, tag_string(group, underscores=underscores, escape_parentheses=escape_parentheses))
+        for category, group in group_by_category(tags)
+    ]
+
+
+def add_to_tag_list(text: str | None, tag: str) -> str:
+    """``text`` (a comma-separated list someone typed) with ``tag`` appended, unless it holds it
+    already (compared as ``Selection`` compares tags)."""
+    text = text or ""
+    if normalize_tag(tag) in {normalize_tag(t) for t in parse_tag_list(text)}:
+        return text
+    kept = text.rstrip().rstrip(",").rstrip()
+    return f"{kept}, {tag}" if kept else tag
+
+
+def page_scores(scores: np.ndarray, vocab: Vocabulary, cutoff: float) -> dict:
+    """What the page needs to select and format tags itself (``tagger/ui/assets/tag_rules.js``),
+    as JSON: every tag scoring at least ``cutoff`` as ``[tag, score, category id, index]`` in
+    vocabulary order, and each category's MCut threshold over all of its tags. Selections with
+    a floor at or above ``cutoff`` then give exactly what ``select_tags`` gives."""
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if scores.shape[0] != len(vocab):
+        raise SelectionError(f"Got {scores.shape[0]} scores for a vocabulary of {len(vocab)} tags.")
+    cutoff = _check_probability("cutoff", cutoff)
+    ids = vocab.category_ids
+    picked = np.flatnonzero(scores >= cutoff)
+    return {
+        "cutoff": cutoff,
+        # float(float32) is exact, and JSON keeps a float64 exactly: the page compares the same numbers.
+        "tags": [[vocab.tags[i], float(scores[i]), int(ids[i]), int(i)] for i in picked],
+        "mcut": {str(c.id): mcut_threshold(scores[ids == c.id]) for c in CATEGORIES if np.any(ids == c.id)},
+    }
+
+
 def tags_as_dicts(tags: Sequence[TagScore], with_category: bool = True) -> list[dict]:
     if with_category:
         return [{"tag": t.tag, "score": round(t.score, 6), "category": t.category.name} for t in tags]

@@ -1,38 +1,44 @@
-"""The app in a real browser (Debian's chromium through Playwright): upload an image on the
-Tag tab, change filters, and read the API tab, as a visitor would.
+"""The Tag tab in a real browser (Debian's chromium through Playwright) at 1280 × 900: upload,
+tags drawn in the page, filters without a server round trip, errors next to their field,
+copy buttons, mode-dependent sliders, clicks on tags (heatmap, exclude), the look-up, the URL
+box, and the other tabs reusing the image.
 
+One app and one browser for the module; each test starts from a freshly loaded, tagged page.
 Screenshots go to ``test-artifacts/`` (git-ignored) for a person to look at.
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
 import re
+import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from app_server import RunningApp
+from browser_support import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DESKTOP,
+    IMAGE,
+    contrast,
+    expected_category_strings,
+    expected_string,
+    new_page,
+    open_tagged,
+    queue_calls,
+    selected,
+    shown_categories,
+)
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+import tagger.fetch as fetch
+from tagger.errors import SelectionError
 from tagger.options import TagOptions
-from tagger.results import group_by_category, select_tags
-from tagger.ui.tag_tab import present_categories
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-ROOT = Path(__file__).resolve().parent.parent
-IMAGE = ROOT / "examples" / "cat_sticker.png"
-ARTIFACTS = ROOT / "test-artifacts"
-TIMEOUT_MS = 20_000
+from tagger.ui.controls import present_categories
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"browser tests need Debian's chromium at {CHROMIUM}")
 
@@ -51,96 +57,306 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def page(app: RunningApp, browser: Browser, scores: np.ndarray) -> Iterator[Page]:
-    """The app's page with ``IMAGE`` uploaded on the Tag tab and its tags shown."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(app.url)
-    page.locator("#tag-image input[type=file]").set_input_files(IMAGE)
-    expect(page.locator("#tag-string textarea")).not_to_have_value("")
+    """A fresh page with ``IMAGE`` uploaded on the Tag tab and its tags shown."""
+    page = new_page(browser, DESKTOP, clipboard=True)
+    open_tagged(page, app)
     yield page
-    page.close()
+    errors = page.errors  # type: ignore[attr-defined]
+    page.context.close()
     assert not errors, errors
 
 
-def expected_string(app: RunningApp, scores: np.ndarray, **options) -> str:
-    """The tag string the UI should show for these options (the same pure functions the UI uses)."""
-    names = [c.name for c in present_categories(app.context.vocab)]
-    opts = TagOptions(**{"categories": names, **options})
-    return opts.tag_string(select_tags(scores, app.context.vocab, opts.selection))
+@pytest.fixture
+def model_calls(app: RunningApp, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the work functions run through ``ModelRunner.call`` from now on."""
+    runner = app.context.runner
+    original = runner.call
+    calls: list[str] = []
+
+    def call(fn, pixels, *args):
+        calls.append(getattr(fn, "__name__", str(fn)))
+        return original(fn, pixels, *args)
+
+    monkeypatch.setattr(runner, "call", call)
+    return calls
 
 
-def shown_categories(app: RunningApp, scores: np.ndarray, **options) -> set[str]:
-    opts = TagOptions(**options)
-    return {c.name for c, _ in group_by_category(select_tags(scores, app.context.vocab, opts.selection))}
+def tag_string(page: Page):
+    return page.locator("#tag-string textarea")
 
 
-def check_labels(app: RunningApp, page: Page, shown: set[str]) -> None:
-    """Label bars for the categories with tags; the others hidden."""
-    assert shown
-    for category in present_categories(app.context.vocab):
-        label = page.locator(f"#label-{category.name}")
-        if category.name in shown:
-            expect(label).to_be_visible()
-            expect(label.locator(".bar").first).to_be_visible()
-        else:
-            expect(label).to_be_hidden()
+def set_number(page: Page, elem_id: str, value: object) -> None:
+    """Type into a slider's number box, as a person does."""
+    number = page.locator(f"#{elem_id} input[type=number]")
+    number.fill(str(value))
+    number.press("Enter")
+
+
+def type_into(page: Page, elem_id: str, text: str) -> None:
+    box = page.locator(f"#{elem_id} textarea")
+    box.fill(text)
+    box.press("Enter")
+
+
+def open_format(page: Page) -> None:
+    page.get_by_text("Tag string", exact=True).click()
+    expect(page.locator("#underscores")).to_be_visible()
+
+
+def check_view(app: RunningApp, page: Page, scores: np.ndarray, **values: object) -> None:
+    """The string of all tags, one block per category with tags, and each block's string."""
+    expect(tag_string(page)).to_have_value(expected_string(app, scores, **values))
+    strings = expected_category_strings(app, scores, **values)
+    assert shown_categories(page) == set(strings)
+    for name, text in strings.items():
+        expect(page.locator(f"#tv-{name} .tv-string")).to_have_text(text)
+
+
+# -- item 1: the tags, drawn in the page ----------------------------------------------------------
 
 
 def test_upload_shows_the_engines_tags(app, page, scores):
-    expect(page.locator("#tag-string textarea")).to_have_value(expected_string(app, scores))
-    shown = shown_categories(app, scores)
-    check_labels(app, page, shown)
-    expect(page.locator("#summary")).to_contain_text(re.compile(r"\d+ tags · model [\d.]+ s on cpu"))
-    # Each category's bars take the category's colour (gr.Label's own `color` does not reach them).
+    check_view(app, page, scores)
+    count = len(selected(app, scores))
+    expect(page.locator("#summary")).to_have_text(re.compile(rf"^{count} tags · model [\d.]+ s on cpu$"))
+    # Bars in each category's colour, the best first, at most 40.
     for category in present_categories(app.context.vocab):
-        if category.name in shown:
-            bar = page.locator(f"#label-{category.name} .bar").first
-            red, green, blue = (int(category.color[i : i + 2], 16) for i in (1, 3, 5))
-            assert bar.evaluate("e => getComputedStyle(e).backgroundColor") == f"rgb({red}, {green}, {blue})"
-    expect(page.locator("#demo-warning")).to_be_visible()
+        block = page.locator(f"#tv-{category.name}")
+        if not block.count():
+            continue
+        red, green, blue = (int(category.color[i : i + 2], 16) for i in (1, 3, 5))
+        bar = block.locator(".tv-bar").first
+        assert bar.evaluate("e => getComputedStyle(e).backgroundColor") == f"rgb({red}, {green}, {blue})"
+        shown = [float(s) for s in block.locator(".tv-score").all_text_contents()]
+        assert shown == sorted(shown, reverse=True) and 0 < len(shown) <= 40
     expect(page.locator("#demo-warning")).to_contain_text("Demo mode")
+    for selector in (".tv-label", ".tv-string", ".tv-name", "#summary"):
+        assert contrast(page, f"#tag-view {selector}") >= 4.5, selector
     page.screenshot(path=ARTIFACTS / "tag_tab.png", full_page=True)
 
 
-def test_filters_rerender_without_running_the_model(app, page, scores):
+def test_filters_change_in_the_page_without_the_server_or_the_model(app, page, scores):
     stats = app.context.tagger.stats
     passes = stats.forward_passes
-    tags = page.locator("#tag-string textarea")
-    before = tags.input_value()
+    calls = queue_calls(page)
     names = [c.name for c in present_categories(app.context.vocab)]
-    shown = shown_categories(app, scores)
-    dropped = next(n for n in names if n in shown)  # a category that has tags now
+    dropped = next(iter(shown_categories(page)))  # a category that has tags now
     kept = [n for n in names if n != dropped]
 
-    # Untick a category.
     page.locator(f"#category-filter input[name={dropped}]").uncheck()
-    expect(tags).to_have_value(expected_string(app, scores, categories=kept))
-    assert tags.input_value() != before
-    check_labels(app, page, shown_categories(app, scores, categories=kept))
+    check_view(app, page, scores, categories=kept)
+    set_number(page, "threshold", 0.5)
+    check_view(app, page, scores, categories=kept, threshold=0.5)
+    set_number(page, "character-threshold", 0.2)
+    check_view(app, page, scores, categories=kept, threshold=0.5, character_threshold=0.2)
+    type_into(page, "category-thresholds", "general=0.3, meta: 0.6")
+    values = {
+        "categories": kept,
+        "threshold": 0.5,
+        "character_threshold": 0.2,
+        "category_thresholds": "general=0.3, meta: 0.6",
+    }
+    check_view(app, page, scores, **values)
 
-    # Type a threshold into the slider's number box.
-    number = page.locator("#threshold input[type=number]")
-    number.fill("0.5")
-    number.press("Enter")
-    expect(tags).to_have_value(expected_string(app, scores, categories=kept, threshold=0.5))
-
-    # Underscores (in the closed "Tag string" accordion).
-    page.get_by_text("Tag string", exact=True).click()
+    open_format(page)
     page.locator("#underscores input[type=checkbox]").check()
-    expected = expected_string(app, scores, categories=kept, threshold=0.5, underscores=True)
-    assert "_" in expected and "_" not in before
-    expect(tags).to_have_value(expected)
+    page.get_by_label("By category").check()
+    values.update(underscores=True, order="category")
+    check_view(app, page, scores, **values)
+    assert "_" in tag_string(page).input_value()
 
+    # Item 6: only the sliders of the chosen mode are shown.
+    threshold_only = [page.locator(f"#{n}") for n in ("threshold", "character-threshold", "category-thresholds")]
+    topk = page.locator("#topk-per-category")
+    expect(topk).to_be_hidden()
+    page.get_by_label("MCut (automatic)").check()
+    check_view(app, page, scores, **{**values, "mode": "mcut"})
+    for hidden in [*threshold_only, topk]:
+        expect(hidden).to_be_hidden()
+    expect(page.locator("#floor")).to_be_visible()
+    page.get_by_label("Top-k per category").check()
+    expect(topk).to_be_visible()
+    set_number(page, "topk-per-category", 2)
+    check_view(app, page, scores, **{**values, "mode": "topk", "topk_per_category": 2})
+    for hidden in threshold_only:
+        expect(hidden).to_be_hidden()
     page.screenshot(path=ARTIFACTS / "tag_tab_filtered.png", full_page=True)
+    page.get_by_label("Threshold", exact=True).check()
+    for shown in threshold_only:
+        expect(shown).to_be_visible()
+    expect(topk).to_be_hidden()
+    check_view(app, page, scores, **values)
+
+    assert not calls, f"a filter change went to the server: {calls}"
     assert stats.forward_passes == passes, "re-rendering must not run the model"
 
 
-def test_api_tab_examples_hold_the_apps_address(app, page):
+def test_a_floor_under_the_sent_scores_fetches_more_scores_but_never_runs_the_model(app, page, scores):
+    passes = app.context.tagger.stats.forward_passes
+    page.get_by_label("Top-k per category").check()
+    set_number(page, "topk-per-category", 200)
+    set_number(page, "floor", 0)
+    check_view(app, page, scores, mode="topk", topk_per_category=200, floor=0.0)
+    assert len(tag_string(page).input_value().split(", ")) == len(app.context.vocab)  # every tag
+    assert app.context.tagger.stats.forward_passes == passes
+
+
+# -- item 2: a bad per-category threshold, next to its field --------------------------------------
+
+
+def test_a_bad_per_category_threshold_is_shown_next_to_the_field(app, page, scores):
+    before = tag_string(page).input_value()
+    with pytest.raises(SelectionError) as python:
+        TagOptions(category_thresholds="artist=abc")
+    type_into(page, "category-thresholds", "artist=abc")
+    note = page.locator("#category-thresholds .tv-field-error")
+    expect(note).to_have_text(str(python.value))
+    expect(note).to_be_visible()
+    expect(page.locator("#tag-view .tv-error")).to_contain_text(str(python.value))
+    assert tag_string(page).input_value() == before  # the last good tags stay
+    page.screenshot(path=ARTIFACTS / "tag_tab_bad_threshold.png", full_page=False)
+
+    type_into(page, "category-thresholds", "artist=0.5")
+    expect(note).to_have_count(0)
+    check_view(app, page, scores, category_thresholds="artist=0.5")
+
+
+# -- item 5: per-category copy buttons; prepend only in the string of all tags ------------------
+
+
+def test_each_category_has_a_copy_button_and_prepend_stays_out_of_it(app, page, scores):
+    open_format(page)
+    type_into(page, "prepend", "masterpiece, best quality")
+    check_view(app, page, scores, prepend="masterpiece, best quality")
+    assert tag_string(page).input_value().startswith("masterpiece, best quality, ")
+    strings = expected_category_strings(app, scores)
+    assert not any("masterpiece" in text for text in strings.values())
+    for name, text in list(strings.items())[:2]:
+        page.locator(f"#tv-{name} .tv-copy").click()
+        expect(page.locator(f"#tv-{name} .tv-copy")).to_have_text("Copied")
+        assert page.evaluate("navigator.clipboard.readText()") == text
+
+
+# -- items 9 and 10: clicks on tags, the look-up ----------------------------------------------------
+
+
+def test_clicking_a_tag_shows_its_heatmap_over_the_image(app, page, scores, model_calls):
+    passes = app.context.tagger.stats.forward_passes
+    row = page.locator("#tag-view .tv-row").nth(1)
+    tag = row.get_attribute("data-tag")
+    row.locator(".tv-tag").click()
+    heatmap = page.locator("#tag-heatmap img")
+    expect(heatmap).to_be_visible()
+    expect(page.locator("#tag-image")).to_be_hidden()  # in the image's place
+    expect(page.locator("#tag-heatmap-caption")).to_contain_text(f"{tag} (")
+    assert model_calls == ["relevance"]  # one model call, for the heatmap
+    page.screenshot(path=ARTIFACTS / "tag_tab_heatmap.png", full_page=False)
+    page.locator("#tag-heatmap-back").click()
+    expect(page.locator("#tag-image img")).to_be_visible()
+    expect(heatmap).to_be_hidden()
+    assert app.context.tagger.stats.forward_passes >= passes
+    check_view(app, page, scores)  # the tags did not move
+
+
+def test_the_cross_of_a_tag_excludes_it_and_an_include_list_limits_the_tags(app, page, scores):
+    row = page.locator("#tag-view .tv-row").first
+    tag = row.get_attribute("data-tag")
+    row.locator(".tv-x").click()
+    check_view(app, page, scores, exclude=tag)
+    open_format(page)
+    expect(page.locator("#exclude textarea")).to_have_value(tag)
+    second = page.locator("#tag-view .tv-row").first.get_attribute("data-tag")
+    page.locator("#tag-view .tv-row").first.locator(".tv-x").click()
+    expect(page.locator("#exclude textarea")).to_have_value(f"{tag}, {second}")
+    check_view(app, page, scores, exclude=f"{tag}, {second}")
+
+    # The include-only list (item 10): only these tags, written any way, the other rules still apply.
+    top = selected(app, scores, exclude=f"{tag}, {second}")
+    include = f"{top[0].tag.upper()}, {top[2].tag.replace(' ', '_')}, not a tag, {tag}"
+    type_into(page, "include", include)
+    check_view(app, page, scores, exclude=f"{tag}, {second}", include=include)
+    assert tag_string(page).input_value() == ", ".join(t.tag for t in (top[0], top[2]))
+
+
+def test_lookup_is_sorted_by_score_and_a_row_shows_its_heatmap(app, page, scores):
+    page.get_by_text("Look up any tag", exact=True).click()
+    page.locator("#lookup textarea").fill("general")
+    table = page.locator("#lookup-table .virtual-row")  # Gradio 6's data frame rows
+    expect(table).to_have_count(12)
+    rows = [r.locator("[role=gridcell]").all_inner_texts() for r in table.all()]
+    shown = [float(cells[2]) for cells in rows]
+    assert shown == sorted(shown, reverse=True)
+    index = {tag: i for i, tag in enumerate(app.context.vocab.tags)}
+    best = sorted((t for t in app.context.vocab.tags if "general" in t), key=lambda t: -scores[index[t]])[:12]
+    assert [cells[0] for cells in rows] == best
+    table.nth(3).locator("[role=gridcell]").first.click()
+    expect(page.locator("#tag-heatmap img")).to_be_visible()
+    expect(page.locator("#tag-heatmap-caption")).to_contain_text(f"{rows[3][0]} (general)")
+
+
+# -- item 9: an image address, through the guarded fetcher ------------------------------------------
+
+
+@pytest.fixture
+def image_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A loopback HTTP server with the test image, allowed by the fetcher's address policy."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(IMAGE.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    port = server.server_address[1]
+    policy = fetch._is_allowed_address
+    allowed = lambda ip, p: (str(ip) == "127.0.0.1" and p == port) or policy(ip, p)  # noqa: E731
+    monkeypatch.setattr(fetch, "_is_allowed_address", allowed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_image_address_is_fetched_and_tagged(app, browser, scores, image_server):
+    page = new_page(browser, DESKTOP)
+    try:
+        page.goto(app.url)
+        url = page.locator("#tag-url input")
+        url.fill("http://127.0.0.1:9/not-allowed.png")  # loopback, not the allowed server: refused
+        url.press("Enter")
+        expect(page.locator("#tag-url-note")).to_contain_text("not a public internet address (loopback)")
+        url.fill(f"{image_server}/{IMAGE.name}")
+        url.press("Enter")
+        check_view(app, page, scores)
+        expect(page.locator("#tag-url-note")).to_have_text("")
+        assert not page.errors  # type: ignore[attr-defined]
+    finally:
+        page.context.close()
+
+
+# -- item 9: one image, many views ---------------------------------------------------------------
+
+
+def test_features_and_similarity_use_the_tag_tabs_image(app, page, model_calls):
+    page.get_by_role("tab", name="Features").click()
+    expect(page.locator("#features-seen img")).to_be_visible()  # analysed on opening: no upload
+    expect(page.locator("#features-summary")).to_contain_text("as the model sees it")
+    assert model_calls == ["analyse"]
+    page.get_by_role("tab", name="Tag").click()
+    page.get_by_role("tab", name="Features").click()
+    page.wait_for_timeout(300)
+    assert model_calls == ["analyse"]  # the same image is not analysed twice
+
+    page.get_by_role("tab", name="Similarity").click()
+    expect(page.locator("#similarity-a img")).to_be_visible()
+    page.locator("#similarity-b input[type=file]").set_input_files(IMAGE)
+    expect(page.locator("#similarity-result")).to_contain_text("Similarity 1.0000")
+    page.screenshot(path=ARTIFACTS / "similarity_tab.png", full_page=True)
+
+
+# -- the API tab ----------------------------------------------------------------------------------
+
+
+def test_api_tab_examples_hold_the_apps_address(app, browser):
+    page = new_page(browser, DESKTOP)
+    page.goto(app.url)
     page.get_by_role("tab", name="API").click()
     examples = page.locator("#api-examples")
     expect(examples).to_be_visible()
@@ -150,3 +366,4 @@ def test_api_tab_examples_hold_the_apps_address(app, page):
     if not base.endswith(":7860"):
         expect(examples).not_to_contain_text("127.0.0.1:7860")
     page.screenshot(path=ARTIFACTS / "api_tab.png", full_page=True)
+    page.context.close()

@@ -69,7 +69,7 @@ REQUEST_TIMEOUT_S = 60
 OUR_SENTENCE = re.compile(
     r"^(Could not read|Cannot read|Image file not found|The file|Refused to download|Could not download)"
 )
-DEFAULT_ARGS = ["threshold", 0.35, 0.85, 20, 0.05, "", "", "", "", False, False, "score"]  # /tag after `image`
+DEFAULT_ARGS = [f.default for f in OPTION_FIELDS]  # /tag after `image`
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""The Gradio Blocks app: one tab per job, all reading the same loaded model, and the public
-endpoints (``tagger.ui.endpoints``)."""
+"""The Gradio Blocks app: one tab per job, all reading the same loaded model and image, and
+the public endpoints (``tagger.ui.endpoints``)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import gradio as gr
 
@@ -11,14 +13,10 @@ from tagger.ui.context import AppContext
 from tagger.ui.endpoints import build_endpoints, publish
 from tagger.ui.features_tab import build_features_tab
 from tagger.ui.similarity_tab import build_similarity_tab
-from tagger.ui.tag_tab import LABEL_CSS, build_tag_tab
+from tagger.ui.tag_tab import build_tag_tab
 
 TITLE = "DINOv3 ViT-H/16+ booru tagger"
-CSS = """
-#summary p { margin: 0; }
-.gradio-container { max-width: 1400px !important; }
-"""
-CSS += LABEL_CSS
+CSS = (Path(__file__).resolve().parent / "assets" / "app.css").read_text(encoding="utf-8")
 
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
@@ -27,17 +25,19 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         gr.Markdown(
             f"# {TITLE}\n"
             f"{len(ctx.vocab):,} e621 + Danbooru tags · running on **{ctx.tagger.device.type}** "
-            f"({str(ctx.tagger.dtype).removeprefix('torch.')}) · model `lodestones/tagger-experiment`"
+            f"({str(ctx.tagger.dtype).removeprefix('torch.')}) · model `lodestones/tagger-experiment`",
+            elem_id="title",
         )
         with gr.Tabs():
             with gr.Tab("Tag", id="tag"):
-                build_tag_tab(ctx)
+                tag_tab = build_tag_tab(ctx)
             with gr.Tab("Batch", id="batch"):
                 build_batch_tab(ctx)
-            with gr.Tab("Features", id="features"):
-                build_features_tab(ctx)
-            with gr.Tab("Similarity", id="similarity"):
-                build_similarity_tab(ctx)
+            # Features and Similarity start from the Tag tab's image: one upload, many views.
+            with gr.Tab("Features", id="features") as features:
+                build_features_tab(ctx, tag_tab.image, features)
+            with gr.Tab("Similarity", id="similarity") as similarity:
+                build_similarity_tab(ctx, tag_tab.image, similarity)
             with gr.Tab("API", id="api"):
                 examples = build_api_tab(ctx, endpoints)
 

@@ -16,7 +16,7 @@ from tagger.errors import SelectionError
 from tagger.intake import BatchLimits
 from tagger.options import TagOptions
 from tagger.runtime import IMAGES_PER_GPU_CALL
-from tagger.ui.context import HEAVY_QUEUE, AppContext, user_errors
+from tagger.ui.context import HEAVY_QUEUE, AppContext, attempt, warning
 from tagger.ui.controls import build_option_controls
 from tagger.ui.inputs import SafeFile
 
@@ -34,12 +34,16 @@ def result_row(result: ImageResult) -> list:
     return [result.filename, result.concept, len(result.tags), ", ".join(t.tag for t in result.tags[:TOP_TAGS])]
 
 
-def summary_markdown(output: BatchOutput) -> str:
+def summary_markdown(output: BatchOutput, limit: int = 10) -> str:
     text = f"**{output.images} image{'s' if output.images != 1 else ''} tagged**"
     text += f" · {output.errors} error{'s' if output.errors != 1 else ''}"
     if output.skipped:
         text += f" · {len(output.skipped)} skipped (not images)"
     text += f" · {output.seconds:.1f} s"
+    if output.skipped:
+        shown = ", ".join(f"`{name.replace('`', chr(39))}`" for name in output.skipped[:limit])
+        more = f" and {len(output.skipped) - limit} more" if len(output.skipped) > limit else ""
+        text += f"\n\nSkipped: {shown}{more}."
     if output.renamed:
         shown = ", ".join(f"{image} → {caption}" for image, caption in output.renamed[:5])
         more = f" and {len(output.renamed) - 5} more" if len(output.renamed) > 5 else ""
@@ -48,27 +52,30 @@ def summary_markdown(output: BatchOutput) -> str:
 
 
 def build_batch_tab(ctx: AppContext) -> None:
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=5, min_width=320):
-            files = SafeFile(
-                file_count="multiple",
-                # No file_types: Gradio would refuse the whole upload for one stray file (a
-                # caption .txt dragged in with its images); the engine skips and counts those.
-                type="filepath",
-                label="Images and/or zip files (sub-folders of a zip become concepts)",
-                elem_id="batch-files",
-            )
-            run_button = gr.Button("Tag all", variant="primary", elem_id="batch-run")
-            gr.Markdown(
-                f"Up to {LIMITS.max_files:,} images per run. Captions follow the kohya/sd-scripts "
-                "convention: `folder/image.txt` next to `folder/image.png`.",
-                elem_id="batch-help",
-            )
-            option_controls = build_option_controls(
-                ctx.vocab, id_prefix="batch-", format_title="Caption format", format_open=True
-            )
+    with gr.Row(equal_height=False, elem_id="batch-layout"):
+        with gr.Column(scale=5, min_width=320, elem_id="batch-left"):
+            with gr.Column(elem_id="batch-input"):
+                files = SafeFile(
+                    file_count="multiple",
+                    # No file_types: Gradio would refuse the whole upload for one stray file (a
+                    # caption .txt dragged in with its images); the engine skips and names those.
+                    type="filepath",
+                    label="Images and/or zip files (sub-folders of a zip become concepts)",
+                    elem_id="batch-files",
+                )
+                run_button = gr.Button("Tag all", variant="primary", elem_id="batch-run")
+                run_message = gr.Markdown(elem_id="batch-message", elem_classes=["ui-message"])
+                gr.Markdown(
+                    f"Up to {LIMITS.max_files:,} images per run. Captions follow the kohya/sd-scripts "
+                    "convention: `folder/image.txt` next to `folder/image.png`.",
+                    elem_id="batch-help",
+                )
+            with gr.Column(elem_id="batch-controls"):
+                option_controls = build_option_controls(
+                    ctx.vocab, id_prefix="batch-", format_title="Caption format", format_open=True
+                )
 
-        with gr.Column(scale=7, min_width=320):
+        with gr.Column(scale=7, min_width=320, elem_id="batch-results"):
             summary = gr.Markdown(
                 "Upload images or a zip, then press **Tag all**.", label="Summary", elem_id="batch-summary"
             )
@@ -83,36 +90,47 @@ def build_batch_tab(ctx: AppContext) -> None:
                 datatype=["str", "str", "number", "str"],
                 interactive=False,
                 wrap=True,
-                column_widths=["30%", "14%", "8%", "48%"],
+                # Fixed widths: a narrow screen scrolls the table sideways instead of breaking "29" in two.
+                column_widths=["180px", "110px", "64px", "360px"],
                 max_height=600,
                 elem_id="batch-table",
             )
 
-    @user_errors
-    def on_run(values: dict, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 - Gradio's idiom
+    option_controls.wire_mode_visibility()
+    option_controls.wire_field_checks()
+
+    def run(values: dict, progress: gr.Progress) -> BatchOutput:
         if not values[option_controls.widgets["categories"]]:
             # In the Tag tab no ticked box shows nothing; for a batch that would be empty captions.
             raise SelectionError("Tick at least one category.")
         paths = [getattr(f, "name", f) for f in values[files] or []]
-        output = tag_files(ctx, paths, option_controls.options(values), progress)
+        return tag_files(ctx, paths, option_controls.options(values), progress)
+
+    def on_run(values: dict, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 - Gradio's idiom
+        output, error = attempt(run, values, progress)
+        if error is not None:
+            return {run_message: warning(error)}  # the last good results stay
         return {
             table: [result_row(r) for r in output.results],
             captions_file: gr.DownloadButton(value=str(output.captions_zip), interactive=True),
             jsonl_file: gr.DownloadButton(value=str(output.jsonl), interactive=True),
             summary: summary_markdown(output),
+            run_message: "",
         }
 
     run_button.click(
         on_run,
         inputs={files, *option_controls.inputs()},
-        outputs=[table, captions_file, jsonl_file, summary],
+        outputs=[table, captions_file, jsonl_file, summary, run_message],
         api_visibility="private",
         concurrency_id=HEAVY_QUEUE,
+        show_progress_on=[table],
     )
 
 
 def tag_files(ctx: AppContext, paths: Sequence[str], options: TagOptions, progress: gr.Progress) -> BatchOutput:
-    """Tag the images and zips at ``paths``: one model call per ``CHUNK_SIZE`` images."""
+    """Tag the images and zips at ``paths``: one model call per ``CHUNK_SIZE`` images. The work
+    of the Batch tab and of ``/tag_batch``."""
 
     def advance(done: int, total: int, name: str) -> None:
         progress((done, total), desc=f"Tagged {name}", unit="images")

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import gradio as gr
 import numpy as np
@@ -46,6 +46,20 @@ def user_errors(fn: F) -> F:
             raise gr.Error("Something went wrong while processing this request; please try another image.") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def attempt(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
+    """``(fn(...), None)``, or ``(None, the error's sentence)`` (as ``user_errors`` words it):
+    for UI events that keep their last good output and show the sentence instead of failing."""
+    try:
+        return user_errors(fn)(*args, **kwargs), None
+    except gr.Error as e:
+        return None, str(e.message)
+
+
+def warning(sentence: str) -> str:
+    """A sentence shown in place of a result that did not come (Markdown)."""
+    return f"⚠️ {sentence}"
 
 
 @dataclass

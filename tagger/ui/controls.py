@@ -2,11 +2,14 @@
 
 One widget per ``TagOptions`` field, in declaration order, with its label, range, default,
 choices and help: a choice is a radio, a bounded number a slider, a flag a checkbox, text a
-textbox, and ``categories`` a checkbox group of the categories this vocabulary has.
+textbox, and ``categories`` a checkbox group of the categories this vocabulary has. Widgets
+that only mean something in one mode are shown only in it, and mistakes are shown next to
+their field as they are typed: both in the page (``assets/tag_view.js``, no round trip).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import Field, dataclass
 from typing import Any
@@ -20,6 +23,15 @@ from tagger.vocab import CATEGORIES, Category, Vocabulary
 
 GROUPS = ("selection", "format")  # one accordion each, in this order
 ELEM_IDS = {"categories": "category-filter"}  # elem_id if not the option's name with dashes
+# Options that only mean something in one mode (see TagOptions.__post_init__): hidden in the others.
+MODE_ONLY = {
+    "threshold": "threshold",
+    "character_threshold": "threshold",
+    "category_thresholds": "threshold",
+    "topk_per_category": "topk",
+}
+DEFAULT_MODE = TagOptions().mode
+CHECKED_FIELDS = ("category_thresholds", "threshold", "character_threshold", "floor")  # errors shown beside
 
 
 def present_categories(vocab: Vocabulary) -> list[Category]:
@@ -46,22 +58,52 @@ class OptionControls:
     def options(self, values: Sequence | Mapping[Component, object]) -> TagOptions:
         return TagOptions.from_values(**self.values(values))
 
+    def field_ids(self) -> dict[str, str]:
+        """The element ids of the fields whose mistakes the page shows next to them."""
+        return {name: str(self.widgets[name].elem_id) for name in CHECKED_FIELDS}
+
+    def wire_mode_visibility(self) -> None:
+        """Show only the widgets the chosen mode uses: in the page, no round trip."""
+        names = list(MODE_ONLY)
+        self.widgets["mode"].change(
+            None,
+            inputs=self.widgets["mode"],
+            outputs=[self.widgets[name] for name in names],
+            js=f"(mode) => TagView.modeVisibility(mode, {json.dumps(names)}, {json.dumps(MODE_ONLY)})",
+            api_visibility="private",
+            show_progress="hidden",
+        )
+
+    def wire_field_checks(self) -> None:
+        """Check the options as they are typed and put each sentence next to its field (for
+        the Batch tab, whose options are used on "Tag all": a mistake should show at once)."""
+        config = json.dumps({"fields": self.field_ids()})
+        gr.on(
+            [widget.change for widget in self.widgets.values()],
+            None,
+            inputs=self.inputs(),
+            outputs=None,
+            js=f"(...values) => TagView.validate({json.dumps(list(self.widgets))}, values, {config})",
+            api_visibility="private",
+            show_progress="hidden",
+        )
+
 
 def option_widget(field: Field, category_names: list[str], elem_id: str) -> Component:
     info = option_info(field)
-    label, help_text = info.label, info.help
     default: Any = field.default
+    # Shown in the default mode only if it applies there (the page does the rest).
+    visible = MODE_ONLY.get(field.name, DEFAULT_MODE) == DEFAULT_MODE
+    common: dict[str, Any] = {"label": info.label, "info": info.help, "elem_id": elem_id, "visible": visible}
     if field.name == "categories":
-        return gr.CheckboxGroup(category_names, value=category_names, label=label, info=help_text, elem_id=elem_id)
+        return gr.CheckboxGroup(category_names, value=category_names, **common)
     if info.choices:
-        return gr.Radio(list(info.choices), value=default, label=label, info=help_text, elem_id=elem_id)
+        return gr.Radio(list(info.choices), value=default, **common)
     if OPTION_TYPES[field.name] is bool:
-        return gr.Checkbox(value=default, label=label, info=help_text, elem_id=elem_id)
+        return gr.Checkbox(value=default, **common)
     if info.minimum is not None and info.maximum is not None:
-        return gr.Slider(
-            info.minimum, info.maximum, default, step=info.step, label=label, info=help_text, elem_id=elem_id
-        )
-    return gr.Textbox(default, label=label, info=help_text, elem_id=elem_id)
+        return gr.Slider(info.minimum, info.maximum, default, step=info.step, **common)
+    return gr.Textbox(default, **common)
 
 
 def build_option_controls(

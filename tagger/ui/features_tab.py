@@ -23,7 +23,7 @@ from tagger.relevance import (
     tap_block,
 )
 from tagger.results import top_tags
-from tagger.ui.context import HEAVY_QUEUE, AppContext, prepare_image, user_errors
+from tagger.ui.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, user_errors, warning
 from tagger.ui.inputs import image_upload
 
 TOP_TAGS = 25  # choices offered in the heatmap's tag dropdown
@@ -76,14 +76,18 @@ def _image_output(label: str, **kwargs: object) -> gr.Image:
     return gr.Image(label=label, type="numpy", format="png", interactive=False, **kwargs)  # type: ignore[arg-type]
 
 
-def build_features_tab(ctx: AppContext) -> None:
+def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None) -> None:
+    """The tab's layout and events. ``source``: the Tag tab's image, copied here when it
+    changes (one upload, many views; this tab can still take its own). The analysis runs when
+    the tab is opened on an image it has not analysed, or on an upload here: never for a tab
+    nobody looks at."""
     num_layers = ctx.tagger.model.config.num_layers
     low_depth = min(2, num_layers)
-    maps_state = gr.State(None)
+    maps_state = gr.State(None)  # (image path, FeatureMaps) of the analysis shown
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300):
-            image = image_upload("features-image", height=320)
+            image = image_upload("features-image", label="Image (the Tag tab's, or upload another)", height=320)
             if ctx.examples:
                 gr.Examples(ctx.examples, inputs=image, label="Examples")
             with gr.Accordion("Colours and overlay", open=True):
@@ -98,8 +102,8 @@ def build_features_tab(ctx: AppContext) -> None:
             if ctx.demo_mode:
                 gr.Markdown("⚠️ **Demo mode**: random weights, so these maps show structure but no meaning.")
             summary = gr.Markdown(
-                "Upload an image to see its patch features: the first three principal components "
-                "of the final patch tokens as red, green and blue.",
+                "Upload an image (here or on the Tag tab) to see its patch features: the first three "
+                "principal components of the final patch tokens as red, green and blue.",
                 elem_id="features-summary",
             )
             with gr.Row():
@@ -140,48 +144,81 @@ def build_features_tab(ctx: AppContext) -> None:
                 heat = _image_output("Relevance (inferno: dark = none, yellow = most)", elem_id="heatmap")
 
     style = [*colours, alpha, upscale]
+    analysis_outputs = [maps_state, seen, pca, overlay, blend, tag, summary, heat_overlay, heat, heat_summary]
 
-    @user_errors
-    def on_image(path: str | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> list:
-        cleared = [None, None, ""]
-        if path is None:
-            return [None, None, None, None, None, gr.Dropdown(choices=[], value=None), "Upload an image.", *cleared]
+    def maps_and_views(path: str, colours: tuple[str, str, str], opacity: float, resample: str) -> tuple:
         maps = run_pca(ctx, path)
+        return maps, pca_images(maps, colours, opacity, resample)
+
+    def analysis(path: str | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> dict:
+        cleared = {heat_overlay: None, heat: None, heat_summary: ""}
+        if path is None:
+            empty = {maps_state: None, seen: None, pca: None, overlay: None, blend: None}
+            prompt = "Upload an image here or on the Tag tab."
+            return {**empty, tag: gr.Dropdown(choices=[], value=None), summary: prompt, **cleared}
+        result, error = attempt(maps_and_views, path, (c1, c2, c3), opacity, resample)
+        if error is not None:
+            return {summary: warning(error)}  # the last good maps stay; the sentence says why
+        maps, (pca_map, pca_overlay, colour_blend) = result
         top = top_tags(maps.probabilities, ctx.vocab, TOP_TAGS)
         choices = [(f"{t.tag} · {t.score:.2f}", t.tag) for t in top]
         height, width = maps.image.shape[:2]
         info = f"**{width}×{height}** as the model sees it · {maps.pca.shape[1]}×{maps.pca.shape[0]} patches"
         if top:
             info += f" · top tag **{top[0].tag}** ({top[0].score:.2f})"
-        return [
-            maps,
-            maps.image,
-            *pca_images(maps, (c1, c2, c3), opacity, resample),
-            gr.Dropdown(choices=choices, value=top[0].tag if top else None),
-            info,
-            *cleared,
-        ]
+        return {
+            maps_state: (path, maps),
+            seen: maps.image,
+            pca: pca_map,
+            overlay: pca_overlay,
+            blend: colour_blend,
+            tag: gr.Dropdown(choices=choices, value=top[0].tag if top else None),
+            summary: info,
+            **cleared,
+        }
+
+    def on_open(path: str | None, shown: tuple | None, *style_values) -> dict:
+        if (shown is None and path is None) or (shown is not None and shown[0] == path):
+            return gr.skip()  # nothing to show, or this image is on the page already
+        return analysis(path, *style_values)
 
     @user_errors
-    def restyle(maps: FeatureMaps | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> list:
-        if maps is None:
+    def restyle(shown: tuple | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> list:
+        if shown is None:
             return [None, None, None]
-        return list(pca_images(maps, (c1, c2, c3), opacity, resample))
+        return list(pca_images(shown[1], (c1, c2, c3), opacity, resample))
 
-    @user_errors
-    def on_heatmap(path: str | None, name: str | None, layers: float, opacity: float) -> list:
+    def on_heatmap(path: str | None, name: str | None, layers: float, opacity: float) -> dict:
         layers_from_end = int(layers)
-        seen_image, index, result = run_heatmap(ctx, path, name, layers_from_end)
+        found, error = attempt(run_heatmap, ctx, path, name, layers_from_end)
+        if error is not None:
+            return {heat_summary: warning(error)}  # the last good heatmap stays
+        seen_image, index, result = found
         over, heat_image = heatmap_images(seen_image, result.map, opacity, "bilinear")
-        return [over, heat_image, heatmap_markdown(heatmap_info(ctx, index, result, layers_from_end))]
+        return {
+            heat_overlay: over,
+            heat: heat_image,
+            heat_summary: heatmap_markdown(heatmap_info(ctx, index, result, layers_from_end)),
+        }
 
-    image.change(
-        on_image,
+    if source is not None:
+        # One upload, many views: the Tag tab's image is this tab's image too (in the page).
+        source.change(None, inputs=source, outputs=image, js="(value) => value", api_visibility="private")
+    image.input(
+        analysis,
         inputs=[image, *style],
-        outputs=[maps_state, seen, pca, overlay, blend, tag, summary, heat_overlay, heat, heat_summary],
+        outputs=analysis_outputs,
         api_visibility="private",
         concurrency_id=HEAVY_QUEUE,
     )
+    if tab is not None:
+        tab.select(
+            on_open,
+            inputs=[image, maps_state, *style],
+            outputs=analysis_outputs,
+            api_visibility="private",
+            concurrency_id=HEAVY_QUEUE,
+        )
     gr.on(
         [c.change for c in style],
         restyle,

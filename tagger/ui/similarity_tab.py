@@ -10,7 +10,7 @@ from collections.abc import Callable
 import gradio as gr
 
 from tagger.similarity import BatchSimilarity, batch_similarity, cosine_similarity
-from tagger.ui.context import HEAVY_QUEUE, AppContext, prepare_image, user_errors
+from tagger.ui.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, warning
 from tagger.ui.inputs import SafeFile, image_upload
 
 
@@ -37,15 +37,18 @@ def summary_markdown(result: BatchSimilarity, limit: int = 50) -> str:
     return "\n\n".join(parts)
 
 
-def build_similarity_tab(ctx: AppContext) -> None:
+def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None) -> None:
+    """The tab's layout and events. ``source``: the Tag tab's image, copied to image A when it
+    changes (another can still be uploaded). A pair is scored when an image is uploaded here or
+    when the tab is opened on a pair it has not scored."""
     gr.Markdown(
         "Cosine similarity of the images' descriptors (CLS + register tokens after the final norm, "
         "L2-normalised): 1 for the same image, lower the more they differ."
     )
+    scored_pair = gr.State(None)  # the (A, B) paths of the similarity shown
     with gr.Row():
-        image_a, image_b = (
-            image_upload(f"similarity-{name.lower()}", label=f"Image {name}", height=300) for name in "AB"
-        )
+        image_a = image_upload("similarity-a", label="Image A (the Tag tab's, or upload another)", height=300)
+        image_b = image_upload("similarity-b", label="Image B", height=300)
     result = gr.Markdown("Upload two images to compare them.", elem_id="similarity-result")
 
     gr.Markdown(
@@ -68,26 +71,39 @@ def build_similarity_tab(ctx: AppContext) -> None:
                 elem_id="similarity-batch-table",
             )
 
-    @user_errors
-    def on_pair(path_a: str | None, path_b: str | None) -> str:
+    def on_pair(path_a: str | None, path_b: str | None, shown: tuple | None) -> dict:
         if path_a is None or path_b is None:
-            return "Upload two images to compare them."
-        value = compare(ctx, path_a, path_b)
-        return f"Similarity **{value:.4f}** (cosine of the L2-normalised descriptors)"
+            return {scored_pair: None, result: "Upload two images to compare them (image A can come from the Tag tab)."}
+        if shown == (path_a, path_b):
+            return gr.skip()  # this pair is on the page already
+        value, error = attempt(compare, ctx, path_a, path_b)
+        if error is not None:
+            return {result: warning(error)}
+        return {
+            scored_pair: (path_a, path_b),
+            result: f"Similarity **{value:.4f}** (cosine of the L2-normalised descriptors)",
+        }
 
-    @user_errors
-    def on_batch(path: str | None, progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
+    def on_batch(path: str | None, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008
         if path is None:
-            raise gr.Error("Please upload a zip first.")
-        outcome = score_zip(ctx, path, lambda done, total: progress((done, total), desc="Scoring pairs"))
+            return {batch_summary: warning("Please upload a zip first.")}
+        outcome, error = attempt(
+            score_zip, ctx, path, lambda done, total: progress((done, total), desc="Scoring pairs")
+        )
+        if error is not None:
+            return {batch_summary: warning(error)}  # the last good table stays
         rows = [[s, a, b, round(v, 4)] for s, a, b, v in outcome.rows]
-        return [summary_markdown(outcome), rows]
+        return {table: rows, batch_summary: summary_markdown(outcome)}
 
+    if source is not None:
+        # One upload, many views: the Tag tab's image is image A (in the page, no model call).
+        source.change(None, inputs=source, outputs=image_a, js="(value) => value", api_visibility="private")
+    triggers = [image_a.input, image_b.input] + ([tab.select] if tab is not None else [])
     gr.on(
-        [image_a.change, image_b.change],
+        triggers,
         on_pair,
-        inputs=[image_a, image_b],
-        outputs=result,
+        inputs=[image_a, image_b, scored_pair],
+        outputs=[scored_pair, result],
         api_visibility="private",
         trigger_mode="always_last",
         concurrency_id=HEAVY_QUEUE,
@@ -95,9 +111,10 @@ def build_similarity_tab(ctx: AppContext) -> None:
     run.click(
         on_batch,
         inputs=archive,
-        outputs=[batch_summary, table],
+        outputs=[table, batch_summary],
         api_visibility="private",
         concurrency_id=HEAVY_QUEUE,
+        show_progress_on=[batch_summary],
     )
 
 

@@ -1,42 +1,98 @@
-"""The Tag tab.
+"""The Tag tab and the ``/tag`` API endpoint.
 
-The model runs once per image; its scores live in a ``gr.State``. Every threshold, filter
-or format change re-renders from those scores with the pure functions in
-``tagger.results`` / ``tagger.options`` and never calls the model again.
+The model runs once per image. The server then sends the page the scores at or above the
+floor (``tagger.results.page_scores``, a few kB) and the page selects, formats and draws the
+tags itself (``assets/tag_rules.js``, ``assets/tag_view.js``): a filter change updates one HTML
+block and one textbox without a server round trip. The rules in ``tag_rules.js`` are those of
+``tagger.results`` / ``tagger.options``, which stay the one definition for the API and the CLI;
+``tests/test_rules_parity.py`` holds the two to the same answers.
+
+Clicking a tag shows where it comes from (its relevance heatmap) over the image; its ✕ adds it
+to the excluded tags.
 """
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
-from tagger.results import TagScore, group_by_category, label_values, select_tags
-from tagger.ui.context import TAG_QUEUE, AppContext, user_errors
-from tagger.ui.controls import build_option_controls, present_categories
-from tagger.ui.inputs import image_upload
-from tagger.vocab import CATEGORIES, Category, Vocabulary, normalize_tag
+from tagger.errors import FetchError
+from tagger.fetch import fetch_url
+from tagger.options import MODES, OPTION_NAMES, ORDERS, TagOptions
+from tagger.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
+from tagger.results import add_to_tag_list, page_scores
+from tagger.ui.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, warning
+from tagger.ui.controls import build_option_controls
+from tagger.ui.features_tab import heatmap_info, heatmap_markdown, run_heatmap
+from tagger.ui.inputs import SafeImage, image_upload
+from tagger.vocab import CATEGORIES, Vocabulary, normalize_tag
 
-MAX_BARS = 40  # label bars drawn per category; the tag strings always hold every selected tag
+ASSETS = Path(__file__).resolve().parent / "assets"
 LOOKUP_ROWS = 12
-# gr.Label's ``color`` only tints its heading (hidden here); the bars take this CSS variable.
-LABEL_CSS = "\n".join(f"#label-{c.name} {{ --stat-background-fill: {c.color}; }}" for c in CATEGORIES)
-# A hairline around each bar keeps the palest colours (meta's #e2e8f0) visible on a light theme.
-LABEL_CSS += "\n[id^='label-'] .bar { box-shadow: 0 0 0 1px rgba(100, 116, 139, 0.35); }"
+EMPTY = "Upload an image to see its tags."
+HEATMAP_OPACITY = 0.5
+DEFAULTS = TagOptions()
+
+
+# -- what the page is sent ------------------------------------------------------------------------
+
+
+def rules_config() -> dict:
+    """``TagRules.configure``'s argument: the category table, option defaults and choices."""
+    defaults = TagOptions()
+    return {
+        "categories": [[c.id, c.name, c.color] for c in CATEGORIES],
+        "defaults": {name: getattr(defaults, name) for name in OPTION_NAMES},
+        "modes": list(MODES),
+        "orders": list(ORDERS),
+    }
+
+
+def page_script() -> str:
+    """The page's rules and view, as one <script> for the document head."""
+    code = "\n".join((ASSETS / name).read_text(encoding="utf-8") for name in ("tag_rules.js", "tag_view.js"))
+    config = json.dumps(rules_config()).replace("</", "<\\/")
+    assert "</script" not in code.lower()
+    return f"<script>\n{code}\nTagRules.configure({config});\n</script>"
 
 
 @dataclass
-class CategoryView:
-    category: Category
-    column: gr.Column
-    label: gr.Label
-    text: gr.Textbox
+class ScoredImage:
+    """One image's model output, kept server-side for lookups and more scores."""
+
+    scores: np.ndarray
+    seconds: float
+    key: str  # new for every image: the page scrolls to the results of a new image
+
+
+def page_payload(ctx: AppContext, scored: ScoredImage, floor: float | None) -> dict:
+    """The scores the page needs for floors down to ``floor`` (at most the default floor, so
+    that lowering it a little needs no second trip), plus the summary's facts."""
+    try:
+        cutoff = min(max(float(floor), 0.0), DEFAULTS.floor)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        cutoff = DEFAULTS.floor
+    payload = page_scores(scored.scores, ctx.vocab, cutoff)
+    payload.update(id=scored.key, seconds=round(scored.seconds, 3), device=ctx.tagger.device.type)
+    return payload
+
+
+def error_payload(message: str) -> dict:
+    return {"id": uuid.uuid4().hex, "error": message}
+
+
+# -- look-ups and heatmaps ----------------------------------------------------------------------
 
 
 def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit: int = LOOKUP_ROWS) -> list[list]:
-    """Tags matching ``query`` (exact, then prefix, then substring), with this image's score."""
+    """Tags matching ``query``: an exact match first, then prefix and substring matches, best
+    score first when there is an image (else prefixes before substrings); with its score."""
     needle = normalize_tag(query or "")
     if not needle:
         return []
@@ -48,38 +104,97 @@ def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit:
             continue
         if key.startswith(needle):
             prefix.extend(indices)
-        elif needle in key and len(contains) < limit:
+        elif needle in key:
             contains.extend(indices)
-        if len(prefix) >= limit:
+        if scores is None and len(prefix) >= limit:
             break
+    others = [*prefix, *contains]
+    if scores is not None:
+        others.sort(key=lambda i: -float(scores[i]))  # stable: prefixes first among equal scores
     rows = []
-    for i in [*exact, *prefix, *contains][:limit]:
+    for i in [*exact, *others][:limit]:
         score = "—" if scores is None else f"{float(scores[i]):.4f}"
         rows.append([vocab.tags[i], vocab.category_of(i).name, score])
     return rows
 
 
-def build_tag_tab(ctx: AppContext) -> None:
+def heatmap_view(ctx: AppContext, path: str | None, tag: str | None) -> tuple[np.ndarray, str]:
+    """A tag's relevance over the image as the model sees it, and its caption: one model call."""
+    layers = min(DEFAULT_LAYERS_FROM_END, ctx.tagger.model.config.num_layers)
+    seen, index, result = run_heatmap(ctx, path, tag, layers)
+    overlay, _ = heatmap_images(seen, result.map, HEATMAP_OPACITY, "bilinear")
+    return overlay, heatmap_markdown(heatmap_info(ctx, index, result, layers))
+
+
+def fetch_image(image: SafeImage, url: str) -> str:
+    """An image URL downloaded with the app's limits (public addresses only, size and time
+    caps) into Gradio's cache, as the image inputs do it."""
+    url = (url or "").strip()
+    if not url:
+        raise FetchError("Paste the address of an image (http or https) first.")
+    if "://" not in url:
+        url = "https://" + url
+    path = fetch_url(
+        url,
+        Path(image.GRADIO_CACHE) / "fetched",
+        max_bytes=image.max_download_bytes,
+        timeout=image.download_timeout,
+    )
+    image.temp_files.add(str(path))  # removed with the rest of the cache
+    return str(path)
+
+
+# -- the tab --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TagTab:
+    image: SafeImage  # the image the other tabs reuse
+    scores: gr.State
+
+
+def build_tag_tab(ctx: AppContext) -> TagTab:
     vocab = ctx.vocab
-    categories = present_categories(vocab)
-    scores_state = gr.State(None)
-    seconds_state = gr.State(None)  # the last model run's time, kept in the summary across re-renders
+    scored_state = gr.State(None)
+    scores_state = gr.State(None)  # the scores alone, for the lookup and the other tabs
 
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=5, min_width=320):
-            image = image_upload("tag-image")
-            if ctx.examples:
-                gr.Examples(ctx.examples, inputs=image, label="Examples")
-            option_controls = build_option_controls(vocab)
+    with gr.Row(equal_height=False, elem_id="tag-layout"):
+        with gr.Column(scale=5, min_width=320, elem_id="tag-left"):
+            with gr.Column(elem_id="tag-input"):
+                image = image_upload("tag-image")
+                with gr.Column(visible=False, elem_id="tag-heatmap-panel") as heat_panel:
+                    heat_image = gr.Image(
+                        label="Where the tag comes from",
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        height=380,
+                        elem_id="tag-heatmap",
+                    )
+                    back = gr.Button("Back to the image", size="sm", elem_id="tag-heatmap-back")
+                heat_caption = gr.Markdown(elem_id="tag-heatmap-caption")
+                with gr.Row(equal_height=True):
+                    url = gr.Textbox(
+                        label="…or an image address",
+                        placeholder="https://example.com/image.png",
+                        submit_btn="Fetch",
+                        max_lines=1,
+                        elem_id="tag-url",
+                    )
+                url_note = gr.Markdown(elem_id="tag-url-note")
+                if ctx.examples:
+                    gr.Examples(ctx.examples, inputs=image, label="Examples")
+            with gr.Column(elem_id="tag-controls"):
+                option_controls = build_option_controls(vocab)
 
-        with gr.Column(scale=7, min_width=320):
+        with gr.Column(scale=7, min_width=320, elem_id="tag-results"):
             if ctx.demo_mode:
                 gr.Markdown(
                     "⚠️ **Demo mode**: a tiny random-weight model and a made-up vocabulary. "
                     "The tags below are meaningless; start without `--demo` for the real model.",
                     elem_id="demo-warning",
                 )
-            summary = gr.Markdown("Upload an image to see its tags.", elem_id="summary")
+            payload = gr.JSON(None, visible=False, elem_id="tag-payload")
             all_tags = gr.Textbox(
                 label="Tags (all selected categories)",
                 lines=3,
@@ -88,30 +203,22 @@ def build_tag_tab(ctx: AppContext) -> None:
                 buttons=["copy"],
                 elem_id="tag-string",
             )
-            views: list[CategoryView] = []
-            with gr.Row():
-                for category in categories:
-                    with gr.Column(visible=False, min_width=260) as column:
-                        label = gr.Label(
-                            label=category.name,
-                            num_top_classes=MAX_BARS,
-                            color=category.color,
-                            show_heading=False,
-                            elem_id=f"label-{category.name}",
-                        )
-                        text = gr.Textbox(
-                            show_label=False,
-                            lines=1,
-                            max_lines=6,
-                            interactive=False,
-                            buttons=["copy"],
-                            elem_id=f"tags-{category.name}",
-                        )
-                    views.append(CategoryView(category, column, label, text))
+            view = gr.HTML(
+                f'<div class="tv"><p class="tv-empty">{EMPTY}</p></div>',
+                head=page_script(),
+                js_on_load=(
+                    "TagView.bind(element, trigger, 'tag-view');"
+                    # The view's custom events, named here so that Gradio offers them in Python:
+                    " void ['tag_select', 'tag_exclude', 'need_scores'];"
+                ),
+                apply_default_css=False,  # no prose margins: the bars are dense on purpose
+                elem_id="tag-view",
+            )
+            gr.Markdown("Click a tag to see where it comes from in the image; ✕ excludes it.", elem_id="tag-view-help")
             with gr.Accordion("Look up any tag", open=False):
                 lookup = gr.Textbox(
                     label="Search the vocabulary",
-                    placeholder=f"any of the {len(vocab):,} tags",
+                    placeholder=f"any of the {len(vocab):,} tags; click a row for its heatmap",
                     elem_id="lookup",
                 )
                 lookup_table = gr.Dataframe(
@@ -121,62 +228,121 @@ def build_tag_tab(ctx: AppContext) -> None:
                     elem_id="lookup-table",
                 )
 
-    controls = option_controls.inputs()
-    view_outputs = [summary, all_tags]
-    for view in views:
-        view_outputs += [view.column, view.label, view.text]
+    controls = option_controls.widgets
+    option_controls.wire_mode_visibility()
+    names = list(controls)
+    render_config = {"view": "tag-view", "empty": EMPTY, "fields": option_controls.field_ids()}
+    gr.on(
+        [payload.change, *(c.change for c in controls.values())],
+        None,
+        inputs=[payload, *controls.values()],
+        outputs=[view, all_tags],
+        js=f"(payload, ...values) => TagView.update(payload, {json.dumps(names)}, values, {json.dumps(render_config)})",
+        trigger_mode="always_last",
+        api_visibility="private",
+        show_progress="hidden",
+    )
 
-    def render(scores: np.ndarray | None, seconds: float | None, values: tuple) -> list:
-        if scores is None:
-            hidden = [gr.Column(visible=False), None, ""] * len(views)
-            return ["Upload an image to see its tags.", "", *hidden]
-        options = option_controls.options(values)
-        # No ticked box shows nothing (for the options an empty list means "all").
-        ticked = option_controls.values(values)["categories"]
-        tags = select_tags(scores, vocab, options.selection) if ticked else []
-        groups = dict((c.id, g) for c, g in group_by_category(tags))
-        info = f"**{len(tags)} tags**"
-        if seconds is not None:
-            info += f" · model {seconds:.2f} s on {ctx.tagger.device.type}"
-        out: list = [info, options.tag_string(tags)]
-        for view in views:
-            group: list[TagScore] = groups.get(view.category.id, [])
-            out += [
-                gr.Column(visible=bool(group)),
-                gr.Label(value=label_values(group[:MAX_BARS]), label=f"{view.category.name} · {len(group)}"),
-                options.tag_string(group),
-            ]
-        return out
-
-    @user_errors
-    def tag_image(path: str | None, *values):
+    def tag_image(path: str | None, floor: float | None) -> dict:
         if path is None:
-            return [None, None, *render(None, None, values)]
+            return {scored_state: None, scores_state: None, payload: None}
         started = time.perf_counter()
-        scores = ctx.scores_for(path)
-        seconds = time.perf_counter() - started
-        return [scores, seconds, *render(scores, seconds, values)]
-
-    @user_errors
-    def rerender(scores: np.ndarray | None, seconds: float | None, *values):
-        return render(scores, seconds, values)
+        scores, error = attempt(ctx.scores_for, path)
+        if error is not None:
+            return {payload: error_payload(error)}  # the last image's scores stay
+        scored = ScoredImage(scores, time.perf_counter() - started, uuid.uuid4().hex)
+        return {scored_state: scored, scores_state: scores, payload: page_payload(ctx, scored, floor)}
 
     image.change(
         tag_image,
-        inputs=[image, *controls],
-        outputs=[scores_state, seconds_state, *view_outputs],
+        inputs=[image, controls["floor"]],
+        outputs=[scored_state, scores_state, payload],
         api_visibility="private",
         concurrency_id=TAG_QUEUE,
+        show_progress_on=[view],
     )
-    gr.on(
-        [c.change for c in controls],
-        rerender,
-        inputs=[scores_state, seconds_state, *controls],
-        outputs=view_outputs,
+    # A new image is shown as itself, not under an old heatmap.
+    image.change(
+        None,
+        outputs=[image, heat_panel, heat_caption],
+        js="() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}, ''];",
         api_visibility="private",
-        trigger_mode="always_last",
-        queue=False,
         show_progress="hidden",
+    )
+
+    def more_scores(scored: ScoredImage | None, evt: gr.EventData) -> dict:
+        floor = getattr(evt, "_data", {}).get("floor")
+        if scored is None or not isinstance(floor, (int, float)):
+            return gr.skip()
+        return page_payload(ctx, scored, floor)
+
+    view.need_scores(more_scores, inputs=scored_state, outputs=payload, queue=False, api_visibility="private")
+
+    def exclude_tag(text: str | None, evt: gr.EventData) -> str:
+        return add_to_tag_list(text, str(evt.tag))
+
+    view.tag_exclude(
+        exclude_tag,
+        inputs=controls["exclude"],
+        outputs=controls["exclude"],
+        queue=False,
+        api_visibility="private",
+        show_progress="hidden",
+    )
+
+    heat_outputs = [image, heat_panel, heat_image, heat_caption]
+
+    def show_heatmap(path: str | None, tag: str | None) -> dict:
+        result, error = attempt(heatmap_view, ctx, path, tag)
+        if error is not None:
+            return {heat_caption: warning(error)}  # the last heatmap (or the image) stays
+        overlay, caption = result
+        return {
+            image: gr.update(visible=False),
+            heat_panel: gr.update(visible=True),
+            heat_image: overlay,
+            heat_caption: caption,
+        }
+
+    def heatmap_for_bar(path: str | None, evt: gr.EventData) -> dict:
+        return show_heatmap(path, str(evt.tag))
+
+    def heatmap_for_row(path: str | None, evt: gr.SelectData) -> dict:
+        row = evt.row_value or []
+        return show_heatmap(path, str(row[0]) if row else None)
+
+    scroll = "() => { document.getElementById('tag-input')?.scrollIntoView({block: 'nearest', behavior: 'smooth'}); }"
+    for event, handler in ((view.tag_select, heatmap_for_bar), (lookup_table.select, heatmap_for_row)):
+        event(
+            handler,
+            inputs=image,
+            outputs=heat_outputs,
+            api_visibility="private",
+            concurrency_id=HEAVY_QUEUE,
+            show_progress_on=[image, heat_image],
+        ).then(None, js=scroll, api_visibility="private", show_progress="hidden")
+    back.click(
+        None,
+        outputs=[image, heat_panel],
+        js="() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}]",
+        api_visibility="private",
+        show_progress="hidden",
+    )
+
+    def fetch(address: str) -> dict:
+        path, error = attempt(fetch_image, image, address)
+        if error is not None:
+            return {url_note: warning(error)}
+        return {image: path, url_note: ""}
+
+    url.submit(
+        fetch,
+        inputs=url,
+        outputs=[image, url_note],
+        api_visibility="private",
+        concurrency_id="fetch",
+        concurrency_limit=4,
+        show_progress_on=[url],
     )
 
     def run_lookup(query: str, scores: np.ndarray | None) -> list[list]:
@@ -192,3 +358,4 @@ def build_tag_tab(ctx: AppContext) -> None:
         queue=False,
         show_progress="hidden",
     )
+    return TagTab(image=image, scores=scores_state)
