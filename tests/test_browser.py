@@ -39,6 +39,7 @@ import tagger.fetch as fetch
 from tagger.errors import SelectionError
 from tagger.options import TagOptions
 from tagger.ui.controls import present_categories
+from tagger.ui.inputs import _SafeDownloads
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"browser tests need Debian's chromium at {CHROMIUM}")
 
@@ -305,9 +306,11 @@ def image_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(IMAGE.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     port = server.server_address[1]
-    policy = fetch._is_allowed_address
-    allowed = lambda ip, p: (str(ip) == "127.0.0.1" and p == port) or policy(ip, p)  # noqa: E731
-    monkeypatch.setattr(fetch, "_is_allowed_address", allowed)
+
+    def allowed(ip: object, p: int) -> str | None:
+        return None if (str(ip) == "127.0.0.1" and p == port) else fetch.public_only(ip, p)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_SafeDownloads, "address_policy", staticmethod(allowed))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{port}"
     server.shutdown()

@@ -77,21 +77,26 @@ class _SafeDownloads:
         """(bytes, seconds) for one download."""
         return self.max_download_bytes, self.download_timeout
 
-    def _fetch(self, url: str) -> str:
+    def download(self, url: str) -> str:
+        """``url`` fetched with this input's limits and address policy into Gradio's cache;
+        ``FetchError`` with a sentence when it may not or cannot be downloaded."""
         max_bytes, timeout = self._limits()
-        try:
-            path = fetch_url(
-                url,
-                Path(self.GRADIO_CACHE) / "fetched",
-                max_bytes=max_bytes,
-                timeout=timeout,
-                policy=self.address_policy,
-            )
-        except FetchError as e:
-            raise gr.Error(str(e)) from None
+        path = fetch_url(
+            url,
+            Path(self.GRADIO_CACHE) / "fetched",
+            max_bytes=max_bytes,
+            timeout=timeout,
+            policy=self.address_policy,
+        )
         # Registered like Gradio's own downloads, so cache clean-up (delete_cache, close) removes it.
         self.temp_files.add(str(path))
         return str(path)
+
+    def _fetch(self, url: str) -> str:
+        try:
+            return self.download(url)
+        except FetchError as e:
+            raise gr.Error(str(e)) from None
 
     async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
         if is_url(url_or_file_path):

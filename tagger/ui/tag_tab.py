@@ -23,7 +23,6 @@ import gradio as gr
 import numpy as np
 
 from tagger.errors import FetchError
-from tagger.fetch import fetch_url
 from tagger.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
 from tagger.results import add_to_tag_list, page_scores
@@ -127,21 +126,14 @@ def heatmap_view(ctx: AppContext, path: str | None, tag: str | None) -> tuple[np
 
 
 def fetch_image(image: SafeImage, url: str) -> str:
-    """An image URL downloaded with the app's limits (public addresses only, size and time
-    caps) into Gradio's cache, as the image inputs do it."""
+    """An image URL downloaded as the image input downloads URLs (its limits and address
+    policy: public addresses only) into Gradio's cache."""
     url = (url or "").strip()
     if not url:
         raise FetchError("Paste the address of an image (http or https) first.")
     if "://" not in url:
         url = "https://" + url
-    path = fetch_url(
-        url,
-        Path(image.GRADIO_CACHE) / "fetched",
-        max_bytes=image.max_download_bytes,
-        timeout=image.download_timeout,
-    )
-    image.temp_files.add(str(path))  # removed with the rest of the cache
-    return str(path)
+    return image.download(url)
 
 
 # -- the tab --------------------------------------------------------------------------------------
