@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tagger.model import Pixels, TaggerModel
-from tagger.preprocess import ImageSource, image_to_pixels, normalise
+from tagger.preprocess import ImageSource, Preprocessor, normalise
 from tagger.results import Selection, TagScore, select_tags
 from tagger.vocab import Vocabulary
 from tagger.weights import load_model
@@ -194,7 +194,12 @@ class Tagger:
     # -- stages -------------------------------------------------------------------------
     def prepare(self, image: ImageSource) -> torch.Tensor:
         """Decode and resize one image on the CPU → uint8 ``[3, H, W]`` (normalised in ``run``)."""
-        return image_to_pixels(image, self.max_size, self.model.config.patch_size, reduced_decode=self.reduced_decode)
+        return self.preprocessor(image)
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """``prepare`` without the model (picklable: for decoding processes and Ray tasks)."""
+        return Preprocessor(self.max_size, self.model.config.patch_size, self.reduced_decode)
 
     def plan(self, pixels: Sequence[torch.Tensor]) -> list[Batch]:
         """The forward passes ``run`` makes for these images (see ``plan_batches``)."""

@@ -38,6 +38,7 @@ __all__ = [
     "ImageError",
     "ImageHeader",
     "ImageSource",
+    "Preprocessor",
     "image_header",
     "image_to_pixels",
     "load_image",
@@ -633,3 +634,17 @@ def image_to_pixels(
         reduced_decode=reduced_decode,
     )
     return resize(image, max_size, patch)
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """``image_to_pixels`` with a model's settings: what ``Tagger.prepare`` runs. Small and
+    picklable, so decoding processes and Ray tasks can run the very same preprocessing
+    without the model."""
+
+    max_size: int = 1024
+    patch: int = 16
+    reduced_decode: bool = False
+
+    def __call__(self, source: ImageSource) -> torch.Tensor:
+        return image_to_pixels(source, self.max_size, self.patch, reduced_decode=self.reduced_decode)

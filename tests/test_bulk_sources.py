@@ -14,7 +14,7 @@ import pytest
 import torch
 from bulk_support import every_input_kind, image_bytes, write_images, write_tar, write_zip
 
-from tagger.bulk.decode import DecodePool, ModelFreePrepare
+from tagger.bulk.decode import DecodePool
 from tagger.bulk.errors import BulkError
 from tagger.bulk.sources import Inputs, InputSettings, Record, read_bytes
 
@@ -146,7 +146,7 @@ def test_decode_pool_keeps_input_order_and_turns_failures_into_sentences(
     (tmp_path / "d" / "06.png").write_bytes(b"")
     records = listing(str(tmp_path / "d"))
     os.remove(records[7].locator[1])  # vanished after listing
-    prepare = ModelFreePrepare.of(tiny_tagger)
+    prepare = tiny_tagger.preprocessor
     with DecodePool(prepare, workers, prefetch=1) as pool:
         decoded = list(pool.map(records))
     assert [d.record.key for d in decoded] == [r.key for r in records]

@@ -55,6 +55,7 @@ class InFlight:
         self.now = 0
         self.peak = 0
         self.calls = 0
+        self.finished = 0
         self.lock = threading.Lock()
 
     def __call__(self, *args: object, **kwargs: object) -> object:
@@ -70,6 +71,7 @@ class InFlight:
         finally:
             with self.lock:
                 self.now -= 1
+                self.finished += 1
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +251,7 @@ def test_one_client_cannot_take_the_queue(fair_app: RunningApp, images: list[Pat
     a_clients = [as_client(fair_app, "203.0.113.1") for _ in range(3)]
     batch = a_clients[0].submit([image], api_name="/tag_batch")  # the heavy group: never blocks /tag
     wait_until(lambda: batch.status().code.name not in ("STARTING", "JOINING_QUEUE"), 20)
+    finished_before = counter.finished
     floods = []
     for n in range(70):
         try:
@@ -262,6 +265,8 @@ def test_one_client_cannot_take_the_queue(fair_app: RunningApp, images: list[Pat
         if job.done() and job.exception(timeout=0) is not None:
             refused.append(str(job.exception(timeout=0)))
     accepted = [job for job in floods if not (job.done() and job.exception(timeout=0) is not None)]
+    # A holds at most 8 at once: each of A's requests that finished during the flood freed a place.
+    freed = counter.finished - finished_before
     started = time.perf_counter()
     answer = b.submit(image, api_name="/tag").result(timeout=REQUEST_TIMEOUT_S)
     waited = time.perf_counter() - started
@@ -269,12 +274,12 @@ def test_one_client_cannot_take_the_queue(fair_app: RunningApp, images: list[Pat
     assert waited < alone + FAIR_EXTRA_S, f"B took {waited:.1f} s during A's flood, {alone:.1f} s alone"
     # The rest were refused (a loaded machine may also time some of A's joins out client-side).
     too_many = [r for r in refused if "429 Too Many Requests" in r]
-    assert 1 <= len(accepted) <= 8 and len(too_many) >= 20, (len(accepted), refused[:3])
+    assert 1 <= len(accepted) <= 8 + freed and len(too_many) >= 20, (len(accepted), freed, refused[:3])
     assert all(r in too_many or "timed out" in r for r in refused), refused[:3]
     for job in accepted:
         assert job.result(timeout=REQUEST_TIMEOUT_S)["count"] >= 0
     batch.result(timeout=REQUEST_TIMEOUT_S)
-    print(f"\nfairness: B {waited:.2f} s in the flood, {alone:.2f} s alone; A held {len(accepted)} of 70")
+    print(f"\nfairness: B {waited:.2f} s in the flood, {alone:.2f} s alone; A got {len(accepted)} of 70 in ({freed} freed)")
 
 
 def test_refusal_says_why(fair_app: RunningApp, images: list[Path], monkeypatch) -> None:

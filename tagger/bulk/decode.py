@@ -1,10 +1,11 @@
 """Decoding in parallel worker processes, so that the model never waits for Pillow.
 
 Each worker reads an image's bytes from its locator (``tagger.bulk.sources.read_bytes``),
-hashes them, reads the image's size and runs ``Tagger.prepare``'s own code on them, without
-the model (``ModelFreePrepare``). ``DecodePool.map`` keeps a bounded number of images in
-flight and hands results back in input order; an image that cannot be read becomes a result
-with an ``error`` sentence, never an exception.
+hashes them, reads the image's size and runs ``Tagger.prepare``'s own preprocessing on them,
+without the model (``Tagger.preprocessor``, a picklable ``tagger.preprocess.Preprocessor``).
+``DecodePool.map`` keeps a bounded number of images in flight and hands results back in input
+order; an image that cannot be read becomes a result with an ``error`` sentence, never an
+exception.
 
 Why processes rather than threads: Pillow releases the GIL while it decodes and resizes, but
 the Python around it (EXIF, mode conversion, hashing small files) does not, and a GPU host
@@ -26,7 +27,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -34,36 +34,10 @@ from PIL import Image
 
 from tagger.bulk.sources import Locator, Record, read_bytes
 from tagger.errors import ImageError
-from tagger.predict import Tagger
-from tagger.preprocess import ImageSource
 
 log = logging.getLogger("tagger")
 
 _EXIF_ORIENTATION = 0x0112
-
-
-class ModelFreePrepare:
-    """``Tagger.prepare`` without the model: it carries only the settings ``prepare`` reads
-    (``max_size`` and the patch size), so it can be sent to decoding processes and Ray tasks.
-
-    It runs ``Tagger.prepare``'s own code rather than a copy of it, so that decoding here
-    follows any change to the engine's preprocessing; a test checks both give the same pixels.
-    """
-
-    def __init__(self, max_size: int, patch_size: int):
-        self.max_size = max_size
-        self.model = SimpleNamespace(config=SimpleNamespace(patch_size=patch_size))
-
-    @classmethod
-    def of(cls, tagger: Tagger) -> ModelFreePrepare:
-        return cls(tagger.max_size, tagger.model.config.patch_size)
-
-    @property
-    def patch_size(self) -> int:
-        return self.model.config.patch_size
-
-    def __call__(self, image: ImageSource) -> torch.Tensor:
-        return Tagger.prepare(self, image)  # type: ignore[arg-type]  # duck-typed: see the class docstring
 
 
 @dataclass

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from tagger.bulk.decode import Decoded, DecodePool, ModelFreePrepare
+from tagger.bulk.decode import Decoded, DecodePool
 from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, error_row, padding_source, score_batch
 from tagger.bulk.outputs import OutputWriter, TagRow
 from tagger.bulk.plan import Kept, Plan, ShardEnd
@@ -106,7 +106,7 @@ def run_local(
 ) -> Summary:
     """Tag everything ``plan`` yields; counts go into ``summary`` (also on an interrupt)."""
     patch = tagger.model.config.patch_size
-    prepare = prepare or ModelFreePrepare.of(tagger)
+    prepare = prepare or tagger.preprocessor
     summary.padding_source = padding_source(tagger)
     started = time.perf_counter()
     output = BackgroundWriter(writer, summary, progress)

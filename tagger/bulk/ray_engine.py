@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tagger.bulk.decode import Decoded, ModelFreePrepare, decode_locator
+from tagger.bulk.decode import Decoded, decode_locator
 from tagger.bulk.errors import BulkError
 from tagger.bulk.inference import batches_by_tokens, count_tokens, error_row, padding_source, tag_batch
 from tagger.bulk.local import WINDOW_BATCHES
@@ -39,6 +39,7 @@ from tagger.bulk.progress import Progress, Summary
 from tagger.bulk.sources import Record
 from tagger.hub import ModelFiles
 from tagger.options import TagOptions
+from tagger.preprocess import Preprocessor
 
 try:
     from ray.data import Datasink
@@ -75,7 +76,7 @@ def _item_record(item: dict[str, Any]) -> Record:
     )
 
 
-def decode_batch(table: Any, prepare: ModelFreePrepare) -> Any:
+def decode_batch(table: Any, prepare: Preprocessor) -> Any:
     """The CPU stage: read, hash, measure and prepare each image (pixels as raw bytes + shape)."""
     import pyarrow as pa
 
@@ -310,7 +311,7 @@ def run_ray(
         dataset = ray.data.from_items(items)
         dataset = dataset.map_batches(
             decode_batch,
-            fn_kwargs={"prepare": ModelFreePrepare(args.max_size, patch)},
+            fn_kwargs={"prepare": Preprocessor(args.max_size, patch)},
             batch_size=DECODE_BATCH,
             batch_format="pyarrow",
             num_cpus=1,

@@ -270,6 +270,8 @@
       }
       perCategory = Array.from(merged);
     }
+    // TagOptions checks top-k itself, so that the sentence names the option.
+    const topk = mode === "topk" ? checkCount("topk_per_category", v("topk_per_category"), "topk_per_category") : null;
     // Selection.__post_init__, in its order.
     const threshold = checkProbability("threshold", v("threshold"), "threshold");
     const floor = checkProbability("floor", v("floor"), "floor");
@@ -280,7 +282,7 @@
     }
     const categoryTopk = new Map();
     if (mode === "topk") {
-      for (const c of CATEGORIES) categoryTopk.set(c.id, checkCount(`top-k for ${c.id}`, v("topk_per_category"), "topk_per_category"));
+      for (const c of CATEGORIES) categoryTopk.set(c.id, topk);
     }
     let wanted = null;
     if (categories && categories.length) {
