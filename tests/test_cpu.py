@@ -213,3 +213,25 @@ def test_keep_freed_memory_stops_page_fault_churn():
 def test_keep_freed_memory_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(cpu.ENV_DISABLE, "0")
     assert cpu._apply_mallopt() is False
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark's baseline
+
+
+def test_the_benchmarks_authors_style_model_computes_what_ours_does(tiny_files):
+    """``benchmarks/authors_style.py`` (the authors' way, for speed comparisons) must be the
+    same function as our model, or its timings would compare different work."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from authors_style import load_authors_style
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    from tagger.weights import inspect_checkpoint, load_model
+
+    checkpoint, _ = tiny_files
+    theirs = load_authors_style(str(checkpoint), inspect_checkpoint(checkpoint).config)
+    ours = load_model(checkpoint)
+    pixels = torch.randn(2, 3, 48, 80, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(theirs(pixels), ours(pixels), rtol=1e-4, atol=1e-5)
