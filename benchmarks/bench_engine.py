@@ -395,7 +395,8 @@ def ensure_files(path: Path, tiny: bool = False, env: dict[str, str] | None = No
         if not ok:
             raise RuntimeError(f"the checkpoint just written is not valid: {why}")
         note = f"wrote {path} in {time.perf_counter() - start:.0f} s"
-    vocab = path.with_name(path.stem + "_vocab.json")
+    # Random tag names (only their number matters), kept in the cache, never beside a real checkpoint.
+    vocab = DEFAULT_CACHE.parent / (path.stem + "_vocab.json")
     num_tags = _bench_config(tiny).num_tags
     if not vocab.is_file() or len(json.loads(vocab.read_text(encoding="utf-8"))["idx2tag"]) != num_tags:
         write_random_vocabulary(vocab, num_tags)
