@@ -1,28 +1,30 @@
-"""Engine benchmark: checkpoint load time and memory, forward latency on CPU (and CUDA).
+"""CPU engine benchmark: ours against the authors' way, load and forward, in the same run.
 
-A script, not a test. It writes (or reuses) a full-size random-weight bf16 checkpoint in
-the real key layout (``--checkpoint-cache``, default ``benchmarks/cache/``, git-ignored;
-about 2.6 GB), then runs every measurement in a fresh subprocess so that one
-measurement's allocations, caches and thread pools cannot colour the next, and prints a
-markdown table ready to paste into the README::
+A script, not a test. It writes (or reuses) a full-size random-weight bf16 checkpoint in the
+real key layout (``--checkpoint-cache``, default ``benchmarks/cache/``, git-ignored; 2.46 GiB)
+and a random 74,625-tag vocabulary next to it. Every measurement runs in a fresh interpreter
+so that one measurement's allocations, caches and thread pools cannot colour the next, and
+the paths are interleaved round by round (their order rotating), so that a shared machine's
+changing load falls on all of them alike. It prints a markdown table for the README::
 
-    .venv/bin/python benchmarks/bench_engine.py                      # load + CPU bf16 + fp32
-    .venv/bin/python benchmarks/bench_engine.py --skip-fp32 --runs 3
-    .venv/bin/python benchmarks/bench_engine.py --device cuda --sizes 512,768,1024
-    .venv/bin/python benchmarks/bench_engine.py --baseline-authors-style
+    .venv/bin/python benchmarks/bench_engine.py                       # authors-fp32, fp32, int8
+    .venv/bin/python benchmarks/bench_engine.py --rounds 5 --accuracy --gemm-peak
+    .venv/bin/python benchmarks/bench_engine.py --paths fp32,bf16 --sizes 512,1024
+    .venv/bin/python benchmarks/bench_engine.py --tiny --rounds 1     # smoke run, seconds
 
-Measurements:
+Paths (``--paths``):
 
-* load: ``tagger.weights.load_model(path, dtype=bf16, head_dtype=bf16)`` on the CPU with
-  the file already in the page cache (read once just before); wall time to a ready model
-  (``--load-runs`` fresh processes, median and min) and peak RSS (``ru_maxrss``), next to
-  the RSS of a bare ``import torch`` process.
-* CPU forward: one image per size, ``torch.inference_mode()``, one warm-up and ``--runs``
-  timed runs (median and min); bf16 backbone with a bf16-stored head computed in fp32, and
-  optionally the same in fp32.
-* CUDA forward (``--device cuda`` or ``auto`` with a GPU): bf16 backbone, fp32 head.
-* ``--baseline-authors-style``: the authors' way of loading (fp32 model with random init,
-  ``safetensors.torch.load_file`` of the whole file, ``load_state_dict``, cast to bf16).
+* ``authors-fp32``: the authors' script on a CPU without native bf16 (``authors_style.py``):
+  float32 model with random init, ``safetensors.torch.load_file`` of the whole file,
+  ``load_state_dict``, plain eager forward under ``torch.no_grad``.
+* ``fp32``, ``bf16``, ``int8``: ``tagger.predict.Tagger(..., device="cpu", dtype=...)``, the
+  path users get, from ``Tagger.prepare`` output to ``Tagger.run``'s probabilities.
+
+Each path process loads (wall time and peak RSS), runs one warm-up and ``--runs`` timed
+forwards per size, and counts minor page faults per forward (``getrusage``). ``--accuracy``
+compares int8 with fp32 probabilities on the example images and random ones (max |Δprob|,
+top-30 overlap); ``--gemm-peak`` measures this CPU's matrix-multiply rate at the model's
+shapes, to say how close the whole forward gets.
 """
 
 from __future__ import annotations
@@ -39,16 +41,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(os.path.abspath(__file__)).parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 DEFAULT_CACHE = ROOT / "benchmarks" / "cache" / "full_random.safetensors"
+EXAMPLES = ROOT / "examples"
 GIB = 1024**3
+PATHS = ("authors-fp32", "fp32", "bf16", "int8")
+DEFAULT_PATHS = "authors-fp32,fp32,int8"
+BASELINE = "authors-fp32"
 
-# Targets on the reference 2-core AVX512-BF16/AMX machine (see the README).
-LOAD_TARGET_S = 3.0
-LOAD_RSS_TARGET_GIB = 3.2
-CPU_BF16_512_TARGET_S = 6.0
+# Targets against the authors' way, measured in the same run (see the README).
+TARGET_RATIO = {"fp32": 0.9, "int8": 0.5}
 
 
 # --------------------------------------------------------------------------------------
@@ -70,6 +75,12 @@ def _peak_rss_bytes() -> int:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def _minor_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _warm_page_cache(path: Path, chunk: int = 64 * 1024 * 1024) -> float:
@@ -112,17 +123,22 @@ def _total_ram_bytes() -> int:
         return 0
 
 
-def _timed_runs(fn, runs: int, sync=None) -> list[float]:
-    times = []
-    for _ in range(runs):
-        if sync is not None:
-            sync()
-        start = time.perf_counter()
-        fn()
-        if sync is not None:
-            sync()
-        times.append(time.perf_counter() - start)
-    return times
+def forward_flops(config, height: int, width: int, batch: int = 1) -> float:
+    """Multiply-adds × 2 of one forward: patch embedding, blocks (GEMMs + attention), head."""
+    c, i, p = config.hidden_size, config.intermediate_size, config.patch_size
+    patches = (height // p) * (width // p)
+    n = config.num_prefix_tokens + patches
+    per_block = 2 * n * c * (3 * c + c + 2 * i) + 2 * n * i * c + 4 * n * n * c
+    head_in = [config.descriptor_dim] + ([config.head_rank] if config.head_rank else [])
+    head_out = ([config.head_rank] if config.head_rank else []) + [config.num_tags]
+    head = sum(2 * a * b for a, b in zip(head_in, head_out, strict=True))
+    return float(batch * (2 * patches * c * 3 * p * p + config.num_layers * per_block + head))
+
+
+def _bench_config(tiny: bool):
+    from tagger.model import TaggerConfig
+
+    return TaggerConfig.tiny(num_tags=600) if tiny else TaggerConfig()
 
 
 # --------------------------------------------------------------------------------------
@@ -130,143 +146,207 @@ def _timed_runs(fn, runs: int, sync=None) -> list[float]:
 # --------------------------------------------------------------------------------------
 
 
-def _worker_baseline_rss(_: dict) -> dict:
+def _worker_info(_: dict) -> dict:
     import torch
 
     return {
         "rss_after_import_torch": _rss_now_bytes(),
-        "peak_rss_after_import_torch": _peak_rss_bytes(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "cuda_available": torch.cuda.is_available(),
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 
-def _worker_load(args: dict) -> dict:
+def _worker_path(args: dict) -> dict:
+    """Load one path, then time ``runs`` forwards per size after a warm-up."""
+    import numpy as np
     import torch
+    from PIL import Image
 
-    from tagger.weights import load_model
-
+    path, sizes, runs = args["path"], args["sizes"], args["runs"]
     rss_import = _rss_now_bytes()
-    peak_import = _peak_rss_bytes()
+    faults_start = _minor_faults()
     start = time.perf_counter()
-    model = load_model(args["checkpoint"], dtype=torch.bfloat16, head_dtype=torch.bfloat16)
-    seconds = time.perf_counter() - start
-    params = sum(p.numel() for p in model.parameters())
-    return {
-        "seconds": seconds,
-        "peak_rss": _peak_rss_bytes(),
-        "rss_after": _rss_now_bytes(),
+    if path == BASELINE:
+        from authors_style import load_authors_style
+
+        model = load_authors_style(args["checkpoint"], _bench_config(args["tiny"]))
+
+        def make_input(size: int) -> torch.Tensor:
+            return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
+
+        def forward(pixels: torch.Tensor) -> np.ndarray:
+            with torch.no_grad():
+                return torch.sigmoid(model(pixels)).numpy()
+
+    else:
+        from tagger.predict import Tagger
+
+        tagger = Tagger(args["checkpoint"], args["vocab"], device="cpu", dtype=path)
+
+        def make_input(size: int):  # whatever Tagger.prepare makes of an RGB image
+            rng = np.random.default_rng(size)
+            image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
+            return tagger.prepare(image)
+
+        def forward(pixels) -> np.ndarray:
+            return tagger.run([pixels])
+
+    load_seconds = time.perf_counter() - start
+    result: dict = {
+        "path": path,
+        "load_seconds": load_seconds,
+        "load_peak_rss": _peak_rss_bytes(),
+        "rss_after_load": _rss_now_bytes(),
         "rss_after_import_torch": rss_import,
-        "peak_rss_after_import_torch": peak_import,
-        "params": params,
+        "load_faults": _minor_faults() - faults_start,
+        "threads": torch.get_num_threads(),
+        "sizes": {},
+    }
+    for size in sizes:
+        pixels = make_input(size)
+        forward(pixels)  # warm-up
+        times, faults = [], []
+        for _ in range(runs):
+            before = _minor_faults()
+            t0 = time.perf_counter()
+            forward(pixels)
+            times.append(time.perf_counter() - t0)
+            faults.append(_minor_faults() - before)
+        result["sizes"][str(size)] = {"times": times, "faults": faults}
+    result["peak_rss"] = _peak_rss_bytes()
+    return result
+
+
+def _example_images(count: int, tiny: bool) -> list:
+    """The repository's example images plus random-noise ones: ``count`` images in all."""
+    import numpy as np
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in sorted(EXAMPLES.glob("*")) if p.suffix in (".jpg", ".png")]
+    rng = np.random.default_rng(0)
+    while len(images) < count:
+        h, w = (int(v) for v in rng.integers(256, 768, 2))
+        images.append(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB"))
+    return images[:count]
+
+
+def _worker_accuracy(args: dict) -> dict:
+    """int8 against fp32 on the same images: probabilities, top-k overlap, timings."""
+    import gc
+
+    import numpy as np
+
+    from tagger.predict import Tagger
+
+    images = _example_images(args["images"], args["tiny"])
+    max_size = args["max_size"]
+    probs = {}
+    for dtype in ("fp32", "int8"):
+        tagger = Tagger(args["checkpoint"], args["vocab"], device="cpu", dtype=dtype, max_size=max_size)
+        pixels = [tagger.prepare(image) for image in images]
+        probs[dtype] = np.stack([tagger.run([p])[0] for p in pixels])
+        shapes = [tuple(int(s) for s in p.shape[-2:]) for p in pixels]
+        del tagger, pixels
+        gc.collect()
+    reference, quantized = probs["fp32"], probs["int8"]
+    delta = np.abs(quantized - reference)
+    k = args["topk"]
+    overlaps = []
+    for ref_row, q_row in zip(reference, quantized, strict=True):
+        top_ref = set(np.argsort(-ref_row)[:k].tolist())
+        top_q = set(np.argsort(-q_row)[:k].tolist())
+        overlaps.append(len(top_ref & top_q) / k)
+    above = [(float(((r >= t) != (q >= t)).sum())) for t in (0.35,) for r, q in zip(reference, quantized, strict=True)]
+    return {
+        "images": len(images),
+        "sizes": shapes,
+        "max_abs_dprob": float(delta.max()),
+        "mean_abs_dprob": float(delta.mean()),
+        "p99_abs_dprob": float(np.quantile(delta, 0.99)),
+        "topk": k,
+        "topk_overlap_min": min(overlaps),
+        "topk_overlap_mean": float(np.mean(overlaps)),
+        "flips_at_0.35_mean": float(np.mean(above)),
     }
 
 
-def _worker_authors_load(args: dict) -> dict:
-    """The authors' loader, emulated on our model: fp32 random init, whole-file load, cast.
+def _worker_gemm(args: dict) -> dict:
+    """fp32 (MKL via ``F.linear``) and int8 (``DynamicInt8Linear``) rates at the model's shapes."""
+    import warnings
 
-    Every checkpoint tensor is copied into its (fp32) parameter, as ``load_state_dict``
-    does; q/k/v and gate/up are copied into their slices of our fused parameters.
-    """
     import torch
-    from safetensors.torch import load_file
+    import torch.nn.functional as F
 
-    from tagger.model import TaggerModel
-    from tagger.weights import _canonical_backbone_key, _param_sources, inspect_checkpoint
+    from tagger.cpu import DynamicInt8Linear, int8_engine
 
-    rss_import = _rss_now_bytes()
-    start = time.perf_counter()
-    plan = inspect_checkpoint(args["checkpoint"])
-    model = TaggerModel(plan.config)  # float32, random init, like the authors' script
-    raw = load_file(args["checkpoint"])  # the whole state dict in memory
-    tensors = {_canonical_backbone_key(k): v for k, v in raw.items() if k.startswith("backbone.")}
-    sources = _param_sources(plan.config)
-    for n, (weight_key, bias_key) in enumerate(plan.head_keys):
-        tensors[weight_key], sources[f"head.layers.{n}.weight"] = raw[weight_key], [weight_key]
-        if bias_key is not None:
-            tensors[bias_key], sources[f"head.layers.{n}.bias"] = raw[bias_key], [bias_key]
-    params = dict(model.named_parameters())
-    if set(sources) != set(params):
-        raise RuntimeError(f"parameters without a source: {sorted(set(params) - set(sources))}")
-    with torch.no_grad():
-        for name, keys in sources.items():
-            param, row = params[name], 0
-            for key in keys:
-                rows = plan.config.hidden_size if key is None else tensors[key].shape[0]
-                block = param[row : row + rows]
-                if key is None:
-                    block.zero_()
-                else:
-                    block.copy_(tensors[key].view(block.shape))
-                row += rows
-    del raw, tensors
-    model = model.to(torch.bfloat16).eval().requires_grad_(False)
-    seconds = time.perf_counter() - start
-    return {
-        "seconds": seconds,
-        "peak_rss": _peak_rss_bytes(),
-        "rss_after": _rss_now_bytes(),
-        "rss_after_import_torch": rss_import,
-    }
-
-
-def _worker_forward(args: dict) -> dict:
-    import torch
-
-    from tagger.weights import load_model
-
-    device = torch.device(args["device"])
-    dtype = getattr(torch, args["dtype"])
-    head_dtype = getattr(torch, args["head_dtype"])
-    model = load_model(args["checkpoint"], device=device, dtype=dtype, head_dtype=head_dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    warnings.filterwarnings("ignore")
+    config = _bench_config(args["tiny"])
+    c, i = config.hidden_size, config.intermediate_size
+    size = args["size"]
+    n = config.num_prefix_tokens + (size // config.patch_size) ** 2
+    shapes = {"qkv": (n, c, 3 * c), "proj": (n, c, c), "gate_up": (n, c, 2 * i), "down": (n, i, c)}
     generator = torch.Generator().manual_seed(0)
-    results = {"threads": torch.get_num_threads(), "sizes": {}}
-    for size in args["sizes"]:
-        pixels = torch.randn(1, 3, size, size, generator=generator).to(device)
-        with torch.inference_mode():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            _timed_runs(lambda pixels=pixels: model(pixels), 1, sync)  # warm-up
-            times = _timed_runs(lambda pixels=pixels: model(pixels), args["runs"], sync)
-            descriptor = model.descriptor(pixels)
-            head_times = _timed_runs(lambda d=descriptor: model.head(d), args["runs"], sync)
-        entry = {"times": times, "head_times": head_times}
-        if device.type == "cuda":
-            entry["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
-        results["sizes"][str(size)] = entry
-    results["peak_rss"] = _peak_rss_bytes()
-    return results
+    try:
+        engine = int8_engine()
+    except ValueError:
+        engine = None
+    out: dict = {"tokens": n, "shapes": {}}
+    for name, (m, k, nn_) in shapes.items():
+        x = torch.randn(m, k, generator=generator)
+        linear = torch.nn.Linear(k, nn_)
+        flops = 2.0 * m * k * nn_
+        weight, bias = linear.weight.detach(), linear.bias.detach()
+        candidates = {"fp32": lambda x=x, w=weight, b=bias: F.linear(x, w, b)}
+        if engine is not None:
+            quantized = DynamicInt8Linear(linear, engine)
+            candidates["int8"] = lambda x=x, q=quantized: q(x)
+        entry = {}
+        for label, fn in candidates.items():
+            fn()
+            rates = []
+            for _ in range(args["repeats"]):
+                t0 = time.perf_counter()
+                fn()
+                rates.append(flops / (time.perf_counter() - t0) / 1e9)
+            entry[label] = {"best_gflops": max(rates), "median_gflops": statistics.median(rates)}
+        out["shapes"][name] = {"mkn": [m, k, nn_], **entry}
+    # Attention (SDPA, fp32) at the same sequence length.
+    q = torch.randn(1, config.num_heads, n, config.head_dim, generator=generator)
+    torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    rates = []
+    for _ in range(args["repeats"]):
+        t0 = time.perf_counter()
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        rates.append(4.0 * n * n * c / (time.perf_counter() - t0) / 1e9)
+    out["sdpa"] = {"best_gflops": max(rates), "median_gflops": statistics.median(rates)}
+    return out
 
 
 def _worker_write(args: dict) -> dict:
     import torch
 
-    from tagger.model import TaggerConfig
     from tagger.synthetic import write_random_checkpoint
 
     path = Path(args["path"])
     tmp = path.with_name(path.name + ".partial")
-    write_random_checkpoint(tmp, TaggerConfig(), dtype=torch.bfloat16)
+    write_random_checkpoint(tmp, _bench_config(args["tiny"]), dtype=torch.bfloat16)
     os.replace(tmp, path)
     return {"peak_rss": _peak_rss_bytes()}
 
 
 WORKERS = {
     "write": _worker_write,
-    "baseline": _worker_baseline_rss,
-    "load": _worker_load,
-    "authors_load": _worker_authors_load,
-    "forward": _worker_forward,
+    "info": _worker_info,
+    "path": _worker_path,
+    "accuracy": _worker_accuracy,
+    "gemm": _worker_gemm,
 }
 
 
-def _run_worker(kind: str, args: dict, env: dict[str, str] | None = None) -> dict:
+def run_worker(kind: str, args: dict, env: dict[str, str] | None = None, script: str | None = None) -> dict:
     """Run one measurement in a fresh interpreter; its last stdout line is a JSON result."""
-    command = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--worker-args", json.dumps(args)]
+    command = [sys.executable, script or os.path.abspath(__file__), "--worker", kind, "--worker-args", json.dumps(args)]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(ROOT), check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} worker failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}")
@@ -279,10 +359,9 @@ def _run_worker(kind: str, args: dict, env: dict[str, str] | None = None) -> dic
 # --------------------------------------------------------------------------------------
 
 
-def _checkpoint_is_valid(path: Path) -> tuple[bool, str]:
+def _checkpoint_is_valid(path: Path, tiny: bool) -> tuple[bool, str]:
     import torch
 
-    from tagger.model import TaggerConfig
     from tagger.weights import CheckpointError, inspect_checkpoint
 
     if not path.is_file():
@@ -291,63 +370,72 @@ def _checkpoint_is_valid(path: Path) -> tuple[bool, str]:
         plan = inspect_checkpoint(path)
     except CheckpointError as e:
         return False, str(e)
-    expected = TaggerConfig()
+    expected = _bench_config(tiny)
     if plan.config != expected:
-        return False, f"config {plan.config} differs from the full-size defaults"
+        return False, f"config {plan.config} differs from {expected}"
     dtypes = {info.dtype for info in plan.tensors.values()}
     if dtypes != {torch.bfloat16}:
         return False, f"tensor dtypes {sorted(map(str, dtypes))}, expected only bfloat16"
     return True, "ok"
 
 
-def ensure_checkpoint(path: Path, env: dict[str, str] | None = None) -> str:
-    """Reuse a valid full-size checkpoint at ``path`` or write one (in a subprocess: ~6 GB peak)."""
-    ok, why = _checkpoint_is_valid(path)
-    if ok:
-        return f"reused {path}"
-    print(f"[bench] writing a full-size random checkpoint to {path} ({why}); this can take minutes", file=sys.stderr)
-    start = time.perf_counter()
-    _run_worker("write", {"path": str(path)}, env)
-    ok, why = _checkpoint_is_valid(path)
+def ensure_files(path: Path, tiny: bool = False, env: dict[str, str] | None = None) -> tuple[Path, str]:
+    """Reuse or write the random checkpoint at ``path`` (a subprocess: ~6 GB peak at full
+    size) and its random vocabulary; returns ``(vocab_path, note)``."""
+    from tagger.synthetic import write_random_vocabulary
+
+    ok, why = _checkpoint_is_valid(path, tiny)
+    note = f"reused {path}"
     if not ok:
-        raise RuntimeError(f"the checkpoint just written is not valid: {why}")
-    return f"wrote {path} in {time.perf_counter() - start:.0f} s"
-
-
-def _fmt_s(seconds: float) -> str:
-    return f"{seconds:.2f} s"
+        print(f"[bench] writing a random checkpoint to {path} ({why}); this can take minutes", file=sys.stderr)
+        start = time.perf_counter()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run_worker("write", {"path": str(path), "tiny": tiny}, env)
+        ok, why = _checkpoint_is_valid(path, tiny)
+        if not ok:
+            raise RuntimeError(f"the checkpoint just written is not valid: {why}")
+        note = f"wrote {path} in {time.perf_counter() - start:.0f} s"
+    # Random tag names (only their number matters), kept in the cache, never beside a real checkpoint.
+    vocab = DEFAULT_CACHE.parent / (path.stem + "_vocab.json")
+    num_tags = _bench_config(tiny).num_tags
+    if not vocab.is_file() or len(json.loads(vocab.read_text(encoding="utf-8"))["idx2tag"]) != num_tags:
+        write_random_vocabulary(vocab, num_tags)
+    return vocab, note
 
 
 def _fmt_gib(nbytes: float) -> str:
     return f"{nbytes / GIB:.2f} GiB"
 
 
-def _latency(times: list[float]) -> str:
-    return f"{statistics.median(times):.2f} s (min {min(times):.2f})"
+def _spread(values: list[float], unit: str = "s", scale: float = 1.0, digits: int = 2) -> str:
+    med, lo, hi = (v * scale for v in (statistics.median(values), min(values), max(values)))
+    if len(values) == 1:
+        return f"{med:.{digits}f} {unit}"
+    return f"{med:.{digits}f} {unit} ({lo:.{digits}f}–{hi:.{digits}f})"
 
 
-def _target(value: float, target: float, unit: str) -> str:
-    return f"≤ {target:.1f} {unit} {'✅' if value <= target else '❌'}"
+def _label(path: str) -> str:
+    return {
+        BASELINE: "the authors' way (fp32)",
+        "fp32": "ours, fp32",
+        "bf16": "ours, bf16",
+        "int8": "ours, int8 (opt-in)",
+    }[path]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint-cache", type=Path, default=DEFAULT_CACHE, help="full-size random checkpoint")
-    parser.add_argument(
-        "--sizes", default=None, help="comma-separated square image sizes (CPU default 512; CUDA 512,768,1024)"
-    )
-    parser.add_argument("--runs", type=int, default=3, help="timed forward runs per size, after one warm-up")
-    parser.add_argument("--load-runs", type=int, default=3, help="load measurements, each in a fresh process")
-    parser.add_argument("--skip-fp32", action="store_true", help="skip the slow CPU fp32 forward")
-    parser.add_argument("--skip-load", action="store_true", help="skip the load measurement")
-    parser.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="forward passes on the CPU, on CUDA, or auto: CPU plus CUDA when available",
-    )
-    parser.add_argument("--baseline-authors-style", action="store_true", help="also emulate the authors' loader")
+    parser.add_argument("--checkpoint-cache", type=Path, default=None, help="random checkpoint (written if absent)")
+    parser.add_argument("--paths", default=DEFAULT_PATHS, help=f"comma-separated, from {', '.join(PATHS)}")
+    parser.add_argument("--sizes", default="512", help="comma-separated square image sizes (default 512)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, one fresh process per path each")
+    parser.add_argument("--runs", type=int, default=2, help="timed forwards per size per process, after a warm-up")
+    parser.add_argument("--accuracy", action="store_true", help="int8 against fp32 on example and random images")
+    parser.add_argument("--accuracy-images", type=int, default=8, help="images for --accuracy (examples first)")
+    parser.add_argument("--gemm-peak", action="store_true", help="matrix-multiply rates at the model's shapes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in the workers (default: torch's)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model: checks the script in seconds")
+    parser.add_argument("--json", type=Path, default=None, help="also write every raw result to this JSON file")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -360,108 +448,146 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(WORKERS[args.worker](json.loads(args.worker_args))))
         return 0
 
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown:
+        parser.error(f"unknown path(s) {unknown}; choose from {', '.join(PATHS)}")
+    sizes = [int(s) for s in args.sizes.split(",")]
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     python = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else "python"
     command = f"{python} benchmarks/bench_engine.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
-    checkpoint = args.checkpoint_cache.resolve()
-    note = ensure_checkpoint(checkpoint, env)
+    default_cache = DEFAULT_CACHE.with_name("tiny_random.safetensors") if args.tiny else DEFAULT_CACHE
+    checkpoint = (args.checkpoint_cache or default_cache).absolute()
+    vocab, note = ensure_files(checkpoint, args.tiny, env)
     print(f"[bench] checkpoint: {note}", file=sys.stderr)
-    load_avg_start = os.getloadavg()[0]
+    config = _bench_config(args.tiny)
+    info = run_worker("info", {}, env)
+    loads = [os.getloadavg()[0]]
+    job = {"checkpoint": str(checkpoint), "vocab": str(vocab), "tiny": args.tiny}
 
-    info = _run_worker("baseline", {}, env)
-    if args.device == "cuda" and not info["cuda_available"]:
-        parser.error("--device cuda: torch sees no CUDA device")
-    use_cpu = args.device in ("auto", "cpu")
-    use_cuda = args.device == "cuda" or (args.device == "auto" and info["cuda_available"])
-    cpu_sizes = [int(s) for s in (args.sizes or "512").split(",")]
-    cuda_sizes = [int(s) for s in (args.sizes or "512,768,1024").split(",")]
-    ckpt = str(checkpoint)
-
-    rows: list[tuple[str, str, str]] = [
-        ("checkpoint file (bf16, random weights, real key layout)", _fmt_gib(checkpoint.stat().st_size), ""),
-        ("RSS of a bare `import torch` process", _fmt_gib(info["rss_after_import_torch"]), ""),
-    ]
-
-    if not args.skip_load:
-        loads = []
-        for n in range(args.load_runs):
+    results: dict[str, list[dict]] = {p: [] for p in paths}
+    for r in range(args.rounds):
+        order = paths[r % len(paths) :] + paths[: r % len(paths)]
+        for path in order:
             warm = _warm_page_cache(checkpoint)
-            print(f"[bench] load {n + 1}/{args.load_runs} (page cache warmed in {warm:.1f} s)", file=sys.stderr)
-            loads.append(_run_worker("load", {"checkpoint": ckpt}, env))
-        seconds = [load["seconds"] for load in loads]
-        peak = max(load["peak_rss"] for load in loads)
-        above = max(load["peak_rss"] - load["rss_after_import_torch"] for load in loads)
-        rows += [
-            (
-                f"`load_model` to ready, bf16, warm page cache ({len(loads)} fresh processes)",
-                _latency(seconds),
-                _target(statistics.median(seconds), LOAD_TARGET_S, "s"),
-            ),
-            ("`load_model` peak RSS (ru_maxrss)", _fmt_gib(peak), _target(peak / GIB, LOAD_RSS_TARGET_GIB, "GiB")),
-            ("  of which above `import torch`", _fmt_gib(above), ""),
-        ]
+            print(f"[bench] round {r + 1}/{args.rounds}: {path} (page cache warmed in {warm:.1f} s)", file=sys.stderr)
+            results[path].append(run_worker("path", {**job, "path": path, "sizes": sizes, "runs": args.runs}, env))
+            loads.append(os.getloadavg()[0])
 
-    if args.baseline_authors_style:
-        _warm_page_cache(checkpoint)
-        print("[bench] measuring the authors-style load", file=sys.stderr)
-        authors = _run_worker("authors_load", {"checkpoint": ckpt}, env)
-        rows += [
-            (
-                "authors-style load (fp32 random init, `load_file`, cast to bf16)",
-                _fmt_s(authors["seconds"]),
-                "(comparison)",
-            ),
-            ("authors-style load peak RSS", _fmt_gib(authors["peak_rss"]), "(comparison)"),
-        ]
+    accuracy = gemm = None
+    if args.accuracy:
+        print("[bench] accuracy: int8 against fp32", file=sys.stderr)
+        accuracy = run_worker("accuracy", {**job, "images": args.accuracy_images, "max_size": 512, "topk": 30}, env)
+        loads.append(os.getloadavg()[0])
+    if args.gemm_peak:
+        print("[bench] GEMM rates at the model's shapes", file=sys.stderr)
+        gemm = run_worker("gemm", {"tiny": args.tiny, "size": sizes[0], "repeats": 10}, env)
+        loads.append(os.getloadavg()[0])
 
-    forward_threads = None
-    if use_cpu:
-        variants = [("bfloat16", "bfloat16", "bf16 (head stored bf16, computed fp32)")]
-        if not args.skip_fp32:
-            variants.append(("float32", "float32", "fp32"))
-        for dtype, head_dtype, label in variants:
-            print(f"[bench] CPU forward {label}, sizes {cpu_sizes}", file=sys.stderr)
-            job = {"checkpoint": ckpt, "device": "cpu", "dtype": dtype, "head_dtype": head_dtype}
-            fwd = _run_worker("forward", {**job, "sizes": cpu_sizes, "runs": args.runs}, env)
-            forward_threads = fwd["threads"]
-            for size, entry in fwd["sizes"].items():
-                target = ""
-                if dtype == "bfloat16" and size == "512":
-                    target = _target(statistics.median(entry["times"]), CPU_BF16_512_TARGET_S, "s")
-                rows.append((f"CPU forward {size}px, {label}", _latency(entry["times"]), target))
-                rows.append(("  of which the tag head", _latency(entry["head_times"]), ""))
-            rows.append((f"  process peak RSS ({label}, load + forward)", _fmt_gib(fwd["peak_rss"]), ""))
-
-    if use_cuda:
-        print(f"[bench] CUDA forward, sizes {cuda_sizes}", file=sys.stderr)
-        job = {"checkpoint": ckpt, "device": "cuda", "dtype": "bfloat16", "head_dtype": "float32"}
-        fwd = _run_worker("forward", {**job, "sizes": cuda_sizes, "runs": max(args.runs, 10)}, env)
-        for size, entry in fwd["sizes"].items():
-            times = entry["times"]
-            value = f"{statistics.median(times) * 1e3:.1f} ms (min {min(times) * 1e3:.1f})"
-            rows.append((f"CUDA forward {size}px, bf16 backbone + fp32 head", value, ""))
-            rows.append(("  peak CUDA memory", _fmt_gib(entry["peak_cuda_bytes"]), ""))
-
+    # ---- report ---------------------------------------------------------------------
     flags = _cpu_flags()
-    isa = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags) or "none listed"
-    threads = forward_threads if forward_threads is not None else info["threads"]
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    threads = next((res[0]["threads"] for res in results.values() if res), info["threads"])
     print()
-    print(f"Machine: {_cpu_model()}, {os.cpu_count()} logical cores ({isa}), {_fmt_gib(_total_ram_bytes())} RAM")
-    print(f"Software: Python {platform.python_version()}, torch {info['torch']}, {threads} intra-op threads")
-    if use_cuda:
-        print(f"GPU: {info['cuda_device']}")
     print(
-        f"Command: `{command}` (forward: 1 warm-up + {args.runs} timed runs, median (min); "
-        f"every measurement in a fresh process; 1-min load average {load_avg_start:.2f} at start, "
-        f"{os.getloadavg()[0]:.2f} at end)"
+        f"Machine: {_cpu_model()}, {os.cpu_count()} logical cores ({', '.join(isa) or 'no ISA flags listed'}), "
+        f"{_fmt_gib(_total_ram_bytes())} RAM"
+    )
+    print(
+        f"Software: Python {platform.python_version()}, torch {info['torch']} (CPU capability "
+        f"{info['capability']}), {threads} intra-op threads"
+    )
+    print(f"Command: `{command}`")
+    print(
+        f"Method: {args.rounds} interleaved round(s), one fresh process per path per round, order rotating; "
+        f"each process loads, warms up, then times {args.runs} forward(s) per size; forward = median over "
+        f"all timed runs (min–max); 1-min load average {min(loads):.2f}–{max(loads):.2f} "
+        f"(median {statistics.median(loads):.2f})."
     )
     print()
-    print("| metric | value | target |")
-    print("|---|---|---|")
-    for metric, value, target in rows:
-        print(f"| {metric} | {value} | {target} |")
+    print(
+        "| path | load | load peak RSS | "
+        + " | ".join(f"forward {s} px" for s in sizes)
+        + " | vs the authors' | minor faults / forward | GFLOP/s |"
+    )
+    print("|---|---|---|" + "---|" * len(sizes) + "---|---|---|")
+    base_times = {s: [t for res in results.get(BASELINE, []) for t in res["sizes"][str(s)]["times"]] for s in sizes}
+    for path in paths:
+        runs = results[path]
+        if not runs:
+            continue
+        load = _spread([res["load_seconds"] for res in runs])
+        peak = _fmt_gib(max(res["load_peak_rss"] for res in runs))
+        cells, ratio = [], ""
+        for s in sizes:
+            times = [t for res in runs for t in res["sizes"][str(s)]["times"]]
+            cells.append(_spread(times))
+        s0 = sizes[0]
+        times0 = [t for res in runs for t in res["sizes"][str(s0)]["times"]]
+        if path != BASELINE and base_times.get(s0):
+            # Per-round ratios (same load conditions), then their median and range.
+            ratios = [
+                statistics.median(res["sizes"][str(s0)]["times"]) / statistics.median(base["sizes"][str(s0)]["times"])
+                for res, base in zip(runs, results[BASELINE], strict=False)
+            ]
+            ratio = _spread(ratios, "×")
+            if path in TARGET_RATIO:
+                met = "✅" if statistics.median(ratios) <= TARGET_RATIO[path] else "❌"
+                ratio += f" (target ≤ {TARGET_RATIO[path]}× {met})"
+        faults = statistics.median(f for res in runs for f in res["sizes"][str(s0)]["faults"])
+        gflops = forward_flops(config, s0, s0) / statistics.median(times0) / 1e9
+        row = [_label(path), load, peak, *cells, ratio, f"{faults:,.0f}", f"{gflops:.0f}"]
+        print("| " + " | ".join(row) + " |")
+    print()
+    print(
+        f"Forward at {sizes[0]} px: {forward_flops(config, sizes[0], sizes[0]) / 1e12:.2f} TFLOP "
+        "(GEMMs, attention, patch embedding and head)."
+    )
+    if accuracy:
+        print()
+        print(
+            f"int8 against fp32 on {accuracy['images']} images (repository examples + random noise, "
+            "long edge ≤ 512): "
+            f"max |Δprob| {accuracy['max_abs_dprob']:.4f}, mean {accuracy['mean_abs_dprob']:.5f}, "
+            f"99th percentile {accuracy['p99_abs_dprob']:.4f}; top-{accuracy['topk']} overlap "
+            f"mean {accuracy['topk_overlap_mean']:.1%}, worst image {accuracy['topk_overlap_min']:.1%}; "
+            f"tags crossing 0.35 per image: {accuracy['flips_at_0.35_mean']:.1f} (mean)."
+        )
+    if gemm:
+        print()
+        print(f"GEMM rates at {sizes[0]} px ({gemm['tokens']} tokens), GFLOP/s best (median) of 10:")
+        print()
+        print("| op | M×K×N | fp32 (MKL) | int8 (dynamic) |")
+        print("|---|---|---|---|")
+        for name, entry in gemm["shapes"].items():
+            m, k, n = entry["mkn"]
+            cells = [
+                f"{entry[p]['best_gflops']:.0f} ({entry[p]['median_gflops']:.0f})" if p in entry else "n/a"
+                for p in ("fp32", "int8")
+            ]
+            print(f"| {name} | {m}×{k}×{n} | {cells[0]} | {cells[1]} |")
+        sd = gemm["sdpa"]
+        print(
+            f"| attention (SDPA, fp32) | {gemm['tokens']}² × {config.hidden_size} | "
+            f"{sd['best_gflops']:.0f} ({sd['median_gflops']:.0f}) | |"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "info": info,
+                    "paths": results,
+                    "accuracy": accuracy,
+                    "gemm": gemm,
+                    "load_average": loads,
+                },
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
     return 0
 
 

@@ -66,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--escape-parentheses", action="store_true", help=r"tags format: write \( and \)")
     parser.add_argument("--max-size", type=int, default=1024, help="long-edge cap in pixels (default 1024)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--dtype", default=None, help="bf16 or fp32 (default: bf16 where the hardware has it)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="bf16, fp32, or int8 (CPU only: faster, scores differ slightly; see the README) "
+        "(default: bf16 where the hardware has it, else fp32)",
+    )
     return parser
 
 

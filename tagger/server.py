@@ -54,6 +54,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=os.environ.get("TAGGER_DEVICE", "auto"), help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--max-size", type=int, default=1024, help="long-edge cap in pixels (default 1024)")
     parser.add_argument(
+        "--dtype",
+        default=os.environ.get("TAGGER_DTYPE") or None,
+        help="bf16, fp32, or int8 (CPU only: faster, scores differ slightly) (default: $TAGGER_DTYPE, "
+        "else bf16 where the hardware has it, else fp32)",
+    )
+    parser.add_argument(
         "--demo",
         action="store_true",
         default=os.environ.get("TAGGER_DEMO", "") not in ("", "0", "false"),
@@ -73,7 +79,9 @@ def load_context(args: argparse.Namespace) -> AppContext:
             files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
             checkpoint, vocab = files.checkpoint, files.vocab
         # A public Space decodes huge JPEGs at a reduced scale (issue: decode cost per request).
-        tagger = Tagger(checkpoint, vocab, device=args.device, max_size=args.max_size, reduced_decode=True)
+        tagger = Tagger(
+            checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=args.max_size, reduced_decode=True
+        )
     except (ResolutionError, CheckpointError, VocabularyError, ValueError) as e:
         raise SystemExit(f"Cannot start the tagger: {e}") from None
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in {".jpg", ".png", ".webp"})

@@ -209,8 +209,9 @@ def test_parse_dtype():
     assert parse_dtype("FP32") == torch.float32
     assert parse_dtype(None) is None
     assert parse_dtype(torch.float16) == torch.float16
+    assert parse_dtype("int8") == torch.qint8  # the opt-in CPU precision (tests/test_cpu.py)
     with pytest.raises(ValueError, match="int8"):
-        parse_dtype("int8")
+        parse_dtype("int4")
 
 
 def test_run_normalises_on_the_device_exactly_like_the_float_pipeline(tiny_tagger, make_image):

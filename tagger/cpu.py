@@ -1,0 +1,278 @@
+"""CPU-only tuning: keep the allocator from churning pages, and the opt-in int8 precision.
+
+Two independent tools, both applied by ``Tagger`` when the model lives on the CPU:
+
+* ``keep_freed_memory`` tells glibc's malloc to keep large freed blocks in the process. By
+  default each activation buffer above the mmap threshold (128 KiB to 32 MiB) is a fresh
+  ``mmap`` that is unmapped when freed, so every forward faults every page of every large
+  activation in again (hundreds of thousands of minor faults per 512 px image, each one a
+  kernel entry and a page of zeroing). Kept blocks are reused from the heap instead.
+* ``quantize_linears`` replaces the backbone's ``nn.Linear`` modules by
+  ``DynamicInt8Linear``: int8 weights (symmetric, one scale per output channel) and
+  activations quantized per call (one scale per tensor), through the FBGEMM/oneDNN kernels
+  that ship inside every x86 torch wheel (``torch.ops.quantized``, the ATen operators
+  themselves, not the deprecated ``torch.ao.quantization`` Python API). Opt-in only: it
+  changes the scores slightly; the README gives its measured speed and effect on scores.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import platform
+import resource
+import threading
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+log = logging.getLogger("tagger")
+
+# The int8 precision wherever a dtype is chosen (``Tagger(dtype="int8")``, ``--dtype int8``).
+# ``torch.qint8`` only names it: activations stay float32, weights become int8.
+INT8 = "int8"
+INT8_DTYPE = torch.qint8
+# The backbone is loaded in this dtype and quantized from it: the file's own bf16 lands in
+# place, and no float32 copy of more than one weight is ever made.
+INT8_LOAD_DTYPE = torch.bfloat16
+
+
+# --------------------------------------------------------------------------------------
+# Allocator
+# --------------------------------------------------------------------------------------
+
+# glibc <malloc.h> parameter numbers for mallopt().
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_MAX = -4
+# Keep up to this much free memory at the top of the heap before giving it back (mallopt
+# takes an int, so 2 GiB - 1 is the ceiling). The working set of one forward pass is what
+# stays: ~0.3 GiB for a 512 px image in fp32, ~2.5 GiB for four 1024 px images.
+_TRIM_THRESHOLD_BYTES = 2**31 - 1
+# Threads other than the main one (Gradio's workers) allocate from 64 MiB heaps that glibc
+# unmaps as soon as they are empty, whatever the trim threshold, unless that much padding is
+# to be kept: with this pad, an emptied heap stays for the next request.
+_TOP_PAD_BYTES = 64 * 1024 * 1024
+_ALLOCATOR_LOCK = threading.Lock()
+_allocator_tuned: list[bool] = []  # [result] once tried
+ENV_DISABLE = "TAGGER_KEEP_FREED_MEMORY"  # "0" leaves malloc's defaults alone
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc malloc serve large blocks from the heap and keep them after ``free``.
+
+    ``M_MMAP_MAX=0`` stops large blocks from being separate mappings (unmapped on free and
+    faulted in page by page on the next use); a high ``M_TRIM_THRESHOLD`` stops the main
+    heap's top being handed back, and ``M_TOP_PAD`` of a whole thread heap stops emptied
+    thread heaps being unmapped. Memory freed after a forward pass then stays in the process
+    for the next one: no churn left in the main thread; in other threads at least twice fewer
+    faults (an arena made before the setting may still return one block per pass; measured
+    in ``tests/test_cpu.py``). Process-wide and applied once; returns whether the
+    settings are in effect (False off glibc or when ``TAGGER_KEEP_FREED_MEMORY=0``).
+    """
+    with _ALLOCATOR_LOCK:
+        if not _allocator_tuned:
+            _allocator_tuned.append(_apply_mallopt())
+        return _allocator_tuned[0]
+
+
+def _apply_mallopt() -> bool:
+    if os.environ.get(ENV_DISABLE, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt returns 1 on success, 0 on error.
+    settings = ((_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES), (_M_TOP_PAD, _TOP_PAD_BYTES), (_M_MMAP_MAX, 0))
+    ok = all(mallopt(param, value) == 1 for param, value in settings)
+    if ok:
+        log.debug("glibc malloc: large blocks from the heap, kept after free")
+    return ok
+
+
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far (``getrusage``), for before/after checks."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def prepare_cpu_model(model: nn.Module, dtype: torch.dtype) -> None:
+    """What a freshly loaded CPU model needs before its first request: the allocator setting,
+    and for ``INT8_DTYPE`` (loaded in ``INT8_LOAD_DTYPE``) the int8 layers."""
+    keep_freed_memory()
+    if dtype == INT8_DTYPE:
+        quantize_linears(model)
+
+
+# --------------------------------------------------------------------------------------
+# int8
+# --------------------------------------------------------------------------------------
+
+# Quantized engines that provide x86 int8 GEMM kernels, best first (measured in the README).
+_X86_ENGINES = ("x86", "fbgemm", "onednn")
+
+
+def int8_engine() -> str:
+    """The quantized engine ``quantize_linears`` uses, or ``ValueError``.
+
+    Checked by running one small quantized Linear, so a torch build or CPU that lacks the
+    kernels fails here, with a sentence, rather than in the middle of a request.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise ValueError(f"The int8 precision needs an x86-64 CPU (this one is {platform.machine()}); use fp32.")
+    if not _cpu_has_avx2():
+        raise ValueError("The int8 precision needs a CPU with AVX2; use fp32.")
+    engines = [e for e in _X86_ENGINES if e in torch.backends.quantized.supported_engines]
+    for engine in engines:
+        try:
+            _probe(engine)
+        except (RuntimeError, AttributeError, NotImplementedError):
+            continue
+        return engine
+    raise ValueError(
+        f"This torch build ({torch.__version__}) has no working x86 int8 kernels (FBGEMM or oneDNN); use fp32."
+    )
+
+
+def _cpu_has_avx2() -> bool:
+    probe: Callable[[], bool] | None = getattr(torch.cpu, "_is_avx2_supported", None)
+    if probe is None:  # older torch: trust the build's own dispatch level
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    return bool(probe())
+
+
+def _probe(engine: str) -> None:
+    layer = nn.Linear(8, 4)
+    packed = _pack(layer.weight.detach(), layer.bias.detach(), engine)
+    x = torch.randn(2, 8)
+    out = torch.ops.quantized.linear_dynamic(x, packed, True)
+    if out.shape != (2, 4) or not torch.isfinite(out).all():
+        raise RuntimeError("int8 probe gave a wrong result")
+
+
+def _pack(weight: torch.Tensor, bias: torch.Tensor | None, engine: str) -> torch.ScriptObject:
+    """Symmetric per-output-channel int8 weights, packed for ``engine``'s kernels."""
+    weight = weight.float()
+    scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    zero = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        # torch 2.13 warns that quantized dtypes will go (pytorch#184982); the packed weight
+        # is the only one made, and ``int8_engine`` turns their absence into a clear error.
+        warnings.filterwarnings("ignore", message=r".*quantized tensor creation", category=UserWarning)
+        qweight = torch.quantize_per_channel(weight, scale.double(), zero, 0, torch.qint8)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine  # prepack picks the kernel family from the engine
+    try:
+        return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.float().contiguous())
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+class DynamicInt8Linear(nn.Module):
+    """Inference stand-in for an ``nn.Linear``: int8 weights, float32 in and out.
+
+    Weights: symmetric int8, one scale per output channel. Inputs: quantized on each call
+    to 7-bit unsigned integers (``reduce_range``: AVX2 without VNNI multiplies u8 × s8 pairs
+    into saturating 16-bit sums, which 8-bit inputs can overflow); products accumulate in
+    int32 and come back as float32. The original float weight is not kept.
+
+    ``per_token`` (default) gives every token (row) its own input scale: the kernels take one
+    scale per tensor, so each row is divided by its largest magnitude first and the output
+    row multiplied back (exact, since the layer is linear), then the bias added. ViTs carry a
+    few tokens with activations orders of magnitude above the rest (in DINO models, the
+    register and CLS tokens); with one scale for the whole tensor those few would set the
+    step for every other token. Costs three extra passes over inputs and outputs.
+
+    Gradients flow to the input (the relevance maps need them) through the dequantized
+    weight, rebuilt for the backward pass and dropped again; parameters get none.
+    """
+
+    def __init__(self, linear: nn.Linear, engine: str, per_token: bool = True):
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.engine = engine
+        self.per_token = per_token
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        # Per token, the bias is added after rescaling, so the kernel must not add it.
+        self._packed = _pack(linear.weight.detach(), None if per_token else bias, engine)
+        self.register_buffer("bias", bias if per_token else None, persistent=False)
+        self.has_bias = bias is not None
+
+    def extra_repr(self) -> str:
+        scales = "per token" if self.per_token else "per tensor"
+        sizes = f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"{sizes}, bias={self.has_bias}, int8 ({scales})"
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 weight this layer multiplies by (after int8 rounding)."""
+        qweight, _ = torch.ops.quantized.linear_unpack(self._packed)
+        return qweight.dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            raise TypeError(f"DynamicInt8Linear takes float32 inputs, not {x.dtype}.")
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _Int8LinearFunction.apply(x, self)
+        return self._int8_linear(x)
+
+    def _int8_linear(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.per_token:
+            return torch.ops.quantized.linear_dynamic(x, self._packed, True)
+        scale = x.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-30)
+        out = torch.ops.quantized.linear_dynamic(x / scale, self._packed, True)
+        return out.mul_(scale) if self.bias is None else torch.addcmul(self.bias, out, scale, out=out)
+
+
+class _Int8LinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: DynamicInt8Linear) -> torch.Tensor:  # type: ignore[override]
+        ctx.layer = layer
+        return layer._int8_linear(x.detach())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad @ ctx.layer.dequantized_weight().to(grad.dtype), None
+
+
+def quantize_linears(model: nn.Module, skip: tuple[str, ...] = ("head",), per_token: bool = True) -> int:
+    """Replace every ``nn.Linear`` of ``model`` (except under the ``skip`` prefixes) by a
+    ``DynamicInt8Linear``, one at a time, and make every other floating-point parameter and
+    buffer outside ``skip`` float32. Returns how many layers were replaced.
+
+    The weights may come in any float dtype: loading the backbone in the file's bf16 and
+    quantizing from there never holds a float32 copy of more than one weight. The head
+    (``skip``) is left exactly as it is; it computes in float32 from its own weights.
+    """
+    engine = int8_engine()
+    skipped = tuple(p + "." for p in skip)
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not (name + ".").startswith(skipped)
+    ]
+    with torch.no_grad():
+        for name, linear in targets:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, DynamicInt8Linear(linear, engine, per_token))
+            linear.weight = None  # type: ignore[assignment]  # free the float weight now
+            linear.bias = None
+        for module_name, module in model.named_modules():
+            if (module_name + ".").startswith(skipped):
+                continue
+            for tensors in (module._parameters, module._buffers):
+                for key, tensor in tensors.items():
+                    if tensor is not None and tensor.is_floating_point() and tensor.dtype != torch.float32:
+                        if isinstance(tensor, nn.Parameter):
+                            tensors[key] = nn.Parameter(tensor.float(), requires_grad=False)
+                        else:
+                            tensors[key] = tensor.float()
+    log.info("int8: %d Linear layers quantized (%s kernels)", len(targets), engine)
+    return len(targets)
