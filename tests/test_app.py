@@ -393,8 +393,8 @@ def test_the_api_tab_reference_lists_every_option_with_its_help(app):
     ],
     ids=["dict-without-meta", "file-outside-uploads", "bare-path", "url-without-meta"],
 )
-def test_a_file_parameter_reads_only_uploads(app, client, payload):
-    passes = app.context.tagger.stats.forward_passes
+def test_a_file_parameter_reads_only_uploads(app, client, payload, count_passes):
+    counted = count_passes(app.context.tagger)
     for endpoint, arguments in (
         ("tag", {"image": payload}),
         ("tag_batch", {"files": [payload]}),
@@ -405,7 +405,7 @@ def test_a_file_parameter_reads_only_uploads(app, client, payload):
             stream = http.get(f"gradio_api/call/{endpoint}/{started}").text
         assert "event: error" in stream, (endpoint, stream[:300])
         assert "Send files as uploads" in stream and "root:" not in stream, (endpoint, stream[:300])
-    assert app.context.tagger.stats.forward_passes == passes
+    assert counted.passes == 0
     check_still_serving(client)
 
 
@@ -416,17 +416,17 @@ def check_still_serving(client: Client) -> None:
     assert tag(client)["count"] > 0
 
 
-def test_a_text_file_is_refused_as_not_an_image(app, client, tmp_path):
+def test_a_text_file_is_refused_as_not_an_image(app, client, tmp_path, count_passes):
     text = tmp_path / "notes.txt"
     text.write_text("not an image\n")
-    passes = app.context.tagger.stats.forward_passes
+    counted = count_passes(app.context.tagger)
     with pytest.raises(AppError) as error:
         tag(client, text)
     message = str(error.value)
     assert "not an image" in message
     assert "notes.txt" in message
     assert "/tmp" not in message and "gradio" not in message.lower()
-    assert app.context.tagger.stats.forward_passes == passes
+    assert counted.passes == 0
     check_still_serving(client)
 
 
@@ -440,22 +440,21 @@ def test_a_text_file_is_refused_as_not_an_image(app, client, tmp_path):
         ({"mode": "best"}, ["best", "threshold", "topk", "mcut"]),
     ],
 )
-def test_bad_arguments_are_refused_without_running_the_model(app, client, kwargs, words):
-    passes = app.context.tagger.stats.forward_passes
+def test_bad_arguments_are_refused_without_running_the_model(app, client, kwargs, words, count_passes):
+    counted = count_passes(app.context.tagger)
     with pytest.raises(AppError) as error:
         tag(client, **kwargs)
     for word in words:
         assert word in str(error.value)
-    assert app.context.tagger.stats.forward_passes == passes
+    assert counted.passes == 0
     check_still_serving(client)
 
 
 # -- the model runs once per request ----------------------------------------------------------
 
 
-def test_each_tag_call_is_exactly_one_forward_pass(app, client):
-    stats = app.context.tagger.stats
-    before = stats.forward_passes
+def test_each_tag_call_is_exactly_one_forward_pass(app, client, count_passes):
+    counted = count_passes(app.context.tagger)
     calls = [
         {},
         {"threshold": 0.9},
@@ -465,7 +464,7 @@ def test_each_tag_call_is_exactly_one_forward_pass(app, client):
     ]
     for kwargs in calls:
         tag(client, **kwargs)
-    assert stats.forward_passes - before == len(calls)
+    assert (counted.passes, counted.images) == (len(calls), len(calls))
 
 
 # -- the API tab --------------------------------------------------------------------------------
