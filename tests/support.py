@@ -17,6 +17,20 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The categories in the order the app shows them (as the authors' Space does).
+DISPLAY_ORDER = [
+    "artist",
+    "copyright",
+    "character",
+    "species",
+    "general",
+    "lore",
+    "meta",
+    "contributor",
+    "disambiguation",
+    "unassigned",
+]
+
 
 def random_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
     """A deterministic random RGB image (the ``make_image`` fixture)."""

@@ -26,6 +26,7 @@ from app_server import RunningApp
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from starlette.requests import Request
+from support import DISPLAY_ORDER
 
 from tagger.options import OPTION_FIELDS, OPTION_NAMES, option_info
 from tagger.ui.api_tab import client_examples, fill_address, markdown_text, parameters_table, space_address
@@ -35,18 +36,6 @@ from tagger.vocab import CATEGORIES
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CAT = EXAMPLES / "cat.jpg"
 JS_DIR = Path(__file__).resolve().parent / "js"  # package.json of the JavaScript recipe's client
-DISPLAY_ORDER = [
-    "artist",
-    "copyright",
-    "character",
-    "species",
-    "general",
-    "lore",
-    "meta",
-    "contributor",
-    "disambiguation",
-    "unassigned",
-]
 TAG_KEYS = {"tag", "score", "category"}
 CATEGORY_KEYS = {"id", "name", "color", "tags"}
 CATEGORY_TAG_KEYS = {"tag", "score"}

@@ -606,6 +606,17 @@ def test_refused_urls_do_not_connect(tmp_path: Path, local_server: LocalServer) 
     assert not any(tmp_path.iterdir()), "a refused fetch left files behind"
 
 
+def trickle(h: http.server.BaseHTTPRequestHandler, header: str, value: str) -> None:
+    """Headers (200 and ``header``) at once, then a byte of body every 0.1 s for 10 s."""
+    h.send_response(200)
+    h.send_header(header, value)
+    h.end_headers()
+    for _ in range(100):
+        h.wfile.write(b"x")
+        h.wfile.flush()
+        time.sleep(0.1)
+
+
 class LocalServer:
     """A loopback HTTP(S) server with a few behaviours, standing in for the internet."""
 
@@ -681,21 +692,9 @@ class LocalServer:
             h.send_header("Content-Length", str(10**12))
             h.end_headers()
         elif path == "/trickle":  # headers at once, then a byte every 0.1 s
-            h.send_response(200)
-            h.send_header("Content-Length", "1000")
-            h.end_headers()
-            for _ in range(100):
-                h.wfile.write(b"x")
-                h.wfile.flush()
-                time.sleep(0.1)
+            trickle(h, "Content-Length", "1000")
         elif path == "/trickle-no-length":  # the end of the body is the end of the connection
-            h.send_response(200)
-            h.send_header("Connection", "close")
-            h.end_headers()
-            for _ in range(100):
-                h.wfile.write(b"x")
-                h.wfile.flush()
-                time.sleep(0.1)
+            trickle(h, "Connection", "close")
         elif path == "/slow-headers":
             time.sleep(5)
             send(200, self.image)
