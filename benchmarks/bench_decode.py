@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,39 +26,12 @@ from PIL import Image, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support import decode_in_fresh_process as measure  # noqa: E402
 
 import tagger.preprocess as pp  # noqa: E402
 from tagger.preprocess import load_image, preprocess, target_size  # noqa: E402
-
-CHILD = r"""
-import json, os, sys, threading, time
-sys.path.insert(0, sys.argv[1])
-from tagger.preprocess import load_image, preprocess, target_size
-path, how = sys.argv[2], sys.argv[3]
-
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-base = peak = rss()
-done = threading.Event()
-
-def sample():
-    global peak
-    while not done.wait(0.002):
-        peak = max(peak, rss())
-
-threading.Thread(target=sample, daemon=True).start()
-started, cpu = time.perf_counter(), time.process_time()
-if how == "full":
-    pixels = preprocess(load_image(path), 1024, 16)
-else:
-    pixels = preprocess(load_image(path, fit=lambda w, h: target_size(w, h, 1024, 16)), 1024, 16)
-seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-done.set()
-peak = max(peak, rss())
-print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": (peak - base) / 2**20, "shape": list(pixels.shape)}))
-"""
 
 
 def blocks(width: int, height: int, block: int = 500, seed: int = 0) -> np.ndarray:
@@ -92,13 +63,6 @@ def hostile_files(folder: Path, width: int, height: int) -> dict[str, Path]:
         write(path)
         paths[name] = path
     return paths
-
-
-def measure(path: Path, how: str, root: Path = ROOT) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(root), str(path), how], capture_output=True, text=True, check=True
-    )
-    return json.loads(done.stdout)
 
 
 def cost_table(folder: Path, width: int, height: int, before: Path | None) -> None:

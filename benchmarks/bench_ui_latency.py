@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,24 +22,13 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
-from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
-from tagger.server import create_app, launch  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [  # as tests/test_browser.py
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-IMAGE = ROOT / "examples" / "cat_sticker.png"
+from app_server import free_port, start_app  # noqa: E402
+from browser_support import CHROMIUM, DESKTOP, IMAGE, chromium  # noqa: E402
 
 # In the page: move the range input to ``value`` and resolve with the milliseconds until the
 # first animation frame after the text box's value changed (the textarea's value setter is
@@ -72,12 +60,6 @@ MEASURE = """
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bare_app() -> gr.Blocks:
     """The baseline: a slider whose change event writes its value into a text box, server-side."""
     with gr.Blocks() as demo:
@@ -102,8 +84,8 @@ def machine() -> str:
         )
     except (OSError, StopIteration):
         model = platform.processor() or "unknown CPU"
-    chromium = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
-    return f"{os.cpu_count()} cores, {model}; {chromium}; Python {platform.python_version()}, gradio {gr.__version__}"
+    version = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{os.cpu_count()} cores, {model}; {version}; Python {platform.python_version()}, gradio {gr.__version__}"
 
 
 def main() -> None:
@@ -111,20 +93,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=40, help="slider moves per app (default 40)")
     args = parser.parse_args()
 
-    demo, _ = create_app(["--demo"])
-    _, app_url, _ = launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    app = start_app(["--demo"])
     bare = bare_app()
     _, bare_url, _ = bare.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     # Alternate between values that change the demo image's tags (and, trivially, the bare text).
     values = [0.30 if i % 2 else 0.40 for i in range(args.runs + 2)]
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            ours_page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-            bare_page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        with chromium() as browser:
+            ours_page = browser.new_context(viewport=DESKTOP).new_page()
+            bare_page = browser.new_context(viewport=DESKTOP).new_page()
             for page in (ours_page, bare_page):
                 page.set_default_timeout(60_000)
-            ours_page.goto(app_url)
+            ours_page.goto(app.url)
             ours_page.locator("#tag-image input[type=file]").set_input_files(IMAGE)
             ours_page.wait_for_function("document.querySelector('#tag-string textarea').value.length > 0")
             bare_page.goto(bare_url)
@@ -135,9 +115,8 @@ def main() -> None:
                 ours.append(ours_page.evaluate(MEASURE, ["#threshold", "#tag-string", value]))
                 baseline.append(bare_page.evaluate(MEASURE, ["#bare-slider", "#bare-text", value]))
             ours, baseline = ours[2:], baseline[2:]  # two warm-up moves
-            browser.close()
     finally:
-        demo.close()
+        app.close()
         bare.close()
 
     print(machine())

@@ -54,6 +54,11 @@ class ModelRunError(TaggerError, RuntimeError):
     """The model could not run this request (out of memory)."""
 
 
+# The bulk command (``python -m tagger.bulk``).
+class BulkError(TaggerError, ValueError):
+    """An input that cannot be read as a whole, a bad flag, or an output folder that cannot be resumed."""
+
+
 def shorten(text: str, limit: int = 500) -> str:
     """``text`` cut to ``limit`` characters with an ellipsis: a message echoing what a client
     sent (a 10 MB tag list) stays readable, and so does the log that records it."""

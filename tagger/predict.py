@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,22 +79,6 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return _DTYPE_NAMES[dtype.lower()]
     except KeyError:
         raise ValueError(f"Unknown dtype {dtype!r}; use bf16, fp16, fp32 or int8 (CPU only).") from None
-
-
-@dataclass
-class RunStats:
-    """Counters a caller can read to see what the model did (tests count forward passes)."""
-
-    forward_passes: int = 0
-    images: int = 0
-    seconds: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, passes: int, images: int, seconds: float) -> None:
-        with self.lock:
-            self.forward_passes += passes
-            self.images += images
-            self.seconds += seconds
 
 
 # Padding allowed per real token when images of different sizes share a forward pass. On a
@@ -191,7 +174,6 @@ class Tagger:
         ).to(self.device)
         if self.device.type == "cpu":
             prepare_cpu_model(self.model, self.dtype)
-        self.stats = RunStats()
         self.load_seconds = time.perf_counter() - started
         log.info(
             "Loaded %s (%d tags) on %s in %s in %.1f s",
@@ -221,18 +203,13 @@ class Tagger:
     def batches(self, pixels: Sequence[torch.Tensor]) -> Iterator[tuple[list[int], Pixels]]:
         """``(indices, images)`` per forward pass of ``plan``: the uint8 pixels moved to the model's
         device and normalised there, stacked when they share a size (else a list for the model to
-        pad). The passes are counted in ``stats``. Callers choose the grad mode."""
-        started = time.perf_counter()
-        plan = self.plan(pixels)
-        try:
-            for batch in plan:
-                images = [pixels[i] for i in batch.indices]
-                if len({image.shape for image in images}) == 1:
-                    yield batch.indices, normalise(torch.stack(images).to(self.device, non_blocking=True))
-                else:
-                    yield batch.indices, [normalise(image.to(self.device, non_blocking=True)) for image in images]
-        finally:
-            self.stats.add(len(plan), len(pixels), time.perf_counter() - started)
+        pad). Callers choose the grad mode."""
+        for batch in self.plan(pixels):
+            images = [pixels[i] for i in batch.indices]
+            if len({image.shape for image in images}) == 1:
+                yield batch.indices, normalise(torch.stack(images).to(self.device, non_blocking=True))
+            else:
+                yield batch.indices, [normalise(image.to(self.device, non_blocking=True)) for image in images]
 
     def _forward(
         self, pixels: Sequence[torch.Tensor], compute: Callable[[Pixels], torch.Tensor], width: int

@@ -1,6 +1,6 @@
 """Start the real app (demo mode: tiny random model) in this process on a free loopback port.
 
-In-process so that tests can read the model's counters (``context.tagger.stats``) while
+In-process so that tests can watch the model (``count_passes(context.tagger)``) while
 talking to the server over HTTP like any client.
 """
 

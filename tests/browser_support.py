@@ -3,11 +3,13 @@ app, and the tags the pure Python functions say a page should show."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from app_server import RunningApp
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tagger.options import TagOptions
 from tagger.results import TagScore, category_tag_strings, select_tags
@@ -29,6 +31,17 @@ ARTIFACTS = ROOT / "test-artifacts"
 TIMEOUT_MS = 20_000
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's chromium through Playwright, with the settings of every browser test and benchmark."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def new_page(browser: Browser, viewport: dict, *, clipboard: bool = False) -> Page:

@@ -6,27 +6,17 @@ import io
 import json
 import os
 import tarfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from support import image_bytes, write_zip
 
 from tagger.bulk.cli import main
 
 # Small and of different shapes, so batches mix sizes; a few share a shape.
 SIZES = [(64, 48), (40, 72), (96, 32), (64, 48), (48, 48), (33, 70)]
-
-
-def image_bytes(width: int, height: int, seed: int, fmt: str = "PNG") -> bytes:
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8), "RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
 
 
 def write_images(folder: Path, names: list[str], seed: int = 0) -> dict[str, bytes]:
@@ -40,13 +30,6 @@ def write_images(folder: Path, names: list[str], seed: int = 0) -> dict[str, byt
         path.write_bytes(data)
         written[name] = data
     return written
-
-
-def write_zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return path
 
 
 def write_tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:

@@ -8,10 +8,10 @@ code as the real one in a fraction of a second.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -19,8 +19,9 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
 
 from gradio_client import Client
+from support import ForwardPasses, random_image
 
-from tagger.model import TaggerConfig
+from tagger.model import Pixels, TaggerConfig
 from tagger.predict import Tagger
 from tagger.synthetic import write_random_checkpoint, write_random_vocabulary
 
@@ -53,20 +54,39 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory, tiny_config: TaggerConf
 @pytest.fixture(scope="session")
 def tiny_tagger(tiny_files: tuple[Path, Path]) -> Tagger:
     """A ``Tagger`` on the tiny files, CPU, float32 backbone. Shared: do not mutate it
-    (build your own ``Tagger`` when a test needs fresh ``stats`` or other settings)."""
+    (build your own ``Tagger`` when a test needs other settings)."""
     checkpoint, vocab = tiny_files
     return Tagger(checkpoint, vocab, device="cpu", dtype="fp32")
+
+
+@pytest.fixture
+def count_passes(monkeypatch: pytest.MonkeyPatch) -> Callable[[Tagger], ForwardPasses]:
+    """``count_passes(tagger)`` → a live count of the forward passes its model runs from now
+    until the test ends (the app's tagger too: ``count_passes(app.context.tagger)``). Every way
+    through the model (tags, descriptors, PCA, relevance) computes its tokens with one call of
+    ``TaggerModel.tokens`` per pass: that call is counted, on this model instance only."""
+    lock = threading.Lock()  # the app's requests run in worker threads
+
+    def start(tagger: Tagger) -> ForwardPasses:
+        counted = ForwardPasses()
+        tokens = tagger.model.tokens
+
+        def counting_tokens(pixels: Pixels) -> torch.Tensor:
+            with lock:
+                counted.passes += 1
+                counted.images += len(pixels)
+            return tokens(pixels)
+
+        monkeypatch.setitem(vars(tagger.model), "tokens", counting_tokens)
+        return counted
+
+    return start
 
 
 @pytest.fixture(scope="session")
 def make_image() -> Callable[..., Image.Image]:
     """``make_image(width, height, seed=0)`` → a deterministic random RGB PIL image."""
-
-    def make(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
-        rng = np.random.default_rng(seed)
-        return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8), "RGB")
-
-    return make
+    return random_image
 
 
 @pytest.fixture
@@ -93,3 +113,28 @@ def app():
 @pytest.fixture(scope="module")
 def client(app) -> Client:
     return Client(app.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium through Playwright (``browser_support.chromium``), one per test module."""
+    from browser_support import chromium
+
+    with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def model_calls(app, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the work functions the app runs through ``ModelRunner.call`` (one GPU call
+    each on ZeroGPU) during the test."""
+    runner = app.context.runner
+    original = runner.call
+    calls: list[str] = []
+
+    def call(fn, pixels, *args):
+        calls.append(getattr(fn, "__name__", str(fn)))
+        return original(fn, pixels, *args)
+
+    monkeypatch.setattr(runner, "call", call)
+    return calls

@@ -26,6 +26,7 @@ from app_server import RunningApp
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from starlette.requests import Request
+from support import DISPLAY_ORDER
 
 from tagger.options import OPTION_FIELDS, OPTION_NAMES, option_info
 from tagger.ui.api_tab import client_examples, fill_address, markdown_text, parameters_table, space_address
@@ -35,18 +36,6 @@ from tagger.vocab import CATEGORIES
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CAT = EXAMPLES / "cat.jpg"
 JS_DIR = Path(__file__).resolve().parent / "js"  # package.json of the JavaScript recipe's client
-DISPLAY_ORDER = [
-    "artist",
-    "copyright",
-    "character",
-    "species",
-    "general",
-    "lore",
-    "meta",
-    "contributor",
-    "disambiguation",
-    "unassigned",
-]
 TAG_KEYS = {"tag", "score", "category"}
 CATEGORY_KEYS = {"id", "name", "color", "tags"}
 CATEGORY_TAG_KEYS = {"tag", "score"}
@@ -393,8 +382,8 @@ def test_the_api_tab_reference_lists_every_option_with_its_help(app):
     ],
     ids=["dict-without-meta", "file-outside-uploads", "bare-path", "url-without-meta"],
 )
-def test_a_file_parameter_reads_only_uploads(app, client, payload):
-    passes = app.context.tagger.stats.forward_passes
+def test_a_file_parameter_reads_only_uploads(app, client, payload, count_passes):
+    counted = count_passes(app.context.tagger)
     for endpoint, arguments in (
         ("tag", {"image": payload}),
         ("tag_batch", {"files": [payload]}),
@@ -405,7 +394,7 @@ def test_a_file_parameter_reads_only_uploads(app, client, payload):
             stream = http.get(f"gradio_api/call/{endpoint}/{started}").text
         assert "event: error" in stream, (endpoint, stream[:300])
         assert "Send files as uploads" in stream and "root:" not in stream, (endpoint, stream[:300])
-    assert app.context.tagger.stats.forward_passes == passes
+    assert counted.passes == 0
     check_still_serving(client)
 
 
@@ -416,17 +405,17 @@ def check_still_serving(client: Client) -> None:
     assert tag(client)["count"] > 0
 
 
-def test_a_text_file_is_refused_as_not_an_image(app, client, tmp_path):
+def test_a_text_file_is_refused_as_not_an_image(app, client, tmp_path, count_passes):
     text = tmp_path / "notes.txt"
     text.write_text("not an image\n")
-    passes = app.context.tagger.stats.forward_passes
+    counted = count_passes(app.context.tagger)
     with pytest.raises(AppError) as error:
         tag(client, text)
     message = str(error.value)
     assert "not an image" in message
     assert "notes.txt" in message
     assert "/tmp" not in message and "gradio" not in message.lower()
-    assert app.context.tagger.stats.forward_passes == passes
+    assert counted.passes == 0
     check_still_serving(client)
 
 
@@ -440,22 +429,21 @@ def test_a_text_file_is_refused_as_not_an_image(app, client, tmp_path):
         ({"mode": "best"}, ["best", "threshold", "topk", "mcut"]),
     ],
 )
-def test_bad_arguments_are_refused_without_running_the_model(app, client, kwargs, words):
-    passes = app.context.tagger.stats.forward_passes
+def test_bad_arguments_are_refused_without_running_the_model(app, client, kwargs, words, count_passes):
+    counted = count_passes(app.context.tagger)
     with pytest.raises(AppError) as error:
         tag(client, **kwargs)
     for word in words:
         assert word in str(error.value)
-    assert app.context.tagger.stats.forward_passes == passes
+    assert counted.passes == 0
     check_still_serving(client)
 
 
 # -- the model runs once per request ----------------------------------------------------------
 
 
-def test_each_tag_call_is_exactly_one_forward_pass(app, client):
-    stats = app.context.tagger.stats
-    before = stats.forward_passes
+def test_each_tag_call_is_exactly_one_forward_pass(app, client, count_passes):
+    counted = count_passes(app.context.tagger)
     calls = [
         {},
         {"threshold": 0.9},
@@ -465,7 +453,7 @@ def test_each_tag_call_is_exactly_one_forward_pass(app, client):
     ]
     for kwargs in calls:
         tag(client, **kwargs)
-    assert stats.forward_passes - before == len(calls)
+    assert (counted.passes, counted.images) == (len(calls), len(calls))
 
 
 # -- the API tab --------------------------------------------------------------------------------

@@ -6,16 +6,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import stat
 import weakref
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from support import image_bytes, write_zip
 
 from tagger.batch import CaptionNamer, run_batch, tag_items
 from tagger.errors import UploadError
@@ -35,19 +34,6 @@ def rows(output) -> list[list]:
 
 
 CATEGORY_NAMES = {c.name for c in CATEGORIES}
-
-
-def png_bytes(make_image: Callable[..., Image.Image], seed: int, width: int = 64, height: int = 48) -> bytes:
-    buffer = io.BytesIO()
-    make_image(width, height, seed=seed).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return path
 
 
 def batch(tagger: Tagger, paths: list, options: TagOptions | None = None, **kwargs):
@@ -70,17 +56,17 @@ def expected_tags(tagger: Tagger, data: bytes, options: TagOptions):
 
 
 @pytest.fixture
-def dataset_zip(tmp_path: Path, make_image) -> tuple[Path, dict[str, bytes]]:
+def dataset_zip(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     """Concept folders, a nested folder, root files, macOS junk, a non-image, a corrupt image."""
     members = {
-        "alice/01.png": png_bytes(make_image, 1),
-        "alice/02.png": png_bytes(make_image, 2),
+        "alice/01.png": image_bytes(seed=1),
+        "alice/02.png": image_bytes(seed=2),
         "alice/broken.png": b"\x89PNG\r\n\x1a\n this is not really a png",
-        "bob/outfits/red.png": png_bytes(make_image, 3, 40, 72),
-        "root.png": png_bytes(make_image, 4),
+        "bob/outfits/red.png": image_bytes(40, 72, seed=3),
+        "root.png": image_bytes(seed=4),
         "__MACOSX/alice/._01.png": b"\x00\x05\x16\x07resource fork",
         "alice/.DS_Store": b"junk",
-        ".hidden/x.png": png_bytes(make_image, 5),
+        ".hidden/x.png": image_bytes(seed=5),
         "notes.txt": b"not an image",
         "nested.zip": b"PK\x05\x06" + b"\x00" * 18,
     }
@@ -174,14 +160,14 @@ def test_jsonl_schema_line_by_line(tiny_tagger: Tagger, dataset_zip, image_files
     assert sum("error" in line for line in lines) == 1
 
 
-def test_duplicate_stems_do_not_overwrite(tiny_tagger: Tagger, make_image, tmp_path: Path) -> None:
+def test_duplicate_stems_do_not_overwrite(tiny_tagger: Tagger, tmp_path: Path) -> None:
     archive = write_zip(
         tmp_path / "dupes.zip",
         {
-            "c/a.png": png_bytes(make_image, 1),
-            "c/a.jpg": png_bytes(make_image, 2),  # PNG data under .jpg: Pillow sniffs the format
-            "c/A.webp": png_bytes(make_image, 3),
-            "d/a.png": png_bytes(make_image, 4),
+            "c/a.png": image_bytes(seed=1),
+            "c/a.jpg": image_bytes(seed=2),  # PNG data under .jpg: Pillow sniffs the format
+            "c/A.webp": image_bytes(seed=3),
+            "d/a.png": image_bytes(seed=4),
         },
     )
     out = batch(tiny_tagger, [archive], out_dir=tmp_path / "out")
@@ -202,42 +188,13 @@ def test_caption_namer_numbers_further_clashes() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["../evil.png", "/etc/evil.png", "C:/evil.png", "c:evil.png", "a/../../evil.png", "..\\evil.png", "\\abs.png"],
-)
-def test_zip_slip_names_refused(tiny_tagger: Tagger, make_image, tmp_path: Path, name: str) -> None:
-    archive = tmp_path / "slip.zip"
-    with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("ok.png", png_bytes(make_image, 1))
-        z.writestr(zipfile.ZipInfo(name), png_bytes(make_image, 2))  # ZipInfo keeps the name as given
-    with pytest.raises(UploadError, match=r"Refused the archive: the entry .*(absolute path|outside the archive)"):
-        collect_inputs([archive])
-
-
-def test_symlink_entries_refused(make_image, tmp_path: Path) -> None:
-    archive = tmp_path / "link.zip"
-    info = zipfile.ZipInfo("alice/link.png")
-    info.create_system = 3  # Unix
-    info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    with zipfile.ZipFile(archive, "w") as z:
-        z.writestr(info, "/etc/passwd")
-    with pytest.raises(UploadError, match="symbolic link"):
-        collect_inputs([archive])
-
-
-def test_a_wrapping_folder_is_looked_through_for_concepts(make_image, tmp_path: Path) -> None:
+def test_a_wrapping_folder_is_looked_through_for_concepts(tmp_path: Path) -> None:
     """Zipping `dataset/` (kohya's `10_cat/`, `5_dog/` inside it) gives the inner folders as
     concepts; zipping `10_cat/` itself keeps it as the concept."""
-    png = io.BytesIO()
-    make_image().save(png, format="PNG")
-    wrapped, single = tmp_path / "wrapped.zip", tmp_path / "single.zip"
-    with zipfile.ZipFile(wrapped, "w") as z:
-        for name in ("dataset/10_cat/a.png", "dataset/10_cat/b.png", "dataset/5_dog/c.png"):
-            z.writestr(name, png.getvalue())
-    with zipfile.ZipFile(single, "w") as z:
-        for name in ("10_cat/a.png", "10_cat/b.png"):
-            z.writestr(name, png.getvalue())
+    png = image_bytes()
+    names = ("dataset/10_cat/a.png", "dataset/10_cat/b.png", "dataset/5_dog/c.png")
+    wrapped = write_zip(tmp_path / "wrapped.zip", dict.fromkeys(names, png))
+    single = write_zip(tmp_path / "single.zip", dict.fromkeys(("10_cat/a.png", "10_cat/b.png"), png))
     with collect_inputs([wrapped]) as inputs:
         assert {i.name: i.concept for i in inputs.items} == {
             "dataset/10_cat/a.png": "10_cat",
@@ -260,18 +217,16 @@ def test_sanitize_path() -> None:
     assert sanitize_path("ünïcode/画像.png") == "ünïcode/画像.png"
 
 
-def test_zip_bomb_refused_from_declared_size(tmp_path: Path) -> None:
+def test_an_entry_over_the_size_limit_is_refused_from_its_declared_size(tmp_path: Path) -> None:
+    """(Under the size limit, a bomb's compression ratio gives it away: test_hostile.py.)"""
     archive = write_zip(tmp_path / "bomb.zip", {"big.png": b"\x00" * (8 * MiB)})
     assert archive.stat().st_size < 64 * 1024
     with pytest.raises(UploadError, match=r"big.png unpacks to 8.0 MiB, more than the limit of 4 MiB per image"):
         collect_inputs([archive], BatchLimits(max_image_bytes=4 * MiB))
-    # Under the size limit, the compression ratio alone gives it away.
-    with pytest.raises(UploadError, match=r"compressed [\d,]+:1, more than the limit of 200:1 .*zip bomb"):
-        collect_inputs([archive])
 
 
-def test_total_unpacked_size_refused(make_image, tmp_path: Path) -> None:
-    members = {f"c/{i}.png": png_bytes(make_image, i) for i in range(4)}
+def test_total_unpacked_size_refused(tmp_path: Path) -> None:
+    members = {f"c/{i}.png": image_bytes(seed=i) for i in range(4)}
     archive = write_zip(tmp_path / "many.zip", members)
     limit = sum(len(v) for v in members.values()) - 1
     with pytest.raises(UploadError, match=r"The images unpack to .* MiB; the limit is"):
@@ -287,11 +242,11 @@ def test_reading_counts_bytes_whatever_was_declared() -> None:
         _read_capped(io.BytesIO(b"x" * 600), 500, "b.png", limits, block=64)  # 500 left of the total
 
 
-def test_too_many_files_refused(image_files: list[Path], make_image, tmp_path: Path) -> None:
+def test_too_many_files_refused(image_files: list[Path], tmp_path: Path) -> None:
     limits = BatchLimits(max_files=2)
     with pytest.raises(UploadError, match="3 files were uploaded; the limit is 2 per request"):
         collect_inputs(image_files, limits)
-    archive = write_zip(tmp_path / "three.zip", {f"{i}.png": png_bytes(make_image, i) for i in range(3)})
+    archive = write_zip(tmp_path / "three.zip", {f"{i}.png": image_bytes(seed=i) for i in range(3)})
     with pytest.raises(UploadError, match="more than 2 images"):
         collect_inputs([archive], limits)
     with pytest.raises(UploadError, match=r"The upload is .* MiB; the limit is 0 MiB"):
@@ -311,8 +266,8 @@ def test_requests_without_images_refused(tmp_path: Path) -> None:
         collect_inputs([fake])
 
 
-def test_encrypted_member_is_an_error_row(tiny_tagger: Tagger, make_image, tmp_path: Path) -> None:
-    archive = write_zip(tmp_path / "locked.zip", {"locked.png": png_bytes(make_image, 1), "open.png": b""})
+def test_encrypted_member_is_an_error_row(tiny_tagger: Tagger, tmp_path: Path) -> None:
+    archive = write_zip(tmp_path / "locked.zip", {"locked.png": image_bytes(seed=1), "open.png": b""})
     # zipfile cannot encrypt: set the "encrypted" flag of the first member in both of its headers.
     data = bytearray(archive.read_bytes())
     for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
@@ -326,10 +281,10 @@ def test_encrypted_member_is_an_error_row(tiny_tagger: Tagger, make_image, tmp_p
     assert set(first) == {"filename", "concept", "error"} and "encrypted" in first["error"]
 
 
-def test_memory_stays_bounded_by_the_chunk(tiny_tagger: Tagger, make_image, tmp_path: Path) -> None:
+def test_memory_stays_bounded_by_the_chunk(tiny_tagger: Tagger, tmp_path: Path) -> None:
     # Mixed sizes, so that each chunk also exercises the size grouping inside the model call.
     archive = write_zip(
-        tmp_path / "ten.zip", {f"{i:02d}.png": png_bytes(make_image, i, 64, 48 + 16 * (i % 2)) for i in range(10)}
+        tmp_path / "ten.zip", {f"{i:02d}.png": image_bytes(64, 48 + 16 * (i % 2), seed=i) for i in range(10)}
     )
     alive = 0
     peak = 0
@@ -372,14 +327,15 @@ def test_memory_stays_bounded_by_the_chunk(tiny_tagger: Tagger, make_image, tmp_
     assert [p[:2] for p in progress] == [(i, 10) for i in range(1, 11)]
 
 
-def test_same_size_images_make_one_forward(tiny_files, make_image, tmp_path: Path) -> None:
+def test_same_size_images_make_one_forward(tiny_files, tmp_path: Path, count_passes) -> None:
     checkpoint, vocab = tiny_files
     tagger = Tagger(checkpoint, vocab, device="cpu", dtype="fp32", max_batch_size=8)
-    archive = write_zip(tmp_path / "six.zip", {f"c/{i}.png": png_bytes(make_image, i) for i in range(6)})
+    counted = count_passes(tagger)
+    archive = write_zip(tmp_path / "six.zip", {f"c/{i}.png": image_bytes(seed=i) for i in range(6)})
     out = batch(tagger, [archive], out_dir=tmp_path / "out")
     assert out.images == 6
     assert out.model_calls == 1
-    assert tagger.stats.forward_passes == 1 and tagger.stats.images == 6
+    assert (counted.passes, counted.images) == (1, 6)
 
 
 def test_failed_request_leaves_no_output_dir(tiny_tagger: Tagger, tmp_path: Path, monkeypatch) -> None:
@@ -405,7 +361,7 @@ def test_endpoint_is_documented(client) -> None:
     assert len(endpoint["returns"]) == 4
 
 
-def test_endpoint_with_files_and_zip(client, image_files: list[Path], dataset_zip, app) -> None:
+def test_endpoint_with_files_and_zip(client, image_files: list[Path], dataset_zip, app, count_passes) -> None:
     from gradio_client import handle_file
 
     stray = image_files[0].parent / "old caption.txt"  # dragged in with the images: skipped, not fatal
@@ -421,7 +377,7 @@ def test_endpoint_with_files_and_zip(client, image_files: list[Path], dataset_zi
     assert "2 images tagged** · 0 errors · 1 skipped" in summary
 
     path, _ = dataset_zip
-    passes = app.context.tagger.stats.forward_passes
+    counted = count_passes(app.context.tagger)
     table, captions, jsonl, summary = client.predict(
         [handle_file(str(path))], prepend="my character", underscores=True, api_name="/tag_batch"
     )
@@ -433,15 +389,4 @@ def test_endpoint_with_files_and_zip(client, image_files: list[Path], dataset_zi
     assert [("error" in line) for line in lines] == [False, False, True, False, False]
     assert "4 images tagged** · 1 error · 5 skipped" in summary
     # Two image sizes in one chunk: two forward passes in one model call, not one per image.
-    assert app.context.tagger.stats.forward_passes - passes == 2
-
-
-def test_endpoint_refusal_is_a_clear_error(client, tmp_path: Path) -> None:
-    from gradio_client import handle_file
-    from gradio_client.exceptions import AppError
-
-    archive = tmp_path / "slip.zip"
-    with zipfile.ZipFile(archive, "w") as z:
-        z.writestr(zipfile.ZipInfo("../evil.png"), b"x")
-    with pytest.raises(AppError, match="outside the archive"):
-        client.predict([handle_file(str(archive))], api_name="/tag_batch")
+    assert counted.passes == 2

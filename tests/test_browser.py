@@ -21,7 +21,6 @@ from app_server import RunningApp
 from browser_support import (
     ARTIFACTS,
     CHROMIUM,
-    CHROMIUM_ARGS,
     DESKTOP,
     IMAGE,
     contrast,
@@ -33,7 +32,7 @@ from browser_support import (
     selected,
     shown_categories,
 )
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 import tagger.fetch as fetch
 from tagger.errors import SelectionError
@@ -50,14 +49,6 @@ def scores(app: RunningApp) -> np.ndarray:
     return app.context.tagger.probabilities([IMAGE])[0]
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def page(app: RunningApp, browser: Browser, scores: np.ndarray) -> Iterator[Page]:
     """A fresh page with ``IMAGE`` uploaded on the Tag tab and its tags shown."""
@@ -67,21 +58,6 @@ def page(app: RunningApp, browser: Browser, scores: np.ndarray) -> Iterator[Page
     errors = page.errors  # type: ignore[attr-defined]
     page.context.close()
     assert not errors, errors
-
-
-@pytest.fixture
-def model_calls(app: RunningApp, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the work functions run through ``ModelRunner.call`` from now on."""
-    runner = app.context.runner
-    original = runner.call
-    calls: list[str] = []
-
-    def call(fn, pixels, *args):
-        calls.append(getattr(fn, "__name__", str(fn)))
-        return original(fn, pixels, *args)
-
-    monkeypatch.setattr(runner, "call", call)
-    return calls
 
 
 def tag_string(page: Page):
@@ -138,9 +114,8 @@ def test_upload_shows_the_engines_tags(app, page, scores):
     page.screenshot(path=ARTIFACTS / "tag_tab.png", full_page=True)
 
 
-def test_filters_change_in_the_page_without_the_server_or_the_model(app, page, scores):
-    stats = app.context.tagger.stats
-    passes = stats.forward_passes
+def test_filters_change_in_the_page_without_the_server_or_the_model(app, page, scores, count_passes):
+    counted = count_passes(app.context.tagger)
     calls = queue_calls(page)
     names = [c.name for c in present_categories(app.context.vocab)]
     dropped = next(iter(shown_categories(page)))  # a category that has tags now
@@ -191,17 +166,17 @@ def test_filters_change_in_the_page_without_the_server_or_the_model(app, page, s
     check_view(app, page, scores, **values)
 
     assert not calls, f"a filter change went to the server: {calls}"
-    assert stats.forward_passes == passes, "re-rendering must not run the model"
+    assert counted.passes == 0, "re-rendering must not run the model"
 
 
-def test_a_floor_under_the_sent_scores_fetches_more_scores_but_never_runs_the_model(app, page, scores):
-    passes = app.context.tagger.stats.forward_passes
+def test_a_floor_under_the_sent_scores_fetches_more_scores_but_never_runs_the_model(app, page, scores, count_passes):
+    counted = count_passes(app.context.tagger)
     page.get_by_label("Top-k per category").check()
     set_number(page, "topk-per-category", 200)
     set_number(page, "floor", 0)
     check_view(app, page, scores, mode="topk", topk_per_category=200, floor=0.0)
     assert len(tag_string(page).input_value().split(", ")) == len(app.context.vocab)  # every tag
-    assert app.context.tagger.stats.forward_passes == passes
+    assert counted.passes == 0
 
 
 # -- item 2: a bad per-category threshold, next to its field --------------------------------------
@@ -243,8 +218,8 @@ def test_each_category_has_a_copy_button_and_prepend_stays_out_of_it(app, page, 
 # -- items 9 and 10: clicks on tags, the look-up ----------------------------------------------------
 
 
-def test_clicking_a_tag_shows_its_heatmap_over_the_image(app, page, scores, model_calls):
-    passes = app.context.tagger.stats.forward_passes
+def test_clicking_a_tag_shows_its_heatmap_over_the_image(app, page, scores, model_calls, count_passes):
+    counted = count_passes(app.context.tagger)
     row = page.locator("#tag-view .tv-row").nth(1)
     tag = row.get_attribute("data-tag")
     row.locator(".tv-tag").click()
@@ -257,7 +232,7 @@ def test_clicking_a_tag_shows_its_heatmap_over_the_image(app, page, scores, mode
     page.locator("#tag-heatmap-back").click()
     expect(page.locator("#tag-image img")).to_be_visible()
     expect(heatmap).to_be_hidden()
-    assert app.context.tagger.stats.forward_passes >= passes
+    assert counted.passes == 1  # the heatmap's; showing it and going back run nothing more
     check_view(app, page, scores)  # the tags did not move
 
 

@@ -7,14 +7,14 @@ One app and one browser for the module. Screenshots go to ``test-artifacts/``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from app_server import RunningApp
 from browser_support import (
     ARTIFACTS,
     CHROMIUM,
-    CHROMIUM_ARGS,
     DESKTOP,
     IMAGE,
     PHONE,
@@ -24,28 +24,35 @@ from browser_support import (
     new_page,
     open_tagged,
 )
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"browser tests need Debian's chromium at {CHROMIUM}")
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
-def pages(browser: Browser) -> Iterator[list[Page]]:
-    """Pages made with ``new_page`` during the test; closed after it, with no page errors."""
+def open_page(browser: Browser) -> Iterator[Callable[[dict], Page]]:
+    """``open_page(viewport)`` → a ``new_page``; each is closed after the test, which fails
+    on any error in a page."""
     made: list[Page] = []
-    yield made
+
+    def open_one(viewport: dict) -> Page:
+        made.append(new_page(browser, viewport))
+        return made[-1]
+
+    yield open_one
     errors = [e for page in made for e in page.errors]  # type: ignore[attr-defined]
     for page in made:
         page.context.close()
     assert not errors, errors
+
+
+def tag_in_batch_tab(page: Page, app: RunningApp, files: list[Path]) -> None:
+    """The app's Batch tab with ``files`` tagged."""
+    page.goto(app.url)
+    page.get_by_role("tab", name="Batch").click()
+    page.locator("#batch-files input[type=file]").set_input_files(files)
+    page.locator("#batch-run").click()
+    expect(page.locator("#batch-summary")).to_contain_text(f"{len(files)} images tagged")
 
 
 def top(page: Page, selector: str) -> float:
@@ -56,10 +63,9 @@ def top(page: Page, selector: str) -> float:
 
 
 @pytest.mark.parametrize("theme", ["light", "dark"])
-def test_a_phone_gets_the_results_first_and_is_scrolled_to_them(app, browser, pages, theme):
+def test_a_phone_gets_the_results_first_and_is_scrolled_to_them(app, open_page, theme):
     scores = app.context.tagger.probabilities([IMAGE])[0]
-    page = new_page(browser, PHONE)
-    pages.append(page)
+    page = open_page(PHONE)
     open_tagged(page, app, "" if theme == "light" else "?__theme=dark")
     expect(page.locator("#tag-string textarea")).to_have_value(expected_string(app, scores))
     # Upload, then results, then the controls.
@@ -75,14 +81,9 @@ def test_a_phone_gets_the_results_first_and_is_scrolled_to_them(app, browser, pa
     page.screenshot(path=ARTIFACTS / f"phone_tag_{theme}_full.png", full_page=True)
 
 
-def test_the_phone_batch_tab_shows_results_first_with_whole_numbers(app, browser, pages, image_files: list[Path]):
-    page = new_page(browser, PHONE)
-    pages.append(page)
-    page.goto(app.url)
-    page.get_by_role("tab", name="Batch").click()
-    page.locator("#batch-files input[type=file]").set_input_files(image_files)
-    page.locator("#batch-run").click()
-    expect(page.locator("#batch-summary")).to_contain_text("3 images tagged")
+def test_the_phone_batch_tab_shows_results_first_with_whole_numbers(app, open_page, image_files: list[Path]):
+    page = open_page(PHONE)
+    tag_in_batch_tab(page, app, image_files)
     assert top(page, "#batch-input") < top(page, "#batch-results") < top(page, "#batch-controls")
     cells = page.locator("#batch-table .virtual-row [data-col='2']")  # the "tags" column
     expect(cells).to_have_count(3)
@@ -108,9 +109,8 @@ def test_the_phone_batch_tab_shows_results_first_with_whole_numbers(app, browser
 # -- dark theme -----------------------------------------------------------------------------------
 
 
-def test_the_dark_theme_keeps_the_tags_readable(app, browser, pages):
-    page = new_page(browser, DESKTOP)
-    pages.append(page)
+def test_the_dark_theme_keeps_the_tags_readable(app, open_page):
+    page = open_page(DESKTOP)
     open_tagged(page, app, "?__theme=dark")
     assert page.evaluate("document.querySelector('.dark') !== null")
     for selector in (".tv-label", ".tv-string", ".tv-name", "#summary"):
@@ -122,9 +122,8 @@ def test_the_dark_theme_keeps_the_tags_readable(app, browser, pages):
 # -- item 3: errors keep the last good output --------------------------------------------------
 
 
-def test_an_unknown_heatmap_tag_keeps_the_last_heatmap(app, browser, pages):
-    page = new_page(browser, DESKTOP)
-    pages.append(page)
+def test_an_unknown_heatmap_tag_keeps_the_last_heatmap(app, open_page):
+    page = open_page(DESKTOP)
     open_tagged(page, app)
     page.get_by_role("tab", name="Features").click()
     expect(page.locator("#features-seen img")).to_be_visible()
@@ -143,15 +142,10 @@ def test_an_unknown_heatmap_tag_keeps_the_last_heatmap(app, browser, pages):
     page.screenshot(path=ARTIFACTS / "features_unknown_tag.png", full_page=True)
 
 
-def test_tag_all_without_files_keeps_the_last_results(app, browser, pages, image_files: list[Path]):
-    page = new_page(browser, DESKTOP)
-    pages.append(page)
-    page.goto(app.url)
-    page.get_by_role("tab", name="Batch").click()
-    page.locator("#batch-files input[type=file]").set_input_files(image_files)
-    page.locator("#batch-run").click()
+def test_tag_all_without_files_keeps_the_last_results(app, open_page, image_files: list[Path]):
+    page = open_page(DESKTOP)
+    tag_in_batch_tab(page, app, image_files)
     summary = page.locator("#batch-summary")
-    expect(summary).to_contain_text("3 images tagged")
     rows = page.locator("#batch-table .virtual-row")
     expect(rows).to_have_count(3)
     before = (summary.inner_text(), rows.all_inner_texts())
@@ -173,9 +167,8 @@ def test_tag_all_without_files_keeps_the_last_results(app, browser, pages, image
     page.screenshot(path=ARTIFACTS / "batch_empty_run.png", full_page=True)
 
 
-def test_a_file_that_is_not_an_image_or_a_missing_zip_gets_a_sentence(app, browser, pages, tmp_path: Path):
-    page = new_page(browser, DESKTOP)
-    pages.append(page)
+def test_a_file_that_is_not_an_image_or_a_missing_zip_gets_a_sentence(app, open_page, tmp_path: Path):
+    page = open_page(DESKTOP)
     page.goto(app.url)
     fake = tmp_path / "notes.png"
     fake.write_text("not an image at all")

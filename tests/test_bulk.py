@@ -11,16 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bulk_support import (
-    captions,
-    every_input_kind,
-    image_bytes,
-    jsonl_lines,
-    parquet_rows,
-    run_bulk,
-    tree,
-    write_images,
-)
+from bulk_support import captions, every_input_kind, jsonl_lines, parquet_rows, run_bulk, tree, write_images
+from support import image_bytes
 
 from tagger.batch import ImageResult, run_batch
 from tagger.bulk.resume import options_hash

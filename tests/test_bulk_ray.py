@@ -38,7 +38,8 @@ def local_ray():
 def test_ray_engine_writes_the_local_engines_rows_and_resumes_a_local_run(
     tmp_path: Path, tiny_files, capsys, local_ray
 ) -> None:
-    from bulk_support import image_bytes, write_tar, write_zip
+    from bulk_support import write_tar
+    from support import image_bytes, write_zip
 
     folder = tmp_path / "data"
     write_images(folder, [f"c/{i}.png" for i in range(6)] + ["d/x.jpg", "d/y.png"])

@@ -19,13 +19,13 @@ import pytest
 from bulk_support import (
     captions,
     environment_for_subprocess,
-    image_bytes,
     jsonl_lines,
     model_args,
     parquet_rows,
     run_bulk,
     write_images,
 )
+from support import image_bytes
 
 from tagger.bulk.sharding import ShardSpec, Worker, launch_workers
 

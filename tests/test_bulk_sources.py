@@ -12,11 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from bulk_support import every_input_kind, image_bytes, write_images, write_tar, write_zip
+from bulk_support import every_input_kind, write_images, write_tar
+from support import image_bytes, write_zip
 
 from tagger.bulk.decode import DecodePool
-from tagger.bulk.errors import BulkError
 from tagger.bulk.sources import Inputs, InputSettings, Record, read_bytes
+from tagger.errors import BulkError
 
 
 def listing(*specs: str, **settings: object) -> list[Record]:

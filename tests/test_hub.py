@@ -23,6 +23,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from support import assert_sentence
 
 from tagger import hub
 from tagger.hub import (
@@ -95,11 +96,6 @@ def http_error(cls: type[HfHubHTTPError], status: int, message: str = "error") -
     return cls(message, response=httpx2.Response(status, request=request))
 
 
-def assert_one_sentence(message: str) -> None:
-    assert "\n" not in message
-    assert message.endswith(".")
-
-
 # --- local files -------------------------------------------------------------------------
 
 
@@ -133,7 +129,7 @@ def test_missing_local_checkpoint_argument_names_path_and_flag(tmp_path: Path) -
         resolve_model_files(checkpoint=missing, env={})
     assert str(missing) in str(info.value)
     assert "--checkpoint" in str(info.value)
-    assert_one_sentence(str(info.value))
+    assert_sentence(str(info.value), end=(".",))
 
 
 def test_missing_local_vocab_env_names_path_and_variable(tmp_path: Path) -> None:
@@ -215,7 +211,7 @@ def test_offline_with_empty_cache_says_what_to_do(offline: Path) -> None:
     message = str(info.value)
     assert "TAGGER_CHECKPOINT" in message and "HF_HUB_OFFLINE" in message
     assert CHECKPOINT_FILENAME in message
-    assert_one_sentence(message)
+    assert_sentence(message, end=(".",))
 
 
 def test_offline_vocab_missing_mentions_vocab_variable(offline: Path) -> None:
@@ -274,7 +270,7 @@ def test_network_error_with_empty_cache_says_hub_unreachable(offline: Path, monk
     message = str(info.value)
     assert message.startswith("Could not reach the Hugging Face Hub to download tagger_proto.safetensors")
     assert "TAGGER_CHECKPOINT" in message and "TAGGER_VOCAB" in message
-    assert_one_sentence(message)
+    assert_sentence(message, end=(".",))
 
 
 def test_vocab_falls_back_when_categories_file_absent_from_repo(monkeypatch: pytest.MonkeyPatch, offline: Path) -> None:
@@ -328,7 +324,7 @@ def test_hub_errors_become_one_actionable_sentence(
         resolve_model_files(revision="v3", env={})
     assert expected in str(info.value)
     assert info.value.__cause__ is error
-    assert_one_sentence(str(info.value))
+    assert_sentence(str(info.value), end=(".",))
 
 
 def test_other_errors_on_first_vocab_name_are_reported_not_skipped(
@@ -376,4 +372,4 @@ def test_disk_errors_are_not_mistaken_for_the_network(offline: Path, monkeypatch
     with pytest.raises(ResolutionError) as info:
         resolve_model_files(env={}, cache_dir=offline)
     assert "Could not store tagger_proto.safetensors" in str(info.value)
-    assert_one_sentence(str(info.value))
+    assert_sentence(str(info.value), end=(".",))

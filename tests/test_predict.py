@@ -15,7 +15,7 @@ from tagger.weights import CheckpointError
 
 @pytest.fixture
 def fresh_tagger(tiny_files):
-    """A Tagger of its own (fresh ``stats``) that batches up to 8 images per forward pass."""
+    """A Tagger of its own that batches up to 8 images per forward pass."""
     checkpoint, vocab = tiny_files
     return Tagger(checkpoint, vocab, device="cpu", dtype="fp32", max_batch_size=8)
 
@@ -72,35 +72,37 @@ def test_predict_batch_equals_single_predictions(tiny_tagger, image_files):
     assert tiny_tagger.predict_batch([]) == []
 
 
-def test_same_size_images_share_one_forward_pass(fresh_tagger, make_image):
+def test_same_size_images_share_one_forward_pass(fresh_tagger, make_image, count_passes):
     images = [make_image(64, 48, seed=i) for i in range(5)]
+    counted = count_passes(fresh_tagger)
     fresh_tagger.probabilities(images)
-    assert fresh_tagger.stats.forward_passes == 1
-    assert fresh_tagger.stats.images == 5
+    assert (counted.passes, counted.images) == (1, 5)
 
 
-def test_two_token_counts_take_two_forward_passes_on_cpu(fresh_tagger, make_image):
+def test_two_token_counts_take_two_forward_passes_on_cpu(fresh_tagger, make_image, count_passes):
     # 4 × 3 patches and 2 × 4: the CPU default allows no padding.
     images = [make_image(64, 48, seed=0), make_image(40, 72, seed=1), make_image(64, 48, seed=2)]
+    counted = count_passes(fresh_tagger)
     fresh_tagger.predict_batch(images)
-    assert fresh_tagger.stats.forward_passes == 2
-    assert fresh_tagger.stats.images == 3
+    assert (counted.passes, counted.images) == (2, 3)
 
 
-def test_same_token_count_in_other_shapes_shares_one_forward_pass(fresh_tagger, make_image):
+def test_same_token_count_in_other_shapes_shares_one_forward_pass(fresh_tagger, make_image, count_passes):
     images = [make_image(64, 48, seed=0), make_image(48, 64, seed=1), make_image(192, 16, seed=2)]  # 12 patches each
+    counted = count_passes(fresh_tagger)
     probs = fresh_tagger.probabilities(images)
-    assert fresh_tagger.stats.forward_passes == 1
+    assert counted.passes == 1
     for image, row in zip(images, probs, strict=True):
         np.testing.assert_allclose(row, fresh_tagger.probabilities([image])[0], rtol=0, atol=1e-5)
 
 
-def test_max_batch_size_splits_large_groups(tiny_files, make_image):
+def test_max_batch_size_splits_large_groups(tiny_files, make_image, count_passes):
     checkpoint, vocab = tiny_files
     tagger = Tagger(checkpoint, vocab, device="cpu", dtype="fp32", max_batch_size=2)
+    counted = count_passes(tagger)
     probs = tagger.probabilities([make_image(32, 32, seed=i) for i in range(5)])
     assert probs.shape[0] == 5
-    assert tagger.stats.forward_passes == 3
+    assert counted.passes == 3
 
 
 def test_probabilities_and_descriptors_shapes(tiny_tagger, tiny_config, image_files):

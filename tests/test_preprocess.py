@@ -17,6 +17,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
+from support import assert_sentence
 
 from tagger.preprocess import (
     IMAGENET_MEAN,
@@ -369,7 +370,8 @@ def raises_image_error(source: object, *fragments: str, **kwargs: object) -> Ima
     message = str(info.value)
     for fragment in fragments:
         assert fragment.lower() in message.lower(), message
-    assert "<_io." not in message and "Traceback" not in message
+    assert "<_io." not in message, message
+    assert_sentence(message)
     return info.value
 
 

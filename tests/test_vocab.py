@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support import DISPLAY_ORDER
 
 from tagger.synthetic import write_random_vocabulary
 from tagger.vocab import CATEGORIES, CATEGORY_BY_ID, UNASSIGNED, Vocabulary, VocabularyError, category_by_name
@@ -212,18 +213,7 @@ def test_category_ids_length_must_match_tags():
 
 
 def test_categories_in_display_order_with_reference_colours():
-    assert [c.name for c in CATEGORIES] == [
-        "artist",
-        "copyright",
-        "character",
-        "species",
-        "general",
-        "lore",
-        "meta",
-        "contributor",
-        "disambiguation",
-        "unassigned",
-    ]
+    assert [c.name for c in CATEGORIES] == DISPLAY_ORDER
     assert [c.order for c in CATEGORIES] == list(range(10))
     table = {c.id: (c.name, c.color) for c in CATEGORIES}
     assert table == {

@@ -13,6 +13,6 @@ One module per job, in the order data flows:
 """
 
 from tagger.bulk.cli import main
-from tagger.bulk.errors import BulkError
+from tagger.errors import BulkError
 
 __all__ = ["BulkError", "main"]

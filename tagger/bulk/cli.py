@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from tagger.bulk.decode import default_workers, share_cores_with_decoders
-from tagger.bulk.errors import BulkError
 from tagger.bulk.local import run_local
 from tagger.bulk.outputs import FORMATS, ON_EXISTING, Layout, OutputWriter, RunInfo
 from tagger.bulk.plan import Plan
@@ -28,7 +27,7 @@ from tagger.bulk.resume import ResumeState, check_manifest, new_manifest, option
 from tagger.bulk.sharding import ShardSpec, gpu_workers, launch_workers
 from tagger.bulk.sources import Inputs, InputSettings
 from tagger.cli import add_option_arguments, options_from_args
-from tagger.errors import CheckpointError, ResolutionError, SelectionError, VocabularyError
+from tagger.errors import BulkError, CheckpointError, ResolutionError, SelectionError, VocabularyError
 from tagger.hub import DEFAULT_REPO, ModelFiles, resolve_model_files
 from tagger.options import TagOptions
 from tagger.predict import Tagger, resolve_device

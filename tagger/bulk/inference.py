@@ -95,21 +95,7 @@ def probabilities_and_descriptors(
 
 def error_row(item: Decoded) -> TagRow:
     record = item.record
-    result = ImageResult(record.key, record.concept, item.sha256, error=item.error)
-    return TagRow(
-        record.index,
-        record.shard,
-        record.key,
-        record.path,
-        item.sha256,
-        None,
-        None,
-        item.error,
-        EMPTY_IDS,
-        EMPTY_SCORES,
-        json.dumps(result.json_line(), ensure_ascii=False),
-        record.caption_file,
-    )
+    return _row(item, ImageResult(record.key, record.concept, item.sha256, error=item.error), EMPTY_IDS, EMPTY_SCORES)
 
 
 def result_row(
@@ -119,20 +105,33 @@ def result_row(
     tags = select_tags(scores, tagger.vocab, options.selection)
     result = ImageResult(record.key, record.concept, item.sha256, tuple(tags))
     kept = np.flatnonzero(scores >= np.float32(options.selection.floor)).astype(np.int32)
+    return _row(item, result, kept, scores[kept].astype(np.float32), options.tag_string(tags), descriptor)
+
+
+def _row(
+    item: Decoded,
+    result: ImageResult,
+    tag_ids: np.ndarray,
+    scores: np.ndarray,
+    caption: str | None = None,
+    descriptor: np.ndarray | None = None,
+) -> TagRow:
+    """``item``'s row: its ``result`` (an error row has no size) and the scores it keeps."""
+    record, tagged = item.record, result.error is None
     return TagRow(
         record.index,
         record.shard,
         record.key,
         record.path,
         item.sha256,
-        item.width,
-        item.height,
-        None,
-        kept,
-        scores[kept].astype(np.float32),
+        item.width if tagged else None,
+        item.height if tagged else None,
+        result.error,
+        tag_ids,
+        scores,
         json.dumps(result.json_line(), ensure_ascii=False),
         record.caption_file,
-        options.tag_string(tags),
+        caption,
         descriptor,
     )
 

@@ -20,10 +20,11 @@ does not have yet, ``skip`` keeps the file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,20 +84,27 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
-    """Write ``data`` to ``path`` through a temporary name and a rename: all or nothing."""
+@contextlib.contextmanager
+def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to: renamed to ``path`` when the block ends
+    (after an fsync when ``durable``), removed if it fails. All or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_name(path)
     try:
-        with open(temporary, "wb") as fp:
-            fp.write(data)
-            if durable:
-                fp.flush()
+        yield temporary
+        if durable:
+            with open(temporary, "rb+") as fp:
                 os.fsync(fp.fileno())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary name and a rename: all or nothing."""
+    with atomic_path(path, durable) as temporary:
+        temporary.write_bytes(data)
 
 
 def remove_temporaries(folder: Path) -> None:
@@ -270,18 +278,9 @@ class OutputWriter:
             if "txt" in self.formats and row.caption_file is not None and row.caption is not None:
                 outcome = write_caption(self.layout.caption(row.caption_file), row.caption, self.on_existing)
                 counts.captions[outcome] = counts.captions.get(outcome, 0) + 1
-        folder = self.layout.parts(shard)
-        folder.mkdir(parents=True, exist_ok=True)
-        part = folder / f"part-{min(r.index for r in rows):012d}.parquet"
-        temporary = temporary_name(part)
-        try:
+        part = self.layout.parts(shard) / f"part-{min(r.index for r in rows):012d}.parquet"
+        with atomic_path(part, durable=True) as temporary:
             pq.write_table(_rows_table(rows, self.info.descriptors), temporary)
-            with open(temporary, "rb+") as fp:
-                os.fsync(fp.fileno())
-            os.replace(temporary, part)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
         return counts
 
     def finish_shard(self, shard: int) -> dict[str, int]:
@@ -326,14 +325,5 @@ class OutputWriter:
         if self.info.descriptors:
             columns["descriptor"] = table.column("descriptor")
         columns["error"] = table.column("error")
-        path = self.layout.parquet(shard)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = temporary_name(path)
-        try:
+        with atomic_path(self.layout.parquet(shard), durable=True) as temporary:
             pq.write_table(pa.table(columns), temporary, compression="zstd")
-            with open(temporary, "rb+") as fp:
-                os.fsync(fp.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise

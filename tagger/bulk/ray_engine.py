@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 from tagger.bulk.decode import Decoded, decode_locator
-from tagger.bulk.errors import BulkError
 from tagger.bulk.inference import batches_by_tokens, count_tokens, error_row, padding_source, tag_batch
 from tagger.bulk.local import WINDOW_BATCHES
 from tagger.bulk.outputs import OutputWriter, TagRow
 from tagger.bulk.plan import Kept, Plan, ShardEnd
 from tagger.bulk.progress import Progress, Summary
 from tagger.bulk.sources import Record
+from tagger.errors import BulkError
 from tagger.hub import ModelFiles
 from tagger.options import TagOptions
 from tagger.preprocess import Preprocessor

@@ -21,8 +21,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from tagger.bulk.errors import BulkError
 from tagger.bulk.outputs import Layout, remove_temporaries, write_atomic
+from tagger.errors import BulkError
 from tagger.options import OPTION_NAMES, TagOptions
 
 log = logging.getLogger("tagger")

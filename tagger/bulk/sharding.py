@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tagger.bulk.errors import BulkError
+from tagger.errors import BulkError
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tagger.bulk.errors import BulkError
-from tagger.errors import UploadError
+from tagger.errors import BulkError, UploadError
 from tagger.intake import IMAGE_EXTENSIONS, sanitize_path, wrapper_depth
 
 HUB_PREFIX = "hf:"
