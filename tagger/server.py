@@ -137,6 +137,13 @@ def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
     )
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tagger-app``: the same app as ``python app.py``, for an installed package."""
+    demo, _ = create_app(argv)
+    launch(demo)
+    return 0
+
+
 def _readable_request_errors(demo: gr.Blocks) -> None:
     """Gradio's own messages for malformed raw API calls are written for developers (component
     reprs with memory addresses, pydantic dumps, server paths); give each a sentence instead."""

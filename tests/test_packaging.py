@@ -1,0 +1,77 @@
+"""`pip install .` gives a working package: the modules, the page's assets, the console scripts
+and the dependencies read from the same requirement files the Space installs."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources.
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md", "requirements.txt", "requirements-bulk.txt", "requirements-test.txt"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "tagger", source / "tagger", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
+        check=True,
+        timeout=300,
+    )
+    (path,) = out.glob("dinov3_tagger-*.whl")
+    return zipfile.ZipFile(path)
+
+
+def _metadata(wheel: zipfile.ZipFile, name: str) -> str:
+    (member,) = [n for n in wheel.namelist() if n.endswith(f".dist-info/{name}")]
+    return wheel.read(member).decode()
+
+
+def test_wheel_holds_the_package_and_the_page_assets(wheel: zipfile.ZipFile) -> None:
+    names = set(wheel.namelist())
+    for module in ("tagger/predict.py", "tagger/ui/tag_tab.py", "tagger/bulk/cli.py", "tagger/bulk/__main__.py"):
+        assert module in names
+    for asset in (ROOT / "tagger/ui/assets").iterdir():
+        assert f"tagger/ui/assets/{asset.name}" in names
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+
+
+def test_console_scripts(wheel: zipfile.ZipFile) -> None:
+    entry_points = _metadata(wheel, "entry_points.txt")
+    scripts = dict(line.split(" = ") for line in entry_points.splitlines() if " = " in line)
+    assert scripts == {
+        "tagger": "tagger.cli:main",
+        "tagger-bulk": "tagger.bulk.cli:main",
+        "tagger-app": "tagger.server:main",
+    }
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function))
+
+
+def _requirements(path: Path) -> list[str]:
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith(("#", "-"))]
+
+
+def test_dependencies_are_the_requirement_files(wheel: zipfile.ZipFile) -> None:
+    metadata = _metadata(wheel, "METADATA")
+    requires = [
+        line.removeprefix("Requires-Dist: ") for line in metadata.splitlines() if line.startswith("Requires-Dist:")
+    ]
+    runtime = [r for r in requires if "extra ==" not in r]
+    assert len(runtime) == len(_requirements(ROOT / "requirements.txt"))
+    assert any(r.startswith("torch") for r in runtime) and any(r.startswith("gradio") for r in runtime)
+    assert "Provides-Extra: bulk" in metadata and "Provides-Extra: dev" in metadata
+    bulk = [r for r in requires if 'extra == "bulk"' in r]
+    assert len(bulk) == len(_requirements(ROOT / "requirements-bulk.txt"))
