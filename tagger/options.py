@@ -50,6 +50,7 @@ class OptionInfo:
 
     label: str  # the UI's label
     help: str  # one sentence: API reference, MCP tool description, CLI --help
+    widget_help: str = ""  # the UI's hint, where its widget reads differently from a value (default: help)
     minimum: float | None = None
     maximum: float | None = None
     step: float | None = None
@@ -113,6 +114,7 @@ class TagOptions:
         "",
         label="Categories",
         help="Categories to keep, as a list or comma-separated (e.g. 'general, character'); empty keeps all.",
+        widget_help="Tags of the ticked categories are shown.",
     )
     category_thresholds: str = _option(
         "",

@@ -349,7 +349,7 @@ def test_option_widgets_follow_the_declaration(app):
             info = option_info(field)
             elem_id = prefix + ("category-filter" if field.name == "categories" else field.name.replace("_", "-"))
             props = config[elem_id]["props"]
-            assert (props["label"], props["info"]) == (info.label, info.help), elem_id
+            assert (props["label"], props["info"]) == (info.label, info.widget_help or info.help), elem_id
             if field.name == "categories":
                 assert [c[1] for c in props["choices"]] == present and props["value"] == present
                 continue

@@ -113,3 +113,18 @@ def test_the_batch_summary_names_skipped_files():
 def test_assets_hold_no_closing_script_tag():
     for path in (Path(__file__).resolve().parent.parent / "tagger" / "ui" / "assets").glob("*.js"):
         assert "</script" not in path.read_text().lower(), path
+
+
+def test_no_ticked_category_is_refused_not_read_as_all():
+    """The Batch tab's boxes all unticked: a sentence, not a run with every category."""
+    import gradio as gr
+
+    from tagger.errors import SelectionError
+    from tagger.ui.controls import build_option_controls
+
+    with gr.Blocks():
+        controls = build_option_controls(VOCAB)
+    values = {widget: widget.value for widget in controls.inputs()}
+    assert set(controls.options(values).categories) == {"general", "copyright", "meta"}
+    with pytest.raises(SelectionError, match="Tick at least one category"):
+        controls.options({**values, controls.widgets["categories"]: []})

@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=("local", "ray"),
         default="local",
-        help="local (default) or ray: the same pipeline on Ray Data (pip install -r requirements.txt -r requirements-bulk.txt)",
+        help="local (default) or ray: the same pipeline on Ray Data (pip install '.[bulk]')",
     )
     engine.add_argument(
         "--ray-address",

@@ -241,7 +241,7 @@ def _start_ray(address: str | None, quiet: bool) -> Any:
         import ray
         import ray.data
     except ImportError:
-        raise BulkError("--engine ray needs Ray Data: pip install -r requirements.txt -r requirements-bulk.txt") from None
+        raise BulkError("--engine ray needs Ray Data: pip install '.[bulk]' (or requirements-bulk.txt)") from None
     if not ray.is_initialized():
         # A new local instance gets this package on its workers' path. A cluster (--ray-address,
         # or RAY_ADDRESS as `ray job submit` sets it) brings its own: the job's working_dir.

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import gradio as gr
 
 from tagger.batch import BatchOutput, ImageResult, run_batch
-from tagger.errors import SelectionError
 from tagger.intake import BatchLimits
 from tagger.options import TagOptions
 from tagger.runtime import IMAGES_PER_GPU_CALL
@@ -100,9 +99,6 @@ def build_batch_tab(ctx: AppContext) -> None:
     option_controls.wire_field_checks()
 
     def run(values: dict, progress: gr.Progress) -> BatchOutput:
-        if not values[option_controls.widgets["categories"]]:
-            # In the Tag tab no ticked box shows nothing; for a batch that would be empty captions.
-            raise SelectionError("Tick at least one category.")
         paths = [getattr(f, "name", f) for f in values[files] or []]
         return tag_files(ctx, paths, option_controls.options(values), progress)
 

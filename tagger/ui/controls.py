@@ -18,6 +18,7 @@ import gradio as gr
 import numpy as np
 from gradio.components import Component
 
+from tagger.errors import SelectionError
 from tagger.options import OPTION_FIELDS, OPTION_TYPES, TagOptions, option_info
 from tagger.vocab import CATEGORIES, Category, Vocabulary
 
@@ -56,7 +57,12 @@ class OptionControls:
         return dict(zip(self.widgets, values, strict=True))
 
     def options(self, values: Sequence | Mapping[Component, object]) -> TagOptions:
-        return TagOptions.from_values(**self.values(values))
+        by_name = self.values(values)
+        # Unticking every box means "none" to a person (the Tag tab then shows no tags), while
+        # an empty value means "all" to TagOptions: a batch run would tag with every category.
+        if by_name.get("categories") == []:
+            raise SelectionError("Tick at least one category.")
+        return TagOptions.from_values(**by_name)
 
     def field_ids(self) -> dict[str, str]:
         """The element ids of the fields whose mistakes the page shows next to them."""
@@ -94,7 +100,8 @@ def option_widget(field: Field, category_names: list[str], elem_id: str) -> Comp
     default: Any = field.default
     # Shown in the default mode only if it applies there (the page does the rest).
     visible = MODE_ONLY.get(field.name, DEFAULT_MODE) == DEFAULT_MODE
-    common: dict[str, Any] = {"label": info.label, "info": info.help, "elem_id": elem_id, "visible": visible}
+    hint = info.widget_help or info.help
+    common: dict[str, Any] = {"label": info.label, "info": hint, "elem_id": elem_id, "visible": visible}
     if field.name == "categories":
         return gr.CheckboxGroup(category_names, value=category_names, **common)
     if info.choices:
