@@ -6,7 +6,8 @@ A script, not a test: ``.venv/bin/python benchmarks/bench_decode.py [--quick]``.
    GIF and PNG, RGBA PNG and WebP, float TIFF, 16-bit PNG, JPEG, JPEG 2000. Each is decoded to
    what the model sees (1024 px long edge) in a fresh subprocess, twice: the full decode then
    resize (``load_image`` then ``preprocess``, as before) and the fitted decode
-   (``load_image(fit=target_size)``). Seconds and peak RSS growth per file.
+   (``load_image(fit=target_size, reduced_decode=True)``, as the web app decodes). Seconds and
+   peak RSS growth per file.
 2. Reduced decoding (JPEG DCT scaling, JPEG 2000 resolution levels): max and mean |Δ| of the
    1024 px uint8 image against the exact path, and the max |Δ| of the tiny random model's
    probabilities (``TaggerConfig.tiny``).
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support import decode_in_fresh_process as measure  # noqa: E402
 
 import tagger.preprocess as pp  # noqa: E402
-from tagger.preprocess import load_image, preprocess, target_size  # noqa: E402
+from tagger.preprocess import load_image, target_size  # noqa: E402
 
 
 def blocks(width: int, height: int, block: int = 500, seed: int = 0) -> np.ndarray:
@@ -124,13 +125,13 @@ def reduced_table(quick: bool) -> None:
         data = buffer.getvalue()
         try:
             pp.REDUCED_DECODE_MARGIN = 10**9  # never reduce: the reference
-            exact = load_image(data, fit=fit)
+            exact = load_image(data, fit=fit, reduced_decode=True)
             pp.REDUCED_DECODE_MARGIN = margin
-            reduced = load_image(data, fit=fit)
+            reduced = load_image(data, fit=fit, reduced_decode=True)
         finally:
             pp.REDUCED_DECODE_MARGIN = margin
         diff = np.abs(np.asarray(reduced, dtype=np.int16) - np.asarray(exact, dtype=np.int16))
-        probs = tagger.run([preprocess(exact), preprocess(reduced)])
+        probs = tagger.run([tagger.prepare(exact), tagger.prepare(reduced)])
         print(f"| {name} | {diff.max()} | {diff.mean():.3f} | {np.abs(probs[0] - probs[1]).max():.2e} |")
 
 

@@ -244,7 +244,10 @@ def _finish(image: Image.Image, name: str, max_pixels: int, fit: Fit | None, own
         if fit is None and image.mode == "RGB" and "transparency" not in image.info:
             rgb = image.copy()  # nothing to convert: one copy, as small as it gets
             return rgb.transpose(fix) if fix is not None else rgb
-        return _rgb_in_bands(image, fix, target, box, name)
+        # Formats the decoder cannot shrink are box-averaged after conversion instead, under
+        # the same margin (the web app's choice: the resize pass dominates their decode cost).
+        shrink = own and fit is not None and box is None
+        return _rgb_in_bands(image, fix, target, box, name, shrink)
 
 
 def _upright_size(size: tuple[int, int], fix: Image.Transpose | None) -> tuple[int, int]:
@@ -330,6 +333,7 @@ def _rgb_in_bands(
     target: tuple[int, int],
     box: tuple[float, float, float, float] | None,
     name: str,
+    shrink: bool = False,
 ) -> Image.Image:
     """RGB at ``target`` size, converted and resized band by band.
 
@@ -338,28 +342,43 @@ def _rgb_in_bands(
     of rows, resizing it horizontally and stacking the bands gives exactly the intermediate
     of one full resize, and the vertical pass finishes it: the same pixels as converting the
     whole image and resizing it, without a full-size copy in another mode.
+
+    ``shrink``: box-average each band first by whole factors that keep
+    ``REDUCED_DECODE_MARGIN`` pixels per output pixel (bands are whole multiples of the
+    vertical factor, so this equals one ``Image.reduce`` of the whole image); not exact.
     """
     stored = image.size
     width, height = (stored[1], stored[0]) if fix in _SWAPS_AXES else stored
     left, top, right, bottom = box if box is not None else (0, 0, width, height)
     out_width, out_height = target
-    horizontal = (out_width, left, right) != (width, 0, width)
-    vertical = (out_height, top, bottom) != (height, 0, height)
+    fx, fy = (_box_factor(width, out_width), _box_factor(height, out_height)) if shrink else (1, 1)
+    left, right, top, bottom = left / fx, right / fx, top / fy, bottom / fy
+    width_in, height_in = -(-width // fx), -(-height // fy)  # Image.reduce rounds up
+    horizontal = (out_width, left, right) != (width_in, 0, width_in)
+    vertical = (out_height, top, bottom) != (height_in, 0, height_in)
     stats = _grey_stats(image, name)
-    rows = max(1, BAND_PIXELS // max(width, 1))
-    stacked = Image.new("RGB", (out_width if horizontal else width, height))
+    rows = max(1, BAND_PIXELS // max(width, 1) // fy) * fy
+    stacked = Image.new("RGB", (out_width if horizontal else width_in, height_in))
     for y in range(0, height, rows):
         band = image.crop(_band_source(fix, stored, y, min(y + rows, height)))
         if fix is not None:
             band = band.transpose(fix)
         rgb = _to_rgb(band, name, stats)
+        if fx > 1 or fy > 1:
+            rgb = rgb.reduce((fx, fy))
         if horizontal:
             rgb = rgb.resize((out_width, rgb.height), Image.Resampling.LANCZOS, box=(left, 0, right, rgb.height))
-        stacked.paste(rgb, (0, y))
+        stacked.paste(rgb, (0, y // fy))
         del band, rgb
     if not vertical:
         return stacked
     return stacked.resize((out_width, out_height), Image.Resampling.LANCZOS, box=(0, top, stacked.width, bottom))
+
+
+def _box_factor(length: int, out: int) -> int:
+    """The whole factor a side may be box-averaged by before Lanczos (1: none)."""
+    factor = length // (out * REDUCED_DECODE_MARGIN)
+    return factor if factor >= 2 else 1
 
 
 def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:

@@ -104,10 +104,10 @@ started, cpu = time.perf_counter(), time.process_time()
 fit = lambda w, h: target_size(w, h, 1024, 16)
 if how == "full":
     out = preprocess(load_image(path), 1024, 16)
-elif how == "fit":
-    out = preprocess(load_image(path, fit=fit), 1024, 16)
-else:  # "decode": the fitted decode alone, a PIL image (no tensor, no torch)
-    out = load_image(path, fit=fit)
+elif how == "fit":  # as the web app decodes: fitted, JPEG and JPEG 2000 at a reduced scale
+    out = preprocess(load_image(path, fit=fit, reduced_decode=True), 1024, 16)
+else:  # "decode": the web app's fitted decode alone, a PIL image (no tensor, no torch)
+    out = load_image(path, fit=fit, reduced_decode=True)
 seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
 done.set()
 peak = max(peak, rss())
@@ -118,8 +118,8 @@ print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": (peak - base) / 2*
 
 def decode_in_fresh_process(path: Path, how: str = "fit", root: Path = ROOT, timeout: float = 120) -> dict:
     """Decode ``path`` in a new Python process with the ``tagger`` under ``root``: ``how`` is
-    "full" (``load_image`` then ``preprocess``), "fit" (``load_image(fit=...)`` then
-    ``preprocess``, as the app does) or "decode" (the fitted ``load_image`` alone). Returns
+    "full" (``load_image`` then ``preprocess``), "fit" (``load_image(fit=..., reduced_decode=True)``
+    then ``preprocess``, as the web app does) or "decode" (the fitted ``load_image`` alone). Returns
     ``{"seconds", "cpu", "peak_mib", "shape"}``; peak_mib is the growth of the resident
     memory during the decode."""
     done = subprocess.run(
