@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a full test run: virtualenv, CPU-only test dependencies,
 # Debian's chromium for the browser test, @gradio/client for the API tab's JavaScript recipe,
-# lint, then pytest. Exits non-zero on any failure, including "no tests ran" (pytest exit code 5).
+# lint, type check (mypy), then pytest. Exits non-zero on any failure, including "no tests ran"
+# (pytest exit code 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,7 @@ fi
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy  # tagger/ and app.py, configured in pyproject.toml
 
 set +e
 .venv/bin/python -m pytest -q "$@"

@@ -30,6 +30,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import cast
 
 import numpy as np
 import torch
@@ -135,7 +136,7 @@ def _tag_chunk(
             results[slot] = ImageResult(
                 item.name, item.concept, digest, tuple(select_tags(row, vocab, options.selection))
             )
-    return results  # type: ignore[return-value]
+    return cast(list[ImageResult], results)  # every slot is filled: an error or the image's tags
 
 
 def _error_text(error: ImageError, name: str) -> str:

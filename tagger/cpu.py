@@ -193,6 +193,8 @@ class DynamicInt8Linear(nn.Module):
     weight, rebuilt for the backward pass and dropped again; parameters get none.
     """
 
+    bias: torch.Tensor | None  # a buffer, set per token only (otherwise the kernel adds the bias)
+
     def __init__(self, linear: nn.Linear, engine: str, per_token: bool = True):
         super().__init__()
         self.in_features = linear.in_features
@@ -232,12 +234,12 @@ class DynamicInt8Linear(nn.Module):
 
 class _Int8LinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: DynamicInt8Linear) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, layer: DynamicInt8Linear) -> torch.Tensor:
         ctx.layer = layer
         return layer._int8_linear(x.detach())
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad @ ctx.layer.dequantized_weight().to(grad.dtype), None
 
 
@@ -262,8 +264,8 @@ def quantize_linears(model: nn.Module, skip: tuple[str, ...] = ("head",), per_to
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, DynamicInt8Linear(linear, engine, per_token))
-            linear.weight = None  # type: ignore[assignment]  # free the float weight now
-            linear.bias = None
+            linear.register_parameter("weight", None)  # free the float weight now
+            linear.register_parameter("bias", None)
         for module_name, module in model.named_modules():
             if (module_name + ".").startswith(skipped):
                 continue

@@ -32,10 +32,10 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias, TypeGuard
 from urllib.parse import unquote, urljoin, urlsplit
 
 from tagger.errors import FetchError
@@ -80,7 +80,7 @@ _EXTRA_V4 = (
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
-def is_url(value: object) -> bool:
+def is_url(value: object) -> TypeGuard[str]:
     """True for what Gradio would download as a URL (its own test: an http(s) prefix)."""
     return isinstance(value, str) and value.startswith(("http://", "https://"))
 
@@ -260,7 +260,8 @@ def _parse(url: str) -> _Target:
 
 def _resolve(target: _Target, deadline: _Deadline, shown: str) -> list[IPAddress]:
     """Every address the host resolves to; getaddrinfo has no timeout, so wait in a thread."""
-    result: list[object] = []
+    # getaddrinfo's answers (family, type, proto, canonname, sockaddr), or the error it raised.
+    result: list[Sequence[tuple[int, int, int, str, tuple[Any, ...]]] | BaseException] = []
 
     def lookup() -> None:
         try:
@@ -277,7 +278,7 @@ def _resolve(target: _Target, deadline: _Deadline, shown: str) -> list[IPAddress
     if isinstance(found, BaseException):
         raise FetchError(f"Could not download {shown}: the host name {target.host} could not be resolved.")
     addresses: list[IPAddress] = []
-    for _family, _type, _proto, _name, sockaddr in found:  # type: ignore[union-attr]
+    for _family, _type, _proto, _name, sockaddr in found:
         literal = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 zone id
         try:
             ip = ipaddress.ip_address(literal)

@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from PIL import Image
 
@@ -424,7 +424,7 @@ def _check_declared(info: zipfile.ZipInfo, archive: str, limits: BatchLimits) ->
             )
 
 
-def _read_capped(fp: BinaryIO, limit: int, name: str, limits: BatchLimits, block: int = MiB) -> bytes:
+def _read_capped(fp: IO[bytes], limit: int, name: str, limits: BatchLimits, block: int = MiB) -> bytes:
     """Read at most ``limit`` bytes, counting as we go: a zip's declared sizes may lie."""
     buffer = io.BytesIO()
     while chunk := fp.read(block):
@@ -441,7 +441,7 @@ def _read_capped(fp: BinaryIO, limit: int, name: str, limits: BatchLimits, block
     return buffer.getvalue()
 
 
-def collect_inputs(paths: Iterable[str | os.PathLike], limits: BatchLimits | None = None) -> BatchInputs:
+def collect_inputs(paths: Iterable[str | os.PathLike[str]], limits: BatchLimits | None = None) -> BatchInputs:
     """The images in ``paths`` (image files and ``.zip`` archives), in upload order.
 
     Zip members keep their folders; the first folder is the image's "concept" (files at the
@@ -451,13 +451,13 @@ def collect_inputs(paths: Iterable[str | os.PathLike], limits: BatchLimits | Non
     an archive is unreadable or unsafe, or there is no image at all.
     """
     limits = limits or BatchLimits()
-    paths = [os.fspath(p) for p in paths if p]
-    if not paths:
+    files = [os.fspath(p) for p in paths if p]
+    if not files:
         raise UploadError("Please upload images or a zip of images first.")
-    if len(paths) > limits.max_files:
-        raise UploadError(f"{len(paths):,} files were uploaded; the limit is {limits.max_files:,} per request.")
+    if len(files) > limits.max_files:
+        raise UploadError(f"{len(files):,} files were uploaded; the limit is {limits.max_files:,} per request.")
     total = 0
-    for path in paths:
+    for path in files:
         try:
             total += os.path.getsize(path)
         except OSError:
@@ -469,7 +469,7 @@ def collect_inputs(paths: Iterable[str | os.PathLike], limits: BatchLimits | Non
 
     inputs = BatchInputs(limits)
     try:
-        for path in paths:
+        for path in files:
             if Path(path).suffix.lower() in ZIP_EXTENSIONS:
                 inputs._add_zip(path)
             else:

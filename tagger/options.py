@@ -58,8 +58,8 @@ class OptionInfo:
     group: str = "selection"  # "selection" or "format": which panel of the UI holds it
 
 
-def _option(default: object, **info: object) -> Any:
-    return field(default=default, metadata={"option": OptionInfo(**info)})  # type: ignore[arg-type]
+def _option(default: object, **info: Any) -> Any:
+    return field(default=default, metadata={"option": OptionInfo(**info)})
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,7 @@ class TagOptions:
         unknown = set(values) - set(OPTION_NAMES)
         if unknown:
             raise SelectionError(f"Unknown option {sorted(unknown)[0]!r}; the options are {', '.join(OPTION_NAMES)}.")
+        # The values are untyped here: the endpoints check their types, __post_init__ and Selection their values.
         return cls(**{name: value for name, value in values.items() if value is not None})  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
@@ -179,7 +180,8 @@ class TagOptions:
         per_category: dict[int | str, float] = {}
         category_topk: dict[int | str, int] = {}
         if self.mode == "threshold":
-            per_category = {"character": self.character_threshold, **parse_category_values(self.category_thresholds)}
+            per_category = {"character": self.character_threshold}
+            per_category.update(parse_category_values(self.category_thresholds).items())
         elif self.mode == "topk":
             # Checked here so the sentence names the option (not each category it is copied to).
             category_topk = {c.id: _check_count("topk_per_category", self.topk_per_category) for c in CATEGORIES}

@@ -53,6 +53,7 @@ _RGB_COLOUR = re.compile(r"rgba?\(\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*(?
 def parse_colour(value: str | Sequence[float]) -> np.ndarray:
     """``"#rrggbb"``, ``"#rgb"``, ``"#rrggbbaa"``, ``"rgb(r, g, b)"`` / ``"rgba(...)"`` (0-255, as
     colour pickers send them) or three 0-255 numbers → float32 RGB in [0, 1]; alpha is ignored."""
+    rgb: list[float]
     if isinstance(value, str):
         text = value.strip()
         if match := _HEX_COLOUR.fullmatch(text):

@@ -21,13 +21,16 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TYPE_CHECKING, BinaryIO, TypeAlias, cast
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from tagger.errors import ImageError
+
+if TYPE_CHECKING:
+    from PIL.Jpeg2KImagePlugin import Jpeg2KImageFile
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -166,7 +169,7 @@ def image_header(source: str | os.PathLike | bytes) -> ImageHeader | None:
     """The size and format a file's header declares, or None when it is not an image we
     decode. Reads the header only: cheap enough to check limits before any decoding."""
     try:
-        fp: io.IOBase = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+        fp: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     except (OSError, ValueError, TypeError):
         return None
     with fp, warnings.catch_warnings():
@@ -216,7 +219,7 @@ DECODABLE_FORMATS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _decode(fp: io.IOBase, name: str, max_pixels: int, fit: Fit | None, reduced_decode: bool) -> Image.Image:
+def _decode(fp: BinaryIO, name: str, max_pixels: int, fit: Fit | None, reduced_decode: bool) -> Image.Image:
     with _decoding_errors(name, max_pixels), Image.open(fp, formats=DECODABLE_FORMATS) as image:
         # Image.open reads only the header (and the first frame's position), so the size
         # checks inside _finish run before any pixel data is decompressed.
@@ -282,7 +285,7 @@ def _reduce_while_decoding(
         levels = min(int(np.log2(factor)), 5)  # codestreams have 5 decomposition levels by default
         if levels < 1:
             return None
-        image.reduce = levels  # type: ignore[method-assign,assignment]  # Jpeg2KImageFile's setting
+        cast("Jpeg2KImageFile", image).reduce = levels  # its decoding setting (Image.reduce is a method)
         scale = 2**levels
     else:
         return None
@@ -315,7 +318,9 @@ def _covering_box(
     return boxes[fix]
 
 
-def _band_source(fix: Image.Transpose | None, size: tuple[int, int], top: int, bottom: int) -> tuple[int, ...]:
+def _band_source(
+    fix: Image.Transpose | None, size: tuple[int, int], top: int, bottom: int
+) -> tuple[int, int, int, int]:
     """The region of the stored image that becomes rows [top, bottom) of the upright one."""
     width, height = size
     if fix in (None, Image.Transpose.FLIP_LEFT_RIGHT):

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ DEFAULT_LAYERS_FROM_END = 4
 MAX_LAYERS_FROM_END = 8
 
 
-def tap_block(num_layers: int, layers_from_end: int = DEFAULT_LAYERS_FROM_END) -> int:
+def tap_block(num_layers: int, layers_from_end: float = DEFAULT_LAYERS_FROM_END) -> int:
     """Index of the block whose input the relevance is taken at."""
     if isinstance(layers_from_end, float) and layers_from_end.is_integer():
         layers_from_end = int(layers_from_end)
@@ -47,10 +48,17 @@ def tap_block(num_layers: int, layers_from_end: int = DEFAULT_LAYERS_FROM_END) -
     return num_layers - layers_from_end
 
 
+class _HeadLayer(Protocol):
+    """What ``tag_logits`` reads of a head layer: an ``nn.Linear`` or a ``fast_paths.WidenedLinear``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
 def tag_logits(model: TaggerModel, descriptor: torch.Tensor, tag_index: int) -> torch.Tensor:
     """The head's logit ``[B]`` for one tag, in float32, without computing all 74,625 logits."""
     x = descriptor.float()
-    layers = list(model.head.layers)
+    layers = cast(list[_HeadLayer], list(model.head.layers))  # a ModuleList's items are plain Modules
     for layer in layers[:-1]:  # the low-rank head's first projection
         bias = None if layer.bias is None else layer.bias.float()
         x = torch.nn.functional.linear(x, layer.weight.float(), bias)
@@ -93,7 +101,7 @@ def relevance(
     tagger: Tagger,
     pixels: Sequence[torch.Tensor],
     tag_index: int,
-    layers_from_end: int = DEFAULT_LAYERS_FROM_END,
+    layers_from_end: float = DEFAULT_LAYERS_FROM_END,
 ) -> list[Relevance]:
     """Where each image's evidence for a tag sits, and the tag's probability.
 
@@ -124,7 +132,7 @@ def relevance(
                 scores = torch.where(peak > 0, scores / peak.clamp_min(1e-30), torch.zeros_like(scores))
                 out[i] = Relevance(scores.cpu().numpy().astype(np.float32), float(probability))
             del logits, grad, contribution
-    return out  # type: ignore[return-value]
+    return cast(list[Relevance], out)  # every image is in one of the batches
 
 
 def resolve_tag(vocab: Vocabulary, name: str | None) -> int:

@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 
@@ -38,7 +39,13 @@ def _check_probability(name: str, value: float) -> float:
     return float(np.float32(value))
 
 
-def _check_count(name: str, value: int | None) -> int | None:
+@overload
+def _check_count(name: str, value: float | np.integer) -> int: ...
+@overload
+def _check_count(name: str, value: None) -> None: ...
+@overload
+def _check_count(name: str, value: float | np.integer | None) -> int | None: ...
+def _check_count(name: str, value: float | np.integer | None) -> int | None:
     if value is None:
         return None
     if isinstance(value, np.integer) or (isinstance(value, float) and value.is_integer()):

@@ -20,6 +20,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
     spaces = None
 
 log = logging.getLogger("tagger")
+R = TypeVar("R")  # what the model work passed to ModelRunner.call returns
 
 OUT_OF_MEMORY = "The model ran out of memory on this request; try fewer or smaller images."
 
@@ -143,7 +145,7 @@ class ModelRunner:
         release_memory()
         return Failure(ModelRunError(OUT_OF_MEMORY), cause)
 
-    def call(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> object:
+    def call(self, fn: Callable[..., R], pixels: Sequence[torch.Tensor], *args: object) -> R:
         """``fn(tagger, pixels, *args)`` on the model's device, one GPU call. ``pixels`` go as
         they are (what ``Tagger.prepare`` returns). Out-of-memory becomes a ``ModelRunError``
         after the memory is released, so the next request works."""
@@ -153,10 +155,10 @@ class ModelRunner:
                 name = getattr(fn, "__qualname__", fn)
                 log.warning("Out of memory (%s) in %s on %d image(s)", result.cause, name, len(pixels))
             raise result.error
-        return result
+        return cast(R, result)  # not a Failure, so what fn returned
 
     def probabilities(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
-        return self.call(Tagger.run, pixels)  # type: ignore[return-value]
+        return self.call(Tagger.run, pixels)
 
     def descriptors(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
-        return self.call(Tagger.run_descriptors, pixels)  # type: ignore[return-value]
+        return self.call(Tagger.run_descriptors, pixels)

@@ -212,6 +212,7 @@ def _readable_request_errors(demo: gr.Blocks) -> None:
             log.exception("Could not prepare an answer")
             raise gr.Error("Something went wrong while preparing the answer; please try again.") from None
 
+    # Replacing these methods on this one Blocks instance is the point (mypy: method-assign).
     demo.validate_inputs = validate_inputs  # type: ignore[method-assign]
     demo.preprocess_data = preprocess_data  # type: ignore[method-assign]
     demo.postprocess_data = postprocess_data  # type: ignore[method-assign]

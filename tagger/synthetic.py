@@ -11,6 +11,7 @@ import json
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -53,11 +54,11 @@ def random_state_dict(
     return state
 
 
-def write_random_checkpoint(path: str | os.PathLike, config: TaggerConfig, **kwargs: object) -> Path:
+def write_random_checkpoint(path: str | os.PathLike, config: TaggerConfig, **kwargs: Any) -> Path:
     """Write a random checkpoint with the real key layout (see ``random_state_dict``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(random_state_dict(config, **kwargs), str(path))  # type: ignore[arg-type]
+    save_file(random_state_dict(config, **kwargs), str(path))
     return path
 
 
@@ -83,10 +84,10 @@ def random_vocabulary_data(num_tags: int, with_categories: bool = True, seed: in
     return data
 
 
-def write_random_vocabulary(path: str | os.PathLike, num_tags: int, **kwargs: object) -> Path:
+def write_random_vocabulary(path: str | os.PathLike, num_tags: int, **kwargs: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(random_vocabulary_data(num_tags, **kwargs)), encoding="utf-8")  # type: ignore[arg-type]
+    path.write_text(json.dumps(random_vocabulary_data(num_tags, **kwargs)), encoding="utf-8")
     return path
 
 

@@ -14,13 +14,13 @@ a low-rank pair under any name. ``CHECKPOINT_KEYS`` maps the model's own state d
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
@@ -282,12 +282,12 @@ def inspect_checkpoint(
 
     expected = backbone_shapes(config)
     for key, shape in expected.items():
-        info = tensors.get(key)
-        if info is None:
+        found = tensors.get(key)
+        if found is None:
             if key not in _UNUSED_KEYS:
                 raise CheckpointError(f"{path}: missing tensor backbone.{key} (expected shape {list(shape)}).")
-        elif info.shape != shape:
-            raise CheckpointError(f"{path}: backbone.{key} has shape {list(info.shape)}, expected {list(shape)}.")
+        elif found.shape != shape:
+            raise CheckpointError(f"{path}: backbone.{key} has shape {list(found.shape)}, expected {list(shape)}.")
     for key in tensors:
         if key not in expected:
             raise CheckpointError(f"{path}: unexpected tensor backbone.{key} {list(tensors[key].shape)}.")
@@ -295,9 +295,9 @@ def inspect_checkpoint(
     return CheckpointPlan(path, config, tensors, head_keys)
 
 
-def _read_into(f: BinaryIO, offset: int, out: torch.Tensor) -> None:
+def _read_into(f: io.BufferedReader, offset: int, out: torch.Tensor) -> None:
     """Fill ``out`` (contiguous, CPU) with the file's bytes from ``offset`` on."""
-    buffer = memoryview(out.view(-1).view(torch.uint8).numpy())
+    buffer = out.view(-1).view(torch.uint8).numpy().data
     f.seek(offset)
     done = 0
     while done < len(buffer):
@@ -307,7 +307,7 @@ def _read_into(f: BinaryIO, offset: int, out: torch.Tensor) -> None:
         done += n
 
 
-def _read_tensor(f: BinaryIO, info: TensorInfo, out: torch.Tensor) -> None:
+def _read_tensor(f: io.BufferedReader, info: TensorInfo, out: torch.Tensor) -> None:
     """Fill ``out`` (contiguous, any dtype and device) with one tensor of the file: in place when
     the dtype matches on the CPU, else through a small staging buffer, a slice at a time (a bf16
     head widened to float32 never has a second full-size copy in flight)."""

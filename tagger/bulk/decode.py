@@ -206,7 +206,7 @@ class DecodePool:
         if generation != self._generation:  # submitted to a pool that has died since
             work = self._submit(record)
         try:
-            return decoded_from(record, work.result())  # type: ignore[union-attr]
+            return decoded_from(record, work.result())  # type: ignore[union-attr]  # the pool is running: a Future
         except BrokenProcessPool:
             pass
         # A worker died (a decoder crash on a hostile file, or the OOM killer), and the images
@@ -215,7 +215,7 @@ class DecodePool:
         log.warning("A decoding worker died; restarting the decoders (at %s)", record.path)
         self._restart()
         try:
-            return decoded_from(record, self._submit(record).result())  # type: ignore[union-attr]
+            return decoded_from(record, self._submit(record).result())  # type: ignore[union-attr]  # as above
         except BrokenProcessPool:
             self._restart()
             return Decoded(record, None, error=f"Could not read {record.path}: decoding it crashed the decoder.")
@@ -235,6 +235,7 @@ class DecodePool:
             if not pending:
                 return
             item, work, generation = pending.popleft()
+            # work is None only for what is not a Record.
             yield self._result(item, work, generation) if isinstance(item, Record) else item  # type: ignore[arg-type]
 
 

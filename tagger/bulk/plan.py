@@ -94,7 +94,7 @@ class Plan:
         """Images this run will tag or pass over (None when an input cannot be counted ahead)."""
         if self.counts is None or any(c is None for c in self.counts):
             return None
-        sizes = shard_sizes(sum(self.counts), self.shard_size)  # type: ignore[arg-type]
+        sizes = shard_sizes(sum(self.counts), self.shard_size)  # type: ignore[arg-type]  # no None: checked above
         total = 0
         for shard, size in enumerate(sizes):
             if self.shard.owns(shard) and shard not in self.state.finished:

@@ -44,7 +44,7 @@ from tagger.preprocess import Preprocessor
 try:
     from ray.data import Datasink
 except ImportError:  # the extra is not installed: run_ray says how to get it
-    Datasink = object  # type: ignore[assignment,misc]
+    Datasink = object  # type: ignore[assignment,misc]  # a stand-in base class, never instantiated
 
 DECODE_BATCH = 16
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -205,7 +205,7 @@ class TagActor:
         return _rows_table(rows, tokens, padded, self.descriptors)
 
 
-class BulkDatasink(Datasink):  # type: ignore[misc,valid-type]
+class BulkDatasink(Datasink):
     """Writes each block's captions and parts with the local engine's ``OutputWriter``."""
 
     def __init__(self, writer: OutputWriter):

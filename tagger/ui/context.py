@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import gradio as gr
 import numpy as np
@@ -20,7 +20,8 @@ from tagger.vocab import Vocabulary
 
 log = logging.getLogger("tagger")
 
-F = TypeVar("F", bound=Callable)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Concurrency groups of the model work (Gradio ``concurrency_id``): single-image tagging has
 # a group of its own, so a long batch or a heatmap never holds it up.
@@ -28,12 +29,12 @@ TAG_QUEUE = "tag"  # one image: /tag and the Tag tab
 HEAVY_QUEUE = "heavy"  # batches, feature maps, similarity
 
 
-def user_errors(fn: F) -> F:
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn our documented errors into ``gr.Error`` with their sentence; anything else is
     logged with its traceback and reported briefly, and the server keeps serving."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except gr.Error:
@@ -45,7 +46,7 @@ def user_errors(fn: F) -> F:
             log.exception("Unexpected error in %s", fn.__name__)
             raise gr.Error("Something went wrong while processing this request; please try another image.") from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def attempt(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, str | None]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import Field, dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import gradio as gr
 import numpy as np
@@ -33,6 +33,8 @@ MODE_ONLY = {
 }
 DEFAULT_MODE = TagOptions().mode
 CHECKED_FIELDS = ("category_thresholds", "threshold", "character_threshold", "floor")  # errors shown beside
+# The widgets option_widget makes (their events, such as .change, are declared per class).
+OptionWidget: TypeAlias = gr.CheckboxGroup | gr.Radio | gr.Checkbox | gr.Slider | gr.Textbox
 
 
 def present_categories(vocab: Vocabulary) -> list[Category]:
@@ -45,9 +47,9 @@ def present_categories(vocab: Vocabulary) -> list[Category]:
 class OptionControls:
     """The widgets by option name, in declaration order."""
 
-    widgets: dict[str, Component]
+    widgets: dict[str, OptionWidget]
 
-    def inputs(self) -> list[Component]:
+    def inputs(self) -> list[OptionWidget]:
         return list(self.widgets.values())
 
     def values(self, values: Sequence | Mapping[Component, object]) -> dict[str, object]:
@@ -95,7 +97,7 @@ class OptionControls:
         )
 
 
-def option_widget(field: Field, category_names: list[str], elem_id: str) -> Component:
+def option_widget(field: Field, category_names: list[str], elem_id: str) -> OptionWidget:
     info = option_info(field)
     default: Any = field.default
     # Shown in the default mode only if it applies there (the page does the rest).
@@ -118,7 +120,7 @@ def build_option_controls(
 ) -> OptionControls:
     """The options in two accordions, "Selection" and ``format_title``, with their defaults."""
     category_names = [c.name for c in present_categories(vocab)]
-    widgets: dict[str, Component] = {}
+    widgets: dict[str, OptionWidget] = {}
     for group in GROUPS:
         title, is_open = ("Selection", True) if group == "selection" else (format_title, format_open)
         with gr.Accordion(title, open=is_open):

@@ -113,7 +113,7 @@ def api_endpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
             arguments["options"] = TagOptions.from_values(**values)
         return fn(**arguments)
 
-    endpoint.__signature__ = public  # type: ignore[attr-defined]
+    endpoint.__signature__ = public  # type: ignore[attr-defined]  # read by inspect.signature
     endpoint.__annotations__ = {p.name: p.annotation for p in public.parameters.values()}
     endpoint.__annotations__["return"] = public.return_annotation
     doc = re.sub(

@@ -32,7 +32,7 @@ UPSCALE_CHOICES = [("Patches (nearest)", "nearest"), ("Smooth (bilinear)", "bili
 
 def run_pca(ctx: AppContext, image: str | None) -> FeatureMaps:
     pixels = prepare_image(ctx, image)
-    return FeatureMaps.of(pixels, ctx.runner.call(analyse, [pixels])[0])  # type: ignore[index]
+    return FeatureMaps.of(pixels, ctx.runner.call(analyse, [pixels])[0])
 
 
 def run_heatmap(ctx: AppContext, image: str | None, tag: str | None, layers_from_end: float) -> tuple:
@@ -40,7 +40,7 @@ def run_heatmap(ctx: AppContext, image: str | None, tag: str | None, layers_from
     tap_block(ctx.tagger.model.config.num_layers, layers_from_end)  # arguments first: fail fast
     index = resolve_tag(ctx.vocab, tag)
     pixels = prepare_image(ctx, image)
-    result: Relevance = ctx.runner.call(relevance, [pixels], index, layers_from_end)[0]  # type: ignore[index]
+    result: Relevance = ctx.runner.call(relevance, [pixels], index, layers_from_end)[0]
     return pixels_to_image(pixels), index, result
 
 
@@ -71,9 +71,9 @@ def heatmap_markdown(info: dict) -> str:
     return text
 
 
-def _image_output(label: str, **kwargs: object) -> gr.Image:
+def _image_output(label: str, elem_id: str) -> gr.Image:
     # PNG: the maps are flat colour fields that lossy WebP (Gradio's default) would smear.
-    return gr.Image(label=label, type="numpy", format="png", interactive=False, **kwargs)  # type: ignore[arg-type]
+    return gr.Image(label=label, type="numpy", format="png", interactive=False, elem_id=elem_id)
 
 
 def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None) -> None:
@@ -125,6 +125,7 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
                     elem_id="heatmap-tag",
                 )
                 depth_default = min(DEFAULT_LAYERS_FROM_END, num_layers)
+                depth: gr.Slider | gr.Number
                 if num_layers > low_depth:
                     depth = gr.Slider(
                         low_depth,
@@ -143,7 +144,7 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
                 heat_overlay = _image_output("Heatmap over the image", elem_id="heatmap-overlay")
                 heat = _image_output("Relevance (inferno: dark = none, yellow = most)", elem_id="heatmap")
 
-    style = [*colours, alpha, upscale]
+    style: list[gr.ColorPicker | gr.Slider | gr.Radio] = [*colours, alpha, upscale]
     analysis_outputs = [maps_state, seen, pca, overlay, blend, tag, summary, heat_overlay, heat, heat_summary]
 
     def maps_and_views(path: str, colours: tuple[str, str, str], opacity: float, resample: str) -> tuple:

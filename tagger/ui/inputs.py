@@ -24,7 +24,7 @@ import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import gradio as gr
@@ -57,13 +57,19 @@ __all__ = [
 ]
 
 
-class _SafeDownloads:
+if TYPE_CHECKING:  # for the checker: super() below is the Gradio component the mixin is mixed into
+    from gradio.components import Component as _MixedInto
+else:
+    _MixedInto = object
+
+
+class _SafeDownloads(_MixedInto):
     """Mixin for Gradio components: URLs go through ``fetch_url``; everything else as in Gradio."""
 
     max_download_bytes: int = MAX_DOWNLOAD_BYTES
     download_timeout: float = DOWNLOAD_TIMEOUT_S
     # A public server: other people's URLs may only reach public addresses (tests widen it).
-    address_policy: AddressPolicy = staticmethod(public_only)  # type: ignore[assignment]
+    address_policy: AddressPolicy = staticmethod(public_only)
     # The web app's pixel cap, checked from the file's header before anything is decoded.
     max_pixels: int = WEB_MAX_IMAGE_PIXELS
 
@@ -77,7 +83,7 @@ class _SafeDownloads:
         """(bytes, seconds) for one download."""
         return self.max_download_bytes, self.download_timeout
 
-    def download(self, url: str) -> str:
+    def fetch_into_cache(self, url: str) -> str:
         """``url`` fetched with this input's limits and address policy into Gradio's cache;
         ``FetchError`` with a sentence when it may not or cannot be downloaded."""
         max_bytes, timeout = self._limits()
@@ -94,7 +100,7 @@ class _SafeDownloads:
 
     def _fetch(self, url: str) -> str:
         try:
-            return self.download(url)
+            return self.fetch_into_cache(url)
         except FetchError as e:
             raise gr.Error(str(e)) from None
 
@@ -102,12 +108,12 @@ class _SafeDownloads:
         if is_url(url_or_file_path):
             # Blocking sockets and DNS: keep them off the event loop.
             return await anyio.to_thread.run_sync(self._fetch, url_or_file_path)
-        return await super().async_move_resource_to_block_cache(url_or_file_path)  # type: ignore[misc]
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
 
     def move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
         if is_url(url_or_file_path):
-            return self._fetch(url_or_file_path)  # type: ignore[arg-type]
-        return super().move_resource_to_block_cache(url_or_file_path)  # type: ignore[misc]
+            return self._fetch(url_or_file_path)
+        return super().move_resource_to_block_cache(url_or_file_path)
 
 
 def check_web_pixels(path: str, shown: str | None = None, max_pixels: int = WEB_MAX_IMAGE_PIXELS) -> str:
@@ -221,6 +227,7 @@ def safe_api_components() -> Iterator[None]:
     """Within it, ``gr.api`` builds its parameters and results as ``SafeApi`` components."""
     module = gradio.components.api_component
     original = module.Api
+    # Swapping a module's class is what this does; mypy allows no assignment to a class name.
     module.Api = SafeApi  # type: ignore[misc]
     try:
         yield

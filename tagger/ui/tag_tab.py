@@ -74,7 +74,7 @@ def page_payload(ctx: AppContext, scored: ScoredImage, floor: float | None) -> d
     """The scores the page needs for floors down to ``floor`` (at most the default floor, so
     that lowering it a little needs no second trip), plus the summary's facts."""
     try:
-        cutoff = min(max(float(floor), 0.0), DEFAULTS.floor)  # type: ignore[arg-type]
+        cutoff = DEFAULTS.floor if floor is None else min(max(float(floor), 0.0), DEFAULTS.floor)
     except (TypeError, ValueError):
         cutoff = DEFAULTS.floor
     payload = page_scores(scored.scores, ctx.vocab, cutoff)
@@ -133,7 +133,7 @@ def fetch_image(image: SafeImage, url: str) -> str:
         raise FetchError("Paste the address of an image (http or https) first.")
     if "://" not in url:
         url = "https://" + url
-    return image.download(url)
+    return image.fetch_into_cache(url)
 
 
 # -- the tab --------------------------------------------------------------------------------------
