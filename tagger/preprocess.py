@@ -21,16 +21,13 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, TypeAlias, cast
+from typing import BinaryIO, TypeAlias
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from tagger.errors import ImageError
-
-if TYPE_CHECKING:
-    from PIL.Jpeg2KImagePlugin import Jpeg2KImageFile
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -59,9 +56,16 @@ MAX_IMAGE_PIXELS: int = 100_000_000  # the library's and the CLI's default
 # What a shared web app accepts: the model sees at most 1024 px a side, and decoding costs grow
 # with the pixels (see SECURITY.md). The app passes it; local tools keep the larger default.
 WEB_MAX_IMAGE_PIXELS: int = 40_000_000
-# Decoders that hold several copies of the image at once (libwebp, libavif: ~15 bytes a pixel at
-# peak, measured in benchmarks/bench_decode.py) get a lower web cap: one upload under ~300 MiB.
-WEB_FORMAT_MAX_PIXELS: dict[str, int] = {"WEBP": 16_000_000, "AVIF": 16_000_000}
+# Formats whose decoding costs more get a lower web cap (benchmarks/bench_decode.py): libwebp and
+# libavif hold ~15 bytes a pixel at peak (one upload under ~300 MiB); float TIFF decodes at
+# ~0.035 s/Mpx and OpenJPEG at ~0.15 s/Mpx: each upload under ~1 s of decoding on a 2-core machine.
+WEB_FORMAT_MAX_PIXELS: dict[str, int] = {
+    "WEBP": 16_000_000,
+    "AVIF": 16_000_000,
+    "TIFF": 16_000_000,
+    "JPEG2000": 6_000_000,
+}
+FORMAT_NAMES = {"WEBP": "WebP", "JPEG2000": "JPEG 2000"}  # as people write them, where Pillow's differ
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -94,7 +98,7 @@ _BOMB_NUMBERS = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
 # the model's settings, so that reduced decoding can skip pixels the model never sees.
 Fit: TypeAlias = Callable[[int, int], tuple[int, int]]
 
-# Decode at a reduced scale (JPEG DCT scaling, JPEG 2000 resolution levels) only while the
+# Decode at a reduced scale (JPEG DCT scaling; other formats: a box average) only while the
 # reduced image keeps at least this many pixels per output pixel along each side; Lanczos
 # then works from that. The effect on what the model sees is measured in
 # benchmarks/bench_decode.py and bounded in tests/test_hostile.py.
@@ -103,7 +107,7 @@ REDUCED_DECODE_MARGIN = 3
 # 16-bit image never has a second full-size copy in another mode.
 BAND_PIXELS = 1 << 20
 
-_REDUCIBLE_FORMATS = frozenset({"JPEG", "JPEG2000"})
+_REDUCIBLE_FORMATS = frozenset({"JPEG"})
 _SWAPS_AXES = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
                          Image.Transpose.ROTATE_90})  # fmt: skip
 
@@ -267,35 +271,23 @@ def _checked_fit(fit: Fit, upright: tuple[int, int]) -> tuple[int, int]:
 def _reduce_while_decoding(
     image: Image.Image, fix: Image.Transpose | None, upright: tuple[int, int], target: tuple[int, int]
 ) -> tuple[float, float, float, float] | None:
-    """Ask the decoder for a smaller image where the format can (JPEG DCT scaling, JPEG 2000
-    resolution levels), keeping ``REDUCED_DECODE_MARGIN`` pixels per output pixel. Returns the
-    region of the reduced (upright) image that covers the original, or None if nothing changed."""
+    """Ask a JPEG decoder for a smaller image (DCT scaling), keeping ``REDUCED_DECODE_MARGIN``
+    pixels per output pixel. Returns the region of the reduced (upright) image that covers the
+    original, or None if nothing changed. (JPEG 2000 could reduce too, by resolution levels,
+    but the web app caps it below the sizes where that applies: ``WEB_FORMAT_MAX_PIXELS``.)"""
     factor = min(upright[0] / target[0], upright[1] / target[1]) / REDUCED_DECODE_MARGIN
     if factor < 2 or len(getattr(image, "tile", ())) != 1:
         return None
     width, height = image.size
-    if image.format == "JPEG" and hasattr(image, "draft"):
-        stored_target = (target[1], target[0]) if fix in _SWAPS_AXES else target
-        request = (stored_target[0] * REDUCED_DECODE_MARGIN, stored_target[1] * REDUCED_DECODE_MARGIN)
-        if image.draft(None, request) is None:
-            return None
-        scale = width / image.size[0] if image.size[0] else 1
-        scale = 2 ** round(np.log2(max(scale, 1)))  # 1, 2, 4 or 8
-    elif image.format == "JPEG2000":
-        levels = min(int(np.log2(factor)), 5)  # codestreams have 5 decomposition levels by default
-        if levels < 1:
-            return None
-        cast("Jpeg2KImageFile", image).reduce = levels  # its decoding setting (Image.reduce is a method)
-        scale = 2**levels
-    else:
+    if image.format != "JPEG" or not hasattr(image, "draft"):
         return None
-    return _covering_box(fix, (width / scale, height / scale), _reduced_size(image, width, height, scale))
-
-
-def _reduced_size(image: Image.Image, width: int, height: int, scale: int) -> tuple[int, int]:
-    if image.format == "JPEG2000":  # Pillow rounds the reduced size half up
-        return int((width + scale // 2) / scale), int((height + scale // 2) / scale)
-    return image.size
+    stored_target = (target[1], target[0]) if fix in _SWAPS_AXES else target
+    request = (stored_target[0] * REDUCED_DECODE_MARGIN, stored_target[1] * REDUCED_DECODE_MARGIN)
+    if image.draft(None, request) is None:
+        return None
+    scale = width / image.size[0] if image.size[0] else 1
+    scale = 2 ** round(np.log2(max(scale, 1)))  # 1, 2, 4 or 8
+    return _covering_box(fix, (width / scale, height / scale), image.size)
 
 
 def _covering_box(

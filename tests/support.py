@@ -81,11 +81,20 @@ class ForwardPasses:
 
 # Decodes one file (argv: root, path, how) to what the model sees (1024 px long edge),
 # sampling the resident memory meanwhile; prints seconds, CPU seconds, peak growth, shape.
+# A small image of the same format and mode goes first: a server has its decoders loaded.
 _DECODE_CHILD = r"""
-import json, os, sys, threading, time
+import io, json, os, sys, threading, time
 sys.path.insert(0, sys.argv[1])
+from PIL import Image
 from tagger.preprocess import load_image, preprocess, target_size
 path, how = sys.argv[2], sys.argv[3]
+fit = lambda w, h: target_size(w, h, 1024, 16)
+with Image.open(path) as probe:
+    small = io.BytesIO()
+    Image.new(probe.mode, (64, 64)).save(small, probe.format)
+warm = load_image(small.getvalue(), fit=fit, reduced_decode=how != "full")
+if how != "decode":
+    preprocess(warm, 1024, 16)
 
 def rss():
     with open("/proc/self/statm") as f:
@@ -100,30 +109,38 @@ def sample():
         peak = max(peak, rss())
 
 threading.Thread(target=sample, daemon=True).start()
-started, cpu = time.perf_counter(), time.process_time()
-fit = lambda w, h: target_size(w, h, 1024, 16)
-if how == "full":
-    out = preprocess(load_image(path), 1024, 16)
-elif how == "fit":  # as the web app decodes: fitted, JPEG and JPEG 2000 at a reduced scale
-    out = preprocess(load_image(path, fit=fit, reduced_decode=True), 1024, 16)
-else:  # "decode": the web app's fitted decode alone, a PIL image (no tensor, no torch)
-    out = load_image(path, fit=fit, reduced_decode=True)
-seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+runs = []
+for _ in range(int(sys.argv[4])):  # the first from cold; the others as a server decodes, warm
+    started, cpu = time.perf_counter(), time.process_time()
+    if how == "full":
+        out = preprocess(load_image(path), 1024, 16)
+    elif how == "fit":  # as the web app decodes: fitted, at a reduced scale
+        out = preprocess(load_image(path, fit=fit, reduced_decode=True), 1024, 16)
+    else:  # "decode": the web app's fitted decode alone, a PIL image (no tensor, no torch)
+        out = load_image(path, fit=fit, reduced_decode=True)
+    runs.append((time.perf_counter() - started, time.process_time() - cpu))
+    if len(runs) == 1:
+        peak = max(peak, rss())
+        first_peak = peak
 done.set()
-peak = max(peak, rss())
 shape = list(out.shape) if hasattr(out, "shape") else [out.height, out.width]
-print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": (peak - base) / 2**20, "shape": shape}))
+seconds, cpu = runs[0]
+print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": (first_peak - base) / 2**20, "shape": shape,
+                  "warm_cpu": min(c for _, c in runs[1:]) if len(runs) > 1 else cpu}))
 """
 
 
-def decode_in_fresh_process(path: Path, how: str = "fit", root: Path = ROOT, timeout: float = 120) -> dict:
+def decode_in_fresh_process(
+    path: Path, how: str = "fit", root: Path = ROOT, timeout: float = 120, repeat: int = 1
+) -> dict:
     """Decode ``path`` in a new Python process with the ``tagger`` under ``root``: ``how`` is
     "full" (``load_image`` then ``preprocess``), "fit" (``load_image(fit=..., reduced_decode=True)``
     then ``preprocess``, as the web app does) or "decode" (the fitted ``load_image`` alone). Returns
-    ``{"seconds", "cpu", "peak_mib", "shape"}``; peak_mib is the growth of the resident
-    memory during the decode."""
+    ``{"seconds", "cpu", "peak_mib", "shape", "warm_cpu"}`` of the first (cold) decode: peak_mib
+    is the growth of the resident memory during it; warm_cpu is the least CPU time of the
+    ``repeat - 1`` decodes after it (a server's steady state)."""
     done = subprocess.run(
-        [sys.executable, "-c", _DECODE_CHILD, str(root), str(path), how],
+        [sys.executable, "-c", _DECODE_CHILD, str(root), str(path), how, str(repeat)],
         capture_output=True,
         text=True,
         timeout=timeout,

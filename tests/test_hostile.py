@@ -1575,13 +1575,24 @@ def test_web_pixel_cap_from_the_header(client: Client, tmp_path: Path) -> None:
     assert_sentence(info.value.message)
 
 
-def test_webp_has_a_lower_web_cap(client: Client, tmp_path: Path) -> None:
-    """libwebp holds several copies while decoding (+612 MiB at 40 Mpx): 16 Mpx for WebP."""
-    path = tmp_path / "flat.webp"
-    Image.new("RGB", (5000, 4000), "red").save(path, lossless=True, quality=0, method=0)
+@pytest.mark.parametrize(
+    ("name", "size", "save", "limit"),
+    [
+        ("flat.webp", (5000, 4000), {"lossless": True, "quality": 0, "method": 0}, "16,000,000 pixels for WebP"),
+        ("flat.tif", (5000, 4000), {"compression": "tiff_adobe_deflate"}, "16,000,000 pixels for TIFF"),
+        ("flat.jp2", (3000, 2001), {"quality_mode": "rates", "quality_layers": [40]}, "6,000,000 pixels for JPEG 2000"),
+    ],
+)
+def test_costly_formats_have_lower_web_caps(
+    client: Client, tmp_path: Path, name: str, size: tuple[int, int], save: dict, limit: str
+) -> None:
+    """libwebp holds several copies while decoding (+612 MiB at 40 Mpx); float TIFF and
+    OpenJPEG cost more CPU per pixel: each is refused from its header past its own cap."""
+    path = tmp_path / name
+    Image.new("RGB", size, "red").save(path, **save)
     with pytest.raises(AppError) as info:
         call_tag(client, handle_file(str(path)))
-    assert "more than this Space's limit of 16,000,000 pixels for WebP images" in info.value.message
+    assert f"more than this Space's limit of {limit} images" in info.value.message
 
 
 def test_batch_pixel_caps(tmp_path: Path, good_image: Path) -> None:

@@ -44,7 +44,7 @@ from tagger.fetch import (
     is_url,
     public_only,
 )
-from tagger.preprocess import WEB_FORMAT_MAX_PIXELS, WEB_MAX_IMAGE_PIXELS, image_header
+from tagger.preprocess import FORMAT_NAMES, WEB_FORMAT_MAX_PIXELS, WEB_MAX_IMAGE_PIXELS, image_header
 
 __all__ = [
     "SafeApi",
@@ -132,7 +132,7 @@ def check_web_pixels(path: str, shown: str | None = None, max_pixels: int = WEB_
 
 
 def _for_format(name: str) -> str:
-    return f" for {name.title() if name != 'WEBP' else 'WebP'} images" if name in WEB_FORMAT_MAX_PIXELS else ""
+    return f" for {FORMAT_NAMES.get(name, name)} images" if name in WEB_FORMAT_MAX_PIXELS else ""
 
 
 @contextlib.contextmanager
