@@ -280,3 +280,16 @@ def test_an_output_that_cannot_be_written_stops_with_a_sentence(folder: Path, tm
     assert result.code == 1
     assert "could not write the outputs" in result.err and "run again" in result.err
     assert "Traceback" not in result.err
+
+
+def test_default_decoders_leave_a_small_cpu_to_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below four cores a decoding process would take half the model's threads: none then;
+    a quarter of the cores above; with a GPU all cores but the one feeding it (at most 16)."""
+    import torch
+
+    from tagger.bulk.decode import default_workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for cores, on_cpu, on_gpu in [(1, 0, 1), (2, 0, 1), (3, 0, 2), (4, 1, 3), (16, 4, 15), (64, 16, 16)]:
+        monkeypatch.setattr("os.cpu_count", lambda n=cores: n)
+        assert (default_workers(cpu), default_workers(cuda)) == (on_cpu, on_gpu), cores

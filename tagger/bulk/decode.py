@@ -135,11 +135,13 @@ def _ready() -> int:
 
 def default_workers(device: torch.device) -> int:
     """Decoding processes: with a GPU, one per core but one (the thread feeding the GPU), at
-    most 16; on the CPU the model needs the cores more, so a quarter of them (at least one)."""
+    most 16; on the CPU the model needs the cores more, so a quarter of them: none below four
+    cores, where a decoder would take half the model's threads (benchmarks/bench_bulk.py on
+    2 cores: 0.71-0.93x a plain loop with one decoder, 1.23-1.26x decoding between batches)."""
     cores = os.cpu_count() or 2
     if device.type == "cuda":
         return max(1, min(16, cores - 1))
-    return max(1, cores // 4)
+    return cores // 4
 
 
 def share_cores_with_decoders(device: torch.device, workers: int) -> None:
