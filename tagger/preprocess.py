@@ -252,7 +252,7 @@ def _finish(image: Image.Image, name: str, max_pixels: int, fit: Fit | None, own
             rgb = image.copy()  # nothing to convert: one copy, as small as it gets
             return rgb.transpose(fix) if fix is not None else rgb
         # Formats the decoder cannot shrink are box-averaged after conversion instead, under
-        # the same margin (the web app's choice: the resize pass dominates their decode cost).
+        # the same margin (the web app's choice: the resize pass is a large part of their cost).
         shrink = own and fit is not None and box is None
         return _rgb_in_bands(image, fix, target, box, name, shrink)
 
