@@ -156,7 +156,7 @@ class Tagger:
         if max_size < 16:
             raise ValueError(f"max_size must be at least 16 pixels, not {max_size}.")
         self.max_size = max_size
-        # Huge JPEGs decoded at a reduced scale: cheaper, not bit-identical (``load_image``).
+        # Huge images decoded at a reduced scale: cheaper, not bit-identical (``load_image``).
         self.reduced_decode = reduced_decode
         self.max_batch_size = max_batch_size or (16 if self.device.type == "cuda" else 4)
         self.max_padding = DEFAULT_MAX_PADDING.get(self.device.type, 0.0) if max_padding is None else max_padding

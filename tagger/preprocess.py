@@ -127,8 +127,9 @@ def load_image(
     Lanczos exactly as ``preprocess`` resizes the full image (pass ``target_size`` with the
     model's settings); only the pixels that size needs are kept while decoding, and the result
     is the same as resizing the fully decoded image. With ``reduced_decode`` files opened here
-    may also be decoded at a reduced scale (``REDUCED_DECODE_MARGIN``): much cheaper for huge
-    JPEGs, not bit-identical (the web app uses it; the library and CLI stay exact by default).
+    may also be decoded at a reduced scale (JPEG DCT scaling, a box average for other formats;
+    ``REDUCED_DECODE_MARGIN``): much cheaper for huge images, not bit-identical (the web app
+    uses it; the library, CLI and bulk stay exact by default).
     """
     if isinstance(source, Image.Image):
         return _finish(source, "the given PIL image", max_pixels, fit, own=False)

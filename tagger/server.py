@@ -78,7 +78,7 @@ def load_context(args: argparse.Namespace) -> AppContext:
         else:
             files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
             checkpoint, vocab = files.checkpoint, files.vocab
-        # A public Space decodes huge JPEGs at a reduced scale (issue: decode cost per request).
+        # A public Space decodes huge images at a reduced scale (issue: decode cost per request).
         tagger = Tagger(
             checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=args.max_size, reduced_decode=True
         )
