@@ -42,9 +42,6 @@ def blocks(width: int, height: int, block: int = 500, seed: int = 0) -> np.ndarr
     return np.kron(small, np.ones((block, block, 1), dtype=np.uint8))[:height, :width]
 
 
-FORMATS = {"gif": "GIF", "png": "PNG", "webp": "WEBP", "tif": "TIFF", "jpg": "JPEG", "jp2": "JPEG2000"}
-
-
 def hostile_files(folder: Path, width: int, height: int, names: set[str] | None = None) -> dict[str, Path]:
     rgba = blocks(width, height)
     rgb = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
@@ -82,7 +79,7 @@ def cost_table(folder: Path, width: int, height: int, before: Path | None) -> No
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
     for name in hostile_files(folder, 64, 64):
-        cap = ImageHeader(width, height, FORMATS[name.rsplit(".", 1)[1]]).web_limit()
+        cap = ImageHeader(width, height, Image.registered_extensions()[Path(name).suffix]).web_limit()
         scale = min(1.0, (cap / (width * height)) ** 0.5)
         w, h = int(width * scale), int(height * scale)
         path = hostile_files(folder, w, h, {name})[name]
