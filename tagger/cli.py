@@ -1,4 +1,8 @@
-"""Command line: ``python -m tagger --images a.jpg b.png [--topk N | --threshold T]``.
+"""Command line: ``python -m tagger --images a.jpg b.png [--topk N | --threshold T] [--mode mcut ...]``.
+
+Every tagging option of the app and ``/tag`` is a flag, derived from ``TagOptions``; without a
+rule option (``--mode`` ...) the authors' rules apply (see ``build_parser``). ``--demo`` runs a
+tiny random model instead of downloading the real one.
 
 Images are paths or http(s) URLs, fetched with the app's size and time limits (25 MB,
 15 s); unlike the web app, hosts on your own machine and network (a NAS) are allowed. Output
@@ -13,35 +17,60 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from tagger.errors import CheckpointError, FetchError, ImageError, ResolutionError, SelectionError, VocabularyError
 from tagger.fetch import fetch_url, is_url, local_network_too
-from tagger.hub import resolve_model_files
+from tagger.hub import DEFAULT_REPO, resolve_model_files
 from tagger.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
 from tagger.predict import Tagger
-from tagger.results import authors_json_entry, pretty_text, tag_string
+from tagger.results import Selection, authors_json_entry, pretty_text, select_tags
+from tagger.synthetic import DEMO_WARNING, demo_files
 
 CHUNK = 32  # images decoded ahead of the model; bounds memory on long lists
 
 
-def add_option_arguments(parser: argparse.ArgumentParser) -> None:
+# The declared options that choose a selection rule: with none of them given, the CLI keeps the
+# authors' rules (--topk N best tags, or every tag at or above --threshold T).
+RULE_OPTIONS = ("mode", "character_threshold", "topk_per_category", "category_thresholds")
+AUTHORS_TOPK = 30
+
+
+def option_flag(name: str) -> str:
+    """The command-line flag of a declared option: ``character_threshold`` → ``--character-threshold``."""
+    return "--" + name.replace("_", "-")
+
+
+def add_option_arguments(
+    parser: argparse.ArgumentParser, *, unset: bool = False, notes: Mapping[str, str] | None = None
+) -> None:
     """One flag per declared tagging option (``--character-threshold 0.9``, ``--underscores``),
-    with its type, default and help from ``TagOptions``; read back with ``options_from_args``."""
+    with its type, default and help from ``TagOptions``; read back with ``options_from_args``.
+
+    ``unset``: flags not given read as ``None`` (the declared default still applies), so a caller
+    can tell which ones the user chose. ``notes``: text added to an option's help."""
     group = parser.add_argument_group("tagging options (as in the app and /tag)")
+    notes = notes or {}
     for f in OPTION_FIELDS:
         info = option_info(f)
-        flag = "--" + f.name.replace("_", "-")
         kind = OPTION_TYPES[f.name]
+        default = None if unset else f.default
+        note = f" {notes[f.name]}" if f.name in notes else ""
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=info.help)
+            group.add_argument(
+                option_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=info.help + note
+            )
             continue
         choices = [value for _, value in info.choices] or None
         convert = kind if kind in (int, float) else str
         shown = f" (default {f.default})" if f.default != "" else ""
-        group.add_argument(flag, type=convert, default=f.default, choices=choices, help=info.help + shown)
+        group.add_argument(
+            option_flag(f.name), type=convert, default=default, choices=choices, help=info.help + shown + note
+        )
 
 
 def options_from_args(args: argparse.Namespace) -> TagOptions:
@@ -49,22 +78,17 @@ def options_from_args(args: argparse.Namespace) -> TagOptions:
     return TagOptions.from_values(**{name: getattr(args, name) for name in OPTION_NAMES})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tagger", description="Tag images with the DINOv3 booru tagger.")
-    parser.add_argument(
-        "--images", nargs="+", required=True, metavar="IMAGE", help="image files or http(s) URLs to tag"
-    )
+def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The flags that choose and load the model, the same in ``tagger`` and ``tagger-bulk``."""
     parser.add_argument("--checkpoint", help="local .safetensors checkpoint (default: download from the Hub)")
     parser.add_argument("--vocab", help="local vocabulary JSON (default: download from the Hub)")
-    parser.add_argument("--repo", help="Hub model repo (default: $TAGGER_REPO or lodestones/tagger-experiment)")
+    parser.add_argument("--repo", help=f"Hub model repo (default: $TAGGER_REPO or {DEFAULT_REPO})")
     parser.add_argument("--revision", help="Hub revision: branch, tag or commit (default: $TAGGER_REVISION or main)")
-    choice = parser.add_mutually_exclusive_group()
-    choice.add_argument("--topk", type=int, default=None, help="keep the N best tags (default 30)")
-    choice.add_argument("--threshold", type=float, default=None, help="keep tags scoring at least T")
-    parser.add_argument("--format", choices=["pretty", "tags", "json"], default="pretty")
-    parser.add_argument("--underscores", action="store_true", help="tags format: underscores instead of spaces")
-    parser.add_argument("--escape-parentheses", action="store_true", help=r"tags format: write \( and \)")
-    parser.add_argument("--max-size", type=int, default=1024, help="long-edge cap in pixels (default 1024)")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="a tiny random model made on the spot instead of the real one (no download; tags are meaningless)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument(
         "--dtype",
@@ -72,12 +96,71 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16, fp32, or int8 (CPU only: faster, scores differ slightly; see the README) "
         "(default: bf16 where the hardware has it, else fp32)",
     )
+    parser.add_argument("--max-size", type=int, default=1024, help="long-edge cap in pixels (default 1024)")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """``prog``: the name in usage lines (default: the running script, e.g. ``tagger``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Tag images with the DINOv3 booru tagger. Without --mode (or another rule option) the "
+        f"authors' rules apply: the {AUTHORS_TOPK} best tags, --topk N best, or every tag scoring at least "
+        "--threshold T; with --mode the rules are the app's and /tag's.",
+    )
+    parser.add_argument(
+        "--images", nargs="+", required=True, metavar="IMAGE", help="image files or http(s) URLs to tag"
+    )
+    parser.add_argument(
+        "--topk",
+        type=int,
+        default=None,
+        help=f"keep the N best tags (default {AUTHORS_TOPK} without --mode); with --mode, at most N of the tags "
+        "the mode keeps",
+    )
+    parser.add_argument("--format", choices=["pretty", "tags", "json"], default="pretty")
+    add_model_arguments(parser.add_argument_group("model"))
+    add_option_arguments(
+        parser,
+        unset=True,
+        notes={
+            "threshold": "Without --mode: keep every tag scoring at least T, characters too (the authors' "
+            "--threshold; not with --topk).",
+            "mode": "Not given (nor another rule option): the authors' rules, as described above.",
+            "floor": "Without --mode the default is 0.",
+        },
+    )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _selection(args: argparse.Namespace, options: TagOptions) -> Selection:
+    """The app's rules when a rule option was given, else the authors' (see ``build_parser``)."""
+    if any(getattr(args, name) is not None for name in RULE_OPTIONS):
+        return replace(options.selection, topk=args.topk)
+    authors = replace(options.selection, category_thresholds={}, floor=args.floor or 0.0)
+    if args.threshold is not None:
+        return replace(authors, threshold=args.threshold, topk=None)
+    return replace(authors, threshold=0.0, topk=args.topk or AUTHORS_TOPK)
+
+
+def _load(args: argparse.Namespace) -> Tagger:
+    def load(checkpoint: str | os.PathLike[str], vocab: str | os.PathLike[str]) -> Tagger:
+        return Tagger(checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=args.max_size)
+
+    if args.demo:
+        print(f"warning: {DEMO_WARNING}", file=sys.stderr)
+        with demo_files() as (checkpoint, vocab):  # loaded into memory, then the folder is removed
+            return load(checkpoint, vocab)
+    files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
+    return load(files.checkpoint, files.vocab)
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    rules = any(getattr(args, name) is not None for name in RULE_OPTIONS)
+    if args.topk is not None and args.threshold is not None and not rules:
+        parser.error("argument --threshold: not allowed with argument --topk (without --mode)")
     if args.topk is not None and args.topk < 1:
         print("error: --topk must be at least 1", file=sys.stderr)
         return 2
@@ -85,8 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --threshold must be between 0 and 1", file=sys.stderr)
         return 2
     try:
-        files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
-        tagger = Tagger(files.checkpoint, files.vocab, device=args.device, dtype=args.dtype, max_size=args.max_size)
+        options = options_from_args(args)
+        selection = _selection(args, options)
+    except SelectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        tagger = _load(args)
     except (ResolutionError, CheckpointError, VocabularyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -107,15 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: {e}", file=sys.stderr)
                 failures += 1
         for name, scores in zip(names, tagger.run(pixels), strict=True):
-            try:
-                tags = tagger.select(scores, topk=args.topk, threshold=args.threshold)
-            except SelectionError as e:  # pragma: no cover - arguments were checked above
-                print(f"error: {e}", file=sys.stderr)
-                return 2
+            tags = select_tags(scores, tagger.vocab, selection)
             if args.format == "json":
                 json_entries.append(authors_json_entry(name, tags))
             elif args.format == "tags":
-                print(tag_string(tags, underscores=args.underscores, escape_parentheses=args.escape_parentheses))
+                print(options.tag_string(tags))
             else:
                 print(f"== {name} ({len(tags)} tags)")
                 print(pretty_text(tags))

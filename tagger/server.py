@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,12 +27,16 @@ from tagger.errors import CheckpointError, ResolutionError, VocabularyError, sho
 from tagger.hub import resolve_model_files
 from tagger.predict import Tagger
 from tagger.runtime import ModelRunner
-from tagger.synthetic import write_demo_files
+from tagger.synthetic import DEMO_WARNING, demo_files
 from tagger.ui import CSS, build_demo
 from tagger.ui.context import HEAVY_QUEUE, AppContext
 
 log = logging.getLogger("tagger")
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+# The example images: examples/ of a checkout, installed as the package's tagger/examples/ (pyproject.toml).
+_PACKAGE_DIR = Path(__file__).resolve().parent
+EXAMPLES_DIR = next(
+    (d for d in (_PACKAGE_DIR / "examples", _PACKAGE_DIR.parent / "examples") if d.is_dir()), _PACKAGE_DIR / "examples"
+)
 MAX_FILE_SIZE = "200mb"  # per upload (dataset zips for the Batch tab); Gradio refuses larger ones before we see them
 # Uploads, URL downloads and results (feature images, caption zips) stay in Gradio's cache for
 # the life of the process unless cleaned: every 10 minutes, remove those older than an hour.
@@ -70,18 +73,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def load_context(args: argparse.Namespace) -> AppContext:
     """Resolve, load and wrap the model; raises SystemExit with one sentence on failure."""
-    try:
-        if args.demo:
-            directory = Path(tempfile.mkdtemp(prefix="tagger-demo-"))
-            checkpoint, vocab = write_demo_files(directory)
-            log.info("Demo mode: tiny random model in %s", directory)
-        else:
-            files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
-            checkpoint, vocab = files.checkpoint, files.vocab
-        # A public Space decodes huge images at a reduced scale (issue: decode cost per request).
-        tagger = Tagger(
+
+    def load(checkpoint: Path, vocab: Path) -> Tagger:
+        # A public Space decodes huge images at a reduced scale (decode cost per request).
+        return Tagger(
             checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=args.max_size, reduced_decode=True
         )
+
+    try:
+        if args.demo:
+            log.warning(DEMO_WARNING)
+            with demo_files() as (checkpoint, vocab):  # loaded into memory, then the folder is removed
+                tagger = load(checkpoint, vocab)
+        else:
+            files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
+            tagger = load(files.checkpoint, files.vocab)
     except (ResolutionError, CheckpointError, VocabularyError, ValueError) as e:
         raise SystemExit(f"Cannot start the tagger: {e}") from None
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in {".jpg", ".png", ".webp"})

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +108,17 @@ def write_demo_files(directory: str | os.PathLike, num_tags: int = 600) -> tuple
     save_file(state, str(checkpoint))
     vocab = write_random_vocabulary(directory / "demo_vocab.json", num_tags)
     return checkpoint, vocab
+
+
+# Shown wherever the demo model runs (app log, CLI, bulk): its tags must not be mistaken for real ones.
+DEMO_WARNING = "Demo mode: a tiny random model stands in for the real one; its tags are meaningless."
+
+
+@contextmanager
+def demo_files() -> Iterator[tuple[Path, Path]]:
+    """The demo model's (checkpoint, vocab) in a temporary folder that is removed on leaving the block.
+
+    The model is generated in well under a second, so nothing is kept between runs.
+    """
+    with tempfile.TemporaryDirectory(prefix="tagger-demo-") as directory:
+        yield write_demo_files(directory)
