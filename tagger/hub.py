@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -115,9 +115,11 @@ def _explain(
             f"unset HF_HUB_OFFLINE to download it, or {_LOCAL_HINT}."
         )
     if isinstance(error, LocalEntryNotFoundError):
+        cache = cache_dir or getattr(constants, "HF_HUB_CACHE", "the HF cache")
         return (
-            f"Could not reach the Hugging Face Hub to download {filename} from {repo}; check the network, "
-            f"or {_LOCAL_HINT} (or HF_HUB_OFFLINE=1 with a filled cache)."
+            f"Could not reach the Hugging Face Hub ({constants.ENDPOINT}) to download {filename} from {repo}, "
+            f"and it is not in the cache ({cache}); check the network, or pass --checkpoint and --vocab "
+            f"(or {_LOCAL_HINT}), set HF_HUB_OFFLINE=1 with a filled cache, or try --demo (a tiny random model)."
         )
     if isinstance(error, GatedRepoError):
         return (
@@ -172,6 +174,8 @@ def _download(filename: str, repo: str, revision: str | None, cache_dir: str | N
     real failures.
     """
     try:
+        if not _is_offline() and not isinstance(try_to_load_from_cache(repo, filename, cache_dir, revision), str):
+            _probe(filename, repo, revision)
         path = hf_hub_download(repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir)
         return Path(path), "Hub cache"
     except _HUB_ANSWERS:
@@ -182,6 +186,21 @@ def _download(filename: str, repo: str, revision: str | None, cache_dir: str | N
         return _fall_back_to_cache(error, filename, repo, revision, cache_dir)
     except Exception as error:
         return _fall_back_to_cache(error, filename, repo, revision, cache_dir)
+
+
+def _probe(filename: str, repo: str, revision: str | None) -> None:
+    """One request for the file's metadata, without retries: raises what the Hub answered, or
+    ``_HubUnreachable`` at once when it cannot be reached.
+
+    Only used when nothing is cached: ``hf_hub_download`` then retries an unreachable Hub with
+    backoff for about half a minute, logging every attempt, before it gives up.
+    """
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision), retry_on_errors=False)
+    except _HUB_ANSWERS:
+        raise
+    except Exception as error:
+        raise _HubUnreachable(f"{filename} is not cached and the Hub is unreachable") from error
 
 
 def _fall_back_to_cache(

@@ -268,8 +268,10 @@ def test_network_error_with_empty_cache_says_hub_unreachable(offline: Path, monk
     with pytest.raises(ResolutionError) as info:
         resolve_model_files(env={}, cache_dir=offline)
     message = str(info.value)
-    assert message.startswith("Could not reach the Hugging Face Hub to download tagger_proto.safetensors")
-    assert "TAGGER_CHECKPOINT" in message and "TAGGER_VOCAB" in message
+    assert message.startswith("Could not reach the Hugging Face Hub (")
+    assert "to download tagger_proto.safetensors" in message
+    for hint in ("TAGGER_CHECKPOINT", "TAGGER_VOCAB", "--checkpoint", "--vocab", "HF_HUB_OFFLINE=1", "--demo"):
+        assert hint in message, hint
     assert_sentence(message, end=(".",))
 
 
@@ -373,3 +375,39 @@ def test_disk_errors_are_not_mistaken_for_the_network(offline: Path, monkeypatch
         resolve_model_files(env={}, cache_dir=offline)
     assert "Could not store tagger_proto.safetensors" in str(info.value)
     assert_sentence(str(info.value), end=(".",))
+
+
+def test_nothing_cached_asks_the_hub_once_without_retries(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an empty cache, huggingface_hub would retry an unreachable Hub for half a minute: one
+    metadata request without retries decides, and the download is not attempted."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    probes: list[tuple[str, bool]] = []
+
+    def metadata(url: str, **kwargs: Any) -> None:
+        probes.append((url, kwargs.get("retry_on_errors", True)))
+        raise httpx2.ConnectError("connection refused")
+
+    def download(**kwargs: Any) -> str:
+        raise AssertionError("hf_hub_download must not run once the Hub is known to be unreachable")
+
+    monkeypatch.setattr(hub, "get_hf_file_metadata", metadata)
+    monkeypatch.setattr(hub, "hf_hub_download", download)
+    with pytest.raises(ResolutionError, match="Could not reach the Hugging Face Hub"):
+        resolve_model_files(env={}, cache_dir=offline)
+    assert len(probes) == 1 and probes[0][0].endswith(CHECKPOINT_FILENAME) and probes[0][1] is False
+
+
+def test_a_cached_file_skips_the_probe(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached copy is what the library falls back to without retrying: no extra request then."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    snapshot = fill_cache(offline, {CHECKPOINT_FILENAME: b"w", PLAIN: b"{}"})
+
+    def metadata(url: str, **kwargs: Any) -> None:
+        raise AssertionError("no probe when the file is cached")
+
+    def download(repo_id: str, filename: str, **kwargs: Any) -> str:
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(hub, "get_hf_file_metadata", metadata)
+    monkeypatch.setattr(hub, "hf_hub_download", download)
+    assert resolve_model_files(env={}, cache_dir=offline).checkpoint == snapshot / CHECKPOINT_FILENAME

@@ -10,6 +10,7 @@ to resume).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import re
 import sys
@@ -26,11 +27,12 @@ from tagger.bulk.progress import Progress, Summary
 from tagger.bulk.resume import ResumeState, check_manifest, new_manifest, options_hash
 from tagger.bulk.sharding import ShardSpec, gpu_workers, launch_workers
 from tagger.bulk.sources import Inputs, InputSettings
-from tagger.cli import add_option_arguments, options_from_args
+from tagger.cli import add_model_arguments, add_option_arguments, options_from_args
 from tagger.errors import BulkError, CheckpointError, ResolutionError, SelectionError, VocabularyError
-from tagger.hub import DEFAULT_REPO, ModelFiles, resolve_model_files
+from tagger.hub import ModelFiles, resolve_model_files
 from tagger.options import TagOptions
 from tagger.predict import Tagger, resolve_device
+from tagger.synthetic import DEMO_WARNING, demo_files
 
 log = logging.getLogger("tagger")
 
@@ -60,9 +62,10 @@ def _not_negative(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """``prog``: the name in usage lines (default: the running script, e.g. ``tagger-bulk``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m tagger.bulk",
+        prog=prog,
         description="Tag a dataset: folders, zips, tar/webdataset shards, Parquet or datasets in; "
         "captions, JSONL and Parquet out; resumable.",
     )
@@ -101,14 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--split", help="datasets: the split (default train, or the only one)")
     source.add_argument("--image-column", help="Parquet/datasets: the image column (default: found by type)")
     source.add_argument("--key-column", help="Parquet/datasets: a column of unique ids for keys (default: row number)")
-    model = parser.add_argument_group("model")
-    model.add_argument("--checkpoint", help="local .safetensors checkpoint (default: download from the Hub)")
-    model.add_argument("--vocab", help="local vocabulary JSON (default: download from the Hub)")
-    model.add_argument("--repo", help=f"Hub model repo (default: $TAGGER_REPO or {DEFAULT_REPO})")
-    model.add_argument("--revision", help="Hub revision: branch, tag or commit (default: $TAGGER_REVISION or main)")
-    model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    model.add_argument("--dtype", default=None, help="bf16 or fp32 (default: bf16 where the hardware has it)")
-    model.add_argument("--max-size", type=int, default=1024, help="long-edge cap in pixels (default 1024)")
+    add_model_arguments(parser.add_argument_group("model"))
     speed = parser.add_argument_group("speed")
     speed.add_argument("--batch-size", type=_positive, help="images per model call (default 32 on a GPU, 8 on CPU)")
     speed.add_argument(
@@ -175,19 +171,58 @@ def model_identity(files: ModelFiles) -> tuple[str, str, str]:
     return repo, commit if _COMMIT.fullmatch(commit) else revision, checkpoint
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# The modules of the bulk extra and what needs each, so that a missing one is named in one sentence.
+EXTRA_MODULES = {
+    "pyarrow": "Bulk tagging needs pyarrow (its resume state and Parquet files are Parquet)",
+    "datasets": "datasets inputs (saved dataset folders and hf:owner/name) need the datasets package",
+    "ray": "--engine ray needs Ray",
+}
+EXTRA_HINT = 'pip install "dinov3-tagger[bulk]" (or pip install -r requirements-bulk.txt)'
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The sentence saying what to install, when ``error`` is about a module of the bulk extra."""
+    name = (error.name or "").split(".")[0]
+    if name not in EXTRA_MODULES:
+        return None
+    return f"{EXTRA_MODULES[name]}, which is not installed; install the bulk extra: {EXTRA_HINT}."
+
+
+def require_extra(name: str) -> None:
+    """Import a module of the bulk extra now, before any work starts; ``BulkError`` if it is missing."""
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        raise BulkError(missing_extra(e) or str(e)) from None
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
+        if args.demo:
+            print(f"warning: {DEMO_WARNING}", file=sys.stderr)
+            # Kept for the whole run: the Ray actors and --gpus workers load the model from these files.
+            with demo_files() as (args.checkpoint, args.vocab):
+                return _run(args, argv)
         return _run(args, argv)
     except (BulkError, SelectionError, ResolutionError, CheckpointError, VocabularyError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        sentence = missing_extra(e)
+        if sentence is None:
+            raise
+        print(f"error: {sentence}", file=sys.stderr)
         return 2
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     options = options_from_args(args)
+    require_extra("pyarrow")
+    if args.engine == "ray":
+        require_extra("ray")
     shard = ShardSpec.parse(args.shard)
     if args.max_size < 16:
         raise BulkError(f"--max-size must be at least 16 pixels, not {args.max_size}.")
