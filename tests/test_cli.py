@@ -331,3 +331,94 @@ def test_unusable_address_urls_are_refused_and_the_others_still_run(capsys, mode
     assert len(out.splitlines()) == 1
     (line,) = _error_lines(err)
     assert "0.0.0.0" in line and "unspecified" in line.lower()
+
+
+# -- every /tag option is a flag ---------------------------------------------------------------
+
+
+def test_every_declared_option_is_a_flag_and_nothing_else_is_one():
+    from tagger.cli import build_parser
+    from tagger.options import OPTION_FIELDS
+
+    parser = build_parser()
+    flags = {s for action in parser._actions for s in action.option_strings if s.startswith("--")}
+    option_flags = {"--" + f.name.replace("_", "-") for f in OPTION_FIELDS}
+    assert option_flags <= flags
+    cli_only = {"--help", "--images", "--topk", "--format", "--checkpoint", "--vocab", "--repo", "--revision"}
+    cli_only |= {"--demo", "--device", "--dtype", "--max-size", "--no-underscores", "--no-escape-parentheses"}
+    assert flags - option_flags <= cli_only, "a flag that is neither a declared option nor a CLI setting"
+
+
+def test_each_option_flag_reaches_the_options():
+    from tagger.cli import build_parser, options_from_args
+    from tagger.options import OPTION_FIELDS, OPTION_TYPES, choice_values
+
+    samples = {float: "0.5", int: "7"}
+    for f in OPTION_FIELDS:
+        flag = "--" + f.name.replace("_", "-")
+        kind = OPTION_TYPES[f.name]
+        if kind is bool:
+            argv, expected = [flag], True
+        elif f.name in ("mode", "order"):
+            value = choice_values(f.name)[-1]
+            argv, expected = [flag, value], value
+        elif kind in samples:
+            argv, expected = [flag, samples[kind]], kind(samples[kind])
+        elif f.name == "category_thresholds":
+            argv, expected = [flag, "artist=0.6"], "artist=0.6"
+        elif f.name == "categories":
+            argv, expected = [flag, "general"], "general"
+        else:
+            argv, expected = [flag, "some tag"], "some tag"
+        options = options_from_args(build_parser().parse_args(["--images", "x.png", *argv]))
+        assert getattr(options, f.name) == expected, flag
+
+
+def test_app_options_select_as_the_app_does(capsys, model_args, image_files, tiny_tagger):
+    from tagger.options import TagOptions
+
+    image = str(image_files[0])
+    scores = tiny_tagger.probabilities([image])[0]
+    everything = tiny_tagger.select(scores, topk=len(tiny_tagger.vocab))
+    excluded = everything[0].tag
+    argv = ["--images", image, "--format", "json", "--mode", "mcut", "--exclude", excluded, "--floor", "0", *model_args]
+    code, out, err = _run(capsys, *argv)
+    assert code == 0, err
+    tags = [t["tag"] for t in json.loads(out)[0]["tags"]]
+    expected = TagOptions(mode="mcut", exclude=excluded, floor=0.0)
+    from tagger.results import select_tags
+
+    assert tags == [t.tag for t in select_tags(scores, tiny_tagger.vocab, expected.selection)]
+    assert excluded not in tags and tags
+
+    # --topk with --mode caps what the mode keeps.
+    code, out, _ = _run(capsys, *argv, "--topk", "1")
+    assert code == 0
+    assert [t["tag"] for t in json.loads(out)[0]["tags"]] == tags[:1]
+
+
+def test_categories_order_and_prepend_shape_the_tag_string(capsys, model_args, image_files, tiny_tagger):
+    image = str(image_files[0])
+    argv = ["--images", image, "--format", "tags", "--categories", "general", "--prepend", "trigger word", *model_args]
+    code, out, err = _run(capsys, *argv)
+    assert code == 0, err
+    tags = out.strip().split(", ")
+    assert tags[0] == "trigger word"
+    vocab = tiny_tagger.vocab
+    assert tags[1:] and all(vocab.category_of(i).name == "general" for t in tags[1:] for i in vocab.find(t))
+
+
+def test_authors_threshold_keeps_characters_too(capsys, model_args, image_files, tiny_tagger):
+    """Without --mode, --threshold T keeps every tag at or above T: the app's character threshold
+    (0.85) and floor do not apply, as in the authors' CLI."""
+    image = str(image_files[0])
+    probs = tiny_tagger.probabilities([image])[0]
+    code, out, _ = _run(capsys, "--images", image, "--format", "json", "--threshold", "0.01", *model_args)
+    assert code == 0
+    assert len(json.loads(out)[0]["tags"]) == int(np.sum(probs >= np.float32(0.01)))
+
+
+def test_bad_option_value_exits_2_with_one_sentence(capsys, model_args, image_files):
+    code, out, err = _run(capsys, "--images", str(image_files[0]), "--categories", "nonsense", *model_args)
+    assert code == 2 and out == ""
+    assert len(_error_lines(err)) == 1 and "nonsense" in err

@@ -400,14 +400,17 @@ def test_nothing_cached_asks_the_hub_once_without_retries(offline: Path, monkeyp
 def test_a_cached_file_skips_the_probe(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cached copy is what the library falls back to without retrying: no extra request then."""
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    snapshot = fill_cache(offline, {CHECKPOINT_FILENAME: b"w", PLAIN: b"{}"})
+    snapshot = fill_cache(offline, {CHECKPOINT_FILENAME: b"w", CATEGORIES: b"{}"})
+    probes: list[str] = []
 
     def metadata(url: str, **kwargs: Any) -> None:
-        raise AssertionError("no probe when the file is cached")
+        probes.append(url)
 
     def download(repo_id: str, filename: str, **kwargs: Any) -> str:
         return str(snapshot / filename)
 
     monkeypatch.setattr(hub, "get_hf_file_metadata", metadata)
     monkeypatch.setattr(hub, "hf_hub_download", download)
-    assert resolve_model_files(env={}, cache_dir=offline).checkpoint == snapshot / CHECKPOINT_FILENAME
+    files = resolve_model_files(env={}, cache_dir=offline)
+    assert (files.checkpoint, files.vocab) == (snapshot / CHECKPOINT_FILENAME, snapshot / CATEGORIES)
+    assert probes == []
