@@ -16,7 +16,7 @@ model, in fresh processes:
 ``--engines local,ray`` runs the bulk command with each engine on the same folder (the
 Ray/local ratio). ``--decode`` measures decoding alone, one process with one thread (images/s
 per core), exact and with ``--reduced-decode`` (Pillow's JPEG draft mode), on the folder and
-on 12 MP phone photos, and what the reduced decode does to the scores (the ``mid`` model;
+on 12 MP phone photos, and what the reduced decode does to the scores (the ``tiny`` model;
 random weights, so only the size of the change means something).
 
 With a GPU it also samples GPU utilisation (NVML through torch, else ``nvidia-smi``) while
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         if "ray" in rates and "local" in rates:
             print(f"\n{name}: Ray / local = {rates['ray'] / rates['local']:.2f}\n", flush=True)
     if args.decode:
-        checkpoint, vocab = ensure_model("mid")
+        checkpoint, vocab = ensure_model("tiny")
         print(
             "\n| images | exact img/s per core | reduced img/s per core | max pixel diff | max abs dp "
             "| top-30 overlap (min) |"

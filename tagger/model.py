@@ -39,7 +39,8 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 # cuDNN's attention plans live per thread (see the module doc); flash / memory-efficient don't.
-torch.backends.cuda.enable_cudnn_sdp(False)
+if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):  # torch < 2.2 has no cuDNN attention at all
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 Pixels = torch.Tensor | Sequence[torch.Tensor]  # [B, 3, H, W], or [3, H_i, W_i] per image
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [B or 1, 1, N, head_dim]
