@@ -13,6 +13,12 @@ model, in fresh processes:
   and decoding workers; images/s and padding waste from its summary line (model load and
   listing excluded, the first batches' warm-up included).
 
+``--engines local,ray`` runs the bulk command with each engine on the same folder (the
+Ray/local ratio). ``--decode`` measures decoding alone, one process with one thread (images/s
+per core), exact and with ``--reduced-decode`` (Pillow's JPEG draft mode), on the folder and
+on 12 MP phone photos, and what the reduced decode does to the scores (the ``tiny`` model;
+random weights, so only the size of the change means something).
+
 With a GPU it also samples GPU utilisation (NVML through torch, else ``nvidia-smi``) while
 the bulk run tags. Models: ``tiny`` (2 layers, width 128), ``mid`` (12 layers, width 384,
 ViT-S-like) and ``full`` (the real ViT-H/16+ sizes, a 2.6 GB file written on first use)::
@@ -45,6 +51,7 @@ CACHE = ROOT / "benchmarks" / "cache"
 NUM_TAGS = 74625
 PHOTO = (2000, 1500)
 DRAWING = (600, 900)
+PHONE = (4032, 3024)  # a 12 MP phone photo (landscape and portrait)
 GPU_GOAL = 150.0  # images/s at 512 px, batch 32, on one H100 (issue 9)
 
 
@@ -120,8 +127,64 @@ def ensure_images(count: int) -> Path:
     return folder
 
 
+def ensure_phone_photos(count: int) -> Path:
+    """``count`` 12 MP JPEGs, landscape and portrait alternating (what bulk meets in photo sets)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = CACHE / f"bulk_phone_{count}"
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == count:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        size = PHONE if i % 2 == 0 else PHONE[::-1]
+        coarse = rng.integers(0, 256, size=(size[1] // 40, size[0] // 40, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC).save(folder / f"phone_{i:03d}.jpg", quality=90)
+    return folder
+
+
 # --------------------------------------------------------------------------------------------
 # Measurements, each in a fresh process
+
+
+def worker_decode(args: argparse.Namespace) -> None:
+    """Decode rate on one core, exact and reduced, and the reduced decode's effect on scores."""
+    import numpy as np
+    import torch
+
+    from tagger.predict import Tagger
+    from tagger.preprocess import Preprocessor
+
+    torch.set_num_threads(1)
+    paths = sorted(Path(args.folder).glob("*.jpg"))
+    data = [p.read_bytes() for p in paths]
+    result: dict = {"images": len(paths)}
+    pixels = {}
+    for name, reduced in (("exact", False), ("reduced", True)):
+        prepare = Preprocessor(args.max_size, 16, reduced)
+        prepare(data[0])  # warm-up
+        started = time.perf_counter()
+        pixels[name] = [prepare(d) for d in data]
+        result[f"{name}_per_core"] = len(data) / (time.perf_counter() - started)
+    result["same_sizes"] = all(a.shape == b.shape for a, b in zip(pixels["exact"], pixels["reduced"], strict=True))
+    result["max_pixel_diff"] = max(int((a.int() - b.int()).abs().max()) for a, b in zip(*pixels.values(), strict=True))
+    tagger = Tagger(args.checkpoint, args.vocab, device="cpu", max_size=args.max_size)
+    exact, reduced = tagger.run(pixels["exact"]), tagger.run(pixels["reduced"])
+    result["max_abs_dp"] = float(np.abs(exact - reduced).max())
+    overlap = [
+        len(set(np.argsort(-a)[:30]) & set(np.argsort(-b)[:30])) / 30 for a, b in zip(exact, reduced, strict=True)
+    ]
+    result["top30_overlap_min"] = min(overlap)
+    print(json.dumps(result))
+
+
+def run_decode(folder: Path, checkpoint: Path, vocab: Path, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--worker", "decode", "--folder", str(folder), "--checkpoint", str(checkpoint)]
+    command += ["--vocab", str(vocab), "--max-size", str(args.max_size)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=_env())
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def worker_naive(args: argparse.Namespace) -> None:
@@ -198,9 +261,11 @@ class GpuSampler:
         return sum(window) / len(window)
 
 
-def run_bulk(folder: Path, checkpoint: Path, vocab: Path, args: argparse.Namespace) -> dict:
+def run_bulk(folder: Path, checkpoint: Path, vocab: Path, args: argparse.Namespace, engine: str = "local") -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
     command = [sys.executable, "-m", "tagger.bulk", str(folder), "--out", str(out), "--format", "txt"]
+    if engine != "local":
+        command += ["--engine", engine]
     command += ["--txt-location", "out", "--quiet", "--checkpoint", str(checkpoint), "--vocab", str(vocab)]
     command += ["--device", args.device, "--max-size", str(args.max_size)]
     if args.batch_size:
@@ -266,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="bulk decoding workers (default: the command's)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both runs (default: unset)")
     parser.add_argument("--skip-naive", action="store_true", help="bulk only (the naive loop is slow on big folders)")
+    parser.add_argument("--engines", default="local", help="bulk engines to run, comma-separated: local, ray")
+    parser.add_argument("--decode", action="store_true", help="also measure decoding alone (per core, exact/reduced)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -273,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker == "naive":
         worker_naive(args)
+        return 0
+    if args.worker == "decode":
+        worker_decode(args)
         return 0
 
     global THREADS
@@ -288,26 +358,45 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Command: {' '.join([Path(sys.executable).name, 'benchmarks/bench_bulk.py', *(argv or sys.argv[1:])])}")
     print()
     threads = f", OMP_NUM_THREADS={args.threads}" if args.threads else ""
-    print(f"| model | device{threads} | naive predict loop | bulk | speed-up | padding waste | GPU busy |")
-    print("|---|---|---|---|---|---|---|")
+    engines = args.engines.split(",")
+    print(f"| model | device{threads} | naive predict loop | bulk | engine | speed-up | padding waste | GPU busy |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in models:
         checkpoint, vocab = ensure_model(name)
         naive = None if args.skip_naive else run_naive(folder, checkpoint, vocab, args)
-        bulk = run_bulk(folder, checkpoint, vocab, args)
         naive_rate = naive["images"] / naive["seconds"] if naive else None
-        cells = [
-            name,
-            f"{args.device} ({naive['dtype']})" if naive else args.device,
-            f"{naive_rate:.3g} img/s" if naive_rate else "-",
-            f"{bulk['rate']:.3g} img/s",
-            f"{bulk['rate'] / naive_rate:.2f}x" if naive_rate else "-",
-            f"{bulk['waste']:.1f} %",
-            f"{bulk['gpu']:.0f} %" if bulk["gpu"] is not None else "-",
-        ]
-        print("| " + " | ".join(cells) + " |", flush=True)
-        if on_gpu and name == "full" and args.max_size == 512:
-            verdict = "meets" if bulk["rate"] >= GPU_GOAL else "misses"
-            print(f"\n{verdict} the goal of {GPU_GOAL:.0f} images/s at 512 px: {bulk['line']}")
+        rates = {}
+        for engine in engines:
+            bulk = run_bulk(folder, checkpoint, vocab, args, engine)
+            rates[engine] = bulk["rate"]
+            cells = [
+                name,
+                f"{args.device} ({naive['dtype']})" if naive else args.device,
+                f"{naive_rate:.3g} img/s" if naive_rate else "-",
+                f"{bulk['rate']:.3g} img/s",
+                engine,
+                f"{bulk['rate'] / naive_rate:.2f}x" if naive_rate else "-",
+                f"{bulk['waste']:.1f} %",
+                f"{bulk['gpu']:.0f} %" if bulk["gpu"] is not None else "-",
+            ]
+            print("| " + " | ".join(cells) + " |", flush=True)
+            if on_gpu and name == "full" and args.max_size == 512:
+                verdict = "meets" if bulk["rate"] >= GPU_GOAL else "misses"
+                print(f"\n{verdict} the goal of {GPU_GOAL:.0f} images/s at 512 px: {bulk['line']}")
+        if "ray" in rates and "local" in rates:
+            print(f"\n{name}: Ray / local = {rates['ray'] / rates['local']:.2f}\n", flush=True)
+    if args.decode:
+        checkpoint, vocab = ensure_model("tiny")
+        print(
+            "\n| images | exact img/s per core | reduced img/s per core | max pixel diff | max abs dp "
+            "| top-30 overlap (min) |"
+        )
+        print("|---|---|---|---|---|---|")
+        for label, where in (("folder", folder), ("12 MP phone photos", ensure_phone_photos(8))):
+            d = run_decode(where, checkpoint, vocab, args)
+            cells = [f"{label} ({d['images']})", f"{d['exact_per_core']:.3g}", f"{d['reduced_per_core']:.3g}"]
+            cells += [str(d["max_pixel_diff"]), f"{d['max_abs_dp']:.4f}", f"{d['top30_overlap_min']:.2f}"]
+            print("| " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

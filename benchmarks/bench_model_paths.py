@@ -173,7 +173,7 @@ def _worker_sdpa(args: argparse.Namespace) -> list[dict]:
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
     def qkv_views() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        qkv = attn.qkv(x) + torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+        qkv = attn.qkv(x)
         q, k, v = qkv.view(batch, tokens, 3, heads, dim).permute(2, 0, 3, 1, 4)
         return apply_rope(q, *rope), apply_rope(k, *rope), v
 
@@ -182,7 +182,7 @@ def _worker_sdpa(args: argparse.Namespace) -> list[dict]:
         return q.contiguous(), k.contiguous(), v.contiguous()
 
     def qkv_heads_first() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        qkv = attn.qkv(x) + torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+        qkv = attn.qkv(x)
         q, k, v = qkv.view(batch, tokens, 3, heads, dim).permute(2, 0, 3, 1, 4).contiguous()
         return apply_rope(q, *rope), apply_rope(k, *rope), v
 

@@ -2,10 +2,20 @@
 
 Pre-norm blocks with per-channel layer scale, SwiGLU MLP, 2-D RoPE on patch tokens only,
 CLS + register tokens after the final norm feeding a float32 head. The q/k/v projections
-share one ``[3C, C]`` Linear (k's bias is a zero buffer, as in timm's ``EvaAttention``) and
-the SwiGLU gate and up projections one ``[2I, C]`` Linear, so each block runs three large
-matrix multiplies instead of six; ``tagger.weights`` fills them from the checkpoint's
-separate tensors.
+share one ``[3C, C]`` Linear whose bias has a zero k part (DINOv3's k has none), so the
+matrix multiply adds every bias in its epilogue, and the SwiGLU gate and up projections one
+``[2I, C]`` Linear: each block runs three large matrix multiplies instead of six;
+``tagger.weights`` fills them from the checkpoint's separate tensors.
+
+GPU behaviour fixed by construction, because ZeroGPU runs every call in a new thread and
+cuDNN keeps its plans per thread (a new thread rebuilds them, 55-400 ms each):
+
+* the patch embedding is a reshape + matrix multiply (``PatchEmbed``), not a convolution;
+* cuDNN attention is switched off when this module is imported (a process-wide flag), so
+  ``scaled_dot_product_attention`` runs flash attention without a mask and the
+  memory-efficient kernel with one;
+* RoPE cos/sin and the attention mask are cached per patch grid on the model's device, so a
+  forward makes no host-to-device copy besides its pixels.
 
 A batch is either one ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images of any sizes.
 Images of different sizes are padded to the longest token sequence, each keeps the RoPE
@@ -16,7 +26,9 @@ image's tokens are what it would get alone (up to float rounding).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -25,6 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
+
+# cuDNN's attention plans live per thread (see the module doc); flash / memory-efficient don't.
+if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):  # torch < 2.2 has no cuDNN attention at all
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 Pixels = torch.Tensor | Sequence[torch.Tensor]  # [B, 3, H, W], or [3, H_i, W_i] per image
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [B or 1, 1, N, head_dim]
@@ -98,25 +114,44 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+class PatchEmbed(nn.Module):
+    """``Conv2d(3, C, p, stride=p)`` as a reshape + one matrix multiply (same parameters).
+
+    A stride-``p`` convolution with a ``p × p`` kernel is a Linear over each patch's
+    ``3·p·p`` values in the weight's own order (channel, row, column): no cuDNN plan to
+    build per thread, and the weight ``[C, 3, p, p]`` is used as a ``[C, 3·p·p]`` view.
+    """
+
+    def __init__(self, channels: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.weight = nn.Parameter(torch.empty(channels, 3, patch_size, patch_size))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # as Conv2d initialises
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` → patch tokens ``[B, (H/p)·(W/p), C]``, row-major."""
+        b, c, h, w = pixels.shape
+        p = self.patch_size
+        patches = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        return F.linear(patches.reshape(b, (h // p) * (w // p), c * p * p), self.weight.flatten(1), self.bias)
+
+
 class Attention(nn.Module):
     def __init__(self, config: TaggerConfig):
         super().__init__()
         c = config.hidden_size
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
-        self.qkv = nn.Linear(c, 3 * c, bias=False)
-        self.q_bias = nn.Parameter(torch.zeros(c))
-        self.register_buffer("k_bias", torch.zeros(c), persistent=False)  # DINOv3's k has no bias
-        self.v_bias = nn.Parameter(torch.zeros(c))
+        # q, k and v in one Linear; k's third of the bias stays zero (tagger.weights fills it so).
+        self.qkv = nn.Linear(c, 3 * c)
+        with torch.no_grad():
+            self.qkv.bias[c : 2 * c] = 0
         self.proj = nn.Linear(c, c)
-
-    def init_buffers(self) -> None:
-        """Materialise ``k_bias`` after the parameters were loaded into a meta-built model."""
-        self.k_bias = torch.zeros_like(self.q_bias)
 
     def forward(self, x: torch.Tensor, rope: Rope, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, tokens, channels = x.shape
-        qkv = self.qkv(x) + torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        qkv = self.qkv(x)
         q, k, v = qkv.view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=self.head_dim**-0.5)
@@ -174,18 +209,17 @@ class TaggerModel(nn.Module):
         super().__init__()
         self.config = config
         c = config.hidden_size
-        self.patch_embed = nn.Conv2d(3, c, kernel_size=config.patch_size, stride=config.patch_size)
+        self.patch_embed = PatchEmbed(c, config.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
         self.register_tokens = nn.Parameter(torch.zeros(1, config.num_registers, c))
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
         self.norm = nn.LayerNorm(c, eps=config.layer_norm_eps)
         self.head = TagHead(config)
+        self._positions = _DeviceCache(maxsize=32)
 
     def init_buffers(self) -> None:
-        """Materialise the non-persistent buffers of a model built on the meta device."""
-        for module in self.modules():
-            if isinstance(module, Attention):
-                module.init_buffers()
+        """Materialise the non-persistent state of a model built on the meta device."""
+        self._positions = _DeviceCache(maxsize=32)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -216,26 +250,40 @@ class TaggerModel(nn.Module):
         """Tokens ``[B, N, C]`` (CLS, registers, patches row-major, then padding), their RoPE
         cos/sin, and the attention mask of real keys (None when no image is padded)."""
         grids = self.grids(pixels)
-        cfg = self.config
-        if isinstance(pixels, torch.Tensor):  # one size: batched patch embedding, one RoPE table
-            patches = self.patch_embed(pixels.to(self.dtype)).flatten(2).transpose(1, 2)
-            angles = rope_angles(*grids[0], cfg.head_dim, cfg.rope_theta, cfg.rope_coord_scale)[None]
+        if isinstance(pixels, torch.Tensor):  # one size: batched patch embedding
+            patches = self.patch_embed(pixels.to(self.dtype))
         else:
-            embedded = [self.patch_embed(image[None].to(self.dtype)).flatten(2).transpose(1, 2)[0] for image in pixels]
+            embedded = [self.patch_embed(image[None].to(self.dtype))[0] for image in pixels]
             patches = pad_sequence(embedded, batch_first=True)  # zeros after each image's own patches
-            tables = [rope_angles(h, w, cfg.head_dim, cfg.rope_theta, cfg.rope_coord_scale) for h, w in grids]
-            angles = pad_sequence(tables, batch_first=True)
-        batch, prefix = patches.shape[0], cfg.num_prefix_tokens
+        batch = patches.shape[0]
         x = torch.cat([self.cls_token.expand(batch, -1, -1), self.register_tokens.expand(batch, -1, -1), patches], 1)
-        # CLS and registers get angle 0 (cos 1, sin 0): RoPE leaves them exactly as they are.
-        angles = F.pad(angles, (0, 0, prefix, 0)).to(x.device)[:, None]
-        rope = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        lengths = [prefix + h * w for h, w in grids]
+        distinct = list(dict.fromkeys(grids))
+        if len(distinct) == 1:  # one table for all: [1, 1, N, head_dim] broadcasts over the batch
+            cos, sin = self.rope(distinct[0], x.device, x.dtype)
+        else:
+            tables = [self.rope(grid, x.device, x.dtype) for grid in grids]
+            # Padding gets angle 0 too (cos 1, sin 0); its keys are masked out anyway.
+            cos = pad_sequence([t[0][0, 0] for t in tables], batch_first=True, padding_value=1.0)[:, None]
+            sin = pad_sequence([t[1][0, 0] for t in tables], batch_first=True)[:, None]
+        prefix = self.config.num_prefix_tokens
+        lengths = tuple(prefix + h * w for h, w in grids)
         key_mask = None
-        if min(lengths) < x.shape[1]:  # [B, 1, 1, N]: True for each image's own keys
-            real = torch.arange(x.shape[1], device=x.device) < torch.tensor(lengths, device=x.device)[:, None]
-            key_mask = real[:, None, None]
-        return x, rope, key_mask
+        if min(lengths) < x.shape[1]:
+            key_mask = self._positions.get(("mask", lengths, x.device), lambda: _key_mask(lengths, x.device))
+        return x, (cos, sin), key_mask
+
+    def rope(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Rope:
+        """RoPE cos and sin ``[1, 1, prefix + h·w, head_dim]`` of one patch grid, on ``device``
+        in ``dtype``; computed once per grid and kept (CLS and registers get angle 0: cos 1,
+        sin 0, which leaves them exactly as they are)."""
+        cfg = self.config
+
+        def build() -> Rope:
+            angles = rope_angles(*grid, cfg.head_dim, cfg.rope_theta, cfg.rope_coord_scale)
+            angles = F.pad(angles, (0, 0, cfg.num_prefix_tokens, 0)).to(device)[None, None]
+            return angles.cos().to(dtype), angles.sin().to(dtype)
+
+        return self._positions.get(("rope", grid, device, dtype), build)
 
     def tokens(self, pixels: Pixels) -> torch.Tensor:
         """Token states ``[B, N, C]`` after the final norm (padding included, see ``embed``)."""
@@ -260,3 +308,38 @@ class TaggerModel(nn.Module):
     def forward(self, pixels: Pixels) -> torch.Tensor:
         """Logits ``[B, num_tags]`` in float32."""
         return self.head(self.descriptor(pixels))
+
+
+def _key_mask(lengths: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``[B, 1, 1, N]``: True for each image's own keys (N = the longest length)."""
+    real = torch.arange(max(lengths), device=device) < torch.tensor(lengths, device=device)[:, None]
+    return real[:, None, None]
+
+
+class _DeviceCache:
+    """A small LRU of tensors built on demand (per-grid RoPE tables, masks).
+
+    Entries are built outside inference mode, so that they also serve forwards that record
+    gradients (``tagger.relevance``); a lock keeps threads (ZeroGPU calls) from racing.
+    """
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        with torch.inference_mode(False), torch.no_grad():
+            value = build()
+        with self._lock:
+            self._entries[key] = value
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -35,14 +35,32 @@ def patch_features(tagger: Tagger, pixels: Sequence[torch.Tensor]) -> list[np.nd
 def _top_right_vectors(x: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` leading right singular vectors ``[k, C]`` of ``x`` ``[N, C]``.
 
-    An exact SVD on a GPU or for small matrices. A 1024-pixel image on a CPU (4096 × 1280)
-    would take many seconds that way, so there a randomised range finder with power
-    iterations from a fixed seed is used instead (like ``torch.pca_lowrank``, but seeded,
-    hence deterministic, and with more iterations for closely spaced components).
+    An exact SVD for small matrices on the CPU. On a GPU, cuSOLVER's SVD of a 1024-pixel
+    image's 4096 × 1280 features is slow, so the same vectors come from the eigenvectors of
+    the ``C × C`` Gram matrix ``xᵀx`` in float64 (``_gram_eigenvectors``). A large matrix on
+    a CPU (many seconds exactly) uses a randomised range finder (``_randomised``).
     """
-    n, c = x.shape
-    if x.is_cuda or min(n, c) <= 256:
+    if x.is_cuda:
+        return _gram_eigenvectors(x, k)
+    if min(x.shape) <= 256:
         return torch.linalg.svd(x, full_matrices=False).Vh[:k]
+    return _randomised(x, k)
+
+
+def _gram_eigenvectors(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Right singular vectors as eigenvectors of ``xᵀx``, largest first. Forming the Gram
+    matrix squares the condition number, so it is formed and solved in float64 (exact for
+    the leading components of float32 features)."""
+    x64 = x.double()
+    _, vectors = torch.linalg.eigh(x64.T @ x64)  # eigenvalues ascending
+    return vectors[:, -k:].flip(-1).T.to(x.dtype)
+
+
+def _randomised(x: torch.Tensor, k: int) -> torch.Tensor:
+    """A randomised range finder with power iterations from a fixed seed (like
+    ``torch.pca_lowrank``, but seeded, hence deterministic, and with more iterations for
+    closely spaced components)."""
+    n, c = x.shape
     width = min(k + 10, n, c)
     generator = torch.Generator().manual_seed(0)
     y = x @ torch.randn(c, width, generator=generator).to(x.device)

@@ -57,12 +57,27 @@ def on_zero_gpu() -> bool:
     return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 
 
+# bf16 on a GPU only where fused attention kernels take it: compute capability 8.0 (Ampere)
+# and up. ``torch.cuda.is_bf16_supported()`` also says yes on a T4 (sm75) by emulation, where
+# attention falls back to the math path (the full score matrix: out of memory at 1024 px)
+# and bf16 matrix multiplies are slow. fp16 would run there, but whether it keeps the scores
+# cannot be shown without the real weights, so older GPUs compute in fp32.
+MIN_BF16_CAPABILITY = (8, 0)
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """Compute capability of the CUDA device actually used (``cuda`` alone: the current one)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return major, minor
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the hardware runs it natively (as the authors run on GPU), else fp32."""
     if device.type == "cuda":
         if on_zero_gpu():  # ZeroGPU hands out H200 slices; don't query emulated CUDA
             return torch.bfloat16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if cuda_capability(device) >= MIN_BF16_CAPABILITY else torch.float32
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return torch.float32
@@ -85,7 +100,8 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 # CPU the time of a pass grows with the tokens it computes and batching gains little, so only
 # images with the same token count share one (benchmarks/bench_model_paths.py, docs/MODEL.md).
 # On a GPU, fewer and larger passes keep it busy; a quarter of extra work is the bound (not yet
-# measured on a GPU).
+# measured on a GPU). Any padding needs an attention mask, and a mask rules flash attention
+# out, so equal token counts are batched together first (``plan_batches``).
 DEFAULT_MAX_PADDING = {"cpu": 0.0, "cuda": 0.25}
 
 
@@ -97,22 +113,44 @@ class Batch:
     tokens: int  # real tokens (prefix + patches) of its images
     padded_tokens: int  # images × the longest sequence: what the model computes
 
+    @property
+    def masked(self) -> bool:
+        """Whether the pass pads some image, hence needs an attention mask (no flash attention)."""
+        return self.padded_tokens > self.tokens
+
 
 def plan_batches(lengths: Sequence[int], max_batch_size: int, max_padding: float) -> list[Batch]:
     """Group images with token counts ``lengths`` into forward passes.
 
-    Images are taken shortest first; a batch grows while it holds at most ``max_batch_size``
-    images and computes at most ``(1 + max_padding)`` times its real tokens. The padding
-    waste of a run is ``sum(padded_tokens) / sum(tokens) - 1``.
+    First, images of equal token count (shapes may differ: a 3:4 and a 4:3 photo) fill
+    batches of ``max_batch_size``; such a pass needs no mask. A run of equal images shorter
+    than half a batch is not worth a pass of its own when padding is allowed: those are
+    pooled, shortest first, into batches that grow while they hold at most
+    ``max_batch_size`` images and compute at most ``(1 + max_padding)`` times their real
+    tokens. The padding waste of a run is ``sum(padded_tokens) / sum(tokens) - 1``.
+    Batches come out by increasing token count.
     """
-    groups: list[list[int]] = []
+    by_length: dict[int, list[int]] = {}
     for i in sorted(range(len(lengths)), key=lengths.__getitem__):
-        group = groups[-1] if groups else []
+        by_length.setdefault(lengths[i], []).append(i)
+    groups: list[list[int]] = []
+    pooled: list[int] = []
+    for same in by_length.values():
+        for start in range(0, len(same), max_batch_size):
+            part = same[start : start + max_batch_size]
+            if max_padding > 0 and 2 * len(part) < max_batch_size:
+                pooled.extend(part)
+            else:
+                groups.append(part)
+    padded: list[list[int]] = []
+    for i in pooled:  # already shortest first
+        group = padded[-1] if padded else []
         real = sum(lengths[j] for j in group) + lengths[i]
         if group and len(group) < max_batch_size and (len(group) + 1) * lengths[i] <= (1 + max_padding) * real:
             group.append(i)
         else:
-            groups.append([i])
+            padded.append([i])
+    groups = sorted(groups + padded, key=lambda g: (lengths[g[-1]], g[0]))
     return [Batch(g, sum(lengths[j] for j in g), len(g) * lengths[g[-1]]) for g in groups]
 
 

@@ -58,6 +58,9 @@ OUT_OF_MEMORY = "The model ran out of memory on this request; try fewer or small
 #   worker went away) also creates its CUDA context (~0.5 s) and copies the weights (~3.6 GB:
 #   bf16 backbone, fp32 head) from ZeroGPU's packed file to the GPU (~1 s at disk speed).
 #   Estimates, not measurements.
+# - GPU_FIRST_CALL_SECONDS, 6: added to a fresh worker's first call only (``ModelRunner``):
+#   the fork, the CUDA context, the weight copy and loading cuBLAS and the attention kernels
+#   all happen inside it; a warm worker pays none of that again.
 # - GPU_COST: a work function's cost relative to a forward pass over the same pixels.
 # - spaces reads whole seconds (``timedelta.seconds``), so the sum is rounded up.
 #
@@ -66,6 +69,7 @@ OUT_OF_MEMORY = "The model ran out of memory on this request; try fewer or small
 #   PCA of a 1024 px image 3 s · a similarity pair at 1024 px 3 s.
 GPU_BASE_SECONDS = 2.0
 GPU_SECONDS_PER_MEGAPIXEL = 0.15
+GPU_FIRST_CALL_SECONDS = 6.0
 GPU_MAX_SECONDS = 300  # ZeroGPU refuses longer requests outright ("illegal duration")
 GPU_COST: dict[Callable[..., object], float] = {
     Tagger.run: 1.0,  # tags: one forward pass
@@ -82,18 +86,33 @@ GPU_COST: dict[Callable[..., object], float] = {
 IMAGES_PER_GPU_CALL = 16
 
 
-def gpu_seconds(pixels: Sequence[torch.Tensor], cost: float = 1.0) -> int:
+def gpu_seconds(pixels: Sequence[torch.Tensor], cost: float = 1.0, fresh_worker: bool = False) -> int:
     """Whole seconds to ask ZeroGPU for work of relative ``cost`` on ``pixels`` (``[3, H, W]``
-    each; only their shapes are read)."""
+    each; only their shapes are read), on a warm worker or, with ``fresh_worker``, a new one."""
     megapixels = sum(p.shape[-1] * p.shape[-2] for p in pixels) / 1e6
     seconds = GPU_BASE_SECONDS + GPU_SECONDS_PER_MEGAPIXEL * cost * megapixels
+    if fresh_worker:
+        seconds += GPU_FIRST_CALL_SECONDS
     return min(GPU_MAX_SECONDS, math.ceil(seconds))
 
 
 def gpu_duration(fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
-    """The ``spaces.GPU`` duration of ``ModelRunner``'s GPU function: it receives the same
-    arguments. Work not listed in ``GPU_COST`` costs a forward pass."""
+    """The ``spaces.GPU`` duration of ``ModelRunner``'s GPU function on a warm worker: it
+    receives the same arguments. Work not listed in ``GPU_COST`` costs a forward pass."""
     return gpu_seconds(pixels, GPU_COST.get(fn, 1.0))
+
+
+# Titles of the errors ``spaces`` raises while scheduling, before any worker is touched: the
+# worker that served the last call stays. Any other error discards it.
+_SCHEDULING_ERRORS = frozenset(
+    {
+        "ZeroGPU quota exceeded",
+        "ZeroGPU illegal duration",
+        "ZeroGPU pending credits exceeded",
+        "ZeroGPU queue timeout",
+        "ZeroGPU client error",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -126,9 +145,18 @@ class ModelRunner:
 
     def __init__(self, tagger: Tagger):
         self.tagger = tagger
+        # Whether the next call may start a new worker: the first one does, and so does the
+        # one after a call that failed in the worker (spaces discards it). A Space with more
+        # than one GPU may also start a worker on another GPU; this cannot be known beforehand.
+        self.fresh_worker = True
         self._gpu_call: Callable[..., object] = self._run
         if spaces is not None:
-            self._gpu_call = spaces.GPU(duration=gpu_duration)(self._run)
+            self._gpu_call = spaces.GPU(duration=self.duration)(self._run)
+
+    def duration(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
+        """The ``spaces.GPU`` duration of the next call (``gpu_duration``, plus
+        ``GPU_FIRST_CALL_SECONDS`` when it may start a worker)."""
+        return gpu_seconds(pixels, GPU_COST.get(fn, 1.0), fresh_worker=self.fresh_worker)
 
     def _run(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> object:
         """The GPU function: on ZeroGPU it runs in the worker process."""
@@ -149,7 +177,13 @@ class ModelRunner:
         """``fn(tagger, pixels, *args)`` on the model's device, one GPU call. ``pixels`` go as
         they are (what ``Tagger.prepare`` returns). Out-of-memory becomes a ``ModelRunError``
         after the memory is released, so the next request works."""
-        result = self._gpu_call(fn, list(pixels), *args)
+        try:
+            result = self._gpu_call(fn, list(pixels), *args)
+        except BaseException as e:
+            if getattr(e, "title", None) not in _SCHEDULING_ERRORS:
+                self.fresh_worker = True
+            raise
+        self.fresh_worker = False
         if isinstance(result, Failure):
             if isinstance(result.error, ModelRunError):
                 name = getattr(fn, "__qualname__", fn)

@@ -104,7 +104,9 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
 # The checkpoint key layout, written once (docs/MODEL.md): each entry of the model's own
 # state dict and the checkpoint tensors it is read from, relative to "backbone." with blocks
 # as "layer.{n}.". Several tensors are concatenated along dim 0 in the order given (the fused
-# q/k/v and gate/up projections). Everything else in the file belongs to the head.
+# q/k/v and gate/up projections); ``ZEROS`` stands for a block of zeros (k's bias, which
+# DINOv3 does not have). Everything else in the file belongs to the head.
+ZEROS = "<zeros>"
 CHECKPOINT_KEYS: dict[str, tuple[str, ...]] = {
     "cls_token": ("embeddings.cls_token",),
     "register_tokens": ("embeddings.register_tokens",),
@@ -113,8 +115,7 @@ CHECKPOINT_KEYS: dict[str, tuple[str, ...]] = {
     "blocks.{n}.norm1.weight": ("layer.{n}.norm1.weight",),
     "blocks.{n}.norm1.bias": ("layer.{n}.norm1.bias",),
     "blocks.{n}.attn.qkv.weight": tuple(f"layer.{{n}}.attention.{x}_proj.weight" for x in "qkv"),
-    "blocks.{n}.attn.q_bias": ("layer.{n}.attention.q_proj.bias",),
-    "blocks.{n}.attn.v_bias": ("layer.{n}.attention.v_proj.bias",),
+    "blocks.{n}.attn.qkv.bias": ("layer.{n}.attention.q_proj.bias", ZEROS, "layer.{n}.attention.v_proj.bias"),
     "blocks.{n}.attn.proj.weight": ("layer.{n}.attention.o_proj.weight",),
     "blocks.{n}.attn.proj.bias": ("layer.{n}.attention.o_proj.bias",),
     "blocks.{n}.ls1": ("layer.{n}.layer_scale1.lambda1",),
@@ -159,7 +160,7 @@ def backbone_shapes(config: TaggerConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for name, keys in _backbone_sources(model).items():
         rows, *rest = state[name].shape
-        shapes.update({key: (rows // len(keys), *rest) for key in keys})
+        shapes.update({key: (rows // len(keys), *rest) for key in keys if key != ZEROS})
     shapes.update({key: shapes[like] for key, like in _UNUSED_KEYS.items()})
     return shapes
 
@@ -362,11 +363,14 @@ def load_model(
     state: dict[str, torch.Tensor] = {}
     with open(plan.path, "rb") as f:
         # Read in file order so that a cold file is read sequentially.
-        for name in sorted(sources, key=lambda name: min(plan.tensors[k].offset for k in sources[name])):
+        for name in sorted(sources, key=lambda name: min(plan.tensors[k].offset for k in sources[name] if k != ZEROS)):
             out = torch.empty(shapes[name], dtype=target_dtypes[name], device=device)
             rows = out.view(len(sources[name]), -1)  # one row block per source tensor
             for key, block in zip(sources[name], rows, strict=True):
-                _read_tensor(f, plan.tensors[key], block)
+                if key == ZEROS:
+                    block.zero_()
+                else:
+                    _read_tensor(f, plan.tensors[key], block)
             state[name] = out
     model.load_state_dict(state, strict=True, assign=True)
     model.init_buffers()

@@ -148,19 +148,38 @@ def test_plan_groups_by_token_count_and_reports_the_padding():
     lengths = [17, 1029, 13, 17, 1000, 261, 1029]
     batches = plan_batches(lengths, max_batch_size=4, max_padding=0.0)
     assert [b.indices for b in batches] == [[2], [0, 3], [5], [4], [1, 6]]
-    assert all(b.padded_tokens == b.tokens for b in batches)
+    assert all(b.padded_tokens == b.tokens and not b.masked for b in batches)
+    # Runs of equal counts filling half a batch stay unmasked; the rest is pooled with padding.
+    lengths = [17, 1029, 13, 17, 1000, 261, 1029, 14]
     batches = plan_batches(lengths, max_batch_size=4, max_padding=0.2)
-    assert [b.indices for b in batches] == [[2, 0, 3], [5], [4, 1, 6]]
-    assert [(b.tokens, b.padded_tokens) for b in batches] == [(47, 51), (261, 261), (3058, 3087)]
+    assert [b.indices for b in batches] == [[2, 7], [0, 3], [5], [4], [1, 6]]
+    assert [(b.tokens, b.padded_tokens) for b in batches] == [
+        (27, 28),
+        (34, 34),
+        (261, 261),
+        (1000, 1000),
+        (2058, 2058),
+    ]
+    assert [b.masked for b in batches] == [True, False, False, False, False]
     for b in batches:
         assert b.padded_tokens <= 1.2 * b.tokens
-    assert [b.indices for b in plan_batches(lengths, max_batch_size=2, max_padding=math.inf)] == [
-        [2, 0],
-        [3, 5],
-        [4, 1],
-        [6],
+    assert [b.indices for b in plan_batches(lengths, max_batch_size=8, max_padding=math.inf)] == [
+        [2, 7, 0, 3, 5, 4, 1, 6]
     ]
     assert plan_batches([], 4, 0.0) == []
+
+
+def test_equal_token_counts_fill_unmasked_batches_before_any_padding():
+    """A phone-photo mix: 3:4 and 4:3 photos have equal token counts (48 × 64 and 64 × 48
+    patches), so they share passes without a mask; only the odd sizes are padded."""
+    portrait, landscape, square, tall, odd = 5 + 48 * 64, 5 + 64 * 48, 5 + 64 * 64, 5 + 36 * 64, 5 + 47 * 64
+    lengths = [portrait] * 10 + [landscape] * 9 + [square] * 8 + [tall] * 3 + [odd]
+    batches = plan_batches(lengths, max_batch_size=16, max_padding=0.25)
+    assert sorted(i for b in batches for i in b.indices) == list(range(len(lengths)))
+    unmasked = [b for b in batches if not b.masked]
+    assert [len(b.indices) for b in unmasked] == [16, 8]  # 19 of 3:4 + 4:3 in 16 + 3, then the 8 squares
+    assert sum(len(b.indices) for b in unmasked) == 24
+    assert all(b.padded_tokens <= 1.25 * b.tokens and len(b.indices) <= 16 for b in batches)
 
 
 def test_tagger_plan_is_what_run_does(tiny_files, make_image, count_passes):

@@ -191,10 +191,10 @@ def test_loaded_parameters_are_exactly_the_file_tensors(tmp_path, layout):
         assert torch.equal(qkv_w[:c], file[src + "attention.q_proj.weight"])
         assert torch.equal(qkv_w[c : 2 * c], file[src + "attention.k_proj.weight"])
         assert torch.equal(qkv_w[2 * c :], file[src + "attention.v_proj.weight"])
-        assert model.blocks[n].attn.qkv.bias is None  # the biases are explicit, k's a zero buffer
-        assert torch.equal(params[dst + "attn.q_bias"], file[src + "attention.q_proj.bias"])
-        assert torch.equal(model.get_buffer(dst + "attn.k_bias"), torch.zeros(c))  # DINOv3's k has no bias
-        assert torch.equal(params[dst + "attn.v_bias"], file[src + "attention.v_proj.bias"])
+        qkv_b = params[dst + "attn.qkv.bias"]  # one bias for the fused matmul to add
+        assert torch.equal(qkv_b[:c], file[src + "attention.q_proj.bias"])
+        assert torch.equal(qkv_b[c : 2 * c], torch.zeros(c))  # DINOv3's k has no bias
+        assert torch.equal(qkv_b[2 * c :], file[src + "attention.v_proj.bias"])
         assert torch.equal(params[dst + "attn.proj.weight"], file[src + "attention.o_proj.weight"])
         assert torch.equal(params[dst + "attn.proj.bias"], file[src + "attention.o_proj.bias"])
         gate_up_w, gate_up_b = params[dst + "mlp.gate_up.weight"], params[dst + "mlp.gate_up.bias"]
@@ -507,12 +507,12 @@ def test_every_projection_is_an_nn_linear_the_forward_calls(tiny_files):
 def test_key_layout_covers_the_model_state_dict_once(tiny_config):
     """``CHECKPOINT_KEYS`` maps every backbone entry of the model's state dict, and every
     checkpoint key (``backbone_shapes``, used by the loader and ``tagger.synthetic``) fills one."""
-    from tagger.weights import CHECKPOINT_KEYS, backbone_shapes, checkpoint_keys
+    from tagger.weights import CHECKPOINT_KEYS, ZEROS, backbone_shapes, checkpoint_keys
 
     model = TaggerModel(tiny_config)
     names = [n for n in model.state_dict() if not n.startswith("head.")]
-    assert "blocks.0.attn.k_bias" not in names  # a non-persistent zero buffer, not a checkpoint tensor
-    sources = [key for name in names for key in checkpoint_keys(name)]
+    assert checkpoint_keys("blocks.0.attn.qkv.bias")[1] == ZEROS  # k's bias: zeros, not a checkpoint tensor
+    sources = [key for name in names for key in checkpoint_keys(name) if key != ZEROS]
     assert len(sources) == len(set(sources))
     assert set(backbone_shapes(tiny_config)) == {*sources, "embeddings.mask_token"}
     templates = {n if not n.startswith("blocks.") else "blocks.{n}." + n.split(".", 2)[2] for n in names}

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tagger.errors import FeatureError, ModelRunError
 from tagger.pca import analyse
@@ -28,6 +29,7 @@ from tagger.relevance import relevance
 from tagger.runtime import (
     GPU_BASE_SECONDS,
     GPU_COST,
+    GPU_FIRST_CALL_SECONDS,
     GPU_MAX_SECONDS,
     IMAGES_PER_GPU_CALL,
     OUT_OF_MEMORY,
@@ -266,3 +268,29 @@ def test_each_endpoint_asks_zerogpu_for_its_designed_duration(simulation: dict) 
     for refusal in simulation["refusals"].values():
         assert refusal["title"] == "ZeroGPU quota exceeded"
     assert worker_events(simulation)[-1][0] == "move"  # nothing ran after the last worker started
+
+
+def test_only_a_fresh_workers_first_call_asks_for_more(simulation: dict) -> None:
+    """The first call (fork, CUDA context, weight copy inside it) and the first after a worker
+    was lost ask for GPU_FIRST_CALL_SECONDS more; warm calls and quota refusals do not."""
+    warm = simulation["second_call_seconds"]
+    assert warm == gpu_seconds([torch.zeros(3, 48, 64), torch.zeros(3, 48, 64)])
+    assert simulation["first_call_seconds"] == warm + math.ceil(GPU_FIRST_CALL_SECONDS)
+    assert simulation["after_crash_seconds"] == warm + math.ceil(GPU_FIRST_CALL_SECONDS)
+    assert simulation["durations"] == DESIGNED_SECONDS  # refused calls leave the worker warm
+
+
+def test_runner_duration_follows_the_worker(tiny_tagger: Tagger) -> None:
+    runner = ModelRunner(tiny_tagger)
+    pixels = square(512)
+    assert runner.duration(Tagger.run, pixels) == gpu_seconds(pixels, fresh_worker=True)
+    assert gpu_seconds(pixels, fresh_worker=True) - gpu_seconds(pixels) == math.ceil(GPU_FIRST_CALL_SECONDS)
+    runner.probabilities([tiny_tagger.prepare(Image.new("RGB", (32, 32)))])
+    assert runner.duration(Tagger.run, pixels) == gpu_duration(Tagger.run, pixels)
+
+    def broken(tagger: Tagger, pixels: list[torch.Tensor]) -> None:
+        raise RuntimeError("the worker died")
+
+    with pytest.raises(RuntimeError):
+        runner.call(broken, pixels)
+    assert runner.duration(Tagger.run, pixels) == gpu_seconds(pixels, fresh_worker=True)

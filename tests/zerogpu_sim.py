@@ -194,7 +194,9 @@ def main(checkpoint: str, vocab: str, out_path: str) -> None:
         max_padding=tagger.max_padding,
     )
     probabilities = runner.probabilities(pixels)
+    facts["first_call_seconds"] = scheduled[-1]  # a fresh worker: asks for more
     descriptors = runner.descriptors(pixels)
+    facts["second_call_seconds"] = scheduled[-1]
     maps = runner.call(analyse, pixels[:1])[0]
     heat = runner.call(relevance, pixels[:1], 3, 2)[0]
     facts["probabilities_close"] = bool(np.allclose(probabilities, reference.run(pixels), atol=1e-5))
@@ -215,6 +217,7 @@ def main(checkpoint: str, vocab: str, out_path: str) -> None:
     before = len(events())
     facts["crash"] = attempt(lambda: runner.call(crash, pixels))
     facts["after_crash_probabilities_close"] = bool(np.allclose(runner.probabilities(pixels), probabilities))
+    facts["after_crash_seconds"] = scheduled[-1]
     facts["crash_events"] = events()[before:]
 
     # Durations at the sizes the app sends (the 1024 px cap), with no quota left, so ZeroGPU

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from tagger.bulk.sharding import HOST_GPUS_ENV
 from tagger.bulk.sources import Locator, Record, read_bytes
 from tagger.errors import ImageError
 
@@ -133,21 +134,42 @@ def _ready() -> int:
     return os.getpid()
 
 
+# Torch threads of a process that feeds a GPU: the model runs on the GPU, the CPU side only
+# only moves pixels and copies results back; the decoders need the
+# cores. (Each child of --gpus would otherwise start a pool spanning every core.)
+GPU_PROCESS_THREADS = 2
+
+
+def host_gpus() -> int:
+    """GPU processes sharing this host's cores: ``--gpus`` tells its children, else 1."""
+    try:
+        return max(1, int(os.environ.get(HOST_GPUS_ENV, "1")))
+    except ValueError:
+        return 1
+
+
 def default_workers(device: torch.device) -> int:
-    """Decoding processes: with a GPU, one per core but one (the thread feeding the GPU), at
-    most 16; on the CPU the model needs the cores more, so a quarter of them: none below four
-    cores, where a decoder would take half the model's threads (benchmarks/bench_bulk.py on
-    2 cores: 0.71-0.93x a plain loop with one decoder, 1.23-1.26x decoding between batches)."""
+    """Decoding processes: with a GPU, its share of the cores (cores ÷ GPUs on this host) but
+    one (the thread feeding the GPU), at most 16; on the CPU the model needs the cores more,
+    so a quarter of them: none below four cores, where a decoder would take half the model's
+    threads (benchmarks/bench_bulk.py on 2 cores: 0.71-0.93x a plain loop with one decoder,
+    1.23-1.26x decoding between batches)."""
     cores = os.cpu_count() or 2
     if device.type == "cuda":
-        return max(1, min(16, cores - 1))
+        return max(1, min(16, cores // host_gpus() - 1))
     return cores // 4
 
 
 def share_cores_with_decoders(device: torch.device, workers: int) -> None:
-    """On the CPU, give the model the cores the decoders leave (unless OMP_NUM_THREADS says
-    otherwise): model threads and decoders contending for the same cores slow both down."""
-    if device.type == "cpu" and workers > 0 and "OMP_NUM_THREADS" not in os.environ:
+    """Give the model the threads the decoders leave (unless OMP_NUM_THREADS says otherwise):
+    on the CPU the cores the decoders do not use, with a GPU a small pool
+    (``GPU_PROCESS_THREADS``): model threads and decoders contending for the same cores slow
+    both down."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    if device.type == "cuda":
+        torch.set_num_threads(min(GPU_PROCESS_THREADS, max(1, (os.cpu_count() or 2) // host_gpus())))
+    elif workers > 0:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
 
 

@@ -1,7 +1,8 @@
 """``--engine ray``: the same pipeline on Ray Data, for a cluster (an optional extra).
 
     from_items(records) → map_batches(decode_batch)         CPU tasks, as many as Ray schedules
-                        → map_batches(TagActor, num_gpus=1)  one model per actor, loaded once
+                        → map_batches(TagActor, num_gpus=1)  one model per actor, loaded once,
+                                                             with CPUs of its own
                         → write_datasink(BulkDatasink)       captions and parts, on the workers
 
 The driver makes the same plan as the local engine (shards, resume, captions kept) and
@@ -10,6 +11,9 @@ functions (``decode_locator``, ``batches_by_tokens``, ``tag_batch``), and the da
 same ``OutputWriter``, so both engines write the same rows. When the write finishes, the
 driver completes the shards. Killed midway, a Ray run leaves committed parts like a local
 run, and the next run, with either engine, resumes after them.
+
+The actor reads each window's pixels straight from the Arrow buffers the decode tasks wrote
+(no copy), and formats batch i's rows in a thread while the model runs batch i + 1.
 
 Inputs must be readable from every node (a shared file system) and cannot be streamed:
 compressed tars and ``hf:`` datasets are refused (save the dataset to disk, or use
@@ -22,15 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tagger.bulk.decode import Decoded, decode_locator
-from tagger.bulk.inference import batches_by_tokens, count_tokens, error_row, padding_source, tag_batch
+from tagger.bulk.decode import GPU_PROCESS_THREADS, Decoded, decode_locator
+from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, error_row, padding_source, score_batch
 from tagger.bulk.local import WINDOW_BATCHES
 from tagger.bulk.outputs import OutputWriter, TagRow
 from tagger.bulk.plan import Kept, Plan, ShardEnd
@@ -47,6 +53,9 @@ except ImportError:  # the extra is not installed: run_ray says how to get it
     Datasink = object  # type: ignore[assignment,misc]  # a stand-in base class, never instantiated
 
 DECODE_BATCH = 16
+# CPUs a GPU actor reserves: the thread feeding the GPU and the one formatting rows. Without a
+# reservation (num_cpus=0) decode tasks take every core and the actor waits for one.
+ACTOR_CPUS_ON_GPU = GPU_PROCESS_THREADS
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -112,12 +121,35 @@ def decode_batch(table: Any, prepare: Preprocessor) -> Any:
     return pa.table(columns)
 
 
-def _decoded(item: dict[str, Any]) -> Decoded:
-    pixels = None
-    if item["pixels"] is not None:
-        array = np.frombuffer(item["pixels"], dtype=np.dtype(item["dtype"])).reshape(item["shape"])
-        pixels = torch.from_numpy(array.copy())
-    return Decoded(_item_record(item), pixels, item["sha256"], item["width"], item["height"], item["error"])
+def _pixel_views(table: Any) -> list[torch.Tensor | None]:
+    """Each row's pixels as a tensor over the Arrow column's own buffer (no copy; read-only
+    memory, which the model only reads)."""
+    views: list[torch.Tensor | None] = []
+    shapes, dtypes = table.column("shape").to_pylist(), table.column("dtype").to_pylist()
+    for chunk in table.column("pixels").chunks:
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
+        data = chunk.buffers()[2]
+        for i in range(len(chunk)):
+            row = len(views)
+            if not chunk[i].is_valid:
+                views.append(None)
+                continue
+            dtype = np.dtype(dtypes[row])
+            start, end = int(offsets[i]), int(offsets[i + 1])
+            array = np.frombuffer(data, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start)
+            with warnings.catch_warnings():  # "not writable": the buffer is Arrow's and stays unwritten
+                warnings.simplefilter("ignore", UserWarning)
+                views.append(torch.from_numpy(array.reshape(shapes[row])))
+    return views
+
+
+def decoded_window(table: Any) -> list[Decoded]:
+    """The decode stage's table back as ``Decoded`` items, pixels viewed in place."""
+    meta = table.drop_columns(["pixels"]).to_pylist()
+    return [
+        Decoded(_item_record(item), pixels, item["sha256"], item["width"], item["height"], item["error"])
+        for item, pixels in zip(meta, _pixel_views(table), strict=True)
+    ]
 
 
 def _rows_table(rows: list[TagRow], tokens: list[int], padded: list[int], descriptors: bool) -> Any:
@@ -186,22 +218,32 @@ class TagActor:
             max_size=model["max_size"],
             max_batch_size=batch_size,
         )
+        if self.tagger.device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(ACTOR_CPUS_ON_GPU)
         self.options = TagOptions.from_values(**options)
         self.batch_size = batch_size
         self.descriptors = descriptors
+        self._formatter = ThreadPoolExecutor(1, thread_name_prefix="tag-rows")
 
     def __call__(self, table: Any) -> Any:
         patch = self.tagger.model.config.patch_size
-        window = [_decoded(item) for item in table.to_pylist()]
+        window = decoded_window(table)
         rows = [error_row(item) for item in window if item.pixels is None]
         # Each batch's token counts ride on its first row (the write stage sums them).
         tokens = [0] * len(rows)
         padded = [0] * len(rows)
+        formatted: list[Future[list[TagRow]]] = []
         for batch in batches_by_tokens(window, self.batch_size, patch):
             real, computed = count_tokens(self.tagger, batch)
-            rows += tag_batch(self.tagger, batch, self.options, self.descriptors)
+            probabilities, features = score_batch(self.tagger, batch, self.descriptors)
+            # Rows of this batch are made while the model runs the next one.
+            formatted.append(
+                self._formatter.submit(batch_rows, self.tagger, batch, probabilities, features, self.options)
+            )
             tokens += [real] + [0] * (len(batch) - 1)
             padded += [computed] + [0] * (len(batch) - 1)
+        for future in formatted:
+            rows += future.result()
         return _rows_table(rows, tokens, padded, self.descriptors)
 
 
@@ -311,7 +353,7 @@ def run_ray(
         dataset = ray.data.from_items(items)
         dataset = dataset.map_batches(
             decode_batch,
-            fn_kwargs={"prepare": Preprocessor(args.max_size, patch)},
+            fn_kwargs={"prepare": Preprocessor(args.max_size, patch, getattr(args, "reduced_decode", False))},
             batch_size=DECODE_BATCH,
             batch_format="pyarrow",
             num_cpus=1,
@@ -328,7 +370,7 @@ def run_ray(
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=1 if on_gpu else 0,
-            num_cpus=0 if on_gpu else 1,
+            num_cpus=ACTOR_CPUS_ON_GPU if on_gpu else 1,
         )
         sink = BulkDatasink(writer)
         dataset.write_datasink(sink)

@@ -64,6 +64,9 @@ def shard_sizes(total: int, shard_size: int) -> list[int]:
 # One process per GPU
 
 
+HOST_GPUS_ENV = "TAGGER_HOST_GPUS"  # GPU processes sharing this host's cores (set by --gpus)
+
+
 def visible_gpus() -> list[str]:
     """The CUDA devices this process may use, as ``CUDA_VISIBLE_DEVICES`` values."""
     import torch
@@ -95,7 +98,8 @@ def gpu_workers(gpus: str) -> list[Worker]:
             shown = ", ".join(visible) if visible else "none"
             raise BulkError(f"--gpus {gpus}: GPU {missing[0]} is not visible (visible: {shown}).")
         visible = wanted
-    return [Worker(f"cuda:{gpu}", "cuda", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in visible]
+    share = {HOST_GPUS_ENV: str(len(visible))}  # each child sizes its decoders to its share of the cores
+    return [Worker(f"cuda:{gpu}", "cuda", {"CUDA_VISIBLE_DEVICES": gpu, **share}) for gpu in visible]
 
 
 def launch_workers(argv: Sequence[str], workers: Sequence[Worker], shard: ShardSpec) -> int:
