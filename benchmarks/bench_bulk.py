@@ -107,42 +107,34 @@ def ensure_model(name: str) -> tuple[Path, Path]:
     return checkpoint, vocab
 
 
-def ensure_images(count: int) -> Path:
-    """``count`` JPEGs alternating photo and drawing sizes; smooth content, realistic file sizes."""
+def _smooth_jpegs(folder: Path, files: list[tuple[str, tuple[int, int]]], seed: int, coarseness: int) -> Path:
+    """Writes each ``(name, (width, height))`` as a JPEG of smooth random content (realistic file
+    sizes), unless ``folder`` already holds that many."""
     import numpy as np
     from PIL import Image
 
-    folder = CACHE / f"bulk_images_{count}"
-    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == count:
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == len(files):
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    print(f"writing {count} JPEGs to {folder} ...", file=sys.stderr, flush=True)
-    for i in range(count):
-        kind, size = ("photo", PHOTO) if i % 2 == 0 else ("drawing", DRAWING)
-        coarse = rng.integers(0, 256, size=(size[1] // 25, size[0] // 25, 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
-        image.save(folder / f"{kind}_{i:05d}.jpg", quality=90)
+    rng = np.random.default_rng(seed)
+    print(f"writing {len(files)} JPEGs to {folder} ...", file=sys.stderr, flush=True)
+    for name, size in files:
+        coarse = rng.integers(0, 256, size=(size[1] // coarseness, size[0] // coarseness, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC).save(folder / name, quality=90)
     return folder
+
+
+def ensure_images(count: int) -> Path:
+    """``count`` JPEGs alternating photo and drawing sizes."""
+    files = [(f"photo_{i:05d}.jpg", PHOTO) if i % 2 == 0 else (f"drawing_{i:05d}.jpg", DRAWING) for i in range(count)]
+    return _smooth_jpegs(CACHE / f"bulk_images_{count}", files, seed=0, coarseness=25)
 
 
 def ensure_phone_photos(count: int) -> Path:
     """``count`` 12 MP JPEGs, landscape and portrait alternating (what bulk meets in photo sets)."""
-    import numpy as np
-    from PIL import Image
-
-    folder = CACHE / f"bulk_phone_{count}"
-    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == count:
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for i in range(count):
-        size = PHONE if i % 2 == 0 else PHONE[::-1]
-        coarse = rng.integers(0, 256, size=(size[1] // 40, size[0] // 40, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC).save(folder / f"phone_{i:03d}.jpg", quality=90)
-    return folder
+    files = [(f"phone_{i:03d}.jpg", PHONE if i % 2 == 0 else PHONE[::-1]) for i in range(count)]
+    return _smooth_jpegs(CACHE / f"bulk_phone_{count}", files, seed=1, coarseness=40)
 
 
 # --------------------------------------------------------------------------------------------
