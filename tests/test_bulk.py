@@ -173,6 +173,8 @@ def test_resuming_with_other_settings_is_refused_naming_them(folder: Path, tmp_p
     changed = run_bulk(capsys, tiny_files, str(folder), "--out", out, "--format", "parquet", "--max-size", "512")
     assert changed.code == 2
     assert "--format was txt,parquet, now parquet" in changed.err and "--max-size was 1024, now 512" in changed.err
+    changed = run_bulk(capsys, tiny_files, str(folder), "--out", out, "--format", "txt,parquet", "--reduced-decode")
+    assert changed.code == 2 and "--reduced-decode was off, now on" in changed.err
     write_images(folder, ["new.png"], seed=5)
     changed = run_bulk(capsys, tiny_files, str(folder), "--out", out, "--format", "txt,parquet")
     assert changed.code == 2 and "changed since (5 images then, 6 now)" in changed.err

@@ -309,6 +309,7 @@ def _plan(args: argparse.Namespace, options: TagOptions, shard: ShardSpec) -> tu
         revision=revision,
         checkpoint=checkpoint,
         max_size=args.max_size,
+        reduced_decode=args.reduced_decode,
         format=list(args.format),
         on_existing=args.on_existing,
         txt_location=args.txt_location,
