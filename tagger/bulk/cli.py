@@ -10,6 +10,7 @@ to resume).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import re
@@ -21,6 +22,7 @@ import torch
 
 from tagger.bulk.decode import default_workers, share_cores_with_decoders
 from tagger.bulk.local import run_local
+from tagger.bulk.lock import OutputLock, admission
 from tagger.bulk.outputs import FORMATS, ON_EXISTING, Layout, OutputWriter, RunInfo
 from tagger.bulk.plan import Plan
 from tagger.bulk.progress import Progress, Summary
@@ -242,7 +244,15 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         else:
             return launch_workers(_without(argv, {"--gpus", "--shard", "--device"}), per_gpu, shard)
 
-    plan, writer, files = _plan(args, options, shard)
+    stack = contextlib.ExitStack()  # the output folder's lock, held until the run ends
+    with stack:
+        return _tag(args, options, shard, argv, stack)
+
+
+def _tag(
+    args: argparse.Namespace, options: TagOptions, shard: ShardSpec, argv: list[str], stack: contextlib.ExitStack
+) -> int:
+    plan, writer, files = _plan(args, options, shard, argv, stack)
     summary = Summary(out=str(writer.layout.root))
 
     def start_progress() -> Progress:
@@ -291,7 +301,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _plan(args: argparse.Namespace, options: TagOptions, shard: ShardSpec) -> tuple[Plan, OutputWriter, ModelFiles]:
+def _plan(
+    args: argparse.Namespace, options: TagOptions, shard: ShardSpec, argv: list[str], stack: contextlib.ExitStack
+) -> tuple[Plan, OutputWriter, ModelFiles]:
     """Inputs, model files and output folder checked (manifest written or compared), and what
     this run will tag."""
     inputs = Inputs.open(args.inputs, InputSettings(args.recursive, args.split, args.image_column, args.key_column))
@@ -315,8 +327,12 @@ def _plan(args: argparse.Namespace, options: TagOptions, shard: ShardSpec) -> tu
         descriptors=args.descriptors,
         shard_size=args.shard_size,
     )
-    resumed = check_manifest(layout, manifest)
-    state = ResumeState.load(layout)
+    locks = layout.state / "locks"
+    with admission(locks):  # one starting run at a time: lock, manifest, leftover temporaries
+        lock = OutputLock.acquire(layout.root, locks, shard, ["tagger.bulk", *argv])
+        stack.callback(lock.release)
+        resumed = check_manifest(layout, manifest)
+        state = ResumeState.load(layout, shard.owns)
     txt = "txt" in args.format
     plan = Plan(
         inputs,
