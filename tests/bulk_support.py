@@ -178,8 +178,9 @@ def environment_for_subprocess() -> dict[str, str]:
 
 
 # A bulk run in a subprocess that stops, as if reading a slow disk, when it reaches one image:
-# it reads that image only once a file named like it plus ".go" appears (at most 300 s), so a
-# test can act while the run is at a known point. Decoding runs inline (--workers 0).
+# it says so with a file named like it plus ".holding", and reads the image only once one
+# named like it plus ".go" appears (at most 300 s), so that a test can act while the run is at
+# a known point. Decoding runs inline (--workers 0).
 _HELD_RUN = """
 import os, sys, time
 import tagger.bulk.decode as decode
@@ -188,6 +189,7 @@ held, real = sys.argv[1], decode.read_bytes
 
 def read_bytes(locator):
     if locator[0] == "file" and locator[1] == held:
+        open(held + ".holding", "wb").close()
         deadline = time.monotonic() + 300
         while not os.path.exists(held + ".go") and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -204,6 +206,11 @@ def held_run(held: Path, args: list[str], model_files: tuple[Path, Path]) -> sub
     ``release(held)``; stderr is a pipe."""
     command = [sys.executable, "-c", _HELD_RUN, str(held), *args, "--workers", "0", *model_args(model_files)]
     return subprocess.Popen([*command, "--quiet"], env=environment_for_subprocess(), stderr=subprocess.PIPE, text=True)
+
+
+def holding(held: Path) -> bool:
+    """Whether the ``held_run`` has reached ``held`` (and everything before it is done)."""
+    return held.with_name(held.name + ".holding").exists()
 
 
 def release(held: Path) -> None:

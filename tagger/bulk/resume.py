@@ -97,9 +97,9 @@ def check_manifest(layout: Layout, manifest: dict[str, Any]) -> bool:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise BulkError(f"{path} cannot be read ({e}); move it away to start this folder afresh.") from None
-        if not isinstance(old, dict) or old.get("version") != MANIFEST_VERSION:
-            raise BulkError(f"{path} was written by another version of the bulk command; use a new --out folder.")
         try:
+            if old.get("version") != MANIFEST_VERSION:
+                raise BulkError(f"{path} was written by another version of the bulk command; use a new --out folder.")
             changed = _differences(old, manifest)
         except (AttributeError, KeyError, TypeError, ValueError):  # hand-edited: not what this code writes
             raise BulkError(
