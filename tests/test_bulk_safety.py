@@ -32,8 +32,9 @@ from bulk_support import (
     run_bulk,
     tree,
     write_images,
+    write_tar,
 )
-from support import image_bytes
+from support import image_bytes, write_zip
 
 from tagger.bulk import safefs
 from tagger.bulk.lock import overlaps
@@ -323,13 +324,26 @@ def test_a_huge_parquet_cell_is_refused_with_a_sentence(tmp_path: Path, tiny_fil
     assert path.stat().st_size < 64 * 1024
     big = tmp_path / "big.png"
     big.write_bytes(image_bytes(40, 40, 4) + bytes(2 * 1024 * 1024))  # a file over the cap too
+    huge = bytes(3 * 1024 * 1024)
+    write_tar(tmp_path / "m.tar", {"m/big.png": huge})  # and archive members, refused from their size
+    write_zip(tmp_path / "m.zip", {"z/big.png": huge})
     out = tmp_path / "out"
-    result = run_bulk(capsys, tiny_files, str(path), str(big), "--out", str(out), "--format", "parquet")
+    inputs = [str(path), str(big), str(tmp_path / "m.tar"), str(tmp_path / "m.zip")]
+    result = run_bulk(capsys, tiny_files, *inputs, "--out", str(out), "--format", "parquet")
     assert result.code == 0, result.err
-    assert "2 images tagged, 2 unreadable" in result.out
+    assert "2 images tagged, 4 unreadable" in result.out
     assert "t.parquet#1: it is 8,388,608 bytes, over the limit of 1 MiB per image" in result.err
     assert "big.png: it is 2," in result.err and "over the limit of 1 MiB per image" in result.err
+    for member in ("m.tar/m/big.png", "m.zip/z/big.png"):
+        assert f"{member}: it is 3,145,728 bytes, over the limit of 1 MiB per image" in result.err
     assert [r["key"] for r in parquet_rows(out) if r["error"] is None] == ["t.parquet/000000000", "t.parquet/000000002"]
+
+
+def test_a_zip_whose_names_claim_utf8_but_are_not_gets_a_sentence(tmp_path: Path, tiny_files, capsys) -> None:
+    archive = write_zip(tmp_path / "a.zip", {"caf\u00e9.png": image_bytes(32, 32, 1)})
+    archive.write_bytes(archive.read_bytes().replace("caf\u00e9".encode(), b"caf\xe9!"))  # UTF-8 flag kept
+    result = run_bulk(capsys, tiny_files, str(archive), "--out", str(tmp_path / "out"))
+    assert result.code == 2 and "is not a readable zip archive" in result.err and "Traceback" not in result.err
 
 
 def _damage(out: Path, what: str) -> Path:
