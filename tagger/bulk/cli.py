@@ -1,10 +1,10 @@
 """``python -m tagger.bulk INPUT... --out DIR``: tag a dataset, resumably.
 
 Exit status: 0 when every image was handled (unreadable images are reported, counted and
-written as error rows: they do not fail the run), 2 for a bad flag, input or model file, or
-an output folder that cannot be resumed with these settings, 1 when the GPU runs out of
-memory or an output cannot be written, and 130 when interrupted (run the same command again
-to resume).
+written as error rows: they do not fail the run), 2 for a bad flag, input or model file, an
+output folder that cannot be resumed with these settings or that another run is writing to,
+1 when the GPU runs out of memory or an output cannot be written, and 130 when interrupted
+(run the same command again to resume).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from tagger.bulk.decode import default_workers, share_cores_with_decoders
 from tagger.bulk.local import run_local
 from tagger.bulk.lock import OutputLock, admission
+from tagger.bulk.names import escape_name
 from tagger.bulk.outputs import FORMATS, ON_EXISTING, Layout, OutputWriter, RunInfo
 from tagger.bulk.plan import Plan
 from tagger.bulk.progress import Progress, Summary
@@ -253,7 +254,7 @@ def _tag(
     args: argparse.Namespace, options: TagOptions, shard: ShardSpec, argv: list[str], stack: contextlib.ExitStack
 ) -> int:
     plan, writer, files = _plan(args, options, shard, argv, stack)
-    summary = Summary(out=str(writer.layout.root))
+    summary = Summary(out=escape_name(str(writer.layout.root)))
 
     def start_progress() -> Progress:
         return Progress(plan.total, args.quiet, args.progress_label, args.progress_position)
