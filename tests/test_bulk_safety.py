@@ -399,3 +399,11 @@ def test_a_damaged_state_file_is_named_with_what_to_do(what: str, tmp_path: Path
         repaired = run_bulk(capsys, tiny_files, *args)
         assert repaired.code == 0, repaired.err
         assert sorted(line["filename"] for line in jsonl_lines(out)) == [f"data/{i}.png" for i in range(4)]
+
+
+@needs_posix
+def test_devices_and_folders_are_never_read(tmp_path: Path) -> None:
+    with pytest.raises(safefs.NotRegularFile, match="it is a device, not a regular file"):
+        safefs.read_regular("/dev/zero", safefs.MAX_IMAGE_BYTES)
+    with pytest.raises(safefs.NotRegularFile, match="it is a folder"):
+        safefs.read_regular(tmp_path, safefs.MAX_IMAGE_BYTES)
