@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +175,43 @@ def tree(folder: Path) -> dict[str, bytes]:
 def environment_for_subprocess() -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[1])
     return {**os.environ, "PYTHONPATH": root, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+# A bulk run in a subprocess that stops, as if reading a slow disk, when it reaches one image:
+# it says so with a file named like it plus ".holding", and reads the image only once one
+# named like it plus ".go" appears (at most 300 s), so that a test can act while the run is at
+# a known point. Decoding runs inline (--workers 0).
+_HELD_RUN = """
+import os, sys, time
+import tagger.bulk.decode as decode
+
+held, real = sys.argv[1], decode.read_bytes
+
+def read_bytes(locator):
+    if locator[0] == "file" and locator[1] == held:
+        open(held + ".holding", "wb").close()
+        deadline = time.monotonic() + 300
+        while not os.path.exists(held + ".go") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return real(locator)
+
+decode.read_bytes = read_bytes
+from tagger.bulk.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def held_run(held: Path, args: list[str], model_files: tuple[Path, Path]) -> subprocess.Popen:
+    """``python -m tagger.bulk args`` in a subprocess, holding at the image ``held`` until
+    ``release(held)``; stderr is a pipe."""
+    command = [sys.executable, "-c", _HELD_RUN, str(held), *args, "--workers", "0", *model_args(model_files)]
+    return subprocess.Popen([*command, "--quiet"], env=environment_for_subprocess(), stderr=subprocess.PIPE, text=True)
+
+
+def holding(held: Path) -> bool:
+    """Whether the ``held_run`` has reached ``held`` (and everything before it is done)."""
+    return held.with_name(held.name + ".holding").exists()
+
+
+def release(held: Path) -> None:
+    held.with_name(held.name + ".go").write_bytes(b"")

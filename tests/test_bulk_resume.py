@@ -1,31 +1,28 @@
 """Resume: a bulk run killed at a known point picks up where it stopped, with the same outputs.
 
-To kill the run at a known point without timing games, one "image" is a named pipe: the
-run blocks reading it, after committing everything before it. The test then kills the
-process with SIGKILL, puts a real image in the pipe's place and runs the command again.
+To kill the run at a known point without timing games, the run holds before reading one
+image (``bulk_support.held_run``), after committing everything before it. The test then kills
+the process with SIGKILL and runs the command again.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from bulk_support import (
     captions,
     environment_for_subprocess,
+    held_run,
     jsonl_lines,
     model_args,
     parquet_rows,
     run_bulk,
     write_images,
 )
-from support import image_bytes
 
 from tagger.bulk.sharding import ShardSpec, Worker, launch_workers
 
@@ -43,18 +40,12 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 120.0) -> No
         time.sleep(0.05)
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_killed_mid_run_resumes_to_the_same_outputs_without_duplicates(tmp_path: Path, tiny_files, capsys) -> None:
     names = [f"{i:02d}.png" for i in range(30)]
     folder = tmp_path / "data"
     write_images(folder, names)
-    blocking = folder / "22.png"
-    blocking.unlink()
-    os.mkfifo(blocking)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "tagger.bulk", str(folder), "--out", str(out), *ARGS, "--workers", "0"]
-    command += [*model_args(tiny_files), "--quiet"]
-    process = subprocess.Popen(command, env=environment_for_subprocess(), stderr=subprocess.PIPE, text=True)
+    process = held_run(folder / "22.png", [str(folder), "--out", str(out), *ARGS], tiny_files)
     parts = out / ".bulk" / "parts" / "shard-000001"
     # Shard 0 (images 0-11) completes; shard 1 commits images 12-19 (4 batches), then the run
     # blocks on image 22 while images 20-21 wait in the next window.
@@ -70,8 +61,6 @@ def test_killed_mid_run_resumes_to_the_same_outputs_without_duplicates(tmp_path:
 
     # A write the kill interrupted leaves only a temporary file: never read, removed on resume.
     (parts / ".part-000000000020.parquet.999.tmp").write_bytes(b"PAR1 half a file")
-    blocking.unlink()
-    blocking.write_bytes(image_bytes(48, 48, 22))
     resumed = run_bulk(capsys, tiny_files, str(folder), "--out", str(out), *ARGS)
     assert resumed.code == 0, resumed.err
     assert "10 images tagged" in resumed.out and "20 already done" in resumed.out

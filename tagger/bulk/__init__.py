@@ -7,7 +7,10 @@ One module per job, in the order data flows:
 * ``decode``: decoding in worker processes;
 * ``inference``: batching by token count and the model step, shared by both engines;
 * ``outputs``: captions, JSONL and Parquet, written atomically;
+* ``safefs``: reading and writing never through links, pipes or devices, 256 MiB per image;
+* ``names``: file names that are not UTF-8, escaped reversibly for text outputs;
 * ``resume``: the manifest and what an output folder already holds;
+* ``lock``: one writer per shard of an output folder;
 * ``sharding``: ``--shard i/N`` and one process per GPU;
 * ``local`` and ``ray_engine``: the two engines; ``cli``: the command.
 """

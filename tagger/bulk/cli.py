@@ -1,15 +1,16 @@
 """``python -m tagger.bulk INPUT... --out DIR``: tag a dataset, resumably.
 
 Exit status: 0 when every image was handled (unreadable images are reported, counted and
-written as error rows: they do not fail the run), 2 for a bad flag, input or model file, or
-an output folder that cannot be resumed with these settings, 1 when the GPU runs out of
-memory or an output cannot be written, and 130 when interrupted (run the same command again
-to resume).
+written as error rows: they do not fail the run), 2 for a bad flag, input or model file, an
+output folder that cannot be resumed with these settings or that another run is writing to,
+1 when the GPU runs out of memory or an output cannot be written, and 130 when interrupted
+(run the same command again to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import re
@@ -21,6 +22,8 @@ import torch
 
 from tagger.bulk.decode import default_workers, share_cores_with_decoders
 from tagger.bulk.local import run_local
+from tagger.bulk.lock import OutputLock, admission
+from tagger.bulk.names import escape_name
 from tagger.bulk.outputs import FORMATS, ON_EXISTING, Layout, OutputWriter, RunInfo
 from tagger.bulk.plan import Plan
 from tagger.bulk.progress import Progress, Summary
@@ -242,8 +245,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         else:
             return launch_workers(_without(argv, {"--gpus", "--shard", "--device"}), per_gpu, shard)
 
-    plan, writer, files = _plan(args, options, shard)
-    summary = Summary(out=str(writer.layout.root))
+    stack = contextlib.ExitStack()  # the output folder's lock, held until the run ends
+    with stack:
+        return _tag(args, options, shard, argv, stack)
+
+
+def _tag(
+    args: argparse.Namespace, options: TagOptions, shard: ShardSpec, argv: list[str], stack: contextlib.ExitStack
+) -> int:
+    plan, writer, files = _plan(args, options, shard, argv, stack)
+    summary = Summary(out=escape_name(str(writer.layout.root)))
 
     def start_progress() -> Progress:
         return Progress(plan.total, args.quiet, args.progress_label, args.progress_position)
@@ -291,7 +302,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _plan(args: argparse.Namespace, options: TagOptions, shard: ShardSpec) -> tuple[Plan, OutputWriter, ModelFiles]:
+def _plan(
+    args: argparse.Namespace, options: TagOptions, shard: ShardSpec, argv: list[str], stack: contextlib.ExitStack
+) -> tuple[Plan, OutputWriter, ModelFiles]:
     """Inputs, model files and output folder checked (manifest written or compared), and what
     this run will tag."""
     inputs = Inputs.open(args.inputs, InputSettings(args.recursive, args.split, args.image_column, args.key_column))
@@ -316,8 +329,12 @@ def _plan(args: argparse.Namespace, options: TagOptions, shard: ShardSpec) -> tu
         descriptors=args.descriptors,
         shard_size=args.shard_size,
     )
-    resumed = check_manifest(layout, manifest)
-    state = ResumeState.load(layout)
+    locks = layout.state / "locks"
+    with admission(locks):  # one starting run at a time: lock, manifest, leftover temporaries
+        lock = OutputLock.acquire(layout.root, locks, shard, ["tagger.bulk", *argv])
+        stack.callback(lock.release)
+        resumed = check_manifest(layout, manifest)
+        state = ResumeState.load(layout, shard.owns)
     txt = "txt" in args.format
     plan = Plan(
         inputs,

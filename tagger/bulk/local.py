@@ -64,6 +64,8 @@ class BackgroundWriter:
                     for row in rows:
                         if row.error is not None:
                             self.progress.error(row.error)
+                    for message in counts.messages:
+                        self.progress.error(message)
                     self.progress.update(len(rows), counts.errors)
                 else:
                     self.writer.finish_shard(shard)

@@ -23,14 +23,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from tagger.bulk.names import escape_name
+from tagger.bulk.safefs import NotRegularFile, TooLarge, create_exclusive, read_existing_text
+from tagger.errors import BulkError
 from tagger.results import parse_tag_list
 from tagger.vocab import normalize_tag
 
@@ -80,20 +85,23 @@ class Layout:
 
 
 def temporary_name(path: Path) -> Path:
-    """A hidden name beside ``path``, unique to this process (never mistaken for an output)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """A hidden name beside ``path``, unique to this write (never mistaken for an output, never
+    another run's: processes sharing an output folder each write under their own names)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
-    """A temporary name beside ``path`` to write to: renamed to ``path`` when the block ends
-    (after an fsync when ``durable``), removed if it fails. All or nothing."""
+def atomic_file(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
+    """A new temporary file beside ``path`` to write to: renamed to ``path`` when the block
+    ends (after an fsync when ``durable``), removed if it fails. All or nothing; the temporary
+    is created exclusively, so a link planted at its name is never written through."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_name(path)
     try:
-        yield temporary
-        if durable:
-            with open(temporary, "rb+") as fp:
+        with create_exclusive(temporary) as fp:
+            yield fp
+            fp.flush()
+            if durable:
                 os.fsync(fp.fileno())
         os.replace(temporary, path)
     except BaseException:
@@ -103,15 +111,27 @@ def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
 
 def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary name and a rename: all or nothing."""
-    with atomic_path(path, durable) as temporary:
-        temporary.write_bytes(data)
+    with atomic_file(path, durable) as fp:
+        fp.write(data)
 
 
-def remove_temporaries(folder: Path) -> None:
-    """Temporary files a killed run left behind (under our own state and output folders)."""
-    if folder.is_dir():
-        for stray in folder.rglob(".*.tmp"):
-            stray.unlink(missing_ok=True)
+SHARD_IN_NAME = re.compile(r"shard-(\d+)")
+
+
+def remove_temporaries(folder: Path, owns: Callable[[int], bool] | None = None) -> None:
+    """Temporary files a killed run left behind (under our own state and output folders).
+
+    With ``owns``, only those of the shards it accepts (named by the file or by its
+    ``shard-NNNNNN`` folder): another process sharing the folder may be writing the others.
+    """
+    if not folder.is_dir():
+        return
+    for stray in folder.rglob(".*.tmp"):
+        if owns is not None:
+            match = SHARD_IN_NAME.search(stray.relative_to(folder).as_posix())
+            if match is None or not owns(int(match.group(1))):
+                continue
+        stray.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,11 +166,11 @@ def merge_caption(existing: str, ours: str, mode: str) -> str:
 
 
 def write_caption(path: Path, caption: str, mode: str) -> str:
-    """Write one caption file; returns what happened: ``new``, ``kept``, ``merged`` or ``same``."""
-    try:
-        existing = path.read_text(encoding="utf-8-sig", errors="replace")
-    except FileNotFoundError:
-        existing = None
+    """Write one caption file; returns what happened: ``new``, ``kept``, ``merged`` or ``same``.
+
+    An existing caption that is a link, a pipe or a device is neither read nor replaced:
+    ``NotRegularFile`` (``TooLarge`` for one over ``MAX_CAPTION_BYTES``)."""
+    existing = read_existing_text(path)
     if existing is None:
         write_atomic(path, caption.encode("utf-8"))
         return "new"
@@ -201,11 +221,13 @@ class RunInfo:
 class WriteCounts:
     images: int = 0
     errors: int = 0
-    captions: dict[str, int] = field(default_factory=dict)  # new / kept / merged / same
+    captions: dict[str, int] = field(default_factory=dict)  # new / kept / merged / same / refused
+    messages: list[str] = field(default_factory=list)  # captions refused, one sentence each
 
     def add(self, other: WriteCounts) -> None:
         self.images += other.images
         self.errors += other.errors
+        self.messages += other.messages
         for k, v in other.captions.items():
             self.captions[k] = self.captions.get(k, 0) + v
 
@@ -250,6 +272,23 @@ def _rows_table(rows: Sequence[TagRow], descriptors: bool) -> Any:
     return pa.Table.from_pydict(columns, schema=_part_schema(descriptors))
 
 
+def damaged_part(path: Path, error: BaseException) -> str:
+    return (
+        f"The part file {path} is damaged ({error}); delete it and run the same command again: "
+        "its images are tagged again."
+    )
+
+
+def _read_part(path: Path, schema: Any) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, schema=schema)
+    except (OSError, ValueError, KeyError, pa.ArrowException) as e:
+        raise BulkError(damaged_part(path, e)) from None
+
+
 class OutputWriter:
     """Writes captions and parts as batches complete, and a shard's files when it is complete.
 
@@ -276,23 +315,27 @@ class OutputWriter:
                 continue
             counts.images += 1
             if "txt" in self.formats and row.caption_file is not None and row.caption is not None:
-                outcome = write_caption(self.layout.caption(row.caption_file), row.caption, self.on_existing)
+                path = self.layout.caption(row.caption_file)
+                try:
+                    outcome = write_caption(path, row.caption, self.on_existing)
+                except (NotRegularFile, TooLarge) as e:
+                    outcome = "refused"
+                    counts.messages.append(f"Left the caption {escape_name(str(path))} alone: {e}.")
                 counts.captions[outcome] = counts.captions.get(outcome, 0) + 1
         part = self.layout.parts(shard) / f"part-{min(r.index for r in rows):012d}.parquet"
-        with atomic_path(part, durable=True) as temporary:
-            pq.write_table(_rows_table(rows, self.info.descriptors), temporary)
+        with atomic_file(part, durable=True) as fp:
+            pq.write_table(_rows_table(rows, self.info.descriptors), fp)
         return counts
 
     def finish_shard(self, shard: int) -> dict[str, int]:
         """Merge the shard's parts into its output files, mark it done, remove the parts."""
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         folder = self.layout.parts(shard)
         parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
         schema = _part_schema(self.info.descriptors)
-        table = pa.concat_tables([pq.read_table(p, schema=schema) for p in parts]) if parts else schema.empty_table()
+        table = pa.concat_tables([_read_part(p, schema) for p in parts]) if parts else schema.empty_table()
         table = table.take(pc.sort_indices(table, [("index", "ascending")]))
         if "jsonl" in self.formats:
             lines = table.column("json").to_pylist()
@@ -325,5 +368,5 @@ class OutputWriter:
         if self.info.descriptors:
             columns["descriptor"] = table.column("descriptor")
         columns["error"] = table.column("error")
-        with atomic_path(self.layout.parquet(shard), durable=True) as temporary:
-            pq.write_table(pa.table(columns), temporary, compression="zstd")
+        with atomic_file(self.layout.parquet(shard), durable=True) as fp:
+            pq.write_table(pa.table(columns), fp, compression="zstd")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tagger.batch import CaptionNamer
+from tagger.bulk.names import unescape_name
 from tagger.bulk.outputs import Layout
 from tagger.bulk.resume import ResumeState
 from tagger.bulk.sharding import ShardSpec, shard_of, shard_sizes
@@ -55,7 +56,8 @@ class CaptionPlacer:
         if self.beside and record.file is not None:
             return self._beside_names.name_for(Path(record.file).as_posix())
         try:
-            name = sanitize_path(record.key)
+            # The caption under txt/ has the image's own name, bytes that are not UTF-8 included.
+            name = sanitize_path(unescape_name(record.key))
         except UploadError:  # a key column value such as "../x": keep the file inside txt/
             name = f"{record.key.split('/', 1)[0]}/row-{record.index:09d}"
         return self._out_names.name_for(name)

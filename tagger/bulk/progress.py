@@ -39,6 +39,9 @@ class Summary:
         merged = self.captions.get("merged", 0)
         if merged:
             parts.append(f"{merged:,} captions merged")
+        refused = self.captions.get("refused", 0)
+        if refused:
+            parts.append(f"{refused:,} captions left alone (links or not regular files)")
         rate = f"{self.rate:.1f}" if self.rate >= 10 else f"{self.rate:.2f}"
         speed = f"{rate} images/s over {self.seconds:.1f} s"
         waste = ""

@@ -38,6 +38,7 @@ import torch
 from tagger.bulk.decode import GPU_PROCESS_THREADS, Decoded, decode_locator
 from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, error_row, padding_source, score_batch
 from tagger.bulk.local import WINDOW_BATCHES
+from tagger.bulk.names import escape_name, unescape_name
 from tagger.bulk.outputs import OutputWriter, TagRow
 from tagger.bulk.plan import Kept, Plan, ShardEnd
 from tagger.bulk.progress import Progress, Summary
@@ -67,7 +68,7 @@ def _record_item(record: Record) -> dict[str, Any]:
         "path": record.path,
         "concept": record.concept,
         "locator": json.dumps(list(record.locator)),
-        "caption_file": record.caption_file,
+        "caption_file": None if record.caption_file is None else escape_name(record.caption_file),  # Arrow text
         "error": record.error,
     }
 
@@ -194,7 +195,7 @@ def _table_rows(table: Any) -> list[TagRow]:
                 np.asarray(item["tag_ids"], dtype=np.int32),
                 np.asarray(item["scores"], dtype=np.float32),
                 item["json"],
-                item["caption_file"],
+                None if item["caption_file"] is None else unescape_name(item["caption_file"]),
                 item["caption"],
                 None if descriptor is None else np.asarray(descriptor, dtype=np.float32),
             )
@@ -268,6 +269,7 @@ class BulkDatasink(Datasink):
                     result["messages"].append(row.error)
             for shard, rows in by_shard.items():
                 counts = self.writer.write_batch(shard, rows)
+                result["messages"] += counts.messages
                 result["images"] += counts.images
                 result["errors"] += counts.errors
                 for outcome, n in counts.captions.items():

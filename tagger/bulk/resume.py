@@ -18,16 +18,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from tagger.bulk.outputs import Layout, remove_temporaries, write_atomic
+from tagger.bulk.outputs import Layout, damaged_part, remove_temporaries, write_atomic
+from tagger.bulk.safefs import read_regular
 from tagger.errors import BulkError
 from tagger.options import OPTION_NAMES, TagOptions
 
 log = logging.getLogger("tagger")
 
 MANIFEST_VERSION = 1
+MAX_STATE_BYTES = 1024 * 1024  # a done marker is a line of JSON
 
 
 def options_values(options: TagOptions) -> dict[str, Any]:
@@ -92,9 +97,15 @@ def check_manifest(layout: Layout, manifest: dict[str, Any]) -> bool:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise BulkError(f"{path} cannot be read ({e}); move it away to start this folder afresh.") from None
-        if old.get("version") != MANIFEST_VERSION:
-            raise BulkError(f"{path} was written by another version of the bulk command; use a new --out folder.")
-        changed = _differences(old, manifest)
+        try:
+            if old.get("version") != MANIFEST_VERSION:
+                raise BulkError(f"{path} was written by another version of the bulk command; use a new --out folder.")
+            changed = _differences(old, manifest)
+        except (AttributeError, KeyError, TypeError, ValueError):  # hand-edited: not what this code writes
+            raise BulkError(
+                f"{path} is damaged or was edited by hand (it is not a manifest this command wrote); "
+                "restore it, or start with a new --out folder."
+            ) from None
         if changed:
             raise BulkError(
                 f"Cannot resume in {layout.root}: it was started with other settings ({'; '.join(changed)}). "
@@ -118,27 +129,28 @@ class ResumeState:
     done_keys: dict[int, set[str]] = field(default_factory=dict)  # unfinished shard → committed keys
 
     @classmethod
-    def load(cls, layout: Layout) -> ResumeState:
-        import pyarrow.parquet as pq
-
+    def load(cls, layout: Layout, owns: Callable[[int], bool] = lambda shard: True) -> ResumeState:
+        """The state of the shards ``owns`` accepts (this process's: others sharing the folder
+        are writing theirs). A damaged state file is a ``BulkError`` saying what to delete."""
         state = cls()
-        remove_temporaries(layout.state)  # writes a kill interrupted: never complete, never used
-        for folder in (layout.root / "parquet", layout.root / "jsonl"):
-            remove_temporaries(folder)
+        # Writes a kill interrupted: never complete, never used.
+        for folder in (layout.state, layout.root / "parquet", layout.root / "jsonl"):
+            remove_temporaries(folder, owns)
         done_folder = layout.state / "done"
         if done_folder.is_dir():
             for marker in sorted(done_folder.glob("shard-*.json")):
-                data = json.loads(marker.read_text(encoding="utf-8"))
-                state.finished[int(data["shard"])] = data
+                shard = _shard_number(marker.name.removesuffix(".json"))
+                if shard is not None and owns(shard):
+                    state.finished[shard] = _read_marker(marker, shard)
         parts_folder = layout.state / "parts"
         if parts_folder.is_dir():
             for folder in sorted(parts_folder.glob("shard-*")):
-                shard = int(folder.name.removeprefix("shard-"))
-                if shard in state.finished:  # killed between the marker and removing the parts
-                    continue
+                shard = _shard_number(folder.name)
+                if shard is None or not owns(shard) or shard in state.finished:
+                    continue  # finished: killed between the marker and removing the parts
                 keys: set[str] = set()
                 for part in sorted(folder.glob("part-*.parquet")):
-                    keys.update(pq.read_table(part, columns=["key"]).column("key").to_pylist())
+                    keys.update(read_part_keys(part))
                 state.done_keys[shard] = keys
         return state
 
@@ -149,3 +161,37 @@ class ResumeState:
     def images_done(self) -> int:
         finished = sum(int(m.get("images", 0)) + int(m.get("errors", 0)) for m in self.finished.values())
         return finished + sum(len(keys) for keys in self.done_keys.values())
+
+
+def _shard_number(name: str) -> int | None:
+    match = re.fullmatch(r"shard-(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def _read_marker(path: Path, shard: int) -> dict[str, Any]:
+    """A shard's done marker, as ``OutputWriter.finish_shard`` writes it."""
+    try:
+        data = json.loads(read_regular(path, MAX_STATE_BYTES))
+        if not isinstance(data, dict) or int(data["shard"]) != shard:
+            raise ValueError("not this shard's marker")
+        data["images"], data["errors"] = int(data["images"]), int(data["errors"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BulkError(
+            f"The done marker {path} is damaged ({e}); delete it and run the same command again: "
+            "that shard is tagged again."
+        ) from None
+    return data
+
+
+def read_part_keys(path: Path) -> list[str]:
+    """The keys of one committed part; ``BulkError`` saying what to do when it is damaged."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        keys = pq.read_table(path, columns=["key"]).column("key")
+        if not pa.types.is_string(keys.type):
+            raise ValueError(f"its key column holds {keys.type}, not text")
+        return [k for k in keys.to_pylist() if k is not None]
+    except (OSError, ValueError, KeyError, pa.ArrowException) as e:
+        raise BulkError(damaged_part(path, e)) from None

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from tagger.bulk import safefs
+from tagger.bulk.names import escape_name
 from tagger.errors import BulkError, UploadError
 from tagger.intake import IMAGE_EXTENSIONS, sanitize_path, wrapper_depth
 
@@ -106,7 +108,8 @@ class Source:
         for entry in self.entries():
             digest.update(entry.name.encode("utf-8", "surrogateescape") + b"\n")
             count += 1
-        return {"input": self.spec, "kind": self.kind, "images": count, "names_sha256": digest.hexdigest()}
+        shown = escape_name(self.spec)  # the manifest is UTF-8 text
+        return {"input": shown, "kind": self.kind, "images": count, "names_sha256": digest.hexdigest()}
 
     @property
     def default_label(self) -> str:
@@ -129,9 +132,10 @@ class FolderSource(Source):
                 if _is_hidden(filename) or not _is_image_name(filename):
                     continue
                 full = os.path.join(dirpath, filename)
-                name = Path(os.path.relpath(full, root)).as_posix()
+                # The key and the path shown are text; the file itself is read by its own name.
+                name = escape_name(Path(os.path.relpath(full, root)).as_posix())
                 parts = name.split("/")
-                yield Entry(name, full, parts[0] if len(parts) > 1 else "", ("file", full), file=full)
+                yield Entry(name, escape_name(full), parts[0] if len(parts) > 1 else "", ("file", full), file=full)
 
 
 def _walk_error(error: OSError) -> None:
@@ -145,7 +149,8 @@ class FileSource(Source):
         self.spec = str(path)
 
     def entries(self) -> Iterator[Entry]:
-        yield Entry(Path(self.spec).name, self.spec, "", ("file", self.spec), file=self.spec)
+        shown = escape_name(self.spec)
+        yield Entry(escape_name(Path(self.spec).name), shown, "", ("file", self.spec), file=self.spec)
 
 
 class ZipSource(Source):
@@ -156,8 +161,8 @@ class ZipSource(Source):
         try:
             with zipfile.ZipFile(path) as archive:
                 infos = archive.infolist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise BulkError(f"{path} is not a readable zip archive ({e}).") from None
+        except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as e:
+            raise BulkError(f"{escape_name(str(path))} is not a readable zip archive ({e}).") from None
         self._members: list[tuple[str, str, str | None]] = []  # (name, member, error)
         for info in infos:
             if info.is_dir() or not _is_image_name(info.filename):
@@ -172,6 +177,8 @@ class ZipSource(Source):
                 error = f"Refused {path.name}/{info.filename}: the member's path points outside the archive."
             if info.flag_bits & 0x1:
                 error = f"Could not read {path.name}/{name}: it is encrypted; zip it without a password."
+            elif info.file_size > safefs.MAX_IMAGE_BYTES:
+                error = f"Could not read {path.name}/{name}: {safefs.size_limit_sentence(info.file_size)}."
             self._members.append((name, info.filename, error))
 
     def entries(self) -> Iterator[Entry]:
@@ -200,23 +207,27 @@ class TarSource(Source):
                         if member is not None:
                             self._members.append((*member, info.name, info.offset_data, info.size))
             except (tarfile.TarError, OSError) as e:
-                raise BulkError(f"{path} is not a readable (uncompressed) tar file ({e}).") from None
+                raise BulkError(f"{escape_name(str(path))} is not a readable (uncompressed) tar file ({e}).") from None
 
     def _member(self, info: tarfile.TarInfo) -> tuple[str, str | None] | None:
-        """(name, error) for an image member, None for anything else."""
+        """(name, error) for an image member, None for anything else. Names that are not
+        UTF-8 (tarfile decodes their bytes as surrogates) are escaped: ``tagger.bulk.names``."""
         if not info.isfile() or not _is_image_name(info.name):
             return None
         if any(_is_hidden(p) for p in info.name.split("/")):
             return None
+        shown = escape_name(Path(self.spec).name)
         try:
-            name, error = sanitize_path(info.name), None
+            name, error = escape_name(sanitize_path(info.name)), None
         except UploadError:
-            name = info.name.replace("../", "__/").lstrip("/")
-            error = f"Refused {Path(self.spec).name}/{info.name}: the member's path points outside the archive."
+            name = escape_name(info.name.replace("../", "__/").lstrip("/"))
+            error = f"Refused {shown}/{escape_name(info.name)}: the member's path points outside the archive."
+        if error is None and info.size > safefs.MAX_IMAGE_BYTES:
+            error = f"Could not read {shown}/{name}: {safefs.size_limit_sentence(info.size)}."
         return name, error
 
     def entries(self) -> Iterator[Entry]:
-        shown = Path(self.spec).name
+        shown = escape_name(Path(self.spec).name)
         if not self.streamed:
             names = [m[0] for m in self._members]
             concepts = _concepts(names, [m[1] for m in self._members])
@@ -240,7 +251,7 @@ class TarSource(Source):
                     concept = parts[0] if len(parts) > 1 else ""
                     yield Entry(name, f"{shown}/{name}", concept, ("bytes", data), error=error)
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise BulkError(f"{self.spec} is not a readable tar file ({e}).") from None
+            raise BulkError(f"{escape_name(self.spec)} is not a readable tar file ({e}).") from None
 
 
 def _pick_table_column(names: Sequence[str], kinds: dict[str, str | None], wanted: str | None, where: str) -> str:
@@ -280,7 +291,7 @@ def _row_names(count: int) -> list[str]:
 
 
 def _key_names(values: Sequence[Any], where: str, column: str) -> list[str]:
-    names = [str(v) for v in values]
+    names = [escape_name(str(v)) for v in values]
     if len(set(names)) != len(names):
         raise BulkError(f"The key column {column!r} of {where} has repeated values; keys must be unique.")
     return names
@@ -451,7 +462,7 @@ class HubSource(Source):
     def entries(self) -> Iterator[Entry]:
         stream, column = self._open()
         for row, example in enumerate(stream):
-            name = str(example[self.key_column]) if self.key_column else f"{row:09d}"
+            name = escape_name(str(example[self.key_column])) if self.key_column else f"{row:09d}"
             shown = f"{self.spec}[{self.split}]#{row}"
             data, file = _image_value(example.get(column))
             if data is None and file is None:
@@ -524,7 +535,7 @@ class Inputs:
         self.labels: list[str] = []
         taken: set[str] = set()
         for source in self.sources:
-            base = sanitize_path(source.default_label.replace("/", "_"))
+            base = escape_name(sanitize_path(source.default_label.replace("/", "_")))
             label, number = base, 2
             while label.casefold() in taken:
                 label, number = f"{base}~{number}", number + 1
@@ -559,12 +570,12 @@ class Inputs:
 
 
 class _ReaderCache:
-    """Open archives and the last Parquet row groups of this process (reset after a fork)."""
+    """Open archives and Parquet readers of this process (reset after a fork)."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.zips: dict[str, zipfile.ZipFile] = {}
-        self.groups: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
+        self.groups: OrderedDict[tuple[str, int, str], _ParquetCursor] = OrderedDict()
         self.datasets: dict[tuple[str, str, str], Any] = {}
 
 
@@ -578,17 +589,78 @@ def _reader_cache() -> _ReaderCache:
     return _cache
 
 
+# Rows of a Parquet image column held at once per reader: a few images, so that one huge cell
+# costs its own size once, not a whole row group's worth of copies.
+PARQUET_BATCH_ROWS = 16
+
+
+class _ParquetCursor:
+    """One row group's image column, read front to back in small batches.
+
+    A decoding worker asks for rows in increasing order (it gets every few records), so it
+    reads forward; a row behind the cursor starts the row group again."""
+
+    def __init__(self, file: str, group: int, column: str):
+        import pyarrow.parquet as pq
+
+        self._batches = pq.ParquetFile(file).iter_batches(
+            batch_size=PARQUET_BATCH_ROWS, row_groups=[group], columns=[column], use_threads=False
+        )
+        self.start = 0
+        self.values: Any = None
+        self.sizes: list[int | None] = []
+
+    def cell(self, row: int) -> tuple[Any, int | None]:
+        """(the Arrow value, its byte length) of ``row`` of the row group."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        while self.values is None or row >= self.start + len(self.values):
+            if self.values is not None:
+                self.start += len(self.values)
+            batch = next(self._batches, None)
+            if batch is None:
+                raise OSError("the Parquet file has fewer rows than it had when listed")
+            self.values = batch.column(0)
+            data = self.values
+            if pa.types.is_struct(data.type):
+                data = data.field("bytes")
+            self.sizes = (
+                pc.binary_length(data).to_pylist()
+                if pa.types.is_binary(data.type) or pa.types.is_large_binary(data.type)
+                else [None] * len(data)
+            )
+        return self.values[row - self.start], self.sizes[row - self.start]
+
+
+def _parquet_cell(cache: _ReaderCache, file: str, group: int, row: int, column: str) -> tuple[bytes | None, str | None]:
+    key = (file, group, column)
+    cursor = cache.groups.get(key)
+    if cursor is None or row < cursor.start:
+        cursor = cache.groups[key] = _ParquetCursor(file, group, column)
+        cache.groups.move_to_end(key)
+        while len(cache.groups) > 2:
+            cache.groups.popitem(last=False)
+    value, size = cursor.cell(row)
+    if size is not None and size > safefs.MAX_IMAGE_BYTES:
+        raise safefs.TooLarge(safefs.size_limit_sentence(size))  # refused before it is copied
+    return _image_value(value.as_py())
+
+
 def read_bytes(locator: Locator) -> bytes:
     """The encoded bytes an image's locator points at. ``OSError`` (or a subclass) when they
-    cannot be read; the caller turns it into an error for that image only."""
+    cannot be read; the caller turns it into an error for that image only. Files are read only
+    when they are regular files (never through a link: ``tagger.bulk.safefs``), and no image
+    over ``safefs.MAX_IMAGE_BYTES`` is read."""
     kind = locator[0]
     if kind == "bytes":
-        return locator[1]
+        return _capped(locator[1])
     if kind == "file":
-        with open(locator[1], "rb") as fp:
-            return fp.read()
+        return safefs.read_regular(locator[1], safefs.MAX_IMAGE_BYTES)
     if kind == "tar":
         _, archive, offset, size = locator
+        if size > safefs.MAX_IMAGE_BYTES:
+            raise safefs.TooLarge(safefs.size_limit_sentence(size))
         with open(archive, "rb") as fp:
             fp.seek(offset)
             data = fp.read(size)
@@ -602,20 +674,14 @@ def read_bytes(locator: Locator) -> bytes:
         if handle is None:
             handle = cache.zips[archive] = zipfile.ZipFile(archive)
         try:
+            if handle.getinfo(member).file_size > safefs.MAX_IMAGE_BYTES:
+                raise safefs.TooLarge(safefs.size_limit_sentence(handle.getinfo(member).file_size))
             return handle.read(member)
         except (zipfile.BadZipFile, NotImplementedError, EOFError, KeyError) as e:
             raise OSError(str(e)) from None
     if kind == "parquet":
         _, file, group, row, column = locator
-        values = cache.groups.get((file, group, column))
-        if values is None:
-            import pyarrow.parquet as pq
-
-            values = pq.ParquetFile(file).read_row_group(group, columns=[column]).column(0)
-            cache.groups[(file, group, column)] = values
-            while len(cache.groups) > 2:
-                cache.groups.popitem(last=False)
-        cell, path = _image_value(values[row].as_py())
+        cell, path = _parquet_cell(cache, file, group, row, column)
         return _bytes_or_file(cell, path, os.path.dirname(file))
     if kind == "dataset":
         _, folder, split, row, column = locator
@@ -627,12 +693,17 @@ def read_bytes(locator: Locator) -> bytes:
     raise ValueError(f"unknown locator kind {kind!r}")
 
 
+def _capped(data: bytes) -> bytes:
+    if len(data) > safefs.MAX_IMAGE_BYTES:
+        raise safefs.TooLarge(safefs.size_limit_sentence(len(data)))
+    return data
+
+
 def _bytes_or_file(data: bytes | None, path: str | None, folder: str) -> bytes:
     if data is not None:
-        return data
+        return _capped(data)
     if path:
-        with open(os.path.join(folder, path), "rb") as fp:
-            return fp.read()
+        return safefs.read_regular(os.path.join(folder, path), safefs.MAX_IMAGE_BYTES)
     raise OSError("the row holds no image")
 
 
