@@ -8,6 +8,8 @@ code as the real one in a fraction of a second.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,11 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
+# A cache folder of this session's own: the app sweeps its cache folder when it starts
+# (tagger.tempfiles), which must not reach the files of other test runs on the machine.
+_OWN_CACHE = "GRADIO_TEMP_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="tagger-tests-gradio-")
 
 from gradio_client import Client
 from support import ForwardPasses, random_image
@@ -24,6 +31,11 @@ from support import ForwardPasses, random_image
 from tagger.model import Pixels, TaggerConfig
 from tagger.predict import Tagger
 from tagger.synthetic import write_random_checkpoint, write_random_vocabulary
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

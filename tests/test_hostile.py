@@ -1670,5 +1670,87 @@ def test_upload_caps(tight_app: RunningApp) -> None:
     assert over.json()["detail"].startswith("Your address uploaded 2.64 MiB")
     assert "in the last hour; the limit is 3 MiB" in over.json()["detail"]
     assert upload("203.0.113.12", 900 * 1024).status_code == 200  # another client is not affected
-    # Streamed bodies declare no length: what arrived is counted (the refused 1.07 MiB above too).
-    assert [upload("203.0.113.10", 900 * 1024, chunked=True).status_code for _ in range(4)] == [200, 200, 200, 429]
+    # Streamed bodies declare no length: what arrives is counted as it arrives (the refused
+    # 1.07 MiB above too), and the upload that would pass the budget is refused part-way.
+    assert [upload("203.0.113.10", 900 * 1024, chunked=True).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def multipart(size: int) -> tuple[bytes, dict[str, str]]:
+    body = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + b"x" * size
+    return body + b"\r\n--b--\r\n", {"Content-Type": "multipart/form-data; boundary=b"}
+
+
+def cache_files() -> set[Path]:
+    return {p for p in Path(gr.utils.get_upload_folder()).rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_parallel_uploads_share_one_budget(tight_app: RunningApp, chunked: bool) -> None:
+    """Eight 0.9 MiB uploads sent at once against a 3 MiB budget: at most 3 MiB is accepted
+    (a declared length is reserved before the body is read; a streamed one counted as it comes)."""
+    address = "203.0.113.20" if chunked else "203.0.113.21"
+    body, headers = multipart(900 * 1024)
+    headers["X-Forwarded-For"] = address
+    barrier = threading.Barrier(8)
+
+    def send() -> int:
+        with httpx.Client(base_url=tight_app.url, timeout=REQUEST_TIMEOUT_S) as http:
+            content = iter([body[i : i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
+            barrier.wait()
+            return http.post("gradio_api/upload", content=content, headers=headers).status_code
+
+    before = cache_files()
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(send())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 8 and set(results) <= {200, 429} and 429 in results, results
+    assert results.count(200) * 900 * 1024 <= 3 * 1024 * 1024
+    if not chunked:  # reserved up front: every one that fits, none more (streamed ones may all
+        assert results.count(200) == 3  # run out together, each charged for what it sent)
+    # The refused ones left no partial file behind (one stored upload: they are all the same bytes).
+    wait_for(lambda: len({p for p in cache_files() - before if p.name.startswith("tmp")}) == 0, 10)
+
+
+def test_refused_and_cut_off_uploads_leave_no_files(
+    tight_app: RunningApp, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An upload refused part-way (over the per-request cap) and five cut off by the client
+    (the connection closed after half the declared body): none leaves a file in the cache, and
+    each logs one line, no traceback."""
+    caplog.set_level("INFO", logger="tagger")
+    before = cache_files()
+    body, headers = multipart(1100 * 1024)
+    with httpx.Client(base_url=tight_app.url, timeout=REQUEST_TIMEOUT_S) as http:
+        chunks = iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+        refused = http.post("gradio_api/upload", content=chunks, headers={**headers, "X-Forwarded-For": "203.0.113.30"})
+    assert refused.status_code == 413
+    host, port = httpx.URL(tight_app.url).host, httpx.URL(tight_app.url).port
+    body, _ = multipart(800 * 1024)
+    for i in range(5):
+        with socket.create_connection((host, port)) as sock:
+            head = (
+                f"POST /gradio_api/upload HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 203.0.113.3{i + 1}\r\n"
+                f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body[: len(body) // 2])
+            time.sleep(0.3)  # the server has stored part of it
+    wait_for(lambda: sum("cut off by the client" in r.getMessage() for r in caplog.records) == 5, 20)
+    wait_for(lambda: not {p for p in cache_files() - before}, 10)
+    assert sum("larger than the limit of 1 MiB" in r.getMessage() for r in caplog.records) == 1
+    assert "Traceback" not in capfd.readouterr().err
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize("route", ["run", "api"])
+def test_queued_endpoints_are_not_served_outside_the_queue(app: RunningApp, good_image: Path, route: str) -> None:
+    """/gradio_api/run/<api> would skip the queue, its concurrency groups and the per-client
+    limits: off a Space too it answers 404 for queued endpoints (as Gradio does on a Space)."""
+    image = uploaded(app, good_image)
+    body = json.dumps({"data": [image, *TAG_DEFAULTS]})
+    with httpx.Client(base_url=app.url, timeout=REQUEST_TIMEOUT_S) as http:
+        response = http.post(f"gradio_api/{route}/tag", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 404
+    assert "join the queue" in response.json()["detail"]
