@@ -21,9 +21,7 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
 # A cache folder of this session's own: the app sweeps its cache folder when it starts
 # (tagger.tempfiles), which must not reach the files of other test runs on the machine.
-_OWN_CACHE = "GRADIO_TEMP_DIR" not in os.environ
-if _OWN_CACHE:
-    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="tagger-tests-gradio-")
+os.environ["GRADIO_TEMP_DIR"] = os.environ.get("GRADIO_TEMP_DIR") or tempfile.mkdtemp(prefix="tagger-tests-gradio-")
 
 from gradio_client import Client
 from support import ForwardPasses, random_image
@@ -34,8 +32,9 @@ from tagger.synthetic import write_random_checkpoint, write_random_vocabulary
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _OWN_CACHE:
-        shutil.rmtree(os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
+    folder = os.environ["GRADIO_TEMP_DIR"]
+    if os.path.basename(folder).startswith("tagger-tests-gradio-"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
