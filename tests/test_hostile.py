@@ -28,6 +28,7 @@ import ssl
 import stat
 import struct
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -1412,6 +1413,64 @@ def test_cache_is_cleaned_within_the_hour(app: RunningApp) -> None:
     every, older_than = CACHE_CLEANUP
     assert app.demo.delete_cache == CACHE_CLEANUP
     assert every <= 600 and older_than <= 3600
+
+
+def test_a_restart_removes_what_an_earlier_run_left(tmp_path: Path) -> None:
+    """What a killed or crashed run left in the cache folder (a partial upload, an upload, a
+    result) is removed when the app starts again with the same folder; the new run's own
+    files stay."""
+    cache = tmp_path / "cache"
+    left = [cache / "tmpq1w2e3r4", cache / ("ab" * 32) / "photo.png", cache / "result-x" / "pca.png"]
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 100_000)
+    root = Path(__file__).resolve().parent.parent
+    script = (
+        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']\n"
+        "from app_server import start_app\n"
+        "import gradio as gr, os\n"
+        "app = start_app(['--demo'])\n"
+        "kept = {p for b in app.demo.blocks.values() for p in getattr(b, 'keep_in_cache', ())}\n"
+        "print('KEPT', len(kept), all(os.path.exists(p) for p in kept))\n"
+        "app.close()\n"
+    )
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(cache)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(root)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    (kept,) = [line.split() for line in done.stdout.splitlines() if line.startswith("KEPT ")]
+    assert int(kept[1]) > 0 and kept[2] == "True"  # the new run's example images are there
+    assert not [p for p in left if p.exists()]
+    assert "Removed 3 files (300000 bytes) left in" in done.stderr
+
+
+def test_a_running_instance_keeps_its_files(tmp_path: Path) -> None:
+    """A second instance on the same folder removes only what is past the cleanup age; a
+    scheduled sweep removes what is past it, whoever wrote it, except the kept files."""
+    from tagger.tempfiles import CacheKeeper, FolderClaim, sweep
+
+    cache = tmp_path / "cache"
+    young, example = cache / "tmpyoung", cache / "examples" / "cat.webp"
+    example.parent.mkdir(parents=True)
+    for path in (young, example):
+        path.write_bytes(b"x")
+    outside = tmp_path / "private.txt"
+    outside.write_bytes(b"secret")
+    (cache / "link").symlink_to(outside)
+    first, second = FolderClaim(cache), FolderClaim(cache)
+    try:
+        assert first.take() is True
+        assert second.take() is False  # the first is running
+        keeper = CacheKeeper(cache, 600, 3600, kept=lambda: {str(example)})
+        assert keeper.at_start(alone=False).paths == []  # nothing past the age
+        assert young.exists()
+        removed = sweep(cache, older_than=0, keep={str(example)})
+        assert sorted(Path(p).name for p in removed.paths) == ["link", "tmpyoung"]
+        assert example.exists() and outside.read_bytes() == b"secret"  # the link was not followed
+    finally:
+        first.release()
+        second.release()
 
 
 # ---------------------------------------------------------------------------------------------
