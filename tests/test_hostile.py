@@ -50,7 +50,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, features
-from support import ForwardPasses, assert_sentence, decode_in_fresh_process, encoded, image_bytes, write_zip
+from support import (
+    ForwardPasses,
+    assert_sentence,
+    decode_in_fresh_process,
+    encoded,
+    image_bytes,
+    random_image,
+    write_zip,
+)
 
 import tagger.fetch as fetch
 from tagger.errors import TimeBudgetError, UploadError
@@ -1652,6 +1660,57 @@ def test_costly_formats_have_lower_web_caps(
     with pytest.raises(AppError) as info:
         call_tag(client, handle_file(str(path)))
     assert f"more than this Space's limit of {limit} images" in info.value.message
+
+
+def icon(container: str, stream: bytes) -> bytes:
+    """An ICO or ICNS file whose directory declares one small icon (16x16; ICNS: 512x512@2),
+    the given PNG or JPEG 2000 stream."""
+    if container == "ICO":
+        return b"\x00\x00\x01\x00\x01\x00" + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(stream), 22) + stream
+    block = b"ic10" + struct.pack(">I", 8 + len(stream)) + stream
+    return b"icns" + struct.pack(">I", 8 + len(block)) + block
+
+
+@pytest.mark.parametrize(
+    ("container", "fmt", "size", "limit"),
+    [
+        ("ICO", "PNG", (8000, 6000), "40,000,000 pixels"),
+        ("ICNS", "PNG", (8000, 6000), "40,000,000 pixels"),
+        ("ICNS", "JPEG2000", (3000, 2100), "6,000,000 pixels for JPEG 2000 images"),
+    ],
+)
+def test_icon_containers_are_capped_by_what_they_embed(
+    client: Client, tmp_path: Path, container: str, fmt: str, size: tuple[int, int], limit: str
+) -> None:
+    """An icon whose directory declares a small image but which embeds a large one (Pillow
+    decodes the embedded stream in full, ICO even while opening the file: seconds and GiBs):
+    the embedded stream's own header is checked against the caps before anything is decoded."""
+    save = {"compress_level": 9} if fmt == "PNG" else {"quality_mode": "rates", "quality_layers": [400]}
+    path = tmp_path / f"liar.{container.lower()}"
+    path.write_bytes(icon(container, encoded(Image.new("L", size), fmt, **save)))
+    assert path.stat().st_size < 200_000
+    started = time.perf_counter()
+    with pytest.raises(AppError) as info:
+        call_tag(client, handle_file(str(path)))
+    width, height = size
+    assert f"the image is {width}x{height} ({width * height:,} pixels), more than this Space's limit of {limit}" in (
+        info.value.message
+    )
+    assert_sentence(info.value.message)
+    assert time.perf_counter() - started < 10  # a round trip; decoding it would take far longer
+
+
+@pytest.mark.parametrize("container", ["ICO", "ICNS"])
+def test_icon_containers_are_capped_in_the_library(container: str) -> None:
+    """The library's and the CLI's cap (100 Mpx) holds for what an icon embeds too: refused from
+    the embedded header at once (decoding 108 Mpx would take seconds and over 100 MiB)."""
+    data = icon(container, encoded(Image.new("L", (12000, 9000)), "PNG", compress_level=9))
+    started = time.perf_counter()
+    with pytest.raises(ImageError, match=r"the image is 12000x9000 \(108,000,000 pixels\), more than the limit"):
+        load_image(data)
+    assert time.perf_counter() - started < 0.5
+    honest = encoded(random_image(64, 64), container)  # icons as Pillow writes them still decode
+    assert load_image(honest).size[0] >= 64
 
 
 def test_batch_pixel_caps(tmp_path: Path, good_image: Path) -> None:
