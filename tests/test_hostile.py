@@ -912,6 +912,22 @@ def test_api_refuses_internal_urls(
     assert_serves(client, good_image)
 
 
+def test_refused_urls_log_one_line(
+    client: Client, local_server: LocalServer, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A refused URL is an expected refusal: one line in the log each, no traceback."""
+    caplog.set_level("INFO")
+    capfd.readouterr()
+    for _ in range(3):
+        with pytest.raises(AppError):
+            call_tag(client, handle_file(f"http://127.0.0.1:{local_server.port}/image.png"))
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    refused = [r for r in caplog.records if "Refused" in r.getMessage()]
+    assert len(refused) == 3 and not any(r.exc_info for r in caplog.records)
+    assert all("\n" not in r.getMessage() for r in refused)
+
+
 def test_api_fetches_allowed_url(allow_server: LocalServer, client: Client, good_image: Path) -> None:
     fetched = call_tag(client, handle_file(allow_server.url("/redirect-ok")))
     uploaded = call_tag(client, handle_file(str(good_image)))
