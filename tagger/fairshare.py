@@ -35,11 +35,14 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import hashlib
+import hmac
 import inspect
 import ipaddress
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -84,7 +87,7 @@ class FairShareLimits:
     heavy_per_client: int = 2  # of those, in the heavy group (batches, feature maps, similarity)
     event_seconds: float = 300.0  # time budget of one event; a batch stops reading images after it
     max_json_bytes: int = 1 * MiB  # a JSON request body (API calls, queue joins)
-    max_mcp_json_bytes: int = 36 * MiB  # MCP tool calls may carry a base64 image (25 MiB decoded)
+    max_mcp_json_bytes: int = 4 * MiB  # MCP tool calls (the mcp package's own cap): a base64 image of ~3 MiB
     max_upload_request_bytes: int = 512 * MiB  # one /upload request, all its files together
     upload_bytes_per_client: int = 1 * GiB  # per client in upload_window_s
     upload_bytes_all: int = 16 * GiB  # the whole Space in upload_window_s
@@ -104,10 +107,37 @@ def _header(scope: Scope, name: bytes) -> list[str]:
     return [value.decode("latin-1") for key, value in scope.get("headers", ()) if key == name]
 
 
+# Gradio's MCP server runs each tool call through a gradio_client of its own on loopback,
+# forwarding the caller's headers: the request guard names the caller of every MCP request in
+# this header, signed with a secret of this process, so that those loopback calls count for
+# the caller (not for 127.0.0.1, nor for an X-Forwarded-For the caller chose).
+MCP_CALLER_HEADER = b"x-tagger-mcp-caller"
+_MCP_SECRET = secrets.token_bytes(32)
+
+
+def signed_caller(key: str) -> str:
+    """The value of ``MCP_CALLER_HEADER`` naming ``key``."""
+    return f"{key} {hmac.new(_MCP_SECRET, key.encode(), hashlib.sha256).hexdigest()}"
+
+
+def mcp_caller(scope: Scope) -> str | None:
+    """The client an MCP request (or Gradio's loopback call for it) is made for; None for every
+    other request (a value the guard did not sign does not verify)."""
+    values = _header(scope, MCP_CALLER_HEADER)
+    if len(values) != 1:
+        return None
+    key = values[0].rpartition(" ")[0]
+    return key if key and hmac.compare_digest(signed_caller(key), values[0]) else None
+
+
 def client_key(scope: Scope, proxy_hops: int) -> str:
-    """The client's address: with ``proxy_hops`` proxies in front (a Space has one), the entry
-    of ``X-Forwarded-For`` that the outermost of them appended; else the peer's address.
-    IPv6 addresses are grouped by /64 (one subscriber's usual allocation)."""
+    """The client's address: the MCP caller a request is made for (``mcp_caller``), else with
+    ``proxy_hops`` proxies in front (a Space has one), the entry of ``X-Forwarded-For`` that
+    the outermost of them appended; else the peer's address. IPv6 addresses are grouped by /64
+    (one subscriber's usual allocation)."""
+    caller = mcp_caller(scope)
+    if caller is not None:
+        return caller
     address = None
     if proxy_hops > 0:
         entries = [e.strip() for value in _header(scope, b"x-forwarded-for") for e in value.split(",") if e.strip()]
@@ -244,10 +274,18 @@ class FairQueue:
         running = [e for job in self.queue.active_jobs if job for e in job]
         return waiting + running
 
+    @staticmethod
+    def session(event: Any) -> str | None:
+        """The session an event counts for: an MCP caller's own (Gradio's MCP server sends every
+        caller's calls through one gradio_client session), else the Gradio session."""
+        request = getattr(event, "request", None)
+        caller = mcp_caller(getattr(request, "scope", None) or {})
+        return f"mcp {caller}" if caller is not None else event.session_hash
+
     def _refusal(self, client: str, session: str | None, group: str | None) -> str | None:
         held = self._holding()
         limits = self.limits
-        if session is not None and sum(e.session_hash == session for e in held) >= limits.events_per_session:
+        if session is not None and sum(self.session(e) == session for e in held) >= limits.events_per_session:
             return (
                 f"You already have {limits.events_per_session} requests waiting or running; "
                 "wait for one to finish before sending another."
@@ -269,9 +307,8 @@ class FairQueue:
         client = client_key(request.scope, self.limits.proxy_hops)
         block_fn = getattr(self.queue.blocks, "fns", {}).get(body.fn_index)
         group = getattr(block_fn, "concurrency_id", None)
-        # Gradio's MCP server calls the app through one gradio_client session for all its users
-        # (forwarding each caller's headers): only the per-address limits apply to those.
-        session = None if _header(request.scope, b"x-gradio-user") == ["mcp"] else body.session_hash
+        caller = mcp_caller(request.scope)
+        session = f"mcp {caller}" if caller is not None else body.session_hash
         refusal = self._refusal(client, session, group)
         if refusal is not None:
             log.info("Refused a request from %s: %s", client, refusal)
@@ -449,6 +486,8 @@ class RequestGuard:
                 "Send an image URL as the image input instead.",
             )
             return
+        if "/gradio_api/mcp" in path:
+            scope = self._for_mcp_caller(scope)
         if method != "POST":
             await self.app(scope, receive, send)
             return
@@ -467,6 +506,14 @@ class RequestGuard:
         except ClientDisconnect:
             # Expected on a public server (a closed tab, a dropped connection): one line, no answer.
             log.info("A request from %s to %s was cut off by the client.", client, path)
+
+    def _for_mcp_caller(self, scope: Scope) -> Scope:
+        """``scope`` with its client named in ``MCP_CALLER_HEADER`` (any such header sent replaced)."""
+        headers = [(key, value) for key, value in scope.get("headers", ()) if key != MCP_CALLER_HEADER]
+        scope = {**scope, "headers": headers}
+        caller = client_key(scope, self.limits.proxy_hops)
+        scope["headers"] = [*headers, (MCP_CALLER_HEADER, signed_caller(caller).encode("latin-1"))]
+        return scope
 
     async def _capped(
         self,

@@ -34,6 +34,7 @@ from tagger.synthetic import DEMO_WARNING, demo_files
 from tagger.tempfiles import CacheKeeper
 from tagger.ui import CSS, build_demo
 from tagger.ui.context import HEAVY_QUEUE, AppContext
+from tagger.ui.mcp import serve_mcp_callers
 
 log = logging.getLogger("tagger")
 # The example images: examples/ of a checkout, installed as the package's tagger/examples/ (pyproject.toml).
@@ -143,7 +144,7 @@ def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
     budget = _BUDGETS.get(demo) or fairshare.UploadBudget(limits)
     guard = Middleware(fairshare.RequestGuard, limits=limits, budget=budget)
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), guard]
-    app_kwargs["lifespan"] = _with_cache_sweeps(demo, app_kwargs.get("lifespan"))
+    app_kwargs["lifespan"] = _with_our_start_up(demo, budget, app_kwargs.get("lifespan"))
     return demo.launch(
         max_file_size=MAX_FILE_SIZE,
         show_error=True,
@@ -155,10 +156,13 @@ def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
     )
 
 
-def _with_cache_sweeps(demo: gr.Blocks, lifespan: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
-    """``lifespan`` (an app's, or none) with the cache folder swept at start-up and on the
-    cleanup schedule (``tagger.tempfiles``): Gradio's own clean-up only knows the files it
-    registered in this process."""
+def _with_our_start_up(
+    demo: gr.Blocks, budget: fairshare.UploadBudget, lifespan: Callable[[Any], Any] | None
+) -> Callable[[Any], Any]:
+    """``lifespan`` (an app's, or none) with, once the server starts: the MCP server's calls
+    made fit for a public Space (``tagger.ui.mcp``), and the cache folder swept at start-up
+    and on the cleanup schedule (``tagger.tempfiles``: Gradio's own clean-up only knows the
+    files it registered in this process)."""
     every, older_than = demo.delete_cache or CACHE_CLEANUP
 
     def kept() -> set[str]:
@@ -175,6 +179,8 @@ def _with_cache_sweeps(demo: gr.Blocks, lifespan: Callable[[Any], Any] | None) -
 
     @contextlib.asynccontextmanager
     async def with_sweeps(app: Any) -> AsyncIterator[Any]:
+        if getattr(demo, "mcp_server_obj", None) is not None:  # made by launch(mcp_server=True)
+            serve_mcp_callers(demo.mcp_server_obj, budget)
         async with keeper.running():
             if lifespan is None:
                 yield None
