@@ -31,6 +31,7 @@ import binascii
 import contextvars
 import inspect
 import logging
+import mimetypes
 import shutil
 import tempfile
 import typing
@@ -69,7 +70,9 @@ def serve_mcp_callers(server: Any, budget: UploadBudget) -> None:
         _CALL_FOLDERS.set(folders)
         try:
             caller = _caller(server, budget)
-            converted = _with_files(server, name, arguments, lambda data: _write(data, caller, budget, folders))
+            converted = _with_files(
+                server, name, arguments, lambda data, ext: _write(data, ext, caller, budget, folders)
+            )
             return prepare(name, converted)
         except Exception:
             _remove(folders)
@@ -115,7 +118,9 @@ def _file_parameters(server: Any, name: str) -> dict[str, bool]:
     return found
 
 
-def _with_files(server: Any, name: str, arguments: dict[str, Any], write: Callable[[bytes], str]) -> dict[str, Any]:
+def _with_files(
+    server: Any, name: str, arguments: dict[str, Any], write: Callable[[bytes, str], str]
+) -> dict[str, Any]:
     if _holds_file_payload(arguments):
         raise ToolError("Send files as http(s) URLs or base64 data: URLs, not as file objects.")
     converted = dict(arguments)
@@ -139,14 +144,17 @@ def _holds_file_payload(value: object) -> bool:
     return False
 
 
-def _file(value: object, parameter: str, write: Callable[[bytes], str]) -> dict[str, Any]:
+def _file(value: object, parameter: str, write: Callable[[bytes, str], str]) -> dict[str, Any]:
     if isinstance(value, str) and value.startswith(("http://", "https://")):
         return handle_file(value)  # fetched by the app's guarded fetcher (tagger.ui.inputs)
     if isinstance(value, str) and value.startswith("data:"):
         header, _, encoded = value.partition(",")
         if not header.endswith(";base64"):
             raise ToolError(f"The data: URL sent for '{parameter}' is not base64 (data:image/png;base64,...).")
-        return {"path": write(_decoded(encoded, parameter)), "orig_name": "the image data"}
+        # Named by its media type: the batch endpoints pick images by their extension.
+        extension = mimetypes.guess_extension(header.removeprefix("data:").removesuffix(";base64")) or ""
+        path = write(_decoded(encoded, parameter), extension)
+        return {"path": path, "orig_name": Path(path).name}
     raise ToolError(f"Send '{parameter}' as an http(s) URL or a base64 data: URL.")
 
 
@@ -159,7 +167,7 @@ def _decoded(encoded: str, parameter: str, max_bytes: int = MAX_DOWNLOAD_BYTES) 
         raise ToolError(f"The data: URL sent for '{parameter}' is not valid base64.") from None
 
 
-def _write(data: bytes, caller: str, budget: UploadBudget, folders: list[Path]) -> str:
+def _write(data: bytes, extension: str, caller: str, budget: UploadBudget, folders: list[Path]) -> str:
     """``data`` as a received upload of ``caller``: charged first, then written into the cache."""
     try:
         budget.charge(caller).to(len(data))
@@ -168,7 +176,7 @@ def _write(data: bytes, caller: str, budget: UploadBudget, folders: list[Path]) 
         raise ToolError(refusal.message) from None
     folder = Path(tempfile.mkdtemp(prefix="mcp-", dir=get_upload_folder()))
     folders.append(folder)
-    path = folder / "image"
+    path = folder / f"image-{len(folders)}{extension}"
     path.write_bytes(data)
     return str(path)
 
