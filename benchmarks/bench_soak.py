@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import io
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -228,6 +229,8 @@ def abuse(seconds: float) -> None:
     client.close()
     child.stdin.close()
     child.wait(timeout=60)
+    os.unlink(log.name)
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 def main() -> None:
