@@ -8,6 +8,8 @@ request:
 * **Who a client is** (``client_key``): the address the Space's proxy reports in
   ``X-Forwarded-For`` (the entry ``proxy_hops`` from the right, the one the proxy appended,
   so a client cannot choose it), else the connection's address; IPv6 clients by their /64.
+  An MCP request's caller is named by the guard in a signed header that Gradio's MCP server
+  carries to its loopback calls (``mcp_caller``), so those count for the caller.
 * **Per-client queue limits** (``FairQueue``): requests queued or running per browser session,
   per client and in the heavy group (batches, feature maps, similarity); more are refused with
   HTTP 429 and a sentence. Waiting requests are served round-robin across clients, so a
@@ -16,9 +18,11 @@ request:
   reading new images once it is spent and return what they have, the rest listed as not read.
 * **HTTP limits** (``RequestGuard``, ASGI middleware): no downloads of remote URLs through
   Gradio's ``/file=`` route (nor ``/proxy=``), JSON bodies and uploads capped per request,
-  uploaded bytes capped per client and for the whole Space per hour, events that skip the
+  uploaded bytes capped per client and for the whole Space per hour (``UploadBudget``: charged
+  as they arrive, so parallel uploads share one budget), events that skip the
   queue (``/run/``) limited per client and overall, and an unreadable upload answered with
-  a sentence instead of a server error.
+  a sentence instead of a server error. The partial files of an upload that fails (cut off,
+  refused part-way) are removed at once (``remove_files_of_failed_uploads``).
 * **Memory**: after a request that grew the process, unused heap is returned to the system
   (``release_memory``, glibc's ``malloc_trim``).
 
