@@ -1,6 +1,7 @@
 """Soak: 200 mixed requests against the app on loopback; RSS, open files and cache size over time.
 
-A script, not a test: ``.venv/bin/python benchmarks/bench_soak.py [--requests 200] [--no-trim]``.
+A script, not a test: ``.venv/bin/python benchmarks/bench_soak.py [--requests 200] [--no-trim]``;
+``--abuse SECONDS``: mixed abuse instead (below).
 
 The app runs in this process (demo model unless ``--checkpoint``/``--vocab`` are given) and a
 ``gradio_client`` client sends, in turn: /tag with a small image, /tag with a 12 Mpx JPEG,
@@ -8,6 +9,13 @@ The app runs in this process (demo model unless ``--checkpoint``/``--vocab`` are
 images. Every ``--every`` requests it records the process's resident memory, its open file
 descriptors and the bytes in Gradio's cache and the batch output folder. ``--no-trim`` turns
 off the memory release after requests (``tagger.fairshare``), to compare.
+
+``--abuse SECONDS`` runs the app in a child process with a cache folder of its own and, for
+that long, rounds of: an upload cut off half-way (the connection closed), an upload refused
+part-way at the per-request cap (4 MiB here), a JSON body over its cap, /tag with a refused
+URL, and MCP ``tag`` calls with a ``data:`` image (a good one, an ICO that embeds a 48 Mpx
+PNG, one that is not an image). It prints the child's RSS and the cache folder (files, bytes)
+after a warm-up round and then every 30 s; everything refused or cut off must leave nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import argparse
 import contextlib
 import io
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -75,14 +84,167 @@ def inputs(folder: Path) -> dict[str, Path]:
     return files
 
 
+_CHILD = """
+import ctypes, gc, signal, sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+def trim(*_):  # SIGUSR1: what the allocator keeps once everything unused is given back
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+signal.signal(signal.SIGUSR1, trim)
+from app_server import start_app
+from tagger.fairshare import FairShareLimits
+app = start_app(["--demo"], limits=FairShareLimits(max_upload_request_bytes=4 * 2**20, upload_bytes_per_client=2**40))
+print("URL", app.url, flush=True)
+sys.stdin.read()  # until the parent closes it
+app.close()
+"""
+
+
+def proc_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MiB
+
+
+def folder_files(folder: Path) -> tuple[int, float]:
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".tagger")]
+    return len(files), sum(p.stat().st_size for p in files if p.exists()) / MiB
+
+
+def abuse(seconds: float) -> None:
+    import asyncio
+    import base64
+    import signal
+    import socket
+    import struct
+    import subprocess
+
+    import httpx
+    from gradio_client import Client, handle_file
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    cache = Path(tempfile.mkdtemp(prefix="soak-cache-"))
+    log = tempfile.NamedTemporaryFile(prefix="soak-log-", suffix=".txt", delete=False)  # noqa: SIM115
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(ROOT)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env={**os.environ, "GRADIO_TEMP_DIR": str(cache)},
+    )
+    assert child.stdout is not None and child.stdin is not None
+    url = next(line.split()[1] for line in child.stdout if line.startswith("URL "))
+    host, port = httpx.URL(url).host, httpx.URL(url).port
+    client = Client(url, verbose=False)
+
+    def data_url(data: bytes, mime: str) -> str:
+        return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+    photo = io.BytesIO()
+    Image.open(ROOT / "examples" / "cat.jpg").save(photo, "JPEG")
+    big = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(big, "PNG", compress_level=9)
+    stream = big.getvalue()
+    ico = b"\x00\x00\x01\x00\x01\x00" + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(stream), 22) + stream
+    images = [
+        data_url(photo.getvalue(), "image/jpeg"),
+        data_url(ico, "image/x-icon"),
+        data_url(b"no image", "image/png"),
+    ]
+
+    def multipart(size: int) -> bytes:
+        head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+        return head + b"x" * size + b"\r\n--b--\r\n"
+
+    def cut_off_upload() -> None:
+        body = multipart(2 * MiB)
+        with socket.create_connection((host, port)) as sock:
+            sock.sendall(
+                f"POST /gradio_api/upload HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; "
+                f"boundary=b\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body[: len(body) // 2]
+            )
+            time.sleep(0.2)
+
+    def refused_requests() -> list[int]:
+        body = multipart(5 * MiB)
+        with httpx.Client(base_url=url, timeout=60) as http:
+            chunks = iter([body[i : i + 2**16] for i in range(0, len(body), 2**16)])
+            over_cap = http.post(
+                "gradio_api/upload", content=chunks, headers={"Content-Type": "multipart/form-data; boundary=b"}
+            )
+            json_body = http.post("gradio_api/call/tag", content=b"[" + b" " * (2 * MiB) + b"]")
+        return [over_cap.status_code, json_body.status_code]
+
+    def refused_url() -> None:
+        with contextlib.suppress(Exception):
+            client.predict(handle_file(url + "gradio_api/file=examples/cat.jpg"), api_name="/tag")
+
+    async def mcp_calls() -> list[bool]:
+        async with (
+            streamable_http_client(url + "gradio_api/mcp/") as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            return [(await session.call_tool("tag", {"image": image})).isError for image in images]
+
+    def one_round() -> None:
+        cut_off_upload()
+        assert refused_requests() == [413, 413]
+        refused_url()
+        assert asyncio.run(mcp_calls()) == [False, True, True]
+
+    one_round()  # warm-up: imports, first calls, the MCP client
+    time.sleep(1)
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; abuse for {seconds:.0f} s\n")
+    print("| seconds | rounds | server RSS MiB | cache files | cache MiB |\n|---|---|---|---|---|")
+    start_rss, (start_files, start_mib) = proc_rss_mib(child.pid), folder_files(cache)
+    print(f"| 0 | 0 | {start_rss:.0f} | {start_files} | {start_mib:.2f} |")
+    started, rounds, next_row, peak = time.perf_counter(), 0, 30.0, start_rss
+    while (elapsed := time.perf_counter() - started) < seconds:
+        one_round()
+        rounds += 1
+        peak = max(peak, proc_rss_mib(child.pid))
+        if elapsed >= next_row:
+            next_row += 30
+            print(
+                f"| {elapsed:.0f} | {rounds} | {proc_rss_mib(child.pid):.0f} | "
+                + "{} | {:.2f} |".format(*folder_files(cache))
+            )
+    time.sleep(2)  # the server notices the last cut-off upload
+    end_rss, (end_files, end_mib) = proc_rss_mib(child.pid), folder_files(cache)
+    print(f"| {time.perf_counter() - started:.0f} | {rounds} | {end_rss:.0f} | {end_files} | {end_mib:.2f} |")
+    child.send_signal(signal.SIGUSR1)
+    time.sleep(2)
+    trimmed = proc_rss_mib(child.pid)
+    lines = Path(log.name).read_text(errors="replace").splitlines()
+    ours = [line for line in lines if " tagger: " in line]
+    print(
+        f"\nserver RSS {start_rss:.0f} -> {end_rss:.0f} MiB (highest seen {peak:.0f} MiB; after gc + malloc_trim(0): "
+        f"{trimmed:.0f} MiB), cache {start_files} files {start_mib:.2f} MiB -> {end_files} files {end_mib:.2f} MiB; "
+        f"{rounds} rounds of 7 abusive requests; the app logged {len(ours)} lines ({len(ours) / (rounds + 1):.1f} a "
+        f"round), {sum('Traceback' in line for line in lines)} tracebacks"
+    )
+    client.close()
+    child.stdin.close()
+    child.wait(timeout=60)
+    os.unlink(log.name)
+    shutil.rmtree(cache, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--abuse", type=float, metavar="SECONDS", help="mixed abuse for this long instead")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--no-trim", action="store_true", help="do not release memory after requests")
     parser.add_argument("--checkpoint")
     parser.add_argument("--vocab")
     args = parser.parse_args()
+    if args.abuse:
+        abuse(args.abuse)
+        return
 
     import gradio as gr
     from app_server import start_app

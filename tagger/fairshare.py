@@ -8,6 +8,8 @@ request:
 * **Who a client is** (``client_key``): the address the Space's proxy reports in
   ``X-Forwarded-For`` (the entry ``proxy_hops`` from the right, the one the proxy appended,
   so a client cannot choose it), else the connection's address; IPv6 clients by their /64.
+  An MCP request's caller is named by the guard in a signed header that Gradio's MCP server
+  carries to its loopback calls (``mcp_caller``), so those count for the caller.
 * **Per-client queue limits** (``FairQueue``): requests queued or running per browser session,
   per client and in the heavy group (batches, feature maps, similarity); more are refused with
   HTTP 429 and a sentence. Waiting requests are served round-robin across clients, so a
@@ -16,9 +18,11 @@ request:
   reading new images once it is spent and return what they have, the rest listed as not read.
 * **HTTP limits** (``RequestGuard``, ASGI middleware): no downloads of remote URLs through
   Gradio's ``/file=`` route (nor ``/proxy=``), JSON bodies and uploads capped per request,
-  uploaded bytes capped per client and for the whole Space per hour, events that skip the
+  uploaded bytes capped per client and for the whole Space per hour (``UploadBudget``: charged
+  as they arrive, so parallel uploads share one budget), events that skip the
   queue (``/run/``) limited per client and overall, and an unreadable upload answered with
-  a sentence instead of a server error.
+  a sentence instead of a server error. The partial files of an upload that fails (cut off,
+  refused part-way) are removed at once (``remove_files_of_failed_uploads``).
 * **Memory**: after a request that grew the process, unused heap is returned to the system
   (``release_memory``, glibc's ``malloc_trim``).
 
@@ -30,15 +34,19 @@ lists them with what a user sees.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import gc
+import hashlib
+import hmac
 import inspect
 import ipaddress
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -49,6 +57,8 @@ from urllib.parse import unquote
 
 import gradio as gr
 from fastapi import HTTPException
+from gradio import route_utils
+from starlette.requests import ClientDisconnect
 
 from tagger.intake import time_budget
 
@@ -81,7 +91,7 @@ class FairShareLimits:
     heavy_per_client: int = 2  # of those, in the heavy group (batches, feature maps, similarity)
     event_seconds: float = 300.0  # time budget of one event; a batch stops reading images after it
     max_json_bytes: int = 1 * MiB  # a JSON request body (API calls, queue joins)
-    max_mcp_json_bytes: int = 36 * MiB  # MCP tool calls may carry a base64 image (25 MiB decoded)
+    max_mcp_json_bytes: int = 4 * MiB  # MCP tool calls (the mcp package's own cap): a base64 image of ~3 MiB
     max_upload_request_bytes: int = 512 * MiB  # one /upload request, all its files together
     upload_bytes_per_client: int = 1 * GiB  # per client in upload_window_s
     upload_bytes_all: int = 16 * GiB  # the whole Space in upload_window_s
@@ -101,10 +111,37 @@ def _header(scope: Scope, name: bytes) -> list[str]:
     return [value.decode("latin-1") for key, value in scope.get("headers", ()) if key == name]
 
 
+# Gradio's MCP server runs each tool call through a gradio_client of its own on loopback,
+# forwarding the caller's headers: the request guard names the caller of every MCP request in
+# this header, signed with a secret of this process, so that those loopback calls count for
+# the caller (not for 127.0.0.1, nor for an X-Forwarded-For the caller chose).
+MCP_CALLER_HEADER = b"x-tagger-mcp-caller"
+_MCP_SECRET = secrets.token_bytes(32)
+
+
+def signed_caller(key: str) -> str:
+    """The value of ``MCP_CALLER_HEADER`` naming ``key``."""
+    return f"{key} {hmac.new(_MCP_SECRET, key.encode(), hashlib.sha256).hexdigest()}"
+
+
+def mcp_caller(scope: Scope) -> str | None:
+    """The client an MCP request (or Gradio's loopback call for it) is made for; None for every
+    other request (a value the guard did not sign does not verify)."""
+    values = _header(scope, MCP_CALLER_HEADER)
+    if len(values) != 1:
+        return None
+    key = values[0].rpartition(" ")[0]
+    return key if key and hmac.compare_digest(signed_caller(key), values[0]) else None
+
+
 def client_key(scope: Scope, proxy_hops: int) -> str:
-    """The client's address: with ``proxy_hops`` proxies in front (a Space has one), the entry
-    of ``X-Forwarded-For`` that the outermost of them appended; else the peer's address.
-    IPv6 addresses are grouped by /64 (one subscriber's usual allocation)."""
+    """The client's address: the MCP caller a request is made for (``mcp_caller``), else with
+    ``proxy_hops`` proxies in front (a Space has one), the entry of ``X-Forwarded-For`` that
+    the outermost of them appended; else the peer's address. IPv6 addresses are grouped by /64
+    (one subscriber's usual allocation)."""
+    caller = mcp_caller(scope)
+    if caller is not None:
+        return caller
     address = None
     if proxy_hops > 0:
         entries = [e.strip() for value in _header(scope, b"x-forwarded-for") for e in value.split(",") if e.strip()]
@@ -187,6 +224,36 @@ def rss_bytes() -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Disk: the files of uploads that fail
+
+
+def remove_files_of_failed_uploads() -> None:
+    """Gradio's multipart parser writes each uploaded file to a temporary file in the cache as
+    the body arrives, and removes them only when the body is malformed: an upload cut off by
+    the client, or refused by ``RequestGuard`` part-way, left its partial files there for good.
+    After this, any failure of a parse removes them at once."""
+    parser = route_utils.GradioMultiPartParser
+    parse = parser.parse
+    if getattr(parse, "_removes_partial_files", False):
+        return
+
+    @functools.wraps(parse)
+    async def parse_or_remove(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await parse(self, *args, **kwargs)
+        except BaseException:
+            for file in getattr(self, "_files_to_close_on_error", ()):  # Gradio's list of them
+                with contextlib.suppress(OSError):
+                    file.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(file.name)
+            raise
+
+    parse_or_remove._removes_partial_files = True  # type: ignore[attr-defined]
+    parser.parse = parse_or_remove  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------------------------------
 # The queue: per-client limits and round-robin order
 
 
@@ -211,10 +278,18 @@ class FairQueue:
         running = [e for job in self.queue.active_jobs if job for e in job]
         return waiting + running
 
+    @staticmethod
+    def session(event: Any) -> str | None:
+        """The session an event counts for: an MCP caller's own (Gradio's MCP server sends every
+        caller's calls through one gradio_client session), else the Gradio session."""
+        request = getattr(event, "request", None)
+        caller = mcp_caller(getattr(request, "scope", None) or {})
+        return f"mcp {caller}" if caller is not None else event.session_hash
+
     def _refusal(self, client: str, session: str | None, group: str | None) -> str | None:
         held = self._holding()
         limits = self.limits
-        if session is not None and sum(e.session_hash == session for e in held) >= limits.events_per_session:
+        if session is not None and sum(self.session(e) == session for e in held) >= limits.events_per_session:
             return (
                 f"You already have {limits.events_per_session} requests waiting or running; "
                 "wait for one to finish before sending another."
@@ -236,9 +311,8 @@ class FairQueue:
         client = client_key(request.scope, self.limits.proxy_hops)
         block_fn = getattr(self.queue.blocks, "fns", {}).get(body.fn_index)
         group = getattr(block_fn, "concurrency_id", None)
-        # Gradio's MCP server calls the app through one gradio_client session for all its users
-        # (forwarding each caller's headers): only the per-address limits apply to those.
-        session = None if _header(request.scope, b"x-gradio-user") == ["mcp"] else body.session_hash
+        caller = mcp_caller(request.scope)
+        session = f"mcp {caller}" if caller is not None else body.session_hash
         refusal = self._refusal(client, session, group)
         if refusal is not None:
             log.info("Refused a request from %s: %s", client, refusal)
@@ -268,6 +342,7 @@ def install(demo: gr.Blocks, limits: FairShareLimits, heavy_group: str) -> FairQ
     """Per-client limits on ``demo``'s queue (call after ``demo.queue()``), a time budget on
     every event function, and memory released after big requests."""
     release = _MemoryRelease(limits.trim_after_growth_bytes)
+    remove_files_of_failed_uploads()
     for block_fn in demo.fns.values():
         fn = block_fn.fn
         if fn is None or inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
@@ -291,11 +366,12 @@ class _TooLarge(HTTPException):
 
 
 class _Window:
-    """Bytes per key over a sliding window."""
+    """Bytes per key over a sliding window; an entry can grow after it was added (bytes
+    charged as a body arrives), and counts from when it was added."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
-        self.entries: defaultdict[str, deque[tuple[float, int]]] = defaultdict(deque)
+        self.entries: defaultdict[str, deque[list[float]]] = defaultdict(deque)
 
     def total(self, key: str) -> int:
         entries = self.entries[key]
@@ -305,10 +381,63 @@ class _Window:
         if not entries:
             del self.entries[key]
             return 0
-        return sum(n for _, n in entries)
+        return int(sum(n for _, n in entries))
 
-    def add(self, key: str, n: int) -> None:
-        self.entries[key].append((time.monotonic(), n))
+    def add(self, key: str, n: int) -> list[float]:
+        entry = [time.monotonic(), float(n)]
+        self.entries[key].append(entry)
+        return entry
+
+
+class UploadBudget:
+    """Uploaded bytes per client and for the whole Space over ``upload_window_s``. Bytes are
+    charged before they are stored (a declared length at once, a streamed body chunk by
+    chunk), so uploads running at the same time share one budget instead of each seeing
+    the total from before any of them started."""
+
+    def __init__(self, limits: FairShareLimits):
+        self.limits = limits
+        self.window = _Window(limits.upload_window_s)
+
+    def charge(self, client: str) -> UploadCharge:
+        """A new charge for one request of ``client``, at 0 bytes."""
+        return UploadCharge(self, client)
+
+    def check(self, client: str, more: int) -> None:
+        """Refuse (``_TooLarge`` with a sentence) if ``more`` bytes would pass a budget."""
+        limits = self.limits
+        mine = self.window.total(client)
+        if mine + more > limits.upload_bytes_per_client:
+            raise _TooLarge(
+                429,
+                f"Your address uploaded {format_bytes(mine)} in the last hour; the limit is "
+                f"{format_bytes(limits.upload_bytes_per_client)}. Try again later.",
+            )
+        if self.window.total("") + more > limits.upload_bytes_all:
+            raise _TooLarge(503, "This Space has received too many uploads in the last hour; try again later.")
+
+
+class UploadCharge:
+    """What one request has been charged so far (``UploadBudget.charge``)."""
+
+    def __init__(self, budget: UploadBudget, client: str):
+        self.budget = budget
+        self.client = client
+        self.bytes = 0
+        self._entries: tuple[list[float], list[float]] | None = None
+
+    def to(self, total: int) -> None:
+        """Charge the request for ``total`` bytes in all: what passes the count so far is new,
+        and refused (``_TooLarge``) if it does not fit the budgets; nothing is charged then."""
+        extra = total - self.bytes
+        if extra <= 0:
+            return
+        self.budget.check(self.client, extra)
+        if self._entries is None:
+            self._entries = (self.budget.window.add(self.client, 0), self.budget.window.add("", 0))
+        for entry in self._entries:
+            entry[1] += extra
+        self.bytes = total
 
 
 def _is_remote_file_route(path: str) -> bool:
@@ -335,10 +464,15 @@ class RequestGuard:
     """ASGI middleware in front of Gradio: remote-URL file routes, body and upload sizes,
     uploaded bytes per client, unqueued events per client (see the module docstring)."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limits: FairShareLimits):
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        limits: FairShareLimits,
+        budget: UploadBudget | None = None,
+    ):
         self.app = app
         self.limits = limits
-        self.uploads = _Window(limits.upload_window_s)
+        self.budget = budget or UploadBudget(limits)
         self.unqueued_now: Counter[str] = Counter()
         self.unqueued_slots: asyncio.Semaphore | None = None
 
@@ -356,6 +490,8 @@ class RequestGuard:
                 "Send an image URL as the image input instead.",
             )
             return
+        if "/gradio_api/mcp" in path:
+            scope = self._for_mcp_caller(scope)
         if method != "POST":
             await self.app(scope, receive, send)
             return
@@ -369,24 +505,51 @@ class RequestGuard:
                 limit = self.limits.max_mcp_json_bytes if "/mcp" in path else self.limits.max_json_bytes
                 await self._capped(scope, receive, send, limit, what="The request")
         except _TooLarge as refusal:
+            log.info("Refused a request from %s to %s: %s", client, path, refusal.message)
             await _answer(send, refusal.status, refusal.message)
+        except ClientDisconnect:
+            # Expected on a public server (a closed tab, a dropped connection): one line, no answer.
+            log.info("A request from %s to %s was cut off by the client.", client, path)
+
+    def _for_mcp_caller(self, scope: Scope) -> Scope:
+        """``scope`` with its client named in ``MCP_CALLER_HEADER`` (any such header sent replaced)."""
+        headers = [(key, value) for key, value in scope.get("headers", ()) if key != MCP_CALLER_HEADER]
+        scope = {**scope, "headers": headers}
+        caller = client_key(scope, self.limits.proxy_hops)
+        scope["headers"] = [*headers, (MCP_CALLER_HEADER, signed_caller(caller).encode("latin-1"))]
+        return scope
 
     async def _capped(
-        self, scope: Scope, receive: Receive, send: Send, limit: int, what: str, received: list[int] | None = None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        limit: int,
+        what: str,
+        on_body: Callable[[int], None] | None = None,
     ) -> None:
-        """Run the app with the request body capped at ``limit``; ``received[0]`` counts the bytes."""
+        """Run the app with the request body capped at ``limit``; ``on_body`` is told the bytes
+        received so far after each chunk (it may refuse the request by raising)."""
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             raise _TooLarge(413, f"{what} is {format_bytes(declared)}; the limit is {format_bytes(limit)}.")
         started = False
-        count = received if received is not None else [0]
+        count = 0
 
         async def counted_receive() -> Message:
+            nonlocal count
             message = await receive()
             if message.get("type") == "http.request":
-                count[0] += len(message.get("body", b""))
-                if count[0] > limit:
-                    raise _TooLarge(413, f"{what} is larger than the limit of {format_bytes(limit)}.")
+                count += len(message.get("body", b""))
+                try:
+                    if on_body is not None:
+                        on_body(count)
+                    if count > limit:
+                        raise _TooLarge(413, f"{what} is larger than the limit of {format_bytes(limit)}.")
+                except _TooLarge as refusal:
+                    # Raised inside the app, which answers it (an HTTPException): logged here, once.
+                    log.info("Refused a request to %s: %s", scope.get("path", ""), refusal.message)
+                    raise
             return message
 
         async def watched_send(message: Message) -> None:
@@ -396,7 +559,7 @@ class RequestGuard:
 
         try:
             await self.app(scope, counted_receive, watched_send)
-        except _TooLarge:
+        except (_TooLarge, ClientDisconnect):
             if started:
                 raise RuntimeError("request body limit passed after the response started") from None
             raise
@@ -407,28 +570,14 @@ class RequestGuard:
             raise _TooLarge(400, "The upload could not be read; send each file with a file name.") from None
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
-        limits = self.limits
         declared = _content_length(scope) or 0
-        cap = limits.max_upload_request_bytes
+        cap = self.limits.max_upload_request_bytes
         if declared > cap:  # refused before anything is stored or counted
             raise _TooLarge(413, f"The upload is {format_bytes(declared)}; the limit is {format_bytes(cap)}.")
-        mine, everyone = self.uploads.total(client), self.uploads.total("")
-        if mine + declared > limits.upload_bytes_per_client:
-            raise _TooLarge(
-                429,
-                f"Your address uploaded {format_bytes(mine)} in the last hour; the limit is "
-                f"{format_bytes(limits.upload_bytes_per_client)}. Try again later.",
-            )
-        if everyone + declared > limits.upload_bytes_all:
-            raise _TooLarge(503, "This Space has received too many uploads in the last hour; try again later.")
-        received = [0]
-        try:
-            await self._capped(scope, receive, send, cap, what="The upload", received=received)
-        finally:
-            # What arrived counts (a streamed body declares no length), refused or not.
-            counted = max(received[0], declared)
-            self.uploads.add(client, counted)
-            self.uploads.add("", counted)
+        charge = self.budget.charge(client)
+        charge.to(declared)  # the declared length is reserved before a byte is stored
+        # What arrives beyond it is charged chunk by chunk (a streamed body declares no length).
+        await self._capped(scope, receive, send, cap, what="The upload", on_body=charge.to)
 
     async def _unqueued(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
         limits = self.limits

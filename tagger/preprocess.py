@@ -25,7 +25,7 @@ from typing import BinaryIO, TypeAlias
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import BmpImagePlugin, IcnsImagePlugin, Image, Jpeg2KImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from tagger.errors import ImageError
 
@@ -172,7 +172,9 @@ class ImageHeader:
 
 def image_header(source: str | os.PathLike | bytes) -> ImageHeader | None:
     """The size and format a file's header declares, or None when it is not an image we
-    decode. Reads the header only: cheap enough to check limits before any decoding."""
+    decode. Reads the header only: cheap enough to check limits before any decoding. For an
+    icon container (ICO, ICNS) it is the largest image the container embeds, read from that
+    image's own header (``embedded_images``)."""
     try:
         fp: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     except (OSError, ValueError, TypeError):
@@ -180,6 +182,9 @@ def image_header(source: str | os.PathLike | bytes) -> ImageHeader | None:
     with fp, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
+            if _is_container(fp):  # never Image.open: Pillow's ICO plugin decodes while opening
+                embedded = embedded_images(fp)
+                return max(embedded, key=_cost) if embedded else None
             with Image.open(fp, formats=DECODABLE_FORMATS) as image:
                 return ImageHeader(image.width, image.height, image.format or "")
         except Image.DecompressionBombError as exc:
@@ -187,6 +192,84 @@ def image_header(source: str | os.PathLike | bytes) -> ImageHeader | None:
             return ImageHeader(int(found.group(1)), 1, "") if found else None
         except Exception:
             return None
+
+
+# Icon containers: their directory declares small sizes, but each entry is a PNG, BMP or JPEG
+# 2000 stream of any size, which Pillow decodes in full whatever the directory says.
+_ICO_MAGIC, _ICNS_MAGIC, _PNG_MAGIC = b"\x00\x00\x01\x00", b"icns", b"\x89PNG\r\n\x1a\n"
+_ICNS_STREAM_TYPES = tuple(
+    code
+    for readers in IcnsImagePlugin.IcnsFile.SIZES.values()
+    for code, reader in readers
+    if reader is IcnsImagePlugin.read_png_or_jpeg2000
+)
+
+
+def _is_container(fp: BinaryIO) -> bool:
+    start = fp.tell()
+    magic = fp.read(4)
+    fp.seek(start)
+    return magic in (_ICO_MAGIC, _ICNS_MAGIC)
+
+
+def _cost(header: ImageHeader) -> float:
+    return header.pixels / header.web_limit()
+
+
+def embedded_images(fp: BinaryIO) -> list[ImageHeader]:
+    """The images an ICO or ICNS file embeds as streams of their own (PNG, BMP, JPEG 2000), each
+    with the size and format of its own header; [] for any other file. Reads headers only and
+    leaves ``fp`` where it was."""
+    start = fp.tell()
+    try:
+        magic = fp.read(4)
+        if magic == _ICO_MAGIC:
+            return _ico_images(fp, start)
+        if magic == _ICNS_MAGIC:
+            fp.seek(start)
+            return _icns_images(fp)
+        return []
+    finally:
+        fp.seek(start)
+
+
+def _ico_images(fp: BinaryIO, start: int) -> list[ImageHeader]:
+    fp.seek(start + 4)
+    count = int.from_bytes(fp.read(2), "little")
+    directory = fp.read(16 * count)
+    found = []
+    for i in range(len(directory) // 16):
+        fp.seek(start + int.from_bytes(directory[16 * i + 12 : 16 * i + 16], "little"))
+        is_png = fp.read(8) == _PNG_MAGIC
+        fp.seek(-8, io.SEEK_CUR)
+        try:  # the classes Pillow's ICO plugin reads its entries with, headers only
+            image = PngImagePlugin.PngImageFile(fp) if is_png else BmpImagePlugin.DibImageFile(fp)
+        except Exception:
+            continue  # an entry Pillow cannot read either
+        width, height = image.size if is_png else (image.size[0], image.size[1] // 2)  # XOR + AND masks
+        found.append(ImageHeader(width, height, "PNG" if is_png else "BMP"))
+    return found
+
+
+def _icns_images(fp: BinaryIO) -> list[ImageHeader]:
+    icns = IcnsImagePlugin.IcnsFile(fp)  # the block directory, no pixel data
+    found = []
+    for code in _ICNS_STREAM_TYPES:
+        if code not in icns.dct:
+            continue
+        offset, length = icns.dct[code]
+        fp.seek(offset)
+        try:  # as Pillow's ICNS plugin reads them, headers only
+            if fp.read(8) == _PNG_MAGIC:
+                fp.seek(offset)
+                found.append(ImageHeader(*PngImagePlugin.PngImageFile(fp).size, "PNG"))
+            else:
+                fp.seek(offset)
+                stream = Jpeg2KImagePlugin.Jpeg2KImageFile(io.BytesIO(fp.read(length)))
+                found.append(ImageHeader(*stream.size, "JPEG2000"))
+        except Exception:
+            continue
+    return found
 
 
 def _load_path(source: str | os.PathLike, max_pixels: int, fit: Fit | None, reduced_decode: bool) -> Image.Image:
@@ -225,6 +308,9 @@ DECODABLE_FORMATS: tuple[str, ...] = (
 
 
 def _decode(fp: BinaryIO, name: str, max_pixels: int, fit: Fit | None, reduced_decode: bool) -> Image.Image:
+    with _decoding_errors(name, max_pixels):
+        for embedded in embedded_images(fp):  # before Image.open, which decodes an ICO's image
+            _check_size((embedded.width, embedded.height), name, max_pixels)
     with _decoding_errors(name, max_pixels), Image.open(fp, formats=DECODABLE_FORMATS) as image:
         # Image.open reads only the header (and the first frame's position), so the size
         # checks inside _finish run before any pixel data is decompressed.

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import logging
@@ -13,12 +14,14 @@ import os
 import re
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from gradio.exceptions import InvalidPathError
+from gradio.utils import get_upload_folder
 from pydantic import ValidationError
 from starlette.middleware import Middleware
 
@@ -28,8 +31,10 @@ from tagger.hub import resolve_model_files
 from tagger.predict import Tagger
 from tagger.runtime import ModelRunner
 from tagger.synthetic import DEMO_WARNING, demo_files
+from tagger.tempfiles import CacheKeeper
 from tagger.ui import CSS, build_demo
 from tagger.ui.context import HEAVY_QUEUE, AppContext
+from tagger.ui.mcp import serve_mcp_callers
 
 log = logging.getLogger("tagger")
 # The example images: examples/ of a checkout, installed as the package's tagger/examples/ (pyproject.toml).
@@ -46,6 +51,8 @@ QUEUE_MAX_SIZE = 64  # waiting requests beyond this are refused with "queue is f
 MAX_TEXT_CHARS = 10_000
 # The per-client limits each app was created with (read again by launch for the middleware).
 _LIMITS: weakref.WeakKeyDictionary[gr.Blocks, fairshare.FairShareLimits] = weakref.WeakKeyDictionary()
+# ... and its upload budget, shared by the request guard and the MCP tools.
+_BUDGETS: weakref.WeakKeyDictionary[gr.Blocks, fairshare.UploadBudget] = weakref.WeakKeyDictionary()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -103,13 +110,16 @@ def create_app(
     demo = build_demo(context)
     # The model is the scarce resource: on CPU one request at a time, on a GPU a few.
     concurrency = 1 if context.tagger.device.type == "cpu" else 4
-    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=concurrency)
+    # api_open=False (as on a Space): /gradio_api/run/<api> answers 404 for queued events, which
+    # would otherwise skip the queue, its concurrency groups and the per-client limits.
+    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=concurrency, api_open=False)
     if demo.delete_cache is None:  # read by Gradio when the server starts
         demo.delete_cache = CACHE_CLEANUP
     limits = limits or fairshare.FairShareLimits()
     fairshare.install(demo, limits, heavy_group=HEAVY_QUEUE)
     _readable_request_errors(demo)
     _LIMITS[demo] = limits
+    _BUDGETS[demo] = fairshare.UploadBudget(limits)
     return demo, context
 
 
@@ -130,8 +140,11 @@ def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
     The request guard (``tagger.fairshare.RequestGuard``) goes in front of Gradio's routes."""
     kwargs.setdefault("mcp_server", mcp_server_wanted())
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
-    guard = Middleware(fairshare.RequestGuard, limits=_LIMITS.get(demo) or fairshare.FairShareLimits())
+    limits = _LIMITS.get(demo) or fairshare.FairShareLimits()
+    budget = _BUDGETS.get(demo) or fairshare.UploadBudget(limits)
+    guard = Middleware(fairshare.RequestGuard, limits=limits, budget=budget)
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), guard]
+    app_kwargs["lifespan"] = _with_our_start_up(demo, budget, app_kwargs.get("lifespan"))
     return demo.launch(
         max_file_size=MAX_FILE_SIZE,
         show_error=True,
@@ -141,6 +154,41 @@ def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
         app_kwargs=app_kwargs,
         **kwargs,
     )
+
+
+def _with_our_start_up(
+    demo: gr.Blocks, budget: fairshare.UploadBudget, lifespan: Callable[[Any], Any] | None
+) -> Callable[[Any], Any]:
+    """``lifespan`` (an app's, or none) with, once the server starts: the MCP server's calls
+    made fit for a public Space (``tagger.ui.mcp``), and the cache folder swept at start-up
+    and on the cleanup schedule (``tagger.tempfiles``: Gradio's own clean-up only knows the
+    files it registered in this process)."""
+    every, older_than = demo.delete_cache or CACHE_CLEANUP
+
+    def kept() -> set[str]:
+        return {path for block in demo.blocks.values() for path in getattr(block, "keep_in_cache", ())}
+
+    def written() -> set[str]:
+        return {path for files in demo.temp_file_sets for path in files}
+
+    def forget(removed: AbstractSet[str]) -> None:
+        for files in demo.temp_file_sets:
+            files -= removed
+
+    keeper = CacheKeeper(get_upload_folder(), every, older_than, kept, written, forget)
+
+    @contextlib.asynccontextmanager
+    async def with_sweeps(app: Any) -> AsyncIterator[Any]:
+        if getattr(demo, "mcp_server_obj", None) is not None:  # made by launch(mcp_server=True)
+            serve_mcp_callers(demo.mcp_server_obj, budget)
+        async with keeper.running():
+            if lifespan is None:
+                yield None
+            else:
+                async with lifespan(app) as state:
+                    yield state
+
+    return with_sweeps
 
 
 def main(argv: Sequence[str] | None = None) -> int:

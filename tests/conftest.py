@@ -8,6 +8,8 @@ code as the real one in a fraction of a second.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,9 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
+# A cache folder of this session's own: the app sweeps its cache folder when it starts
+# (tagger.tempfiles), which must not reach the files of other test runs on the machine.
+os.environ["GRADIO_TEMP_DIR"] = os.environ.get("GRADIO_TEMP_DIR") or tempfile.mkdtemp(prefix="tagger-tests-gradio-")
 
 from gradio_client import Client
 from support import ForwardPasses, random_image
@@ -24,6 +29,12 @@ from support import ForwardPasses, random_image
 from tagger.model import Pixels, TaggerConfig
 from tagger.predict import Tagger
 from tagger.synthetic import write_random_checkpoint, write_random_vocabulary
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = os.environ["GRADIO_TEMP_DIR"]
+    if os.path.basename(folder).startswith("tagger-tests-gradio-"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

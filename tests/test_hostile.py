@@ -28,6 +28,7 @@ import ssl
 import stat
 import struct
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -49,7 +50,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, features
-from support import ForwardPasses, assert_sentence, decode_in_fresh_process, encoded, image_bytes, write_zip
+from support import (
+    ForwardPasses,
+    assert_sentence,
+    decode_in_fresh_process,
+    encoded,
+    image_bytes,
+    random_image,
+    write_zip,
+)
 
 import tagger.fetch as fetch
 from tagger.errors import TimeBudgetError, UploadError
@@ -903,6 +912,22 @@ def test_api_refuses_internal_urls(
     assert_serves(client, good_image)
 
 
+def test_refused_urls_log_one_line(
+    client: Client, local_server: LocalServer, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A refused URL is an expected refusal: one line in the log each, no traceback."""
+    caplog.set_level("INFO")
+    capfd.readouterr()
+    for _ in range(3):
+        with pytest.raises(AppError):
+            call_tag(client, handle_file(f"http://127.0.0.1:{local_server.port}/image.png"))
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    refused = [r for r in caplog.records if "Refused" in r.getMessage()]
+    assert len(refused) == 3 and not any(r.exc_info for r in caplog.records)
+    assert all("\n" not in r.getMessage() for r in refused)
+
+
 def test_api_fetches_allowed_url(allow_server: LocalServer, client: Client, good_image: Path) -> None:
     fetched = call_tag(client, handle_file(allow_server.url("/redirect-ok")))
     uploaded = call_tag(client, handle_file(str(good_image)))
@@ -1414,6 +1439,64 @@ def test_cache_is_cleaned_within_the_hour(app: RunningApp) -> None:
     assert every <= 600 and older_than <= 3600
 
 
+def test_a_restart_removes_what_an_earlier_run_left(tmp_path: Path) -> None:
+    """What a killed or crashed run left in the cache folder (a partial upload, an upload, a
+    result) is removed when the app starts again with the same folder; the new run's own
+    files stay."""
+    cache = tmp_path / "cache"
+    left = [cache / "tmpq1w2e3r4", cache / ("ab" * 32) / "photo.png", cache / "result-x" / "pca.png"]
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 100_000)
+    root = Path(__file__).resolve().parent.parent
+    script = (
+        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']\n"
+        "from app_server import start_app\n"
+        "import gradio as gr, os\n"
+        "app = start_app(['--demo'])\n"
+        "kept = {p for b in app.demo.blocks.values() for p in getattr(b, 'keep_in_cache', ())}\n"
+        "print('KEPT', len(kept), all(os.path.exists(p) for p in kept))\n"
+        "app.close()\n"
+    )
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(cache)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(root)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    (kept,) = [line.split() for line in done.stdout.splitlines() if line.startswith("KEPT ")]
+    assert int(kept[1]) > 0 and kept[2] == "True"  # the new run's example images are there
+    assert not [p for p in left if p.exists()]
+    assert "Removed 3 files (300000 bytes) left in" in done.stderr
+
+
+def test_a_running_instance_keeps_its_files(tmp_path: Path) -> None:
+    """A second instance on the same folder removes only what is past the cleanup age; a
+    scheduled sweep removes what is past it, whoever wrote it, except the kept files."""
+    from tagger.tempfiles import CacheKeeper, FolderClaim, sweep
+
+    cache = tmp_path / "cache"
+    young, example = cache / "tmpyoung", cache / "examples" / "cat.webp"
+    example.parent.mkdir(parents=True)
+    for path in (young, example):
+        path.write_bytes(b"x")
+    outside = tmp_path / "private.txt"
+    outside.write_bytes(b"secret")
+    (cache / "link").symlink_to(outside)
+    first, second = FolderClaim(cache), FolderClaim(cache)
+    try:
+        assert first.take() is True
+        assert second.take() is False  # the first is running
+        keeper = CacheKeeper(cache, 600, 3600, kept=lambda: {str(example)})
+        assert keeper.at_start(alone=False).paths == []  # nothing past the age
+        assert young.exists()
+        removed = sweep(cache, older_than=0, keep={str(example)})
+        assert sorted(Path(p).name for p in removed.paths) == ["link", "tmpyoung"]
+        assert example.exists() and outside.read_bytes() == b"secret"  # the link was not followed
+    finally:
+        first.release()
+        second.release()
+
+
 # ---------------------------------------------------------------------------------------------
 # Decoding cost: fitted decoding is the reference resize, in bounded memory
 
@@ -1595,6 +1678,57 @@ def test_costly_formats_have_lower_web_caps(
     assert f"more than this Space's limit of {limit} images" in info.value.message
 
 
+def icon(container: str, stream: bytes) -> bytes:
+    """An ICO or ICNS file whose directory declares one small icon (16x16; ICNS: 512x512@2),
+    the given PNG or JPEG 2000 stream."""
+    if container == "ICO":
+        return b"\x00\x00\x01\x00\x01\x00" + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(stream), 22) + stream
+    block = b"ic10" + struct.pack(">I", 8 + len(stream)) + stream
+    return b"icns" + struct.pack(">I", 8 + len(block)) + block
+
+
+@pytest.mark.parametrize(
+    ("container", "fmt", "size", "limit"),
+    [
+        ("ICO", "PNG", (8000, 6000), "40,000,000 pixels"),
+        ("ICNS", "PNG", (8000, 6000), "40,000,000 pixels"),
+        ("ICNS", "JPEG2000", (3000, 2100), "6,000,000 pixels for JPEG 2000 images"),
+    ],
+)
+def test_icon_containers_are_capped_by_what_they_embed(
+    client: Client, tmp_path: Path, container: str, fmt: str, size: tuple[int, int], limit: str
+) -> None:
+    """An icon whose directory declares a small image but which embeds a large one (Pillow
+    decodes the embedded stream in full, ICO even while opening the file: seconds and GiBs):
+    the embedded stream's own header is checked against the caps before anything is decoded."""
+    save = {"compress_level": 9} if fmt == "PNG" else {"quality_mode": "rates", "quality_layers": [400]}
+    path = tmp_path / f"liar.{container.lower()}"
+    path.write_bytes(icon(container, encoded(Image.new("L", size), fmt, **save)))
+    assert path.stat().st_size < 200_000
+    started = time.perf_counter()
+    with pytest.raises(AppError) as info:
+        call_tag(client, handle_file(str(path)))
+    width, height = size
+    assert f"the image is {width}x{height} ({width * height:,} pixels), more than this Space's limit of {limit}" in (
+        info.value.message
+    )
+    assert_sentence(info.value.message)
+    assert time.perf_counter() - started < 10  # a round trip; decoding it would take far longer
+
+
+@pytest.mark.parametrize("container", ["ICO", "ICNS"])
+def test_icon_containers_are_capped_in_the_library(container: str) -> None:
+    """The library's and the CLI's cap (100 Mpx) holds for what an icon embeds too: refused from
+    the embedded header at once (decoding 108 Mpx would take seconds and over 100 MiB)."""
+    data = icon(container, encoded(Image.new("L", (12000, 9000)), "PNG", compress_level=9))
+    started = time.perf_counter()
+    with pytest.raises(ImageError, match=r"the image is 12000x9000 \(108,000,000 pixels\), more than the limit"):
+        load_image(data)
+    assert time.perf_counter() - started < 0.5
+    honest = encoded(random_image(64, 64), container)  # icons as Pillow writes them still decode
+    assert load_image(honest).size[0] >= 64
+
+
 def test_batch_pixel_caps(tmp_path: Path, good_image: Path) -> None:
     small = good_image.read_bytes()  # 56 x 40 = 2,240 pixels
     archive = write_zip(tmp_path / "a.zip", {"a.png": small, "big.png": png_declaring(8000, 5001), "b.png": small})
@@ -1670,5 +1804,87 @@ def test_upload_caps(tight_app: RunningApp) -> None:
     assert over.json()["detail"].startswith("Your address uploaded 2.64 MiB")
     assert "in the last hour; the limit is 3 MiB" in over.json()["detail"]
     assert upload("203.0.113.12", 900 * 1024).status_code == 200  # another client is not affected
-    # Streamed bodies declare no length: what arrived is counted (the refused 1.07 MiB above too).
-    assert [upload("203.0.113.10", 900 * 1024, chunked=True).status_code for _ in range(4)] == [200, 200, 200, 429]
+    # Streamed bodies declare no length: what arrives is counted as it arrives (the refused
+    # 1.07 MiB above too), and the upload that would pass the budget is refused part-way.
+    assert [upload("203.0.113.10", 900 * 1024, chunked=True).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def multipart(size: int) -> tuple[bytes, dict[str, str]]:
+    body = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + b"x" * size
+    return body + b"\r\n--b--\r\n", {"Content-Type": "multipart/form-data; boundary=b"}
+
+
+def cache_files() -> set[Path]:
+    return {p for p in Path(gr.utils.get_upload_folder()).rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_parallel_uploads_share_one_budget(tight_app: RunningApp, chunked: bool) -> None:
+    """Eight 0.9 MiB uploads sent at once against a 3 MiB budget: at most 3 MiB is accepted
+    (a declared length is reserved before the body is read; a streamed one counted as it comes)."""
+    address = "203.0.113.20" if chunked else "203.0.113.21"
+    body, headers = multipart(900 * 1024)
+    headers["X-Forwarded-For"] = address
+    barrier = threading.Barrier(8)
+
+    def send() -> int:
+        with httpx.Client(base_url=tight_app.url, timeout=REQUEST_TIMEOUT_S) as http:
+            content = iter([body[i : i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
+            barrier.wait()
+            return http.post("gradio_api/upload", content=content, headers=headers).status_code
+
+    before = cache_files()
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(send())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 8 and set(results) <= {200, 429} and 429 in results, results
+    assert results.count(200) * 900 * 1024 <= 3 * 1024 * 1024
+    if not chunked:  # reserved up front: every one that fits, none more (streamed ones may all
+        assert results.count(200) == 3  # run out together, each charged for what it sent)
+    # The refused ones left no partial file behind (one stored upload: they are all the same bytes).
+    wait_for(lambda: len({p for p in cache_files() - before if p.name.startswith("tmp")}) == 0, 10)
+
+
+def test_refused_and_cut_off_uploads_leave_no_files(
+    tight_app: RunningApp, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An upload refused part-way (over the per-request cap) and five cut off by the client
+    (the connection closed after half the declared body): none leaves a file in the cache, and
+    each logs one line, no traceback."""
+    caplog.set_level("INFO", logger="tagger")
+    before = cache_files()
+    body, headers = multipart(1100 * 1024)
+    with httpx.Client(base_url=tight_app.url, timeout=REQUEST_TIMEOUT_S) as http:
+        chunks = iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+        refused = http.post("gradio_api/upload", content=chunks, headers={**headers, "X-Forwarded-For": "203.0.113.30"})
+    assert refused.status_code == 413
+    host, port = httpx.URL(tight_app.url).host, httpx.URL(tight_app.url).port
+    body, _ = multipart(800 * 1024)
+    for i in range(5):
+        with socket.create_connection((host, port)) as sock:
+            head = (
+                f"POST /gradio_api/upload HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 203.0.113.3{i + 1}\r\n"
+                f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body[: len(body) // 2])
+            time.sleep(0.3)  # the server has stored part of it
+    wait_for(lambda: sum("cut off by the client" in r.getMessage() for r in caplog.records) == 5, 20)
+    wait_for(lambda: not {p for p in cache_files() - before}, 10)
+    assert sum("larger than the limit of 1 MiB" in r.getMessage() for r in caplog.records) == 1
+    assert "Traceback" not in capfd.readouterr().err
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize("route", ["run", "api"])
+def test_queued_endpoints_are_not_served_outside_the_queue(app: RunningApp, good_image: Path, route: str) -> None:
+    """/gradio_api/run/<api> would skip the queue, its concurrency groups and the per-client
+    limits: off a Space too it answers 404 for queued endpoints (as Gradio does on a Space)."""
+    image = uploaded(app, good_image)
+    body = json.dumps({"data": [image, *TAG_DEFAULTS]})
+    with httpx.Client(base_url=app.url, timeout=REQUEST_TIMEOUT_S) as http:
+        response = http.post(f"gradio_api/{route}/tag", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 404
+    assert "join the queue" in response.json()["detail"]

@@ -384,18 +384,23 @@ def test_memory_is_returned_after_growth(monkeypatch) -> None:
     assert trims == [0]
 
 
-def test_mcp_calls_share_only_the_address_limits() -> None:
-    """Gradio's MCP server calls the app through one session for all its users (forwarding
-    each caller's headers): the session limit does not apply to it, the address limits do."""
+def test_mcp_callers_have_sessions_of_their_own() -> None:
+    """Gradio's MCP server calls the app through one gradio_client session for all its users:
+    each MCP caller (named by the request guard, signed) gets the session limit of its own;
+    a client that only says ``X-Gradio-User: mcp``, or names a caller without the signature,
+    does not escape its own session's limit."""
     from types import SimpleNamespace
 
     from fastapi import HTTPException
 
-    from tagger.fairshare import FairQueue
+    from tagger.fairshare import MCP_CALLER_HEADER, FairQueue, signed_caller
 
-    def request(address: str, mcp: bool) -> SimpleNamespace:
-        headers = [(b"x-forwarded-for", address.encode())] + ([(b"x-gradio-user", b"mcp")] if mcp else [])
-        return SimpleNamespace(scope={"client": ("127.0.0.1", 1), "headers": headers})
+    def request(address: str, caller: str | None = None, forged: bool = False) -> SimpleNamespace:
+        headers = [(b"x-gradio-user", b"mcp")]
+        if caller is not None:
+            value = signed_caller(caller) if not forged else f"{caller} {'0' * 64}"
+            headers.append((MCP_CALLER_HEADER, value.encode()))
+        return SimpleNamespace(scope={"client": (address, 1), "headers": headers})
 
     waiting: list = []
     event_queue = SimpleNamespace(queue=waiting)
@@ -410,20 +415,27 @@ def test_mcp_calls_share_only_the_address_limits() -> None:
         active_jobs=[None],
         blocks=SimpleNamespace(fns={0: SimpleNamespace(concurrency_id="tag")}),
     )
-    fair = FairQueue(queue, FairShareLimits(events_per_session=2, events_per_client=3, proxy_hops=1), "heavy")
-    body = SimpleNamespace(session_hash="mcp-session", fn_index=0)
+    fair = FairQueue(queue, FairShareLimits(events_per_session=2, events_per_client=3, proxy_hops=0), "heavy")
+
+    async def send(session: str, request: SimpleNamespace) -> str:
+        try:
+            await queue.push(body=SimpleNamespace(session_hash=session, fn_index=0), request=request, username=None)
+            return "ok"
+        except HTTPException as e:
+            return str(e.detail)
 
     async def flood() -> list[str]:
-        outcomes = []
-        for address in ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.1", "203.0.113.1", "203.0.113.1"]:
-            try:
-                await queue.push(body=body, request=request(address, mcp=True), username=None)
-                outcomes.append("ok")
-            except HTTPException as e:
-                outcomes.append(str(e.detail))
-        return outcomes
+        loopback = "127.0.0.1"  # Gradio's MCP client: one session, every caller
+        calls = [("mcp-session", request(loopback, "203.0.113.1")) for _ in range(3)]
+        calls += [("mcp-session", request(loopback, "203.0.113.2")) for _ in range(2)]
+        calls += [("own", request("198.51.100.9")) for _ in range(3)]  # only says X-Gradio-User: mcp
+        calls += [("own2", request("198.51.100.8", "203.0.113.7", forged=True)) for _ in range(3)]
+        return [await send(session, r) for session, r in calls]
 
     outcomes = asyncio.run(flood())
-    assert outcomes[:5] == ["ok"] * 5  # one session, five requests from three addresses
-    assert outcomes[5].startswith("Your address already has 3 requests")
-    assert fair.key(waiting[0]) == "203.0.113.1"
+    session_cap = "You already have 2 requests waiting or running"
+    assert outcomes[:2] == ["ok", "ok"] and outcomes[2].startswith(session_cap)  # caller 1: its own session
+    assert outcomes[3:5] == ["ok", "ok"]  # caller 2 is not held back by caller 1
+    assert outcomes[5:7] == ["ok", "ok"] and outcomes[7].startswith(session_cap)
+    assert outcomes[8:10] == ["ok", "ok"] and outcomes[10].startswith(session_cap)
+    assert fair.key(waiting[0]) == "203.0.113.1" and fair.key(waiting[-1]) == "198.51.100.8"

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from app_server import RunningApp
 from gradio_client import Client, handle_file
+from support import image_bytes
 
 from tagger.options import OPTION_FIELDS, option_info
 
@@ -131,3 +132,107 @@ def test_heatmap_tool_returns_the_images(app: RunningApp) -> None:
     images = [c for c in followed.content if c.type == "image"]
     assert len(images) == 2 and all(c.mimeType == "image/png" for c in images)
     assert base64.b64decode(images[0].data).startswith(b"\x89PNG")
+
+
+def test_tag_batch_tool_takes_a_list_of_files(app: RunningApp) -> None:
+    async def call(session: ClientSession) -> Any:
+        return await session.call_tool("tag_batch", {"files": [data_url(CAT), data_url(CAT)]})
+
+    result = with_session(app, call)
+    assert not result.isError, result.content
+    text = " ".join(c.text for c in result.content if c.type == "text")
+    assert "2 images" in text or "2 of 2" in text, text
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("data:image/png;base64," + base64.b64encode(b"not an image at all").decode(), "Could not read"),
+        ("data:image/png;base64,***", "is not valid base64"),
+        ("/etc/passwd", "as an http(s) URL or a base64 data: URL"),
+    ],
+)
+def test_tool_errors_are_sentences(app: RunningApp, image: str, expected: str) -> None:
+    """A failed call answers the app's sentence: never gradio_client's text, the loopback URL
+    or a server path."""
+
+    async def call(session: ClientSession) -> Any:
+        return await session.call_tool("tag", {"image": image})
+
+    result = with_session(app, call)
+    assert result.isError
+    text = result.content[0].text
+    assert expected in text, text
+    assert "127.0.0.1" not in text and "http://" not in text and "upstream" not in text.lower()
+
+
+def test_file_payloads_are_refused(app: RunningApp) -> None:
+    """A file payload dict would make Gradio's loopback client upload a file of the server's disk
+    (refused by the tool's schema, and by the app if a schema let one through)."""
+
+    async def call(session: ClientSession) -> Any:
+        payload = {"path": str(CAT), "meta": {"_type": "gradio.FileData"}}
+        return await session.call_tool("tag", {"image": payload})
+
+    result = with_session(app, call)
+    assert result.isError
+    assert "is not of type 'string'" in result.content[0].text or "not as file objects" in result.content[0].text
+
+
+def caller_session(app: RunningApp, source: str, work: Callable[[ClientSession], Awaitable[T]], **headers: str) -> T:
+    """``work`` in an MCP session from the loopback address ``source`` (127.0.0.2, ...: other
+    machines as far as the server can tell; only 127.0.0.1 is a trusted proxy for uvicorn)."""
+
+    async def main() -> T:
+        transport = httpx.AsyncHTTPTransport(local_address=source)
+        async with (
+            httpx.AsyncClient(transport=transport, headers=headers, timeout=60, follow_redirects=True) as http,
+            streamable_http_client(app.url + "gradio_api/mcp/", http_client=http) as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            return await work(session)
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def budget_app() -> Any:
+    from app_server import start_app
+
+    from tagger.fairshare import FairShareLimits
+
+    running = start_app(["--demo"], limits=FairShareLimits(upload_bytes_per_client=3 * 40_000, proxy_hops=0))
+    yield running
+    running.close()
+
+
+def cache_files() -> set[Path]:
+    from gradio.utils import get_upload_folder
+
+    return {p for p in Path(get_upload_folder()).rglob("*") if p.is_file()}
+
+
+def test_two_callers_have_budgets_of_their_own(budget_app: RunningApp) -> None:
+    """MCP data: images count for their caller's upload budget (not for 127.0.0.1, where
+    Gradio's MCP client runs): one caller spending its budget leaves the other's; an
+    X-Forwarded-For a caller chooses does not make it someone else off a Space; and no call,
+    answered or refused, leaves a file in the cache."""
+    image = "data:image/png;base64," + base64.b64encode(image_bytes(100, 100, seed=1)).decode()
+    assert 30_000 < len(base64.b64decode(image.partition(",")[2])) < 40_000
+
+    async def three_calls(session: ClientSession) -> list[Any]:
+        return [await session.call_tool("tag", {"image": image}) for _ in range(4)]
+
+    before = cache_files()
+    first = caller_session(budget_app, "127.0.0.2", three_calls)
+    assert [r.isError for r in first] == [False, False, False, True]
+    assert "Your address uploaded" in first[3].content[0].text and "the limit is" in first[3].content[0].text
+    forged = [
+        caller_session(budget_app, "127.0.0.2", three_calls, **{"X-Forwarded-For": f"198.51.100.{i}"})[0]
+        for i in range(2)
+    ]
+    assert all(r.isError and "Your address uploaded" in r.content[0].text for r in forged)
+    second = caller_session(budget_app, "127.0.0.3", three_calls)
+    assert [r.isError for r in second] == [False, False, False, True]  # a budget of its own
+    assert cache_files() == before

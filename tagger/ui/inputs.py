@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ from gradio.components.api_component import Api
 from gradio.data_classes import FileData
 from gradio.utils import NamedString, get_upload_folder
 
-from tagger.errors import FetchError, UploadError
+from tagger.errors import FetchError, UploadError, shorten
 from tagger.fetch import (
     DOWNLOAD_TIMEOUT_S,
     MAX_DOWNLOAD_BYTES,
@@ -56,6 +57,8 @@ __all__ = [
     "safe_api_components",
 ]
 
+
+log = logging.getLogger("tagger")
 
 if TYPE_CHECKING:  # for the checker: super() below is the Gradio component the mixin is mixed into
     from gradio.components import Component as _MixedInto
@@ -102,7 +105,9 @@ class _SafeDownloads(_MixedInto):
         try:
             return self.fetch_into_cache(url)
         except FetchError as e:
-            raise gr.Error(str(e)) from None
+            # Expected on a public server: one line in the log, no traceback.
+            log.info("Refused a URL: %s", shorten(str(e), 300))
+            raise gr.Error(str(e), print_exception=False) from None
 
     async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
         if is_url(url_or_file_path):
@@ -167,18 +172,21 @@ with _no_stub_files():
             if isinstance(url, str) and url.startswith("data:"):
                 return self._check_pixels(self._save_data_url(url), "the image data")
             if payload.path is None:
-                raise gr.Error("No image was received; please upload the image again.")
+                raise gr.Error("No image was received; please upload the image again.", print_exception=False)
             return self._check_pixels(str(payload.path), getattr(payload, "orig_name", None))
 
         def _save_data_url(self, url: str) -> str:
             # Gradio would decode (and fully decompress) a base64 image before any limit applies.
             encoded = url.partition(",")[2]
             if len(encoded) > (self.max_download_bytes * 4) // 3 + 4:
-                raise gr.Error(f"The image data is larger than the limit of {format_size(self.max_download_bytes)}.")
+                raise gr.Error(
+                    f"The image data is larger than the limit of {format_size(self.max_download_bytes)}.",
+                    print_exception=False,
+                )
             try:
                 data = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):
-                raise gr.Error("The image data URL is not valid base64.") from None
+                raise gr.Error("The image data URL is not valid base64.", print_exception=False) from None
             folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=Path(self.GRADIO_CACHE)))
             path = folder / "image"
             path.write_bytes(data)

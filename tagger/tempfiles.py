@@ -1,0 +1,154 @@
+"""The web app's cache folder on disk: nothing in it outlives the cleanup age or a restart.
+
+Gradio keeps uploads, URL downloads and results in one folder (``GRADIO_TEMP_DIR``) and, with
+``delete_cache``, removes the files it registered itself, from memory: files no request
+registered (a cut-off upload, a result nobody fetched) and everything a previous process left
+stayed for good. ``sweep`` removes by age whatever is in the folder; ``CacheKeeper`` runs it
+when the server starts and on the cleanup schedule:
+
+* at start-up, if no other instance of the app uses the folder (``FolderClaim``: a lock file
+  each instance holds shared while it runs; the kernel drops it when a process dies, even
+  killed), every file but the new instance's own is removed; else those past the age;
+* every ``every`` seconds, every file older than ``older_than`` seconds but the ones the app
+  keeps (its example images).
+
+The folder is the app's own, as on a Space: another program's files in it are removed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Set
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger("tagger")
+
+LOCK_NAME = ".tagger-cache.lock"
+
+
+@dataclass
+class Swept:
+    """What a sweep removed."""
+
+    paths: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+
+def sweep(folder: str | os.PathLike, older_than: float | None, keep: Set[str] = frozenset()) -> Swept:
+    """Remove every file under ``folder`` whose status changed more than ``older_than`` seconds
+    ago (None: every file), except the paths in ``keep`` and the lock file, then the folders
+    left empty. Links are removed, never followed."""
+    root = Path(os.path.abspath(folder))
+    cutoff = None if older_than is None else time.time() - older_than
+    kept = {os.path.abspath(p) for p in keep}
+    swept = Swept()
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = os.path.join(dirpath, name)  # absolute: root is
+            if path in kept or (dirpath == str(root) and name == LOCK_NAME):
+                continue
+            try:
+                status = os.lstat(path)
+                if cutoff is not None and status.st_ctime > cutoff:
+                    continue
+                os.unlink(path)
+            except OSError:  # removed meanwhile, or not ours to remove
+                continue
+            swept.paths.append(path)
+            swept.bytes += status.st_size
+        if dirpath != str(root):
+            with contextlib.suppress(OSError):  # not empty: something in it is kept or recent
+                os.rmdir(dirpath)
+    return swept
+
+
+class FolderClaim:
+    """A lock file in the cache folder, held shared by every running instance of the app."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / LOCK_NAME
+        self.file: IO[bytes] | None = None
+
+    def take(self) -> bool:
+        """Hold the claim; True when no other instance holds one (the folder is this one's alone)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "ab")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except OSError:
+            alone = False
+        fcntl.flock(self.file, fcntl.LOCK_SH)  # from exclusive: others may now start beside it
+        return alone
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # drops the lock
+            self.file = None
+
+
+class CacheKeeper:
+    """Start-up and scheduled sweeps of one app's cache folder (see the module docstring).
+
+    ``kept``: the paths the app keeps for good (its example images); ``written``: the paths it
+    has registered (at start-up: what building the app wrote, its own); ``forget``: told which
+    paths a scheduled sweep removed (so that Gradio's lists of them do not grow)."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        every: float,
+        older_than: float,
+        kept: Callable[[], Set[str]],
+        written: Callable[[], Set[str]] = frozenset,
+        forget: Callable[[Set[str]], None] = lambda removed: None,
+    ):
+        self.folder = Path(folder)
+        self.every = every
+        self.older_than = older_than
+        self.kept = kept
+        self.written = written
+        self.forget = forget
+
+    def at_start(self, alone: bool) -> Swept:
+        own = set(self.kept()) | set(self.written())
+        swept = sweep(self.folder, None if alone else self.older_than, own)
+        if swept.paths:
+            log.info(
+                "Removed %d files (%d bytes) left in %s by earlier runs.", len(swept.paths), swept.bytes, self.folder
+            )
+        return swept
+
+    def on_schedule(self) -> Swept:
+        swept = sweep(self.folder, self.older_than, self.kept())
+        if swept.paths:
+            self.forget(set(swept.paths))
+        return swept
+
+    @contextlib.asynccontextmanager
+    async def running(self, *_: Any) -> AsyncIterator[None]:
+        """The sweeps for as long as the server runs (an ASGI lifespan)."""
+        claim = FolderClaim(self.folder)
+        alone = await asyncio.to_thread(claim.take)
+        await asyncio.to_thread(self.at_start, alone)
+
+        async def scheduled() -> None:
+            while True:
+                await asyncio.sleep(self.every)
+                await asyncio.to_thread(self.on_schedule)
+
+        task = asyncio.create_task(scheduled())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            claim.release()
