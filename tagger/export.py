@@ -138,6 +138,17 @@ def backbone_matmuls(path: Path) -> list[str]:
     return [node.name for node in proto.graph.node if node.op_type == "MatMul" and node.input[1] in weights]
 
 
+def _readable(path: Path) -> Path:
+    """The quantisers write through temporary files (mode 0600); give the graph and its data
+    the permissions of any file written here."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in (path, path.parent / (path.name + ".data")):
+        if file.exists():
+            file.chmod(0o666 & ~umask)
+    return path
+
+
 def quantize_int8(source: Path, target: Path) -> Path:
     """Dynamic int8, per-channel weights, backbone MatMuls only (see the module doc)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -152,7 +163,7 @@ def quantize_int8(source: Path, target: Path) -> Path:
         use_external_data_format=True,
         extra_options={"MatMulConstBOnly": True},
     )
-    return target
+    return _readable(target)
 
 
 def quantize_q4(source: Path, target: Path) -> Path:
@@ -172,7 +183,7 @@ def quantize_q4(source: Path, target: Path) -> Path:
     quantizer.model.save_model_to_file(str(target), use_external_data_format=True)
     del quantizer
     gc.collect()
-    return target
+    return _readable(target)
 
 
 QUANTIZERS = {"int8": quantize_int8, "q4": quantize_q4}
@@ -285,7 +296,9 @@ def _choices(parser: argparse.ArgumentParser, flag: str, text: str, allowed: Seq
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Our progress lines only: onnxscript's optimiser logs every initializer it merges at INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)
     graphs = _choices(parser, "--graphs", args.graphs, GRAPHS)
     variants = _choices(parser, "--variants", args.variants, tuple(VARIANT_FILES))
     try:

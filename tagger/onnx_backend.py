@@ -196,6 +196,7 @@ def check_backend_args(args: Any) -> None:
 def onnx_model_files(args: Any) -> ModelFiles:
     """The graph and vocabulary ``--onnx`` (and ``--vocab``) name, as the bulk tool records model files."""
     check_backend_args(args)
+    require_onnx("--backend onnxruntime", ("onnxruntime",))
     graph = resolve_graph(args.onnx)
     vocab = Path(args.vocab).expanduser() if args.vocab else export_root(graph) / VOCAB_FILE
     if not vocab.is_file():
