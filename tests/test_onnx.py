@@ -307,3 +307,23 @@ def test_onnxruntime_backend_flag_mistakes_are_one_sentence(
     code, out, err = _cli(capsys, "--images", "x.png", *flags)
     assert code == 2 and not out
     assert_sentence(err.strip().splitlines()[-1].removeprefix("error: "))
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--backend", "onnxruntime", "--demo"],
+        ["--backend", "onnxruntime", "--onnx", "nowhere"],
+        ["--backend", "onnxruntime", "--onnx", "nowhere", "--engine", "ray"],
+    ],
+)
+def test_bulk_onnxruntime_flag_mistakes_are_one_sentence(
+    flags: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tagger.bulk.cli import main as bulk_main
+
+    write_images(tmp_path / "images", ["a.png"])
+    code = bulk_main([str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--quiet", *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert_sentence(err.strip().splitlines()[-1].removeprefix("error: "))

@@ -301,7 +301,10 @@ def _plan(args: argparse.Namespace, options: TagOptions, shard: ShardSpec) -> tu
     this run will tag."""
     inputs = Inputs.open(args.inputs, InputSettings(args.recursive, args.split, args.image_column, args.key_column))
     if args.backend == "onnxruntime":
-        files = onnx_model_files(args)
+        try:
+            files = onnx_model_files(args)
+        except (ValueError, OnnxExtraMissing) as e:  # a flag that does not go with it; the extra missing
+            raise BulkError(str(e)) from None
     else:
         files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
     repo, revision, checkpoint = model_identity(files)
