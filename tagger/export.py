@@ -16,8 +16,9 @@ Variants (tests/test_onnx.py checks each against torch; README "ONNX" has the me
 
 * ``model.onnx``: float32, the model's own numbers;
 * ``model_quantized.onnx``: dynamic int8 (``quantize_dynamic``), weights per output channel,
-  activations per tensor at run time, the backbone's MatMuls only: the head (a Gemm) stays
-  float32, because one scale per tensor over the 6400-d descriptor shifts rare tags' scores;
+  activations per tensor at run time, the backbone's MatMuls only; the head (a Gemm) stays
+  float32, so the drift comes from the backbone alone (no quantised head is offered: nothing
+  here shows that one keeps the scores);
 * ``model_q4.onnx``: 4-bit weight-only ``MatMulNBits`` (blocks of 32, symmetric), the backbone's
   MatMuls only, head in float32. ``quantize_dynamic(QUInt4)`` gives a graph ONNX Runtime
   refuses (no 4-bit MatMulInteger); MatMulNBits is its 4-bit route.
