@@ -20,8 +20,9 @@ Variants (tests/test_onnx.py checks each against torch; README "ONNX" has the me
   float32, so the drift comes from the backbone alone (no quantised head is offered: nothing
   here shows that one keeps the scores);
 * ``model_q4.onnx``: 4-bit weight-only ``MatMulNBits`` (blocks of 32, symmetric), the backbone's
-  MatMuls only, head in float32. ``quantize_dynamic(QUInt4)`` gives a graph ONNX Runtime
-  refuses (no 4-bit MatMulInteger); MatMulNBits is its 4-bit route.
+  MatMuls only, head in float32. ``quantize_dynamic(QUInt4)`` is no 4-bit route (onnxruntime
+  1.32 stops: its weights "must be 8-bit before packing as 4-bit values"; there is no 4-bit
+  MatMulInteger); MatMulNBits is ONNX Runtime's.
 
 Needs the ``onnx`` extra (onnx, onnxruntime, onnxscript); without it, one sentence says what
 to install.
