@@ -24,8 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from tagger.errors import CheckpointError, FetchError, ImageError, ResolutionError, SelectionError, VocabularyError
+from tagger.export import OnnxExtraMissing
 from tagger.fetch import fetch_url, is_url, local_network_too
 from tagger.hub import DEFAULT_REPO, resolve_model_files
+from tagger.onnx_backend import OnnxTagger, onnx_model_files
 from tagger.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
 from tagger.predict import Tagger
 from tagger.results import Selection, authors_json_entry, pretty_text, select_tags
@@ -97,6 +99,18 @@ def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGrou
         "(default: bf16 where the hardware has it, else fp32)",
     )
     parser.add_argument("--max-size", type=int, default=1024, help="long-edge cap in pixels (default 1024)")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help='torch (default), or onnxruntime: an ONNX export on the CPU (--onnx; pip install ".[onnx]")',
+    )
+    parser.add_argument(
+        "--onnx",
+        metavar="PATH",
+        help="with --backend onnxruntime: the folder python -m tagger.export wrote, or one of its .onnx files "
+        "(tagger/model_quantized.onnx: int8, tagger/model_q4.onnx: 4-bit)",
+    )
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -142,7 +156,11 @@ def _selection(args: argparse.Namespace, options: TagOptions) -> Selection:
     return replace(authors, threshold=0.0, topk=args.topk or AUTHORS_TOPK)
 
 
-def _load(args: argparse.Namespace) -> Tagger:
+def _load(args: argparse.Namespace) -> Tagger | OnnxTagger:
+    if args.backend == "onnxruntime":
+        files = onnx_model_files(args)
+        return OnnxTagger(files.checkpoint, files.vocab, max_size=args.max_size)
+
     def load(checkpoint: str | os.PathLike[str], vocab: str | os.PathLike[str]) -> Tagger:
         return Tagger(checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=args.max_size)
 
@@ -175,7 +193,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         return 2
     try:
         tagger = _load(args)
-    except (ResolutionError, CheckpointError, VocabularyError, ValueError) as e:
+    except (ResolutionError, CheckpointError, VocabularyError, ValueError, OnnxExtraMissing) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

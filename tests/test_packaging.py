@@ -20,7 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     # Built from a copy: setuptools writes build/ and *.egg-info beside the sources.
     source = tmp_path_factory.mktemp("source")
-    for name in ("pyproject.toml", "README.md", "requirements.txt", "requirements-bulk.txt", "requirements-test.txt"):
+    for name in (
+        "pyproject.toml",
+        "README.md",
+        "requirements.txt",
+        "requirements-bulk.txt",
+        "requirements-test.txt",
+        "requirements-onnx.txt",
+    ):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "tagger", source / "tagger", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "examples", source / "examples")
@@ -143,3 +150,5 @@ def test_dependencies_are_the_requirement_files(wheel: zipfile.ZipFile) -> None:
     assert "Provides-Extra: bulk" in metadata and "Provides-Extra: dev" in metadata
     bulk = [r for r in requires if 'extra == "bulk"' in r]
     assert len(bulk) == len(_requirements(ROOT / "requirements-bulk.txt"))
+    onnx = [r for r in requires if 'extra == "onnx"' in r]
+    assert len(onnx) == len(_requirements(ROOT / "requirements-onnx.txt"))

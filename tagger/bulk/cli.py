@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -32,7 +33,9 @@ from tagger.bulk.sharding import ShardSpec, gpu_workers, launch_workers
 from tagger.bulk.sources import Inputs, InputSettings
 from tagger.cli import add_model_arguments, add_option_arguments, options_from_args
 from tagger.errors import BulkError, CheckpointError, ResolutionError, SelectionError, VocabularyError
+from tagger.export import OnnxExtraMissing
 from tagger.hub import ModelFiles, resolve_model_files
+from tagger.onnx_backend import OnnxTagger, onnx_model_files
 from tagger.options import TagOptions
 from tagger.predict import Tagger, resolve_device
 from tagger.synthetic import DEMO_WARNING, demo_files
@@ -233,6 +236,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.engine == "ray":
         require_extra("ray")
     shard = ShardSpec.parse(args.shard)
+    if args.backend == "onnxruntime" and (args.engine == "ray" or args.gpus):
+        raise BulkError("--backend onnxruntime runs in this process on the CPU; leave out --engine ray and --gpus.")
     if args.max_size < 16:
         raise BulkError(f"--max-size must be at least 16 pixels, not {args.max_size}.")
     if args.gpus:
@@ -308,7 +313,13 @@ def _plan(
     """Inputs, model files and output folder checked (manifest written or compared), and what
     this run will tag."""
     inputs = Inputs.open(args.inputs, InputSettings(args.recursive, args.split, args.image_column, args.key_column))
-    files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
+    if args.backend == "onnxruntime":
+        try:
+            files = onnx_model_files(args)
+        except (ValueError, OnnxExtraMissing) as e:  # a flag that does not go with it; the extra missing
+            raise BulkError(str(e)) from None
+    else:
+        files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
     repo, revision, checkpoint = model_identity(files)
     survey = inputs.survey()
     counts = [s.get("images") for s in survey]
@@ -369,6 +380,10 @@ def _load_tagger(args: argparse.Namespace, files: ModelFiles) -> tuple[Tagger, i
     try:
         device = resolve_device(args.device)
         batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
+        if args.backend == "onnxruntime":
+            onnx = OnnxTagger(files.checkpoint, files.vocab, args.max_size, batch_size, args.reduced_decode)
+            # Duck-typed: OnnxTagger has every member of Tagger that the bulk pipeline uses.
+            return cast(Tagger, onnx), batch_size
         tagger = Tagger(
             files.checkpoint,
             files.vocab,
@@ -380,6 +395,6 @@ def _load_tagger(args: argparse.Namespace, files: ModelFiles) -> tuple[Tagger, i
         )
     except (CheckpointError, VocabularyError):
         raise
-    except ValueError as e:  # unknown device or dtype
+    except (ValueError, OnnxExtraMissing) as e:  # unknown device or dtype; the onnx extra missing
         raise BulkError(str(e)) from None
     return tagger, batch_size

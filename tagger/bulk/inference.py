@@ -84,6 +84,9 @@ def probabilities_and_descriptors(
     """Probabilities ``[B, num_tags]``, and descriptors ``[B, D]`` from the same forward pass."""
     if not descriptors:
         return tagger.run(pixels), None
+    both = getattr(tagger, "run_with_descriptors", None)
+    if callable(both):  # a backend without the head as a module (tagger.onnx_backend)
+        return both(pixels)
     features = tagger.run_descriptors(pixels)
     # The model's forward is head(descriptor(x)) with the head computing in float32 from the
     # descriptor widened to float32, which is what run_descriptors returns: the same numbers.
