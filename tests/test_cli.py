@@ -359,7 +359,7 @@ def test_each_option_flag_reaches_the_options():
         kind = OPTION_TYPES[f.name]
         if kind is bool:
             argv, expected = [flag], True
-        elif f.name in ("mode", "order"):
+        elif f.name in ("mode", "order", "implied"):
             value = choice_values(f.name)[-1]
             argv, expected = [flag, value], value
         elif kind in samples:
