@@ -346,6 +346,7 @@ def test_every_declared_option_is_a_flag_and_nothing_else_is_one():
     assert option_flags <= flags
     cli_only = {"--help", "--images", "--topk", "--format", "--checkpoint", "--vocab", "--repo", "--revision"}
     cli_only |= {"--demo", "--device", "--dtype", "--max-size", "--no-underscores", "--no-escape-parentheses"}
+    cli_only |= {"--implications", "--aliases"}  # files the process loads, as the app reads TAGGER_IMPLICATIONS
     assert flags - option_flags <= cli_only, "a flag that is neither a declared option nor a CLI setting"
 
 
