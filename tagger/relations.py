@@ -29,6 +29,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -341,8 +342,23 @@ class VocabRelations:
         targets, starts = np.unique(self._lift_dst, return_index=True)
         self._lift_targets, self._lift_starts = targets.astype(np.int64), starts
 
+    @cached_property
+    def keys(self) -> list[str]:
+        """``normalize_tag`` of each shown name, by index."""
+        return [normalize_tag(name) for name in self.names]
+
     def ancestors(self, i: int) -> np.ndarray:
         return self.ancestor_idx[self.ancestor_ptr[i] : self.ancestor_ptr[i + 1]]
+
+    def ancestors_of(self, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ancestors of each of ``tags``, concatenated in their order, and how many each has."""
+        starts, ends = self.ancestor_ptr[tags], self.ancestor_ptr[np.asarray(tags) + 1]
+        counts = ends - starts
+        if not counts.sum():
+            return np.zeros(0, dtype=np.int32), counts
+        # One gather for all: offsets restart at each tag's slice of the CSR arrays.
+        shift = np.repeat(starts - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+        return self.ancestor_idx[shift + np.arange(int(counts.sum()))], counts
 
     def lift(self, scores: np.ndarray) -> np.ndarray:
         """``implied=add``: each tag's score raised to the best score of the tags implying it."""

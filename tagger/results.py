@@ -263,14 +263,12 @@ def select_tags(scores: np.ndarray, vocab: Vocabulary, selection: Selection | No
     if relations is not None:
         names = relations.names
         if selection.implied == "remove":
-            implied: set[int] = set()
-            for i in picked:
-                implied.update(relations.ancestors(int(i)).tolist())
-            picked = np.asarray([i for i in picked if int(i) not in implied], dtype=np.int64)
+            picked = picked[~np.isin(picked, relations.ancestors_of(picked)[0])]
         shown: set[str] = set()
         unique = []
+        keys = relations.keys
         for i in picked:
-            key = normalize_tag(names[i])
+            key = keys[i]
             if key not in shown:  # an aliased tag and the tag it points to: the best one
                 shown.add(key)
                 unique.append(i)
@@ -370,8 +368,7 @@ def page_scores(scores: np.ndarray, vocab: Vocabulary, cutoff: float) -> dict:
     relations = vocab.relations
     names = vocab.tags if relations is None else relations.names
     if relations is not None and picked.size:
-        implied = [relations.ancestors(int(i)) for i in picked]
-        picked = np.union1d(picked, np.concatenate(implied)).astype(np.int64)
+        picked = np.union1d(picked, relations.ancestors_of(picked)[0]).astype(np.int64)
     payload = {
         "cutoff": cutoff,
         # float(float32) is exact, and JSON keeps a float64 exactly: the page compares the same numbers.
@@ -379,12 +376,14 @@ def page_scores(scores: np.ndarray, vocab: Vocabulary, cutoff: float) -> dict:
         "mcut": {str(c.id): mcut_threshold(scores[ids == c.id]) for c in CATEGORIES if np.any(ids == c.id)},
     }
     if relations is not None:
-        position = {int(i): p for p, i in enumerate(picked)}
-        implies = []
-        for p, i in enumerate(picked):
-            above = [position[int(a)] for a in relations.ancestors(int(i)) if int(a) in position]
-            if above:
-                implies.append([p, above])
+        # Every implied tag of a sent row is sent (above), so each maps to a row position.
+        above, counts = relations.ancestors_of(picked)
+        positions = np.searchsorted(picked, above).tolist()
+        implies, start = [], 0
+        for p, n in enumerate(counts.tolist()):
+            if n:
+                implies.append([p, positions[start : start + n]])
+                start += n
         lifted = relations.lift(scores)
         payload["relations"] = {
             "implies": implies,

@@ -324,3 +324,22 @@ def test_page_payload_carries_the_implied_rows_bounded(vocab):
     sent = [row[0] for row in payload["tags"]]
     assert sent == ["wolf", "canine", "canid", "mammal"]  # wolf and what it implies, nothing else
     assert payload["relations"]["implies"] == [[0, [1, 2, 3]], [1, [2, 3]], [2, [3]]]
+
+
+def test_the_readme_example_of_each_mode(tmp_path):
+    path = write_e621(
+        tmp_path / "tag_implications-x.csv.gz",
+        [("wolf", "canine", "active"), ("canine", "canid", "active"), ("canid", "mammal", "active")],
+    )
+    vocab = make_vocab()
+    attach(vocab, load_relations([str(path)]))
+    scores = scores_for(vocab, wolf=0.9, canine=0.6, mammal=0.5, tail=0.4)
+    strings = {
+        mode: TagOptions(implied=mode).tag_string(select_tags(scores, vocab, TagOptions(implied=mode).selection))
+        for mode in ("keep", "remove", "add")
+    }
+    assert strings == {
+        "keep": "wolf, canine, mammal, tail",
+        "remove": "wolf, tail",
+        "add": "wolf, canine, canid, mammal, tail",
+    }
