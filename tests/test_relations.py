@@ -343,3 +343,23 @@ def test_the_readme_example_of_each_mode(tmp_path):
         "remove": "wolf, tail",
         "add": "wolf, canine, canid, mammal, tail",
     }
+
+
+def test_hub_sources_are_files_of_the_models_repo(monkeypatch, files):
+    import tagger.hub as hub
+    from tagger.errors import ResolutionError
+
+    asked = []
+
+    def hub_file(filename, repo, revision=None):
+        asked.append((filename, repo, revision))
+        if filename == "absent.csv.gz":
+            raise ResolutionError(f"{repo} has no file {filename} (EntryNotFoundError).")
+        return files["e621_imp"]
+
+    monkeypatch.setattr(hub, "hub_file", hub_file)
+    monkeypatch.setenv("TAGGER_REPO", "someone/tagger")
+    assert resolve_source("hub:tag_implications.csv.gz") == files["e621_imp"]
+    assert asked == [("tag_implications.csv.gz", "someone/tagger", None)]
+    with pytest.raises(RelationsError, match=re.escape("someone/tagger has no file absent.csv.gz")):
+        resolve_source("hub:absent.csv.gz")

@@ -163,3 +163,27 @@ def test_the_page_follows_implied_without_the_server(app: RunningApp, browser: B
         assert not page.errors  # type: ignore[attr-defined]
     finally:
         page.context.close()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"browser tests need Debian's chromium at {CHROMIUM}")
+def test_a_malformed_wildcard_gets_its_sentence_under_the_field(app: RunningApp, browser: Browser):
+    from tagger.errors import SelectionError
+
+    with pytest.raises(SelectionError) as python:
+        TagOptions(exclude="*")
+    page = new_page(browser, DESKTOP)
+    try:
+        open_tagged(page, app)
+        before = page.locator("#tag-string textarea").input_value()
+        page.get_by_text("Tag string", exact=True).click()
+        box = page.locator("#exclude textarea")
+        box.fill("*")
+        box.press("Enter")
+        note = page.locator("#exclude .tv-field-error")
+        expect(note).to_have_text(str(python.value))
+        assert page.locator("#tag-string textarea").input_value() == before  # the last good tags stay
+        box.fill("*censor*, by *")
+        box.press("Enter")
+        expect(note).to_have_count(0)
+    finally:
+        page.context.close()
