@@ -133,13 +133,21 @@ def read_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
             raise RelationsError(f"{path}: expected a JSON list of objects with antecedent_name and consequent_name.")
         rows: Iterable[Mapping] = data
     else:
-        reader = csv.DictReader(io.StringIO(text))
-        wanted = {"antecedent_name", "consequent_name", "status"}
-        if not reader.fieldnames or not wanted <= set(reader.fieldnames):
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader, [])
+        wanted = ("antecedent_name", "consequent_name", "status")
+        if not set(wanted) <= set(header):
             raise RelationsError(
                 f"{path}: not an e621 export (expected the columns antecedent_name, consequent_name, status)."
             )
-        rows = reader
+        a, c, st = (header.index(name) for name in wanted)
+        last = max(a, c, st)
+        # Plain rows by column position: a third of DictReader's time on the e621 export's size.
+        return [
+            (row[a], row[c])
+            for row in reader
+            if len(row) > last and row[st] == "active" and row[a].strip() and row[c].strip()
+        ]
     pairs = []
     for row in rows:
         antecedent, consequent = row.get("antecedent_name"), row.get("consequent_name")
@@ -210,13 +218,15 @@ class Relations:
         sources: Sequence[str] = (),
     ) -> Relations:
         """Relations from ``(antecedent, consequent)`` rows; ``RelationsError`` names any cycle."""
-        spelling: dict[str, str] = {}
+        keys: dict[str, str] = {}  # names repeat (every child of a parent names it): normalise each once
 
         def key(name: str) -> str:
-            k = normalize_tag(name)
-            spelling.setdefault(k, name.replace("\\(", "(").replace("\\)", ")").replace("_", " ").strip())
+            k = keys.get(name)
+            if k is None:
+                k = keys[name] = normalize_tag(name)
             return k
 
+        spelling: dict[str, str] = {}  # only alias targets are shown under a name from the files
         direct: dict[str, str] = {}
         alias_rows = 0
         for old, new in aliases:
@@ -224,6 +234,7 @@ class Relations:
             old_key, new_key = key(old), key(new)
             if old_key != new_key:
                 direct[old_key] = new_key
+                spelling.setdefault(new_key, new.replace("\\(", "(").replace("\\)", ")").replace("_", " ").strip())
         _refuse_cycles({old: (new,) for old, new in direct.items()}, "aliases")
         resolved: dict[str, str] = {}
         for old in direct:
@@ -232,7 +243,7 @@ class Relations:
                 target = direct[target]
             resolved[old] = target
 
-        graph: dict[str, list[str]] = {}
+        graph: dict[str, tuple[str, ...]] = {}
         implication_rows = 0
         for antecedent, consequent in implications:
             implication_rows += 1
@@ -240,12 +251,13 @@ class Relations:
             a, c = resolved.get(a, a), resolved.get(c, c)
             if a == c:
                 continue
-            children = graph.setdefault(a, [])
+            children = graph.get(a, ())
             if c not in children:
-                children.append(c)
+                graph[a] = (*children, c)  # tuples: a few consequents each, far less memory than lists
+        keys.clear()
         _refuse_cycles(graph, "implications")
         return cls(
-            {a: tuple(cs) for a, cs in graph.items()},
+            graph,
             resolved,
             spelling,
             implication_rows,
@@ -432,21 +444,16 @@ def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> Relati
         return closure[start]
 
     ptr = np.zeros(len(vocab) + 1, dtype=np.int64)
-    chunks: list[np.ndarray] = []
+    flat: list[int] = []
     matched: set[tuple[str, str]] = set()
     missing: set[str] = set()
     for i, k in enumerate(keys):
         if k not in relations.implications:
             ptr[i + 1] = ptr[i]
             continue
-        found: list[int] = []
-        for name in close(k):
-            targets = by_key.get(name)
-            if targets:
-                found.extend(t for t in targets if t != i)
-        found_arr = np.unique(np.asarray(found, dtype=np.int32))
-        chunks.append(found_arr)
-        ptr[i + 1] = ptr[i] + found_arr.size
+        found = sorted({t for name in close(k) for t in by_key.get(name, ()) if t != i})
+        flat.extend(found)
+        ptr[i + 1] = ptr[i] + len(found)
     for a, consequents in relations.implications.items():
         for c in consequents:
             if a in by_key and c in by_key:
@@ -454,7 +461,7 @@ def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> Relati
             for name in (a, c):
                 if name not in by_key:
                     missing.add(name)
-    idx = np.concatenate(chunks).astype(np.int32) if chunks else np.zeros(0, dtype=np.int32)
+    idx = np.asarray(flat, dtype=np.int32)
 
     shown_index: dict[str, list[int]] = {}
     for i, name in enumerate(names):
