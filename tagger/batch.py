@@ -190,8 +190,9 @@ class CaptionNamer:
 class BatchWriter:
     """Writes ``captions.zip`` and ``tags.jsonl`` into ``directory`` as results arrive."""
 
-    def __init__(self, directory: str | os.PathLike, options: TagOptions):
+    def __init__(self, directory: str | os.PathLike, options: TagOptions, vocab: Vocabulary | None = None):
         self.directory = Path(directory)
+        self.vocab = vocab  # its relations rename prepended aliases
         self.directory.mkdir(parents=True, exist_ok=True)
         self.options = options
         self.captions_path = self.directory / "captions.zip"
@@ -212,7 +213,7 @@ class BatchWriter:
         if result.error is not None:
             return None
         name = self.namer.name_for(result.filename)
-        self._zip.writestr(name, self.options.tag_string(result.tags).encode("utf-8"))
+        self._zip.writestr(name, self.options.tag_string(result.tags, self.vocab).encode("utf-8"))
         return name
 
     def close(self) -> None:
@@ -284,7 +285,7 @@ def run_batch(
 
     output = BatchOutput(skipped=list(inputs.skipped))
     try:
-        with inputs, BatchWriter(directory, options) as writer:
+        with inputs, BatchWriter(directory, options, vocab) as writer:
             results = tag_items(
                 inputs,
                 prepare=prepare,

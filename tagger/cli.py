@@ -23,15 +23,25 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from tagger.errors import CheckpointError, FetchError, ImageError, ResolutionError, SelectionError, VocabularyError
+from tagger.errors import (
+    CheckpointError,
+    FetchError,
+    ImageError,
+    RelationsError,
+    ResolutionError,
+    SelectionError,
+    VocabularyError,
+)
 from tagger.export import OnnxExtraMissing
 from tagger.fetch import fetch_url, is_url, local_network_too
 from tagger.hub import DEFAULT_REPO, resolve_model_files
 from tagger.onnx_backend import OnnxTagger, onnx_model_files
 from tagger.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
 from tagger.predict import Tagger
+from tagger.relations import attach_sources
 from tagger.results import Selection, authors_json_entry, pretty_text, select_tags
 from tagger.synthetic import DEMO_WARNING, demo_files
+from tagger.vocab import Vocabulary
 
 CHUNK = 32  # images decoded ahead of the model; bounds memory on long lists
 
@@ -78,6 +88,38 @@ def add_option_arguments(
 def options_from_args(args: argparse.Namespace) -> TagOptions:
     """The ``TagOptions`` of flags added by ``add_option_arguments``; ``SelectionError`` if invalid."""
     return TagOptions.from_values(**{name: getattr(args, name) for name in OPTION_NAMES})
+
+
+def add_relation_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--implications FILE…`` and ``--aliases FILE…``: the boorus' relation files (README: Tag
+    implications and aliases), the same in ``tagger`` and ``tagger-bulk``."""
+    group = parser.add_argument_group("tag relations (for --implied, and aliases in typed tags and output)")
+    where = "paths, http(s) URLs (downloaded once into the cache) or hub:FILENAME"
+    group.add_argument(
+        "--implications",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help=f"e621 tag_implications-*.csv(.gz) or Danbooru tag_implications.json files: {where}",
+    )
+    group.add_argument(
+        "--aliases",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help=f"e621 tag_aliases-*.csv(.gz) or Danbooru tag_aliases.json files: {where}",
+    )
+
+
+def check_relation_arguments(args: argparse.Namespace, options: TagOptions) -> None:
+    """``SelectionError`` for ``--implied remove|add`` without implication files (it would do nothing)."""
+    if options.implied != "keep" and not args.implications:
+        raise SelectionError(f"--implied {options.implied} needs --implications FILE (README: Tag implications).")
+
+
+def attach_relation_arguments(args: argparse.Namespace, vocab: Vocabulary) -> None:
+    """Load the relation files of ``add_relation_arguments`` onto ``vocab``; the report goes to the log."""
+    attach_sources(vocab, args.implications, args.aliases, repo=args.repo, revision=args.revision)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -133,6 +175,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--format", choices=["pretty", "tags", "json"], default="pretty")
     add_model_arguments(parser.add_argument_group("model"))
+    add_relation_arguments(parser)
     add_option_arguments(
         parser,
         unset=True,
@@ -188,12 +231,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     try:
         options = options_from_args(args)
         selection = _selection(args, options)
+        check_relation_arguments(args, options)
     except SelectionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         tagger = _load(args)
-    except (ResolutionError, CheckpointError, VocabularyError, ValueError, OnnxExtraMissing) as e:
+        attach_relation_arguments(args, tagger.vocab)
+    except (ResolutionError, CheckpointError, VocabularyError, RelationsError, ValueError, OnnxExtraMissing) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -217,7 +262,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             if args.format == "json":
                 json_entries.append(authors_json_entry(name, tags))
             elif args.format == "tags":
-                print(options.tag_string(tags))
+                print(options.tag_string(tags, tagger.vocab))
             else:
                 print(f"== {name} ({len(tags)} tags)")
                 print(pretty_text(tags))

@@ -54,6 +54,10 @@ class ModelRunError(TaggerError, RuntimeError):
     """The model could not run this request (out of memory)."""
 
 
+class RelationsError(TaggerError, ValueError):
+    """A tag implication or alias file that cannot be read, or relations that form a cycle."""
+
+
 # The bulk command (``python -m tagger.bulk``).
 class BulkError(TaggerError, ValueError):
     """An input that cannot be read as a whole, a bad flag, or an output folder that cannot be resumed."""

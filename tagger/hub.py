@@ -188,6 +188,14 @@ def _download(filename: str, repo: str, revision: str | None, cache_dir: str | N
         return _fall_back_to_cache(error, filename, repo, revision, cache_dir)
 
 
+def hub_file(filename: str, repo: str, revision: str | None = None) -> Path:
+    """Any other file of a Hub repo (tag relation files), through the HF cache; ``ResolutionError`` if absent."""
+    try:
+        return _download(filename, repo, revision, None)[0]
+    except _HUB_ANSWERS as error:
+        raise ResolutionError(f"{repo} has no file {filename} ({type(error).__name__}).") from None
+
+
 def _probe(filename: str, repo: str, revision: str | None) -> None:
     """One request for the file's metadata, without retries: raises what the Hub answered, or
     ``_HubUnreachable`` at once when it cannot be reached.

@@ -16,7 +16,7 @@ from typing import Any, get_type_hints
 
 from tagger.errors import SelectionError
 from tagger.results import Selection, TagScore, _check_count, parse_tag_list, resolve_category, tag_string
-from tagger.vocab import CATEGORIES
+from tagger.vocab import CATEGORIES, Vocabulary
 
 
 def parse_category_values(text: str | dict | None) -> dict[str, float]:
@@ -158,6 +158,15 @@ class TagOptions:
         choices=(("By score", "score"), ("By category", "category")),
         group="format",
     )
+    implied: str = _option(
+        "keep",
+        label="Implied tags",
+        help="With tag implication files loaded: keep: as scored; remove: drop each tag that a more specific "
+        "selected tag implies (wolf drops canine); add: a tag scores at least as high as the tags implying it "
+        "(a confident wolf brings canine along).",
+        widget_help="Implications (wolf → canine): keep as scored, remove the implied tags, or add them.",
+        choices=(("Keep", "keep"), ("Remove implied", "remove"), ("Add implied", "add")),
+    )
     selection: Selection = field(init=False, repr=False, compare=False)
 
     @classmethod
@@ -194,16 +203,20 @@ class TagOptions:
             categories=categories or None,
             exclude=self.exclude,
             include=self.include,
+            implied=self.implied,
         )
         object.__setattr__(self, "selection", selection)
 
-    def tag_string(self, tags: Sequence[TagScore]) -> str:
+    def tag_string(self, tags: Sequence[TagScore], vocab: Vocabulary | None = None) -> str:
+        """The tag string; with ``vocab``'s relations, prepended aliases become the names they point to."""
+        relations = vocab.relations if vocab is not None else None
         return tag_string(
             tags,
             underscores=self.underscores,
             escape_parentheses=self.escape_parentheses,
             order=self.order,
             prepend=self.prepend,
+            rename=relations.shown if relations is not None else None,
         )
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import overload
 
@@ -84,6 +85,53 @@ def parse_tag_list(text: str | Iterable[str] | None) -> list[str]:
     return out
 
 
+IMPLIED = ("keep", "remove", "add")
+MAX_STARS = 8  # per pattern: more would only slow matching down
+
+
+def is_pattern(key: str) -> bool:
+    """Whether a typed tag (``normalize_tag`` form) is a glob: ``*`` or ``?`` not escaped by ``\\``."""
+    return re.search(r"(?<!\\)[*?]", key) is not None
+
+
+def check_pattern(name: str, item: str) -> None:
+    """A ``SelectionError`` naming option ``name`` for a glob that cannot be meant."""
+    key = normalize_tag(item)
+    if not is_pattern(key):
+        return
+    if not key.replace("*", "").strip():
+        raise SelectionError(f"{name}: {item!r} matches every tag; write part of a tag around the *, e.g. *censor*.")
+    if key.count("*") > MAX_STARS:
+        raise SelectionError(f"{name}: {item!r} has more than {MAX_STARS} '*'; use fewer.")
+
+
+def pattern_regex(key: str) -> re.Pattern[str]:
+    """A glob (``normalize_tag`` form) as a regex: ``*`` any run, ``?`` one character, ``\\*`` and
+    ``\\?`` themselves, everything else literally."""
+    out = []
+    for token in re.findall(r"\\[*?]|.", key, re.DOTALL):
+        out.append(".*" if token == "*" else "." if token == "?" else re.escape(token[-1]))
+    return re.compile("".join(out), re.DOTALL)
+
+
+_PATTERN_HITS: weakref.WeakKeyDictionary[Vocabulary, tuple[object, dict[str, list[int]]]] = weakref.WeakKeyDictionary()
+
+
+def _matching(key: str, vocab: Vocabulary, index: Mapping[str, list[int]]) -> list[int]:
+    """Indices of every tag whose comparison form matches the glob ``key`` (remembered per
+    vocabulary and relations: a blacklist is applied to every image)."""
+    owner, hits = _PATTERN_HITS.get(vocab, (None, {}))
+    if owner is not vocab.relations:
+        hits = {}
+    if key not in hits:
+        if len(hits) > 1024:
+            hits.clear()
+        regex = pattern_regex(key)
+        hits[key] = [i for name, indices in index.items() if regex.fullmatch(name) for i in indices]
+    _PATTERN_HITS[vocab] = (vocab.relations, hits)
+    return hits[key]
+
+
 def mcut_threshold(scores: np.ndarray) -> float:
     """Maximum Cut Thresholding (Largeron et al., 2012): the midpoint of the largest gap
     between consecutive sorted scores. Returns 1.0 for fewer than two scores."""
@@ -109,6 +157,10 @@ class Selection:
     - ``exclude``: tags never returned (matched ignoring case, ``_`` vs space, escapes).
     - ``include``: when not empty, only these tags can be returned (matched the same way; the
       other rules still apply to them).
+      Both take globs: ``*`` any run of characters, ``?`` one (``\\*``, ``\\?`` themselves).
+    - ``implied``: with tag relations attached to the vocabulary (``tagger.relations``),
+      ``remove`` drops every selected tag that another selected tag implies; ``add`` raises each
+      tag's score to the best score of the tags implying it before selecting; ``keep`` neither.
     """
 
     threshold: float = 0.35
@@ -120,6 +172,7 @@ class Selection:
     categories: Iterable[int | str] | None = None
     exclude: Iterable[str] = ()
     include: Iterable[str] = ()
+    implied: str = "keep"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalise arguments once, here
@@ -142,24 +195,43 @@ class Selection:
         if self.categories is not None:
             categories = [self.categories] if isinstance(self.categories, (str, int)) else self.categories
             set_(self, "categories", frozenset(resolve_category(c).id for c in categories))
-        set_(self, "exclude", frozenset(normalize_tag(t) for t in parse_tag_list(self.exclude)))
-        set_(self, "include", frozenset(normalize_tag(t) for t in parse_tag_list(self.include)))
+        if self.implied not in IMPLIED:
+            raise SelectionError(f"implied must be one of {', '.join(IMPLIED)}; got {self.implied!r}.")
+        for name in ("exclude", "include"):
+            items = parse_tag_list(getattr(self, name))
+            for item in items:
+                check_pattern(name, item)
+            set_(self, name, frozenset(normalize_tag(t) for t in items))
 
 
 def select_tags(scores: np.ndarray, vocab: Vocabulary, selection: Selection | None = None) -> list[TagScore]:
-    """Apply ``selection`` to one image's probabilities ``[num_tags]``; best first."""
+    """Apply ``selection`` to one image's probabilities ``[num_tags]``; best first.
+
+    With relations attached to ``vocab`` (``tagger.relations.attach``), typed tags go through
+    the aliases, tags are shown under the name an alias points to (each name once, its best
+    score), and ``selection.implied`` applies."""
     selection = selection or Selection()
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     if scores.shape[0] != len(vocab):
         raise SelectionError(f"Got {scores.shape[0]} scores for a vocabulary of {len(vocab)} tags.")
+    relations = vocab.relations
+    if relations is not None and selection.implied == "add":
+        scores = relations.lift(scores)
+    index = vocab.normalized_index if relations is None else relations.index
+
+    def find(key: str) -> list[int]:
+        if is_pattern(key):
+            return _matching(key, vocab, index)
+        return vocab.find(key) if relations is None else relations.find(key)
+
     eligible = scores >= selection.floor
     if selection.include:
         allowed = np.zeros_like(eligible)
         for tag in selection.include:
-            allowed[vocab.find(tag)] = True
+            allowed[find(tag)] = True
         eligible &= allowed
     for tag in selection.exclude:
-        eligible[vocab.find(tag)] = False
+        eligible[find(tag)] = False
 
     chosen: list[np.ndarray] = []
     wanted = selection.categories
@@ -187,9 +259,23 @@ def select_tags(scores: np.ndarray, vocab: Vocabulary, selection: Selection | No
         return []
     picked = np.concatenate(chosen)
     picked = picked[np.argsort(-scores[picked], kind="stable")]
+    names = vocab.tags
+    if relations is not None:
+        names = relations.names
+        if selection.implied == "remove":
+            picked = picked[~np.isin(picked, relations.ancestors_of(picked)[0])]
+        shown: set[str] = set()
+        unique = []
+        keys = relations.keys
+        for i in picked:
+            key = keys[i]
+            if key not in shown:  # an aliased tag and the tag it points to: the best one
+                shown.add(key)
+                unique.append(i)
+        picked = np.asarray(unique, dtype=np.int64)
     if selection.topk is not None:
         picked = picked[: selection.topk]
-    return [TagScore(vocab.tags[i], float(scores[i]), vocab.category_of(i), int(i)) for i in picked]
+    return [TagScore(names[i], float(scores[i]), vocab.category_of(i), int(i)) for i in picked]
 
 
 def top_tags(scores: np.ndarray, vocab: Vocabulary, k: int) -> list[TagScore]:
@@ -222,9 +308,11 @@ def tag_string(
     order: str = "score",
     prepend: Iterable[str] | str = (),
     separator: str = ", ",
+    rename: Callable[[str], str] | None = None,
 ) -> str:
     """Comma-separated tags. ``order`` is ``"score"`` (best first) or ``"category"`` (display
-    order of categories, best first within each). ``prepend`` tags come first, once."""
+    order of categories, best first within each). ``prepend`` tags come first, once;
+    ``rename`` maps each (an alias to the name it points to: ``VocabRelations.shown``)."""
     if order == "category":
         tags = [t for _, group in group_by_category(tags) for t in group]
     elif order != "score":
@@ -232,6 +320,8 @@ def tag_string(
     # Prepended tags may be typed already escaped (fate \(series\)): unescape them so that
     # format_tag escapes every tag exactly once.
     leading = [t.replace("\\(", "(").replace("\\)", ")") for t in parse_tag_list(prepend)]
+    if rename is not None:
+        leading = parse_tag_list([rename(t) for t in leading])
     seen = {normalize_tag(t) for t in leading}
     names = [t.tag for t in tags if normalize_tag(t.tag) not in seen]
     return separator.join(format_tag(name, underscores, escape_parentheses) for name in [*leading, *names])
@@ -263,19 +353,43 @@ def page_scores(scores: np.ndarray, vocab: Vocabulary, cutoff: float) -> dict:
     """What the page needs to select and format tags itself (``tagger/ui/assets/tag_rules.js``),
     as JSON: every tag scoring at least ``cutoff`` as ``[tag, score, category id, index]`` in
     vocabulary order, and each category's MCut threshold over all of its tags. Selections with
-    a floor at or above ``cutoff`` then give exactly what ``select_tags`` gives."""
+    a floor at or above ``cutoff`` then give exactly what ``select_tags`` gives.
+
+    With relations attached, tags are sent as shown (aliases), the rows also hold every tag
+    that a sent tag implies, and ``relations`` holds, per row position, the positions of the
+    rows it implies, plus the MCut thresholds of the ``add`` scores: the page can then follow
+    ``implied`` too. Its size is bounded by the sent tags times their implied tags."""
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     if scores.shape[0] != len(vocab):
         raise SelectionError(f"Got {scores.shape[0]} scores for a vocabulary of {len(vocab)} tags.")
     cutoff = _check_probability("cutoff", cutoff)
     ids = vocab.category_ids
     picked = np.flatnonzero(scores >= cutoff)
-    return {
+    relations = vocab.relations
+    names = vocab.tags if relations is None else relations.names
+    if relations is not None and picked.size:
+        picked = np.union1d(picked, relations.ancestors_of(picked)[0]).astype(np.int64)
+    payload = {
         "cutoff": cutoff,
         # float(float32) is exact, and JSON keeps a float64 exactly: the page compares the same numbers.
-        "tags": [[vocab.tags[i], float(scores[i]), int(ids[i]), int(i)] for i in picked],
+        "tags": [[names[i], float(scores[i]), int(ids[i]), int(i)] for i in picked],
         "mcut": {str(c.id): mcut_threshold(scores[ids == c.id]) for c in CATEGORIES if np.any(ids == c.id)},
     }
+    if relations is not None:
+        # Every implied tag of a sent row is sent (above), so each maps to a row position.
+        above, counts = relations.ancestors_of(picked)
+        positions = np.searchsorted(picked, above).tolist()
+        implies, start = [], 0
+        for p, n in enumerate(counts.tolist()):
+            if n:
+                implies.append([p, positions[start : start + n]])
+                start += n
+        lifted = relations.lift(scores)
+        payload["relations"] = {
+            "implies": implies,
+            "mcut_add": {str(c.id): mcut_threshold(lifted[ids == c.id]) for c in CATEGORIES if np.any(ids == c.id)},
+        }
+    return payload
 
 
 def tags_as_dicts(tags: Sequence[TagScore], with_category: bool = True) -> list[dict]:

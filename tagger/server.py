@@ -25,7 +25,7 @@ from gradio.utils import get_upload_folder
 from pydantic import ValidationError
 from starlette.middleware import Middleware
 
-from tagger import fairshare
+from tagger import fairshare, relations
 from tagger.errors import CheckpointError, ResolutionError, VocabularyError, shorten
 from tagger.hub import resolve_model_files
 from tagger.predict import Tagger
@@ -95,6 +95,14 @@ def load_context(args: argparse.Namespace) -> AppContext:
         else:
             files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
             tagger = load(files.checkpoint, files.vocab)
+        # Tag relations for the implied option and aliases (README: Tag implications and aliases).
+        relations.attach_sources(
+            tagger.vocab,
+            relations.sources_from_env(relations.ENV_IMPLICATIONS),
+            relations.sources_from_env(relations.ENV_ALIASES),
+            repo=args.repo,
+            revision=args.revision,
+        )
     except (ResolutionError, CheckpointError, VocabularyError, ValueError) as e:
         raise SystemExit(f"Cannot start the tagger: {e}") from None
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in {".jpg", ".png", ".webp"})

@@ -13,10 +13,14 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tagger.errors import VocabularyError
+
+if TYPE_CHECKING:
+    from tagger.relations import VocabRelations
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ class Vocabulary:
         self.tags: list[str] = tags
         self.category_ids: np.ndarray = np.asarray(category_ids, dtype=np.int16)
         self.source = source
+        # Implications and aliases mapped onto these tags (tagger.relations.attach), if loaded.
+        self.relations: VocabRelations | None = None
 
     def __len__(self) -> int:
         return len(self.tags)

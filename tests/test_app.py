@@ -279,6 +279,7 @@ def test_view_api_lists_tag_with_only_the_image_required(app, client):
         "underscores",
         "escape_parentheses",
         "order",
+        "implied",
     ]
     # UI-only events (image change, re-render, lookup, page load, examples) are not API endpoints.
     ui_only = {"/tag_image", "/rerender", "/run_lookup", "/on_load", "/load_example", "/lambda"}

@@ -347,6 +347,7 @@ def test_every_declared_option_is_a_flag_and_nothing_else_is_one():
     cli_only = {"--help", "--images", "--topk", "--format", "--checkpoint", "--vocab", "--repo", "--revision"}
     cli_only |= {"--demo", "--device", "--dtype", "--max-size", "--no-underscores", "--no-escape-parentheses"}
     cli_only |= {"--backend", "--onnx"}  # the ONNX Runtime backend (tests/test_onnx.py)
+    cli_only |= {"--implications", "--aliases"}  # files the process loads, as the app reads TAGGER_IMPLICATIONS
     assert flags - option_flags <= cli_only, "a flag that is neither a declared option nor a CLI setting"
 
 
@@ -360,7 +361,7 @@ def test_each_option_flag_reaches_the_options():
         kind = OPTION_TYPES[f.name]
         if kind is bool:
             argv, expected = [flag], True
-        elif f.name in ("mode", "order"):
+        elif f.name in ("mode", "order", "implied"):
             value = choice_values(f.name)[-1]
             argv, expected = [flag, value], value
         elif kind in samples:

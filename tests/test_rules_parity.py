@@ -106,6 +106,7 @@ NUMBERS += [
 ]
 NUMBERS += ["_1", "1_", "0.3 ", " 0.3", "0. 3", "1e400", "4e-320", "0.1\u2003", "'0.5'", '"x"', "0.2\x00"]
 CATEGORY_NAMES = [c.name for c in CATEGORIES]
+GLOBS = ["*a*", "c?t*", "*_*", "fate (*)", "\\*", "? *", "*ß*", "*猫", "*", " ** ", "*a*b*c*d*e*f*g*h*i*", "Σ*", "*.*"]
 
 
 def random_tag(rng: random.Random) -> str:
@@ -175,6 +176,8 @@ def random_tag_list(rng: random.Random, vocab: Vocabulary) -> str:
         items.append(random_tag(rng))
     if rng.random() < 0.1:
         items.append("")
+    if rng.random() < 0.15:  # globs, and the two kinds the page must refuse as Python does
+        items.append(rng.choice(GLOBS))
     return "".join(item + rng.choice([",", ", ", "\n", " ,"]) for item in items)
 
 
@@ -219,14 +222,16 @@ def random_values(rng: random.Random, vocab: Vocabulary, scores: np.ndarray) -> 
         "underscores": rng.random() < 0.5,
         "escape_parentheses": rng.random() < 0.5,
         "order": rng.choice(["score", "category", None]),
+        "implied": rng.choice(["keep", "remove", "add", None]),
     }
     if rng.random() < 0.01:
-        values[rng.choice(["mode", "order"])] = "nonsense"
+        values[rng.choice(["mode", "order", "implied"])] = "nonsense"
     assert set(values) == set(OPTION_NAMES)
     return values
 
 
 def expected(scores: np.ndarray, vocab: Vocabulary, values: dict) -> dict:
+    """What Python gives for one case: the tags' indices, the strings, or the error sentence."""
     try:
         options = TagOptions.from_values(**values)
     except SelectionError as e:
@@ -235,7 +240,7 @@ def expected(scores: np.ndarray, vocab: Vocabulary, values: dict) -> dict:
     strings = category_tag_strings(tags, underscores=options.underscores, escape_parentheses=options.escape_parentheses)
     return {
         "tags": [t.index for t in tags],
-        "string": options.tag_string(tags),
+        "string": options.tag_string(tags, vocab),
         "categories": [[c.name, s] for c, s in strings],
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib
 import logging
 import re
@@ -31,7 +32,14 @@ from tagger.bulk.progress import Progress, Summary
 from tagger.bulk.resume import ResumeState, check_manifest, new_manifest, options_hash
 from tagger.bulk.sharding import ShardSpec, gpu_workers, launch_workers
 from tagger.bulk.sources import Inputs, InputSettings
-from tagger.cli import add_model_arguments, add_option_arguments, options_from_args
+from tagger.cli import (
+    add_model_arguments,
+    add_option_arguments,
+    add_relation_arguments,
+    attach_relation_arguments,
+    check_relation_arguments,
+    options_from_args,
+)
 from tagger.errors import BulkError, CheckpointError, ResolutionError, SelectionError, VocabularyError
 from tagger.export import OnnxExtraMissing
 from tagger.hub import ModelFiles, resolve_model_files
@@ -111,6 +119,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     source.add_argument("--image-column", help="Parquet/datasets: the image column (default: found by type)")
     source.add_argument("--key-column", help="Parquet/datasets: a column of unique ids for keys (default: row number)")
     add_model_arguments(parser.add_argument_group("model"))
+    add_relation_arguments(parser)
     speed = parser.add_argument_group("speed")
     speed.add_argument("--batch-size", type=_positive, help="images per model call (default 32 on a GPU, 8 on CPU)")
     speed.add_argument(
@@ -232,6 +241,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     options = options_from_args(args)
+    check_relation_arguments(args, options)
     require_extra("pyarrow")
     if args.engine == "ray":
         require_extra("ray")
@@ -339,6 +349,7 @@ def _plan(
         txt_location=args.txt_location,
         descriptors=args.descriptors,
         shard_size=args.shard_size,
+        **relation_files(args),
     )
     locks = layout.state / "locks"
     with admission(locks):  # one starting run at a time: lock, manifest, leftover temporaries
@@ -366,6 +377,23 @@ def _plan(
     return plan, writer, files
 
 
+def relation_files(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The manifest's record of the relation files: each source with the SHA-256 of its content
+    (a changed file changes the tags, so a resume with it is refused)."""
+    from tagger.relations import resolve_source
+
+    recorded: dict[str, list[str]] = {}
+    for name in ("implications", "aliases"):
+        sources = getattr(args, name)
+        if sources:
+            paths = [resolve_source(s, args.repo, args.revision) for s in sources]
+            recorded[name] = [
+                f"{s} (sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:16]})"
+                for s, p in zip(sources, paths, strict=True)
+            ]
+    return recorded
+
+
 def _stop(progress: Progress | None, summary: Summary, message: str | None = None) -> None:
     """Close the bar, print the summary line, and why the run stopped early if it did."""
     if progress is not None:
@@ -383,18 +411,20 @@ def _load_tagger(args: argparse.Namespace, files: ModelFiles) -> tuple[Tagger, i
         if args.backend == "onnxruntime":
             onnx = OnnxTagger(files.checkpoint, files.vocab, args.max_size, batch_size, args.reduced_decode)
             # Duck-typed: OnnxTagger has every member of Tagger that the bulk pipeline uses.
-            return cast(Tagger, onnx), batch_size
-        tagger = Tagger(
-            files.checkpoint,
-            files.vocab,
-            device=device,
-            dtype=args.dtype,
-            max_size=args.max_size,
-            max_batch_size=batch_size,
-            reduced_decode=args.reduced_decode,
-        )
+            tagger = cast(Tagger, onnx)
+        else:
+            tagger = Tagger(
+                files.checkpoint,
+                files.vocab,
+                device=device,
+                dtype=args.dtype,
+                max_size=args.max_size,
+                max_batch_size=batch_size,
+                reduced_decode=args.reduced_decode,
+            )
     except (CheckpointError, VocabularyError):
         raise
     except (ValueError, OnnxExtraMissing) as e:  # unknown device or dtype; the onnx extra missing
         raise BulkError(str(e)) from None
+    attach_relation_arguments(args, tagger.vocab)
     return tagger, batch_size

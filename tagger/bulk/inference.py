@@ -108,7 +108,7 @@ def result_row(
     tags = select_tags(scores, tagger.vocab, options.selection)
     result = ImageResult(record.key, record.concept, item.sha256, tuple(tags))
     kept = np.flatnonzero(scores >= np.float32(options.selection.floor)).astype(np.int32)
-    return _row(item, result, kept, scores[kept].astype(np.float32), options.tag_string(tags), descriptor)
+    return _row(item, result, kept, scores[kept].astype(np.float32), options.tag_string(tags, tagger.vocab), descriptor)
 
 
 def _row(

@@ -209,6 +209,7 @@ class TagActor:
     def __init__(self, model: dict[str, Any], options: dict[str, Any], batch_size: int, descriptors: bool):
         from tagger.hub import resolve_model_files
         from tagger.predict import Tagger
+        from tagger.relations import attach_sources
 
         files = resolve_model_files(model["checkpoint"], model["vocab"], repo=model["repo"], revision=model["revision"])
         self.tagger = Tagger(
@@ -218,6 +219,10 @@ class TagActor:
             dtype=model["dtype"],
             max_size=model["max_size"],
             max_batch_size=batch_size,
+        )
+        # Relations load once per actor process, from the same sources (URLs: the cached download).
+        attach_sources(
+            self.tagger.vocab, model["implications"], model["aliases"], repo=model["repo"], revision=model["revision"]
         )
         if self.tagger.device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(ACTOR_CPUS_ON_GPU)
@@ -350,6 +355,8 @@ def run_ray(
         "device": "cuda" if on_gpu else "cpu",
         "dtype": args.dtype,
         "max_size": args.max_size,
+        "implications": list(getattr(args, "implications", [])),
+        "aliases": list(getattr(args, "aliases", [])),
     }
     if items:
         dataset = ray.data.from_items(items)

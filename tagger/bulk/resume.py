@@ -62,15 +62,18 @@ def _shown(value: Any) -> str:
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Sentences' parts naming each changed setting: '--threshold 0.35 then, 0.5 now'."""
     changed = []
-    for name in new:
+    # Relation files are recorded only when given: dropping them is a change too.
+    for name in dict.fromkeys([*new, *(k for k in ("implications", "aliases") if k in old)]):
         if name in ("options", "inputs", "version"):
             continue
-        if old.get(name) != new[name]:
-            changed.append(f"{flag(name)} was {_shown(old.get(name))}, now {_shown(new[name])}")
+        if old.get(name) != new.get(name):
+            changed.append(f"{flag(name)} was {_shown(old.get(name))}, now {_shown(new.get(name))}")
     old_options, new_options = old.get("options", {}), new.get("options", {})
+    defaults = options_values(TagOptions())  # an option newer than the manifest had its default then
     for name in new_options:
-        if old_options.get(name) != new_options[name]:
-            changed.append(f"{flag(name)} was {_shown(old_options.get(name))}, now {_shown(new_options[name])}")
+        before = old_options.get(name, defaults.get(name))
+        if before != new_options[name]:
+            changed.append(f"{flag(name)} was {_shown(before)}, now {_shown(new_options[name])}")
     old_inputs, new_inputs = old.get("inputs", []), new.get("inputs", [])
     if [i.get("input") for i in old_inputs] != [i.get("input") for i in new_inputs]:
         before = " ".join(i.get("input", "?") for i in old_inputs)

@@ -32,7 +32,14 @@ MODE_ONLY = {
     "topk_per_category": "topk",
 }
 DEFAULT_MODE = TagOptions().mode
-CHECKED_FIELDS = ("category_thresholds", "threshold", "character_threshold", "floor")  # errors shown beside
+CHECKED_FIELDS = (
+    "category_thresholds",
+    "threshold",
+    "character_threshold",
+    "floor",
+    "exclude",
+    "include",
+)  # errors shown beside
 # The widgets option_widget makes (their events, such as .change, are declared per class).
 OptionWidget: TypeAlias = gr.CheckboxGroup | gr.Radio | gr.Checkbox | gr.Slider | gr.Textbox
 

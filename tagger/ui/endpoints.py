@@ -216,7 +216,7 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
         """
         scores = ctx.scores_for(received_path(image))
         tags = select_tags(scores, ctx.vocab, options.selection)
-        return api_response(tags, options.tag_string(tags))
+        return api_response(tags, options.tag_string(tags, ctx.vocab))
 
     @api_endpoint
     def tag_batch(files: list[FileData], options: TagOptions) -> tuple[Table, FileData, FileData, str]:

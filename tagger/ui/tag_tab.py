@@ -25,7 +25,7 @@ import numpy as np
 from tagger.errors import FetchError
 from tagger.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
-from tagger.results import add_to_tag_list, page_scores
+from tagger.results import IMPLIED, add_to_tag_list, page_scores
 from tagger.ui.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, warning
 from tagger.ui.controls import build_option_controls
 from tagger.ui.features_tab import heatmap_info, heatmap_markdown, run_heatmap
@@ -42,21 +42,26 @@ DEFAULTS = TagOptions()
 # -- what the page is sent ------------------------------------------------------------------------
 
 
-def rules_config() -> dict:
-    """``TagRules.configure``'s argument: the category table, option defaults and choices."""
+def rules_config(vocab: Vocabulary | None = None) -> dict:
+    """``TagRules.configure``'s argument: the category table, option defaults and choices, and
+    with ``vocab``'s relations the aliases of typed tags (old name → the tag it means; sent once
+    per page, not per image)."""
     defaults = TagOptions()
+    relations = vocab.relations if vocab is not None else None
     return {
         "categories": [[c.id, c.name, c.color] for c in CATEGORIES],
         "defaults": {name: getattr(defaults, name) for name in OPTION_NAMES},
         "modes": list(MODES),
         "orders": list(ORDERS),
+        "implied": list(IMPLIED),
+        "aliases": relations.input_aliases if relations is not None else {},
     }
 
 
-def page_script() -> str:
+def page_script(vocab: Vocabulary | None = None) -> str:
     """The page's rules and view, as one <script> for the document head."""
     code = "\n".join((ASSETS / name).read_text(encoding="utf-8") for name in ("tag_rules.js", "tag_view.js"))
-    config = json.dumps(rules_config()).replace("</", "<\\/")
+    config = json.dumps(rules_config(vocab)).replace("</", "<\\/")
     assert "</script" not in code.lower()
     return f"<script>\n{code}\nTagRules.configure({config});\n</script>"
 
@@ -197,7 +202,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             )
             view = gr.HTML(
                 f'<div class="tv"><p class="tv-empty">{EMPTY}</p></div>',
-                head=page_script(),
+                head=page_script(vocab),
                 js_on_load=(
                     "TagView.bind(element, trigger, 'tag-view');"
                     # The view's custom events, named here so that Gradio offers them in Python:

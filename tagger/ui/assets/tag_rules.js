@@ -32,6 +32,9 @@
   let DEFAULTS = {};
   let MODES = ["threshold", "topk", "mcut"];
   let ORDERS = ["score", "category"];
+  let IMPLIED = ["keep", "remove", "add"];
+  let ALIASES = new Map(); // normalized typed old name -> the shown tag it means (tagger.relations)
+  const MAX_STARS = 8; // tagger.results.MAX_STARS
 
   class SelectionError extends Error {
     constructor(message, field) {
@@ -49,6 +52,8 @@
     DEFAULTS = config.defaults || {};
     MODES = config.modes || MODES;
     ORDERS = config.orders || ORDERS;
+    IMPLIED = config.implied || IMPLIED;
+    ALIASES = new Map(Object.entries(config.aliases || {}));
   }
 
   // -- Python string and number semantics ---------------------------------------------------
@@ -219,6 +224,38 @@
     return Array.from(out);
   }
 
+  // -- wildcards (tagger.results.is_pattern, check_pattern, pattern_regex) ---------------------
+
+  const SYNTAX = new Set("^$\\.*+?()[]{}|/".split(""));
+
+  function isPattern(key) {
+    return /(?<!\\)[*?]/.test(key);
+  }
+
+  function checkPattern(name, item) {
+    const key = normalizeTag(item);
+    if (!isPattern(key)) return;
+    if (!pyStrip(replaceAll(key, "*", ""))) {
+      throw new SelectionError(`${name}: ${pyRepr(item)} matches every tag; write part of a tag around the *, e.g. *censor*.`, name);
+    }
+    if (key.split("*").length - 1 > MAX_STARS) {
+      throw new SelectionError(`${name}: ${pyRepr(item)} has more than ${MAX_STARS} '*'; use fewer.`, name);
+    }
+  }
+
+  function patternRegex(key) {
+    let out = "";
+    for (const token of key.match(/\\[*?]|./gsu) || []) {
+      if (token === "*") out += "[\\s\\S]*";
+      else if (token === "?") out += "[\\s\\S]";
+      else {
+        const ch = Array.from(token).pop();
+        out += SYNTAX.has(ch) ? "\\" + ch : ch;
+      }
+    }
+    return new RegExp("^(?:" + out + ")$", "su");
+  }
+
   function describe(value) {
     if (typeof value === "string") return pyRepr(value);
     if (typeof value === "number") return pyNumberRepr(value);
@@ -289,7 +326,15 @@
       wanted = new Set();
       for (const c of categories) wanted.add(resolveCategory(c).id);
     }
-    const keys = (text) => new Set(parseTagList(text).map(normalizeTag));
+    const implied = v("implied");
+    if (!IMPLIED.includes(implied)) {
+      throw new SelectionError(`implied must be one of ${IMPLIED.join(", ")}; got ${describe(implied)}.`, "implied");
+    }
+    const keys = (name) => {
+      const items = parseTagList(v(name));
+      for (const item of items) checkPattern(name, item);
+      return new Set(items.map(normalizeTag));
+    };
     return {
       selection: {
         threshold,
@@ -298,8 +343,9 @@
         categoryThresholds,
         categoryTopk,
         categories: wanted,
-        exclude: keys(v("exclude")),
-        include: keys(v("include")),
+        exclude: keys("exclude"),
+        include: keys("include"),
+        implied,
       },
       format: {
         underscores: Boolean(v("underscores")),
@@ -327,33 +373,75 @@
    */
   function selectTags(payload, selection) {
     const keys = rowKeys(payload);
-    // vocab.find(tag) normalises the (already normalised) typed tag once more.
-    const include = new Set(Array.from(selection.include, normalizeTag));
-    const exclude = new Set(Array.from(selection.exclude, normalizeTag));
+    const relations = payload.relations || null;
+    const implied = selection.implied || "keep";
+    let rows = payload.tags;
+    if (relations && implied === "add") {
+      // tagger.relations.VocabRelations.lift over the rows: the page holds every row that a
+      // row at or above the cutoff implies.
+      const lifted = rows.map((row) => row[1]);
+      for (const [p, above] of relations.implies) for (const a of above) if (rows[p][1] > lifted[a]) lifted[a] = rows[p][1];
+      rows = rows.map((row, i) => [row[0], lifted[i], row[2], row[3], i]);
+    } else {
+      rows = rows.map((row, i) => [row[0], row[1], row[2], row[3], i]);
+    }
+    // vocab.find(tag) normalises the (already normalised) typed tag once more; aliases then apply.
+    const typed = (key) => {
+      key = normalizeTag(key);
+      return relations && ALIASES.has(key) ? normalizeTag(ALIASES.get(key)) : key;
+    };
+    const matcher = (set) => {
+      const exact = new Set();
+      const patterns = [];
+      for (const key of set) {
+        if (isPattern(key)) patterns.push(patternRegex(key));
+        else exact.add(typed(key));
+      }
+      return { size: set.size, has: (k) => exact.has(k) || patterns.some((re) => re.test(k)) };
+    };
+    const include = matcher(selection.include);
+    const exclude = matcher(selection.exclude);
     const eligible = new Map();
-    payload.tags.forEach((row, i) => {
+    rows.forEach((row, i) => {
       if (!(row[1] >= selection.floor)) return;
       if (include.size && !include.has(keys[i])) return;
       if (exclude.has(keys[i])) return;
       if (!eligible.has(row[2])) eligible.set(row[2], []);
       eligible.get(row[2]).push(row);
     });
-    const chosen = [];
+    const mcut = relations && implied === "add" ? relations.mcut_add : payload.mcut;
+    let chosen = [];
     for (const category of CATEGORIES) {
       if (selection.categories !== null && !selection.categories.has(category.id)) continue;
-      const rows = eligible.get(category.id);
-      if (!rows) continue;
+      const group = eligible.get(category.id);
+      if (!group) continue;
       if (selection.categoryTopk.has(category.id)) {
-        chosen.push(...rows.slice().sort(byScore).slice(0, selection.categoryTopk.get(category.id)));
+        chosen.push(...group.slice().sort(byScore).slice(0, selection.categoryTopk.get(category.id)));
         continue;
       }
       let threshold;
       if (selection.categoryThresholds.has(category.id)) threshold = selection.categoryThresholds.get(category.id);
-      else if (selection.mcut) threshold = Math.fround(Math.max(payload.mcut[category.id], selection.floor));
+      else if (selection.mcut) threshold = Math.fround(Math.max(mcut[category.id], selection.floor));
       else threshold = selection.threshold;
-      for (const row of rows) if (row[1] >= threshold) chosen.push(row);
+      for (const row of group) if (row[1] >= threshold) chosen.push(row);
     }
-    return chosen.sort(byScore);
+    chosen.sort(byScore);
+    if (relations) {
+      if (implied === "remove") {
+        const above = new Map(relations.implies);
+        const dropped = new Set();
+        for (const row of chosen) for (const a of above.get(row[4]) || []) dropped.add(a);
+        chosen = chosen.filter((row) => !dropped.has(row[4]));
+      }
+      const shown = new Set(); // an aliased tag and the tag it points to: the best one
+      chosen = chosen.filter((row) => {
+        const key = keys[row[4]];
+        if (shown.has(key)) return false;
+        shown.add(key);
+        return true;
+      });
+    }
+    return chosen.map((row) => row.slice(0, 4));
   }
 
   /** Whether a floor this low needs scores the payload does not hold. */
@@ -381,7 +469,8 @@
   /** tagger.results.tag_string */
   function tagString(rows, format, separator = ", ") {
     if (format.order === "category") rows = groupByCategory(rows).flatMap(([, group]) => group);
-    const leading = parseTagList(format.prepend || "").map((t) => replaceAll(replaceAll(t, "\\(", "("), "\\)", ")"));
+    let leading = parseTagList(format.prepend || "").map((t) => replaceAll(replaceAll(t, "\\(", "("), "\\)", ")"));
+    if (ALIASES.size) leading = parseTagList(leading.map((t) => (ALIASES.has(normalizeTag(t)) ? ALIASES.get(normalizeTag(t)) : t)));
     const seen = new Set(leading.map(normalizeTag));
     const names = rows.map((row) => row[0]).filter((name) => !seen.has(normalizeTag(name)));
     return [...leading, ...names].map((name) => formatTag(name, format.underscores, format.escapeParentheses)).join(separator);

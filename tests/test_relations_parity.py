@@ -1,0 +1,164 @@
+"""The page's selection with tag relations (``tag_rules.js`` under node) against Python's
+(``select_tags``, ``tag_string``) on seeded random vocabularies, implication graphs and
+aliases: for each ``implied`` mode, the same tags in the same order, the same strings and the
+same error sentences, from the payload ``page_scores`` sends and the aliases ``rules_config``
+sends. Any difference fails."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from test_rules_parity import NODE, random_scores, random_tag, random_values, run_node, variant
+
+from tagger.errors import RelationsError
+from tagger.options import TagOptions
+from tagger.relations import Relations, attach
+from tagger.results import category_tag_strings, page_scores, select_tags
+from tagger.ui.tag_tab import rules_config
+from tagger.vocab import CATEGORIES, Vocabulary
+
+CASES = 1500
+
+pytestmark = pytest.mark.skipif(NODE is None, reason="the parity test runs the page's rules under node")
+
+RUNNER = r"""
+const fs = require("fs");
+const rules = require(process.argv[1]);
+const revive = (key, value) => (value && typeof value === "object" && "$float" in value ? Number(value.$float) : value);
+const input = JSON.parse(fs.readFileSync(0, "utf8"), revive);
+const out = input.cases.map(({ config, payload, values }) => {
+  rules.configure(config);
+  let built;
+  try {
+    built = rules.options(values);
+  } catch (e) {
+    if (!(e instanceof rules.SelectionError)) return { crash: String(e && e.stack) };
+    return { error: e.message };
+  }
+  const rows = rules.selectTags(payload, built.selection);
+  return {
+    tags: rows.map((row) => row[3]),
+    scores: rows.map((row) => row[1]),
+    names: rows.map((row) => row[0]),
+    string: rules.tagString(rows, built.format),
+    categories: rules.categoryStrings(rows, built.format).map(([c, s]) => [c.name, s]),
+  };
+});
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def written(rng: random.Random, name: str) -> str:
+    """A name as the boorus' files write it: underscores, maybe without the vocabulary's ``by ``."""
+    if name.lower().startswith("by ") and rng.random() < 0.7:
+        name = name[3:]
+    return name.replace(" ", "_") if rng.random() < 0.8 else name
+
+
+def random_relations(rng: random.Random, vocab: Vocabulary) -> Relations:
+    tags = list(vocab.tags)
+    order = rng.sample(range(len(tags)), len(tags))  # edges go forward in this order: no cycle among tags
+    missing = [f"missing {k}" for k in range(rng.randint(0, 4))]
+    implications = []
+    for _ in range(rng.randint(0, 2 * len(tags))):
+        a, b = sorted(rng.sample(range(len(order)), 2)) if len(order) > 1 else (0, 0)
+        if a == b:
+            continue
+        implications.append((written(rng, tags[order[a]]), written(rng, tags[order[b]])))
+    for name in missing:  # chains through names the vocabulary lacks
+        if len(order) > 1 and rng.random() < 0.7:
+            a, b = sorted(rng.sample(range(len(order)), 2))
+            implications += [(written(rng, tags[order[a]]), name), (name, written(rng, tags[order[b]]))]
+    aliases = []
+    for k in range(rng.randint(0, 4)):
+        aliases.append((f"old name {k}", written(rng, rng.choice(tags))))  # typed old names
+    if rng.random() < 0.5:
+        aliases.append((written(rng, rng.choice(tags)), f"new name {rng.randint(0, 9)}"))  # shown renamed
+    if rng.random() < 0.3 and len(tags) > 1:
+        old, new = rng.sample(tags, 2)
+        aliases.append((written(rng, old), written(rng, new)))  # two tags shown under one name
+    return Relations.from_pairs(implications, aliases)
+
+
+def random_vocab(rng: random.Random) -> Vocabulary:
+    size = rng.randint(2, 40)
+    tags: list[str] = []
+    while len(tags) < size:
+        tag = random_tag(rng)
+        if rng.random() < 0.15:
+            tag = "by " + tag
+        if tag.strip().lower() not in {t.strip().lower() for t in tags}:
+            tags.append(tag)
+    present = rng.sample([c.id for c in CATEGORIES], rng.randint(1, 4))
+    return Vocabulary(tags, np.array([rng.choice(present) for _ in tags], dtype=np.int16))
+
+
+def typed_with_aliases(rng: random.Random, vocab: Vocabulary, values: dict) -> None:
+    """Old names and globs in the typed fields, so that the aliases are used."""
+    for name in ("exclude", "include", "prepend"):
+        if rng.random() < 0.4:
+            extra = rng.choice([f"old_name_{rng.randint(0, 4)}", variant(rng, f"old name {rng.randint(0, 4)}"), "*a*"])
+            values[name] = f"{values[name] or ''}, {extra}" if rng.random() < 0.5 else extra
+    if rng.random() < 0.3:
+        values["include"] = ""
+
+
+def expected(scores: np.ndarray, vocab: Vocabulary, values: dict) -> dict:
+    try:
+        options = TagOptions.from_values(**values)
+    except Exception as e:  # SelectionError only: anything else fails the comparison below
+        return {"error": str(e)}
+    tags = select_tags(scores, vocab, options.selection)
+    strings = category_tag_strings(tags, underscores=options.underscores, escape_parentheses=options.escape_parentheses)
+    return {
+        "tags": [t.index for t in tags],
+        "scores": [t.score for t in tags],
+        "names": [t.tag for t in tags],
+        "string": options.tag_string(tags, vocab),
+        "categories": [[c.name, s] for c, s in strings],
+    }
+
+
+def test_the_pages_rules_with_relations_equal_pythons_in_every_mode():
+    rng = random.Random(20261203)
+    cases, wanted = [], []
+    modes = {"keep": 0, "remove": 0, "add": 0}
+    while len(cases) < CASES:
+        vocab = random_vocab(rng)
+        try:
+            attach(vocab, random_relations(rng, vocab))
+        except RelationsError:
+            continue  # an alias turned the graph into a cycle: refused, as it should be
+        scores = random_scores(rng, len(vocab))
+        values = random_values(rng, vocab, scores)
+        values["implied"] = rng.choice(["keep", "remove", "add"])
+        typed_with_aliases(rng, vocab, values)
+        floor = values["floor"]
+        valid_floor = isinstance(floor, float) and 0.0 <= floor <= 1.0
+        cutoff = rng.uniform(0.0, floor) if valid_floor and rng.random() < 0.7 else 0.0
+        cases.append({"config": rules_config(vocab), "payload": page_scores(scores, vocab, cutoff), "values": values})
+        want = expected(scores, vocab, values)
+        wanted.append(want)
+        if want.get("tags") and want != expected(scores, vocab, {**values, "implied": "keep"}):
+            modes[values["implied"]] += 1  # the mode changed the answer
+        elif want.get("tags"):
+            modes["keep"] += 1
+    got = run_node(RUNNER, {"cases": cases})
+    assert all(n > CASES // 30 for n in modes.values()), modes  # each mode changes the answer often
+    for case, want, have in zip(cases, wanted, got, strict=True):
+        assert have == want, json.dumps({"values": case["values"], "payload": case["payload"]}, ensure_ascii=False)
+
+
+def test_the_modes_differ_on_these_cases():
+    """The comparison above is not vacuous: remove and add change the selection."""
+    vocab = Vocabulary(["wolf", "canine", "mammal"], np.array([6, 6, 6], dtype=np.int16))
+    attach(vocab, Relations.from_pairs([("wolf", "canine"), ("canine", "mammal")]))
+    scores = np.array([0.9, 0.5, 0.1], dtype=np.float32)
+    picked = {
+        mode: [t.tag for t in select_tags(scores, vocab, TagOptions(implied=mode).selection)]
+        for mode in ("keep", "remove", "add")
+    }
+    assert picked == {"keep": ["wolf", "canine"], "remove": ["wolf"], "add": ["wolf", "canine", "mammal"]}
