@@ -25,7 +25,8 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         gr.Markdown(
             f"# {TITLE}\n"
             f"{len(ctx.vocab):,} e621 + Danbooru tags · running on **{ctx.tagger.device.type}** "
-            f"({str(ctx.tagger.dtype).removeprefix('torch.')}) · model `lodestones/tagger-experiment`",
+            f"({str(ctx.tagger.dtype).removeprefix('torch.')}) at **{ctx.default_size} px** by default "
+            f"(up to {ctx.size_cap}) · model `lodestones/tagger-experiment`",
             elem_id="title",
         )
         with gr.Tabs():

@@ -124,7 +124,9 @@ def build_batch_tab(ctx: AppContext) -> None:
     )
 
 
-def tag_files(ctx: AppContext, paths: Sequence[str], options: TagOptions, progress: gr.Progress) -> BatchOutput:
+def tag_files(
+    ctx: AppContext, paths: Sequence[str], options: TagOptions, progress: gr.Progress, max_size: object = None
+) -> BatchOutput:
     """Tag the images and zips at ``paths``: one model call per ``CHUNK_SIZE`` images. The work
     of the Batch tab and of ``/tag_batch``."""
 
@@ -134,7 +136,7 @@ def tag_files(ctx: AppContext, paths: Sequence[str], options: TagOptions, progre
     progress((0, None), desc="Reading the upload")
     return run_batch(
         paths,
-        prepare=ctx.tagger.prepare,
+        prepare=ctx.preparer(max_size),
         run=ctx.runner.probabilities,
         vocab=ctx.vocab,
         options=options,

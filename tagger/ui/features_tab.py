@@ -30,16 +30,18 @@ TOP_TAGS = 25  # choices offered in the heatmap's tag dropdown
 UPSCALE_CHOICES = [("Patches (nearest)", "nearest"), ("Smooth (bilinear)", "bilinear")]
 
 
-def run_pca(ctx: AppContext, image: str | None) -> FeatureMaps:
-    pixels = prepare_image(ctx, image)
+def run_pca(ctx: AppContext, image: str | None, max_size: object = None) -> FeatureMaps:
+    pixels = prepare_image(ctx, image, max_size=max_size)
     return FeatureMaps.of(pixels, ctx.runner.call(analyse, [pixels])[0])
 
 
-def run_heatmap(ctx: AppContext, image: str | None, tag: str | None, layers_from_end: float) -> tuple:
+def run_heatmap(
+    ctx: AppContext, image: str | None, tag: str | None, layers_from_end: float, max_size: object = None
+) -> tuple:
     """(preprocessed uint8 image, tag index, relevance) for one upload: one GPU call."""
     tap_block(ctx.tagger.model.config.num_layers, layers_from_end)  # arguments first: fail fast
     index = resolve_tag(ctx.vocab, tag)
-    pixels = prepare_image(ctx, image)
+    pixels = prepare_image(ctx, image, max_size=max_size)
     result: Relevance = ctx.runner.call(relevance, [pixels], index, layers_from_end)[0]
     return pixels_to_image(pixels), index, result
 

@@ -118,12 +118,14 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: g
     )
 
 
-def compare(ctx: AppContext, image_a: str | None, image_b: str | None) -> float:
+def compare(ctx: AppContext, image_a: str | None, image_b: str | None, max_size: object = None) -> float:
     """Cosine similarity of two uploads: both decoded here, one GPU call for the pair."""
-    pixels = [prepare_image(ctx, image_a, "image A"), prepare_image(ctx, image_b, "image B")]
+    pixels = [prepare_image(ctx, image_a, "image A", max_size), prepare_image(ctx, image_b, "image B", max_size)]
     vectors = ctx.runner.descriptors(pixels)
     return cosine_similarity(vectors[0], vectors[1])
 
 
-def score_zip(ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None) -> BatchSimilarity:
-    return batch_similarity(path, ctx.tagger.prepare, ctx.runner.descriptors, progress=progress)
+def score_zip(
+    ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None, max_size: object = None
+) -> BatchSimilarity:
+    return batch_similarity(path, ctx.preparer(max_size), ctx.runner.descriptors, progress=progress)
