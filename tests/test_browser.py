@@ -37,7 +37,7 @@ from playwright.sync_api import Browser, Page, expect
 import tagger.fetch as fetch
 from tagger.errors import SelectionError
 from tagger.options import TagOptions
-from tagger.ui.controls import present_categories
+from tagger.ui.controls import present_categories, ticked_categories
 from tagger.ui.inputs import _SafeDownloads
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"browser tests need Debian's chromium at {CHROMIUM}")
@@ -117,7 +117,7 @@ def test_upload_shows_the_engines_tags(app, page, scores):
 def test_filters_change_in_the_page_without_the_server_or_the_model(app, page, scores, count_passes):
     counted = count_passes(app.context.tagger)
     calls = queue_calls(page)
-    names = [c.name for c in present_categories(app.context.vocab)]
+    names = ticked_categories(app.context.vocab)
     dropped = next(iter(shown_categories(page)))  # a category that has tags now
     kept = [n for n in names if n != dropped]
 
@@ -240,12 +240,14 @@ def test_the_cross_of_a_tag_excludes_it_and_an_include_list_limits_the_tags(app,
     row = page.locator("#tag-view .tv-row").first
     tag = row.get_attribute("data-tag")
     row.locator(".tv-x").click()
+    page.mouse.move(5, 5)  # off the list: the excluded row goes
     check_view(app, page, scores, exclude=tag)
     open_format(page)
     expect(page.locator("#exclude textarea")).to_have_value(tag)
     second = page.locator("#tag-view .tv-row").first.get_attribute("data-tag")
     page.locator("#tag-view .tv-row").first.locator(".tv-x").click()
     expect(page.locator("#exclude textarea")).to_have_value(f"{tag}, {second}")
+    page.mouse.move(5, 5)
     check_view(app, page, scores, exclude=f"{tag}, {second}")
 
     # The include-only list (item 10): only these tags, written any way, the other rules still apply.
@@ -254,6 +256,41 @@ def test_the_cross_of_a_tag_excludes_it_and_an_include_list_limits_the_tags(app,
     type_into(page, "include", include)
     check_view(app, page, scores, exclude=f"{tag}, {second}", include=include)
     assert tag_string(page).input_value() == ", ".join(t.tag for t in (top[0], top[2]))
+
+
+def test_the_cross_is_safe_rows_stay_chips_show_and_undo_puts_back(app, page, scores, count_passes):
+    counted = count_passes(app.context.tagger)
+    rows = page.locator("#tag-view .tv-row")
+    first, second = rows.nth(0), rows.nth(1)
+    tag, below = first.get_attribute("data-tag"), second.get_attribute("data-tag")
+    boxes = [first.bounding_box(), second.bounding_box()]
+    first.locator(".tv-x").click()
+    # The string drops the tag at once; the row stays where it was while the pointer is over the list.
+    expect(tag_string(page)).to_have_value(expected_string(app, scores, exclude=tag))
+    held = page.locator("#tag-view .tv-row.tv-held")
+    expect(held).to_have_count(1)
+    assert held.get_attribute("data-tag") == tag
+    assert [rows.nth(0).bounding_box(), rows.nth(1).bounding_box()] == boxes
+    assert rows.nth(1).get_attribute("data-tag") == below  # the next click lands where it was aimed
+    # The notice and the chip name the tag.
+    expect(page.locator("#tag-view .tv-notice")).to_have_text(f"Excluded {tag} · undo")
+    expect(page.locator("#tag-view .tv-chip-label")).to_have_text([tag])
+    for selector in (".tv-chip-label", ".tv-excluded-title", ".tv-notice"):
+        assert contrast(page, f"#tag-view {selector}") >= 4.5, selector
+    page.screenshot(path=ARTIFACTS / "tag_tab_excluded.png", full_page=False)
+    # Undo on the held row puts it back in place.
+    held.locator(".tv-undo").click()
+    expect(page.locator("#tag-view .tv-chip")).to_have_count(0)
+    check_view(app, page, scores)
+    # Excluded again, away from the list the row goes; the chip's ✕ brings it back.
+    rows.nth(0).locator(".tv-x").click()
+    page.mouse.move(5, 5)
+    expect(page.locator("#tag-view .tv-row.tv-held")).to_have_count(0)
+    check_view(app, page, scores, exclude=tag)
+    page.locator("#tag-view .tv-chip-x").click()
+    check_view(app, page, scores)
+    expect(page.locator("#tag-view .tv-excluded")).to_have_count(0)
+    assert counted.passes == 0  # excluding and undoing run no model
 
 
 def test_lookup_is_sorted_by_score_and_a_row_shows_its_heatmap(app, page, scores):

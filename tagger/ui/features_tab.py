@@ -27,6 +27,11 @@ from tagger.ui.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, u
 from tagger.ui.inputs import image_upload
 
 TOP_TAGS = 25  # choices offered in the heatmap's tag dropdown
+# On a phone the maps come under the image and its controls: bring them into view once drawn.
+SCROLL_TO_MAPS = (
+    "() => { if (window.matchMedia('(max-width: 768px)').matches) "
+    "document.getElementById('features-summary')?.scrollIntoView({block: 'start', behavior: 'smooth'}); }"
+)
 UPSCALE_CHOICES = [("Patches (nearest)", "nearest"), ("Smooth (bilinear)", "bilinear")]
 
 
@@ -213,7 +218,7 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
         outputs=analysis_outputs,
         api_visibility="private",
         concurrency_id=HEAVY_QUEUE,
-    )
+    ).success(None, js=SCROLL_TO_MAPS, api_visibility="private", show_progress="hidden")
     if tab is not None:
         tab.select(
             on_open,
@@ -221,7 +226,7 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
             outputs=analysis_outputs,
             api_visibility="private",
             concurrency_id=HEAVY_QUEUE,
-        )
+        ).success(None, js=SCROLL_TO_MAPS, api_visibility="private", show_progress="hidden")
     gr.on(
         [c.change for c in style],
         restyle,

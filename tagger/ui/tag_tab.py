@@ -26,9 +26,9 @@ from tagger.errors import FetchError
 from tagger.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
 from tagger.resolution import MIN_SIZE, SIZE_STEP
-from tagger.results import add_to_tag_list, page_scores
+from tagger.results import add_to_tag_list, page_scores, parse_tag_list
 from tagger.ui.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, warning
-from tagger.ui.controls import build_option_controls
+from tagger.ui.controls import OptionControls, build_option_controls
 from tagger.ui.features_tab import heatmap_info, heatmap_markdown, run_heatmap
 from tagger.ui.inputs import SafeImage, image_upload
 from tagger.vocab import CATEGORIES, Vocabulary, normalize_tag
@@ -128,6 +128,12 @@ def heatmap_view(ctx: AppContext, path: str | None, tag: str | None, max_size: o
     return overlay, heatmap_markdown(heatmap_info(ctx, index, result, layers))
 
 
+def remove_from_tag_list(text: str | None, tag: str) -> str:
+    """``text`` (a comma-separated list) without ``tag`` (compared as ``Selection`` compares tags)."""
+    key = normalize_tag(tag)
+    return ", ".join(t for t in parse_tag_list(text or "") if normalize_tag(t) != key)
+
+
 def fetch_image(image: SafeImage, url: str) -> str:
     """An image URL downloaded as the image input downloads URLs (its limits and address
     policy: public addresses only) into Gradio's cache."""
@@ -146,6 +152,8 @@ def fetch_image(image: SafeImage, url: str) -> str:
 class TagTab:
     image: SafeImage  # the image the other tabs reuse
     scores: gr.State
+    controls: OptionControls  # the tagging settings, which the Batch tab uses too
+    size: gr.Slider  # the resolution
 
 
 def build_tag_tab(ctx: AppContext) -> TagTab:
@@ -214,7 +222,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
                 js_on_load=(
                     "TagView.bind(element, trigger, 'tag-view');"
                     # The view's custom events, named here so that Gradio offers them in Python:
-                    " void ['tag_select', 'tag_exclude', 'need_scores'];"
+                    " void ['tag_select', 'tag_exclude', 'tag_unexclude', 'need_scores'];"
                 ),
                 apply_default_css=False,  # no prose margins: the bars are dense on purpose
                 elem_id="tag-view",
@@ -300,14 +308,18 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
     def exclude_tag(text: str | None, evt: gr.EventData) -> str:
         return add_to_tag_list(text, str(evt.tag))
 
-    view.tag_exclude(
-        exclude_tag,
-        inputs=controls["exclude"],
-        outputs=controls["exclude"],
-        queue=False,
-        api_visibility="private",
-        show_progress="hidden",
-    )
+    def unexclude_tag(text: str | None, evt: gr.EventData) -> str:
+        return remove_from_tag_list(text, str(evt.tag))
+
+    for list_event, list_change in ((view.tag_exclude, exclude_tag), (view.tag_unexclude, unexclude_tag)):
+        list_event(
+            list_change,
+            inputs=controls["exclude"],
+            outputs=controls["exclude"],
+            queue=False,
+            api_visibility="private",
+            show_progress="hidden",
+        )
 
     heat_outputs = [image, heat_panel, heat_image, heat_caption]
 
@@ -377,4 +389,4 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         queue=False,
         show_progress="hidden",
     )
-    return TagTab(image=image, scores=scores_state)
+    return TagTab(image=image, scores=scores_state, controls=option_controls, size=size)
