@@ -264,7 +264,8 @@
     const name = escapeHtml(category.name);
     if (mode === "topk") return `<span class="tv-cat-rule">top ${selection.categoryTopk.get(category.id)}</span>`;
     if (mode === "mcut") return `<span class="tv-cat-rule">MCut</span>`;
-    const value = selection.categoryThresholds.has(category.id) ? selection.categoryThresholds.get(category.id) : selection.threshold;
+    const exact = selection.categoryThresholds.has(category.id) ? selection.categoryThresholds.get(category.id) : selection.threshold;
+    const value = Number(Number(exact).toFixed(4)); // the slider's float32 0.35 is 0.3499999940395355
     return (
       `<label class="tv-cat-rule">≥ <input type="number" class="tv-cat-threshold" data-category="${name}" ` +
       `min="0" max="1" step="0.01" value="${value}" aria-label="${name} threshold" title="The score a ${name} tag needs"></label>`
