@@ -103,7 +103,9 @@ def test_upload_shows_the_engines_tags(app, page, scores):
         block = page.locator(f"#tv-{category.name}")
         if not block.count():
             continue
-        red, green, blue = (int(category.color[i : i + 2], 16) for i in (1, 3, 5))
+        # On the light theme pale colours are darkened to 3:1 on white (TagView.onWhite).
+        shown = page.evaluate("c => TagView.onWhite(c)", category.color)
+        red, green, blue = (int(shown[i : i + 2], 16) for i in (1, 3, 5))
         bar = block.locator(".tv-bar").first
         assert bar.evaluate("e => getComputedStyle(e).backgroundColor") == f"rgb({red}, {green}, {blue})"
         shown = [float(s) for s in block.locator(".tv-score").all_text_contents()]
@@ -175,7 +177,8 @@ def test_a_floor_under_the_sent_scores_fetches_more_scores_but_never_runs_the_mo
     set_number(page, "topk-per-category", 200)
     set_number(page, "floor", 0)
     check_view(app, page, scores, mode="topk", topk_per_category=200, floor=0.0)
-    assert len(tag_string(page).input_value().split(", ")) == len(app.context.vocab)  # every tag
+    every = selected(app, scores, mode="topk", topk_per_category=200, floor=0.0)  # every tag of the ticked categories
+    assert len(tag_string(page).input_value().split(", ")) == len(every)
     assert counted.passes == 0
 
 
@@ -270,7 +273,9 @@ def test_the_cross_is_safe_rows_stay_chips_show_and_undo_puts_back(app, page, sc
     held = page.locator("#tag-view .tv-row.tv-held")
     expect(held).to_have_count(1)
     assert held.get_attribute("data-tag") == tag
-    assert [rows.nth(0).bounding_box(), rows.nth(1).bounding_box()] == boxes
+    page.wait_for_timeout(200)  # the scroll that keeps the row under the pointer
+    after = [rows.nth(0).bounding_box(), rows.nth(1).bounding_box()]
+    assert all(abs(a["y"] - b["y"]) <= 1 and a["x"] == b["x"] for a, b in zip(after, boxes, strict=True)), after
     assert rows.nth(1).get_attribute("data-tag") == below  # the next click lands where it was aimed
     # The notice and the chip name the tag.
     expect(page.locator("#tag-view .tv-notice")).to_have_text(f"Excluded {tag} · undo")

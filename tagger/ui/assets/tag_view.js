@@ -58,6 +58,7 @@
         held: new Map(), // normalised tag -> tag: excluded while the pointer was over the view, drawn in place
         notice: null, // the tag the "excluded X · undo" notice is about
         noticeTimer: null,
+        anchor: null, // {tag, top, held}: the clicked row and where it was, until the redraw
         collapsed: new Set(), // names of the cards folded by their chevron (page only)
         values: null, // the option values of the last drawing, by name
         fields: {}, // option name -> elem_id of its control
@@ -71,6 +72,16 @@
     const s = state(key);
     s.element = element;
     s.trigger = trigger;
+    // The chips and the notice above the cards appear or go with an exclusion: scroll by as
+    // much as the clicked row moved, so it stays under the pointer.
+    new MutationObserver(() => {
+      if (!s.anchor) return;
+      const row = [...element.querySelectorAll(".tv-row")].find((r) => r.dataset.tag === s.anchor.tag);
+      if (!row || row.classList.contains("tv-held") !== s.anchor.held) return;
+      const moved = row.getBoundingClientRect().top - s.anchor.top;
+      s.anchor = null;
+      if (Math.abs(moved) > 0.5) window.scrollBy(0, moved);
+    }).observe(element, { childList: true, subtree: true });
     element.addEventListener("pointerenter", () => (s.hover = true));
     element.addEventListener("pointerleave", (event) => {
       if (event.pointerType === "touch") return; // a finger lifts after every tap: keep rows until the next redraw
@@ -97,6 +108,8 @@
       const putBack = event.target.closest(".tv-undo, .tv-chip-x");
       if (putBack) {
         const tag = putBack.dataset.tag;
+        const row = putBack.closest(".tv-row");
+        if (row) s.anchor = { tag, top: row.getBoundingClientRect().top, held: false };
         if (s.notice !== null && TagRules.normalizeTag(s.notice) === TagRules.normalizeTag(tag)) clearNotice(s);
         trigger("tag_unexclude", { tag });
         return;
@@ -110,7 +123,10 @@
       const exclude = event.target.closest(".tv-x");
       if (exclude) {
         const tag = exclude.closest(".tv-row").dataset.tag;
-        if (s.hover) s.held.set(TagRules.normalizeTag(tag), tag);
+        if (s.hover) {
+          s.held.set(TagRules.normalizeTag(tag), tag);
+          s.anchor = { tag, top: exclude.closest(".tv-row").getBoundingClientRect().top, held: true };
+        }
         showNotice(s, tag);
         trigger("tag_exclude", { tag });
         return;
