@@ -223,9 +223,12 @@ class Tagger:
         )
 
     # -- stages -------------------------------------------------------------------------
-    def prepare(self, image: ImageSource) -> torch.Tensor:
-        """Decode and resize one image on the CPU → uint8 ``[3, H, W]`` (normalised in ``run``)."""
-        return self.preprocessor(image)
+    def prepare(self, image: ImageSource, max_size: int | None = None) -> torch.Tensor:
+        """Decode and resize one image on the CPU → uint8 ``[3, H, W]`` (normalised in ``run``),
+        its long edge at most ``max_size`` (default: the Tagger's ``max_size``)."""
+        if max_size is None or max_size == self.max_size:
+            return self.preprocessor(image)
+        return Preprocessor(max_size, self.model.config.patch_size, self.reduced_decode)(image)
 
     @property
     def preprocessor(self) -> Preprocessor:

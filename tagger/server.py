@@ -28,7 +28,8 @@ from starlette.middleware import Middleware
 from tagger import fairshare, relations
 from tagger.errors import CheckpointError, ResolutionError, VocabularyError, shorten
 from tagger.hub import resolve_model_files
-from tagger.predict import Tagger
+from tagger.predict import Tagger, resolve_device
+from tagger.resolution import size_cap
 from tagger.runtime import ModelRunner
 from tagger.synthetic import DEMO_WARNING, demo_files
 from tagger.tempfiles import CacheKeeper
@@ -62,7 +63,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repo", default=None, help="Hub repo (default: $TAGGER_REPO or lodestones/tagger-experiment)")
     parser.add_argument("--revision", default=None, help="Hub revision (default: $TAGGER_REVISION or main)")
     parser.add_argument("--device", default=os.environ.get("TAGGER_DEVICE", "auto"), help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--max-size", type=int, default=1024, help="long-edge cap in pixels (default 1024)")
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        help="the largest long edge a request may ask for, in pixels (default 1024 on CPU, 2048 on a GPU)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="the long edge requests run at unless they ask for another (default 512 on CPU, 1024 on a GPU)",
+    )
     parser.add_argument(
         "--dtype",
         default=os.environ.get("TAGGER_DTYPE") or None,
@@ -83,9 +95,8 @@ def load_context(args: argparse.Namespace) -> AppContext:
 
     def load(checkpoint: Path, vocab: Path) -> Tagger:
         # A public Space decodes huge images at a reduced scale (decode cost per request).
-        return Tagger(
-            checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=args.max_size, reduced_decode=True
-        )
+        cap = args.max_size or size_cap(resolve_device(args.device).type)
+        return Tagger(checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=cap, reduced_decode=True)
 
     try:
         if args.demo:
@@ -106,7 +117,7 @@ def load_context(args: argparse.Namespace) -> AppContext:
     except (ResolutionError, CheckpointError, VocabularyError, ValueError) as e:
         raise SystemExit(f"Cannot start the tagger: {e}") from None
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in {".jpg", ".png", ".webp"})
-    return AppContext(tagger=tagger, runner=ModelRunner(tagger), demo_mode=args.demo, examples=examples)
+    return AppContext(tagger=tagger, runner=ModelRunner(tagger), demo_mode=args.demo, examples=examples, size=args.size)
 
 
 def create_app(

@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tagger.options import TagOptions
 from tagger.results import TagScore, category_tag_strings, select_tags
-from tagger.ui.controls import present_categories
+from tagger.ui.controls import ticked_categories
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -68,9 +68,8 @@ def open_tagged(page: Page, app: RunningApp, query: str = "") -> None:
 
 
 def options(app: RunningApp, **values: object) -> TagOptions:
-    """The options the page holds: every present category ticked, unless given."""
-    names = [c.name for c in present_categories(app.context.vocab)]
-    return TagOptions.from_values(**{"categories": names, **values})
+    """The options the page holds: the categories ticked when it opens, unless given."""
+    return TagOptions.from_values(**{"categories": ticked_categories(app.context.vocab), **values})
 
 
 def selected(app: RunningApp, scores: np.ndarray, **values: object) -> list[TagScore]:

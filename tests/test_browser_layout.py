@@ -156,14 +156,8 @@ def test_tag_all_without_files_keeps_the_last_results(app, open_page, image_file
     assert (summary.inner_text(), rows.all_inner_texts()) == before
     for selector in ("#batch-summary", "#batch-table", "#batch-message"):
         assert error_pills(page, selector) == 0, selector
-    # A bad per-category threshold is named under its field as it is typed, here too.
-    page.locator("#batch-category-thresholds textarea").fill("artist=abc")
-    expect(page.locator("#batch-category-thresholds .tv-field-error")).to_have_text(
-        "The value for artist must be a number, not 'abc'."
-    )
-    page.locator("#batch-mode").get_by_label("Top-k per category").check()  # a mode that ignores the field
-    expect(page.locator("#batch-threshold")).to_be_hidden()
-    expect(page.locator("#batch-topk-per-category")).to_be_visible()
+    # The settings are the Tag tab's, summed up here.
+    expect(page.locator("#batch-settings")).to_contain_text("Tagged with the Tag tab's settings")
     page.screenshot(path=ARTIFACTS / "batch_empty_run.png", full_page=True)
 
 

@@ -371,10 +371,10 @@ def image_path(tmp_path_factory: pytest.TempPathFactory, make_image: MakeImage) 
 def test_view_api_lists_the_endpoints(client) -> None:
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     params = {name: [p["parameter_name"] for p in endpoints[name]["parameters"]] for name in endpoints}
-    assert params["/pca"] == ["image", "color_1", "color_2", "color_3", "alpha", "upscale"]
-    assert params["/heatmap"] == ["image", "tag", "layers_from_end", "alpha", "upscale"]
-    assert params["/similarity"] == ["image_a", "image_b"]
-    assert params["/similarity_batch"] == ["archive"]
+    assert params["/pca"] == ["image", "color_1", "color_2", "color_3", "alpha", "upscale", "max_size"]
+    assert params["/heatmap"] == ["image", "tag", "layers_from_end", "alpha", "upscale", "max_size"]
+    assert params["/similarity"] == ["image_a", "image_b", "max_size"]
+    assert params["/similarity_batch"] == ["archive", "max_size"]
     assert len(endpoints["/pca"]["returns"]) == 3 and len(endpoints["/heatmap"]["returns"]) == 3
 
 

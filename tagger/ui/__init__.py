@@ -25,20 +25,21 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         gr.Markdown(
             f"# {TITLE}\n"
             f"{len(ctx.vocab):,} e621 + Danbooru tags · running on **{ctx.tagger.device.type}** "
-            f"({str(ctx.tagger.dtype).removeprefix('torch.')}) · model `lodestones/tagger-experiment`",
+            f"({str(ctx.tagger.dtype).removeprefix('torch.')}) at **{ctx.default_size} px** by default "
+            f"(up to {ctx.size_cap}) · model `lodestones/tagger-experiment`",
             elem_id="title",
         )
         with gr.Tabs():
             with gr.Tab("Tag", id="tag"):
                 tag_tab = build_tag_tab(ctx)
-            with gr.Tab("Batch", id="batch"):
-                build_batch_tab(ctx)
+            with gr.Tab("Batch", id="batch") as batch:
+                build_batch_tab(ctx, tag_tab.controls, tag_tab.size, batch)
             # Features and Similarity start from the Tag tab's image: one upload, many views.
             with gr.Tab("Features", id="features") as features:
                 build_features_tab(ctx, tag_tab.image, features)
             with gr.Tab("Similarity", id="similarity") as similarity:
                 build_similarity_tab(ctx, tag_tab.image, similarity)
-            with gr.Tab("API", id="api"):
+            with gr.Tab("API", id="api", elem_id="api-tab"):
                 examples = build_api_tab(ctx, endpoints)
 
         def on_load(request: gr.Request) -> str:

@@ -1,12 +1,13 @@
 """The Batch tab: many images or zips in, captions out (``/tag_batch`` serves the same work).
 
-The work itself is ``tagger.batch.run_batch``; this module only lays out the controls (the
-same selection and tag-string controls as the Tag tab, with the same defaults) and turns
-the result into table rows, two downloads and a summary line.
+The work itself is ``tagger.batch.run_batch``; this module lays out the upload, sums up the
+settings it uses (the Tag tab's controls and resolution, summed up in the page) and turns the
+result into table rows, two downloads and a summary line.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import gradio as gr
@@ -16,7 +17,7 @@ from tagger.intake import BatchLimits
 from tagger.options import TagOptions
 from tagger.runtime import IMAGES_PER_GPU_CALL
 from tagger.ui.context import HEAVY_QUEUE, AppContext, attempt, warning
-from tagger.ui.controls import build_option_controls
+from tagger.ui.controls import OptionControls
 from tagger.ui.inputs import SafeFile
 
 LIMITS = BatchLimits()
@@ -50,7 +51,9 @@ def summary_markdown(output: BatchOutput, limit: int = 10) -> str:
     return text
 
 
-def build_batch_tab(ctx: AppContext) -> None:
+def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, tab: gr.Tab | None = None) -> None:
+    """The Batch tab, tagging with ``settings`` and ``size``: the Tag tab's controls (tune on one
+    image, then tag the folder the same way), summed up here and changed there."""
     with gr.Row(equal_height=False, elem_id="batch-layout"):
         with gr.Column(scale=5, min_width=320, elem_id="batch-left"):
             with gr.Column(elem_id="batch-input"):
@@ -70,9 +73,7 @@ def build_batch_tab(ctx: AppContext) -> None:
                     elem_id="batch-help",
                 )
             with gr.Column(elem_id="batch-controls"):
-                option_controls = build_option_controls(
-                    ctx.vocab, id_prefix="batch-", format_title="Caption format", format_open=True
-                )
+                settings_note = gr.Markdown(elem_id="batch-settings")
 
         with gr.Column(scale=7, min_width=320, elem_id="batch-results"):
             summary = gr.Markdown(
@@ -95,12 +96,21 @@ def build_batch_tab(ctx: AppContext) -> None:
                 elem_id="batch-table",
             )
 
-    option_controls.wire_mode_visibility()
-    option_controls.wire_field_checks()
+    names = [*settings.widgets, "max_size"]
+    setting_inputs = [*settings.inputs(), size]
+    gr.on(
+        [*(c.change for c in setting_inputs), *([tab.select] if tab is not None else [])],
+        None,
+        inputs=setting_inputs,
+        outputs=settings_note,
+        js=f"(...values) => TagView.settingsText({json.dumps(names)}, values)",
+        api_visibility="private",
+        show_progress="hidden",
+    )
 
     def run(values: dict, progress: gr.Progress) -> BatchOutput:
         paths = [getattr(f, "name", f) for f in values[files] or []]
-        return tag_files(ctx, paths, option_controls.options(values), progress)
+        return tag_files(ctx, paths, settings.options(values), progress, values[size])
 
     def on_run(values: dict, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 - Gradio's idiom
         output, error = attempt(run, values, progress)
@@ -116,7 +126,7 @@ def build_batch_tab(ctx: AppContext) -> None:
 
     run_button.click(
         on_run,
-        inputs={files, *option_controls.inputs()},
+        inputs={files, *setting_inputs},
         outputs=[table, captions_file, jsonl_file, summary, run_message],
         api_visibility="private",
         concurrency_id=HEAVY_QUEUE,
@@ -124,7 +134,9 @@ def build_batch_tab(ctx: AppContext) -> None:
     )
 
 
-def tag_files(ctx: AppContext, paths: Sequence[str], options: TagOptions, progress: gr.Progress) -> BatchOutput:
+def tag_files(
+    ctx: AppContext, paths: Sequence[str], options: TagOptions, progress: gr.Progress, max_size: object = None
+) -> BatchOutput:
     """Tag the images and zips at ``paths``: one model call per ``CHUNK_SIZE`` images. The work
     of the Batch tab and of ``/tag_batch``."""
 
@@ -134,7 +146,7 @@ def tag_files(ctx: AppContext, paths: Sequence[str], options: TagOptions, progre
     progress((0, None), desc="Reading the upload")
     return run_batch(
         paths,
-        prepare=ctx.tagger.prepare,
+        prepare=ctx.preparer(max_size),
         run=ctx.runner.probabilities,
         vocab=ctx.vocab,
         options=options,

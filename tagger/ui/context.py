@@ -15,6 +15,7 @@ import torch
 
 from tagger.errors import USER_ERRORS, ImageError, shorten
 from tagger.predict import Tagger
+from tagger.resolution import default_size, snap_size
 from tagger.runtime import ModelRunner
 from tagger.vocab import Vocabulary
 
@@ -70,22 +71,46 @@ class AppContext:
     demo_mode: bool = False
     examples: list[str] = field(default_factory=list)
     space_id: str | None = field(default_factory=lambda: os.environ.get("SPACE_ID"))
+    # The long edge a request runs at unless it asks for another (None: by device, see
+    # tagger.resolution); the Tagger's max_size is the cap no request goes above.
+    size: int | None = None
+
+    def __post_init__(self) -> None:
+        self.size = snap_size(self.size or default_size(self.tagger.device.type), self.size_cap, self.size_cap)
 
     @property
     def vocab(self) -> Vocabulary:
         return self.tagger.vocab
 
-    def scores_for(self, image: str | None) -> np.ndarray:
+    @property
+    def size_cap(self) -> int:
+        return self.tagger.max_size
+
+    @property
+    def default_size(self) -> int:
+        return int(self.size or self.size_cap)
+
+    def resolution(self, max_size: object = None) -> int:
+        """A request's long edge: ``max_size`` (None: the default) snapped to 16 and capped."""
+        return snap_size(max_size, self.size_cap, self.default_size)
+
+    def preparer(self, max_size: object = None) -> Callable[[Any], torch.Tensor]:
+        """``Tagger.prepare`` at a request's resolution, for batches decoding many images."""
+        return functools.partial(self.tagger.prepare, max_size=self.resolution(max_size))
+
+    def scores_for(self, image: str | None, max_size: object = None) -> np.ndarray:
         """Probabilities ``[num_tags]`` for one image: decode on the CPU, model on its device."""
-        return self.runner.probabilities([prepare_image(self, image)])[0]
+        return self.runner.probabilities([prepare_image(self, image, max_size=max_size)])[0]
 
 
-def prepare_image(ctx: AppContext, image: str | None, what: str = "an image") -> torch.Tensor:
-    """Decode and preprocess one upload on the CPU; errors name the upload, not the temp path."""
+def prepare_image(ctx: AppContext, image: str | None, what: str = "an image", max_size: object = None) -> torch.Tensor:
+    """Decode and preprocess one upload on the CPU at the request's resolution (``max_size``,
+    None: the default); errors name the upload, not the temp path."""
     if image is None:
         raise ImageError(f"Please upload {what} first.")
+    size = ctx.resolution(max_size)  # a bad value is refused before decoding anything
     try:
-        return ctx.tagger.prepare(image)
+        return ctx.tagger.prepare(image, max_size=size)
     except ImageError as e:
         # Show the upload's name, not the server's temp path.
         raise ImageError(str(e).replace(str(image), os.path.basename(image))) from None

@@ -1,4 +1,4 @@
-"""The tagging controls of the Tag and Batch tabs, built from the options' declaration.
+"""The tagging controls of the Tag tab (the Batch tab tags with them too), from the options' declaration.
 
 One widget per ``TagOptions`` field, in declaration order, with its label, range, default,
 choices and help: a choice is a radio, a bounded number a slider, a flag a checkbox, text a
@@ -32,6 +32,8 @@ MODE_ONLY = {
     "topk_per_category": "topk",
 }
 DEFAULT_MODE = TagOptions().mode
+# Unticked when the page opens, as on the authors' page (the API's default keeps every category).
+UNTICKED_CATEGORIES = ("contributor", "unassigned")
 CHECKED_FIELDS = (
     "category_thresholds",
     "threshold",
@@ -48,6 +50,13 @@ def present_categories(vocab: Vocabulary) -> list[Category]:
     """Categories that have at least one tag in this vocabulary, in display order."""
     ids = set(np.unique(vocab.category_ids).tolist())
     return [c for c in CATEGORIES if c.id in ids]
+
+
+def ticked_categories(vocab: Vocabulary) -> list[str]:
+    """The categories ticked when the page opens: every present one but ``UNTICKED_CATEGORIES``
+    (all of them if that would leave none)."""
+    names = [c.name for c in present_categories(vocab)]
+    return [n for n in names if n not in UNTICKED_CATEGORIES] or names
 
 
 @dataclass
@@ -89,22 +98,8 @@ class OptionControls:
             show_progress="hidden",
         )
 
-    def wire_field_checks(self) -> None:
-        """Check the options as they are typed and put each sentence next to its field (for
-        the Batch tab, whose options are used on "Tag all": a mistake should show at once)."""
-        config = json.dumps({"fields": self.field_ids()})
-        gr.on(
-            [widget.change for widget in self.widgets.values()],
-            None,
-            inputs=self.inputs(),
-            outputs=None,
-            js=f"(...values) => TagView.validate({json.dumps(list(self.widgets))}, values, {config})",
-            api_visibility="private",
-            show_progress="hidden",
-        )
 
-
-def option_widget(field: Field, category_names: list[str], elem_id: str) -> OptionWidget:
+def option_widget(field: Field, category_names: list[str], elem_id: str, ticked: list[str]) -> OptionWidget:
     info = option_info(field)
     default: Any = field.default
     # Shown in the default mode only if it applies there (the page does the rest).
@@ -112,7 +107,7 @@ def option_widget(field: Field, category_names: list[str], elem_id: str) -> Opti
     hint = info.widget_help or info.help
     common: dict[str, Any] = {"label": info.label, "info": hint, "elem_id": elem_id, "visible": visible}
     if field.name == "categories":
-        return gr.CheckboxGroup(category_names, value=category_names, **common)
+        return gr.CheckboxGroup(category_names, value=ticked, **common)
     if info.choices:
         return gr.Radio(list(info.choices), value=default, **common)
     if OPTION_TYPES[field.name] is bool:
@@ -134,5 +129,5 @@ def build_option_controls(
             for field in OPTION_FIELDS:
                 if option_info(field).group == group:
                     elem_id = id_prefix + ELEM_IDS.get(field.name, field.name.replace("_", "-"))
-                    widgets[field.name] = option_widget(field, category_names, elem_id)
+                    widgets[field.name] = option_widget(field, category_names, elem_id, ticked_categories(vocab))
     return OptionControls({f.name: widgets[f.name] for f in OPTION_FIELDS})

@@ -36,6 +36,7 @@ from tagger.errors import SelectionError
 from tagger.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
 from tagger.pca import DEFAULT_COLOURS, pca_images
 from tagger.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
+from tagger.resolution import MIN_SIZE
 from tagger.results import api_response, select_tags
 from tagger.similarity import PAIRS_PER_CALL
 from tagger.ui.batch_tab import LIMITS, TABLE_HEADERS, result_row, summary_markdown, tag_files
@@ -86,20 +87,22 @@ OPTION_PARAMETERS = tuple(option_parameter(f) for f in OPTION_FIELDS)
 OPTION_DOCS = tuple(f"{f.name}: {option_info(f).help}" for f in OPTION_FIELDS)
 
 
-def api_endpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
+def api_endpoint(fn: Callable[..., Any], parts: dict[str, str] | None = None) -> Callable[..., Any]:
     """``fn`` as a public endpoint.
 
-    * An ``options: TagOptions`` parameter becomes one parameter per tagging option, after
-      ``fn``'s own, with the declared types and defaults (left out or None: the default), and
+    * An ``options: TagOptions`` parameter becomes one parameter per tagging option in its
+      place, with the declared types and defaults (left out or None: the default), and
       a ``{options}`` line of the docstring one ``name: help`` line per option.
+    * ``parts`` fill placeholders of the docstring, as ``DOC_PARTS`` do.
     * Every argument is checked against its type before ``fn`` runs (a raw API call can send
       anything), and documented errors reach the client as their sentence (``user_errors``).
     * The signature holds types rather than strings: gr.api reads the result types from it.
     """
     signature = inspect.signature(fn, eval_str=True)
     takes_options = "options" in signature.parameters
-    own = [p for p in signature.parameters.values() if p.name != "options"]
-    public = signature.replace(parameters=[*own, *(OPTION_PARAMETERS if takes_options else ())])
+    own = list(signature.parameters.values())
+    at = own.index(signature.parameters["options"]) if takes_options else len(own)
+    public = signature.replace(parameters=[*own[:at], *(OPTION_PARAMETERS if takes_options else ()), *own[at + 1 :]])
 
     @functools.wraps(fn)
     def endpoint(*args: object, **kwargs: object) -> Any:
@@ -122,7 +125,7 @@ def api_endpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.__doc__ or "",
         flags=re.MULTILINE,
     )
-    for placeholder, text in DOC_PARTS.items():
+    for placeholder, text in {**DOC_PARTS, **(parts or {})}.items():
         doc = doc.replace(placeholder, text)
     endpoint.__doc__ = doc
     return user_errors(endpoint)
@@ -200,32 +203,38 @@ class Endpoint:
 def build_endpoints(ctx: AppContext) -> list[Endpoint]:
     """The endpoint functions, in the order of the API docs; ``publish`` registers them."""
     num_layers = ctx.tagger.model.config.num_layers
+    size = ctx.default_size
+    api_endpoint_here = functools.partial(api_endpoint, parts={"{max_size}": max_size_help(ctx)})
 
-    @api_endpoint
-    def tag(image: ImageData, options: TagOptions) -> dict:
+    @api_endpoint_here
+    def tag(image: ImageData, options: TagOptions, max_size: int = size) -> dict:
         """Tag one image: its tags with scores, best first and grouped by category, and a tag string
         ready to paste.
 
         Args:
             image: {image}
             {options}
+            max_size: {max_size}
         Returns:
             JSON: tags [{tag, score, category}] best first
             categories [{id, name, color, tags}] in display order
             count and tag_string
         """
-        scores = ctx.scores_for(received_path(image))
+        scores = ctx.scores_for(received_path(image), max_size)
         tags = select_tags(scores, ctx.vocab, options.selection)
         return api_response(tags, options.tag_string(tags, ctx.vocab))
 
-    @api_endpoint
-    def tag_batch(files: list[FileData], options: TagOptions) -> tuple[Table, FileData, FileData, str]:
+    @api_endpoint_here
+    def tag_batch(
+        files: list[FileData], options: TagOptions, max_size: int = size
+    ) -> tuple[Table, FileData, FileData, str]:
         """Tag many images at once and get their captions: kohya-style .txt files (same folders and
         names as the images) and a JSONL file. Limits: {batch_limits}.
 
         Args:
             files: Image files and/or zip archives of them; a zip's sub-folders become the images' concepts.
             {options}
+            max_size: {max_size}
         Returns:
             the results table (file, concept, number of tags, top tags)
             a zip of the captions
@@ -233,11 +242,11 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
             a summary line
         """
         paths = [received_path(f) for f in files or []]
-        output = tag_files(ctx, [p for p in paths if p is not None], options, gr.Progress())
+        output = tag_files(ctx, [p for p in paths if p is not None], options, gr.Progress(), max_size)
         table = Table(headers=TABLE_HEADERS, data=[result_row(r) for r in output.results], metadata=None)
         return table, file_data(output.captions_zip), file_data(output.jsonl), summary_markdown(output)
 
-    @api_endpoint
+    @api_endpoint_here
     def pca(
         image: ImageData,
         color_1: str = DEFAULT_COLOURS[0],
@@ -245,6 +254,7 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
         color_3: str = DEFAULT_COLOURS[2],
         alpha: float = 0.5,
         upscale: Literal["nearest", "bilinear"] = "nearest",
+        max_size: int = size,
     ) -> tuple[FileData, FileData, FileData]:
         """False colour of the image's final patch features: the first three principal components as
         red, green and blue, at the size the model sees (multiples of 16).
@@ -256,23 +266,25 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
             color_3: Colour (#rrggbb) of the third component in the colour blend.
             alpha: Opacity of the PCA map over the image, 0 to 1.
             upscale: From patches to pixels: nearest (square patches) or bilinear (smooth).
+            max_size: {max_size}
         Returns:
             the PCA map (PNG)
             the PCA map over the image (PNG)
             the blend of color_1..3 weighted by components 1-3 (PNG)
         """
-        maps = run_pca(ctx, received_path(image))
+        maps = run_pca(ctx, received_path(image), max_size)
         pca_map, overlay, blend = pca_images(maps, (color_1, color_2, color_3), alpha, upscale)
         pca_png, overlay_png, blend_png = png_files(pca=pca_map, overlay=overlay, color_blend=blend)
         return pca_png, overlay_png, blend_png
 
-    @api_endpoint
+    @api_endpoint_here
     def heatmap(
         image: ImageData,
         tag: str,
         layers_from_end: int = min(DEFAULT_LAYERS_FROM_END, num_layers),
         alpha: float = 0.5,
         upscale: Literal["nearest", "bilinear"] = "bilinear",
+        max_size: int = size,
     ) -> tuple[FileData, FileData, dict]:
         """Where a tag's evidence lies in the image: gradient times activation of the tag's logit on
         the patch tokens, at the input of a block.
@@ -283,36 +295,39 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
             layers_from_end: The block, counted from the end: 2 up to the model's number of blocks.
             alpha: Opacity of the heatmap over the image, 0 to 1.
             upscale: From patches to pixels: nearest (square patches) or bilinear (smooth).
+            max_size: {max_size}
         Returns:
             the heatmap over the image (PNG)
             the heatmap alone, inferno colours (PNG)
             JSON with the tag, its probability, the block and the [h, w] relevance grid in [0, 1]
         """
-        seen, index, result = run_heatmap(ctx, received_path(image), tag, layers_from_end)
+        seen, index, result = run_heatmap(ctx, received_path(image), tag, layers_from_end, max_size)
         over, heat = heatmap_images(seen, result.map, alpha, upscale)
         over_png, heat_png = png_files(overlay=over, heatmap=heat)
         return over_png, heat_png, heatmap_info(ctx, index, result, int(layers_from_end))
 
-    @api_endpoint
-    def similarity(image_a: ImageData, image_b: ImageData) -> float:
+    @api_endpoint_here
+    def similarity(image_a: ImageData, image_b: ImageData, max_size: int = size) -> float:
         """Cosine similarity of two images' descriptors (CLS and register tokens after the final norm,
         L2-normalised): 1.0 for the same image, lower the more they differ.
 
         Args:
             image_a: {image}
             image_b: The image to compare it with, the same way.
+            max_size: {max_size}
         Returns:
             The cosine similarity, -1 to 1.
         """
-        return compare(ctx, received_path(image_a), received_path(image_b))
+        return compare(ctx, received_path(image_a), received_path(image_b), max_size)
 
-    @api_endpoint
-    def similarity_batch(archive: FileData) -> dict:
+    @api_endpoint_here
+    def similarity_batch(archive: FileData, max_size: int = size) -> dict:
         """Similarity of many pairs: a zip with two top-level folders, files paired by name without
         extension (a/cat.png with b/cat.jpg). The model runs once per {pairs_per_call} pairs.
 
         Args:
             archive: The zip: an upload (gradio_client: handle_file(path)) or an http(s) URL.
+            max_size: {max_size}
         Returns:
             JSON: pairs [{stem, a, b, similarity}]
             summary {pairs, mean, min, max}
@@ -321,7 +336,7 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
         path = received_path(archive)
         if path is None:
             raise gr.Error("Please upload a zip first.")
-        return score_zip(ctx, path).to_json()
+        return score_zip(ctx, path, max_size=max_size).to_json()
 
     cat, coffee = (example_image(ctx, name) for name in ("cat", "coffee"))
     found = ctx.vocab.find("cat")
@@ -337,6 +352,15 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
         Endpoint(similarity, HEAVY_QUEUE, ("similarity",), {"image_a": cat, "image_b": coffee}),
         Endpoint(similarity_batch, HEAVY_QUEUE, ("result",), {"archive": pairs_zip}),
     ]
+
+
+def max_size_help(ctx: AppContext) -> str:
+    """The ``max_size`` parameter's description, with this server's default and cap."""
+    return (
+        f"The long edge the model sees, in pixels (larger is slower; the model was trained at 512): "
+        f"rounded to a multiple of 16 and kept within {MIN_SIZE} and this server's cap of {ctx.size_cap}. "
+        f"Default here: {ctx.default_size}."
+    )
 
 
 def example_image(ctx: AppContext, name: str) -> dict:

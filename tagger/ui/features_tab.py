@@ -27,19 +27,26 @@ from tagger.ui.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, u
 from tagger.ui.inputs import image_upload
 
 TOP_TAGS = 25  # choices offered in the heatmap's tag dropdown
+# On a phone the maps come under the image and its controls: bring them into view once drawn.
+SCROLL_TO_MAPS = (
+    "() => { if (window.matchMedia('(max-width: 768px)').matches) "
+    "document.getElementById('features-summary')?.scrollIntoView({block: 'start', behavior: 'smooth'}); }"
+)
 UPSCALE_CHOICES = [("Patches (nearest)", "nearest"), ("Smooth (bilinear)", "bilinear")]
 
 
-def run_pca(ctx: AppContext, image: str | None) -> FeatureMaps:
-    pixels = prepare_image(ctx, image)
+def run_pca(ctx: AppContext, image: str | None, max_size: object = None) -> FeatureMaps:
+    pixels = prepare_image(ctx, image, max_size=max_size)
     return FeatureMaps.of(pixels, ctx.runner.call(analyse, [pixels])[0])
 
 
-def run_heatmap(ctx: AppContext, image: str | None, tag: str | None, layers_from_end: float) -> tuple:
+def run_heatmap(
+    ctx: AppContext, image: str | None, tag: str | None, layers_from_end: float, max_size: object = None
+) -> tuple:
     """(preprocessed uint8 image, tag index, relevance) for one upload: one GPU call."""
     tap_block(ctx.tagger.model.config.num_layers, layers_from_end)  # arguments first: fail fast
     index = resolve_tag(ctx.vocab, tag)
-    pixels = prepare_image(ctx, image)
+    pixels = prepare_image(ctx, image, max_size=max_size)
     result: Relevance = ctx.runner.call(relevance, [pixels], index, layers_from_end)[0]
     return pixels_to_image(pixels), index, result
 
@@ -211,7 +218,7 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
         outputs=analysis_outputs,
         api_visibility="private",
         concurrency_id=HEAVY_QUEUE,
-    )
+    ).success(None, js=SCROLL_TO_MAPS, api_visibility="private", show_progress="hidden")
     if tab is not None:
         tab.select(
             on_open,
@@ -219,7 +226,7 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
             outputs=analysis_outputs,
             api_visibility="private",
             concurrency_id=HEAVY_QUEUE,
-        )
+        ).success(None, js=SCROLL_TO_MAPS, api_visibility="private", show_progress="hidden")
     gr.on(
         [c.change for c in style],
         restyle,

@@ -37,6 +37,34 @@ def summary_markdown(result: BatchSimilarity, limit: int = 50) -> str:
     return "\n\n".join(parts)
 
 
+# The verbal bands of a similarity (lower bounds, best first) and their bar colours; the
+# descriptors of unrelated images still score above zero, so the bands sit high.
+BANDS: tuple[tuple[float, str, str], ...] = (
+    (0.95, "near-identical", "#15803d"),
+    (0.8, "very similar", "#4d7c0f"),
+    (0.6, "similar", "#a16207"),
+    (0.4, "somewhat similar", "#c2410c"),
+    (-1.0, "different", "#b91c1c"),
+)
+
+
+def similarity_band(value: float) -> tuple[str, str]:
+    """The band's words and colour for a cosine similarity."""
+    return next((words, colour) for bound, words, colour in BANDS if value >= bound)
+
+
+def similarity_bar(value: float | None) -> str:
+    """A bar as long as the similarity (-1 to 1 → 0 to 100 %) in its band's colour."""
+    if value is None:
+        return ""
+    words, colour = similarity_band(value)
+    percent = max(0.0, min(100.0, (value + 1) * 50))
+    return (
+        f'<div class="sim-bar" role="img" aria-label="similarity {value:.4f}: {words}">'
+        f'<span style="width:{percent:.1f}%;background:{colour}"></span></div>'
+    )
+
+
 def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None) -> None:
     """The tab's layout and events. ``source``: the Tag tab's image, copied to image A when it
     changes (another can still be uploaded). A pair is scored when an image is uploaded here or
@@ -50,6 +78,7 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: g
         image_a = image_upload("similarity-a", label="Image A (the Tag tab's, or upload another)", height=300)
         image_b = image_upload("similarity-b", label="Image B", height=300)
     result = gr.Markdown("Upload two images to compare them.", elem_id="similarity-result")
+    bar = gr.HTML("", elem_id="similarity-bar")
 
     gr.Markdown(
         "### Many pairs\nA zip with two top-level folders; files with the same name (without extension, "
@@ -73,7 +102,11 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: g
 
     def on_pair(path_a: str | None, path_b: str | None, shown: tuple | None) -> dict:
         if path_a is None or path_b is None:
-            return {scored_pair: None, result: "Upload two images to compare them (image A can come from the Tag tab)."}
+            return {
+                scored_pair: None,
+                result: "Upload two images to compare them (image A can come from the Tag tab).",
+                bar: "",
+            }
         if shown == (path_a, path_b):
             return gr.skip()  # this pair is on the page already
         value, error = attempt(compare, ctx, path_a, path_b)
@@ -81,7 +114,9 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: g
             return {result: warning(error)}
         return {
             scored_pair: (path_a, path_b),
-            result: f"Similarity **{value:.4f}** (cosine of the L2-normalised descriptors)",
+            result: f"Similarity **{value:.4f}** · {similarity_band(value)[0]} "
+            "(cosine of the L2-normalised descriptors)",
+            bar: similarity_bar(value),
         }
 
     def on_batch(path: str | None, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008
@@ -103,7 +138,7 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: g
         triggers,
         on_pair,
         inputs=[image_a, image_b, scored_pair],
-        outputs=[scored_pair, result],
+        outputs=[scored_pair, result, bar],
         api_visibility="private",
         trigger_mode="always_last",
         concurrency_id=HEAVY_QUEUE,
@@ -118,12 +153,14 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: g
     )
 
 
-def compare(ctx: AppContext, image_a: str | None, image_b: str | None) -> float:
+def compare(ctx: AppContext, image_a: str | None, image_b: str | None, max_size: object = None) -> float:
     """Cosine similarity of two uploads: both decoded here, one GPU call for the pair."""
-    pixels = [prepare_image(ctx, image_a, "image A"), prepare_image(ctx, image_b, "image B")]
+    pixels = [prepare_image(ctx, image_a, "image A", max_size), prepare_image(ctx, image_b, "image B", max_size)]
     vectors = ctx.runner.descriptors(pixels)
     return cosine_similarity(vectors[0], vectors[1])
 
 
-def score_zip(ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None) -> BatchSimilarity:
-    return batch_similarity(path, ctx.tagger.prepare, ctx.runner.descriptors, progress=progress)
+def score_zip(
+    ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None, max_size: object = None
+) -> BatchSimilarity:
+    return batch_similarity(path, ctx.preparer(max_size), ctx.runner.descriptors, progress=progress)

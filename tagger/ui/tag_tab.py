@@ -25,9 +25,10 @@ import numpy as np
 from tagger.errors import FetchError
 from tagger.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
-from tagger.results import IMPLIED, add_to_tag_list, page_scores
+from tagger.resolution import MIN_SIZE, SIZE_STEP
+from tagger.results import IMPLIED, add_to_tag_list, page_scores, parse_tag_list
 from tagger.ui.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, warning
-from tagger.ui.controls import build_option_controls
+from tagger.ui.controls import OptionControls, build_option_controls
 from tagger.ui.features_tab import heatmap_info, heatmap_markdown, run_heatmap
 from tagger.ui.inputs import SafeImage, image_upload
 from tagger.vocab import CATEGORIES, Vocabulary, normalize_tag
@@ -73,6 +74,8 @@ class ScoredImage:
     scores: np.ndarray
     seconds: float
     key: str  # new for every image: the page scrolls to the results of a new image
+    path: str = ""  # the upload these scores are of
+    size: int = 0  # the long edge it ran at
 
 
 def page_payload(ctx: AppContext, scored: ScoredImage, floor: float | None) -> dict:
@@ -83,7 +86,7 @@ def page_payload(ctx: AppContext, scored: ScoredImage, floor: float | None) -> d
     except (TypeError, ValueError):
         cutoff = DEFAULTS.floor
     payload = page_scores(scored.scores, ctx.vocab, cutoff)
-    payload.update(id=scored.key, seconds=round(scored.seconds, 3), device=ctx.tagger.device.type)
+    payload.update(id=scored.key, seconds=round(scored.seconds, 3), device=ctx.tagger.device.type, size=scored.size)
     return payload
 
 
@@ -122,12 +125,18 @@ def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit:
     return rows
 
 
-def heatmap_view(ctx: AppContext, path: str | None, tag: str | None) -> tuple[np.ndarray, str]:
+def heatmap_view(ctx: AppContext, path: str | None, tag: str | None, max_size: object = None) -> tuple[np.ndarray, str]:
     """A tag's relevance over the image as the model sees it, and its caption: one model call."""
     layers = min(DEFAULT_LAYERS_FROM_END, ctx.tagger.model.config.num_layers)
-    seen, index, result = run_heatmap(ctx, path, tag, layers)
+    seen, index, result = run_heatmap(ctx, path, tag, layers, max_size)
     overlay, _ = heatmap_images(seen, result.map, HEATMAP_OPACITY, "bilinear")
     return overlay, heatmap_markdown(heatmap_info(ctx, index, result, layers))
+
+
+def remove_from_tag_list(text: str | None, tag: str) -> str:
+    """``text`` (a comma-separated list) without ``tag`` (compared as ``Selection`` compares tags)."""
+    key = normalize_tag(tag)
+    return ", ".join(t for t in parse_tag_list(text or "") if normalize_tag(t) != key)
 
 
 def fetch_image(image: SafeImage, url: str) -> str:
@@ -148,6 +157,8 @@ def fetch_image(image: SafeImage, url: str) -> str:
 class TagTab:
     image: SafeImage  # the image the other tabs reuse
     scores: gr.State
+    controls: OptionControls  # the tagging settings, which the Batch tab uses too
+    size: gr.Slider  # the resolution
 
 
 def build_tag_tab(ctx: AppContext) -> TagTab:
@@ -179,6 +190,16 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
                         elem_id="tag-url",
                     )
                 url_note = gr.Markdown(elem_id="tag-url-note")
+                size = gr.Slider(
+                    MIN_SIZE,
+                    ctx.size_cap,
+                    ctx.default_size,
+                    step=SIZE_STEP,
+                    label="Resolution (px)",
+                    info=f"The long edge the model sees; larger is slower (trained at 512; this server allows up "
+                    f"to {ctx.size_cap}).",
+                    elem_id="tag-size",
+                )
                 if ctx.examples:
                     gr.Examples(ctx.examples, inputs=image, label="Examples")
             with gr.Column(elem_id="tag-controls"):
@@ -206,7 +227,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
                 js_on_load=(
                     "TagView.bind(element, trigger, 'tag-view');"
                     # The view's custom events, named here so that Gradio offers them in Python:
-                    " void ['tag_select', 'tag_exclude', 'need_scores'];"
+                    " void ['tag_select', 'tag_exclude', 'tag_unexclude', 'need_scores'];"
                 ),
                 apply_default_css=False,  # no prose margins: the bars are dense on purpose
                 elem_id="tag-view",
@@ -240,19 +261,33 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         show_progress="hidden",
     )
 
-    def tag_image(path: str | None, floor: float | None) -> dict:
+    def tag_image(path: str | None, floor: float | None, max_size: float | None) -> dict:
         if path is None:
             return {scored_state: None, scores_state: None, payload: None}
         started = time.perf_counter()
-        scores, error = attempt(ctx.scores_for, path)
+        scores, error = attempt(ctx.scores_for, path, max_size)
         if error is not None:
             return {payload: error_payload(error)}  # the last image's scores stay
-        scored = ScoredImage(scores, time.perf_counter() - started, uuid.uuid4().hex)
+        scored = ScoredImage(scores, time.perf_counter() - started, uuid.uuid4().hex, path, ctx.resolution(max_size))
         return {scored_state: scored, scores_state: scores, payload: page_payload(ctx, scored, floor)}
+
+    def resize(path: str | None, floor: float | None, max_size: float | None, scored: ScoredImage | None) -> dict:
+        size_now, _ = attempt(ctx.resolution, max_size)
+        if path is None or (scored is not None and scored.path == path and scored.size == size_now):
+            return gr.skip()  # a release without a change (the slider's blur, its reset at the same value)
+        return tag_image(path, floor, max_size)
 
     image.change(
         tag_image,
-        inputs=[image, controls["floor"]],
+        inputs=[image, controls["floor"], size],
+        outputs=[scored_state, scores_state, payload],
+        api_visibility="private",
+        concurrency_id=TAG_QUEUE,
+        show_progress_on=[view],
+    )
+    size.release(
+        resize,
+        inputs=[image, controls["floor"], size, scored_state],
         outputs=[scored_state, scores_state, payload],
         api_visibility="private",
         concurrency_id=TAG_QUEUE,
@@ -278,19 +313,23 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
     def exclude_tag(text: str | None, evt: gr.EventData) -> str:
         return add_to_tag_list(text, str(evt.tag))
 
-    view.tag_exclude(
-        exclude_tag,
-        inputs=controls["exclude"],
-        outputs=controls["exclude"],
-        queue=False,
-        api_visibility="private",
-        show_progress="hidden",
-    )
+    def unexclude_tag(text: str | None, evt: gr.EventData) -> str:
+        return remove_from_tag_list(text, str(evt.tag))
+
+    for list_event, list_change in ((view.tag_exclude, exclude_tag), (view.tag_unexclude, unexclude_tag)):
+        list_event(
+            list_change,
+            inputs=controls["exclude"],
+            outputs=controls["exclude"],
+            queue=False,
+            api_visibility="private",
+            show_progress="hidden",
+        )
 
     heat_outputs = [image, heat_panel, heat_image, heat_caption]
 
-    def show_heatmap(path: str | None, tag: str | None) -> dict:
-        result, error = attempt(heatmap_view, ctx, path, tag)
+    def show_heatmap(path: str | None, tag: str | None, max_size: float | None) -> dict:
+        result, error = attempt(heatmap_view, ctx, path, tag, max_size)
         if error is not None:
             return {heat_caption: warning(error)}  # the last heatmap (or the image) stays
         overlay, caption = result
@@ -301,18 +340,18 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             heat_caption: caption,
         }
 
-    def heatmap_for_bar(path: str | None, evt: gr.EventData) -> dict:
-        return show_heatmap(path, str(evt.tag))
+    def heatmap_for_bar(path: str | None, max_size: float | None, evt: gr.EventData) -> dict:
+        return show_heatmap(path, str(evt.tag), max_size)
 
-    def heatmap_for_row(path: str | None, evt: gr.SelectData) -> dict:
+    def heatmap_for_row(path: str | None, max_size: float | None, evt: gr.SelectData) -> dict:
         row = evt.row_value or []
-        return show_heatmap(path, str(row[0]) if row else None)
+        return show_heatmap(path, str(row[0]) if row else None, max_size)
 
     scroll = "() => { document.getElementById('tag-input')?.scrollIntoView({block: 'nearest', behavior: 'smooth'}); }"
     for event, handler in ((view.tag_select, heatmap_for_bar), (lookup_table.select, heatmap_for_row)):
         event(
             handler,
-            inputs=image,
+            inputs=[image, size],
             outputs=heat_outputs,
             api_visibility="private",
             concurrency_id=HEAVY_QUEUE,
@@ -320,8 +359,8 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         ).then(None, js=scroll, api_visibility="private", show_progress="hidden")
     back.click(
         None,
-        outputs=[image, heat_panel],
-        js="() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}]",
+        outputs=[image, heat_panel, heat_caption],
+        js="() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}, '']",
         api_visibility="private",
         show_progress="hidden",
     )
@@ -355,4 +394,4 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         queue=False,
         show_progress="hidden",
     )
-    return TagTab(image=image, scores=scores_state)
+    return TagTab(image=image, scores=scores_state, controls=option_controls, size=size)
