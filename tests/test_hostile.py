@@ -1377,7 +1377,10 @@ assert OPTION_NAMES[7] == "exclude"
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("missing_parameters", f"This endpoint takes {1 + len(OPTION_FIELDS)} values"),
+        (
+            "missing_parameters",
+            f"This endpoint takes {2 + len(OPTION_FIELDS)} values",
+        ),  # the image, the options, max_size
         ("file_not_a_dict", "Send files as uploads"),
         ("relative_path", "was not uploaded to this Space"),
         ("batch_topk_nan", "topk_per_category must be a whole number of 0 or more, not nan"),
