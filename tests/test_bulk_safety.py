@@ -320,7 +320,7 @@ def test_a_huge_parquet_cell_is_refused_with_a_sentence(tmp_path: Path, tiny_fil
     monkeypatch.setattr(safefs, "MAX_IMAGE_BYTES", 1024 * 1024)
     table = pa.table({"image": pa.array([image_bytes(40, 40, 1), bytes(8 * 1024 * 1024), image_bytes(48, 32, 2)])})
     path = tmp_path / "t.parquet"
-    pq.write_table(table, path, compression="zstd")
+    pq.write_table(table, path, compression="zstd", row_group_size=1)
     assert path.stat().st_size < 64 * 1024
     big = tmp_path / "big.png"
     big.write_bytes(image_bytes(40, 40, 4) + bytes(2 * 1024 * 1024))  # a file over the cap too
@@ -332,7 +332,10 @@ def test_a_huge_parquet_cell_is_refused_with_a_sentence(tmp_path: Path, tiny_fil
     result = run_bulk(capsys, tiny_files, *inputs, "--out", str(out), "--format", "parquet")
     assert result.code == 0, result.err
     assert "2 images tagged, 4 unreadable" in result.out
-    assert "t.parquet#1: it is 8,388,608 bytes, over the limit of 1 MiB per image" in result.err
+    assert (
+        "t.parquet#1: its row group 1 was not read: its image column holds a cell of 8,388,608 bytes, "
+        "over the limit of 1 MiB per image" in result.err
+    )
     assert "big.png: it is 2," in result.err and "over the limit of 1 MiB per image" in result.err
     for member in ("m.tar/m/big.png", "m.zip/z/big.png"):
         assert f"{member}: it is 3,145,728 bytes, over the limit of 1 MiB per image" in result.err
