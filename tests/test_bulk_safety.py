@@ -342,6 +342,66 @@ def test_a_huge_parquet_cell_is_refused_with_a_sentence(tmp_path: Path, tiny_fil
     assert [r["key"] for r in parquet_rows(out) if r["error"] is None] == ["t.parquet/000000000", "t.parquet/000000002"]
 
 
+_PEAK_OF_REFUSAL = """
+import resource, sys
+from tagger.bulk import safefs, sources
+safefs.MAX_IMAGE_BYTES = 1024 * 1024
+sources.read_bytes(("parquet", sys.argv[1], 0, 0, "image"))  # a small cell: pyarrow and the cursor loaded
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    sources.read_bytes(("parquet", sys.argv[1], 1, 0, "image"))
+except OSError as e:
+    print(e)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_a_huge_parquet_cell_is_refused_before_its_page_is_decompressed(tmp_path: Path) -> None:
+    """The refusal comes from the page headers: the process grows by a small part of the cell."""
+    cell = 128 * 1024 * 1024
+    small = image_bytes(40, 40, 1)
+    data = pa.py_buffer(small + bytes(cell))
+    offsets = pa.py_buffer(np.array([0, len(small), len(small) + cell], dtype=np.int64).tobytes())
+    column = pa.Array.from_buffers(pa.large_binary(), 2, [None, offsets, data])
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": column}), path, compression="zstd", row_group_size=1)
+    del data, column
+    assert path.stat().st_size < 64 * 1024
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_OF_REFUSAL, str(path)],
+        env=environment_for_subprocess(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    sentence, grown_kb = done.stdout.strip().splitlines()
+    assert sentence.startswith(f"its row group 1 was not read: its image column holds a cell of {cell:,} bytes")
+    assert "write the file again without that cell" in sentence
+    assert int(grown_kb) * 1024 < cell // 8  # pyarrow would have grown by about four cells
+
+
+@pytest.mark.parametrize(
+    ("compression", "version", "struct"), [("zstd", "1.0", False), ("snappy", "2.0", True), ("none", "1.0", True)]
+)
+def test_a_row_group_of_many_images_bigger_than_the_cap_is_all_tagged(
+    tmp_path: Path, tiny_files, capsys, monkeypatch, compression: str, version: str, struct: bool
+) -> None:
+    """As ``datasets`` writes them: many images in one row group (often one page) far over the cap."""
+    monkeypatch.setattr(safefs, "MAX_IMAGE_BYTES", 1024 * 1024)
+    rng = np.random.default_rng(7)
+    images = [image_bytes(32 + i, 32, i) + rng.bytes(400 * 1024) for i in range(12)]  # each decodes, none compresses
+    values = pa.array([{"bytes": b, "path": None} for b in images]) if struct else pa.array(images)
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": values}), path, compression=compression, data_page_version=version)
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).total_uncompressed_size > 4 * 1024 * 1024
+    out = tmp_path / "out"
+    result = run_bulk(capsys, tiny_files, str(path), "--out", str(out), "--format", "parquet", "--workers", "2")
+    assert result.code == 0, result.err
+    assert "12 images tagged, 0 unreadable" in result.out, result.out
+    assert [r["error"] for r in parquet_rows(out)] == [None] * 12
+
+
 def test_a_zip_whose_names_claim_utf8_but_are_not_gets_a_sentence(tmp_path: Path, tiny_files, capsys) -> None:
     archive = write_zip(tmp_path / "a.zip", {"caf\u00e9.png": image_bytes(32, 32, 1)})
     archive.write_bytes(archive.read_bytes().replace("caf\u00e9".encode(), b"caf\xe9!"))  # UTF-8 flag kept
