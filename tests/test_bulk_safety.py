@@ -402,6 +402,24 @@ def test_a_row_group_of_many_images_bigger_than_the_cap_is_all_tagged(
     assert [r["error"] for r in parquet_rows(out)] == [None] * 12
 
 
+def test_a_saved_dataset_cell_over_the_cap_is_refused_and_the_others_tagged(
+    tmp_path: Path, tiny_files, capsys, monkeypatch
+) -> None:
+    import datasets
+
+    monkeypatch.setattr(safefs, "MAX_IMAGE_BYTES", 1024 * 1024)
+    cells = [image_bytes(40, 40, 1), bytes(3 * 1024 * 1024), image_bytes(48, 32, 2)]
+    features = datasets.Features({"image": datasets.Image()})
+    rows = {"image": [{"bytes": b, "path": None} for b in cells]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "out"
+    result = run_bulk(capsys, tiny_files, str(tmp_path / "ds"), "--out", str(out), "--format", "parquet")
+    assert result.code == 0, result.err
+    assert "2 images tagged, 1 unreadable" in result.out
+    assert "ds#1: it is 3,145,728 bytes, over the limit of 1 MiB per image" in result.err
+    assert [r["key"] for r in parquet_rows(out) if r["error"] is None] == ["ds/000000000", "ds/000000002"]
+
+
 def test_a_zip_whose_names_claim_utf8_but_are_not_gets_a_sentence(tmp_path: Path, tiny_files, capsys) -> None:
     archive = write_zip(tmp_path / "a.zip", {"caf\u00e9.png": image_bytes(32, 32, 1)})
     archive.write_bytes(archive.read_bytes().replace("caf\u00e9".encode(), b"caf\xe9!"))  # UTF-8 flag kept

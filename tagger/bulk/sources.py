@@ -723,6 +723,9 @@ def read_bytes(locator: Locator) -> bytes:
         dataset = cache.datasets.get((folder, split, column))
         if dataset is None:
             dataset = cache.datasets[(folder, split, column)] = _open_saved_column(folder, split, column)
+        size = _dataset_cell_size(dataset, row, column)
+        if size is not None and size > safefs.MAX_IMAGE_BYTES:
+            raise safefs.TooLarge(safefs.size_limit_sentence(size))  # refused before it is copied
         cell, path = _image_value(dataset[row][column])
         return _bytes_or_file(cell, path, folder)
     raise ValueError(f"unknown locator kind {kind!r}")
@@ -740,6 +743,22 @@ def _bytes_or_file(data: bytes | None, path: str | None, folder: str) -> bytes:
     if path:
         return safefs.read_regular(os.path.join(folder, path), safefs.MAX_IMAGE_BYTES)
     raise OSError("the row holds no image")
+
+
+def _dataset_cell_size(dataset: Any, row: int, column: str) -> int | None:
+    """The byte length of a saved dataset's cell, read from its memory-mapped Arrow data."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if getattr(dataset, "_indices", None) is not None:  # rows reordered: let the copy be measured
+        return None
+    values = dataset.data.column(column).slice(row, 1).combine_chunks()
+    if pa.types.is_struct(values.type):
+        values = values.field("bytes")
+    if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
+        return None
+    size = pc.binary_length(values)[0].as_py()
+    return int(size) if size is not None else None
 
 
 def _open_saved_column(folder: str, split: str, column: str) -> Any:
