@@ -402,6 +402,27 @@ def test_a_row_group_of_many_images_bigger_than_the_cap_is_all_tagged(
     assert [r["error"] for r in parquet_rows(out)] == [None] * 12
 
 
+@pytest.mark.parametrize("compression", ["zstd", "gzip", "brotli", "snappy", "lz4", "none"])
+@pytest.mark.parametrize("version", ["1.0", "2.0"])
+@pytest.mark.parametrize("dictionary", [True, False])
+def test_page_headers_find_the_cell_over_the_cap_in_every_codec(
+    tmp_path: Path, compression: str, version: str, dictionary: bool
+) -> None:
+    from tagger.bulk.parquet_pages import oversized_cell
+
+    cells = [{"bytes": b"a" * 100, "path": None}, {"bytes": bytes(3 * 1024 * 1024), "path": "x"}, None]
+    path = tmp_path / "t.parquet"
+    table = pa.table({"image": pa.array(cells)})
+    pq.write_table(table, path, compression=compression, data_page_version=version, use_dictionary=dictionary)
+    metadata = pq.ParquetFile(path).metadata
+    leaf = [metadata.row_group(0).column(j).path_in_schema for j in range(metadata.num_columns)].index("image.bytes")
+    found = [
+        oversized_cell(str(path), metadata.row_group(0), leaf, metadata.schema.column(leaf), limit)
+        for limit in (1024 * 1024, 4 * 1024 * 1024)
+    ]
+    assert found == [3 * 1024 * 1024, None]
+
+
 def test_a_saved_dataset_cell_over_the_cap_is_refused_and_the_others_tagged(
     tmp_path: Path, tiny_files, capsys, monkeypatch
 ) -> None:
