@@ -4,9 +4,8 @@ pyarrow decompresses and decodes a whole page before any of its values can be me
 costs the page's size a few times over: a 33 KB zstd file can hold a 1000 MiB cell. So before
 a row group's image column is read, ``oversized_cell`` looks at what the file says about it:
 
-* a column chunk whose uncompressed size is within the cap cannot hold a cell over it;
-* otherwise each page header (a small Thrift struct in front of each page) gives the page's
-  uncompressed size; a page within the cap is fine;
+* each page header (a small Thrift struct in front of each page) gives the page's
+  uncompressed size, which is what the reader allocates; a page within the cap is fine;
 * a page over the cap (a row group of many images, as ``datasets`` writes, is often one
   dictionary page) is decompressed as a stream, a megabyte at a time, and only the length
   prefixes of its values are kept. zstd, gzip, brotli and uncompressed pages are streamed;
@@ -208,7 +207,7 @@ class _Values:
         import pyarrow as pa
 
         fp.read(page.levels_v2)  # v2 levels are stored apart from the values, never compressed
-        self._head = b""
+        self._left = page.uncompressed - page.levels_v2
         body = page.compressed - page.levels_v2
         raw: Any = _Region(fp, body)
         self._buffer: Any = None
@@ -235,10 +234,11 @@ class _Values:
             raise PageError(f"its pages are compressed with {codec}, which bulk tagging cannot check before reading")
 
     def read(self, n: int) -> bytes:
-        head, self._head = self._head[:n], self._head[n:]
-        if len(head) == n:
-            return head
-        return head + bytes(self._stream.read(n - len(head)))
+        # Never past the size the header gives: a stream that decompresses to more is cut there.
+        n = min(n, self._left)
+        data = bytes(self._stream.read(n)) if n else b""
+        self._left -= len(data)
+        return data
 
     def skip(self, n: int) -> int:
         skipped = 0
@@ -271,9 +271,11 @@ def oversized_cell(file: str, row_group: Any, column: int, schema_column: Any, l
     """The size of a cell over ``limit`` in one row group's column chunk (the first found), or None.
 
     ``PageError`` when what the file says cannot be read or the chunk cannot be checked."""
+    import pyarrow as pa
+
     chunk = row_group.column(column)
-    if chunk.total_uncompressed_size <= limit:
-        return None
+    # Every page header is read, even when the footer's total says the chunk is small: the
+    # reader sizes each page from its own header, and the two need not agree in a made-up file.
     codec = str(chunk.compression).upper()
     start = chunk.data_page_offset
     if chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
@@ -295,8 +297,11 @@ def oversized_cell(file: str, row_group: Any, column: int, schema_column: Any, l
                     f"it has a page of {page.uncompressed:,} bytes in an encoding (number {page.encoding}) "
                     "that bulk tagging cannot check before reading"
                 )
-            values = _Values(fp, page, codec)
-            for length in _value_lengths(values, page, definition, repetition):
-                if length > limit:
-                    return length
+            try:
+                values = _Values(fp, page, codec)
+                for length in _value_lengths(values, page, definition, repetition):
+                    if length > limit:
+                        return length
+            except (OSError, pa.ArrowException) as e:
+                raise PageError(f"a page could not be decompressed ({e})") from None
     return None
