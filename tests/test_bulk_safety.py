@@ -320,7 +320,7 @@ def test_a_huge_parquet_cell_is_refused_with_a_sentence(tmp_path: Path, tiny_fil
     monkeypatch.setattr(safefs, "MAX_IMAGE_BYTES", 1024 * 1024)
     table = pa.table({"image": pa.array([image_bytes(40, 40, 1), bytes(8 * 1024 * 1024), image_bytes(48, 32, 2)])})
     path = tmp_path / "t.parquet"
-    pq.write_table(table, path, compression="zstd")
+    pq.write_table(table, path, compression="zstd", row_group_size=1)
     assert path.stat().st_size < 64 * 1024
     big = tmp_path / "big.png"
     big.write_bytes(image_bytes(40, 40, 4) + bytes(2 * 1024 * 1024))  # a file over the cap too
@@ -332,11 +332,113 @@ def test_a_huge_parquet_cell_is_refused_with_a_sentence(tmp_path: Path, tiny_fil
     result = run_bulk(capsys, tiny_files, *inputs, "--out", str(out), "--format", "parquet")
     assert result.code == 0, result.err
     assert "2 images tagged, 4 unreadable" in result.out
-    assert "t.parquet#1: it is 8,388,608 bytes, over the limit of 1 MiB per image" in result.err
+    assert (
+        "t.parquet#1: its row group 1 was not read: its image column holds a cell of 8,388,608 bytes, "
+        "over the limit of 1 MiB per image" in result.err
+    )
     assert "big.png: it is 2," in result.err and "over the limit of 1 MiB per image" in result.err
     for member in ("m.tar/m/big.png", "m.zip/z/big.png"):
         assert f"{member}: it is 3,145,728 bytes, over the limit of 1 MiB per image" in result.err
     assert [r["key"] for r in parquet_rows(out) if r["error"] is None] == ["t.parquet/000000000", "t.parquet/000000002"]
+
+
+_PEAK_OF_REFUSAL = """
+import resource, sys
+from tagger.bulk import safefs, sources
+safefs.MAX_IMAGE_BYTES = 1024 * 1024
+sources.read_bytes(("parquet", sys.argv[1], 0, 0, "image"))  # a small cell: pyarrow and the cursor loaded
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    sources.read_bytes(("parquet", sys.argv[1], 1, 0, "image"))
+except OSError as e:
+    print(e)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_a_huge_parquet_cell_is_refused_before_its_page_is_decompressed(tmp_path: Path) -> None:
+    """The refusal comes from the page headers: the process grows by a small part of the cell."""
+    cell = 128 * 1024 * 1024
+    small = image_bytes(40, 40, 1)
+    data = pa.py_buffer(small + bytes(cell))
+    offsets = pa.py_buffer(np.array([0, len(small), len(small) + cell], dtype=np.int64).tobytes())
+    column = pa.Array.from_buffers(pa.large_binary(), 2, [None, offsets, data])
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": column}), path, compression="zstd", row_group_size=1)
+    del data, column
+    assert path.stat().st_size < 64 * 1024
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_OF_REFUSAL, str(path)],
+        env=environment_for_subprocess(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    sentence, grown_kb = done.stdout.strip().splitlines()
+    assert sentence.startswith(f"its row group 1 was not read: its image column holds a cell of {cell:,} bytes")
+    assert "write the file again without that cell" in sentence
+    assert int(grown_kb) * 1024 < cell // 8  # pyarrow would have grown by about four cells
+
+
+@pytest.mark.parametrize(
+    ("compression", "version", "struct"), [("zstd", "1.0", False), ("snappy", "2.0", True), ("none", "1.0", True)]
+)
+def test_a_row_group_of_many_images_bigger_than_the_cap_is_all_tagged(
+    tmp_path: Path, tiny_files, capsys, monkeypatch, compression: str, version: str, struct: bool
+) -> None:
+    """As ``datasets`` writes them: many images in one row group (often one page) far over the cap."""
+    monkeypatch.setattr(safefs, "MAX_IMAGE_BYTES", 1024 * 1024)
+    rng = np.random.default_rng(7)
+    images = [image_bytes(32 + i, 32, i) + rng.bytes(400 * 1024) for i in range(12)]  # each decodes, none compresses
+    values = pa.array([{"bytes": b, "path": None} for b in images]) if struct else pa.array(images)
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": values}), path, compression=compression, data_page_version=version)
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).total_uncompressed_size > 4 * 1024 * 1024
+    out = tmp_path / "out"
+    result = run_bulk(capsys, tiny_files, str(path), "--out", str(out), "--format", "parquet", "--workers", "2")
+    assert result.code == 0, result.err
+    assert "12 images tagged, 0 unreadable" in result.out, result.out
+    assert [r["error"] for r in parquet_rows(out)] == [None] * 12
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip", "brotli", "snappy", "lz4", "none"])
+@pytest.mark.parametrize("version", ["1.0", "2.0"])
+@pytest.mark.parametrize("dictionary", [True, False])
+def test_page_headers_find_the_cell_over_the_cap_in_every_codec(
+    tmp_path: Path, compression: str, version: str, dictionary: bool
+) -> None:
+    from tagger.bulk.parquet_pages import oversized_cell
+
+    cells = [{"bytes": b"a" * 100, "path": None}, {"bytes": bytes(3 * 1024 * 1024), "path": "x"}, None]
+    path = tmp_path / "t.parquet"
+    table = pa.table({"image": pa.array(cells)})
+    pq.write_table(table, path, compression=compression, data_page_version=version, use_dictionary=dictionary)
+    metadata = pq.ParquetFile(path).metadata
+    leaf = [metadata.row_group(0).column(j).path_in_schema for j in range(metadata.num_columns)].index("image.bytes")
+    found = [
+        oversized_cell(str(path), metadata.row_group(0), leaf, metadata.schema.column(leaf), limit)
+        for limit in (1024 * 1024, 4 * 1024 * 1024)
+    ]
+    assert found == [3 * 1024 * 1024, None]
+
+
+def test_a_saved_dataset_cell_over_the_cap_is_refused_and_the_others_tagged(
+    tmp_path: Path, tiny_files, capsys, monkeypatch
+) -> None:
+    import datasets
+
+    monkeypatch.setattr(safefs, "MAX_IMAGE_BYTES", 1024 * 1024)
+    cells = [image_bytes(40, 40, 1), bytes(3 * 1024 * 1024), image_bytes(48, 32, 2)]
+    features = datasets.Features({"image": datasets.Image()})
+    rows = {"image": [{"bytes": b, "path": None} for b in cells]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "out"
+    result = run_bulk(capsys, tiny_files, str(tmp_path / "ds"), "--out", str(out), "--format", "parquet")
+    assert result.code == 0, result.err
+    assert "2 images tagged, 1 unreadable" in result.out
+    assert "ds#1: it is 3,145,728 bytes, over the limit of 1 MiB per image" in result.err
+    assert [r["key"] for r in parquet_rows(out) if r["error"] is None] == ["ds/000000000", "ds/000000002"]
 
 
 def test_a_zip_whose_names_claim_utf8_but_are_not_gets_a_sentence(tmp_path: Path, tiny_files, capsys) -> None:

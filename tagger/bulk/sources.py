@@ -576,6 +576,7 @@ class _ReaderCache:
         self.pid = os.getpid()
         self.zips: dict[str, zipfile.ZipFile] = {}
         self.groups: OrderedDict[tuple[str, int, str], _ParquetCursor] = OrderedDict()
+        self.refused_groups: dict[tuple[str, int, str], str | None] = {}  # why a row group is not read
         self.datasets: dict[tuple[str, str, str], Any] = {}
 
 
@@ -633,8 +634,42 @@ class _ParquetCursor:
         return self.values[row - self.start], self.sizes[row - self.start]
 
 
+def _refusal(file: str, group: int, column: str) -> str | None:
+    """Why row group ``group`` of ``file`` must not be read (a cell over the cap in its image
+    column, found from the file's page headers before anything is decompressed), or None."""
+    import pyarrow.parquet as pq
+
+    from tagger.bulk.parquet_pages import PageError, oversized_cell
+
+    metadata = pq.ParquetFile(file).metadata
+    row_group = metadata.row_group(group)
+    for leaf in range(row_group.num_columns):
+        if row_group.column(leaf).path_in_schema not in (column, f"{column}.bytes"):
+            continue
+        try:
+            size = oversized_cell(file, row_group, leaf, metadata.schema.column(leaf), safefs.MAX_IMAGE_BYTES)
+        except PageError as e:
+            return (
+                f"its row group {group} was not read: {e}, and it may hold an image over the limit of "
+                f"{safefs.MAX_IMAGE_BYTES / (1024 * 1024):g} MiB per image; write the file again with pyarrow's "
+                "defaults to tag it"
+            )
+        if size is not None:
+            return (
+                f"its row group {group} was not read: its image column holds a cell of {size:,} bytes, over the "
+                f"limit of {safefs.MAX_IMAGE_BYTES / (1024 * 1024):g} MiB per image, and no row of the group can be "
+                "read without decompressing it; write the file again without that cell to tag the others"
+            )
+    return None
+
+
 def _parquet_cell(cache: _ReaderCache, file: str, group: int, row: int, column: str) -> tuple[bytes | None, str | None]:
     key = (file, group, column)
+    if key not in cache.refused_groups:
+        cache.refused_groups[key] = _refusal(file, group, column)
+    refusal = cache.refused_groups[key]
+    if refusal is not None:
+        raise safefs.TooLarge(refusal)
     cursor = cache.groups.get(key)
     if cursor is None or row < cursor.start:
         cursor = cache.groups[key] = _ParquetCursor(file, group, column)
@@ -688,6 +723,9 @@ def read_bytes(locator: Locator) -> bytes:
         dataset = cache.datasets.get((folder, split, column))
         if dataset is None:
             dataset = cache.datasets[(folder, split, column)] = _open_saved_column(folder, split, column)
+        size = _dataset_cell_size(dataset, row, column)
+        if size is not None and size > safefs.MAX_IMAGE_BYTES:
+            raise safefs.TooLarge(safefs.size_limit_sentence(size))  # refused before it is copied
         cell, path = _image_value(dataset[row][column])
         return _bytes_or_file(cell, path, folder)
     raise ValueError(f"unknown locator kind {kind!r}")
@@ -705,6 +743,22 @@ def _bytes_or_file(data: bytes | None, path: str | None, folder: str) -> bytes:
     if path:
         return safefs.read_regular(os.path.join(folder, path), safefs.MAX_IMAGE_BYTES)
     raise OSError("the row holds no image")
+
+
+def _dataset_cell_size(dataset: Any, row: int, column: str) -> int | None:
+    """The byte length of a saved dataset's cell, read from its memory-mapped Arrow data."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if getattr(dataset, "_indices", None) is not None:  # rows reordered: let the copy be measured
+        return None
+    values = dataset.data.column(column).slice(row, 1).combine_chunks()
+    if pa.types.is_struct(values.type):
+        values = values.field("bytes")
+    if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
+        return None
+    size = pc.binary_length(values)[0].as_py()
+    return int(size) if size is not None else None
 
 
 def _open_saved_column(folder: str, split: str, column: str) -> Any:
