@@ -1497,7 +1497,6 @@ def test_a_running_instance_keeps_its_files(tmp_path: Path) -> None:
         second.release()
 
 
-
 def test_the_scheduled_sweep_forgets_files_removed_meanwhile(tmp_path: Path) -> None:
     """The app's lists of the files it wrote do not grow with files already removed (a finished
     MCP call's, a refused upload's): the scheduled sweep drops them, and keeps live ones."""
@@ -1513,6 +1512,7 @@ def test_the_scheduled_sweep_forgets_files_removed_meanwhile(tmp_path: Path) -> 
     )
     keeper.on_schedule()
     assert registered == {str(live)} and live.exists()
+
 
 # ---------------------------------------------------------------------------------------------
 # Decoding cost: fitted decoding is the reference resize, in bounded memory
