@@ -87,23 +87,21 @@ def inputs(folder: Path) -> dict[str, Path]:
 _CHILD = """
 import ctypes, gc, os, signal, sys, tracemalloc
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
-TRACE = os.environ.get("SOAK_TRACE")  # where the start -> end diff goes; tracing on when set
-if TRACE:
-    tracemalloc.start(12)
-snapshots = []
+TRACE = os.environ.get("SOAK_TRACE")  # where the report goes; tracing from the first SIGUSR1 when set
 def trim(*_):  # SIGUSR1: what the allocator keeps once everything unused is given back
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    if TRACE:
-        snapshots.append(tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)]))
-        if len(snapshots) >= 2:
-            stats = snapshots[-1].compare_to(snapshots[0], "traceback")
-            with open(TRACE, "w") as out:
-                grown, blocks = sum(s.size_diff for s in stats), sum(s.count_diff for s in stats)
-                out.write(f"traced Python memory: {grown / 2**20:+.2f} MiB in {blocks:+d} blocks\\n")
-                for stat in stats[:20]:
-                    out.write(f"\\n{stat.size_diff / 1024:+.1f} KiB, {stat.count_diff:+d} blocks\\n")
-                    out.write("\\n".join(stat.traceback.format(limit=6)) + "\\n")
+    if TRACE and not tracemalloc.is_tracing():  # after warm-up: trace what is allocated from now on
+        tracemalloc.start(12)
+    elif TRACE:  # the end: what was allocated since and is still alive
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        stats = snapshot.statistics("traceback")
+        with open(TRACE, "w") as out:
+            alive, blocks = sum(s.size for s in stats), sum(s.count for s in stats)
+            out.write(f"allocated after warm-up, alive at the end: {alive / 2**20:.2f} MiB in {blocks} blocks\\n")
+            for stat in stats[:20]:
+                out.write(f"\\n{stat.size / 1024:.1f} KiB, {stat.count} blocks\\n")
+                out.write("\\n".join(stat.traceback.format(limit=6)) + "\\n")
     print("TRIMMED", flush=True)
 signal.signal(signal.SIGUSR1, trim)
 from app_server import start_app
@@ -260,7 +258,7 @@ def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool) -> Non
         f"round), {sum('Traceback' in line for line in lines)} tracebacks"
     )
     if trace:
-        print("\ntracemalloc, after warm-up -> end (both after gc), top 20 by traceback:\n")
+        print("\ntracemalloc in the server, from the warm-up trim to the end (after gc), top 20 by traceback:\n")
         print(Path(trace).read_text())
     client.close()
     child.stdin.close()
