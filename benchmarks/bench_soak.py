@@ -118,6 +118,11 @@ def proc_rss_mib(pid: int) -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MiB
 
 
+def proc_threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
 def folder_files(folder: Path) -> tuple[int, float]:
     files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".tagger")]
     return len(files), sum(p.stat().st_size for p in files if p.exists()) / MiB
@@ -231,6 +236,7 @@ def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool) -> Non
         if not warm_trimmed and elapsed >= warmup:
             time.sleep(2)  # the server notices the last cut-off upload
             warm_rss, warm_trimmed, warm_rounds = proc_rss_mib(child.pid), trimmed_rss(), rounds
+            warm_threads = proc_threads(child.pid)
             print(f"| {elapsed:.0f} | {rounds} | {warm_rss:.0f} (warmed up; {warm_trimmed:.0f} after trim) | | |")
         one_round()
         rounds += 1
@@ -252,7 +258,8 @@ def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool) -> Non
         f"\nserver RSS: start {start_rss:.0f} MiB, after warm-up {warm_rss:.0f} ({warm_trimmed:.0f} after gc + "
         f"malloc_trim(0)), end {end_rss:.0f} ({end_trimmed:.0f} after gc + malloc_trim(0)), highest seen {peak:.0f}; "
         f"{'FLAT' if flat else 'NOT FLAT'}: {end_trimmed - warm_trimmed:+.0f} MiB after trim over "
-        f"{rounds - warm_rounds} rounds past the warm-up (tolerance {tolerance:.0f} MiB)\n"
+        f"{rounds - warm_rounds} rounds past the warm-up (tolerance {tolerance:.0f} MiB); server threads "
+        f"{warm_threads} after warm-up, {proc_threads(child.pid)} at the end\n"
         f"cache {start_files} files {start_mib:.2f} MiB -> {end_files} files {end_mib:.2f} MiB; "
         f"{rounds} rounds of 7 abusive requests; the app logged {len(ours)} lines ({len(ours) / (rounds + 1):.1f} a "
         f"round), {sum('Traceback' in line for line in lines)} tracebacks"
