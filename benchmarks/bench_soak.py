@@ -15,7 +15,11 @@ that long, rounds of: an upload cut off half-way (the connection closed), an upl
 part-way at the per-request cap (4 MiB here), a JSON body over its cap, /tag with a refused
 URL, and MCP ``tag`` calls with a ``data:`` image (a good one, an ICO that embeds a 48 Mpx
 PNG, one that is not an image). It prints the child's RSS and the cache folder (files, bytes)
-after a warm-up round and then every 30 s; everything refused or cut off must leave nothing.
+every 30 s; everything refused or cut off must leave nothing. The baseline is taken after
+``--warmup`` seconds of rounds (first calls, imports, caches), raw and after gc +
+``malloc_trim(0)``; the run is flat when the trimmed RSS at the end is within ``--tolerance``
+MiB of it. ``--trace``: tracemalloc in the server from that baseline on, and at the end the
+20 largest live allocations made since, by traceback (Python objects vs native memory).
 """
 
 from __future__ import annotations
