@@ -15,7 +15,11 @@ that long, rounds of: an upload cut off half-way (the connection closed), an upl
 part-way at the per-request cap (4 MiB here), a JSON body over its cap, /tag with a refused
 URL, and MCP ``tag`` calls with a ``data:`` image (a good one, an ICO that embeds a 48 Mpx
 PNG, one that is not an image). It prints the child's RSS and the cache folder (files, bytes)
-after a warm-up round and then every 30 s; everything refused or cut off must leave nothing.
+every 30 s; everything refused or cut off must leave nothing. The baseline is taken after
+``--warmup`` seconds of rounds (first calls, imports, caches), raw and after gc +
+``malloc_trim(0)``; the run is flat when the trimmed RSS at the end is within ``--tolerance``
+MiB of it. ``--trace``: tracemalloc in the server from that baseline on, and at the end the
+20 largest live allocations made since, by traceback (Python objects vs native memory).
 """
 
 from __future__ import annotations
@@ -85,11 +89,24 @@ def inputs(folder: Path) -> dict[str, Path]:
 
 
 _CHILD = """
-import ctypes, gc, signal, sys
+import ctypes, gc, os, signal, sys, tracemalloc
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+TRACE = os.environ.get("SOAK_TRACE")  # where the report goes; tracing from the first SIGUSR1 when set
 def trim(*_):  # SIGUSR1: what the allocator keeps once everything unused is given back
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if TRACE and not tracemalloc.is_tracing():  # after warm-up: trace what is allocated from now on
+        tracemalloc.start(12)
+    elif TRACE:  # the end: what was allocated since and is still alive
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        stats = snapshot.statistics("traceback")
+        with open(TRACE, "w") as out:
+            alive, blocks = sum(s.size for s in stats), sum(s.count for s in stats)
+            out.write(f"allocated after warm-up, alive at the end: {alive / 2**20:.2f} MiB in {blocks} blocks\\n")
+            for stat in stats[:20]:
+                out.write(f"\\n{stat.size / 1024:.1f} KiB, {stat.count} blocks\\n")
+                out.write("\\n".join(stat.traceback.format(limit=6)) + "\\n")
+    print("TRIMMED", flush=True)
 signal.signal(signal.SIGUSR1, trim)
 from app_server import start_app
 from tagger.fairshare import FairShareLimits
@@ -105,12 +122,17 @@ def proc_rss_mib(pid: int) -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MiB
 
 
+def proc_threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
 def folder_files(folder: Path) -> tuple[int, float]:
     files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".tagger")]
     return len(files), sum(p.stat().st_size for p in files if p.exists()) / MiB
 
 
-def abuse(seconds: float) -> None:
+def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool) -> None:
     import asyncio
     import base64
     import signal
@@ -125,13 +147,14 @@ def abuse(seconds: float) -> None:
 
     cache = Path(tempfile.mkdtemp(prefix="soak-cache-"))
     log = tempfile.NamedTemporaryFile(prefix="soak-log-", suffix=".txt", delete=False)  # noqa: SIM115
+    trace = log.name + ".trace" if tracing else None
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(ROOT)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
-        env={**os.environ, "GRADIO_TEMP_DIR": str(cache)},
+        env={**os.environ, "GRADIO_TEMP_DIR": str(cache), **({"SOAK_TRACE": trace} if trace else {})},
     )
     assert child.stdout is not None and child.stdin is not None
     url = next(line.split()[1] for line in child.stdout if line.startswith("URL "))
@@ -195,14 +218,30 @@ def abuse(seconds: float) -> None:
         refused_url()
         assert asyncio.run(mcp_calls()) == [False, True, True]
 
-    one_round()  # warm-up: imports, first calls, the MCP client
+    def trimmed_rss() -> float:
+        child.send_signal(signal.SIGUSR1)
+        while child.stdout.readline().strip() != "TRIMMED":
+            pass
+        time.sleep(1)
+        return proc_rss_mib(child.pid)
+
+    one_round()  # the first call: imports, the MCP client
     time.sleep(1)
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; abuse for {seconds:.0f} s\n")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; warm-up {warmup:.0f} s, then abuse "
+        f"for {seconds:.0f} s{'; tracemalloc on' if trace else ''}\n"
+    )
     print("| seconds | rounds | server RSS MiB | cache files | cache MiB |\n|---|---|---|---|---|")
     start_rss, (start_files, start_mib) = proc_rss_mib(child.pid), folder_files(cache)
     print(f"| 0 | 0 | {start_rss:.0f} | {start_files} | {start_mib:.2f} |")
-    started, rounds, next_row, peak = time.perf_counter(), 0, 30.0, start_rss
-    while (elapsed := time.perf_counter() - started) < seconds:
+    started, rounds, next_row = time.perf_counter(), 0, 30.0
+    warm_rss = warm_trimmed = peak = 0.0
+    while (elapsed := time.perf_counter() - started) < warmup + seconds:
+        if not warm_trimmed and elapsed >= warmup:
+            time.sleep(2)  # the server notices the last cut-off upload
+            warm_rss, warm_trimmed, warm_rounds = proc_rss_mib(child.pid), trimmed_rss(), rounds
+            warm_threads = proc_threads(child.pid)
+            print(f"| {elapsed:.0f} | {rounds} | {warm_rss:.0f} (warmed up; {warm_trimmed:.0f} after trim) | | |")
         one_round()
         rounds += 1
         peak = max(peak, proc_rss_mib(child.pid))
@@ -215,27 +254,38 @@ def abuse(seconds: float) -> None:
     time.sleep(2)  # the server notices the last cut-off upload
     end_rss, (end_files, end_mib) = proc_rss_mib(child.pid), folder_files(cache)
     print(f"| {time.perf_counter() - started:.0f} | {rounds} | {end_rss:.0f} | {end_files} | {end_mib:.2f} |")
-    child.send_signal(signal.SIGUSR1)
-    time.sleep(2)
-    trimmed = proc_rss_mib(child.pid)
+    end_trimmed = trimmed_rss()
     lines = Path(log.name).read_text(errors="replace").splitlines()
     ours = [line for line in lines if " tagger: " in line]
+    flat = end_trimmed - warm_trimmed <= tolerance
     print(
-        f"\nserver RSS {start_rss:.0f} -> {end_rss:.0f} MiB (highest seen {peak:.0f} MiB; after gc + malloc_trim(0): "
-        f"{trimmed:.0f} MiB), cache {start_files} files {start_mib:.2f} MiB -> {end_files} files {end_mib:.2f} MiB; "
+        f"\nserver RSS: start {start_rss:.0f} MiB, after warm-up {warm_rss:.0f} ({warm_trimmed:.0f} after gc + "
+        f"malloc_trim(0)), end {end_rss:.0f} ({end_trimmed:.0f} after gc + malloc_trim(0)), highest seen {peak:.0f}; "
+        f"{'FLAT' if flat else 'NOT FLAT'}: {end_trimmed - warm_trimmed:+.0f} MiB after trim over "
+        f"{rounds - warm_rounds} rounds past the warm-up (tolerance {tolerance:.0f} MiB); server threads "
+        f"{warm_threads} after warm-up, {proc_threads(child.pid)} at the end\n"
+        f"cache {start_files} files {start_mib:.2f} MiB -> {end_files} files {end_mib:.2f} MiB; "
         f"{rounds} rounds of 7 abusive requests; the app logged {len(ours)} lines ({len(ours) / (rounds + 1):.1f} a "
         f"round), {sum('Traceback' in line for line in lines)} tracebacks"
     )
+    if trace:
+        print("\ntracemalloc in the server, from the warm-up trim to the end (after gc), top 20 by traceback:\n")
+        print(Path(trace).read_text())
     client.close()
     child.stdin.close()
     child.wait(timeout=60)
     os.unlink(log.name)
+    if trace:
+        os.unlink(trace)
     shutil.rmtree(cache, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--abuse", type=float, metavar="SECONDS", help="mixed abuse for this long instead")
+    parser.add_argument("--warmup", type=float, default=30, metavar="SECONDS", help="abuse before the baseline")
+    parser.add_argument("--tolerance", type=float, default=5, metavar="MIB", help="growth after trim still flat")
+    parser.add_argument("--trace", action="store_true", help="tracemalloc in the server: what grew after warm-up")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--no-trim", action="store_true", help="do not release memory after requests")
@@ -243,7 +293,7 @@ def main() -> None:
     parser.add_argument("--vocab")
     args = parser.parse_args()
     if args.abuse:
-        abuse(args.abuse)
+        abuse(args.abuse, args.warmup, args.tolerance, args.trace)
         return
 
     import gradio as gr

@@ -372,19 +372,30 @@ class _Window:
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.entries: defaultdict[str, deque[list[float]]] = defaultdict(deque)
+        self._pruned = time.monotonic()
 
-    def total(self, key: str) -> int:
+    def _expire(self, key: str, cutoff: float) -> deque[list[float]] | None:
         entries = self.entries[key]
-        cutoff = time.monotonic() - self.seconds
         while entries and entries[0][0] < cutoff:
             entries.popleft()
         if not entries:
             del self.entries[key]
-            return 0
-        return int(sum(n for _, n in entries))
+            return None
+        return entries
+
+    def total(self, key: str) -> int:
+        entries = self._expire(key, time.monotonic() - self.seconds)
+        return int(sum(n for _, n in entries)) if entries else 0
 
     def add(self, key: str, n: int) -> list[float]:
-        entry = [time.monotonic(), float(n)]
+        now = time.monotonic()
+        # A client that never comes back is never asked about again: drop every key whose entries
+        # are all past the window, at most once a minute (or once a window, if shorter).
+        if now - self._pruned >= min(60.0, self.seconds):
+            self._pruned = now
+            for old in list(self.entries):
+                self._expire(old, now - self.seconds)
+        entry = [now, float(n)]
         self.entries[key].append(entry)
         return entry
 

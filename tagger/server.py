@@ -188,7 +188,8 @@ def _with_our_start_up(
         return {path for block in demo.blocks.values() for path in getattr(block, "keep_in_cache", ())}
 
     def written() -> set[str]:
-        return {path for files in demo.temp_file_sets for path in files}
+        # set(files) copies in one step: the sweep runs in a thread while requests add paths.
+        return {path for files in demo.temp_file_sets for path in set(files)}
 
     def forget(removed: AbstractSet[str]) -> None:
         for files in demo.temp_file_sets:

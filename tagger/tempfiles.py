@@ -128,8 +128,11 @@ class CacheKeeper:
 
     def on_schedule(self) -> Swept:
         swept = sweep(self.folder, self.older_than, self.kept())
-        if swept.paths:
-            self.forget(set(swept.paths))
+        # Also forget what was removed some other way (a finished MCP call's files, a failed
+        # upload's): Gradio skips a registered path that is gone, and keeps it listed for good.
+        gone = {path for path in self.written() if not os.path.lexists(path)}
+        if swept.paths or gone:
+            self.forget(set(swept.paths) | gone)
         return swept
 
     @contextlib.asynccontextmanager

@@ -1500,6 +1500,23 @@ def test_a_running_instance_keeps_its_files(tmp_path: Path) -> None:
         second.release()
 
 
+def test_the_scheduled_sweep_forgets_files_removed_meanwhile(tmp_path: Path) -> None:
+    """The app's lists of the files it wrote do not grow with files already removed (a finished
+    MCP call's, a refused upload's): the scheduled sweep drops them, and keeps live ones."""
+    from tagger.tempfiles import CacheKeeper
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    live, gone = cache / "live.png", cache / "gone.png"
+    live.write_bytes(b"x")
+    registered = {str(live), str(gone)}
+    keeper = CacheKeeper(
+        cache, 600, 3600, kept=frozenset, written=lambda: set(registered), forget=registered.difference_update
+    )
+    keeper.on_schedule()
+    assert registered == {str(live)} and live.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Decoding cost: fitted decoding is the reference resize, in bounded memory
 

@@ -369,6 +369,22 @@ def test_unqueued_events_are_limited() -> None:
     assert statuses.count(200) >= 2 and set(statuses) <= {200, 429}
 
 
+def test_upload_budget_forgets_clients_after_the_window() -> None:
+    # A public Space sees many addresses once: their upload records must go when the window
+    # has passed, even if they never come back, while a recent client's bytes still count.
+    from tagger.fairshare import UploadBudget
+
+    budget = UploadBudget(FairShareLimits(upload_window_s=0.3, upload_bytes_per_client=1000))
+    for n in range(200):
+        budget.charge(f"10.0.{n // 250}.{n % 250}").to(600)
+    time.sleep(0.4)
+    budget.charge("10.1.0.1").to(600)
+    assert set(budget.window.entries) == {"10.1.0.1", ""}
+    with pytest.raises(Exception, match="Your address uploaded 600 bytes"):
+        budget.charge("10.1.0.1").to(600)
+    budget.charge("10.0.0.0").to(600)  # its old bytes no longer count
+
+
 def test_memory_is_returned_after_growth(monkeypatch) -> None:
     import tagger.fairshare as fairshare
 
