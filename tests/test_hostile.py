@@ -1368,9 +1368,9 @@ def wait_for(condition: object, timeout_s: float) -> None:
         time.sleep(0.02)
 
 
-# The option values after the file(s), in declaration order; index 7 is `exclude`.
-TAG_DEFAULTS = [f.default for f in OPTION_FIELDS]
-BATCH_DEFAULTS = [["general"] if f.name == "categories" else f.default for f in OPTION_FIELDS]
+# The values after the file(s): the options in declaration order (index 7 is `exclude`), then max_size.
+TAG_DEFAULTS = [*(f.default for f in OPTION_FIELDS), 512]
+BATCH_DEFAULTS = [*(["general"] if f.name == "categories" else f.default for f in OPTION_FIELDS), 512]
 assert OPTION_NAMES[7] == "exclude"
 
 
@@ -1398,7 +1398,7 @@ def test_raw_calls_get_sentences(case: str, expected: str, app: RunningApp, clie
         "file_not_a_dict": ("tag", [{"path": 5, "meta": {"_type": "gradio.FileData"}}, *TAG_DEFAULTS]),
         "relative_path": ("tag", [{"path": "x/../x.png", "meta": {"_type": "gradio.FileData"}}, *TAG_DEFAULTS]),
         "batch_topk_nan": ("tag_batch", [[image], "topk", 0.35, 0.85, float("nan"), *BATCH_DEFAULTS[4:]]),
-        "pca_null_colour": ("pca", [image, None, "#00ff00", "#0000ff", 0.5, "nearest"]),
+        "pca_null_colour": ("pca", [image, None, "#00ff00", "#0000ff", 0.5, "nearest", 512]),
         "exclude_huge": ("tag", [image, *TAG_DEFAULTS[:7], "x," * 200_000, *TAG_DEFAULTS[8:]]),
         "tag_string_huge": ("tag_batch", [[image], *BATCH_DEFAULTS[:7], "x," * 200_000, *BATCH_DEFAULTS[8:]]),
     }[case]
