@@ -2,7 +2,7 @@
 
 import spaces  # noqa: F401  # on ZeroGPU, must be imported before torch initialises CUDA
 
-from tagger.server import create_app, launch
+from tagger.web.server import create_app, launch
 
 demo, context = create_app()
 

@@ -7,7 +7,7 @@ of the whole file, ``load_state_dict``, then a cast (bf16 backbone on a GPU; flo
 CPU without native bf16) and a plain forward per image. Projections are separate
 (q, k, v, o; gate, up, down) as the key names imply; RoPE is computed per forward and applied
 with ``rotate_half`` to the patch tokens only. The numerics are the same function as
-``tagger.model`` (a test checks it), so timing differences are implementation differences.
+``tagger.engine.model`` (a test checks it), so timing differences are implementation differences.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from tagger.model import TaggerConfig
+from tagger.engine.model import TaggerConfig
 
 
 class _Embeddings(nn.Module):

@@ -1,7 +1,7 @@
 """How many forward passes need an attention mask, and how much padding they compute.
 
 A mask rules flash attention out on a GPU, and padding is work for nothing. This script
-plans forward passes with the engine's own planner (``tagger.predict.plan_batches``, the GPU
+plans forward passes with the engine's own planner (``tagger.engine.tagger.plan_batches``, the GPU
 defaults: 16 images per pass and at most 25 % padding for the web, 32 for bulk) over two
 size mixes, as the web batch (chunks of 16 in upload order) and bulk (windows of 128 sorted
 by token count, cut into 32s) form them. No model runs; it takes a second.
@@ -44,14 +44,14 @@ def size_mix(name: str, count: int, seed: int = 0) -> list[tuple[int, int]]:
 
 
 def token_counts(sizes: list[tuple[int, int]], max_size: int) -> list[int]:
-    from tagger.preprocess import target_size
+    from tagger.engine.preprocess import target_size
 
     return [5 + (w // 16) * (h // 16) for w, h in (target_size(w, h, max_size) for w, h in sizes)]
 
 
 def summary(groups: list[list[int]], max_batch: int) -> dict:
     """Masked share and padding waste of planning each group (one model call) separately."""
-    from tagger.predict import plan_batches
+    from tagger.engine.tagger import plan_batches
 
     passes = [b for lengths in groups for b in plan_batches(lengths, max_batch, GPU_PADDING)]
     real, padded = sum(b.tokens for b in passes), sum(b.padded_tokens for b in passes)

@@ -7,7 +7,7 @@ and head biases that make them answer like the real model (a few dozen tags abov
 that selecting and formatting tags costs what it costs with the real model; then, for each
 model, in fresh processes:
 
-* naive: ``Tagger(...)`` then ``tagger.predict(path)`` for every image, one after another
+* naive: ``Tagger(...)`` then ``tagger.engine.tagger(path)`` for every image, one after another
   (one warm-up image first, not timed);
 * bulk: ``python -m tagger.bulk FOLDER --out TMP --format txt`` with the given batch size
   and decoding workers; images/s and padding waste from its summary line (model load and
@@ -56,7 +56,7 @@ GPU_GOAL = 150.0  # images/s at 512 px, batch 32, on one H100 (issue 9)
 
 
 def model_config(name: str):  # type: ignore[no-untyped-def]
-    from tagger.model import TaggerConfig
+    from tagger.engine.model import TaggerConfig
 
     if name == "tiny":
         return TaggerConfig.tiny(num_tags=NUM_TAGS)
@@ -87,8 +87,8 @@ def ensure_model(name: str) -> tuple[Path, Path]:
     vocabulary, written once."""
     from safetensors.torch import save_file
 
-    from tagger.synthetic import random_state_dict, write_random_vocabulary
-    from tagger.weights import inspect_checkpoint
+    from tagger.engine.synthetic import random_state_dict, write_random_vocabulary
+    from tagger.engine.weights import inspect_checkpoint
 
     checkpoint = CACHE / f"bulk_{name}.safetensors"
     vocab = CACHE / f"bulk_vocab_{NUM_TAGS}.json"
@@ -146,8 +146,8 @@ def worker_decode(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from tagger.predict import Tagger
-    from tagger.preprocess import Preprocessor
+    from tagger.engine.preprocess import Preprocessor
+    from tagger.engine.tagger import Tagger
 
     torch.set_num_threads(1)
     paths = sorted(Path(args.folder).glob("*.jpg"))
@@ -182,7 +182,7 @@ def run_decode(folder: Path, checkpoint: Path, vocab: Path, args: argparse.Names
 def worker_naive(args: argparse.Namespace) -> None:
     import torch
 
-    from tagger.predict import Tagger
+    from tagger.engine.tagger import Tagger
 
     paths = sorted(Path(args.folder).glob("*.jpg"))
     tagger = Tagger(args.checkpoint, args.vocab, device=args.device, max_size=args.max_size)

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support import decode_in_fresh_process as measure  # noqa: E402
 
-import tagger.preprocess as pp  # noqa: E402
-from tagger.preprocess import ImageHeader, load_image, target_size  # noqa: E402
+import tagger.engine.preprocess as pp  # noqa: E402
+from tagger.engine.preprocess import ImageHeader, load_image, target_size  # noqa: E402
 
 
 def blocks(width: int, height: int, block: int = 500, seed: int = 0) -> np.ndarray:
@@ -118,9 +118,9 @@ def reduced_sources(quick: bool) -> dict[str, tuple[Image.Image, str]]:
 
 
 def reduced_table(quick: bool) -> None:
-    from tagger.model import TaggerConfig
-    from tagger.predict import Tagger
-    from tagger.synthetic import write_random_checkpoint, write_random_vocabulary
+    from tagger.engine.model import TaggerConfig
+    from tagger.engine.synthetic import write_random_checkpoint, write_random_vocabulary
+    from tagger.engine.tagger import Tagger
 
     folder = Path(tempfile.mkdtemp(prefix="bench-decode-"))
     config = TaggerConfig.tiny(num_tags=48)

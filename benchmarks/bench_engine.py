@@ -17,7 +17,7 @@ Paths (``--paths``):
 * ``authors-fp32``: the authors' script on a CPU without native bf16 (``authors_style.py``):
   float32 model with random init, ``safetensors.torch.load_file`` of the whole file,
   ``load_state_dict``, plain eager forward under ``torch.no_grad``.
-* ``fp32``, ``bf16``, ``int8``: ``tagger.predict.Tagger(..., device="cpu", dtype=...)``, the
+* ``fp32``, ``bf16``, ``int8``: ``tagger.engine.tagger.Tagger(..., device="cpu", dtype=...)``, the
   path users get, from ``Tagger.prepare`` output to ``Tagger.run``'s probabilities.
 
 Each path process loads (wall time and peak RSS), runs one warm-up and ``--runs`` timed
@@ -136,7 +136,7 @@ def forward_flops(config, height: int, width: int, batch: int = 1) -> float:
 
 
 def _bench_config(tiny: bool):
-    from tagger.model import TaggerConfig
+    from tagger.engine.model import TaggerConfig
 
     return TaggerConfig.tiny(num_tags=600) if tiny else TaggerConfig()
 
@@ -180,7 +180,7 @@ def _worker_path(args: dict) -> dict:
                 return torch.sigmoid(model(pixels)).numpy()
 
     else:
-        from tagger.predict import Tagger
+        from tagger.engine.tagger import Tagger
 
         tagger = Tagger(args["checkpoint"], args["vocab"], device="cpu", dtype=path)
 
@@ -237,7 +237,7 @@ def _worker_accuracy(args: dict) -> dict:
 
     import numpy as np
 
-    from tagger.predict import Tagger
+    from tagger.engine.tagger import Tagger
 
     images = _example_images(args["images"], args["tiny"])
     max_size = args["max_size"]
@@ -278,7 +278,7 @@ def _worker_gemm(args: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from tagger.cpu import DynamicInt8Linear, int8_engine
+    from tagger.engine.cpu import DynamicInt8Linear, int8_engine
 
     warnings.filterwarnings("ignore")
     config = _bench_config(args["tiny"])
@@ -326,7 +326,7 @@ def _worker_gemm(args: dict) -> dict:
 def _worker_write(args: dict) -> dict:
     import torch
 
-    from tagger.synthetic import write_random_checkpoint
+    from tagger.engine.synthetic import write_random_checkpoint
 
     path = Path(args["path"])
     tmp = path.with_name(path.name + ".partial")
@@ -362,7 +362,7 @@ def run_worker(kind: str, args: dict, env: dict[str, str] | None = None, script:
 def _checkpoint_is_valid(path: Path, tiny: bool) -> tuple[bool, str]:
     import torch
 
-    from tagger.weights import CheckpointError, inspect_checkpoint
+    from tagger.engine.weights import CheckpointError, inspect_checkpoint
 
     if not path.is_file():
         return False, "absent"
@@ -382,7 +382,7 @@ def _checkpoint_is_valid(path: Path, tiny: bool) -> tuple[bool, str]:
 def ensure_files(path: Path, tiny: bool = False, env: dict[str, str] | None = None) -> tuple[Path, str]:
     """Reuse or write the random checkpoint at ``path`` (a subprocess: ~6 GB peak at full
     size) and its random vocabulary; returns ``(vocab_path, note)``."""
-    from tagger.synthetic import write_random_vocabulary
+    from tagger.engine.synthetic import write_random_vocabulary
 
     ok, why = _checkpoint_is_valid(path, tiny)
     note = f"reused {path}"

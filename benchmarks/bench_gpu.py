@@ -20,7 +20,7 @@ On the full-size random-weight checkpoint (written once by ``bench_engine.py``'s
   threads: kept off unless it wins there);
 * ``batching``: masked passes and padding waste the planner makes on realistic size mixes
   (``bench_batching.py``);
-* ``zerogpu_durations``: what ``tagger.runtime`` asks ZeroGPU for against what the calls took;
+* ``zerogpu_durations``: what ``tagger.web.runtime`` asks ZeroGPU for against what the calls took;
 * ``peak_memory``: peak GPU memory per stage (CUDA), and the host's peak RSS.
 
 Goals printed next to the results: ≤ 15 ms per 512 px image warm, ≥ 150 images/s at 512 px
@@ -104,7 +104,7 @@ def first_call_worker(device_name: str, checkpoint: str, vocab: str) -> dict:
     import torch
     from PIL import Image
 
-    from tagger.predict import Tagger
+    from tagger.engine.tagger import Tagger
 
     out: dict = {}
     out["import_s"] = time.perf_counter() - started
@@ -139,8 +139,8 @@ def run(device_name: str, tiny: bool, runs: int, checkpoint: Path, vocab: Path) 
     import torch
     from PIL import Image
 
-    from tagger.predict import Tagger
-    from tagger.runtime import gpu_duration, gpu_seconds
+    from tagger.engine.tagger import Tagger
+    from tagger.web.runtime import gpu_duration, gpu_seconds
 
     device = torch.device(device_name)
     cuda = device.type == "cuda"

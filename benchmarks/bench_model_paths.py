@@ -1,7 +1,7 @@
 """Model-path benchmark: does each fast path, layout and batching choice pay on this machine?
 
-A script, not a test. Every choice in ``tagger/fast_paths.py`` and every layout choice in
-``tagger/model.py`` that exists for speed is measured here against the plain alternative,
+A script, not a test. Every choice in ``tagger/engine/fast_paths.py`` and every layout choice in
+``tagger/engine/model.py`` that exists for speed is measured here against the plain alternative,
 in the same run, at the real model's sizes (ViT-H/16+: 1280 channels, 20 heads, SwiGLU 5120;
 512 px → 32 × 32 patches + 5 prefix tokens = 1029 tokens; head 6400 → 74,625). Each case
 runs in a fresh subprocess (peak memory is per case) and the variants of a case are timed
@@ -94,7 +94,7 @@ def _worker_head(args: argparse.Namespace) -> list[dict]:
     """One storage variant per process, so that peak memory is that variant's own."""
     import torch
 
-    from tagger.fast_paths import WidenedLinear
+    from tagger.engine.fast_paths import WidenedLinear
 
     torch.manual_seed(0)
     tags, features = 74625, 6400
@@ -139,7 +139,7 @@ def _worker_head(args: argparse.Namespace) -> list[dict]:
 def _block(device: str):  # -> Block (imported in the worker)
     import torch
 
-    from tagger.model import Block, TaggerConfig
+    from tagger.engine.model import Block, TaggerConfig
 
     torch.manual_seed(0)
     block = Block(TaggerConfig()).to(device).eval().requires_grad_(False)
@@ -152,7 +152,7 @@ def _rope(grids: list[tuple[int, int]], device: str):  # -> (cos, sin) for the g
     import torch.nn.functional as F
     from torch.nn.utils.rnn import pad_sequence
 
-    from tagger.model import rope_angles
+    from tagger.engine.model import rope_angles
 
     angles = pad_sequence([rope_angles(h, w, 64, 100.0, 2.0) for h, w in grids], batch_first=True)
     angles = F.pad(angles, (0, 0, 5, 0)).to(device)[:, None]
@@ -163,7 +163,7 @@ def _worker_sdpa(args: argparse.Namespace) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from tagger.model import apply_rope
+    from tagger.engine.model import apply_rope
 
     block = _block(args.device)
     attn = block.attn

@@ -3,7 +3,7 @@
 A script, not a test. The real checkpoint cannot be downloaded here, so it measures a model
 with the real width and head (1280 channels, 20 heads, SwiGLU 5120, 4 registers, head
 6400 → 74,625) but ``--layers`` blocks (default 4 of 32) and random weights (as
-``tagger.synthetic`` writes them, with the demo's spread of head biases so that scores are not
+``tagger.engine.synthetic`` writes them, with the demo's spread of head biases so that scores are not
 all near 0.5); a full-depth fp32 export needs more memory than this machine shares. What each
 number means for the real model: sizes scale with the depth (the table also gives the full
 32-block size computed from the per-block size); drift is that of random weights through
@@ -63,8 +63,8 @@ def _rss_peak_mib() -> float:
 def write_model(folder: Path, layers: int) -> tuple[Path, Path]:
     from safetensors.torch import save_file
 
-    from tagger.model import TaggerConfig
-    from tagger.synthetic import random_state_dict, write_random_vocabulary
+    from tagger.engine.model import TaggerConfig
+    from tagger.engine.synthetic import random_state_dict, write_random_vocabulary
 
     config = TaggerConfig(num_layers=layers)
     vocab = folder / "tagger_vocab.json"
@@ -75,7 +75,7 @@ def write_model(folder: Path, layers: int) -> tuple[Path, Path]:
     state = random_state_dict(config, dtype=torch.bfloat16)
     generator = torch.Generator().manual_seed(1)
     spread = torch.linspace(0.0, -12.0, config.num_tags)[torch.randperm(config.num_tags, generator=generator)]
-    state["head.bias"] = spread.to(torch.bfloat16)  # as tagger.synthetic.write_demo_files
+    state["head.bias"] = spread.to(torch.bfloat16)  # as tagger.engine.synthetic.write_demo_files
     checkpoint = folder / "bench.safetensors"
     save_file(state, str(checkpoint))
     del state
@@ -124,9 +124,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
 
+    from tagger.engine.tagger import Tagger
     from tagger.export import VARIANT_FILES
-    from tagger.onnx_backend import OnnxTagger
-    from tagger.predict import Tagger
+    from tagger.onnx.backend import OnnxTagger
 
     temporary = tempfile.TemporaryDirectory(prefix="bench-onnx-")
     out = args.out or Path(temporary.name) / "onnx"

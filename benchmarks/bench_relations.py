@@ -31,10 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tagger.options import TagOptions  # noqa: E402
-from tagger.relations import Relations, attach, read_pairs  # noqa: E402
-from tagger.results import page_scores, select_tags  # noqa: E402
-from tagger.vocab import Vocabulary  # noqa: E402
+from tagger.engine.vocab import Vocabulary  # noqa: E402
+from tagger.tags.options import TagOptions  # noqa: E402
+from tagger.tags.relations import Relations, attach, read_pairs  # noqa: E402
+from tagger.tags.results import page_scores, select_tags  # noqa: E402
 
 LEVELS = 8
 

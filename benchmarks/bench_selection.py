@@ -16,10 +16,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tagger.options import TagOptions  # noqa: E402
-from tagger.results import select_tags  # noqa: E402
-from tagger.ui.tag_tab import lookup_rows  # noqa: E402
-from tagger.vocab import Vocabulary  # noqa: E402
+from tagger.engine.vocab import Vocabulary  # noqa: E402
+from tagger.tags.options import TagOptions  # noqa: E402
+from tagger.tags.results import select_tags  # noqa: E402
+from tagger.web.tabs.tag import lookup_rows  # noqa: E402
 
 
 def best_ms(fn, repeat: int = 20) -> float:

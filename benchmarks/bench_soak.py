@@ -8,7 +8,7 @@ The app runs in this process (demo model unless ``--checkpoint``/``--vocab`` are
 /tag with a 9 Mpx RGBA PNG, /pca, /heatmap, /similarity and /tag_batch with a zip of eight
 images. Every ``--every`` requests it records the process's resident memory, its open file
 descriptors and the bytes in Gradio's cache and the batch output folder. ``--no-trim`` turns
-off the memory release after requests (``tagger.fairshare``), to compare.
+off the memory release after requests (``tagger.web.fairshare``), to compare.
 
 ``--abuse SECONDS`` runs the app in a child process with a cache folder of its own and, for
 that long, rounds of: an upload cut off half-way (the connection closed), an upload refused
@@ -109,7 +109,7 @@ def trim(*_):  # SIGUSR1: what the allocator keeps once everything unused is giv
     print("TRIMMED", flush=True)
 signal.signal(signal.SIGUSR1, trim)
 from app_server import start_app
-from tagger.fairshare import FairShareLimits
+from tagger.web.fairshare import FairShareLimits
 app = start_app(["--demo"], limits=FairShareLimits(max_upload_request_bytes=4 * 2**20, upload_bytes_per_client=2**40))
 print("URL", app.url, flush=True)
 sys.stdin.read()  # until the parent closes it
@@ -300,8 +300,8 @@ def main() -> None:
     from app_server import start_app
     from gradio_client import Client, handle_file
 
-    import tagger.fairshare as fairshare
-    from tagger.batch import OUTPUT_ROOT
+    import tagger.web.fairshare as fairshare
+    from tagger.datasets.batch import OUTPUT_ROOT
 
     if args.no_trim:
         fairshare._MemoryRelease.__call__ = lambda self: None  # type: ignore[method-assign]

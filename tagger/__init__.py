@@ -1,14 +1,14 @@
 """DINOv3 ViT-H/16+ booru tagger: model, loader, preprocessing, prediction and formatting.
 
-Data flows one way: decode → preprocess (``tagger.preprocess``) → model (``tagger.model``,
-weights from ``tagger.weights``) → scores (``tagger.predict``) → select / format
-(``tagger.results``) → UI, API or CLI.
+Data flows one way: decode → preprocess (``tagger.engine.preprocess``) → model (``tagger.engine.model``,
+weights from ``tagger.engine.weights``) → scores (``tagger.engine.tagger``) → select / format
+(``tagger.tags.results``) → UI, API or CLI.
 """
 
-from tagger.model import TaggerConfig, TaggerModel
-from tagger.predict import Tagger
-from tagger.results import Selection, TagScore, select_tags, tag_string
-from tagger.vocab import CATEGORIES, Category, Vocabulary
+from tagger.engine.model import TaggerConfig, TaggerModel
+from tagger.engine.tagger import Tagger
+from tagger.engine.vocab import CATEGORIES, Category, Vocabulary
+from tagger.tags.results import Selection, TagScore, select_tags, tag_string
 
 __all__ = [
     "CATEGORIES",

@@ -23,6 +23,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from tagger.engine.hub import DEFAULT_REPO, resolve_model_files
+from tagger.engine.synthetic import DEMO_WARNING, demo_files
+from tagger.engine.tagger import Tagger
+from tagger.engine.vocab import Vocabulary
 from tagger.errors import (
     CheckpointError,
     FetchError,
@@ -34,14 +38,10 @@ from tagger.errors import (
 )
 from tagger.export import OnnxExtraMissing
 from tagger.fetch import fetch_url, is_url, local_network_too
-from tagger.hub import DEFAULT_REPO, resolve_model_files
-from tagger.onnx_backend import OnnxTagger, onnx_model_files
-from tagger.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
-from tagger.predict import Tagger
-from tagger.relations import attach_sources
-from tagger.results import Selection, authors_json_entry, pretty_text, select_tags
-from tagger.synthetic import DEMO_WARNING, demo_files
-from tagger.vocab import Vocabulary
+from tagger.onnx.backend import OnnxTagger, onnx_model_files
+from tagger.tags.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
+from tagger.tags.relations import attach_sources
+from tagger.tags.results import Selection, authors_json_entry, pretty_text, select_tags
 
 CHUNK = 32  # images decoded ahead of the model; bounds memory on long lists
 

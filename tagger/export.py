@@ -5,10 +5,10 @@ Writes, under the names of the authors' ``export_onnx.py`` so their users find w
     DIR/tagger/      logits [B, num_tags]          model.onnx (+ model.onnx.data), model_quantized.onnx, model_q4.onnx
     DIR/embedding/   descriptor [B, 6400]           the same three files
     DIR/backbone/    last_hidden_state [B, N, C]    the same three files
-    DIR/wd14/        model.onnx + selected_tags.csv (the wd14 tools' convention, see ``tagger.wd14``)
+    DIR/wd14/        model.onnx + selected_tags.csv (the wd14 tools' convention, see ``tagger.onnx.wd14``)
     DIR/tagger_vocab.json
 
-The three graphs take ``pixel_values`` float32 ``[B, 3, H, W]`` normalised as ``tagger.preprocess``
+The three graphs take ``pixel_values`` float32 ``[B, 3, H, W]`` normalised as ``tagger.engine.preprocess``
 does, with batch, height and width dynamic (sides 16-4096, multiples of 16). The example traced
 has batch 2 and unequal sides, so that no dimension is specialised to 1 or to a square.
 
@@ -45,10 +45,10 @@ from typing import Any
 
 import torch
 
+from tagger.engine.hub import DEFAULT_REPO
+from tagger.engine.model import TaggerModel
+from tagger.engine.vocab import Vocabulary
 from tagger.errors import CheckpointError, ResolutionError, TaggerError, VocabularyError
-from tagger.hub import DEFAULT_REPO
-from tagger.model import TaggerModel
-from tagger.vocab import Vocabulary
 
 log = logging.getLogger("tagger")
 
@@ -61,7 +61,7 @@ WD14_INPUT, WD14_OUTPUT = "input", "output"
 VOCAB_FILE = "tagger_vocab.json"
 MAX_SIDE = 4096
 Q4_BLOCK = 32
-METADATA_CONFIG = "tagger.config"  # the TaggerConfig as JSON, read back by tagger.onnx_backend
+METADATA_CONFIG = "tagger.config"  # the TaggerConfig as JSON, read back by tagger.onnx.backend
 
 ONNX_HINT = 'pip install "dinov3-tagger[onnx]" (or pip install -r requirements-onnx.txt)'
 
@@ -202,8 +202,8 @@ def export_all(
     wd14_size: int | None = 512,
 ) -> list[Path]:
     """Write every requested file under ``out`` (see the module doc); returns their paths."""
-    from tagger.onnx_graphs import BackboneGraph, EmbeddingGraph, LogitsGraph, Wd14Graph
-    from tagger.wd14 import RATING_PLACEHOLDERS, wd14_order, write_selected_tags
+    from tagger.onnx.graphs import BackboneGraph, EmbeddingGraph, LogitsGraph, Wd14Graph
+    from tagger.onnx.wd14 import RATING_PLACEHOLDERS, wd14_order, write_selected_tags
 
     model = model.float().eval()
     out.mkdir(parents=True, exist_ok=True)
@@ -315,9 +315,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
 
 def _export(args: argparse.Namespace, out: Path, graphs: list[str], variants: list[str]) -> int:
-    from tagger.hub import resolve_model_files
-    from tagger.synthetic import DEMO_WARNING, demo_files
-    from tagger.weights import load_model
+    from tagger.engine.hub import resolve_model_files
+    from tagger.engine.synthetic import DEMO_WARNING, demo_files
+    from tagger.engine.weights import load_model
 
     def run(checkpoint: str | os.PathLike[str], vocab_path: str | os.PathLike[str]) -> int:
         vocab = Vocabulary.load(vocab_path)

@@ -1,7 +1,7 @@
 """Download an image from an http(s) URL without letting the URL reach inside the server.
 
 Gradio downloads URLs given as file inputs itself, with a public-address check but no size or
-time limit. The app's inputs (``tagger.ui.inputs``) send them here instead:
+time limit. The app's inputs (``tagger.web.inputs``) send them here instead:
 
 * only ``http`` and ``https``, no ``user:password@``, at most ``MAX_REDIRECTS`` redirects;
 * the host is resolved and every address it resolves to must pass the address policy, again

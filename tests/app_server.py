@@ -12,8 +12,8 @@ from typing import Any
 
 import gradio as gr
 
-from tagger.server import create_app, launch
-from tagger.ui.context import AppContext
+from tagger.web.context import AppContext
+from tagger.web.server import create_app, launch
 
 
 @dataclass

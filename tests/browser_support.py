@@ -11,9 +11,9 @@ import numpy as np
 from app_server import RunningApp
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tagger.options import TagOptions
-from tagger.results import TagScore, category_tag_strings, select_tags
-from tagger.ui.controls import ticked_categories
+from tagger.tags.options import TagOptions
+from tagger.tags.results import TagScore, category_tag_strings, select_tags
+from tagger.web.controls import ticked_categories
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

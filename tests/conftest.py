@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny random checkpoint and vocabulary, written once per test session.
 
 Nothing here downloads anything. The checkpoint has the real key layout (see
-``tagger.synthetic``) with ``TaggerConfig.tiny`` sizes, so it loads through exactly the same
+``tagger.engine.synthetic``) with ``TaggerConfig.tiny`` sizes, so it loads through exactly the same
 code as the real one in a fraction of a second.
 """
 
@@ -20,15 +20,15 @@ from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
 # A cache folder of this session's own: the app sweeps its cache folder when it starts
-# (tagger.tempfiles), which must not reach the files of other test runs on the machine.
+# (tagger.web.tempfiles), which must not reach the files of other test runs on the machine.
 os.environ["GRADIO_TEMP_DIR"] = os.environ.get("GRADIO_TEMP_DIR") or tempfile.mkdtemp(prefix="tagger-tests-gradio-")
 
 from gradio_client import Client
 from support import ForwardPasses, random_image
 
-from tagger.model import Pixels, TaggerConfig
-from tagger.predict import Tagger
-from tagger.synthetic import write_random_checkpoint, write_random_vocabulary
+from tagger.engine.model import Pixels, TaggerConfig
+from tagger.engine.synthetic import write_random_checkpoint, write_random_vocabulary
+from tagger.engine.tagger import Tagger
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -28,10 +28,10 @@ from gradio_client.exceptions import AppError
 from starlette.requests import Request
 from support import DISPLAY_ORDER
 
-from tagger.options import OPTION_FIELDS, OPTION_NAMES, option_info
-from tagger.ui.api_tab import client_examples, fill_address, markdown_text, parameters_table, space_address
-from tagger.ui.controls import present_categories
-from tagger.vocab import CATEGORIES
+from tagger.engine.vocab import CATEGORIES
+from tagger.tags.options import OPTION_FIELDS, OPTION_NAMES, option_info
+from tagger.web.controls import present_categories
+from tagger.web.tabs.api import client_examples, fill_address, markdown_text, parameters_table, space_address
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CAT = EXAMPLES / "cat.jpg"

@@ -16,14 +16,14 @@ import pytest
 import torch
 from support import image_bytes, write_zip
 
-from tagger.batch import CaptionNamer, run_batch, tag_items
+from tagger.datasets.batch import CaptionNamer, run_batch, tag_items
+from tagger.datasets.intake import BatchLimits, _read_capped, collect_inputs, sanitize_path, wrapper_depth
+from tagger.engine.tagger import Tagger
+from tagger.engine.vocab import CATEGORIES
 from tagger.errors import UploadError
-from tagger.intake import BatchLimits, _read_capped, collect_inputs, sanitize_path, wrapper_depth
-from tagger.options import TagOptions
-from tagger.predict import Tagger
-from tagger.results import select_tags
-from tagger.ui.batch_tab import result_row, summary_markdown
-from tagger.vocab import CATEGORIES
+from tagger.tags.options import TagOptions
+from tagger.tags.results import select_tags
+from tagger.web.tabs.batch import result_row, summary_markdown
 
 MiB = 1024 * 1024
 
@@ -339,7 +339,7 @@ def test_same_size_images_make_one_forward(tiny_files, tmp_path: Path, count_pas
 
 
 def test_failed_request_leaves_no_output_dir(tiny_tagger: Tagger, tmp_path: Path, monkeypatch) -> None:
-    import tagger.batch as batch_module
+    import tagger.datasets.batch as batch_module
 
     monkeypatch.setattr(batch_module, "OUTPUT_ROOT", tmp_path / "root")
     archive = write_zip(tmp_path / "bomb.zip", {"big.png": b"\x00" * (2 * MiB)})

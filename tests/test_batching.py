@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tagger.pca import analyse, patch_features
-from tagger.predict import Tagger, plan_batches
-from tagger.relevance import capture_block_input, relevance
-from tagger.weights import load_model
+from tagger.engine.tagger import Tagger, plan_batches
+from tagger.engine.weights import load_model
+from tagger.features.pca import analyse, patch_features
+from tagger.features.relevance import capture_block_input, relevance
 
 # (width, height) before resizing to max_size 1024: tall, wide, tiny, 1024 px and in between.
 FIXED_SIZES = [(40, 1000), (1000, 40), (10, 10), (1024, 768), (300, 200), (16, 16)]

@@ -36,9 +36,9 @@ from playwright.sync_api import Browser, Page, expect
 
 import tagger.fetch as fetch
 from tagger.errors import SelectionError
-from tagger.options import TagOptions
-from tagger.ui.controls import present_categories, ticked_categories
-from tagger.ui.inputs import _SafeDownloads
+from tagger.tags.options import TagOptions
+from tagger.web.controls import present_categories, ticked_categories
+from tagger.web.inputs import _SafeDownloads
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"browser tests need Debian's chromium at {CHROMIUM}")
 

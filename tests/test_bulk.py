@@ -14,10 +14,10 @@ import pytest
 from bulk_support import captions, every_input_kind, jsonl_lines, parquet_rows, run_bulk, tree, write_images
 from support import image_bytes
 
-from tagger.batch import ImageResult, run_batch
 from tagger.bulk.resume import options_hash
-from tagger.options import TagOptions
-from tagger.results import select_tags
+from tagger.datasets.batch import ImageResult, run_batch
+from tagger.tags.options import TagOptions
+from tagger.tags.results import select_tags
 
 NAMES = ["cats/a.png", "cats/b.jpg", "dogs/c.png", "dogs/d.png", "e.png"]
 

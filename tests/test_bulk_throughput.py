@@ -112,7 +112,7 @@ def test_ray_actor_views_pixels_in_the_arrow_buffer_without_copying() -> None:
 
 def test_reduced_decode_really_decodes_smaller() -> None:
     """The flag reaches Pillow's draft mode: a 12 MP JPEG at 512 px decodes at half scale."""
-    from tagger.preprocess import Preprocessor
+    from tagger.engine.preprocess import Preprocessor
 
     buffer = io.BytesIO()
     Image.new("RGB", (4032, 3024), (120, 80, 40)).save(buffer, "JPEG")

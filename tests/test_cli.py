@@ -168,7 +168,7 @@ def test_missing_checkpoint_file_exits_2(capsys, tiny_files, image_files, tmp_pa
 
 
 def test_mismatched_vocabulary_exits_2(capsys, tiny_files, tiny_config, image_files, tmp_path):
-    from tagger.synthetic import write_random_vocabulary
+    from tagger.engine.synthetic import write_random_vocabulary
 
     checkpoint, _ = tiny_files
     vocab = write_random_vocabulary(tmp_path / "small_vocab.json", 7)
@@ -338,7 +338,7 @@ def test_unusable_address_urls_are_refused_and_the_others_still_run(capsys, mode
 
 def test_every_declared_option_is_a_flag_and_nothing_else_is_one():
     from tagger.cli import build_parser
-    from tagger.options import OPTION_FIELDS
+    from tagger.tags.options import OPTION_FIELDS
 
     parser = build_parser()
     flags = {s for action in parser._actions for s in action.option_strings if s.startswith("--")}
@@ -353,7 +353,7 @@ def test_every_declared_option_is_a_flag_and_nothing_else_is_one():
 
 def test_each_option_flag_reaches_the_options():
     from tagger.cli import build_parser, options_from_args
-    from tagger.options import OPTION_FIELDS, OPTION_TYPES, choice_values
+    from tagger.tags.options import OPTION_FIELDS, OPTION_TYPES, choice_values
 
     samples = {float: "0.5", int: "7"}
     for f in OPTION_FIELDS:
@@ -377,7 +377,7 @@ def test_each_option_flag_reaches_the_options():
 
 
 def test_app_options_select_as_the_app_does(capsys, model_args, image_files, tiny_tagger):
-    from tagger.options import TagOptions
+    from tagger.tags.options import TagOptions
 
     image = str(image_files[0])
     scores = tiny_tagger.probabilities([image])[0]
@@ -388,7 +388,7 @@ def test_app_options_select_as_the_app_does(capsys, model_args, image_files, tin
     assert code == 0, err
     tags = [t["tag"] for t in json.loads(out)[0]["tags"]]
     expected = TagOptions(mode="mcut", exclude=excluded, floor=0.0)
-    from tagger.results import select_tags
+    from tagger.tags.results import select_tags
 
     assert tags == [t.tag for t in select_tags(scores, tiny_tagger.vocab, expected.selection)]
     assert excluded not in tags and tags

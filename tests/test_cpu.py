@@ -1,4 +1,4 @@
-"""CPU tuning and the opt-in int8 precision (``tagger.cpu``).
+"""CPU tuning and the opt-in int8 precision (``tagger.engine.cpu``).
 
 int8 is checked against fp32 on a random model with the real layout, big enough that
 quantization error accumulates through several blocks (4 blocks, width 256, 500 tags) and
@@ -19,13 +19,13 @@ import pytest
 import torch
 from torch import nn
 
-from tagger import cpu
 from tagger.cli import main as cli_main
-from tagger.model import TaggerConfig
-from tagger.predict import Tagger, parse_dtype
-from tagger.relevance import relevance
-from tagger.server import load_context, parse_args
-from tagger.synthetic import write_random_checkpoint, write_random_vocabulary
+from tagger.engine import cpu
+from tagger.engine.model import TaggerConfig
+from tagger.engine.synthetic import write_random_checkpoint, write_random_vocabulary
+from tagger.engine.tagger import Tagger, parse_dtype
+from tagger.features.relevance import relevance
+from tagger.web.server import load_context, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def medium_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def medium_pixels(make_image) -> list[torch.Tensor]:
-    from tagger.preprocess import image_to_pixels
+    from tagger.engine.preprocess import image_to_pixels
 
     return [image_to_pixels(make_image(w, h, seed=s)) for s, (w, h) in enumerate([(96, 96), (128, 80), (64, 112)])]
 
@@ -166,7 +166,7 @@ def test_int8_on_another_architecture_is_a_clear_error(monkeypatch):
 
 def test_int8_is_a_cpu_precision(monkeypatch, tiny_files):
     checkpoint, vocab = tiny_files
-    monkeypatch.setattr("tagger.predict.resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr("tagger.engine.tagger.resolve_device", lambda device: torch.device("cuda"))
     with pytest.raises(ValueError, match="CPU only"):
         Tagger(checkpoint, vocab, device="cuda", dtype="int8")
 
@@ -177,7 +177,7 @@ def test_int8_is_a_cpu_precision(monkeypatch, tiny_files):
 _FAULTS_SCRIPT = textwrap.dedent(
     """
     import json, threading, torch
-    from tagger import cpu
+    from tagger.engine import cpu
 
     def faults_per_round(out=None):
         counts = []
@@ -244,7 +244,7 @@ def test_the_benchmarks_authors_style_model_computes_what_ours_does(tiny_files):
         from authors_style import load_authors_style
     finally:
         sys.path.remove(str(REPO_ROOT / "benchmarks"))
-    from tagger.weights import inspect_checkpoint, load_model
+    from tagger.engine.weights import inspect_checkpoint, load_model
 
     checkpoint, _ = tiny_files
     theirs = load_authors_style(str(checkpoint), inspect_checkpoint(checkpoint).config)

@@ -26,11 +26,11 @@ from PIL import Image
 from safetensors.torch import save_file
 from support import assert_sentence
 
-from tagger.model import TaggerConfig
-from tagger.predict import Tagger
-from tagger.runtime import ModelRunError, ModelRunner
-from tagger.server import load_context, parse_args
-from tagger.synthetic import write_random_checkpoint, write_random_vocabulary
+from tagger.engine.model import TaggerConfig
+from tagger.engine.synthetic import write_random_checkpoint, write_random_vocabulary
+from tagger.engine.tagger import Tagger
+from tagger.web.runtime import ModelRunError, ModelRunner
+from tagger.web.server import load_context, parse_args
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
 
@@ -258,7 +258,7 @@ def test_model_failure_costs_one_request(
 def test_runner_frees_memory_on_oom(tiny_tagger: Tagger, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = ModelRunner(tiny_tagger)
     collected: list[int] = []
-    monkeypatch.setattr("tagger.runtime.gc.collect", lambda *a: collected.append(1) or 0)
+    monkeypatch.setattr("tagger.web.runtime.gc.collect", lambda *a: collected.append(1) or 0)
     monkeypatch.setattr(Tagger, "run", FailOnce(torch.cuda.OutOfMemoryError("CUDA out of memory")))
     pixels = [tiny_tagger.prepare(Image.new("RGB", (32, 32)))]
     with pytest.raises(ModelRunError, match="ran out of memory"):

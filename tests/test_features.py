@@ -16,13 +16,14 @@ import torch
 from PIL import Image
 from support import ForwardPasses, image_bytes, write_zip
 
+from tagger.engine.model import TaggerConfig, TaggerModel
+from tagger.engine.preprocess import normalise
+from tagger.engine.synthetic import write_random_checkpoint
+from tagger.engine.tagger import Tagger
 from tagger.errors import FeatureError
-from tagger.model import TaggerConfig, TaggerModel
-from tagger.overlay import colormap, parse_colour, upscale
-from tagger.pca import FeatureMaps, analyse, color_blend, patch_features, pca_components, pca_images, pca_rgb
-from tagger.predict import Tagger
-from tagger.preprocess import normalise
-from tagger.relevance import (
+from tagger.features.overlay import colormap, parse_colour, upscale
+from tagger.features.pca import FeatureMaps, analyse, color_blend, patch_features, pca_components, pca_images, pca_rgb
+from tagger.features.relevance import (
     DEFAULT_LAYERS_FROM_END,
     capture_block_input,
     heatmap_images,
@@ -30,9 +31,8 @@ from tagger.relevance import (
     resolve_tag,
     tap_block,
 )
-from tagger.similarity import batch_similarity, cosine_similarity
-from tagger.synthetic import write_random_checkpoint
-from tagger.ui.similarity_tab import summary_markdown
+from tagger.features.similarity import batch_similarity, cosine_similarity
+from tagger.web.tabs.similarity import summary_markdown
 
 MakeImage = Callable[..., Image.Image]
 
@@ -113,7 +113,7 @@ def test_the_gpu_path_eigh_of_the_gram_matrix_gives_the_exact_components() -> No
     """On a GPU the components come from ``eigh(xᵀx)`` in float64 instead of cuSOLVER's slow
     SVD; checked here on the CPU against the exact SVD, on a 4096 × 1280 matrix (a 1024 px
     image's patch features) with closely spaced leading singular values."""
-    from tagger.pca import _gram_eigenvectors
+    from tagger.features.pca import _gram_eigenvectors
 
     generator = torch.Generator().manual_seed(2)
     spectrum = torch.cat([torch.tensor([10.0, 9.5, 9.0]), torch.linspace(3, 0.01, 397)])

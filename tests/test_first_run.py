@@ -109,7 +109,7 @@ def test_bulk_demo_writes_captions_and_leaves_no_folder(tmp_path: Path, images: 
 
 
 def test_app_demo_leaves_no_folder(tmp_path: Path) -> None:
-    code = "from tagger.server import create_app\ndemo, context = create_app(['--demo', '--device', 'cpu'])\n"
+    code = "from tagger.web.server import create_app\ndemo, context = create_app(['--demo', '--device', 'cpu'])\n"
     code += "assert context.demo_mode and context.tagger.vocab\n"
     done = _run(tmp_path, ["-c", code])
     assert done.returncode == 0, done.stderr
@@ -182,7 +182,7 @@ def _import_seconds(tmp_path: Path, module: str) -> float:
     [
         (["-m", "tagger", "--images", "a.png", "--device", "cpu"], "tagger.cli", "error: "),
         (["-m", "tagger.bulk", ".", "--out", "out", "--device", "cpu"], "tagger.bulk.cli", "error: "),
-        ([str(REPO_ROOT / "app.py"), "--device", "cpu"], "tagger.server", "Cannot start the tagger: "),
+        ([str(REPO_ROOT / "app.py"), "--device", "cpu"], "tagger.web.server", "Cannot start the tagger: "),
     ],
     ids=["cli", "bulk", "app"],
 )

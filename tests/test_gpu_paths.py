@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagger import model as model_module
-from tagger.model import PatchEmbed, TaggerConfig, TaggerModel
-from tagger.predict import Tagger, default_dtype
-from tagger.relevance import relevance
-from tagger.weights import load_model
+from tagger.engine import model as model_module
+from tagger.engine.model import PatchEmbed, TaggerConfig, TaggerModel
+from tagger.engine.tagger import Tagger, default_dtype
+from tagger.engine.weights import load_model
+from tagger.features.relevance import relevance
 
 
 # -- 1. precision by compute capability -------------------------------------------------------

@@ -61,21 +61,21 @@ from support import (
 )
 
 import tagger.fetch as fetch
+from tagger.datasets.intake import BatchLimits, collect_inputs, read_zip_directory
+from tagger.engine.preprocess import ImageError, load_image
+from tagger.engine.tagger import Tagger
+from tagger.engine.vocab import CATEGORIES, Vocabulary
 from tagger.errors import TimeBudgetError, UploadError
 from tagger.fetch import FetchError, address_problem, fetch_url
-from tagger.intake import BatchLimits, collect_inputs, read_zip_directory
-from tagger.options import MODES, OPTION_FIELDS, OPTION_NAMES, ORDERS, TagOptions
-from tagger.predict import Tagger
-from tagger.preprocess import ImageError, load_image
-from tagger.results import Selection, SelectionError, select_tags, tag_string
-from tagger.server import MAX_FILE_SIZE
-from tagger.ui.inputs import SafeFile, SafeImage, _SafeDownloads
-from tagger.vocab import CATEGORIES, Vocabulary
+from tagger.tags.options import MODES, OPTION_FIELDS, OPTION_NAMES, ORDERS, TagOptions
+from tagger.tags.results import Selection, SelectionError, select_tags, tag_string
+from tagger.web.inputs import SafeFile, SafeImage, _SafeDownloads
+from tagger.web.server import MAX_FILE_SIZE
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
 
 REQUEST_TIMEOUT_S = 60
-# How our ImageError / FetchError sentences start (tagger.preprocess, tagger.fetch, context).
+# How our ImageError / FetchError sentences start (tagger.engine.preprocess, tagger.fetch, context).
 OUR_SENTENCE = re.compile(
     r"^(Could not read|Cannot read|Image file not found|The file|Refused to download|Could not download)"
 )
@@ -1209,8 +1209,8 @@ def refuse_zip(
     count_passes: Callable[[Tagger], ForwardPasses],
 ) -> str:
     """The sentence with which ``reader`` refuses ``archive``; the model runs no pass for it."""
-    from tagger.batch import run_batch
-    from tagger.similarity import batch_similarity
+    from tagger.datasets.batch import run_batch
+    from tagger.features.similarity import batch_similarity
 
     counted = count_passes(app.context.tagger if reader.startswith("/") else tagger)
     if reader == "batch":
@@ -1418,7 +1418,7 @@ def test_raw_calls_get_sentences(case: str, expected: str, app: RunningApp, clie
 
 def test_echoed_values_are_shortened() -> None:
     from tagger.errors import shorten
-    from tagger.options import parse_category_values
+    from tagger.tags.options import parse_category_values
 
     with pytest.raises(SelectionError) as info:
         parse_category_values("artist 0.5" + "x" * 9_000)
@@ -1426,7 +1426,7 @@ def test_echoed_values_are_shortened() -> None:
 
 
 def test_heatmap_depth_is_capped() -> None:
-    from tagger.relevance import MAX_LAYERS_FROM_END, tap_block
+    from tagger.features.relevance import MAX_LAYERS_FROM_END, tap_block
 
     assert MAX_LAYERS_FROM_END == 8
     assert tap_block(32, 8) == 24
@@ -1435,7 +1435,7 @@ def test_heatmap_depth_is_capped() -> None:
 
 
 def test_cache_is_cleaned_within_the_hour(app: RunningApp) -> None:
-    from tagger.server import CACHE_CLEANUP
+    from tagger.web.server import CACHE_CLEANUP
 
     every, older_than = CACHE_CLEANUP
     assert app.demo.delete_cache == CACHE_CLEANUP
@@ -1475,7 +1475,7 @@ def test_a_restart_removes_what_an_earlier_run_left(tmp_path: Path) -> None:
 def test_a_running_instance_keeps_its_files(tmp_path: Path) -> None:
     """A second instance on the same folder removes only what is past the cleanup age; a
     scheduled sweep removes what is past it, whoever wrote it, except the kept files."""
-    from tagger.tempfiles import CacheKeeper, FolderClaim, sweep
+    from tagger.web.tempfiles import CacheKeeper, FolderClaim, sweep
 
     cache = tmp_path / "cache"
     young, example = cache / "tmpyoung", cache / "examples" / "cat.webp"
@@ -1503,7 +1503,7 @@ def test_a_running_instance_keeps_its_files(tmp_path: Path) -> None:
 def test_the_scheduled_sweep_forgets_files_removed_meanwhile(tmp_path: Path) -> None:
     """The app's lists of the files it wrote do not grow with files already removed (a finished
     MCP call's, a refused upload's): the scheduled sweep drops them, and keeps live ones."""
-    from tagger.tempfiles import CacheKeeper
+    from tagger.web.tempfiles import CacheKeeper
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -1523,7 +1523,7 @@ def test_the_scheduled_sweep_forgets_files_removed_meanwhile(tmp_path: Path) -> 
 
 def _reference(data: bytes, fit: object = None) -> np.ndarray:
     """The reference rule, whole-image: decode, RGB, upright, then one Lanczos resize."""
-    from tagger.preprocess import _ORIENTATION_FIX, _to_rgb
+    from tagger.engine.preprocess import _ORIENTATION_FIX, _to_rgb
 
     with Image.open(io.BytesIO(data)) as image:
         image.load()
@@ -1573,8 +1573,8 @@ def _mode_image(mode: str, width: int, height: int, rng: np.random.Generator) ->
 def test_fitted_decoding_is_the_reference_resize(mode: str, orientation: int, monkeypatch: pytest.MonkeyPatch):
     """Converting and shrinking band by band gives exactly the pixels of converting the whole
     image and resizing it once, in every orientation (bands forced small here)."""
-    import tagger.preprocess as pp
-    from tagger.preprocess import target_size
+    import tagger.engine.preprocess as pp
+    from tagger.engine.preprocess import target_size
 
     monkeypatch.setattr(pp, "BAND_PIXELS", 997)
     rng = np.random.default_rng(orientation)
@@ -1597,8 +1597,8 @@ def test_shrunk_decoding_is_one_box_reduce_then_the_resize(
     """The web app's decode of a format the decoder cannot shrink (PNG, TIFF, ...): band by
     band it gives exactly one box reduce of the whole image, then the Lanczos resize; off by
     default; within a few levels of the exact resize on a photo."""
-    import tagger.preprocess as pp
-    from tagger.preprocess import target_size
+    import tagger.engine.preprocess as pp
+    from tagger.engine.preprocess import target_size
 
     monkeypatch.setattr(pp, "BAND_PIXELS", 997)
     rng = np.random.default_rng(orientation)
@@ -1645,8 +1645,8 @@ def test_decoding_memory_is_bounded(name: str, tmp_path: Path) -> None:
 def test_reduced_jpeg_decoding_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A JPEG at least REDUCED_DECODE_MARGIN x 2 times the model's size is decoded at a DCT
     scale; the 1024 px image it gives differs from the exact one by a few levels at most."""
-    import tagger.preprocess as pp
-    from tagger.preprocess import target_size
+    import tagger.engine.preprocess as pp
+    from tagger.engine.preprocess import target_size
 
     photo = Image.open(Path(__file__).resolve().parent.parent / "examples" / "astronaut.jpg").convert("RGB")
     data = encoded(photo.resize((6200, 4000), Image.Resampling.BICUBIC), "JPEG", quality=90)
@@ -1667,7 +1667,7 @@ def test_reduced_jpeg_decoding_is_bounded(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_web_pixel_cap_from_the_header(client: Client, tmp_path: Path) -> None:
     """The web app refuses more than 40 Mpx from the header (the CLI keeps 100 Mpx)."""
-    from tagger.preprocess import MAX_IMAGE_PIXELS, WEB_MAX_IMAGE_PIXELS
+    from tagger.engine.preprocess import MAX_IMAGE_PIXELS, WEB_MAX_IMAGE_PIXELS
 
     assert WEB_MAX_IMAGE_PIXELS == 40_000_000 < MAX_IMAGE_PIXELS
     path = tmp_path / "big.png"
@@ -1765,8 +1765,8 @@ def test_batch_pixel_caps(tmp_path: Path, good_image: Path) -> None:
 
 
 def test_time_budget_stops_reading_and_keeps_the_rest(tmp_path: Path, good_image: Path, small_tagger: Tagger):
-    from tagger.batch import run_batch
-    from tagger.intake import time_budget
+    from tagger.datasets.batch import run_batch
+    from tagger.datasets.intake import time_budget
 
     archive = write_zip(tmp_path / "a.zip", {f"{i}.png": good_image.read_bytes() for i in range(3)})
     with time_budget(60):
@@ -1791,7 +1791,7 @@ def test_time_budget_stops_reading_and_keeps_the_rest(tmp_path: Path, good_image
 def tight_app() -> Iterator[RunningApp]:
     from app_server import start_app
 
-    from tagger.fairshare import FairShareLimits
+    from tagger.web.fairshare import FairShareLimits
 
     limits = FairShareLimits(
         max_upload_request_bytes=1024 * 1024, upload_bytes_per_client=3 * 1024 * 1024, proxy_hops=1

@@ -1,4 +1,4 @@
-"""Tests for tagger.hub: local paths, HF cache hits, vocabulary fallback, revisions and errors.
+"""Tests for tagger.engine.hub: local paths, HF cache hits, vocabulary fallback, revisions and errors.
 
 No test touches the network: HF_HUB_OFFLINE is forced on (in the environment and in the
 library's import-time constants), sockets refuse to connect, and Hub behaviour is reproduced
@@ -25,8 +25,8 @@ from huggingface_hub.errors import (
 )
 from support import assert_sentence
 
-from tagger import hub
-from tagger.hub import (
+from tagger.engine import hub
+from tagger.engine.hub import (
     CHECKPOINT_FILENAME,
     DEFAULT_REPO,
     VOCAB_FILENAMES,

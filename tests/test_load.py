@@ -25,8 +25,8 @@ from app_server import RunningApp
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from tagger.fairshare import FairShareLimits, RequestGuard, client_key
-from tagger.runtime import ModelRunner
+from tagger.web.fairshare import FairShareLimits, RequestGuard, client_key
+from tagger.web.runtime import ModelRunner
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
 
@@ -372,7 +372,7 @@ def test_unqueued_events_are_limited() -> None:
 def test_upload_budget_forgets_clients_after_the_window() -> None:
     # A public Space sees many addresses once: their upload records must go when the window
     # has passed, even if they never come back, while a recent client's bytes still count.
-    from tagger.fairshare import UploadBudget
+    from tagger.web.fairshare import UploadBudget
 
     budget = UploadBudget(FairShareLimits(upload_window_s=0.3, upload_bytes_per_client=1000))
     for n in range(200):
@@ -386,7 +386,7 @@ def test_upload_budget_forgets_clients_after_the_window() -> None:
 
 
 def test_memory_is_returned_after_growth(monkeypatch) -> None:
-    import tagger.fairshare as fairshare
+    import tagger.web.fairshare as fairshare
 
     mib = 2**20
     readings = iter([500 * mib, 600 * mib, 520 * mib, 530 * mib])  # baseline, grown, after trim, small growth
@@ -409,7 +409,7 @@ def test_mcp_callers_have_sessions_of_their_own() -> None:
 
     from fastapi import HTTPException
 
-    from tagger.fairshare import MCP_CALLER_HEADER, FairQueue, signed_caller
+    from tagger.web.fairshare import MCP_CALLER_HEADER, FairQueue, signed_caller
 
     def request(address: str, caller: str | None = None, forged: bool = False) -> SimpleNamespace:
         headers = [(b"x-gradio-user", b"mcp")]

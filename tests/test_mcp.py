@@ -19,7 +19,7 @@ from app_server import RunningApp
 from gradio_client import Client, handle_file
 from support import image_bytes
 
-from tagger.options import OPTION_FIELDS, option_info
+from tagger.tags.options import OPTION_FIELDS, option_info
 
 mcp = pytest.importorskip("mcp", reason="the MCP server needs the mcp package (requirements.txt)")
 from mcp import ClientSession  # noqa: E402
@@ -200,7 +200,7 @@ def caller_session(app: RunningApp, source: str, work: Callable[[ClientSession],
 def budget_app() -> Any:
     from app_server import start_app
 
-    from tagger.fairshare import FairShareLimits
+    from tagger.web.fairshare import FairShareLimits
 
     running = start_app(["--demo"], limits=FairShareLimits(upload_bytes_per_client=3 * 40_000, proxy_hops=0))
     yield running

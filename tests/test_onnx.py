@@ -19,9 +19,9 @@ from PIL import Image
 from support import ROOT, assert_sentence, random_image
 
 from tagger.cli import main as cli_main
-from tagger.predict import Tagger
-from tagger.preprocess import normalise
-from tagger.synthetic import write_demo_files
+from tagger.engine.preprocess import normalise
+from tagger.engine.synthetic import write_demo_files
+from tagger.engine.tagger import Tagger
 
 needs_ort = pytest.mark.skipif(
     find_spec("onnxruntime") is None or find_spec("onnx") is None or find_spec("onnxscript") is None,
@@ -115,7 +115,7 @@ def test_graphs_match_torch_at_any_batch_and_size(exported: Path, torch_tagger: 
 @needs_ort
 @pytest.mark.parametrize("name", GRAPH_FILES)
 def test_each_variant_stays_within_its_drift_bound(exported: Path, torch_tagger: Tagger, name: str) -> None:
-    from tagger.onnx_backend import OnnxTagger
+    from tagger.onnx.backend import OnnxTagger
 
     onnx = OnnxTagger(exported / "tagger" / name)
     pixels = [torch_tagger.prepare(image) for image in _test_images()]

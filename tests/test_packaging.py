@@ -81,10 +81,15 @@ def _metadata(wheel: zipfile.ZipFile, name: str) -> str:
 
 def test_wheel_holds_the_package_and_the_page_assets(wheel: zipfile.ZipFile) -> None:
     names = set(wheel.namelist())
-    for module in ("tagger/predict.py", "tagger/ui/tag_tab.py", "tagger/bulk/cli.py", "tagger/bulk/__main__.py"):
+    for module in (
+        "tagger/engine/tagger.py",
+        "tagger/web/tabs/tag.py",
+        "tagger/bulk/cli.py",
+        "tagger/bulk/__main__.py",
+    ):
         assert module in names
-    for asset in (ROOT / "tagger/ui/assets").iterdir():
-        assert f"tagger/ui/assets/{asset.name}" in names
+    for asset in (ROOT / "tagger/web/assets").iterdir():
+        assert f"tagger/web/assets/{asset.name}" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     for module in (ROOT / "tagger").rglob("*.py"):
         assert module.relative_to(ROOT).as_posix() in names, f"{module} is not in the wheel"
@@ -99,7 +104,7 @@ def test_wheel_holds_the_example_images(wheel: zipfile.ZipFile) -> None:
 
 
 def test_the_installed_app_finds_its_examples(installed: Path) -> None:
-    code = "from tagger.server import EXAMPLES_DIR; import tagger; print(EXAMPLES_DIR); print(tagger.__file__)"
+    code = "from tagger.web.server import EXAMPLES_DIR; import tagger; print(EXAMPLES_DIR); print(tagger.__file__)"
     done = _run_installed(installed, sys.executable, "-c", code)
     assert done.returncode == 0, done.stderr
     examples, module = done.stdout.split()
@@ -127,7 +132,7 @@ def test_console_scripts(wheel: zipfile.ZipFile) -> None:
     assert scripts == {
         "tagger": "tagger.cli:main",
         "tagger-bulk": "tagger.bulk.cli:main",
-        "tagger-app": "tagger.server:main",
+        "tagger-app": "tagger.web.server:main",
     }
     for target in scripts.values():
         module, function = target.split(":")

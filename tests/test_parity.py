@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tagger.weights import load_model
+from tagger.engine.weights import load_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -116,7 +116,7 @@ def test_coordinate_scale_two_differs_only_through_patch_rope(tmp_path):
 
 
 def test_rope_frequencies_follow_reference_formula():
-    from tagger.model import rope_angles
+    from tagger.engine.model import rope_angles
 
     angles = rope_angles(2, 3, 64, 100.0, 1.0)
     assert angles.shape == (6, 64)

@@ -1,4 +1,4 @@
-"""The prediction API (``tagger.predict.Tagger``) on the tiny random checkpoint."""
+"""The prediction API (``tagger.engine.tagger.Tagger``) on the tiny random checkpoint."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tagger.predict import Tagger, parse_dtype, resolve_device
-from tagger.preprocess import ImageError, load_image, normalise, preprocess
-from tagger.synthetic import write_random_vocabulary
-from tagger.vocab import Vocabulary
-from tagger.weights import CheckpointError
+from tagger.engine.preprocess import ImageError, load_image, normalise, preprocess
+from tagger.engine.synthetic import write_random_vocabulary
+from tagger.engine.tagger import Tagger, parse_dtype, resolve_device
+from tagger.engine.vocab import Vocabulary
+from tagger.engine.weights import CheckpointError
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Decoding, the size rule and normalisation (tagger.preprocess).
+"""Decoding, the size rule and normalisation (tagger.engine.preprocess).
 
 Every image is generated here at run time with Pillow; nothing is read from the repository.
 """
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from support import assert_sentence
 
-from tagger.preprocess import (
+from tagger.engine.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MAX_IMAGE_PIXELS,

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tagger.engine.vocab import Vocabulary
 from tagger.errors import RelationsError, SelectionError
-from tagger.options import TagOptions
-from tagger.relations import Relations, attach, load_relations, read_pairs, resolve_source, sources_from_env
-from tagger.results import Selection, page_scores, select_tags
-from tagger.vocab import Vocabulary
+from tagger.tags.options import TagOptions
+from tagger.tags.relations import Relations, attach, load_relations, read_pairs, resolve_source, sources_from_env
+from tagger.tags.results import Selection, page_scores, select_tags
 
 # e621 category ids as the vocabulary file stores them (shifted by +1 when loaded).
 GENERAL, ARTIST, SPECIES = 0, 1, 5
@@ -346,7 +346,7 @@ def test_the_readme_example_of_each_mode(tmp_path):
 
 
 def test_hub_sources_are_files_of_the_models_repo(monkeypatch, files):
-    import tagger.hub as hub
+    import tagger.engine.hub as hub
     from tagger.errors import ResolutionError
 
     asked = []

@@ -19,11 +19,11 @@ from browser_support import CHROMIUM, DESKTOP, IMAGE, new_page, open_tagged, que
 from gradio_client import Client, handle_file
 from playwright.sync_api import Browser, expect
 
-from tagger.options import TagOptions
-from tagger.predict import Tagger
-from tagger.results import select_tags
-from tagger.synthetic import demo_files
-from tagger.ui.controls import UNTICKED_CATEGORIES, present_categories
+from tagger.engine.synthetic import demo_files
+from tagger.engine.tagger import Tagger
+from tagger.tags.options import TagOptions
+from tagger.tags.results import select_tags
+from tagger.web.controls import UNTICKED_CATEGORIES, present_categories
 
 OLD_NAME = "old cat name"
 

@@ -12,10 +12,10 @@ from bulk_support import captions, run_bulk, write_images
 from test_relations import write_danbooru, write_e621
 
 from tagger.cli import main
-from tagger.options import TagOptions
-from tagger.relations import attach, load_relations
-from tagger.results import select_tags
-from tagger.vocab import Vocabulary
+from tagger.engine.vocab import Vocabulary
+from tagger.tags.options import TagOptions
+from tagger.tags.relations import attach, load_relations
+from tagger.tags.results import select_tags
 
 EVERYTHING = ["--mode", "threshold", "--threshold", "0", "--character-threshold", "0", "--floor", "0"]
 

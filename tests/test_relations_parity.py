@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from test_rules_parity import NODE, random_scores, random_tag, random_values, run_node, variant
 
+from tagger.engine.vocab import CATEGORIES, Vocabulary
 from tagger.errors import RelationsError
-from tagger.options import TagOptions
-from tagger.relations import Relations, attach
-from tagger.results import category_tag_strings, page_scores, select_tags
-from tagger.ui.tag_tab import rules_config
-from tagger.vocab import CATEGORIES, Vocabulary
+from tagger.tags.options import TagOptions
+from tagger.tags.relations import Relations, attach
+from tagger.tags.results import category_tag_strings, page_scores, select_tags
+from tagger.web.tabs.tag import rules_config
 
 CASES = 1500
 

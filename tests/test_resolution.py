@@ -16,8 +16,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 from support import write_zip
 
+from tagger.engine.resolution import default_size, size_cap, snap_size
 from tagger.errors import SelectionError
-from tagger.resolution import default_size, size_cap, snap_size
 
 mcp = pytest.importorskip("mcp", reason="the MCP server needs the mcp package (requirements.txt)")
 from mcp import ClientSession  # noqa: E402

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagger.results import (
+from tagger.engine.vocab import CATEGORIES, Vocabulary, normalize_tag
+from tagger.tags.results import (
     Selection,
     SelectionError,
     api_response,
@@ -23,7 +24,6 @@ from tagger.results import (
     tag_string,
     top_tags,
 )
-from tagger.vocab import CATEGORIES, Vocabulary, normalize_tag
 
 # (tag, e621 category id as stored in the file or None, score). Scores are exact in float32.
 ROWS = [

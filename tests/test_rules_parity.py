@@ -1,4 +1,4 @@
-"""The page's selection and formatting (``tagger/ui/assets/tag_rules.js``, run under node)
+"""The page's selection and formatting (``tagger/web/assets/tag_rules.js``, run under node)
 against the Python definition (``TagOptions``, ``select_tags``, ``tag_string``,
 ``category_tag_strings``) on thousands of seeded random cases: same tags, same order, same
 strings, same error sentences. Any difference fails.
@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tagger.engine.vocab import CATEGORIES, Vocabulary, normalize_tag
 from tagger.errors import SelectionError
-from tagger.options import OPTION_NAMES, TagOptions
-from tagger.results import category_tag_strings, page_scores, select_tags
-from tagger.ui.tag_tab import rules_config
-from tagger.vocab import CATEGORIES, Vocabulary, normalize_tag
+from tagger.tags.options import OPTION_NAMES, TagOptions
+from tagger.tags.results import category_tag_strings, page_scores, select_tags
+from tagger.web.tabs.tag import rules_config
 
 NODE = shutil.which("node")
-RULES = Path(__file__).resolve().parent.parent / "tagger" / "ui" / "assets" / "tag_rules.js"
+RULES = Path(__file__).resolve().parent.parent / "tagger" / "web" / "assets" / "tag_rules.js"
 CASES = 4000
 
 pytestmark = pytest.mark.skipif(NODE is None, reason="the parity test runs the page's rules under node")

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tagger.batch import BatchOutput
-from tagger.options import TagOptions
-from tagger.results import add_to_tag_list, category_tag_strings, page_scores, select_tags
-from tagger.ui.batch_tab import summary_markdown
-from tagger.ui.controls import MODE_ONLY
-from tagger.ui.tag_tab import lookup_rows, page_script, rules_config
-from tagger.vocab import CATEGORY_BY_NAME, Vocabulary
+from tagger.datasets.batch import BatchOutput
+from tagger.engine.vocab import CATEGORY_BY_NAME, Vocabulary
+from tagger.tags.options import TagOptions
+from tagger.tags.results import add_to_tag_list, category_tag_strings, page_scores, select_tags
+from tagger.web.controls import MODE_ONLY
+from tagger.web.tabs.batch import summary_markdown
+from tagger.web.tabs.tag import lookup_rows, page_script, rules_config
 
 VOCAB = Vocabulary(
     ["cat", "cat ears", "black cat", "fate (series)", "dog", "catalog"],
@@ -111,7 +111,7 @@ def test_the_batch_summary_names_skipped_files():
 
 
 def test_assets_hold_no_closing_script_tag():
-    for path in (Path(__file__).resolve().parent.parent / "tagger" / "ui" / "assets").glob("*.js"):
+    for path in (Path(__file__).resolve().parent.parent / "tagger" / "web" / "assets").glob("*.js"):
         assert "</script" not in path.read_text().lower(), path
 
 
@@ -120,7 +120,7 @@ def test_no_ticked_category_is_refused_not_read_as_all():
     import gradio as gr
 
     from tagger.errors import SelectionError
-    from tagger.ui.controls import build_option_controls
+    from tagger.web.controls import build_option_controls
 
     with gr.Blocks():
         controls = build_option_controls(VOCAB)

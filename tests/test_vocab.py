@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from support import DISPLAY_ORDER
 
-from tagger.synthetic import write_random_vocabulary
-from tagger.vocab import CATEGORIES, CATEGORY_BY_ID, UNASSIGNED, Vocabulary, VocabularyError, category_by_name
+from tagger.engine.synthetic import write_random_vocabulary
+from tagger.engine.vocab import CATEGORIES, CATEGORY_BY_ID, UNASSIGNED, Vocabulary, VocabularyError, category_by_name
 
 
 def _write(tmp_path: Path, data: object, name: str = "vocab.json") -> Path:

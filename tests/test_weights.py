@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tagger.model import TaggerConfig, TaggerModel
-from tagger.synthetic import random_state_dict, write_random_checkpoint
-from tagger.weights import CheckpointError, inspect_checkpoint, load_model
+from tagger.engine.model import TaggerConfig, TaggerModel
+from tagger.engine.synthetic import random_state_dict, write_random_checkpoint
+from tagger.engine.weights import CheckpointError, inspect_checkpoint, load_model
 
 NUM_TAGS = 24
 
@@ -506,8 +506,8 @@ def test_every_projection_is_an_nn_linear_the_forward_calls(tiny_files):
 
 def test_key_layout_covers_the_model_state_dict_once(tiny_config):
     """``CHECKPOINT_KEYS`` maps every backbone entry of the model's state dict, and every
-    checkpoint key (``backbone_shapes``, used by the loader and ``tagger.synthetic``) fills one."""
-    from tagger.weights import CHECKPOINT_KEYS, ZEROS, backbone_shapes, checkpoint_keys
+    checkpoint key (``backbone_shapes``, used by the loader and ``tagger.engine.synthetic``) fills one."""
+    from tagger.engine.weights import CHECKPOINT_KEYS, ZEROS, backbone_shapes, checkpoint_keys
 
     model = TaggerModel(tiny_config)
     names = [n for n in model.state_dict() if not n.startswith("head.")]
@@ -520,7 +520,7 @@ def test_key_layout_covers_the_model_state_dict_once(tiny_config):
 
 
 def test_converting_reads_go_slice_by_slice_through_a_small_buffer(tmp_path, monkeypatch):
-    import tagger.weights as weights
+    import tagger.engine.weights as weights
 
     monkeypatch.setattr(weights, "_STAGING_BYTES", 1000)  # slices end mid-row and mid-tensor
     config = TaggerConfig.tiny(num_tags=NUM_TAGS)

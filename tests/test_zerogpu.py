@@ -22,11 +22,12 @@ import pytest
 import torch
 from PIL import Image
 
+from tagger.engine.tagger import Tagger
 from tagger.errors import FeatureError, ModelRunError
-from tagger.pca import analyse
-from tagger.predict import Tagger
-from tagger.relevance import relevance
-from tagger.runtime import (
+from tagger.features.pca import analyse
+from tagger.features.relevance import relevance
+from tagger.features.similarity import PAIRS_PER_CALL
+from tagger.web.runtime import (
     GPU_BASE_SECONDS,
     GPU_COST,
     GPU_FIRST_CALL_SECONDS,
@@ -38,7 +39,6 @@ from tagger.runtime import (
     gpu_duration,
     gpu_seconds,
 )
-from tagger.similarity import PAIRS_PER_CALL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def test_each_endpoint_asks_for_its_designed_duration(
 
 
 def test_batches_and_similarity_zips_use_the_gpu_call_size() -> None:
-    from tagger.ui.batch_tab import CHUNK_SIZE
+    from tagger.web.tabs.batch import CHUNK_SIZE
 
     assert CHUNK_SIZE == IMAGES_PER_GPU_CALL == 16
     assert PAIRS_PER_CALL * 2 == IMAGES_PER_GPU_CALL
@@ -148,7 +148,7 @@ def test_out_of_memory_is_caught_inside_the_gpu_function(
     error: BaseException, tiny_tagger: Tagger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     released: list[int] = []
-    monkeypatch.setattr("tagger.runtime.release_memory", lambda: released.append(1))
+    monkeypatch.setattr("tagger.web.runtime.release_memory", lambda: released.append(1))
     runner = ModelRunner(tiny_tagger)
     pixels = square(32, dtype=torch.float32)
     # The GPU function itself returns (so nothing crosses a ZeroGPU boundary as an exception)...
@@ -170,7 +170,7 @@ def test_user_errors_inside_keep_their_sentence(tiny_tagger: Tagger) -> None:
 
 def test_other_errors_are_not_swallowed(tiny_tagger: Tagger, monkeypatch: pytest.MonkeyPatch) -> None:
     released: list[int] = []
-    monkeypatch.setattr("tagger.runtime.release_memory", lambda: released.append(1))
+    monkeypatch.setattr("tagger.web.runtime.release_memory", lambda: released.append(1))
     runner = ModelRunner(tiny_tagger)
     error = RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
     with pytest.raises(RuntimeError) as info:
@@ -237,7 +237,7 @@ def test_inputs_cross_as_prepared_by_shared_memory(simulation: dict) -> None:
 
 def test_out_of_memory_in_the_worker_becomes_our_sentence(simulation: dict) -> None:
     assert simulation["oom"] == {"type": "ModelRunError", "message": OUT_OF_MEMORY, "title": None}
-    assert simulation["oom_as_shown"]["type"] == "Error"  # gr.Error, from tagger.ui.context.user_errors
+    assert simulation["oom_as_shown"]["type"] == "Error"  # gr.Error, from tagger.web.context.user_errors
     assert simulation["oom_as_shown"]["message"] == OUT_OF_MEMORY
     # Released in the worker, which answered normally and was kept: no new worker, no new copy.
     oom = [(what, int(pid)) for what, pid in simulation["oom_events"]]

@@ -122,13 +122,13 @@ zero_torch.move = move
 import numpy as np
 from PIL import Image
 
-import tagger.runtime as runtime
-from tagger.pca import analyse
-from tagger.predict import Tagger
-from tagger.relevance import relevance
-from tagger.runtime import IMAGES_PER_GPU_CALL, ModelRunner
-from tagger.similarity import PAIRS_PER_CALL
-from tagger.ui.context import user_errors
+import tagger.web.runtime as runtime
+from tagger.engine.tagger import Tagger
+from tagger.features.pca import analyse
+from tagger.features.relevance import relevance
+from tagger.features.similarity import PAIRS_PER_CALL
+from tagger.web.context import user_errors
+from tagger.web.runtime import IMAGES_PER_GPU_CALL, ModelRunner
 
 _release_memory = runtime.release_memory
 

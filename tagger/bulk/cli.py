@@ -40,13 +40,13 @@ from tagger.cli import (
     check_relation_arguments,
     options_from_args,
 )
+from tagger.engine.hub import ModelFiles, resolve_model_files
+from tagger.engine.synthetic import DEMO_WARNING, demo_files
+from tagger.engine.tagger import Tagger, resolve_device
 from tagger.errors import BulkError, CheckpointError, ResolutionError, SelectionError, VocabularyError
 from tagger.export import OnnxExtraMissing
-from tagger.hub import ModelFiles, resolve_model_files
-from tagger.onnx_backend import OnnxTagger, onnx_model_files
-from tagger.options import TagOptions
-from tagger.predict import Tagger, resolve_device
-from tagger.synthetic import DEMO_WARNING, demo_files
+from tagger.onnx.backend import OnnxTagger, onnx_model_files
+from tagger.tags.options import TagOptions
 
 log = logging.getLogger("tagger")
 
@@ -380,7 +380,7 @@ def _plan(
 def relation_files(args: argparse.Namespace) -> dict[str, list[str]]:
     """The manifest's record of the relation files: each source with the SHA-256 of its content
     (a changed file changes the tags, so a resume with it is refused)."""
-    from tagger.relations import resolve_source
+    from tagger.tags.relations import resolve_source
 
     recorded: dict[str, list[str]] = {}
     for name in ("implications", "aliases"):

@@ -2,7 +2,7 @@
 
 Each worker reads an image's bytes from its locator (``tagger.bulk.sources.read_bytes``),
 hashes them, reads the image's size and runs ``Tagger.prepare``'s own preprocessing on them,
-without the model (``Tagger.preprocessor``, a picklable ``tagger.preprocess.Preprocessor``).
+without the model (``Tagger.preprocessor``, a picklable ``tagger.engine.preprocess.Preprocessor``).
 ``DecodePool.map`` keeps a bounded number of images in flight and hands results back in input
 order; an image that cannot be read becomes a result with an ``error`` sentence, never an
 exception.

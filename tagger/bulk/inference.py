@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tagger.batch import ImageResult
 from tagger.bulk.decode import Decoded
 from tagger.bulk.outputs import TagRow
-from tagger.options import TagOptions
-from tagger.predict import Tagger
-from tagger.results import select_tags
+from tagger.datasets.batch import ImageResult
+from tagger.engine.tagger import Tagger
+from tagger.tags.options import TagOptions
+from tagger.tags.results import select_tags
 
 EMPTY_IDS = np.zeros(0, dtype=np.int32)
 EMPTY_SCORES = np.zeros(0, dtype=np.float32)
@@ -85,7 +85,7 @@ def probabilities_and_descriptors(
     if not descriptors:
         return tagger.run(pixels), None
     both = getattr(tagger, "run_with_descriptors", None)
-    if callable(both):  # a backend without the head as a module (tagger.onnx_backend)
+    if callable(both):  # a backend without the head as a module (tagger.onnx.backend)
         return both(pixels)
     features = tagger.run_descriptors(pixels)
     # The model's forward is head(descriptor(x)) with the head computing in float32 from the

@@ -24,8 +24,8 @@ from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, e
 from tagger.bulk.outputs import OutputWriter, TagRow
 from tagger.bulk.plan import Kept, Plan, ShardEnd
 from tagger.bulk.progress import Progress, Summary
-from tagger.options import TagOptions
-from tagger.predict import Tagger
+from tagger.engine.tagger import Tagger
+from tagger.tags.options import TagOptions
 
 WINDOW_BATCHES = 4
 

@@ -20,14 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tagger.batch import CaptionNamer
 from tagger.bulk.names import unescape_name
 from tagger.bulk.outputs import Layout
 from tagger.bulk.resume import ResumeState
 from tagger.bulk.sharding import ShardSpec, shard_of, shard_sizes
 from tagger.bulk.sources import Inputs, Record
+from tagger.datasets.batch import CaptionNamer
+from tagger.datasets.intake import sanitize_path
 from tagger.errors import UploadError
-from tagger.intake import sanitize_path
 
 
 @dataclass(frozen=True)

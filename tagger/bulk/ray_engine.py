@@ -43,10 +43,10 @@ from tagger.bulk.outputs import OutputWriter, TagRow
 from tagger.bulk.plan import Kept, Plan, ShardEnd
 from tagger.bulk.progress import Progress, Summary
 from tagger.bulk.sources import Record
+from tagger.engine.hub import ModelFiles
+from tagger.engine.preprocess import Preprocessor
 from tagger.errors import BulkError
-from tagger.hub import ModelFiles
-from tagger.options import TagOptions
-from tagger.preprocess import Preprocessor
+from tagger.tags.options import TagOptions
 
 try:
     from ray.data import Datasink
@@ -207,9 +207,9 @@ class TagActor:
     """The GPU stage: one model per actor, loaded once; each call tags one window of images."""
 
     def __init__(self, model: dict[str, Any], options: dict[str, Any], batch_size: int, descriptors: bool):
-        from tagger.hub import resolve_model_files
-        from tagger.predict import Tagger
-        from tagger.relations import attach_sources
+        from tagger.engine.hub import resolve_model_files
+        from tagger.engine.tagger import Tagger
+        from tagger.tags.relations import attach_sources
 
         files = resolve_model_files(model["checkpoint"], model["vocab"], repo=model["repo"], revision=model["revision"])
         self.tagger = Tagger(
@@ -315,7 +315,7 @@ def run_ray(
     import time
 
     from tagger.bulk.resume import options_values
-    from tagger.weights import inspect_checkpoint
+    from tagger.engine.weights import inspect_checkpoint
 
     streamed = [s.spec for s in plan.inputs.sources if s.streamed]
     if streamed:
@@ -323,7 +323,7 @@ def run_ray(
             f"--engine ray reads inputs from a shared file system and cannot stream {streamed[0]}; "
             "save the dataset to disk (datasets' save_to_disk) or use uncompressed .tar shards."
         )
-    from tagger.predict import Tagger
+    from tagger.engine.tagger import Tagger
 
     started = time.perf_counter()
     summary.padding_source = padding_source(Tagger)

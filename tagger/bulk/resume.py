@@ -27,7 +27,7 @@ from typing import Any
 from tagger.bulk.outputs import Layout, damaged_part, remove_temporaries, write_atomic
 from tagger.bulk.safefs import read_regular
 from tagger.errors import BulkError
-from tagger.options import OPTION_NAMES, TagOptions
+from tagger.tags.options import OPTION_NAMES, TagOptions
 
 log = logging.getLogger("tagger")
 

@@ -29,8 +29,8 @@ from typing import Any
 
 from tagger.bulk import safefs
 from tagger.bulk.names import escape_name
+from tagger.datasets.intake import IMAGE_EXTENSIONS, sanitize_path, wrapper_depth
 from tagger.errors import BulkError, UploadError
-from tagger.intake import IMAGE_EXTENSIONS, sanitize_path, wrapper_depth
 
 HUB_PREFIX = "hf:"
 TAR_STREAM_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")

@@ -1,0 +1,322 @@
+"""Batch tagging for dataset builders: many images and/or zip archives in, captions out.
+
+* ``tagger.datasets.intake.collect_inputs`` lists the images of the upload and checks its limits.
+* ``tag_items`` streams over those images in chunks: read + decode + preprocess on the CPU,
+  then ONE model call per chunk, then free the pixels. At most ``chunk_size`` decoded images
+  are alive at any time, whatever the size of the batch. An unreadable image becomes an
+  error result and the batch goes on.
+* ``BatchWriter`` writes the results as they come: a zip of kohya/sd-scripts captions (one
+  ``.txt`` per image, same folder and stem) and a JSONL file in the authors' line schema.
+
+``run_batch`` chains the three and returns a ``BatchOutput`` (results, file paths, counts).
+
+Why one model call per chunk: on ZeroGPU every ``spaces.GPU`` call queues for a GPU slice and
+its duration is estimated from the pixels it gets (``tagger.web.runtime``). One call per image
+(what the authors' Space does) pays the queue and attach cost hundreds of times; one call for
+the whole request would need every decoded image in memory at once and a long duration
+estimate. A chunk is one short, well-sized GPU call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import cast
+
+import numpy as np
+import torch
+
+from tagger.datasets.intake import BatchInputs, BatchItem, BatchLimits, collect_inputs
+from tagger.engine.vocab import Vocabulary
+from tagger.errors import ImageError, UploadError
+from tagger.tags.options import TagOptions
+from tagger.tags.results import TagScore, select_tags, tags_as_dicts
+
+log = logging.getLogger("tagger")
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    filename: str
+    concept: str
+    sha256: str | None
+    tags: tuple[TagScore, ...] = ()
+    error: str | None = None
+
+    def json_line(self) -> dict:
+        """The authors' JSONL line: tags on success, ``error`` (and sha256 when known) otherwise."""
+        line: dict = {} if self.sha256 is None else {"sha256": self.sha256}
+        line |= {"filename": self.filename, "concept": self.concept}
+        if self.error is not None:
+            line["error"] = self.error
+        else:
+            line["tags"] = tags_as_dicts(self.tags)
+        return line
+
+
+# ---------------------------------------------------------------------------------------------
+# Tagging
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+def tag_items(
+    inputs: BatchInputs,
+    *,
+    prepare: Callable[[bytes], torch.Tensor],
+    run: Callable[[list[torch.Tensor]], np.ndarray],
+    vocab: Vocabulary,
+    options: TagOptions,
+    chunk_size: int = 32,
+    progress: ProgressCallback | None = None,
+) -> Iterator[ImageResult]:
+    """Tag every image of ``inputs`` in order, one ``run`` (model) call per chunk of images.
+
+    ``prepare`` decodes and preprocesses encoded bytes on the CPU (``Tagger.prepare``);
+    ``run`` maps a list of pixel tensors to probabilities ``[B, num_tags]`` (``Tagger.run``
+    or ``ModelRunner.probabilities``, which wraps it in one GPU call). ``progress(done,
+    total, name)`` is called after each image. Unreadable images yield an error result.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, not {chunk_size}.")
+    total = len(inputs.items)
+    done = 0
+    for start in range(0, total, chunk_size):
+        # A helper keeps every pixel tensor local to it: they are freed before we yield.
+        for result in _tag_chunk(inputs, inputs.items[start : start + chunk_size], prepare, run, vocab, options):
+            done += 1
+            if progress is not None:
+                progress(done, total, result.filename)
+            yield result
+
+
+def _tag_chunk(
+    inputs: BatchInputs,
+    items: Sequence[BatchItem],
+    prepare: Callable[[bytes], torch.Tensor],
+    run: Callable[[list[torch.Tensor]], np.ndarray],
+    vocab: Vocabulary,
+    options: TagOptions,
+) -> list[ImageResult]:
+    results: list[ImageResult | None] = [None] * len(items)
+    pixels: list[torch.Tensor] = []
+    slots: list[int] = []
+    digests: list[str] = []
+    for i, item in enumerate(items):
+        digest: str | None = None
+        try:
+            data = inputs.read(item)
+            digest = hashlib.sha256(data).hexdigest()
+            pixels.append(prepare(data))
+            slots.append(i)
+            digests.append(digest)
+        except ImageError as e:
+            results[i] = ImageResult(item.name, item.concept, digest, error=_error_text(e, item.name))
+        except UploadError:
+            raise
+        except Exception as e:  # one odd file must not stop a batch of hundreds
+            log.exception("Unexpected error reading %s", item.name)
+            results[i] = ImageResult(item.name, item.concept, digest, error=f"Could not read {item.name} ({e}).")
+        finally:
+            data = b""  # drop the encoded bytes before reading the next file
+    if pixels:
+        probabilities = run(pixels)
+        pixels.clear()
+        for row, slot, digest in zip(probabilities, slots, digests, strict=True):
+            item = items[slot]
+            results[slot] = ImageResult(
+                item.name, item.concept, digest, tuple(select_tags(row, vocab, options.selection))
+            )
+    return cast(list[ImageResult], results)  # every slot is filled: an error or the image's tags
+
+
+def _error_text(error: ImageError, name: str) -> str:
+    # Decoding bytes reports "the given data"; say which file it was.
+    return str(error).replace("the given data", name, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+class CaptionNamer:
+    """Caption paths for images, unique within the captions zip.
+
+    kohya/sd-scripts finds an image's caption as ``folder/stem.txt``. Two images with the same
+    folder and stem (``a.png`` and ``a.jpg``) cannot both have that name, so: the first one
+    in upload order gets ``folder/stem.txt``; each later one gets its full file name plus
+    ``.txt`` (``folder/a.jpg.txt``), then ``folder/a.jpg.2.txt``, ... if that is taken too.
+    Names are compared ignoring case, because Windows and macOS file systems do.
+    ``renamed`` lists ``(image, caption)`` for every image that did not get its stem name.
+    """
+
+    def __init__(self) -> None:
+        self._taken: set[str] = set()
+        self.renamed: list[tuple[str, str]] = []
+
+    def name_for(self, filename: str) -> str:
+        path = PurePosixPath(filename)
+        candidates = [path.with_suffix(".txt"), path.with_name(path.name + ".txt")]
+        for candidate in candidates:
+            if self._claim(str(candidate)):
+                return self._result(filename, str(candidate), candidates[0])
+        number = 2
+        while not self._claim(name := str(path.with_name(f"{path.name}.{number}.txt"))):
+            number += 1
+        return self._result(filename, name, candidates[0])
+
+    def _claim(self, name: str) -> bool:
+        key = name.casefold()
+        if key in self._taken:
+            return False
+        self._taken.add(key)
+        return True
+
+    def _result(self, filename: str, name: str, preferred: PurePosixPath) -> str:
+        if name != str(preferred):
+            self.renamed.append((filename, name))
+        return name
+
+
+class BatchWriter:
+    """Writes ``captions.zip`` and ``tags.jsonl`` into ``directory`` as results arrive."""
+
+    def __init__(self, directory: str | os.PathLike, options: TagOptions, vocab: Vocabulary | None = None):
+        self.directory = Path(directory)
+        self.vocab = vocab  # its relations rename prepended aliases
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.options = options
+        self.captions_path = self.directory / "captions.zip"
+        self.jsonl_path = self.directory / "tags.jsonl"
+        self.namer = CaptionNamer()
+        self._zip = zipfile.ZipFile(self.captions_path, "w", compression=zipfile.ZIP_DEFLATED)
+        self._jsonl = open(self.jsonl_path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115 - closed in close()
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, result: ImageResult) -> str | None:
+        """Write one result; returns the caption's path in the zip (None for an error)."""
+        self._jsonl.write(json.dumps(result.json_line(), ensure_ascii=False) + "\n")
+        if result.error is not None:
+            return None
+        name = self.namer.name_for(result.filename)
+        self._zip.writestr(name, self.options.tag_string(result.tags, self.vocab).encode("utf-8"))
+        return name
+
+    def close(self) -> None:
+        self._zip.close()
+        self._jsonl.close()
+
+
+@dataclass
+class BatchOutput:
+    """What a batch request produced: one result per image, the two files, and counts."""
+
+    results: list[ImageResult] = field(default_factory=list)  # in upload order
+    captions_zip: Path | None = None
+    jsonl: Path | None = None
+    images: int = 0  # tagged
+    errors: int = 0  # unreadable
+    skipped: list[str] = field(default_factory=list)
+    renamed: list[tuple[str, str]] = field(default_factory=list)
+    model_calls: int = 0
+    seconds: float = 0.0
+
+
+OUTPUT_ROOT = Path(tempfile.gettempdir()) / "tagger-batch"
+OUTPUT_MAX_AGE_S = 24 * 3600
+
+
+def new_output_dir(root: Path = OUTPUT_ROOT, max_age_s: float = OUTPUT_MAX_AGE_S) -> Path:
+    """A fresh directory per request; directories older than ``max_age_s`` are removed first
+    (Gradio copies returned files into its own cache, so ours are only needed briefly)."""
+    root.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - max_age_s
+    for old in root.iterdir():
+        try:
+            if old.is_dir() and old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue
+    return Path(tempfile.mkdtemp(prefix="batch-", dir=root))
+
+
+def run_batch(
+    paths: Iterable[str | os.PathLike],
+    *,
+    prepare: Callable[[bytes], torch.Tensor],
+    run: Callable[[list[torch.Tensor]], np.ndarray],
+    vocab: Vocabulary,
+    options: TagOptions,
+    limits: BatchLimits | None = None,
+    chunk_size: int = 32,
+    progress: ProgressCallback | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> BatchOutput:
+    """Collect, tag and write: the whole request. See ``collect_inputs`` and ``tag_items``.
+
+    With a ``Tagger``: ``prepare=tagger.prepare, run=tagger.run, vocab=tagger.engine.vocab`` (in the
+    app ``run=ctx.runner.probabilities``, one GPU call per chunk). Outputs go to ``out_dir``
+    (default: a new directory under ``OUTPUT_ROOT``).
+    """
+    started = time.perf_counter()
+    limits = limits or BatchLimits()
+    inputs = collect_inputs(paths, limits)  # refuse a bad request before creating anything
+    directory = Path(out_dir) if out_dir is not None else new_output_dir()
+    calls = 0
+
+    def counted_run(pixels: list[torch.Tensor]) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        return run(pixels)
+
+    output = BatchOutput(skipped=list(inputs.skipped))
+    try:
+        with inputs, BatchWriter(directory, options, vocab) as writer:
+            results = tag_items(
+                inputs,
+                prepare=prepare,
+                run=counted_run,
+                vocab=vocab,
+                options=options,
+                chunk_size=chunk_size,
+                progress=progress,
+            )
+            for result in results:
+                writer.add(result)
+                output.results.append(result)
+                if result.error is None:
+                    output.images += 1
+                else:
+                    output.errors += 1
+    except BaseException:
+        if out_dir is None:  # half-written outputs of a failed request are of no use
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    output.captions_zip = writer.captions_path
+    output.jsonl = writer.jsonl_path
+    output.renamed = writer.namer.renamed
+    output.model_calls = calls
+    output.seconds = time.perf_counter() - started
+    log.info(
+        "Batch: %d tagged, %d errors, %d skipped, %d model calls, %.1f s",
+        output.images,
+        output.errors,
+        len(output.skipped),
+        calls,
+        output.seconds,
+    )
+    return output

@@ -1,0 +1,1 @@
+"""What the backbone's features show beyond tags: PCA maps, tag relevance heatmaps, similarity."""

@@ -1,0 +1,169 @@
+"""Descriptor similarity: two images, or the pairs of a zip with two folders.
+
+Zips are read with ``tagger.datasets.intake.collect_inputs``, the same guarded reader as batch
+tagging. The model call (descriptors) is passed in, so the caller decides where it runs.
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import numpy as np
+import torch
+
+from tagger.datasets.intake import BatchInputs, BatchItem, BatchLimits, collect_inputs, wrapper_depth
+from tagger.errors import FeatureError, ImageError
+from tagger.web.runtime import IMAGES_PER_GPU_CALL
+
+
+def cosine_similarity(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    """Cosine similarity of two descriptors (L2-normalised in float64 first)."""
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"Descriptors differ in size: {x.size} and {y.size}.")
+    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+    if nx == 0 or ny == 0:
+        return 0.0
+    return float(np.clip(np.dot(x / nx, y / ny), -1.0, 1.0))
+
+
+@dataclass
+class ZipPairs:
+    """A zip's images split into its two top-level folders and paired by stem (the path
+    inside the folder without its extension: ``a/x/cat.png`` pairs with ``b/x/cat.jpg``)."""
+
+    folders: tuple[str, str]
+    pairs: list[tuple[str, BatchItem, BatchItem]]  # (stem, image in A, image in B)
+    unmatched: list[str]  # images with no partner (or a second file with the same stem)
+    ignored: list[str]  # not images, hidden files, or not inside either folder
+
+
+def _is_hidden(name: str) -> bool:
+    return any(part.startswith(".") for part in name.split("/"))
+
+
+def pair_inputs(inputs: BatchInputs) -> ZipPairs:
+    """Pair the images of a zip read by ``tagger.datasets.batch.collect_inputs`` (which already refused
+    unsafe paths, links and zip bombs, and skipped ``__MACOSX`` and dotfiles). A single
+    wrapping folder (``pairs/a``, ``pairs/b``: a zip made from the parent folder) is looked
+    through. ``FeatureError`` unless exactly two folders hold images."""
+    depth = wrapper_depth([item.name for item in inputs.items])
+    files = [(PurePosixPath(*PurePosixPath(item.name).parts[depth:]), item) for item in inputs.items]
+    # collect_inputs lists resource forks and dotfiles among its skipped names; they are noise here.
+    ignored = [n for n in inputs.skipped if not (n.startswith("__MACOSX/") or _is_hidden(n))]
+    folders: dict[str, dict[str, list[BatchItem]]] = {}
+    for path, item in files:
+        if len(path.parts) < 2:  # a file beside the folders
+            ignored.append(item.name)
+            continue
+        stem = str(PurePosixPath(*path.parts[1:]).with_suffix(""))
+        folders.setdefault(path.parts[0], {}).setdefault(stem, []).append(item)
+    if len(folders) != 2:
+        found = ", ".join(sorted(folders)) or "none"
+        raise FeatureError(
+            f"The zip must hold exactly two top-level folders of images to pair by file name; found: {found}."
+        )
+    name_a, name_b = sorted(folders)
+    a, b = folders[name_a], folders[name_b]
+    pairs: list[tuple[str, BatchItem, BatchItem]] = []
+    unmatched: list[str] = []
+    for stem in sorted(set(a) | set(b)):
+        in_a = sorted(a.get(stem, []), key=lambda i: i.name)
+        in_b = sorted(b.get(stem, []), key=lambda i: i.name)
+        if in_a and in_b:
+            pairs.append((stem, in_a[0], in_b[0]))
+            in_a, in_b = in_a[1:], in_b[1:]  # a second x.png / x.jpg in one folder has no partner
+        unmatched.extend(i.name for i in in_a + in_b)
+    return ZipPairs((name_a, name_b), pairs, unmatched, ignored)
+
+
+@dataclass
+class BatchSimilarity:
+    """Per-pair scores of a zip of two folders, with what could not be scored."""
+
+    folders: tuple[str, str]
+    rows: list[tuple[str, str, str, float]] = field(default_factory=list)  # (stem, file A, file B, similarity)
+    unmatched: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (file, message)
+
+    def stats(self) -> dict:
+        scores = [r[3] for r in self.rows]
+        if not scores:
+            return {"pairs": 0, "mean": None, "min": None, "max": None}
+        return {
+            "pairs": len(scores),
+            "mean": round(float(np.mean(scores)), 6),
+            "min": round(min(scores), 6),
+            "max": round(max(scores), 6),
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "folders": list(self.folders),
+            "pairs": [{"stem": s, "a": a, "b": b, "similarity": round(v, 6)} for s, a, b, v in self.rows],
+            "summary": self.stats(),
+            "unmatched": self.unmatched,
+            "ignored": self.ignored,
+            "errors": [{"file": f, "error": e} for f, e in self.errors],
+        }
+
+
+# Pairs decoded and sent to the model together (two images each): bounds memory and the
+# duration of each GPU call, like a batch chunk.
+PAIRS_PER_CALL = IMAGES_PER_GPU_CALL // 2
+
+
+def batch_similarity(
+    path: str | os.PathLike,
+    prepare: Callable[[bytes], torch.Tensor],
+    descriptors: Callable[[list[torch.Tensor]], np.ndarray],
+    limits: BatchLimits | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchSimilarity:
+    """Score every pair of a zip with two folders (see ``pair_inputs``).
+
+    The zip is read with ``tagger.datasets.batch.collect_inputs`` and its limits (entries, sizes,
+    compression ratio, zip slip; ``UploadError`` refuses the request). ``prepare`` decodes one
+    file on the CPU; ``descriptors`` is the model call, one per ``PAIRS_PER_CALL`` pairs (so
+    one for small zips). A file that cannot be read is reported and its pair skipped.
+    """
+    path = os.fspath(path)
+    if not zipfile.is_zipfile(path):
+        raise FeatureError("This file is not a zip archive; upload a .zip holding two folders of images.")
+    if PurePosixPath(path).suffix.lower() != ".zip":
+        raise FeatureError("Please give the archive a .zip file name.")
+    with collect_inputs([path], limits) as inputs:
+        listing = pair_inputs(inputs)
+        result = BatchSimilarity(listing.folders, unmatched=listing.unmatched, ignored=listing.ignored)
+        total = len(listing.pairs)
+        for start in range(0, total, PAIRS_PER_CALL):
+            chunk: list[tuple[str, str, str]] = []
+            pixels: list[torch.Tensor] = []
+            for stem, item_a, item_b in listing.pairs[start : start + PAIRS_PER_CALL]:
+                decoded = []
+                for item in (item_a, item_b):
+                    try:
+                        decoded.append(prepare(inputs.read(item)))
+                    except (ImageError, zlib.error, lzma.LZMAError) as e:
+                        # Unreadable or corrupt member: this pair is skipped, the others go on.
+                        message = str(e).replace("the given data", item.name)
+                        result.errors.append((item.name, message or type(e).__name__))
+                if len(decoded) == 2:
+                    chunk.append((stem, item_a.name, item_b.name))
+                    pixels.extend(decoded)
+            if pixels:
+                vectors = descriptors(pixels)
+                for j, (stem, name_a, name_b) in enumerate(chunk):
+                    result.rows.append((stem, name_a, name_b, cosine_similarity(vectors[2 * j], vectors[2 * j + 1])))
+                del pixels
+            if progress is not None:
+                progress(min(start + PAIRS_PER_CALL, total), total)
+    return result

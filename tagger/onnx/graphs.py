@@ -1,0 +1,105 @@
+"""The modules ``tagger.export`` turns into ONNX graphs, written for export rather than serving.
+
+``TaggerModel.forward`` walks the batch in Python (one patch grid per image) and caches RoPE
+per grid; a traced export would freeze both to the example's batch and size. These wrappers
+take one ``[B, 3, H, W]`` tensor and compute the RoPE tables from its height and width inside
+the graph, with the same float32 operations as ``tagger.engine.model.rope_angles``, so batch, height
+and width stay dynamic. They reuse the model's own modules: the numbers are the model's.
+
+* ``LogitsGraph``: normalised pixels → logits ``[B, num_tags]`` (the authors' ``tagger/``);
+* ``EmbeddingGraph``: → descriptor ``[B, 6400]`` (CLS + registers after the final norm);
+* ``BackboneGraph``: → ``last_hidden_state`` ``[B, 5 + patches, C]`` after the final norm;
+* ``Wd14Graph``: the wd14 tools' convention, ``[B, S, S, 3]`` BGR 0-255 → probabilities, with
+  the ImageNet normalisation and the sigmoid inside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from tagger.engine.model import TaggerConfig, TaggerModel
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def graph_rope(grid_h: int, grid_w: int, config: TaggerConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE cos and sin ``[1, 1, prefix + h·w, head_dim]`` of a patch grid (symbolic sizes while
+    exporting); the prefix tokens get angle 0 (cos 1, sin 0), as in ``TaggerModel.rope``."""
+    coords_y = (torch.arange(grid_h, dtype=torch.float32) + 0.5) / grid_h
+    coords_x = (torch.arange(grid_w, dtype=torch.float32) + 0.5) / grid_w
+    coords = torch.stack(torch.meshgrid(coords_y, coords_x, indexing="ij"), dim=-1).flatten(0, 1)
+    coords = (2.0 * coords - 1.0) * config.rope_coord_scale
+    inv_freq = 1.0 / config.rope_theta ** torch.arange(0, 1, 4 / config.head_dim, dtype=torch.float32)
+    angles = 2 * math.pi * coords[:, :, None] * inv_freq
+    angles = angles.flatten(1, 2).tile(2)
+    prefix = torch.zeros(config.num_prefix_tokens, config.head_dim, dtype=torch.float32)
+    angles = torch.cat([prefix, angles], dim=0)[None, None]
+    return angles.cos(), angles.sin()
+
+
+class BackboneGraph(nn.Module):
+    """Normalised pixels ``[B, 3, H, W]`` → token states after the final norm ``[B, N, C]``."""
+
+    def __init__(self, model: TaggerModel):
+        super().__init__()
+        self.model = model
+
+    def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        model, config = self.model, self.model.config
+        batch, _, height, width = pixel_values.shape
+        patches = model.patch_embed(pixel_values)
+        x = torch.cat(
+            [model.cls_token.expand(batch, -1, -1), model.register_tokens.expand(batch, -1, -1), patches], dim=1
+        )
+        cos, sin = graph_rope(height // config.patch_size, width // config.patch_size, config)
+        for block in model.blocks:
+            x = block(x, (cos, sin))
+        return model.norm(x)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.tokens(pixel_values)
+
+
+class EmbeddingGraph(BackboneGraph):
+    """Normalised pixels → descriptor ``[B, descriptor_dim]`` (float32), the head's input."""
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens(pixel_values)
+        return tokens[:, : self.model.config.num_prefix_tokens].flatten(1).float()
+
+
+class LogitsGraph(BackboneGraph):
+    """Normalised pixels → logits ``[B, num_tags]``."""
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens(pixel_values)
+        return self.model.head(tokens[:, : self.model.config.num_prefix_tokens].flatten(1))
+
+
+class Wd14Graph(LogitsGraph):
+    """``[B, S, S, 3]`` float32 BGR in 0-255 (what the wd14 tools feed) → probabilities in the
+    package order: ``placeholders`` zeros (the rating rows), then the tags at ``order``
+    (see ``tagger.onnx.wd14``)."""
+
+    order: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, model: TaggerModel, order: Sequence[int], placeholders: int):
+        super().__init__(model)
+        self.placeholders = placeholders
+        self.register_buffer("order", torch.as_tensor(order, dtype=torch.int64), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        rgb = pixel_values.flip(-1).permute(0, 3, 1, 2)  # BGR → RGB, NHWC → NCHW
+        normalised = rgb.div(255).sub(self.mean).div(self.std)  # as tagger.engine.preprocess.normalise
+        probabilities = torch.sigmoid(super().forward(normalised)).index_select(1, self.order)
+        ratings = probabilities.new_zeros(probabilities.shape[0], self.placeholders)
+        return torch.cat([ratings, probabilities], dim=1)

@@ -1,0 +1,432 @@
+"""Selecting and formatting tags from computed scores: pure functions.
+
+The UI, the API and the CLI all call these, so a threshold or format change never needs
+the model again: the model produces a score vector once, and everything here works on it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import overload
+
+import numpy as np
+
+from tagger.engine.vocab import CATEGORIES, CATEGORY_BY_ID, Category, Vocabulary, category_by_name, normalize_tag
+from tagger.errors import SelectionError
+
+
+@dataclass(frozen=True)
+class TagScore:
+    tag: str
+    score: float
+    category: Category
+    index: int  # position in the vocabulary / model output
+
+
+def _check_probability(name: str, value: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise SelectionError(f"{name} must be a number between 0 and 1, not {value!r}.") from None
+    if not (0.0 <= value <= 1.0):  # also rejects NaN
+        raise SelectionError(f"{name} must be between 0 and 1, not {value}.")
+    # Scores are float32 and are compared in float32 (a score shown as 0.35 meets a threshold
+    # of 0.35): keep the limit as the float32 value it is compared as, so that what a
+    # Selection reports is exactly what it applies (1e-50 is 0 in float32).
+    return float(np.float32(value))
+
+
+@overload
+def _check_count(name: str, value: float | np.integer) -> int: ...
+@overload
+def _check_count(name: str, value: None) -> None: ...
+@overload
+def _check_count(name: str, value: float | np.integer | None) -> int | None: ...
+def _check_count(name: str, value: float | np.integer | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, np.integer) or (isinstance(value, float) and value.is_integer()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SelectionError(f"{name} must be a whole number of 0 or more, not {value!r}.")
+    return value
+
+
+def resolve_category(key: int | str | Category) -> Category:
+    """A category from its id, name or itself; unknown names raise ``SelectionError``."""
+    if isinstance(key, Category):
+        return key
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        if int(key) in CATEGORY_BY_ID:
+            return CATEGORY_BY_ID[int(key)]
+        raise SelectionError(f"Unknown category id {key}; ids run from 0 to {len(CATEGORIES) - 1}.")
+    try:
+        return category_by_name(str(key))
+    except ValueError as e:
+        raise SelectionError(str(e)) from None
+
+
+def parse_tag_list(text: str | Iterable[str] | None) -> list[str]:
+    """Split user input ("a, b_c\\nd") into tags; empty items dropped, order kept, duplicates removed."""
+    if text is None:
+        return []
+    items = re.split(r"[,\n]", text) if isinstance(text, str) else [str(t) for t in text]
+    seen: set[str] = set()
+    out: list[str] = []
+    for item in items:
+        item = item.strip()
+        if item and normalize_tag(item) not in seen:
+            seen.add(normalize_tag(item))
+            out.append(item)
+    return out
+
+
+IMPLIED = ("keep", "remove", "add")
+MAX_STARS = 8  # per pattern: more would only slow matching down
+
+
+def is_pattern(key: str) -> bool:
+    """Whether a typed tag (``normalize_tag`` form) is a glob: ``*`` or ``?`` not escaped by ``\\``."""
+    return re.search(r"(?<!\\)[*?]", key) is not None
+
+
+def check_pattern(name: str, item: str) -> None:
+    """A ``SelectionError`` naming option ``name`` for a glob that cannot be meant."""
+    key = normalize_tag(item)
+    if not is_pattern(key):
+        return
+    if not key.replace("*", "").strip():
+        raise SelectionError(f"{name}: {item!r} matches every tag; write part of a tag around the *, e.g. *censor*.")
+    if key.count("*") > MAX_STARS:
+        raise SelectionError(f"{name}: {item!r} has more than {MAX_STARS} '*'; use fewer.")
+
+
+def pattern_regex(key: str) -> re.Pattern[str]:
+    """A glob (``normalize_tag`` form) as a regex: ``*`` any run, ``?`` one character, ``\\*`` and
+    ``\\?`` themselves, everything else literally."""
+    out = []
+    for token in re.findall(r"\\[*?]|.", key, re.DOTALL):
+        out.append(".*" if token == "*" else "." if token == "?" else re.escape(token[-1]))
+    return re.compile("".join(out), re.DOTALL)
+
+
+_PATTERN_HITS: weakref.WeakKeyDictionary[Vocabulary, tuple[object, dict[str, list[int]]]] = weakref.WeakKeyDictionary()
+
+
+def _matching(key: str, vocab: Vocabulary, index: Mapping[str, list[int]]) -> list[int]:
+    """Indices of every tag whose comparison form matches the glob ``key`` (remembered per
+    vocabulary and relations: a blacklist is applied to every image)."""
+    owner, hits = _PATTERN_HITS.get(vocab, (None, {}))
+    if owner is not vocab.relations:
+        hits = {}
+    if key not in hits:
+        if len(hits) > 1024:
+            hits.clear()
+        regex = pattern_regex(key)
+        hits[key] = [i for name, indices in index.items() if regex.fullmatch(name) for i in indices]
+    _PATTERN_HITS[vocab] = (vocab.relations, hits)
+    return hits[key]
+
+
+def mcut_threshold(scores: np.ndarray) -> float:
+    """Maximum Cut Thresholding (Largeron et al., 2012): the midpoint of the largest gap
+    between consecutive sorted scores. Returns 1.0 for fewer than two scores."""
+    if scores.size < 2:
+        return 1.0
+    ordered = np.sort(scores.astype(np.float64))[::-1]
+    gaps = ordered[:-1] - ordered[1:]
+    t = int(np.argmax(gaps))
+    return float((ordered[t] + ordered[t + 1]) / 2)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which tags to keep. Thresholds are probabilities in [0, 1].
+
+    - ``threshold``: applies to every category without its own rule.
+    - ``category_thresholds`` / ``category_topk``: per-category rules (by id or name); top-k
+      keeps that category's k best tags at or above ``floor``.
+    - ``mcut``: categories without their own rule use their MCut threshold instead of
+      ``threshold`` (the automatic threshold wd-tagger offers).
+    - ``floor``: nothing below it is ever returned (the authors' Space uses 0.05).
+    - ``topk``: cap on the total, best first. ``categories``: None keeps all.
+    - ``exclude``: tags never returned (matched ignoring case, ``_`` vs space, escapes).
+    - ``include``: when not empty, only these tags can be returned (matched the same way; the
+      other rules still apply to them).
+      Both take globs: ``*`` any run of characters, ``?`` one (``\\*``, ``\\?`` themselves).
+    - ``implied``: with tag relations attached to the vocabulary (``tagger.tags.relations``),
+      ``remove`` drops every selected tag that another selected tag implies; ``add`` raises each
+      tag's score to the best score of the tags implying it before selecting; ``keep`` neither.
+    """
+
+    threshold: float = 0.35
+    topk: int | None = None
+    category_thresholds: Mapping[int | str, float] = field(default_factory=dict)
+    category_topk: Mapping[int | str, int] = field(default_factory=dict)
+    mcut: bool = False
+    floor: float = 0.0
+    categories: Iterable[int | str] | None = None
+    exclude: Iterable[str] = ()
+    include: Iterable[str] = ()
+    implied: str = "keep"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen dataclass: normalise arguments once, here
+        set_(self, "threshold", _check_probability("threshold", self.threshold))
+        set_(self, "floor", _check_probability("floor", self.floor))
+        set_(self, "topk", _check_count("topk", self.topk))
+        set_(
+            self,
+            "category_thresholds",
+            {
+                resolve_category(k).id: _check_probability(f"threshold for {k}", v)
+                for k, v in (self.category_thresholds or {}).items()
+            },
+        )
+        set_(
+            self,
+            "category_topk",
+            {resolve_category(k).id: _check_count(f"top-k for {k}", v) for k, v in (self.category_topk or {}).items()},
+        )
+        if self.categories is not None:
+            categories = [self.categories] if isinstance(self.categories, (str, int)) else self.categories
+            set_(self, "categories", frozenset(resolve_category(c).id for c in categories))
+        if self.implied not in IMPLIED:
+            raise SelectionError(f"implied must be one of {', '.join(IMPLIED)}; got {self.implied!r}.")
+        for name in ("exclude", "include"):
+            items = parse_tag_list(getattr(self, name))
+            for item in items:
+                check_pattern(name, item)
+            set_(self, name, frozenset(normalize_tag(t) for t in items))
+
+
+def select_tags(scores: np.ndarray, vocab: Vocabulary, selection: Selection | None = None) -> list[TagScore]:
+    """Apply ``selection`` to one image's probabilities ``[num_tags]``; best first.
+
+    With relations attached to ``vocab`` (``tagger.tags.relations.attach``), typed tags go through
+    the aliases, tags are shown under the name an alias points to (each name once, its best
+    score), and ``selection.implied`` applies."""
+    selection = selection or Selection()
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if scores.shape[0] != len(vocab):
+        raise SelectionError(f"Got {scores.shape[0]} scores for a vocabulary of {len(vocab)} tags.")
+    relations = vocab.relations
+    if relations is not None and selection.implied == "add":
+        scores = relations.lift(scores)
+    index = vocab.normalized_index if relations is None else relations.index
+
+    def find(key: str) -> list[int]:
+        if is_pattern(key):
+            return _matching(key, vocab, index)
+        return vocab.find(key) if relations is None else relations.find(key)
+
+    eligible = scores >= selection.floor
+    if selection.include:
+        allowed = np.zeros_like(eligible)
+        for tag in selection.include:
+            allowed[find(tag)] = True
+        eligible &= allowed
+    for tag in selection.exclude:
+        eligible[find(tag)] = False
+
+    chosen: list[np.ndarray] = []
+    wanted = selection.categories
+    for category in CATEGORIES:
+        if wanted is not None and category.id not in wanted:
+            continue
+        idx = np.flatnonzero(eligible & (vocab.category_ids == category.id))
+        if idx.size == 0:
+            continue
+        cat_scores = scores[idx]
+        if category.id in selection.category_topk:
+            k = selection.category_topk[category.id]
+            chosen.append(idx[np.argsort(-cat_scores, kind="stable")[:k]])
+            continue
+        if category.id in selection.category_thresholds:
+            threshold = selection.category_thresholds[category.id]
+        elif selection.mcut:
+            # MCut over the category's own scores, never below the general threshold's floor.
+            threshold = max(mcut_threshold(scores[vocab.category_ids == category.id]), selection.floor)
+        else:
+            threshold = selection.threshold
+        chosen.append(idx[cat_scores >= threshold])
+
+    if not chosen:
+        return []
+    picked = np.concatenate(chosen)
+    picked = picked[np.argsort(-scores[picked], kind="stable")]
+    names = vocab.tags
+    if relations is not None:
+        names = relations.names
+        if selection.implied == "remove":
+            picked = picked[~np.isin(picked, relations.ancestors_of(picked)[0])]
+        shown: set[str] = set()
+        unique = []
+        keys = relations.keys
+        for i in picked:
+            key = keys[i]
+            if key not in shown:  # an aliased tag and the tag it points to: the best one
+                shown.add(key)
+                unique.append(i)
+        picked = np.asarray(unique, dtype=np.int64)
+    if selection.topk is not None:
+        picked = picked[: selection.topk]
+    return [TagScore(names[i], float(scores[i]), vocab.category_of(i), int(i)) for i in picked]
+
+
+def top_tags(scores: np.ndarray, vocab: Vocabulary, k: int) -> list[TagScore]:
+    """The ``k`` best tags regardless of threshold (the CLI's ``--topk``)."""
+    return select_tags(scores, vocab, Selection(threshold=0.0, topk=k))
+
+
+def group_by_category(tags: Sequence[TagScore]) -> list[tuple[Category, list[TagScore]]]:
+    """Tags grouped in the authors' display order; only categories that have tags."""
+    groups: dict[int, list[TagScore]] = {}
+    for t in tags:
+        groups.setdefault(t.category.id, []).append(t)
+    return [(c, groups[c.id]) for c in CATEGORIES if c.id in groups]
+
+
+def format_tag(tag: str, underscores: bool = False, escape_parentheses: bool = False) -> str:
+    """One tag as prompt tools expect it: optional underscores, optional ``\\(`` escapes."""
+    if underscores:
+        tag = tag.replace(" ", "_")
+    if escape_parentheses:
+        tag = tag.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+    return tag
+
+
+def tag_string(
+    tags: Sequence[TagScore],
+    *,
+    underscores: bool = False,
+    escape_parentheses: bool = False,
+    order: str = "score",
+    prepend: Iterable[str] | str = (),
+    separator: str = ", ",
+    rename: Callable[[str], str] | None = None,
+) -> str:
+    """Comma-separated tags. ``order`` is ``"score"`` (best first) or ``"category"`` (display
+    order of categories, best first within each). ``prepend`` tags come first, once;
+    ``rename`` maps each (an alias to the name it points to: ``VocabRelations.shown``)."""
+    if order == "category":
+        tags = [t for _, group in group_by_category(tags) for t in group]
+    elif order != "score":
+        raise SelectionError(f"order must be 'score' or 'category', not {order!r}.")
+    # Prepended tags may be typed already escaped (fate \(series\)): unescape them so that
+    # format_tag escapes every tag exactly once.
+    leading = [t.replace("\\(", "(").replace("\\)", ")") for t in parse_tag_list(prepend)]
+    if rename is not None:
+        leading = parse_tag_list([rename(t) for t in leading])
+    seen = {normalize_tag(t) for t in leading}
+    names = [t.tag for t in tags if normalize_tag(t.tag) not in seen]
+    return separator.join(format_tag(name, underscores, escape_parentheses) for name in [*leading, *names])
+
+
+def category_tag_strings(
+    tags: Sequence[TagScore], *, underscores: bool = False, escape_parentheses: bool = False
+) -> list[tuple[Category, str]]:
+    """One tag string per category, in display order, as the Tag tab's per-category copy
+    buttons give them: the format options apply; prepended tags do not (they belong to the
+    string of all tags)."""
+    return [
+        (category, tag_string(group, underscores=underscores, escape_parentheses=escape_parentheses))
+        for category, group in group_by_category(tags)
+    ]
+
+
+def add_to_tag_list(text: str | None, tag: str) -> str:
+    """``text`` (a comma-separated list someone typed) with ``tag`` appended, unless it holds it
+    already (compared as ``Selection`` compares tags)."""
+    text = text or ""
+    if normalize_tag(tag) in {normalize_tag(t) for t in parse_tag_list(text)}:
+        return text
+    kept = text.rstrip().rstrip(",").rstrip()
+    return f"{kept}, {tag}" if kept else tag
+
+
+def page_scores(scores: np.ndarray, vocab: Vocabulary, cutoff: float) -> dict:
+    """What the page needs to select and format tags itself (``tagger/web/assets/tag_rules.js``),
+    as JSON: every tag scoring at least ``cutoff`` as ``[tag, score, category id, index]`` in
+    vocabulary order, and each category's MCut threshold over all of its tags. Selections with
+    a floor at or above ``cutoff`` then give exactly what ``select_tags`` gives.
+
+    With relations attached, tags are sent as shown (aliases), the rows also hold every tag
+    that a sent tag implies, and ``relations`` holds, per row position, the positions of the
+    rows it implies, plus the MCut thresholds of the ``add`` scores: the page can then follow
+    ``implied`` too. Its size is bounded by the sent tags times their implied tags."""
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if scores.shape[0] != len(vocab):
+        raise SelectionError(f"Got {scores.shape[0]} scores for a vocabulary of {len(vocab)} tags.")
+    cutoff = _check_probability("cutoff", cutoff)
+    ids = vocab.category_ids
+    picked = np.flatnonzero(scores >= cutoff)
+    relations = vocab.relations
+    names = vocab.tags if relations is None else relations.names
+    if relations is not None and picked.size:
+        picked = np.union1d(picked, relations.ancestors_of(picked)[0]).astype(np.int64)
+    payload = {
+        "cutoff": cutoff,
+        # float(float32) is exact, and JSON keeps a float64 exactly: the page compares the same numbers.
+        "tags": [[names[i], float(scores[i]), int(ids[i]), int(i)] for i in picked],
+        "mcut": {str(c.id): mcut_threshold(scores[ids == c.id]) for c in CATEGORIES if np.any(ids == c.id)},
+    }
+    if relations is not None:
+        # Every implied tag of a sent row is sent (above), so each maps to a row position.
+        above, counts = relations.ancestors_of(picked)
+        positions = np.searchsorted(picked, above).tolist()
+        implies, start = [], 0
+        for p, n in enumerate(counts.tolist()):
+            if n:
+                implies.append([p, positions[start : start + n]])
+                start += n
+        lifted = relations.lift(scores)
+        payload["relations"] = {
+            "implies": implies,
+            "mcut_add": {str(c.id): mcut_threshold(lifted[ids == c.id]) for c in CATEGORIES if np.any(ids == c.id)},
+        }
+    return payload
+
+
+def tags_as_dicts(tags: Sequence[TagScore], with_category: bool = True) -> list[dict]:
+    if with_category:
+        return [{"tag": t.tag, "score": round(t.score, 6), "category": t.category.name} for t in tags]
+    return [{"tag": t.tag, "score": round(t.score, 6)} for t in tags]
+
+
+def api_response(tags: Sequence[TagScore], tag_text: str) -> dict:
+    """The ``/tag`` JSON: flat tags (best first), the same tags per category, count, string."""
+    return {
+        "tags": tags_as_dicts(tags),
+        "categories": [
+            {"id": c.id, "name": c.name, "color": c.color, "tags": tags_as_dicts(group, with_category=False)}
+            for c, group in group_by_category(tags)
+        ],
+        "count": len(tags),
+        "tag_string": tag_text,
+    }
+
+
+def authors_json_entry(file: str, tags: Sequence[TagScore]) -> dict:
+    """One element of the authors' CLI ``--format json`` list: ``{"file", "tags": [{"tag", "score"}]}``."""
+    return {"file": file, "tags": tags_as_dicts(tags, with_category=False)}
+
+
+def pretty_text(tags: Sequence[TagScore], bar_width: int = 20) -> str:
+    """Rank, score, bar and tag per line, as the authors' CLI ``--format pretty`` prints."""
+    lines = []
+    width = len(str(len(tags)))
+    for rank, t in enumerate(tags, 1):
+        filled = min(bar_width, max(0, math.floor(t.score * bar_width + 0.5)))
+        bar = "█" * filled + "░" * (bar_width - filled)
+        lines.append(f"{rank:>{width}}. {t.score:.3f} {bar} {t.tag}")
+    return "\n".join(lines)
+
+
+def label_values(tags: Sequence[TagScore]) -> dict[str, float]:
+    """``{tag: score}`` as ``gr.Label`` takes it."""
+    return {t.tag: t.score for t in tags}

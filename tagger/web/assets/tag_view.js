@@ -1,0 +1,466 @@
+/* The Tag tab's results, drawn in the page from the scores the server sent once per image
+ * (tagger.tags.results.page_scores) with the rules of tag_rules.js: one HTML block (summary, a
+ * block per category with bars, its tag string and a copy button) and the string of all tags.
+ * A filter change runs TagView.update in the page: no server round trip.
+ *
+ * Clicks inside the block go to the server as the view's custom events: "tag_select" (a tag's
+ * name: show its heatmap), "tag_exclude" (its ✕: add it to the exclude box) and
+ * "tag_unexclude" (a chip's ✕ or "undo": take it out again); "need_scores" asks for the scores
+ * below the payload's cutoff when the floor is moved under it.
+ *
+ * ✕ is safe: the excluded tags are chips above the cards, the last one excluded has an "undo"
+ * notice, and while the pointer is over the view an excluded row stays where it was (struck
+ * through, with "undo" in place of ✕), so the next click does not land on the row below.
+ *
+ * Plain script for the page's <script> tag; defines one global, TagView. Needs TagRules.
+ */
+(function (root) {
+  "use strict";
+
+  const MAX_BARS = 40; // bars drawn per category; the strings always hold every selected tag
+  const NOTICE_MS = 10000; // how long the "excluded X · undo" notice stays
+  const views = new Map(); // view element id -> its state (see state())
+
+  function luminance(hex) {
+    const channels = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16) / 255);
+    const [r, g, b] = channels.map((c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4));
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  }
+
+  /**
+   * A category colour for a white page: pale ones (under 3:1 against white, WCAG's contrast for
+   * graphics) are darkened, in steps, until they reach it; the others are kept.
+   */
+  function onWhite(hex) {
+    if (!/^#[0-9a-f]{6}$/i.test(hex)) return hex;
+    let rgb = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+    let shown = hex;
+    for (let step = 0; step < 20 && 1.05 / (luminance(shown) + 0.05) < 3; step++) {
+      rgb = rgb.map((c) => Math.round(c * 0.92));
+      shown = "#" + rgb.map((c) => c.toString(16).padStart(2, "0")).join("");
+    }
+    return shown;
+  }
+
+  function escapeHtml(text) {
+    return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  }
+
+  function state(id) {
+    if (!views.has(id)) {
+      views.set(id, {
+        element: null,
+        trigger: null,
+        lastGood: null,
+        payloadId: null,
+        asked: null,
+        hover: false, // the pointer is over the view
+        held: new Map(), // normalised tag -> tag: excluded while the pointer was over the view, drawn in place
+        notice: null, // the tag the "excluded X · undo" notice is about
+        noticeTimer: null,
+        anchor: null, // {tag, top, held}: the clicked row and where it was, until the redraw
+        collapsed: new Set(), // names of the cards folded by their chevron (page only)
+        values: null, // the option values of the last drawing, by name
+        fields: {}, // option name -> elem_id of its control
+      });
+    }
+    return views.get(id);
+  }
+
+  /** Called by the view's js_on_load: remember how to send events, and handle clicks. */
+  function bind(element, trigger, key) {
+    const s = state(key);
+    s.element = element;
+    s.trigger = trigger;
+    // The chips and the notice above the cards appear or go with an exclusion: scroll by as
+    // much as the clicked row moved, so it stays under the pointer.
+    new MutationObserver(() => {
+      if (!s.anchor) return;
+      const row = [...element.querySelectorAll(".tv-row")].find((r) => r.dataset.tag === s.anchor.tag);
+      if (!row || row.classList.contains("tv-held") !== s.anchor.held) return;
+      const moved = row.getBoundingClientRect().top - s.anchor.top;
+      s.anchor = null;
+      if (Math.abs(moved) > 0.5) window.scrollBy(0, moved);
+    }).observe(element, { childList: true, subtree: true });
+    element.addEventListener("pointerenter", () => (s.hover = true));
+    element.addEventListener("pointerleave", (event) => {
+      if (event.pointerType === "touch") return; // a finger lifts after every tap: keep rows until the next redraw
+      s.hover = false;
+      releaseHeld(s);
+    });
+    element.addEventListener("change", (event) => {
+      const input = event.target.closest(".tv-cat-threshold");
+      if (input) setCategoryThreshold(s, input.dataset.category, input.value);
+    });
+    element.addEventListener("click", (event) => {
+      const chevron = event.target.closest(".tv-chevron");
+      if (chevron) {
+        const card = chevron.closest(".tv-category");
+        const name = card.dataset.category;
+        const folded = !s.collapsed.has(name);
+        if (folded) s.collapsed.add(name);
+        else s.collapsed.delete(name);
+        card.classList.toggle("tv-collapsed", folded);
+        chevron.setAttribute("aria-expanded", String(!folded));
+        chevron.setAttribute("aria-label", `${folded ? "Expand" : "Collapse"} ${name}`);
+        return;
+      }
+      const putBack = event.target.closest(".tv-undo, .tv-chip-x");
+      if (putBack) {
+        const tag = putBack.dataset.tag;
+        const row = putBack.closest(".tv-row");
+        if (row) s.anchor = { tag, top: row.getBoundingClientRect().top, held: false };
+        if (s.notice !== null && TagRules.normalizeTag(s.notice) === TagRules.normalizeTag(tag)) clearNotice(s);
+        trigger("tag_unexclude", { tag });
+        return;
+      }
+      const copy = event.target.closest(".tv-copy");
+      if (copy) {
+        const text = copy.closest(".tv-category").querySelector(".tv-string").textContent;
+        copyText(text, copy);
+        return;
+      }
+      const exclude = event.target.closest(".tv-x");
+      if (exclude) {
+        const tag = exclude.closest(".tv-row").dataset.tag;
+        if (s.hover) {
+          s.held.set(TagRules.normalizeTag(tag), tag);
+          s.anchor = { tag, top: exclude.closest(".tv-row").getBoundingClientRect().top, held: true };
+        }
+        showNotice(s, tag);
+        trigger("tag_exclude", { tag });
+        return;
+      }
+      const tag = event.target.closest(".tv-tag");
+      if (tag) {
+        element.querySelectorAll(".tv-row.tv-active").forEach((row) => row.classList.remove("tv-active"));
+        tag.closest(".tv-row").classList.add("tv-active");
+        trigger("tag_select", { tag: tag.closest(".tv-row").dataset.tag });
+      }
+    });
+  }
+
+  /**
+   * A card's threshold typed in its header: written into the per-category thresholds box
+   * (``name=value, ...``, the API's ``category_thresholds``) as a person would type it, so the
+   * box's change redraws the view like any filter: in the page, no request.
+   */
+  function setCategoryThreshold(s, name, value) {
+    const box = document.querySelector(`#${s.fields.category_thresholds} textarea, #${s.fields.category_thresholds} input`);
+    if (!box) return;
+    let values;
+    try {
+      values = new Map(TagRules.parseCategoryValues(box.value));
+    } catch (e) {
+      values = new Map(); // the box holds a mistake: the header's value replaces it
+    }
+    values.set(name, value === "" ? undefined : Number(value));
+    const text = [...values].filter(([, v]) => v !== undefined && !Number.isNaN(v)).map(([n, v]) => `${n}=${v}`).join(", ");
+    box.value = text;
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+    box.dispatchEvent(new Event("change", { bubbles: true }));
+  }
+
+  function showNotice(s, tag) {
+    s.notice = tag;
+    clearTimeout(s.noticeTimer);
+    s.noticeTimer = setTimeout(() => clearNotice(s), NOTICE_MS);
+  }
+
+  function clearNotice(s) {
+    s.notice = null;
+    clearTimeout(s.noticeTimer);
+    if (s.element) s.element.querySelectorAll(".tv-notice").forEach((node) => node.remove());
+  }
+
+  /** The pointer left: drop the rows held in place (and cards left with none). */
+  function releaseHeld(s) {
+    if (!s.held.size || !s.element) return;
+    s.held.clear();
+    s.element.querySelectorAll(".tv-row.tv-held").forEach((row) => row.remove());
+    s.element.querySelectorAll(".tv-category").forEach((card) => {
+      if (!card.querySelector(".tv-row")) card.remove();
+    });
+  }
+
+  function copyText(text, button) {
+    const done = () => {
+      const label = button.textContent;
+      button.textContent = "Copied";
+      button.classList.add("tv-copied");
+      setTimeout(() => {
+        button.textContent = label;
+        button.classList.remove("tv-copied");
+      }, 1200);
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done, () => legacyCopy(text) && done());
+    } else if (legacyCopy(text)) done();
+  }
+
+  function legacyCopy(text) {
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    let ok = false;
+    try {
+      ok = document.execCommand("copy");
+    } catch (e) {
+      ok = false;
+    }
+    area.remove();
+    return ok;
+  }
+
+  /** A sentence under a control (by its elem_id), or none: errors show where they are made. */
+  function showFieldError(elemId, message) {
+    const field = elemId && document.getElementById(elemId);
+    if (!field) return;
+    let note = field.querySelector(":scope > .tv-field-error");
+    if (!message) {
+      if (note) note.remove();
+      field.classList.remove("tv-invalid");
+      return;
+    }
+    if (!note) {
+      note = document.createElement("div");
+      note.className = "tv-field-error";
+      note.setAttribute("role", "alert");
+      field.appendChild(note);
+    }
+    if (note.textContent !== message) note.textContent = message;
+    field.classList.add("tv-invalid");
+  }
+
+  /** Options from the controls' values; errors go next to their field. */
+  function readOptions(names, values, fields) {
+    const byName = {};
+    names.forEach((name, i) => (byName[name] = values[i]));
+    let built = null;
+    let error = null;
+    try {
+      built = TagRules.options(byName);
+    } catch (e) {
+      if (!(e instanceof TagRules.SelectionError)) throw e;
+      error = e;
+    }
+    for (const name of Object.keys(fields || {})) {
+      showFieldError(fields[name], error && (error.field === name || (!error.field && name === "category_thresholds")) ? error.message : null);
+    }
+    return { values: byName, built, error };
+  }
+
+  function bars(rows, category, held) {
+    const shown = rows.slice(0, MAX_BARS).map((row) => {
+      const [tag, score] = row;
+      const percent = (Math.min(Math.max(score, 0), 1) * 100).toFixed(1);
+      const isHeld = held.has(TagRules.normalizeTag(tag));
+      const action = isHeld
+        ? `<button type="button" class="tv-undo" data-tag="${escapeHtml(tag)}" title="Put “${escapeHtml(tag)}” back" aria-label="Undo excluding ${escapeHtml(tag)}">undo</button>`
+        : `<button type="button" class="tv-x" title="Exclude “${escapeHtml(tag)}”" aria-label="Exclude ${escapeHtml(tag)}">✕</button>`;
+      return (
+        `<li class="tv-row${isHeld ? " tv-held" : ""}" data-tag="${escapeHtml(tag)}">` +
+        `<button type="button" class="tv-tag" title="Show where “${escapeHtml(tag)}” comes from in the image">` +
+        `<span class="tv-label">${escapeHtml(tag)}</span><span class="tv-score">${score.toFixed(3)}</span>` +
+        `<span class="tv-bar" style="width:${percent}%"></span></button>` +
+        action +
+        `</li>`
+      );
+    });
+    const more = rows.length > MAX_BARS ? `<li class="tv-more">… and ${rows.length - MAX_BARS} more in the string below</li>` : "";
+    return `<ol class="tv-bars" aria-label="${escapeHtml(category.name)} tags">${shown.join("")}${more}</ol>`;
+  }
+
+  /** The card's rule in its header: its threshold (editable), top k, or MCut. */
+  function ruleControl(category, selection, mode) {
+    const name = escapeHtml(category.name);
+    if (mode === "topk") return `<span class="tv-cat-rule">top ${selection.categoryTopk.get(category.id)}</span>`;
+    if (mode === "mcut") return `<span class="tv-cat-rule">MCut</span>`;
+    const exact = selection.categoryThresholds.has(category.id) ? selection.categoryThresholds.get(category.id) : selection.threshold;
+    const value = Number(Number(exact).toFixed(4)); // the slider's float32 0.35 is 0.3499999940395355
+    return (
+      `<label class="tv-cat-rule">≥ <input type="number" class="tv-cat-threshold" data-category="${name}" ` +
+      `min="0" max="1" step="0.01" value="${value}" aria-label="${name} threshold" title="The score a ${name} tag needs"></label>`
+    );
+  }
+
+  function categoryBlock(category, rows, string, held, count, rule, collapsed) {
+    const name = escapeHtml(category.name);
+    return (
+      `<section class="tv-category${collapsed ? " tv-collapsed" : ""}" id="tv-${name}" data-category="${name}" style="--tv-color:${escapeHtml(category.color)};--tv-on-white:${escapeHtml(onWhite(category.color))}">` +
+      `<header><button type="button" class="tv-chevron" aria-expanded="${!collapsed}" aria-label="${collapsed ? "Expand" : "Collapse"} ${name}"></button>` +
+      `<span class="tv-swatch"></span><span class="tv-name">${name}</span>` +
+      `<span class="tv-count">${count}</span>` +
+      rule +
+      `<button type="button" class="tv-copy" title="Copy the ${escapeHtml(category.name)} tags">Copy</button></header>` +
+      bars(rows, category, held) +
+      `<div class="tv-string">${escapeHtml(string)}</div>` +
+      `</section>`
+    );
+  }
+
+  /** The excluded tags as chips (✕ puts one back), and the notice about the last one. */
+  function excludedBar(excluded, notice) {
+    if (!excluded.length) return "";
+    const chips = excluded.map(
+      (tag) =>
+        `<span class="tv-chip"><span class="tv-chip-label">${escapeHtml(tag)}</span>` +
+        `<button type="button" class="tv-chip-x" data-tag="${escapeHtml(tag)}" title="Put “${escapeHtml(tag)}” back" aria-label="Stop excluding ${escapeHtml(tag)}">✕</button></span>`,
+    );
+    const shown = notice !== null && excluded.some((tag) => TagRules.normalizeTag(tag) === TagRules.normalizeTag(notice));
+    const note = shown
+      ? `<div class="tv-notice" role="status">Excluded <b>${escapeHtml(notice)}</b> · ` +
+        `<button type="button" class="tv-undo" data-tag="${escapeHtml(notice)}">undo</button></div>`
+      : "";
+    return note + `<div class="tv-excluded" aria-label="Excluded tags"><span class="tv-excluded-title">Excluded:</span>${chips.join("")}</div>`;
+  }
+
+  function banner(message, kind) {
+    return `<div class="tv-banner tv-${kind}" role="${kind === "error" ? "alert" : "status"}">${escapeHtml(message)}</div>`;
+  }
+
+  function summary(count, payload) {
+    let text = `<b>${count} tag${count === 1 ? "" : "s"}</b>`;
+    if (payload.seconds !== undefined && payload.seconds !== null) text += ` · model ${payload.seconds.toFixed(2)} s on ${escapeHtml(payload.device)}`;
+    return `<div class="tv-summary" id="summary">${text}</div>`;
+  }
+
+  function wrap(inner) {
+    return `<div class="tv">${inner}</div>`;
+  }
+
+  function scrollToResults(s) {
+    // On a phone the results sit under the upload: bring them into view for a new image.
+    if (window.matchMedia && window.matchMedia("(max-width: 768px)").matches && s.element) {
+      const target = document.getElementById("tag-results") || s.element;
+      setTimeout(() => target.scrollIntoView({ behavior: "smooth", block: "start" }), 50);
+    }
+  }
+
+  /**
+   * The Tag tab's frontend function: (payload, option names, their values) ->
+   * [view HTML, string of all tags]. An undefined output keeps what is shown.
+   */
+  function update(payload, names, values, config) {
+    const s = state(config.view);
+    s.fields = config.fields || {};
+    try {
+      const { values: byName, built, error } = readOptions(names, values, config.fields);
+      if (!payload) {
+        s.lastGood = null;
+        return [wrap(`<p class="tv-empty">${escapeHtml(config.empty)}</p>`), ""];
+      }
+      if (payload.error) {
+        // A new image that failed: say why, and keep the last image's tags (marked as such).
+        s.payloadId = payload.id;
+        const kept = s.lastGood ? `<div class="tv-stale">${s.lastGood.html}</div>` : "";
+        const note = s.lastGood ? " The tags below are from the previous image." : "";
+        return [wrap(banner(payload.error + note, "error") + kept), undefined];
+      }
+      const fresh = s.payloadId !== payload.id;
+      s.payloadId = payload.id;
+      if (error) {
+        const kept = s.lastGood ? `<div class="tv-stale">${s.lastGood.html}</div>` : "";
+        const note = s.lastGood ? " The tags below are from the last valid settings." : "";
+        return [wrap(banner(error.message + note, "error") + kept), undefined];
+      }
+      if (TagRules.needsMoreScores(payload, built.selection.floor)) {
+        if (s.asked !== built.selection.floor && s.trigger) {
+          s.asked = built.selection.floor;
+          s.trigger("need_scores", { floor: built.selection.floor });
+        }
+        const kept = s.lastGood ? `<div class="tv-stale">${s.lastGood.html}</div>` : "";
+        return [wrap(banner("Fetching the scores below the old floor…", "info") + kept), undefined];
+      }
+      s.asked = null;
+      // No ticked category shows nothing (TagOptions would read an empty list as "all").
+      const noCategory = Array.isArray(byName.categories) && byName.categories.length === 0;
+      const rows = noCategory ? [] : TagRules.selectTags(payload, built.selection);
+      const strings = new Map(TagRules.categoryStrings(rows, built.format).map(([c, text]) => [c.id, text]));
+      const excluded = TagRules.parseTagList(byName.exclude || "");
+      const shownRows = withHeldRows(s, payload, byName, excluded, rows, noCategory);
+      const counts = new Map(TagRules.groupByCategory(rows).map(([c, group]) => [c.id, group.length]));
+      const blocks = TagRules.groupByCategory(shownRows).map(([category, group]) =>
+        categoryBlock(
+          category,
+          group,
+          strings.get(category.id) || "",
+          s.held,
+          counts.get(category.id) || 0,
+          ruleControl(category, built.selection, byName.mode),
+          s.collapsed.has(category.name),
+        ),
+      );
+      const html = summary(rows.length, payload) + excludedBar(excluded, s.notice) + `<div class="tv-grid">${blocks.join("")}</div>`;
+      s.lastGood = { html };
+      if (fresh) scrollToResults(s);
+      return [wrap(html), TagRules.tagString(rows, built.format)];
+    } catch (e) {
+      // Every failure reaches the page, never a silent console line.
+      console.error(e);
+      return [wrap(banner(`The tags could not be re-drawn: ${e && e.message ? e.message : e}`, "error")), undefined];
+    }
+  }
+
+  /**
+   * The rows to draw: the selected ones plus, while the pointer is over the view, those
+   * excluded since it came (``s.held``) in their places, so that no row moves under it.
+   */
+  function withHeldRows(s, payload, byName, excluded, rows, noCategory) {
+    const excludedKeys = new Set(excluded.map(TagRules.normalizeTag));
+    for (const key of [...s.held.keys()]) if (!excludedKeys.has(key)) s.held.delete(key); // put back since
+    if (!s.hover) s.held.clear();
+    if (!s.held.size || noCategory) return rows;
+    const others = excluded.filter((tag) => !s.held.has(TagRules.normalizeTag(tag)));
+    const asBefore = TagRules.options({ ...byName, exclude: others.join(", ") });
+    return TagRules.selectTags(payload, asBefore.selection);
+  }
+
+  /** The Batch tab's line about the settings it uses (the Tag tab's), as Markdown. */
+  function settingsText(names, values) {
+    const v = {};
+    names.forEach((name, i) => (v[name] = values[i]));
+    const code = (text) => "`" + String(text).replace(/`/g, "'") + "`";
+    const parts = [];
+    if (v.mode === "threshold") {
+      parts.push(`threshold ${v.threshold}`, `characters ${v.character_threshold}`);
+      if (v.category_thresholds) parts.push(`per category ${code(v.category_thresholds)}`);
+    } else if (v.mode === "topk") {
+      parts.push(`top ${v.topk_per_category} per category`);
+    } else {
+      parts.push("MCut per category");
+    }
+    parts.push(`never below ${v.floor}`);
+    const categories = Array.isArray(v.categories) ? v.categories : TagRules.parseTagList(v.categories || "");
+    parts.push(`categories ${categories.length ? categories.join(", ") : "none"}`);
+    for (const [name, label] of [["exclude", "excluding"], ["include", "only"], ["prepend", "prepending"]]) {
+      if (v[name]) parts.push(`${label} ${code(v[name])}`);
+    }
+    parts.push(v.order === "category" ? "by category" : "by score");
+    if (v.underscores) parts.push("underscores");
+    if (v.escape_parentheses) parts.push("\\( \\) escaped");
+    if (v.max_size !== undefined) parts.push(`${v.max_size} px`);
+    return "**Tagged with the Tag tab's settings** (change them there): " + parts.join(" · ");
+  }
+
+  /** Batch tab and others: only show (or clear) the per-field sentences. */
+  function validate(names, values, config) {
+    try {
+      readOptions(names, values, config.fields);
+    } catch (e) {
+      console.error(e);
+    }
+    return [];
+  }
+
+  /** Which option controls apply in ``mode``: visibility updates, in ``names`` order. */
+  function modeVisibility(mode, names, onlyIn) {
+    return names.map((name) => ({ __type__: "update", visible: !onlyIn[name] || onlyIn[name] === mode }));
+  }
+
+  root.TagView = { bind, update, validate, modeVisibility, showFieldError, onWhite, settingsText, MAX_BARS };
+})(typeof globalThis !== "undefined" ? globalThis : this);

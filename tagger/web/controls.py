@@ -1,0 +1,133 @@
+"""The tagging controls of the Tag tab (the Batch tab tags with them too), from the options' declaration.
+
+One widget per ``TagOptions`` field, in declaration order, with its label, range, default,
+choices and help: a choice is a radio, a bounded number a slider, a flag a checkbox, text a
+textbox, and ``categories`` a checkbox group of the categories this vocabulary has. Widgets
+that only mean something in one mode are shown only in it, and mistakes are shown next to
+their field as they are typed: both in the page (``assets/tag_view.js``, no round trip).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import Field, dataclass
+from typing import Any, TypeAlias
+
+import gradio as gr
+import numpy as np
+from gradio.components import Component
+
+from tagger.engine.vocab import CATEGORIES, Category, Vocabulary
+from tagger.errors import SelectionError
+from tagger.tags.options import OPTION_FIELDS, OPTION_TYPES, TagOptions, option_info
+
+GROUPS = ("selection", "format")  # one accordion each, in this order
+ELEM_IDS = {"categories": "category-filter"}  # elem_id if not the option's name with dashes
+# Options that only mean something in one mode (see TagOptions.__post_init__): hidden in the others.
+MODE_ONLY = {
+    "threshold": "threshold",
+    "character_threshold": "threshold",
+    "category_thresholds": "threshold",
+    "topk_per_category": "topk",
+}
+DEFAULT_MODE = TagOptions().mode
+# Unticked when the page opens, as on the authors' page (the API's default keeps every category).
+UNTICKED_CATEGORIES = ("contributor", "unassigned")
+CHECKED_FIELDS = (
+    "category_thresholds",
+    "threshold",
+    "character_threshold",
+    "floor",
+    "exclude",
+    "include",
+)  # errors shown beside
+# The widgets option_widget makes (their events, such as .change, are declared per class).
+OptionWidget: TypeAlias = gr.CheckboxGroup | gr.Radio | gr.Checkbox | gr.Slider | gr.Textbox
+
+
+def present_categories(vocab: Vocabulary) -> list[Category]:
+    """Categories that have at least one tag in this vocabulary, in display order."""
+    ids = set(np.unique(vocab.category_ids).tolist())
+    return [c for c in CATEGORIES if c.id in ids]
+
+
+def ticked_categories(vocab: Vocabulary) -> list[str]:
+    """The categories ticked when the page opens: every present one but ``UNTICKED_CATEGORIES``
+    (all of them if that would leave none)."""
+    names = [c.name for c in present_categories(vocab)]
+    return [n for n in names if n not in UNTICKED_CATEGORIES] or names
+
+
+@dataclass
+class OptionControls:
+    """The widgets by option name, in declaration order."""
+
+    widgets: dict[str, OptionWidget]
+
+    def inputs(self) -> list[OptionWidget]:
+        return list(self.widgets.values())
+
+    def values(self, values: Sequence | Mapping[Component, object]) -> dict[str, object]:
+        """Option values by name, from the widgets' values in ``inputs()`` order or by widget."""
+        if isinstance(values, Mapping):
+            return {name: values[widget] for name, widget in self.widgets.items()}
+        return dict(zip(self.widgets, values, strict=True))
+
+    def options(self, values: Sequence | Mapping[Component, object]) -> TagOptions:
+        by_name = self.values(values)
+        # Unticking every box means "none" to a person (the Tag tab then shows no tags), while
+        # an empty value means "all" to TagOptions: a batch run would tag with every category.
+        if by_name.get("categories") == []:
+            raise SelectionError("Tick at least one category.")
+        return TagOptions.from_values(**by_name)
+
+    def field_ids(self) -> dict[str, str]:
+        """The element ids of the fields whose mistakes the page shows next to them."""
+        return {name: str(self.widgets[name].elem_id) for name in CHECKED_FIELDS}
+
+    def wire_mode_visibility(self) -> None:
+        """Show only the widgets the chosen mode uses: in the page, no round trip."""
+        names = list(MODE_ONLY)
+        self.widgets["mode"].change(
+            None,
+            inputs=self.widgets["mode"],
+            outputs=[self.widgets[name] for name in names],
+            js=f"(mode) => TagView.modeVisibility(mode, {json.dumps(names)}, {json.dumps(MODE_ONLY)})",
+            api_visibility="private",
+            show_progress="hidden",
+        )
+
+
+def option_widget(field: Field, category_names: list[str], elem_id: str, ticked: list[str]) -> OptionWidget:
+    info = option_info(field)
+    default: Any = field.default
+    # Shown in the default mode only if it applies there (the page does the rest).
+    visible = MODE_ONLY.get(field.name, DEFAULT_MODE) == DEFAULT_MODE
+    hint = info.widget_help or info.help
+    common: dict[str, Any] = {"label": info.label, "info": hint, "elem_id": elem_id, "visible": visible}
+    if field.name == "categories":
+        return gr.CheckboxGroup(category_names, value=ticked, **common)
+    if info.choices:
+        return gr.Radio(list(info.choices), value=default, **common)
+    if OPTION_TYPES[field.name] is bool:
+        return gr.Checkbox(value=default, **common)
+    if info.minimum is not None and info.maximum is not None:
+        return gr.Slider(info.minimum, info.maximum, default, step=info.step, **common)
+    return gr.Textbox(default, **common)
+
+
+def build_option_controls(
+    vocab: Vocabulary, *, id_prefix: str = "", format_title: str = "Tag string", format_open: bool = False
+) -> OptionControls:
+    """The options in two accordions, "Selection" and ``format_title``, with their defaults."""
+    category_names = [c.name for c in present_categories(vocab)]
+    widgets: dict[str, OptionWidget] = {}
+    for group in GROUPS:
+        title, is_open = ("Selection", True) if group == "selection" else (format_title, format_open)
+        with gr.Accordion(title, open=is_open):
+            for field in OPTION_FIELDS:
+                if option_info(field).group == group:
+                    elem_id = id_prefix + ELEM_IDS.get(field.name, field.name.replace("_", "-"))
+                    widgets[field.name] = option_widget(field, category_names, elem_id, ticked_categories(vocab))
+    return OptionControls({f.name: widgets[f.name] for f in OPTION_FIELDS})

@@ -1,0 +1,630 @@
+"""A fair share of a public Space for every client: bounded cost per request, per-client limits.
+
+Everyone who opens a Space shares one model, one CPU and one disk. Gradio's queue bounds the
+work running at once and the number of requests waiting, but not who they belong to: one
+client could fill the whole queue. This module adds, around Gradio and before it sees a
+request:
+
+* **Who a client is** (``client_key``): the address the Space's proxy reports in
+  ``X-Forwarded-For`` (the entry ``proxy_hops`` from the right, the one the proxy appended,
+  so a client cannot choose it), else the connection's address; IPv6 clients by their /64.
+  An MCP request's caller is named by the guard in a signed header that Gradio's MCP server
+  carries to its loopback calls (``mcp_caller``), so those count for the caller.
+* **Per-client queue limits** (``FairQueue``): requests queued or running per browser session,
+  per client and in the heavy group (batches, feature maps, similarity); more are refused with
+  HTTP 429 and a sentence. Waiting requests are served round-robin across clients, so a
+  client's tenth request waits behind everyone else's first.
+* **A time budget per event** (``tagger.datasets.intake.time_budget``): long events (a batch) stop
+  reading new images once it is spent and return what they have, the rest listed as not read.
+* **HTTP limits** (``RequestGuard``, ASGI middleware): no downloads of remote URLs through
+  Gradio's ``/file=`` route (nor ``/proxy=``), JSON bodies and uploads capped per request,
+  uploaded bytes capped per client and for the whole Space per hour (``UploadBudget``: charged
+  as they arrive, so parallel uploads share one budget), events that skip the
+  queue (``/run/``) limited per client and overall, and an unreadable upload answered with
+  a sentence instead of a server error. The partial files of an upload that fails (cut off,
+  refused part-way) are removed at once (``remove_files_of_failed_uploads``).
+* **Memory**: after a request that grew the process, unused heap is returned to the system
+  (``release_memory``, glibc's ``malloc_trim``).
+
+``install(demo, limits)`` wires the queue side; ``RequestGuard`` goes into the app's
+middleware (``tagger.web.server.launch``). Every value is in ``FairShareLimits``; SECURITY.md
+lists them with what a user sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import gc
+import hashlib
+import hmac
+import inspect
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import gradio as gr
+from fastapi import HTTPException
+from gradio import route_utils
+from starlette.requests import ClientDisconnect
+
+from tagger.datasets.intake import time_budget
+
+log = logging.getLogger("tagger")
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def _proxy_hops_from_env() -> int:
+    # A Space is always behind Hugging Face's proxy, which appends the client's address.
+    default = "1" if os.environ.get("SPACE_ID") else "0"
+    try:
+        return max(0, int(os.environ.get("TAGGER_PROXY_HOPS", default)))
+    except ValueError:
+        return int(default)
+
+
+@dataclass(frozen=True)
+class FairShareLimits:
+    """Every per-client and per-request limit of the web app (see SECURITY.md)."""
+
+    events_per_session: int = 4  # queued or running, one browser tab or gradio_client Client
+    events_per_client: int = 8  # queued or running, one address (sessions behind one NAT share it)
+    heavy_per_client: int = 2  # of those, in the heavy group (batches, feature maps, similarity)
+    event_seconds: float = 300.0  # time budget of one event; a batch stops reading images after it
+    max_json_bytes: int = 1 * MiB  # a JSON request body (API calls, queue joins)
+    max_mcp_json_bytes: int = 4 * MiB  # MCP tool calls (the mcp package's own cap): a base64 image of ~3 MiB
+    max_upload_request_bytes: int = 512 * MiB  # one /upload request, all its files together
+    upload_bytes_per_client: int = 1 * GiB  # per client in upload_window_s
+    upload_bytes_all: int = 16 * GiB  # the whole Space in upload_window_s
+    upload_window_s: float = 3600.0
+    unqueued_per_client: int = 2  # events that skip the queue (cheap UI updates), in flight per client
+    unqueued_at_once: int = 2  # ... and in the whole app; more wait up to unqueued_wait_s
+    unqueued_wait_s: float = 10.0
+    proxy_hops: int = field(default_factory=_proxy_hops_from_env)
+    trim_after_growth_bytes: int = 64 * MiB  # release heap to the system once RSS grew this much
+
+
+# ---------------------------------------------------------------------------------------------
+# Who a client is
+
+
+def _header(scope: Scope, name: bytes) -> list[str]:
+    return [value.decode("latin-1") for key, value in scope.get("headers", ()) if key == name]
+
+
+# Gradio's MCP server runs each tool call through a gradio_client of its own on loopback,
+# forwarding the caller's headers: the request guard names the caller of every MCP request in
+# this header, signed with a secret of this process, so that those loopback calls count for
+# the caller (not for 127.0.0.1, nor for an X-Forwarded-For the caller chose).
+MCP_CALLER_HEADER = b"x-tagger-mcp-caller"
+_MCP_SECRET = secrets.token_bytes(32)
+
+
+def signed_caller(key: str) -> str:
+    """The value of ``MCP_CALLER_HEADER`` naming ``key``."""
+    return f"{key} {hmac.new(_MCP_SECRET, key.encode(), hashlib.sha256).hexdigest()}"
+
+
+def mcp_caller(scope: Scope) -> str | None:
+    """The client an MCP request (or Gradio's loopback call for it) is made for; None for every
+    other request (a value the guard did not sign does not verify)."""
+    values = _header(scope, MCP_CALLER_HEADER)
+    if len(values) != 1:
+        return None
+    key = values[0].rpartition(" ")[0]
+    return key if key and hmac.compare_digest(signed_caller(key), values[0]) else None
+
+
+def client_key(scope: Scope, proxy_hops: int) -> str:
+    """The client's address: the MCP caller a request is made for (``mcp_caller``), else with
+    ``proxy_hops`` proxies in front (a Space has one), the entry of ``X-Forwarded-For`` that
+    the outermost of them appended; else the peer's address. IPv6 addresses are grouped by /64
+    (one subscriber's usual allocation)."""
+    caller = mcp_caller(scope)
+    if caller is not None:
+        return caller
+    address = None
+    if proxy_hops > 0:
+        entries = [e.strip() for value in _header(scope, b"x-forwarded-for") for e in value.split(",") if e.strip()]
+        if len(entries) >= proxy_hops:
+            address = _ip(entries[-proxy_hops])
+    if address is None:
+        client = scope.get("client") or ("unknown", 0)
+        address = _ip(str(client[0]))
+        if address is None:
+            return str(client[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip().strip('"')
+    if text.startswith("["):  # [v6]:port
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Time budget of an event
+
+
+def _with_budget(fn: Callable[..., Any], seconds: float, after: Callable[[], None]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with time_budget(seconds):
+                return fn(*args, **kwargs)
+        finally:
+            after()
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+class _MemoryRelease:
+    """``malloc_trim`` after requests that grew the process: the allocator keeps freed heap
+    (decoded images, activations) for reuse otherwise, and RSS stays at its peak."""
+
+    def __init__(self, growth_bytes: int):
+        self.growth_bytes = growth_bytes
+        self.lock = threading.Lock()
+        self.baseline = rss_bytes()
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        self.trim = getattr(libc, "malloc_trim", None)
+
+    def __call__(self) -> None:
+        rss = rss_bytes()
+        if rss is None or self.baseline is None or rss - self.baseline < self.growth_bytes:
+            return
+        with self.lock:
+            gc.collect()
+            if self.trim is not None:
+                self.trim(0)
+            self.baseline = rss_bytes()
+
+
+def rss_bytes() -> int | None:
+    """Resident memory of this process (Linux), or None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Disk: the files of uploads that fail
+
+
+def remove_files_of_failed_uploads() -> None:
+    """Gradio's multipart parser writes each uploaded file to a temporary file in the cache as
+    the body arrives, and removes them only when the body is malformed: an upload cut off by
+    the client, or refused by ``RequestGuard`` part-way, left its partial files there for good.
+    After this, any failure of a parse removes them at once."""
+    parser = route_utils.GradioMultiPartParser
+    parse = parser.parse
+    if getattr(parse, "_removes_partial_files", False):
+        return
+
+    @functools.wraps(parse)
+    async def parse_or_remove(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await parse(self, *args, **kwargs)
+        except BaseException:
+            for file in getattr(self, "_files_to_close_on_error", ()):  # Gradio's list of them
+                with contextlib.suppress(OSError):
+                    file.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(file.name)
+            raise
+
+    parse_or_remove._removes_partial_files = True  # type: ignore[attr-defined]
+    parser.parse = parse_or_remove  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------------------------------
+# The queue: per-client limits and round-robin order
+
+
+class FairQueue:
+    """Wraps Gradio's ``Queue.push``: refuses a client's request beyond its share (HTTP 429
+    with a sentence), and keeps waiting requests in round-robin order across clients."""
+
+    def __init__(self, queue: Any, limits: FairShareLimits, heavy_group: str):
+        self.queue = queue
+        self.limits = limits
+        self.heavy_group = heavy_group
+        self._push = queue.push
+        queue.push = self.push
+
+    def key(self, event: Any) -> str:
+        request = getattr(event, "request", None)
+        scope = getattr(request, "scope", None) or {}
+        return client_key(scope, self.limits.proxy_hops)
+
+    def _holding(self) -> list[Any]:
+        waiting = [e for q in self.queue.event_queue_per_concurrency_id.values() for e in q.queue]
+        running = [e for job in self.queue.active_jobs if job for e in job]
+        return waiting + running
+
+    @staticmethod
+    def session(event: Any) -> str | None:
+        """The session an event counts for: an MCP caller's own (Gradio's MCP server sends every
+        caller's calls through one gradio_client session), else the Gradio session."""
+        request = getattr(event, "request", None)
+        caller = mcp_caller(getattr(request, "scope", None) or {})
+        return f"mcp {caller}" if caller is not None else event.session_hash
+
+    def _refusal(self, client: str, session: str | None, group: str | None) -> str | None:
+        held = self._holding()
+        limits = self.limits
+        if session is not None and sum(self.session(e) == session for e in held) >= limits.events_per_session:
+            return (
+                f"You already have {limits.events_per_session} requests waiting or running; "
+                "wait for one to finish before sending another."
+            )
+        mine = [e for e in held if self.key(e) == client]
+        if len(mine) >= limits.events_per_client:
+            return (
+                f"Your address already has {limits.events_per_client} requests waiting or running on this "
+                "Space; wait for one to finish before sending another."
+            )
+        if group == self.heavy_group and sum(e.concurrency_id == group for e in mine) >= limits.heavy_per_client:
+            return (
+                f"You already have {limits.heavy_per_client} batch, feature or similarity requests waiting "
+                "or running; wait for one to finish before sending another."
+            )
+        return None
+
+    async def push(self, body: Any, request: Any, username: str | None) -> Any:
+        client = client_key(request.scope, self.limits.proxy_hops)
+        block_fn = getattr(self.queue.blocks, "fns", {}).get(body.fn_index)
+        group = getattr(block_fn, "concurrency_id", None)
+        caller = mcp_caller(request.scope)
+        session = f"mcp {caller}" if caller is not None else body.session_hash
+        refusal = self._refusal(client, session, group)
+        if refusal is not None:
+            log.info("Refused a request from %s: %s", client, refusal)
+            raise HTTPException(status_code=429, detail=refusal, headers={"Retry-After": "5"})
+        result = await self._push(body=body, request=request, username=username)
+        self._fair_order()
+        return result
+
+    def _fair_order(self) -> None:
+        """Round-robin within each concurrency group: a waiting request is ranked by how many
+        requests of its client are ahead of it in that group (running ones included); ties keep
+        their arrival order."""
+        running = Counter((self.key(e), e.concurrency_id) for job in self.queue.active_jobs if job for e in job)
+        for group, event_queue in self.queue.event_queue_per_concurrency_id.items():
+            if len(event_queue.queue) < 2:
+                continue
+            seen = Counter({key: n for (key, of_group), n in running.items() if of_group == group})
+            ranked = []
+            for position, event in enumerate(event_queue.queue):
+                key = self.key(event)
+                ranked.append((seen[key], position, event))
+                seen[key] += 1
+            event_queue.queue[:] = [event for _, _, event in sorted(ranked, key=lambda r: (r[0], r[1]))]
+
+
+def install(demo: gr.Blocks, limits: FairShareLimits, heavy_group: str) -> FairQueue:
+    """Per-client limits on ``demo``'s queue (call after ``demo.queue()``), a time budget on
+    every event function, and memory released after big requests."""
+    release = _MemoryRelease(limits.trim_after_growth_bytes)
+    remove_files_of_failed_uploads()
+    for block_fn in demo.fns.values():
+        fn = block_fn.fn
+        if fn is None or inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
+            continue
+        block_fn.fn = _with_budget(fn, limits.event_seconds, release)
+    return FairQueue(demo._queue, limits, heavy_group)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP: before Gradio sees a request
+
+
+class _TooLarge(HTTPException):
+    """A refusal with a sentence. Raised before the app runs, the guard answers it; raised while
+    the app reads the body, FastAPI answers it like any HTTPException (``{"detail": ...}``)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(status_code=status, detail=message)
+        self.status = status
+        self.message = message
+
+
+class _Window:
+    """Bytes per key over a sliding window; an entry can grow after it was added (bytes
+    charged as a body arrives), and counts from when it was added."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.entries: defaultdict[str, deque[list[float]]] = defaultdict(deque)
+        self._pruned = time.monotonic()
+
+    def _expire(self, key: str, cutoff: float) -> deque[list[float]] | None:
+        entries = self.entries[key]
+        while entries and entries[0][0] < cutoff:
+            entries.popleft()
+        if not entries:
+            del self.entries[key]
+            return None
+        return entries
+
+    def total(self, key: str) -> int:
+        entries = self._expire(key, time.monotonic() - self.seconds)
+        return int(sum(n for _, n in entries)) if entries else 0
+
+    def add(self, key: str, n: int) -> list[float]:
+        now = time.monotonic()
+        # A client that never comes back is never asked about again: drop every key whose entries
+        # are all past the window, at most once a minute (or once a window, if shorter).
+        if now - self._pruned >= min(60.0, self.seconds):
+            self._pruned = now
+            for old in list(self.entries):
+                self._expire(old, now - self.seconds)
+        entry = [now, float(n)]
+        self.entries[key].append(entry)
+        return entry
+
+
+class UploadBudget:
+    """Uploaded bytes per client and for the whole Space over ``upload_window_s``. Bytes are
+    charged before they are stored (a declared length at once, a streamed body chunk by
+    chunk), so uploads running at the same time share one budget instead of each seeing
+    the total from before any of them started."""
+
+    def __init__(self, limits: FairShareLimits):
+        self.limits = limits
+        self.window = _Window(limits.upload_window_s)
+
+    def charge(self, client: str) -> UploadCharge:
+        """A new charge for one request of ``client``, at 0 bytes."""
+        return UploadCharge(self, client)
+
+    def check(self, client: str, more: int) -> None:
+        """Refuse (``_TooLarge`` with a sentence) if ``more`` bytes would pass a budget."""
+        limits = self.limits
+        mine = self.window.total(client)
+        if mine + more > limits.upload_bytes_per_client:
+            raise _TooLarge(
+                429,
+                f"Your address uploaded {format_bytes(mine)} in the last hour; the limit is "
+                f"{format_bytes(limits.upload_bytes_per_client)}. Try again later.",
+            )
+        if self.window.total("") + more > limits.upload_bytes_all:
+            raise _TooLarge(503, "This Space has received too many uploads in the last hour; try again later.")
+
+
+class UploadCharge:
+    """What one request has been charged so far (``UploadBudget.charge``)."""
+
+    def __init__(self, budget: UploadBudget, client: str):
+        self.budget = budget
+        self.client = client
+        self.bytes = 0
+        self._entries: tuple[list[float], list[float]] | None = None
+
+    def to(self, total: int) -> None:
+        """Charge the request for ``total`` bytes in all: what passes the count so far is new,
+        and refused (``_TooLarge``) if it does not fit the budgets; nothing is charged then."""
+        extra = total - self.bytes
+        if extra <= 0:
+            return
+        self.budget.check(self.client, extra)
+        if self._entries is None:
+            self._entries = (self.budget.window.add(self.client, 0), self.budget.window.add("", 0))
+        for entry in self._entries:
+            entry[1] += extra
+        self.bytes = total
+
+
+def _is_remote_file_route(path: str) -> bool:
+    """``/gradio_api/file=<URL>`` (Gradio would download and stream any URL) and ``/proxy=``."""
+    if "/proxy=" in path:
+        return True
+    _, found, rest = path.partition("/file=")
+    if not found:
+        return False
+    rest = unquote(rest).strip().lower()
+    scheme, colon, _ = rest.partition(":")
+    return rest.startswith("//") or (bool(colon) and scheme.isascii() and scheme.isalpha() and len(scheme) > 1)
+
+
+def format_bytes(n: int) -> str:
+    """``1.07 MiB``, ``512 MiB``, ``16 GiB``: three significant figures at most."""
+    if n < MiB:
+        return f"{n:,} bytes"
+    value, unit = (n / GiB, "GiB") if n >= GiB else (n / MiB, "MiB")
+    return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+
+
+class RequestGuard:
+    """ASGI middleware in front of Gradio: remote-URL file routes, body and upload sizes,
+    uploaded bytes per client, unqueued events per client (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        limits: FairShareLimits,
+        budget: UploadBudget | None = None,
+    ):
+        self.app = app
+        self.limits = limits
+        self.budget = budget or UploadBudget(limits)
+        self.unqueued_now: Counter[str] = Counter()
+        self.unqueued_slots: asyncio.Semaphore | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        method: str = scope.get("method", "GET")
+        if method in ("GET", "HEAD") and _is_remote_file_route(path):
+            await _answer(
+                send,
+                403,
+                "This Space does not fetch other addresses through /file=: it serves only its own files. "
+                "Send an image URL as the image input instead.",
+            )
+            return
+        if "/gradio_api/mcp" in path:
+            scope = self._for_mcp_caller(scope)
+        if method != "POST":
+            await self.app(scope, receive, send)
+            return
+        client = client_key(scope, self.limits.proxy_hops)
+        try:
+            if path.endswith("/upload"):
+                await self._upload(scope, receive, send, client)
+            elif "/gradio_api/run/" in path or "/gradio_api/api/" in path:
+                await self._unqueued(scope, receive, send, client)
+            else:
+                limit = self.limits.max_mcp_json_bytes if "/mcp" in path else self.limits.max_json_bytes
+                await self._capped(scope, receive, send, limit, what="The request")
+        except _TooLarge as refusal:
+            log.info("Refused a request from %s to %s: %s", client, path, refusal.message)
+            await _answer(send, refusal.status, refusal.message)
+        except ClientDisconnect:
+            # Expected on a public server (a closed tab, a dropped connection): one line, no answer.
+            log.info("A request from %s to %s was cut off by the client.", client, path)
+
+    def _for_mcp_caller(self, scope: Scope) -> Scope:
+        """``scope`` with its client named in ``MCP_CALLER_HEADER`` (any such header sent replaced)."""
+        headers = [(key, value) for key, value in scope.get("headers", ()) if key != MCP_CALLER_HEADER]
+        scope = {**scope, "headers": headers}
+        caller = client_key(scope, self.limits.proxy_hops)
+        scope["headers"] = [*headers, (MCP_CALLER_HEADER, signed_caller(caller).encode("latin-1"))]
+        return scope
+
+    async def _capped(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        limit: int,
+        what: str,
+        on_body: Callable[[int], None] | None = None,
+    ) -> None:
+        """Run the app with the request body capped at ``limit``; ``on_body`` is told the bytes
+        received so far after each chunk (it may refuse the request by raising)."""
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            raise _TooLarge(413, f"{what} is {format_bytes(declared)}; the limit is {format_bytes(limit)}.")
+        started = False
+        count = 0
+
+        async def counted_receive() -> Message:
+            nonlocal count
+            message = await receive()
+            if message.get("type") == "http.request":
+                count += len(message.get("body", b""))
+                try:
+                    if on_body is not None:
+                        on_body(count)
+                    if count > limit:
+                        raise _TooLarge(413, f"{what} is larger than the limit of {format_bytes(limit)}.")
+                except _TooLarge as refusal:
+                    # Raised inside the app, which answers it (an HTTPException): logged here, once.
+                    log.info("Refused a request to %s: %s", scope.get("path", ""), refusal.message)
+                    raise
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except (_TooLarge, ClientDisconnect):
+            if started:
+                raise RuntimeError("request body limit passed after the response started") from None
+            raise
+        except Exception:
+            if started or not scope.get("path", "").endswith("/upload"):
+                raise
+            log.exception("Upload failed")
+            raise _TooLarge(400, "The upload could not be read; send each file with a file name.") from None
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
+        declared = _content_length(scope) or 0
+        cap = self.limits.max_upload_request_bytes
+        if declared > cap:  # refused before anything is stored or counted
+            raise _TooLarge(413, f"The upload is {format_bytes(declared)}; the limit is {format_bytes(cap)}.")
+        charge = self.budget.charge(client)
+        charge.to(declared)  # the declared length is reserved before a byte is stored
+        # What arrives beyond it is charged chunk by chunk (a streamed body declares no length).
+        await self._capped(scope, receive, send, cap, what="The upload", on_body=charge.to)
+
+    async def _unqueued(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
+        limits = self.limits
+        if self.unqueued_now[client] >= limits.unqueued_per_client:
+            raise _TooLarge(429, "Too many updates at once from your address; wait for the last one to finish.")
+        if self.unqueued_slots is None:
+            self.unqueued_slots = asyncio.Semaphore(limits.unqueued_at_once)
+        self.unqueued_now[client] += 1
+        try:
+            try:
+                await asyncio.wait_for(self.unqueued_slots.acquire(), limits.unqueued_wait_s)
+            except asyncio.TimeoutError:
+                raise _TooLarge(429, "The Space is busy with other updates; try again in a moment.") from None
+            try:
+                await self._capped(scope, receive, send, limits.max_json_bytes, what="The request")
+            finally:
+                self.unqueued_slots.release()
+        finally:
+            self.unqueued_now[client] -= 1
+            if self.unqueued_now[client] <= 0:
+                del self.unqueued_now[client]
+
+
+def _content_length(scope: Scope) -> int | None:
+    values = _header(scope, b"content-length")
+    try:
+        return int(values[0]) if values else None
+    except ValueError:
+        return None
+
+
+async def _answer(send: Send, status: int, message: str) -> None:
+    # "detail" is what FastAPI errors carry (the browser shows it); "error" what Gradio's do.
+    body = json.dumps({"detail": message, "error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status in (429, 503):
+        headers.append((b"retry-after", b"30"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

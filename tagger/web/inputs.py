@@ -1,0 +1,277 @@
+"""Image and file inputs that are safe to expose to anyone.
+
+Gradio downloads an http(s) URL sent as a file payload (``{"path": "https://..."}``, what
+``gradio_client.handle_file(url)`` sends) itself: with a public-address check, but without a
+size or time limit. ``SafeImage`` and ``SafeFile`` send those URLs through
+``tagger.fetch.fetch_url`` instead (public addresses only, checked again after each redirect,
+byte cap, total time limit), and leave decoding to ``tagger.engine.preprocess`` with its pixel limit
+and readable errors.
+
+The browser sees the stock ``image`` and ``file`` components: only server-side methods change.
+
+The public endpoints are ``gr.api`` functions (``tagger.web.endpoints``): Gradio hands their
+parameters over as they were sent, after moving file payloads into its cache with the
+parameter's component. ``safe_api_components`` makes those components ``SafeApi`` (URLs through
+``fetch_url``, like ``SafeFile``), and ``received_path`` accepts only files Gradio has received
+that way, inside its upload cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import gradio as gr
+import gradio.component_meta
+import gradio.components.api_component
+from gradio.components.api_component import Api
+from gradio.data_classes import FileData
+from gradio.utils import NamedString, get_upload_folder
+
+from tagger.engine.preprocess import FORMAT_NAMES, WEB_FORMAT_MAX_PIXELS, WEB_MAX_IMAGE_PIXELS, image_header
+from tagger.errors import FetchError, UploadError, shorten
+from tagger.fetch import (
+    DOWNLOAD_TIMEOUT_S,
+    MAX_DOWNLOAD_BYTES,
+    AddressPolicy,
+    fetch_url,
+    format_size,
+    is_url,
+    public_only,
+)
+
+__all__ = [
+    "SafeApi",
+    "SafeFile",
+    "SafeImage",
+    "check_web_pixels",
+    "image_upload",
+    "received_path",
+    "safe_api_components",
+]
+
+
+log = logging.getLogger("tagger")
+
+if TYPE_CHECKING:  # for the checker: super() below is the Gradio component the mixin is mixed into
+    from gradio.components import Component as _MixedInto
+else:
+    _MixedInto = object
+
+
+class _SafeDownloads(_MixedInto):
+    """Mixin for Gradio components: URLs go through ``fetch_url``; everything else as in Gradio."""
+
+    max_download_bytes: int = MAX_DOWNLOAD_BYTES
+    download_timeout: float = DOWNLOAD_TIMEOUT_S
+    # A public server: other people's URLs may only reach public addresses (tests widen it).
+    address_policy: AddressPolicy = staticmethod(public_only)
+    # The web app's pixel cap, checked from the file's header before anything is decoded.
+    max_pixels: int = WEB_MAX_IMAGE_PIXELS
+
+    def _check_pixels(self, path: str, shown: str | None) -> str:
+        return check_web_pixels(path, shown, self.max_pixels)
+
+    GRADIO_CACHE: str
+    temp_files: set[str]
+
+    def _limits(self) -> tuple[int, float]:
+        """(bytes, seconds) for one download."""
+        return self.max_download_bytes, self.download_timeout
+
+    def fetch_into_cache(self, url: str) -> str:
+        """``url`` fetched with this input's limits and address policy into Gradio's cache;
+        ``FetchError`` with a sentence when it may not or cannot be downloaded."""
+        max_bytes, timeout = self._limits()
+        path = fetch_url(
+            url,
+            Path(self.GRADIO_CACHE) / "fetched",
+            max_bytes=max_bytes,
+            timeout=timeout,
+            policy=self.address_policy,
+        )
+        # Registered like Gradio's own downloads, so cache clean-up (delete_cache, close) removes it.
+        self.temp_files.add(str(path))
+        return str(path)
+
+    def _fetch(self, url: str) -> str:
+        try:
+            return self.fetch_into_cache(url)
+        except FetchError as e:
+            # Expected on a public server: one line in the log, no traceback.
+            log.info("Refused a URL: %s", shorten(str(e), 300))
+            raise gr.Error(str(e), print_exception=False) from None
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
+        if is_url(url_or_file_path):
+            # Blocking sockets and DNS: keep them off the event loop.
+            return await anyio.to_thread.run_sync(self._fetch, url_or_file_path)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+    def move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
+        if is_url(url_or_file_path):
+            return self._fetch(url_or_file_path)
+        return super().move_resource_to_block_cache(url_or_file_path)
+
+
+def check_web_pixels(path: str, shown: str | None = None, max_pixels: int = WEB_MAX_IMAGE_PIXELS) -> str:
+    """``path`` if the image it holds is within the web app's pixel cap (read from its header;
+    files that are not images pass), else ``gr.Error`` with a sentence naming ``shown``."""
+    header = image_header(path)
+    limit = header.web_limit(max_pixels) if header is not None else max_pixels
+    if header is not None and header.pixels > limit:
+        raise gr.Error(
+            f"Could not read '{shown or 'the image'}': {header.describe()}, more than this Space's limit of "
+            f"{limit:,} pixels{_for_format(header.format)}; make it smaller, or run the tagger on your own "
+            "machine (python -m tagger) for bigger images.",
+            print_exception=False,
+        )
+    return path
+
+
+def _for_format(name: str) -> str:
+    return f" for {FORMAT_NAMES.get(name, name)} images" if name in WEB_FORMAT_MAX_PIXELS else ""
+
+
+@contextlib.contextmanager
+def _no_stub_files() -> Iterator[None]:
+    # Gradio writes a .pyi next to the source of every Component subclass it sees defined
+    # (meant for custom-component packages); here it would only litter the source tree.
+    generate = gradio.component_meta.create_or_modify_pyi
+    gradio.component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        gradio.component_meta.create_or_modify_pyi = generate
+
+
+with _no_stub_files():
+
+    class SafeImage(_SafeDownloads, gr.Image):
+        """``gr.Image`` whose URL downloads are limited and which, as a file path input, hands the
+        file to our decoder untouched (Gradio would open it with Pillow first, without our limits
+        and with a developer-facing error for anything that is not an image)."""
+
+        def get_block_name(self) -> str:
+            return "image"  # the frontend component to render: the stock one
+
+        def get_block_class(self) -> str:
+            return "image"
+
+        def preprocess(self, payload: Any) -> Any:
+            if payload is None or self.type != "filepath" or self.image_mode is not None:
+                return super().preprocess(payload)
+            url = getattr(payload, "url", None)
+            if isinstance(url, str) and url.startswith("data:"):
+                return self._check_pixels(self._save_data_url(url), "the image data")
+            if payload.path is None:
+                raise gr.Error("No image was received; please upload the image again.", print_exception=False)
+            return self._check_pixels(str(payload.path), getattr(payload, "orig_name", None))
+
+        def _save_data_url(self, url: str) -> str:
+            # Gradio would decode (and fully decompress) a base64 image before any limit applies.
+            encoded = url.partition(",")[2]
+            if len(encoded) > (self.max_download_bytes * 4) // 3 + 4:
+                raise gr.Error(
+                    f"The image data is larger than the limit of {format_size(self.max_download_bytes)}.",
+                    print_exception=False,
+                )
+            try:
+                data = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise gr.Error("The image data URL is not valid base64.", print_exception=False) from None
+            folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=Path(self.GRADIO_CACHE)))
+            path = folder / "image"
+            path.write_bytes(data)
+            self.temp_files.add(str(path))
+            return str(path)
+
+    class SafeFile(_SafeDownloads, gr.File):
+        """``gr.File`` whose URL downloads are limited."""
+
+        def get_block_name(self) -> str:
+            return "file"  # the frontend component to render: the stock one
+
+        def get_block_class(self) -> str:
+            return "file"
+
+        def preprocess(self, payload: Any) -> Any:
+            # Gradio's File.preprocess creates an empty NamedTemporaryFile in the cache for every
+            # single file path it returns and never removes it: one leaked file per request.
+            if self.file_count == "single" and isinstance(payload, FileData):
+                self._check_pixels(payload.path, payload.orig_name)  # zips and non-images pass
+                if self.type == "filepath" and not self.file_types:
+                    return NamedString(payload.path)
+            return super().preprocess(payload)
+
+    class SafeApi(_SafeDownloads, Api):
+        """The component ``gr.api`` makes for each parameter and result, with URL downloads
+        through ``fetch_url`` and the limits of ``SafeFile`` (one setting for every file input)."""
+
+        example: Any = None  # what "Use via API" suggests for this parameter (Gradio: "...")
+
+        def _limits(self) -> tuple[int, float]:
+            return SafeFile.max_download_bytes, SafeFile.download_timeout
+
+        def get_block_name(self) -> str:
+            return "api"  # the frontend component to render: the stock one
+
+        def get_block_class(self) -> str:
+            return "api"
+
+        def example_payload(self) -> Any:
+            return self.example if self.example is not None else super().example_payload()
+
+
+@contextlib.contextmanager
+def safe_api_components() -> Iterator[None]:
+    """Within it, ``gr.api`` builds its parameters and results as ``SafeApi`` components."""
+    module = gradio.components.api_component
+    original = module.Api
+    # Swapping a module's class is what this does; mypy allows no assignment to a class name.
+    module.Api = SafeApi  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        module.Api = original  # type: ignore[misc]
+
+
+def received_path(payload: object) -> str | None:
+    """The server path of a file parameter of a ``gr.api`` endpoint, or None when none was sent.
+
+    Gradio has moved what came as a file (``{"path": ..., "meta": {"_type": "gradio.FileData"}}``,
+    what ``handle_file`` sends) into its upload cache: an upload stays where it is (only uploads
+    are accepted), a URL is fetched by ``SafeApi``. Anything else reaches the endpoint untouched
+    (a bare string, a dict without ``meta``): only a path inside the upload cache is accepted,
+    so that no request can name a file elsewhere on the server.
+    """
+    if payload is None:
+        return None
+    path = payload.get("path") if isinstance(payload, dict) else None
+    if isinstance(path, str) and Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve()):
+        shown = payload.get("orig_name") if isinstance(payload, dict) else None
+        return check_web_pixels(path, shown if isinstance(shown, str) else None)
+    raise UploadError(
+        "Send files as uploads: gradio_client's handle_file(path or URL), or "
+        '{"path": ..., "meta": {"_type": "gradio.FileData"}} with a path from /gradio_api/upload.'
+    )
+
+
+def image_upload(elem_id: str, *, label: str = "Image (upload, paste or drop)", height: int = 380) -> SafeImage:
+    """The app's image input: upload or paste, handed to our decoder as a file path with its
+    alpha channel kept (we composite onto white ourselves)."""
+    return SafeImage(
+        type="filepath",
+        image_mode=None,
+        label=label,
+        sources=["upload", "clipboard"],
+        height=height,
+        elem_id=elem_id,
+    )

@@ -1,0 +1,198 @@
+"""Where model work runs: ZeroGPU (``spaces.GPU``), a local CUDA GPU, or the CPU.
+
+Only the model call goes through the GPU function; decoding, resizing, selection and
+formatting stay outside it so that a ZeroGPU slice is held for as short a time as possible.
+What crosses into the GPU function is exactly what ``Tagger.prepare`` returned (on ZeroGPU by
+shared memory, into a forked worker); this module converts nothing. Off ZeroGPU the
+``spaces`` decorator does nothing and the call runs wherever the model lives.
+
+On ZeroGPU an exception raised inside the GPU function reaches the caller only as a generic
+``gr.Error`` ("ZeroGPU worker error") and costs the worker (the next call starts a new one and
+copies the weights again). So out-of-memory and our own user-facing errors are caught inside
+the GPU function and returned as a ``Failure`` value, which ``ModelRunner.call`` raises again
+in the calling process: the same sentence on ZeroGPU, a local GPU and the CPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar, cast
+
+import numpy as np
+import torch
+
+from tagger.engine.tagger import Tagger
+from tagger.errors import ModelRunError, TaggerError
+from tagger.features.pca import analyse
+from tagger.features.relevance import relevance
+
+try:  # `spaces` is only needed on Hugging Face Spaces; everything works without it.
+    import spaces
+except ImportError:  # pragma: no cover - spaces is in requirements.txt
+    spaces = None
+
+log = logging.getLogger("tagger")
+R = TypeVar("R")  # what the model work passed to ModelRunner.call returns
+
+OUT_OF_MEMORY = "The model ran out of memory on this request; try fewer or smaller images."
+
+# -- ZeroGPU durations ----------------------------------------------------------------------
+# ZeroGPU refuses a call whose requested duration exceeds the visitor's remaining quota, gives
+# shorter requests priority in its queue and may abort a call that runs past its duration;
+# the quota is charged with the time actually used. So ask for what the work needs plus a
+# margin: a base for the call itself plus a rate per megapixel times the work's cost factor.
+#
+# Measured cost (issue 12, bf16; we had no GPU to measure ourselves): one 512 px image
+# (0.26 MP) takes ~10-15 ms on an H200 ZeroGPU slice, i.e. 40-60 ms per megapixel; a chunk of
+# 32 images at 1024 px (34 MP) takes ~1-2 s, i.e. 30-60 ms per megapixel.
+#
+# - GPU_SECONDS_PER_MEGAPIXEL, 0.15: 2.5x the worst measured 60 ms/MP, which covers the
+#   quadratic attention share at 1024 px, odd-sized images running one at a time, and a slice
+#   slower than the one measured.
+# - GPU_BASE_SECONDS, 2: the call itself. A warm worker adds tens of ms (inputs by shared
+#   memory, the result pickled back). A fresh one (the first call, or after the previous
+#   worker went away) also creates its CUDA context (~0.5 s) and copies the weights (~3.6 GB:
+#   bf16 backbone, fp32 head) from ZeroGPU's packed file to the GPU (~1 s at disk speed).
+#   Estimates, not measurements.
+# - GPU_FIRST_CALL_SECONDS, 6: added to a fresh worker's first call only (``ModelRunner``):
+#   the fork, the CUDA context, the weight copy and loading cuBLAS and the attention kernels
+#   all happen inside it; a warm worker pays none of that again.
+# - GPU_COST: a work function's cost relative to a forward pass over the same pixels.
+# - spaces reads whole seconds (``timedelta.seconds``), so the sum is rounded up.
+#
+# What that asks for (before: 5 s, 72 s and 21 s for the first three):
+#   one 512 px image 3 s · a batch chunk of 16 images at 1024 px 5 s · a 1024 px heatmap 3 s ·
+#   PCA of a 1024 px image 3 s · a similarity pair at 1024 px 3 s.
+GPU_BASE_SECONDS = 2.0
+GPU_SECONDS_PER_MEGAPIXEL = 0.15
+GPU_FIRST_CALL_SECONDS = 6.0
+GPU_MAX_SECONDS = 300  # ZeroGPU refuses longer requests outright ("illegal duration")
+GPU_COST: dict[Callable[..., object], float] = {
+    Tagger.run: 1.0,  # tags: one forward pass
+    Tagger.run_descriptors: 1.0,  # similarity: one forward pass without the head's 74k outputs
+    analyse: 1.5,  # PCA: one forward pass, plus an SVD of at most 4096 x 1280 patch features
+    relevance: 3.0,  # heatmap: forward keeping activations, then backward (up to every block: ~2x)
+}
+
+# Images per model call for batches: at most 16 x ~1 MP (the 1024 px cap) is ~0.5-1 s of GPU
+# work and asks for 5 s, where 32 asked for 8 s; a smaller request keeps its place in the
+# queue, and a visitor low on quota is refused later in a batch, if at all. 16 is also the
+# Tagger's GPU batch, so a chunk of same-size images is one forward pass. Smaller chunks
+# would spend a larger share of each call on scheduling.
+IMAGES_PER_GPU_CALL = 16
+
+
+def gpu_seconds(pixels: Sequence[torch.Tensor], cost: float = 1.0, fresh_worker: bool = False) -> int:
+    """Whole seconds to ask ZeroGPU for work of relative ``cost`` on ``pixels`` (``[3, H, W]``
+    each; only their shapes are read), on a warm worker or, with ``fresh_worker``, a new one."""
+    megapixels = sum(p.shape[-1] * p.shape[-2] for p in pixels) / 1e6
+    seconds = GPU_BASE_SECONDS + GPU_SECONDS_PER_MEGAPIXEL * cost * megapixels
+    if fresh_worker:
+        seconds += GPU_FIRST_CALL_SECONDS
+    return min(GPU_MAX_SECONDS, math.ceil(seconds))
+
+
+def gpu_duration(fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
+    """The ``spaces.GPU`` duration of ``ModelRunner``'s GPU function on a warm worker: it
+    receives the same arguments. Work not listed in ``GPU_COST`` costs a forward pass."""
+    return gpu_seconds(pixels, GPU_COST.get(fn, 1.0))
+
+
+# Titles of the errors ``spaces`` raises while scheduling, before any worker is touched: the
+# worker that served the last call stays. Any other error discards it.
+_SCHEDULING_ERRORS = frozenset(
+    {
+        "ZeroGPU quota exceeded",
+        "ZeroGPU illegal duration",
+        "ZeroGPU pending credits exceeded",
+        "ZeroGPU queue timeout",
+        "ZeroGPU client error",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What the GPU function returns instead of raising a user-facing error (see module doc)."""
+
+    error: TaggerError
+    cause: str  # the original exception's type, for the log
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    # cuBLAS/cuDNN workspace allocations can fail as a plain RuntimeError.
+    return isinstance(error, RuntimeError) and "out of memory" in str(error)
+
+
+def release_memory() -> None:
+    """Free what a failed model call left behind (its activations, the allocator's cache)."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+class ModelRunner:
+    """Runs model work on pre-processed pixels inside one GPU call per request.
+
+    Work is a function ``fn(tagger, pixels, *args)``; ``Tagger.run`` is the usual one.
+    """
+
+    def __init__(self, tagger: Tagger):
+        self.tagger = tagger
+        # Whether the next call may start a new worker: the first one does, and so does the
+        # one after a call that failed in the worker (spaces discards it). A Space with more
+        # than one GPU may also start a worker on another GPU; this cannot be known beforehand.
+        self.fresh_worker = True
+        self._gpu_call: Callable[..., object] = self._run
+        if spaces is not None:
+            self._gpu_call = spaces.GPU(duration=self.duration)(self._run)
+
+    def duration(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
+        """The ``spaces.GPU`` duration of the next call (``gpu_duration``, plus
+        ``GPU_FIRST_CALL_SECONDS`` when it may start a worker)."""
+        return gpu_seconds(pixels, GPU_COST.get(fn, 1.0), fresh_worker=self.fresh_worker)
+
+    def _run(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> object:
+        """The GPU function: on ZeroGPU it runs in the worker process."""
+        try:
+            return fn(self.tagger, pixels, *args)
+        except TaggerError as e:
+            return Failure(e, type(e).__name__)
+        except (RuntimeError, MemoryError) as e:
+            if not _is_out_of_memory(e):
+                raise
+            cause = type(e).__name__
+        # Outside the except block: the exception's traceback no longer holds the frames (and
+        # their tensors) alive, so collecting here frees them.
+        release_memory()
+        return Failure(ModelRunError(OUT_OF_MEMORY), cause)
+
+    def call(self, fn: Callable[..., R], pixels: Sequence[torch.Tensor], *args: object) -> R:
+        """``fn(tagger, pixels, *args)`` on the model's device, one GPU call. ``pixels`` go as
+        they are (what ``Tagger.prepare`` returns). Out-of-memory becomes a ``ModelRunError``
+        after the memory is released, so the next request works."""
+        try:
+            result = self._gpu_call(fn, list(pixels), *args)
+        except BaseException as e:
+            if getattr(e, "title", None) not in _SCHEDULING_ERRORS:
+                self.fresh_worker = True
+            raise
+        self.fresh_worker = False
+        if isinstance(result, Failure):
+            if isinstance(result.error, ModelRunError):
+                name = getattr(fn, "__qualname__", fn)
+                log.warning("Out of memory (%s) in %s on %d image(s)", result.cause, name, len(pixels))
+            raise result.error
+        return cast(R, result)  # not a Failure, so what fn returned
+
+    def probabilities(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+        return self.call(Tagger.run, pixels)
+
+    def descriptors(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+        return self.call(Tagger.run_descriptors, pixels)

@@ -1,0 +1,1 @@
+"""One module per tab of the page; each builds its components and wires its events."""

@@ -1,0 +1,156 @@
+"""The Batch tab: many images or zips in, captions out (``/tag_batch`` serves the same work).
+
+The work itself is ``tagger.datasets.batch.run_batch``; this module lays out the upload, sums up the
+settings it uses (the Tag tab's controls and resolution, summed up in the page) and turns the
+result into table rows, two downloads and a summary line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import gradio as gr
+
+from tagger.datasets.batch import BatchOutput, ImageResult, run_batch
+from tagger.datasets.intake import BatchLimits
+from tagger.tags.options import TagOptions
+from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, warning
+from tagger.web.controls import OptionControls
+from tagger.web.inputs import SafeFile
+from tagger.web.runtime import IMAGES_PER_GPU_CALL
+
+LIMITS = BatchLimits()
+CHUNK_SIZE = IMAGES_PER_GPU_CALL  # images per model (GPU) call; see tagger.datasets.batch and tagger.web.runtime
+
+TOP_TAGS = 8  # tags shown per image in the results table
+TABLE_HEADERS = ["file", "concept", "tags", "top tags"]
+
+
+def result_row(result: ImageResult) -> list:
+    """One results-table row (``TABLE_HEADERS``)."""
+    if result.error is not None:
+        return [result.filename, result.concept, 0, f"⚠ {result.error}"]
+    return [result.filename, result.concept, len(result.tags), ", ".join(t.tag for t in result.tags[:TOP_TAGS])]
+
+
+def summary_markdown(output: BatchOutput, limit: int = 10) -> str:
+    text = f"**{output.images} image{'s' if output.images != 1 else ''} tagged**"
+    text += f" · {output.errors} error{'s' if output.errors != 1 else ''}"
+    if output.skipped:
+        text += f" · {len(output.skipped)} skipped (not images)"
+    text += f" · {output.seconds:.1f} s"
+    if output.skipped:
+        shown = ", ".join(f"`{name.replace('`', chr(39))}`" for name in output.skipped[:limit])
+        more = f" and {len(output.skipped) - limit} more" if len(output.skipped) > limit else ""
+        text += f"\n\nSkipped: {shown}{more}."
+    if output.renamed:
+        shown = ", ".join(f"{image} → {caption}" for image, caption in output.renamed[:5])
+        more = f" and {len(output.renamed) - 5} more" if len(output.renamed) > 5 else ""
+        text += f"\n\nSame name in the same folder, so these captions were renamed: {shown}{more}."
+    return text
+
+
+def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, tab: gr.Tab | None = None) -> None:
+    """The Batch tab, tagging with ``settings`` and ``size``: the Tag tab's controls (tune on one
+    image, then tag the folder the same way), summed up here and changed there."""
+    with gr.Row(equal_height=False, elem_id="batch-layout"):
+        with gr.Column(scale=5, min_width=320, elem_id="batch-left"):
+            with gr.Column(elem_id="batch-input"):
+                files = SafeFile(
+                    file_count="multiple",
+                    # No file_types: Gradio would refuse the whole upload for one stray file (a
+                    # caption .txt dragged in with its images); the engine skips and names those.
+                    type="filepath",
+                    label="Images and/or zip files (sub-folders of a zip become concepts)",
+                    elem_id="batch-files",
+                )
+                run_button = gr.Button("Tag all", variant="primary", elem_id="batch-run")
+                run_message = gr.Markdown(elem_id="batch-message", elem_classes=["ui-message"])
+                gr.Markdown(
+                    f"Up to {LIMITS.max_files:,} images per run. Captions follow the kohya/sd-scripts "
+                    "convention: `folder/image.txt` next to `folder/image.png`.",
+                    elem_id="batch-help",
+                )
+            with gr.Column(elem_id="batch-controls"):
+                settings_note = gr.Markdown(elem_id="batch-settings")
+
+        with gr.Column(scale=7, min_width=320, elem_id="batch-results"):
+            summary = gr.Markdown(
+                "Upload images or a zip, then press **Tag all**.", label="Summary", elem_id="batch-summary"
+            )
+            with gr.Row():
+                captions_file = gr.DownloadButton(
+                    "Captions (.zip)", value=None, interactive=False, elem_id="batch-captions"
+                )
+                jsonl_file = gr.DownloadButton("Tags (.jsonl)", value=None, interactive=False, elem_id="batch-jsonl")
+            table = gr.Dataframe(
+                label="Results",
+                headers=TABLE_HEADERS,
+                datatype=["str", "str", "number", "str"],
+                interactive=False,
+                wrap=True,
+                # Fixed widths: a narrow screen scrolls the table sideways instead of breaking "29" in two.
+                column_widths=["180px", "110px", "64px", "360px"],
+                max_height=600,
+                elem_id="batch-table",
+            )
+
+    names = [*settings.widgets, "max_size"]
+    setting_inputs = [*settings.inputs(), size]
+    gr.on(
+        [*(c.change for c in setting_inputs), *([tab.select] if tab is not None else [])],
+        None,
+        inputs=setting_inputs,
+        outputs=settings_note,
+        js=f"(...values) => TagView.settingsText({json.dumps(names)}, values)",
+        api_visibility="private",
+        show_progress="hidden",
+    )
+
+    def run(values: dict, progress: gr.Progress) -> BatchOutput:
+        paths = [getattr(f, "name", f) for f in values[files] or []]
+        return tag_files(ctx, paths, settings.options(values), progress, values[size])
+
+    def on_run(values: dict, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 - Gradio's idiom
+        output, error = attempt(run, values, progress)
+        if error is not None:
+            return {run_message: warning(error)}  # the last good results stay
+        return {
+            table: [result_row(r) for r in output.results],
+            captions_file: gr.DownloadButton(value=str(output.captions_zip), interactive=True),
+            jsonl_file: gr.DownloadButton(value=str(output.jsonl), interactive=True),
+            summary: summary_markdown(output),
+            run_message: "",
+        }
+
+    run_button.click(
+        on_run,
+        inputs={files, *setting_inputs},
+        outputs=[table, captions_file, jsonl_file, summary, run_message],
+        api_visibility="private",
+        concurrency_id=HEAVY_QUEUE,
+        show_progress_on=[table],
+    )
+
+
+def tag_files(
+    ctx: AppContext, paths: Sequence[str], options: TagOptions, progress: gr.Progress, max_size: object = None
+) -> BatchOutput:
+    """Tag the images and zips at ``paths``: one model call per ``CHUNK_SIZE`` images. The work
+    of the Batch tab and of ``/tag_batch``."""
+
+    def advance(done: int, total: int, name: str) -> None:
+        progress((done, total), desc=f"Tagged {name}", unit="images")
+
+    progress((0, None), desc="Reading the upload")
+    return run_batch(
+        paths,
+        prepare=ctx.preparer(max_size),
+        run=ctx.runner.probabilities,
+        vocab=ctx.vocab,
+        options=options,
+        limits=LIMITS,
+        chunk_size=CHUNK_SIZE,
+        progress=advance,
+    )

@@ -1,0 +1,247 @@
+"""The Features tab (PCA false colour, per-tag heatmaps); ``/pca`` and ``/heatmap`` serve the
+same work.
+
+Decoding and preprocessing happen here, outside the GPU call; each request makes exactly one
+``ctx.runner.call``. Colour and opacity changes re-render from the stored analysis and never
+call the model again.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+
+from tagger.features.overlay import pixels_to_image
+from tagger.features.pca import DEFAULT_COLOURS, FeatureMaps, analyse, pca_images
+from tagger.features.relevance import (
+    DEFAULT_LAYERS_FROM_END,
+    MAX_LAYERS_FROM_END,
+    Relevance,
+    heatmap_images,
+    relevance,
+    resolve_tag,
+    tap_block,
+)
+from tagger.tags.results import top_tags
+from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, user_errors, warning
+from tagger.web.inputs import image_upload
+
+TOP_TAGS = 25  # choices offered in the heatmap's tag dropdown
+# On a phone the maps come under the image and its controls: bring them into view once drawn.
+SCROLL_TO_MAPS = (
+    "() => { if (window.matchMedia('(max-width: 768px)').matches) "
+    "document.getElementById('features-summary')?.scrollIntoView({block: 'start', behavior: 'smooth'}); }"
+)
+UPSCALE_CHOICES = [("Patches (nearest)", "nearest"), ("Smooth (bilinear)", "bilinear")]
+
+
+def run_pca(ctx: AppContext, image: str | None, max_size: object = None) -> FeatureMaps:
+    pixels = prepare_image(ctx, image, max_size=max_size)
+    return FeatureMaps.of(pixels, ctx.runner.call(analyse, [pixels])[0])
+
+
+def run_heatmap(
+    ctx: AppContext, image: str | None, tag: str | None, layers_from_end: float, max_size: object = None
+) -> tuple:
+    """(preprocessed uint8 image, tag index, relevance) for one upload: one GPU call."""
+    tap_block(ctx.tagger.model.config.num_layers, layers_from_end)  # arguments first: fail fast
+    index = resolve_tag(ctx.vocab, tag)
+    pixels = prepare_image(ctx, image, max_size=max_size)
+    result: Relevance = ctx.runner.call(relevance, [pixels], index, layers_from_end)[0]
+    return pixels_to_image(pixels), index, result
+
+
+def heatmap_info(ctx: AppContext, index: int, result: Relevance, layers_from_end: int) -> dict:
+    num_layers = ctx.tagger.model.config.num_layers
+    h, w = result.map.shape
+    return {
+        "tag": ctx.vocab.tags[index],
+        "index": index,
+        "category": ctx.vocab.category_of(index).name,
+        "probability": round(result.probability, 6),
+        "block": num_layers - layers_from_end,  # relevance taken at this block's input (0-based)
+        "layers_from_end": layers_from_end,
+        "grid": [h, w],
+        "positive": bool(result.map.max() > 0),
+        "relevance": np.round(result.map, 4).tolist(),
+    }
+
+
+def heatmap_markdown(info: dict) -> str:
+    text = (
+        f"**{info['tag']}** ({info['category']}) · probability **{info['probability']:.3f}** · "
+        f"gradient × activation at the input of block {info['block']} "
+        f"({info['layers_from_end']} from the end)"
+    )
+    if not info["positive"]:
+        text += "\n\nNo patch raises this tag's score at this depth: every contribution is negative."
+    return text
+
+
+def _image_output(label: str, elem_id: str) -> gr.Image:
+    # PNG: the maps are flat colour fields that lossy WebP (Gradio's default) would smear.
+    return gr.Image(label=label, type="numpy", format="png", interactive=False, elem_id=elem_id)
+
+
+def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None) -> None:
+    """The tab's layout and events. ``source``: the Tag tab's image, copied here when it
+    changes (one upload, many views; this tab can still take its own). The analysis runs when
+    the tab is opened on an image it has not analysed, or on an upload here: never for a tab
+    nobody looks at."""
+    num_layers = ctx.tagger.model.config.num_layers
+    low_depth = min(2, num_layers)
+    maps_state = gr.State(None)  # (image path, FeatureMaps) of the analysis shown
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=300):
+            image = image_upload("features-image", label="Image (the Tag tab's, or upload another)", height=320)
+            if ctx.examples:
+                gr.Examples(ctx.examples, inputs=image, label="Examples")
+            with gr.Accordion("Colours and overlay", open=True):
+                with gr.Row():
+                    colours = [
+                        gr.ColorPicker(colour, label=f"Component {i + 1}", elem_id=f"pca-colour-{i + 1}")
+                        for i, colour in enumerate(DEFAULT_COLOURS)
+                    ]
+                alpha = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay opacity", elem_id="features-alpha")
+                upscale = gr.Radio(UPSCALE_CHOICES, value="nearest", label="PCA upscaling")
+        with gr.Column(scale=8, min_width=320):
+            if ctx.demo_mode:
+                gr.Markdown("⚠️ **Demo mode**: random weights, so these maps show structure but no meaning.")
+            summary = gr.Markdown(
+                "Upload an image (here or on the Tag tab) to see its patch features: the first three "
+                "principal components of the final patch tokens as red, green and blue.",
+                elem_id="features-summary",
+            )
+            with gr.Row():
+                seen = _image_output("What the model sees", elem_id="features-seen")
+                pca = _image_output("PCA: components 1-3 → RGB", elem_id="features-pca")
+            with gr.Row():
+                overlay = _image_output("PCA over the image", elem_id="features-overlay")
+                blend = _image_output("Your colours, weighted by components 1-3", elem_id="features-blend")
+
+            gr.Markdown("### Where does a tag come from?")
+            with gr.Row(equal_height=True):
+                tag = gr.Dropdown(
+                    choices=[],
+                    value=None,
+                    allow_custom_value=True,
+                    label="Tag",
+                    info="This image's top tags, or type any tag of the vocabulary",
+                    scale=3,
+                    elem_id="heatmap-tag",
+                )
+                depth_default = min(DEFAULT_LAYERS_FROM_END, num_layers)
+                depth: gr.Slider | gr.Number
+                if num_layers > low_depth:
+                    depth = gr.Slider(
+                        low_depth,
+                        min(num_layers, MAX_LAYERS_FROM_END),
+                        depth_default,
+                        step=1,
+                        label="Blocks from the end",
+                        info="Relevance is taken at the input of this block, counted from the end",
+                        scale=2,
+                    )
+                else:  # a one- or two-block model (the demo) has a single usable depth
+                    depth = gr.Number(depth_default, precision=0, visible=False)
+                show = gr.Button("Show heatmap", variant="primary", scale=1, elem_id="heatmap-button")
+            heat_summary = gr.Markdown(elem_id="heatmap-summary")
+            with gr.Row():
+                heat_overlay = _image_output("Heatmap over the image", elem_id="heatmap-overlay")
+                heat = _image_output("Relevance (inferno: dark = none, yellow = most)", elem_id="heatmap")
+
+    style: list[gr.ColorPicker | gr.Slider | gr.Radio] = [*colours, alpha, upscale]
+    analysis_outputs = [maps_state, seen, pca, overlay, blend, tag, summary, heat_overlay, heat, heat_summary]
+
+    def maps_and_views(path: str, colours: tuple[str, str, str], opacity: float, resample: str) -> tuple:
+        maps = run_pca(ctx, path)
+        return maps, pca_images(maps, colours, opacity, resample)
+
+    def analysis(path: str | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> dict:
+        cleared = {heat_overlay: None, heat: None, heat_summary: ""}
+        if path is None:
+            empty = {maps_state: None, seen: None, pca: None, overlay: None, blend: None}
+            prompt = "Upload an image here or on the Tag tab."
+            return {**empty, tag: gr.Dropdown(choices=[], value=None), summary: prompt, **cleared}
+        result, error = attempt(maps_and_views, path, (c1, c2, c3), opacity, resample)
+        if error is not None:
+            return {summary: warning(error)}  # the last good maps stay; the sentence says why
+        maps, (pca_map, pca_overlay, colour_blend) = result
+        top = top_tags(maps.probabilities, ctx.vocab, TOP_TAGS)
+        choices = [(f"{t.tag} · {t.score:.2f}", t.tag) for t in top]
+        height, width = maps.image.shape[:2]
+        info = f"**{width}×{height}** as the model sees it · {maps.pca.shape[1]}×{maps.pca.shape[0]} patches"
+        if top:
+            info += f" · top tag **{top[0].tag}** ({top[0].score:.2f})"
+        return {
+            maps_state: (path, maps),
+            seen: maps.image,
+            pca: pca_map,
+            overlay: pca_overlay,
+            blend: colour_blend,
+            tag: gr.Dropdown(choices=choices, value=top[0].tag if top else None),
+            summary: info,
+            **cleared,
+        }
+
+    def on_open(path: str | None, shown: tuple | None, *style_values) -> dict:
+        if (shown is None and path is None) or (shown is not None and shown[0] == path):
+            return gr.skip()  # nothing to show, or this image is on the page already
+        return analysis(path, *style_values)
+
+    @user_errors
+    def restyle(shown: tuple | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> list:
+        if shown is None:
+            return [None, None, None]
+        return list(pca_images(shown[1], (c1, c2, c3), opacity, resample))
+
+    def on_heatmap(path: str | None, name: str | None, layers: float, opacity: float) -> dict:
+        layers_from_end = int(layers)
+        found, error = attempt(run_heatmap, ctx, path, name, layers_from_end)
+        if error is not None:
+            return {heat_summary: warning(error)}  # the last good heatmap stays
+        seen_image, index, result = found
+        over, heat_image = heatmap_images(seen_image, result.map, opacity, "bilinear")
+        return {
+            heat_overlay: over,
+            heat: heat_image,
+            heat_summary: heatmap_markdown(heatmap_info(ctx, index, result, layers_from_end)),
+        }
+
+    if source is not None:
+        # One upload, many views: the Tag tab's image is this tab's image too (in the page).
+        source.change(None, inputs=source, outputs=image, js="(value) => value", api_visibility="private")
+    image.input(
+        analysis,
+        inputs=[image, *style],
+        outputs=analysis_outputs,
+        api_visibility="private",
+        concurrency_id=HEAVY_QUEUE,
+    ).success(None, js=SCROLL_TO_MAPS, api_visibility="private", show_progress="hidden")
+    if tab is not None:
+        tab.select(
+            on_open,
+            inputs=[image, maps_state, *style],
+            outputs=analysis_outputs,
+            api_visibility="private",
+            concurrency_id=HEAVY_QUEUE,
+        ).success(None, js=SCROLL_TO_MAPS, api_visibility="private", show_progress="hidden")
+    gr.on(
+        [c.change for c in style],
+        restyle,
+        inputs=[maps_state, *style],
+        outputs=[pca, overlay, blend],
+        api_visibility="private",
+        trigger_mode="always_last",
+        queue=False,
+        show_progress="hidden",
+    )
+    gr.on(
+        [show.click, tag.select],
+        on_heatmap,
+        inputs=[image, tag, depth, alpha],
+        outputs=[heat_overlay, heat, heat_summary],
+        api_visibility="private",
+        concurrency_id=HEAVY_QUEUE,
+    )

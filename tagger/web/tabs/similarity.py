@@ -1,0 +1,166 @@
+"""The Similarity tab (two images, or a zip of pairs); ``/similarity`` and ``/similarity_batch``
+serve the same work. Decoding happens here, outside the GPU call; each pair is one model call
+(the zip: one per ``PAIRS_PER_CALL`` pairs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gradio as gr
+
+from tagger.features.similarity import BatchSimilarity, batch_similarity, cosine_similarity
+from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, warning
+from tagger.web.inputs import SafeFile, image_upload
+
+
+def summary_markdown(result: BatchSimilarity, limit: int = 50) -> str:
+    s = result.stats()
+    a, b = result.folders
+    if s["pairs"]:
+        line = (
+            f"**{s['pairs']} pairs** (`{a}` ↔ `{b}`) · mean **{s['mean']:.4f}** · "
+            f"min {s['min']:.4f} · max {s['max']:.4f}"
+        )
+    else:
+        line = f"**No pair could be scored** (`{a}` ↔ `{b}`)."
+    parts = [line]
+    for title, items in (
+        ("Unmatched files", result.unmatched),
+        ("Errors", [f"{f}: {e}" for f, e in result.errors]),
+        ("Ignored (not images or outside the folders)", result.ignored),
+    ):
+        if items:
+            shown = "\n".join(f"- `{x}`" for x in items[:limit])
+            more = f"\n- … and {len(items) - limit} more" if len(items) > limit else ""
+            parts.append(f"{title} ({len(items)}):\n{shown}{more}")
+    return "\n\n".join(parts)
+
+
+# The verbal bands of a similarity (lower bounds, best first) and their bar colours; the
+# descriptors of unrelated images still score above zero, so the bands sit high.
+BANDS: tuple[tuple[float, str, str], ...] = (
+    (0.95, "near-identical", "#15803d"),
+    (0.8, "very similar", "#4d7c0f"),
+    (0.6, "similar", "#a16207"),
+    (0.4, "somewhat similar", "#c2410c"),
+    (-1.0, "different", "#b91c1c"),
+)
+
+
+def similarity_band(value: float) -> tuple[str, str]:
+    """The band's words and colour for a cosine similarity."""
+    return next((words, colour) for bound, words, colour in BANDS if value >= bound)
+
+
+def similarity_bar(value: float | None) -> str:
+    """A bar as long as the similarity (-1 to 1 → 0 to 100 %) in its band's colour."""
+    if value is None:
+        return ""
+    words, colour = similarity_band(value)
+    percent = max(0.0, min(100.0, (value + 1) * 50))
+    return (
+        f'<div class="sim-bar" role="img" aria-label="similarity {value:.4f}: {words}">'
+        f'<span style="width:{percent:.1f}%;background:{colour}"></span></div>'
+    )
+
+
+def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None) -> None:
+    """The tab's layout and events. ``source``: the Tag tab's image, copied to image A when it
+    changes (another can still be uploaded). A pair is scored when an image is uploaded here or
+    when the tab is opened on a pair it has not scored."""
+    gr.Markdown(
+        "Cosine similarity of the images' descriptors (CLS + register tokens after the final norm, "
+        "L2-normalised): 1 for the same image, lower the more they differ."
+    )
+    scored_pair = gr.State(None)  # the (A, B) paths of the similarity shown
+    with gr.Row():
+        image_a = image_upload("similarity-a", label="Image A (the Tag tab's, or upload another)", height=300)
+        image_b = image_upload("similarity-b", label="Image B", height=300)
+    result = gr.Markdown("Upload two images to compare them.", elem_id="similarity-result")
+    bar = gr.HTML("", elem_id="similarity-bar")
+
+    gr.Markdown(
+        "### Many pairs\nA zip with two top-level folders; files with the same name (without extension, "
+        "e.g. `a/cat.png` and `b/cat.jpg`) are paired. `__MACOSX` and hidden files are skipped."
+    )
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=280):
+            archive = SafeFile(
+                label="Zip of two folders", file_types=[".zip"], type="filepath", elem_id="similarity-zip"
+            )
+            run = gr.Button("Score pairs", variant="primary", elem_id="similarity-batch-button")
+        with gr.Column(scale=8, min_width=320):
+            batch_summary = gr.Markdown(elem_id="similarity-batch-summary")
+            table = gr.Dataframe(
+                headers=["stem", "file A", "file B", "similarity"],
+                datatype=["str", "str", "str", "number"],
+                interactive=False,
+                buttons=["copy", "fullscreen"],
+                elem_id="similarity-batch-table",
+            )
+
+    def on_pair(path_a: str | None, path_b: str | None, shown: tuple | None) -> dict:
+        if path_a is None or path_b is None:
+            return {
+                scored_pair: None,
+                result: "Upload two images to compare them (image A can come from the Tag tab).",
+                bar: "",
+            }
+        if shown == (path_a, path_b):
+            return gr.skip()  # this pair is on the page already
+        value, error = attempt(compare, ctx, path_a, path_b)
+        if error is not None:
+            return {result: warning(error)}
+        return {
+            scored_pair: (path_a, path_b),
+            result: f"Similarity **{value:.4f}** · {similarity_band(value)[0]} "
+            "(cosine of the L2-normalised descriptors)",
+            bar: similarity_bar(value),
+        }
+
+    def on_batch(path: str | None, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008
+        if path is None:
+            return {batch_summary: warning("Please upload a zip first.")}
+        outcome, error = attempt(
+            score_zip, ctx, path, lambda done, total: progress((done, total), desc="Scoring pairs")
+        )
+        if error is not None:
+            return {batch_summary: warning(error)}  # the last good table stays
+        rows = [[s, a, b, round(v, 4)] for s, a, b, v in outcome.rows]
+        return {table: rows, batch_summary: summary_markdown(outcome)}
+
+    if source is not None:
+        # One upload, many views: the Tag tab's image is image A (in the page, no model call).
+        source.change(None, inputs=source, outputs=image_a, js="(value) => value", api_visibility="private")
+    triggers = [image_a.input, image_b.input] + ([tab.select] if tab is not None else [])
+    gr.on(
+        triggers,
+        on_pair,
+        inputs=[image_a, image_b, scored_pair],
+        outputs=[scored_pair, result, bar],
+        api_visibility="private",
+        trigger_mode="always_last",
+        concurrency_id=HEAVY_QUEUE,
+    )
+    run.click(
+        on_batch,
+        inputs=archive,
+        outputs=[table, batch_summary],
+        api_visibility="private",
+        concurrency_id=HEAVY_QUEUE,
+        show_progress_on=[batch_summary],
+    )
+
+
+def compare(ctx: AppContext, image_a: str | None, image_b: str | None, max_size: object = None) -> float:
+    """Cosine similarity of two uploads: both decoded here, one GPU call for the pair."""
+    pixels = [prepare_image(ctx, image_a, "image A", max_size), prepare_image(ctx, image_b, "image B", max_size)]
+    vectors = ctx.runner.descriptors(pixels)
+    return cosine_similarity(vectors[0], vectors[1])
+
+
+def score_zip(
+    ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None, max_size: object = None
+) -> BatchSimilarity:
+    return batch_similarity(path, ctx.preparer(max_size), ctx.runner.descriptors, progress=progress)

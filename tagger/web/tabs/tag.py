@@ -1,0 +1,397 @@
+"""The Tag tab and the ``/tag`` API endpoint.
+
+The model runs once per image. The server then sends the page the scores at or above the
+floor (``tagger.tags.results.page_scores``, a few kB) and the page selects, formats and draws the
+tags itself (``assets/tag_rules.js``, ``assets/tag_view.js``): a filter change updates one HTML
+block and one textbox without a server round trip. The rules in ``tag_rules.js`` are those of
+``tagger.tags.results`` / ``tagger.tags.options``, which stay the one definition for the API and the CLI;
+``tests/test_rules_parity.py`` holds the two to the same answers.
+
+Clicking a tag shows where it comes from (its relevance heatmap) over the image; its ✕ adds it
+to the excluded tags.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from tagger.engine.resolution import MIN_SIZE, SIZE_STEP
+from tagger.engine.vocab import CATEGORIES, Vocabulary, normalize_tag
+from tagger.errors import FetchError
+from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
+from tagger.tags.options import MODES, OPTION_NAMES, ORDERS, TagOptions
+from tagger.tags.results import IMPLIED, add_to_tag_list, page_scores, parse_tag_list
+from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, warning
+from tagger.web.controls import OptionControls, build_option_controls
+from tagger.web.inputs import SafeImage, image_upload
+from tagger.web.tabs.features import heatmap_info, heatmap_markdown, run_heatmap
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+LOOKUP_ROWS = 12
+EMPTY = "Upload an image to see its tags."
+HEATMAP_OPACITY = 0.5
+DEFAULTS = TagOptions()
+
+
+# -- what the page is sent ------------------------------------------------------------------------
+
+
+def rules_config(vocab: Vocabulary | None = None) -> dict:
+    """``TagRules.configure``'s argument: the category table, option defaults and choices, and
+    with ``vocab``'s relations the aliases of typed tags (old name → the tag it means; sent once
+    per page, not per image)."""
+    defaults = TagOptions()
+    relations = vocab.relations if vocab is not None else None
+    return {
+        "categories": [[c.id, c.name, c.color] for c in CATEGORIES],
+        "defaults": {name: getattr(defaults, name) for name in OPTION_NAMES},
+        "modes": list(MODES),
+        "orders": list(ORDERS),
+        "implied": list(IMPLIED),
+        "aliases": relations.input_aliases if relations is not None else {},
+    }
+
+
+def page_script(vocab: Vocabulary | None = None) -> str:
+    """The page's rules and view, as one <script> for the document head."""
+    code = "\n".join((ASSETS / name).read_text(encoding="utf-8") for name in ("tag_rules.js", "tag_view.js"))
+    config = json.dumps(rules_config(vocab)).replace("</", "<\\/")
+    assert "</script" not in code.lower()
+    return f"<script>\n{code}\nTagRules.configure({config});\n</script>"
+
+
+@dataclass
+class ScoredImage:
+    """One image's model output, kept server-side for lookups and more scores."""
+
+    scores: np.ndarray
+    seconds: float
+    key: str  # new for every image: the page scrolls to the results of a new image
+    path: str = ""  # the upload these scores are of
+    size: int = 0  # the long edge it ran at
+
+
+def page_payload(ctx: AppContext, scored: ScoredImage, floor: float | None) -> dict:
+    """The scores the page needs for floors down to ``floor`` (at most the default floor, so
+    that lowering it a little needs no second trip), plus the summary's facts."""
+    try:
+        cutoff = DEFAULTS.floor if floor is None else min(max(float(floor), 0.0), DEFAULTS.floor)
+    except (TypeError, ValueError):
+        cutoff = DEFAULTS.floor
+    payload = page_scores(scored.scores, ctx.vocab, cutoff)
+    payload.update(id=scored.key, seconds=round(scored.seconds, 3), device=ctx.tagger.device.type, size=scored.size)
+    return payload
+
+
+def error_payload(message: str) -> dict:
+    return {"id": uuid.uuid4().hex, "error": message}
+
+
+# -- look-ups and heatmaps ----------------------------------------------------------------------
+
+
+def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit: int = LOOKUP_ROWS) -> list[list]:
+    """Tags matching ``query``: an exact match first, then prefix and substring matches, best
+    score first when there is an image (else prefixes before substrings); with its score."""
+    needle = normalize_tag(query or "")
+    if not needle:
+        return []
+    exact = vocab.find(needle)
+    prefix: list[int] = []
+    contains: list[int] = []
+    for key, indices in vocab.normalized_index.items():
+        if key == needle:
+            continue
+        if key.startswith(needle):
+            prefix.extend(indices)
+        elif needle in key:
+            contains.extend(indices)
+        if scores is None and len(prefix) >= limit:
+            break
+    others = [*prefix, *contains]
+    if scores is not None:
+        others.sort(key=lambda i: -float(scores[i]))  # stable: prefixes first among equal scores
+    rows = []
+    for i in [*exact, *others][:limit]:
+        score = "—" if scores is None else f"{float(scores[i]):.4f}"
+        rows.append([vocab.tags[i], vocab.category_of(i).name, score])
+    return rows
+
+
+def heatmap_view(ctx: AppContext, path: str | None, tag: str | None, max_size: object = None) -> tuple[np.ndarray, str]:
+    """A tag's relevance over the image as the model sees it, and its caption: one model call."""
+    layers = min(DEFAULT_LAYERS_FROM_END, ctx.tagger.model.config.num_layers)
+    seen, index, result = run_heatmap(ctx, path, tag, layers, max_size)
+    overlay, _ = heatmap_images(seen, result.map, HEATMAP_OPACITY, "bilinear")
+    return overlay, heatmap_markdown(heatmap_info(ctx, index, result, layers))
+
+
+def remove_from_tag_list(text: str | None, tag: str) -> str:
+    """``text`` (a comma-separated list) without ``tag`` (compared as ``Selection`` compares tags)."""
+    key = normalize_tag(tag)
+    return ", ".join(t for t in parse_tag_list(text or "") if normalize_tag(t) != key)
+
+
+def fetch_image(image: SafeImage, url: str) -> str:
+    """An image URL downloaded as the image input downloads URLs (its limits and address
+    policy: public addresses only) into Gradio's cache."""
+    url = (url or "").strip()
+    if not url:
+        raise FetchError("Paste the address of an image (http or https) first.")
+    if "://" not in url:
+        url = "https://" + url
+    return image.fetch_into_cache(url)
+
+
+# -- the tab --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TagTab:
+    image: SafeImage  # the image the other tabs reuse
+    scores: gr.State
+    controls: OptionControls  # the tagging settings, which the Batch tab uses too
+    size: gr.Slider  # the resolution
+
+
+def build_tag_tab(ctx: AppContext) -> TagTab:
+    vocab = ctx.vocab
+    scored_state = gr.State(None)
+    scores_state = gr.State(None)  # the scores alone, for the lookup and the other tabs
+
+    with gr.Row(equal_height=False, elem_id="tag-layout"):
+        with gr.Column(scale=5, min_width=320, elem_id="tag-left"):
+            with gr.Column(elem_id="tag-input"):
+                image = image_upload("tag-image")
+                with gr.Column(visible=False, elem_id="tag-heatmap-panel") as heat_panel:
+                    heat_image = gr.Image(
+                        label="Where the tag comes from",
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        height=380,
+                        elem_id="tag-heatmap",
+                    )
+                    back = gr.Button("Back to the image", size="sm", elem_id="tag-heatmap-back")
+                heat_caption = gr.Markdown(elem_id="tag-heatmap-caption")
+                with gr.Row(equal_height=True):
+                    url = gr.Textbox(
+                        label="…or an image address",
+                        placeholder="https://example.com/image.png",
+                        submit_btn="Fetch",
+                        max_lines=1,
+                        elem_id="tag-url",
+                    )
+                url_note = gr.Markdown(elem_id="tag-url-note")
+                size = gr.Slider(
+                    MIN_SIZE,
+                    ctx.size_cap,
+                    ctx.default_size,
+                    step=SIZE_STEP,
+                    label="Resolution (px)",
+                    info=f"The long edge the model sees; larger is slower (trained at 512; this server allows up "
+                    f"to {ctx.size_cap}).",
+                    elem_id="tag-size",
+                )
+                if ctx.examples:
+                    gr.Examples(ctx.examples, inputs=image, label="Examples")
+            with gr.Column(elem_id="tag-controls"):
+                option_controls = build_option_controls(vocab)
+
+        with gr.Column(scale=7, min_width=320, elem_id="tag-results"):
+            if ctx.demo_mode:
+                gr.Markdown(
+                    "⚠️ **Demo mode**: a tiny random-weight model and a made-up vocabulary. "
+                    "The tags below are meaningless; start without `--demo` for the real model.",
+                    elem_id="demo-warning",
+                )
+            payload = gr.JSON(None, visible=False, elem_id="tag-payload")
+            all_tags = gr.Textbox(
+                label="Tags (all selected categories)",
+                lines=3,
+                max_lines=12,
+                interactive=False,
+                buttons=["copy"],
+                elem_id="tag-string",
+            )
+            view = gr.HTML(
+                f'<div class="tv"><p class="tv-empty">{EMPTY}</p></div>',
+                head=page_script(vocab),
+                js_on_load=(
+                    "TagView.bind(element, trigger, 'tag-view');"
+                    # The view's custom events, named here so that Gradio offers them in Python:
+                    " void ['tag_select', 'tag_exclude', 'tag_unexclude', 'need_scores'];"
+                ),
+                apply_default_css=False,  # no prose margins: the bars are dense on purpose
+                elem_id="tag-view",
+            )
+            gr.Markdown("Click a tag to see where it comes from in the image; ✕ excludes it.", elem_id="tag-view-help")
+            with gr.Accordion("Look up any tag", open=False):
+                lookup = gr.Textbox(
+                    label="Search the vocabulary",
+                    placeholder=f"any of the {len(vocab):,} tags; click a row for its heatmap",
+                    elem_id="lookup",
+                )
+                lookup_table = gr.Dataframe(
+                    headers=["tag", "category", "score"],
+                    datatype=["str", "str", "str"],
+                    interactive=False,
+                    elem_id="lookup-table",
+                )
+
+    controls = option_controls.widgets
+    option_controls.wire_mode_visibility()
+    names = list(controls)
+    render_config = {"view": "tag-view", "empty": EMPTY, "fields": option_controls.field_ids()}
+    gr.on(
+        [payload.change, *(c.change for c in controls.values())],
+        None,
+        inputs=[payload, *controls.values()],
+        outputs=[view, all_tags],
+        js=f"(payload, ...values) => TagView.update(payload, {json.dumps(names)}, values, {json.dumps(render_config)})",
+        trigger_mode="always_last",
+        api_visibility="private",
+        show_progress="hidden",
+    )
+
+    def tag_image(path: str | None, floor: float | None, max_size: float | None) -> dict:
+        if path is None:
+            return {scored_state: None, scores_state: None, payload: None}
+        started = time.perf_counter()
+        scores, error = attempt(ctx.scores_for, path, max_size)
+        if error is not None:
+            return {payload: error_payload(error)}  # the last image's scores stay
+        scored = ScoredImage(scores, time.perf_counter() - started, uuid.uuid4().hex, path, ctx.resolution(max_size))
+        return {scored_state: scored, scores_state: scores, payload: page_payload(ctx, scored, floor)}
+
+    def resize(path: str | None, floor: float | None, max_size: float | None, scored: ScoredImage | None) -> dict:
+        size_now, _ = attempt(ctx.resolution, max_size)
+        if path is None or (scored is not None and scored.path == path and scored.size == size_now):
+            return gr.skip()  # a release without a change (the slider's blur, its reset at the same value)
+        return tag_image(path, floor, max_size)
+
+    image.change(
+        tag_image,
+        inputs=[image, controls["floor"], size],
+        outputs=[scored_state, scores_state, payload],
+        api_visibility="private",
+        concurrency_id=TAG_QUEUE,
+        show_progress_on=[view],
+    )
+    size.release(
+        resize,
+        inputs=[image, controls["floor"], size, scored_state],
+        outputs=[scored_state, scores_state, payload],
+        api_visibility="private",
+        concurrency_id=TAG_QUEUE,
+        show_progress_on=[view],
+    )
+    # A new image is shown as itself, not under an old heatmap.
+    image.change(
+        None,
+        outputs=[image, heat_panel, heat_caption],
+        js="() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}, ''];",
+        api_visibility="private",
+        show_progress="hidden",
+    )
+
+    def more_scores(scored: ScoredImage | None, evt: gr.EventData) -> dict:
+        floor = getattr(evt, "_data", {}).get("floor")
+        if scored is None or not isinstance(floor, (int, float)):
+            return gr.skip()
+        return page_payload(ctx, scored, floor)
+
+    view.need_scores(more_scores, inputs=scored_state, outputs=payload, queue=False, api_visibility="private")
+
+    def exclude_tag(text: str | None, evt: gr.EventData) -> str:
+        return add_to_tag_list(text, str(evt.tag))
+
+    def unexclude_tag(text: str | None, evt: gr.EventData) -> str:
+        return remove_from_tag_list(text, str(evt.tag))
+
+    for list_event, list_change in ((view.tag_exclude, exclude_tag), (view.tag_unexclude, unexclude_tag)):
+        list_event(
+            list_change,
+            inputs=controls["exclude"],
+            outputs=controls["exclude"],
+            queue=False,
+            api_visibility="private",
+            show_progress="hidden",
+        )
+
+    heat_outputs = [image, heat_panel, heat_image, heat_caption]
+
+    def show_heatmap(path: str | None, tag: str | None, max_size: float | None) -> dict:
+        result, error = attempt(heatmap_view, ctx, path, tag, max_size)
+        if error is not None:
+            return {heat_caption: warning(error)}  # the last heatmap (or the image) stays
+        overlay, caption = result
+        return {
+            image: gr.update(visible=False),
+            heat_panel: gr.update(visible=True),
+            heat_image: overlay,
+            heat_caption: caption,
+        }
+
+    def heatmap_for_bar(path: str | None, max_size: float | None, evt: gr.EventData) -> dict:
+        return show_heatmap(path, str(evt.tag), max_size)
+
+    def heatmap_for_row(path: str | None, max_size: float | None, evt: gr.SelectData) -> dict:
+        row = evt.row_value or []
+        return show_heatmap(path, str(row[0]) if row else None, max_size)
+
+    scroll = "() => { document.getElementById('tag-input')?.scrollIntoView({block: 'nearest', behavior: 'smooth'}); }"
+    for event, handler in ((view.tag_select, heatmap_for_bar), (lookup_table.select, heatmap_for_row)):
+        event(
+            handler,
+            inputs=[image, size],
+            outputs=heat_outputs,
+            api_visibility="private",
+            concurrency_id=HEAVY_QUEUE,
+            show_progress_on=[image, heat_image],
+        ).then(None, js=scroll, api_visibility="private", show_progress="hidden")
+    back.click(
+        None,
+        outputs=[image, heat_panel, heat_caption],
+        js="() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}, '']",
+        api_visibility="private",
+        show_progress="hidden",
+    )
+
+    def fetch(address: str) -> dict:
+        path, error = attempt(fetch_image, image, address)
+        if error is not None:
+            return {url_note: warning(error)}
+        return {image: path, url_note: ""}
+
+    url.submit(
+        fetch,
+        inputs=url,
+        outputs=[image, url_note],
+        api_visibility="private",
+        concurrency_id="fetch",
+        concurrency_limit=4,
+        show_progress_on=[url],
+    )
+
+    def run_lookup(query: str, scores: np.ndarray | None) -> list[list]:
+        return lookup_rows(query, scores, vocab)
+
+    gr.on(
+        [lookup.change, scores_state.change],
+        run_lookup,
+        inputs=[lookup, scores_state],
+        outputs=lookup_table,
+        api_visibility="private",
+        trigger_mode="always_last",
+        queue=False,
+        show_progress="hidden",
+    )
+    return TagTab(image=image, scores=scores_state, controls=option_controls, size=size)
