@@ -8,7 +8,7 @@ The app runs in this process (demo model unless ``--checkpoint``/``--vocab`` are
 /tag with a 9 Mpx RGBA PNG, /pca, /heatmap, /similarity and /tag_batch with a zip of eight
 images. Every ``--every`` requests it records the process's resident memory, its open file
 descriptors and the bytes in Gradio's cache and the batch output folder. ``--no-trim`` turns
-off the memory release after requests (``tagger.web.fairshare``), to compare.
+off the memory release after requests (``tagger.engine.cpu.MEMORY``), to compare.
 
 ``--abuse SECONDS`` runs the app in a child process with a cache folder of its own and, for
 that long, rounds of: an upload cut off half-way (the connection closed), an upload refused
@@ -300,11 +300,11 @@ def main() -> None:
     from app_server import start_app
     from gradio_client import Client, handle_file
 
-    import tagger.web.fairshare as fairshare
     from tagger.datasets.batch import OUTPUT_ROOT
+    from tagger.engine import cpu
 
     if args.no_trim:
-        fairshare._MemoryRelease.__call__ = lambda self: None  # type: ignore[method-assign]
+        cpu.MEMORY.release = lambda: None
     argv = ["--demo"] if not args.checkpoint else ["--checkpoint", args.checkpoint, "--vocab", args.vocab]
     app = start_app(argv)
     cache = Path(gr.utils.get_upload_folder())

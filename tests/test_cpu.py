@@ -232,6 +232,32 @@ def test_keep_freed_memory_can_be_turned_off(monkeypatch):
     assert cpu._apply_mallopt() is False
 
 
+_RELEASE_SCRIPT = textwrap.dedent(
+    """
+    import json, torch
+    from tagger.engine import cpu
+
+    cpu.keep_freed_memory()
+    blocks = [torch.empty(8 * 2**20).fill_(1.0) for _ in range(8)]  # 8 x 32 MiB, then freed
+    del blocks
+    kept = cpu.rss_bytes()
+    cpu.release_memory()
+    print(json.dumps({"tuned": cpu.keep_freed_memory(), "kept": kept, "released": cpu.rss_bytes()}))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_release_memory_gives_back_what_was_kept():
+    proc = subprocess.run(
+        [sys.executable, "-c", _RELEASE_SCRIPT], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not result["tuned"]:
+        pytest.skip("not glibc")
+    assert result["kept"] - result["released"] > 200 * 2**20, result
+
+
 # ---------------------------------------------------------------------------------------------
 # The benchmark's baseline
 

@@ -386,18 +386,29 @@ def test_upload_budget_forgets_clients_after_the_window() -> None:
 
 
 def test_memory_is_returned_after_growth(monkeypatch) -> None:
+    # Every event ends in the engine's memory policy, which keeps a forward's working set
+    # (memory for the next forward) and releases once the process grew past its threshold.
     import tagger.web.fairshare as fairshare
+    from tagger.engine import cpu
 
     mib = 2**20
-    readings = iter([500 * mib, 600 * mib, 520 * mib, 530 * mib])  # baseline, grown, after trim, small growth
-    monkeypatch.setattr(fairshare, "rss_bytes", lambda: next(readings))
-    release = fairshare._MemoryRelease(64 * mib)
-    trims: list[int] = []
-    release.trim = lambda pad: trims.append(pad) or 1
-    release()  # +100 MiB: trimmed, and the new baseline read
-    assert trims == [0] and release.baseline == 520 * mib
-    release()  # +10 MiB: left alone
-    assert trims == [0]
+    readings = iter([500 * mib, 800 * mib, 1600 * mib, 520 * mib, 1500 * mib])
+    monkeypatch.setattr(cpu, "rss_bytes", lambda: next(readings))
+    policy = cpu.MemoryPolicy(growth_bytes=1024 * mib)  # baseline 500 MiB
+    released: list[int] = []
+    policy.release = lambda: released.append(1)
+    monkeypatch.setattr(fairshare, "MEMORY", policy)
+
+    def failing() -> None:
+        raise ValueError("bad image")
+
+    event, failing_event = fairshare._with_budget(lambda: "done", 10.0), fairshare._with_budget(failing, 10.0)
+    assert event() == "done" and released == []  # +300 MiB, a forward's working set: kept
+    with pytest.raises(ValueError):
+        failing_event()  # +1100 MiB: released, failed or not, and the new baseline read
+    assert released == [1] and policy.baseline == 520 * mib
+    event()  # +980 MiB since the release: kept
+    assert released == [1]
 
 
 def test_mcp_callers_have_sessions_of_their_own() -> None:

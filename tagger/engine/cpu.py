@@ -1,12 +1,11 @@
-"""CPU-only tuning: keep the allocator from churning pages, and the opt-in int8 precision.
+"""CPU-only tuning: one policy for the engine's memory, and the opt-in int8 precision.
 
-Two independent tools, both applied by ``Tagger`` when the model lives on the CPU:
-
-* ``keep_freed_memory`` tells glibc's malloc to keep large freed blocks in the process. By
-  default each activation buffer above the mmap threshold (128 KiB to 32 MiB) is a fresh
-  ``mmap`` that is unmapped when freed, so every forward faults every page of every large
-  activation in again (hundreds of thousands of minor faults per 512 px image, each one a
-  kernel entry and a page of zeroing). Kept blocks are reused from the heap instead.
+* **Memory**, one policy: what a forward freed is kept for the next (``keep_freed_memory``,
+  applied by ``Tagger`` to CPU models; by default each activation above the mmap threshold is
+  a fresh ``mmap``, so every forward faults its pages in again: hundreds of thousands of
+  faults per 512 px image). It goes back to the OS (``release_memory``) after an out-of-memory
+  error, and after a request (``MEMORY.after_request``, called by the web layer) that left
+  the process ``RELEASE_AFTER_GROWTH`` larger than at the last release.
 * ``quantize_linears`` replaces the backbone's ``nn.Linear`` modules by
   ``DynamicInt8Linear``: int8 weights (symmetric, one scale per output channel) and
   activations quantized per call (one scale per tensor), through the FBGEMM/oneDNN kernels
@@ -18,6 +17,7 @@ Two independent tools, both applied by ``Tagger`` when the model lives on the CP
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import platform
@@ -25,6 +25,7 @@ import resource
 import threading
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,16 +42,15 @@ INT8_LOAD_DTYPE = torch.bfloat16
 
 
 # --------------------------------------------------------------------------------------
-# Allocator
+# Memory
 # --------------------------------------------------------------------------------------
 
 # glibc <malloc.h> parameter numbers for mallopt().
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_MAX = -4
-# Keep up to this much free memory at the top of the heap before giving it back (mallopt
-# takes an int, so 2 GiB - 1 is the ceiling). The working set of one forward pass is what
-# stays: ~0.3 GiB for a 512 px image in fp32, ~2.5 GiB for four 1024 px images.
+# Keep up to this much free memory at the top of the heap (mallopt takes an int): the
+# release is ``MemoryPolicy``'s to decide.
 _TRIM_THRESHOLD_BYTES = 2**31 - 1
 # Threads other than the main one (Gradio's workers) allocate from 64 MiB heaps that glibc
 # unmaps as soon as they are empty, whatever the trim threshold, unless that much padding is
@@ -64,15 +64,11 @@ ENV_DISABLE = "TAGGER_KEEP_FREED_MEMORY"  # "0" leaves malloc's defaults alone
 def keep_freed_memory() -> bool:
     """Make glibc malloc serve large blocks from the heap and keep them after ``free``.
 
-    ``M_MMAP_MAX=0`` stops large blocks from being separate mappings (unmapped on free and
-    faulted in page by page on the next use); a high ``M_TRIM_THRESHOLD`` stops the main
-    heap's top being handed back, and ``M_TOP_PAD`` of a whole thread heap stops emptied
-    thread heaps being unmapped. Memory freed after a forward pass then stays in the process
-    for the next one: no churn left in the main thread; in other threads at least twice fewer
-    faults (an arena made before the setting may still return one block per pass; measured
-    in ``tests/test_cpu.py``). Process-wide and applied once; returns whether the
-    settings are in effect (False off glibc or when ``TAGGER_KEEP_FREED_MEMORY=0``).
-    """
+    ``M_MMAP_MAX=0``: large blocks are no separate mappings; ``M_TRIM_THRESHOLD``: the main
+    heap's top is not handed back; ``M_TOP_PAD`` of a whole thread heap: emptied thread heaps
+    are not unmapped. No churn is left in the main thread; in other threads at least twice
+    fewer faults (``tests/test_cpu.py``). Process-wide, applied once; returns whether the
+    settings are in effect (False off glibc or when ``TAGGER_KEEP_FREED_MEMORY=0``)."""
     with _ALLOCATOR_LOCK:
         if not _allocator_tuned:
             _allocator_tuned.append(_apply_mallopt())
@@ -82,11 +78,8 @@ def keep_freed_memory() -> bool:
 def _apply_mallopt() -> bool:
     if os.environ.get(ENV_DISABLE, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mallopt returns 1 on success, 0 on error.
@@ -97,9 +90,61 @@ def _apply_mallopt() -> bool:
     return ok
 
 
+def _libc_function(name: str) -> Any:  # a ctypes function, or None
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return getattr(ctypes.CDLL("libc.so.6"), name, None)
+
+
 def minor_page_faults() -> int:
     """Minor page faults of this process so far (``getrusage``), for before/after checks."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def rss_bytes() -> int | None:
+    """Resident memory of this process (Linux), or None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def release_memory() -> None:
+    """Give back now what nothing uses: unreachable objects, the CUDA cache, and the heap that
+    ``keep_freed_memory`` keeps (``malloc_trim``; the next forward faults its pages in again)."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    trim = _libc_function("malloc_trim")
+    if trim is not None:
+        trim(0)
+
+
+# More than one forward keeps (~0.3 GiB at 512 px in fp32), so back-to-back forwards keep theirs.
+RELEASE_AFTER_GROWTH = 1024 * 1024 * 1024
+
+
+class MemoryPolicy:
+    """When the memory kept between forwards goes back to the OS (``release``: ``release_memory``)."""
+
+    def __init__(self, growth_bytes: int = RELEASE_AFTER_GROWTH):
+        self.growth_bytes = growth_bytes
+        self.release: Callable[[], None] = release_memory
+        self.lock = threading.Lock()
+        self.baseline = rss_bytes()
+
+    def after_request(self) -> None:
+        """Release memory if the process grew ``growth_bytes`` since the last release."""
+        rss = rss_bytes()
+        if rss is None or self.baseline is None or rss - self.baseline < self.growth_bytes:
+            return
+        with self.lock:
+            self.release()
+            self.baseline = rss_bytes()
+
+
+MEMORY = MemoryPolicy()  # the process's one policy (the allocator is process-wide too)
 
 
 def prepare_cpu_model(model: nn.Module, dtype: torch.dtype) -> None:

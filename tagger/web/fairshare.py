@@ -23,8 +23,8 @@ request:
   queue (``/run/``) limited per client and overall, and an unreadable upload answered with
   a sentence instead of a server error. The partial files of an upload that fails (cut off,
   refused part-way) are removed at once (``remove_files_of_failed_uploads``).
-* **Memory**: after a request that grew the process, unused heap is returned to the system
-  (``release_memory``, glibc's ``malloc_trim``).
+* **Memory**: after every event, the engine's memory policy (``tagger.engine.cpu.MEMORY``)
+  decides whether memory goes back to the system.
 
 ``install(demo, limits)`` wires the queue side; ``RequestGuard`` goes into the app's
 middleware (``tagger.web.server.launch``). Every value is in ``FairShareLimits``; SECURITY.md
@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import functools
-import gc
 import hashlib
 import hmac
 import inspect
@@ -47,7 +44,6 @@ import json
 import logging
 import os
 import secrets
-import threading
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -61,6 +57,7 @@ from gradio import route_utils
 from starlette.requests import ClientDisconnect
 
 from tagger.datasets.intake import time_budget
+from tagger.engine.cpu import MEMORY
 
 log = logging.getLogger("tagger")
 
@@ -100,7 +97,6 @@ class FairShareLimits:
     unqueued_at_once: int = 2  # ... and in the whole app; more wait up to unqueued_wait_s
     unqueued_wait_s: float = 10.0
     proxy_hops: int = field(default_factory=_proxy_hops_from_env)
-    trim_after_growth_bytes: int = 64 * MiB  # release heap to the system once RSS grew this much
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,52 +171,16 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 # Time budget of an event
 
 
-def _with_budget(fn: Callable[..., Any], seconds: float, after: Callable[[], None]) -> Callable[..., Any]:
+def _with_budget(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             with time_budget(seconds):
                 return fn(*args, **kwargs)
         finally:
-            after()
+            MEMORY.after_request()
 
     return run
-
-
-# ---------------------------------------------------------------------------------------------
-# Memory
-
-
-class _MemoryRelease:
-    """``malloc_trim`` after requests that grew the process: the allocator keeps freed heap
-    (decoded images, activations) for reuse otherwise, and RSS stays at its peak."""
-
-    def __init__(self, growth_bytes: int):
-        self.growth_bytes = growth_bytes
-        self.lock = threading.Lock()
-        self.baseline = rss_bytes()
-        name = ctypes.util.find_library("c")
-        libc = ctypes.CDLL(name) if name else None
-        self.trim = getattr(libc, "malloc_trim", None)
-
-    def __call__(self) -> None:
-        rss = rss_bytes()
-        if rss is None or self.baseline is None or rss - self.baseline < self.growth_bytes:
-            return
-        with self.lock:
-            gc.collect()
-            if self.trim is not None:
-                self.trim(0)
-            self.baseline = rss_bytes()
-
-
-def rss_bytes() -> int | None:
-    """Resident memory of this process (Linux), or None."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,14 +300,13 @@ class FairQueue:
 
 def install(demo: gr.Blocks, limits: FairShareLimits, heavy_group: str) -> FairQueue:
     """Per-client limits on ``demo``'s queue (call after ``demo.queue()``), a time budget on
-    every event function, and memory released after big requests."""
-    release = _MemoryRelease(limits.trim_after_growth_bytes)
+    every event function, and the engine's memory policy after each."""
     remove_files_of_failed_uploads()
     for block_fn in demo.fns.values():
         fn = block_fn.fn
         if fn is None or inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
             continue
-        block_fn.fn = _with_budget(fn, limits.event_seconds, release)
+        block_fn.fn = _with_budget(fn, limits.event_seconds)
     return FairQueue(demo._queue, limits, heavy_group)
 
 

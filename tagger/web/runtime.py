@@ -15,7 +15,6 @@ in the calling process: the same sentence on ZeroGPU, a local GPU and the CPU.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from typing import TypeVar, cast
 import numpy as np
 import torch
 
+from tagger.engine.cpu import release_memory
 from tagger.engine.tagger import Tagger
 from tagger.errors import ModelRunError, TaggerError
 from tagger.features.pca import analyse
@@ -128,13 +128,6 @@ def _is_out_of_memory(error: BaseException) -> bool:
         return True
     # cuBLAS/cuDNN workspace allocations can fail as a plain RuntimeError.
     return isinstance(error, RuntimeError) and "out of memory" in str(error)
-
-
-def release_memory() -> None:
-    """Free what a failed model call left behind (its activations, the allocator's cache)."""
-    gc.collect()
-    if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 class ModelRunner:

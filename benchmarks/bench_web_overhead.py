@@ -1,0 +1,93 @@
+"""Web overhead: ``/tag`` through the app against the bare ``Tagger`` forward, same image, same process.
+
+``flock /tmp/heavy.lock .venv/bin/python benchmarks/bench_web_overhead.py [--runs 5] [--size 512] [--tiny]``
+
+The app runs in this process on loopback with the full-size random checkpoint
+(``benchmarks/cache``, written by ``bench_engine.ensure_files`` if absent; ``--tiny``: a tiny
+one, to check the script). Each round times one ``gradio_client`` call of ``/tag`` with a
+``--size`` px image and one bare forward of the app's own ``Tagger`` on the same file
+(``prepare`` + ``run``, in this thread), interleaved so that a change of machine load hits
+both; one warm-up round first. Prints both medians and their ratio (target ≤ 1.10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (ROOT, ROOT / "benchmarks", ROOT / "tests"):
+    sys.path.insert(0, str(_path))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+TARGET = 1.10
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="timed rounds after one warm-up round")
+    parser.add_argument("--size", type=int, default=512, help="the square image's side in pixels")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model: checks the script in seconds")
+    args = parser.parse_args()
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    import torch
+    from bench_engine import DEFAULT_CACHE, ensure_files
+    from PIL import Image
+
+    checkpoint = DEFAULT_CACHE.with_name("tiny_random.safetensors") if args.tiny else DEFAULT_CACHE
+    vocab, note = ensure_files(checkpoint, tiny=args.tiny)
+
+    from app_server import start_app
+    from gradio_client import Client, handle_file
+
+    image = Path(tempfile.mkdtemp(prefix="web-overhead-")) / "image.png"
+    Image.open(ROOT / "examples" / "astronaut.jpg").convert("RGB").resize((args.size, args.size)).save(image)
+    app = start_app(["--checkpoint", str(checkpoint), "--vocab", str(vocab)])
+    tagger = app.context.tagger
+    client = Client(app.url, verbose=False)
+
+    def web() -> None:
+        result = client.predict(handle_file(str(image)), api_name="/tag")
+        assert result["count"] > 0, result
+
+    def bare() -> None:
+        tagger.run([tagger.prepare(str(image), max_size=app.context.resolution(None))])
+
+    times: dict[str, list[float]] = {"web": [], "bare": []}
+    try:
+        for round_ in range(args.runs + 1):
+            for name, call in (("web", web), ("bare", bare)):
+                start = time.perf_counter()
+                call()
+                elapsed = time.perf_counter() - start
+                if round_:  # round 0 warms up
+                    times[name].append(elapsed)
+                print(f"round {round_} {name}: {elapsed:.2f} s, RSS {rss_mib():.0f} MiB", flush=True)
+    finally:
+        app.close()
+    web_s, bare_s = statistics.median(times["web"]), statistics.median(times["bare"])
+    ratio = web_s / bare_s
+    print(
+        f"\nmachine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.1f}; model: {note}\n"
+        f"{args.size} px, {args.runs} timed rounds: /tag {web_s:.2f} s (median; "
+        f"{min(times['web']):.2f}–{max(times['web']):.2f}), bare forward {bare_s:.2f} s "
+        f"({min(times['bare']):.2f}–{max(times['bare']):.2f}); ratio {ratio:.3f} "
+        f"({'≤' if ratio <= TARGET else '>'} {TARGET})"
+    )
+
+
+if __name__ == "__main__":
+    main()
