@@ -18,8 +18,9 @@ PNG, one that is not an image). It prints the child's RSS and the cache folder (
 every 30 s; everything refused or cut off must leave nothing. The baseline is taken after
 ``--warmup`` seconds of rounds (first calls, imports, caches), raw and after gc +
 ``malloc_trim(0)``; the run is flat when the trimmed RSS at the end is within ``--tolerance``
-MiB of it. ``--trace``: tracemalloc in the server from that baseline on, and at the end the
-20 largest live allocations made since, by traceback (Python objects vs native memory).
+MiB of it. Past the warm-up every row also gives the RSS after a trim: the slope (a plateau
+or steady growth). ``--trace``: tracemalloc in the server from that baseline on, and at the
+end the 20 largest live allocations made since, by traceback (Python objects vs native memory).
 """
 
 from __future__ import annotations
@@ -247,10 +248,9 @@ def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool) -> Non
         peak = max(peak, proc_rss_mib(child.pid))
         if elapsed >= next_row:
             next_row += 30
-            print(
-                f"| {elapsed:.0f} | {rounds} | {proc_rss_mib(child.pid):.0f} | "
-                + "{} | {:.2f} |".format(*folder_files(cache))
-            )
+            rss = proc_rss_mib(child.pid)
+            after = f" ({trimmed_rss():.0f} after trim)" if warm_trimmed else ""  # the slope, past the warm-up
+            print(f"| {elapsed:.0f} | {rounds} | {rss:.0f}{after} | " + "{} | {:.2f} |".format(*folder_files(cache)))
     time.sleep(2)  # the server notices the last cut-off upload
     end_rss, (end_files, end_mib) = proc_rss_mib(child.pid), folder_files(cache)
     print(f"| {time.perf_counter() - started:.0f} | {rounds} | {end_rss:.0f} | {end_files} | {end_mib:.2f} |")
