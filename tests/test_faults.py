@@ -258,7 +258,7 @@ def test_model_failure_costs_one_request(
 def test_runner_frees_memory_on_oom(tiny_tagger: Tagger, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = ModelRunner(tiny_tagger)
     collected: list[int] = []
-    monkeypatch.setattr("tagger.web.runtime.gc.collect", lambda *a: collected.append(1) or 0)
+    monkeypatch.setattr("tagger.engine.cpu.gc.collect", lambda *a: collected.append(1) or 0)
     monkeypatch.setattr(Tagger, "run", FailOnce(torch.cuda.OutOfMemoryError("CUDA out of memory")))
     pixels = [tiny_tagger.prepare(Image.new("RGB", (32, 32)))]
     with pytest.raises(ModelRunError, match="ran out of memory"):
