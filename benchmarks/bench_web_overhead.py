@@ -1,6 +1,8 @@
 """Web overhead: ``/tag`` through the app against the bare ``Tagger`` forward, same image, same process.
 
-``flock /tmp/heavy.lock .venv/bin/python benchmarks/bench_web_overhead.py [--runs 5] [--size 512] [--tiny]``
+``flock /tmp/heavy.lock .venv/bin/python benchmarks/bench_web_overhead.py [--runs 5] [--size 512] [--tiny]``;
+``--release-after 64`` runs it under the old rule (memory released after any request that grew
+the process by 64 MiB), to compare.
 
 The app runs in this process on loopback with the full-size random checkpoint
 (``benchmarks/cache``, written by ``bench_engine.ensure_files`` if absent; ``--tiny``: a tiny
@@ -39,6 +41,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed rounds after one warm-up round")
     parser.add_argument("--size", type=int, default=512, help="the square image's side in pixels")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model: checks the script in seconds")
+    parser.add_argument(
+        "--release-after", type=float, metavar="MIB", help="the memory policy's growth threshold (64: the old rule)"
+    )
     args = parser.parse_args()
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -51,6 +56,11 @@ def main() -> None:
 
     from app_server import start_app
     from gradio_client import Client, handle_file
+
+    from tagger.engine import cpu
+
+    if args.release_after is not None:
+        cpu.MEMORY.growth_bytes = int(args.release_after * 2**20)
 
     image = Path(tempfile.mkdtemp(prefix="web-overhead-")) / "image.png"
     Image.open(ROOT / "examples" / "astronaut.jpg").convert("RGB").resize((args.size, args.size)).save(image)
@@ -81,7 +91,8 @@ def main() -> None:
     ratio = web_s / bare_s
     print(
         f"\nmachine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"load average {os.getloadavg()[0]:.1f}; model: {note}\n"
+        f"load average {os.getloadavg()[0]:.1f}; model: {note}; release after "
+        f"{cpu.MEMORY.growth_bytes / 2**20:.0f} MiB of growth\n"
         f"{args.size} px, {args.runs} timed rounds: /tag {web_s:.2f} s (median; "
         f"{min(times['web']):.2f}–{max(times['web']):.2f}), bare forward {bare_s:.2f} s "
         f"({min(times['bare']):.2f}–{max(times['bare']):.2f}); ratio {ratio:.3f} "
