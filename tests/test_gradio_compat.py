@@ -46,10 +46,10 @@ def test_a_changed_signature_names_the_missing_parameter(monkeypatch: pytest.Mon
 
 
 def test_missing_attributes_and_texts_are_found() -> None:
-    gone = PrivateName("gradio.queueing", "Queue.no_such_attribute", "a feature", "attribute")
+    gone = PrivateName("gradio.queueing", "Queue.no_such_attribute", "a feature")
     assert missing(gone) == "has no gradio.queueing.Queue.no_such_attribute"
-    text = PrivateName("gradio.blocks", "no such phrase in Gradio's errors", "a feature", "text")
-    assert missing(text) == "no longer writes 'gradio.blocks.no such phrase in Gradio's errors'"
+    text = PrivateName("gradio.blocks", "no such phrase in Gradio's errors", "a feature", text=True)
+    assert missing(text) == "no longer writes 'no such phrase in Gradio's errors' in gradio.blocks"
     assert missing(PrivateName("gradio.no_such_module", "thing", "a feature")) == "has no gradio.no_such_module.thing"
 
 

@@ -47,104 +47,102 @@ ApiComponent = gradio.components.api_component.Api  # what gr.api makes for each
 
 @dataclass(frozen=True)
 class PrivateName:
-    """One thing of Gradio's (or of a package it brings) the app relies on.
-
-    ``kind``: ``"callable"`` (a function, class or method; ``params`` it must take), ``"attribute"``
-    (of the class or assigned to ``self`` in its source), or ``"text"`` (``name`` is a phrase of
-    the module's source that the app reads in Gradio's error messages)."""
+    """One thing of Gradio's (or of a package it brings) that the app relies on: a function,
+    class, method or attribute (of the class, or assigned to ``self`` in its source) with the
+    ``params`` it must take; or, ``text``, a phrase of the module's source (of Gradio's messages)."""
 
     module: str
-    name: str  # "Class.attribute", "function", or the phrase of a "text" entry
+    name: str  # "Class.attribute", "function", or the phrase
     needed_by: str
-    kind: str = "callable"
     params: tuple[str, ...] = ()
+    text: bool = False
+
+
+def _uses(needed_by: str, module: str, *names: str) -> tuple[PrivateName, ...]:
+    """``names``: "Class.name", "function", "name(param, ...)" (parameters relied on), '"phrase"'."""
+    found = []
+    for name in names:
+        name, _, params = name.rstrip(")").partition("(")
+        text = name.startswith('"')
+        found.append(PrivateName(module, name.strip('"'), needed_by, tuple(re.findall(r"\w+", params)), text))
+    return tuple(found)
 
 
 _QUEUE = "tagger.web.fairshare's per-client queue limits and round-robin order"
-_BUDGET = "tagger.web.fairshare's time budget per event"
 _UPLOADS = "tagger.web.fairshare's removal of the partial files of failed uploads"
 _ERRORS = "tagger.web.server's readable errors for malformed API calls"
-_SWEEP = "tagger.web.tempfiles's cache sweeps"
 _URLS = "tagger.web.inputs's limits on URL downloads"
 _SCHEMA = "tagger.web.endpoints's parameter schemas and descriptions"
 _MCP = "tagger.web.mcp's file, caller and error handling of MCP tool calls"
 
 PRIVATE_NAMES: tuple[PrivateName, ...] = (
-    PrivateName("gradio.blocks", "Blocks._queue", _QUEUE, "attribute"),
-    PrivateName("gradio.queueing", "Queue.push", _QUEUE, params=("body", "request", "username")),
-    PrivateName("gradio.queueing", "Queue.event_queue_per_concurrency_id", _QUEUE, "attribute"),
-    PrivateName("gradio.queueing", "Queue.active_jobs", _QUEUE, "attribute"),
-    PrivateName("gradio.queueing", "Queue.blocks", _QUEUE, "attribute"),
-    PrivateName("gradio.data_classes", "PredictBodyInternal.fn_index", _QUEUE, "attribute"),
-    PrivateName("gradio.data_classes", "PredictBodyInternal.session_hash", _QUEUE, "attribute"),
-    PrivateName("gradio.queueing", "EventQueue.queue", _QUEUE, "attribute"),
-    PrivateName("gradio.queueing", "Event.request", _QUEUE, "attribute"),
-    PrivateName("gradio.queueing", "Event.session_hash", _QUEUE, "attribute"),
-    PrivateName("gradio.queueing", "Event.concurrency_id", _QUEUE, "attribute"),
-    PrivateName("gradio.blocks", "Blocks.fns", _BUDGET, "attribute"),
-    PrivateName("gradio.blocks", "BlockFunction.fn", _BUDGET, "attribute"),
-    PrivateName("gradio.blocks", "BlockFunction.concurrency_id", _QUEUE, "attribute"),
-    PrivateName("gradio.route_utils", "GradioMultiPartParser.parse", _UPLOADS),
-    PrivateName("gradio.route_utils", "GradioMultiPartParser._files_to_close_on_error", _UPLOADS, "attribute"),
-    PrivateName("gradio.blocks", "Blocks.validate_inputs", _ERRORS, params=("block_fn", "inputs")),
-    PrivateName("gradio.blocks", "Blocks.preprocess_data", _ERRORS, params=("block_fn", "inputs")),
-    PrivateName("gradio.blocks", "Blocks.postprocess_data", _ERRORS),
-    PrivateName("gradio.blocks", "BlockFunction.inputs", _ERRORS, "attribute"),
-    PrivateName("gradio.blocks", "component at index", _ERRORS, "text"),
-    PrivateName("gradio.exceptions", "InvalidPathError", _ERRORS),
-    PrivateName("gradio.blocks", "Blocks.temp_file_sets", _SWEEP, "attribute"),
-    PrivateName("gradio.blocks", "Block.keep_in_cache", _SWEEP, "attribute"),
-    PrivateName("gradio.utils", "get_upload_folder", _SWEEP),
-    PrivateName("gradio.components.base", "Component.move_resource_to_block_cache", _URLS),
-    PrivateName("gradio.components.base", "Component.async_move_resource_to_block_cache", _URLS),
-    PrivateName("gradio.blocks", "Block.GRADIO_CACHE", _URLS, "attribute"),
-    PrivateName("gradio.blocks", "Block.temp_files", _URLS, "attribute"),
-    PrivateName("gradio.utils", "NamedString", "tagger.web.inputs's SafeFile (no empty file per request)"),
-    PrivateName("gradio.component_meta", "create_or_modify_pyi", "tagger.web.inputs (no .pyi files in the sources)"),
-    PrivateName("gradio.components.api_component", "Api", "tagger.web.inputs's SafeApi (URL limits of gr.api)"),
-    PrivateName("gradio.components.api_component", "Api._api_info", _SCHEMA, "attribute"),
-    PrivateName("gradio.context", "get_blocks_context", _SCHEMA),
-    PrivateName("gradio.blocks", "BlocksConfig.blocks", _SCHEMA, "attribute"),
-    PrivateName("gradio.utils", "get_function_description", _SCHEMA),
-    PrivateName("gradio.data_classes", "ImageData", _SCHEMA),
-    PrivateName("gradio_client.utils", "json_schema_to_python_type", _SCHEMA),
-    PrivateName("gradio.blocks", "Blocks.mcp_server_obj", _MCP, "attribute"),
-    PrivateName("gradio.mcp", "GradioMCPServer._prepare_tool_call_args", _MCP, params=("name", "arguments")),
-    PrivateName("gradio.mcp", "GradioMCPServer._execute_tool_without_progress", _MCP),
-    PrivateName("gradio.mcp", "GradioMCPServer._execute_tool_with_progress", _MCP),
-    PrivateName("gradio.mcp", "GradioMCPServer.mcp_server", _MCP, "attribute"),
-    PrivateName("gradio.mcp", "GradioMCPServer.tool_to_endpoint", _MCP, "attribute"),
-    PrivateName("gradio.mcp", "GradioMCPServer.get_block_fn_from_endpoint_name", _MCP),
-    PrivateName("mcp.server.lowlevel.server", "Server.request_context", _MCP, "attribute"),
-    PrivateName("gradio_client.utils", "QueueError", _MCP),
+    *_uses(_QUEUE, "gradio.blocks", "Blocks._queue", "BlockFunction.concurrency_id"),
+    *_uses(_QUEUE, "gradio.queueing", "Queue.push(body, request, username)", "Queue.active_jobs", "Queue.blocks"),
+    *_uses(_QUEUE, "gradio.queueing", "Queue.event_queue_per_concurrency_id", "EventQueue.queue"),
+    *_uses(_QUEUE, "gradio.queueing", "Event.request", "Event.session_hash", "Event.concurrency_id"),
+    *_uses(_QUEUE, "gradio.data_classes", "PredictBodyInternal.fn_index", "PredictBodyInternal.session_hash"),
+    *_uses("tagger.web.fairshare's time budget per event", "gradio.blocks", "Blocks.fns", "BlockFunction.fn"),
+    *_uses(
+        _UPLOADS, "gradio.route_utils", "GradioMultiPartParser.parse", "GradioMultiPartParser._files_to_close_on_error"
+    ),
+    *_uses(
+        _ERRORS, "gradio.blocks", "Blocks.validate_inputs(block_fn, inputs)", "Blocks.preprocess_data(block_fn, inputs)"
+    ),
+    *_uses(_ERRORS, "gradio.blocks", "Blocks.postprocess_data", "BlockFunction.inputs", '"component at index"'),
+    *_uses(_ERRORS, "gradio.exceptions", "InvalidPathError"),
+    *_uses("tagger.web.tempfiles's cache sweeps", "gradio.blocks", "Blocks.temp_file_sets", "Block.keep_in_cache"),
+    *_uses(_URLS, "gradio.components.base", "Component.move_resource_to_block_cache(url_or_file_path)"),
+    *_uses(_URLS, "gradio.components.base", "Component.async_move_resource_to_block_cache(url_or_file_path)"),
+    *_uses(_URLS, "gradio.blocks", "Block.GRADIO_CACHE", "Block.temp_files"),
+    *_uses("tagger.web.inputs's SafeFile (no empty file per request)", "gradio.utils", "NamedString"),
+    *_uses("tagger.web.inputs (no .pyi files in the sources)", "gradio.component_meta", "create_or_modify_pyi"),
+    *_uses(_URLS + " in gr.api endpoints", "gradio.components.api_component", "Api"),
+    *_uses(_SCHEMA, "gradio.components.api_component", "Api._api_info"),
+    *_uses(_SCHEMA, "gradio.context", "get_blocks_context"),
+    *_uses(_SCHEMA, "gradio.blocks", "BlocksConfig.blocks"),
+    *_uses(_SCHEMA, "gradio.utils", "get_function_description", "get_upload_folder"),
+    *_uses(_SCHEMA, "gradio.data_classes", "ImageData"),
+    *_uses(_SCHEMA, "gradio_client.utils", "json_schema_to_python_type"),
+    *_uses(_MCP, "gradio.blocks", "Blocks.mcp_server_obj"),
+    *_uses(_MCP, "gradio.mcp", "GradioMCPServer._prepare_tool_call_args(name, arguments)"),
+    *_uses(_MCP, "gradio.mcp", "GradioMCPServer._execute_tool_without_progress", "GradioMCPServer.mcp_server"),
+    *_uses(_MCP, "gradio.mcp", "GradioMCPServer._execute_tool_with_progress", "GradioMCPServer.tool_to_endpoint"),
+    *_uses(_MCP, "gradio.mcp", "GradioMCPServer.get_block_fn_from_endpoint_name"),
+    *_uses(_MCP, "mcp.server.lowlevel.server", "Server.request_context"),
+    *_uses(_MCP, "gradio_client.utils", "QueueError"),
 )
 
 
 def missing(entry: PrivateName) -> str | None:
-    """None if the installed Gradio has ``entry`` as the app uses it, else a sentence naming it."""
+    """None if the installed Gradio has ``entry`` as the app uses it, else what it lacks."""
     where = f"{entry.module}.{entry.name}"
     try:
         module = importlib.import_module(entry.module)
-        if entry.kind == "text":
-            return None if entry.name in inspect.getsource(module) else f"no longer writes '{where}'"
-        owner_name, _, attribute = entry.name.rpartition(".")
-        owner: Any = functools.reduce(getattr, owner_name.split(".") if owner_name else [], module)
+        if entry.text:
+            return (
+                None
+                if entry.name in inspect.getsource(module)
+                else f"no longer writes '{entry.name}' in {entry.module}"
+            )
+        *owners, attribute = entry.name.split(".")
+        owner: Any = functools.reduce(getattr, owners, module)
     except (ImportError, AttributeError, OSError, TypeError):
         return f"has no {where}"
-    if entry.kind == "attribute":
-        assigned = any(f"self.{attribute}" in _source(cls) for cls in inspect.getmro(owner) if cls is not object)
-        field = attribute in getattr(owner, "model_fields", {})  # pydantic
-        return None if hasattr(owner, attribute) or assigned or field else f"has no {where}"
     found = getattr(owner, attribute, None)
-    if not callable(found):
-        return f"has no {where}" if found is None else f"has {where}, but it is not callable"
-    absent = [p for p in entry.params if p not in inspect.signature(found).parameters]
+    fields = getattr(owner, "model_fields", {})  # pydantic
+    if found is None and attribute not in fields and not any(f"self.{attribute}" in _source(c) for c in _mro(owner)):
+        return f"has no {where}"
+    absent = [p for p in entry.params if found is None or p not in inspect.signature(found).parameters]
     return f"has {where}, but without the parameter(s) {', '.join(absent)}" if absent else None
 
 
 def sentence(entry: PrivateName, problem: str) -> str:
     """``gradio 7.0 has no gradio.queueing.Queue.push: <the feature> cannot hook in.``"""
     return f"gradio {gr.__version__} {problem}: {entry.needed_by} cannot hook in."
+
+
+def _mro(owner: Any) -> tuple[type, ...]:
+    return inspect.getmro(owner)[:-1] if inspect.isclass(owner) else ()
 
 
 def _source(cls: type) -> str:
