@@ -36,7 +36,7 @@ from tagger.web.tempfiles import CacheKeeper
 
 log = logging.getLogger("tagger")
 # The example images: examples/ of a checkout, installed as the package's tagger/examples/ (pyproject.toml).
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # tagger/
 EXAMPLES_DIR = next(
     (d for d in (_PACKAGE_DIR / "examples", _PACKAGE_DIR.parent / "examples") if d.is_dir()), _PACKAGE_DIR / "examples"
 )
