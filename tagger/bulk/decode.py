@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -230,7 +230,7 @@ class DecodePool:
         if generation != self._generation:  # submitted to a pool that has died since
             work = self._submit(record)
         try:
-            return decoded_from(record, work.result())  # type: ignore[union-attr]  # the pool is running: a Future
+            return decoded_from(record, cast(Future, work).result())  # the pool is running: a Future
         except BrokenProcessPool:
             pass
         # A worker died (a decoder crash on a hostile file, or the OOM killer), and the images
@@ -239,7 +239,7 @@ class DecodePool:
         log.warning("A decoding worker died; restarting the decoders (at %s)", record.path)
         self._restart()
         try:
-            return decoded_from(record, self._submit(record).result())  # type: ignore[union-attr]  # as above
+            return decoded_from(record, cast(Future, self._submit(record)).result())  # as above
         except BrokenProcessPool:
             self._restart()
             return Decoded(record, None, error=f"Could not read {record.path}: decoding it crashed the decoder.")
@@ -260,7 +260,7 @@ class DecodePool:
                 return
             item, work, generation = pending.popleft()
             # work is None only for what is not a Record.
-            yield self._result(item, work, generation) if isinstance(item, Record) else item  # type: ignore[arg-type]
+            yield self._result(item, work, generation) if isinstance(item, Record) and work is not None else item
 
 
 _END = object()

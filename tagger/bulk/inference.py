@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ def padding_source(tagger: Tagger | type[Tagger]) -> str:
 def batches_by_tokens(items: Sequence[Decoded], batch_size: int, patch: int) -> list[list[Decoded]]:
     """Decoded images (errors left out) sorted by token count and shape, cut into batches."""
     good = [d for d in items if d.pixels is not None]  # the comprehension does not narrow d.pixels
-    good.sort(key=lambda d: (d.tokens(patch), tuple(d.pixels.shape), d.record.index))  # type: ignore[union-attr]
+    good.sort(key=lambda d: (d.tokens(patch), tuple(cast(torch.Tensor, d.pixels).shape), d.record.index))
     return [good[i : i + batch_size] for i in range(0, len(good), batch_size)]
 
 
@@ -142,7 +143,7 @@ def _row(
 def score_batch(tagger: Tagger, batch: Sequence[Decoded], descriptors: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """The model, once over ``batch`` (decoded images without errors): probabilities, descriptors."""
     # Every item of a batch has pixels (batches_by_tokens leaves the errors out).
-    return probabilities_and_descriptors(tagger, [item.pixels for item in batch], descriptors)  # type: ignore[misc]
+    return probabilities_and_descriptors(tagger, cast(list[torch.Tensor], [item.pixels for item in batch]), descriptors)
 
 
 def batch_rows(

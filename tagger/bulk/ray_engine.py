@@ -24,6 +24,7 @@ Hub access: each actor resolves them like the local engine).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import warnings
@@ -49,9 +50,9 @@ from tagger.errors import BulkError
 from tagger.tags.options import TagOptions
 
 try:
-    from ray.data import Datasink
+    Datasink: Any = importlib.import_module("ray.data").Datasink
 except ImportError:  # the extra is not installed: run_ray says how to get it
-    Datasink = object  # type: ignore[assignment,misc]  # a stand-in base class, never instantiated
+    Datasink = object  # a stand-in base class, never instantiated
 
 DECODE_BATCH = 16
 # CPUs a GPU actor reserves: the thread feeding the GPU and the one formatting rows. Without a

@@ -170,13 +170,13 @@ class TagOptions:
     selection: Selection = field(init=False, repr=False, compare=False)
 
     @classmethod
-    def from_values(cls, **values: object) -> TagOptions:
+    def from_values(cls, **values: Any) -> TagOptions:
         """Options from UI or API values; ``None`` (what a raw REST call may send) means the default."""
         unknown = set(values) - set(OPTION_NAMES)
         if unknown:
             raise SelectionError(f"Unknown option {sorted(unknown)[0]!r}; the options are {', '.join(OPTION_NAMES)}.")
         # The values are untyped here: the endpoints check their types, __post_init__ and Selection their values.
-        return cls(**{name: value for name, value in values.items() if value is not None})  # type: ignore[arg-type]
+        return cls(**{name: value for name, value in values.items() if value is not None})
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

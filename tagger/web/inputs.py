@@ -23,17 +23,12 @@ import binascii
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import gradio as gr
-import gradio.component_meta
-import gradio.components.api_component
-from gradio.components.api_component import Api
-from gradio.data_classes import FileData
-from gradio.utils import NamedString, get_upload_folder
+from gradio import FileData
 
 from tagger.engine.preprocess import FORMAT_NAMES, WEB_FORMAT_MAX_PIXELS, WEB_MAX_IMAGE_PIXELS, image_header
 from tagger.errors import FetchError, UploadError, shorten
@@ -45,6 +40,15 @@ from tagger.fetch import (
     format_size,
     is_url,
     public_only,
+)
+from tagger.web.gradio_compat import (
+    ApiComponent,
+    NamedString,
+    api_components_as,
+    cache_folder,
+    get_upload_folder,
+    no_stub_files,
+    register_cached_file,
 )
 
 __all__ = [
@@ -79,9 +83,6 @@ class _SafeDownloads(_MixedInto):
     def _check_pixels(self, path: str, shown: str | None) -> str:
         return check_web_pixels(path, shown, self.max_pixels)
 
-    GRADIO_CACHE: str
-    temp_files: set[str]
-
     def _limits(self) -> tuple[int, float]:
         """(bytes, seconds) for one download."""
         return self.max_download_bytes, self.download_timeout
@@ -92,13 +93,12 @@ class _SafeDownloads(_MixedInto):
         max_bytes, timeout = self._limits()
         path = fetch_url(
             url,
-            Path(self.GRADIO_CACHE) / "fetched",
+            Path(cache_folder(self)) / "fetched",
             max_bytes=max_bytes,
             timeout=timeout,
             policy=self.address_policy,
         )
-        # Registered like Gradio's own downloads, so cache clean-up (delete_cache, close) removes it.
-        self.temp_files.add(str(path))
+        register_cached_file(self, str(path))
         return str(path)
 
     def _fetch(self, url: str) -> str:
@@ -140,19 +140,7 @@ def _for_format(name: str) -> str:
     return f" for {FORMAT_NAMES.get(name, name)} images" if name in WEB_FORMAT_MAX_PIXELS else ""
 
 
-@contextlib.contextmanager
-def _no_stub_files() -> Iterator[None]:
-    # Gradio writes a .pyi next to the source of every Component subclass it sees defined
-    # (meant for custom-component packages); here it would only litter the source tree.
-    generate = gradio.component_meta.create_or_modify_pyi
-    gradio.component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        gradio.component_meta.create_or_modify_pyi = generate
-
-
-with _no_stub_files():
+with no_stub_files():
 
     class SafeImage(_SafeDownloads, gr.Image):
         """``gr.Image`` whose URL downloads are limited and which, as a file path input, hands the
@@ -187,10 +175,10 @@ with _no_stub_files():
                 data = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):
                 raise gr.Error("The image data URL is not valid base64.", print_exception=False) from None
-            folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=Path(self.GRADIO_CACHE)))
+            folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=Path(cache_folder(self))))
             path = folder / "image"
             path.write_bytes(data)
-            self.temp_files.add(str(path))
+            register_cached_file(self, str(path))
             return str(path)
 
     class SafeFile(_SafeDownloads, gr.File):
@@ -211,7 +199,7 @@ with _no_stub_files():
                     return NamedString(payload.path)
             return super().preprocess(payload)
 
-    class SafeApi(_SafeDownloads, Api):
+    class SafeApi(_SafeDownloads, ApiComponent):
         """The component ``gr.api`` makes for each parameter and result, with URL downloads
         through ``fetch_url`` and the limits of ``SafeFile`` (one setting for every file input)."""
 
@@ -230,17 +218,9 @@ with _no_stub_files():
             return self.example if self.example is not None else super().example_payload()
 
 
-@contextlib.contextmanager
-def safe_api_components() -> Iterator[None]:
+def safe_api_components() -> contextlib.AbstractContextManager[None]:
     """Within it, ``gr.api`` builds its parameters and results as ``SafeApi`` components."""
-    module = gradio.components.api_component
-    original = module.Api
-    # Swapping a module's class is what this does; mypy allows no assignment to a class name.
-    module.Api = SafeApi  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        module.Api = original  # type: ignore[misc]
+    return api_components_as(SafeApi)
 
 
 def received_path(payload: object) -> str | None:

@@ -303,7 +303,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
     )
 
     def more_scores(scored: ScoredImage | None, evt: gr.EventData) -> dict:
-        floor = getattr(evt, "_data", {}).get("floor")
+        floor = getattr(evt, "floor", None)  # the page sends {floor}
         if scored is None or not isinstance(floor, (int, float)):
             return gr.skip()
         return page_payload(ctx, scored, floor)
