@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from tagger.engine.vocab import Vocabulary  # noqa: E402
 from tagger.tags.options import TagOptions  # noqa: E402
-from tagger.tags.results import select_tags  # noqa: E402
+from tagger.tags.selection import select_tags  # noqa: E402
 from tagger.web.tabs.tag import lookup_rows  # noqa: E402
 
 

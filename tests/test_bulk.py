@@ -17,7 +17,7 @@ from support import image_bytes
 from tagger.bulk.resume import options_hash
 from tagger.datasets.batch import ImageResult, run_batch
 from tagger.tags.options import TagOptions
-from tagger.tags.results import select_tags
+from tagger.tags.selection import select_tags
 
 NAMES = ["cats/a.png", "cats/b.jpg", "dogs/c.png", "dogs/d.png", "e.png"]
 

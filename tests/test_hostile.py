@@ -67,8 +67,9 @@ from tagger.engine.tagger import Tagger
 from tagger.engine.vocab import CATEGORIES, Vocabulary
 from tagger.errors import TimeBudgetError, UploadError
 from tagger.fetch import FetchError, address_problem, fetch_url
+from tagger.tags.formats import tag_string
 from tagger.tags.options import MODES, OPTION_FIELDS, OPTION_NAMES, ORDERS, TagOptions
-from tagger.tags.results import Selection, SelectionError, select_tags, tag_string
+from tagger.tags.selection import Selection, SelectionError, select_tags
 from tagger.web.inputs import SafeFile, SafeImage, _SafeDownloads
 from tagger.web.server import MAX_FILE_SIZE
 

@@ -20,7 +20,8 @@ from tagger.engine.vocab import Vocabulary
 from tagger.errors import RelationsError, SelectionError
 from tagger.tags.options import TagOptions
 from tagger.tags.relations import Relations, attach, load_relations, read_pairs, resolve_source, sources_from_env
-from tagger.tags.results import Selection, page_scores, select_tags
+from tagger.tags.selection import Selection, select_tags
+from tagger.web.page_scores import page_scores
 
 # e621 category ids as the vocabulary file stores them (shifted by +1 when loaded).
 GENERAL, ARTIST, SPECIES = 0, 1, 5

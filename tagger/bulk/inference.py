@@ -27,7 +27,7 @@ from tagger.bulk.outputs import TagRow
 from tagger.datasets.batch import ImageResult
 from tagger.engine.tagger import Tagger
 from tagger.tags.options import TagOptions
-from tagger.tags.results import select_tags
+from tagger.tags.selection import select_tags
 
 EMPTY_IDS = np.zeros(0, dtype=np.int32)
 EMPTY_SCORES = np.zeros(0, dtype=np.float32)

@@ -38,8 +38,9 @@ import torch
 from tagger.datasets.intake import BatchInputs, BatchItem, BatchLimits, collect_inputs
 from tagger.engine.vocab import Vocabulary
 from tagger.errors import ImageError, UploadError
+from tagger.tags.formats import tags_as_dicts
 from tagger.tags.options import TagOptions
-from tagger.tags.results import TagScore, select_tags, tags_as_dicts
+from tagger.tags.selection import TagScore, select_tags
 
 log = logging.getLogger("tagger")
 

@@ -21,7 +21,7 @@ from tagger.engine.model import Pixels, TaggerModel
 from tagger.engine.preprocess import ImageSource, Preprocessor, normalise
 from tagger.engine.vocab import Vocabulary
 from tagger.engine.weights import load_model
-from tagger.tags.results import Selection, TagScore, select_tags
+from tagger.tags.selection import Selection, TagScore, select_tags
 
 log = logging.getLogger("tagger")
 
