@@ -1,8 +1,8 @@
 """DINOv3 ViT-H/16+ booru tagger: model, loader, preprocessing, prediction and formatting.
 
-Data flows one way: decode → preprocess (``tagger.engine.preprocess``) → model (``tagger.engine.model``,
-weights from ``tagger.engine.weights``) → scores (``tagger.engine.tagger``) → select / format
-(``tagger.tags.selection``, ``tagger.tags.formats``) → UI, API or CLI.
+Data flows one way: decode (``tagger.engine.decode``) → preprocess (``tagger.engine.preprocess``)
+→ model (``tagger.engine.model``, weights from ``tagger.engine.weights``) → scores
+(``tagger.engine.tagger``) → select / format (``tagger.tags.selection``, ``tagger.tags.formats``) → UI, API or CLI.
 """
 
 from tagger.engine.model import TaggerConfig, TaggerModel

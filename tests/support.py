@@ -86,7 +86,8 @@ _DECODE_CHILD = r"""
 import io, json, os, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 from PIL import Image
-from tagger.engine.preprocess import load_image, preprocess, target_size
+from tagger.engine.decode import load_image
+from tagger.engine.preprocess import preprocess, target_size
 path, how = sys.argv[2], sys.argv[3]
 fit = lambda w, h: target_size(w, h, 1024, 16)
 with Image.open(path) as probe:

@@ -25,7 +25,7 @@ from typing import IO, BinaryIO
 
 from PIL import Image
 
-from tagger.engine.preprocess import WEB_MAX_IMAGE_PIXELS, image_header
+from tagger.datasets.pixel_caps import WEB_MAX_IMAGE_PIXELS, web_image_header, web_limit
 from tagger.errors import ImageError, TimeBudgetError, UploadError
 
 
@@ -333,11 +333,11 @@ class BatchInputs:
 
     def _count_pixels(self, item: BatchItem, data: bytes) -> None:
         """The pixel caps, from the image's header: one image, and the request's budget."""
-        header = image_header(data)
+        header = web_image_header(data)
         if header is None:
             return  # not an image: the decoder says so in its own words
         pixels, limits = header.pixels, self.limits
-        limit = header.web_limit(limits.max_image_pixels)
+        limit = web_limit(header, limits.max_image_pixels)
         if pixels > limit:
             raise ImageError(
                 f"Could not read {item.name}: {header.describe()}, more than the limit of {limit:,} per image."
