@@ -294,9 +294,9 @@ def test_memory_stays_bounded_by_the_chunk(tiny_tagger: Tagger, tmp_path: Path) 
         nonlocal alive
         alive -= 1
 
-    def prepare(data: bytes) -> torch.Tensor:
+    def prepare(data: bytes, *, name: str | None = None) -> torch.Tensor:
         nonlocal alive, peak
-        pixels = tiny_tagger.prepare(data)
+        pixels = tiny_tagger.prepare(data, name=name)
         alive += 1
         peak = max(peak, alive)
         weakref.finalize(pixels, released)

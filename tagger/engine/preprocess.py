@@ -10,6 +10,7 @@ multiples of the patch size, never upscaled) with Lanczos resampling → uint8 `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -108,6 +109,13 @@ def image_to_pixels(
         name=name,
     )
     return resize(image, max_size, patch)
+
+
+class Prepare(Protocol):
+    """Decode and resize one image (``Tagger.prepare``, a ``Preprocessor``); ``name`` is what
+    error sentences call it."""
+
+    def __call__(self, source: ImageSource, /, *, name: str | None = None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
