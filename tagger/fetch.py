@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, TypeAlias, TypeGuard
 from urllib.parse import unquote, urljoin, urlsplit
 
-from tagger.errors import FetchError
+from tagger.errors import FetchError, shorten
 
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
@@ -215,8 +215,8 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection)
         self._deadline.watch(self.sock)
 
 
-def _shown(url: str, limit: int = 120) -> str:
-    return url if len(url) <= limit else url[: limit - 1] + "…"
+def _shown(url: str) -> str:
+    return shorten(url, 120)
 
 
 @dataclass(frozen=True)

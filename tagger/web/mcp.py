@@ -46,8 +46,9 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 
+from tagger.errors import format_bytes
 from tagger.fetch import MAX_DOWNLOAD_BYTES
-from tagger.web.fairshare import UploadBudget, _TooLarge, client_key, format_bytes, mcp_caller
+from tagger.web.fairshare import UploadBudget, _TooLarge, client_key, mcp_caller
 
 log = logging.getLogger("tagger")
 
