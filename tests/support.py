@@ -148,3 +148,16 @@ def decode_in_fresh_process(
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def patch_features(tagger, pixels) -> list[np.ndarray]:
+    """Final-norm patch tokens of each image as float32 ``[h, w, C]``, batched as ``Tagger.run``:
+    what ``tagger.features.pca.analyse`` computes its PCA from."""
+    import torch
+
+    out: list[np.ndarray] = [np.empty(0)] * len(pixels)
+    with torch.inference_mode():
+        for idx, images in tagger.batches(pixels):
+            for grid, i in zip(tagger.model.patch_grids(tagger.model.tokens(images), images), idx, strict=True):
+                out[i] = grid.float().cpu().numpy()
+    return out

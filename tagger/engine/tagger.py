@@ -271,6 +271,16 @@ class Tagger:
         """Descriptors ``[B, descriptor_dim]`` (CLS + registers after the final norm, float32)."""
         return self._forward(pixels, self.model.descriptor, self.model.config.descriptor_dim)
 
+    def run_with_descriptors(self, pixels: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """``run`` and ``run_descriptors`` from one forward pass: the model's forward is
+        head(descriptor(x)), the head computing in float32 from the float32 descriptor that
+        ``run_descriptors`` returns, so these are the same numbers."""
+        features = self.run_descriptors(pixels)
+        with torch.inference_mode():
+            logits = self.model.head(torch.from_numpy(features).to(self.device))
+            probabilities = torch.sigmoid(logits).float().cpu().numpy()
+        return probabilities, features
+
     # -- convenience ----------------------------------------------------------------------
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
         """Float32 probability matrix ``[B, num_tags]`` for the images, in input order."""
