@@ -778,8 +778,8 @@ def test_fetch_follows_allowed_redirects(allow_server: LocalServer, tmp_path: Pa
         ("/redirect-file", "redirects to file:///etc/passwd, and only http and https URLs are allowed"),
         ("/redirect-chain/3", "redirects more than 3 times"),
         ("/redirect-empty", "without saying where"),
-        ("/big", "larger than the limit of 1 MB"),
-        ("/big-declared", "larger than the limit of 1 MB"),
+        ("/big", "larger than the limit of 1 MiB"),
+        ("/big-declared", "larger than the limit of 1 MiB"),
         ("/page", "web page, not an image"),
         ("/missing", "answered 404"),
         ("/empty", "empty file"),
@@ -942,7 +942,7 @@ def test_api_fetches_allowed_url(allow_server: LocalServer, client: Client, good
     [
         ("/redirect-private", "10.0.0.1 is not a public internet address"),
         ("/redirect-metadata", "cloud metadata service"),
-        ("/big", "larger than the limit of 1 MB"),
+        ("/big", "larger than the limit of 1 MiB"),
         ("/trickle", "took longer than 1 s"),
     ],
 )

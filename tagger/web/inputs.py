@@ -42,13 +42,12 @@ from tagger.datasets.pixel_caps import (
     web_image_header,
     web_limit,
 )
-from tagger.errors import FetchError, UploadError, shorten
+from tagger.errors import FetchError, UploadError, format_bytes, shorten
 from tagger.fetch import (
     DOWNLOAD_TIMEOUT_S,
     MAX_DOWNLOAD_BYTES,
     AddressPolicy,
     fetch_url,
-    format_size,
     is_url,
     public_only,
 )
@@ -186,7 +185,7 @@ with _no_stub_files():
             encoded = url.partition(",")[2]
             if len(encoded) > (self.max_download_bytes * 4) // 3 + 4:
                 raise gr.Error(
-                    f"The image data is larger than the limit of {format_size(self.max_download_bytes)}.",
+                    f"The image data is larger than the limit of {format_bytes(self.max_download_bytes)}.",
                     print_exception=False,
                 )
             try:
