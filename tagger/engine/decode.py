@@ -322,8 +322,6 @@ def _reduce_while_decoding(
     if factor < 2 or len(getattr(image, "tile", ())) != 1:
         return None
     width, height = image.size
-    if image.format != "JPEG" or not hasattr(image, "draft"):
-        return None
     stored_target = (target[1], target[0]) if fix in _SWAPS_AXES else target
     request = (stored_target[0] * REDUCED_DECODE_MARGIN, stored_target[1] * REDUCED_DECODE_MARGIN)
     if image.draft(None, request) is None:
