@@ -36,7 +36,8 @@ from timing import best_ms  # noqa: E402
 from tagger.engine.vocab import Vocabulary  # noqa: E402
 from tagger.tags.options import TagOptions  # noqa: E402
 from tagger.tags.relations import Relations, attach, read_pairs  # noqa: E402
-from tagger.tags.results import page_scores, select_tags  # noqa: E402
+from tagger.tags.selection import select_tags  # noqa: E402
+from tagger.web.page_scores import page_scores  # noqa: E402
 
 LEVELS = 8
 

@@ -19,7 +19,7 @@ from timing import best_ms  # noqa: E402
 
 from tagger.engine.vocab import Vocabulary  # noqa: E402
 from tagger.tags.options import TagOptions  # noqa: E402
-from tagger.tags.results import select_tags  # noqa: E402
+from tagger.tags.selection import select_tags  # noqa: E402
 from tagger.web.tabs.tag import lookup_rows  # noqa: E402
 
 

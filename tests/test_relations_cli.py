@@ -15,7 +15,7 @@ from tagger.cli import main
 from tagger.engine.vocab import Vocabulary
 from tagger.tags.options import TagOptions
 from tagger.tags.relations import attach, load_relations
-from tagger.tags.results import select_tags
+from tagger.tags.selection import select_tags
 
 EVERYTHING = ["--mode", "threshold", "--threshold", "0", "--character-threshold", "0", "--floor", "0"]
 

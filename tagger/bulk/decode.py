@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import signal
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -34,11 +34,11 @@ from PIL import Image
 
 from tagger.bulk.sharding import HOST_GPUS_ENV
 from tagger.bulk.sources import Locator, Record, read_bytes
+from tagger.engine.decode import upright_size
+from tagger.engine.preprocess import Prepare
 from tagger.errors import ImageError
 
 log = logging.getLogger("tagger")
-
-_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -63,18 +63,7 @@ class Decoded:
 DecodeResult = tuple[Any, str | None, int | None, int | None, str | None]
 
 
-def upright_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the header, swapped when the EXIF orientation turns the image."""
-    with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
-        try:
-            orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
-        except Exception:  # broken EXIF: prepare treats the image as upright too
-            orientation = 1
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
-def decode_locator(locator: Locator, shown: str, prepare: Callable[[bytes], torch.Tensor]) -> DecodeResult:
+def decode_locator(locator: Locator, shown: str, prepare: Prepare) -> DecodeResult:
     """Read, hash, measure and prepare one image; every failure becomes an error sentence."""
     try:
         data = read_bytes(locator)
@@ -83,11 +72,11 @@ def decode_locator(locator: Locator, shown: str, prepare: Callable[[bytes], torc
         return None, None, None, None, f"Could not read {shown}: {reason}."
     digest = hashlib.sha256(data).hexdigest()
     try:
-        pixels = prepare(data)
-        width, height = upright_size(data)
+        pixels = prepare(data, name=shown)
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = upright_size(image)
     except ImageError as e:
-        # Decoding bytes reports "the given data"; say which image it was.
-        return None, digest, None, None, str(e).replace("the given data", shown, 1)
+        return None, digest, None, None, str(e)
     except Exception as e:  # one odd file must not stop a run over millions
         return None, digest, None, None, f"Could not read {shown} ({type(e).__name__}: {e})."
     return _to_wire(pixels), digest, width, height, None
@@ -115,10 +104,10 @@ def decoded_from(record: Record, result: DecodeResult) -> Decoded:
 # ---------------------------------------------------------------------------------------------
 # The pool
 
-_worker_prepare: Callable[[bytes], torch.Tensor] | None = None
+_worker_prepare: Prepare | None = None
 
 
-def _init_worker(prepare: Callable[[bytes], torch.Tensor]) -> None:
+def _init_worker(prepare: Prepare) -> None:
     global _worker_prepare
     _worker_prepare = prepare
     torch.set_num_threads(1)  # one image per worker; threads would only contend
@@ -181,7 +170,7 @@ class DecodePool:
     images are decoded ahead of the consumer. ``workers=0`` decodes in the calling thread.
     """
 
-    def __init__(self, prepare: Callable[[bytes], torch.Tensor], workers: int, prefetch: int = 4):
+    def __init__(self, prepare: Prepare, workers: int, prefetch: int = 4):
         self.prepare = prepare
         self.workers = workers
         self.limit = max(2, workers * prefetch)

@@ -28,7 +28,7 @@ from tagger.bulk.outputs import TagRow
 from tagger.datasets.batch import ImageResult
 from tagger.engine.tagger import Tagger
 from tagger.tags.options import TagOptions
-from tagger.tags.results import select_tags
+from tagger.tags.selection import select_tags
 
 EMPTY_IDS = np.zeros(0, dtype=np.int32)
 EMPTY_SCORES = np.zeros(0, dtype=np.float32)
@@ -53,23 +53,10 @@ class TokenCounts:
 
 
 def count_tokens(tagger: Tagger, batch: Sequence[Decoded]) -> tuple[int, int]:
-    """(real, padded) token positions of one model call over ``batch``: from the engine's own
-    plan of forward passes (``Tagger.plan``) where it has one, else assuming the call pads
-    every image to the batch's longest (see ``padding_source``)."""
-    plan = getattr(tagger, "plan", None)
-    if callable(plan):
-        passes = plan([item.pixels for item in batch])
-        return sum(p.tokens for p in passes), sum(p.padded_tokens for p in passes)
-    config = tagger.model.config
-    lengths = [config.num_prefix_tokens + item.tokens(config.patch_size) for item in batch]
-    return sum(lengths), max(lengths, default=0) * len(lengths)
-
-
-def padding_source(tagger: Tagger | type[Tagger]) -> str:
-    """How ``count_tokens`` knows the padding, for the summary line."""
-    if callable(getattr(tagger, "plan", None)):
-        return "from the engine's batch plan"
-    return "estimated: each batch padded to its longest image"
+    """(real, padded) token positions of one model call over ``batch``, from the engine's own
+    plan of forward passes (``Tagger.plan``)."""
+    passes = tagger.plan([item.pixels for item in batch if item.pixels is not None])
+    return sum(p.tokens for p in passes), sum(p.padded_tokens for p in passes)
 
 
 def batches_by_tokens(items: Sequence[Decoded], batch_size: int, patch: int) -> list[list[Decoded]]:
@@ -85,16 +72,7 @@ def probabilities_and_descriptors(
     """Probabilities ``[B, num_tags]``, and descriptors ``[B, D]`` from the same forward pass."""
     if not descriptors:
         return tagger.run(pixels), None
-    both = getattr(tagger, "run_with_descriptors", None)
-    if callable(both):  # a backend without the head as a module (tagger.onnx.backend)
-        return both(pixels)
-    features = tagger.run_descriptors(pixels)
-    # The model's forward is head(descriptor(x)) with the head computing in float32 from the
-    # descriptor widened to float32, which is what run_descriptors returns: the same numbers.
-    with torch.inference_mode():
-        logits = tagger.model.head(torch.from_numpy(features).to(tagger.device))
-        probabilities = torch.sigmoid(logits).float().cpu().numpy()
-    return probabilities, features
+    return tagger.run_with_descriptors(pixels)
 
 
 def error_row(item: Decoded) -> TagRow:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from tagger.bulk.decode import GPU_PROCESS_THREADS, Decoded, decode_locator
-from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, error_row, padding_source, score_batch
+from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, error_row, score_batch
 from tagger.bulk.local import WINDOW_BATCHES
 from tagger.bulk.names import escape_name, unescape_name
 from tagger.bulk.outputs import OutputWriter, TagRow
@@ -324,10 +324,8 @@ def run_ray(
             f"--engine ray reads inputs from a shared file system and cannot stream {streamed[0]}; "
             "save the dataset to disk (datasets' save_to_disk) or use uncompressed .tar shards."
         )
-    from tagger.engine.tagger import Tagger
 
     started = time.perf_counter()
-    summary.padding_source = padding_source(Tagger)
     items: list[dict[str, Any]] = []
     finished: list[int] = []
     for item in plan.items():

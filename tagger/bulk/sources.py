@@ -30,7 +30,7 @@ from typing import Any
 from tagger.bulk import safefs
 from tagger.bulk.names import escape_name
 from tagger.datasets.intake import IMAGE_EXTENSIONS, sanitize_path, wrapper_depth
-from tagger.errors import BulkError, UploadError
+from tagger.errors import BulkError, UploadError, format_bytes
 
 HUB_PREFIX = "hf:"
 TAR_STREAM_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -651,13 +651,13 @@ def _refusal(file: str, group: int, column: str) -> str | None:
         except PageError as e:
             return (
                 f"its row group {group} was not read: {e}, and it may hold an image over the limit of "
-                f"{safefs.MAX_IMAGE_BYTES / (1024 * 1024):g} MiB per image; write the file again with pyarrow's "
+                f"{format_bytes(safefs.MAX_IMAGE_BYTES)} per image; write the file again with pyarrow's "
                 "defaults to tag it"
             )
         if size is not None:
             return (
                 f"its row group {group} was not read: its image column holds a cell of {size:,} bytes, over the "
-                f"limit of {safefs.MAX_IMAGE_BYTES / (1024 * 1024):g} MiB per image, and no row of the group can be "
+                f"limit of {format_bytes(safefs.MAX_IMAGE_BYTES)} per image, and no row of the group can be "
                 "read without decompressing it; write the file again without that cell to tag the others"
             )
     return None

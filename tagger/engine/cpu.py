@@ -21,7 +21,6 @@ import ctypes
 import logging
 import os
 import platform
-import resource
 import threading
 import warnings
 from collections.abc import Callable
@@ -95,11 +94,6 @@ def _apply_mallopt() -> bool:
     if ok:
         log.debug("glibc malloc: large blocks from the heap, kept after free")
     return ok
-
-
-def minor_page_faults() -> int:
-    """Minor page faults of this process so far (``getrusage``), for before/after checks."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def prepare_cpu_model(model: nn.Module, dtype: torch.dtype) -> None:

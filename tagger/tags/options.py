@@ -16,7 +16,8 @@ from typing import Any, get_type_hints
 
 from tagger.engine.vocab import CATEGORIES, Vocabulary
 from tagger.errors import SelectionError
-from tagger.tags.results import Selection, TagScore, _check_count, parse_tag_list, resolve_category, tag_string
+from tagger.tags.formats import tag_string
+from tagger.tags.selection import Selection, TagScore, _check_count, parse_tag_list, resolve_category
 
 
 def parse_category_values(text: str | dict | None) -> dict[str, float]:

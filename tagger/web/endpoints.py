@@ -34,8 +34,9 @@ from tagger.errors import SelectionError
 from tagger.features.pca import DEFAULT_COLOURS, pca_images
 from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
 from tagger.features.similarity import PAIRS_PER_CALL
+from tagger.tags.formats import api_response
 from tagger.tags.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
-from tagger.tags.results import api_response, select_tags
+from tagger.tags.selection import select_tags
 from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, user_errors
 from tagger.web.gradio_compat import (
     ImageData,

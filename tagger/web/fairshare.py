@@ -59,12 +59,10 @@ from fastapi import HTTPException
 from starlette.requests import ClientDisconnect
 
 from tagger.datasets.intake import time_budget
+from tagger.errors import GiB, MiB, format_bytes
 from tagger.web import gradio_compat
 
 log = logging.getLogger("tagger")
-
-MiB = 1024 * 1024
-GiB = 1024 * MiB
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -426,14 +424,6 @@ def _is_remote_file_route(path: str) -> bool:
     rest = unquote(rest).strip().lower()
     scheme, colon, _ = rest.partition(":")
     return rest.startswith("//") or (bool(colon) and scheme.isascii() and scheme.isalpha() and len(scheme) > 1)
-
-
-def format_bytes(n: int) -> str:
-    """``1.07 MiB``, ``512 MiB``, ``16 GiB``: three significant figures at most."""
-    if n < MiB:
-        return f"{n:,} bytes"
-    value, unit = (n / GiB, "GiB") if n >= GiB else (n / MiB, "MiB")
-    return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
 
 
 class RequestGuard:

@@ -4,7 +4,7 @@ Gradio downloads an http(s) URL sent as a file payload (``{"path": "https://..."
 ``gradio_client.handle_file(url)`` sends) itself: with a public-address check, but without a
 size or time limit. ``SafeImage`` and ``SafeFile`` send those URLs through
 ``tagger.fetch.fetch_url`` instead (public addresses only, checked again after each redirect,
-byte cap, total time limit), and leave decoding to ``tagger.engine.preprocess`` with its pixel limit
+byte cap, total time limit), and leave decoding to ``tagger.engine.decode`` with its pixel limit
 and readable errors.
 
 The browser sees the stock ``image`` and ``file`` components: only server-side methods change.
@@ -30,14 +30,19 @@ import anyio
 import gradio as gr
 from gradio import FileData
 
-from tagger.engine.preprocess import FORMAT_NAMES, WEB_FORMAT_MAX_PIXELS, WEB_MAX_IMAGE_PIXELS, image_header
-from tagger.errors import FetchError, UploadError, shorten
+from tagger.datasets.pixel_caps import (
+    FORMAT_NAMES,
+    WEB_FORMAT_MAX_PIXELS,
+    WEB_MAX_IMAGE_PIXELS,
+    web_image_header,
+    web_limit,
+)
+from tagger.errors import FetchError, UploadError, format_bytes, shorten
 from tagger.fetch import (
     DOWNLOAD_TIMEOUT_S,
     MAX_DOWNLOAD_BYTES,
     AddressPolicy,
     fetch_url,
-    format_size,
     is_url,
     public_only,
 )
@@ -124,8 +129,8 @@ class _SafeDownloads(_MixedInto):
 def check_web_pixels(path: str, shown: str | None = None, max_pixels: int = WEB_MAX_IMAGE_PIXELS) -> str:
     """``path`` if the image it holds is within the web app's pixel cap (read from its header;
     files that are not images pass), else ``gr.Error`` with a sentence naming ``shown``."""
-    header = image_header(path)
-    limit = header.web_limit(max_pixels) if header is not None else max_pixels
+    header = web_image_header(path)
+    limit = web_limit(header, max_pixels) if header is not None else max_pixels
     if header is not None and header.pixels > limit:
         raise gr.Error(
             f"Could not read '{shown or 'the image'}': {header.describe()}, more than this Space's limit of "
@@ -168,7 +173,7 @@ with no_stub_files():
             encoded = url.partition(",")[2]
             if len(encoded) > (self.max_download_bytes * 4) // 3 + 4:
                 raise gr.Error(
-                    f"The image data is larger than the limit of {format_size(self.max_download_bytes)}.",
+                    f"The image data is larger than the limit of {format_bytes(self.max_download_bytes)}.",
                     print_exception=False,
                 )
             try:

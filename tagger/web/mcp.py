@@ -42,9 +42,10 @@ from gradio import FileData
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
+from tagger.errors import format_bytes
 from tagger.fetch import MAX_DOWNLOAD_BYTES
 from tagger.web import gradio_compat
-from tagger.web.fairshare import UploadBudget, _TooLarge, client_key, format_bytes, mcp_caller
+from tagger.web.fairshare import UploadBudget, _TooLarge, client_key, mcp_caller
 from tagger.web.gradio_compat import ImageData, QueueError, get_upload_folder
 
 log = logging.getLogger("tagger")
