@@ -601,11 +601,13 @@ class _ArrowCells:
         self.next_row = 0
 
     def cell(self, row: int) -> Any:
+        batch = None
         while self.next_row <= row:
             batch = next(self._rows, None)
             if batch is None:
                 raise OSError("the Parquet file has fewer rows than it had when listed")
             self.next_row += 1
+        assert batch is not None, "rows are asked for in increasing order"
         return batch.column(0)[0].as_py()
 
 
@@ -640,6 +642,8 @@ class _ParquetCells:
                     f"its row group {group} was not read: {e}, and it may hold an image over the limit of "
                     f"{limit / (1024 * 1024):g} MiB per image; write the file again with pyarrow's defaults to tag it"
                 )
+        if "bytes" not in self.leaves and self.arrow is None:  # a struct whose "bytes" is not a leaf
+            self.arrow = _ArrowCells(file, group, column)
         self.next_row = 0
 
     def close(self) -> None:
