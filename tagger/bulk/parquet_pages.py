@@ -339,11 +339,17 @@ class _Dictionary:
     def entry(self, index: int, limit: int) -> bytes | None:
         if self.values is None or index < self.at:
             self.values, self.at = self.open(), 0
-        while self.at < index:
-            self.values.value(None)
+        try:
+            while self.at < index:
+                self.values.value(None)
+                self.at += 1
             self.at += 1
-        self.at += 1
-        return self.values.value(limit)
+            return self.values.value(limit)
+        except safefs.TooLarge:
+            raise  # the entry was skipped whole: the stream is still in step
+        except Exception:
+            self.values = None  # read again from the start next time
+            raise
 
 
 class ChunkCells:
@@ -394,18 +400,20 @@ class ChunkCells:
         self.indices: list[int] | None = None
         self.seen = 0  # values consumed in this page
         self.error = None
+        if page.encoding == _PLAIN and self.dictionary is not None:
+            self.dictionary.values = None  # plain pages follow it: its buffer is not needed again
         if page.num_values < 0 or self.end > self.rows:
             raise PageError("its pages hold more rows than its row group")
         try:
             values = self.values = _Values(self.fp, offset, page, self.codec, self.budget)
             need = 9 * page.num_values + 16  # the most bytes that levels or indices for these rows take
             if self.max_definition:
-                data = values.levels
+                size = len(values.levels)
                 if page.type == _DATA_PAGE:
                     (size,) = struct.unpack("<I", values.read_exact(4))
-                    data = values.read_exact(size) if size <= need else b""
-                if len(data) > need:
+                if size > need:
                     raise PageError("a page's levels are larger than its rows need")
+                data = values.read_exact(size) if page.type == _DATA_PAGE else values.levels
                 self.levels = _hybrid(data, self.max_definition.bit_length(), page.num_values)
             if page.encoding != _PLAIN:
                 if self.dictionary is None:
@@ -421,13 +429,13 @@ class ChunkCells:
 
         if row < self.next_row:
             raise ValueError("cells are read front to back")
-        while row >= self.end:  # pages before the row are never decompressed
-            self.page += 1
-            if self.page >= len(self.pages):
-                raise PageError("the file has fewer rows than its footer says")
-            self._open(*self.pages[self.page])
-            self.next_row = self.start
         try:
+            while row >= self.end:  # pages before the row are never decompressed
+                self.page += 1
+                if self.page >= len(self.pages):
+                    raise PageError("the file has fewer rows than its footer says")
+                self._open(*self.pages[self.page])
+                self.next_row = self.start
             while self.next_row < row:
                 self._consume(None)
             return self._consume(self.limit)
