@@ -21,12 +21,13 @@ import struct
 from typing import Any, BinaryIO
 
 from tagger.bulk import safefs
+from tagger.errors import MiB, format_bytes
 
 _STREAMED_CODECS = {"ZSTD": "zstd", "GZIP": "gzip", "BROTLI": "brotli"}
 _BUFFERED_CODECS = {"SNAPPY": "snappy", "LZ4_RAW": "lz4_raw", "LZ4": "lz4_raw"}
 _PLAIN, _PLAIN_DICTIONARY, _RLE_DICTIONARY = 0, 2, 8
 _DATA_PAGE, _DICTIONARY_PAGE, _DATA_PAGE_V2 = 0, 2, 3
-_CHUNK = 1024 * 1024
+_CHUNK = MiB
 
 
 class PageError(ValueError):
@@ -225,7 +226,7 @@ class _Values:
             if size > budget:
                 raise PageError(
                     f"its page of {size:,} bytes is compressed with {codec.lower()}, which is decompressed "
-                    f"whole, and is over the limit of {budget / (1024 * 1024):g} MiB per such page; write the "
+                    f"whole, and is over the limit of {format_bytes(budget)} per such page; write the "
                     "file again with zstd to tag its rows"
                 )
             self._stream = pa.BufferReader(_decompress(raw.read(), codec, size))
