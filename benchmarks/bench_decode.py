@@ -31,8 +31,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support import decode_in_fresh_process as measure  # noqa: E402
 
-import tagger.engine.preprocess as pp  # noqa: E402
-from tagger.engine.preprocess import ImageHeader, load_image, target_size  # noqa: E402
+import tagger.engine.decode as pp  # noqa: E402
+from tagger.datasets.pixel_caps import web_limit  # noqa: E402
+from tagger.engine.decode import ImageHeader, load_image  # noqa: E402
+from tagger.engine.preprocess import target_size  # noqa: E402
 
 
 def blocks(width: int, height: int, block: int = 500, seed: int = 0) -> np.ndarray:
@@ -79,7 +81,7 @@ def cost_table(folder: Path, width: int, height: int, before: Path | None) -> No
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
     for name in hostile_files(folder, 64, 64):
-        cap = ImageHeader(width, height, Image.registered_extensions()[Path(name).suffix]).web_limit()
+        cap = web_limit(ImageHeader(width, height, Image.registered_extensions()[Path(name).suffix]))
         scale = min(1.0, (cap / (width * height)) ** 0.5)
         w, h = int(width * scale), int(height * scale)
         path = hostile_files(folder, w, h, {name})[name]

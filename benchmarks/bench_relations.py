@@ -31,10 +31,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import best_ms  # noqa: E402
+
 from tagger.engine.vocab import Vocabulary  # noqa: E402
 from tagger.tags.options import TagOptions  # noqa: E402
 from tagger.tags.relations import Relations, attach, read_pairs  # noqa: E402
-from tagger.tags.results import page_scores, select_tags  # noqa: E402
+from tagger.tags.selection import select_tags  # noqa: E402
+from tagger.web.page_scores import page_scores  # noqa: E402
 
 LEVELS = 8
 
@@ -86,15 +89,6 @@ def write_export(path: Path, pairs: list[tuple[str, str]], rng: random.Random) -
             writer.writerow([n, c, a, "2019-01-01 00:00:00", "deleted"])  # would be a cycle if read
     path.write_bytes(gzip.compress(buffer.getvalue().encode(), compresslevel=6))
     return path
-
-
-def best_ms(fn, repeat: int = 50) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1000
 
 
 def main() -> None:
@@ -153,7 +147,7 @@ def main() -> None:
 
         payload = page_scores(scores, v, 0.05)
         size = len(json.dumps(payload)) / 1024
-        ms = best_ms(render)
+        ms = best_ms(render, 50)
         page_ms = best_ms(lambda: page_scores(scores, v, 0.05), 20)
         sent = f"{page_ms:.1f} ms ({len(payload['tags'])} rows, {size:.0f} kB)"
         print(f"| {label} | {len(render())} | {ms:.1f} ms | {sent} |")
@@ -165,7 +159,7 @@ def main() -> None:
     first = time.perf_counter()
     select_tags(scores, vocab, glob.selection)
     first_ms = (time.perf_counter() - first) * 1000
-    later = best_ms(lambda: select_tags(scores, vocab, glob.selection))
+    later = best_ms(lambda: select_tags(scores, vocab, glob.selection), 50)
     print(
         f"\nexclude '*censor*, by *': first image {first_ms:.1f} ms (matches the vocabulary once), later {later:.1f} ms"
     )

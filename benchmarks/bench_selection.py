@@ -8,7 +8,6 @@ random, skewed low like a real image's.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,19 +15,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import best_ms  # noqa: E402
+
 from tagger.engine.vocab import Vocabulary  # noqa: E402
 from tagger.tags.options import TagOptions  # noqa: E402
-from tagger.tags.results import select_tags  # noqa: E402
+from tagger.tags.selection import select_tags  # noqa: E402
 from tagger.web.tabs.tag import lookup_rows  # noqa: E402
-
-
-def best_ms(fn, repeat: int = 20) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1000
 
 
 def main() -> None:

@@ -39,9 +39,10 @@ from tagger.errors import (
 from tagger.export import OnnxExtraMissing
 from tagger.fetch import fetch_url, is_url, local_network_too
 from tagger.onnx.backend import OnnxTagger, onnx_model_files
+from tagger.tags.formats import authors_json_entry, pretty_text
 from tagger.tags.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
 from tagger.tags.relations import attach_sources
-from tagger.tags.results import Selection, authors_json_entry, pretty_text, select_tags
+from tagger.tags.selection import Selection, select_tags
 
 CHUNK = 32  # images decoded ahead of the model; bounds memory on long lists
 

@@ -69,6 +69,18 @@ def shorten(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+def format_bytes(n: int) -> str:
+    """``1.07 MiB``, ``512 MiB``, ``16 GiB``: three significant figures at most."""
+    if n < MiB:
+        return f"{n:,} bytes"
+    value, unit = (n / GiB, "GiB") if n >= GiB else (n / MiB, "MiB")
+    return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+
+
 # The errors a request handler shows as they are.
 USER_ERRORS: tuple[type[TaggerError], ...] = (
     ImageError,

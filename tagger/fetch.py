@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, TypeAlias, TypeGuard
 from urllib.parse import unquote, urljoin, urlsplit
 
-from tagger.errors import FetchError
+from tagger.errors import FetchError, format_bytes, shorten
 
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
@@ -48,7 +48,6 @@ __all__ = [
     "FetchError",
     "address_problem",
     "fetch_url",
-    "format_size",
     "is_url",
     "local_network_too",
     "public_only",
@@ -215,8 +214,8 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection)
         self._deadline.watch(self.sock)
 
 
-def _shown(url: str, limit: int = 120) -> str:
-    return url if len(url) <= limit else url[: limit - 1] + "…"
+def _shown(url: str) -> str:
+    return shorten(url, 120)
 
 
 @dataclass(frozen=True)
@@ -368,14 +367,9 @@ def _read_body(
             total += len(chunk)
             if total > max_bytes:
                 raise FetchError(
-                    f"Refused to download {shown}: it is larger than the limit of {format_size(max_bytes)}."
+                    f"Refused to download {shown}: it is larger than the limit of {format_bytes(max_bytes)}."
                 )
             out.write(chunk)
-
-
-def format_size(n: int) -> str:
-    """``25 MB`` for whole mebibytes and up, else ``1,000 bytes`` (as the limits are written)."""
-    return f"{n / (1024 * 1024):g} MB" if n >= 1024 * 1024 else f"{n:,} bytes"
 
 
 def fetch_url(
@@ -448,7 +442,7 @@ def fetch_url(
                 declared = response.getheader("Content-Length") or ""
                 if declared.strip().isdigit() and int(declared) > max_bytes:
                     raise FetchError(
-                        f"Refused to download {original}: it is larger than the limit of {format_size(max_bytes)}."
+                        f"Refused to download {original}: it is larger than the limit of {format_bytes(max_bytes)}."
                     )
                 dest = folder / _filename(current, content_type)
                 received = _read_body(response, conn.sock, dest, max_bytes, deadline, original)

@@ -11,8 +11,9 @@ import numpy as np
 from app_server import RunningApp
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tagger.tags.formats import category_tag_strings
 from tagger.tags.options import TagOptions
-from tagger.tags.results import TagScore, category_tag_strings, select_tags
+from tagger.tags.selection import TagScore, select_tags
 from tagger.web.controls import ticked_categories
 
 CHROMIUM = Path("/usr/bin/chromium")

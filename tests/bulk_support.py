@@ -215,3 +215,21 @@ def holding(held: Path) -> bool:
 
 def release(held: Path) -> None:
     held.with_name(held.name + ".go").write_bytes(b"")
+
+
+def start_local_ray() -> bool:
+    """A small local Ray instance (2 CPUs, no dashboard) whose workers import this checkout; whether it was
+    started here (the caller then shuts it down)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return False
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": {"PYTHONPATH": environment_for_subprocess()["PYTHONPATH"]}},
+    )
+    return True

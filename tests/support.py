@@ -86,7 +86,8 @@ _DECODE_CHILD = r"""
 import io, json, os, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 from PIL import Image
-from tagger.engine.preprocess import load_image, preprocess, target_size
+from tagger.engine.decode import load_image
+from tagger.engine.preprocess import preprocess, target_size
 path, how = sys.argv[2], sys.argv[3]
 fit = lambda w, h: target_size(w, h, 1024, 16)
 with Image.open(path) as probe:
@@ -147,3 +148,16 @@ def decode_in_fresh_process(
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def patch_features(tagger, pixels) -> list[np.ndarray]:
+    """Final-norm patch tokens of each image as float32 ``[h, w, C]``, batched as ``Tagger.run``:
+    what ``tagger.features.pca.analyse`` computes its PCA from."""
+    import torch
+
+    out: list[np.ndarray] = [np.empty(0)] * len(pixels)
+    with torch.inference_mode():
+        for idx, images in tagger.batches(pixels):
+            for grid, i in zip(tagger.model.patch_grids(tagger.model.tokens(images), images), idx, strict=True):
+                out[i] = grid.float().cpu().numpy()
+    return out

@@ -22,7 +22,7 @@ from tagger.engine.tagger import Tagger
 from tagger.engine.vocab import CATEGORIES
 from tagger.errors import UploadError
 from tagger.tags.options import TagOptions
-from tagger.tags.results import select_tags
+from tagger.tags.selection import select_tags
 from tagger.web.tabs.batch import result_row, summary_markdown
 
 MiB = 1024 * 1024
@@ -294,9 +294,9 @@ def test_memory_stays_bounded_by_the_chunk(tiny_tagger: Tagger, tmp_path: Path) 
         nonlocal alive
         alive -= 1
 
-    def prepare(data: bytes) -> torch.Tensor:
+    def prepare(data: bytes, *, name: str | None = None) -> torch.Tensor:
         nonlocal alive, peak
-        pixels = tiny_tagger.prepare(data)
+        pixels = tiny_tagger.prepare(data, name=name)
         alive += 1
         peak = max(peak, alive)
         weakref.finalize(pixels, released)

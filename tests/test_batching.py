@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support import patch_features
 
 from tagger.engine.tagger import Tagger, plan_batches
 from tagger.engine.weights import load_model
-from tagger.features.pca import analyse, patch_features
+from tagger.features.pca import analyse
 from tagger.features.relevance import capture_block_input, relevance
 
 # (width, height) before resizing to max_size 1024: tall, wide, tiny, 1024 px and in between.

@@ -17,7 +17,7 @@ from support import image_bytes
 from tagger.bulk.resume import options_hash
 from tagger.datasets.batch import ImageResult, run_batch
 from tagger.tags.options import TagOptions
-from tagger.tags.results import select_tags
+from tagger.tags.selection import select_tags
 
 NAMES = ["cats/a.png", "cats/b.jpg", "dogs/c.png", "dogs/d.png", "e.png"]
 
@@ -245,12 +245,10 @@ def test_manifest_records_what_the_run_means(folder: Path, tmp_path: Path, tiny_
 
 
 def test_batches_group_images_by_token_count_and_padding_is_counted(tiny_tagger) -> None:
-    from types import SimpleNamespace
-
     import torch
 
     from tagger.bulk.decode import Decoded
-    from tagger.bulk.inference import batches_by_tokens, count_tokens, padding_source
+    from tagger.bulk.inference import batches_by_tokens, count_tokens
     from tagger.bulk.sources import Record
 
     def item(index: int, height: int, width: int) -> Decoded:
@@ -262,16 +260,8 @@ def test_batches_group_images_by_token_count_and_padding_is_counted(tiny_tagger)
     batches = batches_by_tokens(window, 2, patch=16)
     # Sorted by patches (1, 2, 2, 4, 9), then shape, cut in twos; the error is left out.
     assert [[i.record.index for i in b] for b in batches] == [[4, 1], [3, 2], [0]]
-    # Without an engine plan: each batch padded to its longest (5 prefix tokens + patches).
-    unplanned = SimpleNamespace(model=tiny_tagger.model)
-    assert count_tokens(unplanned, batches[1]) == (7 + 9, 9 * 2)
-    assert padding_source(unplanned).startswith("estimated")
-    planned = SimpleNamespace(
-        model=tiny_tagger.model,
-        plan=lambda pixels: [SimpleNamespace(tokens=7, padded_tokens=7), SimpleNamespace(tokens=9, padded_tokens=9)],
-    )
-    assert count_tokens(planned, batches[1]) == (16, 16)  # the engine's own plan wins
-    assert padding_source(planned) == "from the engine's batch plan"
+    # (real, padded) from the engine's plan: two sizes run as two passes, nothing padded.
+    assert count_tokens(tiny_tagger, batches[1]) == (7 + 9, 7 + 9)
 
 
 def test_an_output_that_cannot_be_written_stops_with_a_sentence(folder: Path, tmp_path: Path, tiny_files, capsys):

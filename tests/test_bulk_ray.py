@@ -5,12 +5,11 @@ One small local Ray instance (two CPUs) serves the module; the tiny model runs i
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from bulk_support import captions, environment_for_subprocess, jsonl_lines, parquet_rows, run_bulk, write_images
+from bulk_support import captions, jsonl_lines, parquet_rows, run_bulk, start_local_ray, write_images
 
 ray = pytest.importorskip("ray")
 
@@ -20,16 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.con
 
 @pytest.fixture(scope="module")
 def local_ray():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            runtime_env={"env_vars": {"PYTHONPATH": environment_for_subprocess()["PYTHONPATH"]}},
-        )
+    started = start_local_ray()
     yield ray
     if started:
         ray.shutdown()

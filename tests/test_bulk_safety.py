@@ -36,7 +36,7 @@ from bulk_support import (
 )
 from support import image_bytes, write_zip
 
-from tagger.bulk import safefs
+from tagger.bulk import safefs, sources
 from tagger.bulk.lock import overlaps
 from tagger.bulk.names import escape_name, unescape_name
 from tagger.bulk.sharding import ShardSpec
@@ -316,12 +316,13 @@ def test_a_link_planted_at_a_temporary_name_is_never_written_through(tmp_path: P
 
 
 def test_a_huge_parquet_cell_is_refused_with_a_sentence(tmp_path: Path, tiny_files, capsys, monkeypatch) -> None:
-    """A 1000 MiB cell in a 33 KB file took 6.45 GB; the cap is lowered here to keep the test small."""
+    """A 1000 MiB cell in a 33 KB file took 6.45 GB; the cap is lowered here to keep the test small.
+    Only that cell is refused: the other rows of its row group (and page) are tagged."""
     monkeypatch.setattr(safefs, "MAX_IMAGE_BYTES", 1024 * 1024)
     table = pa.table({"image": pa.array([image_bytes(40, 40, 1), bytes(8 * 1024 * 1024), image_bytes(48, 32, 2)])})
     path = tmp_path / "t.parquet"
-    pq.write_table(table, path, compression="zstd", row_group_size=1)
-    assert path.stat().st_size < 64 * 1024
+    pq.write_table(table, path, compression="zstd", use_dictionary=False)
+    assert path.stat().st_size < 64 * 1024 and pq.ParquetFile(path).metadata.num_row_groups == 1
     big = tmp_path / "big.png"
     big.write_bytes(image_bytes(40, 40, 4) + bytes(2 * 1024 * 1024))  # a file over the cap too
     huge = bytes(3 * 1024 * 1024)
@@ -332,53 +333,88 @@ def test_a_huge_parquet_cell_is_refused_with_a_sentence(tmp_path: Path, tiny_fil
     result = run_bulk(capsys, tiny_files, *inputs, "--out", str(out), "--format", "parquet")
     assert result.code == 0, result.err
     assert "2 images tagged, 4 unreadable" in result.out
-    assert (
-        "t.parquet#1: its row group 1 was not read: its image column holds a cell of 8,388,608 bytes, "
-        "over the limit of 1 MiB per image" in result.err
-    )
+    assert "t.parquet#1: it is 8,388,608 bytes, over the limit of 1 MiB per image" in result.err
     assert "big.png: it is 2," in result.err and "over the limit of 1 MiB per image" in result.err
     for member in ("m.tar/m/big.png", "m.zip/z/big.png"):
         assert f"{member}: it is 3,145,728 bytes, over the limit of 1 MiB per image" in result.err
     assert [r["key"] for r in parquet_rows(out) if r["error"] is None] == ["t.parquet/000000000", "t.parquet/000000002"]
 
 
-_PEAK_OF_REFUSAL = """
+_PEAK_OF_READING = """
 import resource, sys
+import pyarrow as pa, pyarrow.parquet as pq
 from tagger.bulk import safefs, sources
-safefs.MAX_IMAGE_BYTES = 1024 * 1024
-sources.read_bytes(("parquet", sys.argv[1], 0, 0, "image"))  # a small cell: pyarrow and the cursor loaded
+safefs.MAX_IMAGE_BYTES = int(sys.argv[2])
+warm = sys.argv[1] + ".warm"
+pq.write_table(pa.table({"image": pa.array([b"x" * 100] * 2)}), warm, compression="zstd")
+sources.read_bytes(("parquet", warm, 0, 1, "image"))  # pyarrow and the readers loaded
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-try:
-    sources.read_bytes(("parquet", sys.argv[1], 1, 0, "image"))
-except OSError as e:
-    print(e)
+for row in range(int(sys.argv[3])):
+    try:
+        print(len(sources.read_bytes(("parquet", sys.argv[1], 0, row, "image"))))
+    except OSError as e:
+        print(e)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
 """
 
 
-def test_a_huge_parquet_cell_is_refused_before_its_page_is_decompressed(tmp_path: Path) -> None:
-    """The refusal comes from the page headers: the process grows by a small part of the cell."""
-    cell = 128 * 1024 * 1024
-    small = image_bytes(40, 40, 1)
-    data = pa.py_buffer(small + bytes(cell))
-    offsets = pa.py_buffer(np.array([0, len(small), len(small) + cell], dtype=np.int64).tobytes())
-    column = pa.Array.from_buffers(pa.large_binary(), 2, [None, offsets, data])
-    path = tmp_path / "t.parquet"
-    pq.write_table(pa.table({"image": column}), path, compression="zstd", row_group_size=1)
-    del data, column
-    assert path.stat().st_size < 64 * 1024
+def _peak_of_reading(path: Path, cap: int, rows: int) -> tuple[list[str], int]:
+    """What reading each row of ``path`` in a fresh process says, and how much its peak RSS grew (bytes)."""
     done = subprocess.run(
-        [sys.executable, "-c", _PEAK_OF_REFUSAL, str(path)],
+        [sys.executable, "-c", _PEAK_OF_READING, str(path), str(cap), str(rows)],
         env=environment_for_subprocess(),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    sentence, grown_kb = done.stdout.strip().splitlines()
-    assert sentence.startswith(f"its row group 1 was not read: its image column holds a cell of {cell:,} bytes")
-    assert "write the file again without that cell" in sentence
-    assert int(grown_kb) * 1024 < cell // 8  # pyarrow would have grown by about four cells
+    *lines, grown_kb = done.stdout.strip().splitlines()
+    return lines, int(grown_kb) * 1024
+
+
+def test_a_huge_parquet_cell_is_refused_without_decompressing_it_and_its_neighbours_read(tmp_path: Path) -> None:
+    """One page of [small, 128 MiB of zeros, small]: pyarrow would grow by about four cells."""
+    cell, small = 128 * 1024 * 1024, image_bytes(40, 40, 1)
+    data = pa.py_buffer(small + bytes(cell) + small)
+    offsets = pa.py_buffer(np.array([0, len(small), len(small) + cell, 2 * len(small) + cell], np.int64).tobytes())
+    column = pa.Array.from_buffers(pa.large_binary(), 3, [None, offsets, data])
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": column}), path, compression="zstd")
+    del data, column
+    assert path.stat().st_size < 64 * 1024
+    lines, grown = _peak_of_reading(path, 1024 * 1024, 3)
+    assert lines == [str(len(small)), f"it is {cell:,} bytes, over the limit of 1 MiB per image", str(len(small))]
+    assert grown < cell // 16
+
+
+def test_a_page_of_many_cells_under_the_cap_is_read_holding_about_one_cell(tmp_path: Path) -> None:
+    """Eight 15 MiB cells in one 120 MiB page, cap 16 MiB: pyarrow grew by 463 MB, this by about two cells."""
+    cap, cell = 16 * 1024 * 1024, 15 * 1024 * 1024
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": pa.array([bytes([i]) * cell for i in range(8)])}), path, compression="zstd")
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    assert chunk.total_uncompressed_size > 7 * cap  # one page (two with the dictionary's index page)
+    lines, grown = _peak_of_reading(path, cap, 8)
+    assert lines == [str(cell)] * 8
+    assert grown < 3 * cap
+
+
+def test_a_snappy_page_over_four_caps_is_refused_and_other_pages_read(tmp_path: Path, tiny_files, capsys, monkeypatch):
+    """snappy and LZ4 pages are decompressed whole: over 4 × the cap, their rows are refused."""
+    monkeypatch.setattr(safefs, "MAX_IMAGE_BYTES", 1024 * 1024)
+    rng = np.random.default_rng(3)
+    images = [image_bytes(32 + i, 32, i) + rng.bytes(600 * 1024) for i in range(8)]  # one page of 4.8 MB
+    path = tmp_path / "t.parquet"
+    with pq.ParquetWriter(path, pa.schema([("image", pa.binary())]), compression="snappy") as writer:
+        writer.write_table(pa.table({"image": images}))
+        writer.write_table(pa.table({"image": images[:2]}))  # a second row group, within the budget
+    out = tmp_path / "out"
+    result = run_bulk(capsys, tiny_files, str(path), "--out", str(out), "--format", "parquet")
+    assert result.code == 0, result.err
+    assert "2 images tagged, 8 unreadable" in result.out
+    assert "t.parquet#7: its page of 4," in result.err
+    assert "is compressed with snappy, which is decompressed whole, and is over the limit of 4 MiB" in result.err
+    assert [r["key"] for r in parquet_rows(out) if r["error"] is None] == ["t.parquet/000000008", "t.parquet/000000009"]
 
 
 @pytest.mark.parametrize(
@@ -390,11 +426,11 @@ def test_a_row_group_of_many_images_bigger_than_the_cap_is_all_tagged(
     """As ``datasets`` writes them: many images in one row group (often one page) far over the cap."""
     monkeypatch.setattr(safefs, "MAX_IMAGE_BYTES", 1024 * 1024)
     rng = np.random.default_rng(7)
-    images = [image_bytes(32 + i, 32, i) + rng.bytes(400 * 1024) for i in range(12)]  # each decodes, none compresses
+    images = [image_bytes(32 + i, 32, i) + rng.bytes(300 * 1024) for i in range(12)]  # each decodes, none compresses
     values = pa.array([{"bytes": b, "path": None} for b in images]) if struct else pa.array(images)
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({"image": values}), path, compression=compression, data_page_version=version)
-    assert pq.ParquetFile(path).metadata.row_group(0).column(0).total_uncompressed_size > 4 * 1024 * 1024
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).total_uncompressed_size > 3 * 1024 * 1024
     out = tmp_path / "out"
     result = run_bulk(capsys, tiny_files, str(path), "--out", str(out), "--format", "parquet", "--workers", "2")
     assert result.code == 0, result.err
@@ -405,22 +441,40 @@ def test_a_row_group_of_many_images_bigger_than_the_cap_is_all_tagged(
 @pytest.mark.parametrize("compression", ["zstd", "gzip", "brotli", "snappy", "lz4", "none"])
 @pytest.mark.parametrize("version", ["1.0", "2.0"])
 @pytest.mark.parametrize("dictionary", [True, False])
-def test_page_headers_find_the_cell_over_the_cap_in_every_codec(
+def test_every_codec_gives_each_cell_and_refuses_only_the_one_over_the_cap(
     tmp_path: Path, compression: str, version: str, dictionary: bool
 ) -> None:
-    from tagger.bulk.parquet_pages import oversized_cell
-
     cells = [{"bytes": b"a" * 100, "path": None}, {"bytes": bytes(3 * 1024 * 1024), "path": "x"}, None]
+    cells.append({"bytes": b"", "path": "y.png"})
     path = tmp_path / "t.parquet"
     table = pa.table({"image": pa.array(cells)})
     pq.write_table(table, path, compression=compression, data_page_version=version, use_dictionary=dictionary)
-    metadata = pq.ParquetFile(path).metadata
-    leaf = [metadata.row_group(0).column(j).path_in_schema for j in range(metadata.num_columns)].index("image.bytes")
-    found = [
-        oversized_cell(str(path), metadata.row_group(0), leaf, metadata.schema.column(leaf), limit)
-        for limit in (1024 * 1024, 4 * 1024 * 1024)
-    ]
-    assert found == [3 * 1024 * 1024, None]
+    for cap in (1024 * 1024, 4 * 1024 * 1024):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(safefs, "MAX_IMAGE_BYTES", cap)
+            patch.setattr(sources, "_cache", None)  # a fresh reader for this cap
+            found: list[object] = []
+            for row in range(4):
+                try:
+                    found.append(sources._parquet_cell(sources._reader_cache(), str(path), 0, row, "image"))
+                except OSError as e:
+                    found.append(str(e))
+        middle = (bytes(3 << 20), "x") if cap > 3 << 20 else safefs.size_limit_sentence(3 << 20, cap)
+        assert found == [(b"a" * 100, None), middle, (None, None), (None, "y.png")]
+
+
+def test_a_column_in_another_encoding_is_read_by_pyarrow_when_its_pages_are_small(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(safefs, "MAX_IMAGE_BYTES", 1024 * 1024)
+    monkeypatch.setattr(sources, "_cache", None)
+    path = tmp_path / "t.parquet"
+    table = pa.table({"image": pa.array([b"a" * 100, b"b" * 200], pa.binary())})
+    pq.write_table(table, path, use_dictionary=False, column_encoding={"image": "DELTA_LENGTH_BYTE_ARRAY"})
+    assert sources.read_bytes(("parquet", str(path), 0, 1, "image")) == b"b" * 200
+    table = pa.table({"image": pa.array([b"a" * 100, bytes(2 * 1024 * 1024)], pa.binary())})
+    pq.write_table(table, path, use_dictionary=False, column_encoding={"image": "DELTA_LENGTH_BYTE_ARRAY"})
+    monkeypatch.setattr(sources, "_cache", None)
+    with pytest.raises(OSError, match="its row group 0 was not read: it has a page of 2,097,"):
+        sources.read_bytes(("parquet", str(path), 0, 0, "image"))
 
 
 def test_a_saved_dataset_cell_over_the_cap_is_refused_and_the_others_tagged(

@@ -388,7 +388,7 @@ def test_app_options_select_as_the_app_does(capsys, model_args, image_files, tin
     assert code == 0, err
     tags = [t["tag"] for t in json.loads(out)[0]["tags"]]
     expected = TagOptions(mode="mcut", exclude=excluded, floor=0.0)
-    from tagger.tags.results import select_tags
+    from tagger.tags.selection import select_tags
 
     assert tags == [t.tag for t in select_tags(scores, tiny_tagger.vocab, expected.selection)]
     assert excluded not in tags and tags

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support import ForwardPasses, image_bytes, write_zip
+from support import ForwardPasses, image_bytes, patch_features, write_zip
 
 from tagger.engine.model import TaggerConfig, TaggerModel
 from tagger.engine.preprocess import normalise
@@ -22,7 +22,7 @@ from tagger.engine.synthetic import write_random_checkpoint
 from tagger.engine.tagger import Tagger
 from tagger.errors import FeatureError
 from tagger.features.overlay import colormap, parse_colour, upscale
-from tagger.features.pca import FeatureMaps, analyse, color_blend, patch_features, pca_components, pca_images, pca_rgb
+from tagger.features.pca import FeatureMaps, analyse, color_blend, pca_components, pca_images, pca_rgb
 from tagger.features.relevance import (
     DEFAULT_LAYERS_FROM_END,
     capture_block_input,

@@ -61,7 +61,7 @@ def test_zero_gpu_keeps_bf16_without_querying_cuda(gpus: dict, monkeypatch: pyte
 # -- 2. nothing per-thread ---------------------------------------------------------------------
 def test_importing_the_model_turns_cudnn_attention_off() -> None:
     code = (
-        "import torch; before = torch.backends.cuda.cudnn_sdp_enabled(); import tagger.model; "
+        "import torch; before = torch.backends.cuda.cudnn_sdp_enabled(); import tagger.engine.model; "
         "print(before, torch.backends.cuda.cudnn_sdp_enabled())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)

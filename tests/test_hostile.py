@@ -62,20 +62,21 @@ from support import (
 
 import tagger.fetch as fetch
 from tagger.datasets.intake import BatchLimits, collect_inputs, read_zip_directory
-from tagger.engine.preprocess import ImageError, load_image
+from tagger.engine.decode import ImageError, load_image
 from tagger.engine.tagger import Tagger
 from tagger.engine.vocab import CATEGORIES, Vocabulary
 from tagger.errors import TimeBudgetError, UploadError
 from tagger.fetch import FetchError, address_problem, fetch_url
+from tagger.tags.formats import tag_string
 from tagger.tags.options import MODES, OPTION_FIELDS, OPTION_NAMES, ORDERS, TagOptions
-from tagger.tags.results import Selection, SelectionError, select_tags, tag_string
+from tagger.tags.selection import Selection, SelectionError, select_tags
 from tagger.web.inputs import SafeFile, SafeImage, _SafeDownloads
 from tagger.web.server import MAX_FILE_SIZE
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
 
 REQUEST_TIMEOUT_S = 60
-# How our ImageError / FetchError sentences start (tagger.engine.preprocess, tagger.fetch, context).
+# How our ImageError / FetchError sentences start (tagger.engine.decode, tagger.fetch, context).
 OUR_SENTENCE = re.compile(
     r"^(Could not read|Cannot read|Image file not found|The file|Refused to download|Could not download)"
 )
@@ -777,8 +778,8 @@ def test_fetch_follows_allowed_redirects(allow_server: LocalServer, tmp_path: Pa
         ("/redirect-file", "redirects to file:///etc/passwd, and only http and https URLs are allowed"),
         ("/redirect-chain/3", "redirects more than 3 times"),
         ("/redirect-empty", "without saying where"),
-        ("/big", "larger than the limit of 1 MB"),
-        ("/big-declared", "larger than the limit of 1 MB"),
+        ("/big", "larger than the limit of 1 MiB"),
+        ("/big-declared", "larger than the limit of 1 MiB"),
         ("/page", "web page, not an image"),
         ("/missing", "answered 404"),
         ("/empty", "empty file"),
@@ -941,7 +942,7 @@ def test_api_fetches_allowed_url(allow_server: LocalServer, client: Client, good
     [
         ("/redirect-private", "10.0.0.1 is not a public internet address"),
         ("/redirect-metadata", "cloud metadata service"),
-        ("/big", "larger than the limit of 1 MB"),
+        ("/big", "larger than the limit of 1 MiB"),
         ("/trickle", "took longer than 1 s"),
     ],
 )
@@ -1523,12 +1524,12 @@ def test_the_scheduled_sweep_forgets_files_removed_meanwhile(tmp_path: Path) -> 
 
 def _reference(data: bytes, fit: object = None) -> np.ndarray:
     """The reference rule, whole-image: decode, RGB, upright, then one Lanczos resize."""
-    from tagger.engine.preprocess import _ORIENTATION_FIX, _to_rgb
+    from tagger.engine.decode import _ORIENTATION_FIX, to_rgb
 
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         orientation = image.getexif().get(0x0112, 1)
-        rgb = _to_rgb(image)
+        rgb = to_rgb(image)
     fix = _ORIENTATION_FIX.get(orientation)
     if fix is not None:
         rgb = rgb.transpose(fix)
@@ -1573,7 +1574,7 @@ def _mode_image(mode: str, width: int, height: int, rng: np.random.Generator) ->
 def test_fitted_decoding_is_the_reference_resize(mode: str, orientation: int, monkeypatch: pytest.MonkeyPatch):
     """Converting and shrinking band by band gives exactly the pixels of converting the whole
     image and resizing it once, in every orientation (bands forced small here)."""
-    import tagger.engine.preprocess as pp
+    import tagger.engine.decode as pp
     from tagger.engine.preprocess import target_size
 
     monkeypatch.setattr(pp, "BAND_PIXELS", 997)
@@ -1597,7 +1598,7 @@ def test_shrunk_decoding_is_one_box_reduce_then_the_resize(
     """The web app's decode of a format the decoder cannot shrink (PNG, TIFF, ...): band by
     band it gives exactly one box reduce of the whole image, then the Lanczos resize; off by
     default; within a few levels of the exact resize on a photo."""
-    import tagger.engine.preprocess as pp
+    import tagger.engine.decode as pp
     from tagger.engine.preprocess import target_size
 
     monkeypatch.setattr(pp, "BAND_PIXELS", 997)
@@ -1645,7 +1646,7 @@ def test_decoding_memory_is_bounded(name: str, tmp_path: Path) -> None:
 def test_reduced_jpeg_decoding_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A JPEG at least REDUCED_DECODE_MARGIN x 2 times the model's size is decoded at a DCT
     scale; the 1024 px image it gives differs from the exact one by a few levels at most."""
-    import tagger.engine.preprocess as pp
+    import tagger.engine.decode as pp
     from tagger.engine.preprocess import target_size
 
     photo = Image.open(Path(__file__).resolve().parent.parent / "examples" / "astronaut.jpg").convert("RGB")
@@ -1667,7 +1668,8 @@ def test_reduced_jpeg_decoding_is_bounded(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_web_pixel_cap_from_the_header(client: Client, tmp_path: Path) -> None:
     """The web app refuses more than 40 Mpx from the header (the CLI keeps 100 Mpx)."""
-    from tagger.engine.preprocess import MAX_IMAGE_PIXELS, WEB_MAX_IMAGE_PIXELS
+    from tagger.datasets.pixel_caps import WEB_MAX_IMAGE_PIXELS
+    from tagger.engine.decode import MAX_IMAGE_PIXELS
 
     assert WEB_MAX_IMAGE_PIXELS == 40_000_000 < MAX_IMAGE_PIXELS
     path = tmp_path / "big.png"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tagger.engine.preprocess import ImageError, load_image, normalise, preprocess
+from tagger.engine.decode import ImageError, load_image
+from tagger.engine.preprocess import normalise, preprocess
 from tagger.engine.synthetic import write_random_vocabulary
 from tagger.engine.tagger import Tagger, parse_dtype, resolve_device
 from tagger.engine.vocab import Vocabulary

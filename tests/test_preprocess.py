@@ -1,4 +1,4 @@
-"""Decoding, the size rule and normalisation (tagger.engine.preprocess).
+"""Decoding, the size rule and normalisation (tagger.engine.decode, tagger.engine.preprocess).
 
 Every image is generated here at run time with Pillow; nothing is read from the repository.
 """
@@ -19,13 +19,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from support import assert_sentence
 
+from tagger.engine.decode import MAX_IMAGE_PIXELS, ImageError, load_image
 from tagger.engine.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    MAX_IMAGE_PIXELS,
-    ImageError,
     image_to_pixels,
-    load_image,
     normalise,
     preprocess,
     resize,

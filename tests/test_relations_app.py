@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, expect
 from tagger.engine.synthetic import demo_files
 from tagger.engine.tagger import Tagger
 from tagger.tags.options import TagOptions
-from tagger.tags.results import select_tags
+from tagger.tags.selection import select_tags
 from tagger.web.controls import UNTICKED_CATEGORIES, present_categories
 
 OLD_NAME = "old cat name"

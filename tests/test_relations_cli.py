@@ -8,14 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
-from bulk_support import captions, run_bulk, write_images
+from bulk_support import captions, run_bulk, start_local_ray, write_images
 from test_relations import write_danbooru, write_e621
 
 from tagger.cli import main
 from tagger.engine.vocab import Vocabulary
 from tagger.tags.options import TagOptions
 from tagger.tags.relations import attach, load_relations
-from tagger.tags.results import select_tags
+from tagger.tags.selection import select_tags
 
 EVERYTHING = ["--mode", "threshold", "--threshold", "0", "--character-threshold", "0", "--floor", "0"]
 
@@ -102,7 +102,7 @@ def test_ray_engine_applies_the_relations_as_the_local_engine(
     capsys, tmp_path, tiny_files, everything_implies_the_first
 ):
     ray = pytest.importorskip("ray")
-    started = start_ray()
+    started = start_local_ray()
     path, first = everything_implies_the_first
     folder = tmp_path / "data"
     write_images(folder, ["a.png", "b.png", "c.png"])
@@ -114,23 +114,3 @@ def test_ray_engine_applies_the_relations_as_the_local_engine(
     assert local.code == 0 and ray_run.code == 0, ray_run.err
     assert captions(tmp_path / "ray" / "txt") == captions(tmp_path / "local" / "txt")
     assert all(first not in text.split(", ") for text in captions(tmp_path / "ray" / "txt").values())
-
-
-def start_ray() -> bool:
-    """A local Ray instance as tests/test_bulk_ray.py starts it (2 CPUs, no dashboard); whether it was started here."""
-    import os
-
-    import ray
-    from bulk_support import environment_for_subprocess
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return False
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        runtime_env={"env_vars": {"PYTHONPATH": environment_for_subprocess()["PYTHONPATH"]}},
-    )
-    return True

@@ -15,9 +15,11 @@ from test_rules_parity import NODE, random_scores, random_tag, random_values, ru
 
 from tagger.engine.vocab import CATEGORIES, Vocabulary
 from tagger.errors import RelationsError
+from tagger.tags.formats import category_tag_strings
 from tagger.tags.options import TagOptions
 from tagger.tags.relations import Relations, attach
-from tagger.tags.results import category_tag_strings, page_scores, select_tags
+from tagger.tags.selection import select_tags
+from tagger.web.page_scores import page_scores
 from tagger.web.tabs.tag import rules_config
 
 CASES = 1500

@@ -12,18 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tagger.engine.vocab import CATEGORIES, Vocabulary, normalize_tag
-from tagger.tags.results import (
-    Selection,
-    SelectionError,
-    api_response,
-    authors_json_entry,
-    mcut_threshold,
-    parse_tag_list,
-    pretty_text,
-    select_tags,
-    tag_string,
-    top_tags,
-)
+from tagger.tags.formats import api_response, authors_json_entry, pretty_text, tag_string
+from tagger.tags.selection import Selection, SelectionError, mcut_threshold, parse_tag_list, select_tags, top_tags
 
 # (tag, e621 category id as stored in the file or None, score). Scores are exact in float32.
 ROWS = [

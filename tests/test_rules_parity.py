@@ -23,8 +23,10 @@ import pytest
 
 from tagger.engine.vocab import CATEGORIES, Vocabulary, normalize_tag
 from tagger.errors import SelectionError
+from tagger.tags.formats import category_tag_strings
 from tagger.tags.options import OPTION_NAMES, TagOptions
-from tagger.tags.results import category_tag_strings, page_scores, select_tags
+from tagger.tags.selection import select_tags
+from tagger.web.page_scores import page_scores
 from tagger.web.tabs.tag import rules_config
 
 NODE = shutil.which("node")

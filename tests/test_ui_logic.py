@@ -12,9 +12,11 @@ import pytest
 
 from tagger.datasets.batch import BatchOutput
 from tagger.engine.vocab import CATEGORY_BY_NAME, Vocabulary
+from tagger.tags.formats import category_tag_strings
 from tagger.tags.options import TagOptions
-from tagger.tags.results import add_to_tag_list, category_tag_strings, page_scores, select_tags
+from tagger.tags.selection import add_to_tag_list, select_tags
 from tagger.web.controls import MODE_ONLY
+from tagger.web.page_scores import page_scores
 from tagger.web.tabs.batch import summary_markdown
 from tagger.web.tabs.tag import lookup_rows, page_script, rules_config
 

@@ -28,7 +28,6 @@ def test_idx2tag_only_puts_every_tag_in_category_zero(tmp_path):
     assert len(vocab) == 3
     assert list(vocab.category_ids) == [0, 0, 0]
     assert _names(vocab) == ["unassigned"] * 3
-    assert not vocab.has_categories
 
 
 def test_integral_float_and_numeric_string_ids_are_accepted(tmp_path):
@@ -52,7 +51,6 @@ def test_tag2category_ids_are_shifted_by_one(tmp_path):
         "meta",
         "lore",
     ]
-    assert vocab.has_categories
 
 
 def test_missing_unknown_and_out_of_range_ids_are_unassigned(tmp_path):

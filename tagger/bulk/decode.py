@@ -23,22 +23,22 @@ import multiprocessing
 import os
 import signal
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
 
 from tagger.bulk.sharding import HOST_GPUS_ENV
 from tagger.bulk.sources import Locator, Record, read_bytes
+from tagger.engine.decode import upright_size
+from tagger.engine.preprocess import Prepare
 from tagger.errors import ImageError
 
 log = logging.getLogger("tagger")
-
-_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -63,18 +63,7 @@ class Decoded:
 DecodeResult = tuple[Any, str | None, int | None, int | None, str | None]
 
 
-def upright_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the header, swapped when the EXIF orientation turns the image."""
-    with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
-        try:
-            orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
-        except Exception:  # broken EXIF: prepare treats the image as upright too
-            orientation = 1
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
-def decode_locator(locator: Locator, shown: str, prepare: Callable[[bytes], torch.Tensor]) -> DecodeResult:
+def decode_locator(locator: Locator, shown: str, prepare: Prepare) -> DecodeResult:
     """Read, hash, measure and prepare one image; every failure becomes an error sentence."""
     try:
         data = read_bytes(locator)
@@ -83,11 +72,11 @@ def decode_locator(locator: Locator, shown: str, prepare: Callable[[bytes], torc
         return None, None, None, None, f"Could not read {shown}: {reason}."
     digest = hashlib.sha256(data).hexdigest()
     try:
-        pixels = prepare(data)
-        width, height = upright_size(data)
+        pixels = prepare(data, name=shown)
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = upright_size(image)
     except ImageError as e:
-        # Decoding bytes reports "the given data"; say which image it was.
-        return None, digest, None, None, str(e).replace("the given data", shown, 1)
+        return None, digest, None, None, str(e)
     except Exception as e:  # one odd file must not stop a run over millions
         return None, digest, None, None, f"Could not read {shown} ({type(e).__name__}: {e})."
     return _to_wire(pixels), digest, width, height, None
@@ -115,10 +104,10 @@ def decoded_from(record: Record, result: DecodeResult) -> Decoded:
 # ---------------------------------------------------------------------------------------------
 # The pool
 
-_worker_prepare: Callable[[bytes], torch.Tensor] | None = None
+_worker_prepare: Prepare | None = None
 
 
-def _init_worker(prepare: Callable[[bytes], torch.Tensor]) -> None:
+def _init_worker(prepare: Prepare) -> None:
     global _worker_prepare
     _worker_prepare = prepare
     torch.set_num_threads(1)  # one image per worker; threads would only contend
@@ -181,7 +170,7 @@ class DecodePool:
     images are decoded ahead of the consumer. ``workers=0`` decodes in the calling thread.
     """
 
-    def __init__(self, prepare: Callable[[bytes], torch.Tensor], workers: int, prefetch: int = 4):
+    def __init__(self, prepare: Prepare, workers: int, prefetch: int = 4):
         self.prepare = prepare
         self.workers = workers
         self.limit = max(2, workers * prefetch)
@@ -230,7 +219,7 @@ class DecodePool:
         if generation != self._generation:  # submitted to a pool that has died since
             work = self._submit(record)
         try:
-            return decoded_from(record, work.result())  # type: ignore[union-attr]  # the pool is running: a Future
+            return decoded_from(record, cast(Future, work).result())  # the pool is running: a Future
         except BrokenProcessPool:
             pass
         # A worker died (a decoder crash on a hostile file, or the OOM killer), and the images
@@ -239,7 +228,7 @@ class DecodePool:
         log.warning("A decoding worker died; restarting the decoders (at %s)", record.path)
         self._restart()
         try:
-            return decoded_from(record, self._submit(record).result())  # type: ignore[union-attr]  # as above
+            return decoded_from(record, cast(Future, self._submit(record)).result())  # as above
         except BrokenProcessPool:
             self._restart()
             return Decoded(record, None, error=f"Could not read {record.path}: decoding it crashed the decoder.")
@@ -260,7 +249,7 @@ class DecodePool:
                 return
             item, work, generation = pending.popleft()
             # work is None only for what is not a Record.
-            yield self._result(item, work, generation) if isinstance(item, Record) else item  # type: ignore[arg-type]
+            yield self._result(item, work, generation) if isinstance(item, Record) and work is not None else item
 
 
 _END = object()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from tagger.bulk.outputs import TagRow
 from tagger.datasets.batch import ImageResult
 from tagger.engine.tagger import Tagger
 from tagger.tags.options import TagOptions
-from tagger.tags.results import select_tags
+from tagger.tags.selection import select_tags
 
 EMPTY_IDS = np.zeros(0, dtype=np.int32)
 EMPTY_SCORES = np.zeros(0, dtype=np.float32)
@@ -52,29 +53,16 @@ class TokenCounts:
 
 
 def count_tokens(tagger: Tagger, batch: Sequence[Decoded]) -> tuple[int, int]:
-    """(real, padded) token positions of one model call over ``batch``: from the engine's own
-    plan of forward passes (``Tagger.plan``) where it has one, else assuming the call pads
-    every image to the batch's longest (see ``padding_source``)."""
-    plan = getattr(tagger, "plan", None)
-    if callable(plan):
-        passes = plan([item.pixels for item in batch])
-        return sum(p.tokens for p in passes), sum(p.padded_tokens for p in passes)
-    config = tagger.model.config
-    lengths = [config.num_prefix_tokens + item.tokens(config.patch_size) for item in batch]
-    return sum(lengths), max(lengths, default=0) * len(lengths)
-
-
-def padding_source(tagger: Tagger | type[Tagger]) -> str:
-    """How ``count_tokens`` knows the padding, for the summary line."""
-    if callable(getattr(tagger, "plan", None)):
-        return "from the engine's batch plan"
-    return "estimated: each batch padded to its longest image"
+    """(real, padded) token positions of one model call over ``batch``, from the engine's own
+    plan of forward passes (``Tagger.plan``)."""
+    passes = tagger.plan([item.pixels for item in batch if item.pixels is not None])
+    return sum(p.tokens for p in passes), sum(p.padded_tokens for p in passes)
 
 
 def batches_by_tokens(items: Sequence[Decoded], batch_size: int, patch: int) -> list[list[Decoded]]:
     """Decoded images (errors left out) sorted by token count and shape, cut into batches."""
     good = [d for d in items if d.pixels is not None]  # the comprehension does not narrow d.pixels
-    good.sort(key=lambda d: (d.tokens(patch), tuple(d.pixels.shape), d.record.index))  # type: ignore[union-attr]
+    good.sort(key=lambda d: (d.tokens(patch), tuple(cast(torch.Tensor, d.pixels).shape), d.record.index))
     return [good[i : i + batch_size] for i in range(0, len(good), batch_size)]
 
 
@@ -84,16 +72,7 @@ def probabilities_and_descriptors(
     """Probabilities ``[B, num_tags]``, and descriptors ``[B, D]`` from the same forward pass."""
     if not descriptors:
         return tagger.run(pixels), None
-    both = getattr(tagger, "run_with_descriptors", None)
-    if callable(both):  # a backend without the head as a module (tagger.onnx.backend)
-        return both(pixels)
-    features = tagger.run_descriptors(pixels)
-    # The model's forward is head(descriptor(x)) with the head computing in float32 from the
-    # descriptor widened to float32, which is what run_descriptors returns: the same numbers.
-    with torch.inference_mode():
-        logits = tagger.model.head(torch.from_numpy(features).to(tagger.device))
-        probabilities = torch.sigmoid(logits).float().cpu().numpy()
-    return probabilities, features
+    return tagger.run_with_descriptors(pixels)
 
 
 def error_row(item: Decoded) -> TagRow:
@@ -142,7 +121,7 @@ def _row(
 def score_batch(tagger: Tagger, batch: Sequence[Decoded], descriptors: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """The model, once over ``batch`` (decoded images without errors): probabilities, descriptors."""
     # Every item of a batch has pixels (batches_by_tokens leaves the errors out).
-    return probabilities_and_descriptors(tagger, [item.pixels for item in batch], descriptors)  # type: ignore[misc]
+    return probabilities_and_descriptors(tagger, cast(list[torch.Tensor], [item.pixels for item in batch]), descriptors)
 
 
 def batch_rows(

@@ -17,13 +17,13 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 from tagger.bulk.decode import Decoded, DecodePool
-from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, error_row, padding_source, score_batch
+from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, error_row, score_batch
 from tagger.bulk.outputs import OutputWriter, TagRow
 from tagger.bulk.plan import Kept, Plan, ShardEnd
 from tagger.bulk.progress import Progress, Summary
+from tagger.engine.preprocess import Prepare
 from tagger.engine.tagger import Tagger
 from tagger.tags.options import TagOptions
 
@@ -104,12 +104,11 @@ def run_local(
     descriptors: bool,
     summary: Summary,
     progress: Progress,
-    prepare: Callable[[Any], Any] | None = None,
+    prepare: Prepare | None = None,
 ) -> Summary:
     """Tag everything ``plan`` yields; counts go into ``summary`` (also on an interrupt)."""
     patch = tagger.model.config.patch_size
     prepare = prepare or tagger.preprocessor
-    summary.padding_source = padding_source(tagger)
     started = time.perf_counter()
     output = BackgroundWriter(writer, summary, progress)
     window: list[Decoded] = []

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,10 +38,10 @@ log = logging.getLogger("tagger")
 _LOCK_NAME = re.compile(r"shard-(\d+)-of-(\d+)\.lock")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
-try:
+if sys.platform != "win32":
     import fcntl
-except ImportError:  # Windows: no flock; runs there are not protected from each other
-    fcntl = None  # type: ignore[assignment]
+else:  # Windows: no flock; runs there are not protected from each other
+    fcntl = None
 
 
 def overlaps(a: ShardSpec, b: ShardSpec) -> bool:

@@ -37,7 +37,7 @@ from tagger.bulk.names import escape_name
 from tagger.bulk.safefs import NotRegularFile, TooLarge, create_exclusive, read_existing_text
 from tagger.engine.vocab import normalize_tag
 from tagger.errors import BulkError
-from tagger.tags.results import parse_tag_list
+from tagger.tags.selection import parse_tag_list
 
 FORMATS = ("txt", "jsonl", "parquet")
 ON_EXISTING = ("skip", "overwrite", "append", "prepend")

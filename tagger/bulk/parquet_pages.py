@@ -1,38 +1,41 @@
-"""Finding Parquet image cells over the per-image cap without decompressing the pages that hold them.
+"""Reading a Parquet image column one cell at a time, never a whole page at once.
 
-pyarrow decompresses and decodes a whole page before any of its values can be measured, which
-costs the page's size a few times over: a 33 KB zstd file can hold a 1000 MiB cell. So before
-a row group's image column is read, ``oversized_cell`` looks at what the file says about it:
+pyarrow decompresses and decodes a whole page before any of its values can be read, which
+costs the page's size a few times over: a 33 KB zstd file can hold a 1000 MiB cell, and
+``datasets`` writes a row group of images as one page far larger than any one image. So the
+image column is read here: page headers (small Thrift structs in front of each page) say where
+each page is and how many rows it holds, so pages before the wanted row are never opened; a
+page is decompressed as a stream, a megabyte at a time, and only the wanted value is kept. A
+value over the cap is skipped from its length prefix and refused alone. zstd, gzip, brotli and
+uncompressed pages are streamed; snappy and LZ4 pages, which have no stream format, are
+decompressed whole, and refused over a page budget.
 
-* each page header (a small Thrift struct in front of each page) gives the page's
-  uncompressed size, which is what the reader allocates; a page within the cap is fine;
-* a page over the cap (a row group of many images, as ``datasets`` writes, is often one
-  dictionary page) is decompressed as a stream, a megabyte at a time, and only the length
-  prefixes of its values are kept. zstd, gzip, brotli and uncompressed pages are streamed;
-  snappy and LZ4 pages, which have no stream format, are decompressed once into one buffer of
-  the size their header gives (those codecs compress at most about 20:1 and 255:1, so the file
-  itself is at least that big).
-
-Only plain-encoded values are read this way (dictionary pages and the fallback pages that
-pyarrow and ``datasets`` write for images); a page over the cap in any other encoding is
-reported as one that cannot be checked.
+Plain values and dictionaries (what pyarrow and ``datasets`` write for images) are read;
+``NeedsArrow`` says a chunk is in another encoding but each of its pages is within the cap,
+so pyarrow may read it.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from typing import Any, BinaryIO
+
+from tagger.bulk import safefs
+from tagger.errors import MiB, format_bytes
 
 _STREAMED_CODECS = {"ZSTD": "zstd", "GZIP": "gzip", "BROTLI": "brotli"}
 _BUFFERED_CODECS = {"SNAPPY": "snappy", "LZ4_RAW": "lz4_raw", "LZ4": "lz4_raw"}
-_PLAIN = 0
+_PLAIN, _PLAIN_DICTIONARY, _RLE_DICTIONARY = 0, 2, 8
 _DATA_PAGE, _DICTIONARY_PAGE, _DATA_PAGE_V2 = 0, 2, 3
-_CHUNK = 1024 * 1024
+_CHUNK = MiB
 
 
 class PageError(ValueError):
-    """What the file says about a page cannot be read, or the page cannot be checked."""
+    """What the file says about a page cannot be read, or the page cannot be read within the caps."""
+
+
+class NeedsArrow(PageError):
+    """A column chunk in an encoding read here only by pyarrow, each of its pages within the cap."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,18 +181,21 @@ def read_page_header(fp: BinaryIO) -> PageHeader:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading a page's value lengths
+# Reading a page's bytes
 
 
 class _Region:
-    """``size`` bytes of a file from its current position, as a stream that ends there."""
+    """``size`` bytes of a file from ``start``, as a stream that ends there (it seeks itself, so
+    a dictionary and a data page can be read from one file object)."""
 
-    def __init__(self, fp: BinaryIO, size: int):
-        self.fp, self.left, self.closed = fp, size, False
+    def __init__(self, fp: BinaryIO, start: int, size: int):
+        self.fp, self.position, self.left, self.closed = fp, start, size, False
 
     def read(self, n: int = -1) -> bytes:
         n = self.left if n is None or n < 0 else min(n, self.left)
+        self.fp.seek(self.position)
         data = self.fp.read(n)
+        self.position += len(data)
         self.left -= len(data)
         return data
 
@@ -203,35 +209,29 @@ class _Region:
 class _Values:
     """The uncompressed bytes of a page, read front to back."""
 
-    def __init__(self, fp: BinaryIO, page: PageHeader, codec: str):
+    def __init__(self, fp: BinaryIO, offset: int, page: PageHeader, codec: str, budget: int):
         import pyarrow as pa
 
-        fp.read(page.levels_v2)  # v2 levels are stored apart from the values, never compressed
-        self._left = page.uncompressed - page.levels_v2
-        body = page.compressed - page.levels_v2
-        raw: Any = _Region(fp, body)
-        self._buffer: Any = None
-        self._stream: Any = None
+        if not 0 <= page.levels_v2 <= page.compressed:
+            raise PageError("a page header gives impossible sizes")
+        # v2 levels are stored apart from the values, never compressed.
+        self.levels = _Region(fp, offset, page.levels_v2).read()
+        self._left = size = page.uncompressed - page.levels_v2
+        raw: Any = _Region(fp, offset + page.levels_v2, page.compressed - page.levels_v2)
         if codec == "UNCOMPRESSED" or not page.values_compressed:
-            self._stream = raw
+            self._stream: Any = raw
         elif codec in _STREAMED_CODECS:
             self._stream = pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), _STREAMED_CODECS[codec])
         elif codec in _BUFFERED_CODECS:
-            size = page.uncompressed - page.levels_v2
-            compressed = raw.read()
-            try:
-                self._buffer = pa.Codec(_BUFFERED_CODECS[codec]).decompress(compressed, decompressed_size=size)
-            except (OSError, ValueError, pa.ArrowException) as e:
-                if codec != "LZ4":
-                    raise PageError(f"a page could not be decompressed ({e})") from None
-                # The older LZ4 codec: one Hadoop block, two big-endian sizes before the raw data.
-                try:
-                    self._buffer = pa.Codec("lz4_raw").decompress(compressed[8:], decompressed_size=size)
-                except (OSError, ValueError, pa.ArrowException) as e2:
-                    raise PageError(f"a page could not be decompressed ({e2})") from None
-            self._stream = pa.BufferReader(self._buffer)
+            if size > budget:
+                raise PageError(
+                    f"its page of {size:,} bytes is compressed with {codec.lower()}, which is decompressed "
+                    f"whole, and is over the limit of {format_bytes(budget)} per such page; write the "
+                    "file again with zstd to tag its rows"
+                )
+            self._stream = pa.BufferReader(_decompress(raw.read(), codec, size))
         else:
-            raise PageError(f"its pages are compressed with {codec}, which bulk tagging cannot check before reading")
+            raise PageError(f"its pages are compressed with {codec}, which bulk tagging cannot read")
 
     def read(self, n: int) -> bytes:
         # Never past the size the header gives: a stream that decompresses to more is cut there.
@@ -240,68 +240,226 @@ class _Values:
         self._left -= len(data)
         return data
 
-    def skip(self, n: int) -> int:
-        skipped = 0
-        while skipped < n:
-            got = len(self.read(min(_CHUNK, n - skipped)))
+    def read_exact(self, n: int) -> bytes:
+        chunks, got = [], 0
+        while got < n:
+            chunk = self.read(min(_CHUNK, n - got))
+            if not chunk:
+                raise PageError("a page ends inside a value")
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def skip(self, n: int) -> None:
+        while n > 0:
+            got = len(self.read(min(_CHUNK, n)))
             if not got:
-                break
-            skipped += got
-        return skipped
+                raise PageError("a page ends inside a value")
+            n -= got
+
+    def value(self, limit: int | None) -> bytes | None:
+        """The next plain value; skipped (None) when ``limit`` is None, refused over ``limit``."""
+        (length,) = struct.unpack("<I", self.read_exact(4))
+        if limit is None or length > limit:
+            self.skip(length)
+            if limit is not None:
+                raise safefs.TooLarge(safefs.size_limit_sentence(length, limit))
+            return None
+        return self.read_exact(length)
 
 
-def _value_lengths(values: _Values, page: PageHeader, definition_levels: int, repetition_levels: int) -> Iterator[int]:
-    """The byte length of each plain-encoded value of a page, read without keeping the values."""
-    if page.type == _DATA_PAGE:
-        for present in (repetition_levels, definition_levels):
-            if present:  # v1 levels: a 4-byte length, then the RLE runs
-                (size,) = struct.unpack("<I", values.read(4).rjust(4, b"\0"))
-                values.skip(size)
-    while True:
-        prefix = values.read(4)
-        if len(prefix) < 4:
-            return
-        (length,) = struct.unpack("<I", prefix)
-        yield length
-        if values.skip(length) < length:
-            return
-
-
-def oversized_cell(file: str, row_group: Any, column: int, schema_column: Any, limit: int) -> int | None:
-    """The size of a cell over ``limit`` in one row group's column chunk (the first found), or None.
-
-    ``PageError`` when what the file says cannot be read or the chunk cannot be checked."""
+def _decompress(compressed: bytes, codec: str, size: int) -> Any:
     import pyarrow as pa
 
-    chunk = row_group.column(column)
-    # Every page header is read, even when the footer's total says the chunk is small: the
-    # reader sizes each page from its own header, and the two need not agree in a made-up file.
-    codec = str(chunk.compression).upper()
+    try:
+        return pa.Codec(_BUFFERED_CODECS[codec]).decompress(compressed, decompressed_size=size)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        if codec != "LZ4":
+            raise PageError(f"a page could not be decompressed ({e})") from None
+    try:  # the older LZ4 codec: one Hadoop block, two big-endian sizes before the raw data
+        return pa.Codec("lz4_raw").decompress(compressed[8:], decompressed_size=size)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise PageError(f"a page could not be decompressed ({e})") from None
+
+
+def _hybrid(data: bytes, bit_width: int, count: int) -> list[int]:
+    """``count`` numbers in Parquet's RLE / bit-packed hybrid encoding (levels, dictionary indices)."""
+    out: list[int] = []
+    position, width, mask = 0, (bit_width + 7) // 8, (1 << bit_width) - 1
+    while len(out) < count:
+        header = shift = 0
+        while True:
+            if position >= len(data) or shift > 35:
+                raise PageError("a page's levels or indices end early")
+            byte = data[position]
+            position += 1
+            header |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if header & 1:  # bit-packed groups of eight
+            for _ in range(header >> 1):
+                group = int.from_bytes(data[position : position + bit_width], "little")
+                position += bit_width
+                out.extend((group >> (i * bit_width)) & mask for i in range(8))
+        else:
+            value = int.from_bytes(data[position : position + width], "little")
+            position += width
+            out.extend([value] * min(header >> 1, count - len(out)))
+        if position > len(data):
+            raise PageError("a page's levels or indices end early")
+    return out[:count]
+
+
+# ---------------------------------------------------------------------------------------------
+# One column chunk, cell by cell
+
+
+def _page_headers(fp: BinaryIO, chunk: Any) -> list[tuple[int, PageHeader]]:
+    """(offset of the body, header) of each page of a column chunk, read from the headers alone."""
     start = chunk.data_page_offset
     if chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
         start = min(start, chunk.dictionary_page_offset)
-    end = start + chunk.total_compressed_size
-    definition, repetition = schema_column.max_definition_level, schema_column.max_repetition_level
-    with open(file, "rb") as fp:
-        position = start
-        while position < end:
-            fp.seek(position)
-            page = read_page_header(fp)
-            body = fp.tell()
-            position = body + page.compressed
-            if page.uncompressed <= limit or page.type not in (_DATA_PAGE, _DICTIONARY_PAGE, _DATA_PAGE_V2):
-                continue
-            # A dictionary page's values are plain whether it says PLAIN or PLAIN_DICTIONARY (2).
-            if page.encoding != _PLAIN and not (page.type == _DICTIONARY_PAGE and page.encoding == 2):
-                raise PageError(
-                    f"it has a page of {page.uncompressed:,} bytes in an encoding (number {page.encoding}) "
-                    "that bulk tagging cannot check before reading"
-                )
-            try:
-                values = _Values(fp, page, codec)
-                for length in _value_lengths(values, page, definition, repetition):
-                    if length > limit:
-                        return length
-            except (OSError, pa.ArrowException) as e:
-                raise PageError(f"a page could not be decompressed ({e})") from None
-    return None
+    end, position, pages = start + chunk.total_compressed_size, start, []
+    while position < end:
+        fp.seek(position)
+        page = read_page_header(fp)
+        pages.append((fp.tell(), page))
+        position = fp.tell() + page.compressed
+    return pages
+
+
+class _Dictionary:
+    """A dictionary page, read forward to the wanted entry (again from its start for an earlier one)."""
+
+    def __init__(self, fp: BinaryIO, offset: int, page: PageHeader, codec: str, budget: int):
+        self.open = lambda: _Values(fp, offset, page, codec, budget)
+        self.values: _Values | None = None
+        self.at = 0
+
+    def entry(self, index: int, limit: int) -> bytes | None:
+        if self.values is None or index < self.at:
+            self.values, self.at = self.open(), 0
+        try:
+            while self.at < index:
+                self.values.value(None)
+                self.at += 1
+            self.at += 1
+            return self.values.value(limit)
+        except safefs.TooLarge:
+            raise  # the entry was skipped whole: the stream is still in step
+        except Exception:
+            self.values = None  # read again from the start next time
+            raise
+
+
+class ChunkCells:
+    """The cells of one row group's BYTE_ARRAY column chunk, asked for in increasing row order.
+
+    ``cell(row)`` gives the row's bytes (None when null); ``safefs.TooLarge`` for a value over
+    ``limit``, ``PageError`` for a row whose page cannot be read. Only the wanted value is held,
+    plus, for snappy and LZ4, one page of at most ``budget`` bytes."""
+
+    def __init__(self, file: str, chunk: Any, schema_column: Any, rows: int, limit: int, budget: int):
+        self.fp = open(file, "rb")  # noqa: SIM115 (kept open between cells; see close)
+        self.codec, self.limit, self.budget, self.rows = str(chunk.compression).upper(), limit, budget, rows
+        self.max_definition = schema_column.max_definition_level
+        try:
+            pages = _page_headers(self.fp, chunk)
+        except PageError:
+            self.fp.close()
+            raise
+        known = chunk.physical_type == "BYTE_ARRAY" and not schema_column.max_repetition_level
+        known &= self.codec == "UNCOMPRESSED" or self.codec in _STREAMED_CODECS or self.codec in _BUFFERED_CODECS
+        self.dictionary: _Dictionary | None = None
+        self.pages: list[tuple[int, PageHeader]] = []
+        for offset, page in pages:
+            if page.type == _DICTIONARY_PAGE:
+                known &= page.encoding in (_PLAIN, _PLAIN_DICTIONARY)
+                self.dictionary = _Dictionary(self.fp, offset, page, self.codec, budget)
+            elif page.type in (_DATA_PAGE, _DATA_PAGE_V2):
+                known &= page.encoding in (_PLAIN, _PLAIN_DICTIONARY, _RLE_DICTIONARY)
+                self.pages.append((offset, page))
+        if not known:
+            self.fp.close()
+            largest = max((page.uncompressed for _, page in pages), default=0)
+            if largest <= limit:
+                raise NeedsArrow("pyarrow reads it")
+            raise PageError(
+                f"it has a page of {largest:,} bytes in a layout that bulk tagging cannot read a cell at a time"
+            )
+        self.page = -1
+        self.start = self.end = self.next_row = 0  # rows of the current page; the next row to consume
+        self.error: str | None = None
+
+    def close(self) -> None:
+        self.fp.close()
+
+    def _open(self, offset: int, page: PageHeader) -> None:
+        self.start, self.end = self.end, self.end + page.num_values
+        self.levels: list[int] | None = None
+        self.indices: list[int] | None = None
+        self.seen = 0  # values consumed in this page
+        self.error = None
+        if page.encoding == _PLAIN and self.dictionary is not None:
+            self.dictionary.values = None  # plain pages follow it: its buffer is not needed again
+        if page.num_values < 0 or self.end > self.rows:
+            raise PageError("its pages hold more rows than its row group")
+        try:
+            values = self.values = _Values(self.fp, offset, page, self.codec, self.budget)
+            need = 9 * page.num_values + 16  # the most bytes that levels or indices for these rows take
+            if self.max_definition:
+                size = len(values.levels)
+                if page.type == _DATA_PAGE:
+                    (size,) = struct.unpack("<I", values.read_exact(4))
+                if size > need:
+                    raise PageError("a page's levels are larger than its rows need")
+                data = values.read_exact(size) if page.type == _DATA_PAGE else values.levels
+                self.levels = _hybrid(data, self.max_definition.bit_length(), page.num_values)
+            if page.encoding != _PLAIN:
+                if self.dictionary is None:
+                    raise PageError("a page points into a dictionary its column lacks")
+                present = page.num_values if self.levels is None else self.levels.count(self.max_definition)
+                width = values.read_exact(1)[0]
+                self.indices = _hybrid(values.read(need), width, present)
+        except PageError as e:
+            self.error = str(e)
+
+    def cell(self, row: int) -> bytes | None:
+        import pyarrow as pa
+
+        if row < self.next_row:
+            raise ValueError("cells are read front to back")
+        try:
+            while row >= self.end:  # pages before the row are never decompressed
+                self.page += 1
+                if self.page >= len(self.pages):
+                    raise PageError("the file has fewer rows than its footer says")
+                self._open(*self.pages[self.page])
+                self.next_row = self.start
+            while self.next_row < row:
+                self._consume(None)
+            return self._consume(self.limit)
+        except safefs.TooLarge:
+            raise
+        except (OSError, pa.ArrowException, PageError) as e:
+            self.error = self.error or (
+                str(e) if isinstance(e, PageError) else f"a page could not be decompressed ({e})"
+            )
+            raise PageError(self.error) from None
+
+    def _consume(self, limit: int | None) -> bytes | None:
+        """The next row's value; only skipped when ``limit`` is None."""
+        at, self.next_row = self.next_row - self.start, self.next_row + 1
+        if self.error is not None:
+            if limit is None:
+                return None
+            raise PageError(self.error)
+        if self.levels is not None and self.levels[at] != self.max_definition:
+            return None  # a null
+        self.seen += 1
+        if self.indices is None:
+            return self.values.value(limit)
+        if limit is None or self.dictionary is None:
+            return None
+        return self.dictionary.entry(self.indices[self.seen - 1], limit)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 from tagger.bulk.names import unescape_name
 from tagger.bulk.outputs import Layout
@@ -96,7 +97,7 @@ class Plan:
         """Images this run will tag or pass over (None when an input cannot be counted ahead)."""
         if self.counts is None or any(c is None for c in self.counts):
             return None
-        sizes = shard_sizes(sum(self.counts), self.shard_size)  # type: ignore[arg-type]  # no None: checked above
+        sizes = shard_sizes(sum(cast(list[int], self.counts)), self.shard_size)  # no None: checked above
         total = 0
         for shard, size in enumerate(sizes):
             if self.shard.owns(shard) and shard not in self.state.finished:

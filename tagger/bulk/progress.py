@@ -24,7 +24,6 @@ class Summary:
     tokens: TokenCounts = field(default_factory=TokenCounts)
     seconds: float = 0.0
     out: str = ""
-    padding_source: str = ""
 
     @property
     def rate(self) -> float:
@@ -46,9 +45,7 @@ class Summary:
         speed = f"{rate} images/s over {self.seconds:.1f} s"
         waste = ""
         if self.tokens.tokens:
-            waste = f"padding waste {self.tokens.waste:.1%}" + (
-                f" ({self.padding_source})" if self.padding_source else ""
-            )
+            waste = f"padding waste {self.tokens.waste:.1%} (from the engine's batch plan)"
         shards = f"{self.shards_finished:,} shard{'s' if self.shards_finished != 1 else ''} completed"
         return "; ".join(p for p in [", ".join(parts), speed, waste, shards, f"outputs in {self.out}"] if p) + "."
 

@@ -24,6 +24,7 @@ Hub access: each actor resolves them like the local engine).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import warnings
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from tagger.bulk.decode import GPU_PROCESS_THREADS, Decoded, decode_locator
-from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, error_row, padding_source, score_batch
+from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, error_row, score_batch
 from tagger.bulk.local import WINDOW_BATCHES
 from tagger.bulk.names import escape_name, unescape_name
 from tagger.bulk.outputs import OutputWriter, TagRow
@@ -49,9 +50,9 @@ from tagger.errors import BulkError
 from tagger.tags.options import TagOptions
 
 try:
-    from ray.data import Datasink
+    Datasink: Any = importlib.import_module("ray.data").Datasink
 except ImportError:  # the extra is not installed: run_ray says how to get it
-    Datasink = object  # type: ignore[assignment,misc]  # a stand-in base class, never instantiated
+    Datasink = object  # a stand-in base class, never instantiated
 
 DECODE_BATCH = 16
 # CPUs a GPU actor reserves: the thread feeding the GPU and the one formatting rows. Without a
@@ -323,10 +324,8 @@ def run_ray(
             f"--engine ray reads inputs from a shared file system and cannot stream {streamed[0]}; "
             "save the dataset to disk (datasets' save_to_disk) or use uncompressed .tar shards."
         )
-    from tagger.engine.tagger import Tagger
 
     started = time.perf_counter()
-    summary.padding_source = padding_source(Tagger)
     items: list[dict[str, Any]] = []
     finished: list[int] = []
     for item in plan.items():

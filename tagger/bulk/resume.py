@@ -157,14 +157,6 @@ class ResumeState:
                 state.done_keys[shard] = keys
         return state
 
-    def is_done(self, shard: int, key: str) -> bool:
-        return shard in self.finished or key in self.done_keys.get(shard, ())
-
-    @property
-    def images_done(self) -> int:
-        finished = sum(int(m.get("images", 0)) + int(m.get("errors", 0)) for m in self.finished.values())
-        return finished + sum(len(keys) for keys in self.done_keys.values())
-
 
 def _shard_number(name: str) -> int | None:
     match = re.fullmatch(r"shard-(\d+)", name)

@@ -17,6 +17,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
+from tagger.errors import format_bytes
+
 # No image worth tagging comes near this; a bigger one is a mistake or an attack (a 33 KB
 # Parquet file can hold a 1000 MiB cell), and every copy of it costs its size again.
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
@@ -56,7 +58,7 @@ def not_regular(kind: str) -> NotRegularFile:
 
 def size_limit_sentence(size: int, limit: int | None = None, what: str = "image") -> str:
     limit = MAX_IMAGE_BYTES if limit is None else limit
-    return f"it is {size:,} bytes, over the limit of {limit / (1024 * 1024):g} MiB per {what}"
+    return f"it is {size:,} bytes, over the limit of {format_bytes(limit)} per {what}"
 
 
 def open_regular(path: str | os.PathLike[str]) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 from tagger.bulk import safefs
 from tagger.bulk.names import escape_name
 from tagger.datasets.intake import IMAGE_EXTENSIONS, sanitize_path, wrapper_depth
-from tagger.errors import BulkError, UploadError
+from tagger.errors import BulkError, UploadError, format_bytes
 
 HUB_PREFIX = "hf:"
 TAR_STREAM_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -575,8 +575,7 @@ class _ReaderCache:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.zips: dict[str, zipfile.ZipFile] = {}
-        self.groups: OrderedDict[tuple[str, int, str], _ParquetCursor] = OrderedDict()
-        self.refused_groups: dict[tuple[str, int, str], str | None] = {}  # why a row group is not read
+        self.groups: OrderedDict[tuple[str, int, str], _ParquetCells] = OrderedDict()
         self.datasets: dict[tuple[str, str, str], Any] = {}
 
 
@@ -590,96 +589,94 @@ def _reader_cache() -> _ReaderCache:
     return _cache
 
 
-# Rows of a Parquet image column held at once per reader: a few images, so that one huge cell
-# costs its own size once, not a whole row group's worth of copies.
-PARQUET_BATCH_ROWS = 16
-
-
-class _ParquetCursor:
-    """One row group's image column, read front to back in small batches.
-
-    A decoding worker asks for rows in increasing order (it gets every few records), so it
-    reads forward; a row behind the cursor starts the row group again."""
+class _ArrowCells:
+    """One row group's image column read by pyarrow a row at a time, for the encodings that
+    ``parquet_pages`` does not read (each page within the cap, so pyarrow holds a few caps)."""
 
     def __init__(self, file: str, group: int, column: str):
         import pyarrow.parquet as pq
 
-        self._batches = pq.ParquetFile(file).iter_batches(
-            batch_size=PARQUET_BATCH_ROWS, row_groups=[group], columns=[column], use_threads=False
-        )
-        self.start = 0
-        self.values: Any = None
-        self.sizes: list[int | None] = []
+        parquet = pq.ParquetFile(file, pre_buffer=False)
+        self._rows = parquet.iter_batches(batch_size=1, row_groups=[group], columns=[column], use_threads=False)
+        self.next_row = 0
 
-    def cell(self, row: int) -> tuple[Any, int | None]:
-        """(the Arrow value, its byte length) of ``row`` of the row group."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        while self.values is None or row >= self.start + len(self.values):
-            if self.values is not None:
-                self.start += len(self.values)
-            batch = next(self._batches, None)
+    def cell(self, row: int) -> Any:
+        batch = None
+        while self.next_row <= row:
+            batch = next(self._rows, None)
             if batch is None:
                 raise OSError("the Parquet file has fewer rows than it had when listed")
-            self.values = batch.column(0)
-            data = self.values
-            if pa.types.is_struct(data.type):
-                data = data.field("bytes")
-            self.sizes = (
-                pc.binary_length(data).to_pylist()
-                if pa.types.is_binary(data.type) or pa.types.is_large_binary(data.type)
-                else [None] * len(data)
-            )
-        return self.values[row - self.start], self.sizes[row - self.start]
+            self.next_row += 1
+        assert batch is not None, "rows are asked for in increasing order"
+        return batch.column(0)[0].as_py()
 
 
-def _refusal(file: str, group: int, column: str) -> str | None:
-    """Why row group ``group`` of ``file`` must not be read (a cell over the cap in its image
-    column, found from the file's page headers before anything is decompressed), or None."""
-    import pyarrow.parquet as pq
+class _ParquetCells:
+    """One row group's image column, read front to back a cell at a time (``parquet_pages``).
 
-    from tagger.bulk.parquet_pages import PageError, oversized_cell
+    A decoding worker asks for rows in increasing order (it gets every few records); a row
+    behind the reader starts the row group again."""
 
-    metadata = pq.ParquetFile(file).metadata
-    row_group = metadata.row_group(group)
-    for leaf in range(row_group.num_columns):
-        if row_group.column(leaf).path_in_schema not in (column, f"{column}.bytes"):
-            continue
+    def __init__(self, file: str, group: int, column: str):
+        import pyarrow.parquet as pq
+
+        from tagger.bulk.parquet_pages import ChunkCells, NeedsArrow, PageError
+
+        self.refusal: str | None = None
+        self.arrow: _ArrowCells | None = None
+        self.leaves: dict[str, ChunkCells] = {}
+        metadata = pq.ParquetFile(file).metadata
+        row_group, limit = metadata.row_group(group), safefs.MAX_IMAGE_BYTES
+        for leaf in range(row_group.num_columns):
+            name = row_group.column(leaf).path_in_schema
+            part = {column: "bytes", f"{column}.bytes": "bytes", f"{column}.path": "path"}.get(name)
+            if part is None:
+                continue
+            chunk, schema_column = row_group.column(leaf), metadata.schema.column(leaf)
+            try:
+                self.leaves[part] = ChunkCells(file, chunk, schema_column, row_group.num_rows, limit, 4 * limit)
+            except NeedsArrow:
+                self.arrow = _ArrowCells(file, group, column)
+            except PageError as e:
+                self.refusal = (
+                    f"its row group {group} was not read: {e}, and it may hold an image over the limit of "
+                    f"{format_bytes(limit)} per image; write the file again with pyarrow's defaults to tag it"
+                )
+        if "bytes" not in self.leaves and self.arrow is None:  # a struct whose "bytes" is not a leaf
+            self.arrow = _ArrowCells(file, group, column)
+        self.next_row = 0
+
+    def close(self) -> None:
+        for leaf in self.leaves.values():
+            leaf.close()
+
+    def cell(self, row: int) -> tuple[bytes | None, str | None]:
+        from tagger.bulk.parquet_pages import PageError
+
+        self.next_row = row + 1
+        if self.refusal is not None:
+            raise OSError(self.refusal)
+        if self.arrow is not None:
+            return _image_value(self.arrow.cell(row))
         try:
-            size = oversized_cell(file, row_group, leaf, metadata.schema.column(leaf), safefs.MAX_IMAGE_BYTES)
+            data = self.leaves["bytes"].cell(row)
+            path = self.leaves["path"].cell(row) if "path" in self.leaves else None
         except PageError as e:
-            return (
-                f"its row group {group} was not read: {e}, and it may hold an image over the limit of "
-                f"{safefs.MAX_IMAGE_BYTES / (1024 * 1024):g} MiB per image; write the file again with pyarrow's "
-                "defaults to tag it"
-            )
-        if size is not None:
-            return (
-                f"its row group {group} was not read: its image column holds a cell of {size:,} bytes, over the "
-                f"limit of {safefs.MAX_IMAGE_BYTES / (1024 * 1024):g} MiB per image, and no row of the group can be "
-                "read without decompressing it; write the file again without that cell to tag the others"
-            )
-    return None
+            raise OSError(str(e)) from None
+        return data or None, path.decode("utf-8", "replace") if path else None
 
 
 def _parquet_cell(cache: _ReaderCache, file: str, group: int, row: int, column: str) -> tuple[bytes | None, str | None]:
     key = (file, group, column)
-    if key not in cache.refused_groups:
-        cache.refused_groups[key] = _refusal(file, group, column)
-    refusal = cache.refused_groups[key]
-    if refusal is not None:
-        raise safefs.TooLarge(refusal)
-    cursor = cache.groups.get(key)
-    if cursor is None or row < cursor.start:
-        cursor = cache.groups[key] = _ParquetCursor(file, group, column)
+    cells = cache.groups.get(key)
+    if cells is None or row < cells.next_row:
+        if cells is not None:
+            cells.close()
+        cells = cache.groups[key] = _ParquetCells(file, group, column)
         cache.groups.move_to_end(key)
         while len(cache.groups) > 2:
-            cache.groups.popitem(last=False)
-    value, size = cursor.cell(row)
-    if size is not None and size > safefs.MAX_IMAGE_BYTES:
-        raise safefs.TooLarge(safefs.size_limit_sentence(size))  # refused before it is copied
-    return _image_value(value.as_py())
+            cache.groups.popitem(last=False)[1].close()
+    return cells.cell(row)
 
 
 def read_bytes(locator: Locator) -> bytes:

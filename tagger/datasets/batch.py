@@ -36,10 +36,12 @@ import numpy as np
 import torch
 
 from tagger.datasets.intake import BatchInputs, BatchItem, BatchLimits, collect_inputs
+from tagger.engine.preprocess import Prepare
 from tagger.engine.vocab import Vocabulary
 from tagger.errors import ImageError, UploadError
+from tagger.tags.formats import tags_as_dicts
 from tagger.tags.options import TagOptions
-from tagger.tags.results import TagScore, select_tags, tags_as_dicts
+from tagger.tags.selection import TagScore, select_tags
 
 log = logging.getLogger("tagger")
 
@@ -72,7 +74,7 @@ ProgressCallback = Callable[[int, int, str], None]
 def tag_items(
     inputs: BatchInputs,
     *,
-    prepare: Callable[[bytes], torch.Tensor],
+    prepare: Prepare,
     run: Callable[[list[torch.Tensor]], np.ndarray],
     vocab: Vocabulary,
     options: TagOptions,
@@ -102,7 +104,7 @@ def tag_items(
 def _tag_chunk(
     inputs: BatchInputs,
     items: Sequence[BatchItem],
-    prepare: Callable[[bytes], torch.Tensor],
+    prepare: Prepare,
     run: Callable[[list[torch.Tensor]], np.ndarray],
     vocab: Vocabulary,
     options: TagOptions,
@@ -116,11 +118,11 @@ def _tag_chunk(
         try:
             data = inputs.read(item)
             digest = hashlib.sha256(data).hexdigest()
-            pixels.append(prepare(data))
+            pixels.append(prepare(data, name=item.name))
             slots.append(i)
             digests.append(digest)
         except ImageError as e:
-            results[i] = ImageResult(item.name, item.concept, digest, error=_error_text(e, item.name))
+            results[i] = ImageResult(item.name, item.concept, digest, error=str(e))
         except UploadError:
             raise
         except Exception as e:  # one odd file must not stop a batch of hundreds
@@ -137,11 +139,6 @@ def _tag_chunk(
                 item.name, item.concept, digest, tuple(select_tags(row, vocab, options.selection))
             )
     return cast(list[ImageResult], results)  # every slot is filled: an error or the image's tags
-
-
-def _error_text(error: ImageError, name: str) -> str:
-    # Decoding bytes reports "the given data"; say which file it was.
-    return str(error).replace("the given data", name, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +254,7 @@ def new_output_dir(root: Path = OUTPUT_ROOT, max_age_s: float = OUTPUT_MAX_AGE_S
 def run_batch(
     paths: Iterable[str | os.PathLike],
     *,
-    prepare: Callable[[bytes], torch.Tensor],
+    prepare: Prepare,
     run: Callable[[list[torch.Tensor]], np.ndarray],
     vocab: Vocabulary,
     options: TagOptions,

@@ -25,8 +25,8 @@ from typing import IO, BinaryIO
 
 from PIL import Image
 
-from tagger.engine.preprocess import WEB_MAX_IMAGE_PIXELS, image_header
-from tagger.errors import ImageError, TimeBudgetError, UploadError
+from tagger.datasets.pixel_caps import WEB_MAX_IMAGE_PIXELS, web_image_header, web_limit
+from tagger.errors import ImageError, TimeBudgetError, UploadError, shorten
 
 
 def _supported_extensions() -> frozenset[str]:
@@ -145,7 +145,7 @@ def sanitize_path(name: str) -> str:
     return "/".join(_safe_component(p) for p in parts)
 
 
-def _is_skipped(path: str) -> bool:
+def is_skipped(path: str) -> bool:
     """macOS resource forks and hidden files (``.DS_Store``, ``._x.png``, ``.git/...``)."""
     parts = path.split("/")
     return parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts)
@@ -159,9 +159,8 @@ def _display_name(path: str | os.PathLike) -> str:
     return os.path.basename(os.fsdecode(path))
 
 
-def _short(error: BaseException, limit: int = 200) -> str:
-    text = str(error) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _short(error: BaseException) -> str:
+    return shorten(str(error) or type(error).__name__, 200)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,9 +269,8 @@ def _check_zip_directory(fp: BinaryIO, shown: str, limits: BatchLimits) -> None:
         position += _ENTRY.size + name_length + extra_length + comment_length
 
 
-def _shown_bytes(name: bytes, limit: int = 60) -> str:
-    text = name.decode("utf-8", "replace")
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+def _shown_bytes(name: bytes) -> str:
+    return repr(shorten(name.decode("utf-8", "replace"), 60))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,11 +331,11 @@ class BatchInputs:
 
     def _count_pixels(self, item: BatchItem, data: bytes) -> None:
         """The pixel caps, from the image's header: one image, and the request's budget."""
-        header = image_header(data)
+        header = web_image_header(data)
         if header is None:
             return  # not an image: the decoder says so in its own words
         pixels, limits = header.pixels, self.limits
-        limit = header.web_limit(limits.max_image_pixels)
+        limit = web_limit(header, limits.max_image_pixels)
         if pixels > limit:
             raise ImageError(
                 f"Could not read {item.name}: {header.describe()}, more than the limit of {limit:,} per image."
@@ -352,7 +350,7 @@ class BatchInputs:
     # -- building ----------------------------------------------------------------------------
     def _add_file(self, path: str) -> None:
         name = sanitize_path(_display_name(path))
-        if Path(name).suffix.lower() not in IMAGE_EXTENSIONS or _is_skipped(name):
+        if Path(name).suffix.lower() not in IMAGE_EXTENSIONS or is_skipped(name):
             self.skipped.append(name)
             return
         size = os.path.getsize(path)
@@ -385,7 +383,7 @@ class BatchInputs:
                 raise UploadError(f"Refused {shown}: the entry {info.filename!r} is a symbolic link.")
             if info.is_dir():
                 continue
-            if _is_skipped(name) or PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
+            if is_skipped(name) or PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
                 self.skipped.append(name)
                 continue
             _check_declared(info, shown, limits)

@@ -21,7 +21,6 @@ import gc
 import logging
 import os
 import platform
-import resource
 import threading
 import warnings
 from collections.abc import Callable
@@ -94,11 +93,6 @@ def _libc_function(name: str) -> Any:  # a ctypes function, or None
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     return getattr(ctypes.CDLL("libc.so.6"), name, None)
-
-
-def minor_page_faults() -> int:
-    """Minor page faults of this process so far (``getrusage``), for before/after checks."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def rss_bytes() -> int | None:

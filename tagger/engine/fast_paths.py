@@ -11,7 +11,7 @@ it is for, measured in the same run (numbers and decisions in docs/MODEL.md). To
   loses nothing) and keeps one copy of the weights. On an AVX2-only CPU it is slower per
   call than the float32 copy (1.5–3 % of a forward); the memory is worth it.
 
-Removed: oneDNN's fused bf16 SwiGLU epilogue. It needs AVX512-BF16 or AMX, which the CPU
+oneDNN's fused bf16 SwiGLU epilogue is not here: it needs AVX512-BF16 or AMX, which the CPU
 we measure on (AMD EPYC, AVX2) lacks, so it could not be shown to pay.
 """
 

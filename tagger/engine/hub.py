@@ -61,15 +61,9 @@ class ModelFiles:
     source: str  # human-readable, e.g. "lodestones/tagger-experiment@main" or "local files"
 
 
-class _HubUnreachable(LocalEntryNotFoundError):
-    """The transfer failed (connection, timeout, whatever HTTP client the library uses) and the
-    file is not in the cache: raised by ``_download`` in the shape of the library's own
-    "not cached and the Hub is unreachable" error, so that callers treat the two alike."""
-
-
 # The Hub answered (the repo, revision or file does not exist, access denied, a bad id): a
 # cached copy is no answer to these. Any other exception from hf_hub_download means the
-# transfer itself failed.
+# transfer itself failed (or the disk did: an OSError other than a connection's).
 _HUB_ANSWERS: tuple[type[BaseException], ...] = (HfHubHTTPError, EntryNotFoundError, HFValidationError)
 
 
@@ -103,19 +97,19 @@ def _explain(
 ) -> str:
     """Turn a huggingface_hub failure into one sentence saying what happened and what to do."""
     where = f"{repo}@{revision or 'main'}"
+    cache = cache_dir or constants.HF_HUB_CACHE
     cause = error.__cause__ or error.__context__
-    # A failed transfer means the Hub was tried, so offline mode is not the reason.
+    # A "not cached" error caused by a failed transfer means the Hub was tried: offline mode is
+    # not the reason then.
     offline = isinstance(error, OfflineModeIsEnabled) or isinstance(cause, OfflineModeIsEnabled)
-    offline = offline or (_is_offline() and not isinstance(error, _HubUnreachable))
+    offline = offline or (_is_offline() and cause is None)
     # Subclasses first: GatedRepoError is a RepositoryNotFoundError, both are HfHubHTTPError.
     if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled)) and offline:
-        cache = cache_dir or getattr(constants, "HF_HUB_CACHE", "the HF cache")
         return (
             f"HF_HUB_OFFLINE is set and {filename} from {where} is not in the Hugging Face cache ({cache}); "
             f"unset HF_HUB_OFFLINE to download it, or {_LOCAL_HINT}."
         )
     if isinstance(error, LocalEntryNotFoundError):
-        cache = cache_dir or getattr(constants, "HF_HUB_CACHE", "the HF cache")
         return (
             f"Could not reach the Hugging Face Hub ({constants.ENDPOINT}) to download {filename} from {repo}, "
             f"and it is not in the cache ({cache}); check the network, or pass --checkpoint and --vocab "
@@ -159,7 +153,6 @@ def _explain(
             f"({first_line}); try again later, or {_LOCAL_HINT}."
         )
     if isinstance(error, OSError):
-        cache = cache_dir or getattr(constants, "HF_HUB_CACHE", "the HF cache")
         return (
             f"Could not store {filename} in the Hugging Face cache ({cache}): {error}; "
             "free disk space or point HF_HOME / HF_HUB_CACHE at a writable folder."
@@ -178,14 +171,20 @@ def _download(filename: str, repo: str, revision: str | None, cache_dir: str | N
             _probe(filename, repo, revision)
         path = hf_hub_download(repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir)
         return Path(path), "Hub cache"
-    except _HUB_ANSWERS:
-        raise
-    except OSError as error:
-        if not isinstance(error, (ConnectionError, TimeoutError)):
-            raise  # the disk: the cache folder is not writable or full
-        return _fall_back_to_cache(error, filename, repo, revision, cache_dir)
     except Exception as error:
-        return _fall_back_to_cache(error, filename, repo, revision, cache_dir)
+        disk = isinstance(error, OSError) and not isinstance(error, (ConnectionError, TimeoutError))
+        if disk or isinstance(error, _HUB_ANSWERS):
+            raise
+        # The library falls back to the cache when its metadata request fails, but a connection
+        # lost during the download surfaces here: a cached copy still lets the user work.
+        try:
+            path = hf_hub_download(
+                repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir, local_files_only=True
+            )
+        except EntryNotFoundError:
+            raise LocalEntryNotFoundError(f"{filename} is not cached and the Hub is unreachable") from error
+        logger.warning("Hub unreachable (%s); using the cached copy of %s", type(error).__name__, filename)
+        return Path(path), "cached copy, Hub unreachable"
 
 
 def hub_file(filename: str, repo: str, revision: str | None = None) -> Path:
@@ -208,30 +207,7 @@ def _probe(filename: str, repo: str, revision: str | None) -> None:
     except _HUB_ANSWERS:
         raise
     except Exception as error:
-        raise _HubUnreachable(f"{filename} is not cached and the Hub is unreachable") from error
-
-
-def _fall_back_to_cache(
-    error: Exception, filename: str, repo: str, revision: str | None, cache_dir: str | None
-) -> tuple[Path, str]:
-    # The library already falls back to the cache when its metadata request fails, but a
-    # connection lost during the download surfaces here: a cached copy still lets the user
-    # work, so look for one before giving up.
-    cached = _cached_only(filename, repo, revision, cache_dir)
-    if cached is None:
-        raise _HubUnreachable(f"{filename} is not cached and the Hub is unreachable") from error
-    logger.warning("Hub unreachable (%s); using the cached copy of %s", type(error).__name__, filename)
-    return cached, "cached copy, Hub unreachable"
-
-
-def _cached_only(filename: str, repo: str, revision: str | None, cache_dir: str | None) -> Path | None:
-    try:
-        path = hf_hub_download(
-            repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir, local_files_only=True
-        )
-    except EntryNotFoundError:
-        return None
-    return Path(path)
+        raise LocalEntryNotFoundError(f"{filename} is not cached and the Hub is unreachable") from error
 
 
 def _resolve_hub_file(

@@ -240,7 +240,7 @@ class TaggerModel(nn.Module):
             if len(shape) != 3 or shape[0] != 3 or 0 in shape or shape[1] % p or shape[2] % p:
                 raise ValueError(f"images must be [3, H, W] with H and W multiples of {p}; got {shape}.")
             if not image.is_floating_point():
-                raise ValueError("pixels must be normalised floats (tagger.engine.preprocess.normalise), not raw uint8.")
+                raise ValueError("pixels must be normalised floats (preprocess.normalise), not raw uint8.")
             grids.append((shape[1] // p, shape[2] // p))
         if not grids:
             raise ValueError("pixels hold no image.")

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from tagger.engine.cpu import INT8, INT8_DTYPE, INT8_LOAD_DTYPE, int8_engine, prepare_cpu_model
+from tagger.engine.decode import ImageSource
 from tagger.engine.model import Pixels, TaggerModel
-from tagger.engine.preprocess import ImageSource, Preprocessor, normalise
+from tagger.engine.preprocess import Preprocessor, normalise
 from tagger.engine.vocab import Vocabulary
 from tagger.engine.weights import load_model
-from tagger.tags.results import Selection, TagScore, select_tags
+from tagger.tags.selection import Selection, TagScore, select_tags
 
 log = logging.getLogger("tagger")
 
@@ -223,12 +224,13 @@ class Tagger:
         )
 
     # -- stages -------------------------------------------------------------------------
-    def prepare(self, image: ImageSource, max_size: int | None = None) -> torch.Tensor:
+    def prepare(self, image: ImageSource, max_size: int | None = None, *, name: str | None = None) -> torch.Tensor:
         """Decode and resize one image on the CPU → uint8 ``[3, H, W]`` (normalised in ``run``),
-        its long edge at most ``max_size`` (default: the Tagger's ``max_size``)."""
+        its long edge at most ``max_size`` (default: the Tagger's ``max_size``). ``name``: what
+        error sentences call the image."""
         if max_size is None or max_size == self.max_size:
-            return self.preprocessor(image)
-        return Preprocessor(max_size, self.model.config.patch_size, self.reduced_decode)(image)
+            return self.preprocessor(image, name)
+        return Preprocessor(max_size, self.model.config.patch_size, self.reduced_decode)(image, name)
 
     @property
     def preprocessor(self) -> Preprocessor:
@@ -268,6 +270,16 @@ class Tagger:
     def run_descriptors(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
         """Descriptors ``[B, descriptor_dim]`` (CLS + registers after the final norm, float32)."""
         return self._forward(pixels, self.model.descriptor, self.model.config.descriptor_dim)
+
+    def run_with_descriptors(self, pixels: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """``run`` and ``run_descriptors`` from one forward pass: the model's forward is
+        head(descriptor(x)), the head computing in float32 from the float32 descriptor that
+        ``run_descriptors`` returns, so these are the same numbers."""
+        features = self.run_descriptors(pixels)
+        with torch.inference_mode():
+            logits = self.model.head(torch.from_numpy(features).to(self.device))
+            probabilities = torch.sigmoid(logits).float().cpu().numpy()
+        return probabilities, features
 
     # -- convenience ----------------------------------------------------------------------
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:

@@ -124,10 +124,6 @@ class Vocabulary:
     def category_of(self, i: int) -> Category:
         return CATEGORY_BY_ID.get(int(self.category_ids[i]), UNASSIGNED)
 
-    @property
-    def has_categories(self) -> bool:
-        return bool(np.any(self.category_ids != UNASSIGNED.id))
-
     @classmethod
     def from_data(cls, data: object, source: str = "<memory>") -> Vocabulary:
         if not isinstance(data, dict) or "idx2tag" not in data:

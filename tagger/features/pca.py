@@ -21,17 +21,6 @@ from tagger.features.overlay import alpha_blend, parse_colour, pixels_to_image, 
 DEFAULT_COLOURS: tuple[str, str, str] = ("#ff4d4d", "#4dff88", "#4d79ff")
 
 
-def patch_features(tagger: Tagger, pixels: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    """Final-norm patch tokens of each image as float32 ``[h, w, C]`` (batched as ``Tagger.run``)."""
-    out: list[np.ndarray] = [np.empty(0)] * len(pixels)
-    with torch.inference_mode():
-        for idx, images in tagger.batches(pixels):
-            grids = tagger.model.patch_grids(tagger.model.tokens(images), images)
-            for grid, i in zip(grids, idx, strict=True):
-                out[i] = grid.float().cpu().numpy()
-    return out
-
-
 def _top_right_vectors(x: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` leading right singular vectors ``[k, C]`` of ``x`` ``[N, C]``.
 

@@ -17,7 +17,8 @@ from pathlib import PurePosixPath
 import numpy as np
 import torch
 
-from tagger.datasets.intake import BatchInputs, BatchItem, BatchLimits, collect_inputs, wrapper_depth
+from tagger.datasets.intake import BatchInputs, BatchItem, BatchLimits, collect_inputs, is_skipped, wrapper_depth
+from tagger.engine.preprocess import Prepare
 from tagger.errors import FeatureError, ImageError
 from tagger.web.runtime import IMAGES_PER_GPU_CALL
 
@@ -45,10 +46,6 @@ class ZipPairs:
     ignored: list[str]  # not images, hidden files, or not inside either folder
 
 
-def _is_hidden(name: str) -> bool:
-    return any(part.startswith(".") for part in name.split("/"))
-
-
 def pair_inputs(inputs: BatchInputs) -> ZipPairs:
     """Pair the images of a zip read by ``tagger.datasets.batch.collect_inputs`` (which already refused
     unsafe paths, links and zip bombs, and skipped ``__MACOSX`` and dotfiles). A single
@@ -57,7 +54,7 @@ def pair_inputs(inputs: BatchInputs) -> ZipPairs:
     depth = wrapper_depth([item.name for item in inputs.items])
     files = [(PurePosixPath(*PurePosixPath(item.name).parts[depth:]), item) for item in inputs.items]
     # collect_inputs lists resource forks and dotfiles among its skipped names; they are noise here.
-    ignored = [n for n in inputs.skipped if not (n.startswith("__MACOSX/") or _is_hidden(n))]
+    ignored = [n for n in inputs.skipped if not is_skipped(n)]
     folders: dict[str, dict[str, list[BatchItem]]] = {}
     for path, item in files:
         if len(path.parts) < 2:  # a file beside the folders
@@ -123,7 +120,7 @@ PAIRS_PER_CALL = IMAGES_PER_GPU_CALL // 2
 
 def batch_similarity(
     path: str | os.PathLike,
-    prepare: Callable[[bytes], torch.Tensor],
+    prepare: Prepare,
     descriptors: Callable[[list[torch.Tensor]], np.ndarray],
     limits: BatchLimits | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -151,11 +148,10 @@ def batch_similarity(
                 decoded = []
                 for item in (item_a, item_b):
                     try:
-                        decoded.append(prepare(inputs.read(item)))
+                        decoded.append(prepare(inputs.read(item), name=item.name))
                     except (ImageError, zlib.error, lzma.LZMAError) as e:
                         # Unreadable or corrupt member: this pair is skipped, the others go on.
-                        message = str(e).replace("the given data", item.name)
-                        result.errors.append((item.name, message or type(e).__name__))
+                        result.errors.append((item.name, str(e) or type(e).__name__))
                 if len(decoded) == 2:
                     chunk.append((stem, item_a.name, item_b.name))
                     pixels.extend(decoded)

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from tagger.engine.decode import ImageSource
 from tagger.engine.hub import ModelFiles
 from tagger.engine.model import TaggerConfig
-from tagger.engine.preprocess import ImageSource, Preprocessor, normalise
+from tagger.engine.preprocess import Preprocessor, normalise
 from tagger.engine.tagger import Batch
 from tagger.engine.vocab import Vocabulary
 from tagger.errors import CheckpointError
@@ -127,9 +128,9 @@ class OnnxTagger:
     def preprocessor(self) -> Preprocessor:
         return Preprocessor(self.max_size, self.model.config.patch_size, self.reduced_decode)
 
-    def prepare(self, image: ImageSource) -> torch.Tensor:
+    def prepare(self, image: ImageSource, *, name: str | None = None) -> torch.Tensor:
         """Decode and resize one image → uint8 ``[3, H, W]``, exactly as ``Tagger.prepare``."""
-        return self.preprocessor(image)
+        return self.preprocessor(image, name)
 
     def plan(self, pixels: Sequence[torch.Tensor]) -> list[Batch]:
         """One forward pass per run of equal shapes (a graph call has one size), at most

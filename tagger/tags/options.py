@@ -16,7 +16,8 @@ from typing import Any, get_type_hints
 
 from tagger.engine.vocab import CATEGORIES, Vocabulary
 from tagger.errors import SelectionError
-from tagger.tags.results import Selection, TagScore, _check_count, parse_tag_list, resolve_category, tag_string
+from tagger.tags.formats import tag_string
+from tagger.tags.selection import Selection, TagScore, _check_count, parse_tag_list, resolve_category
 
 
 def parse_category_values(text: str | dict | None) -> dict[str, float]:
@@ -170,13 +171,13 @@ class TagOptions:
     selection: Selection = field(init=False, repr=False, compare=False)
 
     @classmethod
-    def from_values(cls, **values: object) -> TagOptions:
+    def from_values(cls, **values: Any) -> TagOptions:
         """Options from UI or API values; ``None`` (what a raw REST call may send) means the default."""
         unknown = set(values) - set(OPTION_NAMES)
         if unknown:
             raise SelectionError(f"Unknown option {sorted(unknown)[0]!r}; the options are {', '.join(OPTION_NAMES)}.")
         # The values are untyped here: the endpoints check their types, __post_init__ and Selection their values.
-        return cls(**{name: value for name, value in values.items() if value is not None})  # type: ignore[arg-type]
+        return cls(**{name: value for name, value in values.items() if value is not None})
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

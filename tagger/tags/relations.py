@@ -39,7 +39,6 @@ from tagger.errors import RelationsError
 
 log = logging.getLogger("tagger")
 
-IMPLIED_MODES = ("keep", "remove", "add")
 ENV_IMPLICATIONS = "TAGGER_IMPLICATIONS"
 ENV_ALIASES = "TAGGER_ALIASES"
 MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024  # the e621 exports are a few MB compressed
@@ -265,17 +264,6 @@ class Relations:
             tuple(sources),
         )
 
-    def implied_by(self, name: str) -> set[str]:
-        """Every name that ``name`` implies, directly or transitively."""
-        out: set[str] = set()
-        todo = list(self.implications.get(normalize_tag(name), ()))
-        while todo:
-            n = todo.pop()
-            if n not in out:
-                out.add(n)
-                todo.extend(self.implications.get(n, ()))
-        return out
-
 
 _LOADED: dict[tuple, Relations] = {}
 _LOCK = threading.Lock()
@@ -359,9 +347,6 @@ class VocabRelations:
         """``normalize_tag`` of each shown name, by index."""
         return [normalize_tag(name) for name in self.names]
 
-    def ancestors(self, i: int) -> np.ndarray:
-        return self.ancestor_idx[self.ancestor_ptr[i] : self.ancestor_ptr[i + 1]]
-
     def ancestors_of(self, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ancestors of each of ``tags``, concatenated in their order, and how many each has."""
         starts, ends = self.ancestor_ptr[tags], self.ancestor_ptr[np.asarray(tags) + 1]
@@ -391,9 +376,6 @@ class VocabRelations:
     def shown(self, tag: str) -> str:
         """A typed tag (a prepended one) as shown: an old name becomes the one it points to."""
         return self.input_aliases.get(normalize_tag(tag), tag)
-
-    def page_aliases(self) -> dict[str, str]:
-        return dict(self.input_aliases)
 
 
 def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> RelationReport:
@@ -496,10 +478,6 @@ def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> Relati
         report=report,
     )
     return report
-
-
-def relations_of(vocab: Vocabulary) -> VocabRelations | None:
-    return getattr(vocab, "relations", None)
 
 
 def attach_sources(

@@ -13,6 +13,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from tagger.engine.preprocess import Prepare
 from tagger.engine.resolution import default_size, snap_size
 from tagger.engine.tagger import Tagger
 from tagger.engine.vocab import Vocabulary
@@ -94,7 +95,7 @@ class AppContext:
         """A request's long edge: ``max_size`` (None: the default) snapped to 16 and capped."""
         return snap_size(max_size, self.size_cap, self.default_size)
 
-    def preparer(self, max_size: object = None) -> Callable[[Any], torch.Tensor]:
+    def preparer(self, max_size: object = None) -> Prepare:
         """``Tagger.prepare`` at a request's resolution, for batches decoding many images."""
         return functools.partial(self.tagger.prepare, max_size=self.resolution(max_size))
 
@@ -109,8 +110,4 @@ def prepare_image(ctx: AppContext, image: str | None, what: str = "an image", ma
     if image is None:
         raise ImageError(f"Please upload {what} first.")
     size = ctx.resolution(max_size)  # a bad value is refused before decoding anything
-    try:
-        return ctx.tagger.prepare(image, max_size=size)
-    except ImageError as e:
-        # Show the upload's name, not the server's temp path.
-        raise ImageError(str(e).replace(str(image), os.path.basename(image))) from None
+    return ctx.tagger.prepare(image, max_size=size, name=os.path.basename(image))  # not the temp path

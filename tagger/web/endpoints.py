@@ -25,11 +25,8 @@ from typing import Any, Literal, TypedDict
 
 import gradio as gr
 import numpy as np
-from gradio.context import get_blocks_context
-from gradio.data_classes import FileData, ImageData
-from gradio.utils import get_function_description, get_upload_folder
+from gradio import FileData
 from gradio_client import handle_file
-from gradio_client import utils as client_utils
 from PIL import Image
 
 from tagger.engine.resolution import MIN_SIZE
@@ -37,10 +34,19 @@ from tagger.errors import SelectionError
 from tagger.features.pca import DEFAULT_COLOURS, pca_images
 from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
 from tagger.features.similarity import PAIRS_PER_CALL
+from tagger.tags.formats import api_response
 from tagger.tags.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
-from tagger.tags.results import api_response, select_tags
+from tagger.tags.selection import select_tags
 from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, user_errors
-from tagger.web.inputs import SafeApi, received_path, safe_api_components
+from tagger.web.gradio_compat import (
+    ImageData,
+    components_being_built,
+    get_function_description,
+    get_upload_folder,
+    json_schema_to_python_type,
+    set_api_info,
+)
+from tagger.web.inputs import received_path, safe_api_components
 from tagger.web.tabs.batch import LIMITS, TABLE_HEADERS, result_row, summary_markdown, tag_files
 from tagger.web.tabs.features import heatmap_info, run_heatmap, run_pca
 from tagger.web.tabs.similarity import compare, score_zip
@@ -116,7 +122,7 @@ def api_endpoint(fn: Callable[..., Any], parts: dict[str, str] | None = None) ->
             arguments["options"] = TagOptions.from_values(**values)
         return fn(**arguments)
 
-    endpoint.__signature__ = public  # type: ignore[attr-defined]  # read by inspect.signature
+    typing.cast(Any, endpoint).__signature__ = public  # read by inspect.signature
     endpoint.__annotations__ = {p.name: p.annotation for p in public.parameters.values()}
     endpoint.__annotations__["return"] = public.return_annotation
     doc = re.sub(
@@ -137,11 +143,9 @@ def is_instance(value: object, annotation: object) -> bool:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is bool:
         return isinstance(value, bool)
-    if annotation is int:
-        # Any number passes here: whether it is whole (and not NaN) is checked where it is used,
+    if annotation in (int, float):
+        # Any number passes for int: whether it is whole (and not NaN) is checked where it is used,
         # by the option's or the endpoint's own validation, with a sentence naming the rule.
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is str:
         return isinstance(value, str)
@@ -372,21 +376,19 @@ def example_image(ctx: AppContext, name: str) -> dict:
 def publish(endpoints: Sequence[Endpoint]) -> None:
     """Register the endpoints with ``gr.api`` (inside a ``gr.Blocks``): parameters as ``SafeApi``
     components labelled with their names, image parameters typed as images, examples set."""
-    blocks = get_blocks_context()
-    if blocks is None:
-        raise RuntimeError("publish() registers endpoints inside a gr.Blocks context.")
+    components = components_being_built()
     for endpoint in endpoints:
         with safe_api_components():
             dependency = gr.api(endpoint.fn, api_name=endpoint.name, concurrency_id=endpoint.concurrency_id)
         _, meanings, _ = get_function_description(endpoint.fn)
         for block_id, parameter in zip(dependency["inputs"], endpoint.signature.parameters.values(), strict=True):
-            block = typing.cast(SafeApi, blocks.blocks[block_id])
+            block = components[block_id]
             block.label = parameter.name
             block.example = endpoint.examples.get(parameter.name)
             if parameter.annotation is ImageData:  # Gradio would type it as a generic object
-                block._api_info = IMAGE_SCHEMA
-            elif "filepath" in client_utils.json_schema_to_python_type(block._api_info):
+                set_api_info(block, IMAGE_SCHEMA)
+            elif "filepath" in json_schema_to_python_type(block.api_info()):
                 # What view_api shows for a file (Gradio: FileData's class docstring).
-                block._api_info = {**block._api_info, "additional_description": meanings[parameter.name]}
+                set_api_info(block, {**block.api_info(), "additional_description": meanings[parameter.name]})
         for block_id, label in zip(dependency["outputs"], endpoint.returns, strict=True):
-            typing.cast(SafeApi, blocks.blocks[block_id]).label = label
+            components[block_id].label = label

@@ -22,7 +22,7 @@ request:
   as they arrive, so parallel uploads share one budget), events that skip the
   queue (``/run/``) limited per client and overall, and an unreadable upload answered with
   a sentence instead of a server error. The partial files of an upload that fails (cut off,
-  refused part-way) are removed at once (``remove_files_of_failed_uploads``).
+  refused part-way) are removed at once (``gradio_compat.remove_files_of_failed_uploads``).
 * **Memory**: after every event, the engine's memory policy (``tagger.engine.cpu.MEMORY``)
   decides whether memory goes back to the system.
 
@@ -34,7 +34,6 @@ lists them with what a user sees.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -53,16 +52,14 @@ from urllib.parse import unquote
 
 import gradio as gr
 from fastapi import HTTPException
-from gradio import route_utils
 from starlette.requests import ClientDisconnect
 
 from tagger.datasets.intake import time_budget
 from tagger.engine.cpu import MEMORY
+from tagger.errors import GiB, MiB, format_bytes
+from tagger.web import gradio_compat
 
 log = logging.getLogger("tagger")
-
-MiB = 1024 * 1024
-GiB = 1024 * MiB
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -184,67 +181,33 @@ def _with_budget(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Disk: the files of uploads that fail
-
-
-def remove_files_of_failed_uploads() -> None:
-    """Gradio's multipart parser writes each uploaded file to a temporary file in the cache as
-    the body arrives, and removes them only when the body is malformed: an upload cut off by
-    the client, or refused by ``RequestGuard`` part-way, left its partial files there for good.
-    After this, any failure of a parse removes them at once."""
-    parser = route_utils.GradioMultiPartParser
-    parse = parser.parse
-    if getattr(parse, "_removes_partial_files", False):
-        return
-
-    @functools.wraps(parse)
-    async def parse_or_remove(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await parse(self, *args, **kwargs)
-        except BaseException:
-            for file in getattr(self, "_files_to_close_on_error", ()):  # Gradio's list of them
-                with contextlib.suppress(OSError):
-                    file.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(file.name)
-            raise
-
-    parse_or_remove._removes_partial_files = True  # type: ignore[attr-defined]
-    parser.parse = parse_or_remove  # type: ignore[method-assign]
-
-
-# ---------------------------------------------------------------------------------------------
 # The queue: per-client limits and round-robin order
 
 
 class FairQueue:
-    """Wraps Gradio's ``Queue.push``: refuses a client's request beyond its share (HTTP 429
-    with a sentence), and keeps waiting requests in round-robin order across clients."""
+    """Hooks into Gradio's queue: refuses a client's request beyond its share (HTTP 429 with a
+    sentence), and keeps waiting requests in round-robin order across clients."""
 
     def __init__(self, queue: Any, limits: FairShareLimits, heavy_group: str):
         self.queue = queue
         self.limits = limits
         self.heavy_group = heavy_group
-        self._push = queue.push
-        queue.push = self.push
+        gradio_compat.hook_queue_push(queue, self.admit, self._fair_order)
 
     def key(self, event: Any) -> str:
-        request = getattr(event, "request", None)
-        scope = getattr(request, "scope", None) or {}
-        return client_key(scope, self.limits.proxy_hops)
+        return client_key(gradio_compat.event_origin(event).scope, self.limits.proxy_hops)
 
     def _holding(self) -> list[Any]:
-        waiting = [e for q in self.queue.event_queue_per_concurrency_id.values() for e in q.queue]
-        running = [e for job in self.queue.active_jobs if job for e in job]
-        return waiting + running
+        waiting = [e for events in gradio_compat.waiting_events(self.queue).values() for e in events]
+        return waiting + gradio_compat.running_events(self.queue)
 
     @staticmethod
     def session(event: Any) -> str | None:
         """The session an event counts for: an MCP caller's own (Gradio's MCP server sends every
         caller's calls through one gradio_client session), else the Gradio session."""
-        request = getattr(event, "request", None)
-        caller = mcp_caller(getattr(request, "scope", None) or {})
-        return f"mcp {caller}" if caller is not None else event.session_hash
+        origin = gradio_compat.event_origin(event)
+        caller = mcp_caller(origin.scope)
+        return f"mcp {caller}" if caller is not None else origin.session
 
     def _refusal(self, client: str, session: str | None, group: str | None) -> str | None:
         held = self._holding()
@@ -260,54 +223,54 @@ class FairQueue:
                 f"Your address already has {limits.events_per_client} requests waiting or running on this "
                 "Space; wait for one to finish before sending another."
             )
-        if group == self.heavy_group and sum(e.concurrency_id == group for e in mine) >= limits.heavy_per_client:
+        heavy = sum(gradio_compat.event_origin(e).group == group for e in mine)
+        if group == self.heavy_group and heavy >= limits.heavy_per_client:
             return (
                 f"You already have {limits.heavy_per_client} batch, feature or similarity requests waiting "
                 "or running; wait for one to finish before sending another."
             )
         return None
 
-    async def push(self, body: Any, request: Any, username: str | None) -> Any:
+    def admit(self, request: Any, session: str | None, group: str | None) -> None:
+        """Before Gradio queues a request: HTTPException 429 with a sentence beyond its client's share."""
         client = client_key(request.scope, self.limits.proxy_hops)
-        block_fn = getattr(self.queue.blocks, "fns", {}).get(body.fn_index)
-        group = getattr(block_fn, "concurrency_id", None)
         caller = mcp_caller(request.scope)
-        session = f"mcp {caller}" if caller is not None else body.session_hash
+        session = f"mcp {caller}" if caller is not None else session
         refusal = self._refusal(client, session, group)
         if refusal is not None:
             log.info("Refused a request from %s: %s", client, refusal)
             raise HTTPException(status_code=429, detail=refusal, headers={"Retry-After": "5"})
-        result = await self._push(body=body, request=request, username=username)
-        self._fair_order()
-        return result
 
     def _fair_order(self) -> None:
         """Round-robin within each concurrency group: a waiting request is ranked by how many
         requests of its client are ahead of it in that group (running ones included); ties keep
         their arrival order."""
-        running = Counter((self.key(e), e.concurrency_id) for job in self.queue.active_jobs if job for e in job)
-        for group, event_queue in self.queue.event_queue_per_concurrency_id.items():
-            if len(event_queue.queue) < 2:
+        running_now = gradio_compat.running_events(self.queue)
+        running = Counter((self.key(e), gradio_compat.event_origin(e).group) for e in running_now)
+        for group, events in gradio_compat.waiting_events(self.queue).items():
+            if len(events) < 2:
                 continue
             seen = Counter({key: n for (key, of_group), n in running.items() if of_group == group})
             ranked = []
-            for position, event in enumerate(event_queue.queue):
+            for position, event in enumerate(events):
                 key = self.key(event)
                 ranked.append((seen[key], position, event))
                 seen[key] += 1
-            event_queue.queue[:] = [event for _, _, event in sorted(ranked, key=lambda r: (r[0], r[1]))]
+            events[:] = [event for _, _, event in sorted(ranked, key=lambda r: (r[0], r[1]))]
 
 
 def install(demo: gr.Blocks, limits: FairShareLimits, heavy_group: str) -> FairQueue:
     """Per-client limits on ``demo``'s queue (call after ``demo.queue()``), a time budget on
     every event function, and the engine's memory policy after each."""
-    remove_files_of_failed_uploads()
-    for block_fn in demo.fns.values():
-        fn = block_fn.fn
-        if fn is None or inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
-            continue
-        block_fn.fn = _with_budget(fn, limits.event_seconds)
-    return FairQueue(demo._queue, limits, heavy_group)
+    gradio_compat.remove_files_of_failed_uploads()
+
+    def budgeted(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
+            return fn
+        return _with_budget(fn, limits.event_seconds)
+
+    gradio_compat.wrap_event_functions(demo, budgeted)
+    return FairQueue(gradio_compat.app_queue(demo), limits, heavy_group)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,14 +383,6 @@ def _is_remote_file_route(path: str) -> bool:
     rest = unquote(rest).strip().lower()
     scheme, colon, _ = rest.partition(":")
     return rest.startswith("//") or (bool(colon) and scheme.isascii() and scheme.isalpha() and len(scheme) > 1)
-
-
-def format_bytes(n: int) -> str:
-    """``1.07 MiB``, ``512 MiB``, ``16 GiB``: three significant figures at most."""
-    if n < MiB:
-        return f"{n:,} bytes"
-    value, unit = (n / GiB, "GiB") if n >= GiB else (n / MiB, "MiB")
-    return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
 
 
 class RequestGuard:

@@ -4,7 +4,7 @@ Gradio downloads an http(s) URL sent as a file payload (``{"path": "https://..."
 ``gradio_client.handle_file(url)`` sends) itself: with a public-address check, but without a
 size or time limit. ``SafeImage`` and ``SafeFile`` send those URLs through
 ``tagger.fetch.fetch_url`` instead (public addresses only, checked again after each redirect,
-byte cap, total time limit), and leave decoding to ``tagger.engine.preprocess`` with its pixel limit
+byte cap, total time limit), and leave decoding to ``tagger.engine.decode`` with its pixel limit
 and readable errors.
 
 The browser sees the stock ``image`` and ``file`` components: only server-side methods change.
@@ -23,28 +23,37 @@ import binascii
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import gradio as gr
-import gradio.component_meta
-import gradio.components.api_component
-from gradio.components.api_component import Api
-from gradio.data_classes import FileData
-from gradio.utils import NamedString, get_upload_folder
+from gradio import FileData
 
-from tagger.engine.preprocess import FORMAT_NAMES, WEB_FORMAT_MAX_PIXELS, WEB_MAX_IMAGE_PIXELS, image_header
-from tagger.errors import FetchError, UploadError, shorten
+from tagger.datasets.pixel_caps import (
+    FORMAT_NAMES,
+    WEB_FORMAT_MAX_PIXELS,
+    WEB_MAX_IMAGE_PIXELS,
+    web_image_header,
+    web_limit,
+)
+from tagger.errors import FetchError, UploadError, format_bytes, shorten
 from tagger.fetch import (
     DOWNLOAD_TIMEOUT_S,
     MAX_DOWNLOAD_BYTES,
     AddressPolicy,
     fetch_url,
-    format_size,
     is_url,
     public_only,
+)
+from tagger.web.gradio_compat import (
+    ApiComponent,
+    NamedString,
+    api_components_as,
+    cache_folder,
+    get_upload_folder,
+    no_stub_files,
+    register_cached_file,
 )
 
 __all__ = [
@@ -79,9 +88,6 @@ class _SafeDownloads(_MixedInto):
     def _check_pixels(self, path: str, shown: str | None) -> str:
         return check_web_pixels(path, shown, self.max_pixels)
 
-    GRADIO_CACHE: str
-    temp_files: set[str]
-
     def _limits(self) -> tuple[int, float]:
         """(bytes, seconds) for one download."""
         return self.max_download_bytes, self.download_timeout
@@ -92,13 +98,12 @@ class _SafeDownloads(_MixedInto):
         max_bytes, timeout = self._limits()
         path = fetch_url(
             url,
-            Path(self.GRADIO_CACHE) / "fetched",
+            Path(cache_folder(self)) / "fetched",
             max_bytes=max_bytes,
             timeout=timeout,
             policy=self.address_policy,
         )
-        # Registered like Gradio's own downloads, so cache clean-up (delete_cache, close) removes it.
-        self.temp_files.add(str(path))
+        register_cached_file(self, str(path))
         return str(path)
 
     def _fetch(self, url: str) -> str:
@@ -124,8 +129,8 @@ class _SafeDownloads(_MixedInto):
 def check_web_pixels(path: str, shown: str | None = None, max_pixels: int = WEB_MAX_IMAGE_PIXELS) -> str:
     """``path`` if the image it holds is within the web app's pixel cap (read from its header;
     files that are not images pass), else ``gr.Error`` with a sentence naming ``shown``."""
-    header = image_header(path)
-    limit = header.web_limit(max_pixels) if header is not None else max_pixels
+    header = web_image_header(path)
+    limit = web_limit(header, max_pixels) if header is not None else max_pixels
     if header is not None and header.pixels > limit:
         raise gr.Error(
             f"Could not read '{shown or 'the image'}': {header.describe()}, more than this Space's limit of "
@@ -140,19 +145,7 @@ def _for_format(name: str) -> str:
     return f" for {FORMAT_NAMES.get(name, name)} images" if name in WEB_FORMAT_MAX_PIXELS else ""
 
 
-@contextlib.contextmanager
-def _no_stub_files() -> Iterator[None]:
-    # Gradio writes a .pyi next to the source of every Component subclass it sees defined
-    # (meant for custom-component packages); here it would only litter the source tree.
-    generate = gradio.component_meta.create_or_modify_pyi
-    gradio.component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        gradio.component_meta.create_or_modify_pyi = generate
-
-
-with _no_stub_files():
+with no_stub_files():
 
     class SafeImage(_SafeDownloads, gr.Image):
         """``gr.Image`` whose URL downloads are limited and which, as a file path input, hands the
@@ -180,17 +173,17 @@ with _no_stub_files():
             encoded = url.partition(",")[2]
             if len(encoded) > (self.max_download_bytes * 4) // 3 + 4:
                 raise gr.Error(
-                    f"The image data is larger than the limit of {format_size(self.max_download_bytes)}.",
+                    f"The image data is larger than the limit of {format_bytes(self.max_download_bytes)}.",
                     print_exception=False,
                 )
             try:
                 data = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):
                 raise gr.Error("The image data URL is not valid base64.", print_exception=False) from None
-            folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=Path(self.GRADIO_CACHE)))
+            folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=Path(cache_folder(self))))
             path = folder / "image"
             path.write_bytes(data)
-            self.temp_files.add(str(path))
+            register_cached_file(self, str(path))
             return str(path)
 
     class SafeFile(_SafeDownloads, gr.File):
@@ -211,7 +204,7 @@ with _no_stub_files():
                     return NamedString(payload.path)
             return super().preprocess(payload)
 
-    class SafeApi(_SafeDownloads, Api):
+    class SafeApi(_SafeDownloads, ApiComponent):
         """The component ``gr.api`` makes for each parameter and result, with URL downloads
         through ``fetch_url`` and the limits of ``SafeFile`` (one setting for every file input)."""
 
@@ -230,17 +223,9 @@ with _no_stub_files():
             return self.example if self.example is not None else super().example_payload()
 
 
-@contextlib.contextmanager
-def safe_api_components() -> Iterator[None]:
+def safe_api_components() -> contextlib.AbstractContextManager[None]:
     """Within it, ``gr.api`` builds its parameters and results as ``SafeApi`` components."""
-    module = gradio.components.api_component
-    original = module.Api
-    # Swapping a module's class is what this does; mypy allows no assignment to a class name.
-    module.Api = SafeApi  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        module.Api = original  # type: ignore[misc]
+    return api_components_as(SafeApi)
 
 
 def received_path(payload: object) -> str | None:

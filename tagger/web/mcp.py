@@ -19,9 +19,7 @@ failure reaches the caller as gradio_client's own text with the loopback URL in 
   per-client and per-session limits count per caller.
 * **Errors.** A failed call answers the app's sentence, never gradio_client's text.
 
-Gradio private names used: ``GradioMCPServer._prepare_tool_call_args``,
-``_execute_tool_without_progress``, ``_execute_tool_with_progress`` (instance attributes
-replaced) and ``mcp_server.request_context``.
+The hooks into Gradio's MCP server are ``tagger.web.gradio_compat``'s.
 """
 
 from __future__ import annotations
@@ -40,14 +38,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from gradio.data_classes import FileData, ImageData
-from gradio.utils import get_upload_folder
+from gradio import FileData
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
-from gradio_client.utils import QueueError
 
+from tagger.errors import format_bytes
 from tagger.fetch import MAX_DOWNLOAD_BYTES
-from tagger.web.fairshare import UploadBudget, _TooLarge, client_key, format_bytes, mcp_caller
+from tagger.web import gradio_compat
+from tagger.web.fairshare import UploadBudget, _TooLarge, client_key, mcp_caller
+from tagger.web.gradio_compat import ImageData, QueueError, get_upload_folder
 
 log = logging.getLogger("tagger")
 
@@ -61,27 +60,24 @@ class ToolError(Exception):
 
 def serve_mcp_callers(server: Any, budget: UploadBudget) -> None:
     """Files, callers and errors of Gradio's MCP ``server`` as the module docstring says."""
-    if getattr(server, "_serves_mcp_callers", False):
-        return
-    prepare = server._prepare_tool_call_args
 
-    def prepare_with_files(name: str, arguments: dict[str, Any]) -> Any:
-        folders: list[Path] = []
-        _CALL_FOLDERS.set(folders)
-        try:
-            caller = _caller(server, budget)
-            converted = _with_files(
-                server, name, arguments, lambda data, ext: _write(data, ext, caller, budget, folders)
-            )
-            return prepare(name, converted)
-        except Exception:
-            _remove(folders)
-            raise
+    def with_files(prepare: Callable[[str, dict[str, Any]], Any]) -> Callable[[str, dict[str, Any]], Any]:
+        def prepare_with_files(name: str, arguments: dict[str, Any]) -> Any:
+            folders: list[Path] = []
+            _CALL_FOLDERS.set(folders)
+            try:
+                caller = _caller(server, budget)
+                converted = _with_files(
+                    server, name, arguments, lambda data, ext: _write(data, ext, caller, budget, folders)
+                )
+                return prepare(name, converted)
+            except Exception:
+                _remove(folders)
+                raise
 
-    server._prepare_tool_call_args = prepare_with_files
-    for attribute in ("_execute_tool_without_progress", "_execute_tool_with_progress"):
-        server.__dict__[attribute] = _answering(getattr(server, attribute))
-    server._serves_mcp_callers = True
+        return prepare_with_files
+
+    gradio_compat.hook_mcp_tool_calls(server, with_files, _answering)
 
 
 def _answering(run: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,19 +93,17 @@ def _answering(run: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _caller(server: Any, budget: UploadBudget) -> str:
-    request = server.mcp_server.request_context.request
-    scope = getattr(request, "scope", None) or {}
+    scope = gradio_compat.mcp_request_scope(server)
     return mcp_caller(scope) or client_key(scope, budget.limits.proxy_hops)
 
 
 def _file_parameters(server: Any, name: str) -> dict[str, bool]:
     """The tool's file parameters: name -> whether it takes a list of files."""
-    endpoint = server.tool_to_endpoint.get(name)
-    block_fn = server.get_block_fn_from_endpoint_name(endpoint) if endpoint else None
-    if block_fn is None or block_fn.fn is None:
+    fn = gradio_compat.mcp_tool_function(server, name)
+    if fn is None:
         return {}
     found = {}
-    for parameter in inspect.signature(block_fn.fn).parameters.values():
+    for parameter in inspect.signature(fn).parameters.values():
         annotation = parameter.annotation
         if annotation in (FileData, ImageData):
             found[parameter.name] = False

@@ -11,17 +11,13 @@ import functools
 import importlib.util
 import logging
 import os
-import re
 import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
-from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from gradio.exceptions import InvalidPathError
-from gradio.utils import get_upload_folder
 from pydantic import ValidationError
 from starlette.middleware import Middleware
 
@@ -31,7 +27,7 @@ from tagger.engine.synthetic import DEMO_WARNING, demo_files
 from tagger.engine.tagger import Tagger, resolve_device
 from tagger.errors import CheckpointError, ResolutionError, VocabularyError, shorten
 from tagger.tags import relations
-from tagger.web import fairshare
+from tagger.web import fairshare, gradio_compat
 from tagger.web.context import HEAVY_QUEUE, AppContext
 from tagger.web.demo import CSS, build_demo
 from tagger.web.mcp import serve_mcp_callers
@@ -40,7 +36,7 @@ from tagger.web.tempfiles import CacheKeeper
 
 log = logging.getLogger("tagger")
 # The example images: examples/ of a checkout, installed as the package's tagger/examples/ (pyproject.toml).
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # tagger/
 EXAMPLES_DIR = next(
     (d for d in (_PACKAGE_DIR / "examples", _PACKAGE_DIR.parent / "examples") if d.is_dir()), _PACKAGE_DIR / "examples"
 )
@@ -184,24 +180,20 @@ def _with_our_start_up(
     and on the cleanup schedule (``tagger.web.tempfiles``: Gradio's own clean-up only knows the
     files it registered in this process)."""
     every, older_than = demo.delete_cache or CACHE_CLEANUP
-
-    def kept() -> set[str]:
-        return {path for block in demo.blocks.values() for path in getattr(block, "keep_in_cache", ())}
-
-    def written() -> set[str]:
-        # set(files) copies in one step: the sweep runs in a thread while requests add paths.
-        return {path for files in demo.temp_file_sets for path in set(files)}
-
-    def forget(removed: AbstractSet[str]) -> None:
-        for files in demo.temp_file_sets:
-            files -= removed
-
-    keeper = CacheKeeper(get_upload_folder(), every, older_than, kept, written, forget)
+    keeper = CacheKeeper(
+        gradio_compat.get_upload_folder(),
+        every,
+        older_than,
+        functools.partial(gradio_compat.files_kept, demo),
+        functools.partial(gradio_compat.files_written, demo),
+        functools.partial(gradio_compat.forget_files, demo),
+    )
 
     @contextlib.asynccontextmanager
     async def with_sweeps(app: Any) -> AsyncIterator[Any]:
-        if getattr(demo, "mcp_server_obj", None) is not None:  # made by launch(mcp_server=True)
-            serve_mcp_callers(demo.mcp_server_obj, budget)
+        mcp_server = gradio_compat.mcp_server_of(demo)
+        if mcp_server is not None:
+            serve_mcp_callers(mcp_server, budget)
         async with keeper.running():
             if lifespan is None:
                 yield None
@@ -222,20 +214,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _readable_request_errors(demo: gr.Blocks) -> None:
     """Gradio's own messages for malformed raw API calls are written for developers (component
     reprs with memory addresses, pydantic dumps, server paths); give each a sentence instead."""
-    validate, preprocess, postprocess = demo.validate_inputs, demo.preprocess_data, demo.postprocess_data
 
-    def names(block_fn: Any) -> str:
-        return ", ".join(str(getattr(b, "label", None) or type(b).__name__) for b in block_fn.inputs)
+    def names(components: list[Any]) -> str:
+        return ", ".join(str(getattr(b, "label", None) or type(b).__name__) for b in components)
 
-    @functools.wraps(validate)
-    def validate_inputs(block_fn: Any, inputs: list[Any]) -> None:
-        if len(inputs) < len(block_fn.inputs):
+    def check(components: list[Any], inputs: list[Any]) -> None:
+        if len(inputs) < len(components):
             raise gr.Error(
-                f"This endpoint takes {len(block_fn.inputs)} values ({shorten(names(block_fn), 300)}); "
+                f"This endpoint takes {len(components)} values ({shorten(names(components), 300)}); "
                 f"{len(inputs)} were sent.",
                 print_exception=False,
             )
-        for block, value in zip(block_fn.inputs, inputs, strict=False):
+        for block, value in zip(components, inputs, strict=False):
             if isinstance(block, (gr.File, gr.Image)):
                 continue  # file payloads and data URLs have their own limits
             texts = value if isinstance(value, list) else [value]
@@ -246,48 +236,31 @@ def _readable_request_errors(demo: gr.Blocks) -> None:
                     f"The value sent for '{label}' is {length:,} characters long; the limit is {MAX_TEXT_CHARS:,}.",
                     print_exception=False,
                 )
-        validate(block_fn, inputs)
 
-    @functools.wraps(preprocess)
-    async def preprocess_data(block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await preprocess(block_fn, inputs, *args, **kwargs)
-        except gr.Error:
-            raise
-        except InvalidPathError:
-            raise gr.Error(
+    def preprocess_error(error: Exception, components: list[Any]) -> gr.Error:
+        if isinstance(error, gradio_compat.InvalidPathError):
+            return gr.Error(
                 "A file in this request was not uploaded to this Space; upload it first "
                 "(gradio_client's handle_file does this).",
                 print_exception=False,
-            ) from None
-        except ValidationError:
-            raise gr.Error(
+            )
+        if isinstance(error, ValidationError):
+            return gr.Error(
                 'A file value in this request is malformed; send files as {"path": ..., "meta": '
                 '{"_type": "gradio.FileData"}} after uploading them (gradio_client\'s handle_file does this).',
                 print_exception=False,
-            ) from None
-        except Exception as e:
-            log.info("Refused malformed input: %s", shorten(str(e), 300))
-            found = re.search(r"component at index (\d+)", str(e))
-            index = int(found.group(1)) if found else -1
-            if 0 <= index < len(block_fn.inputs):
-                label = getattr(block_fn.inputs[index], "label", None) or f"value {index + 1}"
-                message = f"The value sent for '{label}' is not valid for this endpoint."
-            else:
-                message = f"A value in this request is not valid for this endpoint (it takes: {names(block_fn)})."
-            raise gr.Error(shorten(message), print_exception=False) from None
+            )
+        log.info("Refused malformed input: %s", shorten(str(error), 300))
+        index = gradio_compat.failed_input_index(error)
+        if index is not None and index < len(components):
+            label = getattr(components[index], "label", None) or f"value {index + 1}"
+            message = f"The value sent for '{label}' is not valid for this endpoint."
+        else:
+            message = f"A value in this request is not valid for this endpoint (it takes: {names(components)})."
+        return gr.Error(shorten(message), print_exception=False)
 
-    @functools.wraps(postprocess)
-    async def postprocess_data(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await postprocess(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception:
-            log.exception("Could not prepare an answer")
-            raise gr.Error("Something went wrong while preparing the answer; please try again.") from None
+    def postprocess_error(error: Exception) -> gr.Error:
+        log.error("Could not prepare an answer", exc_info=error)
+        return gr.Error("Something went wrong while preparing the answer; please try again.")
 
-    # Replacing these methods on this one Blocks instance is the point (mypy: method-assign).
-    demo.validate_inputs = validate_inputs  # type: ignore[method-assign]
-    demo.preprocess_data = preprocess_data  # type: ignore[method-assign]
-    demo.postprocess_data = postprocess_data  # type: ignore[method-assign]
+    gradio_compat.hook_request_processing(demo, check, preprocess_error, postprocess_error)

@@ -1,5 +1,5 @@
 /* The Tag tab's results, drawn in the page from the scores the server sent once per image
- * (tagger.tags.results.page_scores) with the rules of tag_rules.js: one HTML block (summary, a
+ * (tagger.web.page_scores) with the rules of tag_rules.js: one HTML block (summary, a
  * block per category with bars, its tag string and a copy button) and the string of all tags.
  * A filter change runs TagView.update in the page: no server round trip.
  *

@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import gradio as gr
-from gradio.utils import get_function_description
 
 from tagger.web.context import AppContext
 from tagger.web.endpoints import Endpoint, type_name
+from tagger.web.gradio_compat import get_function_description
 
 RESPONSE_DOC = """\
 ```

@@ -22,7 +22,7 @@ from tagger.features.relevance import (
     resolve_tag,
     tap_block,
 )
-from tagger.tags.results import top_tags
+from tagger.tags.selection import top_tags
 from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, user_errors, warning
 from tagger.web.inputs import image_upload
 

@@ -1,10 +1,11 @@
 """The Tag tab and the ``/tag`` API endpoint.
 
 The model runs once per image. The server then sends the page the scores at or above the
-floor (``tagger.tags.results.page_scores``, a few kB) and the page selects, formats and draws the
+floor (``tagger.web.page_scores``, a few kB) and the page selects, formats and draws the
 tags itself (``assets/tag_rules.js``, ``assets/tag_view.js``): a filter change updates one HTML
 block and one textbox without a server round trip. The rules in ``tag_rules.js`` are those of
-``tagger.tags.results`` / ``tagger.tags.options``, which stay the one definition for the API and the CLI;
+``tagger.tags.selection``, ``tagger.tags.formats`` and ``tagger.tags.options``, which stay the one
+definition for the API and the CLI;
 ``tests/test_rules_parity.py`` holds the two to the same answers.
 
 Clicking a tag shows where it comes from (its relevance heatmap) over the image; its ✕ adds it
@@ -27,10 +28,11 @@ from tagger.engine.vocab import CATEGORIES, Vocabulary, normalize_tag
 from tagger.errors import FetchError
 from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
 from tagger.tags.options import MODES, OPTION_NAMES, ORDERS, TagOptions
-from tagger.tags.results import IMPLIED, add_to_tag_list, page_scores, parse_tag_list
+from tagger.tags.selection import IMPLIED, add_to_tag_list, parse_tag_list
 from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, warning
 from tagger.web.controls import OptionControls, build_option_controls
 from tagger.web.inputs import SafeImage, image_upload
+from tagger.web.page_scores import page_scores
 from tagger.web.tabs.features import heatmap_info, heatmap_markdown, run_heatmap
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -303,7 +305,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
     )
 
     def more_scores(scored: ScoredImage | None, evt: gr.EventData) -> dict:
-        floor = getattr(evt, "_data", {}).get("floor")
+        floor = getattr(evt, "floor", None)  # the page sends {floor}
         if scored is None or not isinstance(floor, (int, float)):
             return gr.skip()
         return page_payload(ctx, scored, floor)

@@ -1,15 +1,15 @@
-"""Selecting and formatting tags from computed scores: pure functions.
+"""Which tags to keep from one image's score vector: ``Selection`` and ``select_tags`` (pure functions).
 
-The UI, the API and the CLI all call these, so a threshold or format change never needs
-the model again: the model produces a score vector once, and everything here works on it.
+The UI, the API and the CLI all call these, so a threshold change never needs the model again:
+the model produces a score vector once, and everything here works on it. Also the parsing of typed
+tag lists and the glob patterns ``exclude`` / ``include`` take.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import overload
 
@@ -283,62 +283,6 @@ def top_tags(scores: np.ndarray, vocab: Vocabulary, k: int) -> list[TagScore]:
     return select_tags(scores, vocab, Selection(threshold=0.0, topk=k))
 
 
-def group_by_category(tags: Sequence[TagScore]) -> list[tuple[Category, list[TagScore]]]:
-    """Tags grouped in the authors' display order; only categories that have tags."""
-    groups: dict[int, list[TagScore]] = {}
-    for t in tags:
-        groups.setdefault(t.category.id, []).append(t)
-    return [(c, groups[c.id]) for c in CATEGORIES if c.id in groups]
-
-
-def format_tag(tag: str, underscores: bool = False, escape_parentheses: bool = False) -> str:
-    """One tag as prompt tools expect it: optional underscores, optional ``\\(`` escapes."""
-    if underscores:
-        tag = tag.replace(" ", "_")
-    if escape_parentheses:
-        tag = tag.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-    return tag
-
-
-def tag_string(
-    tags: Sequence[TagScore],
-    *,
-    underscores: bool = False,
-    escape_parentheses: bool = False,
-    order: str = "score",
-    prepend: Iterable[str] | str = (),
-    separator: str = ", ",
-    rename: Callable[[str], str] | None = None,
-) -> str:
-    """Comma-separated tags. ``order`` is ``"score"`` (best first) or ``"category"`` (display
-    order of categories, best first within each). ``prepend`` tags come first, once;
-    ``rename`` maps each (an alias to the name it points to: ``VocabRelations.shown``)."""
-    if order == "category":
-        tags = [t for _, group in group_by_category(tags) for t in group]
-    elif order != "score":
-        raise SelectionError(f"order must be 'score' or 'category', not {order!r}.")
-    # Prepended tags may be typed already escaped (fate \(series\)): unescape them so that
-    # format_tag escapes every tag exactly once.
-    leading = [t.replace("\\(", "(").replace("\\)", ")") for t in parse_tag_list(prepend)]
-    if rename is not None:
-        leading = parse_tag_list([rename(t) for t in leading])
-    seen = {normalize_tag(t) for t in leading}
-    names = [t.tag for t in tags if normalize_tag(t.tag) not in seen]
-    return separator.join(format_tag(name, underscores, escape_parentheses) for name in [*leading, *names])
-
-
-def category_tag_strings(
-    tags: Sequence[TagScore], *, underscores: bool = False, escape_parentheses: bool = False
-) -> list[tuple[Category, str]]:
-    """One tag string per category, in display order, as the Tag tab's per-category copy
-    buttons give them: the format options apply; prepended tags do not (they belong to the
-    string of all tags)."""
-    return [
-        (category, tag_string(group, underscores=underscores, escape_parentheses=escape_parentheses))
-        for category, group in group_by_category(tags)
-    ]
-
-
 def add_to_tag_list(text: str | None, tag: str) -> str:
     """``text`` (a comma-separated list someone typed) with ``tag`` appended, unless it holds it
     already (compared as ``Selection`` compares tags)."""
@@ -347,86 +291,3 @@ def add_to_tag_list(text: str | None, tag: str) -> str:
         return text
     kept = text.rstrip().rstrip(",").rstrip()
     return f"{kept}, {tag}" if kept else tag
-
-
-def page_scores(scores: np.ndarray, vocab: Vocabulary, cutoff: float) -> dict:
-    """What the page needs to select and format tags itself (``tagger/web/assets/tag_rules.js``),
-    as JSON: every tag scoring at least ``cutoff`` as ``[tag, score, category id, index]`` in
-    vocabulary order, and each category's MCut threshold over all of its tags. Selections with
-    a floor at or above ``cutoff`` then give exactly what ``select_tags`` gives.
-
-    With relations attached, tags are sent as shown (aliases), the rows also hold every tag
-    that a sent tag implies, and ``relations`` holds, per row position, the positions of the
-    rows it implies, plus the MCut thresholds of the ``add`` scores: the page can then follow
-    ``implied`` too. Its size is bounded by the sent tags times their implied tags."""
-    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-    if scores.shape[0] != len(vocab):
-        raise SelectionError(f"Got {scores.shape[0]} scores for a vocabulary of {len(vocab)} tags.")
-    cutoff = _check_probability("cutoff", cutoff)
-    ids = vocab.category_ids
-    picked = np.flatnonzero(scores >= cutoff)
-    relations = vocab.relations
-    names = vocab.tags if relations is None else relations.names
-    if relations is not None and picked.size:
-        picked = np.union1d(picked, relations.ancestors_of(picked)[0]).astype(np.int64)
-    payload = {
-        "cutoff": cutoff,
-        # float(float32) is exact, and JSON keeps a float64 exactly: the page compares the same numbers.
-        "tags": [[names[i], float(scores[i]), int(ids[i]), int(i)] for i in picked],
-        "mcut": {str(c.id): mcut_threshold(scores[ids == c.id]) for c in CATEGORIES if np.any(ids == c.id)},
-    }
-    if relations is not None:
-        # Every implied tag of a sent row is sent (above), so each maps to a row position.
-        above, counts = relations.ancestors_of(picked)
-        positions = np.searchsorted(picked, above).tolist()
-        implies, start = [], 0
-        for p, n in enumerate(counts.tolist()):
-            if n:
-                implies.append([p, positions[start : start + n]])
-                start += n
-        lifted = relations.lift(scores)
-        payload["relations"] = {
-            "implies": implies,
-            "mcut_add": {str(c.id): mcut_threshold(lifted[ids == c.id]) for c in CATEGORIES if np.any(ids == c.id)},
-        }
-    return payload
-
-
-def tags_as_dicts(tags: Sequence[TagScore], with_category: bool = True) -> list[dict]:
-    if with_category:
-        return [{"tag": t.tag, "score": round(t.score, 6), "category": t.category.name} for t in tags]
-    return [{"tag": t.tag, "score": round(t.score, 6)} for t in tags]
-
-
-def api_response(tags: Sequence[TagScore], tag_text: str) -> dict:
-    """The ``/tag`` JSON: flat tags (best first), the same tags per category, count, string."""
-    return {
-        "tags": tags_as_dicts(tags),
-        "categories": [
-            {"id": c.id, "name": c.name, "color": c.color, "tags": tags_as_dicts(group, with_category=False)}
-            for c, group in group_by_category(tags)
-        ],
-        "count": len(tags),
-        "tag_string": tag_text,
-    }
-
-
-def authors_json_entry(file: str, tags: Sequence[TagScore]) -> dict:
-    """One element of the authors' CLI ``--format json`` list: ``{"file", "tags": [{"tag", "score"}]}``."""
-    return {"file": file, "tags": tags_as_dicts(tags, with_category=False)}
-
-
-def pretty_text(tags: Sequence[TagScore], bar_width: int = 20) -> str:
-    """Rank, score, bar and tag per line, as the authors' CLI ``--format pretty`` prints."""
-    lines = []
-    width = len(str(len(tags)))
-    for rank, t in enumerate(tags, 1):
-        filled = min(bar_width, max(0, math.floor(t.score * bar_width + 0.5)))
-        bar = "█" * filled + "░" * (bar_width - filled)
-        lines.append(f"{rank:>{width}}. {t.score:.3f} {bar} {t.tag}")
-    return "\n".join(lines)
-
-
-def label_values(tags: Sequence[TagScore]) -> dict[str, float]:
-    """``{tag: score}`` as ``gr.Label`` takes it."""
-    return {t.tag: t.score for t in tags}

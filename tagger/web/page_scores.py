@@ -1,0 +1,52 @@
+"""The scores the Tag tab's page selects and formats tags from itself (``assets/tag_rules.js``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tagger.engine.vocab import CATEGORIES, Vocabulary
+from tagger.errors import SelectionError
+from tagger.tags.selection import _check_probability, mcut_threshold
+
+
+def page_scores(scores: np.ndarray, vocab: Vocabulary, cutoff: float) -> dict:
+    """What the page needs to select and format tags itself (``tagger/web/assets/tag_rules.js``),
+    as JSON: every tag scoring at least ``cutoff`` as ``[tag, score, category id, index]`` in
+    vocabulary order, and each category's MCut threshold over all of its tags. Selections with
+    a floor at or above ``cutoff`` then give exactly what ``select_tags`` gives.
+
+    With relations attached, tags are sent as shown (aliases), the rows also hold every tag
+    that a sent tag implies, and ``relations`` holds, per row position, the positions of the
+    rows it implies, plus the MCut thresholds of the ``add`` scores: the page can then follow
+    ``implied`` too. Its size is bounded by the sent tags times their implied tags."""
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if scores.shape[0] != len(vocab):
+        raise SelectionError(f"Got {scores.shape[0]} scores for a vocabulary of {len(vocab)} tags.")
+    cutoff = _check_probability("cutoff", cutoff)
+    ids = vocab.category_ids
+    picked = np.flatnonzero(scores >= cutoff)
+    relations = vocab.relations
+    names = vocab.tags if relations is None else relations.names
+    if relations is not None and picked.size:
+        picked = np.union1d(picked, relations.ancestors_of(picked)[0]).astype(np.int64)
+    payload = {
+        "cutoff": cutoff,
+        # float(float32) is exact, and JSON keeps a float64 exactly: the page compares the same numbers.
+        "tags": [[names[i], float(scores[i]), int(ids[i]), int(i)] for i in picked],
+        "mcut": {str(c.id): mcut_threshold(scores[ids == c.id]) for c in CATEGORIES if np.any(ids == c.id)},
+    }
+    if relations is not None:
+        # Every implied tag of a sent row is sent (above), so each maps to a row position.
+        above, counts = relations.ancestors_of(picked)
+        positions = np.searchsorted(picked, above).tolist()
+        implies, start = [], 0
+        for p, n in enumerate(counts.tolist()):
+            if n:
+                implies.append([p, positions[start : start + n]])
+                start += n
+        lifted = relations.lift(scores)
+        payload["relations"] = {
+            "implies": implies,
+            "mcut_add": {str(c.id): mcut_threshold(lifted[ids == c.id]) for c in CATEGORIES if np.any(ids == c.id)},
+        }
+    return payload
