@@ -73,6 +73,8 @@ def set_number(page: Page, elem_id: str, value: object) -> None:
 
 def type_into(page: Page, elem_id: str, text: str) -> None:
     box = page.locator(f"#{elem_id} textarea")
+    if elem_id == "category-thresholds" and not box.is_visible():
+        page.locator("#typed-toggle").click()  # the typed box is shown on request
     box.fill(text)
     box.press("Enter")
 
