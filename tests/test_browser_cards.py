@@ -3,7 +3,8 @@ dark: the bar above the cards (mode, threshold or k, categories) drives the Tag 
 and stays in view (a sticky results column on a desktop, a sticky bar on a phone); each card's
 header switches its rule between a threshold and the top k, and its handle moves the card, which
 the ``order=category`` string follows; the typed per-category box is shown only on request. All
-of it in the page: no request, no model call.
+of it in the page: no request, no model call. Then the other tabs: Features and Similarity at the
+Tag tab's resolution, the PCA blend's colour stops, and similarity pairs from image addresses.
 
 Screenshots go to ``test-artifacts/``.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +225,57 @@ def test_features_and_similarity_follow_the_tag_tabs_resolution(app, open_page, 
     finally:
         runner.call, runner.descriptors = call, descriptors  # type: ignore[method-assign]
     page.screenshot(path=ARTIFACTS / f"features_resolution_{width}_{theme}.png", full_page=False)
+
+
+@pytest.mark.parametrize("theme", THEMES)
+@pytest.mark.parametrize("width", VIEWPORTS)
+def test_pca_colour_stops_are_added_and_removed_without_the_model(app, open_page, count_passes, width, theme):
+    page = open_page(VIEWPORTS[width])
+    open_tagged(page, app, THEMES[theme])
+    page.get_by_role("tab", name="Features").click()
+    blend = page.locator("#features-blend img")
+    expect(blend).to_be_visible()
+    counted = count_passes(app.context.tagger)
+    pickers = [page.locator(f"#pca-colour-{i}") for i in (1, 2, 3)]
+    shown = blend.get_attribute("src")
+    page.locator("#pca-remove-stop").click()
+    expect(pickers[2]).to_be_hidden()
+    expect(blend).not_to_have_attribute("src", shown or "")
+    page.locator("#pca-remove-stop").click()
+    page.locator("#pca-remove-stop").click()  # one stays
+    expect(pickers[1]).to_be_hidden()
+    expect(pickers[0]).to_be_visible()
+    page.locator("#pca-add-stop").click()
+    expect(pickers[1]).to_be_visible()
+    expect(pickers[2]).to_be_hidden()
+    assert counted.passes == 0, "a colour change must not run the model"
+    page.screenshot(path=ARTIFACTS / f"pca_stops_{width}_{theme}.png", full_page=False)
+
+
+@pytest.mark.parametrize("theme", THEMES)
+@pytest.mark.parametrize("width", VIEWPORTS)
+def test_url_pairs_are_scored_with_csv_and_jsonl_downloads(app, open_page, image_server, width, theme):
+    page = open_page(VIEWPORTS[width])
+    page.goto(app.url + THEMES[theme])
+    page.get_by_role("tab", name="Similarity").click()
+    cat, coffee = f"{image_server}/cat.jpg", f"{image_server}/coffee.jpg"
+    refused = "http://127.0.0.1:9/x.png"  # loopback, not the allowed server
+    page.locator("#similarity-urls textarea").fill(
+        f'[["{cat}", "{cat}"], ["{cat}", "{coffee}"], ["{cat}", "{refused}"]]'
+    )
+    page.locator("#similarity-urls-button").click()
+    summary = page.locator("#similarity-batch-summary")
+    expect(summary).to_contain_text("2 pairs")
+    expect(summary).to_contain_text("not a public internet address")
+    expect(page.locator("#similarity-batch-table .virtual-row")).to_have_count(2)
+    for button, suffix in (("#similarity-csv", ".csv"), ("#similarity-jsonl", ".jsonl")):
+        with page.expect_download() as download:
+            page.locator(button).click()
+        assert download.value.suggested_filename.endswith(suffix)
+    lines = Path(download.value.path()).read_text(encoding="utf-8").splitlines()  # the JSONL
+    assert len(lines) == 2 and cat in lines[0]
+    page.locator("#similarity-urls textarea").fill("not json")
+    page.locator("#similarity-urls-button").click()
+    expect(summary).to_contain_text("Write the pairs as JSON")
+    expect(page.locator("#similarity-batch-table .virtual-row")).to_have_count(2)  # the last good table stays
+    page.screenshot(path=ARTIFACTS / f"similarity_urls_{width}_{theme}.png", full_page=False)

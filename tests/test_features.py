@@ -73,6 +73,19 @@ def test_pca_image_has_the_preprocessed_size_and_is_deterministic(tiny_tagger: T
     assert all(np.array_equal(a, b) for a, b in zip(pca_images(again), (pca, overlay, blend), strict=True))
 
 
+def test_the_colour_blend_takes_one_to_three_colour_stops(tiny_tagger: Tagger, pixels: torch.Tensor) -> None:
+    maps = FeatureMaps.of(pixels, analyse(tiny_tagger, [pixels])[0])
+    _, _, one = pca_images(maps, ("#ff0000",), resample="nearest")
+    # One stop: component 1 alone, in that colour (red scaled by it; no green or blue).
+    assert one[..., 1:].max() == 0 and one[..., 0].std() > 1
+    _, _, two = pca_images(maps, ("#ff0000", "#00ff00"))
+    assert two[..., 2].max() == 0 and two[..., 1].max() > 0
+    _, _, three = pca_images(maps)
+    assert not np.array_equal(two, three)
+    with pytest.raises(FeatureError, match="one colour per component"):
+        pca_images(maps, ("#ff0000",) * 4)
+
+
 def test_pca_from_patch_features_matches_the_analysis(tiny_tagger: Tagger, pixels: torch.Tensor) -> None:
     (features,) = patch_features(tiny_tagger, [pixels])
     assert features.shape == (3, 5, tiny_tagger.model.config.hidden_size)
