@@ -27,7 +27,8 @@
   const NOTICE_MS = 10000; // how long the "excluded X · undo" notice stays
   const views = new Map(); // view element id -> its state (see state())
   let rulesConfig = null; // TagRules.configure's argument, kept to reorder the categories
-  let orderShown = ""; // the category order TagRules holds, as JSON
+  let orderShown = ""; // the cards box's order TagRules was given, as JSON
+  let categoryOrder = []; // the names of every category, in the order TagRules holds
 
   function luminance(hex) {
     const channels = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16) / 255);
@@ -245,7 +246,7 @@
 
   /** ``name``'s card moved before or after ``target``'s: the order of every category, cards or not. */
   function moveCard(s, name, target, after) {
-    const order = rulesConfig.categories.map((c) => c[1]).filter((n) => n !== name);
+    const order = categoryOrder.filter((n) => n !== name);
     order.splice(order.indexOf(target) + (after ? 1 : 0), 0, name);
     writeCards(s, { order });
   }
@@ -279,6 +280,7 @@
       .map((c, i) => [c, rank.has(c[1]) ? rank.get(c[1]) : order.length + i])
       .sort((a, b) => a[1] - b[1])
       .map(([c]) => c);
+    categoryOrder = categories.map((c) => c[1]);
     TagRules.configure({ ...rulesConfig, categories });
   }
 
@@ -647,6 +649,7 @@
   function configure(config) {
     rulesConfig = config;
     orderShown = "";
+    categoryOrder = config.categories.map((c) => c[1]);
     TagRules.configure(config);
   }
 
