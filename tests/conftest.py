@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -149,3 +149,27 @@ def model_calls(app, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(runner, "call", call)
     return calls
+
+
+@pytest.fixture
+def image_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A loopback HTTP server with the example images, allowed by the fetcher's address policy."""
+    import functools
+    import http.server
+
+    from tagger import fetch
+    from tagger.web.inputs import _SafeDownloads
+
+    folder = Path(__file__).resolve().parent.parent / "examples"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    port = server.server_address[1]
+
+    def allowed(ip: object, p: int) -> str | None:
+        return None if (str(ip) == "127.0.0.1" and p == port) else fetch.public_only(ip, p)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_SafeDownloads, "address_policy", staticmethod(allowed))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+    server.server_close()

@@ -9,10 +9,7 @@ Screenshots go to ``test-artifacts/`` (git-ignored) for a person to look at.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import re
-import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -34,11 +31,9 @@ from browser_support import (
 )
 from playwright.sync_api import Browser, Page, expect
 
-import tagger.fetch as fetch
 from tagger.errors import SelectionError
 from tagger.tags.options import TagOptions
 from tagger.web.controls import present_categories, ticked_categories
-from tagger.web.inputs import _SafeDownloads
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"browser tests need Debian's chromium at {CHROMIUM}")
 
@@ -73,6 +68,8 @@ def set_number(page: Page, elem_id: str, value: object) -> None:
 
 def type_into(page: Page, elem_id: str, text: str) -> None:
     box = page.locator(f"#{elem_id} textarea")
+    if elem_id == "category-thresholds" and not box.is_visible():
+        page.locator("#typed-toggle").click()  # the typed box is shown on request
     box.fill(text)
     box.press("Enter")
 
@@ -315,23 +312,6 @@ def test_lookup_is_sorted_by_score_and_a_row_shows_its_heatmap(app, page, scores
 
 
 # -- item 9: an image address, through the guarded fetcher ------------------------------------------
-
-
-@pytest.fixture
-def image_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A loopback HTTP server with the test image, allowed by the fetcher's address policy."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(IMAGE.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    port = server.server_address[1]
-
-    def allowed(ip: object, p: int) -> str | None:
-        return None if (str(ip) == "127.0.0.1" and p == port) else fetch.public_only(ip, p)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_SafeDownloads, "address_policy", staticmethod(allowed))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_an_image_address_is_fetched_and_tagged(app, browser, scores, image_server):

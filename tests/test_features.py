@@ -7,6 +7,7 @@ real app in demo mode and call ``/pca``, ``/heatmap``, ``/similarity`` and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,8 +32,8 @@ from tagger.features.relevance import (
     resolve_tag,
     tap_block,
 )
-from tagger.features.similarity import batch_similarity, cosine_similarity
-from tagger.web.tabs.similarity import summary_markdown
+from tagger.features.similarity import batch_similarity, cosine_similarity, parse_url_pairs
+from tagger.web.tabs.similarity import score_url_pairs, summary_markdown
 
 MakeImage = Callable[..., Image.Image]
 
@@ -70,6 +71,19 @@ def test_pca_image_has_the_preprocessed_size_and_is_deterministic(tiny_tagger: T
     again = FeatureMaps.of(pixels, analyse(tiny_tagger, [pixels])[0])
     assert np.array_equal(again.pca, maps.pca)
     assert all(np.array_equal(a, b) for a, b in zip(pca_images(again), (pca, overlay, blend), strict=True))
+
+
+def test_the_colour_blend_takes_one_to_three_colour_stops(tiny_tagger: Tagger, pixels: torch.Tensor) -> None:
+    maps = FeatureMaps.of(pixels, analyse(tiny_tagger, [pixels])[0])
+    _, _, one = pca_images(maps, ("#ff0000",), resample="nearest")
+    # One stop: component 1 alone, in that colour (red scaled by it; no green or blue).
+    assert one[..., 1:].max() == 0 and one[..., 0].std() > 1
+    _, _, two = pca_images(maps, ("#ff0000", "#00ff00"))
+    assert two[..., 2].max() == 0 and two[..., 1].max() > 0
+    _, _, three = pca_images(maps)
+    assert not np.array_equal(two, three)
+    with pytest.raises(FeatureError, match="one colour per component"):
+        pca_images(maps, ("#ff0000",) * 4)
 
 
 def test_pca_from_patch_features_matches_the_analysis(tiny_tagger: Tagger, pixels: torch.Tensor) -> None:
@@ -303,6 +317,56 @@ def counting(fn: Callable) -> tuple[Callable, list[int]]:
         return fn(pixels)
 
     return wrapper, calls
+
+
+def test_url_pairs_are_fetched_scored_and_downloadable(tiny_tagger: Tagger, tmp_path: Path) -> None:
+    """Pairs of URLs score like a zip's pairs: one model call, a refused URL reported, its pair skipped."""
+    from types import SimpleNamespace
+
+    from tagger.datasets.intake import BatchLimits
+    from tagger.errors import FetchError, UploadError
+
+    files = {}
+    for name, seed in (("cat", 10), ("dog", 11)):
+        files[f"https://img.example/{name}.png"] = tmp_path / f"{name}.png"
+        files[f"https://img.example/{name}.png"].write_bytes(image_bytes(64, 48, seed=seed))
+
+    def fetch(url: str) -> str:
+        if url not in files:
+            raise FetchError(f"Refused {url}: not a public address.")
+        return str(files[url])
+
+    descriptors, calls = counting(tiny_tagger.run_descriptors)
+    ctx = SimpleNamespace(
+        preparer=lambda max_size: tiny_tagger.prepare, runner=SimpleNamespace(descriptors=descriptors)
+    )
+    cat, dog = "https://img.example/cat.png", "https://img.example/dog.png"
+    text = json.dumps([[cat, cat], [cat, dog], [dog, "http://10.0.0.1/x.png"]])
+    result = score_url_pairs(ctx, text, fetch)  # type: ignore[arg-type]
+    assert [(s, a, b) for s, a, b, _ in result.rows] == [("1", cat, cat), ("2", cat, dog)]
+    assert result.rows[0][3] == pytest.approx(1.0, abs=1e-5) and result.rows[1][3] < result.rows[0][3]
+    assert result.errors == [("http://10.0.0.1/x.png", "Refused http://10.0.0.1/x.png: not a public address.")]
+    assert calls == [4]  # the two scored pairs in one model call
+    csv_path, jsonl_path = result.write_downloads(tmp_path)
+    assert csv_path.read_text().splitlines()[0] == "stem,a,b,similarity"
+    assert [json.loads(line)["b"] for line in jsonl_path.read_text().splitlines()] == [cat, dog]
+    with pytest.raises(UploadError, match="add up to more than"):
+        score_url_pairs(ctx, text, fetch, limits=BatchLimits(max_upload_bytes=100))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not json", "Write the pairs as JSON"),
+        ('[["only one"]]', "a JSON list of"),
+        ("[]", "empty"),
+        (json.dumps([["a", "b"]] * 3), "At most 2 pairs"),
+    ],
+)
+def test_url_pairs_must_be_a_json_list_of_pairs(text: str, message: str) -> None:
+    with pytest.raises(FeatureError, match=message):
+        parse_url_pairs(text, max_pairs=2)
+    assert parse_url_pairs(' [[" https://a/1.png ", "https://b/1.png"]]', 2) == [("https://a/1.png", "https://b/1.png")]
 
 
 def test_batch_similarity_pairs_by_stem(tiny_tagger: Tagger, pairs_zip: Path) -> None:

@@ -13,9 +13,9 @@ import pytest
 from tagger.datasets.batch import BatchOutput
 from tagger.engine.vocab import CATEGORY_BY_NAME, Vocabulary
 from tagger.tags.formats import category_tag_strings
-from tagger.tags.options import TagOptions
+from tagger.tags.options import MODES, TagOptions
 from tagger.tags.selection import add_to_tag_list, select_tags
-from tagger.web.controls import MODE_ONLY
+from tagger.web.controls import MODE_ONLY, present_categories
 from tagger.web.page_scores import page_scores
 from tagger.web.tabs.batch import summary_markdown
 from tagger.web.tabs.tag import lookup_rows, page_script, rules_config
@@ -130,3 +130,24 @@ def test_no_ticked_category_is_refused_not_read_as_all():
     assert set(controls.options(values).categories) == {"general", "copyright", "meta"}
     with pytest.raises(SelectionError, match="Tick at least one category"):
         controls.options({**values, controls.widgets["categories"]: []})
+
+
+def test_the_bar_above_the_cards_offers_the_controls_choices_and_writes_to_their_ids():
+    import gradio as gr
+
+    from tagger.web.controls import build_option_controls
+
+    with gr.Blocks():
+        controls = build_option_controls(VOCAB, typed=("category_thresholds",))
+    quick = controls.quick_bar()
+    assert [value for _, value in quick["modes"]] == list(MODES)
+    assert quick["categories"] == [c.name for c in present_categories(VOCAB)]
+    assert quick["ids"] == {
+        "mode": "mode",
+        "threshold": "threshold",
+        "topk_per_category": "topk-per-category",
+        "categories": "category-filter",
+    }
+    # The typed per-category box is in the page (the cards write into it) but shown on request only.
+    assert controls.widgets["category_thresholds"].elem_classes == ["tv-typed"]
+    assert not controls.widgets["threshold"].elem_classes

@@ -152,8 +152,9 @@ def pca_images(
     alpha: float = 0.5,
     resample: str = "nearest",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(PCA map, PCA map over the image, colour blend), uint8 at the image's size."""
+    """(PCA map, PCA map over the image, colour blend), uint8 at the image's size. The blend
+    mixes the first ``len(colours)`` components (one colour stop each, 1 to 3)."""
     size = (maps.image.shape[1], maps.image.shape[0])
     pca = to_uint8(upscale(maps.pca, size, resample))
-    blend = to_uint8(upscale(color_blend(maps.pca, colours), size, resample))
+    blend = to_uint8(upscale(color_blend(maps.pca[..., : max(len(colours), 1)], colours), size, resample))
     return pca, alpha_blend(maps.image, pca, alpha), blend

@@ -1,4 +1,4 @@
-"""Descriptor similarity: two images, or the pairs of a zip with two folders.
+"""Descriptor similarity: two images, the pairs of a zip with two folders, or pairs of image URLs.
 
 Zips are read with ``tagger.datasets.intake.collect_inputs``, the same guarded reader as batch
 tagging. The model call (descriptors) is passed in, so the caller decides where it runs.
@@ -6,20 +6,23 @@ tagging. The model call (descriptors) is passed in, so the caller decides where 
 
 from __future__ import annotations
 
+import csv
+import json
 import lzma
 import os
 import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from tagger.datasets.intake import BatchInputs, BatchItem, BatchLimits, collect_inputs, is_skipped, wrapper_depth
 from tagger.engine.preprocess import Prepare
-from tagger.errors import FeatureError, ImageError
+from tagger.errors import FeatureError, FetchError, ImageError
 from tagger.web.runtime import IMAGES_PER_GPU_CALL
 
 
@@ -112,6 +115,35 @@ class BatchSimilarity:
             "errors": [{"file": f, "error": e} for f, e in self.errors],
         }
 
+    def write_downloads(self, directory: Path) -> tuple[Path, Path]:
+        """``similarity.csv`` and ``similarity.jsonl`` in ``directory``: one row per scored pair."""
+        csv_path, jsonl_path = directory / "similarity.csv", directory / "similarity.jsonl"
+        pairs = self.to_json()["pairs"]
+        with open(csv_path, "w", encoding="utf-8", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=["stem", "a", "b", "similarity"])
+            writer.writeheader()
+            writer.writerows(pairs)
+        with open(jsonl_path, "w", encoding="utf-8", newline="\n") as out:
+            out.writelines(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs)
+        return csv_path, jsonl_path
+
+
+def parse_url_pairs(text: str, max_pairs: int) -> list[tuple[str, str]]:
+    """``[["url_a", "url_b"], ...]`` (JSON) → the pairs; ``FeatureError`` with a sentence otherwise."""
+    try:
+        value = json.loads(text or "")
+    except json.JSONDecodeError as e:
+        raise FeatureError(f'Write the pairs as JSON, e.g. [["https://a/1.png", "https://b/1.png"]]: {e}.') from None
+    if not isinstance(value, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(u, str) for u in pair) for pair in value
+    ):
+        raise FeatureError("The pairs must be a JSON list of [url_a, url_b] lists of two strings.")
+    if not value:
+        raise FeatureError("The list of pairs is empty.")
+    if len(value) > max_pairs:
+        raise FeatureError(f"At most {max_pairs} pairs per request; got {len(value)}.")
+    return [(a.strip(), b.strip()) for a, b in value]
+
 
 # Pairs decoded and sent to the model together (two images each): bounds memory and the
 # duration of each GPU call, like a batch chunk.
@@ -140,26 +172,45 @@ def batch_similarity(
     with collect_inputs([path], limits) as inputs:
         listing = pair_inputs(inputs)
         result = BatchSimilarity(listing.folders, unmatched=listing.unmatched, ignored=listing.ignored)
-        total = len(listing.pairs)
-        for start in range(0, total, PAIRS_PER_CALL):
-            chunk: list[tuple[str, str, str]] = []
-            pixels: list[torch.Tensor] = []
-            for stem, item_a, item_b in listing.pairs[start : start + PAIRS_PER_CALL]:
-                decoded = []
-                for item in (item_a, item_b):
-                    try:
-                        decoded.append(prepare(inputs.read(item), name=item.name))
-                    except (ImageError, zlib.error, lzma.LZMAError) as e:
-                        # Unreadable or corrupt member: this pair is skipped, the others go on.
-                        result.errors.append((item.name, str(e) or type(e).__name__))
-                if len(decoded) == 2:
-                    chunk.append((stem, item_a.name, item_b.name))
-                    pixels.extend(decoded)
-            if pixels:
-                vectors = descriptors(pixels)
-                for j, (stem, name_a, name_b) in enumerate(chunk):
-                    result.rows.append((stem, name_a, name_b, cosine_similarity(vectors[2 * j], vectors[2 * j + 1])))
-                del pixels
-            if progress is not None:
-                progress(min(start + PAIRS_PER_CALL, total), total)
+        pairs = [(stem, (a.name, a), (b.name, b)) for stem, a, b in listing.pairs]
+        return score_pairs(
+            result, pairs, lambda item, name: prepare(inputs.read(item), name=name), descriptors, progress
+        )
+
+
+Source = TypeVar("Source")
+
+
+def score_pairs(
+    result: BatchSimilarity,
+    pairs: list[tuple[str, tuple[str, Source], tuple[str, Source]]],
+    load: Callable[[Source, str], torch.Tensor],
+    descriptors: Callable[[list[torch.Tensor]], np.ndarray],
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchSimilarity:
+    """``pairs`` (stem, (name, source) of A, of B) scored into ``result``: ``load`` decodes one
+    source (named for its errors) on the CPU, ``descriptors`` runs once per ``PAIRS_PER_CALL`` pairs. A source that
+    cannot be read (or fetched) is reported under its name and its pair skipped."""
+    total = len(pairs)
+    for start in range(0, total, PAIRS_PER_CALL):
+        chunk: list[tuple[str, str, str]] = []
+        pixels: list[torch.Tensor] = []
+        for stem, (name_a, source_a), (name_b, source_b) in pairs[start : start + PAIRS_PER_CALL]:
+            decoded = []
+            for name, source in ((name_a, source_a), (name_b, source_b)):
+                try:
+                    decoded.append(load(source, name))
+                except (ImageError, FetchError, zlib.error, lzma.LZMAError) as e:
+                    # Unreadable, corrupt or refused: this pair is skipped, the others go on.
+                    result.errors.append((name, str(e) or type(e).__name__))
+            if len(decoded) == 2:
+                chunk.append((stem, name_a, name_b))
+                pixels.extend(decoded)
+        if pixels:
+            vectors = descriptors(pixels)
+            for j, (stem, name_a, name_b) in enumerate(chunk):
+                result.rows.append((stem, name_a, name_b, cosine_similarity(vectors[2 * j], vectors[2 * j + 1])))
+            del pixels
+        if progress is not None:
+            progress(min(start + PAIRS_PER_CALL, total), total)
     return result

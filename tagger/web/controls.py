@@ -22,6 +22,8 @@ from tagger.engine.vocab import CATEGORIES, Category, Vocabulary
 from tagger.errors import SelectionError
 from tagger.tags.options import OPTION_FIELDS, OPTION_TYPES, TagOptions, option_info
 
+OPTION_FIELD_BY_NAME = {f.name: f for f in OPTION_FIELDS}
+
 GROUPS = ("selection", "format")  # one accordion each, in this order
 ELEM_IDS = {"categories": "category-filter"}  # elem_id if not the option's name with dashes
 # Options that only mean something in one mode (see TagOptions.__post_init__): hidden in the others.
@@ -86,6 +88,18 @@ class OptionControls:
         """The element ids of the fields whose mistakes the page shows next to them."""
         return {name: str(self.widgets[name].elem_id) for name in CHECKED_FIELDS}
 
+    def quick_bar(self) -> dict:
+        """What the bar above the cards offers (``TagView.update``'s ``config.quick``): the modes
+        as (label, value), the categories of the checkbox group, and the ids of the controls it writes to."""
+        names = ("mode", "threshold", "topk_per_category", "categories")
+        group = self.widgets["categories"]
+        assert isinstance(group, gr.CheckboxGroup)
+        return {
+            "modes": [list(choice) for choice in option_info(OPTION_FIELD_BY_NAME["mode"]).choices],
+            "categories": [str(choice[1]) for choice in group.choices],
+            "ids": {name: str(self.widgets[name].elem_id) for name in names},
+        }
+
     def wire_mode_visibility(self) -> None:
         """Show only the widgets the chosen mode uses: in the page, no round trip."""
         names = list(MODE_ONLY)
@@ -99,13 +113,18 @@ class OptionControls:
         )
 
 
-def option_widget(field: Field, category_names: list[str], elem_id: str, ticked: list[str]) -> OptionWidget:
+def option_widget(
+    field: Field, category_names: list[str], elem_id: str, ticked: list[str], typed: bool = False
+) -> OptionWidget:
+    """``typed``: a box shown only on request (CSS class ``tv-typed``; the page writes into it)."""
     info = option_info(field)
     default: Any = field.default
     # Shown in the default mode only if it applies there (the page does the rest).
     visible = MODE_ONLY.get(field.name, DEFAULT_MODE) == DEFAULT_MODE
     hint = info.widget_help or info.help
     common: dict[str, Any] = {"label": info.label, "info": hint, "elem_id": elem_id, "visible": visible}
+    if typed:
+        common["elem_classes"] = ["tv-typed"]
     if field.name == "categories":
         return gr.CheckboxGroup(category_names, value=ticked, **common)
     if info.choices:
@@ -118,9 +137,15 @@ def option_widget(field: Field, category_names: list[str], elem_id: str, ticked:
 
 
 def build_option_controls(
-    vocab: Vocabulary, *, id_prefix: str = "", format_title: str = "Tag string", format_open: bool = False
+    vocab: Vocabulary,
+    *,
+    id_prefix: str = "",
+    format_title: str = "Tag string",
+    format_open: bool = False,
+    typed: Sequence[str] = (),
 ) -> OptionControls:
-    """The options in two accordions, "Selection" and ``format_title``, with their defaults."""
+    """The options in two accordions, "Selection" and ``format_title``, with their defaults;
+    the ``typed`` ones hidden until asked for (see ``option_widget``)."""
     category_names = [c.name for c in present_categories(vocab)]
     widgets: dict[str, OptionWidget] = {}
     for group in GROUPS:
@@ -129,5 +154,7 @@ def build_option_controls(
             for field in OPTION_FIELDS:
                 if option_info(field).group == group:
                     elem_id = id_prefix + ELEM_IDS.get(field.name, field.name.replace("_", "-"))
-                    widgets[field.name] = option_widget(field, category_names, elem_id, ticked_categories(vocab))
+                    widgets[field.name] = option_widget(
+                        field, category_names, elem_id, ticked_categories(vocab), field.name in typed
+                    )
     return OptionControls({f.name: widgets[f.name] for f in OPTION_FIELDS})

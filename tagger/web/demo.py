@@ -34,11 +34,11 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
                 tag_tab = build_tag_tab(ctx)
             with gr.Tab("Batch", id="batch") as batch:
                 build_batch_tab(ctx, tag_tab.controls, tag_tab.size, batch)
-            # Features and Similarity start from the Tag tab's image: one upload, many views.
+            # Features and Similarity start from the Tag tab's image and resolution: one upload, many views.
             with gr.Tab("Features", id="features") as features:
-                build_features_tab(ctx, tag_tab.image, features)
+                build_features_tab(ctx, tag_tab.image, features, tag_tab.size)
             with gr.Tab("Similarity", id="similarity") as similarity:
-                build_similarity_tab(ctx, tag_tab.image, similarity)
+                build_similarity_tab(ctx, tag_tab.image, similarity, tag_tab.size)
             with gr.Tab("API", id="api", elem_id="api-tab"):
                 examples = build_api_tab(ctx, endpoints)
 

@@ -12,6 +12,12 @@
  * notice, and while the pointer is over the view an excluded row stays where it was (struck
  * through, with "undo" in place of ✕), so the next click does not land on the row below.
  *
+ * Controls beside what they change: a bar above the cards holds the mode, its threshold (or k)
+ * and the categories; each card's header its own rule (≥ threshold or top k, switched by its
+ * button) and a handle that moves the card. The bar and the thresholds write into the Tag tab's
+ * controls (the per-category box), the cards' order and top k into the hidden cards box
+ * (JSON): every one redraws through the controls' change, in the page.
+ *
  * Plain script for the page's <script> tag; defines one global, TagView. Needs TagRules.
  */
 (function (root) {
@@ -20,6 +26,9 @@
   const MAX_BARS = 40; // bars drawn per category; the strings always hold every selected tag
   const NOTICE_MS = 10000; // how long the "excluded X · undo" notice stays
   const views = new Map(); // view element id -> its state (see state())
+  let rulesConfig = null; // TagRules.configure's argument, kept to reorder the categories
+  let orderShown = ""; // the cards box's order TagRules was given, as JSON
+  let categoryOrder = []; // the names of every category, in the order TagRules holds
 
   function luminance(hex) {
     const channels = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16) / 255);
@@ -62,6 +71,10 @@
         collapsed: new Set(), // names of the cards folded by their chevron (page only)
         values: null, // the option values of the last drawing, by name
         fields: {}, // option name -> elem_id of its control
+        config: {}, // update()'s config: the quick bar's choices and control ids, the cards box
+        cards: { order: [], topk: {} }, // the cards box's value: card order, per-card top k
+        categoriesOpen: false, // the quick bar's category list is unfolded
+        focusHandle: null, // the card whose handle gets the focus back after a keyboard move
       });
     }
     return views.get(id);
@@ -75,6 +88,13 @@
     // The chips and the notice above the cards appear or go with an exclusion: scroll by as
     // much as the clicked row moved, so it stays under the pointer.
     new MutationObserver(() => {
+      if (s.focusHandle !== null) {
+        const handle = element.querySelector(`.tv-drag[data-category="${s.focusHandle}"]`);
+        if (handle) {
+          s.focusHandle = null;
+          handle.focus();
+        }
+      }
       if (!s.anchor) return;
       const row = [...element.querySelectorAll(".tv-row")].find((r) => r.dataset.tag === s.anchor.tag);
       if (!row || row.classList.contains("tv-held") !== s.anchor.held) return;
@@ -91,8 +111,56 @@
     element.addEventListener("change", (event) => {
       const input = event.target.closest(".tv-cat-threshold");
       if (input) setCategoryThreshold(s, input.dataset.category, input.value);
+      const k = event.target.closest(".tv-cat-topk");
+      if (k) writeCards(s, { topk: { ...s.cards.topk, [k.dataset.category]: Math.max(1, Math.round(Number(k.value) || 1)) } });
+      const quick = event.target.closest(".tv-q");
+      if (quick) setControl(s.config.quick.ids[quick.dataset.field], quick);
+    });
+    // <details> "toggle" does not bubble: listen while it goes down.
+    element.addEventListener("toggle", (event) => {
+      if (event.target.classList && event.target.classList.contains("tv-q-categories")) s.categoriesOpen = event.target.open;
+    }, true);
+    element.addEventListener("pointerdown", (event) => {
+      const handle = event.target.closest(".tv-drag");
+      if (!handle) return;
+      event.preventDefault(); // no text selection, no scroll while a finger drags
+      handle.setPointerCapture(event.pointerId);
+      handle.closest(".tv-category").classList.add("tv-dragged");
+    });
+    element.addEventListener("pointerup", (event) => {
+      const handle = event.target.closest(".tv-drag");
+      if (!handle) return;
+      handle.closest(".tv-category").classList.remove("tv-dragged");
+      const under = document.elementFromPoint(event.clientX, event.clientY);
+      const target = under && under.closest(".tv-category");
+      if (!target || target.dataset.category === handle.dataset.category) return;
+      const box = target.getBoundingClientRect();
+      const after = event.clientY > box.top + box.height / 2 || (event.clientY >= box.top && event.clientX > box.left + box.width / 2);
+      moveCard(s, handle.dataset.category, target.dataset.category, after);
+    });
+    element.addEventListener("keydown", (event) => {
+      const handle = event.target.closest(".tv-drag");
+      if (!handle) return;
+      const step = { ArrowUp: -1, ArrowLeft: -1, ArrowDown: 1, ArrowRight: 1 }[event.key];
+      if (!step) return;
+      event.preventDefault();
+      const names = [...element.querySelectorAll(".tv-category")].map((card) => card.dataset.category);
+      const at = names.indexOf(handle.dataset.category);
+      const other = names[at + step];
+      if (other === undefined) return;
+      s.focusHandle = handle.dataset.category;
+      moveCard(s, handle.dataset.category, other, step > 0);
     });
     element.addEventListener("click", (event) => {
+      const ruleSwitch = event.target.closest(".tv-rule-switch");
+      if (ruleSwitch) {
+        const name = ruleSwitch.dataset.category;
+        const topk = { ...s.cards.topk };
+        if (name in topk) delete topk[name];
+        else topk[name] = Number(s.values && s.values.topk_per_category) || 20;
+        writeCards(s, { topk });
+        return;
+      }
       const chevron = event.target.closest(".tv-chevron");
       if (chevron) {
         const card = chevron.closest(".tv-category");
@@ -146,7 +214,7 @@
    * box's change redraws the view like any filter: in the page, no request.
    */
   function setCategoryThreshold(s, name, value) {
-    const box = document.querySelector(`#${s.fields.category_thresholds} textarea, #${s.fields.category_thresholds} input`);
+    const box = textBox(s.fields.category_thresholds);
     if (!box) return;
     let values;
     try {
@@ -156,9 +224,85 @@
     }
     values.set(name, value === "" ? undefined : Number(value));
     const text = [...values].filter(([, v]) => v !== undefined && !Number.isNaN(v)).map(([n, v]) => `${n}=${v}`).join(", ");
-    box.value = text;
-    box.dispatchEvent(new Event("input", { bubbles: true }));
-    box.dispatchEvent(new Event("change", { bubbles: true }));
+    typeInto(box, text);
+  }
+
+  function textBox(elemId) {
+    return elemId ? document.querySelector(`#${elemId} textarea, #${elemId} input`) : null;
+  }
+
+  /** A value put into a control's input as a person would type it: Gradio sees the input and change. */
+  function typeInto(input, value) {
+    input.value = value;
+    input.dispatchEvent(new Event("input", { bubbles: true }));
+    input.dispatchEvent(new Event("change", { bubbles: true }));
+  }
+
+  /** The cards box (JSON ``{order, topk}``) with ``change`` merged in. */
+  function writeCards(s, change) {
+    const box = textBox(s.config.cards);
+    if (box) typeInto(box, JSON.stringify({ ...s.cards, ...change }));
+  }
+
+  /** ``name``'s card moved before or after ``target``'s: the order of every category, cards or not. */
+  function moveCard(s, name, target, after) {
+    const order = categoryOrder.filter((n) => n !== name);
+    order.splice(order.indexOf(target) + (after ? 1 : 0), 0, name);
+    writeCards(s, { order });
+  }
+
+  /** A quick bar input's value given to the Tag tab's control ``elemId`` (a radio, slider or checkbox group). */
+  function setControl(elemId, quick) {
+    const field = document.getElementById(elemId);
+    if (!field) return;
+    if (quick.type === "checkbox") {
+      const box = field.querySelector(`input[type=checkbox][name="${CSS.escape(quick.value)}"]`);
+      if (box && box.checked !== quick.checked) box.click();
+    } else if (quick.tagName === "SELECT") {
+      const radio = field.querySelector(`input[type=radio][value="${CSS.escape(quick.value)}"]`);
+      if (radio && !radio.checked) radio.click();
+    } else {
+      const number = field.querySelector("input[type=number]");
+      if (!number) return;
+      typeInto(number, quick.value);
+      number.dispatchEvent(new KeyboardEvent("keydown", { key: "Enter", bubbles: true }));
+      number.dispatchEvent(new Event("blur"));
+    }
+  }
+
+  /** The category order of the cards box given to TagRules (cards and ``order=category`` strings follow it). */
+  function applyOrder(order) {
+    const key = JSON.stringify(order || []);
+    if (!rulesConfig || key === orderShown) return;
+    orderShown = key;
+    const rank = new Map((order || []).map((name, i) => [name, i]));
+    const categories = rulesConfig.categories
+      .map((c, i) => [c, rank.has(c[1]) ? rank.get(c[1]) : order.length + i])
+      .sort((a, b) => a[1] - b[1])
+      .map(([c]) => c);
+    categoryOrder = categories.map((c) => c[1]);
+    TagRules.configure({ ...rulesConfig, categories });
+  }
+
+  function parseCards(text) {
+    try {
+      const cards = JSON.parse(text || "{}");
+      return { order: Array.isArray(cards.order) ? cards.order : [], topk: cards.topk && typeof cards.topk === "object" ? cards.topk : {} };
+    } catch (e) {
+      return { order: [], topk: {} };
+    }
+  }
+
+  /** TagRules.options, then the cards' own top k (threshold mode: a card switched to top k). */
+  function buildOptions(byName, cards) {
+    const built = TagRules.options(byName);
+    if ((byName.mode || "threshold") === "threshold") {
+      for (const [name, k] of Object.entries(cards.topk)) {
+        const category = rulesConfig && rulesConfig.categories.find((c) => c[1] === name);
+        if (category) built.selection.categoryTopk.set(category[0], k);
+      }
+    }
+    return built;
   }
 
   function showNotice(s, tag) {
@@ -237,13 +381,13 @@
   }
 
   /** Options from the controls' values; errors go next to their field. */
-  function readOptions(names, values, fields) {
+  function readOptions(names, values, fields, cards) {
     const byName = {};
     names.forEach((name, i) => (byName[name] = values[i]));
     let built = null;
     let error = null;
     try {
-      built = TagRules.options(byName);
+      built = buildOptions(byName, cards || { order: [], topk: {} });
     } catch (e) {
       if (!(e instanceof TagRules.SelectionError)) throw e;
       error = e;
@@ -276,15 +420,26 @@
   }
 
   /** The card's rule in its header: its threshold (editable), top k, or MCut. */
+  /** The card's rule in its header: in threshold mode a switch (≥ threshold or top k) and its value; else top k or MCut. */
   function ruleControl(category, selection, mode) {
     const name = escapeHtml(category.name);
     if (mode === "topk") return `<span class="tv-cat-rule">top ${selection.categoryTopk.get(category.id)}</span>`;
     if (mode === "mcut") return `<span class="tv-cat-rule">MCut</span>`;
+    const topk = selection.categoryTopk.has(category.id);
+    const button =
+      `<button type="button" class="tv-rule-switch" data-category="${name}" aria-pressed="${topk}" ` +
+      `title="${topk ? "Top k: switch to a threshold" : "Threshold: switch to the top k"}" aria-label="${name}: ${topk ? "top k" : "threshold"} (switch)">${topk ? "top" : "≥"}</button>`;
+    if (topk) {
+      return (
+        `<span class="tv-cat-rule">${button}<input type="number" class="tv-cat-topk" data-category="${name}" ` +
+        `min="1" max="200" step="1" value="${selection.categoryTopk.get(category.id)}" aria-label="${name} top k" title="How many ${name} tags"></span>`
+      );
+    }
     const exact = selection.categoryThresholds.has(category.id) ? selection.categoryThresholds.get(category.id) : selection.threshold;
     const value = Number(Number(exact).toFixed(4)); // the slider's float32 0.35 is 0.3499999940395355
     return (
-      `<label class="tv-cat-rule">≥ <input type="number" class="tv-cat-threshold" data-category="${name}" ` +
-      `min="0" max="1" step="0.01" value="${value}" aria-label="${name} threshold" title="The score a ${name} tag needs"></label>`
+      `<span class="tv-cat-rule">${button}<input type="number" class="tv-cat-threshold" data-category="${name}" ` +
+      `min="0" max="1" step="0.01" value="${value}" aria-label="${name} threshold" title="The score a ${name} tag needs"></span>`
     );
   }
 
@@ -292,7 +447,9 @@
     const name = escapeHtml(category.name);
     return (
       `<section class="tv-category${collapsed ? " tv-collapsed" : ""}" id="tv-${name}" data-category="${name}" style="--tv-color:${escapeHtml(category.color)};--tv-on-white:${escapeHtml(onWhite(category.color))}">` +
-      `<header><button type="button" class="tv-chevron" aria-expanded="${!collapsed}" aria-label="${collapsed ? "Expand" : "Collapse"} ${name}"></button>` +
+      `<header><button type="button" class="tv-drag" data-category="${name}" title="Drag to move the card (or use the arrow keys)" ` +
+      `aria-label="Move ${name}: drag, or press the arrow keys">⠿</button>` +
+      `<button type="button" class="tv-chevron" aria-expanded="${!collapsed}" aria-label="${collapsed ? "Expand" : "Collapse"} ${name}"></button>` +
       `<span class="tv-swatch"></span><span class="tv-name">${name}</span>` +
       `<span class="tv-count">${count}</span>` +
       rule +
@@ -317,6 +474,27 @@
         `<button type="button" class="tv-undo" data-tag="${escapeHtml(notice)}">undo</button></div>`
       : "";
     return note + `<div class="tv-excluded" aria-label="Excluded tags"><span class="tv-excluded-title">Excluded:</span>${chips.join("")}</div>`;
+  }
+
+  /** The bar above the cards: mode, its threshold or k, and the categories, with the controls' values. */
+  function quickBar(quick, byName, open) {
+    if (!quick) return "";
+    const mode = byName.mode || "threshold";
+    const modes = quick.modes.map(([label, value]) => `<option value="${escapeHtml(value)}"${value === mode ? " selected" : ""}>${escapeHtml(label)}</option>`);
+    const number = (field, label, min, max, step) =>
+      `<label class="tv-q-field">${label} <input type="number" class="tv-q" data-field="${field}" min="${min}" max="${max}" step="${step}" ` +
+      `value="${Number(Number(byName[field]).toFixed(4))}"></label>`;
+    const value = mode === "threshold" ? number("threshold", "≥", 0, 1, 0.01) : mode === "topk" ? number("topk_per_category", "top", 1, 200, 1) : "";
+    const ticked = new Set(Array.isArray(byName.categories) ? byName.categories : TagRules.parseTagList(byName.categories || ""));
+    const boxes = quick.categories.map(
+      (name) => `<label class="tv-q-category"><input type="checkbox" class="tv-q" data-field="categories" value="${escapeHtml(name)}"${ticked.has(name) ? " checked" : ""}> ${escapeHtml(name)}</label>`,
+    );
+    return (
+      `<div class="tv-quick" role="toolbar" aria-label="Mode, threshold and categories">` +
+      `<select class="tv-q" data-field="mode" aria-label="Mode">${modes.join("")}</select>${value}` +
+      `<details class="tv-q-categories"${open ? " open" : ""}><summary>Categories · ${ticked.size}</summary>` +
+      `<div class="tv-q-list">${boxes.join("")}</div></details></div>`
+    );
   }
 
   function banner(message, kind) {
@@ -345,11 +523,15 @@
    * The Tag tab's frontend function: (payload, option names, their values) ->
    * [view HTML, string of all tags]. An undefined output keeps what is shown.
    */
-  function update(payload, names, values, config) {
+  function update(payload, names, values, config, cardsText) {
     const s = state(config.view);
     s.fields = config.fields || {};
+    s.config = config;
     try {
-      const { values: byName, built, error } = readOptions(names, values, config.fields);
+      s.cards = parseCards(cardsText);
+      applyOrder(s.cards.order);
+      const { values: byName, built, error } = readOptions(names, values, config.fields, s.cards);
+      s.values = byName;
       if (!payload) {
         s.lastGood = null;
         return [wrap(`<p class="tv-empty">${escapeHtml(config.empty)}</p>`), ""];
@@ -395,7 +577,8 @@
           s.collapsed.has(category.name),
         ),
       );
-      const html = summary(rows.length, payload) + excludedBar(excluded, s.notice) + `<div class="tv-grid">${blocks.join("")}</div>`;
+      const html =
+        quickBar(config.quick, byName, s.categoriesOpen) + summary(rows.length, payload) + excludedBar(excluded, s.notice) + `<div class="tv-grid">${blocks.join("")}</div>`;
       s.lastGood = { html };
       if (fresh) scrollToResults(s);
       return [wrap(html), TagRules.tagString(rows, built.format)];
@@ -416,7 +599,7 @@
     if (!s.hover) s.held.clear();
     if (!s.held.size || noCategory) return rows;
     const others = excluded.filter((tag) => !s.held.has(TagRules.normalizeTag(tag)));
-    const asBefore = TagRules.options({ ...byName, exclude: others.join(", ") });
+    const asBefore = buildOptions({ ...byName, exclude: others.join(", ") }, s.cards);
     return TagRules.selectTags(payload, asBefore.selection);
   }
 
@@ -462,5 +645,13 @@
     return names.map((name) => ({ __type__: "update", visible: !onlyIn[name] || onlyIn[name] === mode }));
   }
 
-  root.TagView = { bind, update, validate, modeVisibility, showFieldError, onWhite, settingsText, MAX_BARS };
+  /** The page's rules configured (TagRules.configure), the argument kept so the cards can reorder them. */
+  function configure(config) {
+    rulesConfig = config;
+    orderShown = "";
+    categoryOrder = config.categories.map((c) => c[1]);
+    TagRules.configure(config);
+  }
+
+  root.TagView = { configure, bind, update, validate, modeVisibility, showFieldError, onWhite, settingsText, MAX_BARS };
 })(typeof globalThis !== "undefined" ? globalThis : this);

@@ -8,6 +8,8 @@ call the model again.
 
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 import numpy as np
 
@@ -83,14 +85,17 @@ def _image_output(label: str, elem_id: str) -> gr.Image:
     return gr.Image(label=label, type="numpy", format="png", interactive=False, elem_id=elem_id)
 
 
-def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None) -> None:
+def build_features_tab(
+    ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None, size: gr.Slider | None = None
+) -> None:
     """The tab's layout and events. ``source``: the Tag tab's image, copied here when it
-    changes (one upload, many views; this tab can still take its own). The analysis runs when
-    the tab is opened on an image it has not analysed, or on an upload here: never for a tab
-    nobody looks at."""
+    changes (one upload, many views; this tab can still take its own); ``size``: the Tag tab's
+    resolution, which the maps follow too. The analysis runs when the tab is opened on an image
+    (or at a resolution) it has not analysed, or on an upload here: never for a tab nobody looks at."""
     num_layers = ctx.tagger.model.config.num_layers
     low_depth = min(2, num_layers)
-    maps_state = gr.State(None)  # (image path, FeatureMaps) of the analysis shown
+    maps_state = gr.State(None)  # ((image path, long edge), FeatureMaps) of the analysis shown
+    resolution = size if size is not None else gr.State(None)  # None: the server's default
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300):
@@ -103,6 +108,11 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
                         gr.ColorPicker(colour, label=f"Component {i + 1}", elem_id=f"pca-colour-{i + 1}")
                         for i, colour in enumerate(DEFAULT_COLOURS)
                     ]
+                # The blend's colour stops: one per component, the first 1 to 3 of them.
+                stops = gr.Number(len(colours), precision=0, visible=False, elem_id="pca-stops")
+                with gr.Row():
+                    add_stop = gr.Button("Add a colour", size="sm", elem_id="pca-add-stop")
+                    remove_stop = gr.Button("Remove a colour", size="sm", elem_id="pca-remove-stop")
                 alpha = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay opacity", elem_id="features-alpha")
                 upscale = gr.Radio(UPSCALE_CHOICES, value="nearest", label="PCA upscaling")
         with gr.Column(scale=8, min_width=320):
@@ -151,20 +161,21 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
                 heat_overlay = _image_output("Heatmap over the image", elem_id="heatmap-overlay")
                 heat = _image_output("Relevance (inferno: dark = none, yellow = most)", elem_id="heatmap")
 
-    style: list[gr.ColorPicker | gr.Slider | gr.Radio] = [*colours, alpha, upscale]
+    style: list[gr.Number | gr.ColorPicker | gr.Slider | gr.Radio] = [stops, *colours, alpha, upscale]
     analysis_outputs = [maps_state, seen, pca, overlay, blend, tag, summary, heat_overlay, heat, heat_summary]
 
-    def maps_and_views(path: str, colours: tuple[str, str, str], opacity: float, resample: str) -> tuple:
-        maps = run_pca(ctx, path)
+    def maps_and_views(path: str, max_size: object, colours: tuple[str, ...], opacity: float, resample: str) -> tuple:
+        maps = run_pca(ctx, path, max_size)
         return maps, pca_images(maps, colours, opacity, resample)
 
-    def analysis(path: str | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> dict:
+    def analysis(path: str | None, max_size: object, k: float, *style_values) -> dict:
+        *palette, opacity, resample = style_values
         cleared = {heat_overlay: None, heat: None, heat_summary: ""}
         if path is None:
             empty = {maps_state: None, seen: None, pca: None, overlay: None, blend: None}
             prompt = "Upload an image here or on the Tag tab."
             return {**empty, tag: gr.Dropdown(choices=[], value=None), summary: prompt, **cleared}
-        result, error = attempt(maps_and_views, path, (c1, c2, c3), opacity, resample)
+        result, error = attempt(maps_and_views, path, max_size, tuple(palette[: int(k)]), opacity, resample)
         if error is not None:
             return {summary: warning(error)}  # the last good maps stay; the sentence says why
         maps, (pca_map, pca_overlay, colour_blend) = result
@@ -175,7 +186,7 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
         if top:
             info += f" · top tag **{top[0].tag}** ({top[0].score:.2f})"
         return {
-            maps_state: (path, maps),
+            maps_state: ((path, ctx.resolution(max_size)), maps),
             seen: maps.image,
             pca: pca_map,
             overlay: pca_overlay,
@@ -185,20 +196,22 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
             **cleared,
         }
 
-    def on_open(path: str | None, shown: tuple | None, *style_values) -> dict:
-        if (shown is None and path is None) or (shown is not None and shown[0] == path):
-            return gr.skip()  # nothing to show, or this image is on the page already
-        return analysis(path, *style_values)
+    def on_open(path: str | None, max_size: object, shown: tuple | None, *style_values) -> dict:
+        key, error = attempt(lambda: (path, ctx.resolution(max_size)))
+        if (shown is None and path is None) or (shown is not None and error is None and shown[0] == key):
+            return gr.skip()  # nothing to show, or this image at this size is on the page already
+        return analysis(path, max_size, *style_values)
 
     @user_errors
-    def restyle(shown: tuple | None, c1: str, c2: str, c3: str, opacity: float, resample: str) -> list:
+    def restyle(shown: tuple | None, k: float, *style_values) -> list:
+        *palette, opacity, resample = style_values
         if shown is None:
             return [None, None, None]
-        return list(pca_images(shown[1], (c1, c2, c3), opacity, resample))
+        return list(pca_images(shown[1], tuple(palette[: int(k)]), opacity, resample))
 
-    def on_heatmap(path: str | None, name: str | None, layers: float, opacity: float) -> dict:
+    def on_heatmap(path: str | None, name: str | None, layers: float, opacity: float, max_size: object) -> dict:
         layers_from_end = int(layers)
-        found, error = attempt(run_heatmap, ctx, path, name, layers_from_end)
+        found, error = attempt(run_heatmap, ctx, path, name, layers_from_end, max_size)
         if error is not None:
             return {heat_summary: warning(error)}  # the last good heatmap stays
         seen_image, index, result = found
@@ -209,12 +222,23 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
             heat_summary: heatmap_markdown(heatmap_info(ctx, index, result, layers_from_end)),
         }
 
+    for button, step in ((add_stop, "Math.min(k + 1, 3)"), (remove_stop, "Math.max(k - 1, 1)")):
+        button.click(None, inputs=stops, outputs=stops, js=f"(k) => {step}", api_visibility="private")
+    pickers = json.dumps(list(range(1, len(colours) + 1)))
+    stops.change(
+        None,
+        inputs=stops,
+        outputs=colours,
+        js=f"(k) => {pickers}.map((i) => ({{__type__: 'update', visible: i <= k}}))",
+        api_visibility="private",
+        show_progress="hidden",
+    )
     if source is not None:
         # One upload, many views: the Tag tab's image is this tab's image too (in the page).
         source.change(None, inputs=source, outputs=image, js="(value) => value", api_visibility="private")
     image.input(
         analysis,
-        inputs=[image, *style],
+        inputs=[image, resolution, *style],
         outputs=analysis_outputs,
         api_visibility="private",
         concurrency_id=HEAVY_QUEUE,
@@ -222,7 +246,7 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
     if tab is not None:
         tab.select(
             on_open,
-            inputs=[image, maps_state, *style],
+            inputs=[image, resolution, maps_state, *style],
             outputs=analysis_outputs,
             api_visibility="private",
             concurrency_id=HEAVY_QUEUE,
@@ -240,7 +264,7 @@ def build_features_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.
     gr.on(
         [show.click, tag.select],
         on_heatmap,
-        inputs=[image, tag, depth, alpha],
+        inputs=[image, tag, depth, alpha, resolution],
         outputs=[heat_overlay, heat, heat_summary],
         api_visibility="private",
         concurrency_id=HEAVY_QUEUE,

@@ -1,17 +1,31 @@
-"""The Similarity tab (two images, or a zip of pairs); ``/similarity`` and ``/similarity_batch``
-serve the same work. Decoding happens here, outside the GPU call; each pair is one model call
-(the zip: one per ``PAIRS_PER_CALL`` pairs).
+"""The Similarity tab (two images, a zip of pairs, or pairs of image URLs); ``/similarity`` and
+``/similarity_batch`` serve the first two. Decoding happens here, outside the GPU call; each pair
+is one model call (many pairs: one per ``PAIRS_PER_CALL`` pairs). Many pairs' scores can be
+downloaded as CSV and JSONL.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import gradio as gr
+import torch
 
-from tagger.features.similarity import BatchSimilarity, batch_similarity, cosine_similarity
+from tagger.datasets.batch import new_output_dir
+from tagger.datasets.intake import BatchLimits
+from tagger.errors import ImageError, UploadError, format_bytes
+from tagger.features.similarity import (
+    BatchSimilarity,
+    batch_similarity,
+    cosine_similarity,
+    parse_url_pairs,
+    score_pairs,
+)
 from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, warning
-from tagger.web.inputs import SafeFile, image_upload
+from tagger.web.inputs import SafeFile, check_web_pixels, image_upload
+
+URL_PAIRS_EXAMPLE = '[["https://example.com/a/cat.png", "https://example.com/b/cat.jpg"]]'
 
 
 def summary_markdown(result: BatchSimilarity, limit: int = 50) -> str:
@@ -65,15 +79,19 @@ def similarity_bar(value: float | None) -> str:
     )
 
 
-def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None) -> None:
+def build_similarity_tab(
+    ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None, size: gr.Slider | None = None
+) -> None:
     """The tab's layout and events. ``source``: the Tag tab's image, copied to image A when it
-    changes (another can still be uploaded). A pair is scored when an image is uploaded here or
-    when the tab is opened on a pair it has not scored."""
+    changes (another can still be uploaded); ``size``: the Tag tab's resolution, which the
+    descriptors follow too. A pair is scored when an image is uploaded here or when the tab is
+    opened on a pair (or at a resolution) it has not scored."""
+    resolution = size if size is not None else gr.State(None)  # None: the server's default
     gr.Markdown(
         "Cosine similarity of the images' descriptors (CLS + register tokens after the final norm, "
         "L2-normalised): 1 for the same image, lower the more they differ."
     )
-    scored_pair = gr.State(None)  # the (A, B) paths of the similarity shown
+    scored_pair = gr.State(None)  # the (A, B, long edge) of the similarity shown
     with gr.Row():
         image_a = image_upload("similarity-a", label="Image A (the Tag tab's, or upload another)", height=300)
         image_b = image_upload("similarity-b", label="Image B", height=300)
@@ -90,8 +108,23 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: g
                 label="Zip of two folders", file_types=[".zip"], type="filepath", elem_id="similarity-zip"
             )
             run = gr.Button("Score pairs", variant="primary", elem_id="similarity-batch-button")
+            url_pairs = gr.Textbox(
+                label="…or pairs of image addresses (JSON)",
+                placeholder=URL_PAIRS_EXAMPLE,
+                info="Fetched like the Tag tab's image address: public http(s) addresses, the same size limits.",
+                lines=3,
+                elem_id="similarity-urls",
+            )
+            run_urls = gr.Button("Score URL pairs", elem_id="similarity-urls-button")
         with gr.Column(scale=8, min_width=320):
             batch_summary = gr.Markdown(elem_id="similarity-batch-summary")
+            with gr.Row():
+                csv_file = gr.DownloadButton(
+                    "Scores (.csv)", value=None, interactive=False, size="sm", elem_id="similarity-csv"
+                )
+                jsonl_file = gr.DownloadButton(
+                    "Scores (.jsonl)", value=None, interactive=False, size="sm", elem_id="similarity-jsonl"
+                )
             table = gr.Dataframe(
                 headers=["stem", "file A", "file B", "similarity"],
                 datatype=["str", "str", "str", "number"],
@@ -100,35 +133,46 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: g
                 elem_id="similarity-batch-table",
             )
 
-    def on_pair(path_a: str | None, path_b: str | None, shown: tuple | None) -> dict:
+    def on_pair(path_a: str | None, path_b: str | None, max_size: object, shown: tuple | None) -> dict:
         if path_a is None or path_b is None:
             return {
                 scored_pair: None,
                 result: "Upload two images to compare them (image A can come from the Tag tab).",
                 bar: "",
             }
-        if shown == (path_a, path_b):
-            return gr.skip()  # this pair is on the page already
-        value, error = attempt(compare, ctx, path_a, path_b)
+        key, error = attempt(lambda: (path_a, path_b, ctx.resolution(max_size)))
+        if error is None and shown == key:
+            return gr.skip()  # this pair at this size is on the page already
+        value, error = attempt(compare, ctx, path_a, path_b, max_size)
         if error is not None:
             return {result: warning(error)}
         return {
-            scored_pair: (path_a, path_b),
+            scored_pair: key,
             result: f"Similarity **{value:.4f}** · {similarity_band(value)[0]} "
             "(cosine of the L2-normalised descriptors)",
             bar: similarity_bar(value),
         }
 
-    def on_batch(path: str | None, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008
+    def shown_batch(outcome: BatchSimilarity | None, error: str | None) -> dict:
+        if error is not None or outcome is None:
+            return {batch_summary: warning(error or "")}  # the last good table stays
+        csv_path, jsonl_path = outcome.write_downloads(new_output_dir())
+        return {
+            table: [[s, a, b, round(v, 4)] for s, a, b, v in outcome.rows],
+            batch_summary: summary_markdown(outcome),
+            csv_file: gr.DownloadButton(value=str(csv_path), interactive=True),
+            jsonl_file: gr.DownloadButton(value=str(jsonl_path), interactive=True),
+        }
+
+    def on_batch(path: str | None, max_size: object, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008
         if path is None:
             return {batch_summary: warning("Please upload a zip first.")}
-        outcome, error = attempt(
-            score_zip, ctx, path, lambda done, total: progress((done, total), desc="Scoring pairs")
-        )
-        if error is not None:
-            return {batch_summary: warning(error)}  # the last good table stays
-        rows = [[s, a, b, round(v, 4)] for s, a, b, v in outcome.rows]
-        return {table: rows, batch_summary: summary_markdown(outcome)}
+        report = lambda done, total: progress((done, total), desc="Scoring pairs")  # noqa: E731
+        return shown_batch(*attempt(score_zip, ctx, path, report, max_size))
+
+    def on_urls(text: str, max_size: object, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008
+        report = lambda done, total: progress((done, total), desc="Scoring pairs")  # noqa: E731
+        return shown_batch(*attempt(score_url_pairs, ctx, text, image_a.fetch_into_cache, report, max_size))
 
     if source is not None:
         # One upload, many views: the Tag tab's image is image A (in the page, no model call).
@@ -137,20 +181,21 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: g
     gr.on(
         triggers,
         on_pair,
-        inputs=[image_a, image_b, scored_pair],
+        inputs=[image_a, image_b, resolution, scored_pair],
         outputs=[scored_pair, result, bar],
         api_visibility="private",
         trigger_mode="always_last",
         concurrency_id=HEAVY_QUEUE,
     )
-    run.click(
-        on_batch,
-        inputs=archive,
-        outputs=[table, batch_summary],
-        api_visibility="private",
-        concurrency_id=HEAVY_QUEUE,
-        show_progress_on=[batch_summary],
-    )
+    for button, handler, source_input in ((run, on_batch, archive), (run_urls, on_urls, url_pairs)):
+        button.click(
+            handler,
+            inputs=[source_input, resolution],
+            outputs=[table, batch_summary, csv_file, jsonl_file],
+            api_visibility="private",
+            concurrency_id=HEAVY_QUEUE,
+            show_progress_on=[batch_summary],
+        )
 
 
 def compare(ctx: AppContext, image_a: str | None, image_b: str | None, max_size: object = None) -> float:
@@ -164,3 +209,36 @@ def score_zip(
     ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None, max_size: object = None
 ) -> BatchSimilarity:
     return batch_similarity(path, ctx.preparer(max_size), ctx.runner.descriptors, progress=progress)
+
+
+def score_url_pairs(
+    ctx: AppContext,
+    text: str,
+    fetch: Callable[[str], str],
+    progress: Callable[[int, int], None] | None = None,
+    max_size: object = None,
+    limits: BatchLimits = BatchLimits(),  # noqa: B008 - frozen
+) -> BatchSimilarity:
+    """Pairs of image URLs (``[["url_a", "url_b"], ...]``) scored as a zip's pairs are: each URL
+    downloaded by ``fetch`` (the guarded fetcher: its address policy and per-file limit), at most
+    ``limits.max_files`` images and ``limits.max_upload_bytes`` in all, as for an upload."""
+    pairs = parse_url_pairs(text, limits.max_files // 2)
+    prepare = ctx.preparer(max_size)
+    fetched = 0
+
+    def load(url: str, name: str) -> torch.Tensor:
+        nonlocal fetched
+        path = fetch(url)
+        fetched += os.path.getsize(path)
+        if fetched > limits.max_upload_bytes:
+            raise UploadError(
+                f"The images add up to more than {format_bytes(limits.max_upload_bytes)}; send fewer pairs."
+            )
+        try:
+            check_web_pixels(path, url)
+        except gr.Error as e:
+            raise ImageError(e.message) from None
+        return prepare(path, name=name)
+
+    rows = [(str(i + 1), (a, a), (b, b)) for i, (a, b) in enumerate(pairs)]
+    return score_pairs(BatchSimilarity(("A", "B")), rows, load, ctx.runner.descriptors, progress)

@@ -66,7 +66,7 @@ def page_script(vocab: Vocabulary | None = None) -> str:
     code = "\n".join((ASSETS / name).read_text(encoding="utf-8") for name in ("tag_rules.js", "tag_view.js"))
     config = json.dumps(rules_config(vocab)).replace("</", "<\\/")
     assert "</script" not in code.lower()
-    return f"<script>\n{code}\nTagRules.configure({config});\n</script>"
+    return f"<script>\n{code}\nTagView.configure({config});\n</script>"
 
 
 @dataclass
@@ -205,7 +205,11 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
                 if ctx.examples:
                     gr.Examples(ctx.examples, inputs=image, label="Examples")
             with gr.Column(elem_id="tag-controls"):
-                option_controls = build_option_controls(vocab)
+                # Per-category thresholds are set on the cards; the typed box is shown on request.
+                option_controls = build_option_controls(vocab, typed=("category_thresholds",))
+                typed_toggle = gr.Button(
+                    "Type per-category thresholds", size="sm", variant="secondary", elem_id="typed-toggle"
+                )
 
         with gr.Column(scale=7, min_width=320, elem_id="tag-results"):
             if ctx.demo_mode:
@@ -215,6 +219,8 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
                     elem_id="demo-warning",
                 )
             payload = gr.JSON(None, visible=False, elem_id="tag-payload")
+            # The cards' order and per-card top k (JSON, written by the page): in the DOM, out of sight.
+            cards = gr.Textbox("", show_label=False, container=False, elem_id="tag-cards", elem_classes=["tv-offstage"])
             all_tags = gr.Textbox(
                 label="Tags (all selected categories)",
                 lines=3,
@@ -251,13 +257,20 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
     controls = option_controls.widgets
     option_controls.wire_mode_visibility()
     names = list(controls)
-    render_config = {"view": "tag-view", "empty": EMPTY, "fields": option_controls.field_ids()}
+    render_config = {
+        "view": "tag-view",
+        "empty": EMPTY,
+        "fields": option_controls.field_ids(),
+        "cards": "tag-cards",
+        "quick": option_controls.quick_bar(),
+    }
     gr.on(
-        [payload.change, *(c.change for c in controls.values())],
+        [payload.change, cards.change, *(c.change for c in controls.values())],
         None,
-        inputs=[payload, *controls.values()],
+        inputs=[payload, cards, *controls.values()],
         outputs=[view, all_tags],
-        js=f"(payload, ...values) => TagView.update(payload, {json.dumps(names)}, values, {json.dumps(render_config)})",
+        js=f"(payload, cards, ...values) => TagView.update(payload, {json.dumps(names)}, values, "
+        f"{json.dumps(render_config)}, cards)",
         trigger_mode="always_last",
         api_visibility="private",
         show_progress="hidden",
@@ -327,6 +340,13 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             api_visibility="private",
             show_progress="hidden",
         )
+
+    typed_toggle.click(
+        None,
+        js="() => { document.getElementById('tag-controls').classList.toggle('tv-typing'); }",
+        api_visibility="private",
+        show_progress="hidden",
+    )
 
     heat_outputs = [image, heat_panel, heat_image, heat_caption]
 
