@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from tagger.datasets.intake import BatchInputs, BatchItem, BatchLimits, collect_inputs, wrapper_depth
+from tagger.engine.tagger import IMAGES_PER_GPU_CALL
 from tagger.errors import FeatureError, ImageError
-from tagger.web.runtime import IMAGES_PER_GPU_CALL
 
 
 def cosine_similarity(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:

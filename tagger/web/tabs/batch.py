@@ -14,14 +14,14 @@ import gradio as gr
 
 from tagger.datasets.batch import BatchOutput, ImageResult, run_batch
 from tagger.datasets.intake import BatchLimits
+from tagger.engine.tagger import IMAGES_PER_GPU_CALL
 from tagger.tags.options import TagOptions
 from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, warning
 from tagger.web.controls import OptionControls
 from tagger.web.inputs import SafeFile
-from tagger.web.runtime import IMAGES_PER_GPU_CALL
 
 LIMITS = BatchLimits()
-CHUNK_SIZE = IMAGES_PER_GPU_CALL  # images per model (GPU) call; see tagger.datasets.batch and tagger.web.runtime
+CHUNK_SIZE = IMAGES_PER_GPU_CALL  # images per model (GPU) call; see tagger.engine.tagger
 
 TOP_TAGS = 8  # tags shown per image in the results table
 TABLE_HEADERS = ["file", "concept", "tags", "top tags"]
