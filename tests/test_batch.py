@@ -23,7 +23,7 @@ from tagger.engine.vocab import CATEGORIES
 from tagger.errors import UploadError
 from tagger.tags.options import TagOptions
 from tagger.tags.results import select_tags
-from tagger.web.tabs.batch import result_row, summary_markdown
+from tagger.web.service import result_row, summary_markdown
 
 MiB = 1024 * 1024
 

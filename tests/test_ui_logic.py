@@ -15,7 +15,7 @@ from tagger.engine.vocab import CATEGORY_BY_NAME, Vocabulary
 from tagger.tags.options import TagOptions
 from tagger.tags.results import add_to_tag_list, category_tag_strings, page_scores, select_tags
 from tagger.web.controls import MODE_ONLY
-from tagger.web.tabs.batch import summary_markdown
+from tagger.web.service import summary_markdown
 from tagger.web.tabs.tag import lookup_rows, page_script, rules_config
 
 VOCAB = Vocabulary(

@@ -79,7 +79,7 @@ def test_each_endpoint_asks_for_its_designed_duration(
 
 
 def test_batches_and_similarity_zips_use_the_gpu_call_size() -> None:
-    from tagger.web.tabs.batch import CHUNK_SIZE
+    from tagger.web.service import CHUNK_SIZE
 
     assert CHUNK_SIZE == IMAGES_PER_GPU_CALL == 16
     assert PAIRS_PER_CALL * 2 == IMAGES_PER_GPU_CALL

@@ -41,9 +41,18 @@ from tagger.tags.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOp
 from tagger.tags.results import api_response, select_tags
 from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, user_errors
 from tagger.web.inputs import SafeApi, received_path, safe_api_components
-from tagger.web.tabs.batch import LIMITS, TABLE_HEADERS, result_row, summary_markdown, tag_files
-from tagger.web.tabs.features import heatmap_info, run_heatmap, run_pca
-from tagger.web.tabs.similarity import compare, score_zip
+from tagger.web.service import (
+    LIMITS,
+    TABLE_HEADERS,
+    compare,
+    heatmap_info,
+    result_row,
+    run_heatmap,
+    run_pca,
+    score_zip,
+    summary_markdown,
+    tag_files,
+)
 
 IMAGE_HELP = (
     "The image, any format Pillow reads (PNG, JPEG, WebP, GIF's first frame, ...): an upload "

@@ -5,13 +5,12 @@ serve the same work. Decoding happens here, outside the GPU call; each pair is o
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import gradio as gr
 
-from tagger.features.similarity import BatchSimilarity, batch_similarity, cosine_similarity
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, warning
+from tagger.features.similarity import BatchSimilarity
+from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, warning
 from tagger.web.inputs import SafeFile, image_upload
+from tagger.web.service import compare, score_zip
 
 
 def summary_markdown(result: BatchSimilarity, limit: int = 50) -> str:
@@ -151,16 +150,3 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image | None = None, tab: g
         concurrency_id=HEAVY_QUEUE,
         show_progress_on=[batch_summary],
     )
-
-
-def compare(ctx: AppContext, image_a: str | None, image_b: str | None, max_size: object = None) -> float:
-    """Cosine similarity of two uploads: both decoded here, one GPU call for the pair."""
-    pixels = [prepare_image(ctx, image_a, "image A", max_size), prepare_image(ctx, image_b, "image B", max_size)]
-    vectors = ctx.runner.descriptors(pixels)
-    return cosine_similarity(vectors[0], vectors[1])
-
-
-def score_zip(
-    ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None, max_size: object = None
-) -> BatchSimilarity:
-    return batch_similarity(path, ctx.preparer(max_size), ctx.runner.descriptors, progress=progress)

@@ -31,7 +31,8 @@ from tagger.tags.results import IMPLIED, add_to_tag_list, page_scores, parse_tag
 from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, warning
 from tagger.web.controls import OptionControls, build_option_controls
 from tagger.web.inputs import SafeImage, image_upload
-from tagger.web.tabs.features import heatmap_info, heatmap_markdown, run_heatmap
+from tagger.web.service import heatmap_info, run_heatmap
+from tagger.web.tabs.features import heatmap_markdown
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 LOOKUP_ROWS = 12
