@@ -72,9 +72,6 @@ def tag_files(
     )
 
 
-# -- feature maps and similarity
-
-
 def run_pca(ctx: AppContext, image: str | None, max_size: object = None) -> FeatureMaps:
     pixels = prepare_image(ctx, image, max_size=max_size)
     return FeatureMaps.of(pixels, ctx.runner.call(analyse, [pixels])[0])
