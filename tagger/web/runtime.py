@@ -44,7 +44,7 @@ OUT_OF_MEMORY = "The model ran out of memory on this request; try fewer or small
 # the quota is charged with the time actually used. So ask for what the work needs plus a
 # margin: a base for the call itself plus a rate per megapixel times the work's cost factor.
 #
-# Measured cost (issue 12, bf16; we had no GPU to measure ourselves): one 512 px image
+# Measured cost (bf16; we had no GPU to measure ourselves): one 512 px image
 # (0.26 MP) takes ~10-15 ms on an H200 ZeroGPU slice, i.e. 40-60 ms per megapixel; a chunk of
 # 32 images at 1024 px (34 MP) takes ~1-2 s, i.e. 30-60 ms per megapixel.
 #
@@ -63,7 +63,7 @@ OUT_OF_MEMORY = "The model ran out of memory on this request; try fewer or small
 #   attribute it declares itself (``tagger.engine.tagger.gpu_cost``); undeclared work is a forward.
 # - spaces reads whole seconds (``timedelta.seconds``), so the sum is rounded up.
 #
-# What that asks for (before: 5 s, 72 s and 21 s for the first three):
+# What that asks for:
 #   one 512 px image 3 s · a batch chunk of 16 images at 1024 px 5 s · a 1024 px heatmap 3 s ·
 #   PCA of a 1024 px image 3 s · a similarity pair at 1024 px 3 s.
 GPU_BASE_SECONDS = 2.0
