@@ -16,14 +16,15 @@ import pytest
 import torch
 from support import image_bytes, write_zip
 
-from tagger.datasets.batch import CaptionNamer, run_batch, tag_items
+from tagger.datasets.batch import run_batch, tag_items
 from tagger.datasets.intake import BatchLimits, _read_capped, collect_inputs, sanitize_path, wrapper_depth
+from tagger.datasets.names import CaptionNamer
 from tagger.engine.tagger import Tagger
 from tagger.engine.vocab import CATEGORIES
 from tagger.errors import UploadError
 from tagger.tags.options import TagOptions
 from tagger.tags.selection import select_tags
-from tagger.web.tabs.batch import result_row, summary_markdown
+from tagger.web.service import result_row, summary_markdown
 
 MiB = 1024 * 1024
 

@@ -352,7 +352,8 @@ def test_every_declared_option_is_a_flag_and_nothing_else_is_one():
 
 
 def test_each_option_flag_reaches_the_options():
-    from tagger.cli import build_parser, options_from_args
+    from tagger.cli import build_parser
+    from tagger.tags.flags import options_from_args
     from tagger.tags.options import OPTION_FIELDS, OPTION_TYPES, choice_values
 
     samples = {float: "0.5", int: "7"}

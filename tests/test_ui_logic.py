@@ -17,7 +17,7 @@ from tagger.tags.options import MODES, TagOptions
 from tagger.tags.selection import add_to_tag_list, select_tags
 from tagger.web.controls import MODE_ONLY, present_categories
 from tagger.web.page_scores import page_scores
-from tagger.web.tabs.batch import summary_markdown
+from tagger.web.service import summary_markdown
 from tagger.web.tabs.tag import lookup_rows, page_script, rules_config
 
 VOCAB = Vocabulary(

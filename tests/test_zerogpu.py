@@ -22,17 +22,15 @@ import pytest
 import torch
 from PIL import Image
 
-from tagger.engine.tagger import Tagger
+from tagger.engine.tagger import IMAGES_PER_GPU_CALL, Tagger
 from tagger.errors import FeatureError, ModelRunError
 from tagger.features.pca import analyse
 from tagger.features.relevance import relevance
 from tagger.features.similarity import PAIRS_PER_CALL
 from tagger.web.runtime import (
     GPU_BASE_SECONDS,
-    GPU_COST,
     GPU_FIRST_CALL_SECONDS,
     GPU_MAX_SECONDS,
-    IMAGES_PER_GPU_CALL,
     OUT_OF_MEMORY,
     Failure,
     ModelRunner,
@@ -81,7 +79,7 @@ def test_each_endpoint_asks_for_its_designed_duration(
 
 
 def test_batches_and_similarity_zips_use_the_gpu_call_size() -> None:
-    from tagger.web.tabs.batch import CHUNK_SIZE
+    from tagger.web.service import CHUNK_SIZE
 
     assert CHUNK_SIZE == IMAGES_PER_GPU_CALL == 16
     assert PAIRS_PER_CALL * 2 == IMAGES_PER_GPU_CALL
@@ -116,8 +114,7 @@ def test_duration_reads_shapes_only() -> None:
 
 
 def test_cost_factors() -> None:
-    assert GPU_COST[Tagger.run] == GPU_COST[Tagger.run_descriptors] == 1.0
-    assert 1.0 < GPU_COST[analyse] < GPU_COST[relevance] == 3.0
+    assert 1.0 < analyse.gpu_cost < relevance.gpu_cost == 3.0  # type: ignore[attr-defined]
     many = square(1024, 16)
     assert gpu_duration(relevance, many, 7, 4) > gpu_duration(analyse, many) > gpu_duration(Tagger.run, many)
 

@@ -123,12 +123,12 @@ import numpy as np
 from PIL import Image
 
 import tagger.web.runtime as runtime
-from tagger.engine.tagger import Tagger
+from tagger.engine.tagger import IMAGES_PER_GPU_CALL, Tagger
 from tagger.features.pca import analyse
 from tagger.features.relevance import relevance
 from tagger.features.similarity import PAIRS_PER_CALL
 from tagger.web.context import user_errors
-from tagger.web.runtime import IMAGES_PER_GPU_CALL, ModelRunner
+from tagger.web.runtime import ModelRunner
 
 _release_memory = runtime.release_memory
 

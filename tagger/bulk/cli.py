@@ -32,7 +32,13 @@ from tagger.bulk.progress import Progress, Summary
 from tagger.bulk.resume import ResumeState, check_manifest, new_manifest, options_hash
 from tagger.bulk.sharding import ShardSpec, gpu_workers, launch_workers
 from tagger.bulk.sources import Inputs, InputSettings
-from tagger.cli import (
+from tagger.engine.hub import ModelFiles, resolve_model_files
+from tagger.engine.synthetic import DEMO_WARNING, demo_files
+from tagger.engine.tagger import Tagger, resolve_device
+from tagger.errors import BulkError, CheckpointError, ResolutionError, SelectionError, VocabularyError
+from tagger.export import OnnxExtraMissing
+from tagger.onnx.backend import OnnxTagger, onnx_model_files
+from tagger.tags.flags import (
     add_model_arguments,
     add_option_arguments,
     add_relation_arguments,
@@ -40,12 +46,6 @@ from tagger.cli import (
     check_relation_arguments,
     options_from_args,
 )
-from tagger.engine.hub import ModelFiles, resolve_model_files
-from tagger.engine.synthetic import DEMO_WARNING, demo_files
-from tagger.engine.tagger import Tagger, resolve_device
-from tagger.errors import BulkError, CheckpointError, ResolutionError, SelectionError, VocabularyError
-from tagger.export import OnnxExtraMissing
-from tagger.onnx.backend import OnnxTagger, onnx_model_files
 from tagger.tags.options import TagOptions
 
 log = logging.getLogger("tagger")

@@ -26,8 +26,8 @@ from tagger.bulk.outputs import Layout
 from tagger.bulk.resume import ResumeState
 from tagger.bulk.sharding import ShardSpec, shard_of, shard_sizes
 from tagger.bulk.sources import Inputs, Record
-from tagger.datasets.batch import CaptionNamer
 from tagger.datasets.intake import sanitize_path
+from tagger.datasets.names import CaptionNamer
 from tagger.errors import UploadError
 
 

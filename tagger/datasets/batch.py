@@ -29,13 +29,14 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import cast
 
 import numpy as np
 import torch
 
 from tagger.datasets.intake import BatchInputs, BatchItem, BatchLimits, collect_inputs
+from tagger.datasets.names import CaptionNamer
 from tagger.engine.preprocess import Prepare
 from tagger.engine.vocab import Vocabulary
 from tagger.errors import ImageError, UploadError
@@ -143,45 +144,6 @@ def _tag_chunk(
 
 # ---------------------------------------------------------------------------------------------
 # Outputs
-
-
-class CaptionNamer:
-    """Caption paths for images, unique within the captions zip.
-
-    kohya/sd-scripts finds an image's caption as ``folder/stem.txt``. Two images with the same
-    folder and stem (``a.png`` and ``a.jpg``) cannot both have that name, so: the first one
-    in upload order gets ``folder/stem.txt``; each later one gets its full file name plus
-    ``.txt`` (``folder/a.jpg.txt``), then ``folder/a.jpg.2.txt``, ... if that is taken too.
-    Names are compared ignoring case, because Windows and macOS file systems do.
-    ``renamed`` lists ``(image, caption)`` for every image that did not get its stem name.
-    """
-
-    def __init__(self) -> None:
-        self._taken: set[str] = set()
-        self.renamed: list[tuple[str, str]] = []
-
-    def name_for(self, filename: str) -> str:
-        path = PurePosixPath(filename)
-        candidates = [path.with_suffix(".txt"), path.with_name(path.name + ".txt")]
-        for candidate in candidates:
-            if self._claim(str(candidate)):
-                return self._result(filename, str(candidate), candidates[0])
-        number = 2
-        while not self._claim(name := str(path.with_name(f"{path.name}.{number}.txt"))):
-            number += 1
-        return self._result(filename, name, candidates[0])
-
-    def _claim(self, name: str) -> bool:
-        key = name.casefold()
-        if key in self._taken:
-            return False
-        self._taken.add(key)
-        return True
-
-    def _result(self, filename: str, name: str, preferred: PurePosixPath) -> str:
-        if name != str(preferred):
-            self.renamed.append((filename, name))
-        return name
 
 
 class BatchWriter:

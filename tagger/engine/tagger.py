@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -105,6 +106,26 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 # out, so equal token counts are batched together first (``plan_batches``).
 DEFAULT_MAX_PADDING = {"cpu": 0.0, "cuda": 0.25}
 
+# Images per model call for batches: at most 16 x ~1 MP (the 1024 px cap) is ~0.5-1 s of GPU
+# work and asks ZeroGPU for 5 s, where 32 asked for 8 s; a smaller request keeps its place in
+# the queue, and a visitor low on quota is refused later in a batch, if at all. 16 is also the
+# GPU batch, so a chunk of same-size images is one forward pass. Smaller chunks would spend a
+# larger share of each call on scheduling.
+IMAGES_PER_GPU_CALL = 16
+
+Work = TypeVar("Work", bound=Callable[..., object])
+
+
+def gpu_cost(cost: float) -> Callable[[Work], Work]:
+    """Declares a work function's GPU time relative to a forward pass over the same pixels
+    (``tagger.web.runtime`` sizes ZeroGPU requests with it; undeclared work costs 1.0)."""
+
+    def declare(fn: Work) -> Work:
+        fn.gpu_cost = cost  # type: ignore[attr-defined]
+        return fn
+
+    return declare
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -197,7 +218,7 @@ class Tagger:
         self.max_size = max_size
         # Huge images decoded at a reduced scale: cheaper, not bit-identical (``load_image``).
         self.reduced_decode = reduced_decode
-        self.max_batch_size = max_batch_size or (16 if self.device.type == "cuda" else 4)
+        self.max_batch_size = max_batch_size or (IMAGES_PER_GPU_CALL if self.device.type == "cuda" else 4)
         self.max_padding = DEFAULT_MAX_PADDING.get(self.device.type, 0.0) if max_padding is None else max_padding
         self.checkpoint_path = Path(checkpoint_path)
         # ZeroGPU documents module-level `.to("cuda")` on a CPU model (the transfer is

@@ -14,7 +14,7 @@ from typing import cast
 import numpy as np
 import torch
 
-from tagger.engine.tagger import Tagger
+from tagger.engine.tagger import Tagger, gpu_cost
 from tagger.errors import FeatureError
 from tagger.features.overlay import alpha_blend, parse_colour, pixels_to_image, to_uint8, upscale
 
@@ -131,6 +131,7 @@ class FeatureMaps(PatchAnalysis):
         return cls(analysis.pca, analysis.probabilities, pixels_to_image(pixels))
 
 
+@gpu_cost(1.5)  # one forward pass, plus an SVD of at most 4096 x 1280 patch features
 def analyse(tagger: Tagger, pixels: Sequence[torch.Tensor]) -> list[PatchAnalysis]:
     """PCA colours and tag probabilities from ONE forward pass per batch: both come from the
     same final-norm tokens (each image's own patch grid → PCA, CLS + registers → head). The

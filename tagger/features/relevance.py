@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tagger.engine.model import TaggerModel
-from tagger.engine.tagger import Tagger
+from tagger.engine.tagger import Tagger, gpu_cost
 from tagger.engine.vocab import Vocabulary
 from tagger.errors import FeatureError
 from tagger.features.overlay import alpha_blend, colormap, upscale
@@ -97,6 +97,7 @@ class Relevance:
     probability: float
 
 
+@gpu_cost(3.0)  # forward keeping activations, then backward (up to every block: ~2x)
 def relevance(
     tagger: Tagger,
     pixels: Sequence[torch.Tensor],

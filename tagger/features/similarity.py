@@ -22,8 +22,8 @@ import torch
 
 from tagger.datasets.intake import BatchInputs, BatchItem, BatchLimits, collect_inputs, is_skipped, wrapper_depth
 from tagger.engine.preprocess import Prepare
+from tagger.engine.tagger import IMAGES_PER_GPU_CALL
 from tagger.errors import FeatureError, FetchError, ImageError
-from tagger.web.runtime import IMAGES_PER_GPU_CALL
 
 
 def cosine_similarity(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:

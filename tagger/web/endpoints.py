@@ -37,6 +37,7 @@ from tagger.features.similarity import PAIRS_PER_CALL
 from tagger.tags.formats import api_response
 from tagger.tags.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
 from tagger.tags.selection import select_tags
+from tagger.web import service
 from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, user_errors
 from tagger.web.gradio_compat import (
     ImageData,
@@ -47,9 +48,7 @@ from tagger.web.gradio_compat import (
     set_api_info,
 )
 from tagger.web.inputs import received_path, safe_api_components
-from tagger.web.tabs.batch import LIMITS, TABLE_HEADERS, result_row, summary_markdown, tag_files
-from tagger.web.tabs.features import heatmap_info, run_heatmap, run_pca
-from tagger.web.tabs.similarity import compare, score_zip
+from tagger.web.service import LIMITS
 
 IMAGE_HELP = (
     "The image, any format Pillow reads (PNG, JPEG, WebP, GIF's first frame, ...): an upload "
@@ -246,9 +245,11 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
             a summary line
         """
         paths = [received_path(f) for f in files or []]
-        output = tag_files(ctx, [p for p in paths if p is not None], options, gr.Progress(), max_size)
-        table = Table(headers=TABLE_HEADERS, data=[result_row(r) for r in output.results], metadata=None)
-        return table, file_data(output.captions_zip), file_data(output.jsonl), summary_markdown(output)
+        output = service.tag_files(ctx, [p for p in paths if p is not None], options, gr.Progress(), max_size)
+        table = Table(
+            headers=service.TABLE_HEADERS, data=[service.result_row(r) for r in output.results], metadata=None
+        )
+        return table, file_data(output.captions_zip), file_data(output.jsonl), service.summary_markdown(output)
 
     @api_endpoint_here
     def pca(
@@ -276,7 +277,7 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
             the PCA map over the image (PNG)
             the blend of color_1..3 weighted by components 1-3 (PNG)
         """
-        maps = run_pca(ctx, received_path(image), max_size)
+        maps = service.run_pca(ctx, received_path(image), max_size)
         pca_map, overlay, blend = pca_images(maps, (color_1, color_2, color_3), alpha, upscale)
         pca_png, overlay_png, blend_png = png_files(pca=pca_map, overlay=overlay, color_blend=blend)
         return pca_png, overlay_png, blend_png
@@ -305,10 +306,10 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
             the heatmap alone, inferno colours (PNG)
             JSON with the tag, its probability, the block and the [h, w] relevance grid in [0, 1]
         """
-        seen, index, result = run_heatmap(ctx, received_path(image), tag, layers_from_end, max_size)
+        seen, index, result = service.run_heatmap(ctx, received_path(image), tag, layers_from_end, max_size)
         over, heat = heatmap_images(seen, result.map, alpha, upscale)
         over_png, heat_png = png_files(overlay=over, heatmap=heat)
-        return over_png, heat_png, heatmap_info(ctx, index, result, int(layers_from_end))
+        return over_png, heat_png, service.heatmap_info(ctx, index, result, int(layers_from_end))
 
     @api_endpoint_here
     def similarity(image_a: ImageData, image_b: ImageData, max_size: int = size) -> float:
@@ -322,7 +323,7 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
         Returns:
             The cosine similarity, -1 to 1.
         """
-        return compare(ctx, received_path(image_a), received_path(image_b), max_size)
+        return service.compare(ctx, received_path(image_a), received_path(image_b), max_size)
 
     @api_endpoint_here
     def similarity_batch(archive: FileData, max_size: int = size) -> dict:
@@ -340,7 +341,7 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
         path = received_path(archive)
         if path is None:
             raise gr.Error("Please upload a zip first.")
-        return score_zip(ctx, path, max_size=max_size).to_json()
+        return service.score_zip(ctx, path, max_size=max_size).to_json()
 
     cat, coffee = (example_image(ctx, name) for name in ("cat", "coffee"))
     found = ctx.vocab.find("cat")

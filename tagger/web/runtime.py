@@ -27,8 +27,6 @@ import torch
 from tagger.engine.cpu import release_memory
 from tagger.engine.tagger import Tagger
 from tagger.errors import ModelRunError, TaggerError
-from tagger.features.pca import analyse
-from tagger.features.relevance import relevance
 
 try:  # `spaces` is only needed on Hugging Face Spaces; everything works without it.
     import spaces
@@ -46,7 +44,7 @@ OUT_OF_MEMORY = "The model ran out of memory on this request; try fewer or small
 # the quota is charged with the time actually used. So ask for what the work needs plus a
 # margin: a base for the call itself plus a rate per megapixel times the work's cost factor.
 #
-# Measured cost (issue 12, bf16; we had no GPU to measure ourselves): one 512 px image
+# Measured cost (bf16; we had no GPU to measure ourselves): one 512 px image
 # (0.26 MP) takes ~10-15 ms on an H200 ZeroGPU slice, i.e. 40-60 ms per megapixel; a chunk of
 # 32 images at 1024 px (34 MP) takes ~1-2 s, i.e. 30-60 ms per megapixel.
 #
@@ -61,29 +59,17 @@ OUT_OF_MEMORY = "The model ran out of memory on this request; try fewer or small
 # - GPU_FIRST_CALL_SECONDS, 6: added to a fresh worker's first call only (``ModelRunner``):
 #   the fork, the CUDA context, the weight copy and loading cuBLAS and the attention kernels
 #   all happen inside it; a warm worker pays none of that again.
-# - GPU_COST: a work function's cost relative to a forward pass over the same pixels.
+# - ``gpu_cost``: a work function's cost relative to a forward pass over the same pixels, an
+#   attribute it declares itself (``tagger.engine.tagger.gpu_cost``); undeclared work is a forward.
 # - spaces reads whole seconds (``timedelta.seconds``), so the sum is rounded up.
 #
-# What that asks for (before: 5 s, 72 s and 21 s for the first three):
+# What that asks for:
 #   one 512 px image 3 s · a batch chunk of 16 images at 1024 px 5 s · a 1024 px heatmap 3 s ·
 #   PCA of a 1024 px image 3 s · a similarity pair at 1024 px 3 s.
 GPU_BASE_SECONDS = 2.0
 GPU_SECONDS_PER_MEGAPIXEL = 0.15
 GPU_FIRST_CALL_SECONDS = 6.0
 GPU_MAX_SECONDS = 300  # ZeroGPU refuses longer requests outright ("illegal duration")
-GPU_COST: dict[Callable[..., object], float] = {
-    Tagger.run: 1.0,  # tags: one forward pass
-    Tagger.run_descriptors: 1.0,  # similarity: one forward pass without the head's 74k outputs
-    analyse: 1.5,  # PCA: one forward pass, plus an SVD of at most 4096 x 1280 patch features
-    relevance: 3.0,  # heatmap: forward keeping activations, then backward (up to every block: ~2x)
-}
-
-# Images per model call for batches: at most 16 x ~1 MP (the 1024 px cap) is ~0.5-1 s of GPU
-# work and asks for 5 s, where 32 asked for 8 s; a smaller request keeps its place in the
-# queue, and a visitor low on quota is refused later in a batch, if at all. 16 is also the
-# Tagger's GPU batch, so a chunk of same-size images is one forward pass. Smaller chunks
-# would spend a larger share of each call on scheduling.
-IMAGES_PER_GPU_CALL = 16
 
 
 def gpu_seconds(pixels: Sequence[torch.Tensor], cost: float = 1.0, fresh_worker: bool = False) -> int:
@@ -98,8 +84,8 @@ def gpu_seconds(pixels: Sequence[torch.Tensor], cost: float = 1.0, fresh_worker:
 
 def gpu_duration(fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
     """The ``spaces.GPU`` duration of ``ModelRunner``'s GPU function on a warm worker: it
-    receives the same arguments. Work not listed in ``GPU_COST`` costs a forward pass."""
-    return gpu_seconds(pixels, GPU_COST.get(fn, 1.0))
+    receives the same arguments. Work that declares no ``gpu_cost`` costs a forward pass."""
+    return gpu_seconds(pixels, getattr(fn, "gpu_cost", 1.0))
 
 
 # Titles of the errors ``spaces`` raises while scheduling, before any worker is touched: the
@@ -149,7 +135,7 @@ class ModelRunner:
     def duration(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
         """The ``spaces.GPU`` duration of the next call (``gpu_duration``, plus
         ``GPU_FIRST_CALL_SECONDS`` when it may start a worker)."""
-        return gpu_seconds(pixels, GPU_COST.get(fn, 1.0), fresh_worker=self.fresh_worker)
+        return gpu_seconds(pixels, getattr(fn, "gpu_cost", 1.0), fresh_worker=self.fresh_worker)
 
     def _run(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> object:
         """The GPU function: on ZeroGPU it runs in the worker process."""

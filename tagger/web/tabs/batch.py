@@ -8,47 +8,14 @@ result into table rows, two downloads and a summary line.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
 import gradio as gr
 
-from tagger.datasets.batch import BatchOutput, ImageResult, run_batch
-from tagger.datasets.intake import BatchLimits
-from tagger.tags.options import TagOptions
+from tagger.datasets.batch import BatchOutput
 from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, warning
 from tagger.web.controls import OptionControls
 from tagger.web.inputs import SafeFile
-from tagger.web.runtime import IMAGES_PER_GPU_CALL
-
-LIMITS = BatchLimits()
-CHUNK_SIZE = IMAGES_PER_GPU_CALL  # images per model (GPU) call; see tagger.datasets.batch and tagger.web.runtime
-
-TOP_TAGS = 8  # tags shown per image in the results table
-TABLE_HEADERS = ["file", "concept", "tags", "top tags"]
-
-
-def result_row(result: ImageResult) -> list:
-    """One results-table row (``TABLE_HEADERS``)."""
-    if result.error is not None:
-        return [result.filename, result.concept, 0, f"⚠ {result.error}"]
-    return [result.filename, result.concept, len(result.tags), ", ".join(t.tag for t in result.tags[:TOP_TAGS])]
-
-
-def summary_markdown(output: BatchOutput, limit: int = 10) -> str:
-    text = f"**{output.images} image{'s' if output.images != 1 else ''} tagged**"
-    text += f" · {output.errors} error{'s' if output.errors != 1 else ''}"
-    if output.skipped:
-        text += f" · {len(output.skipped)} skipped (not images)"
-    text += f" · {output.seconds:.1f} s"
-    if output.skipped:
-        shown = ", ".join(f"`{name.replace('`', chr(39))}`" for name in output.skipped[:limit])
-        more = f" and {len(output.skipped) - limit} more" if len(output.skipped) > limit else ""
-        text += f"\n\nSkipped: {shown}{more}."
-    if output.renamed:
-        shown = ", ".join(f"{image} → {caption}" for image, caption in output.renamed[:5])
-        more = f" and {len(output.renamed) - 5} more" if len(output.renamed) > 5 else ""
-        text += f"\n\nSame name in the same folder, so these captions were renamed: {shown}{more}."
-    return text
+from tagger.web.service import LIMITS, TABLE_HEADERS, result_row, summary_markdown, tag_files
 
 
 def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, tab: gr.Tab | None = None) -> None:
@@ -131,26 +98,4 @@ def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, 
         api_visibility="private",
         concurrency_id=HEAVY_QUEUE,
         show_progress_on=[table],
-    )
-
-
-def tag_files(
-    ctx: AppContext, paths: Sequence[str], options: TagOptions, progress: gr.Progress, max_size: object = None
-) -> BatchOutput:
-    """Tag the images and zips at ``paths``: one model call per ``CHUNK_SIZE`` images. The work
-    of the Batch tab and of ``/tag_batch``."""
-
-    def advance(done: int, total: int, name: str) -> None:
-        progress((done, total), desc=f"Tagged {name}", unit="images")
-
-    progress((0, None), desc="Reading the upload")
-    return run_batch(
-        paths,
-        prepare=ctx.preparer(max_size),
-        run=ctx.runner.probabilities,
-        vocab=ctx.vocab,
-        options=options,
-        limits=LIMITS,
-        chunk_size=CHUNK_SIZE,
-        progress=advance,
     )

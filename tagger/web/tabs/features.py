@@ -11,22 +11,17 @@ from __future__ import annotations
 import json
 
 import gradio as gr
-import numpy as np
 
-from tagger.features.overlay import pixels_to_image
-from tagger.features.pca import DEFAULT_COLOURS, FeatureMaps, analyse, pca_images
+from tagger.features.pca import DEFAULT_COLOURS, pca_images
 from tagger.features.relevance import (
     DEFAULT_LAYERS_FROM_END,
     MAX_LAYERS_FROM_END,
-    Relevance,
     heatmap_images,
-    relevance,
-    resolve_tag,
-    tap_block,
 )
 from tagger.tags.selection import top_tags
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, user_errors, warning
+from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, user_errors, warning
 from tagger.web.inputs import image_upload
+from tagger.web.service import heatmap_info, run_heatmap, run_pca
 
 TOP_TAGS = 25  # choices offered in the heatmap's tag dropdown
 # On a phone the maps come under the image and its controls: bring them into view once drawn.
@@ -35,38 +30,6 @@ SCROLL_TO_MAPS = (
     "document.getElementById('features-summary')?.scrollIntoView({block: 'start', behavior: 'smooth'}); }"
 )
 UPSCALE_CHOICES = [("Patches (nearest)", "nearest"), ("Smooth (bilinear)", "bilinear")]
-
-
-def run_pca(ctx: AppContext, image: str | None, max_size: object = None) -> FeatureMaps:
-    pixels = prepare_image(ctx, image, max_size=max_size)
-    return FeatureMaps.of(pixels, ctx.runner.call(analyse, [pixels])[0])
-
-
-def run_heatmap(
-    ctx: AppContext, image: str | None, tag: str | None, layers_from_end: float, max_size: object = None
-) -> tuple:
-    """(preprocessed uint8 image, tag index, relevance) for one upload: one GPU call."""
-    tap_block(ctx.tagger.model.config.num_layers, layers_from_end)  # arguments first: fail fast
-    index = resolve_tag(ctx.vocab, tag)
-    pixels = prepare_image(ctx, image, max_size=max_size)
-    result: Relevance = ctx.runner.call(relevance, [pixels], index, layers_from_end)[0]
-    return pixels_to_image(pixels), index, result
-
-
-def heatmap_info(ctx: AppContext, index: int, result: Relevance, layers_from_end: int) -> dict:
-    num_layers = ctx.tagger.model.config.num_layers
-    h, w = result.map.shape
-    return {
-        "tag": ctx.vocab.tags[index],
-        "index": index,
-        "category": ctx.vocab.category_of(index).name,
-        "probability": round(result.probability, 6),
-        "block": num_layers - layers_from_end,  # relevance taken at this block's input (0-based)
-        "layers_from_end": layers_from_end,
-        "grid": [h, w],
-        "positive": bool(result.map.max() > 0),
-        "relevance": np.round(result.map, 4).tolist(),
-    }
 
 
 def heatmap_markdown(info: dict) -> str:

@@ -6,24 +6,13 @@ downloaded as CSV and JSONL.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-
 import gradio as gr
-import torch
 
 from tagger.datasets.batch import new_output_dir
-from tagger.datasets.intake import BatchLimits
-from tagger.errors import ImageError, UploadError, format_bytes
-from tagger.features.similarity import (
-    BatchSimilarity,
-    batch_similarity,
-    cosine_similarity,
-    parse_url_pairs,
-    score_pairs,
-)
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, prepare_image, warning
-from tagger.web.inputs import SafeFile, check_web_pixels, image_upload
+from tagger.features.similarity import BatchSimilarity
+from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, warning
+from tagger.web.inputs import SafeFile, image_upload
+from tagger.web.service import compare, score_url_pairs, score_zip
 
 URL_PAIRS_EXAMPLE = '[["https://example.com/a/cat.png", "https://example.com/b/cat.jpg"]]'
 
@@ -196,49 +185,3 @@ def build_similarity_tab(
             concurrency_id=HEAVY_QUEUE,
             show_progress_on=[batch_summary],
         )
-
-
-def compare(ctx: AppContext, image_a: str | None, image_b: str | None, max_size: object = None) -> float:
-    """Cosine similarity of two uploads: both decoded here, one GPU call for the pair."""
-    pixels = [prepare_image(ctx, image_a, "image A", max_size), prepare_image(ctx, image_b, "image B", max_size)]
-    vectors = ctx.runner.descriptors(pixels)
-    return cosine_similarity(vectors[0], vectors[1])
-
-
-def score_zip(
-    ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None, max_size: object = None
-) -> BatchSimilarity:
-    return batch_similarity(path, ctx.preparer(max_size), ctx.runner.descriptors, progress=progress)
-
-
-def score_url_pairs(
-    ctx: AppContext,
-    text: str,
-    fetch: Callable[[str], str],
-    progress: Callable[[int, int], None] | None = None,
-    max_size: object = None,
-    limits: BatchLimits = BatchLimits(),  # noqa: B008 - frozen
-) -> BatchSimilarity:
-    """Pairs of image URLs (``[["url_a", "url_b"], ...]``) scored as a zip's pairs are: each URL
-    downloaded by ``fetch`` (the guarded fetcher: its address policy and per-file limit), at most
-    ``limits.max_files`` images and ``limits.max_upload_bytes`` in all, as for an upload."""
-    pairs = parse_url_pairs(text, limits.max_files // 2)
-    prepare = ctx.preparer(max_size)
-    fetched = 0
-
-    def load(url: str, name: str) -> torch.Tensor:
-        nonlocal fetched
-        path = fetch(url)
-        fetched += os.path.getsize(path)
-        if fetched > limits.max_upload_bytes:
-            raise UploadError(
-                f"The images add up to more than {format_bytes(limits.max_upload_bytes)}; send fewer pairs."
-            )
-        try:
-            check_web_pixels(path, url)
-        except gr.Error as e:
-            raise ImageError(e.message) from None
-        return prepare(path, name=name)
-
-    rows = [(str(i + 1), (a, a), (b, b)) for i, (a, b) in enumerate(pairs)]
-    return score_pairs(BatchSimilarity(("A", "B")), rows, load, ctx.runner.descriptors, progress)

@@ -33,7 +33,8 @@ from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, warn
 from tagger.web.controls import OptionControls, build_option_controls
 from tagger.web.inputs import SafeImage, image_upload
 from tagger.web.page_scores import page_scores
-from tagger.web.tabs.features import heatmap_info, heatmap_markdown, run_heatmap
+from tagger.web.service import heatmap_info, run_heatmap
+from tagger.web.tabs.features import heatmap_markdown
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 LOOKUP_ROWS = 12
