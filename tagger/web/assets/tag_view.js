@@ -53,7 +53,9 @@
         trigger: null,
         lastGood: null,
         payloadId: null,
-        asked: null,
+        asked: null, // the floor the page asked more scores for
+        askedRuling: null, // the key of the values it asked the server to read
+        rulings: new Map(), // values' key -> the server's reading of them (TagRules.fromRuling)
         hover: false, // the pointer is over the view
         held: new Map(), // normalised tag -> tag: excluded while the pointer was over the view, drawn in place
         notice: null, // the tag the "excluded X · undo" notice is about
@@ -236,22 +238,28 @@
     field.classList.add("tv-invalid");
   }
 
-  /** Options from the controls' values; errors go next to their field. */
-  function readOptions(names, values, fields) {
+  /**
+   * Options from the controls' values; errors go next to their field. Values the page leaves
+   * to the server come back as ``ask`` (their key) until ``rulings`` holds its answer.
+   */
+  function readOptions(names, values, fields, rulings) {
     const byName = {};
     names.forEach((name, i) => (byName[name] = values[i]));
+    const key = JSON.stringify(byName);
     let built = null;
     let error = null;
+    let ask = null;
     try {
-      built = TagRules.options(byName);
+      built = rulings && rulings.has(key) ? TagRules.fromRuling(rulings.get(key)) : TagRules.options(byName);
     } catch (e) {
-      if (!(e instanceof TagRules.SelectionError)) throw e;
-      error = e;
+      if (e instanceof TagRules.NeedsServer) ask = key;
+      else if (e instanceof TagRules.SelectionError) error = e;
+      else throw e;
     }
     for (const name of Object.keys(fields || {})) {
       showFieldError(fields[name], error && (error.field === name || (!error.field && name === "category_thresholds")) ? error.message : null);
     }
-    return { values: byName, built, error };
+    return { values: byName, built, error, ask };
   }
 
   function bars(rows, category, held) {
@@ -349,7 +357,8 @@
     const s = state(config.view);
     s.fields = config.fields || {};
     try {
-      const { values: byName, built, error } = readOptions(names, values, config.fields);
+      if (payload && payload.ruling) s.rulings.set(payload.ruling.key, payload.ruling);
+      const { values: byName, built, error, ask } = readOptions(names, values, config.fields, s.rulings);
       if (!payload) {
         s.lastGood = null;
         return [wrap(`<p class="tv-empty">${escapeHtml(config.empty)}</p>`), ""];
@@ -367,6 +376,15 @@
         const kept = s.lastGood ? `<div class="tv-stale">${s.lastGood.html}</div>` : "";
         const note = s.lastGood ? " The tags below are from the last valid settings." : "";
         return [wrap(banner(error.message + note, "error") + kept), undefined];
+      }
+      if (ask) {
+        // Asked once per set of values; the answer comes back with the payload.
+        if (s.askedRuling !== ask && s.trigger) {
+          s.askedRuling = ask;
+          s.trigger("need_scores", { floor: payload.cutoff, key: ask, values: byName });
+        }
+        const kept = s.lastGood ? `<div class="tv-stale">${s.lastGood.html}</div>` : "";
+        return [wrap(banner("Checking these settings with the server…", "info") + kept), undefined];
       }
       if (TagRules.needsMoreScores(payload, built.selection.floor)) {
         if (s.asked !== built.selection.floor && s.trigger) {
@@ -416,7 +434,13 @@
     if (!s.hover) s.held.clear();
     if (!s.held.size || noCategory) return rows;
     const others = excluded.filter((tag) => !s.held.has(TagRules.normalizeTag(tag)));
-    const asBefore = TagRules.options({ ...byName, exclude: others.join(", ") });
+    let asBefore;
+    try {
+      asBefore = TagRules.options({ ...byName, exclude: others.join(", ") });
+    } catch (e) {
+      if (e instanceof TagRules.NeedsServer) return rows; // settings the server read: no rows held
+      throw e;
+    }
     return TagRules.selectTags(payload, asBefore.selection);
   }
 
