@@ -199,6 +199,33 @@ def test_a_bad_per_category_threshold_is_shown_next_to_the_field(app, page, scor
     check_view(app, page, scores, category_thresholds="artist=0.5")
 
 
+def test_a_field_the_page_cannot_read_asks_the_server_once_and_never_runs_the_model(
+    app, page, scores, count_passes, model_calls
+):
+    """The page reads ASCII itself; about other text it asks the server, once per value."""
+    counted = count_passes(app.context.tagger)
+    calls = queue_calls(page)
+    tag = page.locator("#tag-view .tv-row").first.get_attribute("data-tag")
+    odd = f"\u3000{tag}\u3000"  # ideographic spaces, which Python's strip() removes
+    open_format(page)
+    type_into(page, "exclude", odd)
+    check_view(app, page, scores, exclude=odd)
+    assert tag not in tag_string(page).input_value().split(", ")
+    assert len(calls) == 1, calls
+
+    with pytest.raises(SelectionError) as python:
+        TagOptions(category_thresholds="artist=\uff10.x")  # a full-width digit, then no number
+    note = page.locator("#category-thresholds .tv-field-error")
+    for text in ("artist=\uff10.x", "artist=0.5", "artist=\uff10.x"):  # the second time: no request
+        type_into(page, "category-thresholds", text)
+        if text == "artist=0.5":
+            check_view(app, page, scores, exclude=odd, category_thresholds=text)
+        else:
+            expect(note).to_have_text(str(python.value))
+    assert len(calls) == 3, calls  # the exclusion, the bad value, and the exclusion with artist=0.5
+    assert counted.passes == 0 and not model_calls
+
+
 # -- item 5: per-category copy buttons; prepend only in the string of all tags ------------------
 
 

@@ -1,21 +1,20 @@
 """The page's selection with tag relations (``tag_rules.js`` under node) against Python's
 (``select_tags``, ``tag_string``) on seeded random vocabularies, implication graphs and
-aliases: for each ``implied`` mode, the same tags in the same order, the same strings and the
-same error sentences, from the payload ``page_scores`` sends and the aliases ``rules_config``
-sends. Any difference fails."""
+aliases, with what people type (``test_rules_parity``'s ``typed`` values): for each ``implied``
+mode, the same tags in the same order, the same strings and the same error sentences, from
+the payload ``page_scores`` sends and the aliases ``rules_config`` sends. Any difference fails."""
 
 from __future__ import annotations
 
-import json
 import random
 
 import numpy as np
 import pytest
-from test_rules_parity import NODE, random_scores, random_tag, random_values, run_node, variant
+from js_support import NODE, differences, python_answer, run_page_rules
+from test_rules_parity import random_scores, random_tag, random_values, variant
 
 from tagger.engine.vocab import CATEGORIES, Vocabulary
 from tagger.errors import RelationsError
-from tagger.tags.formats import category_tag_strings
 from tagger.tags.options import TagOptions
 from tagger.tags.relations import Relations, attach
 from tagger.tags.selection import select_tags
@@ -25,32 +24,6 @@ from tagger.web.tabs.tag import rules_config
 CASES = 1500
 
 pytestmark = pytest.mark.skipif(NODE is None, reason="the parity test runs the page's rules under node")
-
-RUNNER = r"""
-const fs = require("fs");
-const rules = require(process.argv[1]);
-const revive = (key, value) => (value && typeof value === "object" && "$float" in value ? Number(value.$float) : value);
-const input = JSON.parse(fs.readFileSync(0, "utf8"), revive);
-const out = input.cases.map(({ config, payload, values }) => {
-  rules.configure(config);
-  let built;
-  try {
-    built = rules.options(values);
-  } catch (e) {
-    if (!(e instanceof rules.SelectionError)) return { crash: String(e && e.stack) };
-    return { error: e.message };
-  }
-  const rows = rules.selectTags(payload, built.selection);
-  return {
-    tags: rows.map((row) => row[3]),
-    scores: rows.map((row) => row[1]),
-    names: rows.map((row) => row[0]),
-    string: rules.tagString(rows, built.format),
-    categories: rules.categoryStrings(rows, built.format).map(([c, s]) => [c.name, s]),
-  };
-});
-process.stdout.write(JSON.stringify(out));
-"""
 
 
 def written(rng: random.Random, name: str) -> str:
@@ -89,7 +62,7 @@ def random_vocab(rng: random.Random) -> Vocabulary:
     size = rng.randint(2, 40)
     tags: list[str] = []
     while len(tags) < size:
-        tag = random_tag(rng)
+        tag = random_tag(rng, typed=True)
         if rng.random() < 0.15:
             tag = "by " + tag
         if tag.strip().lower() not in {t.strip().lower() for t in tags}:
@@ -102,26 +75,12 @@ def typed_with_aliases(rng: random.Random, vocab: Vocabulary, values: dict) -> N
     """Old names and globs in the typed fields, so that the aliases are used."""
     for name in ("exclude", "include", "prepend"):
         if rng.random() < 0.4:
-            extra = rng.choice([f"old_name_{rng.randint(0, 4)}", variant(rng, f"old name {rng.randint(0, 4)}"), "*a*"])
+            extra = rng.choice(
+                [f"old_name_{rng.randint(0, 4)}", variant(rng, f"old name {rng.randint(0, 4)}", typed=True), "*a*"]
+            )
             values[name] = f"{values[name] or ''}, {extra}" if rng.random() < 0.5 else extra
     if rng.random() < 0.3:
         values["include"] = ""
-
-
-def expected(scores: np.ndarray, vocab: Vocabulary, values: dict) -> dict:
-    try:
-        options = TagOptions.from_values(**values)
-    except Exception as e:  # SelectionError only: anything else fails the comparison below
-        return {"error": str(e)}
-    tags = select_tags(scores, vocab, options.selection)
-    strings = category_tag_strings(tags, underscores=options.underscores, escape_parentheses=options.escape_parentheses)
-    return {
-        "tags": [t.index for t in tags],
-        "scores": [t.score for t in tags],
-        "names": [t.tag for t in tags],
-        "string": options.tag_string(tags, vocab),
-        "categories": [[c.name, s] for c, s in strings],
-    }
 
 
 def test_the_pages_rules_with_relations_equal_pythons_in_every_mode():
@@ -135,23 +94,22 @@ def test_the_pages_rules_with_relations_equal_pythons_in_every_mode():
         except RelationsError:
             continue  # an alias turned the graph into a cycle: refused, as it should be
         scores = random_scores(rng, len(vocab))
-        values = random_values(rng, vocab, scores)
+        values = random_values(rng, vocab, scores, typed=True)
         values["implied"] = rng.choice(["keep", "remove", "add"])
         typed_with_aliases(rng, vocab, values)
         floor = values["floor"]
         valid_floor = isinstance(floor, float) and 0.0 <= floor <= 1.0
         cutoff = rng.uniform(0.0, floor) if valid_floor and rng.random() < 0.7 else 0.0
         cases.append({"config": rules_config(vocab), "payload": page_scores(scores, vocab, cutoff), "values": values})
-        want = expected(scores, vocab, values)
+        want = python_answer(scores, vocab, values)
         wanted.append(want)
-        if want.get("tags") and want != expected(scores, vocab, {**values, "implied": "keep"}):
+        if want.get("tags") and want != python_answer(scores, vocab, {**values, "implied": "keep"}):
             modes[values["implied"]] += 1  # the mode changed the answer
         elif want.get("tags"):
             modes["keep"] += 1
-    got = run_node(RUNNER, {"cases": cases})
+    got = run_page_rules({"cases": cases})  # no ruling: the page reads every case itself
     assert all(n > CASES // 30 for n in modes.values()), modes  # each mode changes the answer often
-    for case, want, have in zip(cases, wanted, got, strict=True):
-        assert have == want, json.dumps({"values": case["values"], "payload": case["payload"]}, ensure_ascii=False)
+    assert not differences(cases, wanted, got)[:3]
 
 
 def test_the_modes_differ_on_these_cases():

@@ -1,15 +1,14 @@
 /* Tag selection and tag-string formatting in the page: the rules of tagger/tags/options.py
- * (TagOptions) and tagger/tags/results.py (Selection, select_tags, tag_string), so that a filter
+ * (TagOptions) and tagger/tags/selection.py and formats.py (Selection, select_tags, tag_string), so that a filter
  * change re-renders without a server round trip.
  *
- * The Python functions stay the one definition (the API and the CLI use them);
- * tests/test_rules_parity.py runs this file under node against them on thousands of random
- * cases and fails on any difference in the selected tags, their order, the strings or the
- * error sentences. Keep the two in step: change one, change the other.
- *
- * Python semantics reproduced here: str.strip() / \s whitespace, str.lower(), float() parsing
- * (underscores, Unicode digits, inf/nan), repr() of strings and floats in error sentences, and
- * float32 comparisons (numpy compares a float32 score with a Python float in float32).
+ * The page reads what people type: text of printable ASCII (tag names, commas, category
+ * names) and plain numbers (ASCII digits, '.', '+', '-', 'e') in range. On that domain its
+ * answers, error sentences included, are Python's: tests/test_rules_parity.py holds the two
+ * to the same answers on thousands of random cases. Any other value (other characters, inf,
+ * 1_000, a number out of range, a value no control sends) raises NeedsServer: the page then
+ * asks the server once (tagger.web.tabs.tag.page_ruling) and reads its answer with
+ * fromRuling. The Python functions stay the one definition: change one, change the other.
  *
  * Plain script (no import/export): the page loads it with a <script> tag; node loads it with
  * require(). It defines one global, TagRules.
@@ -17,24 +16,21 @@
 (function (root) {
   "use strict";
 
-  // Python's str.isspace() set, which is also what \s matches in a Python str pattern.
-  const WS = "[\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
-  const SPACE = new RegExp("^" + WS + "$");
-  const STRIP = new RegExp("^" + WS + "+|" + WS + "+$", "g");
+  const TYPED = /^[\t\n\r\x20-\x7e]*$/; // in this domain JS's \s and trim() are Python's
+  const NUMBER = /^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]+)?$/i;
+  const PYTHON_ONLY_NUMBER = /inf|nan|_/i; // float() reads these too: the server says what they are
   // re.fullmatch(r"\s*([^=:]+?)\s*[=:]\s*(.*?)\s*", part); parts never hold "\n".
-  const CATEGORY_VALUE = new RegExp("^" + WS + "*([^=:]+?)" + WS + "*[=:]" + WS + "*([\\s\\S]*?)" + WS + "*$");
-  const DIGIT = /^\p{Nd}$/u;
-  const NOT_PRINTABLE = /^[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]$/u;
+  const CATEGORY_VALUE = /^\s*([^=:]+?)\s*[=:]\s*([\s\S]*?)\s*$/;
+  const PROBABILITIES = ["threshold", "character_threshold", "floor"];
+  const TEXTS = ["category_thresholds", "exclude", "include", "prepend"];
+  const FLAGS = ["underscores", "escape_parentheses"];
 
   let CATEGORIES = []; // [{id, name, color}], display order; set by configure()
   let BY_NAME = new Map();
-  let BY_ID = new Map();
   let DEFAULTS = {};
-  let MODES = ["threshold", "topk", "mcut"];
-  let ORDERS = ["score", "category"];
-  let IMPLIED = ["keep", "remove", "add"];
+  let CHOICES = {};
   let ALIASES = new Map(); // normalized typed old name -> the shown tag it means (tagger.tags.relations)
-  const MAX_STARS = 8; // tagger.tags.results.MAX_STARS
+  const MAX_STARS = 8; // tagger.tags.selection.MAX_STARS
 
   class SelectionError extends Error {
     constructor(message, field) {
@@ -44,22 +40,22 @@
     }
   }
 
+  /** A value outside what the page reads: the server's answer is needed (see fromRuling). */
+  class NeedsServer extends Error {
+    constructor(field) {
+      super(`${field}: a value the page leaves to the server`);
+      this.name = "NeedsServer";
+      this.field = field;
+    }
+  }
+
   /** The category table, option defaults and choices, as tagger/web/tabs/tag.py sends them. */
   function configure(config) {
     CATEGORIES = config.categories.map(([id, name, color]) => ({ id, name, color }));
     BY_NAME = new Map(CATEGORIES.map((c) => [c.name, c]));
-    BY_ID = new Map(CATEGORIES.map((c) => [c.id, c]));
     DEFAULTS = config.defaults || {};
-    MODES = config.modes || MODES;
-    ORDERS = config.orders || ORDERS;
-    IMPLIED = config.implied || IMPLIED;
+    CHOICES = { mode: config.modes, order: config.orders, implied: config.implied };
     ALIASES = new Map(Object.entries(config.aliases || {}));
-  }
-
-  // -- Python string and number semantics ---------------------------------------------------
-
-  function pyStrip(s) {
-    return s.replace(STRIP, "");
   }
 
   function replaceAll(s, from, to) {
@@ -68,100 +64,53 @@
 
   /** tagger.engine.vocab.normalize_tag */
   function normalizeTag(tag) {
-    let s = replaceAll(replaceAll(tag, "\\(", "("), "\\)", ")");
-    s = replaceAll(s, "_", " ");
-    return pyStrip(s).toLowerCase();
+    return replaceAll(replaceAll(replaceAll(tag, "\\(", "("), "\\)", ")"), "_", " ")
+      .trim()
+      .toLowerCase();
   }
 
-  function hex(n, width) {
-    return n.toString(16).padStart(width, "0");
-  }
-
-  /** repr() of a Python str. */
+  /** repr() of a Python str of the page's domain (printable ASCII, tab, newline, return). */
   function pyRepr(s) {
     const quote = s.includes("'") && !s.includes('"') ? '"' : "'";
-    let out = quote;
-    for (const ch of s) {
-      const cp = ch.codePointAt(0);
-      if (ch === quote || ch === "\\") out += "\\" + ch;
-      else if (ch === "\t") out += "\\t";
-      else if (ch === "\n") out += "\\n";
-      else if (ch === "\r") out += "\\r";
-      else if (cp < 0x20 || cp === 0x7f) out += "\\x" + hex(cp, 2);
-      else if (cp < 0x7f || ch === " ") out += ch;
-      else if (NOT_PRINTABLE.test(ch)) {
-        if (cp <= 0xff) out += "\\x" + hex(cp, 2);
-        else if (cp <= 0xffff) out += "\\u" + hex(cp, 4);
-        else out += "\\U" + hex(cp, 8);
-      } else out += ch;
+    const escapes = { "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", [quote]: "\\" + quote };
+    return quote + Array.from(s, (ch) => escapes[ch] || ch).join("") + quote;
+  }
+
+  function isTyped(value) {
+    return typeof value === "string" && TYPED.test(value);
+  }
+
+  function valueOf(values, name) {
+    const value = values[name];
+    return value === null || value === undefined ? DEFAULTS[name] : value; // TagOptions.from_values
+  }
+
+  /** The first option whose value the page does not read, or null. */
+  function outsideDomain(v) {
+    for (const name of ["mode", "order", "implied"]) if (!CHOICES[name].includes(v(name))) return name;
+    for (const name of PROBABILITIES) {
+      const value = v(name);
+      if (!(typeof value === "number" && value >= 0 && value <= 1)) return name;
     }
-    return out + quote;
+    const topk = v("topk_per_category");
+    if (!(Number.isSafeInteger(topk) && topk >= 0)) return "topk_per_category";
+    const categories = v("categories");
+    if (!(isTyped(categories) || (Array.isArray(categories) && categories.every(isTyped)))) return "categories";
+    for (const name of TEXTS) if (!isTyped(v(name))) return name;
+    for (const name of FLAGS) if (typeof v(name) !== "boolean") return name;
+    return null;
   }
 
-  /** str() / repr() of a Python float. */
-  function pyFloatStr(x) {
-    if (Number.isNaN(x)) return "nan";
-    if (x === Infinity) return "inf";
-    if (x === -Infinity) return "-inf";
-    if (x === 0) return Object.is(x, -0) ? "-0.0" : "0.0";
-    const sign = x < 0 ? "-" : "";
-    const [mantissa, exponent] = Math.abs(x).toExponential().split("e"); // shortest round-trip digits
-    const digits = mantissa.replace(".", "");
-    const point = Number(exponent) + 1; // value = 0.<digits> * 10**point
-    if (point > 16 || point < -3) {
-      const rest = digits.slice(1);
-      const e = point - 1;
-      return sign + digits[0] + (rest ? "." + rest : "") + "e" + (e < 0 ? "-" : "+") + String(Math.abs(e)).padStart(2, "0");
-    }
-    if (point <= 0) return sign + "0." + "0".repeat(-point) + digits;
-    if (point >= digits.length) return sign + digits + "0".repeat(point - digits.length) + ".0";
-    return sign + digits.slice(0, point) + "." + digits.slice(point);
-  }
+  // -- tagger.tags.selection / tagger.tags.options ------------------------------------------------------
 
-  /** repr() of what Python holds for a JS number: int when whole and safe, else float. */
-  function pyNumberRepr(x) {
-    return Number.isInteger(x) && Math.abs(x) < 2 ** 53 ? String(x) : pyFloatStr(x);
-  }
-
-  function digitValue(ch) {
-    // Unicode decimal digits come in runs of ten, 0 to 9 (a stability guarantee).
-    let cp = ch.codePointAt(0);
-    let start = cp;
-    while (DIGIT.test(String.fromCodePoint(start - 1))) start -= 1;
-    return (cp - start) % 10;
-  }
-
-  /** Python's float(str): null where Python raises ValueError. */
-  function pyFloat(s) {
-    let ascii = "";
-    for (const ch of s) {
-      if (SPACE.test(ch)) ascii += " ";
-      else if (DIGIT.test(ch)) ascii += String(digitValue(ch));
-      else if (ch.codePointAt(0) < 127) ascii += ch;
-      else return null;
-    }
-    ascii = ascii.replace(/^ +| +$/g, "");
-    if (/^[+-]?(inf|infinity|nan)$/i.test(ascii)) {
-      const value = /nan/i.test(ascii) ? NaN : Infinity;
-      return ascii[0] === "-" ? -value : value;
-    }
-    // Underscores only between two digits.
-    if (/(^|[^0-9])_|_($|[^0-9])/.test(ascii)) return null;
-    ascii = ascii.replace(/_/g, "");
-    if (!/^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$/.test(ascii)) return null;
-    return Number(ascii);
-  }
-
-  // -- tagger.tags.results / tagger.tags.options ------------------------------------------------------
-
-  /** tagger.tags.results.parse_tag_list */
+  /** tagger.tags.selection.parse_tag_list */
   function parseTagList(text) {
     if (text === null || text === undefined) return [];
     const items = typeof text === "string" ? text.split(/[,\n]/) : Array.from(text, String);
     const seen = new Set();
     const out = [];
     for (let item of items) {
-      item = pyStrip(item);
+      item = item.trim();
       const key = normalizeTag(item);
       if (item && !seen.has(key)) {
         seen.add(key);
@@ -171,60 +120,40 @@
     return out;
   }
 
-  function categoryByName(name) {
-    const category = BY_NAME.get(pyStrip(name).toLowerCase());
+  /** tagger.tags.selection.resolve_category for a name. */
+  function categoryByName(name, field) {
+    const category = BY_NAME.get(name.trim().toLowerCase());
     if (category) return category;
     const choices = CATEGORIES.map((c) => c.name).join(", ");
-    throw new SelectionError(`Unknown category ${pyRepr(name)}; choose from: ${choices}.`);
-  }
-
-  /** tagger.tags.results.resolve_category for a name or an id. */
-  function resolveCategory(key) {
-    if (typeof key === "number" && Number.isInteger(key)) {
-      const category = BY_ID.get(key);
-      if (category) return category;
-      throw new SelectionError(`Unknown category id ${key}; ids run from 0 to ${CATEGORIES.length - 1}.`);
-    }
-    return categoryByName(String(key));
+    throw new SelectionError(`Unknown category ${pyRepr(name)}; choose from: ${choices}.`, field);
   }
 
   /** tagger.tags.options.parse_category_values: [[name, value]] in first-seen order. */
   function parseCategoryValues(text) {
+    const field = "category_thresholds";
     if (!text) return [];
     const items = [];
     for (const part of text.split(/[,\n;]/)) {
-      if (!pyStrip(part)) continue;
+      if (!part.trim()) continue;
       const match = CATEGORY_VALUE.exec(part);
       if (match === null) {
-        throw new SelectionError(
-          `Write per-category values as name=value, e.g. artist=0.6; got ${pyRepr(pyStrip(part))}.`,
-          "category_thresholds",
-        );
+        throw new SelectionError(`Write per-category values as name=value, e.g. artist=0.6; got ${pyRepr(part.trim())}.`, field);
       }
       items.push([match[1], match[2]]);
     }
     const out = new Map();
     for (const [name, value] of items) {
-      let category;
-      try {
-        category = resolveCategory(name);
-      } catch (e) {
-        e.field = "category_thresholds";
-        throw e;
-      }
-      const number = pyFloat(value);
-      if (number === null) {
-        throw new SelectionError(
-          `The value for ${category.name} must be a number, not ${pyRepr(value)}.`,
-          "category_thresholds",
-        );
-      }
+      const category = categoryByName(name, field);
+      if (PYTHON_ONLY_NUMBER.test(value)) throw new NeedsServer(field);
+      if (!NUMBER.test(value)) throw new SelectionError(`The value for ${category.name} must be a number, not ${pyRepr(value)}.`, field);
+      const number = Number(value);
+      if (!(number >= 0 && number <= 1)) throw new NeedsServer(field); // the sentence shows Python's float
       out.set(category.name, number);
     }
     return Array.from(out);
   }
 
-  // -- wildcards (tagger.tags.results.is_pattern, check_pattern, pattern_regex) ---------------------
+  // -- wildcards (tagger.tags.selection.is_pattern, check_pattern, pattern_regex) ---------------------
 
   const SYNTAX = new Set("^$\\.*+?()[]{}|/".split(""));
 
@@ -235,7 +164,7 @@
   function checkPattern(name, item) {
     const key = normalizeTag(item);
     if (!isPattern(key)) return;
-    if (!pyStrip(replaceAll(key, "*", ""))) {
+    if (!replaceAll(key, "*", "").trim()) {
       throw new SelectionError(`${name}: ${pyRepr(item)} matches every tag; write part of a tag around the *, e.g. *censor*.`, name);
     }
     if (key.split("*").length - 1 > MAX_STARS) {
@@ -256,80 +185,28 @@
     return new RegExp("^(?:" + out + ")$", "su");
   }
 
-  function describe(value) {
-    if (typeof value === "string") return pyRepr(value);
-    if (typeof value === "number") return pyNumberRepr(value);
-    if (typeof value === "boolean") return value ? "True" : "False";
-    return String(value);
-  }
-
-  /** tagger.tags.results._check_probability: the float32 value the scores are compared with. */
-  function checkProbability(name, value, field) {
-    let number = value;
-    if (typeof value === "string") number = pyFloat(value);
-    else if (typeof value === "boolean") number = Number(value);
-    else if (typeof value !== "number") number = null;
-    if (number === null) throw new SelectionError(`${name} must be a number between 0 and 1, not ${describe(value)}.`, field);
-    if (!(number >= 0 && number <= 1)) throw new SelectionError(`${name} must be between 0 and 1, not ${pyFloatStr(number)}.`, field);
-    return Math.fround(number);
-  }
-
-  /** tagger.tags.results._check_count */
-  function checkCount(name, value, field) {
-    if (typeof value === "number" && Number.isInteger(value) && value >= 0) return value;
-    throw new SelectionError(`${name} must be a whole number of 0 or more, not ${describe(value)}.`, field);
-  }
-
-  function valueOf(values, name) {
-    const value = values[name];
-    return value === null || value === undefined ? DEFAULTS[name] : value; // TagOptions.from_values
-  }
-
   /**
-   * TagOptions(**values): the selection and format, or a SelectionError (with .field) whose
-   * sentence is Python's. ``values`` maps option names to control values.
+   * TagOptions(**values): the selection and format, a SelectionError (with .field) whose
+   * sentence is Python's, or NeedsServer for values outside the page's domain. ``values`` maps
+   * option names to control values.
    */
   function options(values) {
     const v = (name) => valueOf(values, name);
+    const outside = outsideDomain(v);
+    if (outside) throw new NeedsServer(outside);
     const mode = v("mode");
-    const order = v("order");
-    if (!MODES.includes(mode)) throw new SelectionError(`mode must be one of ${MODES.join(", ")}; got ${describe(mode)}.`, "mode");
-    if (!ORDERS.includes(order)) throw new SelectionError(`order must be one of ${ORDERS.join(", ")}; got ${describe(order)}.`, "order");
     let categories = v("categories");
     if (typeof categories === "string") categories = parseTagList(categories);
-    let perCategory = [];
-    const typed = new Set(); // categories whose threshold comes from the per-category box
-    if (mode === "threshold") {
-      const merged = new Map([["character", v("character_threshold")]]);
-      for (const [name, value] of parseCategoryValues(v("category_thresholds"))) {
-        merged.set(name, value);
-        typed.add(name);
-      }
-      perCategory = Array.from(merged);
-    }
-    // TagOptions checks top-k itself, so that the sentence names the option.
-    const topk = mode === "topk" ? checkCount("topk_per_category", v("topk_per_category"), "topk_per_category") : null;
-    // Selection.__post_init__, in its order.
-    const threshold = checkProbability("threshold", v("threshold"), "threshold");
-    const floor = checkProbability("floor", v("floor"), "floor");
+    // The per-category thresholds, in Python's order of checks: the typed ones, then character.
+    const typed = mode === "threshold" ? parseCategoryValues(v("category_thresholds")) : [];
     const categoryThresholds = new Map();
-    for (const [name, value] of perCategory) {
-      const field = typed.has(name) ? "category_thresholds" : "character_threshold";
-      categoryThresholds.set(resolveCategory(name).id, checkProbability(`threshold for ${name}`, value, field));
+    if (mode === "threshold") {
+      const merged = new Map([["character", v("character_threshold")], ...typed]);
+      for (const [name, value] of merged) categoryThresholds.set(BY_NAME.get(name).id, Math.fround(value));
     }
-    const categoryTopk = new Map();
-    if (mode === "topk") {
-      for (const c of CATEGORIES) categoryTopk.set(c.id, topk);
-    }
+    const categoryTopk = new Map(mode === "topk" ? CATEGORIES.map((c) => [c.id, v("topk_per_category")]) : []);
     let wanted = null;
-    if (categories && categories.length) {
-      wanted = new Set();
-      for (const c of categories) wanted.add(resolveCategory(c).id);
-    }
-    const implied = v("implied");
-    if (!IMPLIED.includes(implied)) {
-      throw new SelectionError(`implied must be one of ${IMPLIED.join(", ")}; got ${describe(implied)}.`, "implied");
-    }
+    if (categories.length) wanted = new Set(categories.map((c) => categoryByName(c, "categories").id));
     const keys = (name) => {
       const items = parseTagList(v(name));
       for (const item of items) checkPattern(name, item);
@@ -337,22 +214,37 @@
     };
     return {
       selection: {
-        threshold,
-        floor,
+        threshold: Math.fround(v("threshold")),
+        floor: Math.fround(v("floor")),
         mcut: mode === "mcut",
         categoryThresholds,
         categoryTopk,
         categories: wanted,
         exclude: keys("exclude"),
         include: keys("include"),
-        implied,
+        implied: v("implied"),
       },
-      format: {
-        underscores: Boolean(v("underscores")),
-        escapeParentheses: Boolean(v("escape_parentheses")),
-        order,
-        prepend: v("prepend"),
+      format: { underscores: v("underscores"), escapeParentheses: v("escape_parentheses"), order: v("order"), prepend: v("prepend") },
+    };
+  }
+
+  /**
+   * What options() gives, from the server's reading of values it left to the server
+   * (tagger.web.tabs.tag.page_ruling): its selection and format, or its SelectionError.
+   */
+  function fromRuling(ruling) {
+    if (ruling.error) throw new SelectionError(ruling.error, ruling.field);
+    const s = ruling.selection;
+    return {
+      selection: {
+        ...s,
+        categoryThresholds: new Map(s.categoryThresholds),
+        categoryTopk: new Map(s.categoryTopk),
+        categories: s.categories === null ? null : new Set(s.categories),
+        exclude: new Set(s.exclude),
+        include: new Set(s.include),
       },
+      format: ruling.format,
     };
   }
 
@@ -367,7 +259,7 @@
   }
 
   /**
-   * tagger.tags.results.select_tags over the page's payload (tagger.tags.results.page_scores): rows
+   * tagger.tags.selection.select_tags over the page's payload (tagger.web.page_scores): rows
    * [tag, score, category id, index], best first. The payload holds every tag at or above its
    * cutoff, so the selection is exact for any floor at or above it (see needsMoreScores).
    */
@@ -449,7 +341,7 @@
     return Math.fround(floor) < payload.cutoff;
   }
 
-  /** tagger.tags.results.group_by_category: [[category, rows]] in display order. */
+  /** tagger.tags.formats.group_by_category: [[category, rows]] in display order. */
   function groupByCategory(rows) {
     const groups = new Map();
     for (const row of rows) {
@@ -459,14 +351,14 @@
     return CATEGORIES.filter((c) => groups.has(c.id)).map((c) => [c, groups.get(c.id)]);
   }
 
-  /** tagger.tags.results.format_tag */
+  /** tagger.tags.formats.format_tag */
   function formatTag(tag, underscores, escapeParentheses) {
     if (underscores) tag = replaceAll(tag, " ", "_");
     if (escapeParentheses) tag = replaceAll(replaceAll(replaceAll(tag, "\\", "\\\\"), "(", "\\("), ")", "\\)");
     return tag;
   }
 
-  /** tagger.tags.results.tag_string */
+  /** tagger.tags.formats.tag_string */
   function tagString(rows, format, separator = ", ") {
     if (format.order === "category") rows = groupByCategory(rows).flatMap(([, group]) => group);
     let leading = parseTagList(format.prepend || "").map((t) => replaceAll(replaceAll(t, "\\(", "("), "\\)", ")"));
@@ -476,7 +368,7 @@
     return [...leading, ...names].map((name) => formatTag(name, format.underscores, format.escapeParentheses)).join(separator);
   }
 
-  /** tagger.tags.results.category_tag_strings: [[category, string]]; prepended tags are not in them. */
+  /** tagger.tags.formats.category_tag_strings: [[category, string]]; prepended tags are not in them. */
   function categoryStrings(rows, format) {
     return groupByCategory(rows).map(([category, group]) => [
       category,
@@ -490,10 +382,9 @@
     normalizeTag,
     parseTagList,
     parseCategoryValues,
-    pyFloat,
-    pyRepr,
-    pyFloatStr,
+    NeedsServer,
     options,
+    fromRuling,
     selectTags,
     needsMoreScores,
     groupByCategory,

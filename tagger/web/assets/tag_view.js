@@ -62,7 +62,9 @@
         trigger: null,
         lastGood: null,
         payloadId: null,
-        asked: null,
+        asked: null, // the floor the page asked more scores for
+        askedRuling: null, // the key of the values it asked the server to read
+        rulings: new Map(), // values' key -> the server's reading of them (TagRules.fromRuling)
         hover: false, // the pointer is over the view
         held: new Map(), // normalised tag -> tag: excluded while the pointer was over the view, drawn in place
         notice: null, // the tag the "excluded X · undo" notice is about
@@ -293,9 +295,10 @@
     }
   }
 
-  /** TagRules.options, then the cards' own top k (threshold mode: a card switched to top k). */
-  function buildOptions(byName, cards) {
-    const built = TagRules.options(byName);
+  /** TagRules.options (or the server's ruling on the values), then the cards' own top k (threshold
+   * mode: a card switched to top k). */
+  function buildOptions(byName, cards, ruling = null) {
+    const built = ruling ? TagRules.fromRuling(ruling) : TagRules.options(byName);
     if ((byName.mode || "threshold") === "threshold") {
       for (const [name, k] of Object.entries(cards.topk)) {
         const category = rulesConfig && rulesConfig.categories.find((c) => c[1] === name);
@@ -380,22 +383,29 @@
     field.classList.add("tv-invalid");
   }
 
-  /** Options from the controls' values; errors go next to their field. */
-  function readOptions(names, values, fields, cards) {
+  /**
+   * Options from the controls' values; errors go next to their field. Values the page leaves
+   * to the server come back as ``ask`` (their key) until ``rulings`` holds its answer.
+   */
+  function readOptions(names, values, fields, cards, rulings) {
     const byName = {};
     names.forEach((name, i) => (byName[name] = values[i]));
+    const key = JSON.stringify(byName);
     let built = null;
     let error = null;
+    let ask = null;
     try {
-      built = buildOptions(byName, cards || { order: [], topk: {} });
+      const ruling = rulings && rulings.has(key) ? rulings.get(key) : null;
+      built = buildOptions(byName, cards || { order: [], topk: {} }, ruling);
     } catch (e) {
-      if (!(e instanceof TagRules.SelectionError)) throw e;
-      error = e;
+      if (e instanceof TagRules.NeedsServer) ask = key;
+      else if (e instanceof TagRules.SelectionError) error = e;
+      else throw e;
     }
     for (const name of Object.keys(fields || {})) {
       showFieldError(fields[name], error && (error.field === name || (!error.field && name === "category_thresholds")) ? error.message : null);
     }
-    return { values: byName, built, error };
+    return { values: byName, built, error, ask };
   }
 
   function bars(rows, category, held) {
@@ -528,9 +538,10 @@
     s.fields = config.fields || {};
     s.config = config;
     try {
+      if (payload && payload.ruling) s.rulings.set(payload.ruling.key, payload.ruling);
       s.cards = parseCards(cardsText);
       applyOrder(s.cards.order);
-      const { values: byName, built, error } = readOptions(names, values, config.fields, s.cards);
+      const { values: byName, built, error, ask } = readOptions(names, values, config.fields, s.cards, s.rulings);
       s.values = byName;
       if (!payload) {
         s.lastGood = null;
@@ -549,6 +560,15 @@
         const kept = s.lastGood ? `<div class="tv-stale">${s.lastGood.html}</div>` : "";
         const note = s.lastGood ? " The tags below are from the last valid settings." : "";
         return [wrap(banner(error.message + note, "error") + kept), undefined];
+      }
+      if (ask) {
+        // Asked once per set of values; the answer comes back with the payload.
+        if (s.askedRuling !== ask && s.trigger) {
+          s.askedRuling = ask;
+          s.trigger("need_scores", { floor: payload.cutoff, key: ask, values: byName });
+        }
+        const kept = s.lastGood ? `<div class="tv-stale">${s.lastGood.html}</div>` : "";
+        return [wrap(banner("Checking these settings with the server…", "info") + kept), undefined];
       }
       if (TagRules.needsMoreScores(payload, built.selection.floor)) {
         if (s.asked !== built.selection.floor && s.trigger) {
@@ -599,7 +619,13 @@
     if (!s.hover) s.held.clear();
     if (!s.held.size || noCategory) return rows;
     const others = excluded.filter((tag) => !s.held.has(TagRules.normalizeTag(tag)));
-    const asBefore = buildOptions({ ...byName, exclude: others.join(", ") }, s.cards);
+    let asBefore;
+    try {
+      asBefore = buildOptions({ ...byName, exclude: others.join(", ") }, s.cards);
+    } catch (e) {
+      if (e instanceof TagRules.NeedsServer) return rows; // settings the server read: no rows held
+      throw e;
+    }
     return TagRules.selectTags(payload, asBefore.selection);
   }
 

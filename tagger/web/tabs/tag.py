@@ -5,8 +5,9 @@ floor (``tagger.web.page_scores``, a few kB) and the page selects, formats and d
 tags itself (``assets/tag_rules.js``, ``assets/tag_view.js``): a filter change updates one HTML
 block and one textbox without a server round trip. The rules in ``tag_rules.js`` are those of
 ``tagger.tags.selection``, ``tagger.tags.formats`` and ``tagger.tags.options``, which stay the one
-definition for the API and the CLI;
-``tests/test_rules_parity.py`` holds the two to the same answers.
+definition for the API and the CLI; ``tests/test_rules_parity.py`` holds the two to the same answers.
+The page reads what people type (ASCII text, plain numbers); about any other value it asks the
+server once, through the view's ``need_scores`` event (``page_ruling``): no model call.
 
 Clicking a tag shows where it comes from (its relevance heatmap) over the image; its ✕ adds it
 to the excluded tags.
@@ -25,7 +26,7 @@ import numpy as np
 
 from tagger.engine.resolution import MIN_SIZE, SIZE_STEP
 from tagger.engine.vocab import CATEGORIES, Vocabulary, normalize_tag
-from tagger.errors import FetchError
+from tagger.errors import FetchError, SelectionError
 from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
 from tagger.tags.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.tags.selection import IMPLIED, add_to_tag_list, parse_tag_list
@@ -60,6 +61,51 @@ def rules_config(vocab: Vocabulary | None = None) -> dict:
         "implied": list(IMPLIED),
         "aliases": relations.input_aliases if relations is not None else {},
     }
+
+
+def page_ruling(values: dict) -> dict:
+    """The server's reading of option values the page leaves to it (``TagRules.NeedsServer``:
+    the page reads ASCII text and plain numbers), in the form ``TagRules.fromRuling`` takes:
+    the error sentence and the option it is about, or the selection and format."""
+    try:
+        options = TagOptions.from_values(**values)
+    except SelectionError as e:
+        return {"error": str(e), "field": error_field(values, str(e))}
+    selection = options.selection
+    return {
+        "selection": {
+            "threshold": selection.threshold,
+            "floor": selection.floor,
+            "mcut": selection.mcut,
+            "categoryThresholds": list(selection.category_thresholds.items()),
+            "categoryTopk": list(selection.category_topk.items()),
+            "categories": None if selection.categories is None else sorted(selection.categories),
+            "exclude": sorted(selection.exclude),
+            "include": sorted(selection.include),
+            "implied": selection.implied,
+        },
+        "format": {
+            "underscores": bool(options.underscores),
+            "escapeParentheses": bool(options.escape_parentheses),
+            "order": options.order,
+            "prepend": parse_tag_list(options.prepend),
+        },
+    }
+
+
+def error_field(values: dict, message: str) -> str | None:
+    """The option an error is about: the last (top-k before the mode that makes it count)
+    whose default makes the sentence go or change."""
+    for name in reversed(OPTION_NAMES):
+        if values.get(name) is None:
+            continue
+        try:
+            TagOptions.from_values(**{**values, name: None})
+        except SelectionError as e:
+            if str(e) == message:
+                continue
+        return name
+    return None
 
 
 def page_script(vocab: Vocabulary | None = None) -> str:
@@ -322,7 +368,11 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         floor = getattr(evt, "floor", None)  # the page sends {floor}
         if scored is None or not isinstance(floor, (int, float)):
             return gr.skip()
-        return page_payload(ctx, scored, floor)
+        payload = page_payload(ctx, scored, floor)
+        asked = getattr(evt, "values", None)  # settings the page leaves to the server
+        if isinstance(asked, dict):
+            payload["ruling"] = {"key": getattr(evt, "key", None), **page_ruling(asked)}
+        return payload
 
     view.need_scores(more_scores, inputs=scored_state, outputs=payload, queue=False, api_visibility="private")
 
