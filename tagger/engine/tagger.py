@@ -121,7 +121,7 @@ def gpu_cost(cost: float) -> Callable[[Work], Work]:
     (``tagger.web.runtime`` sizes ZeroGPU requests with it; undeclared work costs 1.0)."""
 
     def declare(fn: Work) -> Work:
-        fn.gpu_cost = cost  # type: ignore[attr-defined]
+        fn.__dict__["gpu_cost"] = cost  # a function attribute, read with getattr(fn, "gpu_cost", 1.0)
         return fn
 
     return declare
