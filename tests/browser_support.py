@@ -68,6 +68,15 @@ def open_tagged(page: Page, app: RunningApp, query: str = "") -> None:
     expect(page.locator("#tag-string textarea")).not_to_have_value("")
 
 
+def open_format(page: Page) -> None:
+    """Open the "Tag string" accordion, ready to type into."""
+    page.get_by_text("Tag string", exact=True).click()
+    expect(page.locator("#underscores")).to_be_visible()
+    # Gradio sets the values of an accordion's first-shown fields a few frames after drawing
+    # them (render_previously_invisible_children); text typed before that is overwritten.
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 50))))")
+
+
 def options(app: RunningApp, **values: object) -> TagOptions:
     """The options the page holds: the categories ticked when it opens, unless given."""
     return TagOptions.from_values(**{"categories": ticked_categories(app.context.vocab), **values})

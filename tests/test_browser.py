@@ -10,6 +10,7 @@ Screenshots go to ``test-artifacts/`` (git-ignored) for a person to look at.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -24,6 +25,7 @@ from browser_support import (
     expected_category_strings,
     expected_string,
     new_page,
+    open_format,
     open_tagged,
     queue_calls,
     selected,
@@ -34,6 +36,7 @@ from playwright.sync_api import Browser, Page, expect
 from tagger.errors import SelectionError
 from tagger.tags.options import TagOptions
 from tagger.web.controls import present_categories, ticked_categories
+from tagger.web.tabs import tag as tag_tab
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"browser tests need Debian's chromium at {CHROMIUM}")
 
@@ -72,11 +75,7 @@ def type_into(page: Page, elem_id: str, text: str) -> None:
         page.locator("#typed-toggle").click()  # the typed box is shown on request
     box.fill(text)
     box.press("Enter")
-
-
-def open_format(page: Page) -> None:
-    page.get_by_text("Tag string", exact=True).click()
-    expect(page.locator("#underscores")).to_be_visible()
+    expect(box).to_have_value(text)
 
 
 def check_view(app: RunningApp, page: Page, scores: np.ndarray, **values: object) -> None:
@@ -224,6 +223,25 @@ def test_a_field_the_page_cannot_read_asks_the_server_once_and_never_runs_the_mo
             expect(note).to_have_text(str(python.value))
     assert len(calls) == 3, calls  # the exclusion, the bad value, and the exclusion with artist=0.5
     assert counted.passes == 0 and not model_calls
+
+
+def test_values_typed_while_the_server_reads_earlier_ones_are_read_too(app, page, scores, monkeypatch):
+    """A slow answer does not swallow the next question: the page shows the last values typed."""
+    first, second = page.locator("#tag-view .tv-row").evaluate_all("rows => rows.slice(0, 2).map(r => r.dataset.tag)")
+    read = tag_tab.page_ruling
+
+    def slow_ruling(values: dict) -> dict:
+        time.sleep(1.0)  # the first question is still out when the second is asked
+        return read(values)
+
+    monkeypatch.setattr(tag_tab, "page_ruling", slow_ruling)
+    calls = queue_calls(page)
+    open_format(page)
+    type_into(page, "exclude", f"\u3000{first}\u3000")
+    type_into(page, "exclude", f"\u3000{second}\u3000")
+    check_view(app, page, scores, exclude=f"\u3000{second}\u3000")
+    assert first in tag_string(page).input_value().split(", ")
+    assert len(calls) == 2, calls  # each value asked once
 
 
 # -- item 5: per-category copy buttons; prepend only in the string of all tags ------------------

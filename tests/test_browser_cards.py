@@ -27,6 +27,7 @@ from browser_support import (
     expected_category_strings,
     expected_string,
     new_page,
+    open_format,
     open_tagged,
     options,
     queue_calls,
@@ -153,7 +154,7 @@ def test_a_card_switches_to_top_k_and_its_handle_moves_it(app, open_page, scores
     expect(tag_string(page)).to_have_value(expected_string(app, scores))
 
     # The handle: the arrow keys move a card; the "by category" string follows the cards.
-    page.get_by_text("Tag string", exact=True).click()
+    open_format(page)
     page.get_by_label("By category").check()
     page.locator(f"#tv-{name} .tv-drag").focus()
     page.keyboard.press("ArrowDown")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_server import RunningApp, start_app
-from browser_support import CHROMIUM, DESKTOP, IMAGE, new_page, open_tagged, queue_calls
+from browser_support import CHROMIUM, DESKTOP, IMAGE, new_page, open_format, open_tagged, queue_calls
 from gradio_client import Client, handle_file
 from playwright.sync_api import Browser, expect
 
@@ -176,7 +176,7 @@ def test_a_malformed_wildcard_gets_its_sentence_under_the_field(app: RunningApp,
     try:
         open_tagged(page, app)
         before = page.locator("#tag-string textarea").input_value()
-        page.get_by_text("Tag string", exact=True).click()
+        open_format(page)
         box = page.locator("#exclude textarea")
         box.fill("*")
         box.press("Enter")

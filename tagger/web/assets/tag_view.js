@@ -64,6 +64,7 @@
         payloadId: null,
         asked: null, // the floor the page asked more scores for
         askedRuling: null, // the key of the values it asked the server to read
+        widest: null, // the payload of this image with the lowest cutoff (answers may come out of order)
         rulings: new Map(), // values' key -> the server's reading of them (TagRules.fromRuling)
         hover: false, // the pointer is over the view
         held: new Map(), // normalised tag -> tag: excluded while the pointer was over the view, drawn in place
@@ -539,6 +540,7 @@
     s.config = config;
     try {
       if (payload && payload.ruling) s.rulings.set(payload.ruling.key, payload.ruling);
+      payload = widestPayload(s, payload);
       s.cards = parseCards(cardsText);
       applyOrder(s.cards.order);
       const { values: byName, built, error, ask } = readOptions(names, values, config.fields, s.cards, s.rulings);
@@ -607,6 +609,14 @@
       console.error(e);
       return [wrap(banner(`The tags could not be re-drawn: ${e && e.message ? e.message : e}`, "error")), undefined];
     }
+  }
+
+  /** This image's payload with the most scores seen so far: a late answer for a higher floor keeps them. */
+  function widestPayload(s, payload) {
+    if (!payload || payload.error) return payload;
+    if (s.widest && s.widest.id === payload.id && s.widest.cutoff <= payload.cutoff) return s.widest;
+    s.widest = payload;
+    return payload;
   }
 
   /**
