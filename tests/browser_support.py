@@ -77,6 +77,16 @@ def open_format(page: Page) -> None:
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 50))))")
 
 
+def type_into(page: Page, elem_id: str, text: str) -> None:
+    """Type ``text`` into a text option, as a person does, and check that Gradio kept it."""
+    box = page.locator(f"#{elem_id} textarea")
+    if elem_id == "category-thresholds" and not box.is_visible():
+        page.locator("#typed-toggle").click()  # the typed box is shown on request
+    box.fill(text)
+    box.press("Enter")
+    expect(box).to_have_value(text)
+
+
 def options(app: RunningApp, **values: object) -> TagOptions:
     """The options the page holds: the categories ticked when it opens, unless given."""
     return TagOptions.from_values(**{"categories": ticked_categories(app.context.vocab), **values})

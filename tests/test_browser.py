@@ -30,6 +30,7 @@ from browser_support import (
     queue_calls,
     selected,
     shown_categories,
+    type_into,
 )
 from playwright.sync_api import Browser, Page, expect
 
@@ -67,15 +68,6 @@ def set_number(page: Page, elem_id: str, value: object) -> None:
     number = page.locator(f"#{elem_id} input[type=number]")
     number.fill(str(value))
     number.press("Enter")
-
-
-def type_into(page: Page, elem_id: str, text: str) -> None:
-    box = page.locator(f"#{elem_id} textarea")
-    if elem_id == "category-thresholds" and not box.is_visible():
-        page.locator("#typed-toggle").click()  # the typed box is shown on request
-    box.fill(text)
-    box.press("Enter")
-    expect(box).to_have_value(text)
 
 
 def check_view(app: RunningApp, page: Page, scores: np.ndarray, **values: object) -> None:

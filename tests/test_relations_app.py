@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_server import RunningApp, start_app
-from browser_support import CHROMIUM, DESKTOP, IMAGE, new_page, open_format, open_tagged, queue_calls
+from browser_support import CHROMIUM, DESKTOP, IMAGE, new_page, open_format, open_tagged, queue_calls, type_into
 from gradio_client import Client, handle_file
 from playwright.sync_api import Browser, expect
 
@@ -177,14 +177,11 @@ def test_a_malformed_wildcard_gets_its_sentence_under_the_field(app: RunningApp,
         open_tagged(page, app)
         before = page.locator("#tag-string textarea").input_value()
         open_format(page)
-        box = page.locator("#exclude textarea")
-        box.fill("*")
-        box.press("Enter")
+        type_into(page, "exclude", "*")
         note = page.locator("#exclude .tv-field-error")
         expect(note).to_have_text(str(python.value))
         assert page.locator("#tag-string textarea").input_value() == before  # the last good tags stay
-        box.fill("*censor*, by *")
-        box.press("Enter")
+        type_into(page, "exclude", "*censor*, by *")
         expect(note).to_have_count(0)
     finally:
         page.context.close()
