@@ -93,9 +93,18 @@ _CHILD = """
 import ctypes, gc, os, signal, sys, tracemalloc
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
 TRACE = os.environ.get("SOAK_TRACE")  # where the report goes; tracing from the first SIGUSR1 when set
+COUNTS = os.environ.get("SOAK_COUNTS")  # live objects by type, one file per SIGUSR1 when set
 def trim(*_):  # SIGUSR1: what the allocator keeps once everything unused is given back
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if COUNTS:
+        counts = {}
+        for obj in gc.get_objects():
+            name = repr(type(obj))  # a class whose __module__ is a descriptor breaks the attribute route
+            counts[name] = counts.get(name, 0) + 1
+        trim.dumps = getattr(trim, "dumps", 0) + 1
+        with open(f"{COUNTS}.{trim.dumps}", "w") as out:
+            out.write("\\n".join(f"{n}\\t{k}" for k, n in counts.items()))
     if TRACE and not tracemalloc.is_tracing():  # after warm-up: trace what is allocated from now on
         tracemalloc.start(12)
     elif TRACE:  # the end: what was allocated since and is still alive
@@ -133,7 +142,29 @@ def folder_files(folder: Path) -> tuple[int, float]:
     return len(files), sum(p.stat().st_size for p in files if p.exists()) / MiB
 
 
-def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool) -> None:
+def assert_equal(got: object, expected: object) -> None:
+    assert got == expected, (got, expected)
+
+
+def print_count_growth(prefix: str, rounds: int) -> None:
+    """Live objects by type at the warm-up trim (dump 1) against the last trim: the types that grew."""
+
+    def read(path: Path) -> dict[str, int]:
+        return {k: int(n) for n, k in (line.split("\t") for line in path.read_text().splitlines())}
+
+    dumps = sorted(Path(prefix).parent.glob(Path(prefix).name + ".*"), key=lambda p: int(p.suffix[1:]))
+    first, last = read(dumps[0]), read(dumps[-1])
+    grown = sorted(((last.get(k, 0) - first.get(k, 0), k) for k in last | first), reverse=True)
+    print(
+        f"\nlive objects by type (gc), warm-up trim -> end, {rounds} rounds: total {sum(first.values())} -> "
+        f"{sum(last.values())}"
+    )
+    for delta, name in grown[:15]:
+        if delta > 0:
+            print(f"  {delta:+d} {name} ({first.get(name, 0)} -> {last.get(name, 0)})")
+
+
+def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool, only: str | None, counting: bool) -> None:
     import asyncio
     import base64
     import signal
@@ -149,13 +180,19 @@ def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool) -> Non
     cache = Path(tempfile.mkdtemp(prefix="soak-cache-"))
     log = tempfile.NamedTemporaryFile(prefix="soak-log-", suffix=".txt", delete=False)  # noqa: SIM115
     trace = log.name + ".trace" if tracing else None
+    counts = log.name + ".counts" if counting else None
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(ROOT)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
-        env={**os.environ, "GRADIO_TEMP_DIR": str(cache), **({"SOAK_TRACE": trace} if trace else {})},
+        env={
+            **os.environ,
+            "GRADIO_TEMP_DIR": str(cache),
+            **({"SOAK_TRACE": trace} if trace else {}),
+            **({"SOAK_COUNTS": counts} if counts else {}),
+        },
     )
     assert child.stdout is not None and child.stdin is not None
     url = next(line.split()[1] for line in child.stdout if line.startswith("URL "))
@@ -213,11 +250,17 @@ def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool) -> Non
             await session.initialize()
             return [(await session.call_tool("tag", {"image": image})).isError for image in images]
 
+    kinds = {
+        "cutoff": cut_off_upload,
+        "refused": lambda: assert_equal(refused_requests(), [413, 413]),
+        "url": refused_url,
+        "mcp": lambda: assert_equal(asyncio.run(mcp_calls()), [False, True, True]),
+    }
+
     def one_round() -> None:
-        cut_off_upload()
-        assert refused_requests() == [413, 413]
-        refused_url()
-        assert asyncio.run(mcp_calls()) == [False, True, True]
+        for kind, call in kinds.items():
+            if only in (None, kind):
+                call()
 
     def trimmed_rss() -> float:
         child.send_signal(signal.SIGUSR1)
@@ -265,9 +308,11 @@ def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool) -> Non
         f"{rounds - warm_rounds} rounds past the warm-up (tolerance {tolerance:.0f} MiB); server threads "
         f"{warm_threads} after warm-up, {proc_threads(child.pid)} at the end\n"
         f"cache {start_files} files {start_mib:.2f} MiB -> {end_files} files {end_mib:.2f} MiB; "
-        f"{rounds} rounds of 7 abusive requests; the app logged {len(ours)} lines ({len(ours) / (rounds + 1):.1f} a "
+        f"{rounds} rounds of {only or 'all'} abuse; the app logged {len(ours)} lines ({len(ours) / (rounds + 1):.1f} a "
         f"round), {sum('Traceback' in line for line in lines)} tracebacks"
     )
+    if counts:
+        print_count_growth(counts, rounds - warm_rounds)
     if trace:
         print("\ntracemalloc in the server, from the warm-up trim to the end (after gc), top 20 by traceback:\n")
         print(Path(trace).read_text())
@@ -277,6 +322,8 @@ def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool) -> Non
     os.unlink(log.name)
     if trace:
         os.unlink(trace)
+    for dump in Path(log.name).parent.glob(Path(log.name).name + ".counts.*"):
+        dump.unlink()
     shutil.rmtree(cache, ignore_errors=True)
 
 
@@ -286,6 +333,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=30, metavar="SECONDS", help="abuse before the baseline")
     parser.add_argument("--tolerance", type=float, default=5, metavar="MIB", help="growth after trim still flat")
     parser.add_argument("--trace", action="store_true", help="tracemalloc in the server: what grew after warm-up")
+    parser.add_argument("--only", choices=["cutoff", "refused", "url", "mcp"], help="one kind of abuse only")
+    parser.add_argument("--counts", action="store_true", help="live objects by type in the server: what grew")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--no-trim", action="store_true", help="do not release memory after requests")
@@ -293,7 +342,7 @@ def main() -> None:
     parser.add_argument("--vocab")
     args = parser.parse_args()
     if args.abuse:
-        abuse(args.abuse, args.warmup, args.tolerance, args.trace)
+        abuse(args.abuse, args.warmup, args.tolerance, args.trace, args.only, args.counts)
         return
 
     import gradio as gr
