@@ -94,6 +94,45 @@ import ctypes, gc, os, signal, sys, tracemalloc
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
 TRACE = os.environ.get("SOAK_TRACE")  # where the report goes; tracing from the first SIGUSR1 when set
 COUNTS = os.environ.get("SOAK_COUNTS")  # live objects by type, one file per SIGUSR1 when set
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+def allocator_stats():  # glibc (all arenas) and pymalloc: native memory that gc does not see
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    stats = {"glibc heap bytes": info.arena, "glibc bytes in use": info.uordblks, "glibc free bytes": info.fordblks,
+             "glibc mmapped bytes": info.hblkhd, "pymalloc blocks": sys.getallocatedblocks(),
+             "threads": len(os.listdir("/proc/self/task"))}
+    with open("/proc/self/smaps") as smaps:  # resident bytes by kind of mapping
+        kind = None
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                name = fields[5] if len(fields) > 5 else ""
+                if name.startswith("["):
+                    kind = name
+                elif name:
+                    kind = "files"
+                else:  # thread heaps are 64 MiB mappings; the rest: pymalloc arenas, big blocks
+                    kind = "anonymous 64 MiB" if end - start == 64 * 2**20 else "anonymous other"
+            elif fields[0] == "Rss:":
+                key = "RSS " + kind
+                stats[key] = stats.get(key, 0) + int(fields[1]) * 1024
+    import tempfile
+    with tempfile.TemporaryFile("w+") as out:  # _debugmallocstats writes to the C stderr
+        saved = os.dup(2); os.dup2(out.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2); os.close(saved)
+        out.seek(0)
+        for line in out:
+            if line.startswith("# arenas allocated current") or line.startswith("# bytes in allocated blocks"):
+                key, value = line[2:].rsplit("=", 1)
+                stats["pymalloc " + key.strip()] = int(value.strip().replace(",", ""))
+    return stats
 def trim(*_):  # SIGUSR1: what the allocator keeps once everything unused is given back
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -102,6 +141,7 @@ def trim(*_):  # SIGUSR1: what the allocator keeps once everything unused is giv
         for obj in gc.get_objects():
             name = repr(type(obj))  # a class whose __module__ is a descriptor breaks the attribute route
             counts[name] = counts.get(name, 0) + 1
+        counts.update({"@" + k: v for k, v in allocator_stats().items()})
         trim.dumps = getattr(trim, "dumps", 0) + 1
         with open(f"{COUNTS}.{trim.dumps}", "w") as out:
             out.write("\\n".join(f"{n}\\t{k}" for k, n in counts.items()))
@@ -154,14 +194,17 @@ def print_count_growth(prefix: str, rounds: int) -> None:
 
     dumps = sorted(Path(prefix).parent.glob(Path(prefix).name + ".*"), key=lambda p: int(p.suffix[1:]))
     first, last = read(dumps[0]), read(dumps[-1])
-    grown = sorted(((last.get(k, 0) - first.get(k, 0), k) for k in last | first), reverse=True)
-    print(
-        f"\nlive objects by type (gc), warm-up trim -> end, {rounds} rounds: total {sum(first.values())} -> "
-        f"{sum(last.values())}"
-    )
+    allocator = sorted(k for k in first if k.startswith("@"))  # not types: the allocator's own figures
+    types = [k for k in last | first if not k.startswith("@")]
+    grown = sorted(((last.get(k, 0) - first.get(k, 0), k) for k in types), reverse=True)
+    total = [sum(counts.get(k, 0) for k in types) for counts in (first, last)]
+    print(f"\nlive objects by type (gc), warm-up trim -> end, {rounds} rounds: total {total[0]} -> {total[1]}")
     for delta, name in grown[:15]:
         if delta > 0:
             print(f"  {delta:+d} {name} ({first.get(name, 0)} -> {last.get(name, 0)})")
+    print("allocator, warm-up trim -> end:")
+    for name in allocator:
+        print(f"  {name[1:]}: {first[name]:,} -> {last.get(name, 0):,} ({last.get(name, 0) - first[name]:+,})")
 
 
 def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool, only: str | None, counting: bool) -> None:
