@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -130,31 +130,29 @@ def read_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
             data = [data]
         if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
             raise RelationsError(f"{path}: expected a JSON list of objects with antecedent_name and consequent_name.")
-        rows: Iterable[Mapping] = data
-    else:
-        reader = csv.reader(io.StringIO(text))
-        header = next(reader, [])
-        wanted = ("antecedent_name", "consequent_name", "status")
-        if not set(wanted) <= set(header):
-            raise RelationsError(
-                f"{path}: not an e621 export (expected the columns antecedent_name, consequent_name, status)."
-            )
-        a, c, st = (header.index(name) for name in wanted)
-        last = max(a, c, st)
-        # Plain rows by column position: a third of DictReader's time on the e621 export's size.
-        return [
-            (row[a], row[c])
-            for row in reader
-            if len(row) > last and row[st] == "active" and row[a].strip() and row[c].strip()
-        ]
-    pairs = []
-    for row in rows:
-        antecedent, consequent = row.get("antecedent_name"), row.get("consequent_name")
-        if not isinstance(antecedent, str) or not isinstance(consequent, str):
-            raise RelationsError(f"{path}: a row without antecedent_name and consequent_name: {str(row)[:200]}.")
-        if row.get("status") == "active" and antecedent.strip() and consequent.strip():
-            pairs.append((antecedent, consequent))
-    return pairs
+        pairs = []
+        for row in data:
+            antecedent, consequent = row.get("antecedent_name"), row.get("consequent_name")
+            if not isinstance(antecedent, str) or not isinstance(consequent, str):
+                raise RelationsError(f"{path}: a row without antecedent_name and consequent_name: {str(row)[:200]}.")
+            if row.get("status") == "active" and antecedent.strip() and consequent.strip():
+                pairs.append((antecedent, consequent))
+        return pairs
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    wanted = ("antecedent_name", "consequent_name", "status")
+    if not set(wanted) <= set(header):
+        raise RelationsError(
+            f"{path}: not an e621 export (expected the columns antecedent_name, consequent_name, status)."
+        )
+    a, c, st = (header.index(name) for name in wanted)
+    last = max(a, c, st)
+    # Plain rows by column position: a third of DictReader's time on the e621 export's size.
+    return [
+        (row[a], row[c])
+        for row in reader
+        if len(row) > last and row[st] == "active" and row[a].strip() and row[c].strip()
+    ]
 
 
 # -- the name graph -----------------------------------------------------------------------------
@@ -217,14 +215,7 @@ class Relations:
         sources: Sequence[str] = (),
     ) -> Relations:
         """Relations from ``(antecedent, consequent)`` rows; ``RelationsError`` names any cycle."""
-        keys: dict[str, str] = {}  # names repeat (every child of a parent names it): normalise each once
-
-        def key(name: str) -> str:
-            k = keys.get(name)
-            if k is None:
-                k = keys[name] = normalize_tag(name)
-            return k
-
+        key = lru_cache(maxsize=None)(normalize_tag)  # names repeat (every child names its parent): once each
         spelling: dict[str, str] = {}  # only alias targets are shown under a name from the files
         direct: dict[str, str] = {}
         alias_rows = 0
@@ -253,16 +244,9 @@ class Relations:
             children = graph.get(a, ())
             if c not in children:
                 graph[a] = (*children, c)  # tuples: a few consequents each, far less memory than lists
-        keys.clear()
+        key.cache_clear()
         _refuse_cycles(graph, "implications")
-        return cls(
-            graph,
-            resolved,
-            spelling,
-            implication_rows,
-            alias_rows,
-            tuple(sources),
-        )
+        return cls(graph, resolved, spelling, implication_rows, alias_rows, tuple(sources))
 
 
 _LOADED: dict[tuple, Relations] = {}
@@ -381,9 +365,7 @@ class VocabRelations:
 def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> RelationReport:
     """Map ``relations`` onto ``vocab`` and hang them on it (``vocab.relations``)."""
     aliases = relations.aliases
-    nodes = set(relations.implications)
-    for consequents in relations.implications.values():
-        nodes.update(consequents)
+    nodes = set(relations.implications).union(*relations.implications.values())
     names = list(vocab.tags)
     keys: list[str] = []
     renamed = 0
@@ -427,22 +409,13 @@ def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> Relati
 
     ptr = np.zeros(len(vocab) + 1, dtype=np.int64)
     flat: list[int] = []
-    matched: set[tuple[str, str]] = set()
-    missing: set[str] = set()
     for i, k in enumerate(keys):
-        if k not in relations.implications:
-            ptr[i + 1] = ptr[i]
-            continue
-        found = sorted({t for name in close(k) for t in by_key.get(name, ()) if t != i})
-        flat.extend(found)
-        ptr[i + 1] = ptr[i] + len(found)
-    for a, consequents in relations.implications.items():
-        for c in consequents:
-            if a in by_key and c in by_key:
-                matched.add((a, c))
-            for name in (a, c):
-                if name not in by_key:
-                    missing.add(name)
+        if k in relations.implications:
+            flat.extend(sorted({t for name in close(k) for t in by_key.get(name, ()) if t != i}))
+        ptr[i + 1] = len(flat)
+    graph = relations.implications
+    matched = {(a, c) for a, consequents in graph.items() if a in by_key for c in consequents if c in by_key}
+    missing = {name for a, consequents in graph.items() for name in (a, *consequents) if name not in by_key}
     idx = np.asarray(flat, dtype=np.int32)
 
     shown_index: dict[str, list[int]] = {}
