@@ -93,9 +93,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _selection(args: argparse.Namespace, options: TagOptions) -> Selection:
-    """The app's rules when a rule option was given, else the authors' (see ``build_parser``)."""
-    if any(getattr(args, name) is not None for name in RULE_OPTIONS):
+def _selection(args: argparse.Namespace, options: TagOptions, rules: bool) -> Selection:
+    """The app's rules when a rule option was given (``rules``), else the authors' (see ``build_parser``)."""
+    if rules:
         return replace(options.selection, topk=args.topk)
     authors = replace(options.selection, category_thresholds={}, floor=args.floor or 0.0)
     if args.threshold is not None:
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         return 2
     try:
         options = options_from_args(args)
-        selection = _selection(args, options)
+        selection = _selection(args, options, rules)
         check_relation_arguments(args, options)
     except SelectionError as e:
         print(f"error: {e}", file=sys.stderr)

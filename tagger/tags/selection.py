@@ -264,15 +264,11 @@ def select_tags(scores: np.ndarray, vocab: Vocabulary, selection: Selection | No
         names = relations.names
         if selection.implied == "remove":
             picked = picked[~np.isin(picked, relations.ancestors_of(picked)[0])]
-        shown: set[str] = set()
-        unique = []
         keys = relations.keys
+        best: dict[str, int] = {}
         for i in picked:
-            key = keys[i]
-            if key not in shown:  # an aliased tag and the tag it points to: the best one
-                shown.add(key)
-                unique.append(i)
-        picked = np.asarray(unique, dtype=np.int64)
+            best.setdefault(keys[i], i)  # an aliased tag and the tag it points to: the best one
+        picked = np.asarray(list(best.values()), dtype=np.int64)
     if selection.topk is not None:
         picked = picked[: selection.topk]
     return [TagScore(names[i], float(scores[i]), vocab.category_of(i), int(i)) for i in picked]
