@@ -205,14 +205,12 @@ class Relations:
     spelling: Mapping[str, str]  # a name as the files write it, with spaces, for display
     implication_rows: int = 0
     alias_rows: int = 0
-    sources: tuple[str, ...] = ()
 
     @classmethod
     def from_pairs(
         cls,
         implications: Iterable[tuple[str, str]] = (),
         aliases: Iterable[tuple[str, str]] = (),
-        sources: Sequence[str] = (),
     ) -> Relations:
         """Relations from ``(antecedent, consequent)`` rows; ``RelationsError`` names any cycle."""
         key = lru_cache(maxsize=None)(normalize_tag)  # names repeat (every child names its parent): once each
@@ -246,7 +244,7 @@ class Relations:
                 graph[a] = (*children, c)  # tuples: a few consequents each, far less memory than lists
         key.cache_clear()
         _refuse_cycles(graph, "implications")
-        return cls(graph, resolved, spelling, implication_rows, alias_rows, tuple(sources))
+        return cls(graph, resolved, spelling, implication_rows, alias_rows)
 
 
 _LOADED: dict[tuple, Relations] = {}
@@ -272,7 +270,6 @@ def load_relations(
             _LOADED[key] = Relations.from_pairs(
                 (pair for p in imp_paths for pair in read_pairs(p)),
                 (pair for p in alias_paths for pair in read_pairs(p)),
-                sources=[*implications, *aliases],
             )
         return _LOADED[key]
 
@@ -313,7 +310,6 @@ class VocabRelations:
     ancestor_idx: np.ndarray
     report: RelationReport
     _lift_src: np.ndarray = field(init=False, repr=False)
-    _lift_dst: np.ndarray = field(init=False, repr=False)
     _lift_starts: np.ndarray = field(init=False, repr=False)
     _lift_targets: np.ndarray = field(init=False, repr=False)
 
@@ -322,8 +318,7 @@ class VocabRelations:
         src = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
         order = np.argsort(self.ancestor_idx, kind="stable")
         self._lift_src = src[order]
-        self._lift_dst = self.ancestor_idx[order]
-        targets, starts = np.unique(self._lift_dst, return_index=True)
+        targets, starts = np.unique(self.ancestor_idx[order], return_index=True)
         self._lift_targets, self._lift_starts = targets.astype(np.int64), starts
 
     @cached_property
