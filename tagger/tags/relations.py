@@ -46,12 +46,6 @@ DOWNLOAD_TIMEOUT_S = 60
 ARTIST_PREFIX = "by "
 
 
-def cache_folder() -> Path:
-    """Where downloaded relation files are kept: ``$TAGGER_CACHE`` or ``~/.cache/tagger``."""
-    base = os.environ.get("TAGGER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tagger")
-    return Path(base) / "relations"
-
-
 def sources_from_env(name: str, env: Mapping[str, str] | None = None) -> list[str]:
     """The sources an environment variable names, separated by whitespace or commas."""
     value = (os.environ if env is None else env).get(name, "")
@@ -61,8 +55,11 @@ def sources_from_env(name: str, env: Mapping[str, str] | None = None) -> list[st
 # -- reading files ------------------------------------------------------------------------------
 
 
-def _download(url: str, folder: Path) -> Path:
-    """``url`` saved once under ``folder``; later calls (any process) reuse the file."""
+def _download(url: str) -> Path:
+    """``url`` saved once under ``$TAGGER_CACHE/relations`` (default ``~/.cache/tagger``); later
+    calls (any process) reuse the file."""
+    base = os.environ.get("TAGGER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tagger")
+    folder = Path(base) / "relations"
     name = os.path.basename(urllib.parse.urlparse(url).path) or "relations"
     target = folder / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
     if target.is_file():
@@ -88,7 +85,7 @@ def _download(url: str, folder: Path) -> Path:
 def resolve_source(source: str, repo: str | None = None, revision: str | None = None) -> Path:
     """A local file for ``source``: a path, an http(s) URL or ``hub:FILENAME``."""
     if re.match(r"https?://", source, re.IGNORECASE):
-        return _download(source, cache_folder())
+        return _download(source)
     if source.startswith("hub:"):
         from tagger.engine.hub import DEFAULT_REPO, hub_file  # the Hub client only when asked for
         from tagger.errors import ResolutionError
