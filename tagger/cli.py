@@ -15,13 +15,14 @@ status is 1 at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from tagger.engine.hub import resolve_model_files
 from tagger.engine.synthetic import DEMO_WARNING, demo_files
@@ -108,15 +109,15 @@ def _load(args: argparse.Namespace) -> Tagger | OnnxTagger:
         files = onnx_model_files(args)
         return OnnxTagger(files.checkpoint, files.vocab, max_size=args.max_size)
 
-    def load(checkpoint: str | os.PathLike[str], vocab: str | os.PathLike[str]) -> Tagger:
-        return Tagger(checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=args.max_size)
-
+    model_files: contextlib.AbstractContextManager[tuple[Path, Path]]
     if args.demo:
         print(f"warning: {DEMO_WARNING}", file=sys.stderr)
-        with demo_files() as (checkpoint, vocab):  # loaded into memory, then the folder is removed
-            return load(checkpoint, vocab)
-    files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
-    return load(files.checkpoint, files.vocab)
+        model_files = demo_files()  # loaded into memory, then the folder is removed
+    else:
+        files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
+        model_files = contextlib.nullcontext((files.checkpoint, files.vocab))
+    with model_files as (checkpoint, vocab):
+        return Tagger(checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=args.max_size)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
