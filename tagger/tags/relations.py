@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from tagger.engine.vocab import Vocabulary, normalize_tag
-from tagger.errors import RelationsError
+from tagger.errors import RelationsError, ResolutionError
 
 log = logging.getLogger("tagger")
 
@@ -88,7 +88,6 @@ def resolve_source(source: str, repo: str | None = None, revision: str | None = 
         return _download(source)
     if source.startswith("hub:"):
         from tagger.engine.hub import DEFAULT_REPO, hub_file  # the Hub client only when asked for
-        from tagger.errors import ResolutionError
 
         try:
             return hub_file(source[len("hub:") :], repo or os.environ.get("TAGGER_REPO") or DEFAULT_REPO, revision)
