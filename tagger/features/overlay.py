@@ -102,17 +102,14 @@ _INFERNO_STOPS = np.array(
     [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]],
     dtype=np.float32,
 )
-COLORMAP_LUT: np.ndarray = (
-    np.stack(  # [256, 3]
-        [
-            np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_INFERNO_STOPS)), _INFERNO_STOPS[:, ch])
-            for ch in range(3)
-        ],
-        axis=-1,
-    )
-    .round()
-    .astype(np.uint8)
+_LUT = np.stack(
+    [
+        np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_INFERNO_STOPS)), _INFERNO_STOPS[:, ch])
+        for ch in range(3)
+    ],
+    axis=-1,
 )
+COLORMAP_LUT: np.ndarray = np.rint(_LUT).astype(np.uint8)  # [256, 3]
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
