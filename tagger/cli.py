@@ -15,13 +15,14 @@ status is 1 at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from tagger.engine.hub import resolve_model_files
 from tagger.engine.synthetic import DEMO_WARNING, demo_files
@@ -93,9 +94,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _selection(args: argparse.Namespace, options: TagOptions) -> Selection:
-    """The app's rules when a rule option was given, else the authors' (see ``build_parser``)."""
-    if any(getattr(args, name) is not None for name in RULE_OPTIONS):
+def _selection(args: argparse.Namespace, options: TagOptions, rules: bool) -> Selection:
+    """The app's rules when a rule option was given (``rules``), else the authors' (see ``build_parser``)."""
+    if rules:
         return replace(options.selection, topk=args.topk)
     authors = replace(options.selection, category_thresholds={}, floor=args.floor or 0.0)
     if args.threshold is not None:
@@ -108,15 +109,15 @@ def _load(args: argparse.Namespace) -> Tagger | OnnxTagger:
         files = onnx_model_files(args)
         return OnnxTagger(files.checkpoint, files.vocab, max_size=args.max_size)
 
-    def load(checkpoint: str | os.PathLike[str], vocab: str | os.PathLike[str]) -> Tagger:
-        return Tagger(checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=args.max_size)
-
+    model_files: contextlib.AbstractContextManager[tuple[Path, Path]]
     if args.demo:
         print(f"warning: {DEMO_WARNING}", file=sys.stderr)
-        with demo_files() as (checkpoint, vocab):  # loaded into memory, then the folder is removed
-            return load(checkpoint, vocab)
-    files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
-    return load(files.checkpoint, files.vocab)
+        model_files = demo_files()  # loaded into memory, then the folder is removed
+    else:
+        files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
+        model_files = contextlib.nullcontext((files.checkpoint, files.vocab))
+    with model_files as (checkpoint, vocab):
+        return Tagger(checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=args.max_size)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -134,7 +135,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         return 2
     try:
         options = options_from_args(args)
-        selection = _selection(args, options)
+        selection = _selection(args, options, rules)
         check_relation_arguments(args, options)
     except SelectionError as e:
         print(f"error: {e}", file=sys.stderr)

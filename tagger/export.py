@@ -31,6 +31,7 @@ to install.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -319,24 +320,22 @@ def _export(args: argparse.Namespace, out: Path, graphs: list[str], variants: li
     from tagger.engine.synthetic import DEMO_WARNING, demo_files
     from tagger.engine.weights import load_model
 
-    def run(checkpoint: str | os.PathLike[str], vocab_path: str | os.PathLike[str]) -> int:
-        vocab = Vocabulary.load(vocab_path)
-        model = load_model(checkpoint, dtype=torch.float32, head_dtype=torch.float32, expected_num_tags=len(vocab))
-        written = export_all(
-            model, vocab, Path(vocab_path), out, graphs=graphs, variants=variants, wd14_size=args.wd14_size
-        )
-        for path in written:
-            data = path.parent / (path.name + ".data")
-            size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-            print(f"{path}  {size / 2**20:,.1f} MiB")
-        return 0
-
+    model_files: contextlib.AbstractContextManager[tuple[Path, Path]]
     if args.demo:
         print(f"warning: {DEMO_WARNING}", file=sys.stderr)
-        with demo_files() as (checkpoint, vocab_path):
-            return run(checkpoint, vocab_path)
-    files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
-    return run(files.checkpoint, files.vocab)
+        model_files = demo_files()
+    else:
+        files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
+        model_files = contextlib.nullcontext((files.checkpoint, files.vocab))
+    with model_files as (checkpoint, vocab_path):
+        vocab = Vocabulary.load(vocab_path)
+        model = load_model(checkpoint, dtype=torch.float32, head_dtype=torch.float32, expected_num_tags=len(vocab))
+        written = export_all(model, vocab, vocab_path, out, graphs=graphs, variants=variants, wd14_size=args.wd14_size)
+    for path in written:
+        data = path.parent / (path.name + ".data")
+        size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+        print(f"{path}  {size / 2**20:,.1f} MiB")
+    return 0
 
 
 if __name__ == "__main__":

@@ -199,18 +199,19 @@ OUTPUT_ROOT = Path(tempfile.gettempdir()) / "tagger-batch"
 OUTPUT_MAX_AGE_S = 24 * 3600
 
 
-def new_output_dir(root: Path = OUTPUT_ROOT, max_age_s: float = OUTPUT_MAX_AGE_S) -> Path:
-    """A fresh directory per request; directories older than ``max_age_s`` are removed first
-    (Gradio copies returned files into its own cache, so ours are only needed briefly)."""
-    root.mkdir(parents=True, exist_ok=True)
-    cutoff = time.time() - max_age_s
-    for old in root.iterdir():
+def new_output_dir() -> Path:
+    """A fresh directory per request under ``OUTPUT_ROOT``; directories older than
+    ``OUTPUT_MAX_AGE_S`` are removed first (Gradio copies returned files into its own cache,
+    so ours are only needed briefly)."""
+    OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - OUTPUT_MAX_AGE_S
+    for old in OUTPUT_ROOT.iterdir():
         try:
             if old.is_dir() and old.stat().st_mtime < cutoff:
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:
             continue
-    return Path(tempfile.mkdtemp(prefix="batch-", dir=root))
+    return Path(tempfile.mkdtemp(prefix="batch-", dir=OUTPUT_ROOT))
 
 
 def run_batch(
@@ -232,7 +233,6 @@ def run_batch(
     (default: a new directory under ``OUTPUT_ROOT``).
     """
     started = time.perf_counter()
-    limits = limits or BatchLimits()
     inputs = collect_inputs(paths, limits)  # refuse a bad request before creating anything
     directory = Path(out_dir) if out_dir is not None else new_output_dir()
     calls = 0

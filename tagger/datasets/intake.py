@@ -41,7 +41,6 @@ def _supported_extensions() -> frozenset[str]:
 
 
 IMAGE_EXTENSIONS: frozenset[str] = _supported_extensions()
-ZIP_EXTENSIONS: frozenset[str] = frozenset({".zip"})
 
 MiB = 1024 * 1024
 
@@ -151,16 +150,8 @@ def is_skipped(path: str) -> bool:
     return parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts)
 
 
-def _is_symlink(info: zipfile.ZipInfo) -> bool:
-    return stat.S_ISLNK(info.external_attr >> 16)
-
-
 def _display_name(path: str | os.PathLike) -> str:
     return os.path.basename(os.fsdecode(path))
-
-
-def _short(error: BaseException) -> str:
-    return shorten(str(error) or type(error).__name__, 200)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,13 +255,9 @@ def _check_zip_directory(fp: BinaryIO, shown: str, limits: BatchLimits) -> None:
             except UnicodeDecodeError:
                 raise UploadError(
                     f"Refused {shown}: the name of entry {count:,} is marked as UTF-8 but is not valid UTF-8 "
-                    f"({_shown_bytes(name)}); re-create the zip with a current zip tool."
+                    f"({shorten(name.decode('utf-8', 'replace'), 60)!r}); re-create the zip with a current zip tool."
                 ) from None
         position += _ENTRY.size + name_length + extra_length + comment_length
-
-
-def _shown_bytes(name: bytes) -> str:
-    return repr(shorten(name.decode("utf-8", "replace"), 60))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +355,9 @@ class BatchInputs:
                 _check_zip_directory(fp, shown, self.limits)
             archive = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, UnicodeDecodeError, struct.error) as e:
-            raise UploadError(f"{shown} is not a readable zip archive ({_short(e)}).") from None
+            raise UploadError(
+                f"{shown} is not a readable zip archive ({shorten(str(e) or type(e).__name__, 200)})."
+            ) from None
         self._archives[path] = archive
         infos = archive.infolist()
         limits = self.limits
@@ -379,7 +368,7 @@ class BatchInputs:
             # Every entry is checked, skipped ones too: an archive with an escaping or linked
             # path is malformed or hostile, and refusing it whole is the clearest answer.
             name = sanitize_path(info.filename)
-            if _is_symlink(info):
+            if stat.S_ISLNK(info.external_attr >> 16):
                 raise UploadError(f"Refused {shown}: the entry {info.filename!r} is a symbolic link.")
             if info.is_dir():
                 continue
@@ -468,7 +457,7 @@ def collect_inputs(paths: Iterable[str | os.PathLike[str]], limits: BatchLimits 
     inputs = BatchInputs(limits)
     try:
         for path in files:
-            if Path(path).suffix.lower() in ZIP_EXTENSIONS:
+            if Path(path).suffix.lower() == ".zip":
                 inputs._add_zip(path)
             else:
                 inputs._add_file(path)

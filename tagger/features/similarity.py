@@ -39,59 +39,13 @@ def cosine_similarity(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor
 
 
 @dataclass
-class ZipPairs:
-    """A zip's images split into its two top-level folders and paired by stem (the path
-    inside the folder without its extension: ``a/x/cat.png`` pairs with ``b/x/cat.jpg``)."""
-
-    folders: tuple[str, str]
-    pairs: list[tuple[str, BatchItem, BatchItem]]  # (stem, image in A, image in B)
-    unmatched: list[str]  # images with no partner (or a second file with the same stem)
-    ignored: list[str]  # not images, hidden files, or not inside either folder
-
-
-def pair_inputs(inputs: BatchInputs) -> ZipPairs:
-    """Pair the images of a zip read by ``tagger.datasets.batch.collect_inputs`` (which already refused
-    unsafe paths, links and zip bombs, and skipped ``__MACOSX`` and dotfiles). A single
-    wrapping folder (``pairs/a``, ``pairs/b``: a zip made from the parent folder) is looked
-    through. ``FeatureError`` unless exactly two folders hold images."""
-    depth = wrapper_depth([item.name for item in inputs.items])
-    files = [(PurePosixPath(*PurePosixPath(item.name).parts[depth:]), item) for item in inputs.items]
-    # collect_inputs lists resource forks and dotfiles among its skipped names; they are noise here.
-    ignored = [n for n in inputs.skipped if not is_skipped(n)]
-    folders: dict[str, dict[str, list[BatchItem]]] = {}
-    for path, item in files:
-        if len(path.parts) < 2:  # a file beside the folders
-            ignored.append(item.name)
-            continue
-        stem = str(PurePosixPath(*path.parts[1:]).with_suffix(""))
-        folders.setdefault(path.parts[0], {}).setdefault(stem, []).append(item)
-    if len(folders) != 2:
-        found = ", ".join(sorted(folders)) or "none"
-        raise FeatureError(
-            f"The zip must hold exactly two top-level folders of images to pair by file name; found: {found}."
-        )
-    name_a, name_b = sorted(folders)
-    a, b = folders[name_a], folders[name_b]
-    pairs: list[tuple[str, BatchItem, BatchItem]] = []
-    unmatched: list[str] = []
-    for stem in sorted(set(a) | set(b)):
-        in_a = sorted(a.get(stem, []), key=lambda i: i.name)
-        in_b = sorted(b.get(stem, []), key=lambda i: i.name)
-        if in_a and in_b:
-            pairs.append((stem, in_a[0], in_b[0]))
-            in_a, in_b = in_a[1:], in_b[1:]  # a second x.png / x.jpg in one folder has no partner
-        unmatched.extend(i.name for i in in_a + in_b)
-    return ZipPairs((name_a, name_b), pairs, unmatched, ignored)
-
-
-@dataclass
 class BatchSimilarity:
     """Per-pair scores of a zip of two folders, with what could not be scored."""
 
     folders: tuple[str, str]
     rows: list[tuple[str, str, str, float]] = field(default_factory=list)  # (stem, file A, file B, similarity)
-    unmatched: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)  # images with no partner (or a second file with the same stem)
+    ignored: list[str] = field(default_factory=list)  # not images, hidden files, or not inside either folder
     errors: list[tuple[str, str]] = field(default_factory=list)  # (file, message)
 
     def stats(self) -> dict:
@@ -126,6 +80,45 @@ class BatchSimilarity:
         with open(jsonl_path, "w", encoding="utf-8", newline="\n") as out:
             out.writelines(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs)
         return csv_path, jsonl_path
+
+
+def pair_inputs(inputs: BatchInputs) -> tuple[BatchSimilarity, list[tuple[str, BatchItem, BatchItem]]]:
+    """A zip's images split into its two top-level folders and paired by stem (the path inside
+    the folder without its extension: ``a/x/cat.png`` pairs with ``b/x/cat.jpg``): the result
+    to score into (folders, unmatched and ignored names) and the pairs (stem, image in A, in B).
+
+    ``inputs`` comes from ``collect_inputs``, which already refused unsafe paths, links and zip
+    bombs, and skipped ``__MACOSX`` and dotfiles. A single wrapping folder (``pairs/a``,
+    ``pairs/b``: a zip made from the parent folder) is looked through. ``FeatureError`` unless
+    exactly two folders hold images."""
+    depth = wrapper_depth([item.name for item in inputs.items])
+    files = [(PurePosixPath(*PurePosixPath(item.name).parts[depth:]), item) for item in inputs.items]
+    # collect_inputs lists resource forks and dotfiles among its skipped names; they are noise here.
+    ignored = [n for n in inputs.skipped if not is_skipped(n)]
+    folders: dict[str, dict[str, list[BatchItem]]] = {}
+    for path, item in files:
+        if len(path.parts) < 2:  # a file beside the folders
+            ignored.append(item.name)
+            continue
+        stem = str(PurePosixPath(*path.parts[1:]).with_suffix(""))
+        folders.setdefault(path.parts[0], {}).setdefault(stem, []).append(item)
+    if len(folders) != 2:
+        found = ", ".join(sorted(folders)) or "none"
+        raise FeatureError(
+            f"The zip must hold exactly two top-level folders of images to pair by file name; found: {found}."
+        )
+    name_a, name_b = sorted(folders)
+    a, b = folders[name_a], folders[name_b]
+    pairs: list[tuple[str, BatchItem, BatchItem]] = []
+    unmatched: list[str] = []
+    for stem in sorted(set(a) | set(b)):
+        in_a = sorted(a.get(stem, []), key=lambda i: i.name)
+        in_b = sorted(b.get(stem, []), key=lambda i: i.name)
+        if in_a and in_b:
+            pairs.append((stem, in_a[0], in_b[0]))
+            in_a, in_b = in_a[1:], in_b[1:]  # a second x.png / x.jpg in one folder has no partner
+        unmatched.extend(i.name for i in in_a + in_b)
+    return BatchSimilarity((name_a, name_b), unmatched=unmatched, ignored=ignored), pairs
 
 
 def parse_url_pairs(text: str, max_pairs: int) -> list[tuple[str, str]]:
@@ -170,9 +163,8 @@ def batch_similarity(
     if PurePosixPath(path).suffix.lower() != ".zip":
         raise FeatureError("Please give the archive a .zip file name.")
     with collect_inputs([path], limits) as inputs:
-        listing = pair_inputs(inputs)
-        result = BatchSimilarity(listing.folders, unmatched=listing.unmatched, ignored=listing.ignored)
-        pairs = [(stem, (a.name, a), (b.name, b)) for stem, a, b in listing.pairs]
+        result, listing = pair_inputs(inputs)
+        pairs = [(stem, (a.name, a), (b.name, b)) for stem, a, b in listing]
         return score_pairs(
             result, pairs, lambda item, name: prepare(inputs.read(item), name=name), descriptors, progress
         )

@@ -62,12 +62,11 @@ def export_root(graph: Path) -> Path:
     return graph.parent.parent if graph.parent.name in GRAPHS else graph.parent
 
 
-def _session(path: Path, threads: int | None) -> Any:
+def _session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
@@ -88,28 +87,24 @@ def _config(session: Any, path: Path) -> TaggerConfig:
 class OnnxTagger:
     """``OnnxTagger("export/")`` or ``OnnxTagger("export/tagger/model_q4.onnx")``: see the module doc.
 
-    ``vocab_path`` defaults to the export's ``tagger_vocab.json``; ``threads``: ONNX Runtime's
-    intra-op threads (default: torch's thread count, which the CLI and bulk tool set)."""
+    ``vocab_path`` defaults to the export's ``tagger_vocab.json``. ONNX Runtime gets torch's
+    thread count as its intra-op threads (the CLI and bulk tool set it)."""
 
     def __init__(
         self,
         onnx_path: str | os.PathLike[str],
-        vocab_path: str | os.PathLike[str] | Vocabulary | None = None,
+        vocab_path: str | os.PathLike[str] | None = None,
         max_size: int = 1024,
         max_batch_size: int | None = None,
         reduced_decode: bool = False,
-        threads: int | None = None,
     ):
         require_onnx("--backend onnxruntime", ("onnxruntime",))
         if max_size < 16:
             raise ValueError(f"max_size must be at least 16 pixels, not {max_size}.")
         self.graph_path = resolve_graph(onnx_path)
         self.root = export_root(self.graph_path)
-        if isinstance(vocab_path, Vocabulary):
-            self.vocab = vocab_path
-        else:
-            self.vocab = Vocabulary.load(vocab_path or self.root / VOCAB_FILE)
-        self.threads = threads or torch.get_num_threads()
+        self.vocab = Vocabulary.load(vocab_path or self.root / VOCAB_FILE)
+        self.threads = torch.get_num_threads()
         self.session = _session(self.graph_path, self.threads)
         self.model = GraphModel(_config(self.session, self.graph_path))
         if self.session.get_outputs()[0].shape[-1] != len(self.vocab):
@@ -171,9 +166,6 @@ class OnnxTagger:
     def run_with_descriptors(self, pixels: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and descriptors: two graphs, so two forward passes."""
         return self.run(pixels), self.run_descriptors(pixels)
-
-    def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
-        return self.run([self.prepare(image) for image in images])
 
 
 def check_backend_args(args: Any) -> None:

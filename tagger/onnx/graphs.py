@@ -49,7 +49,7 @@ class BackboneGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         model, config = self.model, self.model.config
         batch, _, height, width = pixel_values.shape
         patches = model.patch_embed(pixel_values)
@@ -61,24 +61,20 @@ class BackboneGraph(nn.Module):
             x = block(x, (cos, sin))
         return model.norm(x)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.tokens(pixel_values)
-
 
 class EmbeddingGraph(BackboneGraph):
     """Normalised pixels → descriptor ``[B, descriptor_dim]`` (float32), the head's input."""
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        tokens = self.tokens(pixel_values)
+        tokens = super().forward(pixel_values)
         return tokens[:, : self.model.config.num_prefix_tokens].flatten(1).float()
 
 
-class LogitsGraph(BackboneGraph):
-    """Normalised pixels → logits ``[B, num_tags]``."""
+class LogitsGraph(EmbeddingGraph):
+    """Normalised pixels → logits ``[B, num_tags]`` (the model is exported in float32)."""
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        tokens = self.tokens(pixel_values)
-        return self.model.head(tokens[:, : self.model.config.num_prefix_tokens].flatten(1))
+        return self.model.head(super().forward(pixel_values))
 
 
 class Wd14Graph(LogitsGraph):

@@ -29,13 +29,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from tagger.engine.vocab import Vocabulary, normalize_tag
-from tagger.errors import RelationsError
+from tagger.errors import RelationsError, ResolutionError
 
 log = logging.getLogger("tagger")
 
@@ -44,12 +44,6 @@ ENV_ALIASES = "TAGGER_ALIASES"
 MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024  # the e621 exports are a few MB compressed
 DOWNLOAD_TIMEOUT_S = 60
 ARTIST_PREFIX = "by "
-
-
-def cache_folder() -> Path:
-    """Where downloaded relation files are kept: ``$TAGGER_CACHE`` or ``~/.cache/tagger``."""
-    base = os.environ.get("TAGGER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tagger")
-    return Path(base) / "relations"
 
 
 def sources_from_env(name: str, env: Mapping[str, str] | None = None) -> list[str]:
@@ -61,8 +55,11 @@ def sources_from_env(name: str, env: Mapping[str, str] | None = None) -> list[st
 # -- reading files ------------------------------------------------------------------------------
 
 
-def _download(url: str, folder: Path) -> Path:
-    """``url`` saved once under ``folder``; later calls (any process) reuse the file."""
+def _download(url: str) -> Path:
+    """``url`` saved once under ``$TAGGER_CACHE/relations`` (default ``~/.cache/tagger``); later
+    calls (any process) reuse the file."""
+    base = os.environ.get("TAGGER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tagger")
+    folder = Path(base) / "relations"
     name = os.path.basename(urllib.parse.urlparse(url).path) or "relations"
     target = folder / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
     if target.is_file():
@@ -88,10 +85,9 @@ def _download(url: str, folder: Path) -> Path:
 def resolve_source(source: str, repo: str | None = None, revision: str | None = None) -> Path:
     """A local file for ``source``: a path, an http(s) URL or ``hub:FILENAME``."""
     if re.match(r"https?://", source, re.IGNORECASE):
-        return _download(source, cache_folder())
+        return _download(source)
     if source.startswith("hub:"):
         from tagger.engine.hub import DEFAULT_REPO, hub_file  # the Hub client only when asked for
-        from tagger.errors import ResolutionError
 
         try:
             return hub_file(source[len("hub:") :], repo or os.environ.get("TAGGER_REPO") or DEFAULT_REPO, revision)
@@ -130,31 +126,29 @@ def read_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
             data = [data]
         if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
             raise RelationsError(f"{path}: expected a JSON list of objects with antecedent_name and consequent_name.")
-        rows: Iterable[Mapping] = data
-    else:
-        reader = csv.reader(io.StringIO(text))
-        header = next(reader, [])
-        wanted = ("antecedent_name", "consequent_name", "status")
-        if not set(wanted) <= set(header):
-            raise RelationsError(
-                f"{path}: not an e621 export (expected the columns antecedent_name, consequent_name, status)."
-            )
-        a, c, st = (header.index(name) for name in wanted)
-        last = max(a, c, st)
-        # Plain rows by column position: a third of DictReader's time on the e621 export's size.
-        return [
-            (row[a], row[c])
-            for row in reader
-            if len(row) > last and row[st] == "active" and row[a].strip() and row[c].strip()
-        ]
-    pairs = []
-    for row in rows:
-        antecedent, consequent = row.get("antecedent_name"), row.get("consequent_name")
-        if not isinstance(antecedent, str) or not isinstance(consequent, str):
-            raise RelationsError(f"{path}: a row without antecedent_name and consequent_name: {str(row)[:200]}.")
-        if row.get("status") == "active" and antecedent.strip() and consequent.strip():
-            pairs.append((antecedent, consequent))
-    return pairs
+        pairs = []
+        for row in data:
+            antecedent, consequent = row.get("antecedent_name"), row.get("consequent_name")
+            if not isinstance(antecedent, str) or not isinstance(consequent, str):
+                raise RelationsError(f"{path}: a row without antecedent_name and consequent_name: {str(row)[:200]}.")
+            if row.get("status") == "active" and antecedent.strip() and consequent.strip():
+                pairs.append((antecedent, consequent))
+        return pairs
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    wanted = ("antecedent_name", "consequent_name", "status")
+    if not set(wanted) <= set(header):
+        raise RelationsError(
+            f"{path}: not an e621 export (expected the columns antecedent_name, consequent_name, status)."
+        )
+    a, c, st = (header.index(name) for name in wanted)
+    last = max(a, c, st)
+    # Plain rows by column position: a third of DictReader's time on the e621 export's size.
+    return [
+        (row[a], row[c])
+        for row in reader
+        if len(row) > last and row[st] == "active" and row[a].strip() and row[c].strip()
+    ]
 
 
 # -- the name graph -----------------------------------------------------------------------------
@@ -207,24 +201,15 @@ class Relations:
     spelling: Mapping[str, str]  # a name as the files write it, with spaces, for display
     implication_rows: int = 0
     alias_rows: int = 0
-    sources: tuple[str, ...] = ()
 
     @classmethod
     def from_pairs(
         cls,
         implications: Iterable[tuple[str, str]] = (),
         aliases: Iterable[tuple[str, str]] = (),
-        sources: Sequence[str] = (),
     ) -> Relations:
         """Relations from ``(antecedent, consequent)`` rows; ``RelationsError`` names any cycle."""
-        keys: dict[str, str] = {}  # names repeat (every child of a parent names it): normalise each once
-
-        def key(name: str) -> str:
-            k = keys.get(name)
-            if k is None:
-                k = keys[name] = normalize_tag(name)
-            return k
-
+        key = lru_cache(maxsize=None)(normalize_tag)  # names repeat (every child names its parent): once each
         spelling: dict[str, str] = {}  # only alias targets are shown under a name from the files
         direct: dict[str, str] = {}
         alias_rows = 0
@@ -253,16 +238,9 @@ class Relations:
             children = graph.get(a, ())
             if c not in children:
                 graph[a] = (*children, c)  # tuples: a few consequents each, far less memory than lists
-        keys.clear()
+        key.cache_clear()
         _refuse_cycles(graph, "implications")
-        return cls(
-            graph,
-            resolved,
-            spelling,
-            implication_rows,
-            alias_rows,
-            tuple(sources),
-        )
+        return cls(graph, resolved, spelling, implication_rows, alias_rows)
 
 
 _LOADED: dict[tuple, Relations] = {}
@@ -288,7 +266,6 @@ def load_relations(
             _LOADED[key] = Relations.from_pairs(
                 (pair for p in imp_paths for pair in read_pairs(p)),
                 (pair for p in alias_paths for pair in read_pairs(p)),
-                sources=[*implications, *aliases],
             )
         return _LOADED[key]
 
@@ -329,7 +306,6 @@ class VocabRelations:
     ancestor_idx: np.ndarray
     report: RelationReport
     _lift_src: np.ndarray = field(init=False, repr=False)
-    _lift_dst: np.ndarray = field(init=False, repr=False)
     _lift_starts: np.ndarray = field(init=False, repr=False)
     _lift_targets: np.ndarray = field(init=False, repr=False)
 
@@ -338,8 +314,7 @@ class VocabRelations:
         src = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
         order = np.argsort(self.ancestor_idx, kind="stable")
         self._lift_src = src[order]
-        self._lift_dst = self.ancestor_idx[order]
-        targets, starts = np.unique(self._lift_dst, return_index=True)
+        targets, starts = np.unique(self.ancestor_idx[order], return_index=True)
         self._lift_targets, self._lift_starts = targets.astype(np.int64), starts
 
     @cached_property
@@ -381,9 +356,7 @@ class VocabRelations:
 def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> RelationReport:
     """Map ``relations`` onto ``vocab`` and hang them on it (``vocab.relations``)."""
     aliases = relations.aliases
-    nodes = set(relations.implications)
-    for consequents in relations.implications.values():
-        nodes.update(consequents)
+    nodes = set(relations.implications).union(*relations.implications.values())
     names = list(vocab.tags)
     keys: list[str] = []
     renamed = 0
@@ -427,22 +400,13 @@ def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> Relati
 
     ptr = np.zeros(len(vocab) + 1, dtype=np.int64)
     flat: list[int] = []
-    matched: set[tuple[str, str]] = set()
-    missing: set[str] = set()
     for i, k in enumerate(keys):
-        if k not in relations.implications:
-            ptr[i + 1] = ptr[i]
-            continue
-        found = sorted({t for name in close(k) for t in by_key.get(name, ()) if t != i})
-        flat.extend(found)
-        ptr[i + 1] = ptr[i] + len(found)
-    for a, consequents in relations.implications.items():
-        for c in consequents:
-            if a in by_key and c in by_key:
-                matched.add((a, c))
-            for name in (a, c):
-                if name not in by_key:
-                    missing.add(name)
+        if k in relations.implications:
+            flat.extend(sorted({t for name in close(k) for t in by_key.get(name, ()) if t != i}))
+        ptr[i + 1] = len(flat)
+    graph = relations.implications
+    matched = {(a, c) for a, consequents in graph.items() if a in by_key for c in consequents if c in by_key}
+    missing = {name for a, consequents in graph.items() for name in (a, *consequents) if name not in by_key}
     idx = np.asarray(flat, dtype=np.int32)
 
     shown_index: dict[str, list[int]] = {}

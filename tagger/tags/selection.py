@@ -11,7 +11,6 @@ import re
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import overload
 
 import numpy as np
 
@@ -40,15 +39,7 @@ def _check_probability(name: str, value: float) -> float:
     return float(np.float32(value))
 
 
-@overload
-def _check_count(name: str, value: float | np.integer) -> int: ...
-@overload
-def _check_count(name: str, value: None) -> None: ...
-@overload
-def _check_count(name: str, value: float | np.integer | None) -> int | None: ...
-def _check_count(name: str, value: float | np.integer | None) -> int | None:
-    if value is None:
-        return None
+def _check_count(name: str, value: float | np.integer) -> int:
     if isinstance(value, np.integer) or (isinstance(value, float) and value.is_integer()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -178,7 +169,7 @@ class Selection:
         set_ = object.__setattr__  # frozen dataclass: normalise arguments once, here
         set_(self, "threshold", _check_probability("threshold", self.threshold))
         set_(self, "floor", _check_probability("floor", self.floor))
-        set_(self, "topk", _check_count("topk", self.topk))
+        set_(self, "topk", None if self.topk is None else _check_count("topk", self.topk))
         set_(
             self,
             "category_thresholds",
@@ -264,15 +255,11 @@ def select_tags(scores: np.ndarray, vocab: Vocabulary, selection: Selection | No
         names = relations.names
         if selection.implied == "remove":
             picked = picked[~np.isin(picked, relations.ancestors_of(picked)[0])]
-        shown: set[str] = set()
-        unique = []
         keys = relations.keys
+        best: dict[str, int] = {}
         for i in picked:
-            key = keys[i]
-            if key not in shown:  # an aliased tag and the tag it points to: the best one
-                shown.add(key)
-                unique.append(i)
-        picked = np.asarray(unique, dtype=np.int64)
+            best.setdefault(keys[i], i)  # an aliased tag and the tag it points to: the best one
+        picked = np.asarray(list(best.values()), dtype=np.int64)
     if selection.topk is not None:
         picked = picked[: selection.topk]
     return [TagScore(names[i], float(scores[i]), vocab.category_of(i), int(i)) for i in picked]
