@@ -385,6 +385,20 @@ def test_upload_budget_forgets_clients_after_the_window() -> None:
     budget.charge("10.0.0.0").to(600)  # its old bytes no longer count
 
 
+def test_upload_budget_record_stays_small_under_many_requests() -> None:
+    # A client sending thousands of small uploads an hour must not grow the server's memory with
+    # one record each: charges close together share one, and every byte still counts.
+    from tagger.web.fairshare import UploadBudget
+
+    budget = UploadBudget(FairShareLimits(upload_window_s=3600, upload_bytes_per_client=10**9))
+    for _ in range(5000):
+        budget.charge("10.2.0.1").to(100)
+    assert len(budget.window.entries["10.2.0.1"]) == 1
+    assert budget.window.total("10.2.0.1") == budget.window.total("") == 500_000
+    with pytest.raises(Exception, match="Your address uploaded 500,000 bytes"):
+        budget.charge("10.2.0.1").to(10**9)
+
+
 def test_memory_is_returned_after_growth(monkeypatch) -> None:
     # Every event ends in the engine's memory policy, which keeps a forward's working set
     # (memory for the next forward) and releases once the process grew past its threshold.
