@@ -21,6 +21,7 @@ from gradio.components import Component
 from tagger.engine.vocab import CATEGORIES, Category, Vocabulary
 from tagger.errors import SelectionError
 from tagger.tags.options import OPTION_FIELDS, OPTION_TYPES, TagOptions, option_info
+from tagger.web.context import in_page
 
 OPTION_FIELD_BY_NAME = {f.name: f for f in OPTION_FIELDS}
 
@@ -103,13 +104,11 @@ class OptionControls:
     def wire_mode_visibility(self) -> None:
         """Show only the widgets the chosen mode uses: in the page, no round trip."""
         names = list(MODE_ONLY)
-        self.widgets["mode"].change(
-            None,
+        in_page(
+            self.widgets["mode"].change,
+            f"(mode) => TagView.modeVisibility(mode, {json.dumps(names)}, {json.dumps(MODE_ONLY)})",
             inputs=self.widgets["mode"],
             outputs=[self.widgets[name] for name in names],
-            js=f"(mode) => TagView.modeVisibility(mode, {json.dumps(names)}, {json.dumps(MODE_ONLY)})",
-            api_visibility="private",
-            show_progress="hidden",
         )
 
 

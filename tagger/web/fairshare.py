@@ -281,11 +281,6 @@ class _TooLarge(HTTPException):
     """A refusal with a sentence. Raised before the app runs, the guard answers it; raised while
     the app reads the body, FastAPI answers it like any HTTPException (``{"detail": ...}``)."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(status_code=status, detail=message)
-        self.status = status
-        self.message = message
-
 
 class _Window:
     """Bytes per key over a sliding window; an entry can grow after it was added (bytes
@@ -430,8 +425,8 @@ class RequestGuard:
                 limit = self.limits.max_mcp_json_bytes if "/mcp" in path else self.limits.max_json_bytes
                 await self._capped(scope, receive, send, limit, what="The request")
         except _TooLarge as refusal:
-            log.info("Refused a request from %s to %s: %s", client, path, refusal.message)
-            await _answer(send, refusal.status, refusal.message)
+            log.info("Refused a request from %s to %s: %s", client, path, refusal.detail)
+            await _answer(send, refusal.status_code, refusal.detail)
         except ClientDisconnect:
             # Expected on a public server (a closed tab, a dropped connection): one line, no answer.
             log.info("A request from %s to %s was cut off by the client.", client, path)
@@ -473,7 +468,7 @@ class RequestGuard:
                         raise _TooLarge(413, f"{what} is larger than the limit of {format_bytes(limit)}.")
                 except _TooLarge as refusal:
                     # Raised inside the app, which answers it (an HTTPException): logged here, once.
-                    log.info("Refused a request to %s: %s", scope.get("path", ""), refusal.message)
+                    log.info("Refused a request to %s: %s", scope.get("path", ""), refusal.detail)
                     raise
             return message
 

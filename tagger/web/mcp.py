@@ -166,8 +166,8 @@ def _write(data: bytes, extension: str, caller: str, budget: UploadBudget, folde
     try:
         budget.charge(caller).to(len(data))
     except _TooLarge as refusal:
-        log.info("Refused an MCP call from %s: %s", caller, refusal.message)
-        raise ToolError(refusal.message) from None
+        log.info("Refused an MCP call from %s: %s", caller, refusal.detail)
+        raise ToolError(refusal.detail) from None
     folder = Path(tempfile.mkdtemp(prefix="mcp-", dir=get_upload_folder()))
     folders.append(folder)
     path = folder / f"image-{len(folders)}{extension}"

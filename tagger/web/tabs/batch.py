@@ -12,7 +12,7 @@ import json
 import gradio as gr
 
 from tagger.datasets.batch import BatchOutput
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, warning
+from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, in_page, warning
 from tagger.web.controls import OptionControls
 from tagger.web.inputs import SafeFile
 from tagger.web.service import LIMITS, TABLE_HEADERS, result_row, summary_markdown, tag_files
@@ -65,14 +65,11 @@ def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, 
 
     names = [*settings.widgets, "max_size"]
     setting_inputs = [*settings.inputs(), size]
-    gr.on(
+    in_page(
         [*(c.change for c in setting_inputs), *([tab.select] if tab is not None else [])],
-        None,
+        f"(...values) => TagView.settingsText({json.dumps(names)}, values)",
         inputs=setting_inputs,
         outputs=settings_note,
-        js=f"(...values) => TagView.settingsText({json.dumps(names)}, values)",
-        api_visibility="private",
-        show_progress="hidden",
     )
 
     def run(values: dict, progress: gr.Progress) -> BatchOutput:

@@ -19,7 +19,7 @@ from tagger.features.relevance import (
     heatmap_images,
 )
 from tagger.tags.selection import top_tags
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, user_errors, warning
+from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, in_page, user_errors, warning
 from tagger.web.inputs import image_upload
 from tagger.web.service import heatmap_info, run_heatmap, run_pca
 
@@ -186,34 +186,29 @@ def build_features_tab(
         }
 
     for button, step in ((add_stop, "Math.min(k + 1, 3)"), (remove_stop, "Math.max(k - 1, 1)")):
-        button.click(None, inputs=stops, outputs=stops, js=f"(k) => {step}", api_visibility="private")
+        in_page(button.click, f"(k) => {step}", inputs=stops, outputs=stops)
     pickers = json.dumps(list(range(1, len(colours) + 1)))
-    stops.change(
-        None,
-        inputs=stops,
-        outputs=colours,
-        js=f"(k) => {pickers}.map((i) => ({{__type__: 'update', visible: i <= k}}))",
-        api_visibility="private",
-        show_progress="hidden",
-    )
+    in_page(stops.change, f"(k) => {pickers}.map((i) => ({{__type__: 'update', visible: i <= k}}))", stops, colours)
     if source is not None:
         # One upload, many views: the Tag tab's image is this tab's image too (in the page).
-        source.change(None, inputs=source, outputs=image, js="(value) => value", api_visibility="private")
-    image.input(
+        in_page(source.change, "(value) => value", inputs=source, outputs=image)
+    analysed = image.input(
         analysis,
         inputs=[image, resolution, *style],
         outputs=analysis_outputs,
         api_visibility="private",
         concurrency_id=HEAVY_QUEUE,
-    ).success(None, js=SCROLL_TO_MAPS, api_visibility="private", show_progress="hidden")
+    )
+    in_page(analysed.success, SCROLL_TO_MAPS)
     if tab is not None:
-        tab.select(
+        opened = tab.select(
             on_open,
             inputs=[image, resolution, maps_state, *style],
             outputs=analysis_outputs,
             api_visibility="private",
             concurrency_id=HEAVY_QUEUE,
-        ).success(None, js=SCROLL_TO_MAPS, api_visibility="private", show_progress="hidden")
+        )
+        in_page(opened.success, SCROLL_TO_MAPS)
     gr.on(
         [c.change for c in style],
         restyle,

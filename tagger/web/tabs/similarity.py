@@ -10,7 +10,7 @@ import gradio as gr
 
 from tagger.datasets.batch import new_output_dir
 from tagger.features.similarity import BatchSimilarity
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, warning
+from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, in_page, warning
 from tagger.web.inputs import SafeFile, image_upload
 from tagger.web.service import compare, score_url_pairs, score_zip
 
@@ -165,7 +165,7 @@ def build_similarity_tab(
 
     if source is not None:
         # One upload, many views: the Tag tab's image is image A (in the page, no model call).
-        source.change(None, inputs=source, outputs=image_a, js="(value) => value", api_visibility="private")
+        in_page(source.change, "(value) => value", inputs=source, outputs=image_a)
     triggers = [image_a.input, image_b.input] + ([tab.select] if tab is not None else [])
     gr.on(
         triggers,

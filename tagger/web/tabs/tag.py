@@ -30,7 +30,7 @@ from tagger.errors import FetchError, SelectionError
 from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
 from tagger.tags.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.tags.selection import IMPLIED, add_to_tag_list, parse_tag_list
-from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, warning
+from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, in_page, warning
 from tagger.web.controls import OptionControls, build_option_controls
 from tagger.web.inputs import SafeImage, image_upload
 from tagger.web.page_scores import page_scores
@@ -42,6 +42,8 @@ LOOKUP_ROWS = 12
 EMPTY = "Upload an image to see its tags."
 HEATMAP_OPACITY = 0.5
 DEFAULTS = TagOptions()
+# The image shown as itself again (the heatmap panel hidden, its caption cleared).
+SHOW_IMAGE = "() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}, '']"
 
 
 # -- what the page is sent ------------------------------------------------------------------------
@@ -51,11 +53,10 @@ def rules_config(vocab: Vocabulary | None = None) -> dict:
     """``TagRules.configure``'s argument: the category table, option defaults and choices, and
     with ``vocab``'s relations the aliases of typed tags (old name → the tag it means; sent once
     per page, not per image)."""
-    defaults = TagOptions()
     relations = vocab.relations if vocab is not None else None
     return {
         "categories": [[c.id, c.name, c.color] for c in CATEGORIES],
-        "defaults": {name: getattr(defaults, name) for name in OPTION_NAMES},
+        "defaults": {name: getattr(DEFAULTS, name) for name in OPTION_NAMES},
         "modes": list(MODES),
         "orders": list(ORDERS),
         "implied": list(IMPLIED),
@@ -311,16 +312,13 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         "cards": "tag-cards",
         "quick": option_controls.quick_bar(),
     }
-    gr.on(
+    in_page(
         [payload.change, cards.change, *(c.change for c in controls.values())],
-        None,
+        f"(payload, cards, ...values) => TagView.update(payload, {json.dumps(names)}, values, "
+        f"{json.dumps(render_config)}, cards)",
         inputs=[payload, cards, *controls.values()],
         outputs=[view, all_tags],
-        js=f"(payload, cards, ...values) => TagView.update(payload, {json.dumps(names)}, values, "
-        f"{json.dumps(render_config)}, cards)",
         trigger_mode="always_last",
-        api_visibility="private",
-        show_progress="hidden",
     )
 
     def tag_image(path: str | None, floor: float | None, max_size: float | None) -> dict:
@@ -356,13 +354,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         show_progress_on=[view],
     )
     # A new image is shown as itself, not under an old heatmap.
-    image.change(
-        None,
-        outputs=[image, heat_panel, heat_caption],
-        js="() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}, ''];",
-        api_visibility="private",
-        show_progress="hidden",
-    )
+    in_page(image.change, SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
 
     def more_scores(scored: ScoredImage | None, evt: gr.EventData) -> dict:
         floor = getattr(evt, "floor", None)  # the page sends {floor}
@@ -401,12 +393,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             show_progress="hidden",
         )
 
-    typed_toggle.click(
-        None,
-        js="() => { document.getElementById('tag-controls').classList.toggle('tv-typing'); }",
-        api_visibility="private",
-        show_progress="hidden",
-    )
+    in_page(typed_toggle.click, "() => { document.getElementById('tag-controls').classList.toggle('tv-typing'); }")
 
     heat_outputs = [image, heat_panel, heat_image, heat_caption]
 
@@ -431,21 +418,16 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
 
     scroll = "() => { document.getElementById('tag-input')?.scrollIntoView({block: 'nearest', behavior: 'smooth'}); }"
     for event, handler in ((view.tag_select, heatmap_for_bar), (lookup_table.select, heatmap_for_row)):
-        event(
+        shown = event(
             handler,
             inputs=[image, size],
             outputs=heat_outputs,
             api_visibility="private",
             concurrency_id=HEAVY_QUEUE,
             show_progress_on=[image, heat_image],
-        ).then(None, js=scroll, api_visibility="private", show_progress="hidden")
-    back.click(
-        None,
-        outputs=[image, heat_panel, heat_caption],
-        js="() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}, '']",
-        api_visibility="private",
-        show_progress="hidden",
-    )
+        )
+        in_page(shown.then, scroll)
+    in_page(back.click, SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
 
     def fetch(address: str) -> dict:
         path, error = attempt(fetch_image, image, address)
