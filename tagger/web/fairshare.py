@@ -145,10 +145,9 @@ def client_key(scope: Scope, proxy_hops: int) -> str:
         address = _ip(str(client[0]))
         if address is None:
             return str(client[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
-        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped
+        return str(mapped) if mapped is not None else str(ipaddress.IPv6Network(f"{address}/64", strict=False))
     return str(address)
 
 
@@ -202,17 +201,17 @@ class FairQueue:
         return waiting + gradio_compat.running_events(self.queue)
 
     @staticmethod
-    def session(event: Any) -> str | None:
-        """The session an event counts for: an MCP caller's own (Gradio's MCP server sends every
+    def session(scope: Scope, session: str | None) -> str | None:
+        """The session a request counts for: an MCP caller's own (Gradio's MCP server sends every
         caller's calls through one gradio_client session), else the Gradio session."""
-        origin = gradio_compat.event_origin(event)
-        caller = mcp_caller(origin.scope)
-        return f"mcp {caller}" if caller is not None else origin.session
+        caller = mcp_caller(scope)
+        return f"mcp {caller}" if caller is not None else session
 
     def _refusal(self, client: str, session: str | None, group: str | None) -> str | None:
         held = self._holding()
         limits = self.limits
-        if session is not None and sum(self.session(e) == session for e in held) >= limits.events_per_session:
+        sessions = [self.session(o.scope, o.session) for o in map(gradio_compat.event_origin, held)]
+        if session is not None and sessions.count(session) >= limits.events_per_session:
             return (
                 f"You already have {limits.events_per_session} requests waiting or running; "
                 "wait for one to finish before sending another."
@@ -234,9 +233,7 @@ class FairQueue:
     def admit(self, request: Any, session: str | None, group: str | None) -> None:
         """Before Gradio queues a request: HTTPException 429 with a sentence beyond its client's share."""
         client = client_key(request.scope, self.limits.proxy_hops)
-        caller = mcp_caller(request.scope)
-        session = f"mcp {caller}" if caller is not None else session
-        refusal = self._refusal(client, session, group)
+        refusal = self._refusal(client, self.session(request.scope, session), group)
         if refusal is not None:
             log.info("Refused a request from %s: %s", client, refusal)
             raise HTTPException(status_code=429, detail=refusal, headers={"Retry-After": "5"})

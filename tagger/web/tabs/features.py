@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import gradio as gr
+import numpy as np
 
 from tagger.features.pca import DEFAULT_COLOURS, pca_images
 from tagger.features.relevance import (
@@ -41,6 +42,15 @@ def heatmap_markdown(info: dict) -> str:
     if not info["positive"]:
         text += "\n\nNo patch raises this tag's score at this depth: every contribution is negative."
     return text
+
+
+def heatmap_view(
+    ctx: AppContext, path: str | None, tag: str | None, layers_from_end: int, opacity: float, max_size: object
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """A tag's relevance over the image as the model sees it, alone, and its caption: one model call."""
+    seen, index, result = run_heatmap(ctx, path, tag, layers_from_end, max_size)
+    over, heat = heatmap_images(seen, result.map, opacity, "bilinear")
+    return over, heat, heatmap_markdown(heatmap_info(ctx, index, result, layers_from_end))
 
 
 def _image_output(label: str, elem_id: str) -> gr.Image:
@@ -173,17 +183,10 @@ def build_features_tab(
         return list(pca_images(shown[1], tuple(palette[: int(k)]), opacity, resample))
 
     def on_heatmap(path: str | None, name: str | None, layers: float, opacity: float, max_size: object) -> dict:
-        layers_from_end = int(layers)
-        found, error = attempt(run_heatmap, ctx, path, name, layers_from_end, max_size)
+        found, error = attempt(heatmap_view, ctx, path, name, int(layers), opacity, max_size)
         if error is not None:
             return {heat_summary: warning(error)}  # the last good heatmap stays
-        seen_image, index, result = found
-        over, heat_image = heatmap_images(seen_image, result.map, opacity, "bilinear")
-        return {
-            heat_overlay: over,
-            heat: heat_image,
-            heat_summary: heatmap_markdown(heatmap_info(ctx, index, result, layers_from_end)),
-        }
+        return dict(zip((heat_overlay, heat, heat_summary), found, strict=True))
 
     for button, step in ((add_stop, "Math.min(k + 1, 3)"), (remove_stop, "Math.max(k - 1, 1)")):
         in_page(button.click, f"(k) => {step}", inputs=stops, outputs=stops)

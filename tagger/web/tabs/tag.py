@@ -27,15 +27,14 @@ import numpy as np
 from tagger.engine.resolution import MIN_SIZE, SIZE_STEP
 from tagger.engine.vocab import CATEGORIES, Vocabulary, normalize_tag
 from tagger.errors import FetchError, SelectionError
-from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
+from tagger.features.relevance import DEFAULT_LAYERS_FROM_END
 from tagger.tags.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.tags.selection import IMPLIED, add_to_tag_list, parse_tag_list
 from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, in_page, warning
 from tagger.web.controls import OptionControls, build_option_controls
 from tagger.web.inputs import SafeImage, image_upload
 from tagger.web.page_scores import page_scores
-from tagger.web.service import heatmap_info, run_heatmap
-from tagger.web.tabs.features import heatmap_markdown
+from tagger.web.tabs.features import heatmap_view
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 LOOKUP_ROWS = 12
@@ -173,14 +172,6 @@ def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit:
         score = "—" if scores is None else f"{float(scores[i]):.4f}"
         rows.append([vocab.tags[i], vocab.category_of(i).name, score])
     return rows
-
-
-def heatmap_view(ctx: AppContext, path: str | None, tag: str | None, max_size: object = None) -> tuple[np.ndarray, str]:
-    """A tag's relevance over the image as the model sees it, and its caption: one model call."""
-    layers = min(DEFAULT_LAYERS_FROM_END, ctx.tagger.model.config.num_layers)
-    seen, index, result = run_heatmap(ctx, path, tag, layers, max_size)
-    overlay, _ = heatmap_images(seen, result.map, HEATMAP_OPACITY, "bilinear")
-    return overlay, heatmap_markdown(heatmap_info(ctx, index, result, layers))
 
 
 def remove_from_tag_list(text: str | None, tag: str) -> str:
@@ -398,10 +389,11 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
     heat_outputs = [image, heat_panel, heat_image, heat_caption]
 
     def show_heatmap(path: str | None, tag: str | None, max_size: float | None) -> dict:
-        result, error = attempt(heatmap_view, ctx, path, tag, max_size)
+        layers = min(DEFAULT_LAYERS_FROM_END, ctx.tagger.model.config.num_layers)
+        result, error = attempt(heatmap_view, ctx, path, tag, layers, HEATMAP_OPACITY, max_size)
         if error is not None:
             return {heat_caption: warning(error)}  # the last heatmap (or the image) stays
-        overlay, caption = result
+        overlay, _, caption = result
         return {
             image: gr.update(visible=False),
             heat_panel: gr.update(visible=True),
