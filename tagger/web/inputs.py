@@ -56,17 +56,6 @@ from tagger.web.gradio_compat import (
     register_cached_file,
 )
 
-__all__ = [
-    "SafeApi",
-    "SafeFile",
-    "SafeImage",
-    "check_web_pixels",
-    "image_upload",
-    "received_path",
-    "safe_api_components",
-]
-
-
 log = logging.getLogger("tagger")
 
 if TYPE_CHECKING:  # for the checker: super() below is the Gradio component the mixin is mixed into

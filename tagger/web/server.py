@@ -128,8 +128,7 @@ def create_app(
     # api_open=False (as on a Space): /gradio_api/run/<api> answers 404 for queued events, which
     # would otherwise skip the queue, its concurrency groups and the per-client limits.
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=concurrency, api_open=False)
-    if demo.delete_cache is None:  # read by Gradio when the server starts
-        demo.delete_cache = CACHE_CLEANUP
+    demo.delete_cache = CACHE_CLEANUP  # read by Gradio when the server starts
     limits = limits or fairshare.FairShareLimits()
     fairshare.install(demo, limits, heavy_group=HEAVY_QUEUE)
     _readable_request_errors(demo)

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 log = logging.getLogger("tagger")
 
@@ -35,8 +35,6 @@ LOCK_NAME = ".tagger-cache.lock"
 
 @dataclass
 class Swept:
-    """What a sweep removed."""
-
     paths: list[str] = field(default_factory=list)
     bytes: int = 0
 
@@ -136,7 +134,7 @@ class CacheKeeper:
         return swept
 
     @contextlib.asynccontextmanager
-    async def running(self, *_: Any) -> AsyncIterator[None]:
+    async def running(self) -> AsyncIterator[None]:
         """The sweeps for as long as the server runs (an ASGI lifespan)."""
         claim = FolderClaim(self.folder)
         alone = await asyncio.to_thread(claim.take)

@@ -197,7 +197,6 @@ def fetch_image(image: SafeImage, url: str) -> str:
 @dataclass
 class TagTab:
     image: SafeImage  # the image the other tabs reuse
-    scores: gr.State
     controls: OptionControls  # the tagging settings, which the Batch tab uses too
     size: gr.Slider  # the resolution
 
@@ -205,7 +204,7 @@ class TagTab:
 def build_tag_tab(ctx: AppContext) -> TagTab:
     vocab = ctx.vocab
     scored_state = gr.State(None)
-    scores_state = gr.State(None)  # the scores alone, for the lookup and the other tabs
+    scores_state = gr.State(None)  # the scores alone, for the lookup
 
     with gr.Row(equal_height=False, elem_id="tag-layout"):
         with gr.Column(scale=5, min_width=320, elem_id="tag-left"):
@@ -450,4 +449,4 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         queue=False,
         show_progress="hidden",
     )
-    return TagTab(image=image, scores=scores_state, controls=option_controls, size=size)
+    return TagTab(image=image, controls=option_controls, size=size)
