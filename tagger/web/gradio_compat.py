@@ -185,6 +185,7 @@ def waiting_events(queue: Any) -> dict[str, list[Any]]:
 
 
 def running_events(queue: Any) -> list[Any]:
+    """The events ``queue`` is running now."""
     return [event for job in queue.active_jobs if job for event in job]
 
 
