@@ -191,7 +191,8 @@ def build_features_tab(
     for button, step in ((add_stop, "Math.min(k + 1, 3)"), (remove_stop, "Math.max(k - 1, 1)")):
         in_page(button.click, f"(k) => {step}", inputs=stops, outputs=stops)
     pickers = json.dumps(list(range(1, len(colours) + 1)))
-    in_page(stops.change, f"(k) => {pickers}.map((i) => ({{__type__: 'update', visible: i <= k}}))", stops, colours)
+    visible = f"(k) => {pickers}.map((i) => ({{__type__: 'update', visible: i <= k}}))"
+    in_page(stops.change, visible, inputs=stops, outputs=colours)
     if source is not None:
         # One upload, many views: the Tag tab's image is this tab's image too (in the page).
         in_page(source.change, "(value) => value", inputs=source, outputs=image)
