@@ -327,22 +327,15 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             return gr.skip()  # a release without a change (the slider's blur, its reset at the same value)
         return tag_image(path, floor, max_size)
 
-    image.change(
-        tag_image,
-        inputs=[image, controls["floor"], size],
-        outputs=[scored_state, scores_state, payload],
-        api_visibility="private",
-        concurrency_id=TAG_QUEUE,
-        show_progress_on=[view],
-    )
-    size.release(
-        resize,
-        inputs=[image, controls["floor"], size, scored_state],
-        outputs=[scored_state, scores_state, payload],
-        api_visibility="private",
-        concurrency_id=TAG_QUEUE,
-        show_progress_on=[view],
-    )
+    for listen, tag_with, extra in ((image.change, tag_image, []), (size.release, resize, [scored_state])):
+        listen(
+            tag_with,
+            inputs=[image, controls["floor"], size, *extra],
+            outputs=[scored_state, scores_state, payload],
+            api_visibility="private",
+            concurrency_id=TAG_QUEUE,
+            show_progress_on=[view],
+        )
     # A new image is shown as itself, not under an old heatmap.
     in_page(image.change, SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
 
