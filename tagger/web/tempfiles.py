@@ -92,6 +92,7 @@ class FolderClaim:
             self.file = None
 
 
+@dataclass
 class CacheKeeper:
     """Start-up and scheduled sweeps of one app's cache folder (see the module docstring).
 
@@ -99,21 +100,12 @@ class CacheKeeper:
     has registered (at start-up: what building the app wrote, its own); ``forget``: told which
     paths a scheduled sweep removed (so that Gradio's lists of them do not grow)."""
 
-    def __init__(
-        self,
-        folder: str | os.PathLike,
-        every: float,
-        older_than: float,
-        kept: Callable[[], Set[str]],
-        written: Callable[[], Set[str]] = frozenset,
-        forget: Callable[[Set[str]], None] = lambda removed: None,
-    ):
-        self.folder = Path(folder)
-        self.every = every
-        self.older_than = older_than
-        self.kept = kept
-        self.written = written
-        self.forget = forget
+    folder: str | os.PathLike
+    every: float
+    older_than: float
+    kept: Callable[[], Set[str]]
+    written: Callable[[], Set[str]] = frozenset
+    forget: Callable[[Set[str]], None] = lambda removed: None
 
     def at_start(self, alone: bool) -> Swept:
         own = set(self.kept()) | set(self.written())
