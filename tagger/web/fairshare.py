@@ -342,14 +342,14 @@ class UploadBudget:
             raise _TooLarge(503, "This Space has received too many uploads in the last hour; try again later.")
 
 
+@dataclass
 class UploadCharge:
     """What one request has been charged so far (``UploadBudget.charge``)."""
 
-    def __init__(self, budget: UploadBudget, client: str):
-        self.budget = budget
-        self.client = client
-        self.bytes = 0
-        self._entries: tuple[list[float], list[float]] | None = None
+    budget: UploadBudget
+    client: str
+    bytes: int = 0
+    _entries: tuple[list[float], list[float]] | None = None  # its entries in the budget's window
 
     def to(self, total: int) -> None:
         """Charge the request for ``total`` bytes in all: what passes the count so far is new,
