@@ -18,7 +18,7 @@ from tagger.web.inputs import SafeFile
 from tagger.web.service import LIMITS, TABLE_HEADERS, result_row, summary_markdown, tag_files
 
 
-def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, tab: gr.Tab | None = None) -> None:
+def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, tab: gr.Tab) -> None:
     """The Batch tab, tagging with ``settings`` and ``size``: the Tag tab's controls (tune on one
     image, then tag the folder the same way), summed up here and changed there."""
     with gr.Row(equal_height=False, elem_id="batch-layout"):
@@ -66,7 +66,7 @@ def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, 
     names = [*settings.widgets, "max_size"]
     setting_inputs = [*settings.inputs(), size]
     in_page(
-        [*(c.change for c in setting_inputs), *([tab.select] if tab is not None else [])],
+        [*(c.change for c in setting_inputs), tab.select],
         f"(...values) => TagView.settingsText({json.dumps(names)}, values)",
         inputs=setting_inputs,
         outputs=settings_note,

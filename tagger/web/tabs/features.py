@@ -58,17 +58,14 @@ def _image_output(label: str, elem_id: str) -> gr.Image:
     return gr.Image(label=label, type="numpy", format="png", interactive=False, elem_id=elem_id)
 
 
-def build_features_tab(
-    ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None, size: gr.Slider | None = None
-) -> None:
+def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolution: gr.Slider) -> None:
     """The tab's layout and events. ``source``: the Tag tab's image, copied here when it
-    changes (one upload, many views; this tab can still take its own); ``size``: the Tag tab's
+    changes (one upload, many views; this tab can still take its own); ``resolution``: the Tag tab's
     resolution, which the maps follow too. The analysis runs when the tab is opened on an image
     (or at a resolution) it has not analysed, or on an upload here: never for a tab nobody looks at."""
     num_layers = ctx.tagger.model.config.num_layers
     low_depth = min(2, num_layers)
     maps_state = gr.State(None)  # ((image path, long edge), FeatureMaps) of the analysis shown
-    resolution = size if size is not None else gr.State(None)  # None: the server's default
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300):
@@ -193,9 +190,8 @@ def build_features_tab(
     pickers = json.dumps(list(range(1, len(colours) + 1)))
     visible = f"(k) => {pickers}.map((i) => ({{__type__: 'update', visible: i <= k}}))"
     in_page(stops.change, visible, inputs=stops, outputs=colours)
-    if source is not None:
-        # One upload, many views: the Tag tab's image is this tab's image too (in the page).
-        in_page(source.change, "(value) => value", inputs=source, outputs=image)
+    # One upload, many views: the Tag tab's image is this tab's image too (in the page).
+    in_page(source.change, "(value) => value", inputs=source, outputs=image)
     analysed = image.input(
         analysis,
         inputs=[image, resolution, *style],
@@ -204,15 +200,14 @@ def build_features_tab(
         concurrency_id=HEAVY_QUEUE,
     )
     in_page(analysed.success, SCROLL_TO_MAPS)
-    if tab is not None:
-        opened = tab.select(
-            on_open,
-            inputs=[image, resolution, maps_state, *style],
-            outputs=analysis_outputs,
-            api_visibility="private",
-            concurrency_id=HEAVY_QUEUE,
-        )
-        in_page(opened.success, SCROLL_TO_MAPS)
+    opened = tab.select(
+        on_open,
+        inputs=[image, resolution, maps_state, *style],
+        outputs=analysis_outputs,
+        api_visibility="private",
+        concurrency_id=HEAVY_QUEUE,
+    )
+    in_page(opened.success, SCROLL_TO_MAPS)
     gr.on(
         [c.change for c in style],
         restyle,
