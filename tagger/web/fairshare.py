@@ -168,6 +168,9 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _with_budget(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
+        return fn  # left as they are: the budget below would end at their first await or yield
+
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -260,13 +263,7 @@ def install(demo: gr.Blocks, limits: FairShareLimits, heavy_group: str) -> FairQ
     """Per-client limits on ``demo``'s queue (call after ``demo.queue()``), a time budget on
     every event function, and the engine's memory policy after each."""
     gradio_compat.remove_files_of_failed_uploads()
-
-    def budgeted(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
-            return fn
-        return _with_budget(fn, limits.event_seconds)
-
-    gradio_compat.wrap_event_functions(demo, budgeted)
+    gradio_compat.wrap_event_functions(demo, functools.partial(_with_budget, seconds=limits.event_seconds))
     return FairQueue(gradio_compat.app_queue(demo), limits, heavy_group)
 
 
