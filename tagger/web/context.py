@@ -60,6 +60,15 @@ def attempt(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
         return None, str(e.message)
 
 
+def in_page(trigger: Callable[..., Any] | list, js: str, inputs: Any = None, outputs: Any = None, **kwargs: Any) -> Any:
+    """An event that only runs ``js`` in the page: no server call, no endpoint, no progress shown.
+    ``trigger``: an event listener (``button.click``), or a list of them (``gr.on``)."""
+    listen = functools.partial(gr.on, trigger) if isinstance(trigger, list) else trigger
+    return listen(
+        None, inputs=inputs, outputs=outputs, js=js, api_visibility="private", show_progress="hidden", **kwargs
+    )
+
+
 def warning(sentence: str) -> str:
     """A sentence shown in place of a result that did not come (Markdown)."""
     return f"⚠️ {sentence}"

@@ -21,10 +21,12 @@ from gradio.components import Component
 from tagger.engine.vocab import CATEGORIES, Category, Vocabulary
 from tagger.errors import SelectionError
 from tagger.tags.options import OPTION_FIELDS, OPTION_TYPES, TagOptions, option_info
+from tagger.web.context import in_page
 
 OPTION_FIELD_BY_NAME = {f.name: f for f in OPTION_FIELDS}
 
-GROUPS = ("selection", "format")  # one accordion each, in this order
+# One accordion per option group, in this order: (group, title, open).
+ACCORDIONS = (("selection", "Selection", True), ("format", "Tag string", False))
 ELEM_IDS = {"categories": "category-filter"}  # elem_id if not the option's name with dashes
 # Options that only mean something in one mode (see TagOptions.__post_init__): hidden in the others.
 MODE_ONLY = {
@@ -36,14 +38,8 @@ MODE_ONLY = {
 DEFAULT_MODE = TagOptions().mode
 # Unticked when the page opens, as on the authors' page (the API's default keeps every category).
 UNTICKED_CATEGORIES = ("contributor", "unassigned")
-CHECKED_FIELDS = (
-    "category_thresholds",
-    "threshold",
-    "character_threshold",
-    "floor",
-    "exclude",
-    "include",
-)  # errors shown beside
+# The fields whose mistakes the page shows beside them.
+CHECKED_FIELDS = ("category_thresholds", "threshold", "character_threshold", "floor", "exclude", "include")
 # The widgets option_widget makes (their events, such as .change, are declared per class).
 OptionWidget: TypeAlias = gr.CheckboxGroup | gr.Radio | gr.Checkbox | gr.Slider | gr.Textbox
 
@@ -70,14 +66,9 @@ class OptionControls:
     def inputs(self) -> list[OptionWidget]:
         return list(self.widgets.values())
 
-    def values(self, values: Sequence | Mapping[Component, object]) -> dict[str, object]:
-        """Option values by name, from the widgets' values in ``inputs()`` order or by widget."""
-        if isinstance(values, Mapping):
-            return {name: values[widget] for name, widget in self.widgets.items()}
-        return dict(zip(self.widgets, values, strict=True))
-
-    def options(self, values: Sequence | Mapping[Component, object]) -> TagOptions:
-        by_name = self.values(values)
+    def options(self, values: Mapping[Component, object]) -> TagOptions:
+        """The options of the widgets' values (by widget, as Gradio passes a set of inputs)."""
+        by_name = {name: values[widget] for name, widget in self.widgets.items()}
         # Unticking every box means "none" to a person (the Tag tab then shows no tags), while
         # an empty value means "all" to TagOptions: a batch run would tag with every category.
         if by_name.get("categories") == []:
@@ -103,13 +94,11 @@ class OptionControls:
     def wire_mode_visibility(self) -> None:
         """Show only the widgets the chosen mode uses: in the page, no round trip."""
         names = list(MODE_ONLY)
-        self.widgets["mode"].change(
-            None,
+        in_page(
+            self.widgets["mode"].change,
+            f"(mode) => TagView.modeVisibility(mode, {json.dumps(names)}, {json.dumps(MODE_ONLY)})",
             inputs=self.widgets["mode"],
             outputs=[self.widgets[name] for name in names],
-            js=f"(mode) => TagView.modeVisibility(mode, {json.dumps(names)}, {json.dumps(MODE_ONLY)})",
-            api_visibility="private",
-            show_progress="hidden",
         )
 
 
@@ -136,25 +125,16 @@ def option_widget(
     return gr.Textbox(default, **common)
 
 
-def build_option_controls(
-    vocab: Vocabulary,
-    *,
-    id_prefix: str = "",
-    format_title: str = "Tag string",
-    format_open: bool = False,
-    typed: Sequence[str] = (),
-) -> OptionControls:
-    """The options in two accordions, "Selection" and ``format_title``, with their defaults;
-    the ``typed`` ones hidden until asked for (see ``option_widget``)."""
+def build_option_controls(vocab: Vocabulary, *, typed: Sequence[str] = ()) -> OptionControls:
+    """The options in their ``ACCORDIONS``, with their defaults; the ``typed`` ones hidden until
+    asked for (see ``option_widget``)."""
     category_names = [c.name for c in present_categories(vocab)]
+    ticked = ticked_categories(vocab)
     widgets: dict[str, OptionWidget] = {}
-    for group in GROUPS:
-        title, is_open = ("Selection", True) if group == "selection" else (format_title, format_open)
+    for group, title, is_open in ACCORDIONS:
         with gr.Accordion(title, open=is_open):
             for field in OPTION_FIELDS:
                 if option_info(field).group == group:
-                    elem_id = id_prefix + ELEM_IDS.get(field.name, field.name.replace("_", "-"))
-                    widgets[field.name] = option_widget(
-                        field, category_names, elem_id, ticked_categories(vocab), field.name in typed
-                    )
+                    elem_id = ELEM_IDS.get(field.name, field.name.replace("_", "-"))
+                    widgets[field.name] = option_widget(field, category_names, elem_id, ticked, field.name in typed)
     return OptionControls({f.name: widgets[f.name] for f in OPTION_FIELDS})

@@ -145,10 +145,9 @@ def client_key(scope: Scope, proxy_hops: int) -> str:
         address = _ip(str(client[0]))
         if address is None:
             return str(client[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
-        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped
+        return str(mapped) if mapped is not None else str(ipaddress.IPv6Network(f"{address}/64", strict=False))
     return str(address)
 
 
@@ -169,6 +168,9 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _with_budget(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
+        return fn  # left as they are: the budget below would end at their first await or yield
+
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -202,17 +204,17 @@ class FairQueue:
         return waiting + gradio_compat.running_events(self.queue)
 
     @staticmethod
-    def session(event: Any) -> str | None:
-        """The session an event counts for: an MCP caller's own (Gradio's MCP server sends every
+    def session(scope: Scope, session: str | None) -> str | None:
+        """The session a request counts for: an MCP caller's own (Gradio's MCP server sends every
         caller's calls through one gradio_client session), else the Gradio session."""
-        origin = gradio_compat.event_origin(event)
-        caller = mcp_caller(origin.scope)
-        return f"mcp {caller}" if caller is not None else origin.session
+        caller = mcp_caller(scope)
+        return f"mcp {caller}" if caller is not None else session
 
     def _refusal(self, client: str, session: str | None, group: str | None) -> str | None:
         held = self._holding()
         limits = self.limits
-        if session is not None and sum(self.session(e) == session for e in held) >= limits.events_per_session:
+        sessions = [self.session(o.scope, o.session) for o in map(gradio_compat.event_origin, held)]
+        if session is not None and sessions.count(session) >= limits.events_per_session:
             return (
                 f"You already have {limits.events_per_session} requests waiting or running; "
                 "wait for one to finish before sending another."
@@ -234,9 +236,7 @@ class FairQueue:
     def admit(self, request: Any, session: str | None, group: str | None) -> None:
         """Before Gradio queues a request: HTTPException 429 with a sentence beyond its client's share."""
         client = client_key(request.scope, self.limits.proxy_hops)
-        caller = mcp_caller(request.scope)
-        session = f"mcp {caller}" if caller is not None else session
-        refusal = self._refusal(client, session, group)
+        refusal = self._refusal(client, self.session(request.scope, session), group)
         if refusal is not None:
             log.info("Refused a request from %s: %s", client, refusal)
             raise HTTPException(status_code=429, detail=refusal, headers={"Retry-After": "5"})
@@ -263,13 +263,7 @@ def install(demo: gr.Blocks, limits: FairShareLimits, heavy_group: str) -> FairQ
     """Per-client limits on ``demo``'s queue (call after ``demo.queue()``), a time budget on
     every event function, and the engine's memory policy after each."""
     gradio_compat.remove_files_of_failed_uploads()
-
-    def budgeted(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
-            return fn
-        return _with_budget(fn, limits.event_seconds)
-
-    gradio_compat.wrap_event_functions(demo, budgeted)
+    gradio_compat.wrap_event_functions(demo, functools.partial(_with_budget, seconds=limits.event_seconds))
     return FairQueue(gradio_compat.app_queue(demo), limits, heavy_group)
 
 
@@ -280,11 +274,6 @@ def install(demo: gr.Blocks, limits: FairShareLimits, heavy_group: str) -> FairQ
 class _TooLarge(HTTPException):
     """A refusal with a sentence. Raised before the app runs, the guard answers it; raised while
     the app reads the body, FastAPI answers it like any HTTPException (``{"detail": ...}``)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(status_code=status, detail=message)
-        self.status = status
-        self.message = message
 
 
 class _Window:
@@ -357,14 +346,14 @@ class UploadBudget:
             raise _TooLarge(503, "This Space has received too many uploads in the last hour; try again later.")
 
 
+@dataclass
 class UploadCharge:
     """What one request has been charged so far (``UploadBudget.charge``)."""
 
-    def __init__(self, budget: UploadBudget, client: str):
-        self.budget = budget
-        self.client = client
-        self.bytes = 0
-        self._entries: tuple[list[float], list[float]] | None = None
+    budget: UploadBudget
+    client: str
+    bytes: int = 0
+    _entries: tuple[list[float], list[float]] | None = None  # its entries in the budget's window
 
     def to(self, total: int) -> None:
         """Charge the request for ``total`` bytes in all: what passes the count so far is new,
@@ -437,8 +426,8 @@ class RequestGuard:
                 limit = self.limits.max_mcp_json_bytes if "/mcp" in path else self.limits.max_json_bytes
                 await self._capped(scope, receive, send, limit, what="The request")
         except _TooLarge as refusal:
-            log.info("Refused a request from %s to %s: %s", client, path, refusal.message)
-            await _answer(send, refusal.status, refusal.message)
+            log.info("Refused a request from %s to %s: %s", client, path, refusal.detail)
+            await _answer(send, refusal.status_code, refusal.detail)
         except ClientDisconnect:
             # Expected on a public server (a closed tab, a dropped connection): one line, no answer.
             log.info("A request from %s to %s was cut off by the client.", client, path)
@@ -480,7 +469,7 @@ class RequestGuard:
                         raise _TooLarge(413, f"{what} is larger than the limit of {format_bytes(limit)}.")
                 except _TooLarge as refusal:
                     # Raised inside the app, which answers it (an HTTPException): logged here, once.
-                    log.info("Refused a request to %s: %s", scope.get("path", ""), refusal.message)
+                    log.info("Refused a request to %s: %s", scope.get("path", ""), refusal.detail)
                     raise
             return message
 

@@ -56,17 +56,6 @@ from tagger.web.gradio_compat import (
     register_cached_file,
 )
 
-__all__ = [
-    "SafeApi",
-    "SafeFile",
-    "SafeImage",
-    "check_web_pixels",
-    "image_upload",
-    "received_path",
-    "safe_api_components",
-]
-
-
 log = logging.getLogger("tagger")
 
 if TYPE_CHECKING:  # for the checker: super() below is the Gradio component the mixin is mixed into
@@ -78,12 +67,19 @@ else:
 class _SafeDownloads(_MixedInto):
     """Mixin for Gradio components: URLs go through ``fetch_url``; everything else as in Gradio."""
 
+    stock: str  # the frontend component to render: the stock one
     max_download_bytes: int = MAX_DOWNLOAD_BYTES
     download_timeout: float = DOWNLOAD_TIMEOUT_S
     # A public server: other people's URLs may only reach public addresses (tests widen it).
     address_policy: AddressPolicy = staticmethod(public_only)
     # The web app's pixel cap, checked from the file's header before anything is decoded.
     max_pixels: int = WEB_MAX_IMAGE_PIXELS
+
+    def get_block_name(self) -> str:
+        return self.stock
+
+    def get_block_class(self) -> str:
+        return self.stock
 
     def _check_pixels(self, path: str, shown: str | None) -> str:
         return check_web_pixels(path, shown, self.max_pixels)
@@ -152,11 +148,7 @@ with no_stub_files():
         file to our decoder untouched (Gradio would open it with Pillow first, without our limits
         and with a developer-facing error for anything that is not an image)."""
 
-        def get_block_name(self) -> str:
-            return "image"  # the frontend component to render: the stock one
-
-        def get_block_class(self) -> str:
-            return "image"
+        stock = "image"
 
         def preprocess(self, payload: Any) -> Any:
             if payload is None or self.type != "filepath" or self.image_mode is not None:
@@ -189,11 +181,7 @@ with no_stub_files():
     class SafeFile(_SafeDownloads, gr.File):
         """``gr.File`` whose URL downloads are limited."""
 
-        def get_block_name(self) -> str:
-            return "file"  # the frontend component to render: the stock one
-
-        def get_block_class(self) -> str:
-            return "file"
+        stock = "file"
 
         def preprocess(self, payload: Any) -> Any:
             # Gradio's File.preprocess creates an empty NamedTemporaryFile in the cache for every
@@ -208,16 +196,11 @@ with no_stub_files():
         """The component ``gr.api`` makes for each parameter and result, with URL downloads
         through ``fetch_url`` and the limits of ``SafeFile`` (one setting for every file input)."""
 
+        stock = "api"
         example: Any = None  # what "Use via API" suggests for this parameter (Gradio: "...")
 
         def _limits(self) -> tuple[int, float]:
             return SafeFile.max_download_bytes, SafeFile.download_timeout
-
-        def get_block_name(self) -> str:
-            return "api"  # the frontend component to render: the stock one
-
-        def get_block_class(self) -> str:
-            return "api"
 
         def example_payload(self) -> Any:
             return self.example if self.example is not None else super().example_payload()

@@ -45,7 +45,7 @@ from gradio_client.exceptions import AppError
 from tagger.errors import format_bytes
 from tagger.fetch import MAX_DOWNLOAD_BYTES
 from tagger.web import gradio_compat
-from tagger.web.fairshare import UploadBudget, _TooLarge, client_key, mcp_caller
+from tagger.web.fairshare import UploadBudget, _TooLarge, client_key
 from tagger.web.gradio_compat import ImageData, QueueError, get_upload_folder
 
 log = logging.getLogger("tagger")
@@ -66,7 +66,7 @@ def serve_mcp_callers(server: Any, budget: UploadBudget) -> None:
             folders: list[Path] = []
             _CALL_FOLDERS.set(folders)
             try:
-                caller = _caller(server, budget)
+                caller = client_key(gradio_compat.mcp_request_scope(server), budget.limits.proxy_hops)
                 converted = _with_files(
                     server, name, arguments, lambda data, ext: _write(data, ext, caller, budget, folders)
                 )
@@ -90,11 +90,6 @@ def _answering(run: Callable[..., Any]) -> Callable[..., Any]:
             _remove(_CALL_FOLDERS.get() or [])
 
     return run_and_clean_up
-
-
-def _caller(server: Any, budget: UploadBudget) -> str:
-    scope = gradio_compat.mcp_request_scope(server)
-    return mcp_caller(scope) or client_key(scope, budget.limits.proxy_hops)
 
 
 def _file_parameters(server: Any, name: str) -> dict[str, bool]:
@@ -166,8 +161,8 @@ def _write(data: bytes, extension: str, caller: str, budget: UploadBudget, folde
     try:
         budget.charge(caller).to(len(data))
     except _TooLarge as refusal:
-        log.info("Refused an MCP call from %s: %s", caller, refusal.message)
-        raise ToolError(refusal.message) from None
+        log.info("Refused an MCP call from %s: %s", caller, refusal.detail)
+        raise ToolError(refusal.detail) from None
     folder = Path(tempfile.mkdtemp(prefix="mcp-", dir=get_upload_folder()))
     folders.append(folder)
     path = folder / f"image-{len(folders)}{extension}"

@@ -47,9 +47,8 @@ CACHE_CLEANUP: tuple[int, int] = (600, 3600)
 QUEUE_MAX_SIZE = 64  # waiting requests beyond this are refused with "queue is full"
 # One text argument (exclude, prepend, categories, a tag, a colour): a long tag list fits.
 MAX_TEXT_CHARS = 10_000
-# The per-client limits each app was created with (read again by launch for the middleware).
-_LIMITS: weakref.WeakKeyDictionary[gr.Blocks, fairshare.FairShareLimits] = weakref.WeakKeyDictionary()
-# ... and its upload budget, shared by the request guard and the MCP tools.
+# Each app's upload budget, with the per-client limits it was created with (read again by launch
+# for the middleware), shared by the request guard and the MCP tools.
 _BUDGETS: weakref.WeakKeyDictionary[gr.Blocks, fairshare.UploadBudget] = weakref.WeakKeyDictionary()
 
 
@@ -129,12 +128,10 @@ def create_app(
     # api_open=False (as on a Space): /gradio_api/run/<api> answers 404 for queued events, which
     # would otherwise skip the queue, its concurrency groups and the per-client limits.
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=concurrency, api_open=False)
-    if demo.delete_cache is None:  # read by Gradio when the server starts
-        demo.delete_cache = CACHE_CLEANUP
+    demo.delete_cache = CACHE_CLEANUP  # read by Gradio when the server starts
     limits = limits or fairshare.FairShareLimits()
     fairshare.install(demo, limits, heavy_group=HEAVY_QUEUE)
     _readable_request_errors(demo)
-    _LIMITS[demo] = limits
     _BUDGETS[demo] = fairshare.UploadBudget(limits)
     return demo, context
 
@@ -156,9 +153,8 @@ def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
     The request guard (``tagger.web.fairshare.RequestGuard``) goes in front of Gradio's routes."""
     kwargs.setdefault("mcp_server", mcp_server_wanted())
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
-    limits = _LIMITS.get(demo) or fairshare.FairShareLimits()
-    budget = _BUDGETS.get(demo) or fairshare.UploadBudget(limits)
-    guard = Middleware(fairshare.RequestGuard, limits=limits, budget=budget)
+    budget = _BUDGETS.get(demo) or fairshare.UploadBudget(fairshare.FairShareLimits())
+    guard = Middleware(fairshare.RequestGuard, limits=budget.limits, budget=budget)
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), guard]
     app_kwargs["lifespan"] = _with_our_start_up(demo, budget, app_kwargs.get("lifespan"))
     return demo.launch(

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 log = logging.getLogger("tagger")
 
@@ -35,8 +35,6 @@ LOCK_NAME = ".tagger-cache.lock"
 
 @dataclass
 class Swept:
-    """What a sweep removed."""
-
     paths: list[str] = field(default_factory=list)
     bytes: int = 0
 
@@ -94,6 +92,7 @@ class FolderClaim:
             self.file = None
 
 
+@dataclass
 class CacheKeeper:
     """Start-up and scheduled sweeps of one app's cache folder (see the module docstring).
 
@@ -101,21 +100,12 @@ class CacheKeeper:
     has registered (at start-up: what building the app wrote, its own); ``forget``: told which
     paths a scheduled sweep removed (so that Gradio's lists of them do not grow)."""
 
-    def __init__(
-        self,
-        folder: str | os.PathLike,
-        every: float,
-        older_than: float,
-        kept: Callable[[], Set[str]],
-        written: Callable[[], Set[str]] = frozenset,
-        forget: Callable[[Set[str]], None] = lambda removed: None,
-    ):
-        self.folder = Path(folder)
-        self.every = every
-        self.older_than = older_than
-        self.kept = kept
-        self.written = written
-        self.forget = forget
+    folder: str | os.PathLike
+    every: float
+    older_than: float
+    kept: Callable[[], Set[str]]
+    written: Callable[[], Set[str]] = frozenset
+    forget: Callable[[Set[str]], None] = lambda removed: None
 
     def at_start(self, alone: bool) -> Swept:
         own = set(self.kept()) | set(self.written())
@@ -136,7 +126,7 @@ class CacheKeeper:
         return swept
 
     @contextlib.asynccontextmanager
-    async def running(self, *_: Any) -> AsyncIterator[None]:
+    async def running(self) -> AsyncIterator[None]:
         """The sweeps for as long as the server runs (an ASGI lifespan)."""
         claim = FolderClaim(self.folder)
         alone = await asyncio.to_thread(claim.take)

@@ -12,13 +12,13 @@ import json
 import gradio as gr
 
 from tagger.datasets.batch import BatchOutput
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, warning
+from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, in_page, warning
 from tagger.web.controls import OptionControls
 from tagger.web.inputs import SafeFile
 from tagger.web.service import LIMITS, TABLE_HEADERS, result_row, summary_markdown, tag_files
 
 
-def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, tab: gr.Tab | None = None) -> None:
+def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, tab: gr.Tab) -> None:
     """The Batch tab, tagging with ``settings`` and ``size``: the Tag tab's controls (tune on one
     image, then tag the folder the same way), summed up here and changed there."""
     with gr.Row(equal_height=False, elem_id="batch-layout"):
@@ -65,14 +65,11 @@ def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, 
 
     names = [*settings.widgets, "max_size"]
     setting_inputs = [*settings.inputs(), size]
-    gr.on(
-        [*(c.change for c in setting_inputs), *([tab.select] if tab is not None else [])],
-        None,
+    in_page(
+        [*(c.change for c in setting_inputs), tab.select],
+        f"(...values) => TagView.settingsText({json.dumps(names)}, values)",
         inputs=setting_inputs,
         outputs=settings_note,
-        js=f"(...values) => TagView.settingsText({json.dumps(names)}, values)",
-        api_visibility="private",
-        show_progress="hidden",
     )
 
     def run(values: dict, progress: gr.Progress) -> BatchOutput:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import gradio as gr
+import numpy as np
 
 from tagger.features.pca import DEFAULT_COLOURS, pca_images
 from tagger.features.relevance import (
@@ -19,7 +20,7 @@ from tagger.features.relevance import (
     heatmap_images,
 )
 from tagger.tags.selection import top_tags
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, user_errors, warning
+from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, in_page, user_errors, warning
 from tagger.web.inputs import image_upload
 from tagger.web.service import heatmap_info, run_heatmap, run_pca
 
@@ -43,22 +44,28 @@ def heatmap_markdown(info: dict) -> str:
     return text
 
 
+def heatmap_view(
+    ctx: AppContext, path: str | None, tag: str | None, layers_from_end: int, opacity: float, max_size: object
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """A tag's relevance over the image as the model sees it, alone, and its caption: one model call."""
+    seen, index, result = run_heatmap(ctx, path, tag, layers_from_end, max_size)
+    over, heat = heatmap_images(seen, result.map, opacity, "bilinear")
+    return over, heat, heatmap_markdown(heatmap_info(ctx, index, result, layers_from_end))
+
+
 def _image_output(label: str, elem_id: str) -> gr.Image:
     # PNG: the maps are flat colour fields that lossy WebP (Gradio's default) would smear.
     return gr.Image(label=label, type="numpy", format="png", interactive=False, elem_id=elem_id)
 
 
-def build_features_tab(
-    ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None, size: gr.Slider | None = None
-) -> None:
+def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolution: gr.Slider) -> None:
     """The tab's layout and events. ``source``: the Tag tab's image, copied here when it
-    changes (one upload, many views; this tab can still take its own); ``size``: the Tag tab's
+    changes (one upload, many views; this tab can still take its own); ``resolution``: the Tag tab's
     resolution, which the maps follow too. The analysis runs when the tab is opened on an image
     (or at a resolution) it has not analysed, or on an upload here: never for a tab nobody looks at."""
     num_layers = ctx.tagger.model.config.num_layers
     low_depth = min(2, num_layers)
     maps_state = gr.State(None)  # ((image path, long edge), FeatureMaps) of the analysis shown
-    resolution = size if size is not None else gr.State(None)  # None: the server's default
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300):
@@ -173,47 +180,34 @@ def build_features_tab(
         return list(pca_images(shown[1], tuple(palette[: int(k)]), opacity, resample))
 
     def on_heatmap(path: str | None, name: str | None, layers: float, opacity: float, max_size: object) -> dict:
-        layers_from_end = int(layers)
-        found, error = attempt(run_heatmap, ctx, path, name, layers_from_end, max_size)
+        found, error = attempt(heatmap_view, ctx, path, name, int(layers), opacity, max_size)
         if error is not None:
             return {heat_summary: warning(error)}  # the last good heatmap stays
-        seen_image, index, result = found
-        over, heat_image = heatmap_images(seen_image, result.map, opacity, "bilinear")
-        return {
-            heat_overlay: over,
-            heat: heat_image,
-            heat_summary: heatmap_markdown(heatmap_info(ctx, index, result, layers_from_end)),
-        }
+        return dict(zip((heat_overlay, heat, heat_summary), found, strict=True))
 
     for button, step in ((add_stop, "Math.min(k + 1, 3)"), (remove_stop, "Math.max(k - 1, 1)")):
-        button.click(None, inputs=stops, outputs=stops, js=f"(k) => {step}", api_visibility="private")
+        in_page(button.click, f"(k) => {step}", inputs=stops, outputs=stops)
     pickers = json.dumps(list(range(1, len(colours) + 1)))
-    stops.change(
-        None,
-        inputs=stops,
-        outputs=colours,
-        js=f"(k) => {pickers}.map((i) => ({{__type__: 'update', visible: i <= k}}))",
-        api_visibility="private",
-        show_progress="hidden",
-    )
-    if source is not None:
-        # One upload, many views: the Tag tab's image is this tab's image too (in the page).
-        source.change(None, inputs=source, outputs=image, js="(value) => value", api_visibility="private")
-    image.input(
+    visible = f"(k) => {pickers}.map((i) => ({{__type__: 'update', visible: i <= k}}))"
+    in_page(stops.change, visible, inputs=stops, outputs=colours)
+    # One upload, many views: the Tag tab's image is this tab's image too (in the page).
+    in_page(source.change, "(value) => value", inputs=source, outputs=image)
+    analysed = image.input(
         analysis,
         inputs=[image, resolution, *style],
         outputs=analysis_outputs,
         api_visibility="private",
         concurrency_id=HEAVY_QUEUE,
-    ).success(None, js=SCROLL_TO_MAPS, api_visibility="private", show_progress="hidden")
-    if tab is not None:
-        tab.select(
-            on_open,
-            inputs=[image, resolution, maps_state, *style],
-            outputs=analysis_outputs,
-            api_visibility="private",
-            concurrency_id=HEAVY_QUEUE,
-        ).success(None, js=SCROLL_TO_MAPS, api_visibility="private", show_progress="hidden")
+    )
+    in_page(analysed.success, SCROLL_TO_MAPS)
+    opened = tab.select(
+        on_open,
+        inputs=[image, resolution, maps_state, *style],
+        outputs=analysis_outputs,
+        api_visibility="private",
+        concurrency_id=HEAVY_QUEUE,
+    )
+    in_page(opened.success, SCROLL_TO_MAPS)
     gr.on(
         [c.change for c in style],
         restyle,

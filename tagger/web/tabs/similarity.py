@@ -10,7 +10,7 @@ import gradio as gr
 
 from tagger.datasets.batch import new_output_dir
 from tagger.features.similarity import BatchSimilarity
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, warning
+from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, in_page, warning
 from tagger.web.inputs import SafeFile, image_upload
 from tagger.web.service import compare, score_url_pairs, score_zip
 
@@ -68,14 +68,11 @@ def similarity_bar(value: float | None) -> str:
     )
 
 
-def build_similarity_tab(
-    ctx: AppContext, source: gr.Image | None = None, tab: gr.Tab | None = None, size: gr.Slider | None = None
-) -> None:
+def build_similarity_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolution: gr.Slider) -> None:
     """The tab's layout and events. ``source``: the Tag tab's image, copied to image A when it
-    changes (another can still be uploaded); ``size``: the Tag tab's resolution, which the
+    changes (another can still be uploaded); ``resolution``: the Tag tab's, which the
     descriptors follow too. A pair is scored when an image is uploaded here or when the tab is
     opened on a pair (or at a resolution) it has not scored."""
-    resolution = size if size is not None else gr.State(None)  # None: the server's default
     gr.Markdown(
         "Cosine similarity of the images' descriptors (CLS + register tokens after the final norm, "
         "L2-normalised): 1 for the same image, lower the more they differ."
@@ -163,12 +160,10 @@ def build_similarity_tab(
         report = lambda done, total: progress((done, total), desc="Scoring pairs")  # noqa: E731
         return shown_batch(*attempt(score_url_pairs, ctx, text, image_a.fetch_into_cache, report, max_size))
 
-    if source is not None:
-        # One upload, many views: the Tag tab's image is image A (in the page, no model call).
-        source.change(None, inputs=source, outputs=image_a, js="(value) => value", api_visibility="private")
-    triggers = [image_a.input, image_b.input] + ([tab.select] if tab is not None else [])
+    # One upload, many views: the Tag tab's image is image A (in the page, no model call).
+    in_page(source.change, "(value) => value", inputs=source, outputs=image_a)
     gr.on(
-        triggers,
+        [image_a.input, image_b.input, tab.select],
         on_pair,
         inputs=[image_a, image_b, resolution, scored_pair],
         outputs=[scored_pair, result, bar],

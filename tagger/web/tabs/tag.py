@@ -27,21 +27,22 @@ import numpy as np
 from tagger.engine.resolution import MIN_SIZE, SIZE_STEP
 from tagger.engine.vocab import CATEGORIES, Vocabulary, normalize_tag
 from tagger.errors import FetchError, SelectionError
-from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
+from tagger.features.relevance import DEFAULT_LAYERS_FROM_END
 from tagger.tags.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.tags.selection import IMPLIED, add_to_tag_list, parse_tag_list
-from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, warning
+from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, in_page, warning
 from tagger.web.controls import OptionControls, build_option_controls
 from tagger.web.inputs import SafeImage, image_upload
 from tagger.web.page_scores import page_scores
-from tagger.web.service import heatmap_info, run_heatmap
-from tagger.web.tabs.features import heatmap_markdown
+from tagger.web.tabs.features import heatmap_view
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 LOOKUP_ROWS = 12
 EMPTY = "Upload an image to see its tags."
 HEATMAP_OPACITY = 0.5
 DEFAULTS = TagOptions()
+# The image shown as itself again (the heatmap panel hidden, its caption cleared).
+SHOW_IMAGE = "() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}, '']"
 
 
 # -- what the page is sent ------------------------------------------------------------------------
@@ -51,11 +52,10 @@ def rules_config(vocab: Vocabulary | None = None) -> dict:
     """``TagRules.configure``'s argument: the category table, option defaults and choices, and
     with ``vocab``'s relations the aliases of typed tags (old name → the tag it means; sent once
     per page, not per image)."""
-    defaults = TagOptions()
     relations = vocab.relations if vocab is not None else None
     return {
         "categories": [[c.id, c.name, c.color] for c in CATEGORIES],
-        "defaults": {name: getattr(defaults, name) for name in OPTION_NAMES},
+        "defaults": {name: getattr(DEFAULTS, name) for name in OPTION_NAMES},
         "modes": list(MODES),
         "orders": list(ORDERS),
         "implied": list(IMPLIED),
@@ -174,14 +174,6 @@ def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit:
     return rows
 
 
-def heatmap_view(ctx: AppContext, path: str | None, tag: str | None, max_size: object = None) -> tuple[np.ndarray, str]:
-    """A tag's relevance over the image as the model sees it, and its caption: one model call."""
-    layers = min(DEFAULT_LAYERS_FROM_END, ctx.tagger.model.config.num_layers)
-    seen, index, result = run_heatmap(ctx, path, tag, layers, max_size)
-    overlay, _ = heatmap_images(seen, result.map, HEATMAP_OPACITY, "bilinear")
-    return overlay, heatmap_markdown(heatmap_info(ctx, index, result, layers))
-
-
 def remove_from_tag_list(text: str | None, tag: str) -> str:
     """``text`` (a comma-separated list) without ``tag`` (compared as ``Selection`` compares tags)."""
     key = normalize_tag(tag)
@@ -205,7 +197,6 @@ def fetch_image(image: SafeImage, url: str) -> str:
 @dataclass
 class TagTab:
     image: SafeImage  # the image the other tabs reuse
-    scores: gr.State
     controls: OptionControls  # the tagging settings, which the Batch tab uses too
     size: gr.Slider  # the resolution
 
@@ -213,7 +204,7 @@ class TagTab:
 def build_tag_tab(ctx: AppContext) -> TagTab:
     vocab = ctx.vocab
     scored_state = gr.State(None)
-    scores_state = gr.State(None)  # the scores alone, for the lookup and the other tabs
+    scores_state = gr.State(None)  # the scores alone, for the lookup
 
     with gr.Row(equal_height=False, elem_id="tag-layout"):
         with gr.Column(scale=5, min_width=320, elem_id="tag-left"):
@@ -311,16 +302,13 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         "cards": "tag-cards",
         "quick": option_controls.quick_bar(),
     }
-    gr.on(
+    in_page(
         [payload.change, cards.change, *(c.change for c in controls.values())],
-        None,
+        f"(payload, cards, ...values) => TagView.update(payload, {json.dumps(names)}, values, "
+        f"{json.dumps(render_config)}, cards)",
         inputs=[payload, cards, *controls.values()],
         outputs=[view, all_tags],
-        js=f"(payload, cards, ...values) => TagView.update(payload, {json.dumps(names)}, values, "
-        f"{json.dumps(render_config)}, cards)",
         trigger_mode="always_last",
-        api_visibility="private",
-        show_progress="hidden",
     )
 
     def tag_image(path: str | None, floor: float | None, max_size: float | None) -> dict:
@@ -339,30 +327,17 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             return gr.skip()  # a release without a change (the slider's blur, its reset at the same value)
         return tag_image(path, floor, max_size)
 
-    image.change(
-        tag_image,
-        inputs=[image, controls["floor"], size],
-        outputs=[scored_state, scores_state, payload],
-        api_visibility="private",
-        concurrency_id=TAG_QUEUE,
-        show_progress_on=[view],
-    )
-    size.release(
-        resize,
-        inputs=[image, controls["floor"], size, scored_state],
-        outputs=[scored_state, scores_state, payload],
-        api_visibility="private",
-        concurrency_id=TAG_QUEUE,
-        show_progress_on=[view],
-    )
+    for listen, tag_with, extra in ((image.change, tag_image, []), (size.release, resize, [scored_state])):
+        listen(
+            tag_with,
+            inputs=[image, controls["floor"], size, *extra],
+            outputs=[scored_state, scores_state, payload],
+            api_visibility="private",
+            concurrency_id=TAG_QUEUE,
+            show_progress_on=[view],
+        )
     # A new image is shown as itself, not under an old heatmap.
-    image.change(
-        None,
-        outputs=[image, heat_panel, heat_caption],
-        js="() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}, ''];",
-        api_visibility="private",
-        show_progress="hidden",
-    )
+    in_page(image.change, SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
 
     def more_scores(scored: ScoredImage | None, evt: gr.EventData) -> dict:
         floor = getattr(evt, "floor", None)  # the page sends {floor}
@@ -401,20 +376,16 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             show_progress="hidden",
         )
 
-    typed_toggle.click(
-        None,
-        js="() => { document.getElementById('tag-controls').classList.toggle('tv-typing'); }",
-        api_visibility="private",
-        show_progress="hidden",
-    )
+    in_page(typed_toggle.click, "() => { document.getElementById('tag-controls').classList.toggle('tv-typing'); }")
 
     heat_outputs = [image, heat_panel, heat_image, heat_caption]
 
     def show_heatmap(path: str | None, tag: str | None, max_size: float | None) -> dict:
-        result, error = attempt(heatmap_view, ctx, path, tag, max_size)
+        layers = min(DEFAULT_LAYERS_FROM_END, ctx.tagger.model.config.num_layers)
+        result, error = attempt(heatmap_view, ctx, path, tag, layers, HEATMAP_OPACITY, max_size)
         if error is not None:
             return {heat_caption: warning(error)}  # the last heatmap (or the image) stays
-        overlay, caption = result
+        overlay, _, caption = result
         return {
             image: gr.update(visible=False),
             heat_panel: gr.update(visible=True),
@@ -431,21 +402,16 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
 
     scroll = "() => { document.getElementById('tag-input')?.scrollIntoView({block: 'nearest', behavior: 'smooth'}); }"
     for event, handler in ((view.tag_select, heatmap_for_bar), (lookup_table.select, heatmap_for_row)):
-        event(
+        shown = event(
             handler,
             inputs=[image, size],
             outputs=heat_outputs,
             api_visibility="private",
             concurrency_id=HEAVY_QUEUE,
             show_progress_on=[image, heat_image],
-        ).then(None, js=scroll, api_visibility="private", show_progress="hidden")
-    back.click(
-        None,
-        outputs=[image, heat_panel, heat_caption],
-        js="() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}, '']",
-        api_visibility="private",
-        show_progress="hidden",
-    )
+        )
+        in_page(shown.then, scroll)
+    in_page(back.click, SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
 
     def fetch(address: str) -> dict:
         path, error = attempt(fetch_image, image, address)
@@ -476,4 +442,4 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         queue=False,
         show_progress="hidden",
     )
-    return TagTab(image=image, scores=scores_state, controls=option_controls, size=size)
+    return TagTab(image=image, controls=option_controls, size=size)
