@@ -90,7 +90,7 @@ def inputs(folder: Path) -> dict[str, Path]:
 
 
 _CHILD = """
-import ctypes, gc, os, signal, sys, tracemalloc
+import collections, ctypes, gc, os, signal, sys, tracemalloc
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
 TRACE = os.environ.get("SOAK_TRACE")  # where the report goes; tracing from the first SIGUSR1 when set
 COUNTS = os.environ.get("SOAK_COUNTS")  # live objects by type, one file per SIGUSR1 when set
@@ -115,8 +115,14 @@ def allocator_stats():  # glibc (all arenas) and pymalloc: native memory that gc
                     kind = name
                 elif name:
                     kind = "files"
-                else:  # thread heaps are 64 MiB mappings; the rest: pymalloc arenas, big blocks
-                    kind = "anonymous 64 MiB" if end - start == 64 * 2**20 else "anonymous other"
+                elif end - start == 64 * 2**20:  # glibc's thread heaps
+                    kind = "anonymous 64 MiB"
+                elif 8 * 2**20 - 2**16 <= end - start <= 8 * 2**20:  # thread stacks (less the guard page)
+                    kind = "anonymous 8 MiB"
+                elif end - start == 2**18:  # pymalloc arenas
+                    kind = "anonymous 256 KiB"
+                else:  # large blocks, other libraries' own mappings
+                    kind = "anonymous other"
             elif fields[0] == "Rss:":
                 key = "RSS " + kind
                 stats[key] = stats.get(key, 0) + int(fields[1]) * 1024
@@ -133,6 +139,19 @@ def allocator_stats():  # glibc (all arenas) and pymalloc: native memory that gc
                 key, value = line[2:].rsplit("=", 1)
                 stats["pymalloc " + key.strip()] = int(value.strip().replace(",", ""))
     return stats
+CONTAINERS = (dict, list, set, collections.deque, collections.OrderedDict, collections.defaultdict)
+def owner(obj, seen):  # where a container hangs: module.name, Class.attribute or a key in a dict
+    for ref in gc.get_referrers(obj):
+        if isinstance(ref, dict) and ref is not seen:
+            key = next((k for k, v in ref.items() if v is obj), None)
+            for name, module in list(sys.modules.items()):
+                if getattr(module, "__dict__", None) is ref:
+                    return f"{name}.{key}"
+            for holder in gc.get_referrers(ref):
+                if getattr(holder, "__dict__", None) is ref:
+                    return f"{type(holder).__module__}.{type(holder).__qualname__}.{key}"
+            return f"a dict's [{key!r}]"
+    return "?"
 def trim(*_):  # SIGUSR1: what the allocator keeps once everything unused is given back
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -143,6 +162,24 @@ def trim(*_):  # SIGUSR1: what the allocator keeps once everything unused is giv
             counts[name] = counts.get(name, 0) + 1
         counts.update({"@" + k: v for k, v in allocator_stats().items()})
         trim.dumps = getattr(trim, "dumps", 0) + 1
+        containers = {}
+        for o in gc.get_objects():  # and what they hold directly: a dict of str or int is not tracked by gc
+            for c in (o, *gc.get_referents(o)):
+                if type(c) in CONTAINERS and len(c) >= 20 and c is not containers:
+                    containers[id(c)] = c
+        if trim.dumps == 1:  # the warm-up trim: the sizes later ones are compared with
+            trim.sizes = {key: len(o) for key, o in containers.items()}
+        else:  # a container that keeps growing holds what the type counts cannot show (str, int, bytes)
+            grew = sorted(((len(o) - trim.sizes.get(key, 0), key) for key, o in containers.items()), reverse=True)
+            with open(f"{COUNTS}-grew", "w") as out:
+                for delta, key in grew[:8]:
+                    if delta >= 20:
+                        o = containers[key]
+                        ordered = isinstance(o, (dict, list, collections.deque))
+                        last = repr(next(reversed(o)) if ordered else next(iter(o)))
+                        where = owner(o, containers)
+                        out.write(f"  +{delta} {type(o).__name__} of {len(o)} at {where}; last: {last[:100]}\\n")
+        del containers
         with open(f"{COUNTS}.{trim.dumps}", "w") as out:
             out.write("\\n".join(f"{n}\\t{k}" for k, n in counts.items()))
     if TRACE and not tracemalloc.is_tracing():  # after warm-up: trace what is allocated from now on
@@ -205,6 +242,10 @@ def print_count_growth(prefix: str, rounds: int) -> None:
     print("allocator, warm-up trim -> end:")
     for name in allocator:
         print(f"  {name[1:]}: {first[name]:,} -> {last.get(name, 0):,} ({last.get(name, 0) - first[name]:+,})")
+    grew = Path(prefix + "-grew")
+    if grew.exists():
+        print("containers that grew (20 items or more), warm-up trim -> end:")
+        print(grew.read_text().rstrip() or "  none")
 
 
 def abuse(seconds: float, warmup: float, tolerance: float, tracing: bool, only: str | None, counting: bool) -> None:
