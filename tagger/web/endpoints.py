@@ -41,13 +41,14 @@ from tagger.web import service
 from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, user_errors
 from tagger.web.gradio_compat import (
     ImageData,
+    api_components_as,
     components_being_built,
     get_function_description,
     get_upload_folder,
     json_schema_to_python_type,
     set_api_info,
 )
-from tagger.web.inputs import received_path, safe_api_components
+from tagger.web.inputs import SafeApi, received_path
 from tagger.web.service import LIMITS
 
 IMAGE_HELP = (
@@ -197,10 +198,6 @@ class Endpoint:
     @property
     def name(self) -> str:
         return self.fn.__name__
-
-    @property
-    def signature(self) -> inspect.Signature:
-        return inspect.signature(self.fn)
 
 
 def build_endpoints(ctx: AppContext) -> list[Endpoint]:
@@ -379,10 +376,11 @@ def publish(endpoints: Sequence[Endpoint]) -> None:
     components labelled with their names, image parameters typed as images, examples set."""
     components = components_being_built()
     for endpoint in endpoints:
-        with safe_api_components():
+        with api_components_as(SafeApi):
             dependency = gr.api(endpoint.fn, api_name=endpoint.name, concurrency_id=endpoint.concurrency_id)
         _, meanings, _ = get_function_description(endpoint.fn)
-        for block_id, parameter in zip(dependency["inputs"], endpoint.signature.parameters.values(), strict=True):
+        parameters = inspect.signature(endpoint.fn).parameters.values()
+        for block_id, parameter in zip(dependency["inputs"], parameters, strict=True):
             block = components[block_id]
             block.label = parameter.name
             block.example = endpoint.examples.get(parameter.name)

@@ -385,17 +385,12 @@ class RequestGuard:
     """ASGI middleware in front of Gradio: remote-URL file routes, body and upload sizes,
     uploaded bytes per client, unqueued events per client (see the module docstring)."""
 
-    def __init__(
-        self,
-        app: Callable[[Scope, Receive, Send], Awaitable[None]],
-        limits: FairShareLimits,
-        budget: UploadBudget | None = None,
-    ):
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], budget: UploadBudget):
         self.app = app
-        self.limits = limits
-        self.budget = budget or UploadBudget(limits)
+        self.budget = budget
+        self.limits = budget.limits
         self.unqueued_now: Counter[str] = Counter()
-        self.unqueued_slots: asyncio.Semaphore | None = None
+        self.unqueued_slots = asyncio.Semaphore(self.limits.unqueued_at_once)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -504,8 +499,6 @@ class RequestGuard:
         limits = self.limits
         if self.unqueued_now[client] >= limits.unqueued_per_client:
             raise _TooLarge(429, "Too many updates at once from your address; wait for the last one to finish.")
-        if self.unqueued_slots is None:
-            self.unqueued_slots = asyncio.Semaphore(limits.unqueued_at_once)
         self.unqueued_now[client] += 1
         try:
             try:

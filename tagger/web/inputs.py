@@ -11,16 +11,14 @@ The browser sees the stock ``image`` and ``file`` components: only server-side m
 
 The public endpoints are ``gr.api`` functions (``tagger.web.endpoints``): Gradio hands their
 parameters over as they were sent, after moving file payloads into its cache with the
-parameter's component. ``safe_api_components`` makes those components ``SafeApi`` (URLs through
-``fetch_url``, like ``SafeFile``), and ``received_path`` accepts only files Gradio has received
-that way, inside its upload cache.
+parameter's component. Built as ``SafeApi`` (``api_components_as(SafeApi)``), those send URLs
+through ``fetch_url`` like ``SafeFile``, and ``received_path`` accepts only files Gradio has
+received that way, inside its upload cache.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -49,7 +47,6 @@ from tagger.fetch import (
 from tagger.web.gradio_compat import (
     ApiComponent,
     NamedString,
-    api_components_as,
     cache_folder,
     get_upload_folder,
     no_stub_files,
@@ -170,7 +167,7 @@ with no_stub_files():
                 )
             try:
                 data = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError):
+            except ValueError:  # binascii.Error is one
                 raise gr.Error("The image data URL is not valid base64.", print_exception=False) from None
             folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=Path(cache_folder(self))))
             path = folder / "image"
@@ -204,11 +201,6 @@ with no_stub_files():
 
         def example_payload(self) -> Any:
             return self.example if self.example is not None else super().example_payload()
-
-
-def safe_api_components() -> contextlib.AbstractContextManager[None]:
-    """Within it, ``gr.api`` builds its parameters and results as ``SafeApi`` components."""
-    return api_components_as(SafeApi)
 
 
 def received_path(payload: object) -> str | None:
