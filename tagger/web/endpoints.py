@@ -49,7 +49,6 @@ from tagger.web.gradio_compat import (
     set_api_info,
 )
 from tagger.web.inputs import SafeApi, received_path
-from tagger.web.service import LIMITS
 
 IMAGE_HELP = (
     "The image, any format Pillow reads (PNG, JPEG, WebP, GIF's first frame, ...): an upload "
@@ -60,8 +59,8 @@ IMAGE_SCHEMA = {**ImageData.model_json_schema(), "additional_description": IMAGE
 DOC_PARTS = {
     "{image}": IMAGE_HELP,
     "{batch_limits}": (
-        f"at most {LIMITS.max_files:,} images, {LIMITS.max_upload_bytes // 2**20} MiB uploaded and "
-        f"{LIMITS.max_total_bytes // 2**20} MiB unpacked per request"
+        f"at most {service.LIMITS.max_files:,} images, {service.LIMITS.max_upload_bytes // 2**20} MiB uploaded and "
+        f"{service.LIMITS.max_total_bytes // 2**20} MiB unpacked per request"
     ),
     "{pairs_per_call}": str(PAIRS_PER_CALL),
 }
