@@ -32,7 +32,7 @@ from PIL import Image
 from tagger.engine.resolution import MIN_SIZE
 from tagger.errors import SelectionError
 from tagger.features.pca import DEFAULT_COLOURS, pca_images
-from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
+from tagger.features.relevance import DEFAULT_LAYERS_FROM_END
 from tagger.features.similarity import PAIRS_PER_CALL
 from tagger.tags.formats import api_response
 from tagger.tags.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
@@ -302,10 +302,10 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
             the heatmap alone, inferno colours (PNG)
             JSON with the tag, its probability, the block and the [h, w] relevance grid in [0, 1]
         """
-        seen, index, result = service.run_heatmap(ctx, received_path(image), tag, layers_from_end, max_size)
-        over, heat = heatmap_images(seen, result.map, alpha, upscale)
+        path = received_path(image)
+        over, heat, info = service.run_heatmap(ctx, path, tag, layers_from_end, alpha, upscale, max_size)
         over_png, heat_png = png_files(overlay=over, heatmap=heat)
-        return over_png, heat_png, service.heatmap_info(ctx, index, result, int(layers_from_end))
+        return over_png, heat_png, info
 
     @api_endpoint_here
     def similarity(image_a: ImageData, image_b: ImageData, max_size: int = size) -> float:

@@ -69,17 +69,12 @@ class _SafeDownloads(_MixedInto):
     download_timeout: float = DOWNLOAD_TIMEOUT_S
     # A public server: other people's URLs may only reach public addresses (tests widen it).
     address_policy: AddressPolicy = staticmethod(public_only)
-    # The web app's pixel cap, checked from the file's header before anything is decoded.
-    max_pixels: int = WEB_MAX_IMAGE_PIXELS
 
     def get_block_name(self) -> str:
         return self.stock
 
     def get_block_class(self) -> str:
         return self.stock
-
-    def _check_pixels(self, path: str, shown: str | None) -> str:
-        return check_web_pixels(path, shown, self.max_pixels)
 
     def _limits(self) -> tuple[int, float]:
         """(bytes, seconds) for one download."""
@@ -119,11 +114,12 @@ class _SafeDownloads(_MixedInto):
         return super().move_resource_to_block_cache(url_or_file_path)
 
 
-def check_web_pixels(path: str, shown: str | None = None, max_pixels: int = WEB_MAX_IMAGE_PIXELS) -> str:
-    """``path`` if the image it holds is within the web app's pixel cap (read from its header;
-    files that are not images pass), else ``gr.Error`` with a sentence naming ``shown``."""
+def check_web_pixels(path: str, shown: str | None = None) -> str:
+    """``path`` if the image it holds is within the web app's pixel cap (read from its header,
+    before anything is decoded; files that are not images pass), else ``gr.Error`` with a
+    sentence naming ``shown``."""
     header = web_image_header(path)
-    limit = web_limit(header, max_pixels) if header is not None else max_pixels
+    limit = web_limit(header) if header is not None else WEB_MAX_IMAGE_PIXELS
     if header is not None and header.pixels > limit:
         raise gr.Error(
             f"Could not read '{shown or 'the image'}': {header.describe()}, more than this Space's limit of "
@@ -152,10 +148,10 @@ with no_stub_files():
                 return super().preprocess(payload)
             url = getattr(payload, "url", None)
             if isinstance(url, str) and url.startswith("data:"):
-                return self._check_pixels(self._save_data_url(url), "the image data")
+                return check_web_pixels(self._save_data_url(url), "the image data")
             if payload.path is None:
                 raise gr.Error("No image was received; please upload the image again.", print_exception=False)
-            return self._check_pixels(str(payload.path), getattr(payload, "orig_name", None))
+            return check_web_pixels(str(payload.path), getattr(payload, "orig_name", None))
 
         def _save_data_url(self, url: str) -> str:
             # Gradio would decode (and fully decompress) a base64 image before any limit applies.
@@ -184,7 +180,7 @@ with no_stub_files():
             # Gradio's File.preprocess creates an empty NamedTemporaryFile in the cache for every
             # single file path it returns and never removes it: one leaked file per request.
             if self.file_count == "single" and isinstance(payload, FileData):
-                self._check_pixels(payload.path, payload.orig_name)  # zips and non-images pass
+                check_web_pixels(payload.path, payload.orig_name)  # zips and non-images pass
                 if self.type == "filepath" and not self.file_types:
                     return NamedString(payload.path)
             return super().preprocess(payload)

@@ -17,7 +17,7 @@ from tagger.engine.tagger import IMAGES_PER_GPU_CALL
 from tagger.errors import ImageError, UploadError, format_bytes
 from tagger.features.overlay import pixels_to_image
 from tagger.features.pca import FeatureMaps, analyse
-from tagger.features.relevance import Relevance, relevance, resolve_tag, tap_block
+from tagger.features.relevance import Relevance, heatmap_images, relevance, resolve_tag, tap_block
 from tagger.features.similarity import (
     BatchSimilarity,
     batch_similarity,
@@ -88,14 +88,16 @@ def run_pca(ctx: AppContext, image: str | None, max_size: object = None) -> Feat
 
 
 def run_heatmap(
-    ctx: AppContext, image: str | None, tag: str | None, layers_from_end: float, max_size: object = None
-) -> tuple:
-    """(preprocessed uint8 image, tag index, relevance) for one upload: one GPU call."""
-    tap_block(ctx.tagger.model.config.num_layers, layers_from_end)  # arguments first: fail fast
+    ctx: AppContext, image: str | None, tag: str | None, layers: float, alpha: float, upscale: str, max_size: object
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A tag's relevance ``layers`` blocks from the end, over the image as the model sees it
+    (``alpha``) and alone, and its facts (``heatmap_info``), for one upload: one GPU call."""
+    tap_block(ctx.tagger.model.config.num_layers, layers)  # arguments first: fail fast
     index = resolve_tag(ctx.vocab, tag)
     pixels = prepare_image(ctx, image, max_size=max_size)
-    result: Relevance = ctx.runner.call(relevance, [pixels], index, layers_from_end)[0]
-    return pixels_to_image(pixels), index, result
+    result: Relevance = ctx.runner.call(relevance, [pixels], index, layers)[0]
+    over, heat = heatmap_images(pixels_to_image(pixels), result.map, alpha, upscale)
+    return over, heat, heatmap_info(ctx, index, result, int(layers))
 
 
 def heatmap_info(ctx: AppContext, index: int, result: Relevance, layers_from_end: int) -> dict:
