@@ -334,10 +334,7 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
             summary {pairs, mean, min, max}
             unmatched, ignored and errors [{file, error}]
         """
-        path = received_path(archive)
-        if path is None:
-            raise gr.Error("Please upload a zip first.")
-        return service.score_zip(ctx, path, max_size=max_size).to_json()
+        return service.score_zip(ctx, received_path(archive), max_size=max_size).to_json()
 
     cat, coffee = (example_image(ctx, name) for name in ("cat", "coffee"))
     found = ctx.vocab.find("cat")

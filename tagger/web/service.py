@@ -124,8 +124,10 @@ def compare(ctx: AppContext, image_a: str | None, image_b: str | None, max_size:
 
 
 def score_zip(
-    ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None, max_size: object = None
+    ctx: AppContext, path: str | None, progress: Callable[[int, int], None] | None = None, max_size: object = None
 ) -> BatchSimilarity:
+    if path is None:
+        raise UploadError("Please upload a zip first.")
     return batch_similarity(path, ctx.preparer(max_size), ctx.runner.descriptors, progress=progress)
 
 
@@ -135,7 +137,7 @@ def score_url_pairs(
     fetch: Callable[[str], str],
     progress: Callable[[int, int], None] | None = None,
     max_size: object = None,
-    limits: BatchLimits = BatchLimits(),  # noqa: B008 - frozen
+    limits: BatchLimits = LIMITS,
 ) -> BatchSimilarity:
     """Pairs of image URLs (``[["url_a", "url_b"], ...]``) scored as a zip's pairs are: each URL
     downloaded by ``fetch`` (the guarded fetcher: its address policy and per-file limit), at most
