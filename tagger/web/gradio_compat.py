@@ -93,7 +93,7 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     *_uses("tagger.web.tempfiles's cache sweeps", "gradio.blocks", "Blocks.temp_file_sets", "Block.keep_in_cache"),
     *_uses(_URLS, "gradio.components.base", "Component.move_resource_to_block_cache(url_or_file_path)"),
     *_uses(_URLS, "gradio.components.base", "Component.async_move_resource_to_block_cache(url_or_file_path)"),
-    *_uses(_URLS, "gradio.blocks", "Block.GRADIO_CACHE", "Block.temp_files"),
+    *_uses(_URLS, "gradio.blocks", "Block.temp_files"),
     *_uses("tagger.web.inputs's SafeFile (no empty file per request)", "gradio.utils", "NamedString"),
     *_uses("tagger.web.inputs (no .pyi files in the sources)", "gradio.component_meta", "create_or_modify_pyi"),
     *_uses(_URLS + " in gr.api endpoints", "gradio.components.api_component", "Api"),
@@ -300,11 +300,6 @@ def forget_files(demo: gr.Blocks, removed: AbstractSet[str]) -> None:
     """Gradio's registry of ``demo``'s cached files without ``removed`` (swept from the disk)."""
     for files in demo.temp_file_sets:
         files -= removed
-
-
-def cache_folder(component: gr.components.Component) -> str:
-    """The cache folder ``component`` moves received files into."""
-    return component.GRADIO_CACHE
 
 
 def register_cached_file(component: gr.components.Component, path: str) -> None:

@@ -47,7 +47,6 @@ from tagger.fetch import (
 from tagger.web.gradio_compat import (
     ApiComponent,
     NamedString,
-    cache_folder,
     get_upload_folder,
     no_stub_files,
     register_cached_file,
@@ -86,7 +85,7 @@ class _SafeDownloads(_MixedInto):
         max_bytes, timeout = self._limits()
         path = fetch_url(
             url,
-            Path(cache_folder(self)) / "fetched",
+            Path(get_upload_folder()) / "fetched",
             max_bytes=max_bytes,
             timeout=timeout,
             policy=self.address_policy,
@@ -165,7 +164,7 @@ with no_stub_files():
                 data = base64.b64decode(encoded, validate=True)
             except ValueError:  # binascii.Error is one
                 raise gr.Error("The image data URL is not valid base64.", print_exception=False) from None
-            folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=Path(cache_folder(self))))
+            folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=get_upload_folder()))
             path = folder / "image"
             path.write_bytes(data)
             register_cached_file(self, str(path))
