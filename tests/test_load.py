@@ -25,7 +25,7 @@ from app_server import RunningApp
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from tagger.web.fairshare import FairShareLimits, RequestGuard, client_key
+from tagger.web.fairshare import FairShareLimits, RequestGuard, UploadBudget, client_key
 from tagger.web.runtime import ModelRunner
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from test apps
@@ -342,7 +342,7 @@ def test_unqueued_events_are_limited() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    guard = RequestGuard(slow_app, limits)
+    guard = RequestGuard(slow_app, UploadBudget(limits))
 
     async def call(address: str) -> tuple[int, str]:
         sent: list[dict] = []
@@ -372,8 +372,6 @@ def test_unqueued_events_are_limited() -> None:
 def test_upload_budget_forgets_clients_after_the_window() -> None:
     # A public Space sees many addresses once: their upload records must go when the window
     # has passed, even if they never come back, while a recent client's bytes still count.
-    from tagger.web.fairshare import UploadBudget
-
     budget = UploadBudget(FairShareLimits(upload_window_s=0.3, upload_bytes_per_client=1000))
     for n in range(200):
         budget.charge(f"10.0.{n // 250}.{n % 250}").to(600)
@@ -388,8 +386,6 @@ def test_upload_budget_forgets_clients_after_the_window() -> None:
 def test_upload_budget_record_stays_small_under_many_requests() -> None:
     # A client sending thousands of small uploads an hour must not grow the server's memory with
     # one record each: charges close together share one, and every byte still counts.
-    from tagger.web.fairshare import UploadBudget
-
     budget = UploadBudget(FairShareLimits(upload_window_s=3600, upload_bytes_per_client=10**9))
     for _ in range(5000):
         budget.charge("10.2.0.1").to(100)

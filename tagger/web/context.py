@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import gradio as gr
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from tagger.engine.preprocess import Prepare
-from tagger.engine.resolution import default_size, snap_size
+from tagger.engine.resolution import default_size as size_for_device
+from tagger.engine.resolution import snap_size
 from tagger.engine.tagger import Tagger
 from tagger.engine.vocab import Vocabulary
 from tagger.errors import USER_ERRORS, ImageError, shorten
@@ -83,10 +84,12 @@ class AppContext:
     space_id: str | None = field(default_factory=lambda: os.environ.get("SPACE_ID"))
     # The long edge a request runs at unless it asks for another (None: by device, see
     # tagger.engine.resolution); the Tagger's max_size is the cap no request goes above.
-    size: int | None = None
+    size: InitVar[int | None] = None
+    default_size: int = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.size = snap_size(self.size or default_size(self.tagger.device.type), self.size_cap, self.size_cap)
+    def __post_init__(self, size: int | None) -> None:
+        cap = self.size_cap
+        self.default_size = snap_size(size or size_for_device(self.tagger.device.type), cap, cap)
 
     @property
     def vocab(self) -> Vocabulary:
@@ -95,10 +98,6 @@ class AppContext:
     @property
     def size_cap(self) -> int:
         return self.tagger.max_size
-
-    @property
-    def default_size(self) -> int:
-        return int(self.size or self.size_cap)
 
     def resolution(self, max_size: object = None) -> int:
         """A request's long edge: ``max_size`` (None: the default) snapped to 16 and capped."""

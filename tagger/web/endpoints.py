@@ -32,7 +32,7 @@ from PIL import Image
 from tagger.engine.resolution import MIN_SIZE
 from tagger.errors import SelectionError
 from tagger.features.pca import DEFAULT_COLOURS, pca_images
-from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, heatmap_images
+from tagger.features.relevance import DEFAULT_LAYERS_FROM_END
 from tagger.features.similarity import PAIRS_PER_CALL
 from tagger.tags.formats import api_response
 from tagger.tags.options import OPTION_FIELDS, OPTION_NAMES, OPTION_TYPES, TagOptions, option_info
@@ -41,14 +41,14 @@ from tagger.web import service
 from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, user_errors
 from tagger.web.gradio_compat import (
     ImageData,
+    api_components_as,
     components_being_built,
     get_function_description,
     get_upload_folder,
     json_schema_to_python_type,
     set_api_info,
 )
-from tagger.web.inputs import received_path, safe_api_components
-from tagger.web.service import LIMITS
+from tagger.web.inputs import SafeApi, received_path
 
 IMAGE_HELP = (
     "The image, any format Pillow reads (PNG, JPEG, WebP, GIF's first frame, ...): an upload "
@@ -59,8 +59,8 @@ IMAGE_SCHEMA = {**ImageData.model_json_schema(), "additional_description": IMAGE
 DOC_PARTS = {
     "{image}": IMAGE_HELP,
     "{batch_limits}": (
-        f"at most {LIMITS.max_files:,} images, {LIMITS.max_upload_bytes // 2**20} MiB uploaded and "
-        f"{LIMITS.max_total_bytes // 2**20} MiB unpacked per request"
+        f"at most {service.LIMITS.max_files:,} images, {service.LIMITS.max_upload_bytes // 2**20} MiB uploaded and "
+        f"{service.LIMITS.max_total_bytes // 2**20} MiB unpacked per request"
     ),
     "{pairs_per_call}": str(PAIRS_PER_CALL),
 }
@@ -198,10 +198,6 @@ class Endpoint:
     def name(self) -> str:
         return self.fn.__name__
 
-    @property
-    def signature(self) -> inspect.Signature:
-        return inspect.signature(self.fn)
-
 
 def build_endpoints(ctx: AppContext) -> list[Endpoint]:
     """The endpoint functions, in the order of the API docs; ``publish`` registers them."""
@@ -306,10 +302,10 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
             the heatmap alone, inferno colours (PNG)
             JSON with the tag, its probability, the block and the [h, w] relevance grid in [0, 1]
         """
-        seen, index, result = service.run_heatmap(ctx, received_path(image), tag, layers_from_end, max_size)
-        over, heat = heatmap_images(seen, result.map, alpha, upscale)
+        path = received_path(image)
+        over, heat, info = service.run_heatmap(ctx, path, tag, layers_from_end, alpha, upscale, max_size)
         over_png, heat_png = png_files(overlay=over, heatmap=heat)
-        return over_png, heat_png, service.heatmap_info(ctx, index, result, int(layers_from_end))
+        return over_png, heat_png, info
 
     @api_endpoint_here
     def similarity(image_a: ImageData, image_b: ImageData, max_size: int = size) -> float:
@@ -338,10 +334,7 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
             summary {pairs, mean, min, max}
             unmatched, ignored and errors [{file, error}]
         """
-        path = received_path(archive)
-        if path is None:
-            raise gr.Error("Please upload a zip first.")
-        return service.score_zip(ctx, path, max_size=max_size).to_json()
+        return service.score_zip(ctx, received_path(archive), max_size=max_size).to_json()
 
     cat, coffee = (example_image(ctx, name) for name in ("cat", "coffee"))
     found = ctx.vocab.find("cat")
@@ -379,10 +372,11 @@ def publish(endpoints: Sequence[Endpoint]) -> None:
     components labelled with their names, image parameters typed as images, examples set."""
     components = components_being_built()
     for endpoint in endpoints:
-        with safe_api_components():
+        with api_components_as(SafeApi):
             dependency = gr.api(endpoint.fn, api_name=endpoint.name, concurrency_id=endpoint.concurrency_id)
         _, meanings, _ = get_function_description(endpoint.fn)
-        for block_id, parameter in zip(dependency["inputs"], endpoint.signature.parameters.values(), strict=True):
+        parameters = inspect.signature(endpoint.fn).parameters.values()
+        for block_id, parameter in zip(dependency["inputs"], parameters, strict=True):
             block = components[block_id]
             block.label = parameter.name
             block.example = endpoint.examples.get(parameter.name)

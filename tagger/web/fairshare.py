@@ -45,7 +45,7 @@ import os
 import secrets
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -53,6 +53,7 @@ from urllib.parse import unquote
 import gradio as gr
 from fastapi import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tagger.datasets.intake import time_budget
 from tagger.engine.cpu import MEMORY
@@ -60,11 +61,6 @@ from tagger.errors import GiB, MiB, format_bytes
 from tagger.web import gradio_compat
 
 log = logging.getLogger("tagger")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 def _proxy_hops_from_env() -> int:
@@ -385,17 +381,12 @@ class RequestGuard:
     """ASGI middleware in front of Gradio: remote-URL file routes, body and upload sizes,
     uploaded bytes per client, unqueued events per client (see the module docstring)."""
 
-    def __init__(
-        self,
-        app: Callable[[Scope, Receive, Send], Awaitable[None]],
-        limits: FairShareLimits,
-        budget: UploadBudget | None = None,
-    ):
+    def __init__(self, app: ASGIApp, budget: UploadBudget):
         self.app = app
-        self.limits = limits
-        self.budget = budget or UploadBudget(limits)
+        self.budget = budget
+        self.limits = budget.limits
         self.unqueued_now: Counter[str] = Counter()
-        self.unqueued_slots: asyncio.Semaphore | None = None
+        self.unqueued_slots = asyncio.Semaphore(self.limits.unqueued_at_once)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -504,8 +495,6 @@ class RequestGuard:
         limits = self.limits
         if self.unqueued_now[client] >= limits.unqueued_per_client:
             raise _TooLarge(429, "Too many updates at once from your address; wait for the last one to finish.")
-        if self.unqueued_slots is None:
-            self.unqueued_slots = asyncio.Semaphore(limits.unqueued_at_once)
         self.unqueued_now[client] += 1
         try:
             try:

@@ -93,7 +93,7 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     *_uses("tagger.web.tempfiles's cache sweeps", "gradio.blocks", "Blocks.temp_file_sets", "Block.keep_in_cache"),
     *_uses(_URLS, "gradio.components.base", "Component.move_resource_to_block_cache(url_or_file_path)"),
     *_uses(_URLS, "gradio.components.base", "Component.async_move_resource_to_block_cache(url_or_file_path)"),
-    *_uses(_URLS, "gradio.blocks", "Block.GRADIO_CACHE", "Block.temp_files"),
+    *_uses(_URLS, "gradio.blocks", "Block.temp_files"),
     *_uses("tagger.web.inputs's SafeFile (no empty file per request)", "gradio.utils", "NamedString"),
     *_uses("tagger.web.inputs (no .pyi files in the sources)", "gradio.component_meta", "create_or_modify_pyi"),
     *_uses(_URLS + " in gr.api endpoints", "gradio.components.api_component", "Api"),
@@ -119,11 +119,8 @@ def missing(entry: PrivateName) -> str | None:
     try:
         module = importlib.import_module(entry.module)
         if entry.text:
-            return (
-                None
-                if entry.name in inspect.getsource(module)
-                else f"no longer writes '{entry.name}' in {entry.module}"
-            )
+            written = entry.name in inspect.getsource(module)
+            return None if written else f"no longer writes '{entry.name}' in {entry.module}"
         *owners, attribute = entry.name.split(".")
         owner: Any = functools.reduce(getattr, owners, module)
     except (ImportError, AttributeError, OSError, TypeError):
@@ -305,11 +302,6 @@ def forget_files(demo: gr.Blocks, removed: AbstractSet[str]) -> None:
         files -= removed
 
 
-def cache_folder(component: gr.components.Component) -> str:
-    """The cache folder ``component`` moves received files into."""
-    return component.GRADIO_CACHE
-
-
 def register_cached_file(component: gr.components.Component, path: str) -> None:
     """``path`` in the cache, registered like Gradio's own downloads: its clean-up removes it."""
     component.temp_files.add(path)
@@ -320,28 +312,25 @@ def register_cached_file(component: gr.components.Component, path: str) -> None:
 
 
 @contextlib.contextmanager
-def no_stub_files() -> Iterator[None]:
+def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def no_stub_files() -> contextlib.AbstractContextManager[None]:
     """Gradio writes a .pyi next to the source of every Component subclass it sees defined
     (meant for custom-component packages); here it would only litter the source tree."""
-    generate = gradio.component_meta.create_or_modify_pyi
-    gradio.component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        gradio.component_meta.create_or_modify_pyi = generate
+    return _replaced(gradio.component_meta, "create_or_modify_pyi", lambda *args, **kwargs: None)
 
 
-@contextlib.contextmanager
-def api_components_as(component_class: type[ApiComponent]) -> Iterator[None]:
+def api_components_as(component_class: type[ApiComponent]) -> contextlib.AbstractContextManager[None]:
     """Within it, ``gr.api`` builds its parameters and results as ``component_class`` (Gradio has
     no option for the component it uses)."""
-    module = gradio.components.api_component
-    original = module.Api
-    module.Api = component_class  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        module.Api = original  # type: ignore[misc]
+    return _replaced(gradio.components.api_component, "Api", component_class)
 
 
 def set_api_info(component: Any, info: dict[str, Any]) -> None:

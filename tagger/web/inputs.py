@@ -11,16 +11,14 @@ The browser sees the stock ``image`` and ``file`` components: only server-side m
 
 The public endpoints are ``gr.api`` functions (``tagger.web.endpoints``): Gradio hands their
 parameters over as they were sent, after moving file payloads into its cache with the
-parameter's component. ``safe_api_components`` makes those components ``SafeApi`` (URLs through
-``fetch_url``, like ``SafeFile``), and ``received_path`` accepts only files Gradio has received
-that way, inside its upload cache.
+parameter's component. Built as ``SafeApi`` (``api_components_as(SafeApi)``), those send URLs
+through ``fetch_url`` like ``SafeFile``, and ``received_path`` accepts only files Gradio has
+received that way, inside its upload cache.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -49,8 +47,6 @@ from tagger.fetch import (
 from tagger.web.gradio_compat import (
     ApiComponent,
     NamedString,
-    api_components_as,
-    cache_folder,
     get_upload_folder,
     no_stub_files,
     register_cached_file,
@@ -72,17 +68,12 @@ class _SafeDownloads(_MixedInto):
     download_timeout: float = DOWNLOAD_TIMEOUT_S
     # A public server: other people's URLs may only reach public addresses (tests widen it).
     address_policy: AddressPolicy = staticmethod(public_only)
-    # The web app's pixel cap, checked from the file's header before anything is decoded.
-    max_pixels: int = WEB_MAX_IMAGE_PIXELS
 
     def get_block_name(self) -> str:
         return self.stock
 
     def get_block_class(self) -> str:
         return self.stock
-
-    def _check_pixels(self, path: str, shown: str | None) -> str:
-        return check_web_pixels(path, shown, self.max_pixels)
 
     def _limits(self) -> tuple[int, float]:
         """(bytes, seconds) for one download."""
@@ -94,7 +85,7 @@ class _SafeDownloads(_MixedInto):
         max_bytes, timeout = self._limits()
         path = fetch_url(
             url,
-            Path(cache_folder(self)) / "fetched",
+            Path(get_upload_folder()) / "fetched",
             max_bytes=max_bytes,
             timeout=timeout,
             policy=self.address_policy,
@@ -122,11 +113,12 @@ class _SafeDownloads(_MixedInto):
         return super().move_resource_to_block_cache(url_or_file_path)
 
 
-def check_web_pixels(path: str, shown: str | None = None, max_pixels: int = WEB_MAX_IMAGE_PIXELS) -> str:
-    """``path`` if the image it holds is within the web app's pixel cap (read from its header;
-    files that are not images pass), else ``gr.Error`` with a sentence naming ``shown``."""
+def check_web_pixels(path: str, shown: str | None = None) -> str:
+    """``path`` if the image it holds is within the web app's pixel cap (read from its header,
+    before anything is decoded; files that are not images pass), else ``gr.Error`` with a
+    sentence naming ``shown``."""
     header = web_image_header(path)
-    limit = web_limit(header, max_pixels) if header is not None else max_pixels
+    limit = web_limit(header) if header is not None else WEB_MAX_IMAGE_PIXELS
     if header is not None and header.pixels > limit:
         raise gr.Error(
             f"Could not read '{shown or 'the image'}': {header.describe()}, more than this Space's limit of "
@@ -155,10 +147,10 @@ with no_stub_files():
                 return super().preprocess(payload)
             url = getattr(payload, "url", None)
             if isinstance(url, str) and url.startswith("data:"):
-                return self._check_pixels(self._save_data_url(url), "the image data")
+                return check_web_pixels(self._save_data_url(url), "the image data")
             if payload.path is None:
                 raise gr.Error("No image was received; please upload the image again.", print_exception=False)
-            return self._check_pixels(str(payload.path), getattr(payload, "orig_name", None))
+            return check_web_pixels(str(payload.path), getattr(payload, "orig_name", None))
 
         def _save_data_url(self, url: str) -> str:
             # Gradio would decode (and fully decompress) a base64 image before any limit applies.
@@ -170,9 +162,9 @@ with no_stub_files():
                 )
             try:
                 data = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError):
+            except ValueError:  # binascii.Error is one
                 raise gr.Error("The image data URL is not valid base64.", print_exception=False) from None
-            folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=Path(cache_folder(self))))
+            folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=get_upload_folder()))
             path = folder / "image"
             path.write_bytes(data)
             register_cached_file(self, str(path))
@@ -187,7 +179,7 @@ with no_stub_files():
             # Gradio's File.preprocess creates an empty NamedTemporaryFile in the cache for every
             # single file path it returns and never removes it: one leaked file per request.
             if self.file_count == "single" and isinstance(payload, FileData):
-                self._check_pixels(payload.path, payload.orig_name)  # zips and non-images pass
+                check_web_pixels(payload.path, payload.orig_name)  # zips and non-images pass
                 if self.type == "filepath" and not self.file_types:
                     return NamedString(payload.path)
             return super().preprocess(payload)
@@ -204,11 +196,6 @@ with no_stub_files():
 
         def example_payload(self) -> Any:
             return self.example if self.example is not None else super().example_payload()
-
-
-def safe_api_components() -> contextlib.AbstractContextManager[None]:
-    """Within it, ``gr.api`` builds its parameters and results as ``SafeApi`` components."""
-    return api_components_as(SafeApi)
 
 
 def received_path(payload: object) -> str | None:

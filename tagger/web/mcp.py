@@ -25,7 +25,6 @@ The hooks into Gradio's MCP server are ``tagger.web.gradio_compat``'s.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextvars
 import inspect
 import logging
@@ -152,7 +151,7 @@ def _decoded(encoded: str, parameter: str, max_bytes: int = MAX_DOWNLOAD_BYTES) 
         raise ToolError(f"The data sent for '{parameter}' is larger than the limit of {format_bytes(max_bytes)}.")
     try:
         return base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
+    except ValueError:  # binascii.Error is one
         raise ToolError(f"The data: URL sent for '{parameter}' is not valid base64.") from None
 
 

@@ -24,6 +24,7 @@ def page_scores(scores: np.ndarray, vocab: Vocabulary, cutoff: float) -> dict:
         raise SelectionError(f"Got {scores.shape[0]} scores for a vocabulary of {len(vocab)} tags.")
     cutoff = _check_probability("cutoff", cutoff)
     ids = vocab.category_ids
+    present = [c.id for c in CATEGORIES if np.any(ids == c.id)]
     picked = np.flatnonzero(scores >= cutoff)
     relations = vocab.relations
     names = vocab.tags if relations is None else relations.names
@@ -33,20 +34,15 @@ def page_scores(scores: np.ndarray, vocab: Vocabulary, cutoff: float) -> dict:
         "cutoff": cutoff,
         # float(float32) is exact, and JSON keeps a float64 exactly: the page compares the same numbers.
         "tags": [[names[i], float(scores[i]), int(ids[i]), int(i)] for i in picked],
-        "mcut": {str(c.id): mcut_threshold(scores[ids == c.id]) for c in CATEGORIES if np.any(ids == c.id)},
+        "mcut": {str(c): mcut_threshold(scores[ids == c]) for c in present},
     }
     if relations is not None:
         # Every implied tag of a sent row is sent (above), so each maps to a row position.
         above, counts = relations.ancestors_of(picked)
-        positions = np.searchsorted(picked, above).tolist()
-        implies, start = [], 0
-        for p, n in enumerate(counts.tolist()):
-            if n:
-                implies.append([p, positions[start : start + n]])
-                start += n
+        per_row = np.split(np.searchsorted(picked, above), np.cumsum(counts)[:-1])
         lifted = relations.lift(scores)
         payload["relations"] = {
-            "implies": implies,
-            "mcut_add": {str(c.id): mcut_threshold(lifted[ids == c.id]) for c in CATEGORIES if np.any(ids == c.id)},
+            "implies": [[p, rows.tolist()] for p, rows in enumerate(per_row) if rows.size],
+            "mcut_add": {str(c): mcut_threshold(lifted[ids == c]) for c in present},
         }
     return payload

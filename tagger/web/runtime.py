@@ -128,9 +128,7 @@ class ModelRunner:
         # one after a call that failed in the worker (spaces discards it). A Space with more
         # than one GPU may also start a worker on another GPU; this cannot be known beforehand.
         self.fresh_worker = True
-        self._gpu_call: Callable[..., object] = self._run
-        if spaces is not None:
-            self._gpu_call = spaces.GPU(duration=self.duration)(self._run)
+        self._gpu_call = self._run if spaces is None else spaces.GPU(duration=self.duration)(self._run)
 
     def duration(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
         """The ``spaces.GPU`` duration of the next call (``gpu_duration``, plus

@@ -154,7 +154,7 @@ def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
     kwargs.setdefault("mcp_server", mcp_server_wanted())
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
     budget = _BUDGETS.get(demo) or fairshare.UploadBudget(fairshare.FairShareLimits())
-    guard = Middleware(fairshare.RequestGuard, limits=budget.limits, budget=budget)
+    guard = Middleware(fairshare.RequestGuard, budget=budget)
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), guard]
     app_kwargs["lifespan"] = _with_our_start_up(demo, budget, app_kwargs.get("lifespan"))
     return demo.launch(

@@ -17,7 +17,7 @@ from tagger.engine.tagger import IMAGES_PER_GPU_CALL
 from tagger.errors import ImageError, UploadError, format_bytes
 from tagger.features.overlay import pixels_to_image
 from tagger.features.pca import FeatureMaps, analyse
-from tagger.features.relevance import Relevance, relevance, resolve_tag, tap_block
+from tagger.features.relevance import Relevance, heatmap_images, relevance, resolve_tag, tap_block
 from tagger.features.similarity import (
     BatchSimilarity,
     batch_similarity,
@@ -88,14 +88,16 @@ def run_pca(ctx: AppContext, image: str | None, max_size: object = None) -> Feat
 
 
 def run_heatmap(
-    ctx: AppContext, image: str | None, tag: str | None, layers_from_end: float, max_size: object = None
-) -> tuple:
-    """(preprocessed uint8 image, tag index, relevance) for one upload: one GPU call."""
-    tap_block(ctx.tagger.model.config.num_layers, layers_from_end)  # arguments first: fail fast
+    ctx: AppContext, image: str | None, tag: str | None, layers: float, alpha: float, upscale: str, max_size: object
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A tag's relevance ``layers`` blocks from the end, over the image as the model sees it
+    (``alpha``) and alone, and its facts (``heatmap_info``), for one upload: one GPU call."""
+    tap_block(ctx.tagger.model.config.num_layers, layers)  # arguments first: fail fast
     index = resolve_tag(ctx.vocab, tag)
     pixels = prepare_image(ctx, image, max_size=max_size)
-    result: Relevance = ctx.runner.call(relevance, [pixels], index, layers_from_end)[0]
-    return pixels_to_image(pixels), index, result
+    result: Relevance = ctx.runner.call(relevance, [pixels], index, layers)[0]
+    over, heat = heatmap_images(pixels_to_image(pixels), result.map, alpha, upscale)
+    return over, heat, heatmap_info(ctx, index, result, int(layers))
 
 
 def heatmap_info(ctx: AppContext, index: int, result: Relevance, layers_from_end: int) -> dict:
@@ -122,8 +124,10 @@ def compare(ctx: AppContext, image_a: str | None, image_b: str | None, max_size:
 
 
 def score_zip(
-    ctx: AppContext, path: str, progress: Callable[[int, int], None] | None = None, max_size: object = None
+    ctx: AppContext, path: str | None, progress: Callable[[int, int], None] | None = None, max_size: object = None
 ) -> BatchSimilarity:
+    if path is None:
+        raise UploadError("Please upload a zip first.")
     return batch_similarity(path, ctx.preparer(max_size), ctx.runner.descriptors, progress=progress)
 
 
@@ -133,7 +137,7 @@ def score_url_pairs(
     fetch: Callable[[str], str],
     progress: Callable[[int, int], None] | None = None,
     max_size: object = None,
-    limits: BatchLimits = BatchLimits(),  # noqa: B008 - frozen
+    limits: BatchLimits = LIMITS,
 ) -> BatchSimilarity:
     """Pairs of image URLs (``[["url_a", "url_b"], ...]``) scored as a zip's pairs are: each URL
     downloaded by ``fetch`` (the guarded fetcher: its address policy and per-file limit), at most

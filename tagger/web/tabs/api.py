@@ -99,9 +99,8 @@ def endpoints_table(endpoints: Sequence[Endpoint]) -> str:
     rows = []
     for endpoint in endpoints:
         _, _, returns = get_function_description(endpoint.fn)
-        takes = ", ".join(
-            f"**`{p.name}`**" if p.default is p.empty else f"`{p.name}`" for p in endpoint.signature.parameters.values()
-        )
+        parameters = inspect.signature(endpoint.fn).parameters.values()
+        takes = ", ".join(f"**`{p.name}`**" if p.default is p.empty else f"`{p.name}`" for p in parameters)
         rows.append(f"| `/{endpoint.name}` | {takes} | {'; '.join(returns)} |")
     return "| endpoint | takes | returns |\n|---|---|---|\n" + "\n".join(rows)
 

@@ -14,15 +14,11 @@ import gradio as gr
 import numpy as np
 
 from tagger.features.pca import DEFAULT_COLOURS, pca_images
-from tagger.features.relevance import (
-    DEFAULT_LAYERS_FROM_END,
-    MAX_LAYERS_FROM_END,
-    heatmap_images,
-)
+from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, MAX_LAYERS_FROM_END
 from tagger.tags.selection import top_tags
 from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, in_page, user_errors, warning
 from tagger.web.inputs import image_upload
-from tagger.web.service import heatmap_info, run_heatmap, run_pca
+from tagger.web.service import run_heatmap, run_pca
 
 TOP_TAGS = 25  # choices offered in the heatmap's tag dropdown
 # On a phone the maps come under the image and its controls: bring them into view once drawn.
@@ -48,9 +44,8 @@ def heatmap_view(
     ctx: AppContext, path: str | None, tag: str | None, layers_from_end: int, opacity: float, max_size: object
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """A tag's relevance over the image as the model sees it, alone, and its caption: one model call."""
-    seen, index, result = run_heatmap(ctx, path, tag, layers_from_end, max_size)
-    over, heat = heatmap_images(seen, result.map, opacity, "bilinear")
-    return over, heat, heatmap_markdown(heatmap_info(ctx, index, result, layers_from_end))
+    over, heat, info = run_heatmap(ctx, path, tag, layers_from_end, opacity, "bilinear", max_size)
+    return over, heat, heatmap_markdown(info)
 
 
 def _image_output(label: str, elem_id: str) -> gr.Image:

@@ -151,8 +151,6 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolut
         }
 
     def on_batch(path: str | None, max_size: object, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008
-        if path is None:
-            return {batch_summary: warning("Please upload a zip first.")}
         report = lambda done, total: progress((done, total), desc="Scoring pairs")  # noqa: E731
         return shown_batch(*attempt(score_zip, ctx, path, report, max_size))
 
