@@ -259,9 +259,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             raise BulkError("--gpus starts local processes; with --engine ray, Ray places one actor per GPU itself.")
         else:
             return launch_workers(_without(argv, {"--gpus", "--shard", "--device"}), per_gpu, shard)
-
-    stack = contextlib.ExitStack()  # the output folder's lock, held until the run ends
-    with stack:
+    with contextlib.ExitStack() as stack:  # the output folder's lock, held until the run ends
         return _tag(args, options, shard, argv, stack)
 
 

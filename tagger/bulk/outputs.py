@@ -224,13 +224,6 @@ class WriteCounts:
     captions: dict[str, int] = field(default_factory=dict)  # new / kept / merged / same / refused
     messages: list[str] = field(default_factory=list)  # captions refused, one sentence each
 
-    def add(self, other: WriteCounts) -> None:
-        self.images += other.images
-        self.errors += other.errors
-        self.messages += other.messages
-        for k, v in other.captions.items():
-            self.captions[k] = self.captions.get(k, 0) + v
-
 
 def _part_schema(descriptors: bool) -> Any:
     import pyarrow as pa
@@ -255,21 +248,10 @@ def _part_schema(descriptors: bool) -> Any:
 def _rows_table(rows: Sequence[TagRow], descriptors: bool) -> Any:
     import pyarrow as pa
 
-    columns: dict[str, Any] = {
-        "index": [r.index for r in rows],
-        "key": [r.key for r in rows],
-        "path": [r.path for r in rows],
-        "sha256": [r.sha256 for r in rows],
-        "width": [r.width for r in rows],
-        "height": [r.height for r in rows],
-        "error": [r.error for r in rows],
-        "tag_ids": [r.tag_ids for r in rows],
-        "scores": [r.scores for r in rows],
-        "json": [r.json_line for r in rows],
-    }
-    if descriptors:
-        columns["descriptor"] = [r.descriptor for r in rows]
-    return pa.Table.from_pydict(columns, schema=_part_schema(descriptors))
+    schema = _part_schema(descriptors)
+    # The part's columns are TagRow's fields of the same names, "json" being its json_line.
+    columns = {name: [getattr(r, "json_line" if name == "json" else name) for r in rows] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)
 
 
 def damaged_part(path: Path, error: BaseException) -> str:

@@ -7,7 +7,7 @@
 
 The driver makes the same plan as the local engine (shards, resume, captions kept) and
 sends the records to tag; the decode stage and the model step run the local engine's own
-functions (``decode_locator``, ``batches_by_tokens``, ``tag_batch``), and the datasink the
+functions (``decode_locator``, ``batches_by_tokens``, ``score_batch``, ``batch_rows``), and the datasink the
 same ``OutputWriter``, so both engines write the same rows. When the write finishes, the
 driver completes the shards. Killed midway, a Ray run leaves committed parts like a local
 run, and the next run, with either engine, resumes after them.
