@@ -245,7 +245,7 @@ def _part_schema(descriptors: bool) -> Any:
     return pa.schema(fields)
 
 
-def _rows_table(rows: Sequence[TagRow], descriptors: bool) -> Any:
+def rows_table(rows: Sequence[TagRow], descriptors: bool) -> Any:
     import pyarrow as pa
 
     schema = _part_schema(descriptors)
@@ -306,7 +306,7 @@ class OutputWriter:
                 counts.captions[outcome] = counts.captions.get(outcome, 0) + 1
         part = self.layout.parts(shard) / f"part-{min(r.index for r in rows):012d}.parquet"
         with atomic_file(part, durable=True) as fp:
-            pq.write_table(_rows_table(rows, self.info.descriptors), fp)
+            pq.write_table(rows_table(rows, self.info.descriptors), fp)
         return counts
 
     def finish_shard(self, shard: int) -> dict[str, int]:
