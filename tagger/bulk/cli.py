@@ -357,7 +357,7 @@ def _plan(
         state = ResumeState.load(layout, shard.owns)
     txt = "txt" in args.format
     plan = Plan(
-        inputs,
+        inputs=inputs,
         layout=layout,
         shard=shard,
         shard_size=args.shard_size,
@@ -420,9 +420,7 @@ def _load_tagger(args: argparse.Namespace, files: ModelFiles) -> tuple[Tagger, i
                 max_batch_size=batch_size,
                 reduced_decode=args.reduced_decode,
             )
-    except (CheckpointError, VocabularyError):
-        raise
-    except (ValueError, OnnxExtraMissing) as e:  # unknown device or dtype; the onnx extra missing
+    except (ValueError, OnnxExtraMissing) as e:  # unknown device or dtype, a bad model file; the onnx extra missing
         raise BulkError(str(e)) from None
     attach_relation_arguments(args, tagger.vocab)
     return tagger, batch_size

@@ -59,10 +59,6 @@ class Layout:
         return self.root / "bulk.json"
 
     @property
-    def txt(self) -> Path:
-        return self.root / "txt"
-
-    @property
     def state(self) -> Path:
         return self.root / ".bulk"
 
@@ -81,7 +77,7 @@ class Layout:
     def caption(self, caption_file: str) -> Path:
         """A caption's path: absolute when beside its image, else under ``txt/``."""
         path = Path(caption_file)
-        return path if path.is_absolute() else self.txt / path
+        return path if path.is_absolute() else self.root / "txt" / path
 
 
 def temporary_name(path: Path) -> Path:
