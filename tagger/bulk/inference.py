@@ -71,16 +71,6 @@ def error_row(item: Decoded) -> TagRow:
     return _row(item, ImageResult(record.key, record.concept, item.sha256, error=item.error), EMPTY_IDS, EMPTY_SCORES)
 
 
-def result_row(
-    item: Decoded, scores: np.ndarray, tagger: Tagger, options: TagOptions, descriptor: np.ndarray | None
-) -> TagRow:
-    record = item.record
-    tags = select_tags(scores, tagger.vocab, options.selection)
-    result = ImageResult(record.key, record.concept, item.sha256, tuple(tags))
-    kept = np.flatnonzero(scores >= np.float32(options.selection.floor)).astype(np.int32)
-    return _row(item, result, kept, scores[kept].astype(np.float32), options.tag_string(tags, tagger.vocab), descriptor)
-
-
 def _row(
     item: Decoded,
     result: ImageResult,
@@ -127,7 +117,13 @@ def batch_rows(
     options: TagOptions,
 ) -> list[TagRow]:
     """One row per image from its scores: selection, caption, JSONL line, sparse scores."""
-    return [
-        result_row(item, probabilities[i], tagger, options, None if features is None else features[i])
-        for i, item in enumerate(batch)
-    ]
+    rows = []
+    for i, item in enumerate(batch):
+        scores, record = probabilities[i], item.record
+        tags = select_tags(scores, tagger.vocab, options.selection)
+        result = ImageResult(record.key, record.concept, item.sha256, tuple(tags))
+        kept = np.flatnonzero(scores >= np.float32(options.selection.floor)).astype(np.int32)
+        caption = options.tag_string(tags, tagger.vocab)
+        descriptor = None if features is None else features[i]
+        rows.append(_row(item, result, kept, scores[kept].astype(np.float32), caption, descriptor))
+    return rows

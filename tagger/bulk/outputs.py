@@ -148,17 +148,14 @@ def merge_caption(existing: str, ours: str, mode: str) -> str:
         return existing
     present = {normalize_tag(tag) for tag in parse_tag_list(existing)}
     new = [tag for tag in ours.split(CAPTION_SEPARATOR) if tag.strip() and normalize_tag(tag) not in present]
-    kept = existing.strip()
     if not new:
         return existing
+    addition, kept = CAPTION_SEPARATOR.join(new), existing.strip()
     if not kept:
-        return CAPTION_SEPARATOR.join(new)
-    addition = CAPTION_SEPARATOR.join(new)
+        return addition
     if mode == "append":
         return kept.rstrip(",") + CAPTION_SEPARATOR + addition
-    if mode == "prepend":
-        return addition + CAPTION_SEPARATOR + kept.lstrip(",").lstrip()
-    raise ValueError(f"on-existing mode must be one of {', '.join(ON_EXISTING)}, not {mode!r}")
+    return addition + CAPTION_SEPARATOR + kept.lstrip(",").lstrip()  # prepend
 
 
 def write_caption(path: Path, caption: str, mode: str) -> str:

@@ -96,7 +96,9 @@ class Source:
 
     kind: str = ""
     streamed: bool = False  # True: the images can only be read front to back, and not counted ahead
-    spec: str  # the input as resolved: an absolute path, or hf:name
+
+    def __init__(self, spec: Path | str):
+        self.spec = str(spec)  # the input as resolved: an absolute path, or hf:name
 
     def entries(self) -> Iterator[Entry]:
         raise NotImplementedError
@@ -120,7 +122,7 @@ class FolderSource(Source):
     kind = "folder"
 
     def __init__(self, path: Path, recursive: bool = True):
-        self.spec = str(path)
+        super().__init__(path)
         self.recursive = recursive
 
     def entries(self) -> Iterator[Entry]:
@@ -145,9 +147,6 @@ def _walk_error(error: OSError) -> None:
 class FileSource(Source):
     kind = "file"
 
-    def __init__(self, path: Path):
-        self.spec = str(path)
-
     def entries(self) -> Iterator[Entry]:
         shown = escape_name(self.spec)
         yield Entry(escape_name(Path(self.spec).name), shown, "", ("file", self.spec), file=self.spec)
@@ -157,7 +156,7 @@ class ZipSource(Source):
     kind = "zip"
 
     def __init__(self, path: Path):
-        self.spec = str(path)
+        super().__init__(path)
         try:
             with zipfile.ZipFile(path) as archive:
                 infos = archive.infolist()
@@ -196,7 +195,7 @@ class TarSource(Source):
     kind = "tar"
 
     def __init__(self, path: Path):
-        self.spec = str(path)
+        super().__init__(path)
         self.streamed = path.name.lower().endswith(TAR_STREAM_SUFFIXES)
         self._members: list[tuple[str, str | None, str, int, int]] = []  # (name, error, member, offset, size)
         if not self.streamed:
@@ -303,7 +302,7 @@ class ParquetSource(Source):
     def __init__(self, path: Path, image_column: str | None = None, key_column: str | None = None):
         import pyarrow.parquet as pq
 
-        self.spec = str(path)
+        super().__init__(path)
         try:
             parquet = pq.ParquetFile(path)
         except Exception as e:
@@ -379,7 +378,7 @@ class SavedDatasetSource(Source):
     def __init__(self, path: Path, split: str | None, image_column: str | None, key_column: str | None):
         import datasets
 
-        self.spec = str(path)
+        super().__init__(path)
         try:
             loaded = datasets.load_from_disk(str(path))
         except Exception as e:
@@ -416,7 +415,7 @@ class HubSource(Source):
     streamed = True
 
     def __init__(self, spec: str, split: str | None, image_column: str | None, key_column: str | None):
-        self.spec = spec
+        super().__init__(spec)
         name = spec[len(HUB_PREFIX) :]
         self.name, _, revision = name.partition("@")
         self.revision = revision or None
