@@ -90,15 +90,11 @@ def _to_wire(pixels: torch.Tensor) -> Any:
         return pixels
 
 
-def _from_wire(pixels: Any) -> torch.Tensor | None:
-    if pixels is None or isinstance(pixels, torch.Tensor):
-        return pixels
-    return torch.from_numpy(pixels)
-
-
 def decoded_from(record: Record, result: DecodeResult) -> Decoded:
     pixels, digest, width, height, error = result
-    return Decoded(record, _from_wire(pixels), digest, width, height, error)
+    if pixels is not None and not isinstance(pixels, torch.Tensor):
+        pixels = torch.from_numpy(pixels)
+    return Decoded(record, pixels, digest, width, height, error)
 
 
 # ---------------------------------------------------------------------------------------------
