@@ -100,7 +100,7 @@ def run_local(
     descriptors: bool,
     summary: Summary,
     progress: Progress,
-) -> Summary:
+) -> None:
     """Tag everything ``plan`` yields; counts go into ``summary`` (also on an interrupt)."""
     patch = tagger.model.config.patch_size
     started = time.perf_counter()
@@ -135,4 +135,3 @@ def run_local(
         output.close()
         summary.already_done = plan.already_done
         summary.seconds = time.perf_counter() - started
-    return summary

@@ -282,8 +282,6 @@ class OutputWriter:
         import pyarrow.parquet as pq
 
         counts = WriteCounts()
-        if not rows:
-            return counts
         for row in rows:
             if row.error is not None:
                 counts.errors += 1
@@ -302,7 +300,7 @@ class OutputWriter:
             pq.write_table(rows_table(rows, self.info.descriptors), fp)
         return counts
 
-    def finish_shard(self, shard: int) -> dict[str, int]:
+    def finish_shard(self, shard: int) -> None:
         """Merge the shard's parts into its output files, mark it done, remove the parts."""
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -321,7 +319,6 @@ class OutputWriter:
         marker = {"shard": shard, "images": table.num_rows - errors, "errors": errors}
         write_atomic(self.layout.done(shard), json.dumps(marker).encode("utf-8"), durable=True)
         shutil.rmtree(folder, ignore_errors=True)
-        return marker
 
     def _write_parquet(self, shard: int, table: Any) -> None:
         import pyarrow as pa

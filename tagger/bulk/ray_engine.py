@@ -299,7 +299,7 @@ def run_ray(
     options: TagOptions,
     summary: Summary,
     progress: Progress,
-) -> Summary:
+) -> None:
     """Tag everything ``plan`` yields on Ray Data; counts go into ``summary``."""
     import time
 
@@ -383,4 +383,3 @@ def run_ray(
         writer.finish_shard(shard)
         summary.shards_finished += 1
     summary.seconds = time.perf_counter() - started
-    return summary
