@@ -209,14 +209,6 @@ def missing_extra(error: ModuleNotFoundError) -> str | None:
     return f"{EXTRA_MODULES[name]}, which is not installed; install the bulk extra: {EXTRA_HINT}."
 
 
-def require_extra(name: str) -> None:
-    """Import a module of the bulk extra now, before any work starts; ``BulkError`` if it is missing."""
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        raise BulkError(missing_extra(e) or str(e)) from None
-
-
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog).parse_args(argv)
@@ -242,9 +234,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     options = options_from_args(args)
     check_relation_arguments(args, options)
-    require_extra("pyarrow")
+    # A missing module of the bulk extra is named (by main) before any work starts.
+    importlib.import_module("pyarrow")
     if args.engine == "ray":
-        require_extra("ray")
+        importlib.import_module("ray")
     shard = ShardSpec.parse(args.shard)
     if args.backend == "onnxruntime" and (args.engine == "ray" or args.gpus):
         raise BulkError("--backend onnxruntime runs in this process on the CPU; leave out --engine ray and --gpus.")
@@ -259,9 +252,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             raise BulkError("--gpus starts local processes; with --engine ray, Ray places one actor per GPU itself.")
         else:
             return launch_workers(_without(argv, {"--gpus", "--shard", "--device"}), per_gpu, shard)
-
-    stack = contextlib.ExitStack()  # the output folder's lock, held until the run ends
-    with stack:
+    with contextlib.ExitStack() as stack:  # the output folder's lock, held until the run ends
         return _tag(args, options, shard, argv, stack)
 
 
@@ -359,7 +350,7 @@ def _plan(
         state = ResumeState.load(layout, shard.owns)
     txt = "txt" in args.format
     plan = Plan(
-        inputs,
+        inputs=inputs,
         layout=layout,
         shard=shard,
         shard_size=args.shard_size,
@@ -422,9 +413,7 @@ def _load_tagger(args: argparse.Namespace, files: ModelFiles) -> tuple[Tagger, i
                 max_batch_size=batch_size,
                 reduced_decode=args.reduced_decode,
             )
-    except (CheckpointError, VocabularyError):
-        raise
-    except (ValueError, OnnxExtraMissing) as e:  # unknown device or dtype; the onnx extra missing
+    except (ValueError, OnnxExtraMissing) as e:  # unknown device or dtype, a bad model file; the onnx extra missing
         raise BulkError(str(e)) from None
     attach_relation_arguments(args, tagger.vocab)
     return tagger, batch_size

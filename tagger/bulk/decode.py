@@ -90,15 +90,11 @@ def _to_wire(pixels: torch.Tensor) -> Any:
         return pixels
 
 
-def _from_wire(pixels: Any) -> torch.Tensor | None:
-    if pixels is None or isinstance(pixels, torch.Tensor):
-        return pixels
-    return torch.from_numpy(pixels)
-
-
 def decoded_from(record: Record, result: DecodeResult) -> Decoded:
     pixels, digest, width, height, error = result
-    return Decoded(record, _from_wire(pixels), digest, width, height, error)
+    if pixels is not None and not isinstance(pixels, torch.Tensor):
+        pixels = torch.from_numpy(pixels)
+    return Decoded(record, pixels, digest, width, height, error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,8 +120,8 @@ def _ready() -> int:
 
 
 # Torch threads of a process that feeds a GPU: the model runs on the GPU, the CPU side only
-# only moves pixels and copies results back; the decoders need the
-# cores. (Each child of --gpus would otherwise start a pool spanning every core.)
+# moves pixels and copies results back; the decoders need the cores. (Each child of --gpus
+# would otherwise start a pool spanning every core.)
 GPU_PROCESS_THREADS = 2
 
 
@@ -235,21 +231,14 @@ class DecodePool:
 
     def map(self, items: Iterable[Any]) -> Iterator[Any]:
         pending: deque[tuple[Any, Future | DecodeResult | None, int]] = deque()
-        source = iter(items)
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < self.limit:
-                item = next(source, _END)
-                if item is _END:
-                    exhausted = True
-                    break
-                work = self._submit(item) if isinstance(item, Record) else None
-                pending.append((item, work, self._generation))
-            if not pending:
-                return
-            item, work, generation = pending.popleft()
-            # work is None only for what is not a Record.
-            yield self._result(item, work, generation) if isinstance(item, Record) and work is not None else item
+        for item in items:
+            work = self._submit(item) if isinstance(item, Record) else None
+            pending.append((item, work, self._generation))
+            if len(pending) >= self.limit:
+                yield self._next(pending)
+        while pending:
+            yield self._next(pending)
 
-
-_END = object()
+    def _next(self, pending: deque[tuple[Any, Future | DecodeResult | None, int]]) -> Any:
+        item, work, generation = pending.popleft()
+        return item if work is None else self._result(item, work, generation)  # None: not a Record

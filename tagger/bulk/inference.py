@@ -66,28 +66,9 @@ def batches_by_tokens(items: Sequence[Decoded], batch_size: int, patch: int) -> 
     return [good[i : i + batch_size] for i in range(0, len(good), batch_size)]
 
 
-def probabilities_and_descriptors(
-    tagger: Tagger, pixels: list[torch.Tensor], descriptors: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities ``[B, num_tags]``, and descriptors ``[B, D]`` from the same forward pass."""
-    if not descriptors:
-        return tagger.run(pixels), None
-    return tagger.run_with_descriptors(pixels)
-
-
 def error_row(item: Decoded) -> TagRow:
     record = item.record
     return _row(item, ImageResult(record.key, record.concept, item.sha256, error=item.error), EMPTY_IDS, EMPTY_SCORES)
-
-
-def result_row(
-    item: Decoded, scores: np.ndarray, tagger: Tagger, options: TagOptions, descriptor: np.ndarray | None
-) -> TagRow:
-    record = item.record
-    tags = select_tags(scores, tagger.vocab, options.selection)
-    result = ImageResult(record.key, record.concept, item.sha256, tuple(tags))
-    kept = np.flatnonzero(scores >= np.float32(options.selection.floor)).astype(np.int32)
-    return _row(item, result, kept, scores[kept].astype(np.float32), options.tag_string(tags, tagger.vocab), descriptor)
 
 
 def _row(
@@ -119,9 +100,13 @@ def _row(
 
 
 def score_batch(tagger: Tagger, batch: Sequence[Decoded], descriptors: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """The model, once over ``batch`` (decoded images without errors): probabilities, descriptors."""
+    """The model, once over ``batch`` (decoded images without errors): probabilities ``[B, num_tags]``,
+    and with ``descriptors`` the descriptors ``[B, D]`` of the same forward pass."""
     # Every item of a batch has pixels (batches_by_tokens leaves the errors out).
-    return probabilities_and_descriptors(tagger, cast(list[torch.Tensor], [item.pixels for item in batch]), descriptors)
+    pixels = cast(list[torch.Tensor], [item.pixels for item in batch])
+    if not descriptors:
+        return tagger.run(pixels), None
+    return tagger.run_with_descriptors(pixels)
 
 
 def batch_rows(
@@ -132,15 +117,13 @@ def batch_rows(
     options: TagOptions,
 ) -> list[TagRow]:
     """One row per image from its scores: selection, caption, JSONL line, sparse scores."""
-    return [
-        result_row(item, probabilities[i], tagger, options, None if features is None else features[i])
-        for i, item in enumerate(batch)
-    ]
-
-
-def tag_batch(tagger: Tagger, batch: Sequence[Decoded], options: TagOptions, descriptors: bool) -> list[TagRow]:
-    """``score_batch`` then ``batch_rows``."""
-    if not batch:
-        return []
-    probabilities, features = score_batch(tagger, batch, descriptors)
-    return batch_rows(tagger, batch, probabilities, features, options)
+    rows = []
+    for i, item in enumerate(batch):
+        scores, record = probabilities[i], item.record
+        tags = select_tags(scores, tagger.vocab, options.selection)
+        result = ImageResult(record.key, record.concept, item.sha256, tuple(tags))
+        kept = np.flatnonzero(scores >= np.float32(options.selection.floor)).astype(np.int32)
+        caption = options.tag_string(tags, tagger.vocab)
+        descriptor = None if features is None else features[i]
+        rows.append(_row(item, result, kept, scores[kept].astype(np.float32), caption, descriptor))
+    return rows

@@ -23,7 +23,6 @@ from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, e
 from tagger.bulk.outputs import OutputWriter, TagRow
 from tagger.bulk.plan import Kept, Plan, ShardEnd
 from tagger.bulk.progress import Progress, Summary
-from tagger.engine.preprocess import Prepare
 from tagger.engine.tagger import Tagger
 from tagger.tags.options import TagOptions
 
@@ -57,10 +56,7 @@ class BackgroundWriter:
                 if kind == "batch":
                     rows = make_rows()
                     counts = self.writer.write_batch(shard, rows)
-                    self.summary.tagged += counts.images
-                    self.summary.errors += counts.errors
-                    for outcome, n in counts.captions.items():
-                        self.summary.captions[outcome] = self.summary.captions.get(outcome, 0) + n
+                    self.summary.add(counts)
                     for row in rows:
                         if row.error is not None:
                             self.progress.error(row.error)
@@ -104,11 +100,9 @@ def run_local(
     descriptors: bool,
     summary: Summary,
     progress: Progress,
-    prepare: Prepare | None = None,
-) -> Summary:
+) -> None:
     """Tag everything ``plan`` yields; counts go into ``summary`` (also on an interrupt)."""
     patch = tagger.model.config.patch_size
-    prepare = prepare or tagger.preprocessor
     started = time.perf_counter()
     output = BackgroundWriter(writer, summary, progress)
     window: list[Decoded] = []
@@ -124,7 +118,7 @@ def run_local(
         window.clear()
 
     try:
-        with DecodePool(prepare, workers) as pool:
+        with DecodePool(tagger.preprocessor, workers) as pool:
             for item in pool.map(plan.items()):
                 if isinstance(item, ShardEnd):
                     flush(item.shard)
@@ -141,4 +135,3 @@ def run_local(
         output.close()
         summary.already_done = plan.already_done
         summary.seconds = time.perf_counter() - started
-    return summary

@@ -49,10 +49,6 @@ def overlaps(a: ShardSpec, b: ShardSpec) -> bool:
     return (a.index - b.index) % math.gcd(a.count, b.count) == 0
 
 
-def lock_name(shard: ShardSpec) -> str:
-    return f"shard-{shard.index}-of-{shard.count}.lock"
-
-
 def _open(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
 
@@ -62,8 +58,6 @@ def _try_lock(fd: int, exclusive: bool) -> bool:
     assert fcntl is not None
     try:
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
     except OSError as e:
         if e.errno in (errno.EAGAIN, errno.EACCES):
             return False
@@ -89,8 +83,7 @@ def _holder(path: Path) -> str:
 class OutputLock:
     """This run's lock on its shards of an output folder, held until ``release()``."""
 
-    def __init__(self, folder: Path, fd: int | None):
-        self.folder = folder
+    def __init__(self, fd: int | None):
         self._fd = fd
 
     @classmethod
@@ -98,8 +91,8 @@ class OutputLock:
         """Lock ``shard`` of the output folder ``out`` (lock files in ``folder``); call while
         holding ``admission(folder)``. ``BulkError`` naming the run that holds it."""
         if fcntl is None:
-            return cls(folder, None)
-        own = folder / lock_name(shard)
+            return cls(None)
+        own = folder / f"shard-{shard.index}-of-{shard.count}.lock"
         fd = _open(own)
         try:
             if not _try_lock(fd, exclusive=True):
@@ -130,7 +123,7 @@ class OutputLock:
         except BaseException:
             os.close(fd)
             raise
-        return cls(folder, fd)
+        return cls(fd)
 
     def release(self) -> None:
         if self._fd is not None:

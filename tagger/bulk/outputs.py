@@ -59,10 +59,6 @@ class Layout:
         return self.root / "bulk.json"
 
     @property
-    def txt(self) -> Path:
-        return self.root / "txt"
-
-    @property
     def state(self) -> Path:
         return self.root / ".bulk"
 
@@ -81,7 +77,7 @@ class Layout:
     def caption(self, caption_file: str) -> Path:
         """A caption's path: absolute when beside its image, else under ``txt/``."""
         path = Path(caption_file)
-        return path if path.is_absolute() else self.txt / path
+        return path if path.is_absolute() else self.root / "txt" / path
 
 
 def temporary_name(path: Path) -> Path:
@@ -152,17 +148,14 @@ def merge_caption(existing: str, ours: str, mode: str) -> str:
         return existing
     present = {normalize_tag(tag) for tag in parse_tag_list(existing)}
     new = [tag for tag in ours.split(CAPTION_SEPARATOR) if tag.strip() and normalize_tag(tag) not in present]
-    kept = existing.strip()
     if not new:
         return existing
+    addition, kept = CAPTION_SEPARATOR.join(new), existing.strip()
     if not kept:
-        return CAPTION_SEPARATOR.join(new)
-    addition = CAPTION_SEPARATOR.join(new)
+        return addition
     if mode == "append":
         return kept.rstrip(",") + CAPTION_SEPARATOR + addition
-    if mode == "prepend":
-        return addition + CAPTION_SEPARATOR + kept.lstrip(",").lstrip()
-    raise ValueError(f"on-existing mode must be one of {', '.join(ON_EXISTING)}, not {mode!r}")
+    return addition + CAPTION_SEPARATOR + kept.lstrip(",").lstrip()  # prepend
 
 
 def write_caption(path: Path, caption: str, mode: str) -> str:
@@ -224,13 +217,6 @@ class WriteCounts:
     captions: dict[str, int] = field(default_factory=dict)  # new / kept / merged / same / refused
     messages: list[str] = field(default_factory=list)  # captions refused, one sentence each
 
-    def add(self, other: WriteCounts) -> None:
-        self.images += other.images
-        self.errors += other.errors
-        self.messages += other.messages
-        for k, v in other.captions.items():
-            self.captions[k] = self.captions.get(k, 0) + v
-
 
 def _part_schema(descriptors: bool) -> Any:
     import pyarrow as pa
@@ -252,24 +238,13 @@ def _part_schema(descriptors: bool) -> Any:
     return pa.schema(fields)
 
 
-def _rows_table(rows: Sequence[TagRow], descriptors: bool) -> Any:
+def rows_table(rows: Sequence[TagRow], descriptors: bool) -> Any:
     import pyarrow as pa
 
-    columns: dict[str, Any] = {
-        "index": [r.index for r in rows],
-        "key": [r.key for r in rows],
-        "path": [r.path for r in rows],
-        "sha256": [r.sha256 for r in rows],
-        "width": [r.width for r in rows],
-        "height": [r.height for r in rows],
-        "error": [r.error for r in rows],
-        "tag_ids": [r.tag_ids for r in rows],
-        "scores": [r.scores for r in rows],
-        "json": [r.json_line for r in rows],
-    }
-    if descriptors:
-        columns["descriptor"] = [r.descriptor for r in rows]
-    return pa.Table.from_pydict(columns, schema=_part_schema(descriptors))
+    schema = _part_schema(descriptors)
+    # The part's columns are TagRow's fields of the same names, "json" being its json_line.
+    columns = {name: [getattr(r, "json_line" if name == "json" else name) for r in rows] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)
 
 
 def damaged_part(path: Path, error: BaseException) -> str:
@@ -307,8 +282,6 @@ class OutputWriter:
         import pyarrow.parquet as pq
 
         counts = WriteCounts()
-        if not rows:
-            return counts
         for row in rows:
             if row.error is not None:
                 counts.errors += 1
@@ -324,10 +297,10 @@ class OutputWriter:
                 counts.captions[outcome] = counts.captions.get(outcome, 0) + 1
         part = self.layout.parts(shard) / f"part-{min(r.index for r in rows):012d}.parquet"
         with atomic_file(part, durable=True) as fp:
-            pq.write_table(_rows_table(rows, self.info.descriptors), fp)
+            pq.write_table(rows_table(rows, self.info.descriptors), fp)
         return counts
 
-    def finish_shard(self, shard: int) -> dict[str, int]:
+    def finish_shard(self, shard: int) -> None:
         """Merge the shard's parts into its output files, mark it done, remove the parts."""
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -346,7 +319,6 @@ class OutputWriter:
         marker = {"shard": shard, "images": table.num_rows - errors, "errors": errors}
         write_atomic(self.layout.done(shard), json.dumps(marker).encode("utf-8"), durable=True)
         shutil.rmtree(folder, ignore_errors=True)
-        return marker
 
     def _write_parquet(self, shard: int, table: Any) -> None:
         import pyarrow as pa

@@ -18,6 +18,7 @@ so pyarrow may read it.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from tagger.bulk import safefs
@@ -126,15 +127,15 @@ class _Thrift:
                 self.skip(kind, depth)
 
 
+@dataclass
 class PageHeader:
-    def __init__(self) -> None:
-        self.type = -1
-        self.uncompressed = -1
-        self.compressed = -1
-        self.num_values = 0
-        self.encoding = _PLAIN
-        self.levels_v2 = 0  # repetition + definition level bytes before the values (v2: never compressed)
-        self.values_compressed = True
+    type: int = -1
+    uncompressed: int = -1
+    compressed: int = -1
+    num_values: int = 0
+    encoding: int = _PLAIN
+    levels_v2: int = 0  # repetition + definition level bytes before the values (v2: never compressed)
+    values_compressed: bool = True
 
 
 def read_page_header(fp: BinaryIO) -> PageHeader:
@@ -161,8 +162,7 @@ def read_page_header(fp: BinaryIO) -> PageHeader:
 
         return handle
 
-    data_fields = {1: "num_values", 2: "encoding"}
-    dictionary_fields = {1: "num_values", 2: "encoding"}
+    data_fields = {1: "num_values", 2: "encoding"}  # a dictionary page's header numbers them alike
     v2_fields = {1: "num_values", 4: "encoding", 5: "levels", 6: "levels", 7: "values_compressed"}
 
     def top(field: int, kind: int) -> bool:
@@ -170,7 +170,7 @@ def read_page_header(fp: BinaryIO) -> PageHeader:
             setattr(page, ("type", "uncompressed", "compressed")[field - 1], thrift.zigzag())
             return True
         if kind == 12 and field in (5, 7, 8):
-            thrift.struct(inner({5: data_fields, 7: dictionary_fields, 8: v2_fields}[field]), 1)
+            thrift.struct(inner({5: data_fields, 7: data_fields, 8: v2_fields}[field]), 1)
             return True
         return False
 

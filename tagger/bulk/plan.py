@@ -24,7 +24,7 @@ from typing import cast
 from tagger.bulk.names import unescape_name
 from tagger.bulk.outputs import Layout
 from tagger.bulk.resume import ResumeState
-from tagger.bulk.sharding import ShardSpec, shard_of, shard_sizes
+from tagger.bulk.sharding import ShardSpec, shard_sizes
 from tagger.bulk.sources import Inputs, Record
 from tagger.datasets.intake import sanitize_path
 from tagger.datasets.names import CaptionNamer
@@ -64,38 +64,30 @@ class CaptionPlacer:
         return self._out_names.name_for(name)
 
 
+@dataclass(kw_only=True)
 class Plan:
-    def __init__(
-        self,
-        inputs: Inputs,
-        *,
-        layout: Layout,
-        shard: ShardSpec,
-        shard_size: int,
-        state: ResumeState,
-        txt: bool,
-        beside: bool,
-        keep_existing_only: bool,
-        counts: list[int | None] | None = None,
-    ):
-        """``keep_existing_only``: ``--on-existing skip`` with ``txt`` the only output, so an
-        image whose caption exists needs no tagging at all. ``counts``: images per input, when
-        known, for the progress bar's total."""
-        self.inputs = inputs
-        self.layout = layout
-        self.shard = shard
-        self.shard_size = shard_size
-        self.state = state
-        self.txt = txt
-        self.placer = CaptionPlacer(beside)
-        self.keep_existing_only = keep_existing_only
-        self.counts = counts
-        self.already_done = 0  # images of this process's shards written by an earlier run
+    """``keep_existing_only``: ``--on-existing skip`` with ``txt`` the only output, so an image
+    whose caption exists needs no tagging at all. ``counts``: images per input, when known, for
+    the progress bar's total."""
+
+    inputs: Inputs
+    layout: Layout
+    shard: ShardSpec
+    shard_size: int
+    state: ResumeState
+    txt: bool
+    beside: bool
+    keep_existing_only: bool
+    counts: list[int | None]
+    already_done: int = 0  # images of this process's shards written by an earlier run
+
+    def __post_init__(self) -> None:
+        self.placer = CaptionPlacer(self.beside)
 
     @property
     def total(self) -> int | None:
         """Images this run will tag or pass over (None when an input cannot be counted ahead)."""
-        if self.counts is None or any(c is None for c in self.counts):
+        if any(c is None for c in self.counts):
             return None
         sizes = shard_sizes(sum(cast(list[int], self.counts)), self.shard_size)  # no None: checked above
         total = 0
@@ -107,7 +99,7 @@ class Plan:
     def items(self) -> Iterator[Record | Kept | ShardEnd]:
         current: int | None = None
         for record in self.inputs.records():
-            shard = shard_of(record.index, self.shard_size)
+            shard = record.index // self.shard_size
             caption = self.placer.place(record) if self.txt else None
             if shard != current and current is not None:
                 yield ShardEnd(current)

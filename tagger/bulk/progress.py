@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from tagger.bulk.inference import TokenCounts
+from tagger.bulk.outputs import WriteCounts
 
 
 @dataclass
@@ -24,6 +24,13 @@ class Summary:
     tokens: TokenCounts = field(default_factory=TokenCounts)
     seconds: float = 0.0
     out: str = ""
+
+    def add(self, counts: WriteCounts) -> None:
+        """Count one written batch."""
+        self.tagged += counts.images
+        self.errors += counts.errors
+        for outcome, n in counts.captions.items():
+            self.captions[outcome] = self.captions.get(outcome, 0) + n
 
     @property
     def rate(self) -> float:
@@ -53,12 +60,10 @@ class Summary:
 class Progress:
     """A tqdm bar on stderr (none with ``quiet``); ``error`` lines always reach stderr."""
 
-    def __init__(self, total: int | None, quiet: bool, label: str | None = None, position: int | None = None):
-        self.quiet = quiet
+    def __init__(self, total: int | None, quiet: bool, label: str | None, position: int | None):
         self.errors = 0
         self._lock = threading.Lock()
         self._bar: Any = None
-        self._started = time.perf_counter()
         if not quiet:
             from tqdm import tqdm
 

@@ -7,7 +7,7 @@
 
 The driver makes the same plan as the local engine (shards, resume, captions kept) and
 sends the records to tag; the decode stage and the model step run the local engine's own
-functions (``decode_locator``, ``batches_by_tokens``, ``tag_batch``), and the datasink the
+functions (``decode_locator``, ``batches_by_tokens``, ``score_batch``, ``batch_rows``), and the datasink the
 same ``OutputWriter``, so both engines write the same rows. When the write finishes, the
 driver completes the shards. Killed midway, a Ray run leaves committed parts like a local
 run, and the next run, with either engine, resumes after them.
@@ -40,7 +40,7 @@ from tagger.bulk.decode import GPU_PROCESS_THREADS, Decoded, decode_locator
 from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, error_row, score_batch
 from tagger.bulk.local import WINDOW_BATCHES
 from tagger.bulk.names import escape_name, unescape_name
-from tagger.bulk.outputs import OutputWriter, TagRow
+from tagger.bulk.outputs import OutputWriter, TagRow, WriteCounts, rows_table
 from tagger.bulk.plan import Kept, Plan, ShardEnd
 from tagger.bulk.progress import Progress, Summary
 from tagger.bulk.sources import Record
@@ -91,8 +91,16 @@ def decode_batch(table: Any, prepare: Preprocessor) -> Any:
     """The CPU stage: read, hash, measure and prepare each image (pixels as raw bytes + shape)."""
     import pyarrow as pa
 
-    out: dict[str, list[Any]] = {k: [] for k in ("sha256", "width", "height", "pixels", "shape", "dtype")}
-    errors = []
+    types = {
+        "error": pa.string(),
+        "sha256": pa.string(),
+        "width": pa.int32(),
+        "height": pa.int32(),
+        "pixels": pa.large_binary(),
+        "shape": pa.list_(pa.int64()),
+        "dtype": pa.string(),
+    }
+    out: dict[str, list[Any]] = {name: [] for name in types}
     for item in table.to_pylist():
         error = item["error"]
         pixels = digest = width = height = None
@@ -101,26 +109,17 @@ def decode_batch(table: Any, prepare: Preprocessor) -> Any:
                 tuple(json.loads(item["locator"])), item["path"], prepare
             )
         array = None if pixels is None else np.ascontiguousarray(np.asarray(pixels))
+        out["error"].append(error)
         out["sha256"].append(digest)
         out["width"].append(width)
         out["height"].append(height)
         out["pixels"].append(None if array is None else array.tobytes())
         out["shape"].append(None if array is None else list(array.shape))
         out["dtype"].append(None if array is None else str(array.dtype))
-        errors.append(error)
     columns = {
         name: table.column(name) for name in ("index", "shard", "key", "path", "concept", "locator", "caption_file")
     }
-    columns |= {
-        "error": pa.array(errors, pa.string()),
-        "sha256": pa.array(out["sha256"], pa.string()),
-        "width": pa.array(out["width"], pa.int32()),
-        "height": pa.array(out["height"], pa.int32()),
-        "pixels": pa.array(out["pixels"], pa.large_binary()),
-        "shape": pa.array(out["shape"], pa.list_(pa.int64())),
-        "dtype": pa.array(out["dtype"], pa.string()),
-    }
-    return pa.table(columns)
+    return pa.table(columns | {name: pa.array(values, types[name]) for name, values in out.items()})
 
 
 def _pixel_views(table: Any) -> list[torch.Tensor | None]:
@@ -155,28 +154,20 @@ def decoded_window(table: Any) -> list[Decoded]:
 
 
 def _rows_table(rows: list[TagRow], tokens: list[int], padded: list[int], descriptors: bool) -> Any:
+    """The part's columns (``rows_table``), and what the write stage needs besides."""
     import pyarrow as pa
 
-    columns: dict[str, Any] = {
-        "index": pa.array([r.index for r in rows], pa.int64()),
+    table = rows_table(rows, descriptors)
+    extra = {
         "shard": pa.array([r.shard for r in rows], pa.int64()),
-        "key": pa.array([r.key for r in rows], pa.string()),
-        "path": pa.array([r.path for r in rows], pa.string()),
-        "sha256": pa.array([r.sha256 for r in rows], pa.string()),
-        "width": pa.array([r.width for r in rows], pa.int32()),
-        "height": pa.array([r.height for r in rows], pa.int32()),
-        "error": pa.array([r.error for r in rows], pa.string()),
-        "tag_ids": pa.array([r.tag_ids for r in rows], pa.list_(pa.int32())),
-        "scores": pa.array([r.scores for r in rows], pa.list_(pa.float32())),
-        "json": pa.array([r.json_line for r in rows], pa.string()),
         "caption_file": pa.array([r.caption_file for r in rows], pa.string()),
         "caption": pa.array([r.caption for r in rows], pa.string()),
         "tokens": pa.array(tokens, pa.int64()),
         "padded": pa.array(padded, pa.int64()),
     }
-    if descriptors:
-        columns["descriptor"] = pa.array([r.descriptor for r in rows], pa.list_(pa.float32()))
-    return pa.table(columns)
+    for name, column in extra.items():
+        table = table.append_column(name, column)
+    return table
 
 
 def _table_rows(table: Any) -> list[TagRow]:
@@ -262,7 +253,7 @@ class BulkDatasink(Datasink):
         self.results: list[dict[str, Any]] = []
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
-        result: dict[str, Any] = {"images": 0, "errors": 0, "captions": {}, "tokens": 0, "padded": 0, "messages": []}
+        result: dict[str, Any] = {"counts": [], "tokens": 0, "padded": 0, "messages": []}
         for block in blocks:
             if block.num_rows == 0:
                 continue
@@ -276,10 +267,7 @@ class BulkDatasink(Datasink):
             for shard, rows in by_shard.items():
                 counts = self.writer.write_batch(shard, rows)
                 result["messages"] += counts.messages
-                result["images"] += counts.images
-                result["errors"] += counts.errors
-                for outcome, n in counts.captions.items():
-                    result["captions"][outcome] = result["captions"].get(outcome, 0) + n
+                result["counts"].append(counts)
         return result
 
     def on_write_complete(self, write_result: Any) -> None:
@@ -311,7 +299,7 @@ def run_ray(
     options: TagOptions,
     summary: Summary,
     progress: Progress,
-) -> Summary:
+) -> None:
     """Tag everything ``plan`` yields on Ray Data; counts go into ``summary``."""
     import time
 
@@ -354,14 +342,14 @@ def run_ray(
         "device": "cuda" if on_gpu else "cpu",
         "dtype": args.dtype,
         "max_size": args.max_size,
-        "implications": list(getattr(args, "implications", [])),
-        "aliases": list(getattr(args, "aliases", [])),
+        "implications": args.implications,
+        "aliases": args.aliases,
     }
     if items:
         dataset = ray.data.from_items(items)
         dataset = dataset.map_batches(
             decode_batch,
-            fn_kwargs={"prepare": Preprocessor(args.max_size, patch, getattr(args, "reduced_decode", False))},
+            fn_kwargs={"prepare": Preprocessor(args.max_size, patch, args.reduced_decode)},
             batch_size=DECODE_BATCH,
             batch_format="pyarrow",
             num_cpus=1,
@@ -383,16 +371,15 @@ def run_ray(
         sink = BulkDatasink(writer)
         dataset.write_datasink(sink)
         for result in sink.results:
-            summary.tagged += result["images"]
-            summary.errors += result["errors"]
+            written: list[WriteCounts] = result["counts"]
+            for counts in written:
+                summary.add(counts)
             summary.tokens.add(result["tokens"], result["padded"])
-            for outcome, n in result["captions"].items():
-                summary.captions[outcome] = summary.captions.get(outcome, 0) + n
             for message in result["messages"]:
                 progress.error(message)
-            progress.update(result["images"] + result["errors"], result["errors"])
+            errors = sum(c.errors for c in written)
+            progress.update(sum(c.images for c in written) + errors, errors)
     for shard in finished:
         writer.finish_shard(shard)
         summary.shards_finished += 1
     summary.seconds = time.perf_counter() - started
-    return summary

@@ -18,13 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tagger.bulk.outputs import Layout, damaged_part, remove_temporaries, write_atomic
+from tagger.bulk.outputs import SHARD_IN_NAME, Layout, damaged_part, remove_temporaries, write_atomic
 from tagger.bulk.safefs import read_regular
 from tagger.errors import BulkError
 from tagger.tags.options import OPTION_NAMES, TagOptions
@@ -159,7 +158,7 @@ class ResumeState:
 
 
 def _shard_number(name: str) -> int | None:
-    match = re.fullmatch(r"shard-(\d+)", name)
+    match = SHARD_IN_NAME.fullmatch(name)
     return int(match.group(1)) if match else None
 
 

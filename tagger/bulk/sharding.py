@@ -50,10 +50,6 @@ class ShardSpec:
         return f"{self.index}/{self.count}"
 
 
-def shard_of(index: int, shard_size: int) -> int:
-    return index // shard_size
-
-
 def shard_sizes(total: int, shard_size: int) -> list[int]:
     """How many images each shard holds for ``total`` images."""
     full, rest = divmod(total, shard_size)

@@ -80,12 +80,12 @@ def _is_image_name(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _concepts(names: Sequence[str], errors: Sequence[str | None]) -> list[str]:
-    """The Batch tab's concept rule for archive members: first folder below a wrapping folder
-    (members refused for their names take no part and get no concept)."""
-    depth = wrapper_depth([name for name, error in zip(names, errors, strict=True) if error is None])
+def _concepts(members: Sequence[tuple[Any, ...]]) -> list[str]:
+    """The Batch tab's concept rule for archive members ``(name, error, ...)``: first folder below
+    a wrapping folder (members refused for their names take no part and get no concept)."""
+    depth = wrapper_depth([name for name, error, *_ in members if error is None])
     concepts = []
-    for name, error in zip(names, errors, strict=True):
+    for name, error, *_ in members:
         parts = name.split("/")[depth:]
         concepts.append(parts[0] if len(parts) > 1 and error is None else "")
     return concepts
@@ -96,7 +96,9 @@ class Source:
 
     kind: str = ""
     streamed: bool = False  # True: the images can only be read front to back, and not counted ahead
-    spec: str  # the input as resolved: an absolute path, or hf:name
+
+    def __init__(self, spec: Path | str):
+        self.spec = str(spec)  # the input as resolved: an absolute path, or hf:name
 
     def entries(self) -> Iterator[Entry]:
         raise NotImplementedError
@@ -120,7 +122,7 @@ class FolderSource(Source):
     kind = "folder"
 
     def __init__(self, path: Path, recursive: bool = True):
-        self.spec = str(path)
+        super().__init__(path)
         self.recursive = recursive
 
     def entries(self) -> Iterator[Entry]:
@@ -145,9 +147,6 @@ def _walk_error(error: OSError) -> None:
 class FileSource(Source):
     kind = "file"
 
-    def __init__(self, path: Path):
-        self.spec = str(path)
-
     def entries(self) -> Iterator[Entry]:
         shown = escape_name(self.spec)
         yield Entry(escape_name(Path(self.spec).name), shown, "", ("file", self.spec), file=self.spec)
@@ -157,13 +156,13 @@ class ZipSource(Source):
     kind = "zip"
 
     def __init__(self, path: Path):
-        self.spec = str(path)
+        super().__init__(path)
         try:
             with zipfile.ZipFile(path) as archive:
                 infos = archive.infolist()
         except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as e:
             raise BulkError(f"{escape_name(str(path))} is not a readable zip archive ({e}).") from None
-        self._members: list[tuple[str, str, str | None]] = []  # (name, member, error)
+        self._members: list[tuple[str, str | None, str]] = []  # (name, error, member)
         for info in infos:
             if info.is_dir() or not _is_image_name(info.filename):
                 continue
@@ -179,13 +178,11 @@ class ZipSource(Source):
                 error = f"Could not read {path.name}/{name}: it is encrypted; zip it without a password."
             elif info.file_size > safefs.MAX_IMAGE_BYTES:
                 error = f"Could not read {path.name}/{name}: {safefs.size_limit_sentence(info.file_size)}."
-            self._members.append((name, info.filename, error))
+            self._members.append((name, error, info.filename))
 
     def entries(self) -> Iterator[Entry]:
-        names = [name for name, _, _ in self._members]
-        errors = [error for _, _, error in self._members]
         shown = Path(self.spec).name
-        for (name, member, error), concept in zip(self._members, _concepts(names, errors), strict=True):
+        for (name, error, member), concept in zip(self._members, _concepts(self._members), strict=True):
             yield Entry(name, f"{shown}/{name}", concept, ("zip", self.spec, member), error=error)
 
 
@@ -196,7 +193,7 @@ class TarSource(Source):
     kind = "tar"
 
     def __init__(self, path: Path):
-        self.spec = str(path)
+        super().__init__(path)
         self.streamed = path.name.lower().endswith(TAR_STREAM_SUFFIXES)
         self._members: list[tuple[str, str | None, str, int, int]] = []  # (name, error, member, offset, size)
         if not self.streamed:
@@ -229,9 +226,7 @@ class TarSource(Source):
     def entries(self) -> Iterator[Entry]:
         shown = escape_name(Path(self.spec).name)
         if not self.streamed:
-            names = [m[0] for m in self._members]
-            concepts = _concepts(names, [m[1] for m in self._members])
-            for (name, error, _, offset, size), concept in zip(self._members, concepts, strict=True):
+            for (name, error, _, offset, size), concept in zip(self._members, _concepts(self._members), strict=True):
                 yield Entry(name, f"{shown}/{name}", concept, ("tar", self.spec, offset, size), error=error)
             return
         # Compressed: one pass front to back; a webdataset keeps a sample's files together, so
@@ -303,7 +298,7 @@ class ParquetSource(Source):
     def __init__(self, path: Path, image_column: str | None = None, key_column: str | None = None):
         import pyarrow.parquet as pq
 
-        self.spec = str(path)
+        super().__init__(path)
         try:
             parquet = pq.ParquetFile(path)
         except Exception as e:
@@ -379,7 +374,7 @@ class SavedDatasetSource(Source):
     def __init__(self, path: Path, split: str | None, image_column: str | None, key_column: str | None):
         import datasets
 
-        self.spec = str(path)
+        super().__init__(path)
         try:
             loaded = datasets.load_from_disk(str(path))
         except Exception as e:
@@ -416,7 +411,7 @@ class HubSource(Source):
     streamed = True
 
     def __init__(self, spec: str, split: str | None, image_column: str | None, key_column: str | None):
-        self.spec = spec
+        super().__init__(spec)
         name = spec[len(HUB_PREFIX) :]
         self.name, _, revision = name.partition("@")
         self.revision = revision or None
