@@ -51,8 +51,8 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         OMP_NUM_THREADS="1",
         GRADIO_ANALYTICS_ENABLED="False",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -146,6 +146,18 @@ def test_bulk_without_pyarrow_says_what_to_install(tmp_path: Path, images: Path)
     done = _without(tmp_path, "pyarrow,datasets,ray", [str(images), "--out", str(tmp_path / "out"), "--demo"])
     assert "pyarrow" in _one_error_line(done)
     assert not list(images.glob("*.txt"))  # stopped before any work
+
+
+def test_bulk_with_a_broken_pyarrow_says_so_in_one_sentence(tmp_path: Path, images: Path) -> None:
+    # pyarrow is there but one of its own parts is missing (a half-finished install).
+    broken = tmp_path / "site" / "pyarrow"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("import pyarrow_native_part_that_is_missing\n")
+    site = os.pathsep.join([str(REPO_ROOT), str(broken.parent)])
+    done = _run(tmp_path, ["-m", "tagger.bulk", str(images), "--out", str(tmp_path / "out"), "--demo"], PYTHONPATH=site)
+    message = _one_error_line(done)
+    assert "pyarrow is installed but cannot be imported" in message and "pyarrow_native_part_that_is_missing" in message
+    assert not (tmp_path / "out").exists()  # stopped before any work
 
 
 def test_bulk_without_datasets_says_what_to_install(tmp_path: Path) -> None:

@@ -209,6 +209,15 @@ def missing_extra(error: ModuleNotFoundError) -> str | None:
     return f"{EXTRA_MODULES[name]}, which is not installed; install the bulk extra: {EXTRA_HINT}."
 
 
+def require_extra(name: str) -> None:
+    """Import a module of the bulk extra before any work starts; a broken install is a sentence too."""
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        broken = f"{name} is installed but cannot be imported ({e}); reinstall the bulk extra: {EXTRA_HINT}."
+        raise BulkError(missing_extra(e) or broken) from None
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog).parse_args(argv)
@@ -234,10 +243,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     options = options_from_args(args)
     check_relation_arguments(args, options)
-    # A missing module of the bulk extra is named (by main) before any work starts.
-    importlib.import_module("pyarrow")
+    require_extra("pyarrow")
     if args.engine == "ray":
-        importlib.import_module("ray")
+        require_extra("ray")
     shard = ShardSpec.parse(args.shard)
     if args.backend == "onnxruntime" and (args.engine == "ray" or args.gpus):
         raise BulkError("--backend onnxruntime runs in this process on the CPU; leave out --engine ray and --gpus.")
