@@ -61,6 +61,11 @@ BAND_PIXELS = 1 << 20
 _REDUCIBLE_FORMATS = frozenset({"JPEG"})
 _SWAPS_AXES = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
                          Image.Transpose.ROTATE_90})  # fmt: skip
+# The transposes that another one undoes; every other undoes itself.
+_INVERSE: dict[Image.Transpose | None, Image.Transpose] = {
+    Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270,
+    Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90,
+}
 
 
 def load_image(
@@ -141,8 +146,8 @@ def image_header(
     with fp, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            if _is_container(fp):  # never Image.open: Pillow's ICO plugin decodes while opening
-                embedded = embedded_images(fp)
+            embedded = embedded_images(fp)
+            if embedded is not None:  # never Image.open: Pillow's ICO plugin decodes while opening
                 return max(embedded, key=cost) if embedded else None
             with Image.open(fp, formats=DECODABLE_FORMATS) as image:
                 return ImageHeader(image.width, image.height, image.format or "")
@@ -164,16 +169,9 @@ _ICNS_STREAM_TYPES = tuple(
 )
 
 
-def _is_container(fp: BinaryIO) -> bool:
-    start = fp.tell()
-    magic = fp.read(4)
-    fp.seek(start)
-    return magic in (_ICO_MAGIC, _ICNS_MAGIC)
-
-
-def embedded_images(fp: BinaryIO) -> list[ImageHeader]:
+def embedded_images(fp: BinaryIO) -> list[ImageHeader] | None:
     """The images an ICO or ICNS file embeds as streams of their own (PNG, BMP, JPEG 2000), each
-    with the size and format of its own header; [] for any other file. Reads headers only and
+    with the size and format of its own header; None for any other file. Reads headers only and
     leaves ``fp`` where it was."""
     start = fp.tell()
     try:
@@ -183,7 +181,7 @@ def embedded_images(fp: BinaryIO) -> list[ImageHeader]:
         if magic == _ICNS_MAGIC:
             fp.seek(start)
             return _icns_images(fp)
-        return []
+        return None
     finally:
         fp.seek(start)
 
@@ -265,7 +263,7 @@ DECODABLE_FORMATS: tuple[str, ...] = (
 
 def _decode(fp: BinaryIO, name: str, max_pixels: int, fit: Fit | None, reduced_decode: bool) -> Image.Image:
     with _decoding_errors(name, max_pixels):
-        for embedded in embedded_images(fp):  # before Image.open, which decodes an ICO's image
+        for embedded in embedded_images(fp) or ():  # before Image.open, which decodes an ICO's image
             _check_size((embedded.width, embedded.height), name, max_pixels)
     with _decoding_errors(name, max_pixels), Image.open(fp, formats=DECODABLE_FORMATS) as image:
         # Image.open reads only the header (and the first frame's position), so the size
@@ -278,19 +276,17 @@ def _finish(image: Image.Image, name: str, max_pixels: int, fit: Fit | None, own
     a new image. ``own``: the image was opened here and its decoder may be told to reduce."""
     _check_size(image.size, name, max_pixels)
     with _decoding_errors(name, max_pixels):
-        box = target = None
-        if own and fit is not None and image.format in _REDUCIBLE_FORMATS:
-            # These keep EXIF in their header: the orientation (hence the target) is known
-            # before the decoder is told how far it may reduce.
-            fix = _ORIENTATION_FIX.get(_exif_orientation(image))
-            upright = _upright_size(image.size, fix)
-            target = _checked_fit(fit, upright)
-            box = _reduce_while_decoding(image, fix, upright, target)
-        image.load()
-        if target is None:  # other formats may keep EXIF anywhere: read it from the loaded image
-            fix = _ORIENTATION_FIX.get(_exif_orientation(image))
-            upright = _upright_size(image.size, fix)
-            target = upright if fit is None else _checked_fit(fit, upright)
+        # The reducible formats keep EXIF in their header: the orientation (hence the target) is
+        # known before the decoder is told how far it may reduce. Other formats may keep EXIF
+        # anywhere: read it from the loaded image.
+        reduce = own and fit is not None and image.format in _REDUCIBLE_FORMATS
+        if not reduce:
+            image.load()
+        fix = _orientation_fix(image)
+        upright = _upright_size(image.size, fix)
+        target = upright if fit is None else _checked_fit(fit, upright)
+        box = _reduce_while_decoding(image, fix, upright, target) if reduce else None
+        image.load()  # already loaded unless reduced
         if fit is None and image.mode == "RGB" and "transparency" not in image.info:
             rgb = image.copy()  # nothing to convert: one copy, as small as it gets
             return rgb.transpose(fix) if fix is not None else rgb
@@ -328,41 +324,28 @@ def _reduce_while_decoding(
         return None
     scale = width / image.size[0] if image.size[0] else 1
     scale = 2 ** round(np.log2(max(scale, 1)))  # 1, 2, 4 or 8
-    return _covering_box(fix, (width / scale, height / scale), image.size)
+    # The decoders round the reduced size up, so its last column and row are partly outside.
+    covered = (0, 0, min(width / scale, image.size[0]), min(height / scale, image.size[1]))
+    return _upright_box(fix, covered, image.size)
 
 
-def _covering_box(
-    fix: Image.Transpose | None, covered: tuple[float, float], size: tuple[int, int]
+def _upright_box(
+    fix: Image.Transpose | None, box: tuple[float, float, float, float], size: tuple[int, int]
 ) -> tuple[float, float, float, float]:
-    """The region (upright coordinates) of a reduced image that covers the original: the
-    decoders round the reduced size up, so the last column and row are partly outside."""
-    bw, bh = min(covered[0], size[0]), min(covered[1], size[1])
-    dw, dh = size
+    """Where the region ``box`` of an image of ``size`` lies once ``fix`` is applied."""
+    left, top, right, bottom = box
+    width, height = size
     boxes = {
-        None: (0, 0, bw, bh),
-        Image.Transpose.FLIP_LEFT_RIGHT: (dw - bw, 0, dw, bh),
-        Image.Transpose.ROTATE_180: (dw - bw, dh - bh, dw, dh),
-        Image.Transpose.FLIP_TOP_BOTTOM: (0, dh - bh, bw, dh),
-        Image.Transpose.TRANSPOSE: (0, 0, bh, bw),
-        Image.Transpose.ROTATE_270: (dh - bh, 0, dh, bw),
-        Image.Transpose.TRANSVERSE: (dh - bh, dw - bw, dh, dw),
-        Image.Transpose.ROTATE_90: (0, dw - bw, bh, dw),
+        None: box,
+        Image.Transpose.FLIP_LEFT_RIGHT: (width - right, top, width - left, bottom),
+        Image.Transpose.ROTATE_180: (width - right, height - bottom, width - left, height - top),
+        Image.Transpose.FLIP_TOP_BOTTOM: (left, height - bottom, right, height - top),
+        Image.Transpose.TRANSPOSE: (top, left, bottom, right),
+        Image.Transpose.ROTATE_270: (height - bottom, left, height - top, right),
+        Image.Transpose.TRANSVERSE: (height - bottom, width - right, height - top, width - left),
+        Image.Transpose.ROTATE_90: (top, width - right, bottom, width - left),
     }
     return boxes[fix]
-
-
-def _band_source(
-    fix: Image.Transpose | None, size: tuple[int, int], top: int, bottom: int
-) -> tuple[int, int, int, int]:
-    """The region of the stored image that becomes rows [top, bottom) of the upright one."""
-    width, height = size
-    if fix in (None, Image.Transpose.FLIP_LEFT_RIGHT):
-        return (0, top, width, bottom)
-    if fix in (Image.Transpose.ROTATE_180, Image.Transpose.FLIP_TOP_BOTTOM):
-        return (0, height - bottom, width, height - top)
-    if fix in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270):
-        return (top, 0, bottom, height)
-    return (width - bottom, 0, width - top, height)  # TRANSVERSE, ROTATE_90
 
 
 def _rgb_in_bands(
@@ -385,8 +368,7 @@ def _rgb_in_bands(
     ``REDUCED_DECODE_MARGIN`` pixels per output pixel (bands are whole multiples of the
     vertical factor, so this equals one ``Image.reduce`` of the whole image); not exact.
     """
-    stored = image.size
-    width, height = (stored[1], stored[0]) if fix in _SWAPS_AXES else stored
+    width, height = _upright_size(image.size, fix)
     left, top, right, bottom = box if box is not None else (0, 0, width, height)
     out_width, out_height = target
     fx, fy = (_box_factor(width, out_width), _box_factor(height, out_height)) if shrink else (1, 1)
@@ -398,7 +380,8 @@ def _rgb_in_bands(
     rows = max(1, BAND_PIXELS // max(width, 1) // fy) * fy
     stacked = Image.new("RGB", (out_width if horizontal else width_in, height_in))
     for y in range(0, height, rows):
-        band = image.crop(_band_source(fix, stored, y, min(y + rows, height)))
+        # The region of the stored image that becomes these rows of the upright one.
+        band = image.crop(_upright_box(_INVERSE.get(fix, fix), (0, y, width, min(y + rows, height)), (width, height)))
         if fix is not None:
             band = band.transpose(fix)
         rgb = to_rgb(band, name, stats)
@@ -471,16 +454,16 @@ def _bomb_message(name: str, exc: BaseException, max_pixels: int) -> str:
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) once the EXIF orientation is applied, from the header alone."""
-    return _upright_size(image.size, _ORIENTATION_FIX.get(_exif_orientation(image)))
+    return _upright_size(image.size, _orientation_fix(image))
 
 
-def _exif_orientation(image: Image.Image) -> int:
+def _orientation_fix(image: Image.Image) -> Image.Transpose | None:
+    """The transpose that makes the image upright by its EXIF orientation (None: it is)."""
     # Broken EXIF must not make an otherwise good image unreadable: treat it as upright.
     try:
-        value = image.getexif().get(_EXIF_ORIENTATION, 1)
-        return int(value)
+        return _ORIENTATION_FIX.get(int(image.getexif().get(_EXIF_ORIENTATION, 1)))
     except Exception:
-        return 1
+        return None
 
 
 def to_rgb(image: Image.Image, name: str = "the image", stats: tuple[float, float] | None = None) -> Image.Image:
@@ -527,7 +510,7 @@ def _wide_greyto_rgb(image: Image.Image, stats: tuple[float, float] | None = Non
     transparent = image.info.get("transparency")
     if isinstance(transparent, (int, float)):  # PNG tRNS for grey: one sample value is see-through
         alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
-        return Image.fromarray(_composite_on_white(np.dstack([grey, grey, grey, alpha])))
+        return _on_white(Image.fromarray(np.dstack([grey, grey, grey, alpha])))
     return Image.fromarray(np.dstack([grey, grey, grey]))
 
 
@@ -558,20 +541,11 @@ def _range(data: np.ndarray) -> tuple[float, float]:
 
 
 def _on_white(rgba: Image.Image) -> Image.Image:
-    """``_composite_on_white`` in Pillow's C code: pasting with an alpha mask blends as
-    (c·a + 255·(255 − a)) / 255 rounded to nearest, the same integers (checked for every c, a)."""
+    """Straight-alpha RGBA blended onto white: pasting with an alpha mask computes
+    (c·a + 255·(255 − a)) / 255 rounded to nearest, exactly (checked for every c, a)."""
     out = Image.new("RGB", rgba.size, (255, 255, 255))
     out.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
     return out
-
-
-def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """Blend straight-alpha RGBA onto white, exactly rounded: c·a/255 + 255·(1 − a/255)."""
-    colour = rgba[..., :3].astype(np.uint16)
-    alpha = rgba[..., 3:4].astype(np.uint16)
-    # Fits uint16: c·a + 255·(255 − a) ≤ 255² and +127 rounds to nearest.
-    blended = (colour * alpha + 255 * (255 - alpha) + 127) // 255
-    return np.ascontiguousarray(blended, dtype=np.uint8)
 
 
 def _from_array(array: np.ndarray, name: str, max_pixels: int) -> Image.Image:
@@ -589,10 +563,10 @@ def _from_array(array: np.ndarray, name: str, max_pixels: int) -> Image.Image:
         raise ImageError(
             f"Could not read {name}: dtype {array.dtype} is not supported; use uint8 (0-255) or float (0-1)."
         )
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        return _on_white(Image.fromarray(pixels))  # a new image: no memory shared with the caller
     if pixels.ndim == 2 or pixels.shape[2] == 1:
         pixels = np.repeat(pixels.reshape(shape[0], shape[1], 1), 3, axis=2)
-    elif pixels.shape[2] == 4:
-        pixels = _composite_on_white(pixels)
     # A private C-ordered copy: the image must not share memory with the caller's array.
     return Image.fromarray(np.array(pixels, dtype=np.uint8, order="C", copy=True))
 
