@@ -31,7 +31,6 @@ to install.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import json
@@ -316,18 +315,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
 
 def _export(args: argparse.Namespace, out: Path, graphs: list[str], variants: list[str]) -> int:
-    from tagger.engine.hub import resolve_model_files
-    from tagger.engine.synthetic import DEMO_WARNING, demo_files
+    from tagger.engine.hub import model_files
+    from tagger.engine.synthetic import DEMO_WARNING
     from tagger.engine.weights import load_model
 
-    model_files: contextlib.AbstractContextManager[tuple[Path, Path]]
     if args.demo:
         print(f"warning: {DEMO_WARNING}", file=sys.stderr)
-        model_files = demo_files()
-    else:
-        files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
-        model_files = contextlib.nullcontext((files.checkpoint, files.vocab))
-    with model_files as (checkpoint, vocab_path):
+    with model_files(args) as (checkpoint, vocab_path):
         vocab = Vocabulary.load(vocab_path)
         model = load_model(checkpoint, dtype=torch.float32, head_dtype=torch.float32, expected_num_tags=len(vocab))
         written = export_all(model, vocab, vocab_path, out, graphs=graphs, variants=variants, wd14_size=args.wd14_size)

@@ -323,9 +323,7 @@ def _open(
 
 def _filename(url: str, content_type: str) -> str:
     name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:100]
-    if not name:
-        name = "download"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:100] or "download"
     if "." not in name and content_type.startswith("image/"):
         subtype = re.sub(r"[^a-z0-9]", "", content_type.split("/", 1)[1].split(";", 1)[0].split("+", 1)[0].lower())
         if subtype:

@@ -228,7 +228,6 @@ def _icns_images(fp: BinaryIO) -> list[ImageHeader]:
 def _load_path(
     source: str | os.PathLike, shown: str, max_pixels: int, fit: Fit | None, reduced_decode: bool
 ) -> Image.Image:
-    name = f"the file '{shown}'"
     # Open the file ourselves: OS errors get their own messages, and the handle is always closed.
     try:
         fp = open(source, "rb")  # noqa: SIM115 - closed by the with-block below
@@ -243,7 +242,7 @@ def _load_path(
     with fp:
         if _is_empty_file(fp):
             raise ImageError(f"The file '{shown}' is empty (0 bytes), so it holds no image.")
-        return _decode(fp, name, max_pixels, fit, reduced_decode)
+        return _decode(fp, f"the file '{shown}'", max_pixels, fit, reduced_decode)
 
 
 def _is_empty_file(fp: io.BufferedReader) -> bool:
@@ -376,7 +375,7 @@ def _rgb_in_bands(
     width_in, height_in = -(-width // fx), -(-height // fy)  # Image.reduce rounds up
     horizontal = (out_width, left, right) != (width_in, 0, width_in)
     vertical = (out_height, top, bottom) != (height_in, 0, height_in)
-    stats = _grey_stats(image, name)
+    stats = _grey_stats(image)
     rows = max(1, BAND_PIXELS // max(width, 1) // fy) * fy
     stacked = Image.new("RGB", (out_width if horizontal else width_in, height_in))
     for y in range(0, height, rows):
@@ -488,7 +487,7 @@ def to_rgb(image: Image.Image, name: str = "the image", stats: tuple[float, floa
         ) from None
 
 
-def _grey_stats(image: Image.Image, name: str) -> tuple[float, float] | None:
+def _grey_stats(image: Image.Image) -> tuple[float, float] | None:
     """(min, max) of a mode I or F image as ``_scale_to_uint8`` sees it, read band by band."""
     if image.mode not in ("I", "F"):
         return None

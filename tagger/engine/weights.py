@@ -205,12 +205,10 @@ def _split_head(head: dict[str, TensorInfo], descriptor_dim: int, path: Path) ->
     if not linears:
         raise CheckpointError(f"{path}: no head tensors found (only backbone weights).")
     first = [lin for lin in linears if lin[2][1] == descriptor_dim]
-    if len(linears) == 1 and first:
-        return [(first[0][0], first[0][1])]
-    if len(linears) == 2 and len(first) == 1:
-        second = next(lin for lin in linears if lin is not first[0])
-        if second[2][1] == first[0][2][0]:
-            return [(first[0][0], first[0][1]), (second[0], second[1])]
+    if len(first) == 1 and len(linears) <= 2:
+        rest = [lin for lin in linears if lin is not first[0]]
+        if not rest or rest[0][2][1] == first[0][2][0]:  # a low-rank pair: rank → num_tags
+            return [(weight, bias) for weight, bias, _ in first + rest]
     shapes = ", ".join(f"{w} {list(s)}" for w, _, s in linears)
     raise CheckpointError(
         f"{path}: the head must be one Linear [num_tags, {descriptor_dim}] or a low-rank pair "
