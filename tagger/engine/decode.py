@@ -187,7 +187,6 @@ def embedded_images(fp: BinaryIO) -> list[ImageHeader] | None:
 
 
 def _ico_images(fp: BinaryIO, start: int) -> list[ImageHeader]:
-    fp.seek(start + 4)
     count = int.from_bytes(fp.read(2), "little")
     directory = fp.read(16 * count)
     found = []
@@ -212,12 +211,12 @@ def _icns_images(fp: BinaryIO) -> list[ImageHeader]:
             continue
         offset, length = icns.dct[code]
         fp.seek(offset)
+        is_png = fp.read(8) == _PNG_MAGIC
+        fp.seek(offset)
         try:  # as Pillow's ICNS plugin reads them, headers only
-            if fp.read(8) == _PNG_MAGIC:
-                fp.seek(offset)
+            if is_png:
                 found.append(ImageHeader(*PngImagePlugin.PngImageFile(fp).size, "PNG"))
             else:
-                fp.seek(offset)
                 stream = Jpeg2KImagePlugin.Jpeg2KImageFile(io.BytesIO(fp.read(length)))
                 found.append(ImageHeader(*stream.size, "JPEG2000"))
         except Exception:
@@ -375,7 +374,7 @@ def _rgb_in_bands(
     width_in, height_in = -(-width // fx), -(-height // fy)  # Image.reduce rounds up
     horizontal = (out_width, left, right) != (width_in, 0, width_in)
     vertical = (out_height, top, bottom) != (height_in, 0, height_in)
-    stats = _grey_stats(image)
+    stats = _grey_stats(image) if image.mode in ("I", "F") else None
     rows = max(1, BAND_PIXELS // max(width, 1) // fy) * fy
     stacked = Image.new("RGB", (out_width if horizontal else width_in, height_in))
     for y in range(0, height, rows):
@@ -487,10 +486,8 @@ def to_rgb(image: Image.Image, name: str = "the image", stats: tuple[float, floa
         ) from None
 
 
-def _grey_stats(image: Image.Image) -> tuple[float, float] | None:
+def _grey_stats(image: Image.Image) -> tuple[float, float]:
     """(min, max) of a mode I or F image as ``_scale_to_uint8`` sees it, read band by band."""
-    if image.mode not in ("I", "F"):
-        return None
     low, high = np.inf, -np.inf
     rows = max(1, BAND_PIXELS // max(image.width, 1))
     for y in range(0, image.height, rows):
@@ -502,10 +499,10 @@ def _grey_stats(image: Image.Image) -> tuple[float, float] | None:
     return (low, high) if low <= high else (0.0, 0.0)
 
 
-def _wide_greyto_rgb(image: Image.Image, stats: tuple[float, float] | None = None) -> Image.Image:
+def _wide_greyto_rgb(image: Image.Image, stats: tuple[float, float] | None) -> Image.Image:
     # Pillow's own convert() clips these modes at 255, turning most 16-bit images white.
     values = np.asarray(image)
-    grey = _scale_to_uint8(values, image.mode, stats)
+    grey = _scale_to_uint8(image, values, stats)
     transparent = image.info.get("transparency")
     if isinstance(transparent, (int, float)):  # PNG tRNS for grey: one sample value is see-through
         alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
@@ -513,30 +510,26 @@ def _wide_greyto_rgb(image: Image.Image, stats: tuple[float, float] | None = Non
     return Image.fromarray(np.dstack([grey, grey, grey]))
 
 
-def _scale_to_uint8(values: np.ndarray, mode: str, stats: tuple[float, float] | None = None) -> np.ndarray:
-    if mode.startswith("I;16"):  # the bit depth is known: 0..65535
+def _scale_to_uint8(image: Image.Image, values: np.ndarray, stats: tuple[float, float] | None) -> np.ndarray:
+    """``values`` (``image``'s pixels) as 8-bit grey; ``stats``: as in ``to_rgb``."""
+    if image.mode.startswith("I;16"):  # the bit depth is known: 0..65535
         return np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
-    if mode == "F":
+    low, high = stats or _grey_stats(image)
+    if image.mode == "F":
         # Float images carry no nominal range: [0, 1] when the data fits it, else 0..255 like Pillow.
         data = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        low, high = stats if stats is not None else _range(data)
         if data.size and low >= 0.0 and high <= 1.0:
             data = data * 255.0
         return np.rint(np.clip(data, 0.0, 255.0)).astype(np.uint8)
     # Mode "I" (32-bit signed) has no nominal range either: 8-bit data stays as is, 16-bit data
     # (older Pillow opened 16-bit PNGs as "I") is scaled, anything wider is stretched to its range.
     data = values.astype(np.float64)
-    low, high = stats if stats is not None else _range(data)
     if low >= 0 and high <= 255:
         return data.astype(np.uint8)
     if low >= 0 and high <= 65535:
         return np.rint(data / 257.0).astype(np.uint8)
     scale = 255.0 / (high - low) if high > low else 0.0  # one negative or huge value everywhere: black
     return np.rint((data - low) * scale).astype(np.uint8)
-
-
-def _range(data: np.ndarray) -> tuple[float, float]:
-    return (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
 
 
 def _on_white(rgba: Image.Image) -> Image.Image:
