@@ -222,14 +222,12 @@ def export_all(
             dynamic=_pixel_dims(),
             metadata=_metadata(model, graph, "fp32"),
         )
-        files = [fp32]
-        for variant in variants:
-            if variant != "fp32":
-                files.append(QUANTIZERS[variant](fp32, out / graph / VARIANT_FILES[variant]))
-        if "fp32" not in variants:  # exported only as the quantisers' source
+        files = [QUANTIZERS[v](fp32, out / graph / VARIANT_FILES[v]) for v in variants if v != "fp32"]
+        if "fp32" in variants:
+            files.insert(0, fp32)
+        else:  # exported only as the quantisers' source
             fp32.unlink()
             (fp32.parent / (fp32.name + ".data")).unlink(missing_ok=True)
-            files.remove(fp32)
         log.info("%s/: %s in %.0f s", graph, ", ".join(f.name for f in files), time.perf_counter() - started)
         written += files
     if wd14_size:

@@ -40,20 +40,6 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from tagger.errors import FetchError, format_bytes, shorten
 
-__all__ = [
-    "DOWNLOAD_TIMEOUT_S",
-    "MAX_DOWNLOAD_BYTES",
-    "MAX_REDIRECTS",
-    "AddressPolicy",
-    "FetchError",
-    "address_problem",
-    "fetch_url",
-    "is_url",
-    "local_network_too",
-    "public_only",
-]
-
-
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Why a download from (address, port) is refused, or None when it is allowed.
 AddressPolicy: TypeAlias = Callable[[IPAddress, int], str | None]

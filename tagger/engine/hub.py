@@ -30,15 +30,6 @@ from huggingface_hub.errors import (
 
 from tagger.errors import ResolutionError
 
-__all__ = [
-    "CHECKPOINT_FILENAME",
-    "DEFAULT_REPO",
-    "VOCAB_FILENAMES",
-    "ModelFiles",
-    "ResolutionError",
-    "resolve_model_files",
-]
-
 DEFAULT_REPO = "lodestones/tagger-experiment"
 CHECKPOINT_FILENAME = "tagger_proto.safetensors"
 # Tried in this order: the richer file (with categories) first, the plain one when it is absent.

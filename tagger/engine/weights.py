@@ -73,7 +73,7 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
         header = json.loads(raw)
         if not isinstance(header, dict):
             raise ValueError
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:  # UnicodeDecodeError included
         raise CheckpointError(f"{path}: not a safetensors file (its header is not JSON).") from None
 
     data_start = 8 + header_len
