@@ -283,8 +283,8 @@ def model_files(args: Any) -> Iterator[tuple[Path, Path]]:
     if args.demo:
         from tagger.engine.synthetic import demo_files  # torch, for the demo only
 
-        with demo_files() as files:
-            yield files
+        with demo_files() as demo:
+            yield demo
         return
     files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
     yield files.checkpoint, files.vocab
