@@ -15,17 +15,15 @@ status is 1 at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
-from tagger.engine.hub import resolve_model_files
-from tagger.engine.synthetic import DEMO_WARNING, demo_files
+from tagger.engine.hub import model_files
+from tagger.engine.synthetic import DEMO_WARNING
 from tagger.engine.tagger import Tagger
 from tagger.errors import (
     CheckpointError,
@@ -108,15 +106,9 @@ def _load(args: argparse.Namespace) -> Tagger | OnnxTagger:
     if args.backend == "onnxruntime":
         files = onnx_model_files(args)
         return OnnxTagger(files.checkpoint, files.vocab, max_size=args.max_size)
-
-    model_files: contextlib.AbstractContextManager[tuple[Path, Path]]
     if args.demo:
         print(f"warning: {DEMO_WARNING}", file=sys.stderr)
-        model_files = demo_files()  # loaded into memory, then the folder is removed
-    else:
-        files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
-        model_files = contextlib.nullcontext((files.checkpoint, files.vocab))
-    with model_files as (checkpoint, vocab):
+    with model_files(args) as (checkpoint, vocab):  # loaded into memory, then a demo's folder is removed
         return Tagger(checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=args.max_size)
 
 

@@ -31,7 +31,6 @@ to install.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import json
@@ -223,14 +222,12 @@ def export_all(
             dynamic=_pixel_dims(),
             metadata=_metadata(model, graph, "fp32"),
         )
-        files = [fp32]
-        for variant in variants:
-            if variant != "fp32":
-                files.append(QUANTIZERS[variant](fp32, out / graph / VARIANT_FILES[variant]))
-        if "fp32" not in variants:  # exported only as the quantisers' source
+        files = [QUANTIZERS[v](fp32, out / graph / VARIANT_FILES[v]) for v in variants if v != "fp32"]
+        if "fp32" in variants:
+            files.insert(0, fp32)
+        else:  # exported only as the quantisers' source
             fp32.unlink()
             (fp32.parent / (fp32.name + ".data")).unlink(missing_ok=True)
-            files.remove(fp32)
         log.info("%s/: %s in %.0f s", graph, ", ".join(f.name for f in files), time.perf_counter() - started)
         written += files
     if wd14_size:
@@ -316,18 +313,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
 
 def _export(args: argparse.Namespace, out: Path, graphs: list[str], variants: list[str]) -> int:
-    from tagger.engine.hub import resolve_model_files
-    from tagger.engine.synthetic import DEMO_WARNING, demo_files
+    from tagger.engine.hub import model_files
+    from tagger.engine.synthetic import DEMO_WARNING
     from tagger.engine.weights import load_model
 
-    model_files: contextlib.AbstractContextManager[tuple[Path, Path]]
     if args.demo:
         print(f"warning: {DEMO_WARNING}", file=sys.stderr)
-        model_files = demo_files()
-    else:
-        files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
-        model_files = contextlib.nullcontext((files.checkpoint, files.vocab))
-    with model_files as (checkpoint, vocab_path):
+    with model_files(args) as (checkpoint, vocab_path):
         vocab = Vocabulary.load(vocab_path)
         model = load_model(checkpoint, dtype=torch.float32, head_dtype=torch.float32, expected_num_tags=len(vocab))
         written = export_all(model, vocab, vocab_path, out, graphs=graphs, variants=variants, wd14_size=args.wd14_size)

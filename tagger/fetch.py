@@ -33,26 +33,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias, TypeGuard
 from urllib.parse import unquote, urljoin, urlsplit
 
 from tagger.errors import FetchError, format_bytes, shorten
-
-__all__ = [
-    "DOWNLOAD_TIMEOUT_S",
-    "MAX_DOWNLOAD_BYTES",
-    "MAX_REDIRECTS",
-    "AddressPolicy",
-    "FetchError",
-    "address_problem",
-    "fetch_url",
-    "is_url",
-    "local_network_too",
-    "public_only",
-]
-
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Why a download from (address, port) is refused, or None when it is allowed.
@@ -137,21 +123,16 @@ def local_network_too(ip: IPAddress, port: int) -> str | None:
     return None
 
 
-@dataclass
 class _Deadline:
     """One clock for the whole fetch; when it runs out, the open socket is shut down so that
     a server trickling bytes cannot hold a read open past it."""
 
-    seconds: float
-    end: float = field(init=False)
-    expired: bool = field(default=False, init=False)
-    _sock: socket.socket | None = field(default=None, init=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _timer: threading.Timer | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.end = time.monotonic() + self.seconds
-        self._timer = threading.Timer(self.seconds, self._expire)
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
         self._timer.start()
 
@@ -174,15 +155,14 @@ class _Deadline:
                     self._sock.shutdown(socket.SHUT_RDWR)
 
     def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """Connects to a checked address; the Host header still names the URL's host."""
 
-    def __init__(self, host: str, port: int, address: IPAddress, deadline: _Deadline):
-        super().__init__(host, port, timeout=deadline.remaining())
+    def __init__(self, host: str, port: int, address: IPAddress, deadline: _Deadline, **kwargs: Any):
+        super().__init__(host, port, timeout=deadline.remaining(), **kwargs)
         self._address = address
         self._deadline = deadline
 
@@ -199,9 +179,7 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection)
     """TLS to a checked address, with SNI and certificate verification for the URL's host."""
 
     def __init__(self, host: str, port: int, address: IPAddress, deadline: _Deadline, context: ssl.SSLContext):
-        http.client.HTTPSConnection.__init__(self, host, port, timeout=deadline.remaining(), context=context)
-        self._address = address
-        self._deadline = deadline
+        super().__init__(host, port, address, deadline, context=context)  # on to HTTPSConnection
         self._tls = context
 
     def connect(self) -> None:
@@ -259,25 +237,22 @@ def _parse(url: str) -> _Target:
 
 def _resolve(target: _Target, deadline: _Deadline, shown: str) -> list[IPAddress]:
     """Every address the host resolves to; getaddrinfo has no timeout, so wait in a thread."""
-    # getaddrinfo's answers (family, type, proto, canonname, sockaddr), or the error it raised.
-    result: list[Sequence[tuple[int, int, int, str, tuple[Any, ...]]] | BaseException] = []
+    # getaddrinfo's answers (family, type, proto, canonname, sockaddr); none when it failed.
+    result: list[Sequence[tuple[int, int, int, str, tuple[Any, ...]]]] = []
 
     def lookup() -> None:
         try:
             result.append(socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM))
-        except (OSError, UnicodeError) as exc:
-            result.append(exc)
+        except (OSError, UnicodeError):
+            result.append([])
 
     worker = threading.Thread(target=lookup, name="fetch-dns", daemon=True)
     worker.start()
     worker.join(deadline.remaining())
     if not result:
         raise TimeoutError
-    found = result[0]
-    if isinstance(found, BaseException):
-        raise FetchError(f"Could not download {shown}: the host name {target.host} could not be resolved.")
     addresses: list[IPAddress] = []
-    for _family, _type, _proto, _name, sockaddr in found:
+    for _family, _type, _proto, _name, sockaddr in result[0]:
         literal = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 zone id
         try:
             ip = ipaddress.ip_address(literal)
@@ -334,9 +309,7 @@ def _open(
 
 def _filename(url: str, content_type: str) -> str:
     name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:100]
-    if not name:
-        name = "download"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:100] or "download"
     if "." not in name and content_type.startswith("image/"):
         subtype = re.sub(r"[^a-z0-9]", "", content_type.split("/", 1)[1].split(";", 1)[0].split("+", 1)[0].lower())
         if subtype:
@@ -456,11 +429,10 @@ def fetch_url(
                 deadline.watch(None)
                 conn.close()
         raise FetchError(f"Refused to download {original}: it redirects more than {max_redirects} times.")
-    except FetchError:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
     except BaseException as exc:
         shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, FetchError):
+            raise
         if isinstance(exc, (TimeoutError, socket.timeout)) or deadline.expired:
             raise FetchError(f"Could not download {original}: it took longer than {timeout:g} s.") from None
         if isinstance(exc, Exception):

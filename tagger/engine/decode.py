@@ -61,6 +61,11 @@ BAND_PIXELS = 1 << 20
 _REDUCIBLE_FORMATS = frozenset({"JPEG"})
 _SWAPS_AXES = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
                          Image.Transpose.ROTATE_90})  # fmt: skip
+# The transposes that another one undoes; every other undoes itself.
+_INVERSE: dict[Image.Transpose | None, Image.Transpose] = {
+    Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270,
+    Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90,
+}
 
 
 def load_image(
@@ -141,8 +146,8 @@ def image_header(
     with fp, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            if _is_container(fp):  # never Image.open: Pillow's ICO plugin decodes while opening
-                embedded = embedded_images(fp)
+            embedded = embedded_images(fp)
+            if embedded is not None:  # never Image.open: Pillow's ICO plugin decodes while opening
                 return max(embedded, key=cost) if embedded else None
             with Image.open(fp, formats=DECODABLE_FORMATS) as image:
                 return ImageHeader(image.width, image.height, image.format or "")
@@ -164,16 +169,9 @@ _ICNS_STREAM_TYPES = tuple(
 )
 
 
-def _is_container(fp: BinaryIO) -> bool:
-    start = fp.tell()
-    magic = fp.read(4)
-    fp.seek(start)
-    return magic in (_ICO_MAGIC, _ICNS_MAGIC)
-
-
-def embedded_images(fp: BinaryIO) -> list[ImageHeader]:
+def embedded_images(fp: BinaryIO) -> list[ImageHeader] | None:
     """The images an ICO or ICNS file embeds as streams of their own (PNG, BMP, JPEG 2000), each
-    with the size and format of its own header; [] for any other file. Reads headers only and
+    with the size and format of its own header; None for any other file. Reads headers only and
     leaves ``fp`` where it was."""
     start = fp.tell()
     try:
@@ -183,13 +181,12 @@ def embedded_images(fp: BinaryIO) -> list[ImageHeader]:
         if magic == _ICNS_MAGIC:
             fp.seek(start)
             return _icns_images(fp)
-        return []
+        return None
     finally:
         fp.seek(start)
 
 
 def _ico_images(fp: BinaryIO, start: int) -> list[ImageHeader]:
-    fp.seek(start + 4)
     count = int.from_bytes(fp.read(2), "little")
     directory = fp.read(16 * count)
     found = []
@@ -214,12 +211,12 @@ def _icns_images(fp: BinaryIO) -> list[ImageHeader]:
             continue
         offset, length = icns.dct[code]
         fp.seek(offset)
+        is_png = fp.read(8) == _PNG_MAGIC
+        fp.seek(offset)
         try:  # as Pillow's ICNS plugin reads them, headers only
-            if fp.read(8) == _PNG_MAGIC:
-                fp.seek(offset)
+            if is_png:
                 found.append(ImageHeader(*PngImagePlugin.PngImageFile(fp).size, "PNG"))
             else:
-                fp.seek(offset)
                 stream = Jpeg2KImagePlugin.Jpeg2KImageFile(io.BytesIO(fp.read(length)))
                 found.append(ImageHeader(*stream.size, "JPEG2000"))
         except Exception:
@@ -230,7 +227,6 @@ def _icns_images(fp: BinaryIO) -> list[ImageHeader]:
 def _load_path(
     source: str | os.PathLike, shown: str, max_pixels: int, fit: Fit | None, reduced_decode: bool
 ) -> Image.Image:
-    name = f"the file '{shown}'"
     # Open the file ourselves: OS errors get their own messages, and the handle is always closed.
     try:
         fp = open(source, "rb")  # noqa: SIM115 - closed by the with-block below
@@ -245,7 +241,7 @@ def _load_path(
     with fp:
         if _is_empty_file(fp):
             raise ImageError(f"The file '{shown}' is empty (0 bytes), so it holds no image.")
-        return _decode(fp, name, max_pixels, fit, reduced_decode)
+        return _decode(fp, f"the file '{shown}'", max_pixels, fit, reduced_decode)
 
 
 def _is_empty_file(fp: io.BufferedReader) -> bool:
@@ -265,7 +261,7 @@ DECODABLE_FORMATS: tuple[str, ...] = (
 
 def _decode(fp: BinaryIO, name: str, max_pixels: int, fit: Fit | None, reduced_decode: bool) -> Image.Image:
     with _decoding_errors(name, max_pixels):
-        for embedded in embedded_images(fp):  # before Image.open, which decodes an ICO's image
+        for embedded in embedded_images(fp) or ():  # before Image.open, which decodes an ICO's image
             _check_size((embedded.width, embedded.height), name, max_pixels)
     with _decoding_errors(name, max_pixels), Image.open(fp, formats=DECODABLE_FORMATS) as image:
         # Image.open reads only the header (and the first frame's position), so the size
@@ -278,19 +274,17 @@ def _finish(image: Image.Image, name: str, max_pixels: int, fit: Fit | None, own
     a new image. ``own``: the image was opened here and its decoder may be told to reduce."""
     _check_size(image.size, name, max_pixels)
     with _decoding_errors(name, max_pixels):
-        box = target = None
-        if own and fit is not None and image.format in _REDUCIBLE_FORMATS:
-            # These keep EXIF in their header: the orientation (hence the target) is known
-            # before the decoder is told how far it may reduce.
-            fix = _ORIENTATION_FIX.get(_exif_orientation(image))
-            upright = _upright_size(image.size, fix)
-            target = _checked_fit(fit, upright)
-            box = _reduce_while_decoding(image, fix, upright, target)
-        image.load()
-        if target is None:  # other formats may keep EXIF anywhere: read it from the loaded image
-            fix = _ORIENTATION_FIX.get(_exif_orientation(image))
-            upright = _upright_size(image.size, fix)
-            target = upright if fit is None else _checked_fit(fit, upright)
+        # The reducible formats keep EXIF in their header: the orientation (hence the target) is
+        # known before the decoder is told how far it may reduce. Other formats may keep EXIF
+        # anywhere: read it from the loaded image.
+        reduce = own and fit is not None and image.format in _REDUCIBLE_FORMATS
+        if not reduce:
+            image.load()
+        fix = _orientation_fix(image)
+        upright = _upright_size(image.size, fix)
+        target = upright if fit is None else _checked_fit(fit, upright)
+        box = _reduce_while_decoding(image, fix, upright, target) if reduce else None
+        image.load()  # already loaded unless reduced
         if fit is None and image.mode == "RGB" and "transparency" not in image.info:
             rgb = image.copy()  # nothing to convert: one copy, as small as it gets
             return rgb.transpose(fix) if fix is not None else rgb
@@ -328,41 +322,28 @@ def _reduce_while_decoding(
         return None
     scale = width / image.size[0] if image.size[0] else 1
     scale = 2 ** round(np.log2(max(scale, 1)))  # 1, 2, 4 or 8
-    return _covering_box(fix, (width / scale, height / scale), image.size)
+    # The decoders round the reduced size up, so its last column and row are partly outside.
+    covered = (0, 0, min(width / scale, image.size[0]), min(height / scale, image.size[1]))
+    return _upright_box(fix, covered, image.size)
 
 
-def _covering_box(
-    fix: Image.Transpose | None, covered: tuple[float, float], size: tuple[int, int]
+def _upright_box(
+    fix: Image.Transpose | None, box: tuple[float, float, float, float], size: tuple[int, int]
 ) -> tuple[float, float, float, float]:
-    """The region (upright coordinates) of a reduced image that covers the original: the
-    decoders round the reduced size up, so the last column and row are partly outside."""
-    bw, bh = min(covered[0], size[0]), min(covered[1], size[1])
-    dw, dh = size
+    """Where the region ``box`` of an image of ``size`` lies once ``fix`` is applied."""
+    left, top, right, bottom = box
+    width, height = size
     boxes = {
-        None: (0, 0, bw, bh),
-        Image.Transpose.FLIP_LEFT_RIGHT: (dw - bw, 0, dw, bh),
-        Image.Transpose.ROTATE_180: (dw - bw, dh - bh, dw, dh),
-        Image.Transpose.FLIP_TOP_BOTTOM: (0, dh - bh, bw, dh),
-        Image.Transpose.TRANSPOSE: (0, 0, bh, bw),
-        Image.Transpose.ROTATE_270: (dh - bh, 0, dh, bw),
-        Image.Transpose.TRANSVERSE: (dh - bh, dw - bw, dh, dw),
-        Image.Transpose.ROTATE_90: (0, dw - bw, bh, dw),
+        None: box,
+        Image.Transpose.FLIP_LEFT_RIGHT: (width - right, top, width - left, bottom),
+        Image.Transpose.ROTATE_180: (width - right, height - bottom, width - left, height - top),
+        Image.Transpose.FLIP_TOP_BOTTOM: (left, height - bottom, right, height - top),
+        Image.Transpose.TRANSPOSE: (top, left, bottom, right),
+        Image.Transpose.ROTATE_270: (height - bottom, left, height - top, right),
+        Image.Transpose.TRANSVERSE: (height - bottom, width - right, height - top, width - left),
+        Image.Transpose.ROTATE_90: (top, width - right, bottom, width - left),
     }
     return boxes[fix]
-
-
-def _band_source(
-    fix: Image.Transpose | None, size: tuple[int, int], top: int, bottom: int
-) -> tuple[int, int, int, int]:
-    """The region of the stored image that becomes rows [top, bottom) of the upright one."""
-    width, height = size
-    if fix in (None, Image.Transpose.FLIP_LEFT_RIGHT):
-        return (0, top, width, bottom)
-    if fix in (Image.Transpose.ROTATE_180, Image.Transpose.FLIP_TOP_BOTTOM):
-        return (0, height - bottom, width, height - top)
-    if fix in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270):
-        return (top, 0, bottom, height)
-    return (width - bottom, 0, width - top, height)  # TRANSVERSE, ROTATE_90
 
 
 def _rgb_in_bands(
@@ -385,8 +366,7 @@ def _rgb_in_bands(
     ``REDUCED_DECODE_MARGIN`` pixels per output pixel (bands are whole multiples of the
     vertical factor, so this equals one ``Image.reduce`` of the whole image); not exact.
     """
-    stored = image.size
-    width, height = (stored[1], stored[0]) if fix in _SWAPS_AXES else stored
+    width, height = _upright_size(image.size, fix)
     left, top, right, bottom = box if box is not None else (0, 0, width, height)
     out_width, out_height = target
     fx, fy = (_box_factor(width, out_width), _box_factor(height, out_height)) if shrink else (1, 1)
@@ -394,11 +374,12 @@ def _rgb_in_bands(
     width_in, height_in = -(-width // fx), -(-height // fy)  # Image.reduce rounds up
     horizontal = (out_width, left, right) != (width_in, 0, width_in)
     vertical = (out_height, top, bottom) != (height_in, 0, height_in)
-    stats = _grey_stats(image, name)
+    stats = _grey_stats(image) if image.mode in ("I", "F") else None
     rows = max(1, BAND_PIXELS // max(width, 1) // fy) * fy
     stacked = Image.new("RGB", (out_width if horizontal else width_in, height_in))
     for y in range(0, height, rows):
-        band = image.crop(_band_source(fix, stored, y, min(y + rows, height)))
+        # The region of the stored image that becomes these rows of the upright one.
+        band = image.crop(_upright_box(_INVERSE.get(fix, fix), (0, y, width, min(y + rows, height)), (width, height)))
         if fix is not None:
             band = band.transpose(fix)
         rgb = to_rgb(band, name, stats)
@@ -471,16 +452,16 @@ def _bomb_message(name: str, exc: BaseException, max_pixels: int) -> str:
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) once the EXIF orientation is applied, from the header alone."""
-    return _upright_size(image.size, _ORIENTATION_FIX.get(_exif_orientation(image)))
+    return _upright_size(image.size, _orientation_fix(image))
 
 
-def _exif_orientation(image: Image.Image) -> int:
+def _orientation_fix(image: Image.Image) -> Image.Transpose | None:
+    """The transpose that makes the image upright by its EXIF orientation (None: it is)."""
     # Broken EXIF must not make an otherwise good image unreadable: treat it as upright.
     try:
-        value = image.getexif().get(_EXIF_ORIENTATION, 1)
-        return int(value)
+        return _ORIENTATION_FIX.get(int(image.getexif().get(_EXIF_ORIENTATION, 1)))
     except Exception:
-        return 1
+        return None
 
 
 def to_rgb(image: Image.Image, name: str = "the image", stats: tuple[float, float] | None = None) -> Image.Image:
@@ -505,10 +486,8 @@ def to_rgb(image: Image.Image, name: str = "the image", stats: tuple[float, floa
         ) from None
 
 
-def _grey_stats(image: Image.Image, name: str) -> tuple[float, float] | None:
+def _grey_stats(image: Image.Image) -> tuple[float, float]:
     """(min, max) of a mode I or F image as ``_scale_to_uint8`` sees it, read band by band."""
-    if image.mode not in ("I", "F"):
-        return None
     low, high = np.inf, -np.inf
     rows = max(1, BAND_PIXELS // max(image.width, 1))
     for y in range(0, image.height, rows):
@@ -520,31 +499,31 @@ def _grey_stats(image: Image.Image, name: str) -> tuple[float, float] | None:
     return (low, high) if low <= high else (0.0, 0.0)
 
 
-def _wide_greyto_rgb(image: Image.Image, stats: tuple[float, float] | None = None) -> Image.Image:
+def _wide_greyto_rgb(image: Image.Image, stats: tuple[float, float] | None) -> Image.Image:
     # Pillow's own convert() clips these modes at 255, turning most 16-bit images white.
     values = np.asarray(image)
-    grey = _scale_to_uint8(values, image.mode, stats)
+    grey = _scale_to_uint8(image, values, stats)
     transparent = image.info.get("transparency")
     if isinstance(transparent, (int, float)):  # PNG tRNS for grey: one sample value is see-through
         alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
-        return Image.fromarray(_composite_on_white(np.dstack([grey, grey, grey, alpha])))
+        return _on_white(Image.fromarray(np.dstack([grey, grey, grey, alpha])))
     return Image.fromarray(np.dstack([grey, grey, grey]))
 
 
-def _scale_to_uint8(values: np.ndarray, mode: str, stats: tuple[float, float] | None = None) -> np.ndarray:
-    if mode.startswith("I;16"):  # the bit depth is known: 0..65535
+def _scale_to_uint8(image: Image.Image, values: np.ndarray, stats: tuple[float, float] | None) -> np.ndarray:
+    """``values`` (``image``'s pixels) as 8-bit grey; ``stats``: as in ``to_rgb``."""
+    if image.mode.startswith("I;16"):  # the bit depth is known: 0..65535
         return np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
-    if mode == "F":
+    low, high = stats or _grey_stats(image)
+    if image.mode == "F":
         # Float images carry no nominal range: [0, 1] when the data fits it, else 0..255 like Pillow.
         data = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        low, high = stats if stats is not None else _range(data)
         if data.size and low >= 0.0 and high <= 1.0:
             data = data * 255.0
         return np.rint(np.clip(data, 0.0, 255.0)).astype(np.uint8)
     # Mode "I" (32-bit signed) has no nominal range either: 8-bit data stays as is, 16-bit data
     # (older Pillow opened 16-bit PNGs as "I") is scaled, anything wider is stretched to its range.
     data = values.astype(np.float64)
-    low, high = stats if stats is not None else _range(data)
     if low >= 0 and high <= 255:
         return data.astype(np.uint8)
     if low >= 0 and high <= 65535:
@@ -553,25 +532,12 @@ def _scale_to_uint8(values: np.ndarray, mode: str, stats: tuple[float, float] | 
     return np.rint((data - low) * scale).astype(np.uint8)
 
 
-def _range(data: np.ndarray) -> tuple[float, float]:
-    return (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
-
-
 def _on_white(rgba: Image.Image) -> Image.Image:
-    """``_composite_on_white`` in Pillow's C code: pasting with an alpha mask blends as
-    (c·a + 255·(255 − a)) / 255 rounded to nearest, the same integers (checked for every c, a)."""
+    """Straight-alpha RGBA blended onto white: pasting with an alpha mask computes
+    (c·a + 255·(255 − a)) / 255 rounded to nearest, exactly (checked for every c, a)."""
     out = Image.new("RGB", rgba.size, (255, 255, 255))
     out.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
     return out
-
-
-def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """Blend straight-alpha RGBA onto white, exactly rounded: c·a/255 + 255·(1 − a/255)."""
-    colour = rgba[..., :3].astype(np.uint16)
-    alpha = rgba[..., 3:4].astype(np.uint16)
-    # Fits uint16: c·a + 255·(255 − a) ≤ 255² and +127 rounds to nearest.
-    blended = (colour * alpha + 255 * (255 - alpha) + 127) // 255
-    return np.ascontiguousarray(blended, dtype=np.uint8)
 
 
 def _from_array(array: np.ndarray, name: str, max_pixels: int) -> Image.Image:
@@ -589,10 +555,10 @@ def _from_array(array: np.ndarray, name: str, max_pixels: int) -> Image.Image:
         raise ImageError(
             f"Could not read {name}: dtype {array.dtype} is not supported; use uint8 (0-255) or float (0-1)."
         )
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        return _on_white(Image.fromarray(pixels))  # a new image: no memory shared with the caller
     if pixels.ndim == 2 or pixels.shape[2] == 1:
         pixels = np.repeat(pixels.reshape(shape[0], shape[1], 1), 3, axis=2)
-    elif pixels.shape[2] == 4:
-        pixels = _composite_on_white(pixels)
     # A private C-ordered copy: the image must not share memory with the caller's array.
     return Image.fromarray(np.array(pixels, dtype=np.uint8, order="C", copy=True))
 

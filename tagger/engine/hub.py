@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
@@ -27,15 +29,6 @@ from huggingface_hub.errors import (
 )
 
 from tagger.errors import ResolutionError
-
-__all__ = [
-    "CHECKPOINT_FILENAME",
-    "DEFAULT_REPO",
-    "VOCAB_FILENAMES",
-    "ModelFiles",
-    "ResolutionError",
-    "resolve_model_files",
-]
 
 DEFAULT_REPO = "lodestones/tagger-experiment"
 CHECKPOINT_FILENAME = "tagger_proto.safetensors"
@@ -80,6 +73,7 @@ def _local_file(value: str | os.PathLike[str], what: str, origin: str) -> Path:
             f"The {what} file {path} (from {origin}) does not exist or is not a file; "
             f"fix the path or leave {origin} unset to download it from the Hub."
         )
+    logger.info("%s: local file (from %s) -> %s", what, origin, path)
     return path
 
 
@@ -197,7 +191,7 @@ def hub_file(filename: str, repo: str, revision: str | None = None) -> Path:
 
 def _probe(filename: str, repo: str, revision: str | None) -> None:
     """One request for the file's metadata, without retries: raises what the Hub answered, or
-    ``_HubUnreachable`` at once when it cannot be reached.
+    ``LocalEntryNotFoundError`` at once when it cannot be reached.
 
     Only used when nothing is cached: ``hf_hub_download`` then retries an unreachable Hub with
     backoff for about half a minute, logging every attempt, before it gives up.
@@ -266,11 +260,6 @@ def resolve_model_files(
     # Local paths are checked first so a typo is reported before any download starts.
     checkpoint_path = _local_file(checkpoint_value, "checkpoint", checkpoint_origin) if checkpoint_value else None
     vocab_path = _local_file(vocab_value, "vocabulary", vocab_origin) if vocab_value else None
-    if checkpoint_path is not None:
-        logger.info("checkpoint: local file (from %s) -> %s", checkpoint_origin, checkpoint_path)
-    if vocab_path is not None:
-        logger.info("vocabulary: local file (from %s) -> %s", vocab_origin, vocab_path)
-
     if checkpoint_path is None:
         checkpoint_path = _resolve_hub_file((CHECKPOINT_FILENAME,), "checkpoint", repo_id, rev, ENV_CHECKPOINT, cache)
     if vocab_path is None:
@@ -285,3 +274,17 @@ def resolve_model_files(
     else:
         source = hub_source
     return ModelFiles(checkpoint=checkpoint_path, vocab=vocab_path, source=source)
+
+
+@contextmanager
+def model_files(args: Any) -> Iterator[tuple[Path, Path]]:
+    """(checkpoint, vocab) as the model flags name them (``--checkpoint``, ``--vocab``, ``--repo``,
+    ``--revision``, ``--demo``); the demo model's lie in a folder removed on leaving the block."""
+    if args.demo:
+        from tagger.engine.synthetic import demo_files  # torch, for the demo only
+
+        with demo_files() as demo:
+            yield demo
+        return
+    files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
+    yield files.checkpoint, files.vocab

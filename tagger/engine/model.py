@@ -217,10 +217,6 @@ class TaggerModel(nn.Module):
         self.head = TagHead(config)
         self._positions = _DeviceCache(maxsize=32)
 
-    def init_buffers(self) -> None:
-        """Materialise the non-persistent state of a model built on the meta device."""
-        self._positions = _DeviceCache(maxsize=32)
-
     @property
     def dtype(self) -> torch.dtype:
         return self.patch_embed.weight.dtype
@@ -340,6 +336,3 @@ class _DeviceCache:
             while len(self._entries) > self.maxsize:
                 self._entries.popitem(last=False)
         return value
-
-    def __len__(self) -> int:
-        return len(self._entries)

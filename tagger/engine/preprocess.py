@@ -129,5 +129,4 @@ class Preprocessor:
     reduced_decode: bool = False
 
     def __call__(self, source: ImageSource, name: str | None = None) -> torch.Tensor:
-        """``name``: what error sentences call the image (``load_image``)."""
         return image_to_pixels(source, self.max_size, self.patch, reduced_decode=self.reduced_decode, name=name)

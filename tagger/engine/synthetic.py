@@ -65,8 +65,10 @@ def write_random_checkpoint(path: str | os.PathLike, config: TaggerConfig, **kwa
     return path
 
 
-def random_vocabulary_data(num_tags: int, with_categories: bool = True, seed: int = 0) -> dict:
-    """A vocabulary JSON object: readable fake tags spread over every category."""
+def write_random_vocabulary(
+    path: str | os.PathLike, num_tags: int, with_categories: bool = True, seed: int = 0
+) -> Path:
+    """A vocabulary file: readable fake tags spread over every category."""
     generator = torch.Generator().manual_seed(seed)
     tags: list[str] = []
     tag2category: dict[str, int] = {}
@@ -84,13 +86,9 @@ def random_vocabulary_data(num_tags: int, with_categories: bool = True, seed: in
     data: dict = {"idx2tag": tags}
     if with_categories:
         data["tag2category"] = tag2category
-    return data
-
-
-def write_random_vocabulary(path: str | os.PathLike, num_tags: int, **kwargs: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(random_vocabulary_data(num_tags, **kwargs)), encoding="utf-8")
+    path.write_text(json.dumps(data), encoding="utf-8")
     return path
 
 

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -43,8 +43,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def cpu_has_native_bf16() -> bool:
     """True when the CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX)."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    for name in probes:
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         probe = getattr(torch.cpu, name, None)
         try:
             if probe is not None and probe():
@@ -67,19 +66,13 @@ def on_zero_gpu() -> bool:
 MIN_BF16_CAPABILITY = (8, 0)
 
 
-def cuda_capability(device: torch.device) -> tuple[int, int]:
-    """Compute capability of the CUDA device actually used (``cuda`` alone: the current one)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(index)
-    return major, minor
-
-
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the hardware runs it natively (as the authors run on GPU), else fp32."""
     if device.type == "cuda":
         if on_zero_gpu():  # ZeroGPU hands out H200 slices; don't query emulated CUDA
             return torch.bfloat16
-        return torch.bfloat16 if cuda_capability(device) >= MIN_BF16_CAPABILITY else torch.float32
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.bfloat16 if torch.cuda.get_device_capability(index) >= MIN_BF16_CAPABILITY else torch.float32
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return torch.float32
@@ -249,9 +242,9 @@ class Tagger:
         """Decode and resize one image on the CPU → uint8 ``[3, H, W]`` (normalised in ``run``),
         its long edge at most ``max_size`` (default: the Tagger's ``max_size``). ``name``: what
         error sentences call the image."""
-        if max_size is None or max_size == self.max_size:
-            return self.preprocessor(image, name)
-        return Preprocessor(max_size, self.model.config.patch_size, self.reduced_decode)(image, name)
+        if max_size is not None:
+            return replace(self.preprocessor, max_size=max_size)(image, name)
+        return self.preprocessor(image, name)
 
     @property
     def preprocessor(self) -> Preprocessor:

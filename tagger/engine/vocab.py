@@ -31,37 +31,22 @@ class Category:
     order: int  # position in the authors' display order
 
 
-# (shifted id, name, colour); display order follows below.
+# (shifted id, name, colour) in the authors' display order.
 _CATEGORY_ROWS = [
-    (0, "unassigned", "#6b7280"),
-    (1, "general", "#4ade80"),
     (2, "artist", "#f472b6"),
-    (3, "contributor", "#a78bfa"),
     (4, "copyright", "#fb923c"),
     (5, "character", "#60a5fa"),
     (6, "species", "#facc15"),
-    (7, "disambiguation", "#94a3b8"),
-    (8, "meta", "#e2e8f0"),
+    (1, "general", "#4ade80"),
     (9, "lore", "#f87171"),
-]
-_DISPLAY_ORDER = [
-    "artist",
-    "copyright",
-    "character",
-    "species",
-    "general",
-    "lore",
-    "meta",
-    "contributor",
-    "disambiguation",
-    "unassigned",
+    (8, "meta", "#e2e8f0"),
+    (3, "contributor", "#a78bfa"),
+    (7, "disambiguation", "#94a3b8"),
+    (0, "unassigned", "#6b7280"),
 ]
 
 CATEGORIES: tuple[Category, ...] = tuple(
-    sorted(
-        (Category(cid, name, color, _DISPLAY_ORDER.index(name)) for cid, name, color in _CATEGORY_ROWS),
-        key=lambda c: c.order,
-    )
+    Category(cid, name, color, order) for order, (cid, name, color) in enumerate(_CATEGORY_ROWS)
 )
 """All categories in the authors' display order."""
 

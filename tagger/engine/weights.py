@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import struct
@@ -72,7 +73,7 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
         header = json.loads(raw)
         if not isinstance(header, dict):
             raise ValueError
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:  # UnicodeDecodeError included
         raise CheckpointError(f"{path}: not a safetensors file (its header is not JSON).") from None
 
     data_start = 8 + header_len
@@ -87,10 +88,7 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
         if dtype_name not in _DTYPES:
             raise CheckpointError(f"{path}: tensor {key!r} has dtype {dtype_name}; only float tensors are supported.")
         dtype = _DTYPES[dtype_name]
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        nbytes = numel * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if end - begin != nbytes:
             raise CheckpointError(f"{path}: tensor {key!r} spans {end - begin} bytes, expected {nbytes}.")
         if data_start + end > size:
@@ -207,12 +205,10 @@ def _split_head(head: dict[str, TensorInfo], descriptor_dim: int, path: Path) ->
     if not linears:
         raise CheckpointError(f"{path}: no head tensors found (only backbone weights).")
     first = [lin for lin in linears if lin[2][1] == descriptor_dim]
-    if len(linears) == 1 and first:
-        return [(first[0][0], first[0][1])]
-    if len(linears) == 2 and len(first) == 1:
-        second = next(lin for lin in linears if lin is not first[0])
-        if second[2][1] == first[0][2][0]:
-            return [(first[0][0], first[0][1]), (second[0], second[1])]
+    if len(first) == 1 and len(linears) <= 2:
+        rest = [lin for lin in linears if lin is not first[0]]
+        if not rest or rest[0][2][1] == first[0][2][0]:  # a low-rank pair: rank → num_tags
+            return [(weight, bias) for weight, bias, _ in first + rest]
     shapes = ", ".join(f"{w} {list(s)}" for w, _, s in linears)
     raise CheckpointError(
         f"{path}: the head must be one Linear [num_tags, {descriptor_dim}] or a low-rank pair "
@@ -230,15 +226,14 @@ class CheckpointPlan:
     head_keys: list[tuple[str, str | None]]
 
 
-def inspect_checkpoint(
-    path: str | os.PathLike, head_dim: int | None = None, rope_coord_scale: float | None = None
-) -> CheckpointPlan:
+def inspect_checkpoint(path: str | os.PathLike, rope_coord_scale: float | None = None) -> CheckpointPlan:
     """Read a checkpoint's header, infer the model sizes and check every tensor strictly.
 
-    The file does not record ``head_dim`` or ``rope_coord_scale``; both default to ``TaggerConfig``'s.
+    The file records neither the head dim (``TaggerConfig``'s is used) nor ``rope_coord_scale``
+    (default: ``TaggerConfig``'s).
     """
     path = Path(path)
-    head_dim = head_dim or TaggerConfig().head_dim
+    head_dim = TaggerConfig().head_dim
     if rope_coord_scale is None:
         rope_coord_scale = TaggerConfig.rope_coord_scale
     raw = read_header(path)
@@ -330,16 +325,15 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     head_dtype: torch.dtype | None = torch.float32,
     expected_num_tags: int | None = None,
-    head_dim: int | None = None,
     rope_coord_scale: float | None = None,
 ) -> TaggerModel:
     """Load a checkpoint into a ready ``TaggerModel`` in eval mode on ``device``.
 
     The backbone is stored in ``dtype``, the head in ``head_dtype`` (``None``: as in the file;
     it always computes in float32). ``expected_num_tags`` is the vocabulary length, checked
-    against the head. ``head_dim`` and ``rope_coord_scale`` default to ``TaggerConfig``'s.
+    against the head. ``rope_coord_scale`` defaults to ``TaggerConfig``'s.
     """
-    plan = inspect_checkpoint(path, head_dim=head_dim, rope_coord_scale=rope_coord_scale)
+    plan = inspect_checkpoint(path, rope_coord_scale=rope_coord_scale)
     config = plan.config
     if expected_num_tags is not None and config.num_tags != expected_num_tags:
         raise CheckpointError(
@@ -373,6 +367,5 @@ def load_model(
                     _read_tensor(f, plan.tensors[key], block)
             state[name] = out
     model.load_state_dict(state, strict=True, assign=True)
-    model.init_buffers()
     model.requires_grad_(False)
     return fast_paths.apply(model.eval())

@@ -21,9 +21,9 @@ import gradio as gr
 from pydantic import ValidationError
 from starlette.middleware import Middleware
 
-from tagger.engine.hub import resolve_model_files
+from tagger.engine.hub import model_files
 from tagger.engine.resolution import size_cap
-from tagger.engine.synthetic import DEMO_WARNING, demo_files
+from tagger.engine.synthetic import DEMO_WARNING
 from tagger.engine.tagger import Tagger, resolve_device
 from tagger.errors import CheckpointError, ResolutionError, VocabularyError, shorten
 from tagger.tags import relations
@@ -97,11 +97,8 @@ def load_context(args: argparse.Namespace) -> AppContext:
     try:
         if args.demo:
             log.warning(DEMO_WARNING)
-            with demo_files() as (checkpoint, vocab):  # loaded into memory, then the folder is removed
-                tagger = load(checkpoint, vocab)
-        else:
-            files = resolve_model_files(args.checkpoint, args.vocab, repo=args.repo, revision=args.revision)
-            tagger = load(files.checkpoint, files.vocab)
+        with model_files(args) as (checkpoint, vocab):  # loaded into memory, then a demo's folder is removed
+            tagger = load(checkpoint, vocab)
         # Tag relations for the implied option and aliases (README: Tag implications and aliases).
         relations.attach_sources(
             tagger.vocab,
