@@ -139,7 +139,7 @@ def allocator_stats():  # glibc (all arenas) and pymalloc: native memory that gc
                 key, value = line[2:].rsplit("=", 1)
                 stats["pymalloc " + key.strip()] = int(value.strip().replace(",", ""))
     return stats
-CONTAINERS = (dict, list, set, collections.deque, collections.OrderedDict, collections.defaultdict)
+CONTAINERS = (dict, list, set, collections.deque)
 def owner(obj, seen):  # where a container hangs: module.name, Class.attribute or a key in a dict
     for ref in gc.get_referrers(obj):
         if isinstance(ref, dict) and ref is not seen:
@@ -151,6 +151,9 @@ def owner(obj, seen):  # where a container hangs: module.name, Class.attribute o
                 if getattr(holder, "__dict__", None) is ref:
                     return f"{type(holder).__module__}.{type(holder).__qualname__}.{key}"
             return f"a dict's [{key!r}]"
+        attribute = next((k for k, v in getattr(ref, "__dict__", {}).items() if v is obj), None)
+        if attribute is not None:  # an instance whose attributes live in the object itself
+            return f"{type(ref).__module__}.{type(ref).__qualname__}.{attribute}"
     return "?"
 def trim(*_):  # SIGUSR1: what the allocator keeps once everything unused is given back
     gc.collect()
@@ -163,9 +166,10 @@ def trim(*_):  # SIGUSR1: what the allocator keeps once everything unused is giv
         counts.update({"@" + k: v for k, v in allocator_stats().items()})
         trim.dumps = getattr(trim, "dumps", 0) + 1
         containers = {}
+        mine = (id(containers), id(getattr(trim, "sizes", None)))
         for o in gc.get_objects():  # and what they hold directly: a dict of str or int is not tracked by gc
             for c in (o, *gc.get_referents(o)):
-                if type(c) in CONTAINERS and len(c) >= 20 and c is not containers:
+                if isinstance(c, CONTAINERS) and len(c) >= 20 and id(c) not in mine:
                     containers[id(c)] = c
         if trim.dumps == 1:  # the warm-up trim: the sizes later ones are compared with
             trim.sizes = {key: len(o) for key, o in containers.items()}

@@ -473,3 +473,13 @@ def test_unsupported_source_types(source: object) -> None:
 def test_image_to_pixels_propagates_image_error() -> None:
     with pytest.raises(ImageError, match="not an image"):
         image_to_pixels(b"hello")
+
+
+def test_a_large_array_is_prepared_exactly_unless_reduced_decoding_is_asked() -> None:
+    # Six times the model's size and more: the shrink-while-converting shortcut must stay off.
+    rng = np.random.default_rng(7)
+    array = rng.integers(0, 256, size=(3000, 4000, 3), dtype=np.uint8)
+    exact = resize(load_image(array), 512, 16)
+    assert torch.equal(image_to_pixels(array, 512, 16), exact)
+    reduced = image_to_pixels(array, 512, 16, reduced_decode=True)
+    assert reduced.shape == exact.shape and not torch.equal(reduced, exact)

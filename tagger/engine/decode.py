@@ -100,7 +100,7 @@ def load_image(
     if isinstance(source, np.ndarray):
         label = name or "the given array"
         image = _from_array(source, label, max_pixels)
-        return _finish(image, label, max_pixels, fit, own=True) if fit is not None else image
+        return _finish(image, label, max_pixels, fit, own=reduced_decode) if fit is not None else image
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         label = name or "the given data"
