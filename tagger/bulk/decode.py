@@ -115,10 +115,6 @@ def _decode_in_worker(locator: Locator, shown: str) -> DecodeResult:
     return decode_locator(locator, shown, _worker_prepare)
 
 
-def _ready() -> int:
-    return os.getpid()
-
-
 # Torch threads of a process that feeds a GPU: the model runs on the GPU, the CPU side only
 # moves pixels and copies results back; the decoders need the cores. (Each child of --gpus
 # would otherwise start a pool spanning every core.)
@@ -183,7 +179,7 @@ class DecodePool:
         self._executor = ProcessPoolExecutor(
             self.workers, mp_context=context, initializer=_init_worker, initargs=(self.prepare,)
         )
-        for future in [self._executor.submit(_ready) for _ in range(self.workers)]:
+        for future in [self._executor.submit(os.getpid) for _ in range(self.workers)]:
             future.result()
 
     def __enter__(self) -> DecodePool:

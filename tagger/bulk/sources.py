@@ -136,8 +136,8 @@ class FolderSource(Source):
                 full = os.path.join(dirpath, filename)
                 # The key and the path shown are text; the file itself is read by its own name.
                 name = escape_name(Path(os.path.relpath(full, root)).as_posix())
-                parts = name.split("/")
-                yield Entry(name, escape_name(full), parts[0] if len(parts) > 1 else "", ("file", full), file=full)
+                concept = name.split("/")[0] if "/" in name else ""
+                yield Entry(name, escape_name(full), concept, ("file", full), file=full)
 
 
 def _walk_error(error: OSError) -> None:
@@ -148,8 +148,7 @@ class FileSource(Source):
     kind = "file"
 
     def entries(self) -> Iterator[Entry]:
-        shown = escape_name(self.spec)
-        yield Entry(escape_name(Path(self.spec).name), shown, "", ("file", self.spec), file=self.spec)
+        yield Entry(escape_name(Path(self.spec).name), escape_name(self.spec), "", ("file", self.spec), file=self.spec)
 
 
 class ZipSource(Source):
@@ -238,12 +237,9 @@ class TarSource(Source):
                     if member is None:
                         continue
                     name, error = member
-                    data = b""
-                    if error is None:
-                        handle = archive.extractfile(info)
-                        data = handle.read() if handle is not None else b""
-                    parts = name.split("/")
-                    concept = parts[0] if len(parts) > 1 else ""
+                    handle = archive.extractfile(info) if error is None else None
+                    data = handle.read() if handle is not None else b""
+                    concept = name.split("/")[0] if "/" in name else ""
                     yield Entry(name, f"{shown}/{name}", concept, ("bytes", data), error=error)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise BulkError(f"{escape_name(self.spec)} is not a readable tar file ({e}).") from None
