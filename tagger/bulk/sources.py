@@ -324,8 +324,7 @@ class ParquetSource(Source):
                     if not value:
                         yield Entry(name, f"{shown}#{row}", "", ("bytes", b""), error=f"{shown}#{row} has no path.")
                     else:
-                        file = os.path.join(folder, value)
-                        yield Entry(name, value, "", ("file", file))
+                        yield Entry(name, value, "", ("file", os.path.join(folder, value)))
                 else:
                     yield Entry(name, f"{shown}#{row}", "", ("parquet", self.spec, group, in_group, self.column))
                 row += 1
@@ -753,8 +752,7 @@ def _open_saved_column(folder: str, split: str, column: str) -> Any:
     import datasets
 
     loaded = datasets.load_from_disk(folder)
-    dataset = loaded[split] if split else loaded
-    dataset = dataset.select_columns([column])
+    dataset = (loaded[split] if split else loaded).select_columns([column])
     if isinstance(dataset.features[column], datasets.Image):
         dataset = dataset.cast_column(column, datasets.Image(decode=False))
     return dataset
