@@ -271,13 +271,17 @@ def _check_addresses(target: _Target, addresses: list[IPAddress], shown: str, vi
         problem = policy(ip, target.port)
         if problem is not None:
             # Name the address only when the URL gave it: never reveal what internal names resolve to.
-            try:
-                ipaddress.ip_address(target.host)
-                what = target.host
-            except ValueError:
-                what = f"the host {target.host}"
+            what = target.host if _is_literal(target.host) else f"the host {target.host}"
             kind = "a public internet address" if address_problem(ip) else "an address images can be fetched from"
             raise FetchError(f"Refused to download {shown}{via}: {what} is not {kind} ({problem}).")
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _open(
