@@ -80,6 +80,12 @@ def _is_image_name(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _first_folder(name: str) -> str:
+    """The concept of a file in a folder tree or a streamed shard: its first folder ("" at the top)."""
+    folder, slash, _ = name.partition("/")
+    return folder if slash else ""
+
+
 def _concepts(members: Sequence[tuple[Any, ...]]) -> list[str]:
     """The Batch tab's concept rule for archive members ``(name, error, ...)``: first folder below
     a wrapping folder (members refused for their names take no part and get no concept)."""
@@ -136,8 +142,7 @@ class FolderSource(Source):
                 full = os.path.join(dirpath, filename)
                 # The key and the path shown are text; the file itself is read by its own name.
                 name = escape_name(Path(os.path.relpath(full, root)).as_posix())
-                concept = name.split("/")[0] if "/" in name else ""
-                yield Entry(name, escape_name(full), concept, ("file", full), file=full)
+                yield Entry(name, escape_name(full), _first_folder(name), ("file", full), file=full)
 
 
 def _walk_error(error: OSError) -> None:
@@ -239,8 +244,7 @@ class TarSource(Source):
                     name, error = member
                     handle = archive.extractfile(info) if error is None else None
                     data = handle.read() if handle is not None else b""
-                    concept = name.split("/")[0] if "/" in name else ""
-                    yield Entry(name, f"{shown}/{name}", concept, ("bytes", data), error=error)
+                    yield Entry(name, f"{shown}/{name}", _first_folder(name), ("bytes", data), error=error)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise BulkError(f"{escape_name(self.spec)} is not a readable tar file ({e}).") from None
 
