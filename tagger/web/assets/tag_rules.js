@@ -64,9 +64,7 @@
 
   /** tagger.engine.vocab.normalize_tag */
   function normalizeTag(tag) {
-    return replaceAll(replaceAll(replaceAll(tag, "\\(", "("), "\\)", ")"), "_", " ")
-      .trim()
-      .toLowerCase();
+    return replaceAll(replaceAll(replaceAll(tag, "\\(", "("), "\\)", ")"), "_", " ").trim().toLowerCase();
   }
 
   /** repr() of a Python str of the page's domain (printable ASCII, tab, newline, return). */
@@ -80,18 +78,10 @@
     return typeof value === "string" && TYPED.test(value);
   }
 
-  function valueOf(values, name) {
-    const value = values[name];
-    return value === null || value === undefined ? DEFAULTS[name] : value; // TagOptions.from_values
-  }
-
   /** The first option whose value the page does not read, or null. */
   function outsideDomain(v) {
     for (const name of ["mode", "order", "implied"]) if (!CHOICES[name].includes(v(name))) return name;
-    for (const name of PROBABILITIES) {
-      const value = v(name);
-      if (!(typeof value === "number" && value >= 0 && value <= 1)) return name;
-    }
+    for (const name of PROBABILITIES) if (!(typeof v(name) === "number" && v(name) >= 0 && v(name) <= 1)) return name;
     const topk = v("topk_per_category");
     if (!(Number.isSafeInteger(topk) && topk >= 0)) return "topk_per_category";
     const categories = v("categories");
@@ -178,7 +168,7 @@
    * option names to control values.
    */
   function options(values) {
-    const v = (name) => valueOf(values, name);
+    const v = (name) => (values[name] === null || values[name] === undefined ? DEFAULTS[name] : values[name]); // TagOptions.from_values
     const outside = outsideDomain(v);
     if (outside) throw new NeedsServer(outside);
     const mode = v("mode");

@@ -142,8 +142,7 @@
       if (!step) return;
       event.preventDefault();
       const names = [...element.querySelectorAll(".tv-category")].map((card) => card.dataset.category);
-      const at = names.indexOf(handle.dataset.category);
-      const other = names[at + step];
+      const other = names[names.indexOf(handle.dataset.category) + step];
       if (other === undefined) return;
       s.focusHandle = handle.dataset.category;
       moveCard(s, handle.dataset.category, other, step > 0);
@@ -162,9 +161,8 @@
       if (chevron) {
         const card = chevron.closest(".tv-category");
         const name = card.dataset.category;
-        const folded = !s.collapsed.has(name);
+        const folded = !s.collapsed.delete(name); // it was unfolded: fold it
         if (folded) s.collapsed.add(name);
-        else s.collapsed.delete(name);
         card.classList.toggle("tv-collapsed", folded);
         chevron.setAttribute("aria-expanded", String(!folded));
         chevron.setAttribute("aria-label", `${folded ? "Expand" : "Collapse"} ${name}`);
@@ -180,11 +178,7 @@
         return;
       }
       const copy = event.target.closest(".tv-copy");
-      if (copy) {
-        const text = copy.closest(".tv-category").querySelector(".tv-string").textContent;
-        copyText(text, copy);
-        return;
-      }
+      if (copy) return copyText(copy.closest(".tv-category").querySelector(".tv-string").textContent, copy);
       const exclude = event.target.closest(".tv-x");
       if (exclude) {
         const tag = exclude.closest(".tv-row").dataset.tag;
@@ -213,12 +207,10 @@
   function setCategoryThreshold(s, name, value) {
     const box = textBox(s.fields.category_thresholds);
     if (!box) return;
-    let values;
+    let values = new Map(); // if the box holds a mistake, the header's value replaces it
     try {
       values = new Map(TagRules.parseCategoryValues(box.value));
-    } catch (e) {
-      values = new Map(); // the box holds a mistake: the header's value replaces it
-    }
+    } catch (e) {}
     values.set(name, value === "" ? undefined : Number(value));
     const text = [...values].filter(([, v]) => v !== undefined && !Number.isNaN(v)).map(([n, v]) => `${n}=${v}`).join(", ");
     typeInto(box, text);
@@ -577,9 +569,8 @@
   /** This image's payload with the most scores seen so far: a late answer for a higher floor keeps them. */
   function widestPayload(s, payload) {
     if (!payload || payload.error) return payload;
-    if (s.widest && s.widest.id === payload.id && s.widest.cutoff <= payload.cutoff) return s.widest;
-    s.widest = payload;
-    return payload;
+    if (!(s.widest && s.widest.id === payload.id && s.widest.cutoff <= payload.cutoff)) s.widest = payload;
+    return s.widest;
   }
 
   /**
@@ -610,11 +601,7 @@
     if (v.mode === "threshold") {
       parts.push(`threshold ${v.threshold}`, `characters ${v.character_threshold}`);
       if (v.category_thresholds) parts.push(`per category ${code(v.category_thresholds)}`);
-    } else if (v.mode === "topk") {
-      parts.push(`top ${v.topk_per_category} per category`);
-    } else {
-      parts.push("MCut per category");
-    }
+    } else parts.push(v.mode === "topk" ? `top ${v.topk_per_category} per category` : "MCut per category");
     parts.push(`never below ${v.floor}`);
     const categories = Array.isArray(v.categories) ? v.categories : TagRules.parseTagList(v.categories || "");
     parts.push(`categories ${categories.length ? categories.join(", ") : "none"}`);
