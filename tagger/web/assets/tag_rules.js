@@ -64,9 +64,7 @@
 
   /** tagger.engine.vocab.normalize_tag */
   function normalizeTag(tag) {
-    return replaceAll(replaceAll(replaceAll(tag, "\\(", "("), "\\)", ")"), "_", " ")
-      .trim()
-      .toLowerCase();
+    return replaceAll(replaceAll(replaceAll(tag, "\\(", "("), "\\)", ")"), "_", " ").trim().toLowerCase();
   }
 
   /** repr() of a Python str of the page's domain (printable ASCII, tab, newline, return). */
@@ -80,18 +78,10 @@
     return typeof value === "string" && TYPED.test(value);
   }
 
-  function valueOf(values, name) {
-    const value = values[name];
-    return value === null || value === undefined ? DEFAULTS[name] : value; // TagOptions.from_values
-  }
-
   /** The first option whose value the page does not read, or null. */
   function outsideDomain(v) {
     for (const name of ["mode", "order", "implied"]) if (!CHOICES[name].includes(v(name))) return name;
-    for (const name of PROBABILITIES) {
-      const value = v(name);
-      if (!(typeof value === "number" && value >= 0 && value <= 1)) return name;
-    }
+    for (const name of PROBABILITIES) if (!(typeof v(name) === "number" && v(name) >= 0 && v(name) <= 1)) return name;
     const topk = v("topk_per_category");
     if (!(Number.isSafeInteger(topk) && topk >= 0)) return "topk_per_category";
     const categories = v("categories");
@@ -107,17 +97,13 @@
   function parseTagList(text) {
     if (text === null || text === undefined) return [];
     const items = typeof text === "string" ? text.split(/[,\n]/) : Array.from(text, String);
+    return uniqueBy(items.map((item) => item.trim()).filter(Boolean), normalizeTag);
+  }
+
+  /** The items whose key is not that of an earlier one. */
+  function uniqueBy(items, keyOf) {
     const seen = new Set();
-    const out = [];
-    for (let item of items) {
-      item = item.trim();
-      const key = normalizeTag(item);
-      if (item && !seen.has(key)) {
-        seen.add(key);
-        out.push(item);
-      }
-    }
-    return out;
+    return items.filter((item) => !seen.has(keyOf(item)) && seen.add(keyOf(item)));
   }
 
   /** tagger.tags.selection.resolve_category for a name. */
@@ -131,16 +117,13 @@
   /** tagger.tags.options.parse_category_values: [[name, value]] in first-seen order. */
   function parseCategoryValues(text) {
     const field = "category_thresholds";
-    if (!text) return [];
-    const items = [];
-    for (const part of text.split(/[,\n;]/)) {
-      if (!part.trim()) continue;
+    const items = (text || "").split(/[,\n;]/).filter((part) => part.trim()).map((part) => {
       const match = CATEGORY_VALUE.exec(part);
       if (match === null) {
         throw new SelectionError(`Write per-category values as name=value, e.g. artist=0.6; got ${pyRepr(part.trim())}.`, field);
       }
-      items.push([match[1], match[2]]);
-    }
+      return [match[1], match[2]];
+    });
     const out = new Map();
     for (const [name, value] of items) {
       const category = categoryByName(name, field);
@@ -156,6 +139,7 @@
   // -- wildcards (tagger.tags.selection.is_pattern, check_pattern, pattern_regex) ---------------------
 
   const SYNTAX = new Set("^$\\.*+?()[]{}|/".split(""));
+  const WILDCARDS = { "*": "[\\s\\S]*", "?": "[\\s\\S]" };
 
   function isPattern(key) {
     return /(?<!\\)[*?]/.test(key);
@@ -173,16 +157,9 @@
   }
 
   function patternRegex(key) {
-    let out = "";
-    for (const token of key.match(/\\[*?]|./gsu) || []) {
-      if (token === "*") out += "[\\s\\S]*";
-      else if (token === "?") out += "[\\s\\S]";
-      else {
-        const ch = Array.from(token).pop();
-        out += SYNTAX.has(ch) ? "\\" + ch : ch;
-      }
-    }
-    return new RegExp("^(?:" + out + ")$", "su");
+    // An escaped \* or \? is kept as it is: the regex's literal * or ?.
+    const body = key.replace(/\\[*?]|./gsu, (token) => WILDCARDS[token] || (SYNTAX.has(token) ? "\\" + token : token));
+    return new RegExp("^(?:" + body + ")$", "su");
   }
 
   /**
@@ -191,22 +168,16 @@
    * option names to control values.
    */
   function options(values) {
-    const v = (name) => valueOf(values, name);
+    const v = (name) => (values[name] === null || values[name] === undefined ? DEFAULTS[name] : values[name]); // TagOptions.from_values
     const outside = outsideDomain(v);
     if (outside) throw new NeedsServer(outside);
     const mode = v("mode");
-    let categories = v("categories");
-    if (typeof categories === "string") categories = parseTagList(categories);
+    const categories = typeof v("categories") === "string" ? parseTagList(v("categories")) : v("categories");
     // The per-category thresholds, in Python's order of checks: the typed ones, then character.
-    const typed = mode === "threshold" ? parseCategoryValues(v("category_thresholds")) : [];
-    const categoryThresholds = new Map();
-    if (mode === "threshold") {
-      const merged = new Map([["character", v("character_threshold")], ...typed]);
-      for (const [name, value] of merged) categoryThresholds.set(BY_NAME.get(name).id, Math.fround(value));
-    }
+    const thresholds = mode === "threshold" ? [["character", v("character_threshold")], ...parseCategoryValues(v("category_thresholds"))] : [];
+    const categoryThresholds = new Map(thresholds.map(([name, value]) => [BY_NAME.get(name).id, Math.fround(value)]));
     const categoryTopk = new Map(mode === "topk" ? CATEGORIES.map((c) => [c.id, v("topk_per_category")]) : []);
-    let wanted = null;
-    if (categories.length) wanted = new Set(categories.map((c) => categoryByName(c, "categories").id));
+    const wanted = categories.length ? new Set(categories.map((c) => categoryByName(c, "categories").id)) : null;
     const keys = (name) => {
       const items = parseTagList(v(name));
       for (const item of items) checkPattern(name, item);
@@ -248,12 +219,6 @@
     };
   }
 
-  /** A payload row's comparison key, cached on the payload. */
-  function rowKeys(payload) {
-    if (!payload._keys) payload._keys = payload.tags.map((row) => normalizeTag(row[0]));
-    return payload._keys;
-  }
-
   function byScore(a, b) {
     return b[1] - a[1]; // Array.prototype.sort is stable: ties keep their order
   }
@@ -261,101 +226,61 @@
   /**
    * tagger.tags.selection.select_tags over the page's payload (tagger.web.page_scores): rows
    * [tag, score, category id, index], best first. The payload holds every tag at or above its
-   * cutoff, so the selection is exact for any floor at or above it (see needsMoreScores).
+   * cutoff, so the selection is exact for any floor at or above it (TagView asks for more below).
    */
   function selectTags(payload, selection) {
-    const keys = rowKeys(payload);
+    if (!payload._keys) payload._keys = payload.tags.map((row) => normalizeTag(row[0])); // rows' comparison keys
+    const keys = payload._keys;
     const relations = payload.relations || null;
     const implied = selection.implied || "keep";
-    let rows = payload.tags;
+    const tags = payload.tags;
+    const scores = tags.map((row) => row[1]);
     if (relations && implied === "add") {
       // tagger.tags.relations.VocabRelations.lift over the rows: the page holds every row that a
       // row at or above the cutoff implies.
-      const lifted = rows.map((row) => row[1]);
-      for (const [p, above] of relations.implies) for (const a of above) if (rows[p][1] > lifted[a]) lifted[a] = rows[p][1];
-      rows = rows.map((row, i) => [row[0], lifted[i], row[2], row[3], i]);
-    } else {
-      rows = rows.map((row, i) => [row[0], row[1], row[2], row[3], i]);
+      for (const [p, above] of relations.implies) for (const a of above) if (tags[p][1] > scores[a]) scores[a] = tags[p][1];
     }
+    const rows = tags.map((row, i) => [row[0], scores[i], row[2], row[3], i]);
     // vocab.find(tag) normalises the (already normalised) typed tag once more; aliases then apply.
     const typed = (key) => {
       key = normalizeTag(key);
       return relations && ALIASES.has(key) ? normalizeTag(ALIASES.get(key)) : key;
     };
     const matcher = (set) => {
-      const exact = new Set();
-      const patterns = [];
-      for (const key of set) {
-        if (isPattern(key)) patterns.push(patternRegex(key));
-        else exact.add(typed(key));
-      }
+      const exact = new Set([...set].filter((key) => !isPattern(key)).map(typed));
+      const patterns = [...set].filter(isPattern).map(patternRegex);
       return { size: set.size, has: (k) => exact.has(k) || patterns.some((re) => re.test(k)) };
     };
     const include = matcher(selection.include);
     const exclude = matcher(selection.exclude);
-    const eligible = new Map();
-    rows.forEach((row, i) => {
-      if (!(row[1] >= selection.floor)) return;
-      if (include.size && !include.has(keys[i])) return;
-      if (exclude.has(keys[i])) return;
-      if (!eligible.has(row[2])) eligible.set(row[2], []);
-      eligible.get(row[2]).push(row);
-    });
+    const eligible = rows.filter((row, i) => row[1] >= selection.floor && (!include.size || include.has(keys[i])) && !exclude.has(keys[i]));
     const mcut = relations && implied === "add" ? relations.mcut_add : payload.mcut;
-    let chosen = [];
-    for (const category of CATEGORIES) {
-      if (selection.categories !== null && !selection.categories.has(category.id)) continue;
-      const group = eligible.get(category.id);
-      if (!group) continue;
-      if (selection.categoryTopk.has(category.id)) {
-        chosen.push(...group.slice().sort(byScore).slice(0, selection.categoryTopk.get(category.id)));
-        continue;
-      }
-      let threshold;
-      if (selection.categoryThresholds.has(category.id)) threshold = selection.categoryThresholds.get(category.id);
-      else if (selection.mcut) threshold = Math.fround(Math.max(mcut[category.id], selection.floor));
-      else threshold = selection.threshold;
-      for (const row of group) if (row[1] >= threshold) chosen.push(row);
-    }
-    chosen.sort(byScore);
+    let chosen = groupByCategory(eligible)
+      .filter(([category]) => selection.categories === null || selection.categories.has(category.id))
+      .flatMap(([category, group]) => {
+        if (selection.categoryTopk.has(category.id)) return group.slice().sort(byScore).slice(0, selection.categoryTopk.get(category.id));
+        let threshold = selection.threshold;
+        if (selection.categoryThresholds.has(category.id)) threshold = selection.categoryThresholds.get(category.id);
+        else if (selection.mcut) threshold = Math.fround(Math.max(mcut[category.id], selection.floor));
+        return group.filter((row) => row[1] >= threshold);
+      })
+      .sort(byScore);
     if (relations) {
       if (implied === "remove") {
         const above = new Map(relations.implies);
-        const dropped = new Set();
-        for (const row of chosen) for (const a of above.get(row[4]) || []) dropped.add(a);
+        const dropped = new Set(chosen.flatMap((row) => above.get(row[4]) || []));
         chosen = chosen.filter((row) => !dropped.has(row[4]));
       }
-      const shown = new Set(); // an aliased tag and the tag it points to: the best one
-      chosen = chosen.filter((row) => {
-        const key = keys[row[4]];
-        if (shown.has(key)) return false;
-        shown.add(key);
-        return true;
-      });
+      chosen = uniqueBy(chosen, (row) => keys[row[4]]); // an aliased tag and the tag it points to: the best one
     }
     return chosen.map((row) => row.slice(0, 4));
-  }
-
-  /** Whether a floor this low needs scores the payload does not hold. */
-  function needsMoreScores(payload, floor) {
-    return Math.fround(floor) < payload.cutoff;
   }
 
   /** tagger.tags.formats.group_by_category: [[category, rows]] in display order. */
   function groupByCategory(rows) {
     const groups = new Map();
-    for (const row of rows) {
-      if (!groups.has(row[2])) groups.set(row[2], []);
-      groups.get(row[2]).push(row);
-    }
+    for (const row of rows) (groups.get(row[2]) || groups.set(row[2], []).get(row[2])).push(row);
     return CATEGORIES.filter((c) => groups.has(c.id)).map((c) => [c, groups.get(c.id)]);
-  }
-
-  /** tagger.tags.formats.format_tag */
-  function formatTag(tag, underscores, escapeParentheses) {
-    if (underscores) tag = replaceAll(tag, " ", "_");
-    if (escapeParentheses) tag = replaceAll(replaceAll(replaceAll(tag, "\\", "\\\\"), "(", "\\("), ")", "\\)");
-    return tag;
   }
 
   /** tagger.tags.formats.tag_string */
@@ -365,34 +290,17 @@
     if (ALIASES.size) leading = parseTagList(leading.map((t) => (ALIASES.has(normalizeTag(t)) ? ALIASES.get(normalizeTag(t)) : t)));
     const seen = new Set(leading.map(normalizeTag));
     const names = rows.map((row) => row[0]).filter((name) => !seen.has(normalizeTag(name)));
-    return [...leading, ...names].map((name) => formatTag(name, format.underscores, format.escapeParentheses)).join(separator);
+    // tagger.tags.formats.format_tag
+    const underscored = (tag) => (format.underscores ? replaceAll(tag, " ", "_") : tag);
+    const formatTag = (tag) => (format.escapeParentheses ? replaceAll(replaceAll(replaceAll(tag, "\\", "\\\\"), "(", "\\("), ")", "\\)") : tag);
+    return [...leading, ...names].map((name) => formatTag(underscored(name))).join(separator);
   }
 
   /** tagger.tags.formats.category_tag_strings: [[category, string]]; prepended tags are not in them. */
   function categoryStrings(rows, format) {
-    return groupByCategory(rows).map(([category, group]) => [
-      category,
-      tagString(group, { underscores: format.underscores, escapeParentheses: format.escapeParentheses, order: "score", prepend: "" }),
-    ]);
+    return groupByCategory(rows).map(([category, group]) => [category, tagString(group, { ...format, order: "score", prepend: "" })]);
   }
 
-  root.TagRules = {
-    SelectionError,
-    configure,
-    normalizeTag,
-    parseTagList,
-    parseCategoryValues,
-    NeedsServer,
-    options,
-    fromRuling,
-    selectTags,
-    needsMoreScores,
-    groupByCategory,
-    tagString,
-    categoryStrings,
-    get categories() {
-      return CATEGORIES;
-    },
-  };
+  root.TagRules = { SelectionError, NeedsServer, configure, normalizeTag, parseTagList, parseCategoryValues, options, fromRuling, selectTags, groupByCategory, tagString, categoryStrings };
   if (typeof module === "object" && module.exports) module.exports = root.TagRules;
 })(typeof globalThis !== "undefined" ? globalThis : this);

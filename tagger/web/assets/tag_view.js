@@ -27,12 +27,11 @@
   const NOTICE_MS = 10000; // how long the "excluded X · undo" notice stays
   const views = new Map(); // view element id -> its state (see state())
   let rulesConfig = null; // TagRules.configure's argument, kept to reorder the categories
-  let orderShown = ""; // the cards box's order TagRules was given, as JSON
+  let orderShown = null; // the cards box's order TagRules was given, as JSON
   let categoryOrder = []; // the names of every category, in the order TagRules holds
 
-  function luminance(hex) {
-    const channels = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16) / 255);
-    const [r, g, b] = channels.map((c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4));
+  function luminance(rgb) {
+    const [r, g, b] = rgb.map((c) => c / 255).map((c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4));
     return 0.2126 * r + 0.7152 * g + 0.0722 * b;
   }
 
@@ -43,12 +42,9 @@
   function onWhite(hex) {
     if (!/^#[0-9a-f]{6}$/i.test(hex)) return hex;
     let rgb = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
-    let shown = hex;
-    for (let step = 0; step < 20 && 1.05 / (luminance(shown) + 0.05) < 3; step++) {
-      rgb = rgb.map((c) => Math.round(c * 0.92));
-      shown = "#" + rgb.map((c) => c.toString(16).padStart(2, "0")).join("");
-    }
-    return shown;
+    let step = 0;
+    for (; step < 20 && 1.05 / (luminance(rgb) + 0.05) < 3; step++) rgb = rgb.map((c) => Math.round(c * 0.92));
+    return step ? "#" + rgb.map((c) => c.toString(16).padStart(2, "0")).join("") : hex;
   }
 
   function escapeHtml(text) {
@@ -91,12 +87,10 @@
     // The chips and the notice above the cards appear or go with an exclusion: scroll by as
     // much as the clicked row moved, so it stays under the pointer.
     new MutationObserver(() => {
-      if (s.focusHandle !== null) {
-        const handle = element.querySelector(`.tv-drag[data-category="${s.focusHandle}"]`);
-        if (handle) {
-          s.focusHandle = null;
-          handle.focus();
-        }
+      const handle = s.focusHandle !== null && element.querySelector(`.tv-drag[data-category="${s.focusHandle}"]`);
+      if (handle) {
+        s.focusHandle = null;
+        handle.focus();
       }
       if (!s.anchor) return;
       const row = [...element.querySelectorAll(".tv-row")].find((r) => r.dataset.tag === s.anchor.tag);
@@ -148,8 +142,7 @@
       if (!step) return;
       event.preventDefault();
       const names = [...element.querySelectorAll(".tv-category")].map((card) => card.dataset.category);
-      const at = names.indexOf(handle.dataset.category);
-      const other = names[at + step];
+      const other = names[names.indexOf(handle.dataset.category) + step];
       if (other === undefined) return;
       s.focusHandle = handle.dataset.category;
       moveCard(s, handle.dataset.category, other, step > 0);
@@ -168,9 +161,8 @@
       if (chevron) {
         const card = chevron.closest(".tv-category");
         const name = card.dataset.category;
-        const folded = !s.collapsed.has(name);
+        const folded = !s.collapsed.delete(name); // it was unfolded: fold it
         if (folded) s.collapsed.add(name);
-        else s.collapsed.delete(name);
         card.classList.toggle("tv-collapsed", folded);
         chevron.setAttribute("aria-expanded", String(!folded));
         chevron.setAttribute("aria-label", `${folded ? "Expand" : "Collapse"} ${name}`);
@@ -186,11 +178,7 @@
         return;
       }
       const copy = event.target.closest(".tv-copy");
-      if (copy) {
-        const text = copy.closest(".tv-category").querySelector(".tv-string").textContent;
-        copyText(text, copy);
-        return;
-      }
+      if (copy) return copyText(copy.closest(".tv-category").querySelector(".tv-string").textContent, copy);
       const exclude = event.target.closest(".tv-x");
       if (exclude) {
         const tag = exclude.closest(".tv-row").dataset.tag;
@@ -219,12 +207,10 @@
   function setCategoryThreshold(s, name, value) {
     const box = textBox(s.fields.category_thresholds);
     if (!box) return;
-    let values;
+    let values = new Map(); // if the box holds a mistake, the header's value replaces it
     try {
       values = new Map(TagRules.parseCategoryValues(box.value));
-    } catch (e) {
-      values = new Map(); // the box holds a mistake: the header's value replaces it
-    }
+    } catch (e) {}
     values.set(name, value === "" ? undefined : Number(value));
     const text = [...values].filter(([, v]) => v !== undefined && !Number.isNaN(v)).map(([n, v]) => `${n}=${v}`).join(", ");
     typeInto(box, text);
@@ -275,14 +261,12 @@
 
   /** The category order of the cards box given to TagRules (cards and ``order=category`` strings follow it). */
   function applyOrder(order) {
-    const key = JSON.stringify(order || []);
+    const key = JSON.stringify(order);
     if (!rulesConfig || key === orderShown) return;
     orderShown = key;
-    const rank = new Map((order || []).map((name, i) => [name, i]));
-    const categories = rulesConfig.categories
-      .map((c, i) => [c, rank.has(c[1]) ? rank.get(c[1]) : order.length + i])
-      .sort((a, b) => a[1] - b[1])
-      .map(([c]) => c);
+    const rank = new Map(order.map((name, i) => [name, i]));
+    const at = (c) => (rank.has(c[1]) ? rank.get(c[1]) : order.length); // the others after, as they were (a stable sort)
+    const categories = rulesConfig.categories.slice().sort((a, b) => at(a) - at(b));
     categoryOrder = categories.map((c) => c[1]);
     TagRules.configure({ ...rulesConfig, categories });
   }
@@ -326,9 +310,7 @@
     if (!s.held.size || !s.element) return;
     s.held.clear();
     s.element.querySelectorAll(".tv-row.tv-held").forEach((row) => row.remove());
-    s.element.querySelectorAll(".tv-category").forEach((card) => {
-      if (!card.querySelector(".tv-row")) card.remove();
-    });
+    [...s.element.querySelectorAll(".tv-category")].filter((card) => !card.querySelector(".tv-row")).forEach((card) => card.remove());
   }
 
   function copyText(text, button) {
@@ -350,18 +332,16 @@
     const area = document.createElement("textarea");
     area.value = text;
     area.setAttribute("readonly", "");
-    area.style.position = "fixed";
-    area.style.opacity = "0";
+    area.style.cssText = "position:fixed;opacity:0";
     document.body.appendChild(area);
     area.select();
-    let ok = false;
     try {
-      ok = document.execCommand("copy");
+      return document.execCommand("copy");
     } catch (e) {
-      ok = false;
+      return false;
+    } finally {
+      area.remove();
     }
-    area.remove();
-    return ok;
   }
 
   /** A sentence under a control (by its elem_id), or none: errors show where they are made. */
@@ -369,19 +349,14 @@
     const field = elemId && document.getElementById(elemId);
     if (!field) return;
     let note = field.querySelector(":scope > .tv-field-error");
-    if (!message) {
-      if (note) note.remove();
-      field.classList.remove("tv-invalid");
-      return;
-    }
+    field.classList.toggle("tv-invalid", Boolean(message));
+    if (!message) return note && note.remove();
     if (!note) {
-      note = document.createElement("div");
+      note = field.appendChild(document.createElement("div"));
       note.className = "tv-field-error";
       note.setAttribute("role", "alert");
-      field.appendChild(note);
     }
     if (note.textContent !== message) note.textContent = message;
-    field.classList.add("tv-invalid");
   }
 
   /**
@@ -389,21 +364,19 @@
    * to the server come back as ``ask`` (their key) until ``rulings`` holds its answer.
    */
   function readOptions(names, values, fields, cards, rulings) {
-    const byName = {};
-    names.forEach((name, i) => (byName[name] = values[i]));
+    const byName = Object.fromEntries(names.map((name, i) => [name, values[i]]));
     const key = JSON.stringify(byName);
     let built = null;
     let error = null;
     let ask = null;
     try {
-      const ruling = rulings && rulings.has(key) ? rulings.get(key) : null;
-      built = buildOptions(byName, cards || { order: [], topk: {} }, ruling);
+      built = buildOptions(byName, cards, rulings.get(key));
     } catch (e) {
       if (e instanceof TagRules.NeedsServer) ask = key;
       else if (e instanceof TagRules.SelectionError) error = e;
       else throw e;
     }
-    for (const name of Object.keys(fields || {})) {
+    for (const name of Object.keys(fields)) {
       showFieldError(fields[name], error && (error.field === name || (!error.field && name === "category_thresholds")) ? error.message : null);
     }
     return { values: byName, built, error, ask };
@@ -430,7 +403,6 @@
     return `<ol class="tv-bars" aria-label="${escapeHtml(category.name)} tags">${shown.join("")}${more}</ol>`;
   }
 
-  /** The card's rule in its header: its threshold (editable), top k, or MCut. */
   /** The card's rule in its header: in threshold mode a switch (≥ threshold or top k) and its value; else top k or MCut. */
   function ruleControl(category, selection, mode) {
     const name = escapeHtml(category.name);
@@ -440,18 +412,12 @@
     const button =
       `<button type="button" class="tv-rule-switch" data-category="${name}" aria-pressed="${topk}" ` +
       `title="${topk ? "Top k: switch to a threshold" : "Threshold: switch to the top k"}" aria-label="${name}: ${topk ? "top k" : "threshold"} (switch)">${topk ? "top" : "≥"}</button>`;
-    if (topk) {
-      return (
-        `<span class="tv-cat-rule">${button}<input type="number" class="tv-cat-topk" data-category="${name}" ` +
-        `min="1" max="200" step="1" value="${selection.categoryTopk.get(category.id)}" aria-label="${name} top k" title="How many ${name} tags"></span>`
-      );
-    }
     const exact = selection.categoryThresholds.has(category.id) ? selection.categoryThresholds.get(category.id) : selection.threshold;
-    const value = Number(Number(exact).toFixed(4)); // the slider's float32 0.35 is 0.3499999940395355
-    return (
-      `<span class="tv-cat-rule">${button}<input type="number" class="tv-cat-threshold" data-category="${name}" ` +
-      `min="0" max="1" step="0.01" value="${value}" aria-label="${name} threshold" title="The score a ${name} tag needs"></span>`
-    );
+    // toFixed(4): the slider's float32 0.35 is 0.3499999940395355.
+    const input = topk
+      ? `class="tv-cat-topk" data-category="${name}" min="1" max="200" step="1" value="${selection.categoryTopk.get(category.id)}" aria-label="${name} top k" title="How many ${name} tags"`
+      : `class="tv-cat-threshold" data-category="${name}" min="0" max="1" step="0.01" value="${Number(Number(exact).toFixed(4))}" aria-label="${name} threshold" title="The score a ${name} tag needs"`;
+    return `<span class="tv-cat-rule">${button}<input type="number" ${input}></span>`;
   }
 
   function categoryBlock(category, rows, string, held, count, rule, collapsed) {
@@ -538,12 +504,15 @@
     const s = state(config.view);
     s.fields = config.fields || {};
     s.config = config;
+    // A banner over the last good drawing (marked as stale), if any: the string is kept.
+    const kept = (message, kind, note = "") =>
+      [wrap(banner(message + (s.lastGood ? note : ""), kind) + (s.lastGood ? `<div class="tv-stale">${s.lastGood.html}</div>` : "")), undefined];
     try {
       if (payload && payload.ruling) s.rulings.set(payload.ruling.key, payload.ruling);
       payload = widestPayload(s, payload);
       s.cards = parseCards(cardsText);
       applyOrder(s.cards.order);
-      const { values: byName, built, error, ask } = readOptions(names, values, config.fields, s.cards, s.rulings);
+      const { values: byName, built, error, ask } = readOptions(names, values, s.fields, s.cards, s.rulings);
       s.values = byName;
       if (!payload) {
         s.lastGood = null;
@@ -552,33 +521,26 @@
       if (payload.error) {
         // A new image that failed: say why, and keep the last image's tags (marked as such).
         s.payloadId = payload.id;
-        const kept = s.lastGood ? `<div class="tv-stale">${s.lastGood.html}</div>` : "";
-        const note = s.lastGood ? " The tags below are from the previous image." : "";
-        return [wrap(banner(payload.error + note, "error") + kept), undefined];
+        return kept(payload.error, "error", " The tags below are from the previous image.");
       }
       const fresh = s.payloadId !== payload.id;
       s.payloadId = payload.id;
-      if (error) {
-        const kept = s.lastGood ? `<div class="tv-stale">${s.lastGood.html}</div>` : "";
-        const note = s.lastGood ? " The tags below are from the last valid settings." : "";
-        return [wrap(banner(error.message + note, "error") + kept), undefined];
-      }
+      if (error) return kept(error.message, "error", " The tags below are from the last valid settings.");
       if (ask) {
         // Asked once per set of values; the answer comes back with the payload.
         if (s.askedRuling !== ask && s.trigger) {
           s.askedRuling = ask;
           s.trigger("need_scores", { floor: payload.cutoff, key: ask, values: byName });
         }
-        const kept = s.lastGood ? `<div class="tv-stale">${s.lastGood.html}</div>` : "";
-        return [wrap(banner("Checking these settings with the server…", "info") + kept), undefined];
+        return kept("Checking these settings with the server…", "info");
       }
-      if (TagRules.needsMoreScores(payload, built.selection.floor)) {
+      if (Math.fround(built.selection.floor) < payload.cutoff) {
+        // A floor this low needs scores the payload does not hold.
         if (s.asked !== built.selection.floor && s.trigger) {
           s.asked = built.selection.floor;
           s.trigger("need_scores", { floor: built.selection.floor });
         }
-        const kept = s.lastGood ? `<div class="tv-stale">${s.lastGood.html}</div>` : "";
-        return [wrap(banner("Fetching the scores below the old floor…", "info") + kept), undefined];
+        return kept("Fetching the scores below the old floor…", "info");
       }
       s.asked = null;
       // No ticked category shows nothing (TagOptions would read an empty list as "all").
@@ -588,17 +550,10 @@
       const excluded = TagRules.parseTagList(byName.exclude || "");
       const shownRows = withHeldRows(s, payload, byName, excluded, rows, noCategory);
       const counts = new Map(TagRules.groupByCategory(rows).map(([c, group]) => [c.id, group.length]));
-      const blocks = TagRules.groupByCategory(shownRows).map(([category, group]) =>
-        categoryBlock(
-          category,
-          group,
-          strings.get(category.id) || "",
-          s.held,
-          counts.get(category.id) || 0,
-          ruleControl(category, built.selection, byName.mode),
-          s.collapsed.has(category.name),
-        ),
-      );
+      const blocks = TagRules.groupByCategory(shownRows).map(([category, group]) => {
+        const rule = ruleControl(category, built.selection, byName.mode);
+        return categoryBlock(category, group, strings.get(category.id) || "", s.held, counts.get(category.id) || 0, rule, s.collapsed.has(category.name));
+      });
       const html =
         quickBar(config.quick, byName, s.categoriesOpen) + summary(rows.length, payload) + excludedBar(excluded, s.notice) + `<div class="tv-grid">${blocks.join("")}</div>`;
       s.lastGood = { html };
@@ -614,9 +569,8 @@
   /** This image's payload with the most scores seen so far: a late answer for a higher floor keeps them. */
   function widestPayload(s, payload) {
     if (!payload || payload.error) return payload;
-    if (s.widest && s.widest.id === payload.id && s.widest.cutoff <= payload.cutoff) return s.widest;
-    s.widest = payload;
-    return payload;
+    if (!(s.widest && s.widest.id === payload.id && s.widest.cutoff <= payload.cutoff)) s.widest = payload;
+    return s.widest;
   }
 
   /**
@@ -641,39 +595,22 @@
 
   /** The Batch tab's line about the settings it uses (the Tag tab's), as Markdown. */
   function settingsText(names, values) {
-    const v = {};
-    names.forEach((name, i) => (v[name] = values[i]));
+    const v = Object.fromEntries(names.map((name, i) => [name, values[i]]));
     const code = (text) => "`" + String(text).replace(/`/g, "'") + "`";
     const parts = [];
     if (v.mode === "threshold") {
       parts.push(`threshold ${v.threshold}`, `characters ${v.character_threshold}`);
       if (v.category_thresholds) parts.push(`per category ${code(v.category_thresholds)}`);
-    } else if (v.mode === "topk") {
-      parts.push(`top ${v.topk_per_category} per category`);
-    } else {
-      parts.push("MCut per category");
-    }
+    } else parts.push(v.mode === "topk" ? `top ${v.topk_per_category} per category` : "MCut per category");
     parts.push(`never below ${v.floor}`);
     const categories = Array.isArray(v.categories) ? v.categories : TagRules.parseTagList(v.categories || "");
     parts.push(`categories ${categories.length ? categories.join(", ") : "none"}`);
-    for (const [name, label] of [["exclude", "excluding"], ["include", "only"], ["prepend", "prepending"]]) {
-      if (v[name]) parts.push(`${label} ${code(v[name])}`);
-    }
+    for (const [name, label] of [["exclude", "excluding"], ["include", "only"], ["prepend", "prepending"]]) if (v[name]) parts.push(`${label} ${code(v[name])}`);
     parts.push(v.order === "category" ? "by category" : "by score");
     if (v.underscores) parts.push("underscores");
     if (v.escape_parentheses) parts.push("\\( \\) escaped");
     if (v.max_size !== undefined) parts.push(`${v.max_size} px`);
     return "**Tagged with the Tag tab's settings** (change them there): " + parts.join(" · ");
-  }
-
-  /** Batch tab and others: only show (or clear) the per-field sentences. */
-  function validate(names, values, config) {
-    try {
-      readOptions(names, values, config.fields);
-    } catch (e) {
-      console.error(e);
-    }
-    return [];
   }
 
   /** Which option controls apply in ``mode``: visibility updates, in ``names`` order. */
@@ -684,10 +621,9 @@
   /** The page's rules configured (TagRules.configure), the argument kept so the cards can reorder them. */
   function configure(config) {
     rulesConfig = config;
-    orderShown = "";
-    categoryOrder = config.categories.map((c) => c[1]);
-    TagRules.configure(config);
+    orderShown = null;
+    applyOrder([]);
   }
 
-  root.TagView = { configure, bind, update, validate, modeVisibility, showFieldError, onWhite, settingsText, MAX_BARS };
+  root.TagView = { configure, bind, update, modeVisibility, onWhite, settingsText };
 })(typeof globalThis !== "undefined" ? globalThis : this);
