@@ -324,21 +324,15 @@ class OutputWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = table.num_rows
+        # The part's columns, with the run's constant ones after the image's size.
+        constant = ("model_repo", "model_revision", "options_hash")
+        names: tuple[str, ...] = ("key", "path", "sha256", "width", "height", *constant, "tag_ids", "scores")
+        names += ("descriptor", "error") if self.info.descriptors else ("error",)
         columns = {
-            "key": table.column("key"),
-            "path": table.column("path"),
-            "sha256": table.column("sha256"),
-            "width": table.column("width"),
-            "height": table.column("height"),
-            "model_repo": pa.array([self.info.model_repo] * rows, pa.string()),
-            "model_revision": pa.array([self.info.model_revision] * rows, pa.string()),
-            "options_hash": pa.array([self.info.options_hash] * rows, pa.string()),
-            "tag_ids": table.column("tag_ids"),
-            "scores": table.column("scores"),
+            name: pa.array([getattr(self.info, name)] * table.num_rows, pa.string())
+            if name in constant
+            else table.column(name)
+            for name in names
         }
-        if self.info.descriptors:
-            columns["descriptor"] = table.column("descriptor")
-        columns["error"] = table.column("error")
         with atomic_file(self.layout.parquet(shard), durable=True) as fp:
             pq.write_table(pa.table(columns), fp, compression="zstd")

@@ -109,13 +109,9 @@ def decode_batch(table: Any, prepare: Preprocessor) -> Any:
                 tuple(json.loads(item["locator"])), item["path"], prepare
             )
         array = None if pixels is None else np.ascontiguousarray(np.asarray(pixels))
-        out["error"].append(error)
-        out["sha256"].append(digest)
-        out["width"].append(width)
-        out["height"].append(height)
-        out["pixels"].append(None if array is None else array.tobytes())
-        out["shape"].append(None if array is None else list(array.shape))
-        out["dtype"].append(None if array is None else str(array.dtype))
+        raw = (None, None, None) if array is None else (array.tobytes(), list(array.shape), str(array.dtype))
+        for name, value in zip(types, (error, digest, width, height, *raw), strict=True):
+            out[name].append(value)
     columns = {
         name: table.column(name) for name in ("index", "shard", "key", "path", "concept", "locator", "caption_file")
     }
