@@ -150,10 +150,8 @@ class ResumeState:
                 shard = _shard_number(folder.name)
                 if shard is None or not owns(shard) or shard in state.finished:
                     continue  # finished: killed between the marker and removing the parts
-                keys: set[str] = set()
-                for part in sorted(folder.glob("part-*.parquet")):
-                    keys.update(read_part_keys(part))
-                state.done_keys[shard] = keys
+                parts = sorted(folder.glob("part-*.parquet"))
+                state.done_keys[shard] = {key for part in parts for key in read_part_keys(part)}
         return state
 
 
