@@ -329,14 +329,13 @@ def _plan(
         stack.callback(lock.release)
         resumed = check_manifest(layout, manifest)
         state = ResumeState.load(layout, shard.owns)
-    txt = "txt" in args.format
     plan = Plan(
         inputs=inputs,
         layout=layout,
         shard=shard,
         shard_size=args.shard_size,
         state=state,
-        txt=txt,
+        txt="txt" in args.format,
         beside=args.txt_location == "beside",
         keep_existing_only=args.format == ("txt",) and args.on_existing == "skip",
         counts=counts,
@@ -356,8 +355,7 @@ def relation_files(args: argparse.Namespace) -> dict[str, list[str]]:
 
     recorded: dict[str, list[str]] = {}
     for name in ("implications", "aliases"):
-        sources = getattr(args, name)
-        if sources:
+        if sources := getattr(args, name):
             paths = [resolve_source(s, args.repo, args.revision) for s in sources]
             recorded[name] = [
                 f"{s} (sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:16]})"

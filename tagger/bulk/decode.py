@@ -174,8 +174,7 @@ class DecodePool:
     def _start(self) -> None:
         # fork where the platform has it: workers start in milliseconds and share the parent's
         # imports (as torch's DataLoader does; the workers never touch CUDA).
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         self._executor = ProcessPoolExecutor(
             self.workers, mp_context=context, initializer=_init_worker, initargs=(self.prepare,)
         )

@@ -58,10 +58,7 @@ class BackgroundWriter:
                     rows = make_rows()
                     counts = self.writer.write_batch(shard, rows)
                     self.summary.add(counts)
-                    for row in rows:
-                        if row.error is not None:
-                            self.progress.error(row.error)
-                    for message in counts.messages:
+                    for message in [*(row.error for row in rows if row.error is not None), *counts.messages]:
                         self.progress.error(message)
                     self.progress.update(len(rows), counts.errors)
                 else:

@@ -221,18 +221,9 @@ class WriteCounts:
 def _part_schema(descriptors: bool) -> Any:
     import pyarrow as pa
 
-    fields = [
-        ("index", pa.int64()),
-        ("key", pa.string()),
-        ("path", pa.string()),
-        ("sha256", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("error", pa.string()),
-        ("tag_ids", pa.list_(pa.int32())),
-        ("scores", pa.list_(pa.float32())),
-        ("json", pa.string()),
-    ]
+    text, size = pa.string(), pa.int32()
+    fields = [("index", pa.int64()), ("key", text), ("path", text), ("sha256", text), ("width", size), ("height", size)]
+    fields += [("error", text), ("tag_ids", pa.list_(pa.int32())), ("scores", pa.list_(pa.float32())), ("json", text)]
     if descriptors:
         fields.append(("descriptor", pa.list_(pa.float32())))
     return pa.schema(fields)

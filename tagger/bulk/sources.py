@@ -336,9 +336,8 @@ class ParquetSource(Source):
 def _dataset_kind(feature: Any) -> str | None:
     import datasets
 
-    if isinstance(feature, datasets.Image):
-        return "image"
-    if isinstance(feature, dict) and "bytes" in feature:  # Parquet written without datasets' metadata
+    # A dict with "bytes": an Image column of Parquet written without datasets' metadata.
+    if isinstance(feature, datasets.Image) or (isinstance(feature, dict) and "bytes" in feature):
         return "image"
     if isinstance(feature, datasets.Value):
         if feature.dtype in ("binary", "large_binary"):
@@ -541,13 +540,11 @@ class Inputs:
         return [source.survey() for source in self.sources]
 
     def records(self) -> Iterator[Record]:
-        index = 0
-        for source, label in zip(self.sources, self.labels, strict=True):
-            for entry in source.entries():
-                yield Record(
-                    index, f"{label}/{entry.name}", entry.path, entry.concept, entry.locator, entry.file, entry.error
-                )
-                index += 1
+        labelled = (
+            (label, e) for source, label in zip(self.sources, self.labels, strict=True) for e in source.entries()
+        )
+        for index, (label, e) in enumerate(labelled):
+            yield Record(index, f"{label}/{e.name}", e.path, e.concept, e.locator, e.file, e.error)
 
 
 # ---------------------------------------------------------------------------------------------
