@@ -120,9 +120,7 @@ def remove_temporaries(folder: Path, owns: Callable[[int], bool] | None = None) 
     With ``owns``, only those of the shards it accepts (named by the file or by its
     ``shard-NNNNNN`` folder): another process sharing the folder may be writing the others.
     """
-    if not folder.is_dir():
-        return
-    for stray in folder.rglob(".*.tmp"):
+    for stray in folder.rglob(".*.tmp"):  # none when the folder is not there
         if owns is not None:
             match = SHARD_IN_NAME.search(stray.relative_to(folder).as_posix())
             if match is None or not owns(int(match.group(1))):
@@ -297,7 +295,7 @@ class OutputWriter:
         import pyarrow.compute as pc
 
         folder = self.layout.parts(shard)
-        parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+        parts = sorted(folder.glob("part-*.parquet"))
         schema = _part_schema(self.info.descriptors)
         table = pa.concat_tables([_read_part(p, schema) for p in parts]) if parts else schema.empty_table()
         table = table.take(pc.sort_indices(table, [("index", "ascending")]))
