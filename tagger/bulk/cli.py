@@ -231,8 +231,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:
-        sentence = missing_extra(e)
-        if sentence is None:
+        if (sentence := missing_extra(e)) is None:
             raise
         print(f"error: {sentence}", file=sys.stderr)
         return 2

@@ -192,8 +192,7 @@ class TagActor:
         window = decoded_window(table)
         rows = [error_row(item) for item in window if item.pixels is None]
         # Each batch's token counts ride on its first row (the write stage sums them).
-        tokens = [0] * len(rows)
-        padded = [0] * len(rows)
+        tokens, padded = [0] * len(rows), [0] * len(rows)
         formatted: list[Future[list[TagRow]]] = []
         for batch in batches_by_tokens(window, self.batch_size, patch):
             real, computed = count_tokens(self.tagger, batch)
@@ -298,17 +297,11 @@ def run_ray(
     batch_size = args.batch_size or (32 if on_gpu else 8)
     actors = args.ray_actors or (gpus if on_gpu else 1)
     patch = inspect_checkpoint(files.checkpoint).config.patch_size
-    model = {
-        "checkpoint": os.fspath(files.checkpoint) if args.checkpoint else None,
-        "vocab": os.fspath(files.vocab) if args.vocab else None,
-        "repo": args.repo,
-        "revision": args.revision,
-        "device": "cuda" if on_gpu else "cpu",
-        "dtype": args.dtype,
-        "max_size": args.max_size,
-        "implications": args.implications,
-        "aliases": args.aliases,
-    }
+    # What each actor needs to load the model as the local engine would (files given, or from the Hub).
+    model = {name: getattr(args, name) for name in ("repo", "revision", "dtype", "max_size", "implications", "aliases")}
+    model["checkpoint"] = os.fspath(files.checkpoint) if args.checkpoint else None
+    model["vocab"] = os.fspath(files.vocab) if args.vocab else None
+    model["device"] = "cuda" if on_gpu else "cpu"
     if items:
         dataset = ray.data.from_items(items)
         dataset = dataset.map_batches(

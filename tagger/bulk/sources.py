@@ -318,19 +318,17 @@ class ParquetSource(Source):
     def entries(self) -> Iterator[Entry]:
         folder = os.path.dirname(self.spec)
         shown = Path(self.spec).name
-        row = 0
-        for group, count in enumerate(self._groups):
-            for in_group in range(count):
-                name = self._names[row]
-                if self.column_kind == "path":
-                    value = self._small[self.column][row]
-                    if not value:
-                        yield Entry(name, f"{shown}#{row}", "", ("bytes", b""), error=f"{shown}#{row} has no path.")
-                    else:
-                        yield Entry(name, value, "", ("file", os.path.join(folder, value)))
+        cells = ((group, in_group) for group, count in enumerate(self._groups) for in_group in range(count))
+        for row, (group, in_group) in enumerate(cells):
+            name = self._names[row]
+            if self.column_kind == "path":
+                value = self._small[self.column][row]
+                if not value:
+                    yield Entry(name, f"{shown}#{row}", "", ("bytes", b""), error=f"{shown}#{row} has no path.")
                 else:
-                    yield Entry(name, f"{shown}#{row}", "", ("parquet", self.spec, group, in_group, self.column))
-                row += 1
+                    yield Entry(name, value, "", ("file", os.path.join(folder, value)))
+            else:
+                yield Entry(name, f"{shown}#{row}", "", ("parquet", self.spec, group, in_group, self.column))
 
 
 def _dataset_kind(feature: Any) -> str | None:
