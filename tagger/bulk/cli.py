@@ -163,16 +163,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def _without(argv: Sequence[str], flags: set[str]) -> list[str]:
     """``argv`` without the given flags and their values (``--flag v`` and ``--flag=v``)."""
     kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in flags:
-            skip = "=" not in arg
-            continue
-        kept.append(arg)
+    rest = iter(argv)
+    for arg in rest:
+        if arg.split("=", 1)[0] not in flags:
+            kept.append(arg)
+        elif "=" not in arg:
+            next(rest, None)  # its value
     return kept
 
 

@@ -126,8 +126,8 @@ class Source:
         for entry in self.entries():
             digest.update(entry.name.encode("utf-8", "surrogateescape") + b"\n")
             count += 1
-        shown = escape_name(self.spec)  # the manifest is UTF-8 text
-        return {"input": shown, "kind": self.kind, "images": count, "names_sha256": digest.hexdigest()}
+        # The input's name escaped: the manifest is UTF-8 text.
+        return {"input": escape_name(self.spec), "kind": self.kind, "images": count, "names_sha256": digest.hexdigest()}
 
     @property
     def default_label(self) -> str:
