@@ -59,11 +59,7 @@ class ImageResult:
         """The authors' JSONL line: tags on success, ``error`` (and sha256 when known) otherwise."""
         line: dict = {} if self.sha256 is None else {"sha256": self.sha256}
         line |= {"filename": self.filename, "concept": self.concept}
-        if self.error is not None:
-            line["error"] = self.error
-        else:
-            line["tags"] = tags_as_dicts(self.tags)
-        return line
+        return line | ({"tags": tags_as_dicts(self.tags)} if self.error is None else {"error": self.error})
 
 
 # ---------------------------------------------------------------------------------------------
