@@ -22,7 +22,6 @@ from typing import cast
 
 import torch
 
-from tagger.bulk.decode import default_workers, share_cores_with_decoders
 from tagger.bulk.local import run_local
 from tagger.bulk.lock import OutputLock, admission
 from tagger.bulk.names import escape_name
@@ -51,6 +50,8 @@ from tagger.tags.options import TagOptions
 log = logging.getLogger("tagger")
 
 DEFAULT_SHARD_SIZE = 1000
+# The flags that change what is written, recorded in the manifest in this order.
+MANIFEST_FLAGS = ("max_size", "reduced_decode", "format", "on_existing", "txt_location", "descriptors", "shard_size")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
@@ -93,10 +94,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder: manifest, outputs and resume state")
     out = parser.add_argument_group("outputs")
     out.add_argument(
-        "--format",
-        type=_formats,
-        default=("txt",),
-        help="any of txt, jsonl, parquet, comma-separated (default txt)",
+        "--format", type=_formats, default=("txt",), help="any of txt, jsonl, parquet, comma-separated (default txt)"
     )
     out.add_argument(
         "--on-existing",
@@ -165,16 +163,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def _without(argv: Sequence[str], flags: set[str]) -> list[str]:
     """``argv`` without the given flags and their values (``--flag v`` and ``--flag=v``)."""
     kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in flags:
-            skip = "=" not in arg
-            continue
-        kept.append(arg)
+    rest = iter(argv)
+    for arg in rest:
+        if arg.split("=", 1)[0] not in flags:
+            kept.append(arg)
+        elif "=" not in arg:
+            next(rest, None)  # its value
     return kept
 
 
@@ -233,8 +227,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:
-        sentence = missing_extra(e)
-        if sentence is None:
+        if (sentence := missing_extra(e)) is None:
             raise
         print(f"error: {sentence}", file=sys.stderr)
         return 2
@@ -269,32 +262,18 @@ def _tag(
 ) -> int:
     plan, writer, files = _plan(args, options, shard, argv, stack)
     summary = Summary(out=escape_name(str(writer.layout.root)))
-
-    def start_progress() -> Progress:
-        return Progress(plan.total, args.quiet, args.progress_label, args.progress_position)
-
     progress: Progress | None = None
     try:
         if args.engine == "ray":
             from tagger.bulk.ray_engine import run_ray
 
-            progress = start_progress()
+            progress = Progress(plan.total, args.quiet, args.progress_label, args.progress_position)
             run_ray(plan, writer, args=args, files=files, options=options, summary=summary, progress=progress)
         else:
             tagger, batch_size = _load_tagger(args, files)
-            workers = default_workers(tagger.device) if args.workers is None else args.workers
-            share_cores_with_decoders(tagger.device, workers)
-            progress = start_progress()
+            progress = Progress(plan.total, args.quiet, args.progress_label, args.progress_position)
             run_local(
-                plan,
-                tagger,
-                writer,
-                options=options,
-                batch_size=batch_size,
-                workers=workers,
-                descriptors=args.descriptors,
-                summary=summary,
-                progress=progress,
+                plan, tagger, writer, args, options=options, batch_size=batch_size, summary=summary, progress=progress
             )
     except KeyboardInterrupt:
         _stop(progress, summary, "Interrupted: run the same command again to resume.")
@@ -335,35 +314,23 @@ def _plan(
     if all(c == 0 for c in counts):
         raise BulkError(f"No images found in {' '.join(args.inputs)}.")
     layout = Layout(Path(args.out).expanduser().resolve())
-    manifest = new_manifest(
-        options=options,
-        inputs=survey,
-        repo=repo,
-        revision=revision,
-        checkpoint=checkpoint,
-        max_size=args.max_size,
-        reduced_decode=args.reduced_decode,
-        format=list(args.format),
-        on_existing=args.on_existing,
-        txt_location=args.txt_location,
-        descriptors=args.descriptors,
-        shard_size=args.shard_size,
-        **relation_files(args),
-    )
+    flags = {name: getattr(args, name) for name in MANIFEST_FLAGS}
+    flags["format"] = list(args.format)  # as JSON reads it back, so a resume compares equal
+    model = {"repo": repo, "revision": revision, "checkpoint": checkpoint}
+    manifest = new_manifest(options=options, inputs=survey, **model, **flags, **relation_files(args))
     locks = layout.state / "locks"
     with admission(locks):  # one starting run at a time: lock, manifest, leftover temporaries
         lock = OutputLock.acquire(layout.root, locks, shard, ["tagger.bulk", *argv])
         stack.callback(lock.release)
         resumed = check_manifest(layout, manifest)
         state = ResumeState.load(layout, shard.owns)
-    txt = "txt" in args.format
     plan = Plan(
         inputs=inputs,
         layout=layout,
         shard=shard,
         shard_size=args.shard_size,
         state=state,
-        txt=txt,
+        txt="txt" in args.format,
         beside=args.txt_location == "beside",
         keep_existing_only=args.format == ("txt",) and args.on_existing == "skip",
         counts=counts,
@@ -383,8 +350,7 @@ def relation_files(args: argparse.Namespace) -> dict[str, list[str]]:
 
     recorded: dict[str, list[str]] = {}
     for name in ("implications", "aliases"):
-        sources = getattr(args, name)
-        if sources:
+        if sources := getattr(args, name):
             paths = [resolve_source(s, args.repo, args.revision) for s in sources]
             recorded[name] = [
                 f"{s} (sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:16]})"

@@ -16,6 +16,7 @@ images this size, which creates and maps a shared segment for every image.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -174,8 +175,7 @@ class DecodePool:
     def _start(self) -> None:
         # fork where the platform has it: workers start in milliseconds and share the parent's
         # imports (as torch's DataLoader does; the workers never touch CUDA).
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         self._executor = ProcessPoolExecutor(
             self.workers, mp_context=context, initializer=_init_worker, initargs=(self.prepare,)
         )
@@ -210,10 +210,8 @@ class DecodePool:
             return decoded_from(record, work)
         if generation != self._generation:  # submitted to a pool that has died since
             work = self._submit(record)
-        try:
+        with contextlib.suppress(BrokenProcessPool):
             return decoded_from(record, cast(Future, work).result())  # the pool is running: a Future
-        except BrokenProcessPool:
-            pass
         # A worker died (a decoder crash on a hostile file, or the OOM killer), and the images
         # in flight with it. Restart the pool and decode this image alone; if it kills the
         # fresh pool too, it is the culprit and is reported as unreadable.

@@ -104,9 +104,7 @@ def score_batch(tagger: Tagger, batch: Sequence[Decoded], descriptors: bool) -> 
     and with ``descriptors`` the descriptors ``[B, D]`` of the same forward pass."""
     # Every item of a batch has pixels (batches_by_tokens leaves the errors out).
     pixels = cast(list[torch.Tensor], [item.pixels for item in batch])
-    if not descriptors:
-        return tagger.run(pixels), None
-    return tagger.run_with_descriptors(pixels)
+    return tagger.run_with_descriptors(pixels) if descriptors else (tagger.run(pixels), None)
 
 
 def batch_rows(

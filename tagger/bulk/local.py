@@ -12,13 +12,14 @@ writer was writing; everything committed before stays, and the next run resumes 
 
 from __future__ import annotations
 
+import argparse
 import queue
 import threading
 import time
 from collections.abc import Callable
 from functools import partial
 
-from tagger.bulk.decode import Decoded, DecodePool
+from tagger.bulk.decode import Decoded, DecodePool, default_workers, share_cores_with_decoders
 from tagger.bulk.inference import batch_rows, batches_by_tokens, count_tokens, error_row, score_batch
 from tagger.bulk.outputs import OutputWriter, TagRow
 from tagger.bulk.plan import Kept, Plan, ShardEnd
@@ -57,10 +58,7 @@ class BackgroundWriter:
                     rows = make_rows()
                     counts = self.writer.write_batch(shard, rows)
                     self.summary.add(counts)
-                    for row in rows:
-                        if row.error is not None:
-                            self.progress.error(row.error)
-                    for message in counts.messages:
+                    for message in [*(row.error for row in rows if row.error is not None), *counts.messages]:
                         self.progress.error(message)
                     self.progress.update(len(rows), counts.errors)
                 else:
@@ -93,15 +91,16 @@ def run_local(
     plan: Plan,
     tagger: Tagger,
     writer: OutputWriter,
+    args: argparse.Namespace,
     *,
     options: TagOptions,
     batch_size: int,
-    workers: int,
-    descriptors: bool,
     summary: Summary,
     progress: Progress,
 ) -> None:
     """Tag everything ``plan`` yields; counts go into ``summary`` (also on an interrupt)."""
+    workers = default_workers(tagger.device) if args.workers is None else args.workers
+    share_cores_with_decoders(tagger.device, workers)
     patch = tagger.model.config.patch_size
     started = time.perf_counter()
     output = BackgroundWriter(writer, summary, progress)
@@ -113,7 +112,7 @@ def run_local(
             output.write(shard, lambda: errors)
         for batch in batches_by_tokens(window, batch_size, patch):
             summary.tokens.add(*count_tokens(tagger, batch))
-            probabilities, features = score_batch(tagger, batch, descriptors)
+            probabilities, features = score_batch(tagger, batch, args.descriptors)
             output.write(shard, partial(batch_rows, tagger, batch, probabilities, features, options))
         window.clear()
 

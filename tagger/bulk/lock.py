@@ -111,13 +111,8 @@ class OutputLock:
                     f"--shard {shard} shares shards with another bulk run writing to {out} ({_holder(other)}); "
                     "wait for it to finish, or give each run its own --shard i/N of the same N."
                 )
-            info = {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "started": time.time(),
-                "shard": str(shard),
-                "command": " ".join(command),
-            }
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "shard": str(shard)}
+            info["command"] = " ".join(command)
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
         except BaseException:

@@ -120,9 +120,7 @@ def remove_temporaries(folder: Path, owns: Callable[[int], bool] | None = None) 
     With ``owns``, only those of the shards it accepts (named by the file or by its
     ``shard-NNNNNN`` folder): another process sharing the folder may be writing the others.
     """
-    if not folder.is_dir():
-        return
-    for stray in folder.rglob(".*.tmp"):
+    for stray in folder.rglob(".*.tmp"):  # none when the folder is not there
         if owns is not None:
             match = SHARD_IN_NAME.search(stray.relative_to(folder).as_posix())
             if match is None or not owns(int(match.group(1))):
@@ -221,18 +219,9 @@ class WriteCounts:
 def _part_schema(descriptors: bool) -> Any:
     import pyarrow as pa
 
-    fields = [
-        ("index", pa.int64()),
-        ("key", pa.string()),
-        ("path", pa.string()),
-        ("sha256", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("error", pa.string()),
-        ("tag_ids", pa.list_(pa.int32())),
-        ("scores", pa.list_(pa.float32())),
-        ("json", pa.string()),
-    ]
+    text, size = pa.string(), pa.int32()
+    fields = [("index", pa.int64()), ("key", text), ("path", text), ("sha256", text), ("width", size), ("height", size)]
+    fields += [("error", text), ("tag_ids", pa.list_(pa.int32())), ("scores", pa.list_(pa.float32())), ("json", text)]
     if descriptors:
         fields.append(("descriptor", pa.list_(pa.float32())))
     return pa.schema(fields)
@@ -306,7 +295,7 @@ class OutputWriter:
         import pyarrow.compute as pc
 
         folder = self.layout.parts(shard)
-        parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+        parts = sorted(folder.glob("part-*.parquet"))
         schema = _part_schema(self.info.descriptors)
         table = pa.concat_tables([_read_part(p, schema) for p in parts]) if parts else schema.empty_table()
         table = table.take(pc.sort_indices(table, [("index", "ascending")]))
@@ -324,21 +313,15 @@ class OutputWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = table.num_rows
+        # The part's columns, with the run's constant ones after the image's size.
+        constant = ("model_repo", "model_revision", "options_hash")
+        names: tuple[str, ...] = ("key", "path", "sha256", "width", "height", *constant, "tag_ids", "scores")
+        names += ("descriptor", "error") if self.info.descriptors else ("error",)
         columns = {
-            "key": table.column("key"),
-            "path": table.column("path"),
-            "sha256": table.column("sha256"),
-            "width": table.column("width"),
-            "height": table.column("height"),
-            "model_repo": pa.array([self.info.model_repo] * rows, pa.string()),
-            "model_revision": pa.array([self.info.model_revision] * rows, pa.string()),
-            "options_hash": pa.array([self.info.options_hash] * rows, pa.string()),
-            "tag_ids": table.column("tag_ids"),
-            "scores": table.column("scores"),
+            name: pa.array([getattr(self.info, name)] * table.num_rows, pa.string())
+            if name in constant
+            else table.column(name)
+            for name in names
         }
-        if self.info.descriptors:
-            columns["descriptor"] = table.column("descriptor")
-        columns["error"] = table.column("error")
         with atomic_file(self.layout.parquet(shard), durable=True) as fp:
             pq.write_table(pa.table(columns), fp, compression="zstd")

@@ -90,11 +90,11 @@ class Plan:
         if any(c is None for c in self.counts):
             return None
         sizes = shard_sizes(sum(cast(list[int], self.counts)), self.shard_size)  # no None: checked above
-        total = 0
-        for shard, size in enumerate(sizes):
-            if self.shard.owns(shard) and shard not in self.state.finished:
-                total += size - len(self.state.done_keys.get(shard, ()))
-        return total
+        return sum(
+            size - len(self.state.done_keys.get(shard, ()))
+            for shard, size in enumerate(sizes)
+            if self.shard.owns(shard) and shard not in self.state.finished
+        )
 
     def items(self) -> Iterator[Record | Kept | ShardEnd]:
         current: int | None = None

@@ -42,17 +42,13 @@ class Summary:
             parts.append(f"{self.kept:,} kept (caption exists)")
         if self.already_done:
             parts.append(f"{self.already_done:,} already done")
-        merged = self.captions.get("merged", 0)
-        if merged:
+        if merged := self.captions.get("merged", 0):
             parts.append(f"{merged:,} captions merged")
-        refused = self.captions.get("refused", 0)
-        if refused:
+        if refused := self.captions.get("refused", 0):
             parts.append(f"{refused:,} captions left alone (links or not regular files)")
         rate = f"{self.rate:.1f}" if self.rate >= 10 else f"{self.rate:.2f}"
         speed = f"{rate} images/s over {self.seconds:.1f} s"
-        waste = ""
-        if self.tokens.tokens:
-            waste = f"padding waste {self.tokens.waste:.1%} (from the engine's batch plan)"
+        waste = f"padding waste {self.tokens.waste:.1%} (from the engine's batch plan)" if self.tokens.tokens else ""
         shards = f"{self.shards_finished:,} shard{'s' if self.shards_finished != 1 else ''} completed"
         return "; ".join(p for p in [", ".join(parts), speed, waste, shards, f"outputs in {self.out}"] if p) + "."
 
@@ -67,15 +63,8 @@ class Progress:
         if not quiet:
             from tqdm import tqdm
 
-            self._bar = tqdm(
-                total=total,
-                unit="img",
-                desc=label or "tagging",
-                position=position,
-                dynamic_ncols=True,
-                smoothing=0.05,
-                file=sys.stderr,
-            )
+            display = {"desc": label or "tagging", "position": position, "dynamic_ncols": True, "file": sys.stderr}
+            self._bar = tqdm(total=total, unit="img", smoothing=0.05, **display)
             self._bar.set_postfix(errors=0, refresh=False)
 
     def update(self, images: int, errors: int = 0) -> None:

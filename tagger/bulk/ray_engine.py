@@ -61,45 +61,27 @@ ACTOR_CPUS_ON_GPU = GPU_PROCESS_THREADS
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
+# The fields of a Record that travel with it through the pipeline, as columns of the same names.
+RECORD_COLUMNS = ("index", "shard", "key", "path", "concept", "locator", "caption_file", "error")
+
+
 def _record_item(record: Record) -> dict[str, Any]:
-    return {
-        "index": record.index,
-        "shard": record.shard,
-        "key": record.key,
-        "path": record.path,
-        "concept": record.concept,
-        "locator": json.dumps(list(record.locator)),
-        "caption_file": None if record.caption_file is None else escape_name(record.caption_file),  # Arrow text
-        "error": record.error,
-    }
+    item = {name: getattr(record, name) for name in RECORD_COLUMNS}
+    item["locator"] = json.dumps(list(record.locator))
+    item["caption_file"] = None if record.caption_file is None else escape_name(record.caption_file)  # Arrow text
+    return item
 
 
 def _item_record(item: dict[str, Any]) -> Record:
-    return Record(
-        item["index"],
-        item["key"],
-        item["path"],
-        item["concept"],
-        tuple(json.loads(item["locator"])),
-        error=item["error"],
-        shard=item["shard"],
-        caption_file=item["caption_file"],
-    )
+    return Record(**({name: item[name] for name in RECORD_COLUMNS} | {"locator": tuple(json.loads(item["locator"]))}))
 
 
 def decode_batch(table: Any, prepare: Preprocessor) -> Any:
     """The CPU stage: read, hash, measure and prepare each image (pixels as raw bytes + shape)."""
     import pyarrow as pa
 
-    types = {
-        "error": pa.string(),
-        "sha256": pa.string(),
-        "width": pa.int32(),
-        "height": pa.int32(),
-        "pixels": pa.large_binary(),
-        "shape": pa.list_(pa.int64()),
-        "dtype": pa.string(),
-    }
+    types = {"error": pa.string(), "sha256": pa.string(), "width": pa.int32(), "height": pa.int32()}
+    types |= {"pixels": pa.large_binary(), "shape": pa.list_(pa.int64()), "dtype": pa.string()}
     out: dict[str, list[Any]] = {name: [] for name in types}
     for item in table.to_pylist():
         error = item["error"]
@@ -109,16 +91,10 @@ def decode_batch(table: Any, prepare: Preprocessor) -> Any:
                 tuple(json.loads(item["locator"])), item["path"], prepare
             )
         array = None if pixels is None else np.ascontiguousarray(np.asarray(pixels))
-        out["error"].append(error)
-        out["sha256"].append(digest)
-        out["width"].append(width)
-        out["height"].append(height)
-        out["pixels"].append(None if array is None else array.tobytes())
-        out["shape"].append(None if array is None else list(array.shape))
-        out["dtype"].append(None if array is None else str(array.dtype))
-    columns = {
-        name: table.column(name) for name in ("index", "shard", "key", "path", "concept", "locator", "caption_file")
-    }
+        raw = (None, None, None) if array is None else (array.tobytes(), list(array.shape), str(array.dtype))
+        for name, value in zip(types, (error, digest, width, height, *raw), strict=True):
+            out[name].append(value)
+    columns = {name: table.column(name) for name in RECORD_COLUMNS if name != "error"}  # error: decoding's own
     return pa.table(columns | {name: pa.array(values, types[name]) for name, values in out.items()})
 
 
@@ -158,38 +134,26 @@ def _rows_table(rows: list[TagRow], tokens: list[int], padded: list[int], descri
     import pyarrow as pa
 
     table = rows_table(rows, descriptors)
-    extra = {
-        "shard": pa.array([r.shard for r in rows], pa.int64()),
-        "caption_file": pa.array([r.caption_file for r in rows], pa.string()),
-        "caption": pa.array([r.caption for r in rows], pa.string()),
-        "tokens": pa.array(tokens, pa.int64()),
-        "padded": pa.array(padded, pa.int64()),
-    }
-    for name, column in extra.items():
-        table = table.append_column(name, column)
-    return table
+    table = table.append_column("shard", pa.array([r.shard for r in rows], pa.int64()))
+    table = table.append_column("caption_file", pa.array([r.caption_file for r in rows], pa.string()))
+    table = table.append_column("caption", pa.array([r.caption for r in rows], pa.string()))
+    table = table.append_column("tokens", pa.array(tokens, pa.int64()))
+    return table.append_column("padded", pa.array(padded, pa.int64()))
 
 
 def _table_rows(table: Any) -> list[TagRow]:
     rows = []
     for item in table.to_pylist():
-        descriptor = item.get("descriptor")
+        descriptor, caption_file = item.get("descriptor"), item["caption_file"]
+        plain = ("index", "shard", "key", "path", "sha256", "width", "height", "error", "caption")
         rows.append(
             TagRow(
-                item["index"],
-                item["shard"],
-                item["key"],
-                item["path"],
-                item["sha256"],
-                item["width"],
-                item["height"],
-                item["error"],
-                np.asarray(item["tag_ids"], dtype=np.int32),
-                np.asarray(item["scores"], dtype=np.float32),
-                item["json"],
-                None if item["caption_file"] is None else unescape_name(item["caption_file"]),
-                item["caption"],
-                None if descriptor is None else np.asarray(descriptor, dtype=np.float32),
+                **{name: item[name] for name in plain},
+                tag_ids=np.asarray(item["tag_ids"], dtype=np.int32),
+                scores=np.asarray(item["scores"], dtype=np.float32),
+                json_line=item["json"],
+                caption_file=None if caption_file is None else unescape_name(caption_file),
+                descriptor=None if descriptor is None else np.asarray(descriptor, dtype=np.float32),
             )
         )
     return rows
@@ -228,8 +192,7 @@ class TagActor:
         window = decoded_window(table)
         rows = [error_row(item) for item in window if item.pixels is None]
         # Each batch's token counts ride on its first row (the write stage sums them).
-        tokens = [0] * len(rows)
-        padded = [0] * len(rows)
+        tokens, padded = [0] * len(rows), [0] * len(rows)
         formatted: list[Future[list[TagRow]]] = []
         for batch in batches_by_tokens(window, self.batch_size, patch):
             real, computed = count_tokens(self.tagger, batch)
@@ -334,17 +297,11 @@ def run_ray(
     batch_size = args.batch_size or (32 if on_gpu else 8)
     actors = args.ray_actors or (gpus if on_gpu else 1)
     patch = inspect_checkpoint(files.checkpoint).config.patch_size
-    model = {
-        "checkpoint": os.fspath(files.checkpoint) if args.checkpoint else None,
-        "vocab": os.fspath(files.vocab) if args.vocab else None,
-        "repo": args.repo,
-        "revision": args.revision,
-        "device": "cuda" if on_gpu else "cpu",
-        "dtype": args.dtype,
-        "max_size": args.max_size,
-        "implications": args.implications,
-        "aliases": args.aliases,
-    }
+    # What each actor needs to load the model as the local engine would (files given, or from the Hub).
+    model = {name: getattr(args, name) for name in ("repo", "revision", "dtype", "max_size", "implications", "aliases")}
+    model["checkpoint"] = os.fspath(files.checkpoint) if args.checkpoint else None
+    model["vocab"] = os.fspath(files.vocab) if args.vocab else None
+    model["device"] = "cuda" if on_gpu else "cpu"
     if items:
         dataset = ray.data.from_items(items)
         dataset = dataset.map_batches(

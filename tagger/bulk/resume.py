@@ -138,22 +138,17 @@ class ResumeState:
         # Writes a kill interrupted: never complete, never used.
         for folder in (layout.state, layout.root / "parquet", layout.root / "jsonl"):
             remove_temporaries(folder, owns)
-        done_folder = layout.state / "done"
-        if done_folder.is_dir():
-            for marker in sorted(done_folder.glob("shard-*.json")):
-                shard = _shard_number(marker.name.removesuffix(".json"))
-                if shard is not None and owns(shard):
-                    state.finished[shard] = _read_marker(marker, shard)
-        parts_folder = layout.state / "parts"
-        if parts_folder.is_dir():
-            for folder in sorted(parts_folder.glob("shard-*")):
-                shard = _shard_number(folder.name)
-                if shard is None or not owns(shard) or shard in state.finished:
-                    continue  # finished: killed between the marker and removing the parts
-                keys: set[str] = set()
-                for part in sorted(folder.glob("part-*.parquet")):
-                    keys.update(read_part_keys(part))
-                state.done_keys[shard] = keys
+        # (A folder that is not there globs to nothing.)
+        for marker in sorted((layout.state / "done").glob("shard-*.json")):
+            shard = _shard_number(marker.name.removesuffix(".json"))
+            if shard is not None and owns(shard):
+                state.finished[shard] = _read_marker(marker, shard)
+        for folder in sorted((layout.state / "parts").glob("shard-*")):
+            shard = _shard_number(folder.name)
+            if shard is None or not owns(shard) or shard in state.finished:
+                continue  # finished: killed between the marker and removing the parts
+            parts = sorted(folder.glob("part-*.parquet"))
+            state.done_keys[shard] = {key for part in parts for key in read_part_keys(part)}
         return state
 
 

@@ -48,10 +48,6 @@ _KINDS = (
 )
 
 
-def _kind(mode: int) -> str:
-    return next((kind for is_kind, kind in _KINDS if is_kind(mode)), "not a regular file")
-
-
 def not_regular(kind: str) -> NotRegularFile:
     return NotRegularFile(f"it is {kind}, not a regular file (bulk tagging never reads or writes through one)")
 
@@ -72,7 +68,7 @@ def open_regular(path: str | os.PathLike[str]) -> int:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise not_regular(_kind(mode))
+            raise not_regular(next((kind for is_kind, kind in _KINDS if is_kind(mode)), "not a regular file"))
     except BaseException:
         os.close(fd)
         raise

@@ -111,12 +111,9 @@ def launch_workers(argv: Sequence[str], workers: Sequence[Worker], shard: ShardS
         command = [sys.executable, "-m", "tagger.bulk", *argv, "--shard", str(share), "--device", worker.device]
         command += ["--progress-label", worker.label, "--progress-position", str(number)]
         children.append(subprocess.Popen(command, env={**os.environ, **worker.env}))
-    status = 0
     try:
-        for child in children:
-            status = max(status, child.wait())
+        return max([0, *(child.wait() for child in children)])  # a child killed by a signal counts as 0
     except KeyboardInterrupt:
         for child in children:
             child.wait()
         raise
-    return status

@@ -22,7 +22,7 @@ import os
 import tarfile
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -90,11 +90,21 @@ def _concepts(members: Sequence[tuple[Any, ...]]) -> list[str]:
     """The Batch tab's concept rule for archive members ``(name, error, ...)``: first folder below
     a wrapping folder (members refused for their names take no part and get no concept)."""
     depth = wrapper_depth([name for name, error, *_ in members if error is None])
-    concepts = []
-    for name, error, *_ in members:
-        parts = name.split("/")[depth:]
-        concepts.append(parts[0] if len(parts) > 1 and error is None else "")
-    return concepts
+    parts = [(name.split("/")[depth:], error) for name, error, *_ in members]
+    return [folders[0] if len(folders) > 1 and error is None else "" for folders, error in parts]
+
+
+def _image_member(raw: str, posix: str, shown: str, escape: Callable[[str], str]) -> tuple[str, str | None] | None:
+    """(name, error) for an archive member named ``raw`` (``posix``: with ``/`` separators), None
+    for one that is hidden or not an image; a name that points outside the archive is refused.
+    ``escape``: ``escape_name`` for tar names, which are bytes decoded as surrogates."""
+    if not _is_image_name(raw) or any(_is_hidden(p) for p in posix.split("/")):
+        return None
+    try:
+        return escape(sanitize_path(raw)), None
+    except UploadError:
+        refused = f"Refused {shown}/{escape(raw)}: the member's path points outside the archive."
+        return escape(posix.replace("../", "__/").lstrip("/")), refused
 
 
 class Source:
@@ -116,8 +126,8 @@ class Source:
         for entry in self.entries():
             digest.update(entry.name.encode("utf-8", "surrogateescape") + b"\n")
             count += 1
-        shown = escape_name(self.spec)  # the manifest is UTF-8 text
-        return {"input": shown, "kind": self.kind, "images": count, "names_sha256": digest.hexdigest()}
+        # The input's name escaped: the manifest is UTF-8 text.
+        return {"input": escape_name(self.spec), "kind": self.kind, "images": count, "names_sha256": digest.hexdigest()}
 
     @property
     def default_label(self) -> str:
@@ -168,16 +178,10 @@ class ZipSource(Source):
             raise BulkError(f"{escape_name(str(path))} is not a readable zip archive ({e}).") from None
         self._members: list[tuple[str, str | None, str]] = []  # (name, error, member)
         for info in infos:
-            if info.is_dir() or not _is_image_name(info.filename):
+            member = _image_member(info.filename, info.filename.replace("\\", "/"), path.name, str)
+            if member is None or info.is_dir():
                 continue
-            if any(_is_hidden(p) for p in info.filename.replace("\\", "/").split("/")):
-                continue
-            error = None
-            try:
-                name = sanitize_path(info.filename)
-            except UploadError:
-                name = info.filename.replace("\\", "/").replace("../", "__/").lstrip("/")
-                error = f"Refused {path.name}/{info.filename}: the member's path points outside the archive."
+            name, error = member
             if info.flag_bits & 0x1:
                 error = f"Could not read {path.name}/{name}: it is encrypted; zip it without a password."
             elif info.file_size > safefs.MAX_IMAGE_BYTES:
@@ -213,19 +217,11 @@ class TarSource(Source):
     def _member(self, info: tarfile.TarInfo) -> tuple[str, str | None] | None:
         """(name, error) for an image member, None for anything else. Names that are not
         UTF-8 (tarfile decodes their bytes as surrogates) are escaped: ``tagger.bulk.names``."""
-        if not info.isfile() or not _is_image_name(info.name):
-            return None
-        if any(_is_hidden(p) for p in info.name.split("/")):
-            return None
         shown = escape_name(Path(self.spec).name)
-        try:
-            name, error = escape_name(sanitize_path(info.name)), None
-        except UploadError:
-            name = escape_name(info.name.replace("../", "__/").lstrip("/"))
-            error = f"Refused {shown}/{escape_name(info.name)}: the member's path points outside the archive."
-        if error is None and info.size > safefs.MAX_IMAGE_BYTES:
-            error = f"Could not read {shown}/{name}: {safefs.size_limit_sentence(info.size)}."
-        return name, error
+        member = _image_member(info.name, info.name, shown, escape_name) if info.isfile() else None
+        if member is None or member[1] is not None or info.size <= safefs.MAX_IMAGE_BYTES:
+            return member
+        return member[0], f"Could not read {shown}/{member[0]}: {safefs.size_limit_sentence(info.size)}."
 
     def entries(self) -> Iterator[Entry]:
         shown = escape_name(Path(self.spec).name)
@@ -252,8 +248,7 @@ class TarSource(Source):
 def _pick_table_column(names: Sequence[str], kinds: dict[str, str | None], wanted: str | None, where: str) -> str:
     """The image column of a table: ``wanted``, else the first image/bytes column, else a path column."""
     if wanted:
-        if wanted not in names:
-            raise BulkError(f"{where} has no column {wanted!r}; its columns are {', '.join(names)}.")
+        _check_column(wanted, names, where)
         if kinds.get(wanted) is None:
             raise BulkError(f"The column {wanted!r} of {where} holds neither image bytes nor file paths.")
         return wanted
@@ -267,6 +262,11 @@ def _pick_table_column(names: Sequence[str], kinds: dict[str, str | None], wante
         f"{where} has no image column (image bytes, or file paths named {', '.join(PATH_COLUMN_NAMES)}); "
         f"its columns are {', '.join(names)}. Name it with --image-column."
     )
+
+
+def _check_column(column: str, names: Sequence[str], where: str) -> None:
+    if column not in names:
+        raise BulkError(f"{where} has no column {column!r}; its columns are {', '.join(names)}.")
 
 
 def _arrow_kind(data_type: Any) -> str | None:
@@ -307,9 +307,8 @@ class ParquetSource(Source):
         kinds = {field.name: _arrow_kind(field.type) for field in schema}
         self.column = _pick_table_column(schema.names, kinds, image_column, str(path))
         self.column_kind = kinds[self.column]
-        self.key_column = key_column
-        if key_column and key_column not in schema.names:
-            raise BulkError(f"{path} has no column {key_column!r}; its columns are {', '.join(schema.names)}.")
+        if key_column:
+            _check_column(key_column, schema.names, str(path))
         self._groups = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
         small = [c for c in (key_column, self.column if self.column_kind == "path" else None) if c]
         self._small = parquet.read(columns=small).to_pydict() if small else {}
@@ -319,27 +318,24 @@ class ParquetSource(Source):
     def entries(self) -> Iterator[Entry]:
         folder = os.path.dirname(self.spec)
         shown = Path(self.spec).name
-        row = 0
-        for group, count in enumerate(self._groups):
-            for in_group in range(count):
-                name = self._names[row]
-                if self.column_kind == "path":
-                    value = self._small[self.column][row]
-                    if not value:
-                        yield Entry(name, f"{shown}#{row}", "", ("bytes", b""), error=f"{shown}#{row} has no path.")
-                    else:
-                        yield Entry(name, value, "", ("file", os.path.join(folder, value)))
+        cells = ((group, in_group) for group, count in enumerate(self._groups) for in_group in range(count))
+        for row, (group, in_group) in enumerate(cells):
+            name = self._names[row]
+            if self.column_kind == "path":
+                value = self._small[self.column][row]
+                if not value:
+                    yield Entry(name, f"{shown}#{row}", "", ("bytes", b""), error=f"{shown}#{row} has no path.")
                 else:
-                    yield Entry(name, f"{shown}#{row}", "", ("parquet", self.spec, group, in_group, self.column))
-                row += 1
+                    yield Entry(name, value, "", ("file", os.path.join(folder, value)))
+            else:
+                yield Entry(name, f"{shown}#{row}", "", ("parquet", self.spec, group, in_group, self.column))
 
 
 def _dataset_kind(feature: Any) -> str | None:
     import datasets
 
-    if isinstance(feature, datasets.Image):
-        return "image"
-    if isinstance(feature, dict) and "bytes" in feature:  # Parquet written without datasets' metadata
+    # A dict with "bytes": an Image column of Parquet written without datasets' metadata.
+    if isinstance(feature, datasets.Image) or (isinstance(feature, dict) and "bytes" in feature):
         return "image"
     if isinstance(feature, datasets.Value):
         if feature.dtype in ("binary", "large_binary"):
@@ -384,13 +380,8 @@ class SavedDatasetSource(Source):
         self.rows = len(dataset)
         self.fingerprint = getattr(dataset, "_fingerprint", "")
         if key_column:
-            if key_column not in dataset.column_names:
-                raise BulkError(
-                    f"{path} has no column {key_column!r}; its columns are {', '.join(dataset.column_names)}."
-                )
-            self._names = _key_names(dataset[key_column], str(path), key_column)
-        else:
-            self._names = _row_names(self.rows)
+            _check_column(key_column, dataset.column_names, str(path))
+        self._names = _key_names(dataset[key_column], str(path), key_column) if key_column else _row_names(self.rows)
 
     def entries(self) -> Iterator[Entry]:
         shown = Path(self.spec).name + (f"[{self.split}]" if self.split else "")
@@ -411,8 +402,7 @@ class HubSource(Source):
 
     def __init__(self, spec: str, split: str | None, image_column: str | None, key_column: str | None):
         super().__init__(spec)
-        name = spec[len(HUB_PREFIX) :]
-        self.name, _, revision = name.partition("@")
+        self.name, _, revision = spec[len(HUB_PREFIX) :].partition("@")
         self.revision = revision or None
         self.split = split or "train"
         self.image_column = image_column
@@ -461,10 +451,8 @@ class HubSource(Source):
             data, file = _image_value(example.get(column))
             if data is None and file is None:
                 yield Entry(name, shown, "", ("bytes", b""), error=f"{shown} has no image data.")
-            elif data is None:
-                yield Entry(name, shown, "", ("file", file))
             else:
-                yield Entry(name, shown, "", ("bytes", data))
+                yield Entry(name, shown, "", ("file", file) if data is None else ("bytes", data))
 
 
 def _image_value(value: Any) -> tuple[bytes | None, str | None]:
@@ -550,13 +538,11 @@ class Inputs:
         return [source.survey() for source in self.sources]
 
     def records(self) -> Iterator[Record]:
-        index = 0
-        for source, label in zip(self.sources, self.labels, strict=True):
-            for entry in source.entries():
-                yield Record(
-                    index, f"{label}/{entry.name}", entry.path, entry.concept, entry.locator, entry.file, entry.error
-                )
-                index += 1
+        labelled = (
+            (label, e) for source, label in zip(self.sources, self.labels, strict=True) for e in source.entries()
+        )
+        for index, (label, e) in enumerate(labelled):
+            yield Record(index, f"{label}/{e.name}", e.path, e.concept, e.locator, e.file, e.error)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -59,11 +59,7 @@ class ImageResult:
         """The authors' JSONL line: tags on success, ``error`` (and sha256 when known) otherwise."""
         line: dict = {} if self.sha256 is None else {"sha256": self.sha256}
         line |= {"filename": self.filename, "concept": self.concept}
-        if self.error is not None:
-            line["error"] = self.error
-        else:
-            line["tags"] = tags_as_dicts(self.tags)
-        return line
+        return line | ({"tags": tags_as_dicts(self.tags)} if self.error is None else {"error": self.error})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,16 +108,14 @@ def _tag_chunk(
 ) -> list[ImageResult]:
     results: list[ImageResult | None] = [None] * len(items)
     pixels: list[torch.Tensor] = []
-    slots: list[int] = []
-    digests: list[str] = []
+    prepared: list[tuple[int, str]] = []  # (slot, sha256) of each image in pixels
     for i, item in enumerate(items):
         digest: str | None = None
         try:
             data = inputs.read(item)
             digest = hashlib.sha256(data).hexdigest()
             pixels.append(prepare(data, name=item.name))
-            slots.append(i)
-            digests.append(digest)
+            prepared.append((i, digest))
         except ImageError as e:
             results[i] = ImageResult(item.name, item.concept, digest, error=str(e))
         except UploadError:
@@ -134,7 +128,7 @@ def _tag_chunk(
     if pixels:
         probabilities = run(pixels)
         pixels.clear()
-        for row, slot, digest in zip(probabilities, slots, digests, strict=True):
+        for row, (slot, digest) in zip(probabilities, prepared, strict=True):
             item = items[slot]
             results[slot] = ImageResult(
                 item.name, item.concept, digest, tuple(select_tags(row, vocab, options.selection))

@@ -3,6 +3,7 @@ tab's captions zip, a bulk run's caption files)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import PurePosixPath
 
 
@@ -23,23 +24,11 @@ class CaptionNamer:
 
     def name_for(self, filename: str) -> str:
         path = PurePosixPath(filename)
-        candidates = [path.with_suffix(".txt"), path.with_name(path.name + ".txt")]
-        for candidate in candidates:
-            if self._claim(str(candidate)):
-                return self._result(filename, str(candidate), candidates[0])
-        number = 2
-        while not self._claim(name := str(path.with_name(f"{path.name}.{number}.txt"))):
-            number += 1
-        return self._result(filename, name, candidates[0])
-
-    def _claim(self, name: str) -> bool:
-        key = name.casefold()
-        if key in self._taken:
-            return False
-        self._taken.add(key)
-        return True
-
-    def _result(self, filename: str, name: str, preferred: PurePosixPath) -> str:
-        if name != str(preferred):
+        preferred = str(path.with_suffix(".txt"))
+        later = (f"{path.name}.{number}.txt" if number > 1 else f"{path.name}.txt" for number in itertools.count(1))
+        candidates = itertools.chain([preferred], (str(path.with_name(name)) for name in later))
+        name = next(name for name in candidates if name.casefold() not in self._taken)
+        self._taken.add(name.casefold())
+        if name != preferred:
             self.renamed.append((filename, name))
         return name
