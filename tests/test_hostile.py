@@ -70,6 +70,7 @@ from tagger.fetch import FetchError, address_problem, fetch_url
 from tagger.tags.formats import tag_string
 from tagger.tags.options import MODES, OPTION_FIELDS, OPTION_NAMES, ORDERS, TagOptions
 from tagger.tags.selection import Selection, SelectionError, select_tags
+from tagger.web import gradio_compat
 from tagger.web.inputs import SafeFile, SafeImage, _SafeDownloads
 from tagger.web.server import MAX_FILE_SIZE
 
@@ -312,6 +313,22 @@ def test_raw_payloads_refused(name: str, app: RunningApp, client: Client, good_i
     assert isinstance(message, str), message
     assert_sentence(message)
     assert_serves(client, good_image)
+
+
+def test_calls_leave_no_event_analytics(app: RunningApp, client: Client, good_image: Path, tmp_path: Path) -> None:
+    """Gradio rebuilds a pandas summary of every recorded event after each call (twice after a
+    failed one) for a dashboard this app does not serve: native memory that grew with every
+    refused call. The queue keeps one record, builds no summary, and the dashboard is off."""
+    not_an_image = tmp_path / "x.png"
+    not_an_image.write_bytes(b"not an image")
+    for _ in range(3):
+        with pytest.raises(AppError):
+            client.predict(handle_file(str(not_an_image)), api_name="/tag")
+        assert_serves(client, good_image)
+    queue = gradio_compat.app_queue(app.demo)
+    assert len(queue.event_analytics) <= 1
+    assert queue.cached_event_analytics_summary == {"functions": {}}
+    assert httpx.get(f"{app.url}monitoring/summary", timeout=REQUEST_TIMEOUT_S).status_code == 403
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import importlib
 import inspect
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ _ERRORS = "tagger.web.server's readable errors for malformed API calls"
 _URLS = "tagger.web.inputs's limits on URL downloads"
 _SCHEMA = "tagger.web.endpoints's parameter schemas and descriptions"
 _MCP = "tagger.web.mcp's file, caller and error handling of MCP tool calls"
+_ANALYTICS = "tagger.web.server's queue without Gradio's per-event analytics"
 
 PRIVATE_NAMES: tuple[PrivateName, ...] = (
     *_uses(_QUEUE, "gradio.blocks", "Blocks._queue", "BlockFunction.concurrency_id"),
@@ -81,6 +83,7 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     *_uses(_QUEUE, "gradio.queueing", "Queue.event_queue_per_concurrency_id", "EventQueue.queue"),
     *_uses(_QUEUE, "gradio.queueing", "Event.request", "Event.session_hash", "Event.concurrency_id"),
     *_uses(_QUEUE, "gradio.data_classes", "PredictBodyInternal.fn_index", "PredictBodyInternal.session_hash"),
+    *_uses(_ANALYTICS, "gradio.queueing", "Queue.ANALYTICS_MAX_EVENTS", "Queue.ANAYLTICS_CACHE_FREQUENCY"),
     *_uses("tagger.web.fairshare's time budget per event", "gradio.blocks", "Blocks.fns", "BlockFunction.fn"),
     *_uses(
         _UPLOADS, "gradio.route_utils", "GradioMultiPartParser.parse", "GradioMultiPartParser._files_to_close_on_error"
@@ -156,6 +159,16 @@ def _source(cls: type) -> str:
 def app_queue(demo: gr.Blocks) -> Any:
     """The app's event queue (made by ``demo.queue()``): per-client limits hook into it."""
     return demo._queue
+
+
+def skip_event_analytics(queue: Any) -> None:
+    """Gradio's queue records every event and, after each one (twice after a failure), rebuilds
+    a pandas summary of up to 10,000 records for its ``/monitoring`` dashboard, even with the
+    dashboard off. The rebuilds run in worker threads and leave native memory behind that grows
+    with the number of records (+15 MiB in the abuse soak); this app serves no dashboard, so the
+    queue keeps one record and never rebuilds the summary."""
+    queue.ANALYTICS_MAX_EVENTS = 1
+    queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize  # Gradio's spelling
 
 
 def hook_queue_push(

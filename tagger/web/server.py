@@ -125,6 +125,7 @@ def create_app(
     # api_open=False (as on a Space): /gradio_api/run/<api> answers 404 for queued events, which
     # would otherwise skip the queue, its concurrency groups and the per-client limits.
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=concurrency, api_open=False)
+    gradio_compat.skip_event_analytics(gradio_compat.app_queue(demo))
     demo.delete_cache = CACHE_CLEANUP  # read by Gradio when the server starts
     limits = limits or fairshare.FairShareLimits()
     fairshare.install(demo, limits, heavy_group=HEAVY_QUEUE)
@@ -160,6 +161,7 @@ def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
         css=CSS,
         allowed_paths=[str(EXAMPLES_DIR)],
         ssr_mode=False,
+        enable_monitoring=False,  # its summary would be rebuilt after every event (gradio_compat)
         app_kwargs=app_kwargs,
         **kwargs,
     )
