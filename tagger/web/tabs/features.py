@@ -29,23 +29,19 @@ SCROLL_TO_MAPS = (
 UPSCALE_CHOICES = [("Patches (nearest)", "nearest"), ("Smooth (bilinear)", "bilinear")]
 
 
-def heatmap_markdown(info: dict) -> str:
-    text = (
-        f"**{info['tag']}** ({info['category']}) · probability **{info['probability']:.3f}** · "
-        f"gradient × activation at the input of block {info['block']} "
-        f"({info['layers_from_end']} from the end)"
-    )
-    if not info["positive"]:
-        text += "\n\nNo patch raises this tag's score at this depth: every contribution is negative."
-    return text
-
-
 def heatmap_view(
     ctx: AppContext, path: str | None, tag: str | None, layers_from_end: int, opacity: float, max_size: object
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """A tag's relevance over the image as the model sees it, alone, and its caption: one model call."""
     over, heat, info = run_heatmap(ctx, path, tag, layers_from_end, opacity, "bilinear", max_size)
-    return over, heat, heatmap_markdown(info)
+    caption = (
+        f"**{info['tag']}** ({info['category']}) · probability **{info['probability']:.3f}** · "
+        f"gradient × activation at the input of block {info['block']} "
+        f"({info['layers_from_end']} from the end)"
+    )
+    if not info["positive"]:
+        caption += "\n\nNo patch raises this tag's score at this depth: every contribution is negative."
+    return over, heat, caption
 
 
 def _image_output(label: str, elem_id: str) -> gr.Image:
@@ -187,22 +183,15 @@ def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolutio
     in_page(stops.change, visible, inputs=stops, outputs=colours)
     # One upload, many views: the Tag tab's image is this tab's image too (in the page).
     in_page(source.change, "(value) => value", inputs=source, outputs=image)
-    analysed = image.input(
-        analysis,
-        inputs=[image, resolution, *style],
-        outputs=analysis_outputs,
-        api_visibility="private",
-        concurrency_id=HEAVY_QUEUE,
-    )
-    in_page(analysed.success, SCROLL_TO_MAPS)
-    opened = tab.select(
-        on_open,
-        inputs=[image, resolution, maps_state, *style],
-        outputs=analysis_outputs,
-        api_visibility="private",
-        concurrency_id=HEAVY_QUEUE,
-    )
-    in_page(opened.success, SCROLL_TO_MAPS)
+    for listen, handler, shown in ((image.input, analysis, []), (tab.select, on_open, [maps_state])):
+        analysed = listen(
+            handler,
+            inputs=[image, resolution, *shown, *style],
+            outputs=analysis_outputs,
+            api_visibility="private",
+            concurrency_id=HEAVY_QUEUE,
+        )
+        in_page(analysed.success, SCROLL_TO_MAPS)
     gr.on(
         [c.change for c in style],
         restyle,

@@ -26,7 +26,7 @@ import numpy as np
 
 from tagger.engine.resolution import MIN_SIZE, SIZE_STEP
 from tagger.engine.vocab import CATEGORIES, Vocabulary, normalize_tag
-from tagger.errors import FetchError, SelectionError
+from tagger.errors import SelectionError
 from tagger.features.relevance import DEFAULT_LAYERS_FROM_END
 from tagger.tags.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.tags.selection import IMPLIED, add_to_tag_list, parse_tag_list
@@ -139,10 +139,6 @@ def page_payload(ctx: AppContext, scored: ScoredImage, floor: float | None) -> d
     return payload
 
 
-def error_payload(message: str) -> dict:
-    return {"id": uuid.uuid4().hex, "error": message}
-
-
 # -- look-ups and heatmaps ----------------------------------------------------------------------
 
 
@@ -167,28 +163,10 @@ def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit:
     others = [*prefix, *contains]
     if scores is not None:
         others.sort(key=lambda i: -float(scores[i]))  # stable: prefixes first among equal scores
-    rows = []
-    for i in [*exact, *others][:limit]:
-        score = "—" if scores is None else f"{float(scores[i]):.4f}"
-        rows.append([vocab.tags[i], vocab.category_of(i).name, score])
-    return rows
-
-
-def remove_from_tag_list(text: str | None, tag: str) -> str:
-    """``text`` (a comma-separated list) without ``tag`` (compared as ``Selection`` compares tags)."""
-    key = normalize_tag(tag)
-    return ", ".join(t for t in parse_tag_list(text or "") if normalize_tag(t) != key)
-
-
-def fetch_image(image: SafeImage, url: str) -> str:
-    """An image URL downloaded as the image input downloads URLs (its limits and address
-    policy: public addresses only) into Gradio's cache."""
-    url = (url or "").strip()
-    if not url:
-        raise FetchError("Paste the address of an image (http or https) first.")
-    if "://" not in url:
-        url = "https://" + url
-    return image.fetch_into_cache(url)
+    return [
+        [vocab.tags[i], vocab.category_of(i).name, "—" if scores is None else f"{float(scores[i]):.4f}"]
+        for i in [*exact, *others][:limit]
+    ]
 
 
 # -- the tab --------------------------------------------------------------------------------------
@@ -317,7 +295,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         started = time.perf_counter()
         scores, error = attempt(ctx.scores_for, path, max_size)
         if error is not None:
-            return {payload: error_payload(error)}  # the last image's scores stay
+            return {payload: {"id": uuid.uuid4().hex, "error": error}}  # the last image's scores stay
         scored = ScoredImage(scores, time.perf_counter() - started, uuid.uuid4().hex, path, ctx.resolution(max_size))
         return {scored_state: scored, scores_state: scores, payload: page_payload(ctx, scored, floor)}
 
@@ -337,7 +315,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             show_progress_on=[view],
         )
     # A new image is shown as itself, not under an old heatmap.
-    in_page(image.change, SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
+    in_page([image.change, back.click], SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
 
     def more_scores(scored: ScoredImage | None, evt: gr.EventData) -> dict:
         floor = getattr(evt, "floor", None)  # the page sends {floor}
@@ -364,7 +342,8 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         return add_to_tag_list(text, str(evt.tag))
 
     def unexclude_tag(text: str | None, evt: gr.EventData) -> str:
-        return remove_from_tag_list(text, str(evt.tag))
+        key = normalize_tag(str(evt.tag))  # compared as ``Selection`` compares tags
+        return ", ".join(t for t in parse_tag_list(text or "") if normalize_tag(t) != key)
 
     for list_event, list_change in ((view.tag_exclude, exclude_tag), (view.tag_unexclude, unexclude_tag)):
         list_event(
@@ -411,10 +390,14 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             show_progress_on=[image, heat_image],
         )
         in_page(shown.then, scroll)
-    in_page(back.click, SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
 
     def fetch(address: str) -> dict:
-        path, error = attempt(fetch_image, image, address)
+        # Downloaded as the image input downloads URLs (its limits and address policy: public
+        # addresses only) into Gradio's cache.
+        url = (address or "").strip()
+        if not url:
+            return {url_note: warning("Paste the address of an image (http or https) first.")}
+        path, error = attempt(image.fetch_into_cache, url if "://" in url else "https://" + url)
         if error is not None:
             return {url_note: warning(error)}
         return {image: path, url_note: ""}
