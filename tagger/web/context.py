@@ -30,6 +30,10 @@ R = TypeVar("R")
 # a group of its own, so a long batch or a heatmap never holds it up.
 TAG_QUEUE = "tag"  # one image: /tag and the Tag tab
 HEAVY_QUEUE = "heavy"  # batches, feature maps, similarity
+# The keyword arguments of the UI's own server events (no API endpoints): model work in the
+# heavy group, and quick updates that skip the queue and show no progress.
+HEAVY_EVENT: dict[str, Any] = {"api_visibility": "private", "concurrency_id": HEAVY_QUEUE}
+QUICK_EVENT: dict[str, Any] = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 
 
 def user_errors(fn: Callable[P, R]) -> Callable[P, R]:

@@ -36,21 +36,8 @@ from tagger.datasets.pixel_caps import (
     web_limit,
 )
 from tagger.errors import FetchError, UploadError, format_bytes, shorten
-from tagger.fetch import (
-    DOWNLOAD_TIMEOUT_S,
-    MAX_DOWNLOAD_BYTES,
-    AddressPolicy,
-    fetch_url,
-    is_url,
-    public_only,
-)
-from tagger.web.gradio_compat import (
-    ApiComponent,
-    NamedString,
-    get_upload_folder,
-    no_stub_files,
-    register_cached_file,
-)
+from tagger.fetch import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES, AddressPolicy, fetch_url, is_url, public_only
+from tagger.web.gradio_compat import ApiComponent, NamedString, get_upload_folder, no_stub_files, register_cached_file
 
 log = logging.getLogger("tagger")
 

@@ -12,7 +12,7 @@ import json
 import gradio as gr
 
 from tagger.datasets.batch import BatchOutput
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, in_page, warning
+from tagger.web.context import HEAVY_EVENT, AppContext, attempt, in_page, warning
 from tagger.web.controls import OptionControls
 from tagger.web.inputs import SafeFile
 from tagger.web.service import LIMITS, TABLE_HEADERS, result_row, summary_markdown, tag_files
@@ -92,7 +92,6 @@ def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, 
         on_run,
         inputs={files, *setting_inputs},
         outputs=[table, captions_file, jsonl_file, summary, run_message],
-        api_visibility="private",
-        concurrency_id=HEAVY_QUEUE,
+        **HEAVY_EVENT,
         show_progress_on=[table],
     )

@@ -16,7 +16,7 @@ import numpy as np
 from tagger.features.pca import DEFAULT_COLOURS, pca_images
 from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, MAX_LAYERS_FROM_END
 from tagger.tags.selection import top_tags
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, in_page, user_errors, warning
+from tagger.web.context import HEAVY_EVENT, QUICK_EVENT, AppContext, attempt, in_page, user_errors, warning
 from tagger.web.inputs import image_upload
 from tagger.web.service import run_heatmap, run_pca
 
@@ -184,29 +184,20 @@ def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolutio
     # One upload, many views: the Tag tab's image is this tab's image too (in the page).
     in_page(source.change, "(value) => value", inputs=source, outputs=image)
     for listen, handler, shown in ((image.input, analysis, []), (tab.select, on_open, [maps_state])):
-        analysed = listen(
-            handler,
-            inputs=[image, resolution, *shown, *style],
-            outputs=analysis_outputs,
-            api_visibility="private",
-            concurrency_id=HEAVY_QUEUE,
-        )
+        analysed = listen(handler, inputs=[image, resolution, *shown, *style], outputs=analysis_outputs, **HEAVY_EVENT)
         in_page(analysed.success, SCROLL_TO_MAPS)
     gr.on(
         [c.change for c in style],
         restyle,
         inputs=[maps_state, *style],
         outputs=[pca, overlay, blend],
-        api_visibility="private",
+        **QUICK_EVENT,
         trigger_mode="always_last",
-        queue=False,
-        show_progress="hidden",
     )
     gr.on(
         [show.click, tag.select],
         on_heatmap,
         inputs=[image, tag, depth, alpha, resolution],
         outputs=[heat_overlay, heat, heat_summary],
-        api_visibility="private",
-        concurrency_id=HEAVY_QUEUE,
+        **HEAVY_EVENT,
     )

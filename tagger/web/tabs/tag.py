@@ -30,7 +30,7 @@ from tagger.errors import SelectionError
 from tagger.features.relevance import DEFAULT_LAYERS_FROM_END
 from tagger.tags.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.tags.selection import IMPLIED, add_to_tag_list, parse_tag_list
-from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, in_page, warning
+from tagger.web.context import HEAVY_EVENT, QUICK_EVENT, TAG_QUEUE, AppContext, attempt, in_page, warning
 from tagger.web.controls import OptionControls, build_option_controls
 from tagger.web.inputs import SafeImage, image_upload
 from tagger.web.page_scores import page_scores
@@ -346,14 +346,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         return ", ".join(t for t in parse_tag_list(text or "") if normalize_tag(t) != key)
 
     for list_event, list_change in ((view.tag_exclude, exclude_tag), (view.tag_unexclude, unexclude_tag)):
-        list_event(
-            list_change,
-            inputs=controls["exclude"],
-            outputs=controls["exclude"],
-            queue=False,
-            api_visibility="private",
-            show_progress="hidden",
-        )
+        list_event(list_change, inputs=controls["exclude"], outputs=controls["exclude"], **QUICK_EVENT)
 
     in_page(typed_toggle.click, "() => { document.getElementById('tag-controls').classList.toggle('tv-typing'); }")
 
@@ -385,8 +378,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             handler,
             inputs=[image, size],
             outputs=heat_outputs,
-            api_visibility="private",
-            concurrency_id=HEAVY_QUEUE,
+            **HEAVY_EVENT,
             show_progress_on=[image, heat_image],
         )
         in_page(shown.then, scroll)
@@ -420,9 +412,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         run_lookup,
         inputs=[lookup, scores_state],
         outputs=lookup_table,
-        api_visibility="private",
+        **QUICK_EVENT,
         trigger_mode="always_last",
-        queue=False,
-        show_progress="hidden",
     )
     return TagTab(image=image, controls=option_controls, size=size)
