@@ -60,12 +60,11 @@ class PrivateName:
 
 def _uses(needed_by: str, module: str, *names: str) -> tuple[PrivateName, ...]:
     """``names``: "Class.name", "function", "name(param, ...)" (parameters relied on), '"phrase"'."""
-    found = []
-    for name in names:
-        name, _, params = name.rstrip(")").partition("(")
-        text = name.startswith('"')
-        found.append(PrivateName(module, name.strip('"'), needed_by, tuple(re.findall(r"\w+", params)), text))
-    return tuple(found)
+    parts = (name.rstrip(")").partition("(") for name in names)
+    return tuple(
+        PrivateName(module, name.strip('"'), needed_by, tuple(re.findall(r"\w+", params)), name.startswith('"'))
+        for name, _, params in parts
+    )
 
 
 _QUEUE = "tagger.web.fairshare's per-client queue limits and round-robin order"

@@ -88,17 +88,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def load_context(args: argparse.Namespace) -> AppContext:
     """Resolve, load and wrap the model; raises SystemExit with one sentence on failure."""
-
-    def load(checkpoint: Path, vocab: Path) -> Tagger:
-        # A public Space decodes huge images at a reduced scale (decode cost per request).
-        cap = args.max_size or size_cap(resolve_device(args.device).type)
-        return Tagger(checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=cap, reduced_decode=True)
-
     try:
         if args.demo:
             log.warning(DEMO_WARNING)
         with model_files(args) as (checkpoint, vocab):  # loaded into memory, then a demo's folder is removed
-            tagger = load(checkpoint, vocab)
+            cap = args.max_size or size_cap(resolve_device(args.device).type)
+            # A public Space decodes huge images at a reduced scale (decode cost per request).
+            tagger = Tagger(checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=cap, reduced_decode=True)
         # Tag relations for the implied option and aliases (README: Tag implications and aliases).
         relations.attach_sources(
             tagger.vocab,
