@@ -93,12 +93,11 @@ class OptionControls:
 
     def wire_mode_visibility(self) -> None:
         """Show only the widgets the chosen mode uses: in the page, no round trip."""
-        names = list(MODE_ONLY)
         in_page(
             self.widgets["mode"].change,
-            f"(mode) => TagView.modeVisibility(mode, {json.dumps(names)}, {json.dumps(MODE_ONLY)})",
+            f"(mode) => TagView.modeVisibility(mode, {json.dumps(list(MODE_ONLY))}, {json.dumps(MODE_ONLY)})",
             inputs=self.widgets["mode"],
-            outputs=[self.widgets[name] for name in names],
+            outputs=[self.widgets[name] for name in MODE_ONLY],
         )
 
 

@@ -216,8 +216,7 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
             categories [{id, name, color, tags}] in display order
             count and tag_string
         """
-        scores = ctx.scores_for(received_path(image), max_size)
-        tags = select_tags(scores, ctx.vocab, options.selection)
+        tags = select_tags(ctx.scores_for(received_path(image), max_size), ctx.vocab, options.selection)
         return api_response(tags, options.tag_string(tags, ctx.vocab))
 
     @api_endpoint_here

@@ -151,8 +151,7 @@ with no_stub_files():
                 data = base64.b64decode(encoded, validate=True)
             except ValueError:  # binascii.Error is one
                 raise gr.Error("The image data URL is not valid base64.", print_exception=False) from None
-            folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=get_upload_folder()))
-            path = folder / "image"
+            path = Path(tempfile.mkdtemp(prefix="data-url-", dir=get_upload_folder())) / "image"
             path.write_bytes(data)
             register_cached_file(self, str(path))
             return str(path)

@@ -62,13 +62,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-size",
         type=int,
-        default=None,
         help="the largest long edge a request may ask for, in pixels (default 1024 on CPU, 2048 on a GPU)",
     )
     parser.add_argument(
         "--size",
         type=int,
-        default=None,
         help="the long edge requests run at unless they ask for another (default 512 on CPU, 1024 on a GPU)",
     )
     parser.add_argument(
@@ -147,8 +145,7 @@ def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
     kwargs.setdefault("mcp_server", mcp_server_wanted())
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
     budget = _BUDGETS.get(demo) or fairshare.UploadBudget(fairshare.FairShareLimits())
-    guard = Middleware(fairshare.RequestGuard, budget=budget)
-    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), guard]
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(fairshare.RequestGuard, budget=budget)]
     app_kwargs["lifespan"] = _with_our_start_up(demo, budget, app_kwargs.get("lifespan"))
     return demo.launch(
         max_file_size=MAX_FILE_SIZE,
@@ -217,8 +214,7 @@ def _readable_request_errors(demo: gr.Blocks) -> None:
         for block, value in zip(components, inputs, strict=False):
             if isinstance(block, (gr.File, gr.Image)):
                 continue  # file payloads and data URLs have their own limits
-            texts = value if isinstance(value, list) else [value]
-            length = sum(len(t) for t in texts if isinstance(t, str))
+            length = sum(len(t) for t in (value if isinstance(value, list) else [value]) if isinstance(t, str))
             if length > MAX_TEXT_CHARS:
                 label = getattr(block, "label", None) or type(block).__name__
                 raise gr.Error(

@@ -329,14 +329,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
 
     # "multiple": Gradio's default ("once") drops a request made while another is pending, and
     # its "always_last" re-sends the first one's data; the page keys each answer itself.
-    view.need_scores(
-        more_scores,
-        inputs=scored_state,
-        outputs=payload,
-        queue=False,
-        trigger_mode="multiple",
-        api_visibility="private",
-    )
+    view.need_scores(more_scores, inputs=scored_state, outputs=payload, **QUICK_EVENT, trigger_mode="multiple")
 
     def exclude_tag(text: str | None, evt: gr.EventData) -> str:
         return add_to_tag_list(text, str(evt.tag))
