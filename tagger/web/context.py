@@ -69,9 +69,7 @@ def in_page(trigger: Callable[..., Any] | list, js: str, inputs: Any = None, out
     """An event that only runs ``js`` in the page: no server call, no endpoint, no progress shown.
     ``trigger``: an event listener (``button.click``), or a list of them (``gr.on``)."""
     listen = functools.partial(gr.on, trigger) if isinstance(trigger, list) else trigger
-    return listen(
-        None, inputs=inputs, outputs=outputs, js=js, api_visibility="private", show_progress="hidden", **kwargs
-    )
+    return listen(None, inputs=inputs, outputs=outputs, js=js, **QUICK_EVENT, **kwargs)
 
 
 def warning(sentence: str) -> str:
@@ -121,5 +119,5 @@ def prepare_image(ctx: AppContext, image: str | None, what: str = "an image", ma
     None: the default); errors name the upload, not the temp path."""
     if image is None:
         raise ImageError(f"Please upload {what} first.")
-    size = ctx.resolution(max_size)  # a bad value is refused before decoding anything
-    return ctx.tagger.prepare(image, max_size=size, name=os.path.basename(image))  # not the temp path
+    # A bad max_size is refused before decoding anything; the upload is named, not the temp path.
+    return ctx.tagger.prepare(image, max_size=ctx.resolution(max_size), name=os.path.basename(image))

@@ -31,8 +31,6 @@ from gradio.utils import NamedString, get_function_description, get_upload_folde
 from gradio_client.utils import QueueError, json_schema_to_python_type
 
 __all__ = [
-    "PRIVATE_NAMES",
-    "ApiComponent",
     "ImageData",
     "InvalidPathError",
     "NamedString",
@@ -251,27 +249,21 @@ def hook_request_processing(
         check(block_fn.inputs, inputs)
         validate(block_fn, inputs)
 
-    @functools.wraps(preprocess)
-    async def preprocess_data(block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await preprocess(block_fn, inputs, *args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as e:
-            raise preprocess_error(e, block_fn.inputs) from None
+    def translating(method: Callable[..., Any], error_of: Callable[..., gr.Error]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        async def translated(block_fn: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(block_fn, *args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as e:
+                raise error_of(e, block_fn.inputs) from None
 
-    @functools.wraps(postprocess)
-    async def postprocess_data(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await postprocess(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as e:
-            raise postprocess_error(e) from None
+        return translated
 
     demo.validate_inputs = validate_inputs  # type: ignore[method-assign]
-    demo.preprocess_data = preprocess_data  # type: ignore[method-assign]
-    demo.postprocess_data = postprocess_data  # type: ignore[method-assign]
+    demo.preprocess_data = translating(preprocess, preprocess_error)  # type: ignore[method-assign]
+    demo.postprocess_data = translating(postprocess, lambda e, _: postprocess_error(e))  # type: ignore[method-assign]
 
 
 def failed_input_index(error: Exception) -> int | None:
