@@ -72,6 +72,11 @@ def in_page(trigger: Callable[..., Any] | list, js: str, inputs: Any = None, out
     return listen(None, inputs=inputs, outputs=outputs, js=js, **QUICK_EVENT, **kwargs)
 
 
+def download_button(label: str, elem_id: str, **kwargs: Any) -> gr.DownloadButton:
+    """A download of a result, offered once there is one."""
+    return gr.DownloadButton(label, value=None, interactive=False, elem_id=elem_id, **kwargs)
+
+
 def warning(sentence: str) -> str:
     """A sentence shown in place of a result that did not come (Markdown)."""
     return f"⚠️ {sentence}"

@@ -79,12 +79,10 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     *_uses(_QUEUE, "gradio.queueing", "Event.request", "Event.session_hash", "Event.concurrency_id"),
     *_uses(_QUEUE, "gradio.data_classes", "PredictBodyInternal.fn_index", "PredictBodyInternal.session_hash"),
     *_uses("tagger.web.fairshare's time budget per event", "gradio.blocks", "Blocks.fns", "BlockFunction.fn"),
-    *_uses(
-        _UPLOADS, "gradio.route_utils", "GradioMultiPartParser.parse", "GradioMultiPartParser._files_to_close_on_error"
-    ),
-    *_uses(
-        _ERRORS, "gradio.blocks", "Blocks.validate_inputs(block_fn, inputs)", "Blocks.preprocess_data(block_fn, inputs)"
-    ),
+    *_uses(_UPLOADS, "gradio.route_utils", "GradioMultiPartParser.parse"),
+    *_uses(_UPLOADS, "gradio.route_utils", "GradioMultiPartParser._files_to_close_on_error"),
+    *_uses(_ERRORS, "gradio.blocks", "Blocks.validate_inputs(block_fn, inputs)"),
+    *_uses(_ERRORS, "gradio.blocks", "Blocks.preprocess_data(block_fn, inputs)"),
     *_uses(_ERRORS, "gradio.blocks", "Blocks.postprocess_data", "BlockFunction.inputs", '"component at index"'),
     *_uses(_ERRORS, "gradio.exceptions", "InvalidPathError"),
     *_uses("tagger.web.tempfiles's cache sweeps", "gradio.blocks", "Blocks.temp_file_sets", "Block.keep_in_cache"),

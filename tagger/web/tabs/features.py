@@ -44,9 +44,10 @@ def heatmap_view(
     return over, heat, caption
 
 
-def _image_output(label: str, elem_id: str) -> gr.Image:
+def image_output(label: str, elem_id: str, height: int | None = None) -> gr.Image:
+    """An image the app draws (a map, a heatmap), shown as it is."""
     # PNG: the maps are flat colour fields that lossy WebP (Gradio's default) would smear.
-    return gr.Image(label=label, type="numpy", format="png", interactive=False, elem_id=elem_id)
+    return gr.Image(label=label, type="numpy", format="png", interactive=False, height=height, elem_id=elem_id)
 
 
 def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolution: gr.Slider) -> None:
@@ -85,11 +86,11 @@ def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolutio
                 elem_id="features-summary",
             )
             with gr.Row():
-                seen = _image_output("What the model sees", elem_id="features-seen")
-                pca = _image_output("PCA: components 1-3 → RGB", elem_id="features-pca")
+                seen = image_output("What the model sees", elem_id="features-seen")
+                pca = image_output("PCA: components 1-3 → RGB", elem_id="features-pca")
             with gr.Row():
-                overlay = _image_output("PCA over the image", elem_id="features-overlay")
-                blend = _image_output("Your colours, weighted by components 1-3", elem_id="features-blend")
+                overlay = image_output("PCA over the image", elem_id="features-overlay")
+                blend = image_output("Your colours, weighted by components 1-3", elem_id="features-blend")
 
             gr.Markdown("### Where does a tag come from?")
             with gr.Row(equal_height=True):
@@ -119,8 +120,8 @@ def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolutio
                 show = gr.Button("Show heatmap", variant="primary", scale=1, elem_id="heatmap-button")
             heat_summary = gr.Markdown(elem_id="heatmap-summary")
             with gr.Row():
-                heat_overlay = _image_output("Heatmap over the image", elem_id="heatmap-overlay")
-                heat = _image_output("Relevance (inferno: dark = none, yellow = most)", elem_id="heatmap")
+                heat_overlay = image_output("Heatmap over the image", elem_id="heatmap-overlay")
+                heat = image_output("Relevance (inferno: dark = none, yellow = most)", elem_id="heatmap")
 
     style: list[gr.Number | gr.ColorPicker | gr.Slider | gr.Radio] = [stops, *colours, alpha, upscale]
     analysis_outputs = [maps_state, seen, pca, overlay, blend, tag, summary, heat_overlay, heat, heat_summary]

@@ -34,7 +34,7 @@ from tagger.web.context import HEAVY_EVENT, QUICK_EVENT, TAG_QUEUE, AppContext, 
 from tagger.web.controls import OptionControls, build_option_controls
 from tagger.web.inputs import SafeImage, image_upload
 from tagger.web.page_scores import page_scores
-from tagger.web.tabs.features import heatmap_view
+from tagger.web.tabs.features import heatmap_view, image_output
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 LOOKUP_ROWS = 12
@@ -189,14 +189,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             with gr.Column(elem_id="tag-input"):
                 image = image_upload("tag-image")
                 with gr.Column(visible=False, elem_id="tag-heatmap-panel") as heat_panel:
-                    heat_image = gr.Image(
-                        label="Where the tag comes from",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        height=380,
-                        elem_id="tag-heatmap",
-                    )
+                    heat_image = image_output("Where the tag comes from", elem_id="tag-heatmap", height=380)
                     back = gr.Button("Back to the image", size="sm", elem_id="tag-heatmap-back")
                 heat_caption = gr.Markdown(elem_id="tag-heatmap-caption")
                 with gr.Row(equal_height=True):
