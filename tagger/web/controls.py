@@ -75,10 +75,6 @@ class OptionControls:
             raise SelectionError("Tick at least one category.")
         return TagOptions.from_values(**by_name)
 
-    def field_ids(self) -> dict[str, str]:
-        """The element ids of the fields whose mistakes the page shows next to them."""
-        return {name: str(self.widgets[name].elem_id) for name in CHECKED_FIELDS}
-
     def quick_bar(self) -> dict:
         """What the bar above the cards offers (``TagView.update``'s ``config.quick``): the modes
         as (label, value), the categories of the checkbox group, and the ids of the controls it writes to."""

@@ -122,7 +122,8 @@ def missing(entry: PrivateName) -> str | None:
         return f"has no {where}"
     found = getattr(owner, attribute, None)
     fields = getattr(owner, "model_fields", {})  # pydantic
-    if found is None and attribute not in fields and not any(f"self.{attribute}" in _source(c) for c in _mro(owner)):
+    classes = inspect.getmro(owner)[:-1] if inspect.isclass(owner) else ()
+    if found is None and attribute not in fields and not any(f"self.{attribute}" in _source(c) for c in classes):
         return f"has no {where}"
     absent = [p for p in entry.params if found is None or p not in inspect.signature(found).parameters]
     return f"has {where}, but without the parameter(s) {', '.join(absent)}" if absent else None
@@ -131,10 +132,6 @@ def missing(entry: PrivateName) -> str | None:
 def sentence(entry: PrivateName, problem: str) -> str:
     """``gradio 7.0 has no gradio.queueing.Queue.push: <the feature> cannot hook in.``"""
     return f"gradio {gr.__version__} {problem}: {entry.needed_by} cannot hook in."
-
-
-def _mro(owner: Any) -> tuple[type, ...]:
-    return inspect.getmro(owner)[:-1] if inspect.isclass(owner) else ()
 
 
 def _source(cls: type) -> str:

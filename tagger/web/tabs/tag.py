@@ -31,7 +31,7 @@ from tagger.features.relevance import DEFAULT_LAYERS_FROM_END
 from tagger.tags.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.tags.selection import IMPLIED, add_to_tag_list, parse_tag_list
 from tagger.web.context import HEAVY_EVENT, QUICK_EVENT, TAG_QUEUE, AppContext, attempt, in_page, warning
-from tagger.web.controls import OptionControls, build_option_controls
+from tagger.web.controls import CHECKED_FIELDS, OptionControls, build_option_controls
 from tagger.web.inputs import SafeImage, image_upload
 from tagger.web.page_scores import page_scores
 from tagger.web.tabs.features import heatmap_view, image_output
@@ -269,7 +269,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
     render_config = {
         "view": "tag-view",
         "empty": EMPTY,
-        "fields": option_controls.field_ids(),
+        "fields": {name: str(controls[name].elem_id) for name in CHECKED_FIELDS},  # mistakes shown beside them
         "cards": "tag-cards",
         "quick": option_controls.quick_bar(),
     }
