@@ -95,8 +95,7 @@ class AppContext:
     default_size: int = field(init=False)
 
     def __post_init__(self, size: int | None) -> None:
-        cap = self.size_cap
-        self.default_size = snap_size(size or size_for_device(self.tagger.device.type), cap, cap)
+        self.default_size = snap_size(size or size_for_device(self.tagger.device.type), self.size_cap, self.size_cap)
 
     @property
     def vocab(self) -> Vocabulary:
