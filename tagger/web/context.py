@@ -30,6 +30,10 @@ R = TypeVar("R")
 # a group of its own, so a long batch or a heatmap never holds it up.
 TAG_QUEUE = "tag"  # one image: /tag and the Tag tab
 HEAVY_QUEUE = "heavy"  # batches, feature maps, similarity
+# The keyword arguments of the UI's own server events (no API endpoints): model work in the
+# heavy group, and quick updates that skip the queue and show no progress.
+HEAVY_EVENT: dict[str, Any] = {"api_visibility": "private", "concurrency_id": HEAVY_QUEUE}
+QUICK_EVENT: dict[str, Any] = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 
 
 def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -65,9 +69,12 @@ def in_page(trigger: Callable[..., Any] | list, js: str, inputs: Any = None, out
     """An event that only runs ``js`` in the page: no server call, no endpoint, no progress shown.
     ``trigger``: an event listener (``button.click``), or a list of them (``gr.on``)."""
     listen = functools.partial(gr.on, trigger) if isinstance(trigger, list) else trigger
-    return listen(
-        None, inputs=inputs, outputs=outputs, js=js, api_visibility="private", show_progress="hidden", **kwargs
-    )
+    return listen(None, inputs=inputs, outputs=outputs, js=js, **QUICK_EVENT, **kwargs)
+
+
+def download_button(label: str, elem_id: str, **kwargs: Any) -> gr.DownloadButton:
+    """A download of a result, offered once there is one."""
+    return gr.DownloadButton(label, value=None, interactive=False, elem_id=elem_id, **kwargs)
 
 
 def warning(sentence: str) -> str:
@@ -88,8 +95,7 @@ class AppContext:
     default_size: int = field(init=False)
 
     def __post_init__(self, size: int | None) -> None:
-        cap = self.size_cap
-        self.default_size = snap_size(size or size_for_device(self.tagger.device.type), cap, cap)
+        self.default_size = snap_size(size or size_for_device(self.tagger.device.type), self.size_cap, self.size_cap)
 
     @property
     def vocab(self) -> Vocabulary:
@@ -117,5 +123,5 @@ def prepare_image(ctx: AppContext, image: str | None, what: str = "an image", ma
     None: the default); errors name the upload, not the temp path."""
     if image is None:
         raise ImageError(f"Please upload {what} first.")
-    size = ctx.resolution(max_size)  # a bad value is refused before decoding anything
-    return ctx.tagger.prepare(image, max_size=size, name=os.path.basename(image))  # not the temp path
+    # A bad max_size is refused before decoding anything; the upload is named, not the temp path.
+    return ctx.tagger.prepare(image, max_size=ctx.resolution(max_size), name=os.path.basename(image))

@@ -75,10 +75,6 @@ class OptionControls:
             raise SelectionError("Tick at least one category.")
         return TagOptions.from_values(**by_name)
 
-    def field_ids(self) -> dict[str, str]:
-        """The element ids of the fields whose mistakes the page shows next to them."""
-        return {name: str(self.widgets[name].elem_id) for name in CHECKED_FIELDS}
-
     def quick_bar(self) -> dict:
         """What the bar above the cards offers (``TagView.update``'s ``config.quick``): the modes
         as (label, value), the categories of the checkbox group, and the ids of the controls it writes to."""
@@ -93,27 +89,23 @@ class OptionControls:
 
     def wire_mode_visibility(self) -> None:
         """Show only the widgets the chosen mode uses: in the page, no round trip."""
-        names = list(MODE_ONLY)
         in_page(
             self.widgets["mode"].change,
-            f"(mode) => TagView.modeVisibility(mode, {json.dumps(names)}, {json.dumps(MODE_ONLY)})",
+            f"(mode) => TagView.modeVisibility(mode, {json.dumps(list(MODE_ONLY))}, {json.dumps(MODE_ONLY)})",
             inputs=self.widgets["mode"],
-            outputs=[self.widgets[name] for name in names],
+            outputs=[self.widgets[name] for name in MODE_ONLY],
         )
 
 
-def option_widget(
-    field: Field, category_names: list[str], elem_id: str, ticked: list[str], typed: bool = False
-) -> OptionWidget:
+def option_widget(field: Field, category_names: list[str], ticked: list[str], typed: bool = False) -> OptionWidget:
     """``typed``: a box shown only on request (CSS class ``tv-typed``; the page writes into it)."""
     info = option_info(field)
     default: Any = field.default
     # Shown in the default mode only if it applies there (the page does the rest).
     visible = MODE_ONLY.get(field.name, DEFAULT_MODE) == DEFAULT_MODE
-    hint = info.widget_help or info.help
-    common: dict[str, Any] = {"label": info.label, "info": hint, "elem_id": elem_id, "visible": visible}
-    if typed:
-        common["elem_classes"] = ["tv-typed"]
+    elem_id = ELEM_IDS.get(field.name, field.name.replace("_", "-"))
+    common: dict[str, Any] = {"label": info.label, "info": info.widget_help or info.help, "elem_id": elem_id}
+    common.update(visible=visible, elem_classes=["tv-typed"] if typed else None)
     if field.name == "categories":
         return gr.CheckboxGroup(category_names, value=ticked, **common)
     if info.choices:
@@ -135,6 +127,5 @@ def build_option_controls(vocab: Vocabulary, *, typed: Sequence[str] = ()) -> Op
         with gr.Accordion(title, open=is_open):
             for field in OPTION_FIELDS:
                 if option_info(field).group == group:
-                    elem_id = ELEM_IDS.get(field.name, field.name.replace("_", "-"))
-                    widgets[field.name] = option_widget(field, category_names, elem_id, ticked, field.name in typed)
+                    widgets[field.name] = option_widget(field, category_names, ticked, field.name in typed)
     return OptionControls({f.name: widgets[f.name] for f in OPTION_FIELDS})

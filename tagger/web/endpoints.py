@@ -173,12 +173,9 @@ def png_files(**images: np.ndarray) -> tuple[FileData, ...]:
     """Lossless PNGs (the maps are flat colour fields that WebP, Gradio's default, would smear)
     in a new folder of Gradio's cache, cleaned up with it."""
     folder = Path(tempfile.mkdtemp(prefix="result-", dir=get_upload_folder()))
-    files = []
     for name, array in images.items():
-        path = folder / f"{name}.png"
-        Image.fromarray(array).save(path)
-        files.append(FileData(path=str(path), orig_name=path.name, mime_type="image/png"))
-    return tuple(files)
+        Image.fromarray(array).save(folder / f"{name}.png")
+    return tuple(FileData(path=str(folder / f"{n}.png"), orig_name=f"{n}.png", mime_type="image/png") for n in images)
 
 
 def file_data(path: Path | None) -> FileData:
@@ -219,8 +216,7 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
             categories [{id, name, color, tags}] in display order
             count and tag_string
         """
-        scores = ctx.scores_for(received_path(image), max_size)
-        tags = select_tags(scores, ctx.vocab, options.selection)
+        tags = select_tags(ctx.scores_for(received_path(image), max_size), ctx.vocab, options.selection)
         return api_response(tags, options.tag_string(tags, ctx.vocab))
 
     @api_endpoint_here

@@ -195,10 +195,6 @@ class FairQueue:
     def key(self, event: Any) -> str:
         return client_key(gradio_compat.event_origin(event).scope, self.limits.proxy_hops)
 
-    def _holding(self) -> list[Any]:
-        waiting = [e for events in gradio_compat.waiting_events(self.queue).values() for e in events]
-        return waiting + gradio_compat.running_events(self.queue)
-
     @staticmethod
     def session(scope: Scope, session: str | None) -> str | None:
         """The session a request counts for: an MCP caller's own (Gradio's MCP server sends every
@@ -207,7 +203,8 @@ class FairQueue:
         return f"mcp {caller}" if caller is not None else session
 
     def _refusal(self, client: str, session: str | None, group: str | None) -> str | None:
-        held = self._holding()
+        held = [e for events in gradio_compat.waiting_events(self.queue).values() for e in events]
+        held += gradio_compat.running_events(self.queue)
         limits = self.limits
         sessions = [self.session(o.scope, o.session) for o in map(gradio_compat.event_origin, held)]
         if session is not None and sessions.count(session) >= limits.events_per_session:

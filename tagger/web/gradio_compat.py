@@ -32,8 +32,6 @@ from gradio.utils import NamedString, get_function_description, get_upload_folde
 from gradio_client.utils import QueueError, json_schema_to_python_type
 
 __all__ = [
-    "PRIVATE_NAMES",
-    "ApiComponent",
     "ImageData",
     "InvalidPathError",
     "NamedString",
@@ -61,12 +59,11 @@ class PrivateName:
 
 def _uses(needed_by: str, module: str, *names: str) -> tuple[PrivateName, ...]:
     """``names``: "Class.name", "function", "name(param, ...)" (parameters relied on), '"phrase"'."""
-    found = []
-    for name in names:
-        name, _, params = name.rstrip(")").partition("(")
-        text = name.startswith('"')
-        found.append(PrivateName(module, name.strip('"'), needed_by, tuple(re.findall(r"\w+", params)), text))
-    return tuple(found)
+    parts = (name.rstrip(")").partition("(") for name in names)
+    return tuple(
+        PrivateName(module, name.strip('"'), needed_by, tuple(re.findall(r"\w+", params)), name.startswith('"'))
+        for name, _, params in parts
+    )
 
 
 _QUEUE = "tagger.web.fairshare's per-client queue limits and round-robin order"
@@ -85,12 +82,10 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     *_uses(_QUEUE, "gradio.data_classes", "PredictBodyInternal.fn_index", "PredictBodyInternal.session_hash"),
     *_uses(_ANALYTICS, "gradio.queueing", "Queue.ANALYTICS_MAX_EVENTS", "Queue.ANAYLTICS_CACHE_FREQUENCY"),
     *_uses("tagger.web.fairshare's time budget per event", "gradio.blocks", "Blocks.fns", "BlockFunction.fn"),
-    *_uses(
-        _UPLOADS, "gradio.route_utils", "GradioMultiPartParser.parse", "GradioMultiPartParser._files_to_close_on_error"
-    ),
-    *_uses(
-        _ERRORS, "gradio.blocks", "Blocks.validate_inputs(block_fn, inputs)", "Blocks.preprocess_data(block_fn, inputs)"
-    ),
+    *_uses(_UPLOADS, "gradio.route_utils", "GradioMultiPartParser.parse"),
+    *_uses(_UPLOADS, "gradio.route_utils", "GradioMultiPartParser._files_to_close_on_error"),
+    *_uses(_ERRORS, "gradio.blocks", "Blocks.validate_inputs(block_fn, inputs)"),
+    *_uses(_ERRORS, "gradio.blocks", "Blocks.preprocess_data(block_fn, inputs)"),
     *_uses(_ERRORS, "gradio.blocks", "Blocks.postprocess_data", "BlockFunction.inputs", '"component at index"'),
     *_uses(_ERRORS, "gradio.exceptions", "InvalidPathError"),
     *_uses("tagger.web.tempfiles's cache sweeps", "gradio.blocks", "Blocks.temp_file_sets", "Block.keep_in_cache"),
@@ -130,7 +125,8 @@ def missing(entry: PrivateName) -> str | None:
         return f"has no {where}"
     found = getattr(owner, attribute, None)
     fields = getattr(owner, "model_fields", {})  # pydantic
-    if found is None and attribute not in fields and not any(f"self.{attribute}" in _source(c) for c in _mro(owner)):
+    classes = inspect.getmro(owner)[:-1] if inspect.isclass(owner) else ()
+    if found is None and attribute not in fields and not any(f"self.{attribute}" in _source(c) for c in classes):
         return f"has no {where}"
     absent = [p for p in entry.params if found is None or p not in inspect.signature(found).parameters]
     return f"has {where}, but without the parameter(s) {', '.join(absent)}" if absent else None
@@ -139,10 +135,6 @@ def missing(entry: PrivateName) -> str | None:
 def sentence(entry: PrivateName, problem: str) -> str:
     """``gradio 7.0 has no gradio.queueing.Queue.push: <the feature> cannot hook in.``"""
     return f"gradio {gr.__version__} {problem}: {entry.needed_by} cannot hook in."
-
-
-def _mro(owner: Any) -> tuple[type, ...]:
-    return inspect.getmro(owner)[:-1] if inspect.isclass(owner) else ()
 
 
 def _source(cls: type) -> str:
@@ -265,27 +257,21 @@ def hook_request_processing(
         check(block_fn.inputs, inputs)
         validate(block_fn, inputs)
 
-    @functools.wraps(preprocess)
-    async def preprocess_data(block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await preprocess(block_fn, inputs, *args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as e:
-            raise preprocess_error(e, block_fn.inputs) from None
+    def translating(method: Callable[..., Any], error_of: Callable[..., gr.Error]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        async def translated(block_fn: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(block_fn, *args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as e:
+                raise error_of(e, block_fn.inputs) from None
 
-    @functools.wraps(postprocess)
-    async def postprocess_data(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await postprocess(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as e:
-            raise postprocess_error(e) from None
+        return translated
 
     demo.validate_inputs = validate_inputs  # type: ignore[method-assign]
-    demo.preprocess_data = preprocess_data  # type: ignore[method-assign]
-    demo.postprocess_data = postprocess_data  # type: ignore[method-assign]
+    demo.preprocess_data = translating(preprocess, preprocess_error)  # type: ignore[method-assign]
+    demo.postprocess_data = translating(postprocess, lambda e, _: postprocess_error(e))  # type: ignore[method-assign]
 
 
 def failed_input_index(error: Exception) -> int | None:

@@ -28,29 +28,10 @@ import anyio
 import gradio as gr
 from gradio import FileData
 
-from tagger.datasets.pixel_caps import (
-    FORMAT_NAMES,
-    WEB_FORMAT_MAX_PIXELS,
-    WEB_MAX_IMAGE_PIXELS,
-    web_image_header,
-    web_limit,
-)
+from tagger.datasets.pixel_caps import FORMAT_NAMES, WEB_FORMAT_MAX_PIXELS, web_image_header, web_limit
 from tagger.errors import FetchError, UploadError, format_bytes, shorten
-from tagger.fetch import (
-    DOWNLOAD_TIMEOUT_S,
-    MAX_DOWNLOAD_BYTES,
-    AddressPolicy,
-    fetch_url,
-    is_url,
-    public_only,
-)
-from tagger.web.gradio_compat import (
-    ApiComponent,
-    NamedString,
-    get_upload_folder,
-    no_stub_files,
-    register_cached_file,
-)
+from tagger.fetch import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES, AddressPolicy, fetch_url, is_url, public_only
+from tagger.web.gradio_compat import ApiComponent, NamedString, get_upload_folder, no_stub_files, register_cached_file
 
 log = logging.getLogger("tagger")
 
@@ -118,8 +99,7 @@ def check_web_pixels(path: str, shown: str | None = None) -> str:
     before anything is decoded; files that are not images pass), else ``gr.Error`` with a
     sentence naming ``shown``."""
     header = web_image_header(path)
-    limit = web_limit(header) if header is not None else WEB_MAX_IMAGE_PIXELS
-    if header is not None and header.pixels > limit:
+    if header is not None and header.pixels > (limit := web_limit(header)):
         raise gr.Error(
             f"Could not read '{shown or 'the image'}': {header.describe()}, more than this Space's limit of "
             f"{limit:,} pixels{_for_format(header.format)}; make it smaller, or run the tagger on your own "
@@ -164,8 +144,7 @@ with no_stub_files():
                 data = base64.b64decode(encoded, validate=True)
             except ValueError:  # binascii.Error is one
                 raise gr.Error("The image data URL is not valid base64.", print_exception=False) from None
-            folder = Path(tempfile.mkdtemp(prefix="data-url-", dir=get_upload_folder()))
-            path = folder / "image"
+            path = Path(tempfile.mkdtemp(prefix="data-url-", dir=get_upload_folder())) / "image"
             path.write_bytes(data)
             register_cached_file(self, str(path))
             return str(path)

@@ -94,15 +94,11 @@ def _answering(run: Callable[..., Any]) -> Callable[..., Any]:
 def _file_parameters(server: Any, name: str) -> dict[str, bool]:
     """The tool's file parameters: name -> whether it takes a list of files."""
     fn = gradio_compat.mcp_tool_function(server, name)
-    if fn is None:
-        return {}
     found = {}
-    for parameter in inspect.signature(fn).parameters.values():
-        annotation = parameter.annotation
-        if annotation in (FileData, ImageData):
-            found[parameter.name] = False
-        elif typing.get_origin(annotation) is list and typing.get_args(annotation)[0] in (FileData, ImageData):
-            found[parameter.name] = True
+    for parameter in inspect.signature(fn).parameters.values() if fn is not None else ():
+        many = typing.get_origin(parameter.annotation) is list
+        if (typing.get_args(parameter.annotation)[0] if many else parameter.annotation) in (FileData, ImageData):
+            found[parameter.name] = many
     return found
 
 
@@ -114,12 +110,9 @@ def _with_files(
     converted = dict(arguments)
     for parameter, many in _file_parameters(server, name).items():
         value = arguments.get(parameter)
-        if value is None:
-            continue
-        if many:
-            values = value if isinstance(value, list) else [value]
-            converted[parameter] = [_file(v, parameter, write) for v in values]
-        else:
+        if value is not None and many:
+            converted[parameter] = [_file(v, parameter, write) for v in (value if isinstance(value, list) else [value])]
+        elif value is not None:
             converted[parameter] = _file(value, parameter, write)
     return converted
 

@@ -109,13 +109,6 @@ class Failure:
     cause: str  # the original exception's type, for the log
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    # cuBLAS/cuDNN workspace allocations can fail as a plain RuntimeError.
-    return isinstance(error, RuntimeError) and "out of memory" in str(error)
-
-
 class ModelRunner:
     """Runs model work on pre-processed pixels inside one GPU call per request.
 
@@ -142,7 +135,8 @@ class ModelRunner:
         except TaggerError as e:
             return Failure(e, type(e).__name__)
         except (RuntimeError, MemoryError) as e:
-            if not _is_out_of_memory(e):
+            # cuBLAS/cuDNN workspace allocations can fail as a plain RuntimeError.
+            if not isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) and "out of memory" not in str(e):
                 raise
             cause = type(e).__name__
         # Outside the except block: the exception's traceback no longer holds the frames (and

@@ -62,13 +62,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-size",
         type=int,
-        default=None,
         help="the largest long edge a request may ask for, in pixels (default 1024 on CPU, 2048 on a GPU)",
     )
     parser.add_argument(
         "--size",
         type=int,
-        default=None,
         help="the long edge requests run at unless they ask for another (default 512 on CPU, 1024 on a GPU)",
     )
     parser.add_argument(
@@ -88,17 +86,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def load_context(args: argparse.Namespace) -> AppContext:
     """Resolve, load and wrap the model; raises SystemExit with one sentence on failure."""
-
-    def load(checkpoint: Path, vocab: Path) -> Tagger:
-        # A public Space decodes huge images at a reduced scale (decode cost per request).
-        cap = args.max_size or size_cap(resolve_device(args.device).type)
-        return Tagger(checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=cap, reduced_decode=True)
-
     try:
         if args.demo:
             log.warning(DEMO_WARNING)
         with model_files(args) as (checkpoint, vocab):  # loaded into memory, then a demo's folder is removed
-            tagger = load(checkpoint, vocab)
+            cap = args.max_size or size_cap(resolve_device(args.device).type)
+            # A public Space decodes huge images at a reduced scale (decode cost per request).
+            tagger = Tagger(checkpoint, vocab, device=args.device, dtype=args.dtype, max_size=cap, reduced_decode=True)
         # Tag relations for the implied option and aliases (README: Tag implications and aliases).
         relations.attach_sources(
             tagger.vocab,
@@ -152,8 +146,7 @@ def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
     kwargs.setdefault("mcp_server", mcp_server_wanted())
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
     budget = _BUDGETS.get(demo) or fairshare.UploadBudget(fairshare.FairShareLimits())
-    guard = Middleware(fairshare.RequestGuard, budget=budget)
-    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), guard]
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(fairshare.RequestGuard, budget=budget)]
     app_kwargs["lifespan"] = _with_our_start_up(demo, budget, app_kwargs.get("lifespan"))
     return demo.launch(
         max_file_size=MAX_FILE_SIZE,
@@ -223,8 +216,7 @@ def _readable_request_errors(demo: gr.Blocks) -> None:
         for block, value in zip(components, inputs, strict=False):
             if isinstance(block, (gr.File, gr.Image)):
                 continue  # file payloads and data URLs have their own limits
-            texts = value if isinstance(value, list) else [value]
-            length = sum(len(t) for t in texts if isinstance(t, str))
+            length = sum(len(t) for t in (value if isinstance(value, list) else [value]) if isinstance(t, str))
             if length > MAX_TEXT_CHARS:
                 label = getattr(block, "label", None) or type(block).__name__
                 raise gr.Error(

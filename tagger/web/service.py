@@ -65,10 +65,6 @@ def tag_files(
 ) -> BatchOutput:
     """Tag the images and zips at ``paths``: one model call per ``CHUNK_SIZE`` images. The work
     of the Batch tab and of ``/tag_batch``."""
-
-    def advance(done: int, total: int, name: str) -> None:
-        progress((done, total), desc=f"Tagged {name}", unit="images")
-
     progress((0, None), desc="Reading the upload")
     return run_batch(
         paths,
@@ -78,7 +74,7 @@ def tag_files(
         options=options,
         limits=LIMITS,
         chunk_size=CHUNK_SIZE,
-        progress=advance,
+        progress=lambda done, total, name: progress((done, total), desc=f"Tagged {name}", unit="images"),
     )
 
 
@@ -119,8 +115,7 @@ def heatmap_info(ctx: AppContext, index: int, result: Relevance, layers_from_end
 def compare(ctx: AppContext, image_a: str | None, image_b: str | None, max_size: object = None) -> float:
     """Cosine similarity of two uploads: both decoded here, one GPU call for the pair."""
     pixels = [prepare_image(ctx, image_a, "image A", max_size), prepare_image(ctx, image_b, "image B", max_size)]
-    vectors = ctx.runner.descriptors(pixels)
-    return cosine_similarity(vectors[0], vectors[1])
+    return cosine_similarity(*ctx.runner.descriptors(pixels))
 
 
 def score_zip(

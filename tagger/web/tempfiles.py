@@ -108,8 +108,7 @@ class CacheKeeper:
     forget: Callable[[Set[str]], None] = lambda removed: None
 
     def at_start(self, alone: bool) -> Swept:
-        own = set(self.kept()) | set(self.written())
-        swept = sweep(self.folder, None if alone else self.older_than, own)
+        swept = sweep(self.folder, None if alone else self.older_than, set(self.kept()) | set(self.written()))
         if swept.paths:
             log.info(
                 "Removed %d files (%d bytes) left in %s by earlier runs.", len(swept.paths), swept.bytes, self.folder

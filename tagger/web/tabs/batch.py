@@ -12,7 +12,7 @@ import json
 import gradio as gr
 
 from tagger.datasets.batch import BatchOutput
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, in_page, warning
+from tagger.web.context import HEAVY_EVENT, AppContext, attempt, download_button, in_page, warning
 from tagger.web.controls import OptionControls
 from tagger.web.inputs import SafeFile
 from tagger.web.service import LIMITS, TABLE_HEADERS, result_row, summary_markdown, tag_files
@@ -47,10 +47,8 @@ def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, 
                 "Upload images or a zip, then press **Tag all**.", label="Summary", elem_id="batch-summary"
             )
             with gr.Row():
-                captions_file = gr.DownloadButton(
-                    "Captions (.zip)", value=None, interactive=False, elem_id="batch-captions"
-                )
-                jsonl_file = gr.DownloadButton("Tags (.jsonl)", value=None, interactive=False, elem_id="batch-jsonl")
+                captions_file = download_button("Captions (.zip)", "batch-captions")
+                jsonl_file = download_button("Tags (.jsonl)", "batch-jsonl")
             table = gr.Dataframe(
                 label="Results",
                 headers=TABLE_HEADERS,
@@ -92,7 +90,6 @@ def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, 
         on_run,
         inputs={files, *setting_inputs},
         outputs=[table, captions_file, jsonl_file, summary, run_message],
-        api_visibility="private",
-        concurrency_id=HEAVY_QUEUE,
+        **HEAVY_EVENT,
         show_progress_on=[table],
     )

@@ -16,7 +16,7 @@ import numpy as np
 from tagger.features.pca import DEFAULT_COLOURS, pca_images
 from tagger.features.relevance import DEFAULT_LAYERS_FROM_END, MAX_LAYERS_FROM_END
 from tagger.tags.selection import top_tags
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, in_page, user_errors, warning
+from tagger.web.context import HEAVY_EVENT, QUICK_EVENT, AppContext, attempt, in_page, user_errors, warning
 from tagger.web.inputs import image_upload
 from tagger.web.service import run_heatmap, run_pca
 
@@ -29,28 +29,25 @@ SCROLL_TO_MAPS = (
 UPSCALE_CHOICES = [("Patches (nearest)", "nearest"), ("Smooth (bilinear)", "bilinear")]
 
 
-def heatmap_markdown(info: dict) -> str:
-    text = (
-        f"**{info['tag']}** ({info['category']}) · probability **{info['probability']:.3f}** · "
-        f"gradient × activation at the input of block {info['block']} "
-        f"({info['layers_from_end']} from the end)"
-    )
-    if not info["positive"]:
-        text += "\n\nNo patch raises this tag's score at this depth: every contribution is negative."
-    return text
-
-
 def heatmap_view(
     ctx: AppContext, path: str | None, tag: str | None, layers_from_end: int, opacity: float, max_size: object
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """A tag's relevance over the image as the model sees it, alone, and its caption: one model call."""
     over, heat, info = run_heatmap(ctx, path, tag, layers_from_end, opacity, "bilinear", max_size)
-    return over, heat, heatmap_markdown(info)
+    caption = (
+        f"**{info['tag']}** ({info['category']}) · probability **{info['probability']:.3f}** · "
+        f"gradient × activation at the input of block {info['block']} "
+        f"({info['layers_from_end']} from the end)"
+    )
+    if not info["positive"]:
+        caption += "\n\nNo patch raises this tag's score at this depth: every contribution is negative."
+    return over, heat, caption
 
 
-def _image_output(label: str, elem_id: str) -> gr.Image:
+def image_output(label: str, elem_id: str, height: int | None = None) -> gr.Image:
+    """An image the app draws (a map, a heatmap), shown as it is."""
     # PNG: the maps are flat colour fields that lossy WebP (Gradio's default) would smear.
-    return gr.Image(label=label, type="numpy", format="png", interactive=False, elem_id=elem_id)
+    return gr.Image(label=label, type="numpy", format="png", interactive=False, height=height, elem_id=elem_id)
 
 
 def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolution: gr.Slider) -> None:
@@ -89,11 +86,11 @@ def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolutio
                 elem_id="features-summary",
             )
             with gr.Row():
-                seen = _image_output("What the model sees", elem_id="features-seen")
-                pca = _image_output("PCA: components 1-3 → RGB", elem_id="features-pca")
+                seen = image_output("What the model sees", elem_id="features-seen")
+                pca = image_output("PCA: components 1-3 → RGB", elem_id="features-pca")
             with gr.Row():
-                overlay = _image_output("PCA over the image", elem_id="features-overlay")
-                blend = _image_output("Your colours, weighted by components 1-3", elem_id="features-blend")
+                overlay = image_output("PCA over the image", elem_id="features-overlay")
+                blend = image_output("Your colours, weighted by components 1-3", elem_id="features-blend")
 
             gr.Markdown("### Where does a tag come from?")
             with gr.Row(equal_height=True):
@@ -123,8 +120,8 @@ def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolutio
                 show = gr.Button("Show heatmap", variant="primary", scale=1, elem_id="heatmap-button")
             heat_summary = gr.Markdown(elem_id="heatmap-summary")
             with gr.Row():
-                heat_overlay = _image_output("Heatmap over the image", elem_id="heatmap-overlay")
-                heat = _image_output("Relevance (inferno: dark = none, yellow = most)", elem_id="heatmap")
+                heat_overlay = image_output("Heatmap over the image", elem_id="heatmap-overlay")
+                heat = image_output("Relevance (inferno: dark = none, yellow = most)", elem_id="heatmap")
 
     style: list[gr.Number | gr.ColorPicker | gr.Slider | gr.Radio] = [stops, *colours, alpha, upscale]
     analysis_outputs = [maps_state, seen, pca, overlay, blend, tag, summary, heat_overlay, heat, heat_summary]
@@ -187,37 +184,21 @@ def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolutio
     in_page(stops.change, visible, inputs=stops, outputs=colours)
     # One upload, many views: the Tag tab's image is this tab's image too (in the page).
     in_page(source.change, "(value) => value", inputs=source, outputs=image)
-    analysed = image.input(
-        analysis,
-        inputs=[image, resolution, *style],
-        outputs=analysis_outputs,
-        api_visibility="private",
-        concurrency_id=HEAVY_QUEUE,
-    )
-    in_page(analysed.success, SCROLL_TO_MAPS)
-    opened = tab.select(
-        on_open,
-        inputs=[image, resolution, maps_state, *style],
-        outputs=analysis_outputs,
-        api_visibility="private",
-        concurrency_id=HEAVY_QUEUE,
-    )
-    in_page(opened.success, SCROLL_TO_MAPS)
+    for listen, handler, shown in ((image.input, analysis, []), (tab.select, on_open, [maps_state])):
+        analysed = listen(handler, inputs=[image, resolution, *shown, *style], outputs=analysis_outputs, **HEAVY_EVENT)
+        in_page(analysed.success, SCROLL_TO_MAPS)
     gr.on(
         [c.change for c in style],
         restyle,
         inputs=[maps_state, *style],
         outputs=[pca, overlay, blend],
-        api_visibility="private",
+        **QUICK_EVENT,
         trigger_mode="always_last",
-        queue=False,
-        show_progress="hidden",
     )
     gr.on(
         [show.click, tag.select],
         on_heatmap,
         inputs=[image, tag, depth, alpha, resolution],
         outputs=[heat_overlay, heat, heat_summary],
-        api_visibility="private",
-        concurrency_id=HEAVY_QUEUE,
+        **HEAVY_EVENT,
     )

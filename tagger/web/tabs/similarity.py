@@ -10,7 +10,7 @@ import gradio as gr
 
 from tagger.datasets.batch import new_output_dir
 from tagger.features.similarity import BatchSimilarity
-from tagger.web.context import HEAVY_QUEUE, AppContext, attempt, in_page, warning
+from tagger.web.context import HEAVY_EVENT, AppContext, attempt, download_button, in_page, warning
 from tagger.web.inputs import SafeFile, image_upload
 from tagger.web.service import compare, score_url_pairs, score_zip
 
@@ -105,12 +105,8 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolut
         with gr.Column(scale=8, min_width=320):
             batch_summary = gr.Markdown(elem_id="similarity-batch-summary")
             with gr.Row():
-                csv_file = gr.DownloadButton(
-                    "Scores (.csv)", value=None, interactive=False, size="sm", elem_id="similarity-csv"
-                )
-                jsonl_file = gr.DownloadButton(
-                    "Scores (.jsonl)", value=None, interactive=False, size="sm", elem_id="similarity-jsonl"
-                )
+                csv_file = download_button("Scores (.csv)", "similarity-csv", size="sm")
+                jsonl_file = download_button("Scores (.jsonl)", "similarity-jsonl", size="sm")
             table = gr.Dataframe(
                 headers=["stem", "file A", "file B", "similarity"],
                 datatype=["str", "str", "str", "number"],
@@ -165,16 +161,14 @@ def build_similarity_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolut
         on_pair,
         inputs=[image_a, image_b, resolution, scored_pair],
         outputs=[scored_pair, result, bar],
-        api_visibility="private",
+        **HEAVY_EVENT,
         trigger_mode="always_last",
-        concurrency_id=HEAVY_QUEUE,
     )
     for button, handler, source_input in ((run, on_batch, archive), (run_urls, on_urls, url_pairs)):
         button.click(
             handler,
             inputs=[source_input, resolution],
             outputs=[table, batch_summary, csv_file, jsonl_file],
-            api_visibility="private",
-            concurrency_id=HEAVY_QUEUE,
+            **HEAVY_EVENT,
             show_progress_on=[batch_summary],
         )

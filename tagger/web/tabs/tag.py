@@ -26,15 +26,15 @@ import numpy as np
 
 from tagger.engine.resolution import MIN_SIZE, SIZE_STEP
 from tagger.engine.vocab import CATEGORIES, Vocabulary, normalize_tag
-from tagger.errors import FetchError, SelectionError
+from tagger.errors import SelectionError
 from tagger.features.relevance import DEFAULT_LAYERS_FROM_END
 from tagger.tags.options import MODES, OPTION_NAMES, ORDERS, TagOptions
 from tagger.tags.selection import IMPLIED, add_to_tag_list, parse_tag_list
-from tagger.web.context import HEAVY_QUEUE, TAG_QUEUE, AppContext, attempt, in_page, warning
-from tagger.web.controls import OptionControls, build_option_controls
+from tagger.web.context import HEAVY_EVENT, QUICK_EVENT, TAG_QUEUE, AppContext, attempt, in_page, warning
+from tagger.web.controls import CHECKED_FIELDS, OptionControls, build_option_controls
 from tagger.web.inputs import SafeImage, image_upload
 from tagger.web.page_scores import page_scores
-from tagger.web.tabs.features import heatmap_view
+from tagger.web.tabs.features import heatmap_view, image_output
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 LOOKUP_ROWS = 12
@@ -139,10 +139,6 @@ def page_payload(ctx: AppContext, scored: ScoredImage, floor: float | None) -> d
     return payload
 
 
-def error_payload(message: str) -> dict:
-    return {"id": uuid.uuid4().hex, "error": message}
-
-
 # -- look-ups and heatmaps ----------------------------------------------------------------------
 
 
@@ -167,28 +163,10 @@ def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit:
     others = [*prefix, *contains]
     if scores is not None:
         others.sort(key=lambda i: -float(scores[i]))  # stable: prefixes first among equal scores
-    rows = []
-    for i in [*exact, *others][:limit]:
-        score = "—" if scores is None else f"{float(scores[i]):.4f}"
-        rows.append([vocab.tags[i], vocab.category_of(i).name, score])
-    return rows
-
-
-def remove_from_tag_list(text: str | None, tag: str) -> str:
-    """``text`` (a comma-separated list) without ``tag`` (compared as ``Selection`` compares tags)."""
-    key = normalize_tag(tag)
-    return ", ".join(t for t in parse_tag_list(text or "") if normalize_tag(t) != key)
-
-
-def fetch_image(image: SafeImage, url: str) -> str:
-    """An image URL downloaded as the image input downloads URLs (its limits and address
-    policy: public addresses only) into Gradio's cache."""
-    url = (url or "").strip()
-    if not url:
-        raise FetchError("Paste the address of an image (http or https) first.")
-    if "://" not in url:
-        url = "https://" + url
-    return image.fetch_into_cache(url)
+    return [
+        [vocab.tags[i], vocab.category_of(i).name, "—" if scores is None else f"{float(scores[i]):.4f}"]
+        for i in [*exact, *others][:limit]
+    ]
 
 
 # -- the tab --------------------------------------------------------------------------------------
@@ -211,14 +189,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             with gr.Column(elem_id="tag-input"):
                 image = image_upload("tag-image")
                 with gr.Column(visible=False, elem_id="tag-heatmap-panel") as heat_panel:
-                    heat_image = gr.Image(
-                        label="Where the tag comes from",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        height=380,
-                        elem_id="tag-heatmap",
-                    )
+                    heat_image = image_output("Where the tag comes from", elem_id="tag-heatmap", height=380)
                     back = gr.Button("Back to the image", size="sm", elem_id="tag-heatmap-back")
                 heat_caption = gr.Markdown(elem_id="tag-heatmap-caption")
                 with gr.Row(equal_height=True):
@@ -298,7 +269,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
     render_config = {
         "view": "tag-view",
         "empty": EMPTY,
-        "fields": option_controls.field_ids(),
+        "fields": {name: str(controls[name].elem_id) for name in CHECKED_FIELDS},  # mistakes shown beside them
         "cards": "tag-cards",
         "quick": option_controls.quick_bar(),
     }
@@ -317,7 +288,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         started = time.perf_counter()
         scores, error = attempt(ctx.scores_for, path, max_size)
         if error is not None:
-            return {payload: error_payload(error)}  # the last image's scores stay
+            return {payload: {"id": uuid.uuid4().hex, "error": error}}  # the last image's scores stay
         scored = ScoredImage(scores, time.perf_counter() - started, uuid.uuid4().hex, path, ctx.resolution(max_size))
         return {scored_state: scored, scores_state: scores, payload: page_payload(ctx, scored, floor)}
 
@@ -337,7 +308,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             show_progress_on=[view],
         )
     # A new image is shown as itself, not under an old heatmap.
-    in_page(image.change, SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
+    in_page([image.change, back.click], SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
 
     def more_scores(scored: ScoredImage | None, evt: gr.EventData) -> dict:
         floor = getattr(evt, "floor", None)  # the page sends {floor}
@@ -351,30 +322,17 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
 
     # "multiple": Gradio's default ("once") drops a request made while another is pending, and
     # its "always_last" re-sends the first one's data; the page keys each answer itself.
-    view.need_scores(
-        more_scores,
-        inputs=scored_state,
-        outputs=payload,
-        queue=False,
-        trigger_mode="multiple",
-        api_visibility="private",
-    )
+    view.need_scores(more_scores, inputs=scored_state, outputs=payload, **QUICK_EVENT, trigger_mode="multiple")
 
     def exclude_tag(text: str | None, evt: gr.EventData) -> str:
         return add_to_tag_list(text, str(evt.tag))
 
     def unexclude_tag(text: str | None, evt: gr.EventData) -> str:
-        return remove_from_tag_list(text, str(evt.tag))
+        key = normalize_tag(str(evt.tag))  # compared as ``Selection`` compares tags
+        return ", ".join(t for t in parse_tag_list(text or "") if normalize_tag(t) != key)
 
     for list_event, list_change in ((view.tag_exclude, exclude_tag), (view.tag_unexclude, unexclude_tag)):
-        list_event(
-            list_change,
-            inputs=controls["exclude"],
-            outputs=controls["exclude"],
-            queue=False,
-            api_visibility="private",
-            show_progress="hidden",
-        )
+        list_event(list_change, inputs=controls["exclude"], outputs=controls["exclude"], **QUICK_EVENT)
 
     in_page(typed_toggle.click, "() => { document.getElementById('tag-controls').classList.toggle('tv-typing'); }")
 
@@ -406,15 +364,18 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             handler,
             inputs=[image, size],
             outputs=heat_outputs,
-            api_visibility="private",
-            concurrency_id=HEAVY_QUEUE,
+            **HEAVY_EVENT,
             show_progress_on=[image, heat_image],
         )
         in_page(shown.then, scroll)
-    in_page(back.click, SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
 
     def fetch(address: str) -> dict:
-        path, error = attempt(fetch_image, image, address)
+        # Downloaded as the image input downloads URLs (its limits and address policy: public
+        # addresses only) into Gradio's cache.
+        url = (address or "").strip()
+        if not url:
+            return {url_note: warning("Paste the address of an image (http or https) first.")}
+        path, error = attempt(image.fetch_into_cache, url if "://" in url else "https://" + url)
         if error is not None:
             return {url_note: warning(error)}
         return {image: path, url_note: ""}
@@ -437,9 +398,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         run_lookup,
         inputs=[lookup, scores_state],
         outputs=lookup_table,
-        api_visibility="private",
+        **QUICK_EVENT,
         trigger_mode="always_last",
-        queue=False,
-        show_progress="hidden",
     )
     return TagTab(image=image, controls=option_controls, size=size)
