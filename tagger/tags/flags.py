@@ -56,20 +56,14 @@ def add_relation_arguments(parser: argparse.ArgumentParser) -> None:
     implications and aliases), the same in ``tagger`` and ``tagger-bulk``."""
     group = parser.add_argument_group("tag relations (for --implied, and aliases in typed tags and output)")
     where = "paths, http(s) URLs (downloaded once into the cache) or hub:FILENAME"
-    group.add_argument(
-        "--implications",
-        nargs="+",
-        default=[],
-        metavar="FILE",
-        help=f"e621 tag_implications-*.csv(.gz) or Danbooru tag_implications.json files: {where}",
-    )
-    group.add_argument(
-        "--aliases",
-        nargs="+",
-        default=[],
-        metavar="FILE",
-        help=f"e621 tag_aliases-*.csv(.gz) or Danbooru tag_aliases.json files: {where}",
-    )
+    for flag, files in (("--implications", "tag_implications"), ("--aliases", "tag_aliases")):
+        group.add_argument(
+            flag,
+            nargs="+",
+            default=[],
+            metavar="FILE",
+            help=f"e621 {files}-*.csv(.gz) or Danbooru {files}.json files: {where}",
+        )
 
 
 def check_relation_arguments(args: argparse.Namespace, options: TagOptions) -> None:
