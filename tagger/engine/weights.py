@@ -137,11 +137,6 @@ def checkpoint_keys(name: str) -> tuple[str, ...]:
     return tuple(key.format(n=block[1]) if block else key for key in CHECKPOINT_KEYS[template])
 
 
-def _canonical_backbone_key(key: str) -> str:
-    key = key[len(_BACKBONE) :]
-    return "layer." + key[len("model.layer.") :] if key.startswith("model.layer.") else key
-
-
 def _meta_model(config: TaggerConfig) -> TaggerModel:
     with torch.device("meta"):
         return TaggerModel(config)
@@ -243,7 +238,7 @@ def inspect_checkpoint(path: str | os.PathLike, rope_coord_scale: float | None =
         if not key.startswith(_BACKBONE):
             head[key] = info
             continue
-        canonical = _canonical_backbone_key(key)
+        canonical = re.sub(r"^model\.(?=layer\.)", "", key[len(_BACKBONE) :])  # both block layouts as layer.N
         if canonical.startswith(_IGNORED_PREFIXES):
             continue
         if canonical in tensors:
