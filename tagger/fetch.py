@@ -50,6 +50,12 @@ MAX_REDIRECTS = 3
 MAX_URL_LENGTH = 4096
 ALLOWED_SCHEMES = ("http", "https")
 USER_AGENT = "dinov3-tagger (image fetch)"
+REQUEST_HEADERS = {
+    "User-Agent": USER_AGENT,
+    "Accept": "image/*, */*;q=0.5",
+    "Accept-Encoding": "identity",
+    "Connection": "close",
+}
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
@@ -384,16 +390,7 @@ def fetch_url(
             _check_addresses(target, addresses, original, via, policy)
             conn = _open(target, addresses, deadline, context)
             try:
-                conn.request(
-                    "GET",
-                    target.path,
-                    headers={
-                        "User-Agent": USER_AGENT,
-                        "Accept": "image/*, */*;q=0.5",
-                        "Accept-Encoding": "identity",
-                        "Connection": "close",
-                    },
-                )
+                conn.request("GET", target.path, headers=REQUEST_HEADERS)
                 if conn.sock is not None:
                     conn.sock.settimeout(deadline.remaining())
                 response = conn.getresponse()
