@@ -25,15 +25,7 @@ from dataclasses import replace
 from tagger.engine.hub import model_files
 from tagger.engine.synthetic import DEMO_WARNING
 from tagger.engine.tagger import Tagger
-from tagger.errors import (
-    CheckpointError,
-    FetchError,
-    ImageError,
-    RelationsError,
-    ResolutionError,
-    SelectionError,
-    VocabularyError,
-)
+from tagger.errors import FetchError, ImageError, ResolutionError, SelectionError
 from tagger.export import OnnxExtraMissing
 from tagger.fetch import fetch_url, is_url, local_network_too
 from tagger.onnx.backend import OnnxTagger, onnx_model_files
@@ -129,7 +121,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         check_relation_arguments(args, options)
         tagger = _load(args)
         attach_relation_arguments(args, tagger.vocab)
-    except (ResolutionError, CheckpointError, VocabularyError, RelationsError, ValueError, OnnxExtraMissing) as e:
+    except (ResolutionError, OnnxExtraMissing, ValueError) as e:  # ValueError: CheckpointError, SelectionError...
         print(f"error: {e}", file=sys.stderr)
         return 2
 
