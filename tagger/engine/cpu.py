@@ -165,34 +165,22 @@ def int8_engine() -> str:
     """
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise ValueError(f"The int8 precision needs an x86-64 CPU (this one is {platform.machine()}); use fp32.")
-    if not _cpu_has_avx2():
+    probe: Callable[[], bool] | None = getattr(torch.cpu, "_is_avx2_supported", None)
+    # Older torch has no probe: trust the build's own dispatch level.
+    if not (probe() if probe is not None else torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")):
         raise ValueError("The int8 precision needs a CPU with AVX2; use fp32.")
-    engines = [e for e in _X86_ENGINES if e in torch.backends.quantized.supported_engines]
-    for engine in engines:
+    layer = nn.Linear(8, 4)
+    for engine in [e for e in _X86_ENGINES if e in torch.backends.quantized.supported_engines]:
         try:
-            _probe(engine)
+            packed = _pack(layer.weight.detach(), layer.bias.detach(), engine)
+            out = torch.ops.quantized.linear_dynamic(torch.randn(2, 8), packed, True)
         except (RuntimeError, AttributeError, NotImplementedError):
             continue
-        return engine
+        if out.shape == (2, 4) and torch.isfinite(out).all():
+            return engine
     raise ValueError(
         f"This torch build ({torch.__version__}) has no working x86 int8 kernels (FBGEMM or oneDNN); use fp32."
     )
-
-
-def _cpu_has_avx2() -> bool:
-    probe: Callable[[], bool] | None = getattr(torch.cpu, "_is_avx2_supported", None)
-    if probe is None:  # older torch: trust the build's own dispatch level
-        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-    return bool(probe())
-
-
-def _probe(engine: str) -> None:
-    layer = nn.Linear(8, 4)
-    packed = _pack(layer.weight.detach(), layer.bias.detach(), engine)
-    x = torch.randn(2, 8)
-    out = torch.ops.quantized.linear_dynamic(x, packed, True)
-    if out.shape != (2, 4) or not torch.isfinite(out).all():
-        raise RuntimeError("int8 probe gave a wrong result")
 
 
 def _pack(weight: torch.Tensor, bias: torch.Tensor | None, engine: str) -> torch.ScriptObject:
