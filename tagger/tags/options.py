@@ -181,9 +181,7 @@ class TagOptions:
             raise SelectionError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}.")
         if self.order not in ORDERS:
             raise SelectionError(f"order must be one of {', '.join(ORDERS)}; got {self.order!r}.")
-        categories = self.categories
-        if isinstance(categories, str):
-            categories = parse_tag_list(categories)
+        categories = parse_tag_list(self.categories) if isinstance(self.categories, str) else self.categories
         per_category: dict[int | str, float] = {}
         category_topk: dict[int | str, int] = {}
         if self.mode == "threshold":

@@ -99,10 +99,8 @@ def check_pattern(name: str, item: str) -> None:
 def pattern_regex(key: str) -> re.Pattern[str]:
     """A glob (``normalize_tag`` form) as a regex: ``*`` any run, ``?`` one character, ``\\*`` and
     ``\\?`` themselves, everything else literally."""
-    out = []
-    for token in re.findall(r"\\[*?]|.", key, re.DOTALL):
-        out.append(".*" if token == "*" else "." if token == "?" else re.escape(token[-1]))
-    return re.compile("".join(out), re.DOTALL)
+    tokens = re.findall(r"\\[*?]|.", key, re.DOTALL)
+    return re.compile("".join(".*" if t == "*" else "." if t == "?" else re.escape(t[-1]) for t in tokens), re.DOTALL)
 
 
 _PATTERN_HITS: weakref.WeakKeyDictionary[Vocabulary, tuple[object, dict[str, list[int]]]] = weakref.WeakKeyDictionary()
