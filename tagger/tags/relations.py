@@ -392,10 +392,7 @@ def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> Relati
                 stack.append((name, True))
                 stack.extend((c, False) for c in children if c not in closure)
                 continue
-            acc: set[str] = set(children)
-            for c in children:
-                acc |= closure[c]
-            closure[name] = frozenset(acc)
+            closure[name] = frozenset(children).union(*(closure[c] for c in children))
         return closure[start]
 
     ptr = np.zeros(len(vocab) + 1, dtype=np.int64)
