@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from typing import Any
 
 from tagger.engine.hub import DEFAULT_REPO
 from tagger.engine.vocab import Vocabulary
@@ -31,19 +32,14 @@ def add_option_arguments(
     for f in OPTION_FIELDS:
         info = option_info(f)
         kind = OPTION_TYPES[f.name]
-        default = None if unset else f.default
         note = f" {notes[f.name]}" if f.name in notes else ""
         if kind is bool:
-            group.add_argument(
-                option_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=info.help + note
-            )
-            continue
-        choices = [value for _, value in info.choices] or None
-        convert = kind if kind in (int, float) else str
-        shown = f" (default {f.default})" if f.default != "" else ""
-        group.add_argument(
-            option_flag(f.name), type=convert, default=default, choices=choices, help=info.help + shown + note
-        )
+            how: dict[str, Any] = {"action": argparse.BooleanOptionalAction, "help": info.help + note}
+        else:
+            shown = f" (default {f.default})" if f.default != "" else ""
+            choices = [value for _, value in info.choices] or None
+            how = {"type": kind if kind in (int, float) else str, "choices": choices, "help": info.help + shown + note}
+        group.add_argument(option_flag(f.name), default=None if unset else f.default, **how)
 
 
 def options_from_args(args: argparse.Namespace) -> TagOptions:
