@@ -342,11 +342,10 @@ def load_model(
     for n, (weight_key, bias_key) in enumerate(plan.head_keys):
         # A bias follows its weight's dtype: F.linear needs both in one dtype.
         head = head_dtype or plan.tensors[weight_key].dtype
-        sources[f"head.layers.{n}.weight"] = (weight_key,)
-        target_dtypes[f"head.layers.{n}.weight"] = head
-        if bias_key is not None:
-            sources[f"head.layers.{n}.bias"] = (bias_key,)
-            target_dtypes[f"head.layers.{n}.bias"] = head
+        for leaf, key in (("weight", weight_key), ("bias", bias_key)):
+            if key is not None:
+                sources[f"head.layers.{n}.{leaf}"] = (key,)
+                target_dtypes[f"head.layers.{n}.{leaf}"] = head
 
     shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}
