@@ -25,15 +25,7 @@ from dataclasses import replace
 from tagger.engine.hub import model_files
 from tagger.engine.synthetic import DEMO_WARNING
 from tagger.engine.tagger import Tagger
-from tagger.errors import (
-    CheckpointError,
-    FetchError,
-    ImageError,
-    RelationsError,
-    ResolutionError,
-    SelectionError,
-    VocabularyError,
-)
+from tagger.errors import FetchError, ImageError, ResolutionError, SelectionError
 from tagger.export import OnnxExtraMissing
 from tagger.fetch import fetch_url, is_url, local_network_too
 from tagger.onnx.backend import OnnxTagger, onnx_model_files
@@ -119,23 +111,17 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     rules = any(getattr(args, name) is not None for name in RULE_OPTIONS)
     if args.topk is not None and args.threshold is not None and not rules:
         parser.error("argument --threshold: not allowed with argument --topk (without --mode)")
-    if args.topk is not None and args.topk < 1:
-        print("error: --topk must be at least 1", file=sys.stderr)
-        return 2
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        print("error: --threshold must be between 0 and 1", file=sys.stderr)
-        return 2
-    try:
+    try:  # every option is checked before the model loads
+        if args.topk is not None and args.topk < 1:
+            raise SelectionError("--topk must be at least 1")
+        if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+            raise SelectionError("--threshold must be between 0 and 1")
         options = options_from_args(args)
         selection = _selection(args, options, rules)
         check_relation_arguments(args, options)
-    except SelectionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         tagger = _load(args)
         attach_relation_arguments(args, tagger.vocab)
-    except (ResolutionError, CheckpointError, VocabularyError, RelationsError, ValueError, OnnxExtraMissing) as e:
+    except (ResolutionError, OnnxExtraMissing, ValueError) as e:  # ValueError: CheckpointError, SelectionError...
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -50,6 +50,12 @@ MAX_REDIRECTS = 3
 MAX_URL_LENGTH = 4096
 ALLOWED_SCHEMES = ("http", "https")
 USER_AGENT = "dinov3-tagger (image fetch)"
+REQUEST_HEADERS = {
+    "User-Agent": USER_AGENT,
+    "Accept": "image/*, */*;q=0.5",
+    "Accept-Encoding": "identity",
+    "Connection": "close",
+}
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
@@ -62,6 +68,7 @@ _EXTRA_V4 = (
     (ipaddress.ip_network("198.18.0.0/15"), "benchmarking"),
     (ipaddress.ip_network("240.0.0.0/4"), "reserved"),
 )
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
@@ -83,24 +90,17 @@ def address_problem(ip: IPAddress) -> str | None:
             return address_problem(embedded)
     if ip in _METADATA:
         return "cloud metadata service"
-    flags = (
+    problems = (
         ("loopback", ip.is_loopback),
         ("unspecified", ip.is_unspecified),
         ("link-local", ip.is_link_local),
         ("multicast", ip.is_multicast),
         ("private network", ip.is_private),
         ("reserved", ip.is_reserved),
+        *((name, ip in net) for net, name in _EXTRA_V4),  # an IPv6 address is in no IPv4 network
+        ("not globally routable", not ip.is_global),
     )
-    for name, flagged in flags:
-        if flagged:
-            return name
-    if isinstance(ip, ipaddress.IPv4Address):
-        for net, name in _EXTRA_V4:
-            if ip in net:
-                return name
-    if not ip.is_global:
-        return "not globally routable"
-    return None
+    return next((name for name, found in problems if found), None)
 
 
 def public_only(ip: IPAddress, port: int) -> str | None:
@@ -114,13 +114,8 @@ def local_network_too(ip: IPAddress, port: int) -> str | None:
     (unspecified, multicast, broadcast) are refused."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if ip.is_unspecified:
-        return "unspecified"
-    if ip.is_multicast:
-        return "multicast"
-    if ip == ipaddress.IPv4Address("255.255.255.255"):
-        return "broadcast"
-    return None
+    problems = (("unspecified", ip.is_unspecified), ("multicast", ip.is_multicast), ("broadcast", ip == _BROADCAST))
+    return next((name for name, found in problems if found), None)
 
 
 class _Deadline:
@@ -384,16 +379,7 @@ def fetch_url(
             _check_addresses(target, addresses, original, via, policy)
             conn = _open(target, addresses, deadline, context)
             try:
-                conn.request(
-                    "GET",
-                    target.path,
-                    headers={
-                        "User-Agent": USER_AGENT,
-                        "Accept": "image/*, */*;q=0.5",
-                        "Accept-Encoding": "identity",
-                        "Connection": "close",
-                    },
-                )
+                conn.request("GET", target.path, headers=REQUEST_HEADERS)
                 if conn.sock is not None:
                     conn.sock.settimeout(deadline.remaining())
                 response = conn.getresponse()

@@ -8,7 +8,7 @@
   the process ``RELEASE_AFTER_GROWTH`` larger than at the last release.
 * ``quantize_linears`` replaces the backbone's ``nn.Linear`` modules by
   ``DynamicInt8Linear``: int8 weights (symmetric, one scale per output channel) and
-  activations quantized per call (one scale per tensor), through the FBGEMM/oneDNN kernels
+  activations quantized per call (one scale per token), through the FBGEMM/oneDNN kernels
   that ship inside every x86 torch wheel (``torch.ops.quantized``, the ATen operators
   themselves, not the deprecated ``torch.ao.quantization`` Python API). Opt-in only: it
   changes the scores slightly; the README gives its measured speed and effect on scores.
@@ -165,34 +165,22 @@ def int8_engine() -> str:
     """
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise ValueError(f"The int8 precision needs an x86-64 CPU (this one is {platform.machine()}); use fp32.")
-    if not _cpu_has_avx2():
+    probe: Callable[[], bool] | None = getattr(torch.cpu, "_is_avx2_supported", None)
+    # Older torch has no probe: trust the build's own dispatch level.
+    if not (probe() if probe is not None else torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")):
         raise ValueError("The int8 precision needs a CPU with AVX2; use fp32.")
-    engines = [e for e in _X86_ENGINES if e in torch.backends.quantized.supported_engines]
-    for engine in engines:
+    layer = nn.Linear(8, 4)
+    for engine in [e for e in _X86_ENGINES if e in torch.backends.quantized.supported_engines]:
         try:
-            _probe(engine)
+            packed = _pack(layer.weight.detach(), layer.bias.detach(), engine)
+            out = torch.ops.quantized.linear_dynamic(torch.randn(2, 8), packed, True)
         except (RuntimeError, AttributeError, NotImplementedError):
             continue
-        return engine
+        if out.shape == (2, 4) and torch.isfinite(out).all():
+            return engine
     raise ValueError(
         f"This torch build ({torch.__version__}) has no working x86 int8 kernels (FBGEMM or oneDNN); use fp32."
     )
-
-
-def _cpu_has_avx2() -> bool:
-    probe: Callable[[], bool] | None = getattr(torch.cpu, "_is_avx2_supported", None)
-    if probe is None:  # older torch: trust the build's own dispatch level
-        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-    return bool(probe())
-
-
-def _probe(engine: str) -> None:
-    layer = nn.Linear(8, 4)
-    packed = _pack(layer.weight.detach(), layer.bias.detach(), engine)
-    x = torch.randn(2, 8)
-    out = torch.ops.quantized.linear_dynamic(x, packed, True)
-    if out.shape != (2, 4) or not torch.isfinite(out).all():
-        raise RuntimeError("int8 probe gave a wrong result")
 
 
 def _pack(weight: torch.Tensor, bias: torch.Tensor | None, engine: str) -> torch.ScriptObject:
@@ -221,7 +209,7 @@ class DynamicInt8Linear(nn.Module):
     into saturating 16-bit sums, which 8-bit inputs can overflow); products accumulate in
     int32 and come back as float32. The original float weight is not kept.
 
-    ``per_token`` (default) gives every token (row) its own input scale: the kernels take one
+    Every token (row) gets its own input scale: the kernels take one
     scale per tensor, so each row is divided by its largest magnitude first and the output
     row multiplied back (exact, since the layer is linear), then the bias added. ViTs carry a
     few tokens with activations orders of magnitude above the rest (in DINO models, the
@@ -232,24 +220,19 @@ class DynamicInt8Linear(nn.Module):
     weight, rebuilt for the backward pass and dropped again; parameters get none.
     """
 
-    bias: torch.Tensor | None  # a buffer, set per token only (otherwise the kernel adds the bias)
+    bias: torch.Tensor | None  # a buffer: the bias is added after rescaling, so the kernel must not add it
 
-    def __init__(self, linear: nn.Linear, engine: str, per_token: bool = True):
+    def __init__(self, linear: nn.Linear, engine: str):
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.engine = engine
-        self.per_token = per_token
-        bias = None if linear.bias is None else linear.bias.detach().float()
-        # Per token, the bias is added after rescaling, so the kernel must not add it.
-        self._packed = _pack(linear.weight.detach(), None if per_token else bias, engine)
-        self.register_buffer("bias", bias if per_token else None, persistent=False)
-        self.has_bias = bias is not None
+        self._packed = _pack(linear.weight.detach(), None, engine)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float(), persistent=False)
 
     def extra_repr(self) -> str:
-        scales = "per token" if self.per_token else "per tensor"
         sizes = f"in_features={self.in_features}, out_features={self.out_features}"
-        return f"{sizes}, bias={self.has_bias}, int8 ({scales})"
+        return f"{sizes}, bias={self.bias is not None}, int8 (per token)"
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight this layer multiplies by (after int8 rounding)."""
@@ -264,8 +247,6 @@ class DynamicInt8Linear(nn.Module):
         return self._int8_linear(x)
 
     def _int8_linear(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.per_token:
-            return torch.ops.quantized.linear_dynamic(x, self._packed, True)
         scale = x.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-30)
         out = torch.ops.quantized.linear_dynamic(x / scale, self._packed, True)
         return out.mul_(scale) if self.bias is None else torch.addcmul(self.bias, out, scale, out=out)
@@ -282,7 +263,7 @@ class _Int8LinearFunction(torch.autograd.Function):
         return grad @ ctx.layer.dequantized_weight().to(grad.dtype), None
 
 
-def quantize_linears(model: nn.Module, skip: tuple[str, ...] = ("head",), per_token: bool = True) -> int:
+def quantize_linears(model: nn.Module, skip: tuple[str, ...] = ("head",)) -> int:
     """Replace every ``nn.Linear`` of ``model`` (except under the ``skip`` prefixes) by a
     ``DynamicInt8Linear``, one at a time, and make every other floating-point parameter and
     buffer outside ``skip`` float32. Returns how many layers were replaced.
@@ -302,7 +283,7 @@ def quantize_linears(model: nn.Module, skip: tuple[str, ...] = ("head",), per_to
         for name, linear in targets:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, DynamicInt8Linear(linear, engine, per_token))
+            setattr(parent, child, DynamicInt8Linear(linear, engine))
             linear.register_parameter("weight", None)  # free the float weight now
             linear.register_parameter("bias", None)
         for module_name, module in model.named_modules():

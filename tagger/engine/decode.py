@@ -282,7 +282,10 @@ def _finish(image: Image.Image, name: str, max_pixels: int, fit: Fit | None, own
             image.load()
         fix = _orientation_fix(image)
         upright = _upright_size(image.size, fix)
-        target = upright if fit is None else _checked_fit(fit, upright)
+        width, height = upright if fit is None else (int(v) for v in fit(*upright))
+        if width < 1 or height < 1:
+            raise ValueError(f"fit returned {width}x{height} for a {upright[0]}x{upright[1]} image")
+        target = (width, height)
         box = _reduce_while_decoding(image, fix, upright, target) if reduce else None
         image.load()  # already loaded unless reduced
         if fit is None and image.mode == "RGB" and "transparency" not in image.info:
@@ -296,13 +299,6 @@ def _finish(image: Image.Image, name: str, max_pixels: int, fit: Fit | None, own
 
 def _upright_size(size: tuple[int, int], fix: Image.Transpose | None) -> tuple[int, int]:
     return (size[1], size[0]) if fix in _SWAPS_AXES else size
-
-
-def _checked_fit(fit: Fit, upright: tuple[int, int]) -> tuple[int, int]:
-    width, height = (int(v) for v in fit(*upright))
-    if width < 1 or height < 1:
-        raise ValueError(f"fit returned {width}x{height} for a {upright[0]}x{upright[1]} image")
-    return width, height
 
 
 def _reduce_while_decoding(
@@ -470,8 +466,14 @@ def to_rgb(image: Image.Image, name: str = "the image", stats: tuple[float, floa
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image.copy()
-    if mode in _WIDE_GREY_MODES:
-        return _wide_greyto_rgb(image, stats)
+    if mode in _WIDE_GREY_MODES:  # Pillow's own convert() clips these at 255, turning most 16-bit images white
+        values = np.asarray(image)
+        grey = _scale_to_uint8(image, values, stats)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, (int, float)):  # PNG tRNS for grey: one sample value is see-through
+            alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+            return _on_white(Image.fromarray(np.dstack([grey, grey, grey, alpha])))
+        return Image.fromarray(np.dstack([grey, grey, grey]))
     try:
         if mode == "La":  # Pillow converts premultiplied La only to LA
             image = image.convert("LA")
@@ -497,17 +499,6 @@ def _grey_stats(image: Image.Image) -> tuple[float, float]:
         if values.size:
             low, high = min(low, float(values.min())), max(high, float(values.max()))
     return (low, high) if low <= high else (0.0, 0.0)
-
-
-def _wide_greyto_rgb(image: Image.Image, stats: tuple[float, float] | None) -> Image.Image:
-    # Pillow's own convert() clips these modes at 255, turning most 16-bit images white.
-    values = np.asarray(image)
-    grey = _scale_to_uint8(image, values, stats)
-    transparent = image.info.get("transparency")
-    if isinstance(transparent, (int, float)):  # PNG tRNS for grey: one sample value is see-through
-        alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
-        return _on_white(Image.fromarray(np.dstack([grey, grey, grey, alpha])))
-    return Image.fromarray(np.dstack([grey, grey, grey]))
 
 
 def _scale_to_uint8(image: Image.Image, values: np.ndarray, stats: tuple[float, float] | None) -> np.ndarray:

@@ -82,8 +82,7 @@ def _pick(explicit: str | os.PathLike[str] | None, env: Mapping[str, str], name:
     if explicit is not None and os.fspath(explicit) != "":
         flag = "--" + name.removeprefix("TAGGER_").lower()
         return os.fspath(explicit), f"the {flag} option"
-    value = env.get(name) or None
-    return value, name
+    return env.get(name) or None, name
 
 
 def _explain(
@@ -267,12 +266,9 @@ def resolve_model_files(
 
     if checkpoint_value and vocab_value:
         source = "local files"
-    elif checkpoint_value:
-        source = f"{hub_source} (checkpoint from a local file)"
-    elif vocab_value:
-        source = f"{hub_source} (vocabulary from a local file)"
     else:
-        source = hub_source
+        local = "checkpoint" if checkpoint_value else "vocabulary" if vocab_value else None
+        source = f"{hub_source} ({local} from a local file)" if local else hub_source
     return ModelFiles(checkpoint=checkpoint_path, vocab=vocab_path, source=source)
 
 

@@ -242,9 +242,7 @@ class Tagger:
         """Decode and resize one image on the CPU → uint8 ``[3, H, W]`` (normalised in ``run``),
         its long edge at most ``max_size`` (default: the Tagger's ``max_size``). ``name``: what
         error sentences call the image."""
-        if max_size is not None:
-            return replace(self.preprocessor, max_size=max_size)(image, name)
-        return self.preprocessor(image, name)
+        return replace(self.preprocessor, max_size=self.max_size if max_size is None else max_size)(image, name)
 
     @property
     def preprocessor(self) -> Preprocessor:

@@ -137,11 +137,6 @@ def checkpoint_keys(name: str) -> tuple[str, ...]:
     return tuple(key.format(n=block[1]) if block else key for key in CHECKPOINT_KEYS[template])
 
 
-def _canonical_backbone_key(key: str) -> str:
-    key = key[len(_BACKBONE) :]
-    return "layer." + key[len("model.layer.") :] if key.startswith("model.layer.") else key
-
-
 def _meta_model(config: TaggerConfig) -> TaggerModel:
     with torch.device("meta"):
         return TaggerModel(config)
@@ -243,7 +238,7 @@ def inspect_checkpoint(path: str | os.PathLike, rope_coord_scale: float | None =
         if not key.startswith(_BACKBONE):
             head[key] = info
             continue
-        canonical = _canonical_backbone_key(key)
+        canonical = re.sub(r"^model\.(?=layer\.)", "", key[len(_BACKBONE) :])  # both block layouts as layer.N
         if canonical.startswith(_IGNORED_PREFIXES):
             continue
         if canonical in tensors:
@@ -347,11 +342,10 @@ def load_model(
     for n, (weight_key, bias_key) in enumerate(plan.head_keys):
         # A bias follows its weight's dtype: F.linear needs both in one dtype.
         head = head_dtype or plan.tensors[weight_key].dtype
-        sources[f"head.layers.{n}.weight"] = (weight_key,)
-        target_dtypes[f"head.layers.{n}.weight"] = head
-        if bias_key is not None:
-            sources[f"head.layers.{n}.bias"] = (bias_key,)
-            target_dtypes[f"head.layers.{n}.bias"] = head
+        for leaf, key in (("weight", weight_key), ("bias", bias_key)):
+            if key is not None:
+                sources[f"head.layers.{n}.{leaf}"] = (key,)
+                target_dtypes[f"head.layers.{n}.{leaf}"] = head
 
     shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}

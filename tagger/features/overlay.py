@@ -98,18 +98,11 @@ def alpha_blend(image: np.ndarray, overlay: np.ndarray, alpha: float) -> np.ndar
 
 
 # A 5-stop approximation of matplotlib's "inferno": black → purple → red → orange → pale yellow.
-_INFERNO_STOPS = np.array(
-    [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]],
-    dtype=np.float32,
-)
-_LUT = np.stack(
-    [
-        np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_INFERNO_STOPS)), _INFERNO_STOPS[:, ch])
-        for ch in range(3)
-    ],
-    axis=-1,
-)
-COLORMAP_LUT: np.ndarray = np.rint(_LUT).astype(np.uint8)  # [256, 3]
+_INFERNO_STOPS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32)
+_STOP_LEVELS = np.linspace(0, 1, len(_INFERNO_STOPS))
+COLORMAP_LUT: np.ndarray = np.rint(
+    np.stack([np.interp(np.linspace(0, 1, 256), _STOP_LEVELS, _INFERNO_STOPS[:, ch]) for ch in range(3)], axis=-1)
+).astype(np.uint8)  # [256, 3]
 
 
 def colormap(values: np.ndarray) -> np.ndarray:

@@ -3,8 +3,8 @@
 ``TaggerModel.forward`` walks the batch in Python (one patch grid per image) and caches RoPE
 per grid; a traced export would freeze both to the example's batch and size. These wrappers
 take one ``[B, 3, H, W]`` tensor and compute the RoPE tables from its height and width inside
-the graph, with the same float32 operations as ``tagger.engine.model.rope_angles``, so batch, height
-and width stay dynamic. They reuse the model's own modules: the numbers are the model's.
+the graph with ``tagger.engine.model.rope_angles`` itself (uncached), so batch, height and
+width stay dynamic. They reuse the model's own modules: the numbers are the model's.
 
 * ``LogitsGraph``: normalised pixels → logits ``[B, num_tags]`` (the authors' ``tagger/``);
 * ``EmbeddingGraph``: → descriptor ``[B, 6400]`` (CLS + registers after the final norm);
@@ -15,28 +15,20 @@ and width stay dynamic. They reuse the model's own modules: the numbers are the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from tagger.engine.model import TaggerConfig, TaggerModel
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tagger.engine.model import TaggerConfig, TaggerModel, rope_angles
+from tagger.engine.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 def graph_rope(grid_h: int, grid_w: int, config: TaggerConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE cos and sin ``[1, 1, prefix + h·w, head_dim]`` of a patch grid (symbolic sizes while
     exporting); the prefix tokens get angle 0 (cos 1, sin 0), as in ``TaggerModel.rope``."""
-    coords_y = (torch.arange(grid_h, dtype=torch.float32) + 0.5) / grid_h
-    coords_x = (torch.arange(grid_w, dtype=torch.float32) + 0.5) / grid_w
-    coords = torch.stack(torch.meshgrid(coords_y, coords_x, indexing="ij"), dim=-1).flatten(0, 1)
-    coords = (2.0 * coords - 1.0) * config.rope_coord_scale
-    inv_freq = 1.0 / config.rope_theta ** torch.arange(0, 1, 4 / config.head_dim, dtype=torch.float32)
-    angles = 2 * math.pi * coords[:, :, None] * inv_freq
-    angles = angles.flatten(1, 2).tile(2)
+    # The model's own function without its cache, which cannot hold symbolic sizes.
+    angles = rope_angles.__wrapped__(grid_h, grid_w, config.head_dim, config.rope_theta, config.rope_coord_scale)
     prefix = torch.zeros(config.num_prefix_tokens, config.head_dim, dtype=torch.float32)
     angles = torch.cat([prefix, angles], dim=0)[None, None]
     return angles.cos(), angles.sin()

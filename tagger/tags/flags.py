@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from typing import Any
 
 from tagger.engine.hub import DEFAULT_REPO
 from tagger.engine.vocab import Vocabulary
@@ -31,19 +32,14 @@ def add_option_arguments(
     for f in OPTION_FIELDS:
         info = option_info(f)
         kind = OPTION_TYPES[f.name]
-        default = None if unset else f.default
         note = f" {notes[f.name]}" if f.name in notes else ""
         if kind is bool:
-            group.add_argument(
-                option_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=info.help + note
-            )
-            continue
-        choices = [value for _, value in info.choices] or None
-        convert = kind if kind in (int, float) else str
-        shown = f" (default {f.default})" if f.default != "" else ""
-        group.add_argument(
-            option_flag(f.name), type=convert, default=default, choices=choices, help=info.help + shown + note
-        )
+            how: dict[str, Any] = {"action": argparse.BooleanOptionalAction, "help": info.help + note}
+        else:
+            shown = f" (default {f.default})" if f.default != "" else ""
+            choices = [value for _, value in info.choices] or None
+            how = {"type": kind if kind in (int, float) else str, "choices": choices, "help": info.help + shown + note}
+        group.add_argument(option_flag(f.name), default=None if unset else f.default, **how)
 
 
 def options_from_args(args: argparse.Namespace) -> TagOptions:
@@ -56,20 +52,14 @@ def add_relation_arguments(parser: argparse.ArgumentParser) -> None:
     implications and aliases), the same in ``tagger`` and ``tagger-bulk``."""
     group = parser.add_argument_group("tag relations (for --implied, and aliases in typed tags and output)")
     where = "paths, http(s) URLs (downloaded once into the cache) or hub:FILENAME"
-    group.add_argument(
-        "--implications",
-        nargs="+",
-        default=[],
-        metavar="FILE",
-        help=f"e621 tag_implications-*.csv(.gz) or Danbooru tag_implications.json files: {where}",
-    )
-    group.add_argument(
-        "--aliases",
-        nargs="+",
-        default=[],
-        metavar="FILE",
-        help=f"e621 tag_aliases-*.csv(.gz) or Danbooru tag_aliases.json files: {where}",
-    )
+    for flag, files in (("--implications", "tag_implications"), ("--aliases", "tag_aliases")):
+        group.add_argument(
+            flag,
+            nargs="+",
+            default=[],
+            metavar="FILE",
+            help=f"e621 {files}-*.csv(.gz) or Danbooru {files}.json files: {where}",
+        )
 
 
 def check_relation_arguments(args: argparse.Namespace, options: TagOptions) -> None:

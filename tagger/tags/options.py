@@ -63,6 +63,9 @@ def _option(default: object, **info: Any) -> Any:
     return field(default=default, metadata={"option": OptionInfo(**info)})
 
 
+_PROBABILITY: dict[str, Any] = {"minimum": 0.0, "maximum": 1.0, "step": 0.01}  # the range of score options
+
+
 @dataclass(frozen=True)
 class TagOptions:
     """Every tagging control, declared once: name, type, default, range, label and help.
@@ -83,17 +86,13 @@ class TagOptions:
         0.35,
         label="Threshold",
         help="Threshold mode: the score a tag needs, for every category without its own threshold.",
-        minimum=0.0,
-        maximum=1.0,
-        step=0.01,
+        **_PROBABILITY,
     )
     character_threshold: float = _option(
         0.85,
         label="Character threshold",
         help="Threshold mode: the score a character tag needs.",
-        minimum=0.0,
-        maximum=1.0,
-        step=0.01,
+        **_PROBABILITY,
     )
     topk_per_category: int = _option(
         20,
@@ -107,9 +106,7 @@ class TagOptions:
         0.05,
         label="Never show tags below",
         help="No tag scoring below this is returned, in any mode.",
-        minimum=0.0,
-        maximum=1.0,
-        step=0.01,
+        **_PROBABILITY,
     )
     categories: str | list[str] = _option(
         "",
@@ -184,9 +181,7 @@ class TagOptions:
             raise SelectionError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}.")
         if self.order not in ORDERS:
             raise SelectionError(f"order must be one of {', '.join(ORDERS)}; got {self.order!r}.")
-        categories = self.categories
-        if isinstance(categories, str):
-            categories = parse_tag_list(categories)
+        categories = parse_tag_list(self.categories) if isinstance(self.categories, str) else self.categories
         per_category: dict[int | str, float] = {}
         category_topk: dict[int | str, int] = {}
         if self.mode == "threshold":

@@ -392,10 +392,7 @@ def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> Relati
                 stack.append((name, True))
                 stack.extend((c, False) for c in children if c not in closure)
                 continue
-            acc: set[str] = set(children)
-            for c in children:
-                acc |= closure[c]
-            closure[name] = frozenset(acc)
+            closure[name] = frozenset(children).union(*(closure[c] for c in children))
         return closure[start]
 
     ptr = np.zeros(len(vocab) + 1, dtype=np.int64)
@@ -407,11 +404,10 @@ def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> Relati
     graph = relations.implications
     matched = {(a, c) for a, consequents in graph.items() if a in by_key for c in consequents if c in by_key}
     missing = {name for a, consequents in graph.items() for name in (a, *consequents) if name not in by_key}
-    idx = np.asarray(flat, dtype=np.int32)
 
-    shown_index: dict[str, list[int]] = {}
+    index: dict[str, list[int]] = {}
     for i, name in enumerate(names):
-        shown_index.setdefault(normalize_tag(name), []).append(i)
+        index.setdefault(normalize_tag(name), []).append(i)
     input_aliases: dict[str, str] = {}
     aliases_matched = 0
     for old, new in aliases.items():
@@ -433,14 +429,7 @@ def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> Relati
         missing_examples=tuple(sorted(missing)[:examples]),
         renamed=renamed,
     )
-    vocab.relations = VocabRelations(
-        names=names,
-        index=shown_index,
-        input_aliases=input_aliases,
-        ancestor_ptr=ptr,
-        ancestor_idx=idx,
-        report=report,
-    )
+    vocab.relations = VocabRelations(names, index, input_aliases, ptr, np.asarray(flat, dtype=np.int32), report)
     return report
 
 

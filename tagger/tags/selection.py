@@ -99,10 +99,8 @@ def check_pattern(name: str, item: str) -> None:
 def pattern_regex(key: str) -> re.Pattern[str]:
     """A glob (``normalize_tag`` form) as a regex: ``*`` any run, ``?`` one character, ``\\*`` and
     ``\\?`` themselves, everything else literally."""
-    out = []
-    for token in re.findall(r"\\[*?]|.", key, re.DOTALL):
-        out.append(".*" if token == "*" else "." if token == "?" else re.escape(token[-1]))
-    return re.compile("".join(out), re.DOTALL)
+    tokens = re.findall(r"\\[*?]|.", key, re.DOTALL)
+    return re.compile("".join(".*" if t == "*" else "." if t == "?" else re.escape(t[-1]) for t in tokens), re.DOTALL)
 
 
 _PATTERN_HITS: weakref.WeakKeyDictionary[Vocabulary, tuple[object, dict[str, list[int]]]] = weakref.WeakKeyDictionary()
@@ -170,19 +168,10 @@ class Selection:
         set_(self, "threshold", _check_probability("threshold", self.threshold))
         set_(self, "floor", _check_probability("floor", self.floor))
         set_(self, "topk", None if self.topk is None else _check_count("topk", self.topk))
-        set_(
-            self,
-            "category_thresholds",
-            {
-                resolve_category(k).id: _check_probability(f"threshold for {k}", v)
-                for k, v in (self.category_thresholds or {}).items()
-            },
-        )
-        set_(
-            self,
-            "category_topk",
-            {resolve_category(k).id: _check_count(f"top-k for {k}", v) for k, v in (self.category_topk or {}).items()},
-        )
+        rules = (("category_thresholds", "threshold", _check_probability), ("category_topk", "top-k", _check_count))
+        for name, what, check in rules:
+            given = getattr(self, name) or {}
+            set_(self, name, {resolve_category(k).id: check(f"{what} for {k}", v) for k, v in given.items()})
         if self.categories is not None:
             categories = [self.categories] if isinstance(self.categories, (str, int)) else self.categories
             set_(self, "categories", frozenset(resolve_category(c).id for c in categories))
