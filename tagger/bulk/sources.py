@@ -389,9 +389,7 @@ class SavedDatasetSource(Source):
             yield Entry(name, f"{shown}#{row}", "", ("dataset", self.spec, self.split, row, self.column))
 
     def survey(self) -> dict[str, Any]:
-        survey = super().survey()
-        survey["fingerprint"] = self.fingerprint
-        return survey
+        return {**super().survey(), "fingerprint": self.fingerprint}
 
 
 class HubSource(Source):
@@ -666,13 +664,13 @@ def read_bytes(locator: Locator) -> bytes:
     over ``safefs.MAX_IMAGE_BYTES`` is read."""
     kind = locator[0]
     if kind == "bytes":
-        return _capped(locator[1])
+        _check_size(len(locator[1]))
+        return locator[1]
     if kind == "file":
         return safefs.read_regular(locator[1], safefs.MAX_IMAGE_BYTES)
     if kind == "tar":
         _, archive, offset, size = locator
-        if size > safefs.MAX_IMAGE_BYTES:
-            raise safefs.TooLarge(safefs.size_limit_sentence(size))
+        _check_size(size)
         with open(archive, "rb") as fp:
             fp.seek(offset)
             data = fp.read(size)
@@ -686,8 +684,7 @@ def read_bytes(locator: Locator) -> bytes:
         if handle is None:
             handle = cache.zips[archive] = zipfile.ZipFile(archive)
         try:
-            if handle.getinfo(member).file_size > safefs.MAX_IMAGE_BYTES:
-                raise safefs.TooLarge(safefs.size_limit_sentence(handle.getinfo(member).file_size))
+            _check_size(handle.getinfo(member).file_size)
             return handle.read(member)
         except (zipfile.BadZipFile, NotImplementedError, EOFError, KeyError) as e:
             raise OSError(str(e)) from None
@@ -700,23 +697,22 @@ def read_bytes(locator: Locator) -> bytes:
         dataset = cache.datasets.get((folder, split, column))
         if dataset is None:
             dataset = cache.datasets[(folder, split, column)] = _open_saved_column(folder, split, column)
-        size = _dataset_cell_size(dataset, row, column)
-        if size is not None and size > safefs.MAX_IMAGE_BYTES:
-            raise safefs.TooLarge(safefs.size_limit_sentence(size))  # refused before it is copied
+        _check_size(_dataset_cell_size(dataset, row, column))  # refused before it is copied
         cell, path = _image_value(dataset[row][column])
         return _bytes_or_file(cell, path, folder)
     raise ValueError(f"unknown locator kind {kind!r}")
 
 
-def _capped(data: bytes) -> bytes:
-    if len(data) > safefs.MAX_IMAGE_BYTES:
-        raise safefs.TooLarge(safefs.size_limit_sentence(len(data)))
-    return data
+def _check_size(size: int | None) -> None:
+    """``safefs.TooLarge`` for an image over ``safefs.MAX_IMAGE_BYTES`` (None: not known ahead)."""
+    if size is not None and size > safefs.MAX_IMAGE_BYTES:
+        raise safefs.TooLarge(safefs.size_limit_sentence(size))
 
 
 def _bytes_or_file(data: bytes | None, path: str | None, folder: str) -> bytes:
     if data is not None:
-        return _capped(data)
+        _check_size(len(data))
+        return data
     if path:
         return safefs.read_regular(os.path.join(folder, path), safefs.MAX_IMAGE_BYTES)
     raise OSError("the row holds no image")
