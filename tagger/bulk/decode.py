@@ -80,15 +80,10 @@ def decode_locator(locator: Locator, shown: str, prepare: Prepare) -> DecodeResu
         return None, digest, None, None, str(e)
     except Exception as e:  # one odd file must not stop a run over millions
         return None, digest, None, None, f"Could not read {shown} ({type(e).__name__}: {e})."
-    return _to_wire(pixels), digest, width, height, None
-
-
-def _to_wire(pixels: torch.Tensor) -> Any:
     # numpy arrays pickle by value (one copy through the pipe); dtypes numpy lacks go as tensors.
-    try:
-        return pixels.numpy()
-    except TypeError:
-        return pixels
+    with contextlib.suppress(TypeError):
+        return pixels.numpy(), digest, width, height, None
+    return pixels, digest, width, height, None
 
 
 def decoded_from(record: Record, result: DecodeResult) -> Decoded:

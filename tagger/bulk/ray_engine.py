@@ -142,21 +142,18 @@ def _rows_table(rows: list[TagRow], tokens: list[int], padded: list[int], descri
 
 
 def _table_rows(table: Any) -> list[TagRow]:
-    rows = []
-    for item in table.to_pylist():
-        descriptor, caption_file = item.get("descriptor"), item["caption_file"]
-        plain = ("index", "shard", "key", "path", "sha256", "width", "height", "error", "caption")
-        rows.append(
-            TagRow(
-                **{name: item[name] for name in plain},
-                tag_ids=np.asarray(item["tag_ids"], dtype=np.int32),
-                scores=np.asarray(item["scores"], dtype=np.float32),
-                json_line=item["json"],
-                caption_file=None if caption_file is None else unescape_name(caption_file),
-                descriptor=None if descriptor is None else np.asarray(descriptor, dtype=np.float32),
-            )
+    plain = ("index", "shard", "key", "path", "sha256", "width", "height", "error", "caption")
+    return [
+        TagRow(
+            **{name: item[name] for name in plain},
+            tag_ids=np.asarray(item["tag_ids"], dtype=np.int32),
+            scores=np.asarray(item["scores"], dtype=np.float32),
+            json_line=item["json"],
+            caption_file=None if item["caption_file"] is None else unescape_name(item["caption_file"]),
+            descriptor=None if item.get("descriptor") is None else np.asarray(item["descriptor"], dtype=np.float32),
         )
-    return rows
+        for item in table.to_pylist()
+    ]
 
 
 class TagActor:

@@ -251,14 +251,12 @@ def run_batch(
             for result in results:
                 writer.add(result)
                 output.results.append(result)
-                if result.error is None:
-                    output.images += 1
-                else:
-                    output.errors += 1
     except BaseException:
         if out_dir is None:  # half-written outputs of a failed request are of no use
             shutil.rmtree(directory, ignore_errors=True)
         raise
+    output.errors = sum(result.error is not None for result in output.results)
+    output.images = len(output.results) - output.errors
     output.captions_zip = writer.captions_path
     output.jsonl = writer.jsonl_path
     output.renamed = writer.namer.renamed
