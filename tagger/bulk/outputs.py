@@ -317,11 +317,7 @@ class OutputWriter:
         constant = ("model_repo", "model_revision", "options_hash")
         names: tuple[str, ...] = ("key", "path", "sha256", "width", "height", *constant, "tag_ids", "scores")
         names += ("descriptor", "error") if self.info.descriptors else ("error",)
-        columns = {
-            name: pa.array([getattr(self.info, name)] * table.num_rows, pa.string())
-            if name in constant
-            else table.column(name)
-            for name in names
-        }
+        repeated = {name: pa.array([getattr(self.info, name)] * table.num_rows, pa.string()) for name in constant}
+        columns = {name: repeated[name] if name in constant else table.column(name) for name in names}
         with atomic_file(self.layout.parquet(shard), durable=True) as fp:
             pq.write_table(pa.table(columns), fp, compression="zstd")
