@@ -185,13 +185,12 @@ class TagActor:
         self._formatter = ThreadPoolExecutor(1, thread_name_prefix="tag-rows")
 
     def __call__(self, table: Any) -> Any:
-        patch = self.tagger.model.config.patch_size
         window = decoded_window(table)
         rows = [error_row(item) for item in window if item.pixels is None]
         # Each batch's token counts ride on its first row (the write stage sums them).
         tokens, padded = [0] * len(rows), [0] * len(rows)
         formatted: list[Future[list[TagRow]]] = []
-        for batch in batches_by_tokens(window, self.batch_size, patch):
+        for batch in batches_by_tokens(window, self.batch_size, self.tagger.model.config.patch_size):
             real, computed = count_tokens(self.tagger, batch)
             probabilities, features = score_batch(self.tagger, batch, self.descriptors)
             # Rows of this batch are made while the model runs the next one.

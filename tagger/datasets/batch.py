@@ -229,17 +229,15 @@ def run_batch(
     started = time.perf_counter()
     inputs = collect_inputs(paths, limits)  # refuse a bad request before creating anything
     directory = Path(out_dir) if out_dir is not None else new_output_dir()
-    calls = 0
+    output = BatchOutput(skipped=list(inputs.skipped))
 
     def counted_run(pixels: list[torch.Tensor]) -> np.ndarray:
-        nonlocal calls
-        calls += 1
+        output.model_calls += 1
         return run(pixels)
 
-    output = BatchOutput(skipped=list(inputs.skipped))
     try:
         with inputs, BatchWriter(directory, options, vocab) as writer:
-            results = tag_items(
+            for result in tag_items(
                 inputs,
                 prepare=prepare,
                 run=counted_run,
@@ -247,8 +245,7 @@ def run_batch(
                 options=options,
                 chunk_size=chunk_size,
                 progress=progress,
-            )
-            for result in results:
+            ):
                 writer.add(result)
                 output.results.append(result)
     except BaseException:
@@ -260,14 +257,13 @@ def run_batch(
     output.captions_zip = writer.captions_path
     output.jsonl = writer.jsonl_path
     output.renamed = writer.namer.renamed
-    output.model_calls = calls
     output.seconds = time.perf_counter() - started
     log.info(
         "Batch: %d tagged, %d errors, %d skipped, %d model calls, %.1f s",
         output.images,
         output.errors,
         len(output.skipped),
-        calls,
+        output.model_calls,
         output.seconds,
     )
     return output
