@@ -55,9 +55,7 @@ class Decoded:
 
     def tokens(self, patch: int) -> int:
         """Patch tokens the model will see (0 for an error): what batches are grouped by."""
-        if self.pixels is None:
-            return 0
-        return (self.pixels.shape[-2] // patch) * (self.pixels.shape[-1] // patch)
+        return 0 if self.pixels is None else (self.pixels.shape[-2] // patch) * (self.pixels.shape[-1] // patch)
 
 
 # What a worker sends back: (pixels as numpy or tensor, sha256, width, height, error).
