@@ -252,12 +252,10 @@ def _pick_table_column(names: Sequence[str], kinds: dict[str, str | None], wante
         if kinds.get(wanted) is None:
             raise BulkError(f"The column {wanted!r} of {where} holds neither image bytes nor file paths.")
         return wanted
-    for name in names:
-        if kinds.get(name) in ("image", "bytes"):
-            return name
-    for name in names:
-        if kinds.get(name) == "path" and name.lower() in PATH_COLUMN_NAMES:
-            return name
+    found = [name for name in names if kinds.get(name) in ("image", "bytes")]
+    found += [name for name in names if kinds.get(name) == "path" and name.lower() in PATH_COLUMN_NAMES]
+    if found:
+        return found[0]
     raise BulkError(
         f"{where} has no image column (image bytes, or file paths named {', '.join(PATH_COLUMN_NAMES)}); "
         f"its columns are {', '.join(names)}. Name it with --image-column."
@@ -338,10 +336,7 @@ def _dataset_kind(feature: Any) -> str | None:
     if isinstance(feature, datasets.Image) or (isinstance(feature, dict) and "bytes" in feature):
         return "image"
     if isinstance(feature, datasets.Value):
-        if feature.dtype in ("binary", "large_binary"):
-            return "bytes"
-        if feature.dtype in ("string", "large_string"):
-            return "path"
+        return {"binary": "bytes", "large_binary": "bytes", "string": "path", "large_string": "path"}.get(feature.dtype)
     return None
 
 
@@ -351,11 +346,10 @@ def _pick_split(loaded: Any, split: str | None, where: str) -> tuple[Any, str]:
     if isinstance(loaded, datasets.Dataset):
         return loaded, ""
     splits = list(loaded.keys())
+    if split is None and "train" not in splits and len(splits) != 1:
+        raise BulkError(f"{where} has the splits {', '.join(splits)}; choose one with --split.")
     if split is None:
-        if "train" in splits or len(splits) == 1:
-            split = "train" if "train" in splits else splits[0]
-        else:
-            raise BulkError(f"{where} has the splits {', '.join(splits)}; choose one with --split.")
+        split = "train" if "train" in splits else splits[0]
     if split not in splits:
         raise BulkError(f"{where} has no split {split!r}; its splits are {', '.join(splits)}.")
     return loaded[split], split
