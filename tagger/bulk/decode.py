@@ -157,8 +157,7 @@ class DecodePool:
     """
 
     def __init__(self, prepare: Prepare, workers: int, prefetch: int = 4):
-        self.prepare = prepare
-        self.workers = workers
+        self.prepare, self.workers = prepare, workers
         self.limit = max(2, workers * prefetch)
         self._executor: ProcessPoolExecutor | None = None
         self._generation = 0

@@ -40,9 +40,7 @@ class BackgroundWriter:
     """
 
     def __init__(self, writer: OutputWriter, summary: Summary, progress: Progress):
-        self.writer = writer
-        self.summary = summary
-        self.progress = progress
+        self.writer, self.summary, self.progress = writer, summary, progress
         self._jobs: queue.Queue[tuple[str, int, Callable[[], list[TagRow]]] | None] = queue.Queue(maxsize=1)
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="bulk-writer", daemon=True)

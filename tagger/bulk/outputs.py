@@ -259,10 +259,7 @@ class OutputWriter:
     """
 
     def __init__(self, root: str | os.PathLike, formats: Sequence[str], on_existing: str, info: RunInfo):
-        self.layout = Layout(Path(root))
-        self.formats = tuple(formats)
-        self.on_existing = on_existing
-        self.info = info
+        self.layout, self.formats, self.on_existing, self.info = Layout(Path(root)), tuple(formats), on_existing, info
 
     def write_batch(self, shard: int, rows: Sequence[TagRow]) -> WriteCounts:
         """Captions first, then the part that records the batch as done."""

@@ -179,9 +179,7 @@ class TagActor:
         )
         if self.tagger.device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(ACTOR_CPUS_ON_GPU)
-        self.options = TagOptions.from_values(**options)
-        self.batch_size = batch_size
-        self.descriptors = descriptors
+        self.options, self.batch_size, self.descriptors = TagOptions.from_values(**options), batch_size, descriptors
         self._formatter = ThreadPoolExecutor(1, thread_name_prefix="tag-rows")
 
     def __call__(self, table: Any) -> Any:

@@ -397,8 +397,7 @@ class HubSource(Source):
         self.name, _, revision = spec[len(HUB_PREFIX) :].partition("@")
         self.revision = revision or None
         self.split = split or "train"
-        self.image_column = image_column
-        self.key_column = key_column
+        self.image_column, self.key_column = image_column, key_column
 
     @property
     def default_label(self) -> str:

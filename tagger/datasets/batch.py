@@ -145,9 +145,8 @@ class BatchWriter:
 
     def __init__(self, directory: str | os.PathLike, options: TagOptions, vocab: Vocabulary | None = None):
         self.directory = Path(directory)
-        self.vocab = vocab  # its relations rename prepended aliases
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.options = options
+        self.options, self.vocab = options, vocab  # the vocabulary's relations rename prepended aliases
         self.captions_path = self.directory / "captions.zip"
         self.jsonl_path = self.directory / "tags.jsonl"
         self.namer = CaptionNamer()

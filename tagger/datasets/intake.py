@@ -275,8 +275,7 @@ class BatchInputs:
         self.limits = limits
         self.items: list[BatchItem] = []
         self.skipped: list[str] = []  # names left out: not images, resource forks, hidden files
-        self.bytes_read = 0
-        self.pixels_read = 0
+        self.bytes_read = self.pixels_read = 0
         self._archives: dict[str, zipfile.ZipFile] = {}
 
     def __len__(self) -> int:
