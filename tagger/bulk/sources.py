@@ -121,8 +121,7 @@ class Source:
 
     def survey(self) -> dict[str, Any]:
         """What the manifest records to notice a changed input: count and a hash of the names."""
-        digest = hashlib.sha256()
-        count = 0
+        digest, count = hashlib.sha256(), 0
         for entry in self.entries():
             digest.update(entry.name.encode("utf-8", "surrogateescape") + b"\n")
             count += 1
