@@ -263,6 +263,8 @@ def _tag(
     plan, writer, files = _plan(args, options, shard, argv, stack)
     summary = Summary(out=escape_name(str(writer.layout.root)))
     progress: Progress | None = None
+    message: str | None
+    code, message = 0, None  # what the run ends with: its exit status, and why it stopped early if it did
     try:
         if args.engine == "ray":
             from tagger.bulk.ray_engine import run_ray
@@ -276,23 +278,23 @@ def _tag(
                 plan, tagger, writer, args, options=options, batch_size=batch_size, summary=summary, progress=progress
             )
     except KeyboardInterrupt:
-        _stop(progress, summary, "Interrupted: run the same command again to resume.")
-        return 130
+        code, message = 130, "Interrupted: run the same command again to resume."
     except torch.cuda.OutOfMemoryError:
-        _stop(
-            progress,
-            summary,
+        code = 1
+        message = (
             f"error: the GPU ran out of memory with batches of {args.batch_size or 'the default size'}; run the "
-            "same command with a smaller --batch-size (or --max-size) to resume.",
+            "same command with a smaller --batch-size (or --max-size) to resume."
         )
-        return 1
     except OSError as e:  # the output folder or a caption's folder: full, read-only, gone
         where = f" ({e.filename})" if e.filename else ""
-        reason = e.strerror or str(e)
-        _stop(progress, summary, f"error: could not write the outputs{where}: {reason}; fix that and run again.")
-        return 1
-    _stop(progress, summary)
-    return 0
+        code, message = 1, f"error: could not write the outputs{where}: {e.strerror or str(e)}; fix that and run again."
+    # Close the bar, print the summary line, and why the run stopped early if it did.
+    if progress is not None:
+        progress.close()
+    print(summary.line(), flush=True)
+    if message:
+        print(message, file=sys.stderr)
+    return code
 
 
 def _plan(
@@ -348,24 +350,14 @@ def relation_files(args: argparse.Namespace) -> dict[str, list[str]]:
     (a changed file changes the tags, so a resume with it is refused)."""
     from tagger.tags.relations import resolve_source
 
-    recorded: dict[str, list[str]] = {}
-    for name in ("implications", "aliases"):
-        if sources := getattr(args, name):
-            paths = [resolve_source(s, args.repo, args.revision) for s in sources]
-            recorded[name] = [
-                f"{s} (sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:16]})"
-                for s, p in zip(sources, paths, strict=True)
-            ]
-    return recorded
+    def recorded(sources: list[str]) -> list[str]:
+        paths = [resolve_source(s, args.repo, args.revision) for s in sources]
+        return [
+            f"{s} (sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:16]})"
+            for s, p in zip(sources, paths, strict=True)
+        ]
 
-
-def _stop(progress: Progress | None, summary: Summary, message: str | None = None) -> None:
-    """Close the bar, print the summary line, and why the run stopped early if it did."""
-    if progress is not None:
-        progress.close()
-    print(summary.line(), flush=True)
-    if message:
-        print(message, file=sys.stderr)
+    return {name: recorded(sources) for name in ("implications", "aliases") if (sources := getattr(args, name))}
 
 
 def _load_tagger(args: argparse.Namespace, files: ModelFiles) -> tuple[Tagger, int]:

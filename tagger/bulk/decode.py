@@ -55,9 +55,7 @@ class Decoded:
 
     def tokens(self, patch: int) -> int:
         """Patch tokens the model will see (0 for an error): what batches are grouped by."""
-        if self.pixels is None:
-            return 0
-        return (self.pixels.shape[-2] // patch) * (self.pixels.shape[-1] // patch)
+        return 0 if self.pixels is None else (self.pixels.shape[-2] // patch) * (self.pixels.shape[-1] // patch)
 
 
 # What a worker sends back: (pixels as numpy or tensor, sha256, width, height, error).
@@ -80,15 +78,10 @@ def decode_locator(locator: Locator, shown: str, prepare: Prepare) -> DecodeResu
         return None, digest, None, None, str(e)
     except Exception as e:  # one odd file must not stop a run over millions
         return None, digest, None, None, f"Could not read {shown} ({type(e).__name__}: {e})."
-    return _to_wire(pixels), digest, width, height, None
-
-
-def _to_wire(pixels: torch.Tensor) -> Any:
     # numpy arrays pickle by value (one copy through the pipe); dtypes numpy lacks go as tensors.
-    try:
-        return pixels.numpy()
-    except TypeError:
-        return pixels
+    with contextlib.suppress(TypeError):
+        return pixels.numpy(), digest, width, height, None
+    return pixels, digest, width, height, None
 
 
 def decoded_from(record: Record, result: DecodeResult) -> Decoded:
@@ -164,8 +157,7 @@ class DecodePool:
     """
 
     def __init__(self, prepare: Prepare, workers: int, prefetch: int = 4):
-        self.prepare = prepare
-        self.workers = workers
+        self.prepare, self.workers = prepare, workers
         self.limit = max(2, workers * prefetch)
         self._executor: ProcessPoolExecutor | None = None
         self._generation = 0

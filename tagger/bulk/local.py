@@ -40,9 +40,7 @@ class BackgroundWriter:
     """
 
     def __init__(self, writer: OutputWriter, summary: Summary, progress: Progress):
-        self.writer = writer
-        self.summary = summary
-        self.progress = progress
+        self.writer, self.summary, self.progress = writer, summary, progress
         self._jobs: queue.Queue[tuple[str, int, Callable[[], list[TagRow]]] | None] = queue.Queue(maxsize=1)
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="bulk-writer", daemon=True)
@@ -101,7 +99,6 @@ def run_local(
     """Tag everything ``plan`` yields; counts go into ``summary`` (also on an interrupt)."""
     workers = default_workers(tagger.device) if args.workers is None else args.workers
     share_cores_with_decoders(tagger.device, workers)
-    patch = tagger.model.config.patch_size
     started = time.perf_counter()
     output = BackgroundWriter(writer, summary, progress)
     window: list[Decoded] = []
@@ -110,7 +107,7 @@ def run_local(
         errors = [error_row(item) for item in window if item.pixels is None]
         if errors:
             output.write(shard, lambda: errors)
-        for batch in batches_by_tokens(window, batch_size, patch):
+        for batch in batches_by_tokens(window, batch_size, tagger.model.config.patch_size):
             summary.tokens.add(*count_tokens(tagger, batch))
             probabilities, features = score_batch(tagger, batch, args.descriptors)
             output.write(shard, partial(batch_rows, tagger, batch, probabilities, features, options))

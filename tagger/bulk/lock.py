@@ -71,8 +71,7 @@ def _holder(path: Path) -> str:
         info: Any = json.loads(path.read_text(encoding="utf-8"))
         started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(info["started"])))
         command = str(info.get("command", ""))
-        if len(command) > 300:
-            command = command[:297] + "..."
+        command = command if len(command) <= 300 else command[:297] + "..."
         return (
             f"pid {int(info['pid'])} on {info.get('host', '?')}, started {started}, --shard {info['shard']}: {command}"
         )

@@ -68,11 +68,9 @@ class Layout:
     def done(self, shard: int) -> Path:
         return self.state / "done" / f"{shard_name(shard)}.json"
 
-    def parquet(self, shard: int) -> Path:
-        return self.root / "parquet" / f"{shard_name(shard)}.parquet"
-
-    def jsonl(self, shard: int) -> Path:
-        return self.root / "jsonl" / f"{shard_name(shard)}.jsonl"
+    def shard_file(self, shard: int, kind: str) -> Path:
+        """A shard's output file of one format: ``jsonl/shard-000003.jsonl``, ``parquet/...``."""
+        return self.root / kind / f"{shard_name(shard)}.{kind}"
 
     def caption(self, caption_file: str) -> Path:
         """A caption's path: absolute when beside its image, else under ``txt/``."""
@@ -261,10 +259,7 @@ class OutputWriter:
     """
 
     def __init__(self, root: str | os.PathLike, formats: Sequence[str], on_existing: str, info: RunInfo):
-        self.layout = Layout(Path(root))
-        self.formats = tuple(formats)
-        self.on_existing = on_existing
-        self.info = info
+        self.layout, self.formats, self.on_existing, self.info = Layout(Path(root)), tuple(formats), on_existing, info
 
     def write_batch(self, shard: int, rows: Sequence[TagRow]) -> WriteCounts:
         """Captions first, then the part that records the batch as done."""
@@ -300,8 +295,8 @@ class OutputWriter:
         table = pa.concat_tables([_read_part(p, schema) for p in parts]) if parts else schema.empty_table()
         table = table.take(pc.sort_indices(table, [("index", "ascending")]))
         if "jsonl" in self.formats:
-            lines = table.column("json").to_pylist()
-            write_atomic(self.layout.jsonl(shard), "".join(line + "\n" for line in lines).encode("utf-8"), durable=True)
+            text = "".join(line + "\n" for line in table.column("json").to_pylist())
+            write_atomic(self.layout.shard_file(shard, "jsonl"), text.encode("utf-8"), durable=True)
         if "parquet" in self.formats:
             self._write_parquet(shard, table)
         errors = sum(1 for e in table.column("error").to_pylist() if e is not None)
@@ -317,11 +312,7 @@ class OutputWriter:
         constant = ("model_repo", "model_revision", "options_hash")
         names: tuple[str, ...] = ("key", "path", "sha256", "width", "height", *constant, "tag_ids", "scores")
         names += ("descriptor", "error") if self.info.descriptors else ("error",)
-        columns = {
-            name: pa.array([getattr(self.info, name)] * table.num_rows, pa.string())
-            if name in constant
-            else table.column(name)
-            for name in names
-        }
-        with atomic_file(self.layout.parquet(shard), durable=True) as fp:
+        repeated = {name: pa.array([getattr(self.info, name)] * table.num_rows, pa.string()) for name in constant}
+        columns = {name: repeated[name] if name in constant else table.column(name) for name in names}
+        with atomic_file(self.layout.shard_file(shard, "parquet"), durable=True) as fp:
             pq.write_table(pa.table(columns), fp, compression="zstd")

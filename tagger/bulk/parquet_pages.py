@@ -18,6 +18,7 @@ so pyarrow may read it.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -240,22 +241,21 @@ class _Values:
         self._left -= len(data)
         return data
 
-    def read_exact(self, n: int) -> bytes:
-        chunks, got = [], 0
-        while got < n:
-            chunk = self.read(min(_CHUNK, n - got))
+    def _chunks(self, n: int) -> Iterator[bytes]:
+        """The next ``n`` bytes, a megabyte at a time."""
+        while n > 0:
+            chunk = self.read(min(_CHUNK, n))
             if not chunk:
                 raise PageError("a page ends inside a value")
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
+            n -= len(chunk)
+            yield chunk
+
+    def read_exact(self, n: int) -> bytes:
+        return b"".join(self._chunks(n))
 
     def skip(self, n: int) -> None:
-        while n > 0:
-            got = len(self.read(min(_CHUNK, n)))
-            if not got:
-                raise PageError("a page ends inside a value")
-            n -= got
+        for _ in self._chunks(n):
+            pass
 
     def value(self, limit: int | None) -> bytes | None:
         """The next plain value; skipped (None) when ``limit`` is None, refused over ``limit``."""

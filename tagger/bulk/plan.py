@@ -50,8 +50,7 @@ class CaptionPlacer:
 
     def __init__(self, beside: bool):
         self.beside = beside
-        self._beside_names = CaptionNamer()
-        self._out_names = CaptionNamer()
+        self._beside_names, self._out_names = CaptionNamer(), CaptionNamer()
 
     def place(self, record: Record) -> str:
         if self.beside and record.file is not None:

@@ -38,14 +38,10 @@ class Summary:
 
     def line(self) -> str:
         parts = [f"{self.tagged:,} images tagged", f"{self.errors:,} unreadable"]
-        if self.kept:
-            parts.append(f"{self.kept:,} kept (caption exists)")
-        if self.already_done:
-            parts.append(f"{self.already_done:,} already done")
-        if merged := self.captions.get("merged", 0):
-            parts.append(f"{merged:,} captions merged")
-        if refused := self.captions.get("refused", 0):
-            parts.append(f"{refused:,} captions left alone (links or not regular files)")
+        shown_if_any = [(self.kept, "kept (caption exists)"), (self.already_done, "already done")]
+        shown_if_any += [(self.captions.get("merged", 0), "captions merged")]
+        shown_if_any += [(self.captions.get("refused", 0), "captions left alone (links or not regular files)")]
+        parts += [f"{n:,} {what}" for n, what in shown_if_any if n]
         rate = f"{self.rate:.1f}" if self.rate >= 10 else f"{self.rate:.2f}"
         speed = f"{rate} images/s over {self.seconds:.1f} s"
         waste = f"padding waste {self.tokens.waste:.1%} (from the engine's batch plan)" if self.tokens.tokens else ""

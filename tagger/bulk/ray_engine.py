@@ -142,21 +142,18 @@ def _rows_table(rows: list[TagRow], tokens: list[int], padded: list[int], descri
 
 
 def _table_rows(table: Any) -> list[TagRow]:
-    rows = []
-    for item in table.to_pylist():
-        descriptor, caption_file = item.get("descriptor"), item["caption_file"]
-        plain = ("index", "shard", "key", "path", "sha256", "width", "height", "error", "caption")
-        rows.append(
-            TagRow(
-                **{name: item[name] for name in plain},
-                tag_ids=np.asarray(item["tag_ids"], dtype=np.int32),
-                scores=np.asarray(item["scores"], dtype=np.float32),
-                json_line=item["json"],
-                caption_file=None if caption_file is None else unescape_name(caption_file),
-                descriptor=None if descriptor is None else np.asarray(descriptor, dtype=np.float32),
-            )
+    plain = ("index", "shard", "key", "path", "sha256", "width", "height", "error", "caption")
+    return [
+        TagRow(
+            **{name: item[name] for name in plain},
+            tag_ids=np.asarray(item["tag_ids"], dtype=np.int32),
+            scores=np.asarray(item["scores"], dtype=np.float32),
+            json_line=item["json"],
+            caption_file=None if item["caption_file"] is None else unescape_name(item["caption_file"]),
+            descriptor=None if item.get("descriptor") is None else np.asarray(item["descriptor"], dtype=np.float32),
         )
-    return rows
+        for item in table.to_pylist()
+    ]
 
 
 class TagActor:
@@ -182,19 +179,16 @@ class TagActor:
         )
         if self.tagger.device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(ACTOR_CPUS_ON_GPU)
-        self.options = TagOptions.from_values(**options)
-        self.batch_size = batch_size
-        self.descriptors = descriptors
+        self.options, self.batch_size, self.descriptors = TagOptions.from_values(**options), batch_size, descriptors
         self._formatter = ThreadPoolExecutor(1, thread_name_prefix="tag-rows")
 
     def __call__(self, table: Any) -> Any:
-        patch = self.tagger.model.config.patch_size
         window = decoded_window(table)
         rows = [error_row(item) for item in window if item.pixels is None]
         # Each batch's token counts ride on its first row (the write stage sums them).
         tokens, padded = [0] * len(rows), [0] * len(rows)
         formatted: list[Future[list[TagRow]]] = []
-        for batch in batches_by_tokens(window, self.batch_size, patch):
+        for batch in batches_by_tokens(window, self.batch_size, self.tagger.model.config.patch_size):
             real, computed = count_tokens(self.tagger, batch)
             probabilities, features = score_batch(self.tagger, batch, self.descriptors)
             # Rows of this batch are made while the model runs the next one.

@@ -60,23 +60,18 @@ def _shown(value: Any) -> str:
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Sentences' parts naming each changed setting: '--threshold 0.35 then, 0.5 now'."""
-    changed = []
     # Relation files are recorded only when given: dropping them is a change too.
-    for name in dict.fromkeys([*new, *(k for k in ("implications", "aliases") if k in old)]):
-        if name in ("options", "inputs", "version"):
-            continue
-        if old.get(name) != new.get(name):
-            changed.append(f"{flag(name)} was {_shown(old.get(name))}, now {_shown(new.get(name))}")
-    old_options, new_options = old.get("options", {}), new.get("options", {})
-    defaults = options_values(TagOptions())  # an option newer than the manifest had its default then
-    for name in new_options:
-        before = old_options.get(name, defaults.get(name))
-        if before != new_options[name]:
-            changed.append(f"{flag(name)} was {_shown(before)}, now {_shown(new_options[name])}")
+    names = dict.fromkeys([*new, *(k for k in ("implications", "aliases") if k in old)])
+    old_options, defaults = old.get("options", {}), options_values(TagOptions())
+    settings = [(name, old.get(name), new.get(name)) for name in names if name not in ("options", "inputs", "version")]
+    # An option newer than the manifest had its default then.
+    options = [(name, old_options.get(name, defaults.get(name)), now) for name, now in new.get("options", {}).items()]
+    changed = [
+        f"{flag(name)} was {_shown(then)}, now {_shown(now)}" for name, then, now in settings + options if then != now
+    ]
     old_inputs, new_inputs = old.get("inputs", []), new.get("inputs", [])
     if [i.get("input") for i in old_inputs] != [i.get("input") for i in new_inputs]:
-        before = " ".join(i.get("input", "?") for i in old_inputs)
-        after = " ".join(i.get("input", "?") for i in new_inputs)
+        before, after = (" ".join(i.get("input", "?") for i in inputs) for inputs in (old_inputs, new_inputs))
         changed.append(f"the inputs were {before}, now {after}")
     else:
         for before, after in zip(old_inputs, new_inputs, strict=True):

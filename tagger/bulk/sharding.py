@@ -69,8 +69,7 @@ def visible_gpus() -> list[str]:
 
     if not torch.cuda.is_available():
         return []
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [i.strip() for i in listed.split(",") if i.strip()] if listed else []
+    ids = [i.strip() for i in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if i.strip()]
     count = torch.cuda.device_count()
     return ids[:count] if ids else [str(i) for i in range(count)]
 

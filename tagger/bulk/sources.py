@@ -121,8 +121,7 @@ class Source:
 
     def survey(self) -> dict[str, Any]:
         """What the manifest records to notice a changed input: count and a hash of the names."""
-        digest = hashlib.sha256()
-        count = 0
+        digest, count = hashlib.sha256(), 0
         for entry in self.entries():
             digest.update(entry.name.encode("utf-8", "surrogateescape") + b"\n")
             count += 1
@@ -252,12 +251,10 @@ def _pick_table_column(names: Sequence[str], kinds: dict[str, str | None], wante
         if kinds.get(wanted) is None:
             raise BulkError(f"The column {wanted!r} of {where} holds neither image bytes nor file paths.")
         return wanted
-    for name in names:
-        if kinds.get(name) in ("image", "bytes"):
-            return name
-    for name in names:
-        if kinds.get(name) == "path" and name.lower() in PATH_COLUMN_NAMES:
-            return name
+    found = [name for name in names if kinds.get(name) in ("image", "bytes")]
+    found += [name for name in names if kinds.get(name) == "path" and name.lower() in PATH_COLUMN_NAMES]
+    if found:
+        return found[0]
     raise BulkError(
         f"{where} has no image column (image bytes, or file paths named {', '.join(PATH_COLUMN_NAMES)}); "
         f"its columns are {', '.join(names)}. Name it with --image-column."
@@ -338,10 +335,7 @@ def _dataset_kind(feature: Any) -> str | None:
     if isinstance(feature, datasets.Image) or (isinstance(feature, dict) and "bytes" in feature):
         return "image"
     if isinstance(feature, datasets.Value):
-        if feature.dtype in ("binary", "large_binary"):
-            return "bytes"
-        if feature.dtype in ("string", "large_string"):
-            return "path"
+        return {"binary": "bytes", "large_binary": "bytes", "string": "path", "large_string": "path"}.get(feature.dtype)
     return None
 
 
@@ -351,11 +345,10 @@ def _pick_split(loaded: Any, split: str | None, where: str) -> tuple[Any, str]:
     if isinstance(loaded, datasets.Dataset):
         return loaded, ""
     splits = list(loaded.keys())
+    if split is None and "train" not in splits and len(splits) != 1:
+        raise BulkError(f"{where} has the splits {', '.join(splits)}; choose one with --split.")
     if split is None:
-        if "train" in splits or len(splits) == 1:
-            split = "train" if "train" in splits else splits[0]
-        else:
-            raise BulkError(f"{where} has the splits {', '.join(splits)}; choose one with --split.")
+        split = "train" if "train" in splits else splits[0]
     if split not in splits:
         raise BulkError(f"{where} has no split {split!r}; its splits are {', '.join(splits)}.")
     return loaded[split], split
@@ -389,9 +382,7 @@ class SavedDatasetSource(Source):
             yield Entry(name, f"{shown}#{row}", "", ("dataset", self.spec, self.split, row, self.column))
 
     def survey(self) -> dict[str, Any]:
-        survey = super().survey()
-        survey["fingerprint"] = self.fingerprint
-        return survey
+        return {**super().survey(), "fingerprint": self.fingerprint}
 
 
 class HubSource(Source):
@@ -405,8 +396,7 @@ class HubSource(Source):
         self.name, _, revision = spec[len(HUB_PREFIX) :].partition("@")
         self.revision = revision or None
         self.split = split or "train"
-        self.image_column = image_column
-        self.key_column = key_column
+        self.image_column, self.key_column = image_column, key_column
 
     @property
     def default_label(self) -> str:
@@ -666,13 +656,13 @@ def read_bytes(locator: Locator) -> bytes:
     over ``safefs.MAX_IMAGE_BYTES`` is read."""
     kind = locator[0]
     if kind == "bytes":
-        return _capped(locator[1])
+        _check_size(len(locator[1]))
+        return locator[1]
     if kind == "file":
         return safefs.read_regular(locator[1], safefs.MAX_IMAGE_BYTES)
     if kind == "tar":
         _, archive, offset, size = locator
-        if size > safefs.MAX_IMAGE_BYTES:
-            raise safefs.TooLarge(safefs.size_limit_sentence(size))
+        _check_size(size)
         with open(archive, "rb") as fp:
             fp.seek(offset)
             data = fp.read(size)
@@ -686,8 +676,7 @@ def read_bytes(locator: Locator) -> bytes:
         if handle is None:
             handle = cache.zips[archive] = zipfile.ZipFile(archive)
         try:
-            if handle.getinfo(member).file_size > safefs.MAX_IMAGE_BYTES:
-                raise safefs.TooLarge(safefs.size_limit_sentence(handle.getinfo(member).file_size))
+            _check_size(handle.getinfo(member).file_size)
             return handle.read(member)
         except (zipfile.BadZipFile, NotImplementedError, EOFError, KeyError) as e:
             raise OSError(str(e)) from None
@@ -700,23 +689,22 @@ def read_bytes(locator: Locator) -> bytes:
         dataset = cache.datasets.get((folder, split, column))
         if dataset is None:
             dataset = cache.datasets[(folder, split, column)] = _open_saved_column(folder, split, column)
-        size = _dataset_cell_size(dataset, row, column)
-        if size is not None and size > safefs.MAX_IMAGE_BYTES:
-            raise safefs.TooLarge(safefs.size_limit_sentence(size))  # refused before it is copied
+        _check_size(_dataset_cell_size(dataset, row, column))  # refused before it is copied
         cell, path = _image_value(dataset[row][column])
         return _bytes_or_file(cell, path, folder)
     raise ValueError(f"unknown locator kind {kind!r}")
 
 
-def _capped(data: bytes) -> bytes:
-    if len(data) > safefs.MAX_IMAGE_BYTES:
-        raise safefs.TooLarge(safefs.size_limit_sentence(len(data)))
-    return data
+def _check_size(size: int | None) -> None:
+    """``safefs.TooLarge`` for an image over ``safefs.MAX_IMAGE_BYTES`` (None: not known ahead)."""
+    if size is not None and size > safefs.MAX_IMAGE_BYTES:
+        raise safefs.TooLarge(safefs.size_limit_sentence(size))
 
 
 def _bytes_or_file(data: bytes | None, path: str | None, folder: str) -> bytes:
     if data is not None:
-        return _capped(data)
+        _check_size(len(data))
+        return data
     if path:
         return safefs.read_regular(os.path.join(folder, path), safefs.MAX_IMAGE_BYTES)
     raise OSError("the row holds no image")

@@ -145,9 +145,8 @@ class BatchWriter:
 
     def __init__(self, directory: str | os.PathLike, options: TagOptions, vocab: Vocabulary | None = None):
         self.directory = Path(directory)
-        self.vocab = vocab  # its relations rename prepended aliases
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.options = options
+        self.options, self.vocab = options, vocab  # the vocabulary's relations rename prepended aliases
         self.captions_path = self.directory / "captions.zip"
         self.jsonl_path = self.directory / "tags.jsonl"
         self.namer = CaptionNamer()
@@ -229,17 +228,15 @@ def run_batch(
     started = time.perf_counter()
     inputs = collect_inputs(paths, limits)  # refuse a bad request before creating anything
     directory = Path(out_dir) if out_dir is not None else new_output_dir()
-    calls = 0
+    output = BatchOutput(skipped=list(inputs.skipped))
 
     def counted_run(pixels: list[torch.Tensor]) -> np.ndarray:
-        nonlocal calls
-        calls += 1
+        output.model_calls += 1
         return run(pixels)
 
-    output = BatchOutput(skipped=list(inputs.skipped))
     try:
         with inputs, BatchWriter(directory, options, vocab) as writer:
-            results = tag_items(
+            for result in tag_items(
                 inputs,
                 prepare=prepare,
                 run=counted_run,
@@ -247,29 +244,25 @@ def run_batch(
                 options=options,
                 chunk_size=chunk_size,
                 progress=progress,
-            )
-            for result in results:
+            ):
                 writer.add(result)
                 output.results.append(result)
-                if result.error is None:
-                    output.images += 1
-                else:
-                    output.errors += 1
     except BaseException:
         if out_dir is None:  # half-written outputs of a failed request are of no use
             shutil.rmtree(directory, ignore_errors=True)
         raise
+    output.errors = sum(result.error is not None for result in output.results)
+    output.images = len(output.results) - output.errors
     output.captions_zip = writer.captions_path
     output.jsonl = writer.jsonl_path
     output.renamed = writer.namer.renamed
-    output.model_calls = calls
     output.seconds = time.perf_counter() - started
     log.info(
         "Batch: %d tagged, %d errors, %d skipped, %d model calls, %.1f s",
         output.images,
         output.errors,
         len(output.skipped),
-        calls,
+        output.model_calls,
         output.seconds,
     )
     return output
