@@ -93,3 +93,19 @@ def test_one_worker_process_per_device_share_the_work(tmp_path: Path, tiny_files
     assert len(keys) == len(set(keys)) == 10
     # Worker a took shards 0 and 2 (--shard 0/2), worker b shards 1 and 3: each completed once.
     assert sorted(p.name for p in (out / "parquet").iterdir()) == [f"shard-00000{i}.parquet" for i in range(4)]
+
+
+def test_a_worker_killed_by_a_signal_fails_the_run(monkeypatch) -> None:
+    """A worker the OOM killer ends (wait() -9) must not let the run exit 0: 137, as a shell says."""
+    statuses = iter([0, -9])
+
+    class Child:
+        def __init__(self, command, env) -> None:
+            self.status = next(statuses)
+
+        def wait(self) -> int:
+            return self.status
+
+    monkeypatch.setattr("tagger.bulk.sharding.subprocess.Popen", Child)
+    workers = [Worker("cpu-a", "cpu", {}), Worker("cpu-b", "cpu", {})]
+    assert launch_workers(["data", "--out", "out"], workers, ShardSpec()) == 137

@@ -71,7 +71,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]
     old_inputs, new_inputs = old.get("inputs", []), new.get("inputs", [])
     if [i.get("input") for i in old_inputs] != [i.get("input") for i in new_inputs]:
-        before, after = (" ".join(i.get("input", "?") for i in inputs) for inputs in (old_inputs, new_inputs))
+        before = " ".join(i.get("input", "?") for i in old_inputs)
+        after = " ".join(i.get("input", "?") for i in new_inputs)
         changed.append(f"the inputs were {before}, now {after}")
     else:
         for before, after in zip(old_inputs, new_inputs, strict=True):

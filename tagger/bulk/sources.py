@@ -217,10 +217,15 @@ class TarSource(Source):
         """(name, error) for an image member, None for anything else. Names that are not
         UTF-8 (tarfile decodes their bytes as surrogates) are escaped: ``tagger.bulk.names``."""
         shown = escape_name(Path(self.spec).name)
-        member = _image_member(info.name, info.name, shown, escape_name) if info.isfile() else None
-        if member is None or member[1] is not None or info.size <= safefs.MAX_IMAGE_BYTES:
-            return member
-        return member[0], f"Could not read {shown}/{member[0]}: {safefs.size_limit_sentence(info.size)}."
+        if not info.isfile():
+            return None
+        member = _image_member(info.name, info.name, shown, escape_name)
+        if member is None:
+            return None
+        name, error = member
+        if error is None and info.size > safefs.MAX_IMAGE_BYTES:
+            error = f"Could not read {shown}/{name}: {safefs.size_limit_sentence(info.size)}."
+        return name, error
 
     def entries(self) -> Iterator[Entry]:
         shown = escape_name(Path(self.spec).name)

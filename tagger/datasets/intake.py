@@ -297,13 +297,17 @@ class BatchInputs:
         ``UploadError`` when the decompressed data passes a limit (the request stops)."""
         _check_time_budget(item.name)
         limit = min(self.limits.max_image_bytes, self.limits.max_total_bytes - self.bytes_read)
-        if item.member is not None and item.member.flag_bits & 0x1:
-            raise ImageError(f"Could not read {item.name}: it is encrypted in the zip; zip it without a password.")
         try:
-            with (
-                open(item.source, "rb") if item.member is None else self._archives[item.source].open(item.member) as fp
-            ):
-                data = _read_capped(fp, limit, item.name, self.limits)
+            if item.member is None:
+                with open(item.source, "rb") as fp:
+                    data = _read_capped(fp, limit, item.name, self.limits)
+            else:
+                if item.member.flag_bits & 0x1:
+                    raise ImageError(
+                        f"Could not read {item.name}: it is encrypted in the zip; zip it without a password."
+                    )
+                with self._archives[item.source].open(item.member) as fp:
+                    data = _read_capped(fp, limit, item.name, self.limits)
         except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError) as e:
             # Bad CRC, an unsupported compression method (deflate64...), a truncated archive.
             raise ImageError(f"Could not read {item.name} from the upload: {e}.") from None

@@ -25,7 +25,8 @@ class CaptionNamer:
     def name_for(self, filename: str) -> str:
         path = PurePosixPath(filename)
         preferred = str(path.with_suffix(".txt"))
-        later = (f"{path.name}.{number}.txt" if number > 1 else f"{path.name}.txt" for number in itertools.count(1))
+        numbered = (f"{path.name}.{number}.txt" for number in itertools.count(2))
+        later = itertools.chain([f"{path.name}.txt"], numbered)  # photo.png: photo.txt, photo.png.txt, photo.png.2.txt…
         candidates = itertools.chain([preferred], (str(path.with_name(name)) for name in later))
         name = next(name for name in candidates if name.casefold() not in self._taken)
         self._taken.add(name.casefold())

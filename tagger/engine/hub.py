@@ -266,9 +266,12 @@ def resolve_model_files(
 
     if checkpoint_value and vocab_value:
         source = "local files"
+    elif checkpoint_value:
+        source = f"{hub_source} (checkpoint from a local file)"
+    elif vocab_value:
+        source = f"{hub_source} (vocabulary from a local file)"
     else:
-        local = "checkpoint" if checkpoint_value else "vocabulary" if vocab_value else None
-        source = f"{hub_source} ({local} from a local file)" if local else hub_source
+        source = hub_source
     return ModelFiles(checkpoint=checkpoint_path, vocab=vocab_path, source=source)
 
 

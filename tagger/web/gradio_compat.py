@@ -157,7 +157,7 @@ def skip_event_analytics(queue: Any) -> None:
     """Gradio's queue records every event and, after each one (twice after a failure), rebuilds
     a pandas summary of up to 10,000 records for its ``/monitoring`` dashboard, even with the
     dashboard off. The rebuilds run in worker threads and leave native memory behind that grows
-    with the number of records (+15 MiB in the abuse soak); this app serves no dashboard, so the
+    with the number of records (the README's abuse soak); this app serves no dashboard, so the
     queue keeps one record and never rebuilds the summary."""
     queue.ANALYTICS_MAX_EVENTS = 1
     queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize  # Gradio's spelling

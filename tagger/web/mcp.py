@@ -94,8 +94,10 @@ def _answering(run: Callable[..., Any]) -> Callable[..., Any]:
 def _file_parameters(server: Any, name: str) -> dict[str, bool]:
     """The tool's file parameters: name -> whether it takes a list of files."""
     fn = gradio_compat.mcp_tool_function(server, name)
+    if fn is None:
+        return {}
     found = {}
-    for parameter in inspect.signature(fn).parameters.values() if fn is not None else ():
+    for parameter in inspect.signature(fn).parameters.values():
         many = typing.get_origin(parameter.annotation) is list
         if (typing.get_args(parameter.annotation)[0] if many else parameter.annotation) in (FileData, ImageData):
             found[parameter.name] = many

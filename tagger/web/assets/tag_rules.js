@@ -103,7 +103,12 @@
   /** The items whose key is not that of an earlier one. */
   function uniqueBy(items, keyOf) {
     const seen = new Set();
-    return items.filter((item) => !seen.has(keyOf(item)) && seen.add(keyOf(item)));
+    return items.filter((item) => {
+      const key = keyOf(item);
+      if (seen.has(key)) return false;
+      seen.add(key);
+      return true;
+    });
   }
 
   /** tagger.tags.selection.resolve_category for a name. */
@@ -279,7 +284,10 @@
   /** tagger.tags.formats.group_by_category: [[category, rows]] in display order. */
   function groupByCategory(rows) {
     const groups = new Map();
-    for (const row of rows) (groups.get(row[2]) || groups.set(row[2], []).get(row[2])).push(row);
+    for (const row of rows) {
+      if (!groups.has(row[2])) groups.set(row[2], []);
+      groups.get(row[2]).push(row);
+    }
     return CATEGORIES.filter((c) => groups.has(c.id)).map((c) => [c, groups.get(c.id)]);
   }
 
@@ -292,8 +300,8 @@
     const names = rows.map((row) => row[0]).filter((name) => !seen.has(normalizeTag(name)));
     // tagger.tags.formats.format_tag
     const underscored = (tag) => (format.underscores ? replaceAll(tag, " ", "_") : tag);
-    const formatTag = (tag) => (format.escapeParentheses ? replaceAll(replaceAll(replaceAll(tag, "\\", "\\\\"), "(", "\\("), ")", "\\)") : tag);
-    return [...leading, ...names].map((name) => formatTag(underscored(name))).join(separator);
+    const escaped = (tag) => (format.escapeParentheses ? replaceAll(replaceAll(replaceAll(tag, "\\", "\\\\"), "(", "\\("), ")", "\\)") : tag);
+    return [...leading, ...names].map((name) => escaped(underscored(name))).join(separator);
   }
 
   /** tagger.tags.formats.category_tag_strings: [[category, string]]; prepended tags are not in them. */

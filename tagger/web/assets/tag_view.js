@@ -161,8 +161,9 @@
       if (chevron) {
         const card = chevron.closest(".tv-category");
         const name = card.dataset.category;
-        const folded = !s.collapsed.delete(name); // it was unfolded: fold it
+        const folded = !s.collapsed.has(name);
         if (folded) s.collapsed.add(name);
+        else s.collapsed.delete(name);
         card.classList.toggle("tv-collapsed", folded);
         chevron.setAttribute("aria-expanded", String(!folded));
         chevron.setAttribute("aria-label", `${folded ? "Expand" : "Collapse"} ${name}`);
@@ -178,7 +179,10 @@
         return;
       }
       const copy = event.target.closest(".tv-copy");
-      if (copy) return copyText(copy.closest(".tv-category").querySelector(".tv-string").textContent, copy);
+      if (copy) {
+        copyText(copy.closest(".tv-category").querySelector(".tv-string").textContent, copy);
+        return;
+      }
       const exclude = event.target.closest(".tv-x");
       if (exclude) {
         const tag = exclude.closest(".tv-row").dataset.tag;
@@ -350,7 +354,10 @@
     if (!field) return;
     let note = field.querySelector(":scope > .tv-field-error");
     field.classList.toggle("tv-invalid", Boolean(message));
-    if (!message) return note && note.remove();
+    if (!message) {
+      if (note) note.remove();
+      return;
+    }
     if (!note) {
       note = field.appendChild(document.createElement("div"));
       note.className = "tv-field-error";

@@ -184,8 +184,9 @@ def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolutio
     in_page(stops.change, visible, inputs=stops, outputs=colours)
     # One upload, many views: the Tag tab's image is this tab's image too (in the page).
     in_page(source.change, "(value) => value", inputs=source, outputs=image)
-    for listen, handler, shown in ((image.input, analysis, []), (tab.select, on_open, [maps_state])):
-        analysed = listen(handler, inputs=[image, resolution, *shown, *style], outputs=analysis_outputs, **HEAVY_EVENT)
+    for listen, handler, state_inputs in ((image.input, analysis, []), (tab.select, on_open, [maps_state])):
+        inputs = [image, resolution, *state_inputs, *style]
+        analysed = listen(handler, inputs=inputs, outputs=analysis_outputs, **HEAVY_EVENT)
         in_page(analysed.success, SCROLL_TO_MAPS)
     gr.on(
         [c.change for c in style],

@@ -307,7 +307,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             concurrency_id=TAG_QUEUE,
             show_progress_on=[view],
         )
-    # A new image is shown as itself, not under an old heatmap.
+    # A new image, or Back, shows the image itself, not the heatmap.
     in_page([image.change, back.click], SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
 
     def more_scores(scored: ScoredImage | None, evt: gr.EventData) -> dict:
