@@ -73,7 +73,9 @@ def _record_item(record: Record) -> dict[str, Any]:
 
 
 def _item_record(item: dict[str, Any]) -> Record:
-    return Record(**({name: item[name] for name in RECORD_COLUMNS} | {"locator": tuple(json.loads(item["locator"]))}))
+    fields = {name: item[name] for name in RECORD_COLUMNS}
+    fields["locator"] = tuple(json.loads(item["locator"]))
+    return Record(**fields)
 
 
 def decode_batch(table: Any, prepare: Preprocessor) -> Any:
@@ -92,7 +94,8 @@ def decode_batch(table: Any, prepare: Preprocessor) -> Any:
             )
         array = None if pixels is None else np.ascontiguousarray(np.asarray(pixels))
         raw = (None, None, None) if array is None else (array.tobytes(), list(array.shape), str(array.dtype))
-        for name, value in zip(types, (error, digest, width, height, *raw), strict=True):
+        row = dict(error=error, sha256=digest, width=width, height=height, pixels=raw[0], shape=raw[1], dtype=raw[2])
+        for name, value in row.items():
             out[name].append(value)
     columns = {name: table.column(name) for name in RECORD_COLUMNS if name != "error"}  # error: decoding's own
     return pa.table(columns | {name: pa.array(values, types[name]) for name, values in out.items()})

@@ -173,9 +173,12 @@ def png_files(**images: np.ndarray) -> tuple[FileData, ...]:
     """Lossless PNGs (the maps are flat colour fields that WebP, Gradio's default, would smear)
     in a new folder of Gradio's cache, cleaned up with it."""
     folder = Path(tempfile.mkdtemp(prefix="result-", dir=get_upload_folder()))
+    files = []
     for name, array in images.items():
-        Image.fromarray(array).save(folder / f"{name}.png")
-    return tuple(FileData(path=str(folder / f"{n}.png"), orig_name=f"{n}.png", mime_type="image/png") for n in images)
+        path = folder / f"{name}.png"
+        Image.fromarray(array).save(path)
+        files.append(FileData(path=str(path), orig_name=path.name, mime_type="image/png"))
+    return tuple(files)
 
 
 def file_data(path: Path | None) -> FileData:
