@@ -350,14 +350,16 @@ def relation_files(args: argparse.Namespace) -> dict[str, list[str]]:
     (a changed file changes the tags, so a resume with it is refused)."""
     from tagger.tags.relations import resolve_source
 
-    def recorded(sources: list[str]) -> list[str]:
-        paths = [resolve_source(s, args.repo, args.revision) for s in sources]
-        return [
-            f"{s} (sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:16]})"
-            for s, p in zip(sources, paths, strict=True)
-        ]
-
-    return {name: recorded(sources) for name in ("implications", "aliases") if (sources := getattr(args, name))}
+    recorded: dict[str, list[str]] = {}
+    for name in ("implications", "aliases"):
+        sources = getattr(args, name)
+        if sources:
+            paths = [resolve_source(s, args.repo, args.revision) for s in sources]
+            recorded[name] = [
+                f"{s} (sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:16]})"
+                for s, p in zip(sources, paths, strict=True)
+            ]
+    return recorded
 
 
 def _load_tagger(args: argparse.Namespace, files: ModelFiles) -> tuple[Tagger, int]:

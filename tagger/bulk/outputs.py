@@ -308,11 +308,10 @@ class OutputWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        # The part's columns, with the run's constant ones after the image's size.
-        constant = ("model_repo", "model_revision", "options_hash")
-        names: tuple[str, ...] = ("key", "path", "sha256", "width", "height", *constant, "tag_ids", "scores")
-        names += ("descriptor", "error") if self.info.descriptors else ("error",)
-        repeated = {name: pa.array([getattr(self.info, name)] * table.num_rows, pa.string()) for name in constant}
-        columns = {name: repeated[name] if name in constant else table.column(name) for name in names}
+        columns = {name: table.column(name) for name in ("key", "path", "sha256", "width", "height")}
+        for name in ("model_repo", "model_revision", "options_hash"):  # the run's: the same on every row
+            columns[name] = pa.array([getattr(self.info, name)] * table.num_rows, pa.string())
+        for name in ("tag_ids", "scores", *(("descriptor",) if self.info.descriptors else ()), "error"):
+            columns[name] = table.column(name)
         with atomic_file(self.layout.shard_file(shard, "parquet"), durable=True) as fp:
             pq.write_table(pa.table(columns), fp, compression="zstd")
