@@ -111,8 +111,9 @@ def launch_workers(argv: Sequence[str], workers: Sequence[Worker], shard: ShardS
         command += ["--progress-label", worker.label, "--progress-position", str(number)]
         children.append(subprocess.Popen(command, env={**os.environ, **worker.env}))
     try:
+        codes = [child.wait() for child in children]
         # A child killed by a signal (wait() < 0, e.g. the OOM killer) fails as a shell says: 128 + signal.
-        return max([0, *(code if code >= 0 else 128 - code for code in (child.wait() for child in children))])
+        return max([0, *(128 - code if code < 0 else code for code in codes)])
     except KeyboardInterrupt:
         for child in children:
             child.wait()

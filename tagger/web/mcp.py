@@ -98,9 +98,11 @@ def _file_parameters(server: Any, name: str) -> dict[str, bool]:
         return {}
     found = {}
     for parameter in inspect.signature(fn).parameters.values():
-        many = typing.get_origin(parameter.annotation) is list
-        if (typing.get_args(parameter.annotation)[0] if many else parameter.annotation) in (FileData, ImageData):
-            found[parameter.name] = many
+        annotation = parameter.annotation
+        if annotation in (FileData, ImageData):
+            found[parameter.name] = False
+        elif typing.get_origin(annotation) is list and typing.get_args(annotation)[0] in (FileData, ImageData):
+            found[parameter.name] = True
     return found
 
 
@@ -112,9 +114,12 @@ def _with_files(
     converted = dict(arguments)
     for parameter, many in _file_parameters(server, name).items():
         value = arguments.get(parameter)
-        if value is not None and many:
-            converted[parameter] = [_file(v, parameter, write) for v in (value if isinstance(value, list) else [value])]
-        elif value is not None:
+        if value is None:
+            continue
+        if many:
+            values = value if isinstance(value, list) else [value]
+            converted[parameter] = [_file(v, parameter, write) for v in values]
+        else:
             converted[parameter] = _file(value, parameter, write)
     return converted
 

@@ -216,7 +216,8 @@ def _readable_request_errors(demo: gr.Blocks) -> None:
         for block, value in zip(components, inputs, strict=False):
             if isinstance(block, (gr.File, gr.Image)):
                 continue  # file payloads and data URLs have their own limits
-            length = sum(len(t) for t in (value if isinstance(value, list) else [value]) if isinstance(t, str))
+            texts = value if isinstance(value, list) else [value]
+            length = sum(len(t) for t in texts if isinstance(t, str))
             if length > MAX_TEXT_CHARS:
                 label = getattr(block, "label", None) or type(block).__name__
                 raise gr.Error(
