@@ -22,11 +22,9 @@ def option_flag(name: str) -> str:
 def add_option_arguments(
     parser: argparse.ArgumentParser, *, unset: bool = False, notes: Mapping[str, str] | None = None
 ) -> None:
-    """One flag per declared tagging option (``--character-threshold 0.9``, ``--underscores``),
-    with its type, default and help from ``TagOptions``; read back with ``options_from_args``.
-
-    ``unset``: flags not given read as ``None`` (the declared default still applies), so a caller
-    can tell which ones the user chose. ``notes``: text added to an option's help."""
+    """One flag per declared tagging option, read back with ``options_from_args``. ``unset``: flags
+    not given read as ``None`` (the default still applies), so a caller can tell which ones the user
+    chose. ``notes``: text added to an option's help."""
     group = parser.add_argument_group("tagging options (as in the app and /tag)")
     notes = notes or {}
     for f in OPTION_FIELDS:
@@ -48,8 +46,7 @@ def options_from_args(args: argparse.Namespace) -> TagOptions:
 
 
 def add_relation_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--implications FILE…`` and ``--aliases FILE…``: the boorus' relation files (README: Tag
-    implications and aliases), the same in ``tagger`` and ``tagger-bulk``."""
+    """``--implications FILE…`` and ``--aliases FILE…``, the same in ``tagger`` and ``tagger-bulk``."""
     group = parser.add_argument_group("tag relations (for --implied, and aliases in typed tags and output)")
     where = "paths, http(s) URLs (downloaded once into the cache) or hub:FILENAME"
     for flag, files in (("--implications", "tag_implications"), ("--aliases", "tag_aliases")):

@@ -18,15 +18,6 @@ def group_by_category(tags: Sequence[TagScore]) -> list[tuple[Category, list[Tag
     return [(c, groups[c.id]) for c in CATEGORIES if c.id in groups]
 
 
-def format_tag(tag: str, underscores: bool = False, escape_parentheses: bool = False) -> str:
-    """One tag as prompt tools expect it: optional underscores, optional ``\\(`` escapes."""
-    if underscores:
-        tag = tag.replace(" ", "_")
-    if escape_parentheses:
-        tag = tag.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-    return tag
-
-
 def tag_string(
     tags: Sequence[TagScore],
     *,
@@ -44,22 +35,25 @@ def tag_string(
         tags = [t for _, group in group_by_category(tags) for t in group]
     elif order != "score":
         raise SelectionError(f"order must be 'score' or 'category', not {order!r}.")
-    # Prepended tags may be typed already escaped (fate \(series\)): unescape them so that
-    # format_tag escapes every tag exactly once.
+    # Prepended tags may be typed already escaped (fate \(series\)): unescaped, every tag is
+    # escaped exactly once below.
     leading = [t.replace("\\(", "(").replace("\\)", ")") for t in parse_tag_list(prepend)]
     if rename is not None:
         leading = parse_tag_list([rename(t) for t in leading])
     seen = {normalize_tag(t) for t in leading}
-    names = [t.tag for t in tags if normalize_tag(t.tag) not in seen]
-    return separator.join(format_tag(name, underscores, escape_parentheses) for name in [*leading, *names])
+    names = [*leading, *(t.tag for t in tags if normalize_tag(t.tag) not in seen)]
+    if underscores:
+        names = [name.replace(" ", "_") for name in names]
+    if escape_parentheses:
+        names = [name.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for name in names]
+    return separator.join(names)
 
 
 def category_tag_strings(
     tags: Sequence[TagScore], *, underscores: bool = False, escape_parentheses: bool = False
 ) -> list[tuple[Category, str]]:
-    """One tag string per category, in display order, as the Tag tab's per-category copy
-    buttons give them: the format options apply; prepended tags do not (they belong to the
-    string of all tags)."""
+    """One tag string per category, in display order (the Tag tab's copy buttons): the format
+    options apply; prepended tags belong to the string of all tags only."""
     return [
         (category, tag_string(group, underscores=underscores, escape_parentheses=escape_parentheses))
         for category, group in group_by_category(tags)

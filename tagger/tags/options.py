@@ -1,11 +1,5 @@
-"""The user-facing tagging options, declared once and shared by every front end.
-
-``TagOptions`` declares each option (name, type, default, range, label, help) as a dataclass
-field; the UI, the API endpoints, the API reference, the MCP tools and the bulk CLI derive
-their widgets, signatures and flags from ``OPTION_FIELDS``. An instance validates the values,
-turns itself into a ``Selection`` and formats the tag string, so the front ends cannot drift
-apart.
-"""
+"""The user-facing tagging options, declared once (``TagOptions``) and shared by every front end,
+so that they cannot drift apart."""
 
 from __future__ import annotations
 
@@ -68,12 +62,9 @@ _PROBABILITY: dict[str, Any] = {"minimum": 0.0, "maximum": 1.0, "step": 0.01}  #
 
 @dataclass(frozen=True)
 class TagOptions:
-    """Every tagging control, declared once: name, type, default, range, label and help.
-
-    The UI's widgets, the ``/tag`` and ``/tag_batch`` signatures, the API reference, the MCP
-    tool descriptions and the bulk CLI's flags are all derived from these fields
-    (``OPTION_FIELDS``). ``mode`` picks the rule; ``floor`` always applies.
-    """
+    """Every tagging control (name, type, default, range, label, help) as a field: the UI's widgets,
+    the API signatures and reference, the MCP tools and the CLI flags derive from ``OPTION_FIELDS``.
+    An instance validates the values and holds their ``Selection``."""
 
     mode: str = _option(
         "threshold",

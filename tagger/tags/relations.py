@@ -5,13 +5,9 @@ Reads e621's database export (``tag_implications-*.csv(.gz)``, ``tag_aliases-*.c
 (``tag_implications.json``, ``tag_aliases.json``: objects with ``antecedent_name``,
 ``consequent_name``, ``status``); only ``active`` rows count, and any number of files merge.
 A source is a path, an http(s) URL (downloaded once into the cache) or ``hub:FILENAME`` (a
-file of the model's Hub repo, through the Hugging Face cache).
-
-``load_relations`` reads the files once per process; ``attach`` maps the names onto a
-vocabulary (``_`` or space, any case, the vocabulary's artist form ``by NAME``, escaped
-parentheses) and hangs the result on it as ``vocab.relations``, which ``select_tags`` and
-``page_scores`` use: the ``implied`` option's ``remove`` and ``add``, aliases rewriting what
-people type and the names the vocabulary still holds under an old name.
+file of the model's Hub repo). ``attach`` maps the names onto a vocabulary (``_`` or space, any
+case, its artist form ``by NAME``, escaped parentheses) as ``vocab.relations``, which
+``select_tags`` and ``page_scores`` use for the ``implied`` option and aliases.
 """
 
 from __future__ import annotations
@@ -52,12 +48,8 @@ def sources_from_env(name: str, env: Mapping[str, str] | None = None) -> list[st
     return [part for part in re.split(r"[\s,]+", value) if part]
 
 
-# -- reading files ------------------------------------------------------------------------------
-
-
 def _download(url: str) -> Path:
-    """``url`` saved once under ``$TAGGER_CACHE/relations`` (default ``~/.cache/tagger``); later
-    calls (any process) reuse the file."""
+    """``url`` saved once under ``$TAGGER_CACHE/relations``; later calls (any process) reuse it."""
     base = os.environ.get("TAGGER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tagger")
     folder = Path(base) / "relations"
     name = os.path.basename(urllib.parse.urlparse(url).path) or "relations"
@@ -149,9 +141,6 @@ def read_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         for row in reader
         if len(row) > last and row[st] == "active" and row[a].strip() and row[c].strip()
     ]
-
-
-# -- the name graph -----------------------------------------------------------------------------
 
 
 def _find_cycles(graph: Mapping[str, Sequence[str]], limit: int = 3) -> list[list[str]]:
@@ -270,9 +259,6 @@ def load_relations(
         return _LOADED[key]
 
 
-# -- onto a vocabulary --------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class RelationReport:
     """How the relation files met the vocabulary."""
@@ -340,13 +326,10 @@ class VocabRelations:
             out[self._lift_targets] = np.maximum(out[self._lift_targets], best)
         return out
 
-    def typed(self, tag: str) -> str:
-        """A tag someone typed, in comparison form, after aliases."""
-        key = normalize_tag(tag)
-        return normalize_tag(self.input_aliases[key]) if key in self.input_aliases else key
-
     def find(self, tag: str) -> list[int]:
-        return self.index.get(self.typed(tag), [])
+        """The indices of a tag someone typed, after aliases."""
+        key = normalize_tag(tag)
+        return self.index.get(normalize_tag(self.input_aliases[key]) if key in self.input_aliases else key, [])
 
     def shown(self, tag: str) -> str:
         """A typed tag (a prepended one) as shown: an old name becomes the one it points to."""

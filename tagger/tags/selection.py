@@ -1,9 +1,5 @@
-"""Which tags to keep from one image's score vector: ``Selection`` and ``select_tags`` (pure functions).
-
-The UI, the API and the CLI all call these, so a threshold change never needs the model again:
-the model produces a score vector once, and everything here works on it. Also the parsing of typed
-tag lists and the glob patterns ``exclude`` / ``include`` take.
-"""
+"""Which tags to keep from one image's score vector: ``Selection`` and ``select_tags`` (pure
+functions, so a threshold change never needs the model again); typed tag lists and globs."""
 
 from __future__ import annotations
 
@@ -33,9 +29,8 @@ def _check_probability(name: str, value: float) -> float:
         raise SelectionError(f"{name} must be a number between 0 and 1, not {value!r}.") from None
     if not (0.0 <= value <= 1.0):  # also rejects NaN
         raise SelectionError(f"{name} must be between 0 and 1, not {value}.")
-    # Scores are float32 and are compared in float32 (a score shown as 0.35 meets a threshold
-    # of 0.35): keep the limit as the float32 value it is compared as, so that what a
-    # Selection reports is exactly what it applies (1e-50 is 0 in float32).
+    # Scores are compared in float32 (a score shown as 0.35 meets a threshold of 0.35): keep the
+    # limit as that float32 value, so a Selection reports what it applies (1e-50 is 0 in float32).
     return float(np.float32(value))
 
 
@@ -107,8 +102,8 @@ _PATTERN_HITS: weakref.WeakKeyDictionary[Vocabulary, tuple[object, dict[str, lis
 
 
 def _matching(key: str, vocab: Vocabulary, index: Mapping[str, list[int]]) -> list[int]:
-    """Indices of every tag whose comparison form matches the glob ``key`` (remembered per
-    vocabulary and relations: a blacklist is applied to every image)."""
+    """Indices of the tags matching the glob ``key``, remembered per vocabulary and relations (a
+    blacklist is applied to every image)."""
     owner, hits = _PATTERN_HITS.get(vocab, (None, {}))
     if owner is not vocab.relations:
         hits = {}
@@ -134,33 +129,21 @@ def mcut_threshold(scores: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Selection:
-    """Which tags to keep. Thresholds are probabilities in [0, 1].
+    """Which tags to keep. Thresholds are probabilities in [0, 1]; categories by id or name."""
 
-    - ``threshold``: applies to every category without its own rule.
-    - ``category_thresholds`` / ``category_topk``: per-category rules (by id or name); top-k
-      keeps that category's k best tags at or above ``floor``.
-    - ``mcut``: categories without their own rule use their MCut threshold instead of
-      ``threshold`` (the automatic threshold wd-tagger offers).
-    - ``floor``: nothing below it is ever returned (the authors' Space uses 0.05).
-    - ``topk``: cap on the total, best first. ``categories``: None keeps all.
-    - ``exclude``: tags never returned (matched ignoring case, ``_`` vs space, escapes).
-    - ``include``: when not empty, only these tags can be returned (matched the same way; the
-      other rules still apply to them).
-      Both take globs: ``*`` any run of characters, ``?`` one (``\\*``, ``\\?`` themselves).
-    - ``implied``: with tag relations attached to the vocabulary (``tagger.tags.relations``),
-      ``remove`` drops every selected tag that another selected tag implies; ``add`` raises each
-      tag's score to the best score of the tags implying it before selecting; ``keep`` neither.
-    """
-
-    threshold: float = 0.35
-    topk: int | None = None
+    threshold: float = 0.35  # every category without its own rule
+    topk: int | None = None  # cap on the total, best first
     category_thresholds: Mapping[int | str, float] = field(default_factory=dict)
-    category_topk: Mapping[int | str, int] = field(default_factory=dict)
-    mcut: bool = False
-    floor: float = 0.0
-    categories: Iterable[int | str] | None = None
+    category_topk: Mapping[int | str, int] = field(default_factory=dict)  # that category's k best at or above floor
+    mcut: bool = False  # categories without their own rule use their MCut threshold (wd-tagger's automatic one)
+    floor: float = 0.0  # nothing below it is ever returned (the authors' Space uses 0.05)
+    categories: Iterable[int | str] | None = None  # None keeps all
+    # Tags never returned / when not empty, the only ones that can be (the other rules still apply),
+    # matched as normalize_tag compares; globs: ``*`` any run, ``?`` one (``\*``, ``\?`` themselves).
     exclude: Iterable[str] = ()
     include: Iterable[str] = ()
+    # With relations attached to the vocabulary: ``remove`` drops each selected tag another selected
+    # tag implies; ``add`` first raises each tag's score to the best of the tags implying it.
     implied: str = "keep"
 
     def __post_init__(self) -> None:
@@ -260,8 +243,7 @@ def top_tags(scores: np.ndarray, vocab: Vocabulary, k: int) -> list[TagScore]:
 
 
 def add_to_tag_list(text: str | None, tag: str) -> str:
-    """``text`` (a comma-separated list someone typed) with ``tag`` appended, unless it holds it
-    already (compared as ``Selection`` compares tags)."""
+    """``text`` (a typed tag list) with ``tag`` appended unless it holds it (compared as ``Selection`` does)."""
     text = text or ""
     if normalize_tag(tag) in {normalize_tag(t) for t in parse_tag_list(text)}:
         return text
