@@ -1,20 +1,13 @@
 """Batch tagging for dataset builders: many images and/or zip archives in, captions out.
 
-* ``tagger.datasets.intake.collect_inputs`` lists the images of the upload and checks its limits.
-* ``tag_items`` streams over those images in chunks: read + decode + preprocess on the CPU,
-  then ONE model call per chunk, then free the pixels. At most ``chunk_size`` decoded images
-  are alive at any time, whatever the size of the batch. An unreadable image becomes an
-  error result and the batch goes on.
-* ``BatchWriter`` writes the results as they come: a zip of kohya/sd-scripts captions (one
-  ``.txt`` per image, same folder and stem) and a JSONL file in the authors' line schema.
+``run_batch`` collects the images (``intake.collect_inputs``), tags them in chunks
+(``tag_items``: at most ``chunk_size`` decoded images alive, an unreadable one becomes an error
+result) and writes kohya/sd-scripts captions and the authors' JSONL as they come (``BatchWriter``).
 
-``run_batch`` chains the three and returns a ``BatchOutput`` (results, file paths, counts).
-
-Why one model call per chunk: on ZeroGPU every ``spaces.GPU`` call queues for a GPU slice and
-its duration is estimated from the pixels it gets (``tagger.web.runtime``). One call per image
-(what the authors' Space does) pays the queue and attach cost hundreds of times; one call for
-the whole request would need every decoded image in memory at once and a long duration
-estimate. A chunk is one short, well-sized GPU call.
+Why one model call per chunk: on ZeroGPU every ``spaces.GPU`` call queues for a GPU slice, its
+duration estimated from its pixels (``tagger.web.runtime``). One call per image (the authors'
+Space) pays the queue and attach cost hundreds of times; one call for the whole request would
+hold every decoded image at once and need a long estimate.
 """
 
 from __future__ import annotations
@@ -62,8 +55,7 @@ class ImageResult:
         return line | ({"tags": tags_as_dicts(self.tags)} if self.error is None else {"error": self.error})
 
 
-# ---------------------------------------------------------------------------------------------
-# Tagging
+# -- Tagging -----------------------------------------------------------------------------------
 
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -80,10 +72,9 @@ def tag_items(
 ) -> Iterator[ImageResult]:
     """Tag every image of ``inputs`` in order, one ``run`` (model) call per chunk of images.
 
-    ``prepare`` decodes and preprocesses encoded bytes on the CPU (``Tagger.prepare``);
-    ``run`` maps a list of pixel tensors to probabilities ``[B, num_tags]`` (``Tagger.run``
-    or ``ModelRunner.probabilities``, which wraps it in one GPU call). ``progress(done,
-    total, name)`` is called after each image. Unreadable images yield an error result.
+    ``prepare`` decodes bytes on the CPU (``Tagger.prepare``); ``run`` maps pixel tensors to
+    probabilities ``[B, num_tags]`` (``Tagger.run`` or ``ModelRunner.probabilities``, one GPU
+    call). ``progress(done, total, name)`` is called after each image.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}.")
@@ -136,8 +127,7 @@ def _tag_chunk(
     return cast(list[ImageResult], results)  # every slot is filled: an error or the image's tags
 
 
-# ---------------------------------------------------------------------------------------------
-# Outputs
+# -- Outputs -----------------------------------------------------------------------------------
 
 
 class BatchWriter:
@@ -193,9 +183,8 @@ OUTPUT_MAX_AGE_S = 24 * 3600
 
 
 def new_output_dir() -> Path:
-    """A fresh directory per request under ``OUTPUT_ROOT``; directories older than
-    ``OUTPUT_MAX_AGE_S`` are removed first (Gradio copies returned files into its own cache,
-    so ours are only needed briefly)."""
+    """A fresh directory under ``OUTPUT_ROOT``, older ones removed first (Gradio copies returned
+    files into its own cache, so ours are only needed briefly)."""
     OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
     cutoff = time.time() - OUTPUT_MAX_AGE_S
     for old in OUTPUT_ROOT.iterdir():
@@ -219,11 +208,10 @@ def run_batch(
     progress: ProgressCallback | None = None,
     out_dir: str | os.PathLike | None = None,
 ) -> BatchOutput:
-    """Collect, tag and write: the whole request. See ``collect_inputs`` and ``tag_items``.
+    """Collect, tag and write the whole request into ``out_dir`` (default: ``new_output_dir()``).
 
-    With a ``Tagger``: ``prepare=tagger.prepare, run=tagger.run, vocab=tagger.engine.vocab`` (in the
-    app ``run=ctx.runner.probabilities``, one GPU call per chunk). Outputs go to ``out_dir``
-    (default: a new directory under ``OUTPUT_ROOT``).
+    With a ``Tagger``: ``prepare=tagger.prepare, run=tagger.run, vocab=tagger.engine.vocab`` (in
+    the app ``run=ctx.runner.probabilities``, one GPU call per chunk).
     """
     started = time.perf_counter()
     inputs = collect_inputs(paths, limits)  # refuse a bad request before creating anything

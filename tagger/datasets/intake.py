@@ -1,10 +1,8 @@
 """The images of an upload: loose files and zip members, checked before any is decoded.
 
-``collect_inputs`` lists the images of a request and checks every limit it can before any
-image is decoded: file count, upload size, the sizes the archives declare, their compression
-ratios, and member paths that would escape a folder. ``BatchInputs.read`` then hands out one
-image's bytes at a time, counting them against the limits whatever the archive declared.
-Batch tagging (``tagger.datasets.batch``) and zip similarity (``tagger.features.similarity``) both read through it.
+``collect_inputs`` checks every limit it can before decoding (file count, upload size, declared
+sizes, compression ratios, escaping paths); ``BatchInputs.read`` then hands out one image's bytes
+at a time, counting them against the limits whatever the archive declared.
 """
 
 from __future__ import annotations
@@ -47,12 +45,7 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class BatchLimits:
-    """What one batch request may contain. Defaults suit a public Space.
-
-    ``max_compression_ratio`` applies to members larger than ``ratio_min_bytes`` (a tiny file
-    may compress 1000:1 harmlessly); images rarely compress better than 10:1, so a high
-    ratio on a large member is the signature of a zip bomb.
-    """
+    """What one batch request may contain. Defaults suit a public Space."""
 
     max_files: int = 1000  # images per request (and uploads per request)
     max_upload_bytes: int = 1024 * MiB  # sum of the uploaded files as received
@@ -62,8 +55,8 @@ class BatchLimits:
     max_directory_bytes: int = 8 * MiB  # a zip's central directory (its list of entries)
     max_name_bytes: int = 1024  # one entry's path inside a zip
     max_name_depth: int = 32  # folders in one entry's path
-    max_compression_ratio: float = 200.0
-    ratio_min_bytes: int = 1 * MiB
+    max_compression_ratio: float = 200.0  # images rarely pass 10:1: far more on a large member is a zip bomb
+    ratio_min_bytes: int = 1 * MiB  # the ratio applies above this (a tiny file may compress 1000:1 harmlessly)
     max_image_pixels: int = WEB_MAX_IMAGE_PIXELS  # one image, from its header (local tools may allow more)
     max_total_pixels: int = 2_000_000_000  # all images of the request, from their headers
 
@@ -79,8 +72,7 @@ class BatchItem:
     size: int = 0  # bytes (declared by the archive for members)
 
 
-# ---------------------------------------------------------------------------------------------
-# The time budget of the current request
+# -- The time budget of the current request ----------------------------------------------------
 
 _DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar("tagger_deadline", default=None)
 
@@ -105,9 +97,7 @@ def _check_time_budget(name: str) -> None:
         )
 
 
-# ---------------------------------------------------------------------------------------------
-# Names
-
+# -- Names -------------------------------------------------------------------------------------
 
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
 _WINDOWS_RESERVED = frozenset(
@@ -127,12 +117,9 @@ def _safe_component(part: str) -> str:
 
 
 def sanitize_path(name: str) -> str:
-    """A safe relative POSIX path for ``name`` (a zip member name or a file name).
-
-    Raises ``UploadError`` for names that would escape the folder they are extracted to:
-    absolute paths, drive letters, ``..`` components. Backslashes count as separators (some
-    Windows tools write them into zips); empty and ``.`` components are dropped.
-    """
+    """A safe relative POSIX path for a zip member or file name; ``UploadError`` for one that would
+    escape its folder (absolute, drive letter, ``..``). Backslashes count as separators (some
+    Windows tools write them into zips)."""
     raw = name.replace("\\", "/")
     if raw.startswith("/") or re.match(r"^[A-Za-z]:", raw):
         raise UploadError(f"Refused the archive: the entry {name!r} has an absolute path.")
@@ -154,8 +141,7 @@ def _display_name(path: str | os.PathLike) -> str:
     return os.path.basename(os.fsdecode(path))
 
 
-# ---------------------------------------------------------------------------------------------
-# Zip directory, read before the archive is opened
+# -- Zip directory, read before the archive is opened ------------------------------------------
 
 # The records at the end of a zip (APPNOTE 4.3.14-4.3.16), as Python's zipfile reads them.
 _EOCD = struct.Struct("<4s4H2LH")  # signature, disks (2), entries here, entries, size, offset, comment length
@@ -168,8 +154,7 @@ _UTF8_FLAG = 0x800
 
 @dataclass(frozen=True)
 class ZipDirectory:
-    """What the end-of-central-directory record (zip64 too) says about a zip: the number of
-    entries and where their list lies."""
+    """What the end-of-central-directory record (zip64 too) says: the entries and where their list lies."""
 
     entries: int
     size: int  # bytes of the central directory
@@ -260,16 +245,11 @@ def _check_zip_directory(fp: BinaryIO, shown: str, limits: BatchLimits) -> None:
         position += _ENTRY.size + name_length + extra_length + comment_length
 
 
-# ---------------------------------------------------------------------------------------------
-# Input collection
+# -- Input collection --------------------------------------------------------------------------
 
 
 class BatchInputs:
-    """The images of one request, and the open archives they are read from.
-
-    Use as a context manager (archives are closed on exit). ``read`` returns one image's
-    bytes, counting them against the per-image and total limits whatever the archive declared.
-    """
+    """The images of one request, and the open archives they are read from (closed on exit)."""
 
     def __init__(self, limits: BatchLimits):
         self.limits = limits
@@ -430,11 +410,9 @@ def _read_capped(fp: IO[bytes], limit: int, name: str, limits: BatchLimits, bloc
 def collect_inputs(paths: Iterable[str | os.PathLike[str]], limits: BatchLimits | None = None) -> BatchInputs:
     """The images in ``paths`` (image files and ``.zip`` archives), in upload order.
 
-    Zip members keep their folders; the first folder is the image's "concept" (files at the
-    root have concept ""), looking through one folder that wraps them all (``wrapper_depth``).
-    ``__MACOSX``, hidden files and non-images are skipped and listed in ``skipped``; nested
-    zips are not opened. Raises ``UploadError`` when a limit is passed,
-    an archive is unreadable or unsafe, or there is no image at all.
+    A member's first folder (below a wrapping one, ``wrapper_depth``) is its "concept". Hidden
+    files, ``__MACOSX`` and non-images are listed in ``skipped``; nested zips are not opened.
+    ``UploadError`` when a limit is passed, an archive is unreadable or unsafe, or there is no image.
     """
     limits = limits or BatchLimits()
     files = [os.fspath(p) for p in paths if p]

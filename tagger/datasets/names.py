@@ -10,12 +10,10 @@ from pathlib import PurePosixPath
 class CaptionNamer:
     """Caption paths for images, unique within the captions zip.
 
-    kohya/sd-scripts finds an image's caption as ``folder/stem.txt``. Two images with the same
-    folder and stem (``a.png`` and ``a.jpg``) cannot both have that name, so: the first one
-    in upload order gets ``folder/stem.txt``; each later one gets its full file name plus
-    ``.txt`` (``folder/a.jpg.txt``), then ``folder/a.jpg.2.txt``, ... if that is taken too.
-    Names are compared ignoring case, because Windows and macOS file systems do.
-    ``renamed`` lists ``(image, caption)`` for every image that did not get its stem name.
+    kohya/sd-scripts finds an image's caption as ``folder/stem.txt``; of images sharing it
+    (``a.png``, ``a.jpg``) the first gets it, later ones ``folder/a.jpg.txt``, then
+    ``folder/a.jpg.2.txt``... Names are compared ignoring case, as Windows and macOS file systems
+    do. ``renamed`` lists ``(image, caption)`` for every image that did not get its stem name.
     """
 
     def __init__(self) -> None:
