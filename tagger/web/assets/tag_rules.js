@@ -1,17 +1,9 @@
-/* Tag selection and tag-string formatting in the page: the rules of tagger/tags/options.py
- * (TagOptions) and tagger/tags/selection.py and formats.py (Selection, select_tags, tag_string), so that a filter
- * change re-renders without a server round trip.
- *
- * The page reads what people type: text of printable ASCII (tag names, commas, category
- * names) and plain numbers (ASCII digits, '.', '+', '-', 'e') in range. On that domain its
- * answers, error sentences included, are Python's: tests/test_rules_parity.py holds the two
- * to the same answers on thousands of random cases. Any other value (other characters, inf,
- * 1_000, a number out of range, a value no control sends) raises NeedsServer: the page then
- * asks the server once (tagger.web.tabs.tag.page_ruling) and reads its answer with
- * fromRuling. The Python functions stay the one definition: change one, change the other.
- *
- * Plain script (no import/export): the page loads it with a <script> tag; node loads it with
- * require(). It defines one global, TagRules.
+/* The rules of tagger/tags/ (TagOptions, Selection, select_tags, tag_string) in the page, so that
+ * a filter change re-renders without a server round trip. On printable ASCII text and plain
+ * numbers in range its answers, error sentences included, are Python's (tests/test_rules_parity.py);
+ * any other value raises NeedsServer, and the page asks the server once
+ * (tagger.web.tabs.tag.page_ruling, read with fromRuling). Python stays the one definition:
+ * change one, change the other. Plain script (<script> tag, node's require()); one global, TagRules.
  */
 (function (root) {
   "use strict";
@@ -58,13 +50,9 @@
     ALIASES = new Map(Object.entries(config.aliases || {}));
   }
 
-  function replaceAll(s, from, to) {
-    return s.split(from).join(to); // str.replace: left to right, non-overlapping
-  }
-
   /** tagger.engine.vocab.normalize_tag */
   function normalizeTag(tag) {
-    return replaceAll(replaceAll(replaceAll(tag, "\\(", "("), "\\)", ")"), "_", " ").trim().toLowerCase();
+    return tag.replaceAll("\\(", "(").replaceAll("\\)", ")").replaceAll("_", " ").trim().toLowerCase();
   }
 
   /** repr() of a Python str of the page's domain (printable ASCII, tab, newline, return). */
@@ -91,8 +79,6 @@
     return null;
   }
 
-  // -- tagger.tags.selection / tagger.tags.options ------------------------------------------------------
-
   /** tagger.tags.selection.parse_tag_list */
   function parseTagList(text) {
     if (text === null || text === undefined) return [];
@@ -100,7 +86,6 @@
     return uniqueBy(items.map((item) => item.trim()).filter(Boolean), normalizeTag);
   }
 
-  /** The items whose key is not that of an earlier one. */
   function uniqueBy(items, keyOf) {
     const seen = new Set();
     return items.filter((item) => {
@@ -153,7 +138,7 @@
   function checkPattern(name, item) {
     const key = normalizeTag(item);
     if (!isPattern(key)) return;
-    if (!replaceAll(key, "*", "").trim()) {
+    if (!key.replaceAll("*", "").trim()) {
       throw new SelectionError(`${name}: ${pyRepr(item)} matches every tag; write part of a tag around the *, e.g. *censor*.`, name);
     }
     if (key.split("*").length - 1 > MAX_STARS) {
@@ -167,11 +152,7 @@
     return new RegExp("^(?:" + body + ")$", "su");
   }
 
-  /**
-   * TagOptions(**values): the selection and format, a SelectionError (with .field) whose
-   * sentence is Python's, or NeedsServer for values outside the page's domain. ``values`` maps
-   * option names to control values.
-   */
+  /** TagOptions(**values) for option name -> control value: its selection and format, a SelectionError (with .field), or NeedsServer. */
   function options(values) {
     const v = (name) => (values[name] === null || values[name] === undefined ? DEFAULTS[name] : values[name]); // TagOptions.from_values
     const outside = outsideDomain(v);
@@ -204,10 +185,7 @@
     };
   }
 
-  /**
-   * What options() gives, from the server's reading of values it left to the server
-   * (tagger.web.tabs.tag.page_ruling): its selection and format, or its SelectionError.
-   */
+  /** What options() gives, from the server's reading of the values (tagger.web.tabs.tag.page_ruling). */
   function fromRuling(ruling) {
     if (ruling.error) throw new SelectionError(ruling.error, ruling.field);
     const s = ruling.selection;
@@ -229,12 +207,11 @@
   }
 
   /**
-   * tagger.tags.selection.select_tags over the page's payload (tagger.web.page_scores): rows
-   * [tag, score, category id, index], best first. The payload holds every tag at or above its
-   * cutoff, so the selection is exact for any floor at or above it (TagView asks for more below).
+   * tagger.tags.selection.select_tags over the page's payload (tagger.web.page_scores): rows [tag, score,
+   * category id, index], best first; exact for any floor at or above the payload's cutoff.
    */
   function selectTags(payload, selection) {
-    if (!payload._keys) payload._keys = payload.tags.map((row) => normalizeTag(row[0])); // rows' comparison keys
+    if (!payload._keys) payload._keys = payload.tags.map((row) => normalizeTag(row[0]));
     const keys = payload._keys;
     const relations = payload.relations || null;
     const implied = selection.implied || "keep";
@@ -294,13 +271,12 @@
   /** tagger.tags.formats.tag_string */
   function tagString(rows, format, separator = ", ") {
     if (format.order === "category") rows = groupByCategory(rows).flatMap(([, group]) => group);
-    let leading = parseTagList(format.prepend || "").map((t) => replaceAll(replaceAll(t, "\\(", "("), "\\)", ")"));
+    let leading = parseTagList(format.prepend || "").map((t) => t.replaceAll("\\(", "(").replaceAll("\\)", ")"));
     if (ALIASES.size) leading = parseTagList(leading.map((t) => (ALIASES.has(normalizeTag(t)) ? ALIASES.get(normalizeTag(t)) : t)));
     const seen = new Set(leading.map(normalizeTag));
     const names = rows.map((row) => row[0]).filter((name) => !seen.has(normalizeTag(name)));
-    // tagger.tags.formats.format_tag
-    const underscored = (tag) => (format.underscores ? replaceAll(tag, " ", "_") : tag);
-    const escaped = (tag) => (format.escapeParentheses ? replaceAll(replaceAll(replaceAll(tag, "\\", "\\\\"), "(", "\\("), ")", "\\)") : tag);
+    const underscored = (tag) => (format.underscores ? tag.replaceAll(" ", "_") : tag);
+    const escaped = (tag) => (format.escapeParentheses ? tag.replaceAll("\\", "\\\\").replaceAll("(", "\\(").replaceAll(")", "\\)") : tag);
     return [...leading, ...names].map((name) => escaped(underscored(name))).join(separator);
   }
 

@@ -1,22 +1,12 @@
-/* The Tag tab's results, drawn in the page from the scores the server sent once per image
- * (tagger.web.page_scores) with the rules of tag_rules.js: one HTML block (summary, a
- * block per category with bars, its tag string and a copy button) and the string of all tags.
- * A filter change runs TagView.update in the page: no server round trip.
+/* The Tag tab's results, drawn in the page with tag_rules.js from the scores the server sent once
+ * per image (tagger.web.page_scores): a filter change redraws without a server round trip.
  *
- * Clicks inside the block go to the server as the view's custom events: "tag_select" (a tag's
- * name: show its heatmap), "tag_exclude" (its ✕: add it to the exclude box) and
- * "tag_unexclude" (a chip's ✕ or "undo": take it out again); "need_scores" asks for the scores
- * below the payload's cutoff when the floor is moved under it.
- *
- * ✕ is safe: the excluded tags are chips above the cards, the last one excluded has an "undo"
- * notice, and while the pointer is over the view an excluded row stays where it was (struck
- * through, with "undo" in place of ✕), so the next click does not land on the row below.
- *
- * Controls beside what they change: a bar above the cards holds the mode, its threshold (or k)
- * and the categories; each card's header its own rule (≥ threshold or top k, switched by its
- * button) and a handle that moves the card. The bar and the thresholds write into the Tag tab's
- * controls (the per-category box), the cards' order and top k into the hidden cards box
- * (JSON): every one redraws through the controls' change, in the page.
+ * Clicks go to the server as the view's events: "tag_select" (show a tag's heatmap),
+ * "tag_exclude" (✕) and "tag_unexclude" (a chip's ✕ or "undo"); "need_scores" asks for the scores
+ * below the payload's cutoff. ✕ is safe: excluded tags are chips with an "undo" notice, and while
+ * the pointer is over the view an excluded row stays in place, so the next click does not land on
+ * the row below. The quick bar and card headers write into the Tag tab's controls (and the
+ * hidden cards box, JSON), which redraw through their change.
  *
  * Plain script for the page's <script> tag; defines one global, TagView. Needs TagRules.
  */
@@ -35,10 +25,7 @@
     return 0.2126 * r + 0.7152 * g + 0.0722 * b;
   }
 
-  /**
-   * A category colour for a white page: pale ones (under 3:1 against white, WCAG's contrast for
-   * graphics) are darkened, in steps, until they reach it; the others are kept.
-   */
+  /** A category colour for a white page: pale ones (under WCAG's 3:1 for graphics) darkened in steps until they reach it. */
   function onWhite(hex) {
     if (!/^#[0-9a-f]{6}$/i.test(hex)) return hex;
     let rgb = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
@@ -203,11 +190,7 @@
     });
   }
 
-  /**
-   * A card's threshold typed in its header: written into the per-category thresholds box
-   * (``name=value, ...``, the API's ``category_thresholds``) as a person would type it, so the
-   * box's change redraws the view like any filter: in the page, no request.
-   */
+  /** A card's threshold written into the per-category box (name=value, ...) as a person would type it: its change redraws. */
   function setCategoryThreshold(s, name, value) {
     const box = textBox(s.fields.category_thresholds);
     if (!box) return;
@@ -284,8 +267,7 @@
     }
   }
 
-  /** TagRules.options (or the server's ruling on the values), then the cards' own top k (threshold
-   * mode: a card switched to top k). */
+  /** TagRules.options (or the server's ruling), then the top k of the cards switched to it in threshold mode. */
   function buildOptions(byName, cards, ruling = null) {
     const built = ruling ? TagRules.fromRuling(ruling) : TagRules.options(byName);
     if ((byName.mode || "threshold") === "threshold") {
@@ -366,10 +348,7 @@
     if (note.textContent !== message) note.textContent = message;
   }
 
-  /**
-   * Options from the controls' values; errors go next to their field. Values the page leaves
-   * to the server come back as ``ask`` (their key) until ``rulings`` holds its answer.
-   */
+  /** Options from the controls' values, errors next to their field; values left to the server give ``ask`` until ``rulings`` answers. */
   function readOptions(names, values, fields, cards, rulings) {
     const byName = Object.fromEntries(names.map((name, i) => [name, values[i]]));
     const key = JSON.stringify(byName);
@@ -503,10 +482,7 @@
     }
   }
 
-  /**
-   * The Tag tab's frontend function: (payload, option names, their values) ->
-   * [view HTML, string of all tags]. An undefined output keeps what is shown.
-   */
+  /** The Tag tab's frontend function: [view HTML, string of all tags]; an undefined output keeps what is shown. */
   function update(payload, names, values, config, cardsText) {
     const s = state(config.view);
     s.fields = config.fields || {};
@@ -580,10 +556,7 @@
     return s.widest;
   }
 
-  /**
-   * The rows to draw: the selected ones plus, while the pointer is over the view, those
-   * excluded since it came (``s.held``) in their places, so that no row moves under it.
-   */
+  /** The selected rows plus, while the pointer is over the view, those excluded since it came (s.held): no row moves under it. */
   function withHeldRows(s, payload, byName, excluded, rows, noCategory) {
     const excludedKeys = new Set(excluded.map(TagRules.normalizeTag));
     for (const key of [...s.held.keys()]) if (!excludedKeys.has(key)) s.held.delete(key); // put back since
