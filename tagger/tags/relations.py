@@ -143,8 +143,8 @@ def read_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     ]
 
 
-def _find_cycles(graph: Mapping[str, Sequence[str]], limit: int = 3) -> list[list[str]]:
-    """Up to ``limit`` cycles of ``graph`` as ``[a, b, ..., a]`` (iterative depth-first search)."""
+def _refuse_cycles(graph: Mapping[str, Sequence[str]], what: str, limit: int = 3) -> None:
+    """``RelationsError`` naming up to ``limit`` cycles of ``graph`` (iterative depth-first search)."""
     state: dict[str, int] = {}  # 1: on the current path, 2: finished
     cycles: list[list[str]] = []
     for root in graph:
@@ -153,7 +153,7 @@ def _find_cycles(graph: Mapping[str, Sequence[str]], limit: int = 3) -> list[lis
         path = [root]
         stack = [iter(graph.get(root, ()))]
         state[root] = 1
-        while stack:
+        while stack and len(cycles) < limit:
             nxt = next(stack[-1], None)
             if nxt is None:
                 state[path.pop()] = 2
@@ -162,17 +162,10 @@ def _find_cycles(graph: Mapping[str, Sequence[str]], limit: int = 3) -> list[lis
             seen = state.get(nxt)
             if seen == 1:
                 cycles.append([*path[path.index(nxt) :], nxt])
-                if len(cycles) >= limit:
-                    return cycles
             elif seen is None:
                 state[nxt] = 1
                 path.append(nxt)
                 stack.append(iter(graph.get(nxt, ())))
-    return cycles
-
-
-def _refuse_cycles(graph: Mapping[str, Sequence[str]], what: str) -> None:
-    cycles = _find_cycles(graph)
     if cycles:
         named = "; ".join(" → ".join(cycle) for cycle in cycles)
         raise RelationsError(
