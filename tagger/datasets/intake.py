@@ -26,19 +26,14 @@ from PIL import Image
 from tagger.datasets.pixel_caps import WEB_MAX_IMAGE_PIXELS, web_image_header, web_limit
 from tagger.errors import ImageError, TimeBudgetError, UploadError, shorten
 
-
-def _supported_extensions() -> frozenset[str]:
-    # Raster formats people keep datasets in, limited to those this Pillow build opens (AVIF
-    # only with Pillow ≥ 11.3 or the plugin). PDF, EPS, video and the like are left out on purpose.
-    wanted = {
-        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib",
-        ".tif", ".tiff", ".avif", ".qoi", ".tga", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".j2k",
-    }  # fmt: skip
-    Image.init()
-    return frozenset(wanted & set(Image.registered_extensions()))
-
-
-IMAGE_EXTENSIONS: frozenset[str] = _supported_extensions()
+# Raster formats people keep datasets in, limited to those this Pillow build opens (AVIF
+# only with Pillow ≥ 11.3 or the plugin). PDF, EPS, video and the like are left out on purpose.
+_RASTER_EXTENSIONS = {
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib",
+    ".tif", ".tiff", ".avif", ".qoi", ".tga", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".j2k",
+}  # fmt: skip
+Image.init()
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(_RASTER_EXTENSIONS & set(Image.registered_extensions()))
 
 MiB = 1024 * 1024
 
