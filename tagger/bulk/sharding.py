@@ -56,10 +56,6 @@ def shard_sizes(total: int, shard_size: int) -> list[int]:
     return [shard_size] * full + ([rest] if rest else [])
 
 
-# ---------------------------------------------------------------------------------------------
-# One process per GPU
-
-
 HOST_GPUS_ENV = "TAGGER_HOST_GPUS"  # GPU processes sharing this host's cores (set by --gpus)
 
 
@@ -98,12 +94,9 @@ def gpu_workers(gpus: str) -> list[Worker]:
 
 
 def launch_workers(argv: Sequence[str], workers: Sequence[Worker], shard: ShardSpec) -> int:
-    """Run ``python -m tagger.bulk argv`` once per worker, each on its share of ``shard``.
-
-    ``argv`` must not hold ``--gpus``, ``--shard`` or ``--device``: they are set per worker.
-    Returns the worst exit status (0 when all succeed). Ctrl-C reaches every child (same
-    process group); each stops after its batch in flight and can be resumed.
-    """
+    """Run ``python -m tagger.bulk argv`` (without ``--gpus``, ``--shard`` and ``--device``: set per
+    worker) once per worker, each on its share of ``shard``; the worst exit status. Ctrl-C reaches
+    every child (same process group); each stops after its batch in flight and can be resumed."""
     children = []
     for number, worker in enumerate(workers):
         share = shard.split(len(workers), number)
