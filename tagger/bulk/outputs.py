@@ -77,19 +77,14 @@ class Layout:
         return path if path.is_absolute() else self.root / "txt" / path
 
 
-def temporary_name(path: Path) -> Path:
-    """A hidden name beside ``path``, unique to this write (never mistaken for an output, never
-    another run's: processes sharing an output folder each write under their own names)."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-
-
 @contextlib.contextmanager
 def atomic_file(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
     """A new temporary file beside ``path`` to write to: renamed to ``path`` when the block
     ends (after an fsync when ``durable``), removed if it fails. All or nothing; the temporary
     is created exclusively, so a link planted at its name is never written through."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_name(path)
+    # Hidden and unique to this write: never mistaken for an output, nor for another process's.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         with create_exclusive(temporary) as fp:
             yield fp

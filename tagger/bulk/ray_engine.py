@@ -191,7 +191,6 @@ class TagActor:
         for batch in batches_by_tokens(window, self.batch_size, self.tagger.model.config.patch_size):
             real, computed = count_tokens(self.tagger, batch)
             probabilities, features = score_batch(self.tagger, batch, self.descriptors)
-            # Rows of this batch are made while the model runs the next one.
             formatted.append(
                 self._formatter.submit(batch_rows, self.tagger, batch, probabilities, features, self.options)
             )

@@ -127,8 +127,7 @@ class ResumeState:
         # Writes a kill interrupted: never complete, never used.
         for folder in (layout.state, layout.root / "parquet", layout.root / "jsonl"):
             remove_temporaries(folder, owns)
-        # (A folder that is not there globs to nothing.)
-        for marker in sorted((layout.state / "done").glob("shard-*.json")):
+        for marker in sorted((layout.state / "done").glob("shard-*.json")):  # none without the folder
             shard = _shard_number(marker.name.removesuffix(".json"))
             if shard is not None and owns(shard):
                 state.finished[shard] = _read_marker(marker, shard)

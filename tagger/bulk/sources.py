@@ -450,10 +450,6 @@ def _image_value(value: Any) -> tuple[bytes | None, str | None]:
     return None, None
 
 
-# ---------------------------------------------------------------------------------------------
-# Opening the inputs
-
-
 @dataclass(frozen=True)
 class InputSettings:
     recursive: bool = True
@@ -512,10 +508,6 @@ class Inputs:
         settings = settings or InputSettings()
         return cls([open_source(spec, settings) for spec in specs])
 
-    @property
-    def streamed(self) -> bool:
-        return any(s.streamed for s in self.sources)
-
     def survey(self) -> list[dict[str, Any]]:
         """Per input: kind, image count and a hash of the names (a pass over the listing)."""
         return [source.survey() for source in self.sources]
@@ -526,10 +518,6 @@ class Inputs:
         )
         for index, (label, e) in enumerate(labelled):
             yield Record(index, f"{label}/{e.name}", e.path, e.concept, e.locator, e.file, e.error)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading one image's bytes (in a decoding worker)
 
 
 class _ReaderCache:
