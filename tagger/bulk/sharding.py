@@ -1,11 +1,9 @@
 """Splitting a run: fixed shards of the input, ``--shard i/N`` and one process per GPU.
 
 Shard ``k`` holds the images at positions ``k·size … (k+1)·size − 1`` of the inputs' fixed
-order (``tagger.bulk.sources``). ``--shard i/N`` takes every shard with ``k mod N = i``: N
-processes given ``0/N … N−1/N`` (by hand, by SLURM's array index, by torchrun's rank) cover
-every shard exactly once and can share one output folder, since every file they write
-belongs to one shard. ``--gpus all`` is the convenience for one host: it starts one such
-process per visible GPU, each pinned to its GPU with ``CUDA_VISIBLE_DEVICES``.
+order; ``--shard i/N`` takes the shards with ``k mod N = i``, so N processes (by hand, SLURM's
+array index, torchrun's rank) cover each shard once and can share one output folder: every
+file they write belongs to one shard. ``--gpus all`` starts one such process per visible GPU.
 """
 
 from __future__ import annotations
@@ -51,7 +49,6 @@ class ShardSpec:
 
 
 def shard_sizes(total: int, shard_size: int) -> list[int]:
-    """How many images each shard holds for ``total`` images."""
     full, rest = divmod(total, shard_size)
     return [shard_size] * full + ([rest] if rest else [])
 

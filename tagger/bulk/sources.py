@@ -194,42 +194,37 @@ class TarSource(Source):
     def __init__(self, path: Path):
         super().__init__(path)
         self.streamed = path.name.lower().endswith(TAR_STREAM_SUFFIXES)
-        self._members: list[tuple[str, str | None, str, int, int]] = []  # (name, error, member, offset, size)
+        self._members: list[tuple[str, str | None, int, int]] = []  # (name, error, offset, size)
         if not self.streamed:
             try:
                 with tarfile.open(path, "r:") as archive:
-                    for info in archive:
-                        member = self._member(info)
-                        if member is not None:
-                            self._members.append((*member, info.name, info.offset_data, info.size))
+                    for info, name, error in self._images(archive):
+                        self._members.append((name, error, info.offset_data, info.size))
             except (tarfile.TarError, OSError) as e:
                 raise BulkError(f"{escape_name(str(path))} is not a readable (uncompressed) tar file ({e}).") from None
 
-    def _member(self, info: tarfile.TarInfo) -> tuple[str, str | None] | None:
-        """(name, error) for an image member, None for anything else."""
+    def _images(self, archive: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, str, str | None]]:
+        """The archive's image members, each with its (name, error), in member order."""
         shown = escape_name(Path(self.spec).name)
-        if not info.isfile() or (member := _image_member(info.name, info.name, shown, escape_name)) is None:
-            return None
-        name, error = member
-        if error is None and info.size > safefs.MAX_IMAGE_BYTES:
-            error = f"Could not read {shown}/{name}: {safefs.size_limit_sentence(info.size)}."
-        return name, error
+        for info in archive:
+            if not info.isfile() or (member := _image_member(info.name, info.name, shown, escape_name)) is None:
+                continue
+            name, error = member
+            if error is None and info.size > safefs.MAX_IMAGE_BYTES:
+                error = f"Could not read {shown}/{name}: {safefs.size_limit_sentence(info.size)}."
+            yield info, name, error
 
     def entries(self) -> Iterator[Entry]:
         shown = escape_name(Path(self.spec).name)
         if not self.streamed:
-            for (name, error, _, offset, size), concept in zip(self._members, _concepts(self._members), strict=True):
+            for (name, error, offset, size), concept in zip(self._members, _concepts(self._members), strict=True):
                 yield Entry(name, f"{shown}/{name}", concept, ("tar", self.spec, offset, size), error=error)
             return
         # Compressed: one pass front to back; a webdataset keeps a sample's files together, so
         # the concept is simply the first folder of the member's path.
         try:
             with tarfile.open(self.spec, "r:*") as archive:
-                for info in archive:
-                    member = self._member(info)
-                    if member is None:
-                        continue
-                    name, error = member
+                for info, name, error in self._images(archive):
                     handle = archive.extractfile(info) if error is None else None
                     data = handle.read() if handle is not None else b""
                     yield Entry(name, f"{shown}/{name}", _first_folder(name), ("bytes", data), error=error)
