@@ -173,11 +173,8 @@ def _without(argv: Sequence[str], flags: set[str]) -> list[str]:
 
 
 def model_identity(files: ModelFiles) -> tuple[str, str, str]:
-    """(repo, revision, checkpoint) as recorded in the manifest and the Parquet output.
-
-    A Hub download is pinned to the commit it came from (read from the cache path), so a
-    branch that moves on is noticed when resuming.
-    """
+    """(repo, revision, checkpoint) for the manifest and the Parquet output. A Hub download is
+    pinned to its commit (from the cache path), so a branch that moves on is noticed on resume."""
     checkpoint = f"{files.checkpoint.name} ({files.checkpoint.stat().st_size:,} bytes)"
     if files.source == "local files":
         return "local", files.checkpoint.name, checkpoint
@@ -288,7 +285,6 @@ def _tag(
     except OSError as e:  # the output folder or a caption's folder: full, read-only, gone
         where = f" ({e.filename})" if e.filename else ""
         code, message = 1, f"error: could not write the outputs{where}: {e.strerror or str(e)}; fix that and run again."
-    # Close the bar, print the summary line, and why the run stopped early if it did.
     if progress is not None:
         progress.close()
     print(summary.line(), flush=True)
@@ -300,8 +296,7 @@ def _tag(
 def _plan(
     args: argparse.Namespace, options: TagOptions, shard: ShardSpec, argv: list[str], stack: contextlib.ExitStack
 ) -> tuple[Plan, OutputWriter, ModelFiles]:
-    """Inputs, model files and output folder checked (manifest written or compared), and what
-    this run will tag."""
+    """Inputs, model files and output folder checked (the manifest written or compared); what to tag."""
     inputs = Inputs.open(args.inputs, InputSettings(args.recursive, args.split, args.image_column, args.key_column))
     if args.backend == "onnxruntime":
         try:

@@ -1,17 +1,14 @@
 """Decoding in parallel worker processes, so that the model never waits for Pillow.
 
-Each worker reads an image's bytes from its locator (``tagger.bulk.sources.read_bytes``),
-hashes them, reads the image's size and runs ``Tagger.prepare``'s own preprocessing on them,
-without the model (``Tagger.preprocessor``, a picklable ``tagger.engine.preprocess.Preprocessor``).
-``DecodePool.map`` keeps a bounded number of images in flight and hands results back in input
-order; an image that cannot be read becomes a result with an ``error`` sentence, never an
-exception.
+Each worker reads an image's bytes (``sources.read_bytes``), hashes them, reads its size and
+runs ``Tagger.prepare``'s own preprocessing without the model (``Tagger.preprocessor``, a
+picklable ``Preprocessor``). ``DecodePool.map`` yields results in input order, a bounded number
+in flight; an image that cannot be read becomes a result with an ``error`` sentence.
 
-Why processes rather than threads: Pillow releases the GIL while it decodes and resizes, but
-the Python around it (EXIF, mode conversion, hashing small files) does not, and a GPU host
-feeding one H100 needs 8-16 decoders running at once. Prepared pixels come back as numpy
-arrays, copied through a pipe: measured faster than torch's per-tensor shared memory for
-images this size, which creates and maps a shared segment for every image.
+Processes, not threads: Pillow releases the GIL while it decodes and resizes, but the Python
+around it (EXIF, mode conversion, hashing) does not, and feeding one H100 takes 8-16 decoders.
+Pixels come back as numpy arrays through a pipe: measured faster, for images this size, than
+torch's per-tensor shared memory, which creates and maps a segment for every image.
 """
 
 from __future__ import annotations
@@ -91,9 +88,6 @@ def decoded_from(record: Record, result: DecodeResult) -> Decoded:
     return Decoded(record, pixels, digest, width, height, error)
 
 
-# ---------------------------------------------------------------------------------------------
-# The pool
-
 _worker_prepare: Prepare | None = None
 
 
@@ -124,11 +118,9 @@ def host_gpus() -> int:
 
 
 def default_workers(device: torch.device) -> int:
-    """Decoding processes: with a GPU, its share of the cores (cores ÷ GPUs on this host) but
-    one (the thread feeding the GPU), at most 16; on the CPU the model needs the cores more,
-    so a quarter of them: none below four cores, where a decoder would take half the model's
-    threads (benchmarks/bench_bulk.py on 2 cores: 0.71-0.93x a plain loop with one decoder,
-    1.23-1.26x decoding between batches)."""
+    """Decoding processes: with a GPU, its share of the cores (cores ÷ GPUs on this host) but one
+    (the thread feeding the GPU), at most 16; on the CPU, where the model needs the cores, a
+    quarter: none below four cores, where a decoder would take half the model's threads (README)."""
     cores = os.cpu_count() or 2
     if device.type == "cuda":
         return max(1, min(16, cores // host_gpus() - 1))
@@ -137,9 +129,7 @@ def default_workers(device: torch.device) -> int:
 
 def share_cores_with_decoders(device: torch.device, workers: int) -> None:
     """Give the model the threads the decoders leave (unless OMP_NUM_THREADS says otherwise):
-    on the CPU the cores the decoders do not use, with a GPU a small pool
-    (``GPU_PROCESS_THREADS``): model threads and decoders contending for the same cores slow
-    both down."""
+    model threads and decoders contending for the same cores slow both down."""
     if "OMP_NUM_THREADS" in os.environ:
         return
     if device.type == "cuda":
@@ -149,12 +139,9 @@ def share_cores_with_decoders(device: torch.device, workers: int) -> None:
 
 
 class DecodePool:
-    """Ordered, bounded parallel decoding: ``map(items)`` yields one result per item, in order.
-
-    Items are ``Record`` (decoded) or any other object (passed through in place: the local
-    engine sends shard-end markers along with the records). At most ``workers * prefetch``
-    images are decoded ahead of the consumer. ``workers=0`` decodes in the calling thread.
-    """
+    """Ordered, bounded parallel decoding: ``map(items)`` yields one result per item, in order;
+    other items than ``Record`` (the local engine's shard-end markers) pass through in place. At
+    most ``workers * prefetch`` images are decoded ahead; ``workers=0`` decodes in this thread."""
 
     def __init__(self, prepare: Prepare, workers: int, prefetch: int = 4):
         self.prepare, self.workers = prepare, workers

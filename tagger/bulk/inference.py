@@ -1,16 +1,12 @@
 """The model step, shared by the local and the Ray engine: decoded images in, result rows out.
 
-Images are batched by token count: a window of decoded images is sorted by the number of
-patches each will be (then by shape, so equal shapes sit together) and cut into batches of
-``batch_size``. Images in one batch then have nearly the same size, so a batch padded to
-its largest image wastes little, and same-shape runs stay together for an engine that
-batches only equal shapes. ``padding_waste`` is what padding each batch to its largest image
-would cost, computed from the shapes batched here.
+Images are batched by token count: a window of decoded images is sorted by patch count (then
+by shape, so equal shapes sit together) and cut into batches of ``batch_size``: a batch padded
+to its largest image wastes little, and an engine that batches only equal shapes gets runs of them.
 
-Each image's scores are used once, right here: its selected tags (the caption and the
-Batch tab's JSONL line) and its sparse scores above the floor (Parquet) are all computed
-from the same row, and with ``--descriptors`` the head runs on the descriptors that the
-backbone already computed, not a second forward pass.
+Each image's scores are used once, here: its selected tags (caption, JSONL line) and its sparse
+scores above the floor (Parquet) come from the same row; with ``--descriptors`` the head runs on
+the descriptors the backbone already computed, not a second forward pass.
 """
 
 from __future__ import annotations
@@ -102,7 +98,6 @@ def _row(
 def score_batch(tagger: Tagger, batch: Sequence[Decoded], descriptors: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """The model, once over ``batch`` (decoded images without errors): probabilities ``[B, num_tags]``,
     and with ``descriptors`` the descriptors ``[B, D]`` of the same forward pass."""
-    # Every item of a batch has pixels (batches_by_tokens leaves the errors out).
     pixels = cast(list[torch.Tensor], [item.pixels for item in batch])
     return tagger.run_with_descriptors(pixels) if descriptors else (tagger.run(pixels), None)
 

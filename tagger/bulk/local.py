@@ -1,13 +1,10 @@
 """The local engine: one process, decoding workers, one model, a background writer.
 
-Three things overlap: decoding workers prepare the next images (``DecodePool``), the main
-thread runs the model on the current batch, and a writer thread writes the previous batch's
-captions and part. Windows of ``WINDOW_BATCHES`` batches are sorted by token count before
-they are cut into batches (``batches_by_tokens``). A window never spans two shards, so each
-shard is completed as soon as its last batch is written.
-
-If the process is killed, what is lost is the batch the model was running and the one the
-writer was writing; everything committed before stays, and the next run resumes after it.
+Decoding workers prepare the next images (``DecodePool``) while the main thread runs the model
+on the current batch and a writer thread writes the previous batch's captions and part. Windows
+of ``WINDOW_BATCHES`` batches are cut by token count (``batches_by_tokens``); a window never
+spans two shards, so each shard is completed as soon as its last batch is written. A kill loses
+the batch the model was running and the one being written; the next run resumes after the rest.
 """
 
 from __future__ import annotations
@@ -31,13 +28,10 @@ WINDOW_BATCHES = 4
 
 
 class BackgroundWriter:
-    """Turns scores into rows, writes them and completes shards in a thread, in order.
-
-    Selecting tags and formatting captions and JSONL for a batch of 74,625-tag score rows
-    takes tens of milliseconds: done here, it overlaps the model's next batch instead of
-    delaying it. The queue holds one job, so at most two batches are computed but not yet
-    written. An exception in the thread is raised again in the caller at its next call.
-    """
+    """Turns scores into rows, writes them and completes shards in a thread, in order: selecting
+    and formatting a batch of 74,625-tag rows takes tens of milliseconds, which then overlap the
+    model's next batch. The queue holds one job, so at most two batches are computed but not yet
+    written. An exception in the thread is raised again in the caller at its next call."""
 
     def __init__(self, writer: OutputWriter, summary: Summary, progress: Progress):
         self.writer, self.summary, self.progress = writer, summary, progress

@@ -2,16 +2,13 @@
 
 Two runs writing the same shards of one ``--out`` folder would each believe it finished them
 while each replaced the other's files, so a run holds an exclusive ``flock`` on
-``OUT/.bulk/locks/shard-I-of-N.lock`` (its ``--shard I/N``; a run without ``--shard`` is
-``0/1``, every shard) for as long as it runs, with its pid, host, start time and command in
-the file. Before it starts it also probes the other lock files: a live run whose shards meet
-its own (``I/N`` and ``J/M`` share a shard exactly when ``I ≡ J mod gcd(N, M)``) refuses this
-one with a sentence naming that run. Runs with disjoint ``--shard`` values share the folder.
-
-Taking the lock, the probe, and the manifest check that follows happen while holding
-``admission.lock`` too, so two runs starting at the same moment are admitted one after the
-other. The kernel drops every lock when a process ends, ``kill -9`` included: a lock file
-left behind by a dead run is ignored.
+``OUT/.bulk/locks/shard-I-of-N.lock`` (its ``--shard I/N``; without ``--shard``, ``0/1``) as
+long as it runs, with its pid, host, start time and command in the file. It also probes the
+other lock files: a live run whose shards meet its own refuses this one with a sentence naming
+that run; runs with disjoint ``--shard`` values share the folder. All this and the manifest
+check happen under ``admission.lock`` too, so two runs starting at once are admitted in turn.
+The kernel drops every lock when a process ends (``kill -9`` included): a dead run's lock
+file is ignored.
 """
 
 from __future__ import annotations
@@ -45,7 +42,7 @@ else:  # Windows: no flock; runs there are not protected from each other
 
 
 def overlaps(a: ShardSpec, b: ShardSpec) -> bool:
-    """Whether some shard belongs to both: ``k ≡ a.index mod a.count`` and ``k ≡ b.index mod b.count``."""
+    """Whether some shard belongs to both: ``I/N`` and ``J/M`` share one exactly when ``I ≡ J mod gcd(N, M)``."""
     return (a.index - b.index) % math.gcd(a.count, b.count) == 0
 
 

@@ -9,13 +9,12 @@ Layout under ``--out``::
     .bulk/parts/shard-000003/      the results of each finished model batch of an unfinished shard
     .bulk/done/shard-000003.json   written last: the shard is complete
 
-Every file is written under a temporary name and renamed into place, so a file either is
-complete or does not exist. Each model batch's results are committed as one *part* (a small
-Parquet file); when a shard's last batch is in, its parts are merged into the shard's JSONL
-and Parquet files, its done marker is written, and only then are the parts removed. Captions
-are written per image as the batch completes (before its part), and writing one again is
-harmless: ``overwrite`` writes the same text, ``append``/``prepend`` add only tags the file
-does not have yet, ``skip`` keeps the file.
+Every file is written under a temporary name and renamed into place: it is complete or absent.
+Each model batch is committed as one *part* (a small Parquet file); when a shard's last batch
+is in, its parts are merged into its JSONL and Parquet files, its done marker is written, and
+only then are the parts removed. Captions are written as the batch completes (before its part),
+and writing one again is harmless: ``overwrite`` writes the same text, ``append``/``prepend``
+add only tags the file lacks, ``skip`` keeps it.
 """
 
 from __future__ import annotations
@@ -78,19 +77,14 @@ class Layout:
         return path if path.is_absolute() else self.root / "txt" / path
 
 
-def temporary_name(path: Path) -> Path:
-    """A hidden name beside ``path``, unique to this write (never mistaken for an output, never
-    another run's: processes sharing an output folder each write under their own names)."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-
-
 @contextlib.contextmanager
 def atomic_file(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
     """A new temporary file beside ``path`` to write to: renamed to ``path`` when the block
     ends (after an fsync when ``durable``), removed if it fails. All or nothing; the temporary
     is created exclusively, so a link planted at its name is never written through."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_name(path)
+    # Hidden and unique to this write: never mistaken for an output, nor for another process's.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         with create_exclusive(temporary) as fp:
             yield fp
@@ -104,7 +98,6 @@ def atomic_file(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
 
 
 def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
-    """Write ``data`` to ``path`` through a temporary name and a rename: all or nothing."""
     with atomic_file(path, durable) as fp:
         fp.write(data)
 
@@ -113,11 +106,8 @@ SHARD_IN_NAME = re.compile(r"shard-(\d+)")
 
 
 def remove_temporaries(folder: Path, owns: Callable[[int], bool] | None = None) -> None:
-    """Temporary files a killed run left behind (under our own state and output folders).
-
-    With ``owns``, only those of the shards it accepts (named by the file or by its
-    ``shard-NNNNNN`` folder): another process sharing the folder may be writing the others.
-    """
+    """Temporary files a killed run left behind; with ``owns``, only those of the shards it accepts
+    (by the file's or its folder's ``shard-NNNNNN``): another process may be writing the others."""
     for stray in folder.rglob(".*.tmp"):  # none when the folder is not there
         if owns is not None:
             match = SHARD_IN_NAME.search(stray.relative_to(folder).as_posix())
@@ -126,18 +116,10 @@ def remove_temporaries(folder: Path, owns: Callable[[int], bool] | None = None) 
         stray.unlink(missing_ok=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# Captions
-
-
 def merge_caption(existing: str, ours: str, mode: str) -> str:
-    """The caption to write when ``existing`` is already in the file.
-
-    ``overwrite`` → ours; ``skip`` → existing; ``append``/``prepend`` → the existing text
-    unchanged, with those of our tags it does not have yet (compared ignoring case, ``_`` vs
-    space and ``\\(`` escapes) added after or before it. Merging twice adds nothing the
-    second time.
-    """
+    """The caption to write over ``existing``: ``append``/``prepend`` keep the existing text and
+    add our tags it lacks (compared ignoring case, ``_`` vs space and ``\\(`` escapes) after or
+    before it, so merging twice adds nothing the second time."""
     if mode == "overwrite":
         return ours
     if mode == "skip":
@@ -155,10 +137,8 @@ def merge_caption(existing: str, ours: str, mode: str) -> str:
 
 
 def write_caption(path: Path, caption: str, mode: str) -> str:
-    """Write one caption file; returns what happened: ``new``, ``kept``, ``merged`` or ``same``.
-
-    An existing caption that is a link, a pipe or a device is neither read nor replaced:
-    ``NotRegularFile`` (``TooLarge`` for one over ``MAX_CAPTION_BYTES``)."""
+    """Write one caption file; returns ``new``, ``kept``, ``merged`` or ``same``. An existing caption
+    that is a link, a pipe or a device is neither read nor replaced: ``NotRegularFile`` (or ``TooLarge``)."""
     existing = read_existing_text(path)
     if existing is None:
         write_atomic(path, caption.encode("utf-8"))
@@ -170,10 +150,6 @@ def write_caption(path: Path, caption: str, mode: str) -> str:
         return "same"
     write_atomic(path, merged.encode("utf-8"))
     return "merged"
-
-
-# ---------------------------------------------------------------------------------------------
-# Rows and shards
 
 
 @dataclass
@@ -252,11 +228,8 @@ def _read_part(path: Path, schema: Any) -> Any:
 
 
 class OutputWriter:
-    """Writes captions and parts as batches complete, and a shard's files when it is complete.
-
-    Used by the local engine (in a background thread) and by the Ray engine's datasink (on
-    the workers, with ``finish_shard`` on the driver).
-    """
+    """Writes captions and parts as batches complete, and a shard's files when it is complete: in
+    the local engine's writer thread, or on Ray's workers (``finish_shard`` on the driver)."""
 
     def __init__(self, root: str | os.PathLike, formats: Sequence[str], on_existing: str, info: RunInfo):
         self.layout, self.formats, self.on_existing, self.info = Layout(Path(root)), tuple(formats), on_existing, info

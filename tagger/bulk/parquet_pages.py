@@ -3,16 +3,13 @@
 pyarrow decompresses and decodes a whole page before any of its values can be read, which
 costs the page's size a few times over: a 33 KB zstd file can hold a 1000 MiB cell, and
 ``datasets`` writes a row group of images as one page far larger than any one image. So the
-image column is read here: page headers (small Thrift structs in front of each page) say where
-each page is and how many rows it holds, so pages before the wanted row are never opened; a
-page is decompressed as a stream, a megabyte at a time, and only the wanted value is kept. A
-value over the cap is skipped from its length prefix and refused alone. zstd, gzip, brotli and
-uncompressed pages are streamed; snappy and LZ4 pages, which have no stream format, are
-decompressed whole, and refused over a page budget.
-
-Plain values and dictionaries (what pyarrow and ``datasets`` write for images) are read;
-``NeedsArrow`` says a chunk is in another encoding but each of its pages is within the cap,
-so pyarrow may read it.
+image column is read here: page headers (small Thrift structs before each page) say where each
+page is and how many rows it holds, so pages before the wanted row are never opened; a page is
+decompressed as a stream, a megabyte at a time, keeping only the wanted value. A value over the
+cap is skipped from its length prefix and refused alone. Snappy and LZ4 pages, which have no
+stream format, are decompressed whole, and refused over a page budget. Plain values and
+dictionaries (what pyarrow and ``datasets`` write for images) are read; ``NeedsArrow`` says a
+chunk is in another encoding but each of its pages is within the cap, so pyarrow may read it.
 """
 
 from __future__ import annotations
@@ -40,11 +37,9 @@ class NeedsArrow(PageError):
     """A column chunk in an encoding read here only by pyarrow, each of its pages within the cap."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Thrift compact protocol: just enough to read a PageHeader
-
-
 class _Thrift:
+    """Thrift's compact protocol: just enough to read a PageHeader."""
+
     def __init__(self, fp: BinaryIO):
         self.fp = fp
 
@@ -181,10 +176,6 @@ def read_page_header(fp: BinaryIO) -> PageHeader:
     return page
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading a page's bytes
-
-
 class _Region:
     """``size`` bytes of a file from ``start``, as a stream that ends there (it seeks itself, so
     a dictionary and a data page can be read from one file object)."""
@@ -311,10 +302,6 @@ def _hybrid(data: bytes, bit_width: int, count: int) -> list[int]:
     return out[:count]
 
 
-# ---------------------------------------------------------------------------------------------
-# One column chunk, cell by cell
-
-
 def _page_headers(fp: BinaryIO, chunk: Any) -> list[tuple[int, PageHeader]]:
     """(offset of the body, header) of each page of a column chunk, read from the headers alone."""
     start = chunk.data_page_offset
@@ -354,8 +341,7 @@ class _Dictionary:
 
 
 class ChunkCells:
-    """The cells of one row group's BYTE_ARRAY column chunk, asked for in increasing row order.
-
+    """The cells of one row group's BYTE_ARRAY column chunk, asked for in increasing row order:
     ``cell(row)`` gives the row's bytes (None when null); ``safefs.TooLarge`` for a value over
     ``limit``, ``PageError`` for a row whose page cannot be read. Only the wanted value is held,
     plus, for snappy and LZ4, one page of at most ``budget`` bytes."""

@@ -1,17 +1,12 @@
 """What this run tags: the records of this process's unfinished shards not yet written.
 
-``Plan.items()`` walks every record of the inputs in their fixed order and yields:
-
-* a ``Record`` (with its shard and caption path filled in) for each image to tag;
-* ``Kept`` for an image whose caption exists and is kept (``--on-existing skip`` with only
-  ``txt`` output): nothing to compute, but it counts towards the progress;
-* ``ShardEnd(k)`` after the last record of each shard of this process, once its images are all
-  written or passed over, so the shard can be completed.
-
-Records of other processes' shards and of finished shards are passed over silently, and
-images a half-done shard already committed are counted in ``already_done``. Caption paths
-are assigned to every record, in order, whoever tags it: processes sharing an output folder
-therefore agree on every caption's name.
+``Plan.items()`` walks every record in the inputs' fixed order and yields a ``Record`` (shard and
+caption path filled in) for each image to tag; ``Kept`` for one whose caption exists and is kept
+(``--on-existing skip``, ``txt`` only): nothing to compute, but it counts towards the progress;
+``ShardEnd(k)`` after the last record of each of this process's shards, so it can be completed.
+Other processes' shards and finished ones are passed over, and images a half-done shard already
+committed are counted in ``already_done``. Every record gets its caption path, in order, whoever
+tags it: processes sharing an output folder therefore agree on every caption's name.
 """
 
 from __future__ import annotations
@@ -43,10 +38,8 @@ class Kept:
 
 class CaptionPlacer:
     """Where each record's caption goes: beside its image file, or under the output's ``txt/``.
-
-    Two images of one folder with the same stem (``a.png``, ``a.jpg``) cannot both own
-    ``a.txt``: the Batch tab's rule applies (the first gets ``a.txt``, the next ``a.jpg.txt``).
-    """
+    Two images of one folder with the same stem (``a.png``, ``a.jpg``) cannot both own ``a.txt``:
+    by the Batch tab's rule the first gets ``a.txt``, the next ``a.jpg.txt``."""
 
     def __init__(self, beside: bool):
         self.beside = beside

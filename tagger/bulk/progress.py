@@ -26,7 +26,6 @@ class Summary:
     out: str = ""
 
     def add(self, counts: WriteCounts) -> None:
-        """Count one written batch."""
         self.tagged += counts.images
         self.errors += counts.errors
         for outcome, n in counts.captions.items():

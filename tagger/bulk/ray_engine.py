@@ -5,20 +5,17 @@
                                                              with CPUs of its own
                         → write_datasink(BulkDatasink)       captions and parts, on the workers
 
-The driver makes the same plan as the local engine (shards, resume, captions kept) and
-sends the records to tag; the decode stage and the model step run the local engine's own
-functions (``decode_locator``, ``batches_by_tokens``, ``score_batch``, ``batch_rows``), and the datasink the
-same ``OutputWriter``, so both engines write the same rows. When the write finishes, the
-driver completes the shards. Killed midway, a Ray run leaves committed parts like a local
-run, and the next run, with either engine, resumes after them.
-
-The actor reads each window's pixels straight from the Arrow buffers the decode tasks wrote
-(no copy), and formats batch i's rows in a thread while the model runs batch i + 1.
+The driver makes the local engine's plan (shards, resume, captions kept) and sends the records
+to tag; the stages run the local engine's own functions (``decode_locator``, ``batches_by_tokens``,
+``score_batch``, ``batch_rows``) and ``OutputWriter``, so both engines write the same rows; the
+driver completes the shards after the write. A Ray run killed midway leaves committed parts, and
+the next run, with either engine, resumes after them. The actor reads pixels straight from the
+decode tasks' Arrow buffers (no copy), and formats batch i's rows in a thread while the model
+runs batch i + 1.
 
 Inputs must be readable from every node (a shared file system) and cannot be streamed:
-compressed tars and ``hf:`` datasets are refused (save the dataset to disk, or use
-uncompressed webdataset shards). Every node needs this package and the model files (or
-Hub access: each actor resolves them like the local engine).
+compressed tars and ``hf:`` datasets are refused. Every node needs this package and the model
+files (or Hub access: each actor resolves them like the local engine).
 """
 
 from __future__ import annotations
@@ -194,7 +191,6 @@ class TagActor:
         for batch in batches_by_tokens(window, self.batch_size, self.tagger.model.config.patch_size):
             real, computed = count_tokens(self.tagger, batch)
             probabilities, features = score_batch(self.tagger, batch, self.descriptors)
-            # Rows of this batch are made while the model runs the next one.
             formatted.append(
                 self._formatter.submit(batch_rows, self.tagger, batch, probabilities, features, self.options)
             )

@@ -1,16 +1,12 @@
 """Resuming: the manifest that pins a run's settings, and what an output folder already holds.
 
 The first run in an output folder writes ``bulk.json``: the tagging options, the model, every
-setting that changes what is written, and each input's image count and a hash of its names.
-A later run in the same folder must match it: a difference is refused with a sentence that
-names each changed flag with its old and new values, because mixing two settings in one
-dataset would be silent corruption. Device, dtype, batch size and worker counts are not
-recorded: they change speed, not what a row means, and a run pre-empted on one machine may
-resume on another.
-
-``ResumeState`` reads what is done: finished shards (their done markers) and, for
-unfinished shards, the keys of every committed part, so that a half-done shard resumes
-after the images it already wrote.
+setting that changes what is written, and each input's image count and a hash of its names. A
+later run must match it, each difference named, because mixing two settings in one dataset
+would be silent corruption. Device, dtype, batch size and worker counts are not recorded: they
+change speed, not what a row means, and a run pre-empted on one machine may resume on another.
+``ResumeState`` reads what is done: finished shards, and the keys of every committed part of
+the others, so that a half-done shard resumes after the images it already wrote.
 """
 
 from __future__ import annotations
@@ -84,11 +80,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def check_manifest(layout: Layout, manifest: dict[str, Any]) -> bool:
-    """Write the manifest in a new folder, or check it against the one there.
-
-    Returns True when the folder was already started (a resume). Raises ``BulkError`` naming
-    every difference.
-    """
+    """Write the manifest in a new folder, or check it against the one there: True for a resume,
+    ``BulkError`` naming every difference."""
     path = layout.manifest
     if path.exists():
         try:
@@ -134,8 +127,7 @@ class ResumeState:
         # Writes a kill interrupted: never complete, never used.
         for folder in (layout.state, layout.root / "parquet", layout.root / "jsonl"):
             remove_temporaries(folder, owns)
-        # (A folder that is not there globs to nothing.)
-        for marker in sorted((layout.state / "done").glob("shard-*.json")):
+        for marker in sorted((layout.state / "done").glob("shard-*.json")):  # none without the folder
             shard = _shard_number(marker.name.removesuffix(".json"))
             if shard is not None and owns(shard):
                 state.finished[shard] = _read_marker(marker, shard)

@@ -1,12 +1,11 @@
 """Reading and writing files without following links, and with a size cap per image.
 
 A dataset folder is often someone else's work: an image or caption there may be a symbolic
-link to a private file or to ``/dev/zero``, or a named pipe that blocks whoever reads it.
-Bulk tagging opens every image and caption it reads with ``O_NOFOLLOW | O_NONBLOCK`` and
-checks that what it got is a regular file before reading a byte; anything else raises
-``NotRegularFile`` (an ``OSError``, so it becomes that image's error sentence). Temporary
-files are created with ``O_EXCL | O_NOFOLLOW``, so a link planted at their name is never
-written through.
+link to a private file or to ``/dev/zero``, or a named pipe that blocks whoever reads it. Every
+image and caption is opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked to be a regular file
+before a byte is read; anything else raises ``NotRegularFile`` (an ``OSError``: that image's
+error sentence). Temporaries are created with ``O_EXCL | O_NOFOLLOW``: a link planted at their
+name is never written through.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """Splitting a run: fixed shards of the input, ``--shard i/N`` and one process per GPU.
 
 Shard ``k`` holds the images at positions ``k·size … (k+1)·size − 1`` of the inputs' fixed
-order (``tagger.bulk.sources``). ``--shard i/N`` takes every shard with ``k mod N = i``: N
-processes given ``0/N … N−1/N`` (by hand, by SLURM's array index, by torchrun's rank) cover
-every shard exactly once and can share one output folder, since every file they write
-belongs to one shard. ``--gpus all`` is the convenience for one host: it starts one such
-process per visible GPU, each pinned to its GPU with ``CUDA_VISIBLE_DEVICES``.
+order; ``--shard i/N`` takes the shards with ``k mod N = i``, so N processes (by hand, SLURM's
+array index, torchrun's rank) cover each shard once and can share one output folder: every
+file they write belongs to one shard. ``--gpus all`` starts one such process per visible GPU.
 """
 
 from __future__ import annotations
@@ -51,13 +49,8 @@ class ShardSpec:
 
 
 def shard_sizes(total: int, shard_size: int) -> list[int]:
-    """How many images each shard holds for ``total`` images."""
     full, rest = divmod(total, shard_size)
     return [shard_size] * full + ([rest] if rest else [])
-
-
-# ---------------------------------------------------------------------------------------------
-# One process per GPU
 
 
 HOST_GPUS_ENV = "TAGGER_HOST_GPUS"  # GPU processes sharing this host's cores (set by --gpus)
@@ -98,12 +91,9 @@ def gpu_workers(gpus: str) -> list[Worker]:
 
 
 def launch_workers(argv: Sequence[str], workers: Sequence[Worker], shard: ShardSpec) -> int:
-    """Run ``python -m tagger.bulk argv`` once per worker, each on its share of ``shard``.
-
-    ``argv`` must not hold ``--gpus``, ``--shard`` or ``--device``: they are set per worker.
-    Returns the worst exit status (0 when all succeed). Ctrl-C reaches every child (same
-    process group); each stops after its batch in flight and can be resumed.
-    """
+    """Run ``python -m tagger.bulk argv`` (without ``--gpus``, ``--shard`` and ``--device``: set per
+    worker) once per worker, each on its share of ``shard``; the worst exit status. Ctrl-C reaches
+    every child (same process group); each stops after its batch in flight and can be resumed."""
     children = []
     for number, worker in enumerate(workers):
         share = shard.split(len(workers), number)

@@ -1,18 +1,11 @@
 """The inputs of a bulk run: every image of every input, in one fixed order, and how to read it.
 
-An input is a folder (recursive by default), an image file, a zip, a tar or webdataset shard,
-a Parquet file with an image-bytes or path column, a ``datasets`` dataset saved with
-``save_to_disk``, or ``hf:owner/name[@revision]``: a dataset on the Hub, streamed.
-
-Each image becomes an ``Entry`` carrying a *locator*: a small tuple that a decoding worker (a
-process of the local engine, or a Ray task) turns into the image's bytes with ``read_bytes``.
-Listing never reads image data, except for compressed tars and Hub streams, which can only be
-read front to back: their locators carry the bytes themselves.
-
-The order is fixed (folders sorted, archives in member order, tables in row order), so the
-position of an image, and with it its shard, is the same in every run over the same inputs.
-Keys are ``<input label>/<path in the input or row number>``: unique over all inputs and
-stable, they are what resume compares.
+Each image becomes an ``Entry`` whose *locator*, a small tuple, a decoding worker (a local
+process or a Ray task) turns into its bytes with ``read_bytes``. Listing never reads image
+data, except for compressed tars and Hub streams, which can only be read front to back: their
+locators carry the bytes. The order is fixed (folders sorted, archives in member order, tables
+in row order), so an image's position, and with it its shard, is the same in every run; keys
+(``<input label>/<path in the input or row number>``) are unique and stable: resume compares them.
 """
 
 from __future__ import annotations
@@ -55,9 +48,8 @@ class Entry:
 
 @dataclass(frozen=True)
 class Record:
-    """One image of the run: its position fixes its shard, its key is what resume compares.
-
-    ``shard`` and ``caption_file`` are filled in by the plan (``tagger.bulk.plan``)."""
+    """One image of the run: its position fixes its shard, its key is what resume compares; the
+    plan (``tagger.bulk.plan``) fills in ``shard`` and ``caption_file``."""
 
     index: int
     key: str
@@ -202,46 +194,37 @@ class TarSource(Source):
     def __init__(self, path: Path):
         super().__init__(path)
         self.streamed = path.name.lower().endswith(TAR_STREAM_SUFFIXES)
-        self._members: list[tuple[str, str | None, str, int, int]] = []  # (name, error, member, offset, size)
+        self._members: list[tuple[str, str | None, int, int]] = []  # (name, error, offset, size)
         if not self.streamed:
             try:
                 with tarfile.open(path, "r:") as archive:
-                    for info in archive:
-                        member = self._member(info)
-                        if member is not None:
-                            self._members.append((*member, info.name, info.offset_data, info.size))
+                    for info, name, error in self._images(archive):
+                        self._members.append((name, error, info.offset_data, info.size))
             except (tarfile.TarError, OSError) as e:
                 raise BulkError(f"{escape_name(str(path))} is not a readable (uncompressed) tar file ({e}).") from None
 
-    def _member(self, info: tarfile.TarInfo) -> tuple[str, str | None] | None:
-        """(name, error) for an image member, None for anything else. Names that are not
-        UTF-8 (tarfile decodes their bytes as surrogates) are escaped: ``tagger.bulk.names``."""
+    def _images(self, archive: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, str, str | None]]:
+        """The archive's image members, each with its (name, error), in member order."""
         shown = escape_name(Path(self.spec).name)
-        if not info.isfile():
-            return None
-        member = _image_member(info.name, info.name, shown, escape_name)
-        if member is None:
-            return None
-        name, error = member
-        if error is None and info.size > safefs.MAX_IMAGE_BYTES:
-            error = f"Could not read {shown}/{name}: {safefs.size_limit_sentence(info.size)}."
-        return name, error
+        for info in archive:
+            if not info.isfile() or (member := _image_member(info.name, info.name, shown, escape_name)) is None:
+                continue
+            name, error = member
+            if error is None and info.size > safefs.MAX_IMAGE_BYTES:
+                error = f"Could not read {shown}/{name}: {safefs.size_limit_sentence(info.size)}."
+            yield info, name, error
 
     def entries(self) -> Iterator[Entry]:
         shown = escape_name(Path(self.spec).name)
         if not self.streamed:
-            for (name, error, _, offset, size), concept in zip(self._members, _concepts(self._members), strict=True):
+            for (name, error, offset, size), concept in zip(self._members, _concepts(self._members), strict=True):
                 yield Entry(name, f"{shown}/{name}", concept, ("tar", self.spec, offset, size), error=error)
             return
         # Compressed: one pass front to back; a webdataset keeps a sample's files together, so
         # the concept is simply the first folder of the member's path.
         try:
             with tarfile.open(self.spec, "r:*") as archive:
-                for info in archive:
-                    member = self._member(info)
-                    if member is None:
-                        continue
-                    name, error = member
+                for info, name, error in self._images(archive):
                     handle = archive.extractfile(info) if error is None else None
                     data = handle.read() if handle is not None else b""
                     yield Entry(name, f"{shown}/{name}", _first_folder(name), ("bytes", data), error=error)
@@ -462,10 +445,6 @@ def _image_value(value: Any) -> tuple[bytes | None, str | None]:
     return None, None
 
 
-# ---------------------------------------------------------------------------------------------
-# Opening the inputs
-
-
 @dataclass(frozen=True)
 class InputSettings:
     recursive: bool = True
@@ -524,10 +503,6 @@ class Inputs:
         settings = settings or InputSettings()
         return cls([open_source(spec, settings) for spec in specs])
 
-    @property
-    def streamed(self) -> bool:
-        return any(s.streamed for s in self.sources)
-
     def survey(self) -> list[dict[str, Any]]:
         """Per input: kind, image count and a hash of the names (a pass over the listing)."""
         return [source.survey() for source in self.sources]
@@ -538,10 +513,6 @@ class Inputs:
         )
         for index, (label, e) in enumerate(labelled):
             yield Record(index, f"{label}/{e.name}", e.path, e.concept, e.locator, e.file, e.error)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading one image's bytes (in a decoding worker)
 
 
 class _ReaderCache:
@@ -587,10 +558,8 @@ class _ArrowCells:
 
 
 class _ParquetCells:
-    """One row group's image column, read front to back a cell at a time (``parquet_pages``).
-
-    A decoding worker asks for rows in increasing order (it gets every few records); a row
-    behind the reader starts the row group again."""
+    """One row group's image column, read front to back a cell at a time (``parquet_pages``): a
+    worker asks for rows in increasing order; a row behind the reader starts the group again."""
 
     def __init__(self, file: str, group: int, column: str):
         import pyarrow.parquet as pq
@@ -655,10 +624,9 @@ def _parquet_cell(cache: _ReaderCache, file: str, group: int, row: int, column: 
 
 
 def read_bytes(locator: Locator) -> bytes:
-    """The encoded bytes an image's locator points at. ``OSError`` (or a subclass) when they
-    cannot be read; the caller turns it into an error for that image only. Files are read only
-    when they are regular files (never through a link: ``tagger.bulk.safefs``), and no image
-    over ``safefs.MAX_IMAGE_BYTES`` is read."""
+    """The encoded bytes an image's locator points at; ``OSError`` (an error for that image only)
+    when they cannot be read. Only regular files are read, never through a link (``safefs``),
+    and no image over ``safefs.MAX_IMAGE_BYTES``."""
     kind = locator[0]
     if kind == "bytes":
         _check_size(len(locator[1]))
