@@ -115,12 +115,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class PatchEmbed(nn.Module):
-    """``Conv2d(3, C, p, stride=p)`` as a reshape + one matrix multiply (same parameters).
-
-    A stride-``p`` convolution with a ``p × p`` kernel is a Linear over each patch's
-    ``3·p·p`` values in the weight's own order (channel, row, column): no cuDNN plan to
-    build per thread, and the weight ``[C, 3, p, p]`` is used as a ``[C, 3·p·p]`` view.
-    """
+    """``Conv2d(3, C, p, stride=p)`` as a reshape + one matrix multiply (same parameters): a Linear
+    over each patch's ``3·p·p`` values in the weight's own order (channel, row, column), with
+    the ``[C, 3, p, p]`` weight viewed as ``[C, 3·p·p]``; no cuDNN plan to build per thread."""
 
     def __init__(self, channels: int, patch_size: int):
         super().__init__()
@@ -313,11 +310,9 @@ def _key_mask(lengths: tuple[int, ...], device: torch.device) -> torch.Tensor:
 
 
 class _DeviceCache:
-    """A small LRU of tensors built on demand (per-grid RoPE tables, masks).
-
-    Entries are built outside inference mode, so that they also serve forwards that record
-    gradients (``tagger.features.relevance``); a lock keeps threads (ZeroGPU calls) from racing.
-    """
+    """A small LRU of tensors built on demand (per-grid RoPE tables, masks). Built outside inference
+    mode, so that they also serve forwards that record gradients (``tagger.features.relevance``);
+    a lock keeps threads (ZeroGPU calls) from racing."""
 
     def __init__(self, maxsize: int):
         self.maxsize = maxsize

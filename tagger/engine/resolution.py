@@ -22,8 +22,8 @@ CPU_DEFAULT_CAP = 1024
 
 
 def size_cap(device_type: str) -> int:
-    """The default cap: what one request may ask for on this kind of device. On a CPU 1024 px
-    takes several times as long as 512 px; a GPU answers 2048 px in a fraction of a second."""
+    """The default cap: what one request may ask for on this kind of device (a GPU answers
+    2048 px in a fraction of a second)."""
     return CPU_DEFAULT_CAP if device_type == "cpu" else GPU_DEFAULT_CAP
 
 
