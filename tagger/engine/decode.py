@@ -1,10 +1,7 @@
-"""Decode any image input to a fully loaded RGB PIL image.
-
-``load_image`` turns a path, bytes, a PIL image or a numpy array into an RGB image (EXIF
-orientation applied, first frame, transparency composited onto white, high-bit-depth grey
-scaled rather than clipped). Every failure is an ``ImageError`` whose message a person can act
-on, naming the image as the caller knows it (``name=``); no raw Pillow/OS exception escapes.
-``image_header`` reads a file's declared size without decoding it.
+"""Decode any image input to a fully loaded RGB PIL image (``load_image``): EXIF orientation
+applied, first frame, transparency on white, high-bit-depth grey scaled rather than clipped.
+Every failure is an ``ImageError`` a person can act on, naming the image as the caller knows it;
+no raw Pillow/OS exception escapes. ``image_header`` reads a file's declared size only.
 """
 
 from __future__ import annotations
@@ -260,8 +257,7 @@ def _decode(fp: BinaryIO, name: str, max_pixels: int, fit: Fit | None, reduced_d
 
 
 def _finish(image: Image.Image, name: str, max_pixels: int, fit: Fit | None, own: bool) -> Image.Image:
-    """Size checks, decode, RGB conversion, orientation, and the ``fit`` resize. Always returns
-    a new image. ``own``: the image was opened here and its decoder may be told to reduce."""
+    """A new RGB image, upright and fitted; ``own``: opened here, so its decoder may be told to reduce."""
     _check_size(image.size, name, max_pixels)
     with _decoding_errors(name, max_pixels):
         # Reducible formats keep EXIF in their header, so the orientation (hence the target) is

@@ -1,10 +1,7 @@
 """Resize and normalise a decoded image the way the authors' model expects.
 
-``resize`` applies the reference size rule (long edge capped at ``max_size``, both sides
-multiples of the patch size, never upscaled) with Lanczos resampling → uint8 ``[3, H, W]``;
-``normalise`` (ImageNet mean/std, bit-identical with torchvision's ``ToTensor`` +
-``Normalize``) runs later, on the model's device. ``preprocess`` is both, on the CPU;
-``Preprocessor`` decodes (``tagger.engine.decode``) and resizes with a model's settings.
+``resize`` (the reference size rule, Lanczos) → uint8 ``[3, H, W]``; ``normalise`` runs later,
+on the model's device; ``preprocess`` is both, on the CPU; ``Preprocessor`` decodes and resizes.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The resolution a request runs at: the long edge the model sees, chosen per request.
 
-A request may ask for any long edge; it is snapped to a multiple of the patch size (16) and
-bounded by the server's cap, so that the cost of a request (pixels, and with them model time
-and the ZeroGPU duration asked for) stays within what the server allows. The default is
-the authors' 1024 px on a GPU and the training resolution, 512 px, on a CPU, where 1024 px
-costs about six times as much.
+Any long edge may be asked for; it is snapped to a multiple of the patch size and bounded by
+the server's cap, so a request's cost (pixels, model time, the ZeroGPU duration asked for) stays
+within what the server allows. Default: the authors' 1024 px on a GPU, the training resolution
+(512 px) on a CPU, where 1024 px costs about six times as much.
 """
 
 from __future__ import annotations
