@@ -135,14 +135,6 @@ class MemoryPolicy:
 MEMORY = MemoryPolicy()  # the process's one policy (the allocator is process-wide too)
 
 
-def prepare_cpu_model(model: nn.Module, dtype: torch.dtype) -> None:
-    """What a freshly loaded CPU model needs before its first request: the allocator setting,
-    and for ``INT8_DTYPE`` (loaded in ``INT8_LOAD_DTYPE``) the int8 layers."""
-    keep_freed_memory()
-    if dtype == INT8_DTYPE:
-        quantize_linears(model)
-
-
 # -- int8 ------------------------------------------------------------------------------
 
 # Quantized engines that provide x86 int8 GEMM kernels, best first (measured in the README).

@@ -17,7 +17,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from tagger.engine.cpu import INT8, INT8_DTYPE, INT8_LOAD_DTYPE, int8_engine, prepare_cpu_model
+from tagger.engine.cpu import INT8, INT8_DTYPE, INT8_LOAD_DTYPE, int8_engine, keep_freed_memory, quantize_linears
 from tagger.engine.decode import ImageSource
 from tagger.engine.model import Pixels, TaggerModel
 from tagger.engine.preprocess import Preprocessor, normalise
@@ -213,7 +213,9 @@ class Tagger:
             rope_coord_scale=rope_coord_scale,
         ).to(self.device)
         if self.device.type == "cpu":
-            prepare_cpu_model(self.model, self.dtype)
+            keep_freed_memory()
+            if self.dtype == INT8_DTYPE:
+                quantize_linears(self.model)
         self.load_seconds = time.perf_counter() - started
         log.info(
             "Loaded %s (%d tags) on %s in %s in %.1f s",
