@@ -43,12 +43,11 @@ INT8_LOAD_DTYPE = torch.bfloat16
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_MAX = -4
-# Keep up to this much free memory at the top of the heap (mallopt takes an int): the
-# release is ``MemoryPolicy``'s to decide.
+# Keep up to this much free memory at the top of the heap (mallopt takes an int): releasing is
+# ``MemoryPolicy``'s decision.
 _TRIM_THRESHOLD_BYTES = 2**31 - 1
-# Threads other than the main one (Gradio's workers) allocate from 64 MiB heaps that glibc
-# unmaps as soon as they are empty, whatever the trim threshold, unless that much padding is
-# to be kept: with this pad, an emptied heap stays for the next request.
+# Other threads (Gradio's workers) allocate from 64 MiB heaps that glibc unmaps once empty,
+# whatever the trim threshold, unless that much padding is kept: with it, a heap stays.
 _TOP_PAD_BYTES = 64 * 1024 * 1024
 _ALLOCATOR_LOCK = threading.Lock()
 _allocator_tuned: list[bool] = []  # [result] once tried

@@ -47,9 +47,8 @@ _BOMB_NUMBERS = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
 Fit: TypeAlias = Callable[[int, int], tuple[int, int]]
 
 # Decode at a reduced scale (JPEG DCT scaling; other formats: a box average) only while the
-# reduced image keeps at least this many pixels per output pixel along each side; Lanczos
-# then works from that. The effect on what the model sees is measured in
-# benchmarks/bench_decode.py and bounded in tests/test_hostile.py.
+# reduced image keeps at least this many pixels per output pixel along each side, for Lanczos
+# to work from (effect: benchmarks/bench_decode.py, bounded in tests/test_hostile.py).
 REDUCED_DECODE_MARGIN = 3
 # Modes are converted to RGB in bands of about this many pixels, so a big palette, alpha or
 # 16-bit image never has a second full-size copy in another mode.
@@ -226,16 +225,13 @@ def _load_path(
     except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL character in the path
         raise ImageError(f"Cannot open '{shown}': {exc}.") from None
     with fp:
-        if _is_empty_file(fp):
+        try:
+            empty = os.fstat(fp.fileno()).st_size == 0 and fp.peek(1) == b""
+        except OSError:
+            empty = False  # let the decoder report whatever is wrong
+        if empty:
             raise ImageError(f"The file '{shown}' is empty (0 bytes), so it holds no image.")
         return _decode(fp, f"the file '{shown}'", max_pixels, fit, reduced_decode)
-
-
-def _is_empty_file(fp: io.BufferedReader) -> bool:
-    try:
-        return os.fstat(fp.fileno()).st_size == 0 and fp.peek(1) == b""
-    except OSError:
-        return False  # let the decoder report whatever is wrong
 
 
 # Raster formats people tag (JPEG covers the MPO files phones write). Anything else (EPS/PS

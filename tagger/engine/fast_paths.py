@@ -8,9 +8,6 @@ it is for, measured in the same run (numbers and decisions in docs/MODEL.md). To
   a time into one small reused buffer is exact (bf16 → float32 loses nothing) and keeps one
   copy of the weights, half of a float32 copy's; widening the whole weight per call is slower
   still. Slower per call than a float32 copy on an AVX2-only CPU; the memory is worth it.
-
-oneDNN's fused bf16 SwiGLU epilogue is not here: it needs AVX512-BF16 or AMX, which the CPU
-we measure on lacks, so it could not be shown to pay.
 """
 
 from __future__ import annotations

@@ -92,11 +92,10 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
     return tensors
 
 
-# The checkpoint key layout, written once (docs/MODEL.md): each entry of the model's own
-# state dict and the checkpoint tensors it is read from, relative to "backbone." with blocks
-# as "layer.{n}.". Several tensors are concatenated along dim 0 in the order given (the fused
-# q/k/v and gate/up projections); ``ZEROS`` stands for a block of zeros (k's bias, which
-# DINOv3 does not have). Everything else in the file belongs to the head.
+# The checkpoint key layout (docs/MODEL.md): each entry of the model's state dict and the
+# tensors it is read from, relative to "backbone." with blocks as "layer.{n}.", concatenated
+# along dim 0 in this order (fused q/k/v and gate/up); ``ZEROS``: a block of zeros (k's bias,
+# which DINOv3 does not have). Everything else in the file belongs to the head.
 ZEROS = "<zeros>"
 CHECKPOINT_KEYS: dict[str, tuple[str, ...]] = {
     "cls_token": ("embeddings.cls_token",),
