@@ -92,8 +92,7 @@ def _explain(
     where = f"{repo}@{revision or 'main'}"
     cache = cache_dir or constants.HF_HUB_CACHE
     cause = error.__cause__ or error.__context__
-    # A "not cached" error caused by a failed transfer means the Hub was tried: offline mode is
-    # not the reason then.
+    # A "not cached" error caused by a failed transfer: the Hub was tried, so offline is not why.
     offline = isinstance(error, OfflineModeIsEnabled) or isinstance(cause, OfflineModeIsEnabled)
     offline = offline or (_is_offline() and cause is None)
     # Subclasses first: GatedRepoError is a RepositoryNotFoundError, both are HfHubHTTPError.
