@@ -1,17 +1,14 @@
 """CPU-only tuning: one policy for the engine's memory, and the opt-in int8 precision.
 
-* **Memory**, one policy: what a forward freed is kept for the next (``keep_freed_memory``,
-  applied by ``Tagger`` to CPU models; by default each activation above the mmap threshold is
-  a fresh ``mmap``, so every forward faults its pages in again: hundreds of thousands of
-  faults per 512 px image). It goes back to the OS (``release_memory``) after an out-of-memory
-  error, and after a request (``MEMORY.after_request``, called by the web layer) that left
-  the process ``RELEASE_AFTER_GROWTH`` larger than at the last release.
-* ``quantize_linears`` replaces the backbone's ``nn.Linear`` modules by
-  ``DynamicInt8Linear``: int8 weights (symmetric, one scale per output channel) and
-  activations quantized per call (one scale per token), through the FBGEMM/oneDNN kernels
-  that ship inside every x86 torch wheel (``torch.ops.quantized``, the ATen operators
-  themselves, not the deprecated ``torch.ao.quantization`` Python API). Opt-in only: it
-  changes the scores slightly; the README gives its measured speed and effect on scores.
+* **Memory**: what a forward freed is kept for the next (``keep_freed_memory``; by default each
+  activation above the mmap threshold is a fresh ``mmap``, so every forward faults its pages in
+  again: hundreds of thousands of faults per 512 px image). It goes back to the OS
+  (``release_memory``) after an out-of-memory error, and after a request (``MEMORY.after_request``,
+  called by the web layer) that grew the process ``RELEASE_AFTER_GROWTH`` since the last release.
+* ``quantize_linears`` replaces the backbone's ``nn.Linear`` modules by ``DynamicInt8Linear``
+  (int8 weights, activations quantized per token) through the FBGEMM/oneDNN kernels in every
+  x86 torch wheel (``torch.ops.quantized``, not the deprecated ``torch.ao.quantization`` API).
+  Opt-in: it changes the scores slightly (README: its speed and effect on scores).
 """
 
 from __future__ import annotations
@@ -40,20 +37,17 @@ INT8_DTYPE = torch.qint8
 INT8_LOAD_DTYPE = torch.bfloat16
 
 
-# --------------------------------------------------------------------------------------
-# Memory
-# --------------------------------------------------------------------------------------
+# -- Memory ----------------------------------------------------------------------------
 
 # glibc <malloc.h> parameter numbers for mallopt().
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_MAX = -4
-# Keep up to this much free memory at the top of the heap (mallopt takes an int): the
-# release is ``MemoryPolicy``'s to decide.
+# Keep up to this much free memory at the top of the heap (mallopt takes an int): releasing is
+# ``MemoryPolicy``'s decision.
 _TRIM_THRESHOLD_BYTES = 2**31 - 1
-# Threads other than the main one (Gradio's workers) allocate from 64 MiB heaps that glibc
-# unmaps as soon as they are empty, whatever the trim threshold, unless that much padding is
-# to be kept: with this pad, an emptied heap stays for the next request.
+# Other threads (Gradio's workers) allocate from 64 MiB heaps that glibc unmaps once empty,
+# whatever the trim threshold, unless that much padding is kept: with it, a heap stays.
 _TOP_PAD_BYTES = 64 * 1024 * 1024
 _ALLOCATOR_LOCK = threading.Lock()
 _allocator_tuned: list[bool] = []  # [result] once tried
@@ -65,9 +59,8 @@ def keep_freed_memory() -> bool:
 
     ``M_MMAP_MAX=0``: large blocks are no separate mappings; ``M_TRIM_THRESHOLD``: the main
     heap's top is not handed back; ``M_TOP_PAD`` of a whole thread heap: emptied thread heaps
-    are not unmapped. No churn is left in the main thread; in other threads at least twice
-    fewer faults (``tests/test_cpu.py``). Process-wide, applied once; returns whether the
-    settings are in effect (False off glibc or when ``TAGGER_KEEP_FREED_MEMORY=0``)."""
+    are not unmapped (``tests/test_cpu.py`` measures the faults). Process-wide, applied once;
+    whether the settings are in effect (False off glibc or when ``TAGGER_KEEP_FREED_MEMORY=0``)."""
     with _ALLOCATOR_LOCK:
         if not _allocator_tuned:
             _allocator_tuned.append(_apply_mallopt())
@@ -141,28 +134,15 @@ class MemoryPolicy:
 MEMORY = MemoryPolicy()  # the process's one policy (the allocator is process-wide too)
 
 
-def prepare_cpu_model(model: nn.Module, dtype: torch.dtype) -> None:
-    """What a freshly loaded CPU model needs before its first request: the allocator setting,
-    and for ``INT8_DTYPE`` (loaded in ``INT8_LOAD_DTYPE``) the int8 layers."""
-    keep_freed_memory()
-    if dtype == INT8_DTYPE:
-        quantize_linears(model)
-
-
-# --------------------------------------------------------------------------------------
-# int8
-# --------------------------------------------------------------------------------------
+# -- int8 ------------------------------------------------------------------------------
 
 # Quantized engines that provide x86 int8 GEMM kernels, best first (measured in the README).
 _X86_ENGINES = ("x86", "fbgemm", "onednn")
 
 
 def int8_engine() -> str:
-    """The quantized engine ``quantize_linears`` uses, or ``ValueError``.
-
-    Checked by running one small quantized Linear, so a torch build or CPU that lacks the
-    kernels fails here, with a sentence, rather than in the middle of a request.
-    """
+    """The quantized engine ``quantize_linears`` uses, or ``ValueError``: one small quantized Linear
+    is run, so a torch build or CPU without the kernels fails here, not in the middle of a request."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise ValueError(f"The int8 precision needs an x86-64 CPU (this one is {platform.machine()}); use fp32.")
     probe: Callable[[], bool] | None = getattr(torch.cpu, "_is_avx2_supported", None)
@@ -204,20 +184,16 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None, engine: str) -> torch
 class DynamicInt8Linear(nn.Module):
     """Inference stand-in for an ``nn.Linear``: int8 weights, float32 in and out.
 
-    Weights: symmetric int8, one scale per output channel. Inputs: quantized on each call
-    to 7-bit unsigned integers (``reduce_range``: AVX2 without VNNI multiplies u8 × s8 pairs
-    into saturating 16-bit sums, which 8-bit inputs can overflow); products accumulate in
-    int32 and come back as float32. The original float weight is not kept.
-
-    Every token (row) gets its own input scale: the kernels take one
-    scale per tensor, so each row is divided by its largest magnitude first and the output
-    row multiplied back (exact, since the layer is linear), then the bias added. ViTs carry a
-    few tokens with activations orders of magnitude above the rest (in DINO models, the
-    register and CLS tokens); with one scale for the whole tensor those few would set the
-    step for every other token. Costs three extra passes over inputs and outputs.
-
-    Gradients flow to the input (the relevance maps need them) through the dequantized
-    weight, rebuilt for the backward pass and dropped again; parameters get none.
+    Weights: symmetric int8, one scale per output channel (the float weight is not kept).
+    Inputs: quantized on each call to 7-bit unsigned integers (``reduce_range``: AVX2 without
+    VNNI multiplies u8 × s8 pairs into saturating 16-bit sums, which 8-bit inputs can overflow).
+    Every token (row) gets its own input scale, though the kernels take one per tensor: each row
+    is divided by its largest magnitude and the output row multiplied back (exact: the layer is
+    linear), then the bias added. ViTs carry a few tokens (in DINO, the register and CLS tokens)
+    orders of magnitude above the rest, which would otherwise set the step for every token
+    (cost: three extra passes over inputs and outputs).
+    Gradients flow to the input (relevance maps need them) through the dequantized weight,
+    rebuilt for the backward pass and dropped again; parameters get none.
     """
 
     bias: torch.Tensor | None  # a buffer: the bias is added after rescaling, so the kernel must not add it
@@ -264,14 +240,9 @@ class _Int8LinearFunction(torch.autograd.Function):
 
 
 def quantize_linears(model: nn.Module, skip: tuple[str, ...] = ("head",)) -> int:
-    """Replace every ``nn.Linear`` of ``model`` (except under the ``skip`` prefixes) by a
-    ``DynamicInt8Linear``, one at a time, and make every other floating-point parameter and
-    buffer outside ``skip`` float32. Returns how many layers were replaced.
-
-    The weights may come in any float dtype: loading the backbone in the file's bf16 and
-    quantizing from there never holds a float32 copy of more than one weight. The head
-    (``skip``) is left exactly as it is; it computes in float32 from its own weights.
-    """
+    """Replace every ``nn.Linear`` outside the ``skip`` prefixes (the head, left as it is) by a
+    ``DynamicInt8Linear``, one at a time (from bf16 weights no float32 copy of more than one is
+    held), and make every other float tensor outside ``skip`` float32; returns how many."""
     engine = int8_engine()
     skipped = tuple(p + "." for p in skip)
     targets = [

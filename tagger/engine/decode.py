@@ -1,10 +1,7 @@
-"""Decode any image input to a fully loaded RGB PIL image.
-
-``load_image`` turns a path, bytes, a PIL image or a numpy array into an RGB image (EXIF
-orientation applied, first frame, transparency composited onto white, high-bit-depth grey
-scaled rather than clipped). Every failure is an ``ImageError`` whose message a person can act
-on, naming the image as the caller knows it (``name=``); no raw Pillow/OS exception escapes.
-``image_header`` reads a file's declared size without decoding it.
+"""Decode any image input to a fully loaded RGB PIL image (``load_image``): EXIF orientation
+applied, first frame, transparency on white, high-bit-depth grey scaled rather than clipped.
+Every failure is an ``ImageError`` a person can act on, naming the image as the caller knows it;
+no raw Pillow/OS exception escapes. ``image_header`` reads a file's declared size only.
 """
 
 from __future__ import annotations
@@ -50,9 +47,8 @@ _BOMB_NUMBERS = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
 Fit: TypeAlias = Callable[[int, int], tuple[int, int]]
 
 # Decode at a reduced scale (JPEG DCT scaling; other formats: a box average) only while the
-# reduced image keeps at least this many pixels per output pixel along each side; Lanczos
-# then works from that. The effect on what the model sees is measured in
-# benchmarks/bench_decode.py and bounded in tests/test_hostile.py.
+# reduced image keeps at least this many pixels per output pixel along each side, for Lanczos
+# to work from (effect: benchmarks/bench_decode.py, bounded in tests/test_hostile.py).
 REDUCED_DECODE_MARGIN = 3
 # Modes are converted to RGB in bands of about this many pixels, so a big palette, alpha or
 # 16-bit image never has a second full-size copy in another mode.
@@ -76,24 +72,16 @@ def load_image(
     reduced_decode: bool = False,
     name: str | None = None,
 ) -> Image.Image:
-    """Decode ``source`` to a new, fully loaded RGB image.
+    """Decode ``source`` to a new, fully loaded RGB image; ``ImageError`` for anything else.
 
-    ``source`` is a file path, the encoded bytes of a file, a PIL image (its current frame is
-    used; the caller's object is not modified) or a numpy array (HxW grey, HxWx3 RGB or HxWx4
-    RGBA; uint8, or float in [0, 1]). Images with more than ``max_pixels`` pixels are refused
-    from their header, before any pixel is decoded. Raises ``ImageError`` for every input
-    that cannot be turned into an image.
-
-    ``fit`` maps the upright image's (width, height) to the size to return, resized with
-    Lanczos exactly as ``preprocess`` resizes the full image (pass ``target_size`` with the
-    model's settings); only the pixels that size needs are kept while decoding, and the result
-    is the same as resizing the fully decoded image. With ``reduced_decode`` files opened here
-    may also be decoded at a reduced scale (JPEG DCT scaling, a box average for other formats;
-    ``REDUCED_DECODE_MARGIN``): much cheaper for huge images, not bit-identical (the web app
-    uses it; the library, CLI and bulk stay exact by default).
-
-    ``name``: what error sentences call the image (the file name a person knows, rather than
-    a temporary path or "the given data").
+    ``source``: a file path, a file's bytes, a PIL image (its current frame; not modified) or a
+    numpy array (HxW, HxWx3 or HxWx4; uint8, or float in [0, 1]). More than ``max_pixels``
+    pixels is refused from the header, before any pixel is decoded. ``fit`` maps the upright
+    (width, height) to the size to return, resized with Lanczos as ``preprocess`` would resize
+    the full image, keeping only the pixels that size needs. ``reduced_decode``: files opened
+    here may be decoded at a reduced scale (``REDUCED_DECODE_MARGIN``): much cheaper for huge
+    images, not bit-identical (the web app's choice; library, CLI and bulk stay exact).
+    ``name``: what error sentences call the image (the name a person knows, not a temp path).
     """
     if isinstance(source, Image.Image):
         return _finish(source, name or "the given PIL image", max_pixels, fit, own=False)
@@ -135,10 +123,9 @@ class ImageHeader:
 def image_header(
     source: str | os.PathLike | bytes, cost: Callable[[ImageHeader], float] = lambda header: header.pixels
 ) -> ImageHeader | None:
-    """The size and format a file's header declares, or None when it is not an image we
-    decode. Reads the header only: cheap enough to check limits before any decoding. For an
-    icon container (ICO, ICNS) it is the image the container embeds with the highest ``cost``
-    (default: the most pixels), read from that image's own header (``embedded_images``)."""
+    """The size and format a file's header declares (None: not an image we decode), read
+    without decoding, to check limits first. For ICO/ICNS: the embedded image with the highest
+    ``cost`` (default: the most pixels), from that image's own header (``embedded_images``)."""
     try:
         fp: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     except (OSError, ValueError, TypeError):
@@ -170,9 +157,8 @@ _ICNS_STREAM_TYPES = tuple(
 
 
 def embedded_images(fp: BinaryIO) -> list[ImageHeader] | None:
-    """The images an ICO or ICNS file embeds as streams of their own (PNG, BMP, JPEG 2000), each
-    with the size and format of its own header; None for any other file. Reads headers only and
-    leaves ``fp`` where it was."""
+    """The images an ICO or ICNS file embeds as streams of their own (PNG, BMP, JPEG 2000), read
+    from their own headers; None for any other file. Leaves ``fp`` where it was."""
     start = fp.tell()
     try:
         magic = fp.read(4)
@@ -239,16 +225,13 @@ def _load_path(
     except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL character in the path
         raise ImageError(f"Cannot open '{shown}': {exc}.") from None
     with fp:
-        if _is_empty_file(fp):
+        try:
+            empty = os.fstat(fp.fileno()).st_size == 0 and fp.peek(1) == b""
+        except OSError:
+            empty = False  # let the decoder report whatever is wrong
+        if empty:
             raise ImageError(f"The file '{shown}' is empty (0 bytes), so it holds no image.")
         return _decode(fp, f"the file '{shown}'", max_pixels, fit, reduced_decode)
-
-
-def _is_empty_file(fp: io.BufferedReader) -> bool:
-    try:
-        return os.fstat(fp.fileno()).st_size == 0 and fp.peek(1) == b""
-    except OSError:
-        return False  # let the decoder report whatever is wrong
 
 
 # Raster formats people tag (JPEG covers the MPO files phones write). Anything else (EPS/PS
@@ -270,13 +253,11 @@ def _decode(fp: BinaryIO, name: str, max_pixels: int, fit: Fit | None, reduced_d
 
 
 def _finish(image: Image.Image, name: str, max_pixels: int, fit: Fit | None, own: bool) -> Image.Image:
-    """Size checks, decode, RGB conversion, orientation, and the ``fit`` resize. Always returns
-    a new image. ``own``: the image was opened here and its decoder may be told to reduce."""
+    """A new RGB image, upright and fitted; ``own``: opened here, so its decoder may be told to reduce."""
     _check_size(image.size, name, max_pixels)
     with _decoding_errors(name, max_pixels):
-        # The reducible formats keep EXIF in their header: the orientation (hence the target) is
-        # known before the decoder is told how far it may reduce. Other formats may keep EXIF
-        # anywhere: read it from the loaded image.
+        # Reducible formats keep EXIF in their header, so the orientation (hence the target) is
+        # known before the decoder is told how far to reduce; others may keep it anywhere.
         reduce = own and fit is not None and image.format in _REDUCIBLE_FORMATS
         if not reduce:
             image.load()
@@ -305,9 +286,9 @@ def _reduce_while_decoding(
     image: Image.Image, fix: Image.Transpose | None, upright: tuple[int, int], target: tuple[int, int]
 ) -> tuple[float, float, float, float] | None:
     """Ask a JPEG decoder for a smaller image (DCT scaling), keeping ``REDUCED_DECODE_MARGIN``
-    pixels per output pixel. Returns the region of the reduced (upright) image that covers the
-    original, or None if nothing changed. (JPEG 2000 could reduce too, by resolution levels,
-    but the web app caps it below the sizes where that applies: ``tagger.datasets.pixel_caps``.)"""
+    pixels per output pixel; the region of the reduced (upright) image covering the original, or
+    None if nothing changed. (JPEG 2000 could reduce by resolution levels, but the web app caps
+    it below the sizes where that applies: ``tagger.datasets.pixel_caps``.)"""
     factor = min(upright[0] / target[0], upright[1] / target[1]) / REDUCED_DECODE_MARGIN
     if factor < 2 or len(getattr(image, "tile", ())) != 1:
         return None
@@ -350,17 +331,14 @@ def _rgb_in_bands(
     name: str,
     shrink: bool = False,
 ) -> Image.Image:
-    """RGB at ``target`` size, converted and resized band by band.
+    """RGB at ``target`` size, converted and resized band by band: no full-size copy in another mode.
 
-    Pillow's Lanczos resize is two passes, horizontal then vertical, with an 8-bit image in
-    between; each row of the horizontal pass depends on that row only. So converting a band
-    of rows, resizing it horizontally and stacking the bands gives exactly the intermediate
-    of one full resize, and the vertical pass finishes it: the same pixels as converting the
-    whole image and resizing it, without a full-size copy in another mode.
-
-    ``shrink``: box-average each band first by whole factors that keep
-    ``REDUCED_DECODE_MARGIN`` pixels per output pixel (bands are whole multiples of the
-    vertical factor, so this equals one ``Image.reduce`` of the whole image); not exact.
+    Pillow's Lanczos resize is a horizontal pass, an 8-bit intermediate, then a vertical pass,
+    and each row of the horizontal pass depends on that row only: bands converted, resized
+    horizontally and stacked are exactly one full resize's intermediate, so the result is the
+    same pixels. ``shrink``: box-average each band first by whole factors keeping
+    ``REDUCED_DECODE_MARGIN`` (bands are whole multiples of the vertical factor, so this equals
+    one ``Image.reduce`` of the whole image); not exact.
     """
     width, height = _upright_size(image.size, fix)
     left, top, right, bottom = box if box is not None else (0, 0, width, height)
@@ -411,10 +389,9 @@ def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:
 def _decoding_errors(name: str, max_pixels: int) -> Iterator[None]:
     """Turn whatever Pillow raises while decoding into an ImageError with a readable sentence."""
     try:
-        # Our own max_pixels check replaces Pillow's DecompressionBombWarning (issued above ~89.5 M
-        # pixels, below our default limit), so silence it here. Before Python 3.14 catch_warnings
-        # swaps the process-wide filter list, so threads decoding at once may restore each other's
-        # lists and leave this "ignore" in place longer; harmless for this one warning.
+        # Our max_pixels check replaces Pillow's DecompressionBombWarning (issued above ~89.5 M
+        # pixels, under our default). Before Python 3.14 catch_warnings swaps a process-wide list:
+        # concurrent threads may leave this "ignore" in place longer, harmless for this warning.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             yield

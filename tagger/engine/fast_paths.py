@@ -4,15 +4,10 @@
 ``benchmarks/bench_model_paths.py`` shows that it pays against the plain path on the machine
 it is for, measured in the same run (numbers and decisions in docs/MODEL.md). Today one does:
 
-* **A head stored in bf16, computed in float32** (the CPU default). The plain alternatives are
-  a float32 copy of the head (twice the memory: 1.8 GiB instead of 0.9 GiB for 74,625 tags)
-  or widening the whole bf16 weight on every call (slower still, and a 1.7 GiB temporary).
-  Widening a slab of rows at a time into one small reused buffer is exact (bf16 → float32
-  loses nothing) and keeps one copy of the weights. On an AVX2-only CPU it is slower per
-  call than the float32 copy (1.5–3 % of a forward); the memory is worth it.
-
-oneDNN's fused bf16 SwiGLU epilogue is not here: it needs AVX512-BF16 or AMX, which the CPU
-we measure on (AMD EPYC, AVX2) lacks, so it could not be shown to pay.
+* **A head stored in bf16, computed in float32** (the CPU default): widening a slab of rows at
+  a time into one small reused buffer is exact (bf16 → float32 loses nothing) and keeps one
+  copy of the weights, half of a float32 copy's; widening the whole weight per call is slower
+  still. Slower per call than a float32 copy on an AVX2-only CPU; the memory is worth it.
 """
 
 from __future__ import annotations

@@ -92,8 +92,7 @@ def _explain(
     where = f"{repo}@{revision or 'main'}"
     cache = cache_dir or constants.HF_HUB_CACHE
     cause = error.__cause__ or error.__context__
-    # A "not cached" error caused by a failed transfer means the Hub was tried: offline mode is
-    # not the reason then.
+    # A "not cached" error caused by a failed transfer: the Hub was tried, so offline is not why.
     offline = isinstance(error, OfflineModeIsEnabled) or isinstance(cause, OfflineModeIsEnabled)
     offline = offline or (_is_offline() and cause is None)
     # Subclasses first: GatedRepoError is a RepositoryNotFoundError, both are HfHubHTTPError.
@@ -154,11 +153,8 @@ def _explain(
 
 
 def _download(filename: str, repo: str, revision: str | None, cache_dir: str | None) -> tuple[Path, str]:
-    """Fetch one file through the HF cache; returns (path, how it was obtained).
-
-    Raises the library's own exceptions so the caller can tell "absent from the repo" apart from
-    real failures.
-    """
+    """(path, how it was obtained) of one file through the HF cache. Raises the library's own
+    exceptions, so that callers can tell "absent from the repo" from real failures."""
     try:
         if not _is_offline() and not isinstance(try_to_load_from_cache(repo, filename, cache_dir, revision), str):
             _probe(filename, repo, revision)
@@ -169,13 +165,12 @@ def _download(filename: str, repo: str, revision: str | None, cache_dir: str | N
         if disk or isinstance(error, _HUB_ANSWERS):
             raise
         # The library falls back to the cache when its metadata request fails, but a connection
-        # lost during the download surfaces here: a cached copy still lets the user work.
-        try:
-            path = hf_hub_download(
-                repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir, local_files_only=True
-            )
-        except EntryNotFoundError:
-            raise LocalEntryNotFoundError(f"{filename} is not cached and the Hub is unreachable") from error
+        # lost during the download surfaces here: a cached copy still lets the user work. Not
+        # cached: the library's LocalEntryNotFoundError, whose context (this failure) tells
+        # ``_explain`` that the Hub was tried.
+        path = hf_hub_download(
+            repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir, local_files_only=True
+        )
         logger.warning("Hub unreachable (%s); using the cached copy of %s", type(error).__name__, filename)
         return Path(path), "cached copy, Hub unreachable"
 
@@ -189,12 +184,9 @@ def hub_file(filename: str, repo: str, revision: str | None = None) -> Path:
 
 
 def _probe(filename: str, repo: str, revision: str | None) -> None:
-    """One request for the file's metadata, without retries: raises what the Hub answered, or
-    ``LocalEntryNotFoundError`` at once when it cannot be reached.
-
-    Only used when nothing is cached: ``hf_hub_download`` then retries an unreachable Hub with
-    backoff for about half a minute, logging every attempt, before it gives up.
-    """
+    """One metadata request without retries, for when nothing is cached (``hf_hub_download`` would
+    retry an unreachable Hub for about half a minute, logging every attempt): raises what the
+    Hub answered, or ``LocalEntryNotFoundError`` at once when it cannot be reached."""
     try:
         get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision), retry_on_errors=False)
     except _HUB_ANSWERS:
@@ -244,10 +236,8 @@ def resolve_model_files(
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> ModelFiles:
     """Find the checkpoint and vocabulary, downloading from the Hub what is not given locally.
-
-    ``cache_dir`` overrides the HF cache folder (default: the library's, from HF_HOME / HF_HUB_CACHE
-    as read when huggingface_hub was imported). Raises :class:`ResolutionError`.
-    """
+    ``cache_dir`` overrides the HF cache folder (default: the library's, from HF_HOME /
+    HF_HUB_CACHE as read when huggingface_hub was imported). Raises :class:`ResolutionError`."""
     env = os.environ if env is None else env
     checkpoint_value, checkpoint_origin = _pick(checkpoint, env, ENV_CHECKPOINT)
     vocab_value, vocab_origin = _pick(vocab, env, ENV_VOCAB)

@@ -1,26 +1,20 @@
 """DINOv3 ViT backbone with a multi-label tag head, in plain PyTorch (see docs/MODEL.md).
 
 Pre-norm blocks with per-channel layer scale, SwiGLU MLP, 2-D RoPE on patch tokens only,
-CLS + register tokens after the final norm feeding a float32 head. The q/k/v projections
-share one ``[3C, C]`` Linear whose bias has a zero k part (DINOv3's k has none), so the
-matrix multiply adds every bias in its epilogue, and the SwiGLU gate and up projections one
-``[2I, C]`` Linear: each block runs three large matrix multiplies instead of six;
-``tagger.engine.weights`` fills them from the checkpoint's separate tensors.
+CLS + register tokens after the final norm feeding a float32 head. q/k/v share one ``[3C, C]``
+Linear whose k bias is zero (DINOv3's k has none), so the matrix multiply adds every bias in
+its epilogue, and the SwiGLU gate and up projections one ``[2I, C]`` Linear: three large matrix
+multiplies per block instead of six (``tagger.engine.weights`` fills them from the separate tensors).
 
-GPU behaviour fixed by construction, because ZeroGPU runs every call in a new thread and
-cuDNN keeps its plans per thread (a new thread rebuilds them, 55-400 ms each):
+ZeroGPU runs every call in a new thread and cuDNN keeps its plans per thread (55-400 ms each to
+rebuild), so: the patch embedding is a matrix multiply (``PatchEmbed``), not a convolution;
+cuDNN attention is switched off on import (a process-wide flag: SDPA runs flash attention
+without a mask, the memory-efficient kernel with one); RoPE cos/sin and the attention mask are
+cached per patch grid on the model's device (no host-to-device copy besides the pixels).
 
-* the patch embedding is a reshape + matrix multiply (``PatchEmbed``), not a convolution;
-* cuDNN attention is switched off when this module is imported (a process-wide flag), so
-  ``scaled_dot_product_attention`` runs flash attention without a mask and the
-  memory-efficient kernel with one;
-* RoPE cos/sin and the attention mask are cached per patch grid on the model's device, so a
-  forward makes no host-to-device copy besides its pixels.
-
-A batch is either one ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images of any sizes.
-Images of different sizes are padded to the longest token sequence, each keeps the RoPE
-coordinates of its own patch grid, and padded keys are masked out of attention, so every
-image's tokens are what it would get alone (up to float rounding).
+A batch is one ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images of any sizes, padded to
+the longest token sequence; each keeps its own grid's RoPE and padded keys are masked out of
+attention, so every image's tokens are what it would get alone (up to float rounding).
 """
 
 from __future__ import annotations
@@ -115,12 +109,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class PatchEmbed(nn.Module):
-    """``Conv2d(3, C, p, stride=p)`` as a reshape + one matrix multiply (same parameters).
-
-    A stride-``p`` convolution with a ``p × p`` kernel is a Linear over each patch's
-    ``3·p·p`` values in the weight's own order (channel, row, column): no cuDNN plan to
-    build per thread, and the weight ``[C, 3, p, p]`` is used as a ``[C, 3·p·p]`` view.
-    """
+    """``Conv2d(3, C, p, stride=p)`` as a reshape + one matrix multiply (same parameters): a Linear
+    over each patch's ``3·p·p`` values in the weight's own order (channel, row, column), with
+    the ``[C, 3, p, p]`` weight viewed as ``[C, 3·p·p]``; no cuDNN plan to build per thread."""
 
     def __init__(self, channels: int, patch_size: int):
         super().__init__()
@@ -313,11 +304,9 @@ def _key_mask(lengths: tuple[int, ...], device: torch.device) -> torch.Tensor:
 
 
 class _DeviceCache:
-    """A small LRU of tensors built on demand (per-grid RoPE tables, masks).
-
-    Entries are built outside inference mode, so that they also serve forwards that record
-    gradients (``tagger.features.relevance``); a lock keeps threads (ZeroGPU calls) from racing.
-    """
+    """A small LRU of tensors built on demand (per-grid RoPE tables, masks). Built outside inference
+    mode, so that they also serve forwards that record gradients (``tagger.features.relevance``);
+    a lock keeps threads (ZeroGPU calls) from racing."""
 
     def __init__(self, maxsize: int):
         self.maxsize = maxsize

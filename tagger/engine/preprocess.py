@@ -1,10 +1,7 @@
 """Resize and normalise a decoded image the way the authors' model expects.
 
-``resize`` applies the reference size rule (long edge capped at ``max_size``, both sides
-multiples of the patch size, never upscaled) with Lanczos resampling → uint8 ``[3, H, W]``;
-``normalise`` (ImageNet mean/std, bit-identical with torchvision's ``ToTensor`` +
-``Normalize``) runs later, on the model's device. ``preprocess`` is both, on the CPU;
-``Preprocessor`` decodes (``tagger.engine.decode``) and resizes with a model's settings.
+``resize`` (the reference size rule, Lanczos) → uint8 ``[3, H, W]``; ``normalise`` runs later,
+on the model's device; ``preprocess`` is both, on the CPU; ``Preprocessor`` decodes and resizes.
 """
 
 from __future__ import annotations
@@ -34,13 +31,9 @@ def _check_sizes(max_size: int, patch: int) -> None:
 
 
 def target_size(width: int, height: int, max_size: int = 1024, patch: int = 16) -> tuple[int, int]:
-    """The (width, height) the model sees, by the authors' rule.
-
-    Target long edge = ``min(long_edge, max_size)`` floored to a multiple of ``patch`` (at least
-    one patch); scale = target / long_edge; each side = ``max(patch, round(side · scale))``
-    floored to a multiple of ``patch``. Never larger than the input, except that a side shorter
-    than one patch becomes one patch.
-    """
+    """The (width, height) the model sees, by the authors' rule: the long edge capped at
+    ``max_size`` and floored to a multiple of ``patch``, each side scaled with it and floored
+    too. Never larger than the input, except that a side shorter than one patch becomes one."""
     _check_sizes(max_size, patch)
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
@@ -57,9 +50,7 @@ def target_size(width: int, height: int, max_size: int = 1024, patch: int = 16) 
 
 def resize(image: Image.Image, max_size: int = 1024, patch: int = 16) -> torch.Tensor:
     """Resize (Lanczos) to ``target_size`` → contiguous uint8 ``[3, H, W]``, not yet normalised.
-
-    The image should come from ``load_image``; other modes are converted to RGB the same way.
-    """
+    The image should come from ``load_image``; other modes are converted to RGB the same way."""
     if image.mode != "RGB" or "transparency" in image.info:
         image = to_rgb(image)
     size = target_size(image.width, image.height, max_size, patch)
@@ -70,12 +61,9 @@ def resize(image: Image.Image, max_size: int = 1024, patch: int = 16) -> torch.T
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[..., 3, H, W]`` → ImageNet-normalised float32, computed on the pixels' device.
-
-    The same operations, in the same order and dtype, as torchvision's ``ToTensor`` +
-    ``Normalize``, so the result is bit-identical with the authors' pipeline on any device
-    (each step is one correctly rounded float32 operation).
-    """
+    """uint8 ``[..., 3, H, W]`` → ImageNet-normalised float32 on the pixels' device: torchvision's
+    ``ToTensor`` + ``Normalize`` step for step, each one correctly rounded float32 operation, so
+    bit-identical with the authors' pipeline on any device."""
     if pixels.dtype != torch.uint8:
         raise ValueError(f"normalise expects uint8 pixels (from Tagger.prepare), not {pixels.dtype}.")
     mean, std = _MEAN.to(pixels.device, non_blocking=True), _STD.to(pixels.device, non_blocking=True)
@@ -96,10 +84,8 @@ def image_to_pixels(
     reduced_decode: bool = False,
     name: str | None = None,
 ) -> torch.Tensor:
-    """``load_image`` then ``resize``: any supported input → uint8 ``[3, H, W]`` for ``normalise``.
-
-    The image is brought to the model's size while it is converted (``load_image``'s ``fit``),
-    which gives the same pixels as resizing the full image, without a second full-size copy."""
+    """``load_image`` then ``resize``: any supported input → uint8 ``[3, H, W]`` for ``normalise``,
+    resized while converted (``fit``): the same pixels, without a second full-size copy."""
     _check_sizes(max_size, patch)  # fail on bad settings before decoding anything
     image = load_image(
         source,
@@ -112,17 +98,15 @@ def image_to_pixels(
 
 
 class Prepare(Protocol):
-    """Decode and resize one image (``Tagger.prepare``, a ``Preprocessor``); ``name`` is what
-    error sentences call it."""
+    """Decode and resize one image (``Tagger.prepare``, a ``Preprocessor``); ``name``: what errors call it."""
 
     def __call__(self, source: ImageSource, /, *, name: str | None = None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
 class Preprocessor:
-    """``image_to_pixels`` with a model's settings: what ``Tagger.prepare`` runs. Small and
-    picklable, so decoding processes and Ray tasks can run the very same preprocessing
-    without the model."""
+    """``image_to_pixels`` with a model's settings (``Tagger.prepare``); picklable, so decoding
+    processes and Ray tasks run the very same preprocessing without the model."""
 
     max_size: int = 1024
     patch: int = 16

@@ -1,10 +1,9 @@
 """The resolution a request runs at: the long edge the model sees, chosen per request.
 
-A request may ask for any long edge; it is snapped to a multiple of the patch size (16) and
-bounded by the server's cap, so that the cost of a request (pixels, and with them model time
-and the ZeroGPU duration asked for) stays within what the server allows. The default is
-the authors' 1024 px on a GPU and the training resolution, 512 px, on a CPU, where 1024 px
-costs about six times as much.
+Any long edge may be asked for; it is snapped to a multiple of the patch size and bounded by
+the server's cap, so a request's cost (pixels, model time, the ZeroGPU duration asked for) stays
+within what the server allows. Default: the authors' 1024 px on a GPU, the training resolution
+(512 px) on a CPU, where 1024 px costs about six times as much.
 """
 
 from __future__ import annotations
@@ -22,8 +21,8 @@ CPU_DEFAULT_CAP = 1024
 
 
 def size_cap(device_type: str) -> int:
-    """The default cap: what one request may ask for on this kind of device. On a CPU 1024 px
-    takes several times as long as 512 px; a GPU answers 2048 px in a fraction of a second."""
+    """The default cap: what one request may ask for on this kind of device (a GPU answers
+    2048 px in a fraction of a second)."""
     return CPU_DEFAULT_CAP if device_type == "cpu" else GPU_DEFAULT_CAP
 
 

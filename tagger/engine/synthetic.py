@@ -32,10 +32,8 @@ def random_state_dict(
     head_names: tuple[str, ...] = ("head", "head_up"),
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Tensors keyed as in a real checkpoint. ``layout`` is ``"layer"`` or ``"model.layer"``.
-
-    Each tensor's values depend only on ``seed`` and its key, not on the order of the keys.
-    """
+    """Tensors keyed as in a real checkpoint (``layout``: ``"layer"`` or ``"model.layer"``), each
+    one's values depending only on ``seed`` and its key, not on the order of the keys."""
     if layout not in ("layer", "model.layer"):
         raise ValueError(f"layout must be 'layer' or 'model.layer', not {layout!r}")
     state: dict[str, torch.Tensor] = {}
@@ -114,9 +112,7 @@ DEMO_WARNING = "Demo mode: a tiny random model stands in for the real one; its t
 
 @contextmanager
 def demo_files() -> Iterator[tuple[Path, Path]]:
-    """The demo model's (checkpoint, vocab) in a temporary folder that is removed on leaving the block.
-
-    The model is generated in well under a second, so nothing is kept between runs.
-    """
+    """The demo model's (checkpoint, vocab) in a temporary folder removed on leaving the block
+    (generating it takes well under a second, so nothing is kept between runs)."""
     with tempfile.TemporaryDirectory(prefix="tagger-demo-") as directory:
         yield write_demo_files(directory)

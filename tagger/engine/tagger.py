@@ -17,7 +17,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from tagger.engine.cpu import INT8, INT8_DTYPE, INT8_LOAD_DTYPE, int8_engine, prepare_cpu_model
+from tagger.engine.cpu import INT8, INT8_DTYPE, INT8_LOAD_DTYPE, int8_engine, keep_freed_memory, quantize_linears
 from tagger.engine.decode import ImageSource
 from tagger.engine.model import Pixels, TaggerModel
 from tagger.engine.preprocess import Preprocessor, normalise
@@ -58,11 +58,10 @@ def on_zero_gpu() -> bool:
     return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 
 
-# bf16 on a GPU only where fused attention kernels take it: compute capability 8.0 (Ampere)
-# and up. ``torch.cuda.is_bf16_supported()`` also says yes on a T4 (sm75) by emulation, where
-# attention falls back to the math path (the full score matrix: out of memory at 1024 px)
-# and bf16 matrix multiplies are slow. fp16 would run there, but whether it keeps the scores
-# cannot be shown without the real weights, so older GPUs compute in fp32.
+# bf16 on a GPU only where fused attention kernels take it: compute capability 8.0 (Ampere) and
+# up. ``torch.cuda.is_bf16_supported()`` says yes on a T4 (sm75) too, by emulation: attention
+# falls back to the math path (out of memory at 1024 px) and bf16 matmuls are slow. fp16 would
+# run, but that it keeps the scores cannot be shown without the real weights: fp32 there.
 MIN_BF16_CAPABILITY = (8, 0)
 
 
@@ -91,19 +90,16 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         raise ValueError(f"Unknown dtype {dtype!r}; use bf16, fp16, fp32 or int8 (CPU only).") from None
 
 
-# Padding allowed per real token when images of different sizes share a forward pass. On a
-# CPU the time of a pass grows with the tokens it computes and batching gains little, so only
-# images with the same token count share one (benchmarks/bench_model_paths.py, docs/MODEL.md).
-# On a GPU, fewer and larger passes keep it busy; a quarter of extra work is the bound (not yet
-# measured on a GPU). Any padding needs an attention mask, and a mask rules flash attention
-# out, so equal token counts are batched together first (``plan_batches``).
+# Padding allowed per real token when images of different sizes share a forward pass. On a CPU
+# batching gains little, so only equal token counts share one (docs/MODEL.md). On a GPU, fewer,
+# larger passes keep it busy; a quarter of extra work is the bound (not yet measured there).
+# Padding needs a mask, which rules flash attention out: ``plan_batches`` groups equal counts first.
 DEFAULT_MAX_PADDING = {"cpu": 0.0, "cuda": 0.25}
 
-# Images per model call for batches: at most 16 x ~1 MP (the 1024 px cap) is ~0.5-1 s of GPU
-# work and asks ZeroGPU for 5 s, where 32 asked for 8 s; a smaller request keeps its place in
-# the queue, and a visitor low on quota is refused later in a batch, if at all. 16 is also the
-# GPU batch, so a chunk of same-size images is one forward pass. Smaller chunks would spend a
-# larger share of each call on scheduling.
+# Images per model call for batches: 16 x ~1 MP (the 1024 px cap) is ~0.5-1 s of GPU work and
+# asks ZeroGPU for 5 s (32 asked for 8 s): a smaller request keeps its place in the queue, and a
+# visitor low on quota is refused later, if at all. 16 is also the GPU batch (one forward pass
+# per chunk of same-size images); smaller chunks spend more of each call on scheduling.
 IMAGES_PER_GPU_CALL = 16
 
 Work = TypeVar("Work", bound=Callable[..., object])
@@ -135,15 +131,12 @@ class Batch:
 
 
 def plan_batches(lengths: Sequence[int], max_batch_size: int, max_padding: float) -> list[Batch]:
-    """Group images with token counts ``lengths`` into forward passes.
+    """Group images with token counts ``lengths`` into forward passes, by increasing token count.
 
-    First, images of equal token count (shapes may differ: a 3:4 and a 4:3 photo) fill
-    batches of ``max_batch_size``; such a pass needs no mask. A run of equal images shorter
-    than half a batch is not worth a pass of its own when padding is allowed: those are
-    pooled, shortest first, into batches that grow while they hold at most
-    ``max_batch_size`` images and compute at most ``(1 + max_padding)`` times their real
-    tokens. The padding waste of a run is ``sum(padded_tokens) / sum(tokens) - 1``.
-    Batches come out by increasing token count.
+    Images of equal token count (a 3:4 and a 4:3 photo) fill batches of ``max_batch_size``,
+    which need no mask. When padding is allowed, a run shorter than half a batch is pooled,
+    shortest first, into batches of at most ``max_batch_size`` images that compute at most
+    ``(1 + max_padding)`` times their real tokens (waste: ``sum(padded_tokens) / sum(tokens) - 1``).
     """
     by_length: dict[int, list[int]] = {}
     for i in sorted(range(len(lengths)), key=lengths.__getitem__):
@@ -172,18 +165,12 @@ def plan_batches(lengths: Sequence[int], max_batch_size: int, max_padding: float
 class Tagger:
     """DINOv3 tagger: ``Tagger(checkpoint, vocab).predict("image.jpg", topk=30)``.
 
-    Loads the checkpoint once onto ``device`` ("auto": CUDA when available). ``dtype``
-    defaults to bf16 on CUDA and on CPUs with native bf16, else fp32; the head always
-    computes in fp32 (stored in fp32 on GPU, in the file's dtype on CPU to save memory,
-    which is exact because widening bf16 to fp32 loses nothing).
-
-    ``run`` batches images of any sizes (``plan``): up to ``max_batch_size`` per forward pass,
-    padded to the longest with at most ``max_padding`` extra token positions per real one
-    (see ``DEFAULT_MAX_PADDING``). A padded image's scores equal its scores alone.
-
-    ``dtype="int8"`` (CPU only, opt-in) runs the backbone's Linear layers with int8 weights and
-    per-token int8 activations: less memory, faster on some CPUs, scores measurably different
-    (see ``tagger.engine.cpu`` and the README's Performance section).
+    ``device`` "auto": CUDA when available. ``dtype`` defaults to bf16 where the hardware runs
+    it natively (``default_dtype``), else fp32; the head always computes in fp32 (stored so on
+    GPU; on CPU in the file's dtype, to save memory: widening bf16 to fp32 is exact). ``run``
+    batches images of any sizes (``plan``, ``DEFAULT_MAX_PADDING``); a padded image's scores
+    equal its scores alone. ``dtype="int8"`` (CPU only, opt-in): int8 backbone Linears, less
+    memory, scores measurably different (``tagger.engine.cpu``, the README's Performance section).
     """
 
     def __init__(
@@ -226,7 +213,9 @@ class Tagger:
             rope_coord_scale=rope_coord_scale,
         ).to(self.device)
         if self.device.type == "cpu":
-            prepare_cpu_model(self.model, self.dtype)
+            keep_freed_memory()
+            if self.dtype == INT8_DTYPE:
+                quantize_linears(self.model)
         self.load_seconds = time.perf_counter() - started
         log.info(
             "Loaded %s (%d tags) on %s in %s in %.1f s",
@@ -239,9 +228,8 @@ class Tagger:
 
     # -- stages -------------------------------------------------------------------------
     def prepare(self, image: ImageSource, max_size: int | None = None, *, name: str | None = None) -> torch.Tensor:
-        """Decode and resize one image on the CPU → uint8 ``[3, H, W]`` (normalised in ``run``),
-        its long edge at most ``max_size`` (default: the Tagger's ``max_size``). ``name``: what
-        error sentences call the image."""
+        """Decode and resize one image on the CPU → uint8 ``[3, H, W]`` (normalised in ``run``), its
+        long edge at most ``max_size`` (default: the Tagger's). ``name``: what errors call it."""
         return replace(self.preprocessor, max_size=self.max_size if max_size is None else max_size)(image, name)
 
     @property
@@ -256,9 +244,8 @@ class Tagger:
         return plan_batches(lengths, self.max_batch_size, self.max_padding)
 
     def batches(self, pixels: Sequence[torch.Tensor]) -> Iterator[tuple[list[int], Pixels]]:
-        """``(indices, images)`` per forward pass of ``plan``: the uint8 pixels moved to the model's
-        device and normalised there, stacked when they share a size (else a list for the model to
-        pad). Callers choose the grad mode."""
+        """``(indices, images)`` per forward pass of ``plan``, normalised on the model's device,
+        stacked when they share a size (else a list for the model to pad); callers choose the grad mode."""
         for batch in self.plan(pixels):
             images = [pixels[i] for i in batch.indices]
             if len({image.shape for image in images}) == 1:
@@ -284,9 +271,8 @@ class Tagger:
         return self._forward(pixels, self.model.descriptor, self.model.config.descriptor_dim)
 
     def run_with_descriptors(self, pixels: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        """``run`` and ``run_descriptors`` from one forward pass: the model's forward is
-        head(descriptor(x)), the head computing in float32 from the float32 descriptor that
-        ``run_descriptors`` returns, so these are the same numbers."""
+        """``run`` and ``run_descriptors`` from one forward pass: the same numbers, since the model's
+        forward is head(descriptor(x)) with the head in float32 from the float32 descriptor."""
         features = self.run_descriptors(pixels)
         with torch.inference_mode():
             logits = self.model.head(torch.from_numpy(features).to(self.device))

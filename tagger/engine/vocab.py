@@ -48,7 +48,6 @@ _CATEGORY_ROWS = [
 CATEGORIES: tuple[Category, ...] = tuple(
     Category(cid, name, color, order) for order, (cid, name, color) in enumerate(_CATEGORY_ROWS)
 )
-"""All categories in the authors' display order."""
 
 CATEGORY_BY_ID: dict[int, Category] = {c.id: c for c in CATEGORIES}
 CATEGORY_BY_NAME: dict[str, Category] = {c.name: c for c in CATEGORIES}

@@ -1,10 +1,8 @@
 """Strict, low-memory loading of tagger checkpoints (safetensors).
 
-The module is built on the meta device (no random weights are allocated) and each
-tensor is read from the file straight into its final buffer: when the file's dtype is the
-target dtype the bytes land in place with ``readinto``; otherwise one tensor at a time goes
-through a temporary. Peak host memory is therefore about one copy of the weights and
-load time is close to the time needed to read the file.
+The module is built on the meta device (no random weights) and each tensor is read straight
+into its final buffer (``readinto`` when the dtypes match, else through a small temporary), so
+peak host memory is about one copy of the weights and loading takes about as long as reading.
 
 Checkpoint layout (docs/MODEL.md): backbone keys under ``backbone.`` named as in
 transformers' DINOv3ViTModel, blocks under ``backbone.layer.N`` or ``backbone.model.layer.N``;
@@ -29,12 +27,7 @@ from tagger.engine import fast_paths
 from tagger.engine.model import TaggerConfig, TaggerModel
 from tagger.errors import CheckpointError
 
-_DTYPES = {
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-    "F32": torch.float32,
-    "F64": torch.float64,
-}
+_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _STAGING_BYTES = 64 * 1024 * 1024  # converting reads go through at most this much extra memory
 _BACKBONE = "backbone."
@@ -99,11 +92,10 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
     return tensors
 
 
-# The checkpoint key layout, written once (docs/MODEL.md): each entry of the model's own
-# state dict and the checkpoint tensors it is read from, relative to "backbone." with blocks
-# as "layer.{n}.". Several tensors are concatenated along dim 0 in the order given (the fused
-# q/k/v and gate/up projections); ``ZEROS`` stands for a block of zeros (k's bias, which
-# DINOv3 does not have). Everything else in the file belongs to the head.
+# The checkpoint key layout (docs/MODEL.md): each entry of the model's state dict and the
+# tensors it is read from, relative to "backbone." with blocks as "layer.{n}.", concatenated
+# along dim 0 in this order (fused q/k/v and gate/up); ``ZEROS``: a block of zeros (k's bias,
+# which DINOv3 does not have). Everything else in the file belongs to the head.
 ZEROS = "<zeros>"
 CHECKPOINT_KEYS: dict[str, tuple[str, ...]] = {
     "cls_token": ("embeddings.cls_token",),
@@ -222,11 +214,8 @@ class CheckpointPlan:
 
 
 def inspect_checkpoint(path: str | os.PathLike, rope_coord_scale: float | None = None) -> CheckpointPlan:
-    """Read a checkpoint's header, infer the model sizes and check every tensor strictly.
-
-    The file records neither the head dim (``TaggerConfig``'s is used) nor ``rope_coord_scale``
-    (default: ``TaggerConfig``'s).
-    """
+    """Read a checkpoint's header, infer the model sizes and check every tensor strictly. The file
+    records neither the head dim nor ``rope_coord_scale``: ``TaggerConfig``'s (by default) then."""
     path = Path(path)
     head_dim = TaggerConfig().head_dim
     if rope_coord_scale is None:
@@ -322,12 +311,9 @@ def load_model(
     expected_num_tags: int | None = None,
     rope_coord_scale: float | None = None,
 ) -> TaggerModel:
-    """Load a checkpoint into a ready ``TaggerModel`` in eval mode on ``device``.
-
-    The backbone is stored in ``dtype``, the head in ``head_dtype`` (``None``: as in the file;
-    it always computes in float32). ``expected_num_tags`` is the vocabulary length, checked
-    against the head. ``rope_coord_scale`` defaults to ``TaggerConfig``'s.
-    """
+    """A ready ``TaggerModel`` in eval mode on ``device``: the backbone stored in ``dtype``, the
+    head in ``head_dtype`` (``None``: as in the file; it always computes in float32).
+    ``expected_num_tags``: the vocabulary length, checked against the head."""
     plan = inspect_checkpoint(path, rope_coord_scale=rope_coord_scale)
     config = plan.config
     if expected_num_tags is not None and config.num_tags != expected_num_tags:
