@@ -1,18 +1,16 @@
 """Download an image from an http(s) URL without letting the URL reach inside the server.
 
-Gradio downloads URLs given as file inputs itself, with a public-address check but no size or
-time limit. The app's inputs (``tagger.web.inputs``) send them here instead:
+Gradio downloads URL file inputs itself, with a public-address check but no size or time
+limit, so the app's inputs (``tagger.web.inputs``) send them here instead:
 
 * only ``http`` and ``https``, no ``user:password@``, at most ``MAX_REDIRECTS`` redirects;
-* the host is resolved and every address it resolves to must pass the address policy, again
-  after every redirect. The web app uses ``public_only``: loopback, private, link-local (cloud
-  metadata at 169.254.169.254 included), multicast, reserved, unspecified, carrier-grade NAT
-  (100.64.0.0/10) and IPv6 forms that embed such an IPv4 address are refused. The local CLI,
-  whose user owns the machine, uses ``local_network_too``: a NAS or a server on the user's own
-  network or machine is fine, only addresses no download can come from are refused;
-* the connection goes to the checked address, so a second DNS answer cannot swap in an
-  internal one (DNS rebinding), while the Host header, TLS SNI and certificate check use the
-  name from the URL;
+* every address the host resolves to must pass the address policy, again after each redirect:
+  ``public_only`` (the web app) allows public internet addresses only (not cloud metadata at
+  169.254.169.254, carrier-grade NAT, nor IPv6 forms embedding a refused IPv4 address);
+  ``local_network_too`` (the local CLI, whose user owns the machine) also allows the user's
+  own machine and network (a NAS), refusing only addresses no download can come from;
+* the connection goes to the checked address, so a second DNS answer cannot swap in an internal
+  one (DNS rebinding); the Host header, TLS SNI and certificate check use the URL's name;
 * at most ``max_bytes`` are read (Content-Length first, then the stream is counted) and the
   whole fetch, redirects included, ends within ``timeout`` seconds.
 
@@ -49,9 +47,8 @@ DOWNLOAD_TIMEOUT_S = 15.0  # the whole fetch, redirects included; it holds a que
 MAX_REDIRECTS = 3
 MAX_URL_LENGTH = 4096
 ALLOWED_SCHEMES = ("http", "https")
-USER_AGENT = "dinov3-tagger (image fetch)"
 REQUEST_HEADERS = {
-    "User-Agent": USER_AGENT,
+    "User-Agent": "dinov3-tagger (image fetch)",
     "Accept": "image/*, */*;q=0.5",
     "Accept-Encoding": "identity",
     "Connection": "close",
@@ -187,10 +184,6 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection)
         self._deadline.watch(self.sock)
 
 
-def _shown(url: str) -> str:
-    return shorten(url, 120)
-
-
 @dataclass(frozen=True)
 class _Target:
     scheme: str
@@ -263,8 +256,7 @@ def _resolve(target: _Target, deadline: _Deadline, shown: str) -> list[IPAddress
 def _check_addresses(target: _Target, addresses: list[IPAddress], shown: str, via: str, policy: AddressPolicy) -> None:
     # All of them, not just the first: a host must not mix allowed and refused answers.
     for ip in addresses:
-        problem = policy(ip, target.port)
-        if problem is not None:
+        if (problem := policy(ip, target.port)) is not None:
             # Name the address only when the URL gave it: never reveal what internal names resolve to.
             what = target.host if _is_literal(target.host) else f"the host {target.host}"
             kind = "a public internet address" if address_problem(ip) else "an address images can be fetched from"
@@ -352,15 +344,12 @@ def fetch_url(
 ) -> Path:
     """Download ``url`` into a new folder under ``dest_dir`` and return the file's path.
 
-    Raises ``FetchError`` (a sentence) for a refused URL or address, a redirect to one, more
-    than ``max_redirects`` redirects, an answer other than 200, a web page instead of a file,
-    an empty or oversized body, or a fetch that takes longer than ``timeout`` seconds in all.
-    ``context`` is the TLS context for https (default: the system's verified context).
-    ``policy`` says which addresses may be fetched from: ``public_only`` (the default, for
-    anything that serves other people) or ``local_network_too`` (a tool run by the machine's
-    own user).
-    """
-    original = _shown(str(url))
+    ``FetchError`` (a sentence) for a refused URL, address or redirect, too many redirects, an
+    answer other than 200, a web page, an empty or oversized body, or a fetch over ``timeout``
+    seconds in all. ``context``: the TLS context (default: the system's verified one).
+    ``policy``: ``public_only`` (anything serving other people) or ``local_network_too`` (a
+    tool run by the machine's own user)."""
+    original = shorten(str(url), 120)
     if not isinstance(url, str):
         raise FetchError(f"Refused to download {original}: a URL must be text.")
     Path(dest_dir).mkdir(parents=True, exist_ok=True)
@@ -369,11 +358,11 @@ def fetch_url(
     current = url
     try:
         for hop in range(max_redirects + 1):
-            via = "" if hop == 0 else f" (redirected to {_shown(current)})"
+            via = "" if hop == 0 else f" (redirected to {shorten(current, 120)})"
             try:
                 target = _parse(current)
             except _Refused as refused:
-                where = "" if hop == 0 else f": it redirects to {_shown(current)}, and"
+                where = "" if hop == 0 else f": it redirects to {shorten(current, 120)}, and"
                 raise FetchError(f"Refused to download {original}{where or ':'} {refused}.") from None
             addresses = _resolve(target, deadline, original)
             _check_addresses(target, addresses, original, via, policy)
