@@ -30,10 +30,8 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 def upscale(grid: np.ndarray, size: tuple[int, int], resample: str = "nearest") -> np.ndarray:
-    """A patch map ``[h, w]`` or ``[h, w, k]`` (float) resized to ``size = (width, height)``.
-
-    Each channel goes through Pillow as a 32-bit float image, so no precision is lost to uint8.
-    """
+    """A float patch map ``[h, w]`` or ``[h, w, k]`` resized to ``size = (width, height)``, each
+    channel through Pillow as a 32-bit float image, so no precision is lost to uint8."""
     if resample not in RESAMPLING:
         raise FeatureError(f"Unknown upscaling {resample!r}; use one of: {', '.join(RESAMPLING)}.")
     grid = np.asarray(grid, dtype=np.float32)
