@@ -69,6 +69,14 @@ _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
+def parse_ip(text: str) -> IPAddress | None:
+    """The IP address ``text`` spells, an IPv6 zone id (``%eth0``) dropped; None if it is none."""
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
 def is_url(value: object) -> TypeGuard[str]:
     """True for what Gradio would download as a URL (its own test: an http(s) prefix)."""
     return isinstance(value, str) and value.startswith(("http://", "https://"))
@@ -158,13 +166,9 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         self._address = address
         self._deadline = deadline
 
-    def _connect_tcp(self) -> socket.socket:
-        sock = socket.create_connection((str(self._address), self.port), self._deadline.remaining())
-        self._deadline.watch(sock)
-        return sock
-
     def connect(self) -> None:
-        self.sock = self._connect_tcp()
+        self.sock = socket.create_connection((str(self._address), self.port), self._deadline.remaining())
+        self._deadline.watch(self.sock)
 
 
 class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection):
@@ -175,7 +179,8 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection)
         self._tls = context
 
     def connect(self) -> None:
-        sock = self._connect_tcp()  # watched during the handshake too
+        super().connect()  # the TCP socket, watched during the handshake too
+        sock = self.sock
         try:
             self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
         except BaseException:
@@ -240,13 +245,9 @@ def _resolve(target: _Target, deadline: _Deadline, shown: str) -> list[IPAddress
     if not result:
         raise TimeoutError
     addresses: list[IPAddress] = []
-    for _family, _type, _proto, _name, sockaddr in result[0]:
-        literal = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 zone id
-        try:
-            ip = ipaddress.ip_address(literal)
-        except ValueError:
-            continue
-        if ip not in addresses:
+    for *_, sockaddr in result[0]:
+        ip = parse_ip(str(sockaddr[0]))
+        if ip is not None and ip not in addresses:
             addresses.append(ip)
     if not addresses:
         raise FetchError(f"Could not download {shown}: the host name {target.host} could not be resolved.")
@@ -258,17 +259,9 @@ def _check_addresses(target: _Target, addresses: list[IPAddress], shown: str, vi
     for ip in addresses:
         if (problem := policy(ip, target.port)) is not None:
             # Name the address only when the URL gave it: never reveal what internal names resolve to.
-            what = target.host if _is_literal(target.host) else f"the host {target.host}"
+            what = target.host if parse_ip(target.host) is not None else f"the host {target.host}"
             kind = "a public internet address" if address_problem(ip) else "an address images can be fetched from"
             raise FetchError(f"Refused to download {shown}{via}: {what} is not {kind} ({problem}).")
-
-
-def _is_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _open(
@@ -284,13 +277,12 @@ def _open(
             conn = _PinnedHTTPConnection(target.host, target.port, ip, deadline)
         try:
             conn.connect()
+            return conn
         except OSError as exc:
             conn.close()
             if isinstance(exc, (ssl.SSLError, socket.timeout)) or deadline.expired:
                 raise
             last = exc
-            continue
-        return conn
     raise last or ConnectionError("no address to connect to")
 
 
