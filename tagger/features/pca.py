@@ -76,17 +76,13 @@ def pca_components(features: np.ndarray | torch.Tensor, k: int = 3) -> np.ndarra
     return scores.reshape(h, w, k).cpu().numpy()
 
 
-def minmax(values: np.ndarray, axis: tuple[int, ...] | None = None) -> np.ndarray:
-    """Scale to [0, 1] over ``axis``; a constant slice becomes 0."""
-    low = values.min(axis=axis, keepdims=True)
-    span = values.max(axis=axis, keepdims=True) - low
-    return np.where(span > 0, (values - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
-
-
 def pca_rgb(features: np.ndarray | torch.Tensor) -> np.ndarray:
     """False colour of patch features ``[h, w, C]``: components 1-3 → R, G, B, each min-max
-    scaled to [0, 1] over the image. Float32 ``[h, w, 3]``."""
-    return minmax(pca_components(features, 3), axis=(0, 1))
+    scaled to [0, 1] over the image (a constant component becomes 0). Float32 ``[h, w, 3]``."""
+    values = pca_components(features, 3)
+    low = values.min(axis=(0, 1), keepdims=True)
+    span = values.max(axis=(0, 1), keepdims=True) - low
+    return np.where(span > 0, (values - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
 
 
 def color_blend(components: np.ndarray, colours: Sequence[str | Sequence[float]]) -> np.ndarray:
