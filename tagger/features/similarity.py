@@ -52,12 +52,8 @@ class BatchSimilarity:
         scores = [r[3] for r in self.rows]
         if not scores:
             return {"pairs": 0, "mean": None, "min": None, "max": None}
-        return {
-            "pairs": len(scores),
-            "mean": round(float(np.mean(scores)), 6),
-            "min": round(min(scores), 6),
-            "max": round(max(scores), 6),
-        }
+        mean, low, high = (round(v, 6) for v in (float(np.mean(scores)), min(scores), max(scores)))
+        return {"pairs": len(scores), "mean": mean, "min": low, "max": high}
 
     def to_json(self) -> dict:
         return {
