@@ -1,15 +1,11 @@
 """Command line: ``python -m tagger --images a.jpg b.png [--topk N | --threshold T] [--mode mcut ...]``.
 
-Every tagging option of the app and ``/tag`` is a flag, derived from ``TagOptions``; without a
-rule option (``--mode`` ...) the authors' rules apply (see ``build_parser``). ``--demo`` runs a
-tiny random model instead of downloading the real one.
-
-Images are paths or http(s) URLs, fetched with the app's size and time limits (25 MB,
-15 s); unlike the web app, hosts on your own machine and network (a NAS) are allowed. Output
-shapes follow the authors' CLI: ``pretty`` (rank, score, bar, tag), ``tags`` (one
-comma-separated line per image) and ``json`` (``[{"file", "tags": [{"tag", "score"}]}]``).
-An image that cannot be read is reported on stderr, the others still run, and the exit
-status is 1 at the end.
+Every tagging option of the app and ``/tag`` is a flag (from ``TagOptions``); without a rule
+option (``--mode`` ...) the authors' rules apply (see ``build_parser``). URLs are fetched with the
+app's size and time limits, but hosts on the user's own machine and network (a NAS) are allowed.
+Output shapes follow the authors' CLI: ``pretty`` (rank, score, bar, tag), ``tags`` (one
+comma-separated line per image) and ``json`` (``[{"file", "tags": [{"tag", "score"}]}]``). An
+image that cannot be read is reported on stderr, the others still run, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -42,7 +38,6 @@ from tagger.tags.options import TagOptions
 from tagger.tags.selection import Selection, select_tags
 
 CHUNK = 32  # images decoded ahead of the model; bounds memory on long lists
-
 
 # The declared options that choose a selection rule: with none of them given, the CLI keeps the
 # authors' rules (--topk N best tags, or every tag at or above --threshold T).
@@ -132,8 +127,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         names, pixels = [], []
         for name in args.images[start : start + CHUNK]:
             try:
-                # URLs as the authors' CLI takes them, through the app's fetcher; the user owns this
-                # machine, so its own network is allowed (the web app allows public addresses only).
+                # The user owns this machine, so its own network is allowed (the web app: public only).
                 source = fetch_url(name, downloads.name, policy=local_network_too) if is_url(name) else name
                 pixels.append(tagger.prepare(source))
                 names.append(name)

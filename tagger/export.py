@@ -1,6 +1,6 @@
 """``python -m tagger.export --out DIR``: the model as ONNX graphs, quantised variants and a wd14 package.
 
-Writes, under the names of the authors' ``export_onnx.py`` so their users find what they expect::
+Writes, under the names of the authors' ``export_onnx.py`` (what their users expect)::
 
     DIR/tagger/      logits [B, num_tags]          model.onnx (+ model.onnx.data), model_quantized.onnx, model_q4.onnx
     DIR/embedding/   descriptor [B, 6400]           the same three files
@@ -9,23 +9,20 @@ Writes, under the names of the authors' ``export_onnx.py`` so their users find w
     DIR/tagger_vocab.json
 
 The three graphs take ``pixel_values`` float32 ``[B, 3, H, W]`` normalised as ``tagger.engine.preprocess``
-does, with batch, height and width dynamic (sides 16-4096, multiples of 16). The example traced
-has batch 2 and unequal sides, so that no dimension is specialised to 1 or to a square.
+does, batch, height and width dynamic (sides 16-4096, multiples of 16). The traced example has
+batch 2 and unequal sides, so that no dimension is specialised to 1 or to a square.
 
-Variants (tests/test_onnx.py checks each against torch; README "ONNX" has the measured drift):
+Variants (README "ONNX" has the measured drift):
 
 * ``model.onnx``: float32, the model's own numbers;
-* ``model_quantized.onnx``: dynamic int8 (``quantize_dynamic``), weights per output channel,
-  activations per tensor at run time, the backbone's MatMuls only; the head (a Gemm) stays
-  float32, so the drift comes from the backbone alone (no quantised head is offered: nothing
-  here shows that one keeps the scores);
-* ``model_q4.onnx``: 4-bit weight-only ``MatMulNBits`` (blocks of 32, symmetric), the backbone's
-  MatMuls only, head in float32. ``quantize_dynamic(QUInt4)`` is no 4-bit route (onnxruntime
-  1.32 stops: its weights "must be 8-bit before packing as 4-bit values"; there is no 4-bit
-  MatMulInteger); MatMulNBits is ONNX Runtime's.
+* ``model_quantized.onnx``: dynamic int8, weights per output channel, activations per tensor,
+  the backbone's MatMuls only; the head (a Gemm) stays float32, as nothing shows that a
+  quantised head keeps the scores;
+* ``model_q4.onnx``: 4-bit weight-only ``MatMulNBits`` (blocks of 32, symmetric), backbone
+  MatMuls only. ``quantize_dynamic(QUInt4)`` is no 4-bit route (onnxruntime 1.32: weights
+  "must be 8-bit before packing as 4-bit values"; there is no 4-bit MatMulInteger).
 
-Needs the ``onnx`` extra (onnx, onnxruntime, onnxscript); without it, one sentence says what
-to install.
+Needs the ``onnx`` extra (onnx, onnxruntime, onnxscript).
 """
 
 from __future__ import annotations
@@ -99,8 +96,7 @@ def export_graph(
     dynamic: dict[int, Any],
     metadata: dict[str, str],
 ) -> Path:
-    """One module as ``path`` (+ ``path.data``, its weights), input and output named, ``dynamic``
-    the dimensions left free (``torch.export`` specs)."""
+    """One module as ``path`` (+ ``path.data``, its weights); ``dynamic``: the free dimensions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         program = torch.onnx.export(

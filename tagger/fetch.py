@@ -1,18 +1,16 @@
 """Download an image from an http(s) URL without letting the URL reach inside the server.
 
-Gradio downloads URLs given as file inputs itself, with a public-address check but no size or
-time limit. The app's inputs (``tagger.web.inputs``) send them here instead:
+Gradio downloads URL file inputs itself, with a public-address check but no size or time
+limit, so the app's inputs (``tagger.web.inputs``) send them here instead:
 
 * only ``http`` and ``https``, no ``user:password@``, at most ``MAX_REDIRECTS`` redirects;
-* the host is resolved and every address it resolves to must pass the address policy, again
-  after every redirect. The web app uses ``public_only``: loopback, private, link-local (cloud
-  metadata at 169.254.169.254 included), multicast, reserved, unspecified, carrier-grade NAT
-  (100.64.0.0/10) and IPv6 forms that embed such an IPv4 address are refused. The local CLI,
-  whose user owns the machine, uses ``local_network_too``: a NAS or a server on the user's own
-  network or machine is fine, only addresses no download can come from are refused;
-* the connection goes to the checked address, so a second DNS answer cannot swap in an
-  internal one (DNS rebinding), while the Host header, TLS SNI and certificate check use the
-  name from the URL;
+* every address the host resolves to must pass the address policy, again after each redirect:
+  ``public_only`` (the web app) allows public internet addresses only (not cloud metadata at
+  169.254.169.254, carrier-grade NAT, nor IPv6 forms embedding a refused IPv4 address);
+  ``local_network_too`` (the local CLI, whose user owns the machine) also allows the user's
+  own machine and network (a NAS), refusing only addresses no download can come from;
+* the connection goes to the checked address, so a second DNS answer cannot swap in an internal
+  one (DNS rebinding); the Host header, TLS SNI and certificate check use the URL's name;
 * at most ``max_bytes`` are read (Content-Length first, then the stream is counted) and the
   whole fetch, redirects included, ends within ``timeout`` seconds.
 
@@ -49,9 +47,8 @@ DOWNLOAD_TIMEOUT_S = 15.0  # the whole fetch, redirects included; it holds a que
 MAX_REDIRECTS = 3
 MAX_URL_LENGTH = 4096
 ALLOWED_SCHEMES = ("http", "https")
-USER_AGENT = "dinov3-tagger (image fetch)"
 REQUEST_HEADERS = {
-    "User-Agent": USER_AGENT,
+    "User-Agent": "dinov3-tagger (image fetch)",
     "Accept": "image/*, */*;q=0.5",
     "Accept-Encoding": "identity",
     "Connection": "close",
@@ -70,6 +67,14 @@ _EXTRA_V4 = (
 )
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """The IP address ``text`` spells, an IPv6 zone id (``%eth0``) dropped; None if it is none."""
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
 
 
 def is_url(value: object) -> TypeGuard[str]:
@@ -161,13 +166,9 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         self._address = address
         self._deadline = deadline
 
-    def _connect_tcp(self) -> socket.socket:
-        sock = socket.create_connection((str(self._address), self.port), self._deadline.remaining())
-        self._deadline.watch(sock)
-        return sock
-
     def connect(self) -> None:
-        self.sock = self._connect_tcp()
+        self.sock = socket.create_connection((str(self._address), self.port), self._deadline.remaining())
+        self._deadline.watch(self.sock)
 
 
 class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection):
@@ -178,17 +179,14 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection)
         self._tls = context
 
     def connect(self) -> None:
-        sock = self._connect_tcp()  # watched during the handshake too
+        super().connect()  # the TCP socket, watched during the handshake too
+        sock = self.sock
         try:
             self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
         except BaseException:
             sock.close()
             raise
         self._deadline.watch(self.sock)
-
-
-def _shown(url: str) -> str:
-    return shorten(url, 120)
 
 
 @dataclass(frozen=True)
@@ -247,13 +245,9 @@ def _resolve(target: _Target, deadline: _Deadline, shown: str) -> list[IPAddress
     if not result:
         raise TimeoutError
     addresses: list[IPAddress] = []
-    for _family, _type, _proto, _name, sockaddr in result[0]:
-        literal = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 zone id
-        try:
-            ip = ipaddress.ip_address(literal)
-        except ValueError:
-            continue
-        if ip not in addresses:
+    for *_, sockaddr in result[0]:
+        ip = parse_ip(str(sockaddr[0]))
+        if ip is not None and ip not in addresses:
             addresses.append(ip)
     if not addresses:
         raise FetchError(f"Could not download {shown}: the host name {target.host} could not be resolved.")
@@ -263,20 +257,11 @@ def _resolve(target: _Target, deadline: _Deadline, shown: str) -> list[IPAddress
 def _check_addresses(target: _Target, addresses: list[IPAddress], shown: str, via: str, policy: AddressPolicy) -> None:
     # All of them, not just the first: a host must not mix allowed and refused answers.
     for ip in addresses:
-        problem = policy(ip, target.port)
-        if problem is not None:
+        if (problem := policy(ip, target.port)) is not None:
             # Name the address only when the URL gave it: never reveal what internal names resolve to.
-            what = target.host if _is_literal(target.host) else f"the host {target.host}"
+            what = target.host if parse_ip(target.host) is not None else f"the host {target.host}"
             kind = "a public internet address" if address_problem(ip) else "an address images can be fetched from"
             raise FetchError(f"Refused to download {shown}{via}: {what} is not {kind} ({problem}).")
-
-
-def _is_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _open(
@@ -292,13 +277,12 @@ def _open(
             conn = _PinnedHTTPConnection(target.host, target.port, ip, deadline)
         try:
             conn.connect()
+            return conn
         except OSError as exc:
             conn.close()
             if isinstance(exc, (ssl.SSLError, socket.timeout)) or deadline.expired:
                 raise
             last = exc
-            continue
-        return conn
     raise last or ConnectionError("no address to connect to")
 
 
@@ -352,15 +336,12 @@ def fetch_url(
 ) -> Path:
     """Download ``url`` into a new folder under ``dest_dir`` and return the file's path.
 
-    Raises ``FetchError`` (a sentence) for a refused URL or address, a redirect to one, more
-    than ``max_redirects`` redirects, an answer other than 200, a web page instead of a file,
-    an empty or oversized body, or a fetch that takes longer than ``timeout`` seconds in all.
-    ``context`` is the TLS context for https (default: the system's verified context).
-    ``policy`` says which addresses may be fetched from: ``public_only`` (the default, for
-    anything that serves other people) or ``local_network_too`` (a tool run by the machine's
-    own user).
-    """
-    original = _shown(str(url))
+    ``FetchError`` (a sentence) for a refused URL, address or redirect, too many redirects, an
+    answer other than 200, a web page, an empty or oversized body, or a fetch over ``timeout``
+    seconds in all. ``context``: the TLS context (default: the system's verified one).
+    ``policy``: ``public_only`` (anything serving other people) or ``local_network_too`` (a
+    tool run by the machine's own user)."""
+    original = shorten(str(url), 120)
     if not isinstance(url, str):
         raise FetchError(f"Refused to download {original}: a URL must be text.")
     Path(dest_dir).mkdir(parents=True, exist_ok=True)
@@ -369,11 +350,11 @@ def fetch_url(
     current = url
     try:
         for hop in range(max_redirects + 1):
-            via = "" if hop == 0 else f" (redirected to {_shown(current)})"
+            via = "" if hop == 0 else f" (redirected to {shorten(current, 120)})"
             try:
                 target = _parse(current)
             except _Refused as refused:
-                where = "" if hop == 0 else f": it redirects to {_shown(current)}, and"
+                where = "" if hop == 0 else f": it redirects to {shorten(current, 120)}, and"
                 raise FetchError(f"Refused to download {original}{where or ':'} {refused}.") from None
             addresses = _resolve(target, deadline, original)
             _check_addresses(target, addresses, original, via, policy)

@@ -30,10 +30,8 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 def upscale(grid: np.ndarray, size: tuple[int, int], resample: str = "nearest") -> np.ndarray:
-    """A patch map ``[h, w]`` or ``[h, w, k]`` (float) resized to ``size = (width, height)``.
-
-    Each channel goes through Pillow as a 32-bit float image, so no precision is lost to uint8.
-    """
+    """A float patch map ``[h, w]`` or ``[h, w, k]`` resized to ``size = (width, height)``, each
+    channel through Pillow as a 32-bit float image, so no precision is lost to uint8."""
     if resample not in RESAMPLING:
         raise FeatureError(f"Unknown upscaling {resample!r}; use one of: {', '.join(RESAMPLING)}.")
     grid = np.asarray(grid, dtype=np.float32)
@@ -80,19 +78,14 @@ def parse_colour(value: str | Sequence[float]) -> np.ndarray:
     return array / 255.0
 
 
-def check_alpha(alpha: float) -> float:
+def alpha_blend(image: np.ndarray, overlay: np.ndarray, alpha: float) -> np.ndarray:
+    """``(1 - alpha) · image + alpha · overlay`` for uint8 RGB images of the same size."""
     try:
         alpha = float(alpha)
     except (TypeError, ValueError):
         raise FeatureError(f"alpha must be a number between 0 and 1, not {alpha!r}.") from None
     if not 0.0 <= alpha <= 1.0:  # also rejects NaN
         raise FeatureError(f"alpha must be between 0 and 1, not {alpha}.")
-    return alpha
-
-
-def alpha_blend(image: np.ndarray, overlay: np.ndarray, alpha: float) -> np.ndarray:
-    """``(1 - alpha) · image + alpha · overlay`` for uint8 RGB images of the same size."""
-    alpha = check_alpha(alpha)
     mixed = (1.0 - alpha) * image.astype(np.float32) + alpha * overlay.astype(np.float32)
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 

@@ -22,13 +22,10 @@ DEFAULT_COLOURS: tuple[str, str, str] = ("#ff4d4d", "#4dff88", "#4d79ff")
 
 
 def _top_right_vectors(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k`` leading right singular vectors ``[k, C]`` of ``x`` ``[N, C]``.
-
-    An exact SVD for small matrices on the CPU. On a GPU, cuSOLVER's SVD of a 1024-pixel
-    image's 4096 × 1280 features is slow, so the same vectors come from the eigenvectors of
-    the ``C × C`` Gram matrix ``xᵀx`` in float64 (``_gram_eigenvectors``). A large matrix on
-    a CPU (many seconds exactly) uses a randomised range finder (``_randomised``).
-    """
+    """The ``k`` leading right singular vectors ``[k, C]`` of ``x`` ``[N, C]``: an exact SVD for small
+    CPU matrices; on a GPU, where cuSOLVER's SVD of a 1024-pixel image's 4096 × 1280 features is
+    slow, the eigenvectors of the Gram matrix ``xᵀx`` (``_gram_eigenvectors``); for a large CPU
+    matrix (many seconds exactly), a randomised range finder (``_randomised``)."""
     if x.is_cuda:
         return _gram_eigenvectors(x, k)
     if min(x.shape) <= 256:
@@ -60,12 +57,9 @@ def _randomised(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def pca_components(features: np.ndarray | torch.Tensor, k: int = 3) -> np.ndarray:
-    """Scores of the first ``k`` principal components of patch features ``[h, w, C]`` →
-    float32 ``[h, w, k]`` (zeros where the data has fewer components).
-
-    The sign of a component is arbitrary in any SVD; each is flipped so that its largest
-    absolute loading is positive, so the same features always give the same colours.
-    """
+    """Scores of the first ``k`` principal components of patch features ``[h, w, C]`` → float32
+    ``[h, w, k]`` (zeros where the data has fewer). A component's sign is arbitrary in any SVD, so
+    each is flipped to make its largest absolute loading positive: same features, same colours."""
     x = torch.as_tensor(features)
     if x.ndim != 3:
         raise ValueError(f"features must be [h, w, C], got shape {tuple(x.shape)}.")
@@ -82,26 +76,19 @@ def pca_components(features: np.ndarray | torch.Tensor, k: int = 3) -> np.ndarra
     return scores.reshape(h, w, k).cpu().numpy()
 
 
-def minmax(values: np.ndarray, axis: tuple[int, ...] | None = None) -> np.ndarray:
-    """Scale to [0, 1] over ``axis``; a constant slice becomes 0."""
-    low = values.min(axis=axis, keepdims=True)
-    span = values.max(axis=axis, keepdims=True) - low
+def pca_rgb(features: np.ndarray | torch.Tensor) -> np.ndarray:
+    """False colour of patch features ``[h, w, C]``: components 1-3 → R, G, B, each min-max
+    scaled to [0, 1] over the image (a constant component becomes 0). Float32 ``[h, w, 3]``."""
+    values = pca_components(features, 3)
+    low = values.min(axis=(0, 1), keepdims=True)
+    span = values.max(axis=(0, 1), keepdims=True) - low
     return np.where(span > 0, (values - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
 
 
-def pca_rgb(features: np.ndarray | torch.Tensor) -> np.ndarray:
-    """False colour of patch features ``[h, w, C]``: components 1-3 → R, G, B, each min-max
-    scaled to [0, 1] over the image. Float32 ``[h, w, 3]``."""
-    return minmax(pca_components(features, 3), axis=(0, 1))
-
-
 def color_blend(components: np.ndarray, colours: Sequence[str | Sequence[float]]) -> np.ndarray:
-    """Mix one colour per component: ``Σ_i component_i · colour_i`` ``[h, w, 3]`` in [0, 1].
-
-    ``components`` are the [0, 1] scores from ``pca_rgb``. Where the weights add up to more
-    than 1 the mix is divided by their sum, so bright colours never clip to white and a
-    pixel carried by one component shows exactly that component's colour.
-    """
+    """Mix one colour per [0, 1] component (``pca_rgb``): ``Σ_i component_i · colour_i`` ``[h, w, 3]``.
+    Where the weights add up to more than 1 the mix is divided by their sum, so bright colours
+    never clip to white and a pixel carried by one component shows exactly that component's colour."""
     components = np.asarray(components, dtype=np.float32)
     if components.ndim != 3 or components.shape[-1] != len(colours):
         raise FeatureError(f"Need one colour per component: {components.shape[-1]} components, {len(colours)} colours.")

@@ -21,12 +21,11 @@ from tagger.engine.vocab import Vocabulary
 from tagger.errors import FeatureError
 from tagger.features.overlay import alpha_blend, colormap, upscale
 
-# Relevance is taken at the input of this many blocks from the end (block 28 of 32 for the
-# real model). Not the last block: every path from the last block's input to the head goes
-# through that block's norm1 (the patch's own output is never read by the head), and
-# LayerNorm is invariant to scaling its input, so Σ_c grad_c · x_c there is exactly zero up
-# to eps. Four blocks back the tokens are already semantic and still tied to their patch,
-# and the prefix tokens have read from the patches in four attention layers.
+# Relevance is taken at the input of this many blocks from the end (block 28 of 32 for the real
+# model). Not the last block: every path from its input to the head goes through its norm1 (the
+# patch's own output is never read by the head), and LayerNorm is invariant to scaling its input,
+# so Σ_c grad_c · x_c there is exactly zero up to eps. Four blocks back the tokens are already
+# semantic and still tied to their patch, and the prefix tokens have read from the patches.
 DEFAULT_LAYERS_FROM_END = 4
 # Deepest tap a request may ask for: memory grows with every block the gradient goes back
 # through (~390 MiB per block at 1024 px on CPU), and the early blocks carry little tag meaning.
@@ -99,18 +98,12 @@ class Relevance:
 
 @gpu_cost(3.0)  # forward keeping activations, then backward (up to every block: ~2x)
 def relevance(
-    tagger: Tagger,
-    pixels: Sequence[torch.Tensor],
-    tag_index: int,
-    layers_from_end: float = DEFAULT_LAYERS_FROM_END,
+    tagger: Tagger, pixels: Sequence[torch.Tensor], tag_index: int, layers_from_end: float = DEFAULT_LAYERS_FROM_END
 ) -> list[Relevance]:
-    """Where each image's evidence for a tag sits, and the tag's probability.
-
-    Gradient × activation of the tag's logit on the patch tokens at the input of a late block
-    (see ``DEFAULT_LAYERS_FROM_END``), summed over channels, ReLU, divided by the maximum.
-    ``autograd.grad`` takes the gradient with respect to the captured block input only, so no
-    parameter's ``.grad`` is touched.
-    """
+    """Where each image's evidence for a tag sits, and the tag's probability: gradient × activation
+    of the tag's logit on the patch tokens at a late block's input (``DEFAULT_LAYERS_FROM_END``),
+    summed over channels, ReLU, divided by the maximum. ``autograd.grad`` differentiates by the
+    captured block input only, so no parameter's ``.grad`` is touched."""
     model = tagger.model
     config = model.config
     if not 0 <= int(tag_index) < config.num_tags:

@@ -52,12 +52,8 @@ class BatchSimilarity:
         scores = [r[3] for r in self.rows]
         if not scores:
             return {"pairs": 0, "mean": None, "min": None, "max": None}
-        return {
-            "pairs": len(scores),
-            "mean": round(float(np.mean(scores)), 6),
-            "min": round(min(scores), 6),
-            "max": round(max(scores), 6),
-        }
+        mean, low, high = (round(v, 6) for v in (float(np.mean(scores)), min(scores), max(scores)))
+        return {"pairs": len(scores), "mean": mean, "min": low, "max": high}
 
     def to_json(self) -> dict:
         return {
@@ -83,14 +79,12 @@ class BatchSimilarity:
 
 
 def pair_inputs(inputs: BatchInputs) -> tuple[BatchSimilarity, list[tuple[str, BatchItem, BatchItem]]]:
-    """A zip's images split into its two top-level folders and paired by stem (the path inside
-    the folder without its extension: ``a/x/cat.png`` pairs with ``b/x/cat.jpg``): the result
-    to score into (folders, unmatched and ignored names) and the pairs (stem, image in A, in B).
-
-    ``inputs`` comes from ``collect_inputs``, which already refused unsafe paths, links and zip
-    bombs, and skipped ``__MACOSX`` and dotfiles. A single wrapping folder (``pairs/a``,
-    ``pairs/b``: a zip made from the parent folder) is looked through. ``FeatureError`` unless
-    exactly two folders hold images."""
+    """A zip's images split into its two top-level folders and paired by stem (the path inside the
+    folder without extension: ``a/x/cat.png`` pairs with ``b/x/cat.jpg``) → the result to score
+    into (folders, unmatched and ignored names) and the pairs (stem, image in A, in B).
+    ``collect_inputs`` already refused unsafe paths, links and zip bombs and skipped ``__MACOSX``
+    and dotfiles. A single wrapping folder (``pairs/a``, ``pairs/b``: a zip of the parent folder)
+    is looked through. ``FeatureError`` unless exactly two folders hold images."""
     depth = wrapper_depth([item.name for item in inputs.items])
     files = [(PurePosixPath(*PurePosixPath(item.name).parts[depth:]), item) for item in inputs.items]
     # collect_inputs lists resource forks and dotfiles among its skipped names; they are noise here.
@@ -150,13 +144,9 @@ def batch_similarity(
     limits: BatchLimits | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BatchSimilarity:
-    """Score every pair of a zip with two folders (see ``pair_inputs``).
-
-    The zip is read with ``tagger.datasets.batch.collect_inputs`` and its limits (entries, sizes,
-    compression ratio, zip slip; ``UploadError`` refuses the request). ``prepare`` decodes one
-    file on the CPU; ``descriptors`` is the model call, one per ``PAIRS_PER_CALL`` pairs (so
-    one for small zips). A file that cannot be read is reported and its pair skipped.
-    """
+    """Score every pair of a zip with two folders (``pair_inputs``), read with ``collect_inputs``
+    and its limits (entries, sizes, compression ratio, zip slip: ``UploadError``). ``prepare``
+    decodes one file on the CPU; ``descriptors`` is the model call (see ``score_pairs``)."""
     path = os.fspath(path)
     if not zipfile.is_zipfile(path):
         raise FeatureError("This file is not a zip archive; upload a .zip holding two folders of images.")
@@ -180,9 +170,9 @@ def score_pairs(
     descriptors: Callable[[list[torch.Tensor]], np.ndarray],
     progress: Callable[[int, int], None] | None = None,
 ) -> BatchSimilarity:
-    """``pairs`` (stem, (name, source) of A, of B) scored into ``result``: ``load`` decodes one
-    source (named for its errors) on the CPU, ``descriptors`` runs once per ``PAIRS_PER_CALL`` pairs. A source that
-    cannot be read (or fetched) is reported under its name and its pair skipped."""
+    """``pairs`` (stem, (name, source) of A, of B) scored into ``result``: ``load`` decodes one source
+    (named for its errors) on the CPU, ``descriptors`` runs once per ``PAIRS_PER_CALL`` pairs. A
+    source that cannot be read (or fetched) is reported under its name and its pair skipped."""
     total = len(pairs)
     for start in range(0, total, PAIRS_PER_CALL):
         chunk: list[tuple[str, str, str]] = []

@@ -1,10 +1,9 @@
 """``--backend onnxruntime``: the exported graphs (``tagger.export``) run by ONNX Runtime on the CPU.
 
-``OnnxTagger`` offers what the CLI and the bulk tool use of ``Tagger`` (``prepare``,
-``preprocessor``, ``plan``, ``run``, ``run_descriptors``, ``vocab``, ``device``,
-``model.config``), with the same preprocessing and the same probabilities (sigmoid of the
-graph's logits, as ``Tagger.run``), so outputs and formats do not change with the backend.
-A graph takes one size per call, so only images of the same shape share a forward pass.
+``OnnxTagger`` offers what the CLI and the bulk tool use of ``Tagger``, with the same
+preprocessing and probabilities (sigmoid of the graph's logits, as ``Tagger.run``), so outputs
+do not change with the backend. A graph takes one size per call, so only images of the same
+shape share a forward pass.
 """
 
 from __future__ import annotations
@@ -26,14 +25,7 @@ from tagger.engine.preprocess import Preprocessor, normalise
 from tagger.engine.tagger import Batch
 from tagger.engine.vocab import Vocabulary
 from tagger.errors import CheckpointError
-from tagger.export import (
-    GRAPHS,
-    INPUT_NAME,
-    METADATA_CONFIG,
-    VARIANT_FILES,
-    VOCAB_FILE,
-    require_onnx,
-)
+from tagger.export import GRAPHS, INPUT_NAME, METADATA_CONFIG, VARIANT_FILES, VOCAB_FILE, require_onnx
 
 
 @dataclass(frozen=True)
@@ -85,10 +77,9 @@ def _config(session: Any, path: Path) -> TaggerConfig:
 
 
 class OnnxTagger:
-    """``OnnxTagger("export/")`` or ``OnnxTagger("export/tagger/model_q4.onnx")``: see the module doc.
-
-    ``vocab_path`` defaults to the export's ``tagger_vocab.json``. ONNX Runtime gets torch's
-    thread count as its intra-op threads (the CLI and bulk tool set it)."""
+    """``OnnxTagger("export/")`` or ``OnnxTagger("export/tagger/model_q4.onnx")``; ``vocab_path``
+    defaults to the export's ``tagger_vocab.json``. ONNX Runtime's intra-op threads: torch's
+    thread count (the CLI and bulk tool set it)."""
 
     def __init__(
         self,
@@ -118,7 +109,6 @@ class OnnxTagger:
         self.reduced_decode = reduced_decode
         self._embedding: Any = None
 
-    # -- what Tagger offers ---------------------------------------------------------------
     @property
     def preprocessor(self) -> Preprocessor:
         return Preprocessor(self.max_size, self.model.config.patch_size, self.reduced_decode)

@@ -5,12 +5,6 @@ per grid; a traced export would freeze both to the example's batch and size. The
 take one ``[B, 3, H, W]`` tensor and compute the RoPE tables from its height and width inside
 the graph with ``tagger.engine.model.rope_angles`` itself (uncached), so batch, height and
 width stay dynamic. They reuse the model's own modules: the numbers are the model's.
-
-* ``LogitsGraph``: normalised pixels → logits ``[B, num_tags]`` (the authors' ``tagger/``);
-* ``EmbeddingGraph``: → descriptor ``[B, 6400]`` (CLS + registers after the final norm);
-* ``BackboneGraph``: → ``last_hidden_state`` ``[B, 5 + patches, C]`` after the final norm;
-* ``Wd14Graph``: the wd14 tools' convention, ``[B, S, S, 3]`` BGR 0-255 → probabilities, with
-  the ImageNet normalisation and the sigmoid inside.
 """
 
 from __future__ import annotations
@@ -55,7 +49,7 @@ class BackboneGraph(nn.Module):
 
 
 class EmbeddingGraph(BackboneGraph):
-    """Normalised pixels → descriptor ``[B, descriptor_dim]`` (float32), the head's input."""
+    """Normalised pixels → descriptor ``[B, descriptor_dim]`` (CLS + registers, float32), the head's input."""
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         tokens = super().forward(pixel_values)
@@ -71,8 +65,8 @@ class LogitsGraph(EmbeddingGraph):
 
 class Wd14Graph(LogitsGraph):
     """``[B, S, S, 3]`` float32 BGR in 0-255 (what the wd14 tools feed) → probabilities in the
-    package order: ``placeholders`` zeros (the rating rows), then the tags at ``order``
-    (see ``tagger.onnx.wd14``)."""
+    package order, ImageNet normalisation and sigmoid inside: ``placeholders`` zeros (the rating
+    rows), then the tags at ``order`` (see ``tagger.onnx.wd14``)."""
 
     order: torch.Tensor
     mean: torch.Tensor

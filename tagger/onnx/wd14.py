@@ -4,23 +4,19 @@ The wd14 tools (kohya's ``tag_images_by_wd14_tagger.py``, wd14-tagger-standalone
 ComfyUI-WD14-Tagger) read ``selected_tags.csv`` (``tag_id,name,category,count``) next to a
 graph whose outputs follow the file's rows, and they assume more than the columns say:
 
-* the first four outputs are ratings (all three tools skip them; kohya's
-  ``--use_rating_tags`` picks one by argmax). This model has no rating tags, so the package
-  starts with four placeholder rows ``RATING_PLACEHOLDERS`` (category 9) whose outputs are
-  always 0;
-* kohya walks the outputs after the ratings as all general rows, then all character rows
-  (category 0, then 4, in file order), and ComfyUI-WD14-Tagger cuts the rows at the first
-  category-0 and the first category-4 row. A row of any other category, or categories
-  interleaved, shift every later tag onto the wrong score. So the package has only the codes
-  0, 4 and 9, in blocks: the graph's outputs are reordered to match (``wd14_order``).
+* the first four outputs are ratings (all three tools skip them; kohya's ``--use_rating_tags``
+  picks one by argmax). This model has none, so the package starts with four placeholder rows
+  ``RATING_PLACEHOLDERS`` (category 9) whose outputs are always 0;
+* kohya reads the rest as all general rows, then all character rows (category 0, then 4, in
+  file order), and ComfyUI-WD14-Tagger cuts the rows at the first category-0 and category-4
+  row: any other category, or interleaved ones, shift every later tag onto the wrong score.
+  So the package has only the codes 0, 4 and 9, in blocks, the outputs reordered to match.
 
-Category mapping (our category → wd14 code), kept in ``WD14_CATEGORY``: character → 4
-(the tools' character threshold, 0.85 by default, applies); every other category (general,
-artist, copyright, species, meta, lore, contributor, disambiguation, unassigned) → 0, so
-that every tag reaches every tool. Names are written with underscores, the convention of
-those files (the tools' remove/replace-underscore options give back our spelling); ``count``
-is 0 (unknown: the vocabulary holds no counts) and ``tag_id`` is the tag's index in our
-vocabulary (the placeholders get ``num_tags + k``).
+``WD14_CATEGORY``: character → 4 (the tools' character threshold, 0.85 by default, applies);
+every other category → 0, so that every tag reaches every tool. Names use underscores, those
+files' convention (the tools' underscore options give back our spelling); ``count`` is 0 (the
+vocabulary holds no counts) and ``tag_id`` is the tag's vocabulary index (the placeholders get
+``num_tags + k``).
 """
 
 from __future__ import annotations
@@ -58,7 +54,6 @@ def write_selected_tags(path: str | os.PathLike, vocab: Vocabulary) -> Path:
         writer.writerow(CSV_HEADER)
         for k, name in enumerate(RATING_PLACEHOLDERS):
             writer.writerow((len(vocab) + k, name, RATING, 0))
-        for i in wd14_order(vocab):
-            i = int(i)
+        for i in wd14_order(vocab).tolist():
             writer.writerow((i, vocab.tags[i].replace(" ", "_"), wd14_category(vocab.category_of(i).name), 0))
     return path
