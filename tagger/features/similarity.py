@@ -52,8 +52,12 @@ class BatchSimilarity:
         scores = [r[3] for r in self.rows]
         if not scores:
             return {"pairs": 0, "mean": None, "min": None, "max": None}
-        mean, low, high = (round(v, 6) for v in (float(np.mean(scores)), min(scores), max(scores)))
-        return {"pairs": len(scores), "mean": mean, "min": low, "max": high}
+        return {
+            "pairs": len(scores),
+            "mean": round(float(np.mean(scores)), 6),
+            "min": round(min(scores), 6),
+            "max": round(max(scores), 6),
+        }
 
     def to_json(self) -> dict:
         return {
