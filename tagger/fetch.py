@@ -257,7 +257,8 @@ def _resolve(target: _Target, deadline: _Deadline, shown: str) -> list[IPAddress
 def _check_addresses(target: _Target, addresses: list[IPAddress], shown: str, via: str, policy: AddressPolicy) -> None:
     # All of them, not just the first: a host must not mix allowed and refused answers.
     for ip in addresses:
-        if (problem := policy(ip, target.port)) is not None:
+        problem = policy(ip, target.port)
+        if problem is not None:
             # Name the address only when the URL gave it: never reveal what internal names resolve to.
             what = target.host if parse_ip(target.host) is not None else f"the host {target.host}"
             kind = "a public internet address" if address_problem(ip) else "an address images can be fetched from"
@@ -339,8 +340,8 @@ def fetch_url(
     ``FetchError`` (a sentence) for a refused URL, address or redirect, too many redirects, an
     answer other than 200, a web page, an empty or oversized body, or a fetch over ``timeout``
     seconds in all. ``context``: the TLS context (default: the system's verified one).
-    ``policy``: ``public_only`` (anything serving other people) or ``local_network_too`` (a
-    tool run by the machine's own user)."""
+    ``policy``: ``public_only`` (the default, for anything serving other people) or
+    ``local_network_too`` (a tool run by the machine's own user)."""
     original = shorten(str(url), 120)
     if not isinstance(url, str):
         raise FetchError(f"Refused to download {original}: a URL must be text.")

@@ -128,8 +128,9 @@ def default_workers(device: torch.device) -> int:
 
 
 def share_cores_with_decoders(device: torch.device, workers: int) -> None:
-    """Give the model the threads the decoders leave (unless OMP_NUM_THREADS says otherwise):
-    model threads and decoders contending for the same cores slow both down."""
+    """The model's threads (unless OMP_NUM_THREADS says otherwise): on the CPU the cores the
+    decoders do not use, with a GPU a small pool (``GPU_PROCESS_THREADS``): model threads and
+    decoders contending for the same cores slow both down."""
     if "OMP_NUM_THREADS" in os.environ:
         return
     if device.type == "cuda":

@@ -3,7 +3,8 @@
 ``Plan.items()`` walks every record in the inputs' fixed order and yields a ``Record`` (shard and
 caption path filled in) for each image to tag; ``Kept`` for one whose caption exists and is kept
 (``--on-existing skip``, ``txt`` only): nothing to compute, but it counts towards the progress;
-``ShardEnd(k)`` after the last record of each of this process's shards, so it can be completed.
+``ShardEnd(k)`` after the last record of each of this process's shards, once its images are all
+written or passed over, so it can be completed.
 Other processes' shards and finished ones are passed over, and images a half-done shard already
 committed are counted in ``already_done``. Every record gets its caption path, in order, whoever
 tags it: processes sharing an output folder therefore agree on every caption's name.

@@ -1,5 +1,8 @@
 """The inputs of a bulk run: every image of every input, in one fixed order, and how to read it.
 
+An input is a folder (recursive by default), an image file, a zip, a tar or webdataset shard, a
+Parquet file with an image-bytes or path column, a ``datasets`` ``save_to_disk`` folder, or
+``hf:owner/name[@revision]`` (streamed).
 Each image becomes an ``Entry`` whose *locator*, a small tuple, a decoding worker (a local
 process or a Ray task) turns into its bytes with ``read_bytes``. Listing never reads image
 data, except for compressed tars and Hub streams, which can only be read front to back: their
@@ -207,7 +210,10 @@ class TarSource(Source):
         """The archive's image members, each with its (name, error), in member order."""
         shown = escape_name(Path(self.spec).name)
         for info in archive:
-            if not info.isfile() or (member := _image_member(info.name, info.name, shown, escape_name)) is None:
+            if not info.isfile():
+                continue
+            member = _image_member(info.name, info.name, shown, escape_name)
+            if member is None:
                 continue
             name, error = member
             if error is None and info.size > safefs.MAX_IMAGE_BYTES:

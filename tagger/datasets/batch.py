@@ -183,8 +183,8 @@ OUTPUT_MAX_AGE_S = 24 * 3600
 
 
 def new_output_dir() -> Path:
-    """A fresh directory under ``OUTPUT_ROOT``, older ones removed first (Gradio copies returned
-    files into its own cache, so ours are only needed briefly)."""
+    """A fresh directory under ``OUTPUT_ROOT``; those older than ``OUTPUT_MAX_AGE_S`` are removed
+    first (Gradio copies returned files into its own cache, so ours are only needed briefly)."""
     OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
     cutoff = time.time() - OUTPUT_MAX_AGE_S
     for old in OUTPUT_ROOT.iterdir():

@@ -113,8 +113,8 @@ def _safe_component(part: str) -> str:
 
 def sanitize_path(name: str) -> str:
     """A safe relative POSIX path for a zip member or file name; ``UploadError`` for one that would
-    escape its folder (absolute, drive letter, ``..``). Backslashes count as separators (some
-    Windows tools write them into zips)."""
+    escape its folder (absolute, drive letter, ``..``); empty and ``.`` components are dropped.
+    Backslashes count as separators (some Windows tools write them into zips)."""
     raw = name.replace("\\", "/")
     if raw.startswith("/") or re.match(r"^[A-Za-z]:", raw):
         raise UploadError(f"Refused the archive: the entry {name!r} has an absolute path.")
@@ -405,8 +405,9 @@ def _read_capped(fp: IO[bytes], limit: int, name: str, limits: BatchLimits, bloc
 def collect_inputs(paths: Iterable[str | os.PathLike[str]], limits: BatchLimits | None = None) -> BatchInputs:
     """The images in ``paths`` (image files and ``.zip`` archives), in upload order.
 
-    A member's first folder (below a wrapping one, ``wrapper_depth``) is its "concept". Hidden
-    files, ``__MACOSX`` and non-images are listed in ``skipped``; nested zips are not opened.
+    A member's first folder (below a wrapping one, ``wrapper_depth``) is its "concept" (files at
+    the root have concept ""). Hidden files, ``__MACOSX`` and non-images are listed in
+    ``skipped``; nested zips are not opened.
     ``UploadError`` when a limit is passed, an archive is unreadable or unsafe, or there is no image.
     """
     limits = limits or BatchLimits()

@@ -1,8 +1,9 @@
 """CPU-only tuning: one policy for the engine's memory, and the opt-in int8 precision.
 
-* **Memory**: what a forward freed is kept for the next (``keep_freed_memory``; by default each
-  activation above the mmap threshold is a fresh ``mmap``, so every forward faults its pages in
-  again: hundreds of thousands of faults per 512 px image). It goes back to the OS
+* **Memory**: what a forward freed is kept for the next (``keep_freed_memory``, applied by
+  ``Tagger`` to CPU models; by default each activation above the mmap threshold is a fresh
+  ``mmap``, so every forward faults its pages in again: hundreds of thousands of faults per
+  512 px image). It goes back to the OS
   (``release_memory``) after an out-of-memory error, and after a request (``MEMORY.after_request``,
   called by the web layer) that grew the process ``RELEASE_AFTER_GROWTH`` since the last release.
 * ``quantize_linears`` replaces the backbone's ``nn.Linear`` modules by ``DynamicInt8Linear``

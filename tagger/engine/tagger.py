@@ -133,7 +133,7 @@ class Batch:
 def plan_batches(lengths: Sequence[int], max_batch_size: int, max_padding: float) -> list[Batch]:
     """Group images with token counts ``lengths`` into forward passes, by increasing token count.
 
-    Images of equal token count (a 3:4 and a 4:3 photo) fill batches of ``max_batch_size``,
+    Images of equal token count (shapes may differ: a 3:4 and a 4:3 photo) fill batches of ``max_batch_size``,
     which need no mask. When padding is allowed, a run shorter than half a batch is pooled,
     shortest first, into batches of at most ``max_batch_size`` images that compute at most
     ``(1 + max_padding)`` times their real tokens (waste: ``sum(padded_tokens) / sum(tokens) - 1``).

@@ -64,7 +64,7 @@ _PROBABILITY: dict[str, Any] = {"minimum": 0.0, "maximum": 1.0, "step": 0.01}  #
 class TagOptions:
     """Every tagging control (name, type, default, range, label, help) as a field: the UI's widgets,
     the API signatures and reference, the MCP tools and the CLI flags derive from ``OPTION_FIELDS``.
-    An instance validates the values and holds their ``Selection``."""
+    An instance validates the values and holds their ``Selection``; ``floor`` applies in every mode."""
 
     mode: str = _option(
         "threshold",

@@ -322,7 +322,9 @@ class VocabRelations:
     def find(self, tag: str) -> list[int]:
         """The indices of a tag someone typed, after aliases."""
         key = normalize_tag(tag)
-        return self.index.get(normalize_tag(self.input_aliases[key]) if key in self.input_aliases else key, [])
+        if key in self.input_aliases:
+            key = normalize_tag(self.input_aliases[key])
+        return self.index.get(key, [])
 
     def shown(self, tag: str) -> str:
         """A typed tag (a prepended one) as shown: an old name becomes the one it points to."""

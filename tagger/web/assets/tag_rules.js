@@ -1,7 +1,8 @@
 /* The rules of tagger/tags/ (TagOptions, Selection, select_tags, tag_string) in the page, so that
  * a filter change re-renders without a server round trip. On printable ASCII text and plain
- * numbers in range its answers, error sentences included, are Python's (tests/test_rules_parity.py);
- * any other value raises NeedsServer, and the page asks the server once
+ * numbers in range (ASCII digits, '.', '+', '-', 'e') its answers, error sentences included, are
+ * Python's (tests/test_rules_parity.py); any other value (other characters, inf, 1_000, out of
+ * range, a value no control sends) raises NeedsServer, and the page asks the server once
  * (tagger.web.tabs.tag.page_ruling, read with fromRuling). Python stays the one definition:
  * change one, change the other. Plain script (<script> tag, node's require()); one global, TagRules.
  */
@@ -208,7 +209,8 @@
 
   /**
    * tagger.tags.selection.select_tags over the page's payload (tagger.web.page_scores): rows [tag, score,
-   * category id, index], best first; exact for any floor at or above the payload's cutoff.
+   * category id, index], best first; exact for any floor at or above the payload's cutoff (TagView
+   * asks for more below).
    */
   function selectTags(payload, selection) {
     if (!payload._keys) payload._keys = payload.tags.map((row) => normalizeTag(row[0]));
