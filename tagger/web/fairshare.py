@@ -1,34 +1,27 @@
 """A fair share of a public Space for every client: bounded cost per request, per-client limits.
 
-Everyone who opens a Space shares one model, one CPU and one disk. Gradio's queue bounds the
-work running at once and the number of requests waiting, but not who they belong to: one
-client could fill the whole queue. This module adds, around Gradio and before it sees a
-request:
+Gradio's queue bounds the work running at once and the requests waiting, but not whose they
+are: one client could fill the whole queue. Around Gradio, before it sees a request:
 
-* **Who a client is** (``client_key``): the address the Space's proxy reports in
-  ``X-Forwarded-For`` (the entry ``proxy_hops`` from the right, the one the proxy appended,
-  so a client cannot choose it), else the connection's address; IPv6 clients by their /64.
-  An MCP request's caller is named by the guard in a signed header that Gradio's MCP server
-  carries to its loopback calls (``mcp_caller``), so those count for the caller.
+* **Who a client is** (``client_key``): the ``X-Forwarded-For`` entry ``proxy_hops`` from the
+  right (the one the Space's proxy appended, so a client cannot choose it), else the
+  connection's address; IPv6 clients by their /64. An MCP request counts for the caller the
+  guard names in a signed header that Gradio's loopback calls carry (``mcp_caller``).
 * **Per-client queue limits** (``FairQueue``): requests queued or running per browser session,
-  per client and in the heavy group (batches, feature maps, similarity); more are refused with
-  HTTP 429 and a sentence. Waiting requests are served round-robin across clients, so a
-  client's tenth request waits behind everyone else's first.
-* **A time budget per event** (``tagger.datasets.intake.time_budget``): long events (a batch) stop
-  reading new images once it is spent and return what they have, the rest listed as not read.
-* **HTTP limits** (``RequestGuard``, ASGI middleware): no downloads of remote URLs through
-  Gradio's ``/file=`` route (nor ``/proxy=``), JSON bodies and uploads capped per request,
-  uploaded bytes capped per client and for the whole Space per hour (``UploadBudget``: charged
-  as they arrive, so parallel uploads share one budget), events that skip the
-  queue (``/run/``) limited per client and overall, and an unreadable upload answered with
-  a sentence instead of a server error. The partial files of an upload that fails (cut off,
-  refused part-way) are removed at once (``gradio_compat.remove_files_of_failed_uploads``).
-* **Memory**: after every event, the engine's memory policy (``tagger.engine.cpu.MEMORY``)
-  decides whether memory goes back to the system.
+  per client and in the heavy group; more are refused with HTTP 429 and a sentence. Waiting
+  requests are served round-robin across clients.
+* **A time budget per event** (``tagger.datasets.intake.time_budget``): a batch stops reading
+  images once it is spent and returns what it has, the rest listed as not read.
+* **HTTP limits** (``RequestGuard``, ASGI middleware): no remote URLs through ``/file=`` nor
+  ``/proxy=``, JSON bodies and uploads capped per request, uploaded bytes capped per client and
+  per Space per hour (``UploadBudget``: charged as they arrive, so parallel uploads share one
+  budget), unqueued events (``/run/``) limited per client and overall, an unreadable upload
+  answered with a sentence, and a failed upload's partial files removed at once
+  (``gradio_compat.remove_files_of_failed_uploads``).
+* **Memory**: after every event, ``tagger.engine.cpu.MEMORY`` decides whether memory goes back.
 
-``install(demo, limits)`` wires the queue side; ``RequestGuard`` goes into the app's
-middleware (``tagger.web.server.launch``). Every value is in ``FairShareLimits``; SECURITY.md
-lists them with what a user sees.
+``install(demo, limits)`` wires the queue side; ``RequestGuard`` goes into the app's middleware
+(``tagger.web.server.launch``). Every value is in ``FairShareLimits``; SECURITY.md lists them.
 """
 
 from __future__ import annotations
@@ -92,8 +85,7 @@ class FairShareLimits:
     proxy_hops: int = field(default_factory=_proxy_hops_from_env)
 
 
-# ---------------------------------------------------------------------------------------------
-# Who a client is
+# -- Who a client is --------------------------------------------------------------------------
 
 
 def _header(scope: Scope, name: bytes) -> list[str]:
@@ -114,8 +106,7 @@ def signed_caller(key: str) -> str:
 
 
 def mcp_caller(scope: Scope) -> str | None:
-    """The client an MCP request (or Gradio's loopback call for it) is made for; None for every
-    other request (a value the guard did not sign does not verify)."""
+    """The client an MCP request (or Gradio's loopback call for it) is made for; else None (unsigned)."""
     values = _header(scope, MCP_CALLER_HEADER)
     if len(values) != 1:
         return None
@@ -124,10 +115,8 @@ def mcp_caller(scope: Scope) -> str | None:
 
 
 def client_key(scope: Scope, proxy_hops: int) -> str:
-    """The client's address: the MCP caller a request is made for (``mcp_caller``), else with
-    ``proxy_hops`` proxies in front (a Space has one), the entry of ``X-Forwarded-For`` that
-    the outermost of them appended; else the peer's address. IPv6 addresses are grouped by /64
-    (one subscriber's usual allocation)."""
+    """The MCP caller (``mcp_caller``), else the ``X-Forwarded-For`` entry the outermost of ``proxy_hops``
+    proxies appended (a Space has one), else the peer's address; IPv6 by /64 (one subscriber's usual allocation)."""
     caller = mcp_caller(scope)
     if caller is not None:
         return caller
@@ -159,8 +148,7 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-# ---------------------------------------------------------------------------------------------
-# Time budget of an event
+# -- Time budget of an event ------------------------------------------------------------------
 
 
 def _with_budget(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
@@ -178,8 +166,7 @@ def _with_budget(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
     return run
 
 
-# ---------------------------------------------------------------------------------------------
-# The queue: per-client limits and round-robin order
+# -- The queue: per-client limits and round-robin order ---------------------------------------
 
 
 class FairQueue:
@@ -197,8 +184,7 @@ class FairQueue:
 
     @staticmethod
     def session(scope: Scope, session: str | None) -> str | None:
-        """The session a request counts for: an MCP caller's own (Gradio's MCP server sends every
-        caller's calls through one gradio_client session), else the Gradio session."""
+        """An MCP caller's own session (Gradio's MCP server sends all calls through one), else Gradio's."""
         caller = mcp_caller(scope)
         return f"mcp {caller}" if caller is not None else session
 
@@ -235,9 +221,8 @@ class FairQueue:
             raise HTTPException(status_code=429, detail=refusal, headers={"Retry-After": "5"})
 
     def _fair_order(self) -> None:
-        """Round-robin within each concurrency group: a waiting request is ranked by how many
-        requests of its client are ahead of it in that group (running ones included); ties keep
-        their arrival order."""
+        """Round-robin per concurrency group: a waiting request ranks by how many of its client's requests
+        are ahead of it in the group (running ones included); ties keep their arrival order."""
         running_now = gradio_compat.running_events(self.queue)
         running = Counter((self.key(e), gradio_compat.event_origin(e).group) for e in running_now)
         for group, events in gradio_compat.waiting_events(self.queue).items():
@@ -260,8 +245,7 @@ def install(demo: gr.Blocks, limits: FairShareLimits, heavy_group: str) -> FairQ
     return FairQueue(gradio_compat.app_queue(demo), limits, heavy_group)
 
 
-# ---------------------------------------------------------------------------------------------
-# HTTP: before Gradio sees a request
+# -- HTTP: before Gradio sees a request -------------------------------------------------------
 
 
 class _TooLarge(HTTPException):
@@ -312,10 +296,8 @@ class _Window:
 
 
 class UploadBudget:
-    """Uploaded bytes per client and for the whole Space over ``upload_window_s``. Bytes are
-    charged before they are stored (a declared length at once, a streamed body chunk by
-    chunk), so uploads running at the same time share one budget instead of each seeing
-    the total from before any of them started."""
+    """Uploaded bytes per client and for the whole Space over ``upload_window_s``, charged before they
+    are stored (a declared length at once, a streamed body by chunk): parallel uploads share one budget."""
 
     def __init__(self, limits: FairShareLimits):
         self.limits = limits

@@ -1,19 +1,12 @@
 """Image and file inputs that are safe to expose to anyone.
 
-Gradio downloads an http(s) URL sent as a file payload (``{"path": "https://..."}``, what
-``gradio_client.handle_file(url)`` sends) itself: with a public-address check, but without a
-size or time limit. ``SafeImage`` and ``SafeFile`` send those URLs through
-``tagger.fetch.fetch_url`` instead (public addresses only, checked again after each redirect,
-byte cap, total time limit), and leave decoding to ``tagger.engine.decode`` with its pixel limit
-and readable errors.
-
-The browser sees the stock ``image`` and ``file`` components: only server-side methods change.
-
-The public endpoints are ``gr.api`` functions (``tagger.web.endpoints``): Gradio hands their
-parameters over as they were sent, after moving file payloads into its cache with the
-parameter's component. Built as ``SafeApi`` (``api_components_as(SafeApi)``), those send URLs
-through ``fetch_url`` like ``SafeFile``, and ``received_path`` accepts only files Gradio has
-received that way, inside its upload cache.
+Gradio downloads an http(s) URL sent as a file payload (what ``gradio_client.handle_file(url)``
+sends) itself: with a public-address check, but without a size or time limit. ``SafeImage``,
+``SafeFile`` and ``SafeApi`` (what ``gr.api`` endpoints' parameters are built as) send those URLs
+through ``tagger.fetch.fetch_url`` instead (public addresses only, checked again after each
+redirect, byte cap, total time limit), and leave decoding to ``tagger.engine.decode`` with its
+pixel limit and readable errors. The browser sees the stock components: only server-side
+methods change. ``received_path`` accepts only files Gradio has received, inside its upload cache.
 """
 
 from __future__ import annotations
@@ -61,16 +54,10 @@ class _SafeDownloads(_MixedInto):
         return self.max_download_bytes, self.download_timeout
 
     def fetch_into_cache(self, url: str) -> str:
-        """``url`` fetched with this input's limits and address policy into Gradio's cache;
-        ``FetchError`` with a sentence when it may not or cannot be downloaded."""
+        """``url`` fetched into Gradio's cache with this input's limits and policy, else ``FetchError``."""
         max_bytes, timeout = self._limits()
-        path = fetch_url(
-            url,
-            Path(get_upload_folder()) / "fetched",
-            max_bytes=max_bytes,
-            timeout=timeout,
-            policy=self.address_policy,
-        )
+        folder = Path(get_upload_folder()) / "fetched"
+        path = fetch_url(url, folder, max_bytes=max_bytes, timeout=timeout, policy=self.address_policy)
         register_cached_file(self, str(path))
         return str(path)
 
@@ -180,11 +167,10 @@ with no_stub_files():
 def received_path(payload: object) -> str | None:
     """The server path of a file parameter of a ``gr.api`` endpoint, or None when none was sent.
 
-    Gradio has moved what came as a file (``{"path": ..., "meta": {"_type": "gradio.FileData"}}``,
-    what ``handle_file`` sends) into its upload cache: an upload stays where it is (only uploads
-    are accepted), a URL is fetched by ``SafeApi``. Anything else reaches the endpoint untouched
-    (a bare string, a dict without ``meta``): only a path inside the upload cache is accepted,
-    so that no request can name a file elsewhere on the server.
+    Gradio has moved what came as a file (what ``handle_file`` sends) into its upload cache (a URL
+    fetched by ``SafeApi``); anything else (a bare string, a dict without ``meta``) reaches the
+    endpoint untouched, so only a path inside the upload cache is accepted: no request can name a
+    file elsewhere on the server.
     """
     if payload is None:
         return None
@@ -202,10 +188,5 @@ def image_upload(elem_id: str, *, label: str = "Image (upload, paste or drop)", 
     """The app's image input: upload or paste, handed to our decoder as a file path with its
     alpha channel kept (we composite onto white ourselves)."""
     return SafeImage(
-        type="filepath",
-        image_mode=None,
-        label=label,
-        sources=["upload", "clipboard"],
-        height=height,
-        elem_id=elem_id,
+        type="filepath", image_mode=None, label=label, sources=["upload", "clipboard"], height=height, elem_id=elem_id
     )

@@ -40,32 +40,19 @@ OUT_OF_MEMORY = "The model ran out of memory on this request; try fewer or small
 
 # -- ZeroGPU durations ----------------------------------------------------------------------
 # ZeroGPU refuses a call whose requested duration exceeds the visitor's remaining quota, gives
-# shorter requests priority in its queue and may abort a call that runs past its duration;
-# the quota is charged with the time actually used. So ask for what the work needs plus a
-# margin: a base for the call itself plus a rate per megapixel times the work's cost factor.
-#
-# Measured cost (bf16; we had no GPU to measure ourselves): one 512 px image
-# (0.26 MP) takes ~10-15 ms on an H200 ZeroGPU slice, i.e. 40-60 ms per megapixel; a chunk of
-# 32 images at 1024 px (34 MP) takes ~1-2 s, i.e. 30-60 ms per megapixel.
-#
-# - GPU_SECONDS_PER_MEGAPIXEL, 0.15: 2.5x the worst measured 60 ms/MP, which covers the
-#   quadratic attention share at 1024 px, odd-sized images running one at a time, and a slice
-#   slower than the one measured.
-# - GPU_BASE_SECONDS, 2: the call itself. A warm worker adds tens of ms (inputs by shared
-#   memory, the result pickled back). A fresh one (the first call, or after the previous
-#   worker went away) also creates its CUDA context (~0.5 s) and copies the weights (~3.6 GB:
-#   bf16 backbone, fp32 head) from ZeroGPU's packed file to the GPU (~1 s at disk speed).
-#   Estimates, not measurements.
-# - GPU_FIRST_CALL_SECONDS, 6: added to a fresh worker's first call only (``ModelRunner``):
-#   the fork, the CUDA context, the weight copy and loading cuBLAS and the attention kernels
-#   all happen inside it; a warm worker pays none of that again.
-# - ``gpu_cost``: a work function's cost relative to a forward pass over the same pixels, an
-#   attribute it declares itself (``tagger.engine.tagger.gpu_cost``); undeclared work is a forward.
+# shorter requests priority and may abort a call that runs past its duration; the quota is
+# charged with the time used. So ask for what the work needs plus a margin (README: On ZeroGPU):
+# - GPU_SECONDS_PER_MEGAPIXEL: 2.5x the worst cost measured on an H200 slice (40-60 ms/MP in
+#   bf16, by others: we had no GPU), for the quadratic attention share at 1024 px, odd-sized
+#   images running one at a time, and a slower slice.
+# - GPU_BASE_SECONDS: the call itself: tens of ms warm (inputs by shared memory, the result
+#   pickled back); a fresh worker also creates its CUDA context (~0.5 s) and copies the weights
+#   (~3.6 GB) to the GPU (~1 s at disk speed). Estimates, not measurements.
+# - GPU_FIRST_CALL_SECONDS: added to a fresh worker's first call only (``ModelRunner``): the
+#   fork, the CUDA context, the weight copy and loading cuBLAS and the attention kernels.
+# - ``gpu_cost``: a work function's cost relative to a forward pass over the same pixels, which
+#   it declares itself (``tagger.engine.tagger.gpu_cost``); undeclared work is a forward.
 # - spaces reads whole seconds (``timedelta.seconds``), so the sum is rounded up.
-#
-# What that asks for:
-#   one 512 px image 3 s · a batch chunk of 16 images at 1024 px 5 s · a 1024 px heatmap 3 s ·
-#   PCA of a 1024 px image 3 s · a similarity pair at 1024 px 3 s.
 GPU_BASE_SECONDS = 2.0
 GPU_SECONDS_PER_MEGAPIXEL = 0.15
 GPU_FIRST_CALL_SECONDS = 6.0
