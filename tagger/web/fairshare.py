@@ -170,8 +170,7 @@ def _with_budget(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
 
 
 class FairQueue:
-    """Hooks into Gradio's queue: refuses a client's request beyond its share (HTTP 429 with a
-    sentence), and keeps waiting requests in round-robin order across clients."""
+    """In Gradio's queue: a client's request beyond its share refused (HTTP 429), waiting ones round-robin."""
 
     def __init__(self, queue: Any, limits: FairShareLimits, heavy_group: str):
         self.queue = queue
@@ -238,8 +237,7 @@ class FairQueue:
 
 
 def install(demo: gr.Blocks, limits: FairShareLimits, heavy_group: str) -> FairQueue:
-    """Per-client limits on ``demo``'s queue (call after ``demo.queue()``), a time budget on
-    every event function, and the engine's memory policy after each."""
+    """Per-client limits on ``demo``'s queue (after ``demo.queue()``), a time budget and memory policy per event."""
     gradio_compat.remove_files_of_failed_uploads()
     gradio_compat.wrap_event_functions(demo, functools.partial(_with_budget, seconds=limits.event_seconds))
     return FairQueue(gradio_compat.app_queue(demo), limits, heavy_group)
@@ -357,8 +355,7 @@ def _is_remote_file_route(path: str) -> bool:
 
 
 class RequestGuard:
-    """ASGI middleware in front of Gradio: remote-URL file routes, body and upload sizes,
-    uploaded bytes per client, unqueued events per client (see the module docstring)."""
+    """ASGI middleware in front of Gradio: the HTTP limits of the module docstring."""
 
     def __init__(self, app: ASGIApp, budget: UploadBudget):
         self.app = app

@@ -82,9 +82,8 @@ class _SafeDownloads(_MixedInto):
 
 
 def check_web_pixels(path: str, shown: str | None = None) -> str:
-    """``path`` if the image it holds is within the web app's pixel cap (read from its header,
-    before anything is decoded; files that are not images pass), else ``gr.Error`` with a
-    sentence naming ``shown``."""
+    """``path`` if its image is within the web app's pixel cap (read from its header before anything is
+    decoded; non-images pass), else ``gr.Error`` with a sentence naming ``shown``."""
     header = web_image_header(path)
     if header is not None and header.pixels > (limit := web_limit(header)):
         raise gr.Error(
@@ -185,8 +184,7 @@ def received_path(payload: object) -> str | None:
 
 
 def image_upload(elem_id: str, *, label: str = "Image (upload, paste or drop)", height: int = 380) -> SafeImage:
-    """The app's image input: upload or paste, handed to our decoder as a file path with its
-    alpha channel kept (we composite onto white ourselves)."""
+    """Upload or paste, handed to our decoder as a file path, alpha kept (we composite onto white ourselves)."""
     return SafeImage(
         type="filepath", image_mode=None, label=label, sources=["upload", "clipboard"], height=height, elem_id=elem_id
     )

@@ -1,16 +1,13 @@
 """Where model work runs: ZeroGPU (``spaces.GPU``), a local CUDA GPU, or the CPU.
 
-Only the model call goes through the GPU function; decoding, resizing, selection and
-formatting stay outside it so that a ZeroGPU slice is held for as short a time as possible.
-What crosses into the GPU function is exactly what ``Tagger.prepare`` returned (on ZeroGPU by
-shared memory, into a forked worker); this module converts nothing. Off ZeroGPU the
-``spaces`` decorator does nothing and the call runs wherever the model lives.
+Only the model call goes through the GPU function, so that a ZeroGPU slice is held as briefly as
+possible; what crosses into it is exactly what ``Tagger.prepare`` returned (on ZeroGPU by shared
+memory, into a forked worker). Off ZeroGPU the ``spaces`` decorator does nothing.
 
 On ZeroGPU an exception raised inside the GPU function reaches the caller only as a generic
-``gr.Error`` ("ZeroGPU worker error") and costs the worker (the next call starts a new one and
-copies the weights again). So out-of-memory and our own user-facing errors are caught inside
-the GPU function and returned as a ``Failure`` value, which ``ModelRunner.call`` raises again
-in the calling process: the same sentence on ZeroGPU, a local GPU and the CPU.
+``gr.Error`` ("ZeroGPU worker error") and costs the worker (the next call copies the weights
+again). So out-of-memory and our user-facing errors are returned as a ``Failure`` value, which
+``ModelRunner.call`` raises again in the calling process: the same sentence everywhere.
 """
 
 from __future__ import annotations
@@ -70,8 +67,7 @@ def gpu_seconds(pixels: Sequence[torch.Tensor], cost: float = 1.0, fresh_worker:
 
 
 def gpu_duration(fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
-    """The ``spaces.GPU`` duration of ``ModelRunner``'s GPU function on a warm worker: it
-    receives the same arguments. Work that declares no ``gpu_cost`` costs a forward pass."""
+    """The ``spaces.GPU`` duration of ``ModelRunner``'s GPU function (same arguments) on a warm worker."""
     return gpu_seconds(pixels, getattr(fn, "gpu_cost", 1.0))
 
 
@@ -97,10 +93,7 @@ class Failure:
 
 
 class ModelRunner:
-    """Runs model work on pre-processed pixels inside one GPU call per request.
-
-    Work is a function ``fn(tagger, pixels, *args)``; ``Tagger.run`` is the usual one.
-    """
+    """Runs model work ``fn(tagger, pixels, *args)`` (usually ``Tagger.run``) in one GPU call per request."""
 
     def __init__(self, tagger: Tagger):
         self.tagger = tagger
@@ -111,8 +104,7 @@ class ModelRunner:
         self._gpu_call = self._run if spaces is None else spaces.GPU(duration=self.duration)(self._run)
 
     def duration(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
-        """The ``spaces.GPU`` duration of the next call (``gpu_duration``, plus
-        ``GPU_FIRST_CALL_SECONDS`` when it may start a worker)."""
+        """``gpu_duration`` of the next call, plus ``GPU_FIRST_CALL_SECONDS`` when it may start a worker."""
         return gpu_seconds(pixels, getattr(fn, "gpu_cost", 1.0), fresh_worker=self.fresh_worker)
 
     def _run(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> object:
@@ -132,9 +124,8 @@ class ModelRunner:
         return Failure(ModelRunError(OUT_OF_MEMORY), cause)
 
     def call(self, fn: Callable[..., R], pixels: Sequence[torch.Tensor], *args: object) -> R:
-        """``fn(tagger, pixels, *args)`` on the model's device, one GPU call. ``pixels`` go as
-        they are (what ``Tagger.prepare`` returns). Out-of-memory becomes a ``ModelRunError``
-        after the memory is released, so the next request works."""
+        """``fn(tagger, pixels, *args)`` in one GPU call, ``pixels`` as ``Tagger.prepare`` returned them.
+        Out-of-memory becomes a ``ModelRunError`` after the memory is released, so the next request works."""
         try:
             result = self._gpu_call(fn, list(pixels), *args)
         except BaseException as e:

@@ -1,6 +1,5 @@
-"""What the app does, as plain functions of the ``AppContext``: tag a batch, PCA, heatmap,
-similarity. The tabs, the API endpoints and the MCP tools call these; the tabs only build
-components and wire events."""
+"""What the app does, as plain functions of the ``AppContext`` (tag a batch, PCA, heatmap,
+similarity), for the tabs, the API endpoints and the MCP tools."""
 
 from __future__ import annotations
 
@@ -63,8 +62,7 @@ def summary_markdown(output: BatchOutput, limit: int = 10) -> str:
 def tag_files(
     ctx: AppContext, paths: Sequence[str], options: TagOptions, progress: gr.Progress, max_size: object = None
 ) -> BatchOutput:
-    """Tag the images and zips at ``paths``: one model call per ``CHUNK_SIZE`` images. The work
-    of the Batch tab and of ``/tag_batch``."""
+    """Tag the images and zips at ``paths`` (Batch tab, ``/tag_batch``): one model call per ``CHUNK_SIZE``."""
     progress((0, None), desc="Reading the upload")
     return run_batch(
         paths,
@@ -134,9 +132,8 @@ def score_url_pairs(
     max_size: object = None,
     limits: BatchLimits = LIMITS,
 ) -> BatchSimilarity:
-    """Pairs of image URLs (``[["url_a", "url_b"], ...]``) scored as a zip's pairs are: each URL
-    downloaded by ``fetch`` (the guarded fetcher: its address policy and per-file limit), at most
-    ``limits.max_files`` images and ``limits.max_upload_bytes`` in all, as for an upload."""
+    """Pairs of image URLs (``[["url_a", "url_b"], ...]``) scored as a zip's pairs, each fetched by ``fetch``
+    (the guarded fetcher), at most ``limits.max_files`` images and ``limits.max_upload_bytes``, as an upload."""
     pairs = parse_url_pairs(text, limits.max_files // 2)
     prepare = ctx.preparer(max_size)
     fetched = 0

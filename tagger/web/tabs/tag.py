@@ -1,16 +1,13 @@
 """The Tag tab and the ``/tag`` API endpoint.
 
-The model runs once per image. The server then sends the page the scores at or above the
-floor (``tagger.web.page_scores``, a few kB) and the page selects, formats and draws the
-tags itself (``assets/tag_rules.js``, ``assets/tag_view.js``): a filter change updates one HTML
-block and one textbox without a server round trip. The rules in ``tag_rules.js`` are those of
-``tagger.tags.selection``, ``tagger.tags.formats`` and ``tagger.tags.options``, which stay the one
-definition for the API and the CLI; ``tests/test_rules_parity.py`` holds the two to the same answers.
-The page reads what people type (ASCII text, plain numbers); about any other value it asks the
-server once, through the view's ``need_scores`` event (``page_ruling``): no model call.
-
-Clicking a tag shows where it comes from (its relevance heatmap) over the image; its ✕ adds it
-to the excluded tags.
+The model runs once per image; the page gets the scores at or above the floor
+(``tagger.web.page_scores``, a few kB) and selects, formats and draws the tags itself
+(``assets/tag_rules.js``, ``assets/tag_view.js``): a filter change needs no server round trip.
+Its rules are those of ``tagger.tags`` (the one definition for the API and the CLI);
+``tests/test_rules_parity.py`` holds the two to the same answers. About any value beyond ASCII
+text and plain numbers it asks the server once (``page_ruling``, through the view's
+``need_scores`` event): no model call. Clicking a tag shows its relevance heatmap over the
+image; its ✕ adds it to the excluded tags.
 """
 
 from __future__ import annotations
@@ -49,9 +46,8 @@ SHOW_IMAGE = "() => [{__type__: 'update', visible: true}, {__type__: 'update', v
 
 
 def rules_config(vocab: Vocabulary | None = None) -> dict:
-    """``TagRules.configure``'s argument: the category table, option defaults and choices, and
-    with ``vocab``'s relations the aliases of typed tags (old name → the tag it means; sent once
-    per page, not per image)."""
+    """``TagRules.configure``'s argument: categories, option defaults and choices, and with ``vocab``'s
+    relations the aliases of typed tags (old name → the tag it means; sent once per page)."""
     relations = vocab.relations if vocab is not None else None
     return {
         "categories": [[c.id, c.name, c.color] for c in CATEGORIES],
@@ -64,9 +60,8 @@ def rules_config(vocab: Vocabulary | None = None) -> dict:
 
 
 def page_ruling(values: dict) -> dict:
-    """The server's reading of option values the page leaves to it (``TagRules.NeedsServer``:
-    the page reads ASCII text and plain numbers), in the form ``TagRules.fromRuling`` takes:
-    the error sentence and the option it is about, or the selection and format."""
+    """The server's reading of option values the page leaves to it (``TagRules.NeedsServer``) as
+    ``TagRules.fromRuling`` takes it: the error sentence and its option, or the selection and format."""
     try:
         options = TagOptions.from_values(**values)
     except SelectionError as e:
@@ -370,8 +365,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         in_page(shown.then, scroll)
 
     def fetch(address: str) -> dict:
-        # Downloaded as the image input downloads URLs (its limits and address policy: public
-        # addresses only) into Gradio's cache.
+        # Downloaded as the image input downloads URLs (its limits, public addresses only).
         url = (address or "").strip()
         if not url:
             return {url_note: warning("Paste the address of an image (http or https) first.")}
