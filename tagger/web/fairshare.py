@@ -3,21 +3,16 @@
 Gradio's queue bounds the work running at once and the requests waiting, but not whose they
 are: one client could fill the whole queue. Around Gradio, before it sees a request:
 
-* **Who a client is** (``client_key``): the ``X-Forwarded-For`` entry ``proxy_hops`` from the
-  right (the one the Space's proxy appended, so a client cannot choose it), else the
-  connection's address; IPv6 clients by their /64. An MCP request counts for the caller the
-  guard names in a signed header that Gradio's loopback calls carry (``mcp_caller``).
-* **Per-client queue limits** (``FairQueue``): requests queued or running per browser session,
-  per client and in the heavy group; more are refused with HTTP 429 and a sentence. Waiting
-  requests are served round-robin across clients.
+* **Who a client is** (``client_key``): its address as the Space's proxy reports it (so a
+  client cannot choose it); for MCP, the caller the guard signs in a header (``mcp_caller``).
+* **Per-client queue limits** (``FairQueue``): per browser session, per client and in the heavy
+  group, beyond which HTTP 429 and a sentence; waiting requests are served round-robin.
 * **A time budget per event** (``tagger.datasets.intake.time_budget``): a batch stops reading
   images once it is spent and returns what it has, the rest listed as not read.
 * **HTTP limits** (``RequestGuard``, ASGI middleware): no remote URLs through ``/file=`` nor
-  ``/proxy=``, JSON bodies and uploads capped per request, uploaded bytes capped per client and
-  per Space per hour (``UploadBudget``: charged as they arrive, so parallel uploads share one
-  budget), unqueued events (``/run/``) limited per client and overall, an unreadable upload
-  answered with a sentence, and a failed upload's partial files removed at once
-  (``gradio_compat.remove_files_of_failed_uploads``).
+  ``/proxy=``, JSON bodies and uploads capped per request, uploaded bytes per client and per
+  Space per hour (``UploadBudget``), unqueued events (``/run/``) limited per client and overall,
+  an unreadable upload answered with a sentence, a failed upload's partial files removed at once.
 * **Memory**: after every event, ``tagger.engine.cpu.MEMORY`` decides whether memory goes back.
 
 ``install(demo, limits)`` wires the queue side; ``RequestGuard`` goes into the app's middleware

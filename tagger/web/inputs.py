@@ -86,17 +86,15 @@ def check_web_pixels(path: str, shown: str | None = None) -> str:
     decoded; non-images pass), else ``gr.Error`` with a sentence naming ``shown``."""
     header = web_image_header(path)
     if header is not None and header.pixels > (limit := web_limit(header)):
+        name = FORMAT_NAMES.get(header.format, header.format)
+        kind = f" for {name} images" if header.format in WEB_FORMAT_MAX_PIXELS else ""
         raise gr.Error(
             f"Could not read '{shown or 'the image'}': {header.describe()}, more than this Space's limit of "
-            f"{limit:,} pixels{_for_format(header.format)}; make it smaller, or run the tagger on your own "
+            f"{limit:,} pixels{kind}; make it smaller, or run the tagger on your own "
             "machine (python -m tagger) for bigger images.",
             print_exception=False,
         )
     return path
-
-
-def _for_format(name: str) -> str:
-    return f" for {FORMAT_NAMES.get(name, name)} images" if name in WEB_FORMAT_MAX_PIXELS else ""
 
 
 with no_stub_files():

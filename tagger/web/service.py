@@ -85,29 +85,25 @@ def run_heatmap(
     ctx: AppContext, image: str | None, tag: str | None, layers: float, alpha: float, upscale: str, max_size: object
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """A tag's relevance ``layers`` blocks from the end, over the image as the model sees it
-    (``alpha``) and alone, and its facts (``heatmap_info``), for one upload: one GPU call."""
+    (``alpha``) and alone, and its facts, for one upload: one GPU call."""
     tap_block(ctx.tagger.model.config.num_layers, layers)  # arguments first: fail fast
     index = resolve_tag(ctx.vocab, tag)
     pixels = prepare_image(ctx, image, max_size=max_size)
     result: Relevance = ctx.runner.call(relevance, [pixels], index, layers)[0]
     over, heat = heatmap_images(pixels_to_image(pixels), result.map, alpha, upscale)
-    return over, heat, heatmap_info(ctx, index, result, int(layers))
-
-
-def heatmap_info(ctx: AppContext, index: int, result: Relevance, layers_from_end: int) -> dict:
-    num_layers = ctx.tagger.model.config.num_layers
     h, w = result.map.shape
-    return {
+    info = {
         "tag": ctx.vocab.tags[index],
         "index": index,
         "category": ctx.vocab.category_of(index).name,
         "probability": round(result.probability, 6),
-        "block": num_layers - layers_from_end,  # relevance taken at this block's input (0-based)
-        "layers_from_end": layers_from_end,
+        "block": ctx.tagger.model.config.num_layers - int(layers),  # relevance taken at this block's input (0-based)
+        "layers_from_end": int(layers),
         "grid": [h, w],
         "positive": bool(result.map.max() > 0),
         "relevance": np.round(result.map, 4).tolist(),
     }
+    return over, heat, info
 
 
 def compare(ctx: AppContext, image_a: str | None, image_b: str | None, max_size: object = None) -> float:

@@ -302,7 +302,6 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             concurrency_id=TAG_QUEUE,
             show_progress_on=[view],
         )
-    # A new image, or Back, shows the image itself, not the heatmap.
     in_page([image.change, back.click], SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
 
     def more_scores(scored: ScoredImage | None, evt: gr.EventData) -> dict:
@@ -331,8 +330,6 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
 
     in_page(typed_toggle.click, "() => { document.getElementById('tag-controls').classList.toggle('tv-typing'); }")
 
-    heat_outputs = [image, heat_panel, heat_image, heat_caption]
-
     def show_heatmap(path: str | None, tag: str | None, max_size: float | None) -> dict:
         layers = min(DEFAULT_LAYERS_FROM_END, ctx.tagger.model.config.num_layers)
         result, error = attempt(heatmap_view, ctx, path, tag, layers, HEATMAP_OPACITY, max_size)
@@ -358,7 +355,7 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         shown = event(
             handler,
             inputs=[image, size],
-            outputs=heat_outputs,
+            outputs=[image, heat_panel, heat_image, heat_caption],
             **HEAVY_EVENT,
             show_progress_on=[image, heat_image],
         )
