@@ -81,8 +81,6 @@ class FairShareLimits:
 
 
 # -- Who a client is --------------------------------------------------------------------------
-
-
 def _header(scope: Scope, name: bytes) -> list[str]:
     return [value.decode("latin-1") for key, value in scope.get("headers", ()) if key == name]
 
@@ -144,8 +142,6 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 # -- Time budget of an event ------------------------------------------------------------------
-
-
 def _with_budget(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
         return fn  # left as they are: the budget below would end at their first await or yield
@@ -162,8 +158,6 @@ def _with_budget(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
 
 
 # -- The queue: per-client limits and round-robin order ---------------------------------------
-
-
 class FairQueue:
     """In Gradio's queue: a client's request beyond its share refused (HTTP 429), waiting ones round-robin."""
 
@@ -239,8 +233,6 @@ def install(demo: gr.Blocks, limits: FairShareLimits, heavy_group: str) -> FairQ
 
 
 # -- HTTP: before Gradio sees a request -------------------------------------------------------
-
-
 class _TooLarge(HTTPException):
     """A refusal with a sentence. Raised before the app runs, the guard answers it; raised while
     the app reads the body, FastAPI answers it like any HTTPException (``{"detail": ...}``)."""

@@ -142,8 +142,6 @@ def _source(cls: type) -> str:
 
 
 # -- The queue (tagger.web.fairshare) ---------------------------------------------------------
-
-
 def app_queue(demo: gr.Blocks) -> Any:
     """The app's event queue (made by ``demo.queue()``): per-client limits hook into it."""
     return demo._queue
@@ -229,8 +227,6 @@ def remove_files_of_failed_uploads() -> None:
 
 
 # -- Requests (tagger.web.server) -------------------------------------------------------------
-
-
 def hook_request_processing(
     demo: gr.Blocks,
     check: Callable[[list[Any], list[Any]], None],
@@ -271,8 +267,6 @@ def failed_input_index(error: Exception) -> int | None:
 
 
 # -- The cache folder (tagger.web.server, tagger.web.tempfiles) -------------------------------
-
-
 def files_kept(demo: gr.Blocks) -> set[str]:
     """The cached files ``demo``'s components keep for good (its example images)."""
     return {path for block in demo.blocks.values() for path in getattr(block, "keep_in_cache", ())}
@@ -296,8 +290,6 @@ def register_cached_file(component: gr.components.Component, path: str) -> None:
 
 
 # -- Components (tagger.web.inputs, tagger.web.endpoints) -------------------------------------
-
-
 @contextlib.contextmanager
 def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
     original = getattr(owner, name)
@@ -333,8 +325,6 @@ def components_being_built() -> dict[int, Any]:
 
 
 # -- The MCP server (tagger.web.server, tagger.web.mcp) ---------------------------------------
-
-
 def mcp_server_of(demo: gr.Blocks) -> Any | None:
     """The app's MCP server, made by ``launch(mcp_server=True)`` (None before, or without one)."""
     return getattr(demo, "mcp_server_obj", None)

@@ -42,9 +42,6 @@ DEFAULTS = TagOptions()
 SHOW_IMAGE = "() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}, '']"
 
 
-# -- what the page is sent ------------------------------------------------------------------------
-
-
 def rules_config(vocab: Vocabulary | None = None) -> dict:
     """``TagRules.configure``'s argument: categories, option defaults and choices, and with ``vocab``'s
     relations the aliases of typed tags (old name → the tag it means; sent once per page)."""
@@ -134,9 +131,6 @@ def page_payload(ctx: AppContext, scored: ScoredImage, floor: float | None) -> d
     return payload
 
 
-# -- look-ups and heatmaps ----------------------------------------------------------------------
-
-
 def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit: int = LOOKUP_ROWS) -> list[list]:
     """Tags matching ``query``: an exact match first, then prefix and substring matches, best
     score first when there is an image (else prefixes before substrings); with its score."""
@@ -162,9 +156,6 @@ def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit:
         [vocab.tags[i], vocab.category_of(i).name, "—" if scores is None else f"{float(scores[i]):.4f}"]
         for i in [*exact, *others][:limit]
     ]
-
-
-# -- the tab --------------------------------------------------------------------------------------
 
 
 @dataclass
