@@ -100,9 +100,8 @@ def check_web_pixels(path: str, shown: str | None = None) -> str:
 with no_stub_files():
 
     class SafeImage(_SafeDownloads, gr.Image):
-        """``gr.Image`` whose URL downloads are limited and which, as a file path input, hands the
-        file to our decoder untouched (Gradio would open it with Pillow first, without our limits
-        and with a developer-facing error for anything that is not an image)."""
+        """As a file path input, the file goes to our decoder untouched (Gradio would open it with Pillow
+        first, without our limits and with a developer-facing error for anything but an image)."""
 
         stock = "image"
 
