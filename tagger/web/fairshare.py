@@ -99,7 +99,7 @@ def signed_caller(key: str) -> str:
 
 
 def mcp_caller(scope: Scope) -> str | None:
-    """The client an MCP request (or Gradio's loopback call for it) is made for; else None (unsigned)."""
+    """The client an MCP request (or Gradio's loopback call for it) is made for; None for any other request."""
     values = _header(scope, MCP_CALLER_HEADER)
     if len(values) != 1:
         return None

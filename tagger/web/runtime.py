@@ -73,15 +73,13 @@ def gpu_duration(fn: Callable[..., object], pixels: Sequence[torch.Tensor], *arg
 
 # Titles of the errors ``spaces`` raises while scheduling, before any worker is touched: the
 # worker that served the last call stays. Any other error discards it.
-_SCHEDULING_ERRORS = frozenset(
-    {
-        "ZeroGPU quota exceeded",
-        "ZeroGPU illegal duration",
-        "ZeroGPU pending credits exceeded",
-        "ZeroGPU queue timeout",
-        "ZeroGPU client error",
-    }
-)
+_SCHEDULING_ERRORS = {
+    "ZeroGPU quota exceeded",
+    "ZeroGPU illegal duration",
+    "ZeroGPU pending credits exceeded",
+    "ZeroGPU queue timeout",
+    "ZeroGPU client error",
+}
 
 
 @dataclass(frozen=True)
