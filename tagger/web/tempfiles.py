@@ -3,14 +3,13 @@
 Gradio keeps uploads, URL downloads and results in one folder (``GRADIO_TEMP_DIR``) and, with
 ``delete_cache``, removes only the files it registered in this process: a cut-off upload, a
 result nobody fetched and everything a previous process left stayed for good. ``CacheKeeper``
-runs ``sweep`` (by age, whatever is in the folder) when the server starts and on the schedule:
+runs ``sweep`` (by age, over the whole folder: it is the app's own, as on a Space, so another
+program's files in it are removed too):
 
 * at start-up, if no other instance uses the folder (``FolderClaim``: a lock file each instance
   holds shared; the kernel drops it when a process dies, even killed), every file but the new
   instance's own; else those past the age;
 * every ``every`` seconds, every file older than ``older_than`` but the app's example images.
-
-The folder is the app's own, as on a Space: another program's files in it are removed too.
 """
 
 from __future__ import annotations
