@@ -378,7 +378,7 @@ class RequestGuard:
                 await self._unqueued(scope, receive, send, client)
             else:
                 limit = self.limits.max_mcp_json_bytes if "/mcp" in path else self.limits.max_json_bytes
-                await self._capped(scope, receive, send, limit, what="The request")
+                await self._capped(scope, receive, send, limit)
         except _TooLarge as refusal:
             log.info("Refused a request from %s to %s: %s", client, path, refusal.detail)
             await _answer(send, refusal.status_code, refusal.detail)
@@ -395,16 +395,12 @@ class RequestGuard:
         return scope
 
     async def _capped(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        limit: int,
-        what: str,
-        on_body: Callable[[int], None] | None = None,
+        self, scope: Scope, receive: Receive, send: Send, limit: int, on_body: Callable[[int], None] | None = None
     ) -> None:
         """Run the app with the request body capped at ``limit``; ``on_body`` is told the bytes
         received so far after each chunk (it may refuse the request by raising)."""
+        upload = scope.get("path", "").endswith("/upload")
+        what = "The upload" if upload else "The request"
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             raise _TooLarge(413, f"{what} is {format_bytes(declared)}; the limit is {format_bytes(limit)}.")
@@ -439,7 +435,7 @@ class RequestGuard:
                 raise RuntimeError("request body limit passed after the response started") from None
             raise
         except Exception:
-            if started or not scope.get("path", "").endswith("/upload"):
+            if started or not upload:
                 raise
             log.exception("Upload failed")
             raise _TooLarge(400, "The upload could not be read; send each file with a file name.") from None
@@ -452,7 +448,7 @@ class RequestGuard:
         charge = self.budget.charge(client)
         charge.to(declared)  # the declared length is reserved before a byte is stored
         # What arrives beyond it is charged chunk by chunk (a streamed body declares no length).
-        await self._capped(scope, receive, send, cap, what="The upload", on_body=charge.to)
+        await self._capped(scope, receive, send, cap, on_body=charge.to)
 
     async def _unqueued(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
         limits = self.limits
@@ -465,7 +461,7 @@ class RequestGuard:
             except asyncio.TimeoutError:
                 raise _TooLarge(429, "The Space is busy with other updates; try again in a moment.") from None
             try:
-                await self._capped(scope, receive, send, limits.max_json_bytes, what="The request")
+                await self._capped(scope, receive, send, limits.max_json_bytes)
             finally:
                 self.unqueued_slots.release()
         finally:
