@@ -1,2 +1,1 @@
-"""The Gradio app: server start-up, fair share, the guarded URL fetcher, the tabs, the endpoints
-and the MCP tools. Nothing outside this package imports it."""
+"""The Gradio app: start-up, fair share, guarded URL fetcher, tabs, endpoints, MCP tools; nothing outside imports it."""

@@ -119,8 +119,7 @@ class AppContext:
 
 
 def prepare_image(ctx: AppContext, image: str | None, what: str = "an image", max_size: object = None) -> torch.Tensor:
-    """Decode and preprocess one upload on the CPU at the request's resolution (``max_size``,
-    None: the default); errors name the upload, not the temp path."""
+    """Decode and preprocess one upload on the CPU at the request's resolution (None: the default)."""
     if image is None:
         raise ImageError(f"Please upload {what} first.")
     # A bad max_size is refused before decoding anything; the upload is named, not the temp path.

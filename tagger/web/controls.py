@@ -1,10 +1,8 @@
 """The tagging controls of the Tag tab (the Batch tab tags with them too), from the options' declaration.
 
-One widget per ``TagOptions`` field, in declaration order, with its label, range, default,
-choices and help: a choice is a radio, a bounded number a slider, a flag a checkbox, text a
-textbox, and ``categories`` a checkbox group of the categories this vocabulary has. Widgets
-that only mean something in one mode are shown only in it, and mistakes are shown next to
-their field as they are typed: both in the page (``assets/tag_view.js``, no round trip).
+One widget per ``TagOptions`` field, in declaration order, with its label, range, default, choices
+and help; ``categories`` offers the categories this vocabulary has. Widgets of one mode show only
+in it, and mistakes show next to their field as they are typed: both in the page (``assets/tag_view.js``).
 """
 
 from __future__ import annotations
@@ -51,8 +49,7 @@ def present_categories(vocab: Vocabulary) -> list[Category]:
 
 
 def ticked_categories(vocab: Vocabulary) -> list[str]:
-    """The categories ticked when the page opens: every present one but ``UNTICKED_CATEGORIES``
-    (all of them if that would leave none)."""
+    """Ticked when the page opens: every present category but ``UNTICKED_CATEGORIES`` (all if that leaves none)."""
     names = [c.name for c in present_categories(vocab)]
     return [n for n in names if n not in UNTICKED_CATEGORIES] or names
 
@@ -118,8 +115,7 @@ def option_widget(field: Field, category_names: list[str], ticked: list[str], ty
 
 
 def build_option_controls(vocab: Vocabulary, *, typed: Sequence[str] = ()) -> OptionControls:
-    """The options in their ``ACCORDIONS``, with their defaults; the ``typed`` ones hidden until
-    asked for (see ``option_widget``)."""
+    """The options in their ``ACCORDIONS``; the ``typed`` ones hidden until asked for (``option_widget``)."""
     category_names = [c.name for c in present_categories(vocab)]
     ticked = ticked_categories(vocab)
     widgets: dict[str, OptionWidget] = {}

@@ -1,14 +1,11 @@
 """The public API, which is also the app's MCP tool list: ``/tag``, ``/tag_batch``, ``/pca``,
 ``/heatmap``, ``/similarity`` and ``/similarity_batch``.
 
-Each endpoint is a typed function published with ``gr.api``: its signature gives the
-parameters, types and defaults, its docstring the description of the endpoint and of every
-parameter, and Gradio shows both on "Use via API", in ``Client.view_api`` and in the MCP tool
-list. The tagging options are not restated here: ``api_endpoint`` puts the fields of the
-``TagOptions`` declaration (order, types, defaults, help) in place of an ``options`` parameter.
-
-Files arrive as Gradio received them (``tagger.web.inputs.received_path``: uploads, and URLs
-fetched by the guarded fetcher); files returned are written to Gradio's cache.
+Each endpoint is a typed function published with ``gr.api``: Gradio shows its signature and
+docstring on "Use via API", in ``Client.view_api`` and in the MCP tool list. ``api_endpoint``
+puts the ``TagOptions`` fields (order, types, defaults, help) in place of an ``options`` parameter.
+Files arrive as Gradio received them (``tagger.web.inputs.received_path``); files returned are
+written to Gradio's cache.
 """
 
 from __future__ import annotations
@@ -93,16 +90,11 @@ OPTION_DOCS = tuple(f"{f.name}: {option_info(f).help}" for f in OPTION_FIELDS)
 
 
 def api_endpoint(fn: Callable[..., Any], parts: dict[str, str] | None = None) -> Callable[..., Any]:
-    """``fn`` as a public endpoint.
-
-    * An ``options: TagOptions`` parameter becomes one parameter per tagging option in its
-      place, with the declared types and defaults (left out or None: the default), and
-      a ``{options}`` line of the docstring one ``name: help`` line per option.
-    * ``parts`` fill placeholders of the docstring, as ``DOC_PARTS`` do.
-    * Every argument is checked against its type before ``fn`` runs (a raw API call can send
-      anything), and documented errors reach the client as their sentence (``user_errors``).
-    * The signature holds types rather than strings: gr.api reads the result types from it.
-    """
+    """``fn`` as a public endpoint: ``options: TagOptions`` becomes one parameter per option (left out or
+    None: the default) and a ``{options}`` docstring line one ``name: help`` line per option; ``parts``
+    (and ``DOC_PARTS``) fill docstring placeholders. Arguments are type-checked before ``fn`` runs (a raw
+    API call can send anything); documented errors reach the client as their sentence (``user_errors``).
+    The signature holds types rather than strings: gr.api reads the result types from it."""
     signature = inspect.signature(fn, eval_str=True)
     takes_options = "options" in signature.parameters
     own = list(signature.parameters.values())
@@ -170,8 +162,7 @@ def type_name(annotation: object) -> str:
 
 
 def png_files(**images: np.ndarray) -> tuple[FileData, ...]:
-    """Lossless PNGs (the maps are flat colour fields that WebP, Gradio's default, would smear)
-    in a new folder of Gradio's cache, cleaned up with it."""
+    """Lossless PNGs (WebP, Gradio's default, would smear the maps' flat colour fields) in Gradio's cache."""
     folder = Path(tempfile.mkdtemp(prefix="result-", dir=get_upload_folder()))
     files = []
     for name, array in images.items():
@@ -203,7 +194,12 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
     """The endpoint functions, in the order of the API docs; ``publish`` registers them."""
     num_layers = ctx.tagger.model.config.num_layers
     size = ctx.default_size
-    api_endpoint_here = functools.partial(api_endpoint, parts={"{max_size}": max_size_help(ctx)})
+    max_size_help = (
+        f"The long edge the model sees, in pixels (larger is slower; the model was trained at 512): "
+        f"rounded to a multiple of 16 and kept within {MIN_SIZE} and this server's cap of {ctx.size_cap}. "
+        f"Default here: {ctx.default_size}."
+    )
+    api_endpoint_here = functools.partial(api_endpoint, parts={"{max_size}": max_size_help})
 
     @api_endpoint_here
     def tag(image: ImageData, options: TagOptions, max_size: int = size) -> dict:
@@ -351,15 +347,6 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
     ]
 
 
-def max_size_help(ctx: AppContext) -> str:
-    """The ``max_size`` parameter's description, with this server's default and cap."""
-    return (
-        f"The long edge the model sees, in pixels (larger is slower; the model was trained at 512): "
-        f"rounded to a multiple of 16 and kept within {MIN_SIZE} and this server's cap of {ctx.size_cap}. "
-        f"Default here: {ctx.default_size}."
-    )
-
-
 def example_image(ctx: AppContext, name: str) -> dict:
     if ctx.space_id:
         return handle_file(SPACE_EXAMPLE.format(space_id=ctx.space_id, name=name))
@@ -367,8 +354,7 @@ def example_image(ctx: AppContext, name: str) -> dict:
 
 
 def publish(endpoints: Sequence[Endpoint]) -> None:
-    """Register the endpoints with ``gr.api`` (inside a ``gr.Blocks``): parameters as ``SafeApi``
-    components labelled with their names, image parameters typed as images, examples set."""
+    """``gr.api`` for each endpoint (in a ``gr.Blocks``): ``SafeApi`` parameters with labels, types, examples."""
     components = components_being_built()
     for endpoint in endpoints:
         with api_components_as(SafeApi):

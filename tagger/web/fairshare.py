@@ -1,34 +1,22 @@
 """A fair share of a public Space for every client: bounded cost per request, per-client limits.
 
-Everyone who opens a Space shares one model, one CPU and one disk. Gradio's queue bounds the
-work running at once and the number of requests waiting, but not who they belong to: one
-client could fill the whole queue. This module adds, around Gradio and before it sees a
-request:
+Gradio's queue bounds the work running at once and the requests waiting, but not whose they
+are: one client could fill the whole queue. Around Gradio, before it sees a request:
 
-* **Who a client is** (``client_key``): the address the Space's proxy reports in
-  ``X-Forwarded-For`` (the entry ``proxy_hops`` from the right, the one the proxy appended,
-  so a client cannot choose it), else the connection's address; IPv6 clients by their /64.
-  An MCP request's caller is named by the guard in a signed header that Gradio's MCP server
-  carries to its loopback calls (``mcp_caller``), so those count for the caller.
-* **Per-client queue limits** (``FairQueue``): requests queued or running per browser session,
-  per client and in the heavy group (batches, feature maps, similarity); more are refused with
-  HTTP 429 and a sentence. Waiting requests are served round-robin across clients, so a
-  client's tenth request waits behind everyone else's first.
-* **A time budget per event** (``tagger.datasets.intake.time_budget``): long events (a batch) stop
-  reading new images once it is spent and return what they have, the rest listed as not read.
-* **HTTP limits** (``RequestGuard``, ASGI middleware): no downloads of remote URLs through
-  Gradio's ``/file=`` route (nor ``/proxy=``), JSON bodies and uploads capped per request,
-  uploaded bytes capped per client and for the whole Space per hour (``UploadBudget``: charged
-  as they arrive, so parallel uploads share one budget), events that skip the
-  queue (``/run/``) limited per client and overall, and an unreadable upload answered with
-  a sentence instead of a server error. The partial files of an upload that fails (cut off,
-  refused part-way) are removed at once (``gradio_compat.remove_files_of_failed_uploads``).
-* **Memory**: after every event, the engine's memory policy (``tagger.engine.cpu.MEMORY``)
-  decides whether memory goes back to the system.
+* **Who a client is** (``client_key``): its address as the Space's proxy reports it (so a
+  client cannot choose it); for MCP, the caller the guard signs in a header (``mcp_caller``).
+* **Per-client queue limits** (``FairQueue``): per browser session, per client and in the heavy
+  group, beyond which HTTP 429 and a sentence; waiting requests are served round-robin.
+* **A time budget per event** (``tagger.datasets.intake.time_budget``): a batch stops reading
+  images once it is spent and returns what it has, the rest listed as not read.
+* **HTTP limits** (``RequestGuard``, ASGI middleware): no remote URLs through ``/file=`` nor
+  ``/proxy=``, JSON bodies and uploads capped per request, uploaded bytes per client and per
+  Space per hour (``UploadBudget``), unqueued events (``/run/``) limited per client and overall,
+  an unreadable upload answered with a sentence, a failed upload's partial files removed at once.
+* **Memory**: after every event, ``tagger.engine.cpu.MEMORY`` decides whether memory goes back.
 
-``install(demo, limits)`` wires the queue side; ``RequestGuard`` goes into the app's
-middleware (``tagger.web.server.launch``). Every value is in ``FairShareLimits``; SECURITY.md
-lists them with what a user sees.
+``install(demo, limits)`` wires the queue side; ``RequestGuard`` goes into the app's middleware
+(``tagger.web.server.launch``). Every value is in ``FairShareLimits``; SECURITY.md lists them.
 """
 
 from __future__ import annotations
@@ -92,10 +80,7 @@ class FairShareLimits:
     proxy_hops: int = field(default_factory=_proxy_hops_from_env)
 
 
-# ---------------------------------------------------------------------------------------------
-# Who a client is
-
-
+# -- Who a client is --------------------------------------------------------------------------
 def _header(scope: Scope, name: bytes) -> list[str]:
     return [value.decode("latin-1") for key, value in scope.get("headers", ()) if key == name]
 
@@ -114,8 +99,7 @@ def signed_caller(key: str) -> str:
 
 
 def mcp_caller(scope: Scope) -> str | None:
-    """The client an MCP request (or Gradio's loopback call for it) is made for; None for every
-    other request (a value the guard did not sign does not verify)."""
+    """The client an MCP request (or Gradio's loopback call for it) is made for; None for any other request."""
     values = _header(scope, MCP_CALLER_HEADER)
     if len(values) != 1:
         return None
@@ -124,10 +108,8 @@ def mcp_caller(scope: Scope) -> str | None:
 
 
 def client_key(scope: Scope, proxy_hops: int) -> str:
-    """The client's address: the MCP caller a request is made for (``mcp_caller``), else with
-    ``proxy_hops`` proxies in front (a Space has one), the entry of ``X-Forwarded-For`` that
-    the outermost of them appended; else the peer's address. IPv6 addresses are grouped by /64
-    (one subscriber's usual allocation)."""
+    """The MCP caller (``mcp_caller``), else the ``X-Forwarded-For`` entry the outermost of ``proxy_hops``
+    proxies appended (a Space has one), else the peer's address; IPv6 by /64 (one subscriber's usual allocation)."""
     caller = mcp_caller(scope)
     if caller is not None:
         return caller
@@ -159,10 +141,7 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-# ---------------------------------------------------------------------------------------------
-# Time budget of an event
-
-
+# -- Time budget of an event ------------------------------------------------------------------
 def _with_budget(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
         return fn  # left as they are: the budget below would end at their first await or yield
@@ -178,13 +157,9 @@ def _with_budget(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
     return run
 
 
-# ---------------------------------------------------------------------------------------------
-# The queue: per-client limits and round-robin order
-
-
+# -- The queue: per-client limits and round-robin order ---------------------------------------
 class FairQueue:
-    """Hooks into Gradio's queue: refuses a client's request beyond its share (HTTP 429 with a
-    sentence), and keeps waiting requests in round-robin order across clients."""
+    """In Gradio's queue: a client's request beyond its share refused (HTTP 429), waiting ones round-robin."""
 
     def __init__(self, queue: Any, limits: FairShareLimits, heavy_group: str):
         self.queue = queue
@@ -197,8 +172,7 @@ class FairQueue:
 
     @staticmethod
     def session(scope: Scope, session: str | None) -> str | None:
-        """The session a request counts for: an MCP caller's own (Gradio's MCP server sends every
-        caller's calls through one gradio_client session), else the Gradio session."""
+        """An MCP caller's own session (Gradio's MCP server sends all calls through one), else Gradio's."""
         caller = mcp_caller(scope)
         return f"mcp {caller}" if caller is not None else session
 
@@ -235,9 +209,8 @@ class FairQueue:
             raise HTTPException(status_code=429, detail=refusal, headers={"Retry-After": "5"})
 
     def _fair_order(self) -> None:
-        """Round-robin within each concurrency group: a waiting request is ranked by how many
-        requests of its client are ahead of it in that group (running ones included); ties keep
-        their arrival order."""
+        """Round-robin per concurrency group: a waiting request ranks by how many of its client's requests
+        are ahead of it in the group (running ones included); ties keep their arrival order."""
         running_now = gradio_compat.running_events(self.queue)
         running = Counter((self.key(e), gradio_compat.event_origin(e).group) for e in running_now)
         for group, events in gradio_compat.waiting_events(self.queue).items():
@@ -253,17 +226,13 @@ class FairQueue:
 
 
 def install(demo: gr.Blocks, limits: FairShareLimits, heavy_group: str) -> FairQueue:
-    """Per-client limits on ``demo``'s queue (call after ``demo.queue()``), a time budget on
-    every event function, and the engine's memory policy after each."""
+    """Per-client limits on ``demo``'s queue (after ``demo.queue()``), a time budget and memory policy per event."""
     gradio_compat.remove_files_of_failed_uploads()
     gradio_compat.wrap_event_functions(demo, functools.partial(_with_budget, seconds=limits.event_seconds))
     return FairQueue(gradio_compat.app_queue(demo), limits, heavy_group)
 
 
-# ---------------------------------------------------------------------------------------------
-# HTTP: before Gradio sees a request
-
-
+# -- HTTP: before Gradio sees a request -------------------------------------------------------
 class _TooLarge(HTTPException):
     """A refusal with a sentence. Raised before the app runs, the guard answers it; raised while
     the app reads the body, FastAPI answers it like any HTTPException (``{"detail": ...}``)."""
@@ -312,10 +281,8 @@ class _Window:
 
 
 class UploadBudget:
-    """Uploaded bytes per client and for the whole Space over ``upload_window_s``. Bytes are
-    charged before they are stored (a declared length at once, a streamed body chunk by
-    chunk), so uploads running at the same time share one budget instead of each seeing
-    the total from before any of them started."""
+    """Uploaded bytes per client and for the whole Space over ``upload_window_s``, charged before they
+    are stored (a declared length at once, a streamed body by chunk): parallel uploads share one budget."""
 
     def __init__(self, limits: FairShareLimits):
         self.limits = limits
@@ -375,8 +342,7 @@ def _is_remote_file_route(path: str) -> bool:
 
 
 class RequestGuard:
-    """ASGI middleware in front of Gradio: remote-URL file routes, body and upload sizes,
-    uploaded bytes per client, unqueued events per client (see the module docstring)."""
+    """ASGI middleware in front of Gradio: the HTTP limits of the module docstring."""
 
     def __init__(self, app: ASGIApp, budget: UploadBudget):
         self.app = app
@@ -412,7 +378,7 @@ class RequestGuard:
                 await self._unqueued(scope, receive, send, client)
             else:
                 limit = self.limits.max_mcp_json_bytes if "/mcp" in path else self.limits.max_json_bytes
-                await self._capped(scope, receive, send, limit, what="The request")
+                await self._capped(scope, receive, send, limit)
         except _TooLarge as refusal:
             log.info("Refused a request from %s to %s: %s", client, path, refusal.detail)
             await _answer(send, refusal.status_code, refusal.detail)
@@ -429,16 +395,12 @@ class RequestGuard:
         return scope
 
     async def _capped(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        limit: int,
-        what: str,
-        on_body: Callable[[int], None] | None = None,
+        self, scope: Scope, receive: Receive, send: Send, limit: int, on_body: Callable[[int], None] | None = None
     ) -> None:
         """Run the app with the request body capped at ``limit``; ``on_body`` is told the bytes
         received so far after each chunk (it may refuse the request by raising)."""
+        upload = scope.get("path", "").endswith("/upload")
+        what = "The upload" if upload else "The request"
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             raise _TooLarge(413, f"{what} is {format_bytes(declared)}; the limit is {format_bytes(limit)}.")
@@ -473,7 +435,7 @@ class RequestGuard:
                 raise RuntimeError("request body limit passed after the response started") from None
             raise
         except Exception:
-            if started or not scope.get("path", "").endswith("/upload"):
+            if started or not upload:
                 raise
             log.exception("Upload failed")
             raise _TooLarge(400, "The upload could not be read; send each file with a file name.") from None
@@ -486,7 +448,7 @@ class RequestGuard:
         charge = self.budget.charge(client)
         charge.to(declared)  # the declared length is reserved before a byte is stored
         # What arrives beyond it is charged chunk by chunk (a streamed body declares no length).
-        await self._capped(scope, receive, send, cap, what="The upload", on_body=charge.to)
+        await self._capped(scope, receive, send, cap, on_body=charge.to)
 
     async def _unqueued(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
         limits = self.limits
@@ -499,7 +461,7 @@ class RequestGuard:
             except asyncio.TimeoutError:
                 raise _TooLarge(429, "The Space is busy with other updates; try again in a moment.") from None
             try:
-                await self._capped(scope, receive, send, limits.max_json_bytes, what="The request")
+                await self._capped(scope, receive, send, limits.max_json_bytes)
             finally:
                 self.unqueued_slots.release()
         finally:

@@ -1,10 +1,8 @@
 """Every use of a Gradio name outside its public API, and every Gradio method the app replaces.
 
-The rest of ``tagger.web`` uses Gradio's public API (``gradio`` as ``gr``, its components,
-``gr.Request``, ``gr.Error``, ``gr.EventData``) and the functions here. ``PRIVATE_NAMES`` lists
-what these functions rely on, each with the feature that needs it; ``tests/test_gradio_compat.py``
-checks every entry against the installed Gradio and names what a new release no longer has
-(``missing``).
+The rest of ``tagger.web`` uses Gradio's public API and the functions here. ``PRIVATE_NAMES`` lists
+what these rely on, each with the feature that needs it; ``tests/test_gradio_compat.py`` checks
+every entry against the installed Gradio and names what a new release no longer has (``missing``).
 """
 
 from __future__ import annotations
@@ -46,9 +44,8 @@ ApiComponent = gradio.components.api_component.Api  # what gr.api makes for each
 
 @dataclass(frozen=True)
 class PrivateName:
-    """One thing of Gradio's (or of a package it brings) that the app relies on: a function,
-    class, method or attribute (of the class, or assigned to ``self`` in its source) with the
-    ``params`` it must take; or, ``text``, a phrase of the module's source (of Gradio's messages)."""
+    """A function, class, method or attribute (of the class, or assigned to ``self`` in its source) of
+    Gradio's or a package it brings, with the ``params`` it must take; or, ``text``, a phrase of its source."""
 
     module: str
     name: str  # "Class.attribute", "function", or the phrase
@@ -144,21 +141,16 @@ def _source(cls: type) -> str:
         return ""
 
 
-# ---------------------------------------------------------------------------------------------
-# The queue (tagger.web.fairshare)
-
-
+# -- The queue (tagger.web.fairshare) ---------------------------------------------------------
 def app_queue(demo: gr.Blocks) -> Any:
     """The app's event queue (made by ``demo.queue()``): per-client limits hook into it."""
     return demo._queue
 
 
 def skip_event_analytics(queue: Any) -> None:
-    """Gradio's queue records every event and, after each one (twice after a failure), rebuilds
-    a pandas summary of up to 10,000 records for its ``/monitoring`` dashboard, even with the
-    dashboard off. The rebuilds run in worker threads and leave native memory behind that grows
-    with the number of records (the README's abuse soak); this app serves no dashboard, so the
-    queue keeps one record and never rebuilds the summary."""
+    """Gradio's queue rebuilds a pandas summary of up to 10,000 event records after each event for
+    its ``/monitoring`` dashboard, even with it off, in worker threads that leave native memory behind
+    (the README's abuse soak); this app serves no dashboard: one record, never a summary."""
     queue.ANALYTICS_MAX_EVENTS = 1
     queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize  # Gradio's spelling
 
@@ -166,9 +158,8 @@ def skip_event_analytics(queue: Any) -> None:
 def hook_queue_push(
     queue: Any, before: Callable[[Any, str | None, str | None], None], after: Callable[[], None]
 ) -> None:
-    """``Queue.push``: ``before(request, session, concurrency group)`` runs first (it refuses a
-    request by raising), ``after()`` once the request is queued. Gradio has no public hook for
-    admission to its queue."""
+    """``before(request, session, concurrency group)`` before ``Queue.push`` (it refuses by raising),
+    ``after()`` once queued: Gradio has no public hook for admission to its queue."""
     push = queue.push
 
     async def push_with_hooks(body: Any, request: Any, username: str | None) -> Any:
@@ -211,10 +202,9 @@ def wrap_event_functions(demo: gr.Blocks, wrap: Callable[[Callable[..., Any]], C
 
 
 def remove_files_of_failed_uploads() -> None:
-    """Gradio's multipart parser writes each uploaded file to a temporary file in the cache as
-    the body arrives, and removes them only when the body is malformed: an upload cut off by
-    the client, or refused by ``RequestGuard`` part-way, left its partial files there for good.
-    After this, any failure of a parse removes them at once."""
+    """Gradio's multipart parser writes uploaded files into the cache as the body arrives and removes
+    them only when the body is malformed: an upload cut off, or refused by ``RequestGuard`` part-way,
+    left its partial files for good. After this, any failure of a parse removes them at once."""
     parser = route_utils.GradioMultiPartParser
     parse = parser.parse
     if getattr(parse, "_removes_partial_files", False):
@@ -236,20 +226,16 @@ def remove_files_of_failed_uploads() -> None:
     parser.parse = parse_or_remove  # type: ignore[method-assign]
 
 
-# ---------------------------------------------------------------------------------------------
-# Requests (tagger.web.server)
-
-
+# -- Requests (tagger.web.server) -------------------------------------------------------------
 def hook_request_processing(
     demo: gr.Blocks,
     check: Callable[[list[Any], list[Any]], None],
     preprocess_error: Callable[[Exception, list[Any]], gr.Error],
     postprocess_error: Callable[[Exception], gr.Error],
 ) -> None:
-    """On this app: ``check(input components, values)`` before Gradio's own check of a call's
-    values, and the ``gr.Error`` that ``preprocess_error`` / ``postprocess_error`` make of any
-    other error of Gradio's preparation of the inputs / the answer (Gradio's own texts are
-    written for developers and have no public hook)."""
+    """``check(input components, values)`` before Gradio's own check of a call's values, and the
+    ``gr.Error`` that ``preprocess_error`` / ``postprocess_error`` make of any other error preparing
+    the inputs / the answer (Gradio's own texts are written for developers; there is no public hook)."""
     validate, preprocess, postprocess = demo.validate_inputs, demo.preprocess_data, demo.postprocess_data
 
     @functools.wraps(validate)
@@ -280,10 +266,7 @@ def failed_input_index(error: Exception) -> int | None:
     return int(found.group(1)) if found else None
 
 
-# ---------------------------------------------------------------------------------------------
-# The cache folder (tagger.web.server, tagger.web.tempfiles)
-
-
+# -- The cache folder (tagger.web.server, tagger.web.tempfiles) -------------------------------
 def files_kept(demo: gr.Blocks) -> set[str]:
     """The cached files ``demo``'s components keep for good (its example images)."""
     return {path for block in demo.blocks.values() for path in getattr(block, "keep_in_cache", ())}
@@ -306,10 +289,7 @@ def register_cached_file(component: gr.components.Component, path: str) -> None:
     component.temp_files.add(path)
 
 
-# ---------------------------------------------------------------------------------------------
-# Components (tagger.web.inputs, tagger.web.endpoints)
-
-
+# -- Components (tagger.web.inputs, tagger.web.endpoints) -------------------------------------
 @contextlib.contextmanager
 def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
     original = getattr(owner, name)
@@ -327,8 +307,7 @@ def no_stub_files() -> contextlib.AbstractContextManager[None]:
 
 
 def api_components_as(component_class: type[ApiComponent]) -> contextlib.AbstractContextManager[None]:
-    """Within it, ``gr.api`` builds its parameters and results as ``component_class`` (Gradio has
-    no option for the component it uses)."""
+    """Within it, ``gr.api`` builds parameters and results as ``component_class`` (Gradio has no option)."""
     return _replaced(gradio.components.api_component, "Api", component_class)
 
 
@@ -345,10 +324,7 @@ def components_being_built() -> dict[int, Any]:
     return blocks.blocks
 
 
-# ---------------------------------------------------------------------------------------------
-# The MCP server (tagger.web.server, tagger.web.mcp)
-
-
+# -- The MCP server (tagger.web.server, tagger.web.mcp) ---------------------------------------
 def mcp_server_of(demo: gr.Blocks) -> Any | None:
     """The app's MCP server, made by ``launch(mcp_server=True)`` (None before, or without one)."""
     return getattr(demo, "mcp_server_obj", None)
@@ -359,8 +335,8 @@ def hook_mcp_tool_calls(
     wrap_prepare: Callable[[Callable[[str, dict[str, Any]], Any]], Callable[[str, dict[str, Any]], Any]],
     wrap_run: Callable[[Callable[..., Any]], Callable[..., Any]],
 ) -> None:
-    """Once per server: its preparation of a tool call's arguments replaced by ``wrap_prepare(prepare)``,
-    and each way it runs a call by ``wrap_run(run)`` (Gradio's MCP server has no hooks)."""
+    """Once per server: ``wrap_prepare(prepare)`` for its preparation of a tool call's arguments, and
+    ``wrap_run(run)`` for each way it runs a call (Gradio's MCP server has no hooks)."""
     if getattr(server, "_tagger_hooked", False):
         return
     server._prepare_tool_call_args = wrap_prepare(server._prepare_tool_call_args)

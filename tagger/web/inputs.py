@@ -1,19 +1,12 @@
 """Image and file inputs that are safe to expose to anyone.
 
-Gradio downloads an http(s) URL sent as a file payload (``{"path": "https://..."}``, what
-``gradio_client.handle_file(url)`` sends) itself: with a public-address check, but without a
-size or time limit. ``SafeImage`` and ``SafeFile`` send those URLs through
-``tagger.fetch.fetch_url`` instead (public addresses only, checked again after each redirect,
-byte cap, total time limit), and leave decoding to ``tagger.engine.decode`` with its pixel limit
-and readable errors.
-
-The browser sees the stock ``image`` and ``file`` components: only server-side methods change.
-
-The public endpoints are ``gr.api`` functions (``tagger.web.endpoints``): Gradio hands their
-parameters over as they were sent, after moving file payloads into its cache with the
-parameter's component. Built as ``SafeApi`` (``api_components_as(SafeApi)``), those send URLs
-through ``fetch_url`` like ``SafeFile``, and ``received_path`` accepts only files Gradio has
-received that way, inside its upload cache.
+Gradio downloads an http(s) URL sent as a file payload (what ``gradio_client.handle_file(url)``
+sends) itself: with a public-address check, but without a size or time limit. ``SafeImage``,
+``SafeFile`` and ``SafeApi`` (what ``gr.api`` endpoints' parameters are built as) send those URLs
+through ``tagger.fetch.fetch_url`` instead (public addresses only, checked again after each
+redirect, byte cap, total time limit), and leave decoding to ``tagger.engine.decode`` with its
+pixel limit and readable errors. The browser sees the stock components: only server-side
+methods change. ``received_path`` accepts only files Gradio has received, inside its upload cache.
 """
 
 from __future__ import annotations
@@ -61,16 +54,10 @@ class _SafeDownloads(_MixedInto):
         return self.max_download_bytes, self.download_timeout
 
     def fetch_into_cache(self, url: str) -> str:
-        """``url`` fetched with this input's limits and address policy into Gradio's cache;
-        ``FetchError`` with a sentence when it may not or cannot be downloaded."""
+        """``url`` fetched into Gradio's cache with this input's limits and policy, else ``FetchError``."""
         max_bytes, timeout = self._limits()
-        path = fetch_url(
-            url,
-            Path(get_upload_folder()) / "fetched",
-            max_bytes=max_bytes,
-            timeout=timeout,
-            policy=self.address_policy,
-        )
+        folder = Path(get_upload_folder()) / "fetched"
+        path = fetch_url(url, folder, max_bytes=max_bytes, timeout=timeout, policy=self.address_policy)
         register_cached_file(self, str(path))
         return str(path)
 
@@ -95,30 +82,26 @@ class _SafeDownloads(_MixedInto):
 
 
 def check_web_pixels(path: str, shown: str | None = None) -> str:
-    """``path`` if the image it holds is within the web app's pixel cap (read from its header,
-    before anything is decoded; files that are not images pass), else ``gr.Error`` with a
-    sentence naming ``shown``."""
+    """``path`` if its image is within the web app's pixel cap (read from its header before anything is
+    decoded; non-images pass), else ``gr.Error`` with a sentence naming ``shown``."""
     header = web_image_header(path)
     if header is not None and header.pixels > (limit := web_limit(header)):
+        name = FORMAT_NAMES.get(header.format, header.format)
+        kind = f" for {name} images" if header.format in WEB_FORMAT_MAX_PIXELS else ""
         raise gr.Error(
             f"Could not read '{shown or 'the image'}': {header.describe()}, more than this Space's limit of "
-            f"{limit:,} pixels{_for_format(header.format)}; make it smaller, or run the tagger on your own "
+            f"{limit:,} pixels{kind}; make it smaller, or run the tagger on your own "
             "machine (python -m tagger) for bigger images.",
             print_exception=False,
         )
     return path
 
 
-def _for_format(name: str) -> str:
-    return f" for {FORMAT_NAMES.get(name, name)} images" if name in WEB_FORMAT_MAX_PIXELS else ""
-
-
 with no_stub_files():
 
     class SafeImage(_SafeDownloads, gr.Image):
-        """``gr.Image`` whose URL downloads are limited and which, as a file path input, hands the
-        file to our decoder untouched (Gradio would open it with Pillow first, without our limits
-        and with a developer-facing error for anything that is not an image)."""
+        """As a file path input, the file goes to our decoder untouched (Gradio would open it with Pillow
+        first, without our limits and with a developer-facing error for anything but an image)."""
 
         stock = "image"
 
@@ -180,11 +163,10 @@ with no_stub_files():
 def received_path(payload: object) -> str | None:
     """The server path of a file parameter of a ``gr.api`` endpoint, or None when none was sent.
 
-    Gradio has moved what came as a file (``{"path": ..., "meta": {"_type": "gradio.FileData"}}``,
-    what ``handle_file`` sends) into its upload cache: an upload stays where it is (only uploads
-    are accepted), a URL is fetched by ``SafeApi``. Anything else reaches the endpoint untouched
-    (a bare string, a dict without ``meta``): only a path inside the upload cache is accepted,
-    so that no request can name a file elsewhere on the server.
+    Gradio has moved what came as a file (what ``handle_file`` sends) into its upload cache (a URL
+    fetched by ``SafeApi``); anything else (a bare string, a dict without ``meta``) reaches the
+    endpoint untouched, so only a path inside the upload cache is accepted: no request can name a
+    file elsewhere on the server.
     """
     if payload is None:
         return None
@@ -199,13 +181,7 @@ def received_path(payload: object) -> str | None:
 
 
 def image_upload(elem_id: str, *, label: str = "Image (upload, paste or drop)", height: int = 380) -> SafeImage:
-    """The app's image input: upload or paste, handed to our decoder as a file path with its
-    alpha channel kept (we composite onto white ourselves)."""
+    """Upload or paste, handed to our decoder as a file path, alpha kept (we composite onto white ourselves)."""
     return SafeImage(
-        type="filepath",
-        image_mode=None,
-        label=label,
-        sources=["upload", "clipboard"],
-        height=height,
-        elem_id=elem_id,
+        type="filepath", image_mode=None, label=label, sources=["upload", "clipboard"], height=height, elem_id=elem_id
     )

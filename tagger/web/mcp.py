@@ -1,25 +1,19 @@
 """Gradio's MCP server (``/gradio_api/mcp/``), fit for a public Space.
 
-Gradio runs each tool call through one ``gradio_client.Client`` of its own on loopback. As it
-stands, every caller's ``data:`` image is written to the cache before any limit applies (and
-stays there), then uploaded again by that client without the caller's headers (so every MCP
-upload counts for 127.0.0.1), a list of files (``tag_batch``) is passed on unconverted, and a
-failure reaches the caller as gradio_client's own text with the loopback URL in it.
-``serve_mcp_callers`` changes, on the app's MCP server:
+Gradio runs each tool call through a ``gradio_client.Client`` of its own on loopback. As it
+stands, a caller's ``data:`` image is written to the cache before any limit (and stays), then
+uploaded again without the caller's headers (every MCP upload counts for 127.0.0.1), a list of
+files (``tag_batch``) is passed on unconverted, and a failure answers gradio_client's text with
+the loopback URL in it. ``serve_mcp_callers`` changes that:
 
-* **Files.** Each file argument (one, or a list) is an http(s) URL, handed on as a file
-  payload (the app's guarded fetcher downloads it), or a base64 ``data:`` URL: decoded only
-  within ``MAX_DOWNLOAD_BYTES``, charged to the caller's upload budget
-  (``tagger.web.fairshare.UploadBudget``) before it is written, written once into the upload
-  cache as a received file, and removed when the call ends, answered or refused. Anything
-  else (a server path, a file payload dict) is refused: the loopback client would upload a
-  file of the server's disk.
-* **Who calls.** The caller is the one the request guard names for the MCP request
-  (``tagger.web.fairshare.mcp_caller``); the loopback calls carry that name, so the queue's
+* **Files.** Each file argument (one, or a list) is an http(s) URL, handed on as a file payload
+  (for the guarded fetcher), or a base64 ``data:`` URL: decoded within ``MAX_DOWNLOAD_BYTES``,
+  charged to the caller's ``fairshare.UploadBudget``, written once into the upload cache and
+  removed when the call ends, answered or refused. Anything else (a server path, a file payload
+  dict) is refused: the loopback client would upload a file of the server's disk.
+* **Who calls.** The caller the request guard names (``fairshare.mcp_caller``), so the queue's
   per-client and per-session limits count per caller.
 * **Errors.** A failed call answers the app's sentence, never gradio_client's text.
-
-The hooks into Gradio's MCP server are ``tagger.web.gradio_compat``'s.
 """
 
 from __future__ import annotations

@@ -1,16 +1,13 @@
 """Where model work runs: ZeroGPU (``spaces.GPU``), a local CUDA GPU, or the CPU.
 
-Only the model call goes through the GPU function; decoding, resizing, selection and
-formatting stay outside it so that a ZeroGPU slice is held for as short a time as possible.
-What crosses into the GPU function is exactly what ``Tagger.prepare`` returned (on ZeroGPU by
-shared memory, into a forked worker); this module converts nothing. Off ZeroGPU the
-``spaces`` decorator does nothing and the call runs wherever the model lives.
+Only the model call goes through the GPU function, so that a ZeroGPU slice is held as briefly as
+possible; what crosses into it is exactly what ``Tagger.prepare`` returned (on ZeroGPU by shared
+memory, into a forked worker). Off ZeroGPU the ``spaces`` decorator does nothing.
 
 On ZeroGPU an exception raised inside the GPU function reaches the caller only as a generic
-``gr.Error`` ("ZeroGPU worker error") and costs the worker (the next call starts a new one and
-copies the weights again). So out-of-memory and our own user-facing errors are caught inside
-the GPU function and returned as a ``Failure`` value, which ``ModelRunner.call`` raises again
-in the calling process: the same sentence on ZeroGPU, a local GPU and the CPU.
+``gr.Error`` ("ZeroGPU worker error") and costs the worker (the next call copies the weights
+again). So out-of-memory and our user-facing errors are returned as a ``Failure`` value, which
+``ModelRunner.call`` raises again in the calling process: the same sentence everywhere.
 """
 
 from __future__ import annotations
@@ -40,32 +37,19 @@ OUT_OF_MEMORY = "The model ran out of memory on this request; try fewer or small
 
 # -- ZeroGPU durations ----------------------------------------------------------------------
 # ZeroGPU refuses a call whose requested duration exceeds the visitor's remaining quota, gives
-# shorter requests priority in its queue and may abort a call that runs past its duration;
-# the quota is charged with the time actually used. So ask for what the work needs plus a
-# margin: a base for the call itself plus a rate per megapixel times the work's cost factor.
-#
-# Measured cost (bf16; we had no GPU to measure ourselves): one 512 px image
-# (0.26 MP) takes ~10-15 ms on an H200 ZeroGPU slice, i.e. 40-60 ms per megapixel; a chunk of
-# 32 images at 1024 px (34 MP) takes ~1-2 s, i.e. 30-60 ms per megapixel.
-#
-# - GPU_SECONDS_PER_MEGAPIXEL, 0.15: 2.5x the worst measured 60 ms/MP, which covers the
-#   quadratic attention share at 1024 px, odd-sized images running one at a time, and a slice
-#   slower than the one measured.
-# - GPU_BASE_SECONDS, 2: the call itself. A warm worker adds tens of ms (inputs by shared
-#   memory, the result pickled back). A fresh one (the first call, or after the previous
-#   worker went away) also creates its CUDA context (~0.5 s) and copies the weights (~3.6 GB:
-#   bf16 backbone, fp32 head) from ZeroGPU's packed file to the GPU (~1 s at disk speed).
-#   Estimates, not measurements.
-# - GPU_FIRST_CALL_SECONDS, 6: added to a fresh worker's first call only (``ModelRunner``):
-#   the fork, the CUDA context, the weight copy and loading cuBLAS and the attention kernels
-#   all happen inside it; a warm worker pays none of that again.
-# - ``gpu_cost``: a work function's cost relative to a forward pass over the same pixels, an
-#   attribute it declares itself (``tagger.engine.tagger.gpu_cost``); undeclared work is a forward.
+# shorter requests priority and may abort a call that runs past its duration; the quota is
+# charged with the time used. So ask for what the work needs plus a margin (README: On ZeroGPU):
+# - GPU_SECONDS_PER_MEGAPIXEL: 2.5x the worst cost measured on an H200 slice (40-60 ms/MP in
+#   bf16, by others: we had no GPU), for the quadratic attention share at 1024 px, odd-sized
+#   images running one at a time, and a slower slice.
+# - GPU_BASE_SECONDS: the call itself: tens of ms warm (inputs by shared memory, the result
+#   pickled back); a fresh worker also creates its CUDA context (~0.5 s) and copies the weights
+#   (~3.6 GB) to the GPU (~1 s at disk speed). Estimates, not measurements.
+# - GPU_FIRST_CALL_SECONDS: added to a fresh worker's first call only (``ModelRunner``): the
+#   fork, the CUDA context, the weight copy and loading cuBLAS and the attention kernels.
+# - ``gpu_cost``: a work function's cost relative to a forward pass over the same pixels, which
+#   it declares itself (``tagger.engine.tagger.gpu_cost``); undeclared work is a forward.
 # - spaces reads whole seconds (``timedelta.seconds``), so the sum is rounded up.
-#
-# What that asks for:
-#   one 512 px image 3 s · a batch chunk of 16 images at 1024 px 5 s · a 1024 px heatmap 3 s ·
-#   PCA of a 1024 px image 3 s · a similarity pair at 1024 px 3 s.
 GPU_BASE_SECONDS = 2.0
 GPU_SECONDS_PER_MEGAPIXEL = 0.15
 GPU_FIRST_CALL_SECONDS = 6.0
@@ -83,22 +67,19 @@ def gpu_seconds(pixels: Sequence[torch.Tensor], cost: float = 1.0, fresh_worker:
 
 
 def gpu_duration(fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
-    """The ``spaces.GPU`` duration of ``ModelRunner``'s GPU function on a warm worker: it
-    receives the same arguments. Work that declares no ``gpu_cost`` costs a forward pass."""
+    """The ``spaces.GPU`` duration of ``ModelRunner``'s GPU function (same arguments) on a warm worker."""
     return gpu_seconds(pixels, getattr(fn, "gpu_cost", 1.0))
 
 
 # Titles of the errors ``spaces`` raises while scheduling, before any worker is touched: the
 # worker that served the last call stays. Any other error discards it.
-_SCHEDULING_ERRORS = frozenset(
-    {
-        "ZeroGPU quota exceeded",
-        "ZeroGPU illegal duration",
-        "ZeroGPU pending credits exceeded",
-        "ZeroGPU queue timeout",
-        "ZeroGPU client error",
-    }
-)
+_SCHEDULING_ERRORS = {
+    "ZeroGPU quota exceeded",
+    "ZeroGPU illegal duration",
+    "ZeroGPU pending credits exceeded",
+    "ZeroGPU queue timeout",
+    "ZeroGPU client error",
+}
 
 
 @dataclass(frozen=True)
@@ -110,10 +91,7 @@ class Failure:
 
 
 class ModelRunner:
-    """Runs model work on pre-processed pixels inside one GPU call per request.
-
-    Work is a function ``fn(tagger, pixels, *args)``; ``Tagger.run`` is the usual one.
-    """
+    """Runs model work ``fn(tagger, pixels, *args)`` (usually ``Tagger.run``) in one GPU call per request."""
 
     def __init__(self, tagger: Tagger):
         self.tagger = tagger
@@ -124,8 +102,7 @@ class ModelRunner:
         self._gpu_call = self._run if spaces is None else spaces.GPU(duration=self.duration)(self._run)
 
     def duration(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> int:
-        """The ``spaces.GPU`` duration of the next call (``gpu_duration``, plus
-        ``GPU_FIRST_CALL_SECONDS`` when it may start a worker)."""
+        """``gpu_duration`` of the next call, plus ``GPU_FIRST_CALL_SECONDS`` when it may start a worker."""
         return gpu_seconds(pixels, getattr(fn, "gpu_cost", 1.0), fresh_worker=self.fresh_worker)
 
     def _run(self, fn: Callable[..., object], pixels: Sequence[torch.Tensor], *args: object) -> object:
@@ -145,9 +122,8 @@ class ModelRunner:
         return Failure(ModelRunError(OUT_OF_MEMORY), cause)
 
     def call(self, fn: Callable[..., R], pixels: Sequence[torch.Tensor], *args: object) -> R:
-        """``fn(tagger, pixels, *args)`` on the model's device, one GPU call. ``pixels`` go as
-        they are (what ``Tagger.prepare`` returns). Out-of-memory becomes a ``ModelRunError``
-        after the memory is released, so the next request works."""
+        """``fn(tagger, pixels, *args)`` in one GPU call, ``pixels`` as ``Tagger.prepare`` returned them.
+        Out-of-memory becomes a ``ModelRunError`` after the memory is released, so the next request works."""
         try:
             result = self._gpu_call(fn, list(pixels), *args)
         except BaseException as e:

@@ -139,10 +139,8 @@ def mcp_server_wanted() -> bool:
 
 
 def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
-    """Launch with host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio reads
-    them) and the public endpoints also served as MCP tools at ``/gradio_api/mcp/``; ``kwargs``
-    go to ``Blocks.launch``. Returns what it returns (app, local URL, share URL).
-    The request guard (``tagger.web.fairshare.RequestGuard``) goes in front of Gradio's routes."""
+    """``Blocks.launch(**kwargs)`` (host and port: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT), the endpoints
+    also MCP tools at ``/gradio_api/mcp/``, ``fairshare.RequestGuard`` in front of Gradio's routes."""
     kwargs.setdefault("mcp_server", mcp_server_wanted())
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
     budget = _BUDGETS.get(demo) or fairshare.UploadBudget(fairshare.FairShareLimits())
@@ -163,10 +161,9 @@ def launch(demo: gr.Blocks, **kwargs: Any) -> tuple:
 def _with_our_start_up(
     demo: gr.Blocks, budget: fairshare.UploadBudget, lifespan: Callable[[Any], Any] | None
 ) -> Callable[[Any], Any]:
-    """``lifespan`` (an app's, or none) with, once the server starts: the MCP server's calls
-    made fit for a public Space (``tagger.web.mcp``), and the cache folder swept at start-up
-    and on the cleanup schedule (``tagger.web.tempfiles``: Gradio's own clean-up only knows the
-    files it registered in this process)."""
+    """``lifespan`` (or none) with, once the server starts, the MCP server's calls made fit for a public
+    Space (``tagger.web.mcp``) and the cache folder swept at start-up and on the cleanup schedule
+    (``tagger.web.tempfiles``: Gradio's own clean-up only knows the files it registered)."""
     every, older_than = demo.delete_cache or CACHE_CLEANUP
     keeper = CacheKeeper(
         gradio_compat.get_upload_folder(),

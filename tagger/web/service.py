@@ -1,6 +1,5 @@
-"""What the app does, as plain functions of the ``AppContext``: tag a batch, PCA, heatmap,
-similarity. The tabs, the API endpoints and the MCP tools call these; the tabs only build
-components and wire events."""
+"""What the app does, as plain functions of the ``AppContext`` (tag a batch, PCA, heatmap,
+similarity), for the tabs, the API endpoints and the MCP tools."""
 
 from __future__ import annotations
 
@@ -63,8 +62,7 @@ def summary_markdown(output: BatchOutput, limit: int = 10) -> str:
 def tag_files(
     ctx: AppContext, paths: Sequence[str], options: TagOptions, progress: gr.Progress, max_size: object = None
 ) -> BatchOutput:
-    """Tag the images and zips at ``paths``: one model call per ``CHUNK_SIZE`` images. The work
-    of the Batch tab and of ``/tag_batch``."""
+    """Tag the images and zips at ``paths`` (Batch tab, ``/tag_batch``): one model call per ``CHUNK_SIZE``."""
     progress((0, None), desc="Reading the upload")
     return run_batch(
         paths,
@@ -87,29 +85,25 @@ def run_heatmap(
     ctx: AppContext, image: str | None, tag: str | None, layers: float, alpha: float, upscale: str, max_size: object
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """A tag's relevance ``layers`` blocks from the end, over the image as the model sees it
-    (``alpha``) and alone, and its facts (``heatmap_info``), for one upload: one GPU call."""
+    (``alpha``) and alone, and its facts, for one upload: one GPU call."""
     tap_block(ctx.tagger.model.config.num_layers, layers)  # arguments first: fail fast
     index = resolve_tag(ctx.vocab, tag)
     pixels = prepare_image(ctx, image, max_size=max_size)
     result: Relevance = ctx.runner.call(relevance, [pixels], index, layers)[0]
     over, heat = heatmap_images(pixels_to_image(pixels), result.map, alpha, upscale)
-    return over, heat, heatmap_info(ctx, index, result, int(layers))
-
-
-def heatmap_info(ctx: AppContext, index: int, result: Relevance, layers_from_end: int) -> dict:
-    num_layers = ctx.tagger.model.config.num_layers
     h, w = result.map.shape
-    return {
+    info = {
         "tag": ctx.vocab.tags[index],
         "index": index,
         "category": ctx.vocab.category_of(index).name,
         "probability": round(result.probability, 6),
-        "block": num_layers - layers_from_end,  # relevance taken at this block's input (0-based)
-        "layers_from_end": layers_from_end,
+        "block": ctx.tagger.model.config.num_layers - int(layers),  # relevance taken at this block's input (0-based)
+        "layers_from_end": int(layers),
         "grid": [h, w],
         "positive": bool(result.map.max() > 0),
         "relevance": np.round(result.map, 4).tolist(),
     }
+    return over, heat, info
 
 
 def compare(ctx: AppContext, image_a: str | None, image_b: str | None, max_size: object = None) -> float:
@@ -134,9 +128,8 @@ def score_url_pairs(
     max_size: object = None,
     limits: BatchLimits = LIMITS,
 ) -> BatchSimilarity:
-    """Pairs of image URLs (``[["url_a", "url_b"], ...]``) scored as a zip's pairs are: each URL
-    downloaded by ``fetch`` (the guarded fetcher: its address policy and per-file limit), at most
-    ``limits.max_files`` images and ``limits.max_upload_bytes`` in all, as for an upload."""
+    """Pairs of image URLs (``[["url_a", "url_b"], ...]``) scored as a zip's pairs, each fetched by ``fetch``
+    (the guarded fetcher), at most ``limits.max_files`` images and ``limits.max_upload_bytes``, as an upload."""
     pairs = parse_url_pairs(text, limits.max_files // 2)
     prepare = ctx.preparer(max_size)
     fetched = 0

@@ -1,18 +1,15 @@
 """The web app's cache folder on disk: nothing in it outlives the cleanup age or a restart.
 
 Gradio keeps uploads, URL downloads and results in one folder (``GRADIO_TEMP_DIR``) and, with
-``delete_cache``, removes the files it registered itself, from memory: files no request
-registered (a cut-off upload, a result nobody fetched) and everything a previous process left
-stayed for good. ``sweep`` removes by age whatever is in the folder; ``CacheKeeper`` runs it
-when the server starts and on the cleanup schedule:
+``delete_cache``, removes only the files it registered in this process: a cut-off upload, a
+result nobody fetched and everything a previous process left stayed for good. ``CacheKeeper``
+runs ``sweep`` (by age, over the whole folder: it is the app's own, as on a Space, so another
+program's files in it are removed too):
 
-* at start-up, if no other instance of the app uses the folder (``FolderClaim``: a lock file
-  each instance holds shared while it runs; the kernel drops it when a process dies, even
-  killed), every file but the new instance's own is removed; else those past the age;
-* every ``every`` seconds, every file older than ``older_than`` seconds but the ones the app
-  keeps (its example images).
-
-The folder is the app's own, as on a Space: another program's files in it are removed too.
+* at start-up, if no other instance uses the folder (``FolderClaim``: a lock file each instance
+  holds shared; the kernel drops it when a process dies, even killed), every file but the new
+  instance's own; else those past the age;
+* every ``every`` seconds, every file older than ``older_than`` but the app's example images.
 """
 
 from __future__ import annotations
@@ -40,9 +37,8 @@ class Swept:
 
 
 def sweep(folder: str | os.PathLike, older_than: float | None, keep: Set[str] = frozenset()) -> Swept:
-    """Remove every file under ``folder`` whose status changed more than ``older_than`` seconds
-    ago (None: every file), except the paths in ``keep`` and the lock file, then the folders
-    left empty. Links are removed, never followed."""
+    """Remove every file under ``folder`` changed more than ``older_than`` seconds ago (None: all) but ``keep``
+    and the lock file, then the folders left empty. Links are removed, never followed."""
     root = Path(os.path.abspath(folder))
     cutoff = None if older_than is None else time.time() - older_than
     kept = {os.path.abspath(p) for p in keep}
@@ -94,11 +90,9 @@ class FolderClaim:
 
 @dataclass
 class CacheKeeper:
-    """Start-up and scheduled sweeps of one app's cache folder (see the module docstring).
-
-    ``kept``: the paths the app keeps for good (its example images); ``written``: the paths it
-    has registered (at start-up: what building the app wrote, its own); ``forget``: told which
-    paths a scheduled sweep removed (so that Gradio's lists of them do not grow)."""
+    """Start-up and scheduled sweeps of one app's cache folder. ``kept``: paths kept for good (example
+    images); ``written``: paths the app registered (at start-up: its own); ``forget``: told what a
+    scheduled sweep removed (so that Gradio's lists of them do not grow)."""
 
     folder: str | os.PathLike
     every: float

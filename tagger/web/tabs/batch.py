@@ -1,9 +1,5 @@
-"""The Batch tab: many images or zips in, captions out (``/tag_batch`` serves the same work).
-
-The work itself is ``tagger.datasets.batch.run_batch``; this module lays out the upload, sums up the
-settings it uses (the Tag tab's controls and resolution, summed up in the page) and turns the
-result into table rows, two downloads and a summary line.
-"""
+"""The Batch tab: many images or zips in, captions out (``/tag_batch`` serves the same work,
+``tagger.datasets.batch.run_batch``), with the Tag tab's controls and resolution, summed up here."""
 
 from __future__ import annotations
 
@@ -19,8 +15,7 @@ from tagger.web.service import LIMITS, TABLE_HEADERS, result_row, summary_markdo
 
 
 def build_batch_tab(ctx: AppContext, settings: OptionControls, size: gr.Slider, tab: gr.Tab) -> None:
-    """The Batch tab, tagging with ``settings`` and ``size``: the Tag tab's controls (tune on one
-    image, then tag the folder the same way), summed up here and changed there."""
+    """Tags with the Tag tab's ``settings`` and ``size`` (tune on one image, tag the folder the same way)."""
     with gr.Row(equal_height=False, elem_id="batch-layout"):
         with gr.Column(scale=5, min_width=320, elem_id="batch-left"):
             with gr.Column(elem_id="batch-input"):

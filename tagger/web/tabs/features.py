@@ -1,9 +1,6 @@
 """The Features tab (PCA false colour, per-tag heatmaps); ``/pca`` and ``/heatmap`` serve the
-same work.
-
-Decoding and preprocessing happen here, outside the GPU call; each request makes exactly one
-``ctx.runner.call``. Colour and opacity changes re-render from the stored analysis and never
-call the model again.
+same work. Each request makes one ``ctx.runner.call`` (decoding stays outside it); colour and
+opacity changes re-render from the stored analysis without the model.
 """
 
 from __future__ import annotations
@@ -51,10 +48,9 @@ def image_output(label: str, elem_id: str, height: int | None = None) -> gr.Imag
 
 
 def build_features_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolution: gr.Slider) -> None:
-    """The tab's layout and events. ``source``: the Tag tab's image, copied here when it
-    changes (one upload, many views; this tab can still take its own); ``resolution``: the Tag tab's
-    resolution, which the maps follow too. The analysis runs when the tab is opened on an image
-    (or at a resolution) it has not analysed, or on an upload here: never for a tab nobody looks at."""
+    """``source``, ``resolution``: the Tag tab's image (copied here when it changes; this tab can take
+    its own) and resolution. The analysis runs on an upload here, or when the tab is opened on an
+    image (or at a resolution) it has not analysed: never for a tab nobody looks at."""
     num_layers = ctx.tagger.model.config.num_layers
     low_depth = min(2, num_layers)
     maps_state = gr.State(None)  # ((image path, long edge), FeatureMaps) of the analysis shown

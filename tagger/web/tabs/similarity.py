@@ -1,7 +1,6 @@
 """The Similarity tab (two images, a zip of pairs, or pairs of image URLs); ``/similarity`` and
-``/similarity_batch`` serve the first two. Decoding happens here, outside the GPU call; each pair
-is one model call (many pairs: one per ``PAIRS_PER_CALL`` pairs). Many pairs' scores can be
-downloaded as CSV and JSONL.
+``/similarity_batch`` serve the first two. Decoding stays outside the GPU call; many pairs make
+one model call per ``PAIRS_PER_CALL`` pairs, and their scores download as CSV and JSONL.
 """
 
 from __future__ import annotations
@@ -69,10 +68,8 @@ def similarity_bar(value: float | None) -> str:
 
 
 def build_similarity_tab(ctx: AppContext, source: gr.Image, tab: gr.Tab, resolution: gr.Slider) -> None:
-    """The tab's layout and events. ``source``: the Tag tab's image, copied to image A when it
-    changes (another can still be uploaded); ``resolution``: the Tag tab's, which the
-    descriptors follow too. A pair is scored when an image is uploaded here or when the tab is
-    opened on a pair (or at a resolution) it has not scored."""
+    """``source``, ``resolution``: the Tag tab's image (copied to image A when it changes) and resolution.
+    A pair is scored on an upload here, or when the tab is opened on a pair (or size) it has not scored."""
     gr.Markdown(
         "Cosine similarity of the images' descriptors (CLS + register tokens after the final norm, "
         "L2-normalised): 1 for the same image, lower the more they differ."

@@ -1,16 +1,13 @@
 """The Tag tab and the ``/tag`` API endpoint.
 
-The model runs once per image. The server then sends the page the scores at or above the
-floor (``tagger.web.page_scores``, a few kB) and the page selects, formats and draws the
-tags itself (``assets/tag_rules.js``, ``assets/tag_view.js``): a filter change updates one HTML
-block and one textbox without a server round trip. The rules in ``tag_rules.js`` are those of
-``tagger.tags.selection``, ``tagger.tags.formats`` and ``tagger.tags.options``, which stay the one
-definition for the API and the CLI; ``tests/test_rules_parity.py`` holds the two to the same answers.
-The page reads what people type (ASCII text, plain numbers); about any other value it asks the
-server once, through the view's ``need_scores`` event (``page_ruling``): no model call.
-
-Clicking a tag shows where it comes from (its relevance heatmap) over the image; its ✕ adds it
-to the excluded tags.
+The model runs once per image; the page gets the scores at or above the floor
+(``tagger.web.page_scores``, a few kB) and selects, formats and draws the tags itself
+(``assets/tag_rules.js``, ``assets/tag_view.js``): a filter change needs no server round trip.
+Its rules are those of ``tagger.tags`` (the one definition for the API and the CLI);
+``tests/test_rules_parity.py`` holds the two to the same answers. About any value beyond ASCII
+text and plain numbers it asks the server once (``page_ruling``, through the view's
+``need_scores`` event): no model call. Clicking a tag shows its relevance heatmap over the
+image; its ✕ adds it to the excluded tags.
 """
 
 from __future__ import annotations
@@ -45,13 +42,9 @@ DEFAULTS = TagOptions()
 SHOW_IMAGE = "() => [{__type__: 'update', visible: true}, {__type__: 'update', visible: false}, '']"
 
 
-# -- what the page is sent ------------------------------------------------------------------------
-
-
 def rules_config(vocab: Vocabulary | None = None) -> dict:
-    """``TagRules.configure``'s argument: the category table, option defaults and choices, and
-    with ``vocab``'s relations the aliases of typed tags (old name → the tag it means; sent once
-    per page, not per image)."""
+    """``TagRules.configure``'s argument: categories, option defaults and choices, and with ``vocab``'s
+    relations the aliases of typed tags (old name → the tag it means; sent once per page)."""
     relations = vocab.relations if vocab is not None else None
     return {
         "categories": [[c.id, c.name, c.color] for c in CATEGORIES],
@@ -64,9 +57,8 @@ def rules_config(vocab: Vocabulary | None = None) -> dict:
 
 
 def page_ruling(values: dict) -> dict:
-    """The server's reading of option values the page leaves to it (``TagRules.NeedsServer``:
-    the page reads ASCII text and plain numbers), in the form ``TagRules.fromRuling`` takes:
-    the error sentence and the option it is about, or the selection and format."""
+    """The server's reading of option values the page leaves to it (``TagRules.NeedsServer``) as
+    ``TagRules.fromRuling`` takes it: the error sentence and its option, or the selection and format."""
     try:
         options = TagOptions.from_values(**values)
     except SelectionError as e:
@@ -139,9 +131,6 @@ def page_payload(ctx: AppContext, scored: ScoredImage, floor: float | None) -> d
     return payload
 
 
-# -- look-ups and heatmaps ----------------------------------------------------------------------
-
-
 def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit: int = LOOKUP_ROWS) -> list[list]:
     """Tags matching ``query``: an exact match first, then prefix and substring matches, best
     score first when there is an image (else prefixes before substrings); with its score."""
@@ -167,9 +156,6 @@ def lookup_rows(query: str, scores: np.ndarray | None, vocab: Vocabulary, limit:
         [vocab.tags[i], vocab.category_of(i).name, "—" if scores is None else f"{float(scores[i]):.4f}"]
         for i in [*exact, *others][:limit]
     ]
-
-
-# -- the tab --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -307,7 +293,6 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
             concurrency_id=TAG_QUEUE,
             show_progress_on=[view],
         )
-    # A new image, or Back, shows the image itself, not the heatmap.
     in_page([image.change, back.click], SHOW_IMAGE, outputs=[image, heat_panel, heat_caption])
 
     def more_scores(scored: ScoredImage | None, evt: gr.EventData) -> dict:
@@ -336,8 +321,6 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
 
     in_page(typed_toggle.click, "() => { document.getElementById('tag-controls').classList.toggle('tv-typing'); }")
 
-    heat_outputs = [image, heat_panel, heat_image, heat_caption]
-
     def show_heatmap(path: str | None, tag: str | None, max_size: float | None) -> dict:
         layers = min(DEFAULT_LAYERS_FROM_END, ctx.tagger.model.config.num_layers)
         result, error = attempt(heatmap_view, ctx, path, tag, layers, HEATMAP_OPACITY, max_size)
@@ -363,15 +346,14 @@ def build_tag_tab(ctx: AppContext) -> TagTab:
         shown = event(
             handler,
             inputs=[image, size],
-            outputs=heat_outputs,
+            outputs=[image, heat_panel, heat_image, heat_caption],
             **HEAVY_EVENT,
             show_progress_on=[image, heat_image],
         )
         in_page(shown.then, scroll)
 
     def fetch(address: str) -> dict:
-        # Downloaded as the image input downloads URLs (its limits and address policy: public
-        # addresses only) into Gradio's cache.
+        # Downloaded as the image input downloads URLs (its limits, public addresses only).
         url = (address or "").strip()
         if not url:
             return {url_note: warning("Paste the address of an image (http or https) first.")}
