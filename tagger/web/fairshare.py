@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tagger.datasets.intake import time_budget
 from tagger.engine.cpu import MEMORY
 from tagger.errors import GiB, MiB, format_bytes
+from tagger.fetch import parse_ip
 from tagger.web import gradio_compat
 
 log = logging.getLogger("tagger")
@@ -135,10 +136,7 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         text = text[1:].split("]", 1)[0]
     elif text.count(":") == 1:  # v4:port
         text = text.split(":", 1)[0]
-    try:
-        return ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
+    return parse_ip(text)
 
 
 # -- Time budget of an event ------------------------------------------------------------------
