@@ -70,7 +70,7 @@
     const s = state(key);
     s.element = element;
     s.trigger = trigger;
-    // handle(the element under event.target that matches selector, event), for events in the view.
+    // Delegated: handle(event.target or its nearest ancestor matching selector, event).
     const on = (type, selector, handle, capture = false) =>
       element.addEventListener(type, (event) => {
         const target = event.target.closest(selector);
