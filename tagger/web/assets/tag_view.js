@@ -56,8 +56,7 @@
         anchor: null, // {tag, top, held}: the clicked row and where it was, until the redraw
         collapsed: new Set(), // names of the cards folded by their chevron (page only)
         values: null, // the option values of the last drawing, by name
-        fields: {}, // option name -> elem_id of its control
-        config: {}, // update()'s config: the quick bar's choices and control ids, the cards box
+        config: {}, // update()'s config: the quick bar's choices and control ids, the fields (option name -> elem_id), the cards box
         cards: { order: [], topk: {} }, // the cards box's value: card order, per-card top k
         categoriesOpen: false, // the quick bar's category list is unfolded
         focusHandle: null, // the card whose handle gets the focus back after a keyboard move
@@ -71,6 +70,12 @@
     const s = state(key);
     s.element = element;
     s.trigger = trigger;
+    // Delegated: handle(event.target or its nearest ancestor matching selector, event).
+    const on = (type, selector, handle, capture = false) =>
+      element.addEventListener(type, (event) => {
+        const target = event.target.closest(selector);
+        if (target) handle(target, event);
+      }, capture);
     // The chips and the notice above the cards appear or go with an exclusion: scroll by as
     // much as the clicked row moved, so it stays under the pointer.
     new MutationObserver(() => {
@@ -92,28 +97,17 @@
       s.hover = false;
       releaseHeld(s);
     });
-    element.addEventListener("change", (event) => {
-      const input = event.target.closest(".tv-cat-threshold");
-      if (input) setCategoryThreshold(s, input.dataset.category, input.value);
-      const k = event.target.closest(".tv-cat-topk");
-      if (k) writeCards(s, { topk: { ...s.cards.topk, [k.dataset.category]: Math.max(1, Math.round(Number(k.value) || 1)) } });
-      const quick = event.target.closest(".tv-q");
-      if (quick) setControl(s.config.quick.ids[quick.dataset.field], quick);
-    });
+    on("change", ".tv-cat-threshold", (input) => setCategoryThreshold(s, input.dataset.category, input.value));
+    on("change", ".tv-cat-topk", (k) => writeCards(s, { topk: { ...s.cards.topk, [k.dataset.category]: Math.max(1, Math.round(Number(k.value) || 1)) } }));
+    on("change", ".tv-q", (quick) => setControl(s.config.quick.ids[quick.dataset.field], quick));
     // <details> "toggle" does not bubble: listen while it goes down.
-    element.addEventListener("toggle", (event) => {
-      if (event.target.classList && event.target.classList.contains("tv-q-categories")) s.categoriesOpen = event.target.open;
-    }, true);
-    element.addEventListener("pointerdown", (event) => {
-      const handle = event.target.closest(".tv-drag");
-      if (!handle) return;
+    on("toggle", ".tv-q-categories", (details) => (s.categoriesOpen = details.open), true);
+    on("pointerdown", ".tv-drag", (handle, event) => {
       event.preventDefault(); // no text selection, no scroll while a finger drags
       handle.setPointerCapture(event.pointerId);
       handle.closest(".tv-category").classList.add("tv-dragged");
     });
-    element.addEventListener("pointerup", (event) => {
-      const handle = event.target.closest(".tv-drag");
-      if (!handle) return;
+    on("pointerup", ".tv-drag", (handle, event) => {
       handle.closest(".tv-category").classList.remove("tv-dragged");
       const under = document.elementFromPoint(event.clientX, event.clientY);
       const target = under && under.closest(".tv-category");
@@ -122,9 +116,7 @@
       const after = event.clientY > box.top + box.height / 2 || (event.clientY >= box.top && event.clientX > box.left + box.width / 2);
       moveCard(s, handle.dataset.category, target.dataset.category, after);
     });
-    element.addEventListener("keydown", (event) => {
-      const handle = event.target.closest(".tv-drag");
-      if (!handle) return;
+    on("keydown", ".tv-drag", (handle, event) => {
       const step = { ArrowUp: -1, ArrowLeft: -1, ArrowDown: 1, ArrowRight: 1 }[event.key];
       if (!step) return;
       event.preventDefault();
@@ -134,65 +126,52 @@
       s.focusHandle = handle.dataset.category;
       moveCard(s, handle.dataset.category, other, step > 0);
     });
-    element.addEventListener("click", (event) => {
-      const ruleSwitch = event.target.closest(".tv-rule-switch");
-      if (ruleSwitch) {
-        const name = ruleSwitch.dataset.category;
-        const topk = { ...s.cards.topk };
-        if (name in topk) delete topk[name];
-        else topk[name] = Number(s.values && s.values.topk_per_category) || 20;
-        writeCards(s, { topk });
-        return;
+    // The click selectors match disjoint buttons: one handler runs per click.
+    on("click", ".tv-rule-switch", (ruleSwitch) => {
+      const name = ruleSwitch.dataset.category;
+      const topk = { ...s.cards.topk };
+      if (name in topk) delete topk[name];
+      else topk[name] = Number(s.values && s.values.topk_per_category) || 20;
+      writeCards(s, { topk });
+    });
+    on("click", ".tv-chevron", (chevron) => {
+      const card = chevron.closest(".tv-category");
+      const name = card.dataset.category;
+      const folded = !s.collapsed.has(name);
+      if (folded) s.collapsed.add(name);
+      else s.collapsed.delete(name);
+      card.classList.toggle("tv-collapsed", folded);
+      chevron.setAttribute("aria-expanded", String(!folded));
+      chevron.setAttribute("aria-label", `${folded ? "Expand" : "Collapse"} ${name}`);
+    });
+    on("click", ".tv-undo, .tv-chip-x", (putBack) => {
+      const tag = putBack.dataset.tag;
+      const row = putBack.closest(".tv-row");
+      if (row) s.anchor = { tag, top: row.getBoundingClientRect().top, held: false };
+      if (s.notice !== null && TagRules.normalizeTag(s.notice) === TagRules.normalizeTag(tag)) clearNotice(s);
+      trigger("tag_unexclude", { tag });
+    });
+    on("click", ".tv-copy", (copy) => copyText(copy.closest(".tv-category").querySelector(".tv-string").textContent, copy));
+    on("click", ".tv-x", (exclude) => {
+      const row = exclude.closest(".tv-row");
+      const tag = row.dataset.tag;
+      if (s.hover) {
+        s.held.set(TagRules.normalizeTag(tag), tag);
+        s.anchor = { tag, top: row.getBoundingClientRect().top, held: true };
       }
-      const chevron = event.target.closest(".tv-chevron");
-      if (chevron) {
-        const card = chevron.closest(".tv-category");
-        const name = card.dataset.category;
-        const folded = !s.collapsed.has(name);
-        if (folded) s.collapsed.add(name);
-        else s.collapsed.delete(name);
-        card.classList.toggle("tv-collapsed", folded);
-        chevron.setAttribute("aria-expanded", String(!folded));
-        chevron.setAttribute("aria-label", `${folded ? "Expand" : "Collapse"} ${name}`);
-        return;
-      }
-      const putBack = event.target.closest(".tv-undo, .tv-chip-x");
-      if (putBack) {
-        const tag = putBack.dataset.tag;
-        const row = putBack.closest(".tv-row");
-        if (row) s.anchor = { tag, top: row.getBoundingClientRect().top, held: false };
-        if (s.notice !== null && TagRules.normalizeTag(s.notice) === TagRules.normalizeTag(tag)) clearNotice(s);
-        trigger("tag_unexclude", { tag });
-        return;
-      }
-      const copy = event.target.closest(".tv-copy");
-      if (copy) {
-        copyText(copy.closest(".tv-category").querySelector(".tv-string").textContent, copy);
-        return;
-      }
-      const exclude = event.target.closest(".tv-x");
-      if (exclude) {
-        const tag = exclude.closest(".tv-row").dataset.tag;
-        if (s.hover) {
-          s.held.set(TagRules.normalizeTag(tag), tag);
-          s.anchor = { tag, top: exclude.closest(".tv-row").getBoundingClientRect().top, held: true };
-        }
-        showNotice(s, tag);
-        trigger("tag_exclude", { tag });
-        return;
-      }
-      const tag = event.target.closest(".tv-tag");
-      if (tag) {
-        element.querySelectorAll(".tv-row.tv-active").forEach((row) => row.classList.remove("tv-active"));
-        tag.closest(".tv-row").classList.add("tv-active");
-        trigger("tag_select", { tag: tag.closest(".tv-row").dataset.tag });
-      }
+      showNotice(s, tag);
+      trigger("tag_exclude", { tag });
+    });
+    on("click", ".tv-tag", (tag) => {
+      element.querySelectorAll(".tv-row.tv-active").forEach((row) => row.classList.remove("tv-active"));
+      tag.closest(".tv-row").classList.add("tv-active");
+      trigger("tag_select", { tag: tag.closest(".tv-row").dataset.tag });
     });
   }
 
   /** A card's threshold written into the per-category box (name=value, ...) as a person would type it: its change redraws. */
   function setCategoryThreshold(s, name, value) {
-    const box = textBox(s.fields.category_thresholds);
+    const box = textBox(s.config.fields.category_thresholds);
     if (!box) return;
     let values = new Map(); // if the box holds a mistake, the header's value replaces it
     try {
@@ -259,12 +238,11 @@
   }
 
   function parseCards(text) {
+    let cards = {};
     try {
-      const cards = JSON.parse(text || "{}");
-      return { order: Array.isArray(cards.order) ? cards.order : [], topk: cards.topk && typeof cards.topk === "object" ? cards.topk : {} };
-    } catch (e) {
-      return { order: [], topk: {} };
-    }
+      cards = JSON.parse(text || "{}") || {}; // "null" reads as no cards, like a mistake
+    } catch (e) {}
+    return { order: Array.isArray(cards.order) ? cards.order : [], topk: cards.topk && typeof cards.topk === "object" ? cards.topk : {} };
   }
 
   /** TagRules.options (or the server's ruling), then the top k of the cards switched to it in threshold mode. */
@@ -334,12 +312,10 @@
   function showFieldError(elemId, message) {
     const field = elemId && document.getElementById(elemId);
     if (!field) return;
-    let note = field.querySelector(":scope > .tv-field-error");
     field.classList.toggle("tv-invalid", Boolean(message));
-    if (!message) {
-      if (note) note.remove();
-      return;
-    }
+    let note = field.querySelector(":scope > .tv-field-error");
+    if (note && !message) note.remove();
+    if (!message) return;
     if (!note) {
       note = field.appendChild(document.createElement("div"));
       note.className = "tv-field-error";
@@ -369,8 +345,7 @@
   }
 
   function bars(rows, category, held) {
-    const shown = rows.slice(0, MAX_BARS).map((row) => {
-      const [tag, score] = row;
+    const shown = rows.slice(0, MAX_BARS).map(([tag, score]) => {
       const percent = (Math.min(Math.max(score, 0), 1) * 100).toFixed(1);
       const isHeld = held.has(TagRules.normalizeTag(tag));
       const action = isHeld
@@ -485,7 +460,6 @@
   /** The Tag tab's frontend function: [view HTML, string of all tags]; an undefined output keeps what is shown. */
   function update(payload, names, values, config, cardsText) {
     const s = state(config.view);
-    s.fields = config.fields || {};
     s.config = config;
     // A banner over the last good drawing (marked as stale), if any: the string is kept.
     const kept = (message, kind, note = "") =>
@@ -495,7 +469,7 @@
       payload = widestPayload(s, payload);
       s.cards = parseCards(cardsText);
       applyOrder(s.cards.order);
-      const { values: byName, built, error, ask } = readOptions(names, values, s.fields, s.cards, s.rulings);
+      const { values: byName, built, error, ask } = readOptions(names, values, config.fields || {}, s.cards, s.rulings);
       s.values = byName;
       if (!payload) {
         s.lastGood = null;
@@ -533,10 +507,9 @@
       const excluded = TagRules.parseTagList(byName.exclude || "");
       const shownRows = withHeldRows(s, payload, byName, excluded, rows, noCategory);
       const counts = new Map(TagRules.groupByCategory(rows).map(([c, group]) => [c.id, group.length]));
-      const blocks = TagRules.groupByCategory(shownRows).map(([category, group]) => {
-        const rule = ruleControl(category, built.selection, byName.mode);
-        return categoryBlock(category, group, strings.get(category.id) || "", s.held, counts.get(category.id) || 0, rule, s.collapsed.has(category.name));
-      });
+      const blocks = TagRules.groupByCategory(shownRows).map(([category, group]) =>
+        categoryBlock(category, group, strings.get(category.id) || "", s.held, counts.get(category.id) || 0, ruleControl(category, built.selection, byName.mode), s.collapsed.has(category.name)),
+      );
       const html =
         quickBar(config.quick, byName, s.categoriesOpen) + summary(rows.length, payload) + excludedBar(excluded, s.notice) + `<div class="tv-grid">${blocks.join("")}</div>`;
       s.lastGood = { html };
