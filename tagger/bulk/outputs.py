@@ -105,15 +105,13 @@ def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
 SHARD_IN_NAME = re.compile(r"shard-(\d+)")
 
 
-def remove_temporaries(folder: Path, owns: Callable[[int], bool] | None = None) -> None:
-    """Temporary files a killed run left behind; with ``owns``, only those of the shards it accepts
-    (by the file's or its folder's ``shard-NNNNNN``): another process may be writing the others."""
+def remove_temporaries(folder: Path, owns: Callable[[int], bool]) -> None:
+    """Temporary files a killed run left behind, only those of the shards ``owns`` accepts (by the
+    file's or its folder's ``shard-NNNNNN``): another process may be writing the others."""
     for stray in folder.rglob(".*.tmp"):  # none when the folder is not there
-        if owns is not None:
-            match = SHARD_IN_NAME.search(stray.relative_to(folder).as_posix())
-            if match is None or not owns(int(match.group(1))):
-                continue
-        stray.unlink(missing_ok=True)
+        match = SHARD_IN_NAME.search(stray.relative_to(folder).as_posix())
+        if match is not None and owns(int(match.group(1))):
+            stray.unlink(missing_ok=True)
 
 
 def merge_caption(existing: str, ours: str, mode: str) -> str:
