@@ -276,8 +276,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def _choices(parser: argparse.ArgumentParser, flag: str, text: str, allowed: Sequence[str]) -> list[str]:
     chosen = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    unknown = [part for part in chosen if part not in allowed]
-    if unknown or not chosen:
+    if not chosen or any(part not in allowed for part in chosen):
         parser.error(f"argument {flag}: choose from {', '.join(allowed)} (comma-separated)")
     return chosen
 

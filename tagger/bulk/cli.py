@@ -57,8 +57,7 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 def _formats(text: str) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
-    unknown = [f for f in chosen if f not in FORMATS]
-    if unknown or not chosen:
+    if not chosen or any(f not in FORMATS for f in chosen):
         raise argparse.ArgumentTypeError(f"choose one or more of {', '.join(FORMATS)} (comma-separated)")
     return chosen
 
