@@ -116,15 +116,6 @@ def export_graph(
     return path
 
 
-def _pixel_dims() -> dict[int, Any]:
-    from torch.export import Dim
-
-    batch = Dim("batch", min=1, max=1 << 16)
-    rows = Dim("patch_rows", min=1, max=MAX_SIDE // 16)
-    cols = Dim("patch_cols", min=1, max=MAX_SIDE // 16)
-    return {0: batch, 2: 16 * rows, 3: 16 * cols}
-
-
 def backbone_matmuls(path: Path) -> list[str]:
     """Names of the MatMul nodes with a weight (a constant second input) outside the head: the
     nodes both quantisers convert. Listed by name because ``quantize_dynamic`` rewrites a Gemm
@@ -198,6 +189,8 @@ def export_all(
     wd14_size: int | None = 512,
 ) -> list[Path]:
     """Write every requested file under ``out`` (see the module doc); returns their paths."""
+    from torch.export import Dim
+
     from tagger.onnx.graphs import BackboneGraph, EmbeddingGraph, LogitsGraph, Wd14Graph
     from tagger.onnx.wd14 import RATING_PLACEHOLDERS, wd14_order, write_selected_tags
 
@@ -206,6 +199,8 @@ def export_all(
     written: list[Path] = []
     modules = {"tagger": LogitsGraph, "embedding": EmbeddingGraph, "backbone": BackboneGraph}
     example = torch.zeros(2, 3, 32, 48)
+    batch, side = Dim("batch", min=1, max=1 << 16), MAX_SIDE // 16
+    pixel_dims = {0: batch, 2: 16 * Dim("patch_rows", min=1, max=side), 3: 16 * Dim("patch_cols", min=1, max=side)}
     for graph in graphs:
         started = time.perf_counter()
         fp32 = out / graph / VARIANT_FILES["fp32"]
@@ -215,7 +210,7 @@ def export_all(
             fp32,
             input_name=INPUT_NAME,
             output_name=OUTPUT_NAMES[graph],
-            dynamic=_pixel_dims(),
+            dynamic=pixel_dims,
             metadata=_metadata(model, graph, "fp32"),
         )
         files = [QUANTIZERS[v](fp32, out / graph / VARIANT_FILES[v]) for v in variants if v != "fp32"]
@@ -229,8 +224,6 @@ def export_all(
     if wd14_size:
         if wd14_size % model.config.patch_size or not 16 <= wd14_size <= MAX_SIDE:
             raise ValueError(f"--wd14-size must be a multiple of 16 between 16 and {MAX_SIDE}, not {wd14_size}.")
-        from torch.export import Dim
-
         wd14 = Wd14Graph(model, wd14_order(vocab).tolist(), len(RATING_PLACEHOLDERS)).eval()
         written.append(
             export_graph(
@@ -239,7 +232,7 @@ def export_all(
                 out / WD14 / "model.onnx",
                 input_name=WD14_INPUT,
                 output_name=WD14_OUTPUT,
-                dynamic={0: Dim("batch", min=1, max=1 << 16)},
+                dynamic={0: batch},
                 metadata=_metadata(model, WD14, "fp32"),
             )
         )
@@ -283,8 +276,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def _choices(parser: argparse.ArgumentParser, flag: str, text: str, allowed: Sequence[str]) -> list[str]:
     chosen = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    unknown = [part for part in chosen if part not in allowed]
-    if unknown or not chosen:
+    if not chosen or any(part not in allowed for part in chosen):
         parser.error(f"argument {flag}: choose from {', '.join(allowed)} (comma-separated)")
     return chosen
 

@@ -57,8 +57,7 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 def _formats(text: str) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
-    unknown = [f for f in chosen if f not in FORMATS]
-    if unknown or not chosen:
+    if not chosen or any(f not in FORMATS for f in chosen):
         raise argparse.ArgumentTypeError(f"choose one or more of {', '.join(FORMATS)} (comma-separated)")
     return chosen
 
@@ -251,13 +250,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         else:
             return launch_workers(_without(argv, {"--gpus", "--shard", "--device"}), per_gpu, shard)
     with contextlib.ExitStack() as stack:  # the output folder's lock, held until the run ends
-        return _tag(args, options, shard, argv, stack)
+        plan, writer, files = _plan(args, options, shard, argv, stack)
+        return _tag(args, options, plan, writer, files)
 
 
-def _tag(
-    args: argparse.Namespace, options: TagOptions, shard: ShardSpec, argv: list[str], stack: contextlib.ExitStack
-) -> int:
-    plan, writer, files = _plan(args, options, shard, argv, stack)
+def _tag(args: argparse.Namespace, options: TagOptions, plan: Plan, writer: OutputWriter, files: ModelFiles) -> int:
     summary = Summary(out=escape_name(str(writer.layout.root)))
     progress: Progress | None = None
     message: str | None
@@ -347,13 +344,10 @@ def relation_files(args: argparse.Namespace) -> dict[str, list[str]]:
 
     recorded: dict[str, list[str]] = {}
     for name in ("implications", "aliases"):
-        sources = getattr(args, name)
-        if sources:
-            paths = [resolve_source(s, args.repo, args.revision) for s in sources]
-            recorded[name] = [
-                f"{s} (sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:16]})"
-                for s, p in zip(sources, paths, strict=True)
-            ]
+        sources = getattr(args, name) or []
+        paths = [resolve_source(s, args.repo, args.revision) for s in sources]
+        for s, p in zip(sources, paths, strict=True):
+            recorded.setdefault(name, []).append(f"{s} (sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:16]})")
     return recorded
 
 

@@ -185,7 +185,10 @@ class DecodePool:
         self._start()
         self._generation += 1
 
-    def _result(self, record: Record, work: Future | DecodeResult, generation: int) -> Decoded:
+    def _next(self, pending: deque[tuple[Any, Future | DecodeResult | None, int]]) -> Any:
+        record, work, generation = pending.popleft()
+        if work is None:  # not a Record
+            return record
         if not isinstance(work, Future):
             return decoded_from(record, work)
         if generation != self._generation:  # submitted to a pool that has died since
@@ -212,7 +215,3 @@ class DecodePool:
                 yield self._next(pending)
         while pending:
             yield self._next(pending)
-
-    def _next(self, pending: deque[tuple[Any, Future | DecodeResult | None, int]]) -> Any:
-        item, work, generation = pending.popleft()
-        return item if work is None else self._result(item, work, generation)  # None: not a Record

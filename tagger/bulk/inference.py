@@ -26,9 +26,6 @@ from tagger.engine.tagger import Tagger
 from tagger.tags.options import TagOptions
 from tagger.tags.selection import select_tags
 
-EMPTY_IDS = np.zeros(0, dtype=np.int32)
-EMPTY_SCORES = np.zeros(0, dtype=np.float32)
-
 
 @dataclass
 class TokenCounts:
@@ -63,8 +60,8 @@ def batches_by_tokens(items: Sequence[Decoded], batch_size: int, patch: int) -> 
 
 
 def error_row(item: Decoded) -> TagRow:
-    record = item.record
-    return _row(item, ImageResult(record.key, record.concept, item.sha256, error=item.error), EMPTY_IDS, EMPTY_SCORES)
+    result = ImageResult(item.record.key, item.record.concept, item.sha256, error=item.error)
+    return _row(item, result, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
 
 
 def _row(

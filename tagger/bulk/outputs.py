@@ -105,15 +105,13 @@ def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
 SHARD_IN_NAME = re.compile(r"shard-(\d+)")
 
 
-def remove_temporaries(folder: Path, owns: Callable[[int], bool] | None = None) -> None:
-    """Temporary files a killed run left behind; with ``owns``, only those of the shards it accepts
-    (by the file's or its folder's ``shard-NNNNNN``): another process may be writing the others."""
+def remove_temporaries(folder: Path, owns: Callable[[int], bool]) -> None:
+    """Temporary files a killed run left behind, only those of the shards ``owns`` accepts (by the
+    file's or its folder's ``shard-NNNNNN``): another process may be writing the others."""
     for stray in folder.rglob(".*.tmp"):  # none when the folder is not there
-        if owns is not None:
-            match = SHARD_IN_NAME.search(stray.relative_to(folder).as_posix())
-            if match is None or not owns(int(match.group(1))):
-                continue
-        stray.unlink(missing_ok=True)
+        match = SHARD_IN_NAME.search(stray.relative_to(folder).as_posix())
+        if match is not None and owns(int(match.group(1))):
+            stray.unlink(missing_ok=True)
 
 
 def merge_caption(existing: str, ours: str, mode: str) -> str:
@@ -210,21 +208,21 @@ def rows_table(rows: Sequence[TagRow], descriptors: bool) -> Any:
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def damaged_part(path: Path, error: BaseException) -> str:
-    return (
-        f"The part file {path} is damaged ({error}); delete it and run the same command again: "
-        "its images are tagged again."
-    )
-
-
-def _read_part(path: Path, schema: Any) -> Any:
+def read_part(path: Path, check: Callable[[Any], None] = lambda table: None, **read: Any) -> Any:
+    """One committed part (``read``: ``pq.read_table``'s arguments), which ``check`` may refuse
+    with a ``ValueError``; ``BulkError`` saying what to do when it is damaged."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path, schema=schema)
+        table = pq.read_table(path, **read)
+        check(table)
+        return table
     except (OSError, ValueError, KeyError, pa.ArrowException) as e:
-        raise BulkError(damaged_part(path, e)) from None
+        raise BulkError(
+            f"The part file {path} is damaged ({e}); delete it and run the same command again: "
+            "its images are tagged again."
+        ) from None
 
 
 class OutputWriter:
@@ -261,30 +259,25 @@ class OutputWriter:
         """Merge the shard's parts into its output files, mark it done, remove the parts."""
         import pyarrow as pa
         import pyarrow.compute as pc
+        import pyarrow.parquet as pq
 
         folder = self.layout.parts(shard)
         parts = sorted(folder.glob("part-*.parquet"))
         schema = _part_schema(self.info.descriptors)
-        table = pa.concat_tables([_read_part(p, schema) for p in parts]) if parts else schema.empty_table()
+        table = pa.concat_tables([read_part(p, schema=schema) for p in parts]) if parts else schema.empty_table()
         table = table.take(pc.sort_indices(table, [("index", "ascending")]))
         if "jsonl" in self.formats:
             text = "".join(line + "\n" for line in table.column("json").to_pylist())
             write_atomic(self.layout.shard_file(shard, "jsonl"), text.encode("utf-8"), durable=True)
         if "parquet" in self.formats:
-            self._write_parquet(shard, table)
+            columns = {name: table.column(name) for name in ("key", "path", "sha256", "width", "height")}
+            for name in ("model_repo", "model_revision", "options_hash"):  # the run's: the same on every row
+                columns[name] = pa.array([getattr(self.info, name)] * table.num_rows, pa.string())
+            for name in ("tag_ids", "scores", *(("descriptor",) if self.info.descriptors else ()), "error"):
+                columns[name] = table.column(name)
+            with atomic_file(self.layout.shard_file(shard, "parquet"), durable=True) as fp:
+                pq.write_table(pa.table(columns), fp, compression="zstd")
         errors = sum(1 for e in table.column("error").to_pylist() if e is not None)
         marker = {"shard": shard, "images": table.num_rows - errors, "errors": errors}
         write_atomic(self.layout.done(shard), json.dumps(marker).encode("utf-8"), durable=True)
         shutil.rmtree(folder, ignore_errors=True)
-
-    def _write_parquet(self, shard: int, table: Any) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        columns = {name: table.column(name) for name in ("key", "path", "sha256", "width", "height")}
-        for name in ("model_repo", "model_revision", "options_hash"):  # the run's: the same on every row
-            columns[name] = pa.array([getattr(self.info, name)] * table.num_rows, pa.string())
-        for name in ("tag_ids", "scores", *(("descriptor",) if self.info.descriptors else ()), "error"):
-            columns[name] = table.column(name)
-        with atomic_file(self.layout.shard_file(shard, "parquet"), durable=True) as fp:
-            pq.write_table(pa.table(columns), fp, compression="zstd")

@@ -37,26 +37,6 @@ class Kept:
     record: Record
 
 
-class CaptionPlacer:
-    """Where each record's caption goes: beside its image file, or under the output's ``txt/``.
-    Two images of one folder with the same stem (``a.png``, ``a.jpg``) cannot both own ``a.txt``:
-    by the Batch tab's rule the first gets ``a.txt``, the next ``a.jpg.txt``."""
-
-    def __init__(self, beside: bool):
-        self.beside = beside
-        self._beside_names, self._out_names = CaptionNamer(), CaptionNamer()
-
-    def place(self, record: Record) -> str:
-        if self.beside and record.file is not None:
-            return self._beside_names.name_for(Path(record.file).as_posix())
-        try:
-            # The caption under txt/ has the image's own name, bytes that are not UTF-8 included.
-            name = sanitize_path(unescape_name(record.key))
-        except UploadError:  # a key column value such as "../x": keep the file inside txt/
-            name = f"{record.key.split('/', 1)[0]}/row-{record.index:09d}"
-        return self._out_names.name_for(name)
-
-
 @dataclass(kw_only=True)
 class Plan:
     """``keep_existing_only``: ``--on-existing skip`` with ``txt`` the only output, so an image
@@ -75,7 +55,20 @@ class Plan:
     already_done: int = 0  # images of this process's shards written by an earlier run
 
     def __post_init__(self) -> None:
-        self.placer = CaptionPlacer(self.beside)
+        self._beside_names, self._out_names = CaptionNamer(), CaptionNamer()
+
+    def place(self, record: Record) -> str:
+        """Where a record's caption goes: beside its image file, or under the output's ``txt/``.
+        Two images of one folder with the same stem (``a.png``, ``a.jpg``) cannot both own ``a.txt``:
+        by the Batch tab's rule the first gets ``a.txt``, the next ``a.jpg.txt``."""
+        if self.beside and record.file is not None:
+            return self._beside_names.name_for(Path(record.file).as_posix())
+        try:
+            # The caption under txt/ has the image's own name, bytes that are not UTF-8 included.
+            name = sanitize_path(unescape_name(record.key))
+        except UploadError:  # a key column value such as "../x": keep the file inside txt/
+            name = f"{record.key.split('/', 1)[0]}/row-{record.index:09d}"
+        return self._out_names.name_for(name)
 
     @property
     def total(self) -> int | None:
@@ -93,7 +86,7 @@ class Plan:
         current: int | None = None
         for record in self.inputs.records():
             shard = record.index // self.shard_size
-            caption = self.placer.place(record) if self.txt else None
+            caption = self.place(record) if self.txt else None
             if shard != current and current is not None:
                 yield ShardEnd(current)
                 current = None

@@ -24,6 +24,7 @@ import argparse
 import importlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -120,27 +121,6 @@ def _pixel_views(table: Any) -> list[torch.Tensor | None]:
     return views
 
 
-def decoded_window(table: Any) -> list[Decoded]:
-    """The decode stage's table back as ``Decoded`` items, pixels viewed in place."""
-    meta = table.drop_columns(["pixels"]).to_pylist()
-    return [
-        Decoded(_item_record(item), pixels, item["sha256"], item["width"], item["height"], item["error"])
-        for item, pixels in zip(meta, _pixel_views(table), strict=True)
-    ]
-
-
-def _rows_table(rows: list[TagRow], tokens: list[int], padded: list[int], descriptors: bool) -> Any:
-    """The part's columns (``rows_table``), and what the write stage needs besides."""
-    import pyarrow as pa
-
-    table = rows_table(rows, descriptors)
-    table = table.append_column("shard", pa.array([r.shard for r in rows], pa.int64()))
-    table = table.append_column("caption_file", pa.array([r.caption_file for r in rows], pa.string()))
-    table = table.append_column("caption", pa.array([r.caption for r in rows], pa.string()))
-    table = table.append_column("tokens", pa.array(tokens, pa.int64()))
-    return table.append_column("padded", pa.array(padded, pa.int64()))
-
-
 def _table_rows(table: Any) -> list[TagRow]:
     plain = ("index", "shard", "key", "path", "sha256", "width", "height", "error", "caption")
     return [
@@ -183,7 +163,13 @@ class TagActor:
         self._formatter = ThreadPoolExecutor(1, thread_name_prefix="tag-rows")
 
     def __call__(self, table: Any) -> Any:
-        window = decoded_window(table)
+        import pyarrow as pa
+
+        meta = table.drop_columns(["pixels"]).to_pylist()  # the decode stage's table, pixels viewed in place
+        window = [
+            Decoded(_item_record(item), pixels, item["sha256"], item["width"], item["height"], item["error"])
+            for item, pixels in zip(meta, _pixel_views(table), strict=True)
+        ]
         rows = [error_row(item) for item in window if item.pixels is None]
         # Each batch's token counts ride on its first row (the write stage sums them).
         tokens, padded = [0] * len(rows), [0] * len(rows)
@@ -198,7 +184,12 @@ class TagActor:
             padded += [computed] + [0] * (len(batch) - 1)
         for future in formatted:
             rows += future.result()
-        return _rows_table(rows, tokens, padded, self.descriptors)
+        out = rows_table(rows, self.descriptors)  # the part's columns, then what the write stage needs besides
+        out = out.append_column("shard", pa.array([r.shard for r in rows], pa.int64()))
+        out = out.append_column("caption_file", pa.array([r.caption_file for r in rows], pa.string()))
+        out = out.append_column("caption", pa.array([r.caption for r in rows], pa.string()))
+        out = out.append_column("tokens", pa.array(tokens, pa.int64()))
+        return out.append_column("padded", pa.array(padded, pa.int64()))
 
 
 class BulkDatasink(Datasink):
@@ -257,8 +248,6 @@ def run_ray(
     progress: Progress,
 ) -> None:
     """Tag everything ``plan`` yields on Ray Data; counts go into ``summary``."""
-    import time
-
     from tagger.bulk.resume import options_values
     from tagger.engine.weights import inspect_checkpoint
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tagger.bulk.outputs import SHARD_IN_NAME, Layout, damaged_part, remove_temporaries, write_atomic
+from tagger.bulk.outputs import SHARD_IN_NAME, Layout, read_part, remove_temporaries, write_atomic
 from tagger.bulk.safefs import read_regular
 from tagger.errors import BulkError
 from tagger.tags.options import OPTION_NAMES, TagOptions
@@ -136,7 +136,8 @@ class ResumeState:
             if shard is None or not owns(shard) or shard in state.finished:
                 continue  # finished: killed between the marker and removing the parts
             parts = sorted(folder.glob("part-*.parquet"))
-            state.done_keys[shard] = {key for part in parts for key in read_part_keys(part)}
+            keys = [read_part(part, _text_keys, columns=["key"]).column("key").to_pylist() for part in parts]
+            state.done_keys[shard] = {key for part_keys in keys for key in part_keys if key is not None}
         return state
 
 
@@ -160,15 +161,8 @@ def _read_marker(path: Path, shard: int) -> dict[str, Any]:
     return data
 
 
-def read_part_keys(path: Path) -> list[str]:
-    """The keys of one committed part; ``BulkError`` saying what to do when it is damaged."""
+def _text_keys(table: Any) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    try:
-        keys = pq.read_table(path, columns=["key"]).column("key")
-        if not pa.types.is_string(keys.type):
-            raise ValueError(f"its key column holds {keys.type}, not text")
-        return [k for k in keys.to_pylist() if k is not None]
-    except (OSError, ValueError, KeyError, pa.ArrowException) as e:
-        raise BulkError(damaged_part(path, e)) from None
+    if not pa.types.is_string(table.column("key").type):
+        raise ValueError(f"its key column holds {table.column('key').type}, not text")

@@ -25,12 +25,21 @@ def _top_right_vectors(x: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` leading right singular vectors ``[k, C]`` of ``x`` ``[N, C]``: an exact SVD for small
     CPU matrices; on a GPU, where cuSOLVER's SVD of a 1024-pixel image's 4096 × 1280 features is
     slow, the eigenvectors of the Gram matrix ``xᵀx`` (``_gram_eigenvectors``); for a large CPU
-    matrix (many seconds exactly), a randomised range finder (``_randomised``)."""
+    matrix (many seconds exactly), a randomised range finder with power iterations from a fixed
+    seed (like ``torch.pca_lowrank``, but seeded, hence deterministic, and with more iterations
+    for closely spaced components)."""
     if x.is_cuda:
         return _gram_eigenvectors(x, k)
     if min(x.shape) <= 256:
         return torch.linalg.svd(x, full_matrices=False).Vh[:k]
-    return _randomised(x, k)
+    n, c = x.shape
+    width = min(k + 10, n, c)
+    generator = torch.Generator().manual_seed(0)
+    y = x @ torch.randn(c, width, generator=generator).to(x.device)
+    for _ in range(6):
+        y = x @ torch.linalg.qr(x.T @ torch.linalg.qr(y).Q).Q
+    basis = torch.linalg.qr(y).Q  # [N, width], spans the leading left singular vectors
+    return torch.linalg.svd(basis.T @ x, full_matrices=False).Vh[:k]
 
 
 def _gram_eigenvectors(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -40,20 +49,6 @@ def _gram_eigenvectors(x: torch.Tensor, k: int) -> torch.Tensor:
     x64 = x.double()
     _, vectors = torch.linalg.eigh(x64.T @ x64)  # eigenvalues ascending
     return vectors[:, -k:].flip(-1).T.to(x.dtype)
-
-
-def _randomised(x: torch.Tensor, k: int) -> torch.Tensor:
-    """A randomised range finder with power iterations from a fixed seed (like
-    ``torch.pca_lowrank``, but seeded, hence deterministic, and with more iterations for
-    closely spaced components)."""
-    n, c = x.shape
-    width = min(k + 10, n, c)
-    generator = torch.Generator().manual_seed(0)
-    y = x @ torch.randn(c, width, generator=generator).to(x.device)
-    for _ in range(6):
-        y = x @ torch.linalg.qr(x.T @ torch.linalg.qr(y).Q).Q
-    basis = torch.linalg.qr(y).Q  # [N, width], spans the leading left singular vectors
-    return torch.linalg.svd(basis.T @ x, full_matrices=False).Vh[:k]
 
 
 def pca_components(features: np.ndarray | torch.Tensor, k: int = 3) -> np.ndarray:

@@ -158,8 +158,9 @@ class OnnxTagger:
         return self.run(pixels), self.run_descriptors(pixels)
 
 
-def check_backend_args(args: Any) -> None:
-    """The flags ``--backend onnxruntime`` cannot combine with, as one sentence (``ValueError``)."""
+def onnx_model_files(args: Any) -> ModelFiles:
+    """The graph and vocabulary ``--onnx`` (and ``--vocab``) name, as the bulk tool records model
+    files; ``ValueError`` with one sentence for a flag ``--backend onnxruntime`` cannot combine with."""
     if not args.onnx:
         raise ValueError("--backend onnxruntime needs --onnx DIR (the folder python -m tagger.export --out DIR wrote).")
     if args.demo:
@@ -174,11 +175,6 @@ def check_backend_args(args: Any) -> None:
             "--backend onnxruntime runs on the CPU at the precision of the file given to --onnx "
             "(model.onnx, model_quantized.onnx or model_q4.onnx); leave out --device and --dtype."
         )
-
-
-def onnx_model_files(args: Any) -> ModelFiles:
-    """The graph and vocabulary ``--onnx`` (and ``--vocab``) name, as the bulk tool records model files."""
-    check_backend_args(args)
     require_onnx("--backend onnxruntime", ("onnxruntime",))
     graph = resolve_graph(args.onnx)
     vocab = Path(args.vocab).expanduser() if args.vocab else export_root(graph) / VOCAB_FILE

@@ -14,18 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tagger.engine.model import TaggerConfig, TaggerModel, rope_angles
+from tagger.engine.model import TaggerModel, rope_angles
 from tagger.engine.preprocess import IMAGENET_MEAN, IMAGENET_STD
-
-
-def graph_rope(grid_h: int, grid_w: int, config: TaggerConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE cos and sin ``[1, 1, prefix + h·w, head_dim]`` of a patch grid (symbolic sizes while
-    exporting); the prefix tokens get angle 0 (cos 1, sin 0), as in ``TaggerModel.rope``."""
-    # The model's own function without its cache, which cannot hold symbolic sizes.
-    angles = rope_angles.__wrapped__(grid_h, grid_w, config.head_dim, config.rope_theta, config.rope_coord_scale)
-    prefix = torch.zeros(config.num_prefix_tokens, config.head_dim, dtype=torch.float32)
-    angles = torch.cat([prefix, angles], dim=0)[None, None]
-    return angles.cos(), angles.sin()
 
 
 class BackboneGraph(nn.Module):
@@ -42,7 +32,13 @@ class BackboneGraph(nn.Module):
         x = torch.cat(
             [model.cls_token.expand(batch, -1, -1), model.register_tokens.expand(batch, -1, -1), patches], dim=1
         )
-        cos, sin = graph_rope(height // config.patch_size, width // config.patch_size, config)
+        # RoPE [1, 1, prefix + h·w, head_dim] from the model's own function without its cache, which
+        # cannot hold symbolic sizes; the prefix tokens get angle 0 (cos 1, sin 0), as in TaggerModel.rope.
+        grid_h, grid_w, head_dim = height // config.patch_size, width // config.patch_size, config.head_dim
+        angles = rope_angles.__wrapped__(grid_h, grid_w, head_dim, config.rope_theta, config.rope_coord_scale)
+        prefix = torch.zeros(config.num_prefix_tokens, head_dim, dtype=torch.float32)
+        angles = torch.cat([prefix, angles], dim=0)[None, None]
+        cos, sin = angles.cos(), angles.sin()
         for block in model.blocks:
             x = block(x, (cos, sin))
         return model.norm(x)
