@@ -1,12 +1,9 @@
 """The public API, which is also the app's MCP tool list: ``/tag``, ``/tag_batch``, ``/pca``,
-``/heatmap``, ``/similarity`` and ``/similarity_batch``.
-
-Each endpoint is a typed function published with ``gr.api``: Gradio shows its signature and
-docstring on "Use via API", in ``Client.view_api`` and in the MCP tool list. ``api_endpoint``
-puts the ``TagOptions`` fields (order, types, defaults, help) in place of an ``options`` parameter.
-Files arrive as Gradio received them (``tagger.web.inputs.received_path``); files returned are
-written to Gradio's cache.
-"""
+``/heatmap``, ``/similarity`` and ``/similarity_batch``. Each is a typed function published with
+``gr.api``: Gradio shows its signature and docstring on "Use via API", in ``Client.view_api`` and in
+the MCP tool list. ``api_endpoint`` puts the ``TagOptions`` fields (order, types, defaults, help) in
+place of an ``options`` parameter. Files arrive as Gradio received them (``inputs.received_path``);
+files returned are written to Gradio's cache."""
 
 from __future__ import annotations
 

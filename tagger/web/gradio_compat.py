@@ -1,9 +1,7 @@
-"""Every use of a Gradio name outside its public API, and every Gradio method the app replaces.
-
-The rest of ``tagger.web`` uses Gradio's public API and the functions here. ``PRIVATE_NAMES`` lists
+"""Every use of a Gradio name outside its public API, and every Gradio method the app replaces:
+the rest of ``tagger.web`` uses Gradio's public API and the functions here. ``PRIVATE_NAMES`` lists
 what these rely on, each with the feature that needs it; ``tests/test_gradio_compat.py`` checks
-every entry against the installed Gradio and names what a new release no longer has (``missing``).
-"""
+every entry against the installed Gradio and names what a new release no longer has (``missing``)."""
 
 from __future__ import annotations
 
