@@ -399,7 +399,10 @@ class RequestGuard:
         before the app runs, then the bytes received so far after each chunk (it may refuse by raising)."""
         upload = scope.get("path", "").endswith("/upload")
         what = "The upload" if upload else "The request"
-        declared = _content_length(scope)
+        try:
+            declared: int | None = int(_header(scope, b"content-length")[0])
+        except (IndexError, ValueError):  # none declared (a streamed body), or not a number
+            declared = None
         if declared is not None and declared > limit:  # refused before anything is stored or counted
             raise _TooLarge(413, f"{what} is {format_bytes(declared)}; the limit is {format_bytes(limit)}.")
         if on_body is not None:
@@ -464,14 +467,6 @@ class RequestGuard:
             self.unqueued_now[client] -= 1
             if self.unqueued_now[client] <= 0:
                 del self.unqueued_now[client]
-
-
-def _content_length(scope: Scope) -> int | None:
-    values = _header(scope, b"content-length")
-    try:
-        return int(values[0]) if values else None
-    except ValueError:
-        return None
 
 
 async def _answer(send: Send, status: int, message: str) -> None:
