@@ -1,9 +1,7 @@
-"""The tagging controls of the Tag tab (the Batch tab tags with them too), from the options' declaration.
-
-One widget per ``TagOptions`` field, in declaration order, with its label, range, default, choices
+"""The tagging controls of the Tag tab (the Batch tab tags with them too), from the options' declaration:
+one widget per ``TagOptions`` field, in declaration order, with its label, range, default, choices
 and help; ``categories`` offers the categories this vocabulary has. Widgets of one mode show only
-in it, and mistakes show next to their field as they are typed: both in the page (``assets/tag_view.js``).
-"""
+in it, and mistakes show next to their field as they are typed: both in the page (``assets/tag_view.js``)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
 """The public API, which is also the app's MCP tool list: ``/tag``, ``/tag_batch``, ``/pca``,
-``/heatmap``, ``/similarity`` and ``/similarity_batch``.
-
-Each endpoint is a typed function published with ``gr.api``: Gradio shows its signature and
-docstring on "Use via API", in ``Client.view_api`` and in the MCP tool list. ``api_endpoint``
-puts the ``TagOptions`` fields (order, types, defaults, help) in place of an ``options`` parameter.
-Files arrive as Gradio received them (``tagger.web.inputs.received_path``); files returned are
-written to Gradio's cache.
-"""
+``/heatmap``, ``/similarity`` and ``/similarity_batch``. Each is a typed function published with
+``gr.api``: Gradio shows its signature and docstring on "Use via API", in ``Client.view_api`` and in
+the MCP tool list. ``api_endpoint`` puts the ``TagOptions`` fields (order, types, defaults, help) in
+place of an ``options`` parameter. Files arrive as Gradio received them (``inputs.received_path``);
+files returned are written to Gradio's cache."""
 
 from __future__ import annotations
 
@@ -181,9 +178,9 @@ class Endpoint:
     """An endpoint function (``api_endpoint``) and how it is published."""
 
     fn: Callable[..., Any]
-    concurrency_id: str
     returns: tuple[str, ...]  # the results' labels
     examples: dict[str, Any] = field(default_factory=dict)  # suggested on "Use via API"
+    concurrency_id: str = HEAVY_QUEUE
 
     @property
     def name(self) -> str:
@@ -336,14 +333,12 @@ def build_endpoints(ctx: AppContext) -> list[Endpoint]:
     example_tag = ctx.vocab.tags[found[0] if found else 0]
     pairs_zip = FileData(path="pairs.zip", url="pairs.zip", orig_name="pairs.zip").model_dump()  # yours
     return [
-        Endpoint(tag, TAG_QUEUE, ("result",), {"image": cat}),
-        Endpoint(
-            tag_batch, HEAVY_QUEUE, ("Results", "Captions (.zip)", "Tags (.jsonl)", "Summary"), {"files": [cat, coffee]}
-        ),
-        Endpoint(pca, HEAVY_QUEUE, ("pca", "overlay", "color_blend"), {"image": cat}),
-        Endpoint(heatmap, HEAVY_QUEUE, ("overlay", "heatmap", "info"), {"image": cat, "tag": example_tag}),
-        Endpoint(similarity, HEAVY_QUEUE, ("similarity",), {"image_a": cat, "image_b": coffee}),
-        Endpoint(similarity_batch, HEAVY_QUEUE, ("result",), {"archive": pairs_zip}),
+        Endpoint(tag, ("result",), {"image": cat}, concurrency_id=TAG_QUEUE),
+        Endpoint(tag_batch, ("Results", "Captions (.zip)", "Tags (.jsonl)", "Summary"), {"files": [cat, coffee]}),
+        Endpoint(pca, ("pca", "overlay", "color_blend"), {"image": cat}),
+        Endpoint(heatmap, ("overlay", "heatmap", "info"), {"image": cat, "tag": example_tag}),
+        Endpoint(similarity, ("similarity",), {"image_a": cat, "image_b": coffee}),
+        Endpoint(similarity_batch, ("result",), {"archive": pairs_zip}),
     ]
 
 

@@ -395,13 +395,18 @@ class RequestGuard:
     async def _capped(
         self, scope: Scope, receive: Receive, send: Send, limit: int, on_body: Callable[[int], None] | None = None
     ) -> None:
-        """Run the app with the request body capped at ``limit``; ``on_body`` is told the bytes
-        received so far after each chunk (it may refuse the request by raising)."""
+        """Run the app with the request body capped at ``limit``; ``on_body`` is told the declared length
+        before the app runs, then the bytes received so far after each chunk (it may refuse by raising)."""
         upload = scope.get("path", "").endswith("/upload")
         what = "The upload" if upload else "The request"
-        declared = _content_length(scope)
-        if declared is not None and declared > limit:
+        try:
+            declared: int | None = int(_header(scope, b"content-length")[0])
+        except (IndexError, ValueError):  # none declared (a streamed body), or not a number
+            declared = None
+        if declared is not None and declared > limit:  # refused before anything is stored or counted
             raise _TooLarge(413, f"{what} is {format_bytes(declared)}; the limit is {format_bytes(limit)}.")
+        if on_body is not None:
+            on_body(declared or 0)
         started = False
         count = 0
 
@@ -439,14 +444,10 @@ class RequestGuard:
             raise _TooLarge(400, "The upload could not be read; send each file with a file name.") from None
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
-        declared = _content_length(scope) or 0
-        cap = self.limits.max_upload_request_bytes
-        if declared > cap:  # refused before anything is stored or counted
-            raise _TooLarge(413, f"The upload is {format_bytes(declared)}; the limit is {format_bytes(cap)}.")
+        # The declared length is reserved before a byte is stored; what arrives beyond it is charged
+        # chunk by chunk (a streamed body declares no length).
         charge = self.budget.charge(client)
-        charge.to(declared)  # the declared length is reserved before a byte is stored
-        # What arrives beyond it is charged chunk by chunk (a streamed body declares no length).
-        await self._capped(scope, receive, send, cap, on_body=charge.to)
+        await self._capped(scope, receive, send, self.limits.max_upload_request_bytes, on_body=charge.to)
 
     async def _unqueued(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
         limits = self.limits
@@ -466,14 +467,6 @@ class RequestGuard:
             self.unqueued_now[client] -= 1
             if self.unqueued_now[client] <= 0:
                 del self.unqueued_now[client]
-
-
-def _content_length(scope: Scope) -> int | None:
-    values = _header(scope, b"content-length")
-    try:
-        return int(values[0]) if values else None
-    except ValueError:
-        return None
 
 
 async def _answer(send: Send, status: int, message: str) -> None:

@@ -1,9 +1,7 @@
-"""Every use of a Gradio name outside its public API, and every Gradio method the app replaces.
-
-The rest of ``tagger.web`` uses Gradio's public API and the functions here. ``PRIVATE_NAMES`` lists
+"""Every use of a Gradio name outside its public API, and every Gradio method the app replaces:
+the rest of ``tagger.web`` uses Gradio's public API and the functions here. ``PRIVATE_NAMES`` lists
 what these rely on, each with the feature that needs it; ``tests/test_gradio_compat.py`` checks
-every entry against the installed Gradio and names what a new release no longer has (``missing``).
-"""
+every entry against the installed Gradio and names what a new release no longer has (``missing``)."""
 
 from __future__ import annotations
 
@@ -24,20 +22,13 @@ import gradio.component_meta
 import gradio.components.api_component
 from gradio import route_utils
 from gradio.context import get_blocks_context
-from gradio.data_classes import ImageData
-from gradio.exceptions import InvalidPathError
-from gradio.utils import NamedString, get_function_description, get_upload_folder
-from gradio_client.utils import QueueError, json_schema_to_python_type
-
-__all__ = [
-    "ImageData",
-    "InvalidPathError",
-    "NamedString",
-    "QueueError",
-    "get_function_description",
-    "get_upload_folder",
-    "json_schema_to_python_type",
-]
+from gradio.data_classes import ImageData as ImageData
+from gradio.exceptions import InvalidPathError as InvalidPathError
+from gradio.utils import NamedString as NamedString
+from gradio.utils import get_function_description as get_function_description
+from gradio.utils import get_upload_folder as get_upload_folder
+from gradio_client.utils import QueueError as QueueError
+from gradio_client.utils import json_schema_to_python_type as json_schema_to_python_type
 
 ApiComponent = gradio.components.api_component.Api  # what gr.api makes for each parameter and result
 

@@ -161,13 +161,10 @@ with no_stub_files():
 
 
 def received_path(payload: object) -> str | None:
-    """The server path of a file parameter of a ``gr.api`` endpoint, or None when none was sent.
-
-    Gradio has moved what came as a file (what ``handle_file`` sends) into its upload cache (a URL
-    fetched by ``SafeApi``); anything else (a bare string, a dict without ``meta``) reaches the
-    endpoint untouched, so only a path inside the upload cache is accepted: no request can name a
-    file elsewhere on the server.
-    """
+    """The server path of a ``gr.api`` endpoint's file parameter, or None when none was sent. Gradio
+    moves a file payload (``handle_file``; a URL fetched by ``SafeApi``) into its upload cache but passes
+    anything else (a bare string, a dict without ``meta``) on untouched: only a path inside the cache
+    is accepted, so no request can name a file elsewhere on the server."""
     if payload is None:
         return None
     path = payload.get("path") if isinstance(payload, dict) else None

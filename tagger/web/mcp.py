@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import functools
 import inspect
 import logging
 import mimetypes
@@ -60,10 +61,8 @@ def serve_mcp_callers(server: Any, budget: UploadBudget) -> None:
             _CALL_FOLDERS.set(folders)
             try:
                 caller = client_key(gradio_compat.mcp_request_scope(server), budget.limits.proxy_hops)
-                converted = _with_files(
-                    server, name, arguments, lambda data, ext: _write(data, ext, caller, budget, folders)
-                )
-                return prepare(name, converted)
+                write = functools.partial(_write, caller=caller, budget=budget, folders=folders)
+                return prepare(name, _with_files(server, name, arguments, write))
             except Exception:
                 _remove(folders)
                 raise

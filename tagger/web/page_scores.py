@@ -12,11 +12,10 @@ from tagger.tags.selection import _check_probability, mcut_threshold
 def page_scores(scores: np.ndarray, vocab: Vocabulary, cutoff: float) -> dict:
     """As JSON: every tag scoring at least ``cutoff`` as ``[tag, score, category id, index]`` in
     vocabulary order, and each category's MCut threshold over all of its tags; selections with a
-    floor at or above ``cutoff`` then give exactly what ``select_tags`` gives.
-
-    With relations, tags are sent as shown (aliases), the rows also hold every tag a sent tag
-    implies, and ``relations`` holds the rows each row implies and the MCut thresholds of the
-    ``add`` scores, so the page can follow ``implied`` (size: the sent tags times their implied)."""
+    floor at or above ``cutoff`` then give exactly what ``select_tags`` gives. With relations, tags
+    are sent as shown (aliases), the rows also hold every tag a sent tag implies, and ``relations``
+    holds the rows each row implies and the MCut thresholds of the ``add`` scores, so the page can
+    follow ``implied`` (size: the sent tags times their implied)."""
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     if scores.shape[0] != len(vocab):
         raise SelectionError(f"Got {scores.shape[0]} scores for a vocabulary of {len(vocab)} tags.")

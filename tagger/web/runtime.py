@@ -7,8 +7,7 @@ memory, into a forked worker). Off ZeroGPU the ``spaces`` decorator does nothing
 On ZeroGPU an exception raised inside the GPU function reaches the caller only as a generic
 ``gr.Error`` ("ZeroGPU worker error") and costs the worker (the next call copies the weights
 again). So out-of-memory and our user-facing errors are returned as a ``Failure`` value, which
-``ModelRunner.call`` raises again in the calling process: the same sentence everywhere.
-"""
+``ModelRunner.call`` raises again in the calling process: the same sentence everywhere."""
 
 from __future__ import annotations
 

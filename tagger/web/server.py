@@ -1,7 +1,5 @@
-"""Start-up of the app: resolve and load the files once, build the UI, launch.
-
-``app.py`` (the Space's entry point) only calls ``create_app`` and ``launch``.
-"""
+"""Start-up of the app: resolve and load the files once, build the UI, launch; ``app.py`` (the
+Space's entry point) only calls ``create_app`` and ``launch``."""
 
 from __future__ import annotations
 
