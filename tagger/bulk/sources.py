@@ -25,6 +25,7 @@ from typing import Any
 
 from tagger.bulk import safefs
 from tagger.bulk.names import escape_name
+from tagger.bulk.parquet_pages import ChunkCells, NeedsArrow, PageError
 from tagger.datasets.intake import IMAGE_EXTENSIONS, sanitize_path, wrapper_depth
 from tagger.errors import BulkError, UploadError, format_bytes
 
@@ -272,12 +273,10 @@ def _arrow_kind(data_type: Any) -> str | None:
     return None
 
 
-def _row_names(count: int) -> list[str]:
-    return [f"{row:09d}" for row in range(count)]
-
-
-def _key_names(values: Sequence[Any], where: str, column: str) -> list[str]:
-    names = [escape_name(str(v)) for v in values]
+def _key_names(table: Any, rows: int, where: str, column: str | None) -> list[str]:
+    if not column:
+        return [f"{row:09d}" for row in range(rows)]
+    names = [escape_name(str(v)) for v in table[column]]
     if len(set(names)) != len(names):
         raise BulkError(f"The key column {column!r} of {where} has repeated values; keys must be unique.")
     return names
@@ -303,8 +302,7 @@ class ParquetSource(Source):
         self._groups = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
         small = [c for c in (key_column, self.column if self.column_kind == "path" else None) if c]
         self._small = parquet.read(columns=small).to_pydict() if small else {}
-        rows = sum(self._groups)
-        self._names = _key_names(self._small[key_column], str(path), key_column) if key_column else _row_names(rows)
+        self._names = _key_names(self._small, sum(self._groups), str(path), key_column)
 
     def entries(self) -> Iterator[Entry]:
         folder = os.path.dirname(self.spec)
@@ -333,21 +331,6 @@ def _dataset_kind(feature: Any) -> str | None:
     return None
 
 
-def _pick_split(loaded: Any, split: str | None, where: str) -> tuple[Any, str]:
-    import datasets
-
-    if isinstance(loaded, datasets.Dataset):
-        return loaded, ""
-    splits = list(loaded.keys())
-    if split is None and "train" not in splits and len(splits) != 1:
-        raise BulkError(f"{where} has the splits {', '.join(splits)}; choose one with --split.")
-    if split is None:
-        split = "train" if "train" in splits else splits[0]
-    if split not in splits:
-        raise BulkError(f"{where} has no split {split!r}; its splits are {', '.join(splits)}.")
-    return loaded[split], split
-
-
 class SavedDatasetSource(Source):
     """A ``datasets`` dataset (or dataset dict) written by ``save_to_disk``: random access by row."""
 
@@ -361,14 +344,23 @@ class SavedDatasetSource(Source):
             loaded = datasets.load_from_disk(str(path))
         except Exception as e:
             raise BulkError(f"{path} looks like a saved dataset but could not be loaded ({e}).") from None
-        dataset, self.split = _pick_split(loaded, split, str(path))
+        dataset, self.split = loaded, ""
+        if not isinstance(loaded, datasets.Dataset):  # a dataset dict: one of its splits
+            splits = list(loaded.keys())
+            if split is None and "train" not in splits and len(splits) != 1:
+                raise BulkError(f"{path} has the splits {', '.join(splits)}; choose one with --split.")
+            if split is None:
+                split = "train" if "train" in splits else splits[0]
+            if split not in splits:
+                raise BulkError(f"{path} has no split {split!r}; its splits are {', '.join(splits)}.")
+            dataset, self.split = loaded[split], split
         kinds = {name: _dataset_kind(f) for name, f in dataset.features.items()}
         self.column = _pick_table_column(list(dataset.column_names), kinds, image_column, str(path))
         self.rows = len(dataset)
         self.fingerprint = getattr(dataset, "_fingerprint", "")
         if key_column:
             _check_column(key_column, dataset.column_names, str(path))
-        self._names = _key_names(dataset[key_column], str(path), key_column) if key_column else _row_names(self.rows)
+        self._names = _key_names(dataset, self.rows, str(path), key_column)
 
     def entries(self) -> Iterator[Entry]:
         shown = Path(self.spec).name + (f"[{self.split}]" if self.split else "")
@@ -570,8 +562,6 @@ class _ParquetCells:
     def __init__(self, file: str, group: int, column: str):
         import pyarrow.parquet as pq
 
-        from tagger.bulk.parquet_pages import ChunkCells, NeedsArrow, PageError
-
         self.refusal: str | None = None
         self.arrow: _ArrowCells | None = None
         self.leaves: dict[str, ChunkCells] = {}
@@ -601,8 +591,6 @@ class _ParquetCells:
             leaf.close()
 
     def cell(self, row: int) -> tuple[bytes | None, str | None]:
-        from tagger.bulk.parquet_pages import PageError
-
         self.next_row = row + 1
         if self.refusal is not None:
             raise OSError(self.refusal)
