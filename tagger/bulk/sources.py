@@ -655,7 +655,13 @@ def read_bytes(locator: Locator) -> bytes:
         _, folder, split, row, column = locator
         dataset = cache.datasets.get((folder, split, column))
         if dataset is None:
-            dataset = cache.datasets[(folder, split, column)] = _open_saved_column(folder, split, column)
+            import datasets
+
+            loaded = datasets.load_from_disk(folder)
+            dataset = (loaded[split] if split else loaded).select_columns([column])
+            if isinstance(dataset.features[column], datasets.Image):
+                dataset = dataset.cast_column(column, datasets.Image(decode=False))
+            cache.datasets[(folder, split, column)] = dataset
         _check_size(_dataset_cell_size(dataset, row, column))  # refused before it is copied
         cell, path = _image_value(dataset[row][column])
         return _bytes_or_file(cell, path, folder)
@@ -691,13 +697,3 @@ def _dataset_cell_size(dataset: Any, row: int, column: str) -> int | None:
         return None
     size = pc.binary_length(values)[0].as_py()
     return int(size) if size is not None else None
-
-
-def _open_saved_column(folder: str, split: str, column: str) -> Any:
-    import datasets
-
-    loaded = datasets.load_from_disk(folder)
-    dataset = (loaded[split] if split else loaded).select_columns([column])
-    if isinstance(dataset.features[column], datasets.Image):
-        dataset = dataset.cast_column(column, datasets.Image(decode=False))
-    return dataset
