@@ -70,12 +70,10 @@ def tag_items(
     chunk_size: int = 32,
     progress: ProgressCallback | None = None,
 ) -> Iterator[ImageResult]:
-    """Tag every image of ``inputs`` in order, one ``run`` (model) call per chunk of images.
-
-    ``prepare`` decodes bytes on the CPU (``Tagger.prepare``); ``run`` maps pixel tensors to
-    probabilities ``[B, num_tags]`` (``Tagger.run`` or ``ModelRunner.probabilities``, one GPU
-    call). ``progress(done, total, name)`` is called after each image.
-    """
+    """Tag every image of ``inputs`` in order, one ``run`` (model) call per chunk of images:
+    ``prepare`` decodes bytes on the CPU (``Tagger.prepare``), ``run`` maps pixel tensors to
+    probabilities ``[B, num_tags]`` (``Tagger.run`` or ``ModelRunner.probabilities``, one GPU call);
+    ``progress(done, total, name)`` is called after each image."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}.")
 
@@ -201,11 +199,9 @@ def run_batch(
     progress: ProgressCallback | None = None,
     out_dir: str | os.PathLike | None = None,
 ) -> BatchOutput:
-    """Collect, tag and write the whole request into ``out_dir`` (default: ``new_output_dir()``).
-
-    With a ``Tagger``: ``prepare=tagger.prepare, run=tagger.run, vocab=tagger.engine.vocab`` (in
-    the app ``run=ctx.runner.probabilities``, one GPU call per chunk).
-    """
+    """Collect, tag and write the whole request into ``out_dir`` (default: ``new_output_dir()``). With
+    a ``Tagger``: ``prepare=tagger.prepare, run=tagger.run, vocab=tagger.engine.vocab`` (in the app
+    ``run=ctx.runner.probabilities``, one GPU call per chunk)."""
     started = time.perf_counter()
     inputs = collect_inputs(paths, limits)  # refuse a bad request before creating anything
     directory = Path(out_dir) if out_dir is not None else new_output_dir()

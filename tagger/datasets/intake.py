@@ -388,13 +388,10 @@ def _read_capped(fp: IO[bytes], limit: int, name: str, limits: BatchLimits, bloc
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike[str]], limits: BatchLimits | None = None) -> BatchInputs:
-    """The images in ``paths`` (image files and ``.zip`` archives), in upload order.
-
-    A member's first folder (below a wrapping one, ``wrapper_depth``) is its "concept" (files at
-    the root have concept ""). Hidden files, ``__MACOSX`` and non-images are listed in
-    ``skipped``; nested zips are not opened.
-    ``UploadError`` when a limit is passed, an archive is unreadable or unsafe, or there is no image.
-    """
+    """The images in ``paths`` (image files and ``.zip`` archives), in upload order. A member's first
+    folder (below a wrapping one, ``wrapper_depth``) is its "concept" ("" for files at the root).
+    Hidden files, ``__MACOSX`` and non-images are listed in ``skipped``; nested zips are not opened.
+    ``UploadError`` when a limit is passed, an archive is unreadable or unsafe, or there is no image."""
     limits = limits or BatchLimits()
     files = [os.fspath(p) for p in paths if p]
     if not files:
