@@ -20,13 +20,13 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from tagger.bulk import safefs
 from tagger.bulk.names import escape_name
 from tagger.bulk.parquet_pages import ChunkCells, NeedsArrow, PageError
-from tagger.datasets.intake import IMAGE_EXTENSIONS, sanitize_path, wrapper_depth
+from tagger.datasets.intake import is_image_name, sanitize_path, wrapper_depth
 from tagger.errors import BulkError, UploadError, format_bytes
 
 HUB_PREFIX = "hf:"
@@ -72,10 +72,6 @@ def _is_hidden(name: str) -> bool:
     return (name.startswith(".") and name not in (".", "..")) or name == "__MACOSX"
 
 
-def _is_image_name(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
-
-
 def _first_folder(name: str) -> str:
     """The concept of a file in a folder tree or a streamed shard: its first folder ("" at the top)."""
     folder, slash, _ = name.partition("/")
@@ -94,7 +90,7 @@ def _image_member(raw: str, posix: str, shown: str, escape: Callable[[str], str]
     """(name, error) for an archive member named ``raw`` (``posix``: with ``/`` separators), None
     for one that is hidden or not an image; a name that points outside the archive is refused.
     ``escape``: ``escape_name`` for tar names, which are bytes decoded as surrogates."""
-    if not _is_image_name(raw) or any(_is_hidden(p) for p in posix.split("/")):
+    if not is_image_name(raw) or any(_is_hidden(p) for p in posix.split("/")):
         return None
     try:
         return escape(sanitize_path(raw)), None
@@ -142,7 +138,7 @@ class FolderSource(Source):
             # Sorted in place so the walk itself is ordered; hidden folders (.git, .cache) skipped.
             dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d)) if self.recursive else []
             for filename in sorted(filenames):
-                if _is_hidden(filename) or not _is_image_name(filename):
+                if _is_hidden(filename) or not is_image_name(filename):
                     continue
                 full = os.path.join(dirpath, filename)
                 # The key and the path shown are text; the file itself is read by its own name.
@@ -471,7 +467,7 @@ def open_source(spec: str, settings: InputSettings) -> Source:
         return TarSource(path)
     if lower.endswith(".parquet"):
         return ParquetSource(path, settings.image_column, settings.key_column)
-    if _is_image_name(lower):
+    if is_image_name(lower):
         return FileSource(path)
     raise BulkError(
         f"Don't know how to read {spec}: give a folder, an image, a .zip, a .tar (webdataset), a .parquet, "

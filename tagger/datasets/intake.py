@@ -24,7 +24,7 @@ from typing import IO, BinaryIO
 from PIL import Image
 
 from tagger.datasets.pixel_caps import WEB_MAX_IMAGE_PIXELS, web_image_header, web_limit
-from tagger.errors import ImageError, TimeBudgetError, UploadError, shorten
+from tagger.errors import ImageError, MiB, TimeBudgetError, UploadError, shorten
 
 # Raster formats people keep datasets in, limited to those this Pillow build opens (AVIF
 # only with Pillow ≥ 11.3 or the plugin). PDF, EPS, video and the like are left out on purpose.
@@ -34,8 +34,6 @@ _RASTER_EXTENSIONS = {
 }  # fmt: skip
 Image.init()
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(_RASTER_EXTENSIONS & set(Image.registered_extensions()))
-
-MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -115,6 +113,10 @@ def sanitize_path(name: str) -> str:
     if not parts:
         raise UploadError(f"Refused the archive: the entry {name!r} has no file name.")
     return "/".join(_safe_component(p) for p in parts)
+
+
+def is_image_name(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def is_skipped(path: str) -> bool:
@@ -301,7 +303,7 @@ class BatchInputs:
     # -- building ----------------------------------------------------------------------------
     def _add_file(self, path: str) -> None:
         name = sanitize_path(_display_name(path))
-        if Path(name).suffix.lower() not in IMAGE_EXTENSIONS or is_skipped(name):
+        if not is_image_name(name) or is_skipped(name):
             self.skipped.append(name)
             return
         size = os.path.getsize(path)
@@ -336,7 +338,7 @@ class BatchInputs:
                 raise UploadError(f"Refused {shown}: the entry {info.filename!r} is a symbolic link.")
             if info.is_dir():
                 continue
-            if is_skipped(name) or PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
+            if is_skipped(name) or not is_image_name(name):
                 self.skipped.append(name)
                 continue
             if info.file_size > limits.max_image_bytes:
