@@ -302,20 +302,6 @@ def _hybrid(data: bytes, bit_width: int, count: int) -> list[int]:
     return out[:count]
 
 
-def _page_headers(fp: BinaryIO, chunk: Any) -> list[tuple[int, PageHeader]]:
-    """(offset of the body, header) of each page of a column chunk, read from the headers alone."""
-    start = chunk.data_page_offset
-    if chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
-        start = min(start, chunk.dictionary_page_offset)
-    end, position, pages = start + chunk.total_compressed_size, start, []
-    while position < end:
-        fp.seek(position)
-        page = read_page_header(fp)
-        pages.append((fp.tell(), page))
-        position = fp.tell() + page.compressed
-    return pages
-
-
 class _Dictionary:
     """A dictionary page, read forward to the wanted entry (again from its start for an earlier one)."""
 
@@ -350,8 +336,17 @@ class ChunkCells:
         self.fp = open(file, "rb")  # noqa: SIM115 (kept open between cells; see close)
         self.codec, self.limit, self.budget, self.rows = str(chunk.compression).upper(), limit, budget, rows
         self.max_definition = schema_column.max_definition_level
+        start = chunk.data_page_offset
+        if chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
+            start = min(start, chunk.dictionary_page_offset)
+        end, position = start + chunk.total_compressed_size, start
+        pages: list[tuple[int, PageHeader]] = []  # (offset of the body, header), from the headers alone
         try:
-            pages = _page_headers(self.fp, chunk)
+            while position < end:
+                self.fp.seek(position)
+                header = read_page_header(self.fp)
+                pages.append((self.fp.tell(), header))
+                position = self.fp.tell() + header.compressed
         except PageError:
             self.fp.close()
             raise

@@ -56,8 +56,8 @@ def size_limit_sentence(size: int, limit: int | None = None, what: str = "image"
     return f"it is {size:,} bytes, over the limit of {format_bytes(limit)} per {what}"
 
 
-def open_regular(path: str | os.PathLike[str]) -> int:
-    """A read-only descriptor of ``path`` if it is a regular file (not a link to one)."""
+def read_regular(path: str | os.PathLike[str], limit: int, what: str = "image") -> bytes:
+    """The bytes of a regular file, never through a link; ``TooLarge`` over ``limit`` bytes."""
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _BINARY)
     except OSError as e:
@@ -71,12 +71,6 @@ def open_regular(path: str | os.PathLike[str]) -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
-
-
-def read_regular(path: str | os.PathLike[str], limit: int, what: str = "image") -> bytes:
-    """The bytes of a regular file, never through a link; ``TooLarge`` over ``limit`` bytes."""
-    fd = open_regular(path)
     with os.fdopen(fd, "rb") as fp:
         size = os.fstat(fd).st_size
         if size > limit:

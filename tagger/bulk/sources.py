@@ -20,12 +20,13 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from tagger.bulk import safefs
 from tagger.bulk.names import escape_name
-from tagger.datasets.intake import IMAGE_EXTENSIONS, sanitize_path, wrapper_depth
+from tagger.bulk.parquet_pages import ChunkCells, NeedsArrow, PageError
+from tagger.datasets.intake import is_image_name, sanitize_path, wrapper_depth
 from tagger.errors import BulkError, UploadError, format_bytes
 
 HUB_PREFIX = "hf:"
@@ -71,10 +72,6 @@ def _is_hidden(name: str) -> bool:
     return (name.startswith(".") and name not in (".", "..")) or name == "__MACOSX"
 
 
-def _is_image_name(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
-
-
 def _first_folder(name: str) -> str:
     """The concept of a file in a folder tree or a streamed shard: its first folder ("" at the top)."""
     folder, slash, _ = name.partition("/")
@@ -93,7 +90,7 @@ def _image_member(raw: str, posix: str, shown: str, escape: Callable[[str], str]
     """(name, error) for an archive member named ``raw`` (``posix``: with ``/`` separators), None
     for one that is hidden or not an image; a name that points outside the archive is refused.
     ``escape``: ``escape_name`` for tar names, which are bytes decoded as surrogates."""
-    if not _is_image_name(raw) or any(_is_hidden(p) for p in posix.split("/")):
+    if not is_image_name(raw) or any(_is_hidden(p) for p in posix.split("/")):
         return None
     try:
         return escape(sanitize_path(raw)), None
@@ -141,7 +138,7 @@ class FolderSource(Source):
             # Sorted in place so the walk itself is ordered; hidden folders (.git, .cache) skipped.
             dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d)) if self.recursive else []
             for filename in sorted(filenames):
-                if _is_hidden(filename) or not _is_image_name(filename):
+                if _is_hidden(filename) or not is_image_name(filename):
                     continue
                 full = os.path.join(dirpath, filename)
                 # The key and the path shown are text; the file itself is read by its own name.
@@ -272,12 +269,10 @@ def _arrow_kind(data_type: Any) -> str | None:
     return None
 
 
-def _row_names(count: int) -> list[str]:
-    return [f"{row:09d}" for row in range(count)]
-
-
-def _key_names(values: Sequence[Any], where: str, column: str) -> list[str]:
-    names = [escape_name(str(v)) for v in values]
+def _key_names(table: Any, rows: int, where: str, column: str | None) -> list[str]:
+    if not column:
+        return [f"{row:09d}" for row in range(rows)]
+    names = [escape_name(str(v)) for v in table[column]]
     if len(set(names)) != len(names):
         raise BulkError(f"The key column {column!r} of {where} has repeated values; keys must be unique.")
     return names
@@ -303,8 +298,7 @@ class ParquetSource(Source):
         self._groups = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
         small = [c for c in (key_column, self.column if self.column_kind == "path" else None) if c]
         self._small = parquet.read(columns=small).to_pydict() if small else {}
-        rows = sum(self._groups)
-        self._names = _key_names(self._small[key_column], str(path), key_column) if key_column else _row_names(rows)
+        self._names = _key_names(self._small, sum(self._groups), str(path), key_column)
 
     def entries(self) -> Iterator[Entry]:
         folder = os.path.dirname(self.spec)
@@ -333,21 +327,6 @@ def _dataset_kind(feature: Any) -> str | None:
     return None
 
 
-def _pick_split(loaded: Any, split: str | None, where: str) -> tuple[Any, str]:
-    import datasets
-
-    if isinstance(loaded, datasets.Dataset):
-        return loaded, ""
-    splits = list(loaded.keys())
-    if split is None and "train" not in splits and len(splits) != 1:
-        raise BulkError(f"{where} has the splits {', '.join(splits)}; choose one with --split.")
-    if split is None:
-        split = "train" if "train" in splits else splits[0]
-    if split not in splits:
-        raise BulkError(f"{where} has no split {split!r}; its splits are {', '.join(splits)}.")
-    return loaded[split], split
-
-
 class SavedDatasetSource(Source):
     """A ``datasets`` dataset (or dataset dict) written by ``save_to_disk``: random access by row."""
 
@@ -361,14 +340,23 @@ class SavedDatasetSource(Source):
             loaded = datasets.load_from_disk(str(path))
         except Exception as e:
             raise BulkError(f"{path} looks like a saved dataset but could not be loaded ({e}).") from None
-        dataset, self.split = _pick_split(loaded, split, str(path))
+        dataset, self.split = loaded, ""
+        if not isinstance(loaded, datasets.Dataset):  # a dataset dict: one of its splits
+            splits = list(loaded.keys())
+            if split is None and "train" not in splits and len(splits) != 1:
+                raise BulkError(f"{path} has the splits {', '.join(splits)}; choose one with --split.")
+            if split is None:
+                split = "train" if "train" in splits else splits[0]
+            if split not in splits:
+                raise BulkError(f"{path} has no split {split!r}; its splits are {', '.join(splits)}.")
+            dataset, self.split = loaded[split], split
         kinds = {name: _dataset_kind(f) for name, f in dataset.features.items()}
         self.column = _pick_table_column(list(dataset.column_names), kinds, image_column, str(path))
         self.rows = len(dataset)
         self.fingerprint = getattr(dataset, "_fingerprint", "")
         if key_column:
             _check_column(key_column, dataset.column_names, str(path))
-        self._names = _key_names(dataset[key_column], str(path), key_column) if key_column else _row_names(self.rows)
+        self._names = _key_names(dataset, self.rows, str(path), key_column)
 
     def entries(self) -> Iterator[Entry]:
         shown = Path(self.spec).name + (f"[{self.split}]" if self.split else "")
@@ -479,7 +467,7 @@ def open_source(spec: str, settings: InputSettings) -> Source:
         return TarSource(path)
     if lower.endswith(".parquet"):
         return ParquetSource(path, settings.image_column, settings.key_column)
-    if _is_image_name(lower):
+    if is_image_name(lower):
         return FileSource(path)
     raise BulkError(
         f"Don't know how to read {spec}: give a folder, an image, a .zip, a .tar (webdataset), a .parquet, "
@@ -570,8 +558,6 @@ class _ParquetCells:
     def __init__(self, file: str, group: int, column: str):
         import pyarrow.parquet as pq
 
-        from tagger.bulk.parquet_pages import ChunkCells, NeedsArrow, PageError
-
         self.refusal: str | None = None
         self.arrow: _ArrowCells | None = None
         self.leaves: dict[str, ChunkCells] = {}
@@ -601,8 +587,6 @@ class _ParquetCells:
             leaf.close()
 
     def cell(self, row: int) -> tuple[bytes | None, str | None]:
-        from tagger.bulk.parquet_pages import PageError
-
         self.next_row = row + 1
         if self.refusal is not None:
             raise OSError(self.refusal)
@@ -667,7 +651,13 @@ def read_bytes(locator: Locator) -> bytes:
         _, folder, split, row, column = locator
         dataset = cache.datasets.get((folder, split, column))
         if dataset is None:
-            dataset = cache.datasets[(folder, split, column)] = _open_saved_column(folder, split, column)
+            import datasets
+
+            loaded = datasets.load_from_disk(folder)
+            dataset = (loaded[split] if split else loaded).select_columns([column])
+            if isinstance(dataset.features[column], datasets.Image):
+                dataset = dataset.cast_column(column, datasets.Image(decode=False))
+            cache.datasets[(folder, split, column)] = dataset
         _check_size(_dataset_cell_size(dataset, row, column))  # refused before it is copied
         cell, path = _image_value(dataset[row][column])
         return _bytes_or_file(cell, path, folder)
@@ -703,13 +693,3 @@ def _dataset_cell_size(dataset: Any, row: int, column: str) -> int | None:
         return None
     size = pc.binary_length(values)[0].as_py()
     return int(size) if size is not None else None
-
-
-def _open_saved_column(folder: str, split: str, column: str) -> Any:
-    import datasets
-
-    loaded = datasets.load_from_disk(folder)
-    dataset = (loaded[split] if split else loaded).select_columns([column])
-    if isinstance(dataset.features[column], datasets.Image):
-        dataset = dataset.cast_column(column, datasets.Image(decode=False))
-    return dataset

@@ -70,61 +70,52 @@ def tag_items(
     chunk_size: int = 32,
     progress: ProgressCallback | None = None,
 ) -> Iterator[ImageResult]:
-    """Tag every image of ``inputs`` in order, one ``run`` (model) call per chunk of images.
-
-    ``prepare`` decodes bytes on the CPU (``Tagger.prepare``); ``run`` maps pixel tensors to
-    probabilities ``[B, num_tags]`` (``Tagger.run`` or ``ModelRunner.probabilities``, one GPU
-    call). ``progress(done, total, name)`` is called after each image.
-    """
+    """Tag every image of ``inputs`` in order, one ``run`` (model) call per chunk of images:
+    ``prepare`` decodes bytes on the CPU (``Tagger.prepare``), ``run`` maps pixel tensors to
+    probabilities ``[B, num_tags]`` (``Tagger.run`` or ``ModelRunner.probabilities``, one GPU call);
+    ``progress(done, total, name)`` is called after each image."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}.")
+
+    def tag_chunk(items: Sequence[BatchItem]) -> list[ImageResult]:
+        # A helper keeps every pixel tensor local to it: they are freed before we yield.
+        results: list[ImageResult | None] = [None] * len(items)
+        pixels: list[torch.Tensor] = []
+        prepared: list[tuple[int, str]] = []  # (slot, sha256) of each image in pixels
+        for i, item in enumerate(items):
+            digest: str | None = None
+            try:
+                data = inputs.read(item)
+                digest = hashlib.sha256(data).hexdigest()
+                pixels.append(prepare(data, name=item.name))
+                prepared.append((i, digest))
+            except ImageError as e:
+                results[i] = ImageResult(item.name, item.concept, digest, error=str(e))
+            except UploadError:
+                raise
+            except Exception as e:  # one odd file must not stop a batch of hundreds
+                log.exception("Unexpected error reading %s", item.name)
+                results[i] = ImageResult(item.name, item.concept, digest, error=f"Could not read {item.name} ({e}).")
+            finally:
+                data = b""  # drop the encoded bytes before reading the next file
+        if pixels:
+            probabilities = run(pixels)
+            pixels.clear()
+            for row, (slot, digest) in zip(probabilities, prepared, strict=True):
+                item = items[slot]
+                results[slot] = ImageResult(
+                    item.name, item.concept, digest, tuple(select_tags(row, vocab, options.selection))
+                )
+        return cast(list[ImageResult], results)  # every slot is filled: an error or the image's tags
+
     total = len(inputs.items)
     done = 0
     for start in range(0, total, chunk_size):
-        # A helper keeps every pixel tensor local to it: they are freed before we yield.
-        for result in _tag_chunk(inputs, inputs.items[start : start + chunk_size], prepare, run, vocab, options):
+        for result in tag_chunk(inputs.items[start : start + chunk_size]):
             done += 1
             if progress is not None:
                 progress(done, total, result.filename)
             yield result
-
-
-def _tag_chunk(
-    inputs: BatchInputs,
-    items: Sequence[BatchItem],
-    prepare: Prepare,
-    run: Callable[[list[torch.Tensor]], np.ndarray],
-    vocab: Vocabulary,
-    options: TagOptions,
-) -> list[ImageResult]:
-    results: list[ImageResult | None] = [None] * len(items)
-    pixels: list[torch.Tensor] = []
-    prepared: list[tuple[int, str]] = []  # (slot, sha256) of each image in pixels
-    for i, item in enumerate(items):
-        digest: str | None = None
-        try:
-            data = inputs.read(item)
-            digest = hashlib.sha256(data).hexdigest()
-            pixels.append(prepare(data, name=item.name))
-            prepared.append((i, digest))
-        except ImageError as e:
-            results[i] = ImageResult(item.name, item.concept, digest, error=str(e))
-        except UploadError:
-            raise
-        except Exception as e:  # one odd file must not stop a batch of hundreds
-            log.exception("Unexpected error reading %s", item.name)
-            results[i] = ImageResult(item.name, item.concept, digest, error=f"Could not read {item.name} ({e}).")
-        finally:
-            data = b""  # drop the encoded bytes before reading the next file
-    if pixels:
-        probabilities = run(pixels)
-        pixels.clear()
-        for row, (slot, digest) in zip(probabilities, prepared, strict=True):
-            item = items[slot]
-            results[slot] = ImageResult(
-                item.name, item.concept, digest, tuple(select_tags(row, vocab, options.selection))
-            )
-    return cast(list[ImageResult], results)  # every slot is filled: an error or the image's tags
 
 
 # -- Outputs -----------------------------------------------------------------------------------
@@ -208,11 +199,9 @@ def run_batch(
     progress: ProgressCallback | None = None,
     out_dir: str | os.PathLike | None = None,
 ) -> BatchOutput:
-    """Collect, tag and write the whole request into ``out_dir`` (default: ``new_output_dir()``).
-
-    With a ``Tagger``: ``prepare=tagger.prepare, run=tagger.run, vocab=tagger.engine.vocab`` (in
-    the app ``run=ctx.runner.probabilities``, one GPU call per chunk).
-    """
+    """Collect, tag and write the whole request into ``out_dir`` (default: ``new_output_dir()``). With
+    a ``Tagger``: ``prepare=tagger.prepare, run=tagger.run, vocab=tagger.engine.vocab`` (in the app
+    ``run=ctx.runner.probabilities``, one GPU call per chunk)."""
     started = time.perf_counter()
     inputs = collect_inputs(paths, limits)  # refuse a bad request before creating anything
     directory = Path(out_dir) if out_dir is not None else new_output_dir()
@@ -222,17 +211,12 @@ def run_batch(
         output.model_calls += 1
         return run(pixels)
 
+    results = tag_items(
+        inputs, prepare=prepare, run=counted_run, vocab=vocab, options=options, chunk_size=chunk_size, progress=progress
+    )
     try:
         with inputs, BatchWriter(directory, options, vocab) as writer:
-            for result in tag_items(
-                inputs,
-                prepare=prepare,
-                run=counted_run,
-                vocab=vocab,
-                options=options,
-                chunk_size=chunk_size,
-                progress=progress,
-            ):
+            for result in results:
                 writer.add(result)
                 output.results.append(result)
     except BaseException:

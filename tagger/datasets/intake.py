@@ -24,7 +24,7 @@ from typing import IO, BinaryIO
 from PIL import Image
 
 from tagger.datasets.pixel_caps import WEB_MAX_IMAGE_PIXELS, web_image_header, web_limit
-from tagger.errors import ImageError, TimeBudgetError, UploadError, shorten
+from tagger.errors import ImageError, MiB, TimeBudgetError, UploadError, shorten
 
 # Raster formats people keep datasets in, limited to those this Pillow build opens (AVIF
 # only with Pillow ≥ 11.3 or the plugin). PDF, EPS, video and the like are left out on purpose.
@@ -34,8 +34,6 @@ _RASTER_EXTENSIONS = {
 }  # fmt: skip
 Image.init()
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(_RASTER_EXTENSIONS & set(Image.registered_extensions()))
-
-MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,15 +81,6 @@ def time_budget(seconds: float) -> Iterator[None]:
         _DEADLINE.reset(token)
 
 
-def _check_time_budget(name: str) -> None:
-    budget = _DEADLINE.get()
-    if budget is not None and time.monotonic() > budget[0]:
-        raise TimeBudgetError(
-            f"Not read {name}: this request used its time budget of {budget[1]:g} s; send the remaining "
-            "images in another request."
-        )
-
-
 # -- Names -------------------------------------------------------------------------------------
 
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
@@ -124,6 +113,10 @@ def sanitize_path(name: str) -> str:
     if not parts:
         raise UploadError(f"Refused the archive: the entry {name!r} has no file name.")
     return "/".join(_safe_component(p) for p in parts)
+
+
+def is_image_name(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def is_skipped(path: str) -> bool:
@@ -270,48 +263,47 @@ class BatchInputs:
     def read(self, item: BatchItem) -> bytes:
         """The image's bytes. ``ImageError`` for a member that cannot be read (the batch goes on);
         ``UploadError`` when the decompressed data passes a limit (the request stops)."""
-        _check_time_budget(item.name)
+        budget = _DEADLINE.get()
+        if budget is not None and time.monotonic() > budget[0]:
+            raise TimeBudgetError(
+                f"Not read {item.name}: this request used its time budget of {budget[1]:g} s; send the remaining "
+                "images in another request."
+            )
         limit = min(self.limits.max_image_bytes, self.limits.max_total_bytes - self.bytes_read)
         try:
             if item.member is None:
                 with open(item.source, "rb") as fp:
                     data = _read_capped(fp, limit, item.name, self.limits)
+            elif item.member.flag_bits & 0x1:
+                raise ImageError(f"Could not read {item.name}: it is encrypted in the zip; zip it without a password.")
             else:
-                if item.member.flag_bits & 0x1:
-                    raise ImageError(
-                        f"Could not read {item.name}: it is encrypted in the zip; zip it without a password."
-                    )
                 with self._archives[item.source].open(item.member) as fp:
                     data = _read_capped(fp, limit, item.name, self.limits)
         except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError) as e:
             # Bad CRC, an unsupported compression method (deflate64...), a truncated archive.
             raise ImageError(f"Could not read {item.name} from the upload: {e}.") from None
         self.bytes_read += len(data)
-        self._count_pixels(item, data)
-        return data
-
-    def _count_pixels(self, item: BatchItem, data: bytes) -> None:
-        """The pixel caps, from the image's header: one image, and the request's budget."""
+        # The pixel caps, from the header: one image, and the request's budget (a non-image: the decoder says so).
         header = web_image_header(data)
-        if header is None:
-            return  # not an image: the decoder says so in its own words
-        pixels, limits = header.pixels, self.limits
-        limit = web_limit(header, limits.max_image_pixels)
-        if pixels > limit:
-            raise ImageError(
-                f"Could not read {item.name}: {header.describe()}, more than the limit of {limit:,} per image."
-            )
-        if self.pixels_read + pixels > limits.max_total_pixels:
-            raise TimeBudgetError(
-                f"Not read {item.name}: the images of this request add up to more than "
-                f"{limits.max_total_pixels:,} pixels, the limit per request; send the rest in another request."
-            )
-        self.pixels_read += pixels
+        if header is not None:
+            pixels, limits = header.pixels, self.limits
+            limit = web_limit(header, limits.max_image_pixels)
+            if pixels > limit:
+                raise ImageError(
+                    f"Could not read {item.name}: {header.describe()}, more than the limit of {limit:,} per image."
+                )
+            if self.pixels_read + pixels > limits.max_total_pixels:
+                raise TimeBudgetError(
+                    f"Not read {item.name}: the images of this request add up to more than "
+                    f"{limits.max_total_pixels:,} pixels, the limit per request; send the rest in another request."
+                )
+            self.pixels_read += pixels
+        return data
 
     # -- building ----------------------------------------------------------------------------
     def _add_file(self, path: str) -> None:
         name = sanitize_path(_display_name(path))
-        if Path(name).suffix.lower() not in IMAGE_EXTENSIONS or is_skipped(name):
+        if not is_image_name(name) or is_skipped(name):
             self.skipped.append(name)
             return
         size = os.path.getsize(path)
@@ -346,10 +338,20 @@ class BatchInputs:
                 raise UploadError(f"Refused {shown}: the entry {info.filename!r} is a symbolic link.")
             if info.is_dir():
                 continue
-            if is_skipped(name) or PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
+            if is_skipped(name) or not is_image_name(name):
                 self.skipped.append(name)
                 continue
-            _check_declared(info, shown, limits)
+            if info.file_size > limits.max_image_bytes:
+                raise UploadError(
+                    f"Refused {shown}: {info.filename} unpacks to {info.file_size / MiB:,.1f} MiB, more than the "
+                    f"limit of {limits.max_image_bytes / MiB:,.0f} MiB per image."
+                )
+            ratio = info.file_size / max(info.compress_size, 1)
+            if info.file_size > limits.ratio_min_bytes and ratio > limits.max_compression_ratio:
+                raise UploadError(
+                    f"Refused {shown}: {info.filename} is compressed {ratio:,.0f}:1, more than the limit of "
+                    f"{limits.max_compression_ratio:,.0f}:1 (images do not compress like that; it may be a zip bomb)."
+                )
             found.append((name, info))
         depth = wrapper_depth([name for name, _ in found])
         for name, info in found:
@@ -370,21 +372,6 @@ def wrapper_depth(names: list[str]) -> int:
     return depth
 
 
-def _check_declared(info: zipfile.ZipInfo, archive: str, limits: BatchLimits) -> None:
-    if info.file_size > limits.max_image_bytes:
-        raise UploadError(
-            f"Refused {archive}: {info.filename} unpacks to {info.file_size / MiB:,.1f} MiB, more than the "
-            f"limit of {limits.max_image_bytes / MiB:,.0f} MiB per image."
-        )
-    if info.file_size > limits.ratio_min_bytes:
-        ratio = info.file_size / max(info.compress_size, 1)
-        if ratio > limits.max_compression_ratio:
-            raise UploadError(
-                f"Refused {archive}: {info.filename} is compressed {ratio:,.0f}:1, more than the limit of "
-                f"{limits.max_compression_ratio:,.0f}:1 (images do not compress like that; it may be a zip bomb)."
-            )
-
-
 def _read_capped(fp: IO[bytes], limit: int, name: str, limits: BatchLimits, block: int = MiB) -> bytes:
     """Read at most ``limit`` bytes, counting as we go: a zip's declared sizes may lie."""
     buffer = io.BytesIO()
@@ -403,13 +390,10 @@ def _read_capped(fp: IO[bytes], limit: int, name: str, limits: BatchLimits, bloc
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike[str]], limits: BatchLimits | None = None) -> BatchInputs:
-    """The images in ``paths`` (image files and ``.zip`` archives), in upload order.
-
-    A member's first folder (below a wrapping one, ``wrapper_depth``) is its "concept" (files at
-    the root have concept ""). Hidden files, ``__MACOSX`` and non-images are listed in
-    ``skipped``; nested zips are not opened.
-    ``UploadError`` when a limit is passed, an archive is unreadable or unsafe, or there is no image.
-    """
+    """The images in ``paths`` (image files and ``.zip`` archives), in upload order. A member's first
+    folder (below a wrapping one, ``wrapper_depth``) is its "concept" ("" for files at the root).
+    Hidden files, ``__MACOSX`` and non-images are listed in ``skipped``; nested zips are not opened.
+    ``UploadError`` when a limit is passed, an archive is unreadable or unsafe, or there is no image."""
     limits = limits or BatchLimits()
     files = [os.fspath(p) for p in paths if p]
     if not files:

@@ -8,13 +8,11 @@ from pathlib import PurePosixPath
 
 
 class CaptionNamer:
-    """Caption paths for images, unique within the captions zip.
-
-    kohya/sd-scripts finds an image's caption as ``folder/stem.txt``; of images sharing it
-    (``a.png``, ``a.jpg``) the first gets it, later ones ``folder/a.jpg.txt``, then
-    ``folder/a.jpg.2.txt``... Names are compared ignoring case, as Windows and macOS file systems
-    do. ``renamed`` lists ``(image, caption)`` for every image that did not get its stem name.
-    """
+    """Caption paths for images, unique within the captions zip: kohya/sd-scripts finds an image's
+    caption as ``folder/stem.txt``; of images sharing it (``a.png``, ``a.jpg``) the first gets it,
+    later ones ``folder/a.jpg.txt``, then ``folder/a.jpg.2.txt``... Names are compared ignoring case,
+    as Windows and macOS file systems do. ``renamed`` lists ``(image, caption)`` for every image
+    that did not get its stem name."""
 
     def __init__(self) -> None:
         self._taken: set[str] = set()
