@@ -31,10 +31,10 @@ def _check_sizes(max_size: int, patch: int) -> None:
 
 
 def target_size(width: int, height: int, max_size: int = 1024, patch: int = 16) -> tuple[int, int]:
-    """The (width, height) the model sees, by the authors' rule: the long edge capped at
-    ``max_size`` and floored to a multiple of ``patch``; with scale = that edge / the long edge,
-    each side ``max(patch, round(side · scale))`` floored to a multiple of ``patch``. Never larger than the input, except that a side shorter
-    than one patch becomes one."""
+    """The (width, height) the model sees, by the authors' rule: the long edge capped at ``max_size``
+    and floored to a multiple of ``patch``; with scale = that edge / the long edge, each side
+    ``max(patch, round(side · scale))`` floored to a multiple of ``patch``. Never larger than the
+    input, except that a side shorter than one patch becomes one."""
     _check_sizes(max_size, patch)
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
