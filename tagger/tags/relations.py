@@ -402,14 +402,7 @@ def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> Relati
         missing_examples=tuple(sorted(missing)[:examples]),
         renamed=renamed,
     )
-    vocab.relations = VocabRelations(
-        names=names,
-        index=index,
-        input_aliases=input_aliases,
-        ancestor_ptr=ptr,
-        ancestor_idx=np.asarray(flat, dtype=np.int32),
-        report=report,
-    )
+    vocab.relations = VocabRelations(names, index, input_aliases, ptr, np.asarray(flat, dtype=np.int32), report)
     return report
 
 
