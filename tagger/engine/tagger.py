@@ -23,7 +23,7 @@ from tagger.engine.model import Pixels, TaggerModel
 from tagger.engine.preprocess import Preprocessor, normalise
 from tagger.engine.vocab import Vocabulary
 from tagger.engine.weights import load_model
-from tagger.tags.selection import Selection, select_tags
+from tagger.tags.selection import Selection, TagScore, select_tags
 
 log = logging.getLogger("tagger")
 
@@ -283,6 +283,11 @@ class Tagger:
     def descriptors(self, images: Sequence[ImageSource]) -> np.ndarray:
         return self.run_descriptors([self.prepare(image) for image in images])
 
+    def select(self, scores: np.ndarray, topk: int | None = None, threshold: float | None = None) -> list[TagScore]:
+        if threshold is None and topk is None:
+            topk = 30
+        return select_tags(scores, self.vocab, Selection(threshold=threshold or 0.0, topk=topk))
+
     def predict(
         self, image: ImageSource, topk: int | None = None, threshold: float | None = None
     ) -> list[tuple[str, float]]:
@@ -294,7 +299,4 @@ class Tagger:
         self, images: Sequence[ImageSource], topk: int | None = None, threshold: float | None = None
     ) -> list[list[tuple[str, float]]]:
         probs = self.probabilities(images)
-        if threshold is None and topk is None:
-            topk = 30
-        rows = [select_tags(row, self.vocab, Selection(threshold=threshold or 0.0, topk=topk)) for row in probs]
-        return [[(t.tag, t.score) for t in tags] for tags in rows]
+        return [[(t.tag, t.score) for t in self.select(row, topk, threshold)] for row in probs]
