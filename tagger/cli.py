@@ -1,5 +1,4 @@
 """Command line: ``python -m tagger --images a.jpg b.png [--topk N | --threshold T] [--mode mcut ...]``.
-
 Every tagging option of the app and ``/tag`` is a flag (from ``TagOptions``); without a rule
 option (``--mode`` ...) the authors' rules apply (see ``build_parser``). URLs are fetched with the
 app's size and time limits, but hosts on the user's own machine and network (a NAS) are allowed.

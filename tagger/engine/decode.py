@@ -73,7 +73,6 @@ def load_image(
     name: str | None = None,
 ) -> Image.Image:
     """Decode ``source`` to a new, fully loaded RGB image; ``ImageError`` for anything else.
-
     ``source``: a file path, a file's bytes, a PIL image (its current frame; not modified) or a
     numpy array (HxW, HxWx3 or HxWx4; uint8, or float in [0, 1]). More than ``max_pixels``
     pixels is refused from the header, before any pixel is decoded. ``fit`` maps the upright
@@ -81,8 +80,7 @@ def load_image(
     the full image, keeping only the pixels that size needs. ``reduced_decode``: files opened
     here may be decoded at a reduced scale (``REDUCED_DECODE_MARGIN``): much cheaper for huge
     images, not bit-identical (the web app's choice; library, CLI and bulk stay exact).
-    ``name``: what error sentences call the image (the name a person knows, not a temp path).
-    """
+    ``name``: what error sentences call the image (the name a person knows, not a temp path)."""
     if isinstance(source, Image.Image):
         return _finish(source, name or "the given PIL image", max_pixels, fit, own=False)
     if isinstance(source, np.ndarray):
@@ -332,14 +330,12 @@ def _rgb_in_bands(
     shrink: bool = False,
 ) -> Image.Image:
     """RGB at ``target`` size, converted and resized band by band: no full-size copy in another mode.
-
     Pillow's Lanczos resize is a horizontal pass, an 8-bit intermediate, then a vertical pass,
     and each row of the horizontal pass depends on that row only: bands converted, resized
     horizontally and stacked are exactly one full resize's intermediate, so the result is the
     same pixels. ``shrink``: box-average each band first by whole factors keeping
     ``REDUCED_DECODE_MARGIN`` (bands are whole multiples of the vertical factor, so this equals
-    one ``Image.reduce`` of the whole image); not exact.
-    """
+    one ``Image.reduce`` of the whole image); not exact."""
     width, height = _upright_size(image.size, fix)
     left, top, right, bottom = box if box is not None else (0, 0, width, height)
     out_width, out_height = target

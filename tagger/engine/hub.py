@@ -222,9 +222,8 @@ def _resolve_hub_file(
             f"Neither {names} exists in {where}; check {ENV_REPO} and {ENV_REVISION}, "
             f"or set {local_var} to a local file."
         ) from first_error
-    raise ResolutionError(
-        _explain(first_error, " or ".join(filenames), repo, revision, local_var, cache_dir)
-    ) from first_error
+    message = _explain(first_error, " or ".join(filenames), repo, revision, local_var, cache_dir)
+    raise ResolutionError(message) from first_error
 
 
 def resolve_model_files(

@@ -63,11 +63,9 @@ def write_random_checkpoint(path: str | os.PathLike, config: TaggerConfig, **kwa
     return path
 
 
-def write_random_vocabulary(
-    path: str | os.PathLike, num_tags: int, with_categories: bool = True, seed: int = 0
-) -> Path:
+def write_random_vocabulary(path: str | os.PathLike, num_tags: int, with_categories: bool = True) -> Path:
     """A vocabulary file: readable fake tags spread over every category."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(0)
     tags: list[str] = []
     tag2category: dict[str, int] = {}
     for i in range(num_tags):

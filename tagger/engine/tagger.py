@@ -132,12 +132,10 @@ class Batch:
 
 def plan_batches(lengths: Sequence[int], max_batch_size: int, max_padding: float) -> list[Batch]:
     """Group images with token counts ``lengths`` into forward passes, by increasing token count.
-
-    Images of equal token count (shapes may differ: a 3:4 and a 4:3 photo) fill batches of ``max_batch_size``,
-    which need no mask. When padding is allowed, a run shorter than half a batch is pooled,
-    shortest first, into batches of at most ``max_batch_size`` images that compute at most
-    ``(1 + max_padding)`` times their real tokens (waste: ``sum(padded_tokens) / sum(tokens) - 1``).
-    """
+    Images of equal token count (shapes may differ: a 3:4 and a 4:3 photo) fill batches of
+    ``max_batch_size``, which need no mask. When padding is allowed, a run shorter than half a batch
+    is pooled, shortest first, into batches of at most ``max_batch_size`` images that compute at most
+    ``(1 + max_padding)`` times their real tokens (waste: ``sum(padded_tokens) / sum(tokens) - 1``)."""
     by_length: dict[int, list[int]] = {}
     for i in sorted(range(len(lengths)), key=lengths.__getitem__):
         by_length.setdefault(lengths[i], []).append(i)
@@ -163,15 +161,13 @@ def plan_batches(lengths: Sequence[int], max_batch_size: int, max_padding: float
 
 
 class Tagger:
-    """DINOv3 tagger: ``Tagger(checkpoint, vocab).predict("image.jpg", topk=30)``.
-
-    ``device`` "auto": CUDA when available. ``dtype`` defaults to bf16 where the hardware runs
-    it natively (``default_dtype``), else fp32; the head always computes in fp32 (stored so on
-    GPU; on CPU in the file's dtype, to save memory: widening bf16 to fp32 is exact). ``run``
-    batches images of any sizes (``plan``, ``DEFAULT_MAX_PADDING``); a padded image's scores
-    equal its scores alone. ``dtype="int8"`` (CPU only, opt-in): int8 backbone Linears, less
-    memory, scores measurably different (``tagger.engine.cpu``, the README's Performance section).
-    """
+    """DINOv3 tagger: ``Tagger(checkpoint, vocab).predict("image.jpg", topk=30)``. ``device`` "auto":
+    CUDA when available. ``dtype`` defaults to bf16 where the hardware runs it natively
+    (``default_dtype``), else fp32; the head always computes in fp32 (stored so on GPU; on CPU in the
+    file's dtype, to save memory: widening bf16 to fp32 is exact). ``run`` batches images of any sizes
+    (``plan``, ``DEFAULT_MAX_PADDING``); a padded image's scores equal its scores alone. ``dtype="int8"``
+    (CPU only, opt-in): int8 backbone Linears, less memory, scores measurably different
+    (``tagger.engine.cpu``, the README's Performance section)."""
 
     def __init__(
         self,

@@ -50,13 +50,8 @@ def add_relation_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("tag relations (for --implied, and aliases in typed tags and output)")
     where = "paths, http(s) URLs (downloaded once into the cache) or hub:FILENAME"
     for flag, files in (("--implications", "tag_implications"), ("--aliases", "tag_aliases")):
-        group.add_argument(
-            flag,
-            nargs="+",
-            default=[],
-            metavar="FILE",
-            help=f"e621 {files}-*.csv(.gz) or Danbooru {files}.json files: {where}",
-        )
+        described = f"e621 {files}-*.csv(.gz) or Danbooru {files}.json files: {where}"
+        group.add_argument(flag, nargs="+", default=[], metavar="FILE", help=described)
 
 
 def check_relation_arguments(args: argparse.Namespace, options: TagOptions) -> None:

@@ -186,9 +186,7 @@ class Relations:
 
     @classmethod
     def from_pairs(
-        cls,
-        implications: Iterable[tuple[str, str]] = (),
-        aliases: Iterable[tuple[str, str]] = (),
+        cls, implications: Iterable[tuple[str, str]] = (), aliases: Iterable[tuple[str, str]] = ()
     ) -> Relations:
         """Relations from ``(antecedent, consequent)`` rows; ``RelationsError`` names any cycle."""
         key = lru_cache(maxsize=None)(normalize_tag)  # names repeat (every child names its parent): once each
@@ -230,10 +228,7 @@ _LOCK = threading.Lock()
 
 
 def load_relations(
-    implications: Sequence[str] = (),
-    aliases: Sequence[str] = (),
-    repo: str | None = None,
-    revision: str | None = None,
+    implications: Sequence[str] = (), aliases: Sequence[str] = (), repo: str | None = None, revision: str | None = None
 ) -> Relations:
     """The relations of these sources, read once per process (again only when a file changed)."""
     imp_paths = [resolve_source(s, repo, revision) for s in implications]
@@ -407,14 +402,7 @@ def attach(vocab: Vocabulary, relations: Relations, examples: int = 5) -> Relati
         missing_examples=tuple(sorted(missing)[:examples]),
         renamed=renamed,
     )
-    vocab.relations = VocabRelations(
-        names=names,
-        index=index,
-        input_aliases=input_aliases,
-        ancestor_ptr=ptr,
-        ancestor_idx=np.asarray(flat, dtype=np.int32),
-        report=report,
-    )
+    vocab.relations = VocabRelations(names, index, input_aliases, ptr, np.asarray(flat, dtype=np.int32), report)
     return report
 
 

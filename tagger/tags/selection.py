@@ -168,11 +168,10 @@ class Selection:
 
 
 def select_tags(scores: np.ndarray, vocab: Vocabulary, selection: Selection | None = None) -> list[TagScore]:
-    """Apply ``selection`` to one image's probabilities ``[num_tags]``; best first.
-
-    With relations attached to ``vocab`` (``tagger.tags.relations.attach``), typed tags go through
-    the aliases, tags are shown under the name an alias points to (each name once, its best
-    score), and ``selection.implied`` applies."""
+    """Apply ``selection`` to one image's probabilities ``[num_tags]``; best first. With relations
+    attached to ``vocab`` (``tagger.tags.relations.attach``), typed tags go through the aliases, tags
+    are shown under the name an alias points to (each name once, its best score), and
+    ``selection.implied`` applies."""
     selection = selection or Selection()
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     if scores.shape[0] != len(vocab):
