@@ -199,7 +199,8 @@ def export_all(
     written: list[Path] = []
     modules = {"tagger": LogitsGraph, "embedding": EmbeddingGraph, "backbone": BackboneGraph}
     example = torch.zeros(2, 3, 32, 48)
-    batch, side = Dim("batch", min=1, max=1 << 16), MAX_SIDE // 16
+    batch = Dim("batch", min=1, max=1 << 16)
+    side = MAX_SIDE // 16
     pixel_dims = {0: batch, 2: 16 * Dim("patch_rows", min=1, max=side), 3: 16 * Dim("patch_cols", min=1, max=side)}
     for graph in graphs:
         started = time.perf_counter()

@@ -345,9 +345,12 @@ def relation_files(args: argparse.Namespace) -> dict[str, list[str]]:
     recorded: dict[str, list[str]] = {}
     for name in ("implications", "aliases"):
         sources = getattr(args, name) or []
-        paths = [resolve_source(s, args.repo, args.revision) for s in sources]
-        for s, p in zip(sources, paths, strict=True):
-            recorded.setdefault(name, []).append(f"{s} (sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:16]})")
+        if sources:
+            paths = [resolve_source(s, args.repo, args.revision) for s in sources]
+            recorded[name] = [
+                f"{s} (sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:16]})"
+                for s, p in zip(sources, paths, strict=True)
+            ]
     return recorded
 
 

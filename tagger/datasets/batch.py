@@ -77,45 +77,54 @@ def tag_items(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}.")
 
-    def tag_chunk(items: Sequence[BatchItem]) -> list[ImageResult]:
-        # A helper keeps every pixel tensor local to it: they are freed before we yield.
-        results: list[ImageResult | None] = [None] * len(items)
-        pixels: list[torch.Tensor] = []
-        prepared: list[tuple[int, str]] = []  # (slot, sha256) of each image in pixels
-        for i, item in enumerate(items):
-            digest: str | None = None
-            try:
-                data = inputs.read(item)
-                digest = hashlib.sha256(data).hexdigest()
-                pixels.append(prepare(data, name=item.name))
-                prepared.append((i, digest))
-            except ImageError as e:
-                results[i] = ImageResult(item.name, item.concept, digest, error=str(e))
-            except UploadError:
-                raise
-            except Exception as e:  # one odd file must not stop a batch of hundreds
-                log.exception("Unexpected error reading %s", item.name)
-                results[i] = ImageResult(item.name, item.concept, digest, error=f"Could not read {item.name} ({e}).")
-            finally:
-                data = b""  # drop the encoded bytes before reading the next file
-        if pixels:
-            probabilities = run(pixels)
-            pixels.clear()
-            for row, (slot, digest) in zip(probabilities, prepared, strict=True):
-                item = items[slot]
-                results[slot] = ImageResult(
-                    item.name, item.concept, digest, tuple(select_tags(row, vocab, options.selection))
-                )
-        return cast(list[ImageResult], results)  # every slot is filled: an error or the image's tags
-
     total = len(inputs.items)
     done = 0
     for start in range(0, total, chunk_size):
-        for result in tag_chunk(inputs.items[start : start + chunk_size]):
+        chunk = inputs.items[start : start + chunk_size]
+        for result in _tag_chunk(chunk, inputs, prepare, run, vocab, options):
             done += 1
             if progress is not None:
                 progress(done, total, result.filename)
             yield result
+
+
+def _tag_chunk(
+    items: Sequence[BatchItem],
+    inputs: BatchInputs,
+    prepare: Prepare,
+    run: Callable[[list[torch.Tensor]], np.ndarray],
+    vocab: Vocabulary,
+    options: TagOptions,
+) -> list[ImageResult]:
+    # A helper keeps every pixel tensor local to it: they are freed before we yield.
+    results: list[ImageResult | None] = [None] * len(items)
+    pixels: list[torch.Tensor] = []
+    prepared: list[tuple[int, str]] = []  # (slot, sha256) of each image in pixels
+    for i, item in enumerate(items):
+        digest: str | None = None
+        try:
+            data = inputs.read(item)
+            digest = hashlib.sha256(data).hexdigest()
+            pixels.append(prepare(data, name=item.name))
+            prepared.append((i, digest))
+        except ImageError as e:
+            results[i] = ImageResult(item.name, item.concept, digest, error=str(e))
+        except UploadError:
+            raise
+        except Exception as e:  # one odd file must not stop a batch of hundreds
+            log.exception("Unexpected error reading %s", item.name)
+            results[i] = ImageResult(item.name, item.concept, digest, error=f"Could not read {item.name} ({e}).")
+        finally:
+            data = b""  # drop the encoded bytes before reading the next file
+    if pixels:
+        probabilities = run(pixels)
+        pixels.clear()
+        for row, (slot, digest) in zip(probabilities, prepared, strict=True):
+            item = items[slot]
+            results[slot] = ImageResult(
+                item.name, item.concept, digest, tuple(select_tags(row, vocab, options.selection))
+            )
+    return cast(list[ImageResult], results)  # every slot is filled: an error or the image's tags
 
 
 # -- Outputs -----------------------------------------------------------------------------------

@@ -283,7 +283,8 @@ class BatchInputs:
             # Bad CRC, an unsupported compression method (deflate64...), a truncated archive.
             raise ImageError(f"Could not read {item.name} from the upload: {e}.") from None
         self.bytes_read += len(data)
-        # The pixel caps, from the header: one image, and the request's budget (a non-image: the decoder says so).
+        # The pixel caps, from the header: one image, and the request's budget. Not an image: the
+        # decoder says so in its own words.
         header = web_image_header(data)
         if header is not None:
             pixels, limits = header.pixels, self.limits

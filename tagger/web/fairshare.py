@@ -4,7 +4,8 @@ Gradio's queue bounds the work running at once and the requests waiting, but not
 are: one client could fill the whole queue. Around Gradio, before it sees a request:
 
 * **Who a client is** (``client_key``): its address as the Space's proxy reports it (so a
-  client cannot choose it); for MCP, the caller the guard signs in a header (``mcp_caller``).
+  client cannot choose it; IPv6 by /64); for MCP, the caller the guard signs in a header
+  (``mcp_caller``).
 * **Per-client queue limits** (``FairQueue``): per browser session, per client and in the heavy
   group, beyond which HTTP 429 and a sentence; waiting requests are served round-robin.
 * **A time budget per event** (``tagger.datasets.intake.time_budget``): a batch stops reading
@@ -109,8 +110,9 @@ def mcp_caller(scope: Scope) -> str | None:
 
 
 def client_key(scope: Scope, proxy_hops: int) -> str:
-    """The MCP caller (``mcp_caller``), else the ``X-Forwarded-For`` entry the outermost of ``proxy_hops``
-    proxies appended (a Space has one), else the peer's address; IPv6 by /64 (one subscriber's usual allocation)."""
+    """The MCP caller (``mcp_caller``), else the ``X-Forwarded-For`` entry the outermost of
+    ``proxy_hops`` proxies appended (a Space has one), else the peer's address; IPv6 by /64 (one
+    subscriber's usual allocation)."""
     caller = mcp_caller(scope)
     if caller is not None:
         return caller

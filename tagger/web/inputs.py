@@ -162,9 +162,10 @@ with no_stub_files():
 
 def received_path(payload: object) -> str | None:
     """The server path of a ``gr.api`` endpoint's file parameter, or None when none was sent. Gradio
-    moves a file payload (``handle_file``; a URL fetched by ``SafeApi``) into its upload cache but passes
-    anything else (a bare string, a dict without ``meta``) on untouched: only a path inside the cache
-    is accepted, so no request can name a file elsewhere on the server."""
+    moves a file payload (``handle_file``; a URL fetched by ``SafeApi``) into its upload cache (an
+    upload already there stays where it is) but passes anything else (a bare string, a dict without
+    ``meta``) on untouched: only a path inside the cache is accepted, so no request can name a file
+    elsewhere on the server."""
     if payload is None:
         return None
     path = payload.get("path") if isinstance(payload, dict) else None

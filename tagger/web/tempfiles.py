@@ -2,7 +2,7 @@
 
 Gradio keeps uploads, URL downloads and results in one folder (``GRADIO_TEMP_DIR``) and, with
 ``delete_cache``, removes only the files it registered in this process: a cut-off upload, a
-result nobody fetched and everything a previous process left stayed for good. ``CacheKeeper``
+result nobody fetched and everything a previous process left stay for good. ``CacheKeeper``
 runs ``sweep`` (by age, over the whole folder: it is the app's own, as on a Space, so another
 program's files in it are removed too):
 

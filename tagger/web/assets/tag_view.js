@@ -56,7 +56,9 @@
         anchor: null, // {tag, top, held}: the clicked row and where it was, until the redraw
         collapsed: new Set(), // names of the cards folded by their chevron (page only)
         values: null, // the option values of the last drawing, by name
-        config: {}, // update()'s config: the quick bar's choices and control ids, the fields (option name -> elem_id), the cards box
+        // update()'s config: the quick bar's choices and control ids, the fields (option name ->
+        // elem_id), the cards box
+        config: {},
         cards: { order: [], topk: {} }, // the cards box's value: card order, per-card top k
         categoriesOpen: false, // the quick bar's category list is unfolded
         focusHandle: null, // the card whose handle gets the focus back after a keyboard move
@@ -98,10 +100,15 @@
       releaseHeld(s);
     });
     on("change", ".tv-cat-threshold", (input) => setCategoryThreshold(s, input.dataset.category, input.value));
-    on("change", ".tv-cat-topk", (k) => writeCards(s, { topk: { ...s.cards.topk, [k.dataset.category]: Math.max(1, Math.round(Number(k.value) || 1)) } }));
+    on("change", ".tv-cat-topk", (k) => {
+      const topk = Math.max(1, Math.round(Number(k.value) || 1));
+      writeCards(s, { topk: { ...s.cards.topk, [k.dataset.category]: topk } });
+    });
     on("change", ".tv-q", (quick) => setControl(s.config.quick.ids[quick.dataset.field], quick));
     // <details> "toggle" does not bubble: listen while it goes down.
-    on("toggle", ".tv-q-categories", (details) => (s.categoriesOpen = details.open), true);
+    on("toggle", ".tv-q-categories", (details) => {
+      s.categoriesOpen = details.open;
+    }, true);
     on("pointerdown", ".tv-drag", (handle, event) => {
       event.preventDefault(); // no text selection, no scroll while a finger drags
       handle.setPointerCapture(event.pointerId);
@@ -171,7 +178,7 @@
 
   /** A card's threshold written into the per-category box (name=value, ...) as a person would type it: its change redraws. */
   function setCategoryThreshold(s, name, value) {
-    const box = textBox(s.config.fields.category_thresholds);
+    const box = textBox((s.config.fields || {}).category_thresholds);
     if (!box) return;
     let values = new Map(); // if the box holds a mistake, the header's value replaces it
     try {
@@ -507,9 +514,12 @@
       const excluded = TagRules.parseTagList(byName.exclude || "");
       const shownRows = withHeldRows(s, payload, byName, excluded, rows, noCategory);
       const counts = new Map(TagRules.groupByCategory(rows).map(([c, group]) => [c.id, group.length]));
-      const blocks = TagRules.groupByCategory(shownRows).map(([category, group]) =>
-        categoryBlock(category, group, strings.get(category.id) || "", s.held, counts.get(category.id) || 0, ruleControl(category, built.selection, byName.mode), s.collapsed.has(category.name)),
-      );
+      const blocks = TagRules.groupByCategory(shownRows).map(([category, group]) => {
+        const rule = ruleControl(category, built.selection, byName.mode);
+        const text = strings.get(category.id) || "";
+        const count = counts.get(category.id) || 0;
+        return categoryBlock(category, group, text, s.held, count, rule, s.collapsed.has(category.name));
+      });
       const html =
         quickBar(config.quick, byName, s.categoriesOpen) + summary(rows.length, payload) + excludedBar(excluded, s.notice) + `<div class="tv-grid">${blocks.join("")}</div>`;
       s.lastGood = { html };
