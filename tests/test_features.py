@@ -215,8 +215,10 @@ def test_relevance_of_a_batch_equals_one_image_at_a_time(
     counted = count_passes(deep_tagger)
     together = [r.map for r in relevance(deep_tagger, images, 7)]
     assert counted.passes == 2  # one per size
+    # Batched and single kernels sum gradient x activation in a different order (float32 noise
+    # up to ~3e-4 seen); 2e-3 is still under one step of the 8-bit heatmap (1/255).
     for image, m in zip(images, together, strict=True):
-        assert np.allclose(m, relevance(deep_tagger, [image], 7)[0].map, atol=1e-5)
+        assert np.allclose(m, relevance(deep_tagger, [image], 7)[0].map, atol=2e-3)
 
 
 def test_depth_choice() -> None:
